@@ -1,0 +1,45 @@
+# swan-anomaly: two commands for a fresh clone.
+#   make demo   create .venv, install everything, run the whole DAG once on the embedded default
+#   make test   create the same environment if missing, run the test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export SWAN_HOME ?= $(CURDIR)/.swan
+export AIRFLOW_HOME ?= $(CURDIR)/.airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+
+.PHONY: demo test airflow mlflow-ui stop-endpoint clean venv
+
+venv: $(STAMP)
+
+# torch is pinned to the 2.13.0 CPU wheel; installing it first keeps any dependency from pulling a CUDA build.
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	@touch $@
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The real Airflow UI and scheduler with this project's folders: http://localhost:8080
+airflow: $(STAMP)
+	$(VENV)/bin/airflow standalone
+
+mlflow-ui: $(STAMP)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(SWAN_HOME)/mlflow/mlflow.db --port 5000
+
+stop-endpoint: $(STAMP)
+	$(PY) -c "from swan_anomaly.config import Settings; from swan_anomaly.serving.local import stop_local_server; print('stopped' if stop_local_server(Settings.from_env()) else 'no local endpoint running')"
+
+clean: stop-endpoint
+	rm -rf .swan .airflow

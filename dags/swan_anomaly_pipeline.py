@@ -1,0 +1,356 @@
+"""The swan-anomaly pipeline DAG: videos of a normal scene in, a validated anomaly endpoint out.
+
+Parse-time cheap: only airflow.sdk and pendulum at module level; every heavy import
+(cv2, torch, pyspark, mlflow) happens inside a task.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+import pendulum
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
+
+from swan_airflow.callbacks import log_failure
+
+SCHEDULE = os.environ.get("SWAN_SCHEDULE", "@daily")
+
+default_args = {
+    "owner": "swan-anomaly",
+    "retries": 2,
+    "retry_delay": dt.timedelta(seconds=30),
+    "retry_exponential_backoff": True,
+    "on_failure_callback": log_failure,
+}
+
+
+def _run_facts() -> tuple[str, str, dict]:
+    """(dataset_id, run_id, params) of the current run."""
+    from swan_airflow.runtime import dataset_id_for
+
+    ctx = get_current_context()
+    params = ctx["params"]
+    dag_run = ctx["dag_run"]
+    dataset_id = dataset_id_for(
+        landing_date=params.get("landing_date") or None, interval_start=ctx.get("data_interval_start"), run_after=getattr(dag_run, "run_after", None)
+    )
+    return dataset_id, dag_run.run_id, params
+
+
+@dag(
+    schedule=CronDataIntervalTimetable(SCHEDULE, timezone="UTC"),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args=default_args,
+    tags=["swan", "mlops", "anomaly-detection"],
+    params={
+        "landing_date": Param(None, type=["null", "string"], format="date", description="Process videos that arrived on this date (YYYY-MM-DD) instead of the run's data interval."),
+        "videos": Param([], type="array", items={"type": "string"}, description="Explicit video paths; overrides the landing-zone lookup."),
+        "every_seconds": Param(0.5, type="number", exclusiveMinimum=0, description="Extract one frame every N seconds."),
+        "anomaly_ratio": Param(0.5, type="number", exclusiveMinimum=0, exclusiveMaximum=1, description="Share of abnormal images in the dataset."),
+        "seed": Param(42, type="integer", description="Seed of anomaly synthesis, splits, augmentation and training."),
+        "image_size": Param(None, type=["null", "integer"], description="Override the model input size (default: the model config's)."),
+        "epochs": Param(40, type="integer", minimum=1, maximum=200, description="Maximum training epochs (early stopping may end sooner)."),
+        "model": Param(None, type=["null", "string"], description="Model preset, hub id or local directory (default: SWAN_MODEL)."),
+        "gate_mode": Param("enabled", enum=["enabled", "dry_run", "disabled"], description="Promotion gate: enforce, only report, or skip."),
+    },
+)
+def swan_anomaly_pipeline():
+    """## swan_anomaly_pipeline
+
+    | stage | task | where it runs |
+    |---|---|---|
+    | find new videos | `find_videos` | worker |
+    | frames (OpenCV, mapped per video) | `extract_frames` | worker |
+    | synthetic anomalies | `synthesize_anomalies` | worker |
+    | label manifest | `build_labels` | worker |
+    | upload to the lake | `upload_to_lake` | worker -> lake |
+    | crop/resize/JPEG | `run_etl` | Spark job |
+    | augmentation + splits | `run_augmentation` | Spark job |
+    | ViT fine-tuning | `run_training` | training job |
+    | MLflow registration (`challenger`) | `register_model` | MLflow |
+    | gate | `gate_model` -> `promote_model` / `keep_champion` | MLflow |
+    | serve the champion | `update_endpoint` | serving endpoint |
+    | REST validation | `validate_endpoint` | serving endpoint |
+    | summary | `summarize_run` | worker |
+
+    Class 0 = abnormal, class 1 = normal; `anomaly_score = softmax(logits)[0]`.
+    """
+
+    @task
+    def find_videos() -> list[str]:
+        """Videos to process: the `videos` Param, or those that landed in the run's data interval."""
+        from pathlib import Path
+
+        from airflow.exceptions import AirflowSkipException
+
+        from swan_airflow.runtime import find_landed_videos, settings
+
+        ctx = get_current_context()
+        params = ctx["params"]
+        if params.get("videos"):
+            videos = [str(Path(v).absolute()) for v in params["videos"]]
+        else:
+            if params.get("landing_date"):
+                start = dt.date.fromisoformat(params["landing_date"])
+                end = start + dt.timedelta(days=1)
+            else:
+                start, end = ctx["data_interval_start"].date(), ctx["data_interval_end"].date()
+                end = max(end, start + dt.timedelta(days=1))
+            videos = [str(p) for p in find_landed_videos(settings().landing_dir, start, end)]
+        if not videos:
+            raise AirflowSkipException("no new videos for this run; nothing to do")
+        return videos
+
+    @task(map_index_template="{{ task.op_kwargs['video'].rsplit('/', 1)[-1] }}")
+    def extract_frames(video: str) -> dict:
+        """Frames from one video (one every `every_seconds`), written losslessly to staging."""
+        import json
+        from pathlib import Path
+
+        from swan_airflow.runtime import settings
+        from swan_anomaly.video import extract_frames as extract
+
+        dataset_id, _, params = _run_facts()
+        dataset_dir = settings().staging_dir / dataset_id
+        records = [r.to_dict() for r in extract(Path(video), dataset_dir / "frames", every_seconds=params["every_seconds"])]
+        vid = records[0]["video_id"]
+        for r in records:
+            r["path"] = str(Path(r["path"]).relative_to(dataset_dir))
+        (dataset_dir / "frames" / vid / "index.json").write_text(json.dumps(records, indent=1))
+        return {"video": video, "video_id": vid, "frames": len(records)}
+
+    @task
+    def synthesize_anomalies(videos: list[dict]) -> dict:
+        """Seeded irregular-polygon salt-and-pepper anomalies at the controlled ratio."""
+        import json
+        import shutil
+
+        from swan_airflow.runtime import settings
+        from swan_anomaly.anomalies import synthesize_dataset
+
+        dataset_id, _, params = _run_facts()
+        dataset_dir = settings().staging_dir / dataset_id
+        frames = []
+        for v in videos:
+            for r in json.loads((dataset_dir / "frames" / v["video_id"] / "index.json").read_text()):
+                frames.append({**r, "path": str(dataset_dir / r["path"])})
+        shutil.rmtree(dataset_dir / "anomalies", ignore_errors=True)  # a rerun replaces, never accumulates
+        records = synthesize_dataset(frames, dataset_dir, anomaly_ratio=params["anomaly_ratio"], seed=params["seed"])
+        (dataset_dir / "anomalies").mkdir(exist_ok=True)
+        (dataset_dir / "anomalies" / "index.json").write_text(json.dumps([r.__dict__ for r in records], indent=1))
+        return {"frames": len(frames), "anomalies": len(records), "videos": [v["video_id"] for v in videos]}
+
+    @task
+    def build_labels(synthesis: dict) -> dict:
+        """The validated label manifest (labels.csv) of the staged dataset."""
+        import json
+
+        from swan_airflow.runtime import settings
+        from swan_anomaly.anomalies import AnomalyRecord
+        from swan_anomaly.labels import build_manifest, write_manifest
+
+        dataset_id, _, _ = _run_facts()
+        dataset_dir = settings().staging_dir / dataset_id
+        frames = []
+        for vid in synthesis["videos"]:
+            frames += [{**r, "path": str(dataset_dir / r["path"])} for r in json.loads((dataset_dir / "frames" / vid / "index.json").read_text())]
+        anomalies = [AnomalyRecord(**r) for r in json.loads((dataset_dir / "anomalies" / "index.json").read_text())]
+        table = build_manifest(frames, anomalies, dataset_dir)
+        write_manifest(table, dataset_dir / "labels.csv")
+        counts = table.label.value_counts().to_dict()
+        return {"images": len(table), "abnormal": int(counts.get(0, 0)), "normal": int(counts.get(1, 0)), "groups": int(table.group.nunique())}
+
+    @task
+    def upload_to_lake(labels: dict) -> dict:
+        """Frames, anomalies and labels to raw/{dataset_id}/; manifest.json and _SUCCESS last."""
+        from swan_airflow.runtime import settings
+        from swan_anomaly.lake import LocalLake
+
+        dataset_id, _, _ = _run_facts()
+        s = settings()
+        report = LocalLake(s.lake_root).put_dataset(s.staging_dir / dataset_id, dataset_id)
+        return {**report.__dict__, "dataset_id": dataset_id, **labels}
+
+    @task
+    def run_etl(upload: dict) -> dict:
+        """Spark ETL job: label join, center-biased crop, area resize, JPEG, Parquet."""
+        from swan_airflow.jobs import run_job
+        from swan_airflow.runtime import settings
+        from swan_anomaly.modeling import preprocess_spec, resolve_base_model
+
+        dataset_id, run_id, params = _run_facts()
+        size = params.get("image_size")
+        if not size:
+            s = settings()
+            size = preprocess_spec(resolve_base_model(params.get("model") or s.model, s.models_dir)).size
+        return run_job("etl", dataset_id=dataset_id, run_id=run_id, args=["--image-size", str(size)])
+
+    @task
+    def run_augmentation(etl: dict) -> dict:
+        """Spark augmentation job (pandas UDF): group splits, seeded train-only augmentation."""
+        from swan_airflow.jobs import run_job
+
+        dataset_id, run_id, params = _run_facts()
+        return run_job("augment", dataset_id=dataset_id, run_id=run_id, args=["--seed", str(params["seed"])])
+
+    @task(execution_timeout=dt.timedelta(hours=6))
+    def run_training(augment: dict) -> dict:
+        """Training job: ViT fine-tuning with early stopping, MLflow logging, pyfunc model."""
+        from swan_airflow.jobs import run_job
+        from swan_airflow.runtime import settings
+
+        dataset_id, run_id, params = _run_facts()
+        args = ["--epochs", str(params["epochs"]), "--seed", str(params["seed"]), "--dag-id", "swan_anomaly_pipeline"]
+        args += ["--model", params.get("model") or settings().model, "--git-sha", os.environ.get("SWAN_GIT_SHA", "unknown")]
+        result = run_job("train", dataset_id=dataset_id, run_id=run_id, args=args)
+        return {k: result[k] for k in ("mlflow_run_id", "model_uri", "best_epoch", "epochs_run", "val", "test", "images")}
+
+    @task
+    def register_model(training: dict) -> dict:
+        """Register the trained pyfunc as a new version with alias `challenger` (once per run)."""
+        from swan_airflow.runtime import settings
+        from swan_anomaly.registry import mlflow_client, register_challenger
+
+        dataset_id, run_id, _ = _run_facts()
+        s = settings()
+        client = mlflow_client(s.tracking_uri)
+        v = register_challenger(client, s.model_name, training["model_uri"], training["mlflow_run_id"], run_id, tags={"dataset_id": dataset_id})
+        return {"name": s.model_name, "version": str(v.version), "aliases": sorted(v.aliases), "val": training["val"]}
+
+    @task.branch
+    def gate_model(registered: dict) -> str:
+        """Promote the challenger only if it passes the thresholds and does not regress vs the champion."""
+        from swan_airflow.runtime import settings
+        from swan_anomaly.gate import decide
+        from swan_anomaly.registry import CHAMPION, get_alias, mlflow_client
+
+        _, _, params = _run_facts()
+        client = mlflow_client(settings().tracking_uri)
+        champion = get_alias(client, registered["name"], CHAMPION)
+        champion_metrics = None
+        if champion is not None and str(champion.version) != registered["version"]:
+            m = client.get_run(champion.run_id).data.metrics
+            champion_metrics = {"auroc": m.get("val_auroc"), "f1": m.get("val_f1")}
+        decision = decide({"auroc": registered["val"]["auroc"], "f1": registered["val"]["f1"]}, champion_metrics, params["gate_mode"])
+        print(f"gate ({decision.mode}): passed={decision.passed} promote={decision.promote} reasons={decision.reasons or 'none'}")
+        print(f"challenger v{registered['version']}: {decision.challenger}; champion: {champion.version if champion else None} {champion_metrics}")
+        return "promote_model" if decision.promote else "keep_champion"
+
+    @task
+    def promote_model(registered: dict) -> dict:
+        """Move alias `champion` to the challenger (idempotent)."""
+        from swan_airflow.runtime import settings
+        from swan_anomaly.registry import mlflow_client, promote
+
+        client = mlflow_client(settings().tracking_uri)
+        changed = promote(client, registered["name"], registered["version"])
+        return {"promoted": changed, "version": registered["version"]}
+
+    @task
+    def keep_champion(registered: dict) -> dict:
+        """The challenger failed the gate: the current champion keeps serving."""
+        print(f"challenger v{registered['version']} not promoted; champion unchanged")
+        return {"promoted": False, "version": registered["version"]}
+
+    @task(trigger_rule="none_failed_min_one_success")
+    def update_endpoint() -> dict:
+        """Serve the current champion on the endpoint (starts the local server if needed)."""
+        from swan_airflow.runtime import settings
+        from swan_anomaly.registry import CHAMPION, get_alias, mlflow_client
+        from swan_anomaly.serving.client import EndpointClient
+        from swan_anomaly.serving.local import ensure_local_server
+
+        s = settings()
+        champion = get_alias(mlflow_client(s.tracking_uri), s.model_name, CHAMPION)
+        if champion is None:
+            raise RuntimeError(f"registered model {s.model_name} has no 'champion' alias; nothing to serve")
+        client = EndpointClient(ensure_local_server(s), s.endpoint_name)
+        version = str(champion.version)
+        before = client.served_version()
+        if before == version:
+            print(f"endpoint {s.endpoint_name} already serves {s.model_name} v{version}")
+        else:
+            client.update_served_version(s.model_name, version)
+            print(f"endpoint {s.endpoint_name}: v{before} -> v{version}")
+        return {"url": client.invocations_url, "name": s.model_name, "version": version, "previous": before}
+
+    @task
+    def validate_endpoint(endpoint: dict) -> dict:
+        """Score held-out raw test frames over REST; fail unless abnormal and normal scores separate."""
+        import pandas as pd
+
+        from swan_airflow.runtime import settings
+        from swan_anomaly.lake import LocalLake
+        from swan_anomaly.serving.client import EndpointClient, score_table, separation
+        from swan_anomaly.splits import Split
+
+        dataset_id, _, _ = _run_facts()
+        s = settings()
+        lake = LocalLake(s.lake_root)
+        gold = pd.read_parquet(lake.gold / f"dataset_id={dataset_id}", columns=["image_path", "label", "split", "aug"])
+        held_out = gold[(gold.split == Split.TEST.value) & (gold.aug == "none")].sort_values("image_path")
+        sample = pd.concat([held_out[held_out.label == lab].head(8) for lab in (0, 1)])
+        images = [(lake.raw(dataset_id) / p).read_bytes() for p in sample.image_path]
+        client = EndpointClient(s.endpoint_url, s.endpoint_name)
+        predictions = client.score(images)
+        rows = [(p, int(lab), float(pred["anomaly_score"])) for p, lab, pred in zip(sample.image_path, sample.label, predictions)]
+        table = score_table(rows)
+        margin = separation(rows)
+        print(f"endpoint {client.invocations_url} serving v{endpoint['version']}\n{table}\nseparation margin (min abnormal - max normal): {margin:.6f}")
+        if margin <= 0:
+            from swan_anomaly._errors import EndpointValidationFailed
+
+            raise EndpointValidationFailed(f"abnormal and normal scores overlap on {len(rows)} held-out images (margin {margin:.6f})")
+        return {"url": client.invocations_url, "version": endpoint["version"], "previous": endpoint["previous"], "margin": margin, "scores": rows}
+
+    @task
+    def summarize_run(upload: dict, etl: dict, augment: dict, training: dict, registered: dict, validation: dict) -> dict:
+        """One summary of the run, in the log and in runs/{run_id}/summary.json."""
+        import json
+
+        from swan_airflow.runtime import settings
+        from swan_anomaly.lake import LocalLake
+        from swan_anomaly.registry import aliases_of, mlflow_client
+
+        dataset_id, run_id, _ = _run_facts()
+        s = settings()
+        summary = {
+            "dataset_id": dataset_id,
+            "run_id": run_id,
+            "images": {"total": upload["images"], "normal": upload["normal"], "abnormal": upload["abnormal"], "groups": upload["groups"]},
+            "upload": {"written": upload["written"], "unchanged": upload["unchanged"], "removed": upload["removed"], "uri": upload["uri"]},
+            "etl_rows": etl["silver_rows"],
+            "quarantined": len(etl["quarantined"]),
+            "training_rows": augment["gold_rows"],
+            "rows_by_split": augment["rows_by_split_label"],
+            "val": {k: training["val"][k] for k in ("auroc", "f1", "precision", "recall")},
+            "test": {k: training["test"][k] for k in ("auroc", "f1", "precision", "recall")},
+            "best_epoch": training["best_epoch"],
+            "model": {"name": registered["name"], "version": registered["version"], "aliases": aliases_of(mlflow_client(s.tracking_uri), registered["name"], registered["version"])},
+            "endpoint": {"url": validation["url"], "serving_version": validation["version"], "previous_version": validation["previous"], "margin": validation["margin"]},
+            "scores": validation["scores"],
+        }
+        LocalLake(s.lake_root).write_result(run_id, "summary", summary)
+        print(json.dumps({k: v for k, v in summary.items() if k != "scores"}, indent=2))
+        return summary
+
+    videos = find_videos()
+    frames = extract_frames.expand(video=videos)
+    synthesis = synthesize_anomalies(frames)
+    labels = build_labels(synthesis)
+    upload = upload_to_lake(labels)
+    etl = run_etl(upload)
+    augment = run_augmentation(etl)
+    training = run_training(augment)
+    registered = register_model(training)
+    decision = gate_model(registered)
+    endpoint = update_endpoint()
+    decision >> [promote_model(registered), keep_champion(registered)] >> endpoint
+    validation = validate_endpoint(endpoint)
+    summarize_run(upload, etl, augment, training, registered, validation)
+
+
+swan_anomaly_pipeline()

@@ -1,0 +1,77 @@
+"""Settings of the embedded default, read from the environment.
+
+Every path has a default under ``SWAN_HOME`` (``./.swan``), so one machine runs the whole
+pipeline with no set-up. Airflow maps its connections, Variables and Params onto these
+names; this module knows nothing of Airflow.
+
+| variable                 | default                                  |
+|--------------------------|------------------------------------------|
+| ``SWAN_HOME``            | ``./.swan``                               |
+| ``SWAN_LANDING_DIR``     | ``$SWAN_HOME/landing``                    |
+| ``SWAN_LAKE_ROOT``       | ``$SWAN_HOME/lake``                       |
+| ``SWAN_STAGING_DIR``     | ``$SWAN_HOME/staging``                    |
+| ``MLFLOW_TRACKING_URI``  | ``sqlite:///$SWAN_HOME/mlflow/mlflow.db`` |
+| ``SWAN_MLFLOW_ARTIFACTS``| ``$SWAN_HOME/mlflow/artifacts``           |
+| ``SWAN_EXPERIMENT``      | ``swan-anomaly``                          |
+| ``SWAN_MODEL_NAME``      | ``swan_anomaly_vit`` (registered model)   |
+| ``SWAN_MODEL``           | ``vit-tiny-offline`` (preset, hub id or directory) |
+| ``SWAN_ENDPOINT_URL``    | ``http://127.0.0.1:5055``                 |
+| ``SWAN_ENDPOINT_NAME``   | ``swan-anomaly``                          |
+
+Example:
+    >>> settings = Settings.from_env({"SWAN_HOME": "/tmp/swan"})
+    >>> str(settings.lake_root)
+    '/tmp/swan/lake'
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where things live and what they are called."""
+
+    home: Path
+    landing_dir: Path
+    lake_root: Path
+    staging_dir: Path
+    tracking_uri: str
+    artifact_root: Path
+    experiment: str
+    model_name: str
+    model: str
+    endpoint_url: str
+    endpoint_name: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        home = Path(env.get("SWAN_HOME", ".swan")).absolute()
+        return cls(
+            home=home,
+            landing_dir=Path(env.get("SWAN_LANDING_DIR", home / "landing")).absolute(),
+            lake_root=Path(env.get("SWAN_LAKE_ROOT", home / "lake")).absolute(),
+            staging_dir=Path(env.get("SWAN_STAGING_DIR", home / "staging")).absolute(),
+            tracking_uri=env.get("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"),
+            artifact_root=Path(env.get("SWAN_MLFLOW_ARTIFACTS", home / "mlflow" / "artifacts")).absolute(),
+            experiment=env.get("SWAN_EXPERIMENT", "swan-anomaly"),
+            model_name=env.get("SWAN_MODEL_NAME", "swan_anomaly_vit"),
+            model=env.get("SWAN_MODEL", "vit-tiny-offline"),
+            endpoint_url=env.get("SWAN_ENDPOINT_URL", "http://127.0.0.1:5055").rstrip("/"),
+            endpoint_name=env.get("SWAN_ENDPOINT_NAME", "swan-anomaly"),
+        )
+
+    @property
+    def serving_dir(self) -> Path:
+        """State of the local model server (pid file, log)."""
+        return self.home / "serving"
+
+    @property
+    def models_dir(self) -> Path:
+        """Base models built from offline presets."""
+        return self.home / "models"

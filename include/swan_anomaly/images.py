@@ -1,0 +1,156 @@
+"""Image operations shared by the ETL job, training and the served model.
+
+This is the one preprocessing path of the project: the Spark ETL job, the training
+data loader and the MLflow pyfunc all call these functions, so training and serving
+cannot drift apart (the inspiring project fed its endpoint un-normalised raw frames).
+
+Example:
+    >>> import numpy as np
+    >>> img = np.zeros((240, 320, 3), dtype=np.uint8)
+    >>> center_biased_crop(img, bias_x=0.4).shape
+    (240, 240, 3)
+    >>> resize_area(img, 64).shape
+    (64, 64, 3)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from swan_anomaly._errors import ImageDecodeError
+
+#: Decoded images above this many pixels are refused (decompression-bomb guard).
+MAX_PIXELS = 50_000_000
+
+
+def decode_image(data: bytes, *, name: str = "<bytes>") -> np.ndarray:
+    """Decode JPEG/PNG/... bytes into an RGB image.
+
+    Args:
+        data: encoded image bytes.
+        name: what to call the image in error messages (a path or an id).
+
+    Returns:
+        ``[H, W, 3]`` uint8 RGB array. Grayscale is expanded, alpha is dropped,
+        16-bit images are scaled to 8 bits.
+
+    Raises:
+        ImageDecodeError: the bytes are empty, not an image, or too large.
+    """
+    if not data:
+        msg = f"{name}: empty image (0 bytes)"
+        raise ImageDecodeError(msg)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        msg = f"{name}: not a decodable image ({len(data)} bytes; OpenCV could not decode it)"
+        raise ImageDecodeError(msg)
+    if img.size > MAX_PIXELS * 4:
+        msg = f"{name}: image of {img.shape} exceeds the {MAX_PIXELS}-pixel limit"
+        raise ImageDecodeError(msg)
+    if img.dtype == np.uint16:
+        img = (img / 257).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        msg = f"{name}: unsupported pixel type {img.dtype}"
+        raise ImageDecodeError(msg)
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    if img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def encode_jpeg(image: np.ndarray, *, quality: int = 95) -> bytes:
+    """Encode an RGB ``[H, W, 3]`` uint8 image as JPEG bytes."""
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:  # pragma: no cover - OpenCV only fails on invalid arrays
+        msg = f"JPEG encoding failed for an image of shape {image.shape}"
+        raise ImageDecodeError(msg)
+    return buf.tobytes()
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """Encode an RGB ``[H, W, 3]`` uint8 image as lossless PNG bytes."""
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    if not ok:  # pragma: no cover
+        msg = f"PNG encoding failed for an image of shape {image.shape}"
+        raise ImageDecodeError(msg)
+    return buf.tobytes()
+
+
+def center_biased_crop(image: np.ndarray, *, bias_x: float = 0.4, bias_y: float = 0.5) -> np.ndarray:
+    """Cut the largest square from an image, centred at a biased point.
+
+    Args:
+        image: ``[H, W, C]`` array.
+        bias_x: horizontal centre of the crop as a fraction of the width (0.5 = centre;
+            the inspiring project used 0.40 because the swans sit left of centre).
+        bias_y: vertical centre as a fraction of the height.
+
+    Returns:
+        ``[S, S, C]`` view with ``S = min(H, W)``; the window is clamped inside the image.
+    """
+    x0, y0, side = crop_window(image.shape[0], image.shape[1], bias_x=bias_x, bias_y=bias_y)
+    return image[y0 : y0 + side, x0 : x0 + side]
+
+
+def crop_window(height: int, width: int, *, bias_x: float = 0.4, bias_y: float = 0.5) -> tuple[int, int, int]:
+    """The square kept by :func:`center_biased_crop`: ``(x0, y0, side)`` in pixels.
+
+    Anomaly synthesis uses it to place defects where the crop keeps them, so a frame
+    labelled abnormal still shows its anomaly after the ETL crop.
+    """
+    if not (0.0 <= bias_x <= 1.0 and 0.0 <= bias_y <= 1.0):
+        msg = f"crop bias must lie in [0, 1], got bias_x={bias_x}, bias_y={bias_y}"
+        raise ValueError(msg)
+    side = min(height, width)
+    x0 = min(max(int(round(bias_x * width - side / 2)), 0), width - side)
+    y0 = min(max(int(round(bias_y * height - side / 2)), 0), height - side)
+    return x0, y0, side
+
+
+def resize_area(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize to ``size x size`` with area interpolation (no aliasing when shrinking)."""
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def crop_and_resize(image: np.ndarray, *, size: int, bias_x: float = 0.4, bias_y: float = 0.5) -> np.ndarray:
+    """Center-biased square crop followed by an area resize to ``size``: ``[size, size, 3]`` uint8."""
+    return resize_area(center_biased_crop(image, bias_x=bias_x, bias_y=bias_y), size)
+
+
+def normalize(images: np.ndarray, *, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Turn ``[B, H, W, 3]`` uint8 RGB into ``[B, 3, H, W]`` float32, scaled to [0, 1] then standardised."""
+    x = images.astype(np.float32) / 255.0
+    x = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def preprocess(
+    images: Sequence[bytes],
+    *,
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    bias_x: float = 0.4,
+    bias_y: float = 0.5,
+    names: Sequence[str] | None = None,
+) -> np.ndarray:
+    """Decode, crop, resize and normalise encoded images: the model's input.
+
+    Used by training and by the served pyfunc. Images already cropped and resized by the
+    ETL job pass through the crop and resize unchanged (square, right size).
+
+    Returns:
+        ``[B, 3, size, size]`` float32 array.
+    """
+    names = names or [f"image[{i}]" for i in range(len(images))]
+    batch = np.stack(
+        [crop_and_resize(decode_image(b, name=n), size=size, bias_x=bias_x, bias_y=bias_y) for b, n in zip(images, names)]
+    )
+    return normalize(batch, mean=mean, std=std)

@@ -1,0 +1,127 @@
+"""The lake: raw, silver, gold, runs and code zones under one root (DESIGN.md "Lake layout").
+
+``LocalLake`` is the embedded default: a directory with the same layout as the ADLS Gen2
+container. A dataset upload is complete only when its ``_SUCCESS`` marker exists; the
+marker is written last, after ``manifest.json`` (sha256 of every file).
+
+Example:
+    >>> lake = LocalLake(Path("/tmp/lake"))                        # doctest: +SKIP
+    >>> lake.put_dataset(Path("/tmp/staging/20261126"), "20261126")  # doctest: +SKIP
+    'file:///tmp/lake/raw/20261126'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from swan_anomaly._errors import LakeError
+
+log = logging.getLogger(__name__)
+
+SUCCESS = "_SUCCESS"
+MANIFEST = "manifest.json"
+
+
+def safe_run_id(run_id: str) -> str:
+    """A run id usable as a path segment on every filesystem (``:``/``+`` replaced)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", run_id)
+
+
+@dataclass(frozen=True)
+class UploadReport:
+    """What an upload did: files written, files already identical, files removed."""
+
+    uri: str
+    written: int
+    unchanged: int
+    removed: int
+
+
+@dataclass(frozen=True)
+class LocalLake:
+    """A lake in a local directory."""
+
+    root: Path
+
+    def raw(self, dataset_id: str) -> Path:
+        return self.root / "raw" / dataset_id
+
+    @property
+    def silver(self) -> Path:
+        return self.root / "silver" / "images"
+
+    @property
+    def gold(self) -> Path:
+        return self.root / "gold" / "training"
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.root / "runs" / safe_run_id(run_id)
+
+    def put_dataset(self, local_dir: Path, dataset_id: str) -> UploadReport:
+        """Copy a staged dataset to ``raw/{dataset_id}/``, idempotently.
+
+        Files whose sha256 already matches are skipped; files no longer staged are
+        removed, so the partition equals the staging directory. ``_SUCCESS`` is removed
+        first and written last: readers never see a half-written partition as complete.
+        """
+        target = self.raw(dataset_id)
+        target.mkdir(parents=True, exist_ok=True)
+        (target / SUCCESS).unlink(missing_ok=True)
+        hashes: dict[str, str] = {}
+        written = unchanged = 0
+        for src in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+            rel = src.relative_to(local_dir).as_posix()
+            if rel in (SUCCESS, MANIFEST):
+                continue
+            digest = hashlib.sha256(src.read_bytes()).hexdigest()
+            hashes[rel] = digest
+            dst = target / rel
+            if dst.is_file() and hashlib.sha256(dst.read_bytes()).hexdigest() == digest:
+                unchanged += 1
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_name(dst.name + ".tmp")
+            shutil.copyfile(src, tmp)
+            tmp.replace(dst)
+            written += 1
+        removed = 0
+        for old in sorted(p for p in target.rglob("*") if p.is_file()):
+            rel = old.relative_to(target).as_posix()
+            if rel not in hashes and rel not in (SUCCESS, MANIFEST):
+                old.unlink()
+                removed += 1
+        (target / MANIFEST).write_text(json.dumps({"dataset_id": dataset_id, "files": hashes}, indent=1, sort_keys=True))
+        (target / SUCCESS).write_text("")
+        log.info("lake %s: %d written, %d unchanged, %d removed", target, written, unchanged, removed)
+        return UploadReport(target.as_uri(), written, unchanged, removed)
+
+    def require_complete(self, dataset_id: str) -> Path:
+        """The raw partition of ``dataset_id``; raises unless its ``_SUCCESS`` exists."""
+        target = self.raw(dataset_id)
+        if not (target / SUCCESS).is_file():
+            msg = f"{target}: no {SUCCESS} marker; the upload of dataset {dataset_id!r} is missing or incomplete. Rerun upload_to_lake."
+            raise LakeError(msg)
+        return target
+
+    def write_result(self, run_id: str, job: str, result: dict) -> Path:
+        """Write ``runs/{run_id}/{job}.json`` (what a job hands back to Airflow)."""
+        path = self.run_dir(run_id) / f"{job}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result, indent=2, sort_keys=True, default=str))
+        tmp.replace(path)
+        return path
+
+    def read_result(self, run_id: str, job: str) -> dict:
+        """Read ``runs/{run_id}/{job}.json``."""
+        path = self.run_dir(run_id) / f"{job}.json"
+        if not path.is_file():
+            msg = f"{path}: job {job!r} wrote no result for run {run_id!r}; did the job finish?"
+            raise LakeError(msg)
+        return json.loads(path.read_text())

@@ -1,0 +1,107 @@
+"""One client for the local endpoint and Databricks Model Serving (same REST contract).
+
+Example:
+    >>> client = EndpointClient("http://127.0.0.1:5055", "swan-anomaly")           # doctest: +SKIP
+    >>> client.score([open("frame.png", "rb").read()])[0]["anomaly_score"]        # doctest: +SKIP
+    0.0132
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+
+import httpx
+
+from swan_anomaly._errors import EndpointError
+
+log = logging.getLogger(__name__)
+
+
+class EndpointClient:
+    """Talks to ``{base_url}/serving-endpoints/{name}`` and ``{base_url}/api/2.0/serving-endpoints/{name}``.
+
+    Args:
+        base_url: ``http://127.0.0.1:5055`` locally, the workspace URL on Databricks.
+        name: endpoint name.
+        token: bearer token (Databricks); never logged.
+        timeout: seconds per request.
+    """
+
+    def __init__(self, base_url: str, name: str, *, token: str | None = None, timeout: float = 60.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.base_url = base_url.rstrip("/")
+        self.name = name
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    @property
+    def invocations_url(self) -> str:
+        return f"{self.base_url}/serving-endpoints/{self.name}/invocations"
+
+    def _check(self, response: httpx.Response, what: str) -> dict:
+        if response.status_code >= 400:
+            msg = f"{what} at {response.request.url} answered {response.status_code}: {response.text[:500]}"
+            raise EndpointError(msg)
+        return response.json()
+
+    def get(self) -> dict:
+        """The endpoint's state and config."""
+        return self._check(self._http.get(f"/api/2.0/serving-endpoints/{self.name}"), "GET endpoint")
+
+    def served_version(self) -> str | None:
+        entities = self.get().get("config", {}).get("served_entities", [])
+        return str(entities[0]["entity_version"]) if entities else None
+
+    def update_served_version(self, model_name: str, version: str, *, timeout: float = 300.0, poll: float = 0.5) -> dict:
+        """Serve ``model_name`` version ``version`` and wait until the update finishes.
+
+        Raises:
+            EndpointError: the endpoint refused the config or reported ``UPDATE_FAILED``.
+        """
+        body = {"served_entities": [{"entity_name": model_name, "entity_version": str(version)}]}
+        self._check(self._http.put(f"/api/2.0/serving-endpoints/{self.name}/config", json=body), "PUT config")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            desc = self.get()
+            update = desc["state"]["config_update"]
+            if update == "UPDATE_FAILED":
+                msg = f"endpoint {self.name} failed to serve {model_name} v{version}: {desc.get('message', '')}"
+                raise EndpointError(msg)
+            if update == "NOT_UPDATING" and desc["state"]["ready"] == "READY":
+                if self.served_version() == str(version):
+                    return desc
+            time.sleep(poll)
+        msg = f"endpoint {self.name} did not serve {model_name} v{version} within {timeout:.0f}s"
+        raise EndpointError(msg)
+
+    def score(self, images: list[bytes], *, batch_size: int = 16) -> list[dict]:
+        """``[{"logits": [l0, l1], "anomaly_score": s}, ...]`` for encoded images."""
+        out: list[dict] = []
+        for i in range(0, len(images), batch_size):
+            rows = [[base64.b64encode(b).decode()] for b in images[i : i + batch_size]]
+            payload = {"dataframe_split": {"columns": ["image"], "data": rows}}
+            out.extend(self._check(self._http.post(f"/serving-endpoints/{self.name}/invocations", json=payload), "invocations")["predictions"])
+        return out
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def score_table(rows: list[tuple[str, int, float]]) -> str:
+    """A fixed-width table of ``(image, label, anomaly_score)`` rows, most anomalous first."""
+    width = max([len("image"), *(len(r[0]) for r in rows)])
+    lines = [f"{'image':<{width}} {'label':<9} {'anomaly_score':>13}", "-" * (width + 24)]
+    for name, label, score in sorted(rows, key=lambda r: -r[2]):
+        lines.append(f"{name:<{width}} {('abnormal' if label == 0 else 'normal'):<9} {score:>13.6f}")
+    return "\n".join(lines)
+
+
+def separation(rows: list[tuple[str, int, float]]) -> float:
+    """``min(abnormal scores) - max(normal scores)``; positive when every abnormal image outscores every normal one."""
+    abnormal = [s for _, label, s in rows if label == 0]
+    normal = [s for _, label, s in rows if label == 1]
+    if not abnormal or not normal:
+        msg = f"endpoint validation needs abnormal and normal images, got {len(abnormal)} abnormal and {len(normal)} normal"
+        raise EndpointError(msg)
+    return min(abnormal) - max(normal)

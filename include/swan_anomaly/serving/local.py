@@ -1,0 +1,84 @@
+"""Start, find and stop the local model server process of the embedded default.
+
+The server runs detached (its own session), so it outlives the Airflow task that started
+it, like a real endpoint; its pid and log live under ``$SWAN_HOME/serving``.
+
+Example:
+    >>> url = ensure_local_server(Settings.from_env())   # doctest: +SKIP
+    >>> stop_local_server(Settings.from_env())            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from urllib.parse import urlparse
+
+import httpx
+
+from swan_anomaly._errors import EndpointError
+from swan_anomaly.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def ensure_local_server(settings: Settings, *, timeout: float = 90.0) -> str:
+    """Return the endpoint base URL, starting the server first if nothing answers there."""
+    url = settings.endpoint_url
+    if _healthy(url):
+        return url
+    parsed = urlparse(url)
+    settings.serving_dir.mkdir(parents=True, exist_ok=True)
+    log_path = settings.serving_dir / "server.log"
+    cmd = [
+        sys.executable, "-m", "swan_anomaly.serving.server",
+        "--host", parsed.hostname or "127.0.0.1", "--port", str(parsed.port or 5055),
+        "--name", settings.endpoint_name, "--tracking-uri", settings.tracking_uri,
+    ]
+    with log_path.open("ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=os.environ.copy())
+    (settings.serving_dir / "server.pid").write_text(str(proc.pid))
+    log.info("started local model server pid %d on %s (log: %s)", proc.pid, url, log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-2000:]
+            msg = f"local model server exited with code {proc.returncode} before answering on {url}; log tail:\n{tail}"
+            raise EndpointError(msg)
+        if _healthy(url):
+            return url
+        time.sleep(0.5)
+    msg = f"local model server did not answer on {url} within {timeout:.0f}s; see {log_path}"
+    raise EndpointError(msg)
+
+
+def stop_local_server(settings: Settings) -> bool:
+    """Stop the server recorded in the pid file; True if one was stopped."""
+    pid_file = settings.serving_dir / "server.pid"
+    if not pid_file.is_file():
+        return False
+    pid = int(pid_file.read_text())
+    pid_file.unlink()
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    for _ in range(50):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    os.killpg(pid, signal.SIGKILL)
+    return True

@@ -1,0 +1,86 @@
+"""The served model: an MLflow pyfunc that takes image bytes and returns logits and anomaly scores.
+
+Input: a DataFrame with one column ``image`` (bytes; over REST, base64 strings, which MLflow's
+scoring server decodes because the signature says ``binary``). Any size, JPEG or PNG: the
+pyfunc applies the same crop, resize and normalisation as training
+(:func:`swan_anomaly.modeling.predict_logits`).
+
+Output: one row per image with ``logits`` ``[l0, l1]`` and ``anomaly_score = softmax(logits)[0]``.
+
+Example:
+    >>> model = mlflow.pyfunc.load_model("models:/swan_anomaly_vit@champion")            # doctest: +SKIP
+    >>> model.predict(pd.DataFrame({"image": [open("frame.jpg", "rb").read()]}))        # doctest: +SKIP
+       logits                    anomaly_score
+    0  [2.31, -1.92]             0.9857
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from pathlib import Path
+
+import mlflow.pyfunc
+import pandas as pd
+
+PREPROCESS_FILE = "swan_preprocess.json"
+INPUT_COLUMN = "image"
+
+
+def _as_bytes(value, row: int) -> bytes:
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            msg = f"row {row}: 'image' is not valid base64 ({exc})"
+            raise MlflowException(msg, error_code=INVALID_PARAMETER_VALUE) from exc
+    msg = f"row {row}: 'image' must be bytes or a base64 string, got {type(value).__name__}"
+    raise MlflowException(msg, error_code=INVALID_PARAMETER_VALUE)
+
+
+class SwanAnomalyModel(mlflow.pyfunc.PythonModel):
+    """ViT anomaly scorer with its preprocessing inside."""
+
+    def load_context(self, context) -> None:
+        import torch
+
+        from swan_anomaly.modeling import PreprocessSpec, load_classifier
+
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        model_dir = context.artifacts["model_dir"]
+        self.model = load_classifier(model_dir).eval()
+        self.spec = PreprocessSpec.from_json((Path(model_dir) / PREPROCESS_FILE).read_text())
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        from swan_anomaly._errors import ImageDecodeError
+        from swan_anomaly.metrics import anomaly_scores
+        from swan_anomaly.modeling import predict_logits
+
+        if INPUT_COLUMN not in model_input.columns:
+            msg = f"input needs a column {INPUT_COLUMN!r} of image bytes; got columns {list(model_input.columns)}"
+            raise MlflowException(msg, error_code=INVALID_PARAMETER_VALUE)
+        images = [_as_bytes(v, i) for i, v in enumerate(model_input[INPUT_COLUMN])]
+        try:
+            logits = predict_logits(self.model, self.spec, images, names=[f"row {i}" for i in range(len(images))])
+        except ImageDecodeError as exc:
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc
+        return pd.DataFrame({"logits": [row.tolist() for row in logits], "anomaly_score": anomaly_scores(logits).tolist()})
+
+
+def signature():
+    """Input: ``image`` binary; output: ``logits`` array of doubles and ``anomaly_score`` double."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, DataType, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec(DataType.binary, INPUT_COLUMN)]),
+        outputs=Schema([ColSpec(Array(DataType.double), "logits"), ColSpec(DataType.double, "anomaly_score")]),
+    )

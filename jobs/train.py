@@ -1,0 +1,42 @@
+"""jobs/train.py: fine-tune the ViT on the gold set, log to MLflow, log the served pyfunc.
+
+Parameters: --lake-root (req), --dataset-id (req), --run-id (req), --model (default: SWAN_MODEL
+or vit-tiny-offline; a hub id such as google/vit-base-patch16-224 or a local directory),
+--epochs, --batch-size, --learning-rate, --patience, --seed, --git-sha, --dag-id.
+MLflow settings come from the environment (MLFLOW_TRACKING_URI, SWAN_EXPERIMENT).
+Writes runs/{run_id}/train.json.
+"""
+
+from __future__ import annotations
+
+from swan_anomaly.config import Settings
+from swan_anomaly.entrypoint import job_parser, run_entrypoint
+from swan_anomaly.training import TrainConfig, run_training
+
+DEFAULTS = TrainConfig()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    settings = Settings.from_env()
+    parser = job_parser(__doc__)
+    parser.add_argument("--model", default=settings.model)
+    parser.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
+    parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
+    parser.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate)
+    parser.add_argument("--patience", type=int, default=DEFAULTS.patience)
+    parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    parser.add_argument("--git-sha", default="unknown")
+    parser.add_argument("--dag-id", default="")
+    args = parser.parse_args(argv)
+    config = TrainConfig(
+        model=args.model, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate, patience=args.patience, seed=args.seed
+    )
+    tags = {"git_sha": args.git_sha, "dag_id": args.dag_id}
+    return run_entrypoint(
+        "train", args,
+        lambda: run_training(lake_root=args.lake_root, dataset_id=args.dataset_id, run_id=args.run_id, config=config, settings=settings, tags=tags),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Run a job entrypoint of ``jobs/`` and hand its result JSON back to Airflow.
+
+Locally, a job is a subprocess running ``python jobs/{job}.py --lake-root ... --dataset-id ...
+--run-id ...`` with this interpreter; its output streams into the task log line by line. The
+same files run unchanged as Databricks ``spark_python_task``s.
+
+Example:
+    >>> result = run_job("etl", dataset_id="20261126", run_id="manual__x", args=["--image-size", "64"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import subprocess
+import sys
+
+from swan_airflow.runtime import jobs_dir, settings
+
+log = logging.getLogger(__name__)
+
+
+class JobFailed(RuntimeError):
+    """A job entrypoint exited non-zero."""
+
+
+def run_job(job: str, *, dataset_id: str, run_id: str, args: list[str] | None = None, timeout: float | None = None) -> dict:
+    """Run ``jobs/{job}.py`` for a dataset and run; return what it wrote to ``runs/{run_id}/{job}.json``."""
+    from swan_anomaly.lake import LocalLake
+
+    s = settings()
+    script = jobs_dir() / f"{job}.py"
+    if not script.is_file():
+        msg = f"job entrypoint {script} not found; set SWAN_JOBS_DIR to the project's jobs/ folder"
+        raise FileNotFoundError(msg)
+    cmd = [sys.executable, str(script), "--lake-root", str(s.lake_root), "--dataset-id", dataset_id, "--run-id", run_id, *(args or [])]
+    log.info("running job %s: %s", job, " ".join(cmd))
+    tail: collections.deque[str] = collections.deque(maxlen=30)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip()
+            tail.append(line)
+            log.info("[%s] %s", job, line)
+        code = proc.wait(timeout=timeout)
+    if code != 0:
+        msg = f"job {job} exited with code {code} for dataset {dataset_id}; last output:\n" + "\n".join(tail)
+        raise JobFailed(msg)
+    return LocalLake(s.lake_root).read_result(run_id, job)

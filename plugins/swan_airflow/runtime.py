@@ -1,0 +1,67 @@
+"""Run-scoped facts for tasks: settings, dataset id, landing-zone videos.
+
+Example:
+    >>> dataset_id_for(landing_date="2026-11-26", interval_start=None)
+    '20261126'
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def settings():
+    """The ``swan_anomaly`` settings (environment-driven)."""
+    from swan_anomaly.config import Settings
+
+    return Settings.from_env()
+
+
+def dataset_id_for(*, landing_date: str | None, interval_start: dt.datetime | None, run_after: dt.datetime | None = None) -> str:
+    """The dataset partition of a run: the landing date if given, else the data interval's start day.
+
+    A rerun or a backfill of the same interval gets the same id, so it rewrites the same
+    lake partition instead of adding one.
+    """
+    if landing_date:
+        return dt.date.fromisoformat(landing_date).strftime("%Y%m%d")
+    moment = interval_start or run_after
+    if moment is None:
+        msg = "cannot derive a dataset id: the run has no data interval, run_after or landing_date"
+        raise ValueError(msg)
+    return moment.strftime("%Y%m%d")
+
+
+def arrival_date(path: Path, landing_dir: Path) -> dt.date:
+    """A video's arrival date: its ``landing/YYYY-MM-DD/`` folder, else its modification day (UTC)."""
+    for part in path.relative_to(landing_dir).parts[:-1]:
+        try:
+            return dt.date.fromisoformat(part.removeprefix("date="))
+        except ValueError:
+            continue
+    return dt.datetime.fromtimestamp(path.stat().st_mtime, tz=dt.UTC).date()
+
+
+def find_landed_videos(landing_dir: Path, start: dt.date, end: dt.date) -> list[Path]:
+    """Videos under ``landing_dir`` whose arrival date lies in ``[start, end)``, sorted."""
+    if not landing_dir.is_dir():
+        return []
+    found = [
+        p for p in sorted(landing_dir.rglob("*"))
+        if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES and start <= arrival_date(p, landing_dir) < end
+    ]
+    log.info("landing zone %s: %d videos arrived in [%s, %s)", landing_dir, len(found), start, end)
+    return found
+
+
+def jobs_dir() -> Path:
+    """Where the job entrypoints live (``SWAN_JOBS_DIR``, default ``<project>/jobs``)."""
+    return Path(os.environ.get("SWAN_JOBS_DIR", PROJECT_ROOT / "jobs"))

@@ -1,0 +1,80 @@
+"""Test session set-up: a private SWAN_HOME and AIRFLOW_HOME, one Spark session, tiny data.
+
+Environment variables are set at import time, before anything imports Airflow, so the
+tests never touch the developer's .airflow/ or .swan/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="swan-tests-"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+os.environ.update(
+    {
+        "SWAN_HOME": str(_SESSION_DIR / "swan"),
+        "AIRFLOW_HOME": str(_SESSION_DIR / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "SWAN_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}",
+        "SWAN_SPARK_MASTER": "local[2]",
+        "SWAN_SPARK_SHUFFLE_PARTITIONS": "2",
+        "PYSPARK_PYTHON": sys.executable,
+    }
+)
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+@pytest.fixture(scope="session")
+def session_dir() -> Path:
+    return _SESSION_DIR
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """A migrated SQLite Airflow metadata DB in the session's AIRFLOW_HOME."""
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
+    return Path(os.environ["AIRFLOW_HOME"])
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """The one Spark session of the test session."""
+    from swan_anomaly.spark import build_spark
+
+    session = build_spark("swan-tests")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_video(session_dir: Path) -> Path:
+    """A short procedural swan video (20 s, 10 fps, 320x240)."""
+    from swan_anomaly.video import render_demo_video
+
+    return render_demo_video(session_dir / "videos" / "swans.mp4", seconds=20, fps=10)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    from swan_anomaly.config import Settings
+    from swan_anomaly.serving.local import stop_local_server
+
+    stop_local_server(Settings.from_env())
+    shutil.rmtree(_SESSION_DIR, ignore_errors=True)

@@ -1,0 +1,113 @@
+"""Label manifest contract, group splits, lake uploads, frame extraction."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from swan_anomaly import LabelManifestError, LakeError, VideoError
+from swan_anomaly.anomalies import synthesize_dataset
+from swan_anomaly.labels import build_manifest, read_manifest, write_manifest
+from swan_anomaly.lake import LocalLake, safe_run_id
+from swan_anomaly.splits import assign_splits
+from swan_anomaly.video import extract_frames, video_id
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory, demo_video):
+    """A staged dataset: frames of the demo video, anomalies at ratio 0.5, labels.csv."""
+    ds = tmp_path_factory.mktemp("staged") / "20261126"
+    frames = [f.to_dict() for f in extract_frames(demo_video, ds / "frames", every_seconds=1.0)]
+    anomalies = synthesize_dataset(frames, ds, anomaly_ratio=0.5, seed=7)
+    table = build_manifest(frames, anomalies, ds, block_seconds=4.0)
+    write_manifest(table, ds / "labels.csv")
+    return ds, frames, anomalies, table
+
+
+def test_frames_are_sampled_in_time_and_identified_by_content(demo_video, staged):
+    _, frames, _, _ = staged
+    assert [f["timestamp_s"] for f in frames] == [float(i) for i in range(20)]
+    assert [f["frame_index"] for f in frames] == [i * 10 for i in range(20)]
+    assert {f["video_id"] for f in frames} == {video_id(demo_video)}
+    assert all(Path(f["path"]).is_file() for f in frames)
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [(b"", "empty file"), (b"this is not a video at all", "OpenCV cannot open|no decodable frames")],
+)
+def test_bad_videos_get_a_clear_error_naming_the_file(tmp_path, content, reason):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(content)
+    with pytest.raises(VideoError, match=f"broken.mp4: ({reason})"):
+        extract_frames(bad, tmp_path / "out")
+
+
+def test_truncated_video_keeps_what_decodes_or_fails_clearly(tmp_path, demo_video):
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(demo_video.read_bytes()[:2000])
+    try:
+        frames = extract_frames(cut, tmp_path / "out")
+    except VideoError as exc:
+        assert "cut.mp4" in str(exc)
+    else:
+        assert all(Path(f.path).is_file() for f in frames)
+
+
+def test_manifest_round_trips_and_matches_files(staged):
+    ds, frames, anomalies, table = staged
+    assert len(table) == len(frames) + len(anomalies) == 40
+    assert set(table.label) == {0, 1}
+    assert (table[table.label == 1].family == "none").all()
+    assert (table[table.label == 0].family == "salt_pepper_polygons").all()
+    params = json.loads(table[table.label == 0].family_params.iloc[0])
+    assert {"n_regions", "density", "salt_share", "grain", "vertices"} <= set(params)
+    back = read_manifest(ds / "labels.csv")
+    pd.testing.assert_frame_equal(back, table)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda t: t.assign(label=t.label.where(t.index != 0, 7)), "unknown label"),
+        (lambda t: pd.concat([t, t.iloc[[0]]]), "duplicate image"),
+        (lambda t: t.drop(columns=["group"]), "lacks columns"),
+    ],
+)
+def test_manifest_rejects_broken_contracts(tmp_path, staged, mutate, message):
+    *_, table = staged
+    with pytest.raises(LabelManifestError, match=message):
+        write_manifest(mutate(table.copy()), tmp_path / "labels.csv")
+
+
+def test_splits_never_share_a_group():
+    groups = [f"v{v}-b{b:04d}" for v in range(3) for b in range(10)]
+    split_of = assign_splits(groups, seed=3)
+    assert set(split_of) == set(groups)
+    assert set(split_of.values()) == {"train", "val", "test"}
+    assert split_of == assign_splits(list(reversed(groups)), seed=3)
+    with pytest.raises(ValueError, match="at least 3"):
+        assign_splits(["a", "b"], seed=0)
+
+
+def test_upload_is_idempotent_and_marks_success_last(tmp_path, staged):
+    ds, *_ = staged
+    lake = LocalLake(tmp_path / "lake")
+    with pytest.raises(LakeError, match="no _SUCCESS"):
+        lake.require_complete("20261126")
+    first = lake.put_dataset(ds, "20261126")
+    assert first.written == 41 and first.unchanged == 0  # 40 images + labels.csv
+    target = lake.require_complete("20261126")
+    manifest = json.loads((target / "manifest.json").read_text())
+    assert len(manifest["files"]) == 41
+    again = lake.put_dataset(ds, "20261126")
+    assert (again.written, again.unchanged, again.removed) == (0, 41, 0)
+    (target / "frames" / "stale.png").write_bytes(b"x")
+    assert lake.put_dataset(ds, "20261126").removed == 1
+
+
+def test_run_ids_become_safe_path_segments():
+    assert safe_run_id("manual__2026-11-26T05:40:20.734652+00:00") == "manual__2026-11-26T05_40_20.734652_00_00"

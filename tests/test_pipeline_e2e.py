@@ -1,0 +1,104 @@
+"""The whole DAG, end to end on the embedded default, with ``dag.test()`` on tiny data."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import ROOT
+
+LANDING_DATE = "2026-11-20"
+DATASET = "20261120"
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(airflow_db, demo_video):
+    """Land the demo video for LANDING_DATE and run the DAG once."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from swan_anomaly.config import Settings
+
+    landing = Settings.from_env().landing_dir / LANDING_DATE
+    landing.mkdir(parents=True, exist_ok=True)
+    shutil.copy(demo_video, landing / "swans.mp4")
+    dag = DagBag(dag_folder=str(ROOT / "dags")).get_dag("swan_anomaly_pipeline")
+    logical = dt.datetime.fromisoformat(LANDING_DATE).replace(tzinfo=dt.UTC)
+    return dag.test(logical_date=logical, run_conf={"landing_date": LANDING_DATE})
+
+
+@pytest.mark.slow
+def test_run_succeeds_and_writes_the_lake(pipeline_run):
+    from swan_anomaly.config import Settings
+    from swan_anomaly.labels import read_manifest
+    from swan_anomaly.lake import LocalLake
+
+    assert str(pipeline_run.state) == "success"
+    lake = LocalLake(Settings.from_env().lake_root)
+    raw = lake.require_complete(DATASET)
+    labels = read_manifest(raw / "labels.csv")
+    assert len(labels) == 80 and labels.label.value_counts().to_dict() == {0: 40, 1: 40}
+    manifest = json.loads((raw / "manifest.json").read_text())
+    on_disk = {p.relative_to(raw).as_posix() for p in raw.rglob("*.png")}
+    assert on_disk == set(labels.image_path) and set(labels.image_path) <= set(manifest["files"])
+    silver = pd.read_parquet(lake.silver / f"dataset_id={DATASET}")
+    gold = pd.read_parquet(lake.gold / f"dataset_id={DATASET}")
+    assert len(silver) == len(labels)
+    etl = lake.read_result(pipeline_run.run_id, "etl")
+    augment = lake.read_result(pipeline_run.run_id, "augment")
+    assert etl["silver_rows"] == len(silver) and augment["gold_rows"] == len(gold)
+    assert gold.groupby("group").split.nunique().max() == 1
+    train = lake.read_result(pipeline_run.run_id, "train")
+    assert train["val"]["auroc"] >= 0.9 and train["val"]["f1"] >= 0.8
+
+
+@pytest.mark.slow
+def test_champion_is_served_and_endpoint_scores_match_the_registry_model(pipeline_run):
+    import mlflow.pyfunc
+
+    from swan_anomaly.config import Settings
+    from swan_anomaly.lake import LocalLake
+    from swan_anomaly.metrics import anomaly_scores
+    from swan_anomaly.registry import CHAMPION, mlflow_client
+    from swan_anomaly.serving.client import EndpointClient, separation
+
+    s = Settings.from_env()
+    summary = LocalLake(s.lake_root).read_result(pipeline_run.run_id, "summary")
+    client = mlflow_client(s.tracking_uri)
+    champion = client.get_model_version_by_alias(s.model_name, CHAMPION)
+    assert champion.version == summary["model"]["version"]
+    assert champion.tags["airflow_run_id"] == pipeline_run.run_id
+    assert CHAMPION in summary["model"]["aliases"]
+
+    endpoint = EndpointClient(s.endpoint_url, s.endpoint_name)
+    assert endpoint.served_version() == champion.version
+    raw = LocalLake(s.lake_root).raw(DATASET)
+    names = [r[0] for r in summary["scores"]]
+    labels = [r[1] for r in summary["scores"]]
+    images = [(raw / n).read_bytes() for n in names]
+    predictions = endpoint.score(images)
+    logits = np.array([p["logits"] for p in predictions])
+    scores = np.array([p["anomaly_score"] for p in predictions])
+    np.testing.assert_allclose(scores, anomaly_scores(logits), atol=1e-7)
+
+    direct = mlflow.pyfunc.load_model(f"models:/{s.model_name}@{CHAMPION}").predict(pd.DataFrame({"image": images}))
+    np.testing.assert_allclose(scores, direct.anomaly_score.to_numpy(), atol=1e-6)
+    assert separation(list(zip(names, labels, scores.tolist()))) > 0
+
+
+@pytest.mark.slow
+def test_endpoint_rejects_bad_input_without_crashing(pipeline_run):
+    import httpx
+
+    from swan_anomaly.config import Settings
+    from swan_anomaly.serving.client import EndpointClient
+
+    s = Settings.from_env()
+    endpoint = EndpointClient(s.endpoint_url, s.endpoint_name)
+    bad = httpx.post(endpoint.invocations_url, json={"dataframe_split": {"columns": ["image"], "data": [["bm90IGFuIGltYWdl"]]}})
+    assert bad.status_code == 400 and "not a decodable image" in bad.text
+    assert endpoint.get()["state"]["ready"] == "READY"
