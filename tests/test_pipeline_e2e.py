@@ -70,12 +70,12 @@ def test_champion_is_served_and_endpoint_scores_match_the_registry_model(pipelin
     summary = LocalLake(s.lake_root).read_result(pipeline_run.run_id, "summary")
     client = mlflow_client(s.tracking_uri)
     champion = client.get_model_version_by_alias(s.model_name, CHAMPION)
-    assert champion.version == summary["model"]["version"]
+    assert str(champion.version) == summary["model"]["version"]
     assert champion.tags["airflow_run_id"] == pipeline_run.run_id
     assert CHAMPION in summary["model"]["aliases"]
 
     endpoint = EndpointClient(s.endpoint_url, s.endpoint_name)
-    assert endpoint.served_version() == champion.version
+    assert endpoint.served_version() == str(champion.version)
     raw = LocalLake(s.lake_root).raw(DATASET)
     names = [r[0] for r in summary["scores"]]
     labels = [r[1] for r in summary["scores"]]

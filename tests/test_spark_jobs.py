@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -57,11 +58,11 @@ def test_etl_crops_resizes_quarantines_and_reports(spark, lake):
 def test_etl_rerun_rewrites_its_partition_only(spark, lake):
     first = _digest(pd.read_parquet(lake.silver / f"dataset_id={DATASET}"), "image_path")
     other = lake.silver / "dataset_id=19990101"
-    other.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"image_path": ["x"]}).to_parquet(other / "part-0.parquet")
+    shutil.copytree(lake.silver / f"dataset_id={DATASET}", other)
+    kept = sorted(p.name for p in other.iterdir())
     run_etl(lake_root=lake.root, dataset_id=DATASET, image_size=32, spark=spark)
     assert _digest(pd.read_parquet(lake.silver / f"dataset_id={DATASET}"), "image_path") == first
-    assert (other / "part-0.parquet").is_file()
+    assert sorted(p.name for p in other.iterdir()) == kept
 
 
 def test_augmentation_splits_by_group_and_is_reproducible(spark, lake):

@@ -86,11 +86,13 @@ def run_augmentation(
 
     lake = LocalLake(lake_root)
     spark = spark or build_spark("swan-augment")
-    try:
-        silver = spark.read.parquet(str(lake.silver)).where(F.col("dataset_id") == dataset_id)
-    except Exception as exc:  # AnalysisException when the path does not exist
-        msg = f"{lake.silver}: silver images not readable ({exc}); run the ETL job for {dataset_id!r} first"
-        raise JobError(msg) from exc
+    partition = lake.silver / f"dataset_id={dataset_id}"
+    if not partition.is_dir():
+        msg = f"{partition}: no silver images for dataset {dataset_id!r}; run the ETL job first"
+        raise JobError(msg)
+    # Read the one partition directly: no schema inference across other datasets, and
+    # dataset_id stays a string (partition discovery would turn 20261126 into an integer).
+    silver = spark.read.parquet(str(partition)).withColumn("dataset_id", F.lit(dataset_id))
     groups = sorted(r.group for r in silver.select("group").distinct().collect())
     if not groups:
         msg = f"{lake.silver}: no silver rows for dataset {dataset_id!r}; run the ETL job first"
@@ -105,7 +107,7 @@ def run_augmentation(
         .select("sample_id", "image_path", "content", "label", "family", "group", "split", "aug", "video_id", "frame_index", "dataset_id")
     )
     gold.orderBy("sample_id").write.mode("overwrite").partitionBy("dataset_id").parquet(str(lake.gold))
-    written = spark.read.parquet(str(lake.gold)).where(F.col("dataset_id") == dataset_id)
+    written = spark.read.parquet(str(lake.gold / f"dataset_id={dataset_id}"))
     counts = written.groupBy("split", "label").count().collect()
     by_split: dict[str, dict[str, int]] = {}
     for r in counts:

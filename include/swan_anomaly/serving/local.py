@@ -26,17 +26,33 @@ from swan_anomaly.config import Settings
 log = logging.getLogger(__name__)
 
 
-def _healthy(url: str) -> bool:
+def _health(url: str) -> dict | None:
     try:
-        return httpx.get(f"{url}/health", timeout=2.0).status_code == 200
+        response = httpx.get(f"{url}/health", timeout=2.0)
     except httpx.HTTPError:
-        return False
+        return None
+    return response.json() if response.status_code == 200 else None
+
+
+def _healthy(url: str) -> bool:
+    return _health(url) is not None
 
 
 def ensure_local_server(settings: Settings, *, timeout: float = 90.0) -> str:
-    """Return the endpoint base URL, starting the server first if nothing answers there."""
+    """Return the endpoint base URL, starting the server first if nothing answers there.
+
+    Raises:
+        EndpointError: a server answers at the URL but reads another MLflow registry
+            (another ``SWAN_HOME``), or a new server does not come up.
+    """
     url = settings.endpoint_url
-    if _healthy(url):
+    if (health := _health(url)) is not None:
+        if health.get("registry_uri") not in (None, settings.tracking_uri):
+            msg = (
+                f"the model server at {url} serves models from {health.get('registry_uri')}, not {settings.tracking_uri}; "
+                "stop it (make stop-endpoint with its SWAN_HOME) or set SWAN_ENDPOINT_URL to a free port"
+            )
+            raise EndpointError(msg)
         return url
     parsed = urlparse(url)
     settings.serving_dir.mkdir(parents=True, exist_ok=True)

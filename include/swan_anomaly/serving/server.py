@@ -90,7 +90,7 @@ def create_app(name: str, *, tracking_uri: str | None = None):
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", **state.describe()["state"]}
+        return {"status": "ok", "registry_uri": mlflow.get_registry_uri(), **state.describe()["state"]}
 
     @app.get("/api/2.0/serving-endpoints/{endpoint}")
     async def get_endpoint(endpoint: str):
