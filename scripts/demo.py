@@ -51,7 +51,7 @@ def ensure_demo_video(landing_date: dt.date) -> tuple[Path, bool]:
     path = Settings.from_env().landing_dir / landing_date.isoformat() / "swans_demo.mp4"
     if path.is_file():
         return path, True
-    return render_demo_video(path), False
+    return render_demo_video(path, seconds=96.0), False
 
 
 def run_pipeline(landing_date: dt.date, conf: dict | None = None):

@@ -6,6 +6,7 @@ tests never touch the developer's .airflow/ or .swan/.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -40,6 +41,7 @@ os.environ.update(
     }
 )
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+logging.getLogger("py4j").setLevel(logging.WARNING)  # py4j logs from __del__ after pytest closed its streams
 
 
 @pytest.fixture(scope="session")

@@ -102,3 +102,20 @@ def test_endpoint_rejects_bad_input_without_crashing(pipeline_run):
     bad = httpx.post(endpoint.invocations_url, json={"dataframe_split": {"columns": ["image"], "data": [["bm90IGFuIGltYWdl"]]}})
     assert bad.status_code == 400 and "not a decodable image" in bad.text
     assert endpoint.get()["state"]["ready"] == "READY"
+
+
+@pytest.mark.slow
+def test_failed_endpoint_update_keeps_the_champion_serving(pipeline_run):
+    from swan_anomaly import EndpointError
+    from swan_anomaly.config import Settings
+    from swan_anomaly.serving.client import EndpointClient
+
+    s = Settings.from_env()
+    endpoint = EndpointClient(s.endpoint_url, s.endpoint_name)
+    serving = endpoint.served_version()
+    with pytest.raises(EndpointError, match="failed to serve"):
+        endpoint.update_served_version(s.model_name, "999", timeout=60)
+    assert endpoint.get()["state"]["config_update"] == "UPDATE_FAILED"
+    assert endpoint.served_version() == serving
+    image = (Settings.from_env().lake_root / "raw" / DATASET / "labels.csv").parent.glob("frames/*/*.png")
+    assert len(endpoint.score([next(image).read_bytes()])) == 1
