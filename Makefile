@@ -33,7 +33,7 @@ test: $(STAMP)
 
 # The real Airflow UI and scheduler with this project's folders: http://localhost:8080
 airflow: $(STAMP)
-	$(VENV)/bin/airflow standalone
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" airflow standalone
 
 mlflow-ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(SWAN_HOME)/mlflow/mlflow.db --port 5000
