@@ -84,12 +84,16 @@ def swan_anomaly_pipeline():
         """Videos to process: the `videos` Param, or those that landed in the run's data interval."""
         from pathlib import Path
 
-        from airflow.exceptions import AirflowSkipException
+        from airflow.sdk.exceptions import AirflowSkipException
 
         from swan_airflow.runtime import find_landed_videos, settings
 
+        import shutil
+
         ctx = get_current_context()
         params = ctx["params"]
+        dataset_id, _, _ = _run_facts()
+        shutil.rmtree(settings().staging_dir / dataset_id, ignore_errors=True)  # staging is scratch space of this run
         if params.get("videos"):
             videos = [str(Path(v).absolute()) for v in params["videos"]]
         else:
@@ -176,17 +180,15 @@ def swan_anomaly_pipeline():
 
     @task
     def run_etl(upload: dict) -> dict:
-        """Spark ETL job: label join, center-biased crop, area resize, JPEG, Parquet."""
+        """Spark ETL job: label join, center-biased crop, area resize to the model's input size, JPEG, Parquet."""
         from swan_airflow.jobs import run_job
         from swan_airflow.runtime import settings
-        from swan_anomaly.modeling import preprocess_spec, resolve_base_model
 
         dataset_id, run_id, params = _run_facts()
-        size = params.get("image_size")
-        if not size:
-            s = settings()
-            size = preprocess_spec(resolve_base_model(params.get("model") or s.model, s.models_dir)).size
-        return run_job("etl", dataset_id=dataset_id, run_id=run_id, args=["--image-size", str(size)])
+        args = ["--model", params.get("model") or settings().model]
+        if params.get("image_size"):
+            args += ["--image-size", str(params["image_size"])]
+        return run_job("etl", dataset_id=dataset_id, run_id=run_id, args=args)
 
     @task
     def run_augmentation(etl: dict) -> dict:

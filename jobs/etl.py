@@ -1,27 +1,33 @@
 """jobs/etl.py: raw frames + labels -> silver images (Spark).
 
-Parameters: --lake-root (req), --dataset-id (req), --run-id (req), --image-size (default 64),
---crop-bias-x (0.4), --crop-bias-y (0.5), --jpeg-quality (95).
+Parameters: --lake-root (req), --dataset-id (req), --run-id (req), --model (default: SWAN_MODEL;
+its config gives the input size), --image-size (overrides the model's), --crop-bias-x (0.4),
+--crop-bias-y (0.5), --jpeg-quality (95).
 Writes runs/{run_id}/etl.json.
 """
 
 from __future__ import annotations
 
+from swan_anomaly.config import Settings
 from swan_anomaly.entrypoint import job_parser, run_entrypoint
 from swan_anomaly.etl import run_etl
+from swan_anomaly.modeling import preprocess_spec, resolve_base_model
 
 
 def main(argv: list[str] | None = None) -> dict:
+    settings = Settings.from_env()
     parser = job_parser(__doc__)
-    parser.add_argument("--image-size", type=int, default=64, help="model input size in pixels")
+    parser.add_argument("--model", default=settings.model, help="preset, hub id or local directory")
+    parser.add_argument("--image-size", type=int, default=None, help="model input size in pixels (default: the model's)")
     parser.add_argument("--crop-bias-x", type=float, default=0.4)
     parser.add_argument("--crop-bias-y", type=float, default=0.5)
     parser.add_argument("--jpeg-quality", type=int, default=95)
     args = parser.parse_args(argv)
+    size = args.image_size or preprocess_spec(resolve_base_model(args.model, settings.models_dir)).size
     return run_entrypoint(
         "etl", args,
         lambda: run_etl(
-            lake_root=args.lake_root, dataset_id=args.dataset_id, image_size=args.image_size,
+            lake_root=args.lake_root, dataset_id=args.dataset_id, image_size=size,
             bias_x=args.crop_bias_x, bias_y=args.crop_bias_y, jpeg_quality=args.jpeg_quality,
         ),
     )

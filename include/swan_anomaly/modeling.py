@@ -92,11 +92,14 @@ def load_classifier(name_or_path: str):
 
 def preprocess_spec(name_or_path: str, *, bias_x: float = 0.4, bias_y: float = 0.5) -> PreprocessSpec:
     """Input size and normalisation from the model's image processor config."""
-    from transformers import ViTImageProcessor
+    from transformers.image_processing_base import ImageProcessingMixin
 
-    proc = ViTImageProcessor.from_pretrained(name_or_path)
-    size = proc.size.get("height") or proc.size.get("shortest_edge")
-    return PreprocessSpec(int(size), tuple(proc.image_mean), tuple(proc.image_std), bias_x, bias_y)
+    # Read the processor's config only: the crop, resize and normalisation are ours (one path
+    # for training and serving), so no image-processor backend needs to be instantiated.
+    config, _ = ImageProcessingMixin.get_image_processor_dict(name_or_path)
+    size = config.get("size", {})
+    side = size.get("height") or size.get("shortest_edge") if isinstance(size, dict) else size
+    return PreprocessSpec(int(side), tuple(config["image_mean"]), tuple(config["image_std"]), bias_x, bias_y)
 
 
 def predict_logits(model, spec: PreprocessSpec, images: list[bytes], *, batch_size: int = 64, names: list[str] | None = None):

@@ -80,7 +80,7 @@ def _tensors(frame: pd.DataFrame, spec):
     from swan_anomaly.images import preprocess
 
     x = preprocess(list(frame.content), size=spec.size, mean=spec.mean, std=spec.std, bias_x=spec.bias_x, bias_y=spec.bias_y, names=list(frame.sample_id))
-    return torch.from_numpy(x), torch.as_tensor(frame.label.to_numpy(), dtype=torch.long)
+    return torch.from_numpy(x), torch.tensor(frame.label.to_numpy(copy=True), dtype=torch.long)
 
 
 def _evaluate(model, x, y, batch_size: int) -> tuple[float, np.ndarray]:
@@ -248,9 +248,6 @@ def run_training(*, lake_root: Path, dataset_id: str, run_id: str, config: Train
         with tempfile.TemporaryDirectory() as tmp:
             model_dir = Path(tmp) / "model"
             model.save_pretrained(model_dir)
-            from transformers import ViTImageProcessor
-
-            ViTImageProcessor.from_pretrained(base).save_pretrained(model_dir)
             (model_dir / PREPROCESS_FILE).write_text(spec.to_json())
             example = gold[gold.split == Split.TEST.value].content.iloc[:1].map(bytes).to_frame("image").reset_index(drop=True)
             info = mlflow.pyfunc.log_model(
