@@ -1,6 +1,6 @@
 # swan-anomaly: two commands for a fresh clone.
 #   make demo   create .venv, install everything, run the whole DAG once on the embedded default
-#   make test   create the same environment if missing, run the test suite
+#   make test   create the same environment if missing (plus Azurite from npm), run the test suite
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -25,10 +25,16 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	@touch $@
 
+# Test services from the npm registry (Azurite, the Azure Storage emulator), pinned by package-lock.json.
+NODE_STAMP := node_modules/.installed
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
-test: $(STAMP)
+test: $(STAMP) $(NODE_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The real Airflow UI and scheduler with this project's folders: http://localhost:8080

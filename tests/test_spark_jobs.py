@@ -14,8 +14,8 @@ from swan_anomaly.anomalies import synthesize_dataset
 from swan_anomaly.augment import TRAIN_AUGMENTATIONS, run_augmentation
 from swan_anomaly.etl import run_etl
 from swan_anomaly.images import decode_image
-from swan_anomaly.labels import build_manifest, file_sha256, write_manifest
-from swan_anomaly.lake import LocalLake
+from swan_anomaly.labels import build_manifest, write_manifest
+from swan_anomaly.lake import LocalLake, sha256_file
 from swan_anomaly.video import extract_frames
 
 DATASET = "20261125"
@@ -31,7 +31,7 @@ def lake(tmp_path_factory, demo_video) -> LocalLake:
     table = build_manifest(frames, anomalies, ds, block_seconds=4.0)
     bad = ds / "frames" / frames[0]["video_id"] / "frame_99999.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    row = table.iloc[[0]].assign(image_path=str(bad.relative_to(ds)), frame_index=99999, sha256=file_sha256(bad))
+    row = table.iloc[[0]].assign(image_path=str(bad.relative_to(ds)), frame_index=99999, sha256=sha256_file(bad))
     write_manifest(pd.concat([table, row], ignore_index=True), ds / "labels.csv")
     (ds / "frames" / "stray.png").write_bytes((ds / table.image_path.iloc[1]).read_bytes())
     lake = LocalLake(root)

@@ -13,13 +13,13 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pandas as pd
 
 from swan_anomaly._errors import LabelManifestError
 from swan_anomaly.anomalies import NORMAL_FAMILY, AnomalyRecord
+from swan_anomaly.lake import sha256_file
 
 ABNORMAL, NORMAL = 0, 1
 LABEL_NAMES = {ABNORMAL: "abnormal", NORMAL: "normal"}
@@ -37,11 +37,6 @@ COLUMNS: dict[str, str] = {
 }
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 hex digest of a file."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def group_of(video_id: str, timestamp_s: float, block_seconds: float) -> str:
     """The split group of a frame: its video and its time block."""
     return f"{video_id}-b{int(timestamp_s // block_seconds):04d}"
@@ -57,7 +52,7 @@ def build_manifest(frames: list[dict], anomalies: list[AnomalyRecord], dataset_d
         rows.append((a.path, ABNORMAL, a.video_id, a.frame_index, a.timestamp_s, a.family, a.family_params))
     table = pd.DataFrame(rows, columns=list(COLUMNS)[:7])
     table["group"] = [group_of(v, t, block_seconds) for v, t in zip(table.video_id, table.timestamp_s)]
-    table["sha256"] = [file_sha256(dataset_dir / p) for p in table.image_path]
+    table["sha256"] = [sha256_file(dataset_dir / p) for p in table.image_path]
     return validate_manifest(table.sort_values("image_path", ignore_index=True), source=str(dataset_dir))
 
 

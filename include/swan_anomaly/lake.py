@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,46 @@ log = logging.getLogger(__name__)
 
 SUCCESS = "_SUCCESS"
 MANIFEST = "manifest.json"
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 hex digest of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class UploadPlan:
+    """What an idempotent dataset upload must do, whatever the lake (directory or ADLS).
+
+    ``hashes``: sha256 of every staged file by relative path; ``write``: files that are new or
+    changed; ``unchanged``: how many already match; ``remove``: lake files no longer staged.
+    """
+
+    hashes: dict[str, str]
+    write: list[str]
+    unchanged: int
+    remove: list[str]
+
+
+def plan_upload(local_dir: Path, existing: Mapping[str, str | None]) -> UploadPlan:
+    """Compare a staged dataset with what the lake holds (relative path -> sha256 or None)."""
+    hashes = {
+        p.relative_to(local_dir).as_posix(): sha256_file(p)
+        for p in sorted(local_dir.rglob("*"))
+        if p.is_file() and p.name not in (SUCCESS, MANIFEST)
+    }
+    write = [rel for rel, digest in hashes.items() if existing.get(rel) != digest]
+    remove = sorted(rel for rel in existing if rel not in hashes and rel not in (SUCCESS, MANIFEST))
+    return UploadPlan(hashes, write, len(hashes) - len(write), remove)
+
+
+def manifest_json(dataset_id: str, hashes: Mapping[str, str]) -> str:
+    """The ``manifest.json`` of a dataset partition: sha256 of every file."""
+    return json.dumps({"dataset_id": dataset_id, "files": dict(sorted(hashes.items()))}, indent=1, sort_keys=True)
 
 
 def safe_run_id(run_id: str) -> str:
@@ -73,33 +114,21 @@ class LocalLake:
         target = self.raw(dataset_id)
         target.mkdir(parents=True, exist_ok=True)
         (target / SUCCESS).unlink(missing_ok=True)
-        hashes: dict[str, str] = {}
-        written = unchanged = 0
-        for src in sorted(p for p in local_dir.rglob("*") if p.is_file()):
-            rel = src.relative_to(local_dir).as_posix()
-            if rel in (SUCCESS, MANIFEST):
-                continue
-            digest = hashlib.sha256(src.read_bytes()).hexdigest()
-            hashes[rel] = digest
+        existing = {p.relative_to(target).as_posix(): sha256_file(p) for p in target.rglob("*") if p.is_file()}
+        plan = plan_upload(local_dir, existing)
+        for rel in plan.write:
             dst = target / rel
-            if dst.is_file() and hashlib.sha256(dst.read_bytes()).hexdigest() == digest:
-                unchanged += 1
-                continue
             dst.parent.mkdir(parents=True, exist_ok=True)
             tmp = dst.with_name(dst.name + ".tmp")
-            shutil.copyfile(src, tmp)
+            shutil.copyfile(local_dir / rel, tmp)
             tmp.replace(dst)
-            written += 1
-        removed = 0
-        for old in sorted(p for p in target.rglob("*") if p.is_file()):
-            rel = old.relative_to(target).as_posix()
-            if rel not in hashes and rel not in (SUCCESS, MANIFEST):
-                old.unlink()
-                removed += 1
-        (target / MANIFEST).write_text(json.dumps({"dataset_id": dataset_id, "files": hashes}, indent=1, sort_keys=True))
+        for rel in plan.remove:
+            (target / rel).unlink()
+        (target / MANIFEST).write_text(manifest_json(dataset_id, plan.hashes))
         (target / SUCCESS).write_text("")
-        log.info("lake %s: %d written, %d unchanged, %d removed", target, written, unchanged, removed)
-        return UploadReport(target.as_uri(), written, unchanged, removed)
+        report = UploadReport(target.as_uri(), len(plan.write), plan.unchanged, len(plan.remove))
+        log.info("lake %s: %d written, %d unchanged, %d removed", target, report.written, report.unchanged, report.removed)
+        return report
 
     def require_complete(self, dataset_id: str) -> Path:
         """The raw partition of ``dataset_id``; raises unless its ``_SUCCESS`` exists."""

@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 
 from swan_anomaly._errors import VideoError
 from swan_anomaly.images import encode_png
+from swan_anomaly.lake import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,7 @@ class FrameRecord:
 
 def video_id(path: Path) -> str:
     """Content hash of a video file (first 16 hex digits of its sha256)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
+    return sha256_file(path)[:16]
 
 
 def extract_frames(video_path: Path, out_dir: Path, *, every_seconds: float = 0.5, max_frames: int | None = None) -> list[FrameRecord]:

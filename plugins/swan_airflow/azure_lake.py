@@ -1,0 +1,104 @@
+"""The lake on Azure Data Lake Storage Gen2 (or Blob Storage, or Azurite) through the Azure provider.
+
+Uses ``WasbHook`` of apache-airflow-providers-microsoft-azure: it talks to the Blob endpoint,
+which ADLS Gen2 (hierarchical namespace) accounts also serve, and which Azurite emulates in
+tests. The layout is the one of :class:`swan_anomaly.lake.LocalLake`, under an optional prefix
+of a container; Spark on Databricks reads it as ``abfss://{container}@{account}.dfs.core.windows.net/``.
+
+Uploads are idempotent: each blob carries its sha256 in its metadata, unchanged files are
+skipped, files no longer staged are deleted, ``manifest.json`` and ``_SUCCESS`` are written last,
+and the files themselves go up in parallel.
+
+Example:
+    >>> lake = WasbLake(conn_id="swan_lake", container="swan")         # doctest: +SKIP
+    >>> lake.put_dataset(Path("/tmp/staging/20261126"), "20261126")     # doctest: +SKIP
+    UploadReport(uri='abfss://swan@acct.dfs.core.windows.net/raw/20261126', written=387, ...)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from swan_anomaly.lake import MANIFEST, SUCCESS, UploadReport, manifest_json, plan_upload, safe_run_id
+
+log = logging.getLogger(__name__)
+
+
+class WasbLake:
+    """A lake in an Azure Storage container, reached through an Airflow ``wasb`` connection.
+
+    Args:
+        conn_id: Airflow connection id (type ``wasb``); credentials stay in the connection.
+        container: container (ADLS Gen2 file system) name.
+        prefix: optional folder inside the container, e.g. ``swan/``.
+        max_workers: parallel uploads.
+    """
+
+    def __init__(self, conn_id: str = "swan_lake", container: str = "swan", *, prefix: str = "", max_workers: int = 8) -> None:
+        from airflow.providers.microsoft.azure.hooks.wasb import WasbHook
+
+        self.hook = WasbHook(wasb_conn_id=conn_id)
+        self.conn_id = conn_id
+        self.container = container
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.max_workers = max_workers
+
+    def _name(self, *parts: str) -> str:
+        return self.prefix + "/".join(p.strip("/") for p in parts)
+
+    @property
+    def account(self) -> str:
+        return self.hook.blob_service_client.account_name
+
+    def uri(self, path: str = "") -> str:
+        """``abfss://`` URI of a path in the lake (what Spark on Databricks reads)."""
+        return f"abfss://{self.container}@{self.account}.dfs.core.windows.net/{self._name(path)}"
+
+    def raw_prefix(self, dataset_id: str) -> str:
+        return self._name("raw", dataset_id) + "/"
+
+    def _existing(self, prefix: str) -> dict[str, str | None]:
+        container = self.hook.blob_service_client.get_container_client(self.container)
+        return {
+            blob.name[len(prefix) :]: (blob.metadata or {}).get("sha256")
+            for blob in container.list_blobs(name_starts_with=prefix, include=["metadata"])
+        }
+
+    def put_dataset(self, local_dir: Path, dataset_id: str) -> UploadReport:
+        """Upload a staged dataset to ``raw/{dataset_id}/`` (idempotent, parallel, ``_SUCCESS`` last)."""
+        self.hook.create_container(self.container)
+        prefix = self.raw_prefix(dataset_id)
+        self.hook.delete_file(self.container, prefix + SUCCESS, ignore_if_missing=True)
+        plan = plan_upload(local_dir, self._existing(prefix))
+
+        def upload(rel: str) -> None:
+            with (local_dir / rel).open("rb") as fh:
+                self.hook.upload(self.container, prefix + rel, fh, overwrite=True, metadata={"sha256": plan.hashes[rel]})
+
+        with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
+            list(pool.map(upload, plan.write))  # list() re-raises the first failed upload
+        for start in range(0, len(plan.remove), 256):
+            self.hook.delete_blobs(self.container, *[prefix + rel for rel in plan.remove[start : start + 256]])
+        self.hook.upload(self.container, prefix + MANIFEST, manifest_json(dataset_id, plan.hashes), overwrite=True)
+        self.hook.upload(self.container, prefix + SUCCESS, b"", overwrite=True)
+        report = UploadReport(self.uri(f"raw/{dataset_id}"), len(plan.write), plan.unchanged, len(plan.remove))
+        log.info("lake %s: %d written, %d unchanged, %d removed", report.uri, report.written, report.unchanged, report.removed)
+        return report
+
+    def is_complete(self, dataset_id: str) -> bool:
+        """True when ``raw/{dataset_id}/_SUCCESS`` exists."""
+        return self.hook.check_for_blob(self.container, self.raw_prefix(dataset_id) + SUCCESS)
+
+    def write_result(self, run_id: str, job: str, result: dict) -> str:
+        """Write ``runs/{run_id}/{job}.json``; returns its blob name."""
+        name = self._name("runs", safe_run_id(run_id), f"{job}.json")
+        self.hook.upload(self.container, name, json.dumps(result, indent=2, sort_keys=True, default=str), overwrite=True)
+        return name
+
+    def read_result(self, run_id: str, job: str) -> dict:
+        """Read ``runs/{run_id}/{job}.json``."""
+        name = self._name("runs", safe_run_id(run_id), f"{job}.json")
+        return json.loads(self.hook.download(self.container, name).readall())

@@ -1,0 +1,142 @@
+"""The ADLS lake through the Azure provider's WasbHook, against Azurite (a real Azure Storage emulator)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+# Azurite's well-known development account (published in Azurite's documentation; not a secret).
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def _wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"Azurite did not listen on 127.0.0.1:{port} within {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def azurite(tmp_path_factory, monkeypatch_module):
+    """Azurite's blob service on a free port, with an Airflow ``wasb`` connection pointing at it."""
+    from conftest import _free_port
+
+    binary = ROOT / "node_modules" / ".bin" / "azurite-blob"
+    assert binary.exists(), "Azurite is not installed: run `npm ci` (make test does it)"
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence", "--skipApiVersionCheck", "--loose", "--silent"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for_port(port)
+        conn_str = (
+            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};"
+        )
+        monkeypatch_module.setenv("AIRFLOW_CONN_SWAN_LAKE_TEST", json.dumps({"conn_type": "wasb", "extra": {"connection_string": conn_str}}))
+        yield port
+    finally:
+        proc.terminate()  # Azurite waits for idle keep-alive connections on SIGTERM; don't wait long
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+@pytest.fixture
+def staged(tmp_path) -> Path:
+    ds = tmp_path / "20261126"
+    for i in range(6):
+        (ds / "frames" / "v1").mkdir(parents=True, exist_ok=True)
+        (ds / "frames" / "v1" / f"frame_{i:05d}.png").write_bytes(f"frame {i}".encode() * 50)
+    (ds / "labels.csv").write_text("image_path,label\n")
+    return ds
+
+
+def _lake(container: str):
+    from swan_airflow.azure_lake import WasbLake
+
+    return WasbLake(conn_id="swan_lake_test", container=container, prefix="lake", max_workers=4)
+
+
+def _blobs(lake) -> dict[str, bytes]:
+    container = lake.hook.blob_service_client.get_container_client(lake.container)
+    return {b.name: container.download_blob(b.name).readall() for b in container.list_blobs()}
+
+
+def test_upload_writes_files_manifest_and_success(azurite, staged):
+    lake = _lake("upload")
+    report = lake.put_dataset(staged, "20261126")
+    assert (report.written, report.unchanged, report.removed) == (7, 0, 0)
+    assert report.uri == f"abfss://upload@{AZURITE_ACCOUNT}.dfs.core.windows.net/lake/raw/20261126"
+    blobs = _blobs(lake)
+    prefix = "lake/raw/20261126/"
+    assert blobs[prefix + "frames/v1/frame_00003.png"] == (staged / "frames/v1/frame_00003.png").read_bytes()
+    assert set(json.loads(blobs[prefix + "manifest.json"])["files"]) == {p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file()}
+    assert blobs[prefix + "_SUCCESS"] == b""
+    assert lake.is_complete("20261126")
+
+
+def test_reupload_skips_unchanged_replaces_changed_and_removes_stale(azurite, staged):
+    lake = _lake("rerun")
+    lake.put_dataset(staged, "20261126")
+    again = lake.put_dataset(staged, "20261126")
+    assert (again.written, again.unchanged, again.removed) == (0, 7, 0)
+    (staged / "frames/v1/frame_00001.png").write_bytes(b"changed")
+    (staged / "frames/v1/frame_00005.png").unlink()
+    third = lake.put_dataset(staged, "20261126")
+    assert (third.written, third.unchanged, third.removed) == (1, 5, 1)
+    blobs = _blobs(lake)
+    assert blobs["lake/raw/20261126/frames/v1/frame_00001.png"] == b"changed"
+    assert "lake/raw/20261126/frames/v1/frame_00005.png" not in blobs
+
+
+def test_failed_upload_leaves_the_partition_incomplete(azurite, staged, monkeypatch):
+    lake = _lake("failure")
+    lake.put_dataset(staged, "20261126")
+    (staged / "frames/v1/frame_00002.png").write_bytes(b"new content")
+    real_upload = lake.hook.upload
+
+    def flaky(container, name, data, **kwargs):
+        if name.endswith("frame_00002.png"):
+            raise OSError("connection reset while uploading")
+        return real_upload(container, name, data, **kwargs)
+
+    monkeypatch.setattr(lake.hook, "upload", flaky)
+    with pytest.raises(OSError, match="connection reset"):
+        lake.put_dataset(staged, "20261126")
+    assert not lake.is_complete("20261126"), "_SUCCESS must not survive a failed upload"
+    monkeypatch.setattr(lake.hook, "upload", real_upload)
+    assert lake.put_dataset(staged, "20261126").written == 1
+    assert lake.is_complete("20261126")
+
+
+def test_results_round_trip_and_the_key_stays_out_of_logs(azurite, caplog):
+    lake = _lake("results")
+    lake.hook.create_container("results")
+    with caplog.at_level(logging.DEBUG):
+        lake.write_result("manual__2026-11-26T05:40:20+00:00", "etl", {"silver_rows": 384})
+        assert lake.read_result("manual__2026-11-26T05:40:20+00:00", "etl") == {"silver_rows": 384}
+    assert AZURITE_KEY not in caplog.text
+    assert "lake/runs/manual__2026-11-26T05_40_20_00_00/etl.json" in _blobs(lake)
