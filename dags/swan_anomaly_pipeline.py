@@ -259,34 +259,33 @@ def swan_anomaly_pipeline():
 
     @task(trigger_rule="none_failed_min_one_success")
     def update_endpoint() -> dict:
-        """Serve the current champion on the endpoint (starts the local server if needed)."""
+        """Serve the current champion (databricks-sdk: create the endpoint, or update its config and wait)."""
         from swan_airflow.runtime import settings
+        from swan_airflow.serving import serving_target
         from swan_anomaly.registry import CHAMPION, get_alias, mlflow_client
-        from swan_anomaly.serving.client import EndpointClient
-        from swan_anomaly.serving.local import ensure_local_server
+        from swan_anomaly.serving.deploy import ServingConfig, deploy_version
 
         s = settings()
         champion = get_alias(mlflow_client(s.tracking_uri), s.model_name, CHAMPION)
         if champion is None:
             raise RuntimeError(f"registered model {s.model_name} has no 'champion' alias; nothing to serve")
-        client = EndpointClient(ensure_local_server(s), s.endpoint_name)
-        version = str(champion.version)
-        before = client.served_version()
-        if before == version:
-            print(f"endpoint {s.endpoint_name} already serves {s.model_name} v{version}")
-        else:
-            client.update_served_version(s.model_name, version)
-            print(f"endpoint {s.endpoint_name}: v{before} -> v{version}")
-        return {"url": client.invocations_url, "name": s.model_name, "version": version, "previous": before}
+        target = serving_target()
+        result = deploy_version(target.workspace(), target.endpoint, s.model_name, str(champion.version), ServingConfig.from_env())
+        print(f"endpoint {target.endpoint} ({target.backend}) serves {s.model_name} v{result.version}" + (f" (was v{result.previous_version})" if result.changed else " (unchanged)"))
+        return {"url": target.invocations_url, "name": s.model_name, "version": result.version, "previous": result.previous_version, "changed": result.changed}
 
     @task
     def validate_endpoint(endpoint: dict) -> dict:
-        """Score held-out raw test frames over REST; fail unless abnormal and normal scores separate."""
+        """Score held-out raw test frames over REST; unless abnormal and normal scores separate, roll back and fail."""
         import pandas as pd
 
         from swan_airflow.runtime import settings
+        from swan_airflow.serving import serving_target
+        from swan_anomaly import EndpointValidationFailed
         from swan_anomaly.lake import LocalLake
-        from swan_anomaly.serving.client import EndpointClient, score_table, separation
+        from swan_anomaly.registry import mlflow_client, rollback
+        from swan_anomaly.serving.client import score_table, separation
+        from swan_anomaly.serving.deploy import ServingConfig, deploy_version
         from swan_anomaly.splits import Split
 
         dataset_id, _, _ = _run_facts()
@@ -296,17 +295,19 @@ def swan_anomaly_pipeline():
         held_out = gold[(gold.split == Split.TEST.value) & (gold.aug == "none")].sort_values("image_path")
         sample = pd.concat([held_out[held_out.label == lab].head(8) for lab in (0, 1)])
         images = [(lake.raw(dataset_id) / p).read_bytes() for p in sample.image_path]
-        client = EndpointClient(s.endpoint_url, s.endpoint_name)
-        predictions = client.score(images)
+        target = serving_target()
+        predictions = target.client().score(images)
         rows = [(p, int(lab), float(pred["anomaly_score"])) for p, lab, pred in zip(sample.image_path, sample.label, predictions)]
-        table = score_table(rows)
         margin = separation(rows)
-        print(f"endpoint {client.invocations_url} serving v{endpoint['version']}\n{table}\nseparation margin (min abnormal - max normal): {margin:.6f}")
+        print(f"endpoint {target.invocations_url} serving v{endpoint['version']}\n{score_table(rows)}\nseparation margin (min abnormal - max normal): {margin:.6f}")
         if margin <= 0:
-            from swan_anomaly._errors import EndpointValidationFailed
-
-            raise EndpointValidationFailed(f"abnormal and normal scores overlap on {len(rows)} held-out images (margin {margin:.6f})")
-        return {"url": client.invocations_url, "version": endpoint["version"], "previous": endpoint["previous"], "margin": margin, "scores": rows}
+            message = f"abnormal and normal scores overlap on {len(rows)} held-out images (margin {margin:.6f})"
+            if endpoint["changed"] and endpoint["previous"]:
+                deploy_version(target.workspace(), target.endpoint, s.model_name, endpoint["previous"], ServingConfig.from_env())
+                rollback(mlflow_client(s.tracking_uri), s.model_name, endpoint["previous"])
+                message += f"; rolled the endpoint and the champion alias back to v{endpoint['previous']}"
+            raise EndpointValidationFailed(message)
+        return {"url": target.invocations_url, "version": endpoint["version"], "previous": endpoint["previous"], "margin": margin, "scores": rows}
 
     @task
     def summarize_run(upload: dict, etl: dict, augment: dict, training: dict, registered: dict, validation: dict) -> dict:

@@ -65,6 +65,7 @@ def test_champion_is_served_and_endpoint_scores_match_the_registry_model(pipelin
     from swan_anomaly.metrics import anomaly_scores
     from swan_anomaly.registry import CHAMPION, mlflow_client
     from swan_anomaly.serving.client import EndpointClient, separation
+    from swan_anomaly.serving.deploy import served_version, workspace_client
 
     s = Settings.from_env()
     summary = LocalLake(s.lake_root).read_result(pipeline_run.run_id, "summary")
@@ -75,7 +76,7 @@ def test_champion_is_served_and_endpoint_scores_match_the_registry_model(pipelin
     assert CHAMPION in summary["model"]["aliases"]
 
     endpoint = EndpointClient(s.endpoint_url, s.endpoint_name)
-    assert endpoint.served_version() == str(champion.version)
+    assert served_version(workspace_client(s.endpoint_url, token="local-endpoint"), s.endpoint_name) == str(champion.version)
     raw = LocalLake(s.lake_root).raw(DATASET)
     names = [r[0] for r in summary["scores"]]
     labels = [r[1] for r in summary["scores"]]
@@ -96,12 +97,13 @@ def test_endpoint_rejects_bad_input_without_crashing(pipeline_run):
 
     from swan_anomaly.config import Settings
     from swan_anomaly.serving.client import EndpointClient
+    from swan_anomaly.serving.deploy import workspace_client
 
     s = Settings.from_env()
     endpoint = EndpointClient(s.endpoint_url, s.endpoint_name)
     bad = httpx.post(endpoint.invocations_url, json={"dataframe_split": {"columns": ["image"], "data": [["bm90IGFuIGltYWdl"]]}})
     assert bad.status_code == 400 and "not a decodable image" in bad.text
-    assert endpoint.get()["state"]["ready"] == "READY"
+    assert workspace_client(s.endpoint_url, token="local-endpoint").serving_endpoints.get(s.endpoint_name).state.ready.value == "READY"
 
 
 @pytest.mark.slow
@@ -109,13 +111,15 @@ def test_failed_endpoint_update_keeps_the_champion_serving(pipeline_run):
     from swan_anomaly import EndpointError
     from swan_anomaly.config import Settings
     from swan_anomaly.serving.client import EndpointClient
+    from swan_anomaly.serving.deploy import ServingConfig, deploy_version, served_version, workspace_client
 
     s = Settings.from_env()
     endpoint = EndpointClient(s.endpoint_url, s.endpoint_name)
-    serving = endpoint.served_version()
-    with pytest.raises(EndpointError, match="failed to serve"):
-        endpoint.update_served_version(s.model_name, "999", timeout=60)
-    assert endpoint.get()["state"]["config_update"] == "UPDATE_FAILED"
-    assert endpoint.served_version() == serving
+    w = workspace_client(s.endpoint_url, token="local-endpoint")
+    serving = served_version(w, s.endpoint_name)
+    with pytest.raises(EndpointError, match=f"failed to serve {s.model_name} v999 and keeps serving v{serving}"):
+        deploy_version(w, s.endpoint_name, s.model_name, "999", ServingConfig(timeout=dt.timedelta(seconds=60)))
+    assert w.serving_endpoints.get(s.endpoint_name).state.config_update.value == "UPDATE_FAILED"
+    assert served_version(w, s.endpoint_name) == serving
     image = (Settings.from_env().lake_root / "raw" / DATASET / "labels.csv").parent.glob("frames/*/*.png")
     assert len(endpoint.score([next(image).read_bytes()])) == 1

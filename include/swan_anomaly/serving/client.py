@@ -1,4 +1,7 @@
-"""One client for the local endpoint and Databricks Model Serving (same REST contract).
+"""Invocations of a serving endpoint over REST: the local endpoint and Databricks Model Serving alike.
+
+The endpoint's config is changed through databricks-sdk (:mod:`swan_anomaly.serving.deploy`);
+this client only scores images, so validation is one client with two base URLs.
 
 Example:
     >>> client = EndpointClient("http://127.0.0.1:5055", "swan-anomaly")           # doctest: +SKIP
@@ -10,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import time
 
 import httpx
 
@@ -20,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 class EndpointClient:
-    """Talks to ``{base_url}/serving-endpoints/{name}`` and ``{base_url}/api/2.0/serving-endpoints/{name}``.
+    """Posts images to ``{base_url}/serving-endpoints/{name}/invocations``.
 
     Args:
         base_url: ``http://127.0.0.1:5055`` locally, the workspace URL on Databricks.
@@ -44,36 +46,6 @@ class EndpointClient:
             msg = f"{what} at {response.request.url} answered {response.status_code}: {response.text[:500]}"
             raise EndpointError(msg)
         return response.json()
-
-    def get(self) -> dict:
-        """The endpoint's state and config."""
-        return self._check(self._http.get(f"/api/2.0/serving-endpoints/{self.name}"), "GET endpoint")
-
-    def served_version(self) -> str | None:
-        entities = self.get().get("config", {}).get("served_entities", [])
-        return str(entities[0]["entity_version"]) if entities else None
-
-    def update_served_version(self, model_name: str, version: str, *, timeout: float = 300.0, poll: float = 0.5) -> dict:
-        """Serve ``model_name`` version ``version`` and wait until the update finishes.
-
-        Raises:
-            EndpointError: the endpoint refused the config or reported ``UPDATE_FAILED``.
-        """
-        body = {"served_entities": [{"entity_name": model_name, "entity_version": str(version)}]}
-        self._check(self._http.put(f"/api/2.0/serving-endpoints/{self.name}/config", json=body), "PUT config")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            desc = self.get()
-            update = desc["state"]["config_update"]
-            if update == "UPDATE_FAILED":
-                msg = f"endpoint {self.name} failed to serve {model_name} v{version}: {desc.get('message', '')}"
-                raise EndpointError(msg)
-            if update == "NOT_UPDATING" and desc["state"]["ready"] == "READY":
-                if self.served_version() == str(version):
-                    return desc
-            time.sleep(poll)
-        msg = f"endpoint {self.name} did not serve {model_name} v{version} within {timeout:.0f}s"
-        raise EndpointError(msg)
 
     def score(self, images: list[bytes], *, batch_size: int = 16) -> list[dict]:
         """``[{"logits": [l0, l1], "anomaly_score": s}, ...]`` for encoded images."""

@@ -1,11 +1,13 @@
 """The local model server: the embedded default's stand-in for Databricks Model Serving.
 
-Same REST contract as a Databricks serving endpoint, so one client talks to both:
+Same REST contract as a Databricks serving endpoint, so the same clients (databricks-sdk's
+``serving_endpoints`` for the config, plain HTTP for invocations) talk to both:
 
 * ``POST /serving-endpoints/{name}/invocations``: MLflow scoring protocol
   (``dataframe_split``/``dataframe_records``/``inputs``), answered by MLflow's own
   scoring code as ``{"predictions": [...]}``.
 * ``GET /api/2.0/serving-endpoints/{name}``: endpoint state and the served entity.
+* ``POST /api/2.0/serving-endpoints``: create the endpoint with its first served entity.
 * ``PUT /api/2.0/serving-endpoints/{name}/config``: serve another registered model version.
   The new version is loaded in the background and swapped in atomically once ready; the old
   one answers meanwhile, and stays if loading fails (``config_update: UPDATE_FAILED``).
@@ -32,6 +34,7 @@ class EndpointState:
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.created = False
         self.model = None
         self.input_schema = None
         self.served: dict | None = None
@@ -47,6 +50,22 @@ class EndpointState:
             "config": {"served_entities": served},
             "message": self.message,
         }
+
+    def start_update(self, body: dict):
+        """Validate a config body and start loading its entity; returns an error response or None."""
+        from fastapi.responses import JSONResponse
+
+        entities = body.get("served_entities") or []
+        if len(entities) != 1 or not {"entity_name", "entity_version"} <= set(entities[0]):
+            return JSONResponse({"error_code": "INVALID_PARAMETER_VALUE", "message": "need exactly one served entity with entity_name and entity_version"}, 400)
+        with self.lock:
+            if self.config_update == "IN_PROGRESS":
+                return JSONResponse({"error_code": "RESOURCE_CONFLICT", "message": f"Endpoint '{self.name}' is already updating"}, 409)
+            self.config_update = "IN_PROGRESS"
+        entity = {k: v for k, v in entities[0].items() if k != "name"}
+        entity["entity_version"] = str(entity["entity_version"])
+        threading.Thread(target=self.load, args=(entity,), daemon=True).start()
+        return None
 
     def load(self, entity: dict) -> None:
         import mlflow.pyfunc
@@ -84,6 +103,12 @@ def create_app(name: str, *, tracking_uri: str | None = None):
     app = FastAPI(title=f"swan-anomaly local endpoint {name}")
     app.state.endpoint = state
 
+    @app.exception_handler(HTTPException)
+    async def databricks_shaped_error(request: Request, exc: HTTPException):
+        # Databricks answers errors as {"error_code": ..., "message": ...}; databricks-sdk maps them.
+        body = exc.detail if isinstance(exc.detail, dict) else {"error_code": "BAD_REQUEST", "message": str(exc.detail)}
+        return JSONResponse(body, exc.status_code)
+
     def check(endpoint: str) -> None:
         if endpoint != name:
             raise HTTPException(404, detail={"error_code": "RESOURCE_DOES_NOT_EXIST", "message": f"Endpoint '{endpoint}' does not exist; this server hosts '{name}'"})
@@ -95,22 +120,26 @@ def create_app(name: str, *, tracking_uri: str | None = None):
     @app.get("/api/2.0/serving-endpoints/{endpoint}")
     async def get_endpoint(endpoint: str):
         check(endpoint)
+        if not state.created:
+            return JSONResponse({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": f"Endpoint with name '{endpoint}' does not exist."}, 404)
+        return state.describe()
+
+    @app.post("/api/2.0/serving-endpoints")
+    async def create_endpoint(request: Request):
+        body = await request.json()
+        check(body.get("name", ""))
+        if state.created:
+            return JSONResponse({"error_code": "RESOURCE_ALREADY_EXISTS", "message": f"Endpoint with name '{name}' already exists"}, 400)
+        error = state.start_update(body.get("config") or {})
+        if error is not None:
+            return error
+        state.created = True
         return state.describe()
 
     @app.put("/api/2.0/serving-endpoints/{endpoint}/config")
     async def update_config(endpoint: str, request: Request):
         check(endpoint)
-        body = await request.json()
-        entities = body.get("served_entities") or []
-        if len(entities) != 1 or not {"entity_name", "entity_version"} <= set(entities[0]):
-            return JSONResponse({"error_code": "INVALID_PARAMETER_VALUE", "message": "need exactly one served entity with entity_name and entity_version"}, 400)
-        with state.lock:
-            if state.config_update == "IN_PROGRESS":
-                return JSONResponse({"error_code": "RESOURCE_CONFLICT", "message": f"Endpoint '{name}' is already updating"}, 409)
-            state.config_update = "IN_PROGRESS"
-        entity = {k: str(v) for k, v in entities[0].items() if k in ("entity_name", "entity_version")}
-        threading.Thread(target=state.load, args=(entity,), daemon=True).start()
-        return state.describe()
+        return state.start_update(await request.json()) or state.describe()
 
     @app.post("/serving-endpoints/{endpoint}/invocations")
     async def invocations(endpoint: str, request: Request):

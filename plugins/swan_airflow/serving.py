@@ -1,0 +1,63 @@
+"""Which serving endpoint the DAG deploys to: the local model server or Databricks Model Serving.
+
+``SWAN_SERVING_BACKEND=local`` (default) starts/uses the local model server at
+``SWAN_ENDPOINT_URL``; ``databricks`` uses the workspace of the Airflow connection
+``SWAN_DATABRICKS_CONN_ID`` (default ``databricks_default``: host + personal access token in
+the password field). Either way the DAG drives the endpoint with databricks-sdk and scores it
+with the same REST client.
+
+Example:
+    >>> target = serving_target()             # doctest: +SKIP
+    >>> target.invocations_url                # doctest: +SKIP
+    'http://127.0.0.1:5055/serving-endpoints/swan-anomaly/invocations'
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from swan_airflow.runtime import settings
+
+#: The local model server does not authenticate; databricks-sdk still needs a token to send.
+LOCAL_TOKEN = "local-endpoint"
+
+
+@dataclass(frozen=True)
+class ServingTarget:
+    backend: str
+    base_url: str
+    endpoint: str
+    token: str = field(repr=False)
+
+    @property
+    def invocations_url(self) -> str:
+        return f"{self.base_url}/serving-endpoints/{self.endpoint}/invocations"
+
+    def workspace(self):
+        from swan_anomaly.serving.deploy import workspace_client
+
+        return workspace_client(self.base_url, token=self.token)
+
+    def client(self):
+        from swan_anomaly.serving.client import EndpointClient
+
+        return EndpointClient(self.base_url, self.endpoint, token=None if self.backend == "local" else self.token)
+
+
+def serving_target() -> ServingTarget:
+    """The configured endpoint; starts the local model server when the backend is local."""
+    s = settings()
+    backend = os.environ.get("SWAN_SERVING_BACKEND", "local")
+    if backend == "local":
+        from swan_anomaly.serving.local import ensure_local_server
+
+        return ServingTarget("local", ensure_local_server(s), s.endpoint_name, LOCAL_TOKEN)
+    if backend == "databricks":
+        from airflow.sdk import BaseHook
+
+        conn = BaseHook.get_connection(os.environ.get("SWAN_DATABRICKS_CONN_ID", "databricks_default"))
+        host = conn.host if conn.host.startswith("http") else f"https://{conn.host}"
+        return ServingTarget("databricks", host.rstrip("/"), s.endpoint_name, conn.password)
+    msg = f"SWAN_SERVING_BACKEND must be 'local' or 'databricks', got {backend!r}"
+    raise ValueError(msg)
