@@ -13,8 +13,14 @@ import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
 
 from swan_airflow.callbacks import log_failure
+from swan_airflow.databricks_runs import idempotency_token, submit_run_json
 
 SCHEDULE = os.environ.get("SWAN_SCHEDULE", "@daily")
+# Where the Spark and training jobs run: "local" (subprocesses, the embedded default) or "databricks".
+COMPUTE_BACKEND = os.environ.get("SWAN_COMPUTE_BACKEND", "local")
+DATABRICKS_CONN_ID = os.environ.get("SWAN_DATABRICKS_CONN_ID", "databricks_default")
+DEFAULT_MODEL = os.environ.get("SWAN_MODEL", "vit-tiny-offline")
+MODEL = "{{ params.model or '" + DEFAULT_MODEL + "' }}"
 
 default_args = {
     "owner": "swan-anomaly",
@@ -45,6 +51,7 @@ def _run_facts() -> tuple[str, str, dict]:
     max_active_runs=1,
     default_args=default_args,
     tags=["swan", "mlops", "anomaly-detection"],
+    user_defined_macros={"idempotency_token": idempotency_token},
     params={
         "landing_date": Param(None, type=["null", "string"], format="date", description="Process videos that arrived on this date (YYYY-MM-DD) instead of the run's data interval."),
         "videos": Param([], type="array", items={"type": "string"}, description="Explicit video paths; overrides the landing-zone lookup."),
@@ -67,9 +74,10 @@ def swan_anomaly_pipeline():
     | synthetic anomalies | `synthesize_anomalies` | worker |
     | label manifest | `build_labels` | worker |
     | upload to the lake | `upload_to_lake` | worker -> lake |
-    | crop/resize/JPEG | `run_etl` | Spark job |
-    | augmentation + splits | `run_augmentation` | Spark job |
-    | ViT fine-tuning | `run_training` | training job |
+    | code version (wheel + jobs) | `deploy_code` | worker -> lake |
+    | crop/resize/JPEG | `run_etl` | Spark job (local subprocess or Databricks run) |
+    | augmentation + splits | `run_augmentation` | Spark job (local subprocess or Databricks run) |
+    | ViT fine-tuning | `run_training` | training job (local subprocess or Databricks GPU run) |
     | MLflow registration (`challenger`) | `register_model` | MLflow |
     | gate | `gate_model` -> `promote_model` / `keep_champion` | MLflow |
     | serve the champion | `update_endpoint` | serving endpoint |
@@ -179,46 +187,51 @@ def swan_anomaly_pipeline():
         return {**report.__dict__, "dataset_id": dataset_id, **labels}
 
     @task
-    def run_etl(upload: dict) -> dict:
-        """Spark ETL job: label join, center-biased crop, area resize to the model's input size, JPEG, Parquet."""
-        from swan_airflow.jobs import run_job
+    def deploy_code() -> dict:
+        """The swan_anomaly wheel and jobs/*.py under code/{version}/ in the lake (once per code version)."""
+        from swan_airflow.code_deploy import deploy_code as deploy
         from swan_airflow.runtime import settings
 
-        dataset_id, run_id, params = _run_facts()
-        args = ["--model", params.get("model") or settings().model]
-        if params.get("image_size"):
-            args += ["--image-size", str(params["image_size"])]
-        return run_job("etl", dataset_id=dataset_id, run_id=run_id, args=args)
+        return deploy(settings().lake_root)
 
     @task
-    def run_augmentation(etl: dict) -> dict:
-        """Spark augmentation job (pandas UDF): group splits, seeded train-only augmentation."""
+    def run_local_job(job: str, args: list[str]) -> dict:
+        """Run a job entrypoint as a subprocess on this worker; its result lands in runs/{run_id}/."""
         from swan_airflow.jobs import run_job
 
-        dataset_id, run_id, params = _run_facts()
-        return run_job("augment", dataset_id=dataset_id, run_id=run_id, args=["--seed", str(params["seed"])])
+        dataset_id, run_id, _ = _run_facts()
+        result = run_job(job, dataset_id=dataset_id, run_id=run_id, args=args)
+        return {"job": job, "seconds": result.get("seconds")}
 
-    @task(execution_timeout=dt.timedelta(hours=6))
-    def run_training(augment: dict) -> dict:
-        """Training job: ViT fine-tuning with early stopping, MLflow logging, pyfunc model."""
-        from swan_airflow.jobs import run_job
-        from swan_airflow.runtime import settings
+    def job_task(task_id: str, job: str, args: list[str], **kwargs):
+        """The job as a Databricks one-time run or a local subprocess, by SWAN_COMPUTE_BACKEND; same task id."""
+        if COMPUTE_BACKEND == "databricks":
+            from airflow.providers.databricks.operators.databricks import DatabricksSubmitRunOperator
 
-        dataset_id, run_id, params = _run_facts()
-        args = ["--epochs", str(params["epochs"]), "--seed", str(params["seed"]), "--dag-id", "swan_anomaly_pipeline"]
-        args += ["--model", params.get("model") or settings().model, "--git-sha", os.environ.get("SWAN_GIT_SHA", "unknown")]
-        result = run_job("train", dataset_id=dataset_id, run_id=run_id, args=args)
-        return {k: result[k] for k in ("mlflow_run_id", "model_uri", "best_epoch", "epochs_run", "val", "test", "images")}
+            return DatabricksSubmitRunOperator(
+                task_id=task_id,
+                databricks_conn_id=DATABRICKS_CONN_ID,
+                json=submit_run_json(job, args),
+                idempotency_token="{{ idempotency_token(dag.dag_id, run_id, ti.task_id, ti.try_number) }}",
+                deferrable=True,
+                polling_period_seconds=int(os.environ.get("SWAN_DATABRICKS_POLL_SECONDS", "30")),
+                databricks_retry_limit=5,
+                databricks_retry_delay=int(os.environ.get("SWAN_DATABRICKS_RETRY_DELAY", "10")),
+                **kwargs,
+            )
+        return run_local_job.override(task_id=task_id, **kwargs)(job, args)
 
     @task
-    def register_model(training: dict) -> dict:
+    def register_model() -> dict:
         """Register the trained pyfunc as a new version with alias `challenger` (once per run)."""
         from swan_airflow.runtime import settings
+        from swan_anomaly.lake import LocalLake
         from swan_anomaly.registry import mlflow_client, register_challenger
 
         dataset_id, run_id, _ = _run_facts()
         s = settings()
-        client = mlflow_client(s.tracking_uri)
+        training = LocalLake(s.lake_root).read_result(run_id, "train")
+        client = mlflow_client(*s.mlflow_uris)
         v = register_challenger(client, s.model_name, training["model_uri"], training["mlflow_run_id"], run_id, tags={"dataset_id": dataset_id})
         return {"name": s.model_name, "version": str(v.version), "aliases": sorted(v.aliases), "val": training["val"]}
 
@@ -230,7 +243,7 @@ def swan_anomaly_pipeline():
         from swan_anomaly.registry import CHAMPION, get_alias, mlflow_client
 
         _, _, params = _run_facts()
-        client = mlflow_client(settings().tracking_uri)
+        client = mlflow_client(*settings().mlflow_uris)
         champion = get_alias(client, registered["name"], CHAMPION)
         champion_metrics = None
         if champion is not None and str(champion.version) != registered["version"]:
@@ -247,7 +260,7 @@ def swan_anomaly_pipeline():
         from swan_airflow.runtime import settings
         from swan_anomaly.registry import mlflow_client, promote
 
-        client = mlflow_client(settings().tracking_uri)
+        client = mlflow_client(*settings().mlflow_uris)
         changed = promote(client, registered["name"], registered["version"])
         return {"promoted": changed, "version": registered["version"]}
 
@@ -266,7 +279,7 @@ def swan_anomaly_pipeline():
         from swan_anomaly.serving.deploy import ServingConfig, deploy_version
 
         s = settings()
-        champion = get_alias(mlflow_client(s.tracking_uri), s.model_name, CHAMPION)
+        champion = get_alias(mlflow_client(*s.mlflow_uris), s.model_name, CHAMPION)
         if champion is None:
             raise RuntimeError(f"registered model {s.model_name} has no 'champion' alias; nothing to serve")
         target = serving_target()
@@ -280,12 +293,10 @@ def swan_anomaly_pipeline():
         import pandas as pd
 
         from swan_airflow.runtime import settings
-        from swan_airflow.serving import serving_target
+        from swan_airflow.serving import roll_back, serving_target
         from swan_anomaly import EndpointValidationFailed
         from swan_anomaly.lake import LocalLake
-        from swan_anomaly.registry import mlflow_client, rollback
         from swan_anomaly.serving.client import score_table, separation
-        from swan_anomaly.serving.deploy import ServingConfig, deploy_version
         from swan_anomaly.splits import Split
 
         dataset_id, _, _ = _run_facts()
@@ -303,14 +314,13 @@ def swan_anomaly_pipeline():
         if margin <= 0:
             message = f"abnormal and normal scores overlap on {len(rows)} held-out images (margin {margin:.6f})"
             if endpoint["changed"] and endpoint["previous"]:
-                deploy_version(target.workspace(), target.endpoint, s.model_name, endpoint["previous"], ServingConfig.from_env())
-                rollback(mlflow_client(s.tracking_uri), s.model_name, endpoint["previous"])
+                roll_back(target, endpoint["previous"])
                 message += f"; rolled the endpoint and the champion alias back to v{endpoint['previous']}"
             raise EndpointValidationFailed(message)
         return {"url": target.invocations_url, "version": endpoint["version"], "previous": endpoint["previous"], "margin": margin, "scores": rows}
 
     @task
-    def summarize_run(upload: dict, etl: dict, augment: dict, training: dict, registered: dict, validation: dict) -> dict:
+    def summarize_run(upload: dict, registered: dict, validation: dict) -> dict:
         """One summary of the run, in the log and in runs/{run_id}/summary.json."""
         import json
 
@@ -320,6 +330,8 @@ def swan_anomaly_pipeline():
 
         dataset_id, run_id, _ = _run_facts()
         s = settings()
+        lake = LocalLake(s.lake_root)
+        etl, augment, training = (lake.read_result(run_id, job) for job in ("etl", "augment", "train"))
         summary = {
             "dataset_id": dataset_id,
             "run_id": run_id,
@@ -332,11 +344,11 @@ def swan_anomaly_pipeline():
             "val": {k: training["val"][k] for k in ("auroc", "f1", "precision", "recall")},
             "test": {k: training["test"][k] for k in ("auroc", "f1", "precision", "recall")},
             "best_epoch": training["best_epoch"],
-            "model": {"name": registered["name"], "version": registered["version"], "aliases": aliases_of(mlflow_client(s.tracking_uri), registered["name"], registered["version"])},
+            "model": {"name": registered["name"], "version": registered["version"], "aliases": aliases_of(mlflow_client(*s.mlflow_uris), registered["name"], registered["version"])},
             "endpoint": {"url": validation["url"], "serving_version": validation["version"], "previous_version": validation["previous"], "margin": validation["margin"]},
             "scores": validation["scores"],
         }
-        LocalLake(s.lake_root).write_result(run_id, "summary", summary)
+        lake.write_result(run_id, "summary", summary)
         print(json.dumps({k: v for k, v in summary.items() if k != "scores"}, indent=2))
         return summary
 
@@ -345,15 +357,20 @@ def swan_anomaly_pipeline():
     synthesis = synthesize_anomalies(frames)
     labels = build_labels(synthesis)
     upload = upload_to_lake(labels)
-    etl = run_etl(upload)
-    augment = run_augmentation(etl)
-    training = run_training(augment)
-    registered = register_model(training)
+    code = deploy_code()
+    etl = job_task("run_etl", "etl", ["--model", MODEL, "--image-size", "{{ params.image_size or 0 }}"])
+    augment = job_task("run_augmentation", "augment", ["--seed", "{{ params.seed }}"])
+    training = job_task(
+        "run_training", "train",
+        ["--model", MODEL, "--epochs", "{{ params.epochs }}", "--seed", "{{ params.seed }}", "--dag-id", "{{ dag.dag_id }}", "--git-sha", os.environ.get("SWAN_GIT_SHA", "unknown")],
+        execution_timeout=dt.timedelta(hours=6),
+    )
+    registered = register_model()
+    [upload, code] >> etl >> augment >> training >> registered
     decision = gate_model(registered)
     endpoint = update_endpoint()
     decision >> [promote_model(registered), keep_champion(registered)] >> endpoint
     validation = validate_endpoint(endpoint)
-    summarize_run(upload, etl, augment, training, registered, validation)
-
+    summarize_run(upload, registered, validation)
 
 swan_anomaly_pipeline()

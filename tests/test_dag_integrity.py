@@ -12,7 +12,7 @@ DAG_ID = "swan_anomaly_pipeline"
 EXPECTED_TASKS = {
     "find_videos", "extract_frames", "synthesize_anomalies", "build_labels", "upload_to_lake", "run_etl",
     "run_augmentation", "run_training", "register_model", "gate_model", "promote_model", "keep_champion",
-    "update_endpoint", "validate_endpoint", "summarize_run",
+    "update_endpoint", "validate_endpoint", "summarize_run", "deploy_code",
 }
 
 
@@ -35,6 +35,7 @@ def test_pipeline_order_reads_like_the_diagram():
     chain = ["find_videos", "extract_frames", "synthesize_anomalies", "build_labels", "upload_to_lake", "run_etl", "run_augmentation", "run_training", "register_model", "gate_model"]
     for upstream, downstream in zip(chain, chain[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids, (upstream, downstream)
+    assert "run_etl" in dag.get_task("deploy_code").downstream_task_ids
     assert dag.get_task("gate_model").downstream_task_ids == {"promote_model", "keep_champion"}
     assert {"promote_model", "keep_champion"} <= dag.get_task("update_endpoint").upstream_task_ids
     assert "update_endpoint" in dag.get_task("validate_endpoint").upstream_task_ids

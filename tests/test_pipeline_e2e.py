@@ -69,7 +69,7 @@ def test_champion_is_served_and_endpoint_scores_match_the_registry_model(pipelin
 
     s = Settings.from_env()
     summary = LocalLake(s.lake_root).read_result(pipeline_run.run_id, "summary")
-    client = mlflow_client(s.tracking_uri)
+    client = mlflow_client(*s.mlflow_uris)
     champion = client.get_model_version_by_alias(s.model_name, CHAMPION)
     assert str(champion.version) == summary["model"]["version"]
     assert champion.tags["airflow_run_id"] == pipeline_run.run_id
@@ -121,5 +121,26 @@ def test_failed_endpoint_update_keeps_the_champion_serving(pipeline_run):
         deploy_version(w, s.endpoint_name, s.model_name, "999", ServingConfig(timeout=dt.timedelta(seconds=60)))
     assert w.serving_endpoints.get(s.endpoint_name).state.config_update.value == "UPDATE_FAILED"
     assert served_version(w, s.endpoint_name) == serving
-    image = (Settings.from_env().lake_root / "raw" / DATASET / "labels.csv").parent.glob("frames/*/*.png")
-    assert len(endpoint.score([next(image).read_bytes()])) == 1
+    image = next((s.lake_root / "raw" / DATASET / "frames").rglob("*.png")).read_bytes()
+    assert len(endpoint.score([image])) == 1
+
+
+@pytest.mark.slow
+def test_roll_back_serves_the_previous_version_and_moves_the_champion_alias(pipeline_run):
+    from swan_airflow.serving import roll_back, serving_target
+    from swan_anomaly.config import Settings
+    from swan_anomaly.registry import CHAMPION, mlflow_client
+    from swan_anomaly.serving.deploy import served_version
+
+    s = Settings.from_env()
+    client = mlflow_client(*s.mlflow_uris)
+    champion = client.get_model_version_by_alias(s.model_name, CHAMPION)
+    other = client.create_model_version(s.model_name, champion.source, run_id=champion.run_id, tags={"purpose": "rollback test"})
+    target = serving_target()
+    roll_back(target, str(other.version))
+    assert served_version(target.workspace(), target.endpoint) == str(other.version)
+    assert str(client.get_model_version_by_alias(s.model_name, CHAMPION).version) == str(other.version)
+    roll_back(target, str(champion.version))
+    assert served_version(target.workspace(), target.endpoint) == str(champion.version)
+    image = next((s.lake_root / "raw" / DATASET / "frames").rglob("*.png")).read_bytes()
+    assert len(target.client().score([image])) == 1

@@ -12,8 +12,9 @@ names; this module knows nothing of Airflow.
 | ``SWAN_STAGING_DIR``     | ``$SWAN_HOME/staging``                    |
 | ``MLFLOW_TRACKING_URI``  | ``sqlite:///$SWAN_HOME/mlflow/mlflow.db`` |
 | ``SWAN_MLFLOW_ARTIFACTS``| ``$SWAN_HOME/mlflow/artifacts``           |
-| ``SWAN_EXPERIMENT``      | ``swan-anomaly``                          |
-| ``SWAN_MODEL_NAME``      | ``swan_anomaly_vit`` (registered model)   |
+| ``MLFLOW_REGISTRY_URI``  | the tracking URI (``databricks-uc`` for Unity Catalog) |
+| ``SWAN_EXPERIMENT``      | ``swan-anomaly`` (on Databricks a workspace path, e.g. ``/Shared/swan-anomaly``) |
+| ``SWAN_MODEL_NAME``      | ``swan_anomaly_vit`` (registered model; in Unity Catalog ``catalog.schema.model``) |
 | ``SWAN_MODEL``           | ``vit-tiny-offline`` (preset, hub id or directory) |
 | ``SWAN_ENDPOINT_URL``    | ``http://127.0.0.1:5055``                 |
 | ``SWAN_ENDPOINT_NAME``   | ``swan-anomaly``                          |
@@ -41,6 +42,7 @@ class Settings:
     lake_root: Path
     staging_dir: Path
     tracking_uri: str
+    registry_uri: str
     artifact_root: Path
     experiment: str
     model_name: str
@@ -52,12 +54,14 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         home = Path(env.get("SWAN_HOME", ".swan")).absolute()
+        tracking_uri = env.get("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
         return cls(
             home=home,
             landing_dir=Path(env.get("SWAN_LANDING_DIR", home / "landing")).absolute(),
             lake_root=Path(env.get("SWAN_LAKE_ROOT", home / "lake")).absolute(),
             staging_dir=Path(env.get("SWAN_STAGING_DIR", home / "staging")).absolute(),
-            tracking_uri=env.get("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"),
+            tracking_uri=tracking_uri,
+            registry_uri=env.get("MLFLOW_REGISTRY_URI", tracking_uri),
             artifact_root=Path(env.get("SWAN_MLFLOW_ARTIFACTS", home / "mlflow" / "artifacts")).absolute(),
             experiment=env.get("SWAN_EXPERIMENT", "swan-anomaly"),
             model_name=env.get("SWAN_MODEL_NAME", "swan_anomaly_vit"),
@@ -65,6 +69,11 @@ class Settings:
             endpoint_url=env.get("SWAN_ENDPOINT_URL", "http://127.0.0.1:5055").rstrip("/"),
             endpoint_name=env.get("SWAN_ENDPOINT_NAME", "swan-anomaly"),
         )
+
+    @property
+    def mlflow_uris(self) -> tuple[str, str]:
+        """``(tracking URI, registry URI)``, e.g. ``("databricks", "databricks-uc")``."""
+        return self.tracking_uri, self.registry_uri
 
     @property
     def serving_dir(self) -> Path:

@@ -31,7 +31,16 @@ def run_entrypoint(job: str, args: argparse.Namespace, work) -> dict:
     logging.getLogger("py4j").setLevel(logging.WARNING)
     started = time.perf_counter()
     result = work()
-    result = {"job": job, "run_id": args.run_id, "dataset_id": args.dataset_id, "seconds": round(time.perf_counter() - started, 2), **result}
+    import swan_anomaly
+
+    result = {
+        "job": job,
+        "run_id": args.run_id,
+        "dataset_id": args.dataset_id,
+        "seconds": round(time.perf_counter() - started, 2),
+        "package_path": str(Path(swan_anomaly.__file__).parent),  # which code ran: the installed wheel or a checkout
+        **result,
+    }
     path = LocalLake(args.lake_root).write_result(args.run_id, job, result)
     logging.getLogger(job).info("%s finished in %.1fs; result: %s", job, result["seconds"], path)
     return result

@@ -189,11 +189,33 @@ def _pinned_requirements() -> list[str]:
     return reqs
 
 
+def package_snapshot(target: Path) -> Path:
+    """Copy the ``swan_anomaly`` sources into ``target/swan_anomaly`` for the model's ``code_paths``.
+
+    Goes through ``importlib.resources`` so it works whether the package is a directory or
+    sits inside a wheel on ``sys.path`` (zip import).
+    """
+    from importlib.resources import files
+
+    def copy(node, dest: Path) -> None:
+        dest.mkdir(parents=True, exist_ok=True)
+        for child in node.iterdir():
+            if child.is_dir():
+                if child.name != "__pycache__":
+                    copy(child, dest / child.name)
+            elif child.name.endswith(".py"):
+                (dest / child.name).write_bytes(child.read_bytes())
+
+    copy(files("swan_anomaly"), target / "swan_anomaly")
+    return target / "swan_anomaly"
+
+
 def ensure_experiment(settings: Settings) -> str:
     """Experiment id of ``settings.experiment``, created with the configured artifact root."""
     import mlflow
 
     mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.registry_uri)
     exp = mlflow.get_experiment_by_name(settings.experiment)
     if exp is not None:
         return exp.experiment_id
@@ -206,7 +228,6 @@ def run_training(*, lake_root: Path, dataset_id: str, run_id: str, config: Train
     import mlflow
     import torch
 
-    from swan_anomaly import serving
     from swan_anomaly.modeling import load_classifier, preprocess_spec, resolve_base_model
     from swan_anomaly.serving.pyfunc import PREPROCESS_FILE, SwanAnomalyModel, signature
 
@@ -254,7 +275,7 @@ def run_training(*, lake_root: Path, dataset_id: str, run_id: str, config: Train
                 name="model",
                 python_model=SwanAnomalyModel(),
                 artifacts={"model_dir": str(model_dir)},
-                code_paths=[str(Path(serving.__file__).parents[1])],
+                code_paths=[str(package_snapshot(Path(tmp) / "code"))],
                 signature=signature(),
                 input_example=example,
                 pip_requirements=_pinned_requirements(),

@@ -61,3 +61,13 @@ def serving_target() -> ServingTarget:
         return ServingTarget("databricks", host.rstrip("/"), s.endpoint_name, conn.password)
     msg = f"SWAN_SERVING_BACKEND must be 'local' or 'databricks', got {backend!r}"
     raise ValueError(msg)
+
+
+def roll_back(target: ServingTarget, version: str) -> None:
+    """Serve ``version`` again and give it the ``champion`` alias (after a failed validation)."""
+    from swan_anomaly.registry import mlflow_client, rollback
+    from swan_anomaly.serving.deploy import ServingConfig, deploy_version
+
+    s = settings()
+    deploy_version(target.workspace(), target.endpoint, s.model_name, version, ServingConfig.from_env())
+    rollback(mlflow_client(*s.mlflow_uris), s.model_name, version)

@@ -47,9 +47,9 @@ def ensure_local_server(settings: Settings, *, timeout: float = 90.0) -> str:
     """
     url = settings.endpoint_url
     if (health := _health(url)) is not None:
-        if health.get("registry_uri") not in (None, settings.tracking_uri):
+        if health.get("registry_uri") not in (None, settings.registry_uri):
             msg = (
-                f"the model server at {url} serves models from {health.get('registry_uri')}, not {settings.tracking_uri}; "
+                f"the model server at {url} serves models from {health.get('registry_uri')}, not {settings.registry_uri}; "
                 "stop it (make stop-endpoint with its SWAN_HOME) or set SWAN_ENDPOINT_URL to a free port"
             )
             raise EndpointError(msg)
@@ -60,7 +60,7 @@ def ensure_local_server(settings: Settings, *, timeout: float = 90.0) -> str:
     cmd = [
         sys.executable, "-m", "swan_anomaly.serving.server",
         "--host", parsed.hostname or "127.0.0.1", "--port", str(parsed.port or 5055),
-        "--name", settings.endpoint_name, "--tracking-uri", settings.tracking_uri,
+        "--name", settings.endpoint_name, "--tracking-uri", settings.tracking_uri, "--registry-uri", settings.registry_uri,
     ]
     with log_path.open("ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=os.environ.copy())

@@ -88,7 +88,7 @@ class EndpointState:
         log.info(self.message)
 
 
-def create_app(name: str, *, tracking_uri: str | None = None):
+def create_app(name: str, *, tracking_uri: str | None = None, registry_uri: str | None = None):
     """The FastAPI app of a local endpoint called ``name``."""
     import mlflow
     from fastapi import FastAPI, HTTPException, Request
@@ -98,7 +98,8 @@ def create_app(name: str, *, tracking_uri: str | None = None):
 
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
+    if registry_uri or tracking_uri:
+        mlflow.set_registry_uri(registry_uri or tracking_uri)
     state = EndpointState(name)
     app = FastAPI(title=f"swan-anomaly local endpoint {name}")
     app.state.endpoint = state
@@ -165,10 +166,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5055)
     parser.add_argument("--name", default="swan-anomaly", help="endpoint name")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking/registry URI (default: MLFLOW_TRACKING_URI)")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
+    parser.add_argument("--registry-uri", default=None, help="MLflow registry URI (default: the tracking URI)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(args.name, tracking_uri=args.tracking_uri), host=args.host, port=args.port, log_level="info")
+    app = create_app(args.name, tracking_uri=args.tracking_uri, registry_uri=args.registry_uri)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,68 @@
+"""Databricks job runs of the pipeline's Spark and training jobs (apache-airflow-providers-databricks).
+
+Why ``DatabricksSubmitRunOperator`` (one-time runs) rather than ``RunNow`` or the workflow task
+group: each run must execute exactly the DAG's code version (the wheel and ``jobs/*.py`` that
+``deploy_code`` uploaded to ``code/{version}/``) with run-specific parameters, and must be
+retried and re-attached per Airflow try. A one-time run carries all of that in its payload;
+RunNow would need a job definition kept in sync with every code version outside Airflow.
+
+The cluster specs live in ``clusters/*.json`` beside this module (CPU for ETL and augmentation,
+a single-node GPU cluster for training); :func:`submit_run_json` builds the ``runs/submit``
+payload, with Jinja templates that the operator renders per run.
+
+Example:
+    >>> payload = submit_run_json("etl", ["--image-size", "224"])
+    >>> payload["tasks"][0]["spark_python_task"]["python_file"]
+    "{{ ti.xcom_pull(task_ids='deploy_code')['uri'] }}/jobs/etl.py"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+CLUSTERS_DIR = Path(__file__).with_name("clusters")
+
+#: Which cluster spec each job runs on.
+JOB_CLUSTERS = {"etl": "cpu", "augment": "cpu", "train": "gpu"}
+
+CODE_URI = "{{ ti.xcom_pull(task_ids='deploy_code')['uri'] }}"
+WHEEL_URI = "{{ ti.xcom_pull(task_ids='deploy_code')['wheel_uri'] }}"
+LAKE_ROOT = "{{ ti.xcom_pull(task_ids='deploy_code')['lake_root'] }}"
+DATASET_ID = "{{ ti.xcom_pull(task_ids='upload_to_lake')['dataset_id'] }}"
+
+
+def cluster_spec(name: str) -> dict:
+    """A cluster spec from ``clusters/{name}.json`` (``SWAN_DATABRICKS_CLUSTERS_DIR`` overrides the folder)."""
+    folder = Path(os.environ.get("SWAN_DATABRICKS_CLUSTERS_DIR", CLUSTERS_DIR))
+    return json.loads((folder / f"{name}.json").read_text())
+
+
+def submit_run_json(job: str, args: list[str], *, timeout_seconds: int = 4 * 3600) -> dict:
+    """The ``runs/submit`` payload of one job entrypoint (templated; rendered by the operator)."""
+    return {
+        "run_name": f"swan-anomaly {job} {{{{ run_id }}}}",
+        "timeout_seconds": timeout_seconds,
+        "tasks": [
+            {
+                "task_key": job,
+                "new_cluster": cluster_spec(JOB_CLUSTERS[job]),
+                "libraries": [{"whl": WHEEL_URI}],
+                "spark_python_task": {
+                    "python_file": f"{CODE_URI}/jobs/{job}.py",
+                    "parameters": ["--lake-root", LAKE_ROOT, "--dataset-id", DATASET_ID, "--run-id", "{{ run_id }}", *args],
+                },
+            }
+        ],
+    }
+
+
+def idempotency_token(dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
+    """At most 64 characters, stable per DAG run, task and try.
+
+    A re-attempt of the same try (a worker lost mid-wait) re-attaches to the run it submitted;
+    a new try after a failed run submits a new run.
+    """
+    return hashlib.sha256(f"{dag_id}|{run_id}|{task_id}|{try_number}".encode()).hexdigest()[:64]

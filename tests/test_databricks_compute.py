@@ -1,0 +1,141 @@
+"""The Spark and training jobs as Databricks one-time runs: the real DatabricksSubmitRunOperator
+(deferrable) against the Databricks REST API double, which really runs the submitted files."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import logging
+import shutil
+import sys
+
+import pytest
+
+from conftest import ROOT
+from databricks_double import DatabricksDouble
+
+LANDING_DATE = "2026-11-21"
+DATASET = "20261121"
+TOKEN = "dapi-double-0123456789"
+
+
+class _Tee(io.TextIOBase):
+    """Writes to the original stream and to a capture buffer."""
+
+    def __init__(self, stream, capture: io.StringIO) -> None:
+        self.stream, self.capture = stream, capture
+
+    def write(self, text: str) -> int:
+        self.capture.write(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+@pytest.fixture(scope="module")
+def double():
+    d = DatabricksDouble(token=TOKEN).start()
+    yield d
+    d.stop()
+
+
+@pytest.fixture(scope="module")
+def databricks_run(airflow_db, demo_video, double):
+    """The DAG parsed with SWAN_COMPUTE_BACKEND=databricks, run once against the double."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from swan_anomaly.config import Settings
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SWAN_COMPUTE_BACKEND", "databricks")
+    mp.setenv("SWAN_DATABRICKS_POLL_SECONDS", "1")
+    mp.setenv("SWAN_DATABRICKS_RETRY_DELAY", "1")
+    mp.setenv(
+        "AIRFLOW_CONN_DATABRICKS_DEFAULT",
+        json.dumps({"conn_type": "databricks", "host": "127.0.0.1", "port": double.port, "schema": "http", "password": TOKEN}),
+    )
+    landing = Settings.from_env().landing_dir / LANDING_DATE
+    landing.mkdir(parents=True, exist_ok=True)
+    shutil.copy(demo_video, landing / "swans.mp4")
+    try:
+        dag = DagBag(dag_folder=str(ROOT / "dags")).dags["swan_anomaly_pipeline"]
+        assert type(dag.get_task("run_etl")).__name__ == "DatabricksSubmitRunOperator"
+        logical = dt.datetime.fromisoformat(LANDING_DATE).replace(tzinfo=dt.UTC)
+        captured = io.StringIO()  # everything the run logs or prints, task logs included
+        handler = logging.StreamHandler(captured)
+        logging.getLogger().addHandler(handler)
+        out, err = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(out, captured), _Tee(err, captured)
+        try:
+            dag_run = dag.test(logical_date=logical, run_conf={"landing_date": LANDING_DATE})
+        finally:
+            sys.stdout, sys.stderr = out, err
+            logging.getLogger().removeHandler(handler)
+        logs = captured.getvalue()
+        dag_run.logs = logs
+        yield dag_run
+    finally:
+        mp.undo()
+
+
+@pytest.mark.slow
+def test_jobs_run_on_databricks_with_the_deployed_code(databricks_run, double):
+    from airflow.providers.databricks.utils.databricks import normalise_json_content
+
+    from swan_airflow.databricks_runs import cluster_spec
+    from swan_anomaly.config import Settings
+    from swan_anomaly.lake import LocalLake
+
+    assert str(databricks_run.state) == "success"
+    assert [s["tasks"][0]["task_key"] for s in double.submissions] == ["etl", "augment", "train"]
+    lake = LocalLake(Settings.from_env().lake_root)
+    tokens = set()
+    for payload, cluster in zip(double.submissions, ("cpu", "cpu", "gpu")):
+        task = payload["tasks"][0]
+        assert task["new_cluster"] == normalise_json_content(cluster_spec(cluster))  # the provider sends numbers as strings
+        wheel = task["libraries"][0]["whl"]
+        assert wheel.endswith("-py3-none-any.whl") and "/code/" in wheel
+        code_dir = wheel.rsplit("/", 1)[0]
+        assert task["spark_python_task"]["python_file"] == f"{code_dir}/jobs/{task['task_key']}.py"
+        params = task["spark_python_task"]["parameters"]
+        assert params[:6] == ["--lake-root", str(lake.root), "--dataset-id", DATASET, "--run-id", databricks_run.run_id]
+        assert 0 < len(payload["idempotency_token"]) <= 64
+        tokens.add(payload["idempotency_token"])
+        result = lake.read_result(databricks_run.run_id, task["task_key"])
+        assert ".whl" in result["package_path"], "the job did not run the deployed wheel"
+    assert len(tokens) == 3
+    train = lake.read_result(databricks_run.run_id, "train")
+    assert train["val"]["auroc"] >= 0.9
+
+
+@pytest.mark.slow
+def test_resubmitting_with_the_same_token_attaches_to_the_same_run(databricks_run, double):
+    from airflow.providers.databricks.hooks.databricks import DatabricksHook
+
+    hook = DatabricksHook(databricks_conn_id="databricks_double")
+    first = double.submissions[0]
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AIRFLOW_CONN_DATABRICKS_DOUBLE", json.dumps({"conn_type": "databricks", "host": "127.0.0.1", "port": double.port, "schema": "http", "password": TOKEN}))
+    try:
+        run_id = hook.submit_run(first)
+    finally:
+        mp.undo()
+    assert run_id == double.by_token[first["idempotency_token"]]
+    assert len(double.submissions) == 3
+
+
+@pytest.mark.slow
+def test_the_token_stays_out_of_logs_xcom_and_rendered_templates(databricks_run):
+    from airflow.models.renderedtifields import RenderedTaskInstanceFields
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        xcoms = [x.value for x in session.query(XComModel).filter(XComModel.run_id == databricks_run.run_id)]
+        rendered = [r.rendered_fields for r in session.query(RenderedTaskInstanceFields).filter(RenderedTaskInstanceFields.run_id == databricks_run.run_id)]
+    assert any("spark_python_task" in json.dumps(r) for r in rendered), "the Databricks payloads were not rendered"
+    assert "run_etl" in databricks_run.logs and len(databricks_run.logs) > 10_000
+    for where, text in (("task logs", databricks_run.logs), ("XCom", json.dumps(xcoms, default=str)), ("rendered templates", json.dumps(rendered, default=str))):
+        assert TOKEN not in text, f"the Databricks token leaked into {where}"
