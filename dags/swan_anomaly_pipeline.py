@@ -178,21 +178,19 @@ def swan_anomaly_pipeline():
     @task
     def upload_to_lake(labels: dict) -> dict:
         """Frames, anomalies and labels to raw/{dataset_id}/; manifest.json and _SUCCESS last."""
-        from swan_airflow.runtime import settings
-        from swan_anomaly.lake import LocalLake
+        from swan_airflow.runtime import lake, settings
 
         dataset_id, _, _ = _run_facts()
-        s = settings()
-        report = LocalLake(s.lake_root).put_dataset(s.staging_dir / dataset_id, dataset_id)
+        report = lake().put_dataset(settings().staging_dir / dataset_id, dataset_id)
         return {**report.__dict__, "dataset_id": dataset_id, **labels}
 
     @task
     def deploy_code() -> dict:
         """The swan_anomaly wheel and jobs/*.py under code/{version}/ in the lake (once per code version)."""
         from swan_airflow.code_deploy import deploy_code as deploy
-        from swan_airflow.runtime import settings
+        from swan_airflow.runtime import job_lake_root, lake
 
-        return deploy(settings().lake_root)
+        return deploy(lake(), job_lake_root())
 
     @task
     def run_local_job(job: str, args: list[str]) -> dict:
@@ -224,13 +222,12 @@ def swan_anomaly_pipeline():
     @task
     def register_model() -> dict:
         """Register the trained pyfunc as a new version with alias `challenger` (once per run)."""
-        from swan_airflow.runtime import settings
-        from swan_anomaly.lake import LocalLake
+        from swan_airflow.runtime import lake, settings
         from swan_anomaly.registry import mlflow_client, register_challenger
 
         dataset_id, run_id, _ = _run_facts()
         s = settings()
-        training = LocalLake(s.lake_root).read_result(run_id, "train")
+        training = lake().read_result(run_id, "train")
         client = mlflow_client(*s.mlflow_uris)
         v = register_challenger(client, s.model_name, training["model_uri"], training["mlflow_run_id"], run_id, tags={"dataset_id": dataset_id})
         return {"name": s.model_name, "version": str(v.version), "aliases": sorted(v.aliases), "val": training["val"]}
@@ -292,20 +289,18 @@ def swan_anomaly_pipeline():
         """Score held-out raw test frames over REST; unless abnormal and normal scores separate, roll back and fail."""
         import pandas as pd
 
-        from swan_airflow.runtime import settings
+        from swan_airflow.runtime import lake as run_lake
         from swan_airflow.serving import roll_back, serving_target
         from swan_anomaly import EndpointValidationFailed
-        from swan_anomaly.lake import LocalLake
         from swan_anomaly.serving.client import score_table, separation
         from swan_anomaly.splits import Split
 
         dataset_id, _, _ = _run_facts()
-        s = settings()
-        lake = LocalLake(s.lake_root)
-        gold = pd.read_parquet(lake.gold / f"dataset_id={dataset_id}", columns=["image_path", "label", "split", "aug"])
+        lake = run_lake()
+        gold = lake.read_gold(dataset_id, columns=["image_path", "label", "split", "aug"])
         held_out = gold[(gold.split == Split.TEST.value) & (gold.aug == "none")].sort_values("image_path")
         sample = pd.concat([held_out[held_out.label == lab].head(8) for lab in (0, 1)])
-        images = [(lake.raw(dataset_id) / p).read_bytes() for p in sample.image_path]
+        images = [lake.read_raw(dataset_id, p) for p in sample.image_path]
         target = serving_target()
         predictions = target.client().score(images)
         rows = [(p, int(lab), float(pred["anomaly_score"])) for p, lab, pred in zip(sample.image_path, sample.label, predictions)]
@@ -324,13 +319,13 @@ def swan_anomaly_pipeline():
         """One summary of the run, in the log and in runs/{run_id}/summary.json."""
         import json
 
+        from swan_airflow.runtime import lake as run_lake
         from swan_airflow.runtime import settings
-        from swan_anomaly.lake import LocalLake
         from swan_anomaly.registry import aliases_of, mlflow_client
 
         dataset_id, run_id, _ = _run_facts()
         s = settings()
-        lake = LocalLake(s.lake_root)
+        lake = run_lake()
         etl, augment, training = (lake.read_result(run_id, job) for job in ("etl", "augment", "train"))
         summary = {
             "dataset_id": dataset_id,

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,8 @@ os.environ.update(
         "PYSPARK_PYTHON": sys.executable,
     }
 )
-os.environ.pop("MLFLOW_TRACKING_URI", None)
+for _var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+    os.environ.pop(_var, None)
 logging.getLogger("py4j").setLevel(logging.WARNING)  # py4j logs from __del__ after pytest closed its streams
 
 
@@ -64,6 +66,44 @@ def spark():
     session = build_spark("swan-tests")
     yield session
     session.stop()
+
+
+# Azurite's well-known development account (published in Azurite's documentation; not a secret).
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+@pytest.fixture(scope="session")
+def azurite():
+    """Azurite's blob service (npm package, installed by ``make test``) on a free port."""
+    binary = ROOT / "node_modules" / ".bin" / "azurite-blob"
+    assert binary.exists(), "Azurite is not installed: run `npm ci` (make test does it)"
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence", "--skipApiVersionCheck", "--loose", "--silent"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Azurite did not listen on 127.0.0.1:{port} within 30s")
+            time.sleep(0.2)
+        connection_string = (
+            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};"
+        )
+        yield {"port": port, "connection_string": connection_string}
+    finally:
+        proc.terminate()  # Azurite waits for idle keep-alive connections on SIGTERM; don't wait long
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture(scope="session")

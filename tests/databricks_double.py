@@ -13,6 +13,11 @@ and the cluster spec's ``spark_env_vars`` in the environment. Files must be loca
 
 Faults can be injected: ``fail_next("runs/submit", 429, times=2)`` answers the next two matching
 requests with that status before serving them normally.
+
+A ``volume`` stands in for a Unity Catalog external volume on an ADLS container: before each run
+the double mirrors the container folder (Azurite in tests) into a local directory, the job sees
+the lake there, and afterwards the double mirrors the directory back (new, changed and deleted
+files), as reads and writes through ``/Volumes/...`` on a cluster would land in the container.
 """
 
 from __future__ import annotations
@@ -53,9 +58,10 @@ class Run:
 class DatabricksDouble:
     """Start with :meth:`start`; ``host``/``port`` go into an Airflow ``databricks`` connection."""
 
-    def __init__(self, *, token: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *, token: str, env: dict[str, str] | None = None, volume: dict | None = None) -> None:
         self.token = token
         self.env = env or {}
+        self.volume = volume  # {"path", "connection_string", "container", "prefix"}
         self.runs: dict[int, Run] = {}
         self.by_token: dict[str, int] = {}
         self.submissions: list[dict] = []
@@ -200,6 +206,8 @@ class DatabricksDouble:
         spt = task["spark_python_task"]
         python_file = _local(spt["python_file"])
         wheels = [_local(lib["whl"]) for lib in task.get("libraries", []) if "whl" in lib]
+        if self.volume:
+            self._volume_down()
         missing = [p for p in [python_file, *wheels] if not os.path.isfile(p)]
         if missing:
             run.life_cycle_state, run.result_state = "INTERNAL_ERROR", "FAILED"
@@ -215,6 +223,8 @@ class DatabricksDouble:
         if run.result_state == "CANCELED":
             return
         lines = [line for line in logs.strip().splitlines() if line.strip()]
+        if self.volume:
+            self._volume_up()
         if run.process.returncode == 0:
             run.life_cycle_state, run.result_state, run.state_message = "TERMINATED", "SUCCESS", ""
             run.output = {"logs": "\n".join(lines[-50:])}
@@ -222,3 +232,37 @@ class DatabricksDouble:
             run.life_cycle_state, run.result_state = "TERMINATED", "FAILED"
             run.state_message = "Workload failed, see run output for details"
             run.output = {"error": lines[-1] if lines else f"exit code {run.process.returncode}", "error_trace": "\n".join(lines[-40:])}
+
+    # ---- the volume ----------------------------------------------------------------------
+    def _container(self):
+        from azure.storage.blob import BlobServiceClient
+
+        service = BlobServiceClient.from_connection_string(self.volume["connection_string"])
+        return service.get_container_client(self.volume["container"])
+
+    def _volume_down(self) -> None:
+        import shutil
+        from pathlib import Path
+
+        root, prefix = Path(self.volume["path"]), self.volume.get("prefix", "")
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        container = self._container()
+        for blob in container.list_blobs(name_starts_with=prefix):
+            target = root / blob.name[len(prefix) :]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(container.download_blob(blob.name).readall())
+        self._snapshot = {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+    def _volume_up(self) -> None:
+        from pathlib import Path
+
+        root, prefix = Path(self.volume["path"]), self.volume.get("prefix", "")
+        container = self._container()
+        now = {p.relative_to(root).as_posix(): p for p in root.rglob("*") if p.is_file()}
+        for rel, path in now.items():
+            data = path.read_bytes()
+            if self._snapshot.get(rel) != data:
+                container.upload_blob(prefix + rel, data, overwrite=True)
+        for rel in set(self._snapshot) - set(now):
+            container.delete_blob(prefix + rel)

@@ -4,63 +4,20 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
 
-# Azurite's well-known development account (published in Azurite's documentation; not a secret).
-AZURITE_ACCOUNT = "devstoreaccount1"
-AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+from conftest import AZURITE_ACCOUNT, AZURITE_KEY
 
 
-def _wait_for_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"Azurite did not listen on 127.0.0.1:{port} within {timeout}s")
-
-
-@pytest.fixture(scope="module")
-def azurite(tmp_path_factory, monkeypatch_module):
-    """Azurite's blob service on a free port, with an Airflow ``wasb`` connection pointing at it."""
-    from conftest import _free_port
-
-    binary = ROOT / "node_modules" / ".bin" / "azurite-blob"
-    assert binary.exists(), "Azurite is not installed: run `npm ci` (make test does it)"
-    port = _free_port()
-    proc = subprocess.Popen(
-        [str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence", "--skipApiVersionCheck", "--loose", "--silent"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        _wait_for_port(port)
-        conn_str = (
-            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
-            f"BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};"
-        )
-        monkeypatch_module.setenv("AIRFLOW_CONN_SWAN_LAKE_TEST", json.dumps({"conn_type": "wasb", "extra": {"connection_string": conn_str}}))
-        yield port
-    finally:
-        proc.terminate()  # Azurite waits for idle keep-alive connections on SIGTERM; don't wait long
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
+@pytest.fixture(scope="module", autouse=True)
+def lake_connection(azurite):
+    """An Airflow ``wasb`` connection to Azurite, as an environment variable."""
     mp = pytest.MonkeyPatch()
-    yield mp
+    mp.setenv("AIRFLOW_CONN_SWAN_LAKE_TEST", json.dumps({"conn_type": "wasb", "extra": {"connection_string": azurite["connection_string"]}}))
+    yield
     mp.undo()
 
 

@@ -6,13 +6,17 @@ import pytest
 
 
 @pytest.fixture
-def registry(tmp_path):
+def registry(tmp_path, monkeypatch):
     from swan_anomaly.registry import mlflow_client
 
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; monkeypatch restores the session's value.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
     source = tmp_path / "model"
     source.mkdir()
     (source / "MLmodel").write_text("flavors: {}\n")
-    return mlflow_client(f"sqlite:///{tmp_path / 'mlflow.db'}"), source.as_uri()
+    return mlflow_client(uri), source.as_uri()
 
 
 def test_register_is_idempotent_per_airflow_run(registry):

@@ -138,6 +138,28 @@ class LocalLake:
             raise LakeError(msg)
         return target
 
+    def read_raw(self, dataset_id: str, rel: str) -> bytes:
+        """Bytes of a file in ``raw/{dataset_id}/``."""
+        return (self.raw(dataset_id) / rel).read_bytes()
+
+    def read_gold(self, dataset_id: str, columns: list[str] | None = None):
+        """The gold rows of one dataset as a pandas DataFrame."""
+        import pandas as pd
+
+        return pd.read_parquet(self.gold / f"dataset_id={dataset_id}", columns=columns)
+
+    def has_code(self, version: str) -> bool:
+        """True when ``code/{version}/_SUCCESS`` exists."""
+        return (self.root / "code" / version / SUCCESS).is_file()
+
+    def put_code(self, version: str, files: Mapping[str, Path]) -> None:
+        """Copy ``{relative name: local file}`` to ``code/{version}/``; ``_SUCCESS`` last."""
+        target = self.root / "code" / version
+        for rel, src in files.items():
+            (target / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, target / rel)
+        (target / SUCCESS).write_text("")
+
     def write_result(self, run_id: str, job: str, result: dict) -> Path:
         """Write ``runs/{run_id}/{job}.json`` (what a job hands back to Airflow)."""
         path = self.run_dir(run_id) / f"{job}.json"

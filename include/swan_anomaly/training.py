@@ -13,7 +13,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import os

@@ -92,6 +92,38 @@ class WasbLake:
         """True when ``raw/{dataset_id}/_SUCCESS`` exists."""
         return self.hook.check_for_blob(self.container, self.raw_prefix(dataset_id) + SUCCESS)
 
+    def read_raw(self, dataset_id: str, rel: str) -> bytes:
+        """Bytes of a file in ``raw/{dataset_id}/``."""
+        return self.hook.download(self.container, self.raw_prefix(dataset_id) + rel).readall()
+
+    def read_gold(self, dataset_id: str, columns: list[str] | None = None):
+        """The gold rows of one dataset (its Parquet files) as a pandas DataFrame."""
+        import io
+
+        import pandas as pd
+
+        prefix = self._name("gold", "training", f"dataset_id={dataset_id}") + "/"
+        parts = [
+            pd.read_parquet(io.BytesIO(self.hook.download(self.container, name).readall()), columns=columns)
+            for name in self.hook.get_blobs_list_recursive(self.container, prefix=prefix, endswith=".parquet")
+        ]
+        if not parts:
+            msg = f"{self.uri(prefix)}: no gold Parquet files for dataset {dataset_id!r}"
+            raise FileNotFoundError(msg)
+        return pd.concat(parts, ignore_index=True)
+
+    def has_code(self, version: str) -> bool:
+        """True when ``code/{version}/_SUCCESS`` exists."""
+        return self.hook.check_for_blob(self.container, self._name("code", version, SUCCESS))
+
+    def put_code(self, version: str, files: dict[str, Path]) -> None:
+        """Upload ``{relative name: local file}`` to ``code/{version}/``; ``_SUCCESS`` last."""
+        self.hook.create_container(self.container)
+        for rel, src in files.items():
+            with src.open("rb") as fh:
+                self.hook.upload(self.container, self._name("code", version, rel), fh, overwrite=True)
+        self.hook.upload(self.container, self._name("code", version, SUCCESS), b"", overwrite=True)
+
     def write_result(self, run_id: str, job: str, result: dict) -> str:
         """Write ``runs/{run_id}/{job}.json``; returns its blob name."""
         name = self._name("runs", safe_run_id(run_id), f"{job}.json")

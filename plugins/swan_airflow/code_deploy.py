@@ -56,21 +56,22 @@ def build_wheel(out_dir: Path, root: Path = PROJECT_ROOT) -> Path:
     return wheels[-1]
 
 
-def deploy_code(lake_root: Path, root: Path = PROJECT_ROOT) -> dict:
-    """Upload the wheel and job entrypoints to ``code/{version}/`` of a local lake (once per version)."""
+def deploy_code(lake, job_lake_root: str, root: Path = PROJECT_ROOT) -> dict:
+    """Put the wheel and job entrypoints under ``code/{version}/`` of the lake (once per version).
+
+    Args:
+        lake: a ``LocalLake`` or ``WasbLake``.
+        job_lake_root: where the jobs see the lake; the returned URIs are under it.
+    """
     version = code_version(root)
-    target = lake_root / "code" / version
-    if not (target / "_SUCCESS").is_file():
-        target.mkdir(parents=True, exist_ok=True)
+    if lake.has_code(version):
+        log.info("code version %s already deployed", version)
+    else:
         with tempfile.TemporaryDirectory() as tmp:
             wheel = build_wheel(Path(tmp), root)
-            shutil.copy2(wheel, target / wheel.name)
-        (target / "jobs").mkdir(exist_ok=True)
-        for job in sorted((root / "jobs").glob("*.py")):
-            shutil.copy2(job, target / "jobs" / job.name)
-        (target / "_SUCCESS").write_text("")
-        log.info("deployed code version %s to %s", version, target)
-    else:
-        log.info("code version %s already deployed at %s", version, target)
-    wheel = next(target.glob("swan_anomaly-*.whl"))
-    return {"version": version, "uri": str(target), "wheel_uri": str(wheel), "lake_root": str(lake_root)}
+            files = {wheel.name: wheel, **{f"jobs/{job.name}": job for job in sorted((root / "jobs").glob("*.py"))}}
+            lake.put_code(version, files)
+        log.info("deployed code version %s (%s and %d job files)", version, wheel.name, len(files) - 1)
+    uri = f"{job_lake_root.rstrip('/')}/code/{version}"
+    wheel_name = f"swan_anomaly-{version.split('-')[0]}-py3-none-any.whl"
+    return {"version": version, "uri": uri, "wheel_uri": f"{uri}/{wheel_name}", "lake_root": job_lake_root}

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import subprocess
 import sys
 
-from swan_airflow.runtime import jobs_dir, settings
+from swan_airflow.runtime import jobs_dir
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +27,16 @@ class JobFailed(RuntimeError):
 
 def run_job(job: str, *, dataset_id: str, run_id: str, args: list[str] | None = None, timeout: float | None = None) -> dict:
     """Run ``jobs/{job}.py`` for a dataset and run; return what it wrote to ``runs/{run_id}/{job}.json``."""
-    from swan_anomaly.lake import LocalLake
+    from swan_airflow.runtime import job_lake_root, lake
 
-    s = settings()
     script = jobs_dir() / f"{job}.py"
     if not script.is_file():
         msg = f"job entrypoint {script} not found; set SWAN_JOBS_DIR to the project's jobs/ folder"
         raise FileNotFoundError(msg)
-    cmd = [sys.executable, str(script), "--lake-root", str(s.lake_root), "--dataset-id", dataset_id, "--run-id", run_id, *(args or [])]
+    if os.environ.get("SWAN_LAKE_BACKEND", "local") != "local":
+        msg = "local jobs need the local lake: with SWAN_LAKE_BACKEND=azure set SWAN_COMPUTE_BACKEND=databricks"
+        raise ValueError(msg)
+    cmd = [sys.executable, str(script), "--lake-root", job_lake_root(), "--dataset-id", dataset_id, "--run-id", run_id, *(args or [])]
     log.info("running job %s: %s", job, " ".join(cmd))
     tail: collections.deque[str] = collections.deque(maxlen=30)
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
@@ -46,4 +49,4 @@ def run_job(job: str, *, dataset_id: str, run_id: str, args: list[str] | None = 
     if code != 0:
         msg = f"job {job} exited with code {code} for dataset {dataset_id}; last output:\n" + "\n".join(tail)
         raise JobFailed(msg)
-    return LocalLake(s.lake_root).read_result(run_id, job)
+    return lake().read_result(run_id, job)

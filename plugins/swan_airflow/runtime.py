@@ -65,3 +65,44 @@ def find_landed_videos(landing_dir: Path, start: dt.date, end: dt.date) -> list[
 def jobs_dir() -> Path:
     """Where the job entrypoints live (``SWAN_JOBS_DIR``, default ``<project>/jobs``)."""
     return Path(os.environ.get("SWAN_JOBS_DIR", PROJECT_ROOT / "jobs"))
+
+
+def lake():
+    """The lake the DAG writes to: ``SWAN_LAKE_BACKEND`` ``local`` (default, ``SWAN_LAKE_ROOT``) or ``azure``.
+
+    ``azure`` uses the Airflow ``wasb`` connection ``SWAN_LAKE_CONN_ID`` (default ``swan_lake``),
+    container ``SWAN_LAKE_CONTAINER`` (default ``swan``) and folder ``SWAN_LAKE_PREFIX``.
+    """
+    backend = os.environ.get("SWAN_LAKE_BACKEND", "local")
+    if backend == "local":
+        from swan_anomaly.lake import LocalLake
+
+        return LocalLake(settings().lake_root)
+    if backend == "azure":
+        from swan_airflow.azure_lake import WasbLake
+
+        return WasbLake(
+            conn_id=os.environ.get("SWAN_LAKE_CONN_ID", "swan_lake"),
+            container=os.environ.get("SWAN_LAKE_CONTAINER", "swan"),
+            prefix=os.environ.get("SWAN_LAKE_PREFIX", ""),
+        )
+    msg = f"SWAN_LAKE_BACKEND must be 'local' or 'azure', got {backend!r}"
+    raise ValueError(msg)
+
+
+def job_lake_root() -> str:
+    """Where the jobs see the lake (their ``--lake-root``).
+
+    Locally the lake directory itself. With the Azure lake, ``SWAN_JOB_LAKE_ROOT``: the path at
+    which Databricks clusters see the container, typically a Unity Catalog external volume on it
+    (``/Volumes/<catalog>/<schema>/<volume>``), which Spark and plain file I/O both read.
+    """
+    if explicit := os.environ.get("SWAN_JOB_LAKE_ROOT"):
+        return explicit
+    if os.environ.get("SWAN_LAKE_BACKEND", "local") == "local":
+        return str(settings().lake_root)
+    msg = (
+        "SWAN_JOB_LAKE_ROOT is not set: with SWAN_LAKE_BACKEND=azure it must say where the jobs see the lake, "
+        "e.g. /Volumes/main/swan/lake for a Unity Catalog external volume on the container"
+    )
+    raise ValueError(msg)

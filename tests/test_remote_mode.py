@@ -1,0 +1,104 @@
+"""The whole DAG in remote mode: the lake on Azure Storage (Azurite) through WasbHook, the jobs as
+Databricks runs (REST double whose cluster sees the container as a volume), MLflow registry and
+serving as configured."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+
+import pytest
+
+from conftest import ROOT
+from databricks_double import DatabricksDouble
+
+LANDING_DATE = "2026-11-22"
+DATASET = "20261122"
+TOKEN = "dapi-remote-0123456789"
+CONTAINER, PREFIX = "lake", "swan/"
+
+
+@pytest.fixture(scope="module")
+def remote_run(airflow_db, demo_video, azurite, tmp_path_factory):
+    from airflow.dag_processing.dagbag import DagBag
+
+    from swan_anomaly.config import Settings
+
+    volume = tmp_path_factory.mktemp("volume") / "lake"
+    double = DatabricksDouble(
+        token=TOKEN, volume={"path": str(volume), "connection_string": azurite["connection_string"], "container": CONTAINER, "prefix": PREFIX}
+    ).start()
+    mp = pytest.MonkeyPatch()
+    for key, value in {
+        "SWAN_COMPUTE_BACKEND": "databricks",
+        "SWAN_DATABRICKS_POLL_SECONDS": "1",
+        "SWAN_DATABRICKS_RETRY_DELAY": "1",
+        "AIRFLOW_CONN_DATABRICKS_DEFAULT": json.dumps({"conn_type": "databricks", "host": "127.0.0.1", "port": double.port, "schema": "http", "password": TOKEN}),
+        "SWAN_LAKE_BACKEND": "azure",
+        "SWAN_LAKE_CONN_ID": "swan_lake_remote",
+        "AIRFLOW_CONN_SWAN_LAKE_REMOTE": json.dumps({"conn_type": "wasb", "extra": {"connection_string": azurite["connection_string"]}}),
+        "SWAN_LAKE_CONTAINER": CONTAINER,
+        "SWAN_LAKE_PREFIX": PREFIX,
+        "SWAN_JOB_LAKE_ROOT": str(volume),
+    }.items():
+        mp.setenv(key, value)
+    landing = Settings.from_env().landing_dir / LANDING_DATE
+    landing.mkdir(parents=True, exist_ok=True)
+    shutil.copy(demo_video, landing / "swans.mp4")
+    try:
+        dag = DagBag(dag_folder=str(ROOT / "dags")).dags["swan_anomaly_pipeline"]
+        logical = dt.datetime.fromisoformat(LANDING_DATE).replace(tzinfo=dt.UTC)
+        dag_run = dag.test(logical_date=logical, run_conf={"landing_date": LANDING_DATE})
+        yield dag_run, double, volume
+    finally:
+        mp.undo()
+        double.stop()
+
+
+def _blobs(connection_string: str) -> set[str]:
+    from azure.storage.blob import BlobServiceClient
+
+    container = BlobServiceClient.from_connection_string(connection_string).get_container_client(CONTAINER)
+    return {b.name for b in container.list_blobs()}
+
+
+@pytest.mark.slow
+def test_remote_run_writes_the_container_and_runs_the_deployed_code(remote_run, azurite):
+    from airflow.providers.databricks.utils.databricks import normalise_json_content
+
+    from swan_airflow.databricks_runs import cluster_spec
+
+    dag_run, double, volume = remote_run
+    assert str(dag_run.state) == "success"
+    blobs = _blobs(azurite["connection_string"])
+    raw = f"{PREFIX}raw/{DATASET}/"
+    assert {raw + "_SUCCESS", raw + "manifest.json", raw + "labels.csv"} <= blobs
+    assert sum(b.startswith(raw + "anomalies/") and b.endswith(".png") for b in blobs) == 40
+    assert any(b.startswith(f"{PREFIX}silver/images/dataset_id={DATASET}/") and b.endswith(".parquet") for b in blobs)
+    assert any(b.startswith(f"{PREFIX}gold/training/dataset_id={DATASET}/") and b.endswith(".parquet") for b in blobs)
+    safe_run = dag_run.run_id.replace(":", "_").replace("+", "_")
+    assert {f"{PREFIX}runs/{safe_run}/{job}.json" for job in ("etl", "augment", "train", "summary")} <= blobs
+    code = sorted(b for b in blobs if b.startswith(f"{PREFIX}code/") and b.endswith(".whl"))
+    assert len(code) == 1
+    assert [p["tasks"][0]["task_key"] for p in double.submissions] == ["etl", "augment", "train"]
+    for payload, cluster in zip(double.submissions, ("cpu", "cpu", "gpu")):
+        task = payload["tasks"][0]
+        assert task["new_cluster"] == normalise_json_content(cluster_spec(cluster))
+        assert task["libraries"] == [{"whl": f"{volume}/{code[0][len(PREFIX):]}"}]
+        assert task["spark_python_task"]["python_file"] == f"{volume}/{code[0][len(PREFIX):].rsplit('/', 1)[0]}/jobs/{task['task_key']}.py"
+        assert task["spark_python_task"]["parameters"][:6] == ["--lake-root", str(volume), "--dataset-id", DATASET, "--run-id", dag_run.run_id]
+        assert 0 < len(payload["idempotency_token"]) <= 64
+
+
+@pytest.mark.slow
+def test_remote_run_registers_and_serves_its_champion(remote_run):
+    from swan_anomaly.config import Settings
+    from swan_anomaly.registry import CHAMPION, mlflow_client
+    from swan_anomaly.serving.deploy import served_version, workspace_client
+
+    dag_run, _, _ = remote_run
+    s = Settings.from_env()
+    champion = mlflow_client(*s.mlflow_uris).get_model_version_by_alias(s.model_name, CHAMPION)
+    assert champion.tags["airflow_run_id"] == dag_run.run_id
+    assert served_version(workspace_client(s.endpoint_url, token="local-endpoint"), s.endpoint_name) == str(champion.version)
