@@ -6,6 +6,9 @@ tests never touch the developer's .airflow/ or .swan/.
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import io
 import logging
 import os
 import shutil
@@ -46,6 +49,49 @@ for _var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
 logging.getLogger("py4j").setLevel(logging.WARNING)  # py4j logs from __del__ after pytest closed its streams
 
 
+class _Tee(io.TextIOBase):
+    """Writes to the original stream and to a capture buffer."""
+
+    def __init__(self, stream, capture: io.StringIO) -> None:
+        self.stream, self.capture = stream, capture
+
+    def write(self, text: str) -> int:
+        self.capture.write(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+@contextlib.contextmanager
+def captured_output():
+    """Collect everything printed or logged meanwhile (task logs of ``dag.test()`` included)."""
+    captured = io.StringIO()
+    handler = logging.StreamHandler(captured)
+    logging.getLogger().addHandler(handler)
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Tee(out, captured), _Tee(err, captured)
+    try:
+        yield captured
+    finally:
+        sys.stdout, sys.stderr = out, err
+        logging.getLogger().removeHandler(handler)
+
+
+def stored_run_texts(run_id: str) -> dict[str, str]:
+    """What Airflow stored for a run: its XComs and rendered templates, as JSON text."""
+    import json
+
+    from airflow.models.renderedtifields import RenderedTaskInstanceFields
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        xcoms = [x.value for x in session.query(XComModel).filter(XComModel.run_id == run_id)]
+        rendered = [r.rendered_fields for r in session.query(RenderedTaskInstanceFields).filter(RenderedTaskInstanceFields.run_id == run_id)]
+    return {"XCom": json.dumps(xcoms, default=str), "rendered templates": json.dumps(rendered, default=str)}
+
+
 @pytest.fixture(scope="session")
 def session_dir() -> Path:
     return _SESSION_DIR
@@ -68,9 +114,9 @@ def spark():
     session.stop()
 
 
-# Azurite's well-known development account (published in Azurite's documentation; not a secret).
-AZURITE_ACCOUNT = "devstoreaccount1"
-AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+# A custom Azurite account (AZURITE_ACCOUNTS) whose key is recognisable, so tests can prove it never leaks.
+AZURITE_ACCOUNT = "swanlake"
+AZURITE_KEY = base64.b64encode(b"SWAN-FAKE-STORAGE-KEY-must-never-appear-in-logs").decode()
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +127,7 @@ def azurite():
     port = _free_port()
     proc = subprocess.Popen(
         [str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence", "--skipApiVersionCheck", "--loose", "--silent"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "AZURITE_ACCOUNTS": f"{AZURITE_ACCOUNT}:{AZURITE_KEY}"},
     )
     try:
         deadline = time.monotonic() + 30

@@ -4,34 +4,17 @@
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
-import logging
 import shutil
-import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, captured_output, stored_run_texts
 from databricks_double import DatabricksDouble
 
 LANDING_DATE = "2026-11-21"
 DATASET = "20261121"
 TOKEN = "dapi-double-0123456789"
-
-
-class _Tee(io.TextIOBase):
-    """Writes to the original stream and to a capture buffer."""
-
-    def __init__(self, stream, capture: io.StringIO) -> None:
-        self.stream, self.capture = stream, capture
-
-    def write(self, text: str) -> int:
-        self.capture.write(text)
-        return self.stream.write(text)
-
-    def flush(self) -> None:
-        self.stream.flush()
 
 
 @pytest.fixture(scope="module")
@@ -63,18 +46,9 @@ def databricks_run(airflow_db, demo_video, double):
         dag = DagBag(dag_folder=str(ROOT / "dags")).dags["swan_anomaly_pipeline"]
         assert type(dag.get_task("run_etl")).__name__ == "DatabricksSubmitRunOperator"
         logical = dt.datetime.fromisoformat(LANDING_DATE).replace(tzinfo=dt.UTC)
-        captured = io.StringIO()  # everything the run logs or prints, task logs included
-        handler = logging.StreamHandler(captured)
-        logging.getLogger().addHandler(handler)
-        out, err = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = _Tee(out, captured), _Tee(err, captured)
-        try:
+        with captured_output() as captured:
             dag_run = dag.test(logical_date=logical, run_conf={"landing_date": LANDING_DATE})
-        finally:
-            sys.stdout, sys.stderr = out, err
-            logging.getLogger().removeHandler(handler)
-        logs = captured.getvalue()
-        dag_run.logs = logs
+        dag_run.logs = captured.getvalue()
         yield dag_run
     finally:
         mp.undo()
@@ -128,14 +102,8 @@ def test_resubmitting_with_the_same_token_attaches_to_the_same_run(databricks_ru
 
 @pytest.mark.slow
 def test_the_token_stays_out_of_logs_xcom_and_rendered_templates(databricks_run):
-    from airflow.models.renderedtifields import RenderedTaskInstanceFields
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        xcoms = [x.value for x in session.query(XComModel).filter(XComModel.run_id == databricks_run.run_id)]
-        rendered = [r.rendered_fields for r in session.query(RenderedTaskInstanceFields).filter(RenderedTaskInstanceFields.run_id == databricks_run.run_id)]
-    assert any("spark_python_task" in json.dumps(r) for r in rendered), "the Databricks payloads were not rendered"
+    stored = stored_run_texts(databricks_run.run_id)
+    assert "spark_python_task" in stored["rendered templates"], "the Databricks payloads were not rendered"
     assert "run_etl" in databricks_run.logs and len(databricks_run.logs) > 10_000
-    for where, text in (("task logs", databricks_run.logs), ("XCom", json.dumps(xcoms, default=str)), ("rendered templates", json.dumps(rendered, default=str))):
+    for where, text in {"task logs": databricks_run.logs, **stored}.items():
         assert TOKEN not in text, f"the Databricks token leaked into {where}"

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from conftest import ROOT
+from conftest import AZURITE_KEY, ROOT, captured_output, stored_run_texts
 from databricks_double import DatabricksDouble
 
 LANDING_DATE = "2026-11-22"
@@ -49,7 +49,9 @@ def remote_run(airflow_db, demo_video, azurite, tmp_path_factory):
     try:
         dag = DagBag(dag_folder=str(ROOT / "dags")).dags["swan_anomaly_pipeline"]
         logical = dt.datetime.fromisoformat(LANDING_DATE).replace(tzinfo=dt.UTC)
-        dag_run = dag.test(logical_date=logical, run_conf={"landing_date": LANDING_DATE})
+        with captured_output() as captured:
+            dag_run = dag.test(logical_date=logical, run_conf={"landing_date": LANDING_DATE})
+        dag_run.logs = captured.getvalue()
         yield dag_run, double, volume
     finally:
         mp.undo()
@@ -102,3 +104,12 @@ def test_remote_run_registers_and_serves_its_champion(remote_run):
     champion = mlflow_client(*s.mlflow_uris).get_model_version_by_alias(s.model_name, CHAMPION)
     assert champion.tags["airflow_run_id"] == dag_run.run_id
     assert served_version(workspace_client(s.endpoint_url, token="local-endpoint"), s.endpoint_name) == str(champion.version)
+
+
+@pytest.mark.slow
+def test_remote_run_leaks_neither_the_storage_key_nor_the_token(remote_run):
+    dag_run, _, _ = remote_run
+    assert "upload_to_lake" in dag_run.logs and len(dag_run.logs) > 10_000
+    for where, text in {"task logs": dag_run.logs, **stored_run_texts(dag_run.run_id)}.items():
+        assert AZURITE_KEY not in text, f"the storage account key leaked into {where}"
+        assert TOKEN not in text, f"the Databricks token leaked into {where}"
