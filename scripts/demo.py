@@ -26,7 +26,6 @@ def airflow_env() -> None:
     os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(ROOT / "dags"))
     os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(ROOT / "plugins"))
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-    os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
     os.environ.setdefault("SWAN_GIT_SHA", _git_sha())
     for sub in ("plugins", "dags"):
         if str(ROOT / sub) not in sys.path:

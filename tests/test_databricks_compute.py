@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import shutil
 
 import pytest
@@ -35,10 +34,7 @@ def databricks_run(airflow_db, demo_video, double):
     mp.setenv("SWAN_COMPUTE_BACKEND", "databricks")
     mp.setenv("SWAN_DATABRICKS_POLL_SECONDS", "1")
     mp.setenv("SWAN_DATABRICKS_RETRY_DELAY", "1")
-    mp.setenv(
-        "AIRFLOW_CONN_DATABRICKS_DEFAULT",
-        json.dumps({"conn_type": "databricks", "host": "127.0.0.1", "port": double.port, "schema": "http", "password": TOKEN}),
-    )
+    mp.setenv("AIRFLOW_CONN_DATABRICKS_DEFAULT", double.connection())
     landing = Settings.from_env().landing_dir / LANDING_DATE
     landing.mkdir(parents=True, exist_ok=True)
     shutil.copy(demo_video, landing / "swans.mp4")
@@ -91,7 +87,7 @@ def test_resubmitting_with_the_same_token_attaches_to_the_same_run(databricks_ru
     hook = DatabricksHook(databricks_conn_id="databricks_double")
     first = double.submissions[0]
     mp = pytest.MonkeyPatch()
-    mp.setenv("AIRFLOW_CONN_DATABRICKS_DOUBLE", json.dumps({"conn_type": "databricks", "host": "127.0.0.1", "port": double.port, "schema": "http", "password": TOKEN}))
+    mp.setenv("AIRFLOW_CONN_DATABRICKS_DOUBLE", double.connection())
     try:
         run_id = hook.submit_run(first)
     finally:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
@@ -14,10 +13,7 @@ TOKEN = "dapi-faults-0123456789"
 @pytest.fixture
 def double(monkeypatch):
     d = DatabricksDouble(token=TOKEN).start()
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_DATABRICKS_FAULTS",
-        json.dumps({"conn_type": "databricks", "host": "127.0.0.1", "port": d.port, "schema": "http", "password": TOKEN}),
-    )
+    monkeypatch.setenv("AIRFLOW_CONN_DATABRICKS_FAULTS", d.connection())
     yield d
     d.stop()
 
@@ -63,9 +59,6 @@ def test_throttling_and_unavailability_are_retried(double, tmp_path):
 def test_a_bad_token_is_refused(double, tmp_path, monkeypatch):
     from airflow.providers.databricks.hooks.databricks import DatabricksHook
 
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_DATABRICKS_WRONG",
-        json.dumps({"conn_type": "databricks", "host": "127.0.0.1", "port": double.port, "schema": "http", "password": "wrong"}),
-    )
+    monkeypatch.setenv("AIRFLOW_CONN_DATABRICKS_WRONG", double.connection(token="wrong"))
     with pytest.raises(Exception, match="401|UNAUTHENTICATED|Invalid access token"):
         DatabricksHook(databricks_conn_id="databricks_wrong", retry_limit=1).submit_run({"tasks": []})

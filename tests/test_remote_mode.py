@@ -34,7 +34,7 @@ def remote_run(airflow_db, demo_video, azurite, tmp_path_factory):
         "SWAN_COMPUTE_BACKEND": "databricks",
         "SWAN_DATABRICKS_POLL_SECONDS": "1",
         "SWAN_DATABRICKS_RETRY_DELAY": "1",
-        "AIRFLOW_CONN_DATABRICKS_DEFAULT": json.dumps({"conn_type": "databricks", "host": "127.0.0.1", "port": double.port, "schema": "http", "password": TOKEN}),
+        "AIRFLOW_CONN_DATABRICKS_DEFAULT": double.connection(),
         "SWAN_LAKE_BACKEND": "azure",
         "SWAN_LAKE_CONN_ID": "swan_lake_remote",
         "AIRFLOW_CONN_SWAN_LAKE_REMOTE": json.dumps({"conn_type": "wasb", "extra": {"connection_string": azurite["connection_string"]}}),

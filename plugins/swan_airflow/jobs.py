@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import subprocess
 import sys
 
-from swan_airflow.runtime import jobs_dir
+from swan_airflow.runtime import job_lake_root, jobs_dir, lake, lake_backend
 
 log = logging.getLogger(__name__)
 
@@ -25,15 +24,13 @@ class JobFailed(RuntimeError):
     """A job entrypoint exited non-zero."""
 
 
-def run_job(job: str, *, dataset_id: str, run_id: str, args: list[str] | None = None, timeout: float | None = None) -> dict:
+def run_job(job: str, *, dataset_id: str, run_id: str, args: list[str] | None = None) -> dict:
     """Run ``jobs/{job}.py`` for a dataset and run; return what it wrote to ``runs/{run_id}/{job}.json``."""
-    from swan_airflow.runtime import job_lake_root, lake
-
     script = jobs_dir() / f"{job}.py"
     if not script.is_file():
         msg = f"job entrypoint {script} not found; set SWAN_JOBS_DIR to the project's jobs/ folder"
         raise FileNotFoundError(msg)
-    if os.environ.get("SWAN_LAKE_BACKEND", "local") != "local":
+    if lake_backend() != "local":
         msg = "local jobs need the local lake: with SWAN_LAKE_BACKEND=azure set SWAN_COMPUTE_BACKEND=databricks"
         raise ValueError(msg)
     cmd = [sys.executable, str(script), "--lake-root", job_lake_root(), "--dataset-id", dataset_id, "--run-id", run_id, *(args or [])]
@@ -45,7 +42,7 @@ def run_job(job: str, *, dataset_id: str, run_id: str, args: list[str] | None = 
             line = line.rstrip()
             tail.append(line)
             log.info("[%s] %s", job, line)
-        code = proc.wait(timeout=timeout)
+        code = proc.wait()  # the task's execution_timeout bounds the whole job
     if code != 0:
         msg = f"job {job} exited with code {code} for dataset {dataset_id}; last output:\n" + "\n".join(tail)
         raise JobFailed(msg)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -52,6 +51,8 @@ def arrival_date(path: Path, landing_dir: Path) -> dt.date:
 
 def find_landed_videos(landing_dir: Path, start: dt.date, end: dt.date) -> list[Path]:
     """Videos under ``landing_dir`` whose arrival date lies in ``[start, end)``, sorted."""
+    from swan_anomaly.video import VIDEO_SUFFIXES
+
     if not landing_dir.is_dir():
         return []
     found = [
@@ -67,27 +68,32 @@ def jobs_dir() -> Path:
     return Path(os.environ.get("SWAN_JOBS_DIR", PROJECT_ROOT / "jobs"))
 
 
+def lake_backend() -> str:
+    """``SWAN_LAKE_BACKEND``: ``local`` (default) or ``azure``."""
+    backend = os.environ.get("SWAN_LAKE_BACKEND", "local")
+    if backend not in ("local", "azure"):
+        msg = f"SWAN_LAKE_BACKEND must be 'local' or 'azure', got {backend!r}"
+        raise ValueError(msg)
+    return backend
+
+
 def lake():
     """The lake the DAG writes to: ``SWAN_LAKE_BACKEND`` ``local`` (default, ``SWAN_LAKE_ROOT``) or ``azure``.
 
     ``azure`` uses the Airflow ``wasb`` connection ``SWAN_LAKE_CONN_ID`` (default ``swan_lake``),
     container ``SWAN_LAKE_CONTAINER`` (default ``swan``) and folder ``SWAN_LAKE_PREFIX``.
     """
-    backend = os.environ.get("SWAN_LAKE_BACKEND", "local")
-    if backend == "local":
+    if lake_backend() == "local":
         from swan_anomaly.lake import LocalLake
 
         return LocalLake(settings().lake_root)
-    if backend == "azure":
-        from swan_airflow.azure_lake import WasbLake
+    from swan_airflow.azure_lake import WasbLake
 
-        return WasbLake(
-            conn_id=os.environ.get("SWAN_LAKE_CONN_ID", "swan_lake"),
-            container=os.environ.get("SWAN_LAKE_CONTAINER", "swan"),
-            prefix=os.environ.get("SWAN_LAKE_PREFIX", ""),
-        )
-    msg = f"SWAN_LAKE_BACKEND must be 'local' or 'azure', got {backend!r}"
-    raise ValueError(msg)
+    return WasbLake(
+        conn_id=os.environ.get("SWAN_LAKE_CONN_ID", "swan_lake"),
+        container=os.environ.get("SWAN_LAKE_CONTAINER", "swan"),
+        prefix=os.environ.get("SWAN_LAKE_PREFIX", ""),
+    )
 
 
 def job_lake_root() -> str:
@@ -99,7 +105,7 @@ def job_lake_root() -> str:
     """
     if explicit := os.environ.get("SWAN_JOB_LAKE_ROOT"):
         return explicit
-    if os.environ.get("SWAN_LAKE_BACKEND", "local") == "local":
+    if lake_backend() == "local":
         return str(settings().lake_root)
     msg = (
         "SWAN_JOB_LAKE_ROOT is not set: with SWAN_LAKE_BACKEND=azure it must say where the jobs see the lake, "

@@ -59,14 +59,17 @@ def workspace_client(host: str, *, token: str) -> WorkspaceClient:
     return WorkspaceClient(host=host, token=token, auth_type="pat")
 
 
+def _served(detail) -> str | None:
+    entities = (detail.config.served_entities if detail.config else None) or []
+    return str(entities[0].entity_version) if entities else None
+
+
 def served_version(w: WorkspaceClient, endpoint: str) -> str | None:
     """The model version the endpoint serves, or None when it does not exist or serves nothing."""
     try:
-        detail = w.serving_endpoints.get(endpoint)
+        return _served(w.serving_endpoints.get(endpoint))
     except NotFound:
         return None
-    entities = (detail.config.served_entities if detail.config else None) or []
-    return str(entities[0].entity_version) if entities else None
 
 
 def deploy_version(w: WorkspaceClient, endpoint: str, model_name: str, version: str, config: ServingConfig) -> DeployResult:
@@ -83,7 +86,7 @@ def deploy_version(w: WorkspaceClient, endpoint: str, model_name: str, version: 
         scale_to_zero_enabled=config.scale_to_zero,
     )
     try:
-        w.serving_endpoints.get(endpoint)
+        previous = _served(w.serving_endpoints.get(endpoint))
     except NotFound:
         log.info("creating serving endpoint %s for %s v%s", endpoint, model_name, version)
         try:
@@ -92,7 +95,6 @@ def deploy_version(w: WorkspaceClient, endpoint: str, model_name: str, version: 
             msg = f"serving endpoint {endpoint} could not be created with {model_name} v{version}: {exc}"
             raise EndpointError(msg) from exc
         return DeployResult(endpoint, str(version), None, True)
-    previous = served_version(w, endpoint)
     if previous == str(version):
         log.info("endpoint %s already serves %s v%s", endpoint, model_name, version)
         return DeployResult(endpoint, str(version), previous, False)
