@@ -13,7 +13,7 @@ import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
 
 from swan_airflow.callbacks import log_failure
-from swan_airflow.databricks_runs import idempotency_token, submit_run_json
+from swan_airflow.databricks_runs import submit_run_json
 
 SCHEDULE = os.environ.get("SWAN_SCHEDULE", "@daily")
 # Where the Spark and training jobs run: "local" (subprocesses, the embedded default) or "databricks".
@@ -51,7 +51,6 @@ def _run_facts() -> tuple[str, str, dict]:
     max_active_runs=1,
     default_args=default_args,
     tags=["swan", "mlops", "anomaly-detection"],
-    user_defined_macros={"idempotency_token": idempotency_token},
     params={
         "landing_date": Param(None, type=["null", "string"], format="date", description="Process videos that arrived on this date (YYYY-MM-DD) instead of the run's data interval."),
         "videos": Param([], type="array", items={"type": "string"}, description="Explicit video paths; overrides the landing-zone lookup."),
@@ -204,13 +203,13 @@ def swan_anomaly_pipeline():
     def job_task(task_id: str, job: str, args: list[str], **kwargs):
         """The job as a Databricks one-time run or a local subprocess, by SWAN_COMPUTE_BACKEND; same task id."""
         if COMPUTE_BACKEND == "databricks":
-            from airflow.providers.databricks.operators.databricks import DatabricksSubmitRunOperator
+            from swan_airflow.submit_run import IdempotentSubmitRunOperator
 
-            return DatabricksSubmitRunOperator(
+            return IdempotentSubmitRunOperator(
                 task_id=task_id,
                 databricks_conn_id=DATABRICKS_CONN_ID,
                 json=submit_run_json(job, args),
-                idempotency_token="{{ idempotency_token(dag.dag_id, run_id, ti.task_id, ti.try_number) }}",
+                inputs="{{ ti.xcom_pull(task_ids='upload_to_lake')['digest'] }}",
                 deferrable=True,
                 polling_period_seconds=int(os.environ.get("SWAN_DATABRICKS_POLL_SECONDS", "30")),
                 databricks_retry_limit=5,
@@ -222,25 +221,25 @@ def swan_anomaly_pipeline():
     @task
     def register_model() -> dict:
         """Register the trained pyfunc as a new version with alias `challenger` (once per run)."""
-        from swan_airflow.runtime import lake, settings
-        from swan_anomaly.registry import mlflow_client, register_challenger
+        from swan_airflow.runtime import lake, registry_client, settings
+        from swan_anomaly.registry import register_challenger
 
         dataset_id, run_id, _ = _run_facts()
         s = settings()
         training = lake().read_result(run_id, "train")
-        client = mlflow_client(*s.mlflow_uris)
+        client = registry_client()
         v = register_challenger(client, s.model_name, training["model_uri"], training["mlflow_run_id"], run_id, tags={"dataset_id": dataset_id})
         return {"name": s.model_name, "version": str(v.version), "aliases": sorted(v.aliases), "val": training["val"]}
 
     @task.branch
     def gate_model(registered: dict) -> str:
         """Promote the challenger only if it passes the thresholds and does not regress vs the champion."""
-        from swan_airflow.runtime import settings
+        from swan_airflow.runtime import registry_client
         from swan_anomaly.gate import decide
-        from swan_anomaly.registry import CHAMPION, get_alias, mlflow_client
+        from swan_anomaly.registry import CHAMPION, get_alias
 
         _, _, params = _run_facts()
-        client = mlflow_client(*settings().mlflow_uris)
+        client = registry_client()
         champion = get_alias(client, registered["name"], CHAMPION)
         champion_metrics = None
         if champion is not None and str(champion.version) != registered["version"]:
@@ -254,10 +253,10 @@ def swan_anomaly_pipeline():
     @task
     def promote_model(registered: dict) -> dict:
         """Move alias `champion` to the challenger (idempotent)."""
-        from swan_airflow.runtime import settings
-        from swan_anomaly.registry import mlflow_client, promote
+        from swan_airflow.runtime import registry_client
+        from swan_anomaly.registry import promote
 
-        client = mlflow_client(*settings().mlflow_uris)
+        client = registry_client()
         changed = promote(client, registered["name"], registered["version"])
         return {"promoted": changed, "version": registered["version"]}
 
@@ -270,13 +269,13 @@ def swan_anomaly_pipeline():
     @task(trigger_rule="none_failed_min_one_success")
     def update_endpoint() -> dict:
         """Serve the current champion (databricks-sdk: create the endpoint, or update its config and wait)."""
-        from swan_airflow.runtime import settings
+        from swan_airflow.runtime import registry_client, settings
         from swan_airflow.serving import serving_target
-        from swan_anomaly.registry import CHAMPION, get_alias, mlflow_client
+        from swan_anomaly.registry import CHAMPION, get_alias
         from swan_anomaly.serving.deploy import ServingConfig, deploy_version
 
         s = settings()
-        champion = get_alias(mlflow_client(*s.mlflow_uris), s.model_name, CHAMPION)
+        champion = get_alias(registry_client(), s.model_name, CHAMPION)
         if champion is None:
             raise RuntimeError(f"registered model {s.model_name} has no 'champion' alias; nothing to serve")
         target = serving_target()
@@ -320,11 +319,10 @@ def swan_anomaly_pipeline():
         import json
 
         from swan_airflow.runtime import lake as run_lake
-        from swan_airflow.runtime import settings
-        from swan_anomaly.registry import aliases_of, mlflow_client
+        from swan_airflow.runtime import registry_client
+        from swan_anomaly.registry import aliases_of
 
         dataset_id, run_id, _ = _run_facts()
-        s = settings()
         lake = run_lake()
         etl, augment, training = (lake.read_result(run_id, job) for job in ("etl", "augment", "train"))
         summary = {
@@ -339,7 +337,7 @@ def swan_anomaly_pipeline():
             "val": {k: training["val"][k] for k in ("auroc", "f1", "precision", "recall")},
             "test": {k: training["test"][k] for k in ("auroc", "f1", "precision", "recall")},
             "best_epoch": training["best_epoch"],
-            "model": {"name": registered["name"], "version": registered["version"], "aliases": aliases_of(mlflow_client(*s.mlflow_uris), registered["name"], registered["version"])},
+            "model": {"name": registered["name"], "version": registered["version"], "aliases": aliases_of(registry_client(), registered["name"], registered["version"])},
             "endpoint": {"url": validation["url"], "serving_version": validation["version"], "previous_version": validation["previous"], "margin": validation["margin"]},
             "scores": validation["scores"],
         }

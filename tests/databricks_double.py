@@ -4,7 +4,9 @@ It speaks the real wire protocol over HTTP on 127.0.0.1, so the real provider op
 hooks talk to it unchanged: ``POST /api/2.2/jobs/runs/submit`` (with ``idempotency_token``),
 ``GET /api/2.2/jobs/runs/get``, ``GET /api/2.2/jobs/runs/get-output``,
 ``POST /api/2.2/jobs/runs/cancel``, with the real life-cycle states
-(PENDING -> RUNNING -> TERMINATED with SUCCESS/FAILED/CANCELED, or INTERNAL_ERROR).
+(PENDING -> RUNNING -> TERMINATED with SUCCESS/FAILED/CANCELED, or INTERNAL_ERROR); and, for
+MLflow clients pointed at the workspace (``MLFLOW_TRACKING_URI=databricks``), an empty
+``GET /api/2.0/mlflow/registered-models/search``.
 
 Submitted ``spark_python_task``s really run: the python file is executed locally with its
 parameters, the attached ``whl`` libraries first on ``PYTHONPATH`` (as a cluster installs them)
@@ -137,6 +139,7 @@ class DatabricksDouble:
             ("GET", "/api/2.2/jobs/runs/get"): self._get,
             ("GET", "/api/2.2/jobs/runs/get-output"): self._get_output,
             ("POST", "/api/2.2/jobs/runs/cancel"): self._cancel,
+            ("GET", "/api/2.0/mlflow/registered-models/search"): lambda body, query, handler: (200, {"registered_models": []}),
         }
         route = routes.get((method, url.path))
         if route is None:

@@ -40,7 +40,7 @@ def databricks_run(airflow_db, demo_video, double):
     shutil.copy(demo_video, landing / "swans.mp4")
     try:
         dag = DagBag(dag_folder=str(ROOT / "dags")).dags["swan_anomaly_pipeline"]
-        assert type(dag.get_task("run_etl")).__name__ == "DatabricksSubmitRunOperator"
+        assert type(dag.get_task("run_etl")).__name__ == "IdempotentSubmitRunOperator"
         logical = dt.datetime.fromisoformat(LANDING_DATE).replace(tzinfo=dt.UTC)
         with captured_output() as captured:
             dag_run = dag.test(logical_date=logical, run_conf={"landing_date": LANDING_DATE})
@@ -54,7 +54,7 @@ def databricks_run(airflow_db, demo_video, double):
 def test_jobs_run_on_databricks_with_the_deployed_code(databricks_run, double):
     from airflow.providers.databricks.utils.databricks import normalise_json_content
 
-    from swan_airflow.databricks_runs import cluster_spec
+    from swan_airflow.databricks_runs import cluster_spec, job_env
     from swan_anomaly.config import Settings
     from swan_anomaly.lake import LocalLake
 
@@ -64,7 +64,7 @@ def test_jobs_run_on_databricks_with_the_deployed_code(databricks_run, double):
     tokens = set()
     for payload, cluster in zip(double.submissions, ("cpu", "cpu", "gpu")):
         task = payload["tasks"][0]
-        assert task["new_cluster"] == normalise_json_content(cluster_spec(cluster))  # the provider sends numbers as strings
+        assert task["new_cluster"] == normalise_json_content({**cluster_spec(cluster), "spark_env_vars": job_env()})  # the provider sends numbers as strings
         wheel = task["libraries"][0]["whl"]
         assert wheel.endswith("-py3-none-any.whl") and "/code/" in wheel
         code_dir = wheel.rsplit("/", 1)[0]

@@ -62,3 +62,72 @@ def test_a_bad_token_is_refused(double, tmp_path, monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_DATABRICKS_WRONG", double.connection(token="wrong"))
     with pytest.raises(Exception, match="401|UNAUTHENTICATED|Invalid access token"):
         DatabricksHook(databricks_conn_id="databricks_wrong", retry_limit=1).submit_run({"tasks": []})
+
+
+def _wait_terminal(hook, token: str, double) -> str:
+    import time
+
+    run_id = double.by_token[token]
+    for _ in range(300):
+        state = hook.get_run_state(run_id)
+        if state.is_terminal:
+            return state.result_state
+        time.sleep(0.1)
+    raise AssertionError(f"run {run_id} did not finish")
+
+
+def test_a_failed_run_gets_exactly_one_fresh_run_and_a_succeeded_one_is_reused(double, tmp_path):
+    import logging
+
+    from airflow.providers.databricks.hooks.databricks import DatabricksHook
+
+    from swan_airflow.submit_run import claim_token, token_base
+
+    script = tmp_path / "job.py"  # fails on its first run (a transient fault), succeeds after
+    script.write_text(f"import pathlib, sys\nm = pathlib.Path({str(tmp_path / 'seen')!r})\nif not m.exists():\n    m.touch(); sys.exit('transient fault')\n")
+    payload = {"run_name": "rerun test", "tasks": [{"task_key": "job", "new_cluster": {"num_workers": 0}, "spark_python_task": {"python_file": str(script)}}]}
+    hook = DatabricksHook(databricks_conn_id="databricks_faults")
+    log = logging.getLogger("test")
+    base = token_base("swan", "scheduled__2026-11-20", "run_etl", -1, payload, "manifest-digest-1")
+
+    first = claim_token(hook, payload, base, log)
+    assert _wait_terminal(hook, first, double) == "FAILED"
+    retry = claim_token(hook, payload, base, log)  # the next try (a retry or a cleared task)
+    assert retry != first and _wait_terminal(hook, retry, double) == "SUCCESS"
+    rerun = claim_token(hook, payload, base, log)  # the task or the DAG run cleared again
+    assert rerun == retry
+    assert len(double.submissions) == 2, "a rerun after success must not start another run"
+
+    new_data = token_base("swan", "scheduled__2026-11-20", "run_etl", -1, payload, "manifest-digest-2")
+    assert claim_token(hook, payload, new_data, log) not in (first, retry)
+    assert len(double.submissions) == 3, "new input data must start a new run"
+
+
+def test_mlflow_on_databricks_authenticates_with_the_airflow_connection(double, monkeypatch):
+    import mlflow
+
+    from swan_airflow.runtime import registry_client
+
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    monkeypatch.setenv("SWAN_DATABRICKS_CONN_ID", "databricks_faults")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "databricks")
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", "databricks")
+    # registry_client() exports the workspace for MLflow; empty values (restored afterwards)
+    # stand for "not set in this process"
+    monkeypatch.setenv("DATABRICKS_HOST", "")
+    monkeypatch.setenv("DATABRICKS_TOKEN", "")
+    try:
+        assert list(registry_client().search_registered_models()) == []
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
+    assert ("GET", "/api/2.0/mlflow/registered-models/search", 200) in double.requests
+
+
+def test_unity_catalog_needs_a_three_level_model_name():
+    from swan_anomaly import ConfigError, Settings
+
+    env = {"MLFLOW_TRACKING_URI": "databricks", "MLFLOW_REGISTRY_URI": "databricks-uc"}
+    with pytest.raises(ConfigError, match="three-level name"):
+        Settings.from_env({**env, "SWAN_MODEL_NAME": "swan_anomaly_vit"})
+    assert Settings.from_env({**env, "SWAN_MODEL_NAME": "main.swan.swan_anomaly_vit"}).model_name == "main.swan.swan_anomaly_vit"

@@ -49,27 +49,39 @@ def remote_run(airflow_db, demo_video, azurite, tmp_path_factory):
     try:
         dag = DagBag(dag_folder=str(ROOT / "dags")).dags["swan_anomaly_pipeline"]
         logical = dt.datetime.fromisoformat(LANDING_DATE).replace(tzinfo=dt.UTC)
-        with captured_output() as captured:
-            dag_run = dag.test(logical_date=logical, run_conf={"landing_date": LANDING_DATE})
-        dag_run.logs = captured.getvalue()
+        run_after = dt.datetime.now(dt.UTC)
+        dag_run = _run(dag, logical, run_after=run_after)
+        dag_run.rerun = lambda: _run(dag, logical, run_after=run_after)
         yield dag_run, double, volume
     finally:
         mp.undo()
         double.stop()
 
 
-def _blobs(connection_string: str) -> set[str]:
+def _run(dag, logical, *, run_after):
+    """One DAG run; called again with the same ``run_after`` it reruns the same run id, as a clear does."""
+    with captured_output() as captured:
+        dag_run = dag.test(logical_date=logical, run_after=run_after, run_conf={"landing_date": LANDING_DATE})
+    dag_run.logs = captured.getvalue()
+    return dag_run
+
+
+def _blob_etags(connection_string: str) -> dict[str, str]:
     from azure.storage.blob import BlobServiceClient
 
     container = BlobServiceClient.from_connection_string(connection_string).get_container_client(CONTAINER)
-    return {b.name for b in container.list_blobs()}
+    return {b.name: b.etag for b in container.list_blobs()}
+
+
+def _blobs(connection_string: str) -> set[str]:
+    return set(_blob_etags(connection_string))
 
 
 @pytest.mark.slow
 def test_remote_run_writes_the_container_and_runs_the_deployed_code(remote_run, azurite):
     from airflow.providers.databricks.utils.databricks import normalise_json_content
 
-    from swan_airflow.databricks_runs import cluster_spec
+    from swan_airflow.databricks_runs import cluster_spec, job_env
 
     dag_run, double, volume = remote_run
     assert str(dag_run.state) == "success"
@@ -86,7 +98,7 @@ def test_remote_run_writes_the_container_and_runs_the_deployed_code(remote_run, 
     assert [p["tasks"][0]["task_key"] for p in double.submissions] == ["etl", "augment", "train"]
     for payload, cluster in zip(double.submissions, ("cpu", "cpu", "gpu")):
         task = payload["tasks"][0]
-        assert task["new_cluster"] == normalise_json_content(cluster_spec(cluster))
+        assert task["new_cluster"] == normalise_json_content({**cluster_spec(cluster), "spark_env_vars": job_env()})
         assert task["libraries"] == [{"whl": f"{volume}/{code[0][len(PREFIX):]}"}]
         assert task["spark_python_task"]["python_file"] == f"{volume}/{code[0][len(PREFIX):].rsplit('/', 1)[0]}/jobs/{task['task_key']}.py"
         assert task["spark_python_task"]["parameters"][:6] == ["--lake-root", str(volume), "--dataset-id", DATASET, "--run-id", dag_run.run_id]
@@ -113,3 +125,31 @@ def test_remote_run_leaks_neither_the_storage_key_nor_the_token(remote_run):
     for where, text in {"task logs": dag_run.logs, **stored_run_texts(dag_run.run_id)}.items():
         assert AZURITE_KEY not in text, f"the storage account key leaked into {where}"
         assert TOKEN not in text, f"the Databricks token leaked into {where}"
+
+
+@pytest.mark.slow
+def test_rerunning_the_dag_run_duplicates_no_runs_blobs_or_versions(remote_run, azurite):
+    from swan_anomaly.config import Settings
+    from swan_anomaly.registry import CHAMPION, mlflow_client
+
+    dag_run, double, _ = remote_run
+    s = Settings.from_env()
+    client = mlflow_client(*s.mlflow_uris)
+    before = _blob_etags(azurite["connection_string"])
+    runs_before = dict(double.runs)
+    champion = client.get_model_version_by_alias(s.model_name, CHAMPION)
+
+    again = dag_run.rerun()
+
+    assert str(again.state) == "success" and again.run_id == dag_run.run_id
+    assert double.runs == runs_before, "the rerun started new Databricks runs"
+    after = _blob_etags(azurite["connection_string"])
+    raw = f"{PREFIX}raw/{DATASET}/"
+    rewritten = {name for name in before if after.get(name) != before[name]}
+    # the completeness marker and manifest are rewritten last on every upload, by design; the
+    # run summary is the rerun's own; no frame, label, code, silver or gold blob is touched
+    assert rewritten <= {raw + "_SUCCESS", raw + "manifest.json", f"{PREFIX}runs/{dag_run.run_id.replace(':', '_').replace('+', '_')}/summary.json"}
+    assert set(after) == set(before)
+    versions = [v.version for v in client.search_model_versions(f"name = '{s.model_name}'") if v.tags.get("airflow_run_id") == dag_run.run_id]
+    assert versions == [champion.version]
+    assert client.get_model_version_by_alias(s.model_name, CHAMPION).version == champion.version

@@ -18,6 +18,7 @@ Only light names are re-exported here; heavy modules (torch, pyspark, mlflow) lo
 """
 
 from swan_anomaly._errors import (
+    ConfigError,
     EndpointError,
     EndpointValidationFailed,
     GateFailed,
@@ -32,6 +33,7 @@ from swan_anomaly._errors import (
 from swan_anomaly.config import Settings
 
 __all__ = [
+    "ConfigError",
     "EndpointError",
     "EndpointValidationFailed",
     "GateFailed",

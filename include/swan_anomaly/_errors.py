@@ -26,6 +26,10 @@ class SwanError(Exception):
     """Base class of every error this package raises on purpose."""
 
 
+class ConfigError(SwanError, ValueError):
+    """A setting is missing, malformed, or contradicts another."""
+
+
 class VideoError(SwanError):
     """A video cannot be opened, decoded, or yields no frames."""
 

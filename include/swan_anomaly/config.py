@@ -32,6 +32,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from swan_anomaly._errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -55,16 +57,24 @@ class Settings:
         env = os.environ if env is None else env
         home = Path(env.get("SWAN_HOME", ".swan")).absolute()
         tracking_uri = env.get("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
+        registry_uri = env.get("MLFLOW_REGISTRY_URI", tracking_uri)
+        model_name = env.get("SWAN_MODEL_NAME", "swan_anomaly_vit")
+        if registry_uri.startswith("databricks-uc") and len([p for p in model_name.split(".") if p]) != 3:
+            msg = (
+                f"SWAN_MODEL_NAME={model_name!r}: the Unity Catalog registry (MLFLOW_REGISTRY_URI={registry_uri!r}) "
+                "needs a three-level name, catalog.schema.model (e.g. main.swan.swan_anomaly_vit)"
+            )
+            raise ConfigError(msg)
         return cls(
             home=home,
             landing_dir=Path(env.get("SWAN_LANDING_DIR", home / "landing")).absolute(),
             lake_root=Path(env.get("SWAN_LAKE_ROOT", home / "lake")).absolute(),
             staging_dir=Path(env.get("SWAN_STAGING_DIR", home / "staging")).absolute(),
             tracking_uri=tracking_uri,
-            registry_uri=env.get("MLFLOW_REGISTRY_URI", tracking_uri),
+            registry_uri=registry_uri,
             artifact_root=Path(env.get("SWAN_MLFLOW_ARTIFACTS", home / "mlflow" / "artifacts")).absolute(),
             experiment=env.get("SWAN_EXPERIMENT", "swan-anomaly"),
-            model_name=env.get("SWAN_MODEL_NAME", "swan_anomaly_vit"),
+            model_name=model_name,
             model=env.get("SWAN_MODEL", "vit-tiny-offline"),
             endpoint_url=env.get("SWAN_ENDPOINT_URL", "http://127.0.0.1:5055").rstrip("/"),
             endpoint_name=env.get("SWAN_ENDPOINT_NAME", "swan-anomaly"),

@@ -69,6 +69,11 @@ def manifest_json(dataset_id: str, hashes: Mapping[str, str]) -> str:
     return json.dumps({"dataset_id": dataset_id, "files": dict(sorted(hashes.items()))}, indent=1, sort_keys=True)
 
 
+def sha256_text(text: str) -> str:
+    """Hex sha256 of a text's UTF-8 bytes."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def safe_run_id(run_id: str) -> str:
     """A run id usable as a path segment on every filesystem (``:``/``+`` replaced)."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", run_id)
@@ -76,12 +81,16 @@ def safe_run_id(run_id: str) -> str:
 
 @dataclass(frozen=True)
 class UploadReport:
-    """What an upload did: files written, files already identical, files removed."""
+    """What an upload did: files written, files already identical, files removed.
+
+    ``digest`` is the sha256 of the partition's manifest: it changes exactly when a file does.
+    """
 
     uri: str
     written: int
     unchanged: int
     removed: int
+    digest: str
 
 
 @dataclass(frozen=True)
@@ -124,9 +133,10 @@ class LocalLake:
             tmp.replace(dst)
         for rel in plan.remove:
             (target / rel).unlink()
-        (target / MANIFEST).write_text(manifest_json(dataset_id, plan.hashes))
+        manifest = manifest_json(dataset_id, plan.hashes)
+        (target / MANIFEST).write_text(manifest)
         (target / SUCCESS).write_text("")
-        report = UploadReport(target.as_uri(), len(plan.write), plan.unchanged, len(plan.remove))
+        report = UploadReport(target.as_uri(), len(plan.write), plan.unchanged, len(plan.remove), sha256_text(manifest))
         log.info("lake %s: %d written, %d unchanged, %d removed", target, report.written, report.unchanged, report.removed)
         return report
 

@@ -38,9 +38,17 @@ def mlflow_client(tracking_uri: str, registry_uri: str | None = None) -> MlflowC
     return MlflowClient(tracking_uri, registry_uri or tracking_uri)
 
 
-def find_version_for_run(client: MlflowClient, name: str, airflow_run_id: str) -> ModelVersion | None:
-    """The version registered by an Airflow run, if any."""
+def find_version_for_run(client: MlflowClient, name: str, airflow_run_id: str, mlflow_run_id: str | None = None) -> ModelVersion | None:
+    """The version registered by an Airflow run, if any.
+
+    Looked up by the training's MLflow run id first (the one filter that Unity Catalog's search
+    supports, which returns versions without their tags), then by the ``airflow_run_id`` tag.
+    """
     try:
+        if mlflow_run_id:
+            same_run = [v for v in client.search_model_versions(f"run_id = '{mlflow_run_id}'") if v.name == name]
+            if same_run:
+                return min(same_run, key=lambda v: int(v.version))
         versions = client.search_model_versions(f"name = '{name}'")
     except MlflowException:
         return None
@@ -56,7 +64,7 @@ def register_challenger(client: MlflowClient, name: str, model_uri: str, mlflow_
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="Swan scene anomaly scorer (ViT). 0 = abnormal, 1 = normal; anomaly_score = softmax(logits)[0].")
-    existing = find_version_for_run(client, name, airflow_run_id)
+    existing = find_version_for_run(client, name, airflow_run_id, mlflow_run_id)
     if existing is not None:
         log.info("reusing version %s of %s registered by %s", existing.version, name, airflow_run_id)
         version = existing

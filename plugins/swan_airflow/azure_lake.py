@@ -22,7 +22,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from swan_anomaly.lake import MANIFEST, SUCCESS, UploadReport, manifest_json, plan_upload, safe_run_id
+from swan_anomaly.lake import MANIFEST, SUCCESS, UploadReport, manifest_json, plan_upload, safe_run_id, sha256_text
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +82,10 @@ class WasbLake:
             list(pool.map(upload, plan.write))  # list() re-raises the first failed upload
         for start in range(0, len(plan.remove), 256):
             self.hook.delete_blobs(self.container, *[prefix + rel for rel in plan.remove[start : start + 256]])
-        self.hook.upload(self.container, prefix + MANIFEST, manifest_json(dataset_id, plan.hashes), overwrite=True)
+        manifest = manifest_json(dataset_id, plan.hashes)
+        self.hook.upload(self.container, prefix + MANIFEST, manifest, overwrite=True)
         self.hook.upload(self.container, prefix + SUCCESS, b"", overwrite=True)
-        report = UploadReport(self.uri(f"raw/{dataset_id}"), len(plan.write), plan.unchanged, len(plan.remove))
+        report = UploadReport(self.uri(f"raw/{dataset_id}"), len(plan.write), plan.unchanged, len(plan.remove), sha256_text(manifest))
         log.info("lake %s: %d written, %d unchanged, %d removed", report.uri, report.written, report.unchanged, report.removed)
         return report
 

@@ -3,7 +3,8 @@
 Why ``DatabricksSubmitRunOperator`` (one-time runs) rather than ``RunNow`` or the workflow task
 group: each run must execute exactly the DAG's code version (the wheel and ``jobs/*.py`` that
 ``deploy_code`` uploaded to ``code/{version}/``) with run-specific parameters, and must be
-retried and re-attached per Airflow try. A one-time run carries all of that in its payload;
+retried and re-attached per Airflow try (see ``submit_run.py`` for the rerun-safe
+idempotency token). A one-time run carries all of that in its payload;
 RunNow would need a job definition kept in sync with every code version outside Airflow.
 
 The cluster specs live in ``clusters/*.json`` beside this module (CPU for ETL and augmentation,
@@ -18,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -40,15 +40,30 @@ def cluster_spec(name: str) -> dict:
     return json.loads((folder / f"{name}.json").read_text())
 
 
+def job_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """Settings the jobs must share with Airflow, as the cluster's ``spark_env_vars``.
+
+    The MLflow tracking and registry URIs, experiment and registered-model name: with
+    ``MLFLOW_TRACKING_URI=databricks`` a job logs to the workspace it runs in, and Airflow's
+    ``register_model`` finds the run there. No secrets: clusters authenticate themselves.
+    """
+    from swan_anomaly.config import Settings
+
+    s = Settings.from_env(env)
+    return {"MLFLOW_TRACKING_URI": s.tracking_uri, "MLFLOW_REGISTRY_URI": s.registry_uri, "SWAN_EXPERIMENT": s.experiment, "SWAN_MODEL_NAME": s.model_name}
+
+
 def submit_run_json(job: str, args: list[str], *, timeout_seconds: int = 4 * 3600) -> dict:
     """The ``runs/submit`` payload of one job entrypoint (templated; rendered by the operator)."""
+    cluster = cluster_spec(JOB_CLUSTERS[job])
+    cluster["spark_env_vars"] = {**cluster.get("spark_env_vars", {}), **job_env()}
     return {
         "run_name": f"swan-anomaly {job} {{{{ run_id }}}}",
         "timeout_seconds": timeout_seconds,
         "tasks": [
             {
                 "task_key": job,
-                "new_cluster": cluster_spec(JOB_CLUSTERS[job]),
+                "new_cluster": cluster,
                 "libraries": [{"whl": WHEEL_URI}],
                 "spark_python_task": {
                     "python_file": f"{CODE_URI}/jobs/{job}.py",
@@ -57,12 +72,3 @@ def submit_run_json(job: str, args: list[str], *, timeout_seconds: int = 4 * 360
             }
         ],
     }
-
-
-def idempotency_token(dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
-    """At most 64 characters, stable per DAG run, task and try.
-
-    A re-attempt of the same try (a worker lost mid-wait) re-attaches to the run it submitted;
-    a new try after a failed run submits a new run.
-    """
-    return hashlib.sha256(f"{dag_id}|{run_id}|{task_id}|{try_number}".encode()).hexdigest()[:64]

@@ -112,3 +112,42 @@ def job_lake_root() -> str:
         "e.g. /Volumes/main/swan/lake for a Unity Catalog external volume on the container"
     )
     raise ValueError(msg)
+
+
+def databricks_workspace() -> tuple[str, str]:
+    """``(base URL, token)`` of the Airflow connection ``SWAN_DATABRICKS_CONN_ID`` (default ``databricks_default``).
+
+    The host may carry its scheme, or the connection's schema/port give it (``https`` by default).
+    The token is the password field, else ``extra.token``. Airflow masks both in task logs.
+    """
+    from airflow.sdk import BaseHook
+
+    conn_id = os.environ.get("SWAN_DATABRICKS_CONN_ID", "databricks_default")
+    conn = BaseHook.get_connection(conn_id)
+    if not conn.host:
+        msg = f"Airflow connection {conn_id!r} has no host; set it to the workspace URL, e.g. https://adb-123.4.azuredatabricks.net"
+        raise ValueError(msg)
+    host = conn.host.rstrip("/")
+    if "://" not in host:
+        host = f"{conn.schema or 'https'}://{host}" + (f":{conn.port}" if conn.port else "")
+    token = conn.password or conn.extra_dejson.get("token")
+    if not token:
+        msg = f"Airflow connection {conn_id!r} has no token (password field or extra.token)"
+        raise ValueError(msg)
+    return host, token
+
+
+def registry_client():
+    """An MLflow client for ``MLFLOW_TRACKING_URI`` / ``MLFLOW_REGISTRY_URI``.
+
+    When either is a Databricks URI (``databricks``, ``databricks-uc``) and the process has no
+    ``DATABRICKS_HOST`` of its own, the workspace and token of the Airflow connection are handed
+    to MLflow through this task process's environment (never logged, never in XCom).
+    """
+    from swan_anomaly.registry import mlflow_client
+
+    s = settings()
+    if any(uri.startswith("databricks") for uri in s.mlflow_uris) and not os.environ.get("DATABRICKS_HOST"):
+        host, token = databricks_workspace()
+        os.environ["DATABRICKS_HOST"], os.environ["DATABRICKS_TOKEN"] = host, token
+    return mlflow_client(*s.mlflow_uris)

@@ -54,20 +54,20 @@ def serving_target() -> ServingTarget:
 
         return ServingTarget("local", ensure_local_server(s), s.endpoint_name, LOCAL_TOKEN)
     if backend == "databricks":
-        from airflow.sdk import BaseHook
+        from swan_airflow.runtime import databricks_workspace
 
-        conn = BaseHook.get_connection(os.environ.get("SWAN_DATABRICKS_CONN_ID", "databricks_default"))
-        host = conn.host if conn.host.startswith("http") else f"https://{conn.host}"
-        return ServingTarget("databricks", host.rstrip("/"), s.endpoint_name, conn.password)
+        host, token = databricks_workspace()
+        return ServingTarget("databricks", host, s.endpoint_name, token)
     msg = f"SWAN_SERVING_BACKEND must be 'local' or 'databricks', got {backend!r}"
     raise ValueError(msg)
 
 
 def roll_back(target: ServingTarget, version: str) -> None:
     """Serve ``version`` again and give it the ``champion`` alias (after a failed validation)."""
-    from swan_anomaly.registry import mlflow_client, rollback
+    from swan_airflow.runtime import registry_client
+    from swan_anomaly.registry import rollback
     from swan_anomaly.serving.deploy import ServingConfig, deploy_version
 
     s = settings()
     deploy_version(target.workspace(), target.endpoint, s.model_name, version, ServingConfig.from_env())
-    rollback(mlflow_client(*s.mlflow_uris), s.model_name, version)
+    rollback(registry_client(), s.model_name, version)

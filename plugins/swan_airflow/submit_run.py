@@ -1,0 +1,92 @@
+"""``DatabricksSubmitRunOperator`` whose reruns never start a duplicate Databricks run.
+
+Databricks answers ``runs/submit`` with the existing run when it already holds a run for the
+request's ``idempotency_token``. The operator derives that token from what the run *does*
+(DAG id, DAG run id, task id, map index, the rendered payload and the input dataset's manifest
+digest) plus a generation number, never from Airflow's try number:
+
+- a retry after a lost worker, or a cleared task whose run is still going, re-attaches to it;
+- a cleared task or DAG run whose run succeeded reuses that run (no new cluster, no new rows);
+- a try after a run that ended FAILED, CANCELED or TIMEDOUT moves to the next generation and
+  submits exactly one fresh run;
+- new code (another ``code/{version}/``), new parameters or new input data give a new token.
+
+Everything else (deferral, polling, retries of 429/5xx answers, cancelling on kill) is the
+provider's operator.
+
+Example:
+    >>> op = IdempotentSubmitRunOperator(task_id="run_etl", json=submit_run_json("etl", []),
+    ...                                  inputs="{{ ti.xcom_pull(task_ids='upload_to_lake')['digest'] }}")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.databricks.operators.databricks import DatabricksSubmitRunOperator
+
+if TYPE_CHECKING:
+    from airflow.providers.databricks.hooks.databricks import DatabricksHook
+    from airflow.sdk import Context
+
+#: Fresh runs one DAG-run task may start after failed ones; beyond this something is wrong
+#: with the job itself, and the task fails instead of burning clusters.
+MAX_GENERATIONS = 20
+
+
+def token_base(dag_id: str, run_id: str, task_id: str, map_index: int, payload: dict, inputs: str) -> str:
+    """What a run does, as one string: equal bases mean an identical run."""
+    body = {k: v for k, v in payload.items() if k != "idempotency_token"}
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    return f"{dag_id}|{run_id}|{task_id}|{map_index}|{digest}|{inputs}"
+
+
+def generation_token(base: str, generation: int) -> str:
+    """The ``idempotency_token`` of one generation (64 hex characters, the API's maximum)."""
+    return hashlib.sha256(f"{base}|{generation}".encode()).hexdigest()
+
+
+def claim_token(hook: DatabricksHook, payload: dict, base: str, log) -> str:
+    """The token of the first generation whose run is pending, running or succeeded.
+
+    Submitting with a generation's token either returns that generation's run or starts it, so
+    this starts at most one new run: the first generation that has none yet.
+    """
+    for generation in range(MAX_GENERATIONS):
+        token = generation_token(base, generation)
+        run_id = hook.submit_run({**payload, "idempotency_token": token})
+        state = hook.get_run_state(run_id)
+        if not state.is_terminal or state.is_successful:
+            if generation or state.is_terminal:
+                log.info("Databricks run %s (generation %d) is %s; using it", run_id, generation, state.result_state or state.life_cycle_state)
+            return token
+        log.info("Databricks run %s (generation %d) ended %s: %s; the next generation submits a fresh run", run_id, generation, state.result_state, state.state_message)
+    msg = f"{MAX_GENERATIONS} Databricks runs of this task all failed; fix the job, then clear the task"
+    raise RuntimeError(msg)
+
+
+class IdempotentSubmitRunOperator(DatabricksSubmitRunOperator):
+    """The provider's one-time-run operator with a rerun-safe ``idempotency_token``.
+
+    Args:
+        inputs: templated; a digest of the run's input data (the raw partition's manifest),
+            so that new data under the same dataset id gives a new run.
+        **kwargs: as for ``DatabricksSubmitRunOperator`` (``idempotency_token`` is set here).
+    """
+
+    template_fields = (*DatabricksSubmitRunOperator.template_fields, "inputs")
+
+    def __init__(self, *, inputs: str = "", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.inputs = inputs
+
+    def _prepare_submit_json(self, context: Context) -> dict[str, Any]:
+        # Both provider paths (deferrable execute and the resumable submit_job) build the payload
+        # here and then submit it; with the claimed token that submit returns the claimed run.
+        payload = super()._prepare_submit_json(context)
+        ti = context["ti"]
+        base = token_base(ti.dag_id, ti.run_id, ti.task_id, ti.map_index, payload, self.inputs)
+        payload["idempotency_token"] = claim_token(self._hook, payload, base, self.log)
+        return payload
