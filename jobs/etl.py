@@ -2,7 +2,8 @@
 
 Parameters: --lake-root (req), --dataset-id (req), --run-id (req), --model (default: SWAN_MODEL;
 its config gives the input size), --image-size (overrides the model's), --crop-bias-x (0.4),
---crop-bias-y (0.5), --jpeg-quality (95).
+--crop-bias-y (0.5), --jpeg-quality (95), --max-image-mb (64: larger files are quarantined),
+--on-label-mismatch (quarantine | fail), --partitions (Spark partitions; default as listed).
 Writes runs/{run_id}/etl.json.
 """
 
@@ -22,6 +23,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--crop-bias-x", type=float, default=0.4)
     parser.add_argument("--crop-bias-y", type=float, default=0.5)
     parser.add_argument("--jpeg-quality", type=int, default=95)
+    parser.add_argument("--max-image-mb", type=float, default=64.0, help="files above this size are quarantined, not decoded")
+    parser.add_argument("--on-label-mismatch", choices=["quarantine", "fail"], default="quarantine")
+    parser.add_argument("--partitions", type=int, default=None, help="Spark partitions for the image transform")
     args = parser.parse_args(argv)
     size = args.image_size or preprocess_spec(resolve_base_model(args.model, settings.models_dir)).size
     return run_entrypoint(
@@ -29,6 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
         lambda: run_etl(
             lake_root=args.lake_root, dataset_id=args.dataset_id, image_size=size,
             bias_x=args.crop_bias_x, bias_y=args.crop_bias_y, jpeg_quality=args.jpeg_quality,
+            max_bytes=int(args.max_image_mb * 1024 * 1024), on_label_mismatch=args.on_label_mismatch, partitions=args.partitions,
         ),
     )
 

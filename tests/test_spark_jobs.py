@@ -20,18 +20,64 @@ from swan_anomaly.video import extract_frames
 DATASET = "20261125"
 
 
+def _png(image: np.ndarray) -> bytes:
+    import cv2
+
+    return cv2.imencode(".png", image)[1].tobytes()
+
+
+def _bomb_png(width: int, height: int) -> bytes:
+    """A small PNG file that declares (and would decode to) width x height grey pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = zlib.compress(b"".join(b"\x00" + bytes(width) for _ in range(height)), 9)
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def bad_input_corpus(frame: np.ndarray) -> dict[str, tuple[bytes, str | None]]:
+    """file name -> (bytes, expected quarantine reason or None when the file is good)."""
+    import cv2
+
+    rng = np.random.default_rng(3)
+    jpeg = cv2.imencode(".jpg", frame)[1].tobytes()
+    rgba = np.dstack([frame, np.full(frame.shape[:2], 128, np.uint8)])
+    return {
+        "truncated.jpg": (jpeg[: len(jpeg) // 2], "truncated JPEG"),
+        "zero.png": (b"", "empty image (0 bytes)"),
+        "text.jpg": (b"this is a text file, not a JPEG\n" * 20, "not a decodable image"),
+        "bomb.png": (_bomb_png(8000, 7000), "over the 50,000,000-pixel limit"),
+        "huge.png": (_png(rng.integers(0, 255, (700, 800, 3), dtype=np.uint8)), "over the 1,000,000-byte limit"),
+        "alpha.png": (_png(rgba), None),
+        "gray.png": (_png(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)), None),
+        "deep16.png": (_png(frame.astype(np.uint16) * 257), None),
+        "gray.jpg": (cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))[1].tobytes(), None),
+    }
+
+
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory, demo_video) -> LocalLake:
-    """A lake holding one raw dataset with a corrupt labelled image and an unlabelled image."""
+    """A lake holding one raw dataset: 20 frames, 20 anomalies, the bad-input corpus (labelled),
+    an image without a label and a label without an image."""
     root = tmp_path_factory.mktemp("lake")
     ds = tmp_path_factory.mktemp("staging") / DATASET
     frames = [f.to_dict() for f in extract_frames(demo_video, ds / "frames", every_seconds=1.0)]
     anomalies = synthesize_dataset(frames, ds, anomaly_ratio=0.5, seed=11)
     table = build_manifest(frames, anomalies, ds, block_seconds=4.0)
-    bad = ds / "frames" / frames[0]["video_id"] / "frame_99999.png"
-    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    row = table.iloc[[0]].assign(image_path=str(bad.relative_to(ds)), frame_index=99999, sha256=sha256_file(bad))
-    write_manifest(pd.concat([table, row], ignore_index=True), ds / "labels.csv")
+    corpus_dir = ds / "frames" / "corpus"
+    corpus_dir.mkdir()
+    rows = []
+    normal = table[table.label == 1].iloc[[0]]
+    frame = __import__("cv2").imread(str(ds / normal.image_path.iloc[0]))
+    for i, (name, (data, _)) in enumerate(bad_input_corpus(frame).items()):
+        (corpus_dir / name).write_bytes(data)
+        rows.append(normal.assign(image_path=f"frames/corpus/{name}", frame_index=90000 + i, sha256=sha256_file(corpus_dir / name)))
+    ghost = normal.assign(image_path="frames/corpus/ghost.png", frame_index=99999, sha256="0" * 64)
+    write_manifest(pd.concat([table, *rows, ghost], ignore_index=True), ds / "labels.csv")
     (ds / "frames" / "stray.png").write_bytes((ds / table.image_path.iloc[1]).read_bytes())
     lake = LocalLake(root)
     lake.put_dataset(ds, DATASET)
@@ -42,46 +88,104 @@ def _digest(frame: pd.DataFrame, key: str) -> list[tuple[str, str]]:
     return sorted((k, hashlib.sha256(bytes(c)).hexdigest()) for k, c in zip(frame[key], frame.content))
 
 
-def test_etl_crops_resizes_quarantines_and_reports(spark, lake):
-    report = run_etl(lake_root=lake.root, dataset_id=DATASET, image_size=32, spark=spark)
-    assert report["silver_rows"] == 40
-    assert report["rows_by_label"] == {"0": 20, "1": 20}
-    assert [q["image_path"] for q in report["quarantined"]] == [f"frames/{report['quarantined'][0]['image_path'].split('/')[1]}/frame_99999.png"]
-    assert "not a decodable image" in report["quarantined"][0]["reason"]
-    assert report["unlabelled_images"] == ["frames/stray.png"]
+def test_etl_quarantines_bad_input_and_keeps_every_good_file(spark, lake):
+    report = run_etl(lake_root=lake.root, dataset_id=DATASET, image_size=32, max_bytes=1_000_000, spark=spark)
+    corpus = bad_input_corpus(np.zeros((240, 320, 3), np.uint8))
+    good_corpus = {f"frames/corpus/{n}" for n, (_, reason) in corpus.items() if reason is None}
+    assert report["silver_rows"] == 40 + len(good_corpus)
+    assert report["rows_by_label"] == {"0": 20, "1": 20 + len(good_corpus)}
+    reasons = {q["image_path"]: (q["stage"], q["reason"]) for q in report["quarantined"]}
+    for name, (_, expected) in corpus.items():
+        path = f"frames/corpus/{name}"
+        if expected is None:
+            assert path not in reasons
+        else:
+            assert reasons[path][0] == "decode" and expected in reasons[path][1] and name in reasons[path][1], reasons[path]
+    assert reasons["frames/stray.png"] == ("join", "image without a label: not in labels.csv")
+    assert reasons["frames/corpus/ghost.png"][0] == "join" and "label without an image" in reasons["frames/corpus/ghost.png"][1]
     silver = pd.read_parquet(lake.silver / f"dataset_id={DATASET}")
-    assert len(silver) == 40 and silver.image_path.is_unique
+    assert len(silver) == report["silver_rows"] and silver.image_path.is_unique
+    assert good_corpus <= set(silver.image_path)
     assert {decode_image(bytes(c)).shape for c in silver.content} == {(32, 32, 3)}
+    quarantine = pd.read_parquet(lake.quarantine / f"dataset_id={DATASET}")
+    assert sorted(zip(quarantine.image_path, quarantine.stage, quarantine.reason)) == sorted((p, st, r) for p, (st, r) in reasons.items())
 
 
-def test_etl_rerun_rewrites_its_partition_only(spark, lake):
-    first = _digest(pd.read_parquet(lake.silver / f"dataset_id={DATASET}"), "image_path")
+def test_etl_can_fail_on_label_mismatch_instead(spark, lake):
+    from swan_anomaly import JobError
+
+    with pytest.raises(JobError, match=r"1 labels without an image .*ghost\.png.*1 images without a label .*stray\.png"):
+        run_etl(lake_root=lake.root, dataset_id=DATASET, image_size=32, on_label_mismatch="fail", spark=spark)
+
+
+def _rows(partition) -> pd.DataFrame:
+    frame = pd.read_parquet(partition)
+    frame["content"] = [hashlib.sha256(bytes(c)).hexdigest() for c in frame.content]
+    key = "sample_id" if "sample_id" in frame else "image_path"
+    return frame.sort_values(key, ignore_index=True)
+
+
+def test_etl_rerun_and_repartitioning_give_identical_rows_and_touch_no_other_partition(spark, lake):
+    run_etl(lake_root=lake.root, dataset_id=DATASET, image_size=32, max_bytes=1_000_000, spark=spark)
+    first = _rows(lake.silver / f"dataset_id={DATASET}")
     other = lake.silver / "dataset_id=19990101"
     shutil.copytree(lake.silver / f"dataset_id={DATASET}", other)
     kept = sorted(p.name for p in other.iterdir())
-    run_etl(lake_root=lake.root, dataset_id=DATASET, image_size=32, spark=spark)
-    assert _digest(pd.read_parquet(lake.silver / f"dataset_id={DATASET}"), "image_path") == first
+    for partitions in (None, 3):
+        run_etl(lake_root=lake.root, dataset_id=DATASET, image_size=32, max_bytes=1_000_000, partitions=partitions, spark=spark)
+        pd.testing.assert_frame_equal(_rows(lake.silver / f"dataset_id={DATASET}"), first)
     assert sorted(p.name for p in other.iterdir()) == kept
+    shutil.rmtree(other)
 
 
-def test_augmentation_splits_by_group_and_is_reproducible(spark, lake):
+def test_augmentation_splits_by_group_and_treats_both_classes_alike(spark, lake):
     report = run_augmentation(lake_root=lake.root, dataset_id=DATASET, seed=5, spark=spark)
     gold = pd.read_parquet(lake.gold / f"dataset_id={DATASET}")
     assert len(gold) == report["gold_rows"] and gold.sample_id.is_unique
     assert gold.groupby("group").split.nunique().max() == 1, "a group sits in two splits"
     train = gold[gold.split == "train"]
-    assert set(train.aug) == set(TRAIN_AUGMENTATIONS)
     assert set(gold[gold.split != "train"].aug) == {"none"}
-    for label in (0, 1):  # both classes get the same operations
-        assert train[train.label == label].aug.value_counts().to_dict() == {a: (train.label == label).sum() // 4 for a in TRAIN_AUGMENTATIONS}
+    k = len(TRAIN_AUGMENTATIONS)
+    for label in (0, 1):  # both classes get the same operations, once per image
+        ops = train[train.label == label].aug.value_counts().to_dict()
+        assert ops == {a: (train.label == label).sum() // k for a in TRAIN_AUGMENTATIONS}
     flipped = train[train.aug == "hflip"].iloc[0]
     original = gold[(gold.image_path == flipped.image_path) & (gold.aug == "none")].iloc[0]
+    assert bytes(original.content) == bytes(pd.read_parquet(lake.silver / f"dataset_id={DATASET}").set_index("image_path").content[flipped.image_path])
     a, b = decode_image(bytes(flipped.content)).astype(int), decode_image(bytes(original.content))[:, ::-1].astype(int)
     assert np.abs(a - b).mean() < 3  # a flip, up to one JPEG pass
-    before = _digest(gold, "sample_id")
-    spark.conf.set("spark.sql.shuffle.partitions", "3")
-    try:
-        run_augmentation(lake_root=lake.root, dataset_id=DATASET, seed=5, spark=spark)
-    finally:
-        spark.conf.set("spark.sql.shuffle.partitions", "2")
-    assert _digest(pd.read_parquet(lake.gold / f"dataset_id={DATASET}"), "sample_id") == before
+    for row in train[train.aug == "affine"].itertuples():  # reflected borders: no black corners
+        img = decode_image(bytes(row.content))
+        assert min(img[:2, :2].mean(), img[:2, -2:].mean(), img[-2:, :2].mean(), img[-2:, -2:].mean()) > 12
+
+
+def test_augmentation_reruns_and_repartitioning_give_identical_bytes(spark, lake):
+    run_augmentation(lake_root=lake.root, dataset_id=DATASET, seed=5, spark=spark)
+    first = _rows(lake.gold / f"dataset_id={DATASET}")
+    for partitions, shuffle in ((None, "2"), (3, "5")):
+        spark.conf.set("spark.sql.shuffle.partitions", shuffle)
+        try:
+            run_augmentation(lake_root=lake.root, dataset_id=DATASET, seed=5, partitions=partitions, spark=spark)
+        finally:
+            spark.conf.set("spark.sql.shuffle.partitions", "2")
+        pd.testing.assert_frame_equal(_rows(lake.gold / f"dataset_id={DATASET}"), first)
+
+
+def test_augmentation_reaches_a_class_ratio_target_without_dropping_rows(spark, lake):
+    from swan_anomaly.augment import AUGMENTATIONS, augment_image
+
+    report = run_augmentation(lake_root=lake.root, dataset_id=DATASET, seed=5, target_abnormal_share=0.7, augmentations=AUGMENTATIONS, spark=spark)
+    gold = pd.read_parquet(lake.gold / f"dataset_id={DATASET}")
+    train = gold[gold.split == "train"]
+    assert gold.sample_id.is_unique
+    assert abs((train.label == 0).mean() - 0.7) < 0.05 and report["train_abnormal_share"] == round((train.label == 0).mean(), 4)
+    for image_path, rows in train.groupby("image_path"):  # every image keeps every operation
+        assert set(AUGMENTATIONS) <= set(rows.aug), image_path
+    assert train[train.label == 1].variant.max() == 0 and train[train.label == 0].variant.max() >= 1
+    extra = train[(train.label == 0) & (train.variant == 1)].iloc[0]
+    same_op = train[(train.image_path == extra.image_path) & (train.aug == extra.aug) & (train.variant == 0)].iloc[0]
+    if extra.aug in ("affine", "color"):  # a new random draw, not a copy
+        assert bytes(extra.content) != bytes(same_op.content)
+    square = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3)
+    assert (augment_image(square, "rot90", np.random.default_rng(0)) == np.rot90(square)).all()
+    run_augmentation(lake_root=lake.root, dataset_id=DATASET, seed=5, spark=spark)  # back to the default for later tests

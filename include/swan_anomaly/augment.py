@@ -2,7 +2,18 @@
 
 Splits are assigned per source group (:mod:`swan_anomaly.splits`). Only the train split is
 augmented, and both classes get exactly the same operations. Every random choice is seeded
-from the row's identity, so reruns and repartitioning produce the same bytes.
+from the row's identity (image, operation, variant), so reruns and repartitioning produce
+the same bytes.
+
+JPEG passes: silver images were JPEG-encoded once by the ETL. ``none`` rows keep those bytes;
+every other operation decodes, transforms and encodes once more, for both classes alike, so
+the number of JPEG passes never tells the classes apart. Geometric operations fill with
+reflected pixels, never black corners.
+
+Class ratio: with ``target_abnormal_share`` the minority class of the train split gets extra
+variants (the same operations again with new random draws, ``variant`` 1, 2, ...) until the
+share is as close as whole variants per image allow. Nothing is dropped and every row has its
+own ``sample_id``, so no variant overwrites another.
 
 Example:
     >>> report = run_augmentation(lake_root=Path(".swan/lake"), dataset_id="20261126", seed=42)  # doctest: +SKIP
@@ -11,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -22,46 +34,110 @@ from pyspark.sql import types as T
 from swan_anomaly._errors import JobError
 from swan_anomaly.anomalies import stable_seed
 from swan_anomaly.images import decode_image, encode_jpeg
+from swan_anomaly.labels import ABNORMAL, NORMAL
 from swan_anomaly.lake import LocalLake
 from swan_anomaly.splits import Split, assign_splits
 
 log = logging.getLogger(__name__)
 
-#: Augmentations applied to every train image, both classes alike ("none" keeps the original).
-TRAIN_AUGMENTATIONS = ("none", "hflip", "rot180", "jitter")
+#: Every operation this job knows.
+AUGMENTATIONS = ("none", "hflip", "vflip", "rot90", "rot180", "rot270", "affine", "color")
+
+#: The default set applied to every train image, both classes alike ("none" keeps the original).
+TRAIN_AUGMENTATIONS = ("none", "hflip", "rot180", "affine", "color")
+
+
+def _affine(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Squash-and-skew: independent x/y scale and a shear about the centre, reflected borders."""
+    import cv2
+
+    h, w = image.shape[:2]
+    sx, sy = rng.uniform(0.85, 1.15, size=2)
+    shear = rng.uniform(-0.2, 0.2)
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    m = np.array([[sx, shear, 0.0], [0.0, sy, 0.0]])
+    m[:, 2] = [cx - sx * cx - shear * cy, cy - sy * cy]
+    return cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
 
 
 def augment_image(image: np.ndarray, op: str, rng: np.random.Generator) -> np.ndarray:
-    """Apply one named augmentation to an RGB ``[H, W, 3]`` uint8 image."""
+    """Apply one named augmentation to an RGB ``[H, W, 3]`` uint8 image (square for rot90/rot270).
+
+    Example:
+        >>> img = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
+        >>> bool((augment_image(img, "rot180", np.random.default_rng(0)) == img[::-1, ::-1]).all())
+        True
+    """
     if op == "none":
         return image
     if op == "hflip":
         return np.ascontiguousarray(image[:, ::-1])
-    if op == "rot180":
-        return np.ascontiguousarray(image[::-1, ::-1])
-    if op == "jitter":
-        gain = rng.uniform(0.8, 1.2)
-        bias = rng.uniform(-20, 20)
-        return np.clip(image.astype(np.float32) * gain + bias, 0, 255).astype(np.uint8)
-    msg = f"unknown augmentation {op!r}; known: {TRAIN_AUGMENTATIONS}"
+    if op == "vflip":
+        return np.ascontiguousarray(image[::-1])
+    if op in ("rot90", "rot180", "rot270"):
+        return np.ascontiguousarray(np.rot90(image, k={"rot90": 1, "rot180": 2, "rot270": 3}[op]))
+    if op == "affine":
+        return _affine(image, rng)
+    if op == "color":
+        contrast = rng.uniform(0.75, 1.25)
+        brightness = rng.uniform(-25, 25)
+        mean = image.mean()
+        return np.clip((image.astype(np.float32) - mean) * contrast + mean + brightness, 0, 255).astype(np.uint8)
+    msg = f"unknown augmentation {op!r}; known: {AUGMENTATIONS}"
     raise ValueError(msg)
 
 
 def make_augment_udf(seed: int, quality: int):
-    """A pandas UDF ``(content, aug, image_path) -> content`` seeded per row."""
+    """A pandas UDF ``(content, aug, variant, image_path) -> content`` seeded per row."""
 
     @F.pandas_udf(T.BinaryType())
-    def augment(content: pd.Series, aug: pd.Series, key: pd.Series) -> pd.Series:
+    def augment(content: pd.Series, aug: pd.Series, variant: pd.Series, key: pd.Series) -> pd.Series:
+        import cv2
+
+        cv2.setNumThreads(1)
         out = []
-        for data, op, k in zip(content, aug, key):
+        for data, op, v, k in zip(content, aug, variant, key):
             if op == "none":
                 out.append(bytes(data))
                 continue
-            rng = np.random.default_rng(stable_seed(seed, k, op))
+            rng = np.random.default_rng(stable_seed(seed, k, op) if v == 0 else stable_seed(seed, k, op, v))
             out.append(encode_jpeg(augment_image(decode_image(bytes(data), name=k), op, rng), quality=quality))
         return pd.Series(out)
 
     return augment
+
+
+def variant_plan(train_counts: dict[int, int], augmentations: tuple[str, ...], target_abnormal_share: float | None) -> dict[int, list[tuple[str, int]]]:
+    """``label -> [(operation, variant), ...]`` applied to each train image of that label.
+
+    Both labels get every operation once; with a target share the minority label also gets
+    extra variants of the non-``none`` operations.
+
+    Example:
+        >>> variant_plan({0: 10, 1: 30}, ("none", "hflip"), 0.5)[0]
+        [('none', 0), ('hflip', 0), ('hflip', 1), ('hflip', 2), ('hflip', 3), ('hflip', 4)]
+    """
+    base = [(op, 0) for op in augmentations]
+    plan = {ABNORMAL: list(base), NORMAL: list(base)}
+    n0, n1 = train_counts.get(ABNORMAL, 0), train_counts.get(NORMAL, 0)
+    if target_abnormal_share is None or not n0 or not n1:
+        return plan
+    if not 0 < target_abnormal_share < 1:
+        msg = f"target_abnormal_share must be in (0, 1), got {target_abnormal_share}"
+        raise ValueError(msg)
+    k = len(base)
+    extra_ops = [op for op in augmentations if op != "none"]
+    # rows per image of the minority label so that its share of all train rows is the target
+    if n0 / (n0 + n1) < target_abnormal_share:
+        minority, rows = ABNORMAL, target_abnormal_share * n1 * k / ((1 - target_abnormal_share) * n0)
+    else:
+        minority, rows = NORMAL, (1 - target_abnormal_share) * n0 * k / (target_abnormal_share * n1)
+    extra = max(0, round(rows) - k)
+    if extra and not extra_ops:
+        msg = "a class-ratio target needs at least one augmentation besides 'none'"
+        raise ValueError(msg)
+    plan[minority] += [(extra_ops[j % len(extra_ops)], 1 + j // len(extra_ops)) for j in range(extra)]
+    return plan
 
 
 def with_splits(images: DataFrame, splits: DataFrame) -> DataFrame:
@@ -69,21 +145,39 @@ def with_splits(images: DataFrame, splits: DataFrame) -> DataFrame:
     return images.join(F.broadcast(splits), on="group", how="inner")
 
 
-def expand_augmentations(images: DataFrame, augmentations: tuple[str, ...] = TRAIN_AUGMENTATIONS) -> DataFrame:
-    """One row per (train image, augmentation); val and test rows keep only ``none``."""
+def expand_augmentations(images: DataFrame, plan: dict[int, list[tuple[str, int]]]) -> DataFrame:
+    """One row per (train image, operation, variant) of its label's plan; val and test keep only ``none``."""
     spark = images.sparkSession
-    ops = spark.createDataFrame([(a,) for a in augmentations], ["aug"])
-    train = images.where(F.col("split") == Split.TRAIN.value).crossJoin(F.broadcast(ops))
-    rest = images.where(F.col("split") != Split.TRAIN.value).withColumn("aug", F.lit("none"))
+    ops = spark.createDataFrame([(label, op, v) for label, pairs in sorted(plan.items()) for op, v in pairs], "label long, aug string, variant int")
+    train = images.where(F.col("split") == Split.TRAIN.value).join(F.broadcast(ops), on="label")
+    rest = images.where(F.col("split") != Split.TRAIN.value).withColumn("aug", F.lit("none")).withColumn("variant", F.lit(0))
     return train.unionByName(rest)
 
 
 def run_augmentation(
-    *, lake_root: Path, dataset_id: str, seed: int = 42, jpeg_quality: int = 95, spark: SparkSession | None = None
+    *,
+    lake_root: Path,
+    dataset_id: str,
+    seed: int = 42,
+    jpeg_quality: int = 95,
+    augmentations: tuple[str, ...] = TRAIN_AUGMENTATIONS,
+    target_abnormal_share: float | None = None,
+    partitions: int | None = None,
+    spark: SparkSession | None = None,
 ) -> dict:
-    """Build the gold training set of one dataset and return its report (rows per split and label)."""
+    """Build the gold training set of one dataset and return its report (rows per split and label).
+
+    Args:
+        augmentations: operations for every train image (must include ``none``, the original).
+        target_abnormal_share: wanted share of abnormal rows in the train split (None: as is).
+        partitions: Spark partitions for the transform; the output does not depend on it.
+    """
     from swan_anomaly.spark import build_spark
 
+    unknown = sorted(set(augmentations) - set(AUGMENTATIONS))
+    if unknown or "none" not in augmentations:
+        msg = f"augmentations must include 'none' and come from {AUGMENTATIONS}; got {augmentations}"
+        raise ValueError(msg)
     lake = LocalLake(lake_root)
     spark = spark or build_spark("swan-augment")
     partition = lake.silver / f"dataset_id={dataset_id}"
@@ -99,12 +193,18 @@ def run_augmentation(
         raise JobError(msg)
     split_of = assign_splits(groups, seed=seed)
     splits = spark.createDataFrame(sorted(split_of.items()), ["group", "split"])
-    rows = expand_augmentations(with_splits(silver, splits))
+    images = with_splits(silver, splits)
+    train_counts = {r.label: int(r["count"]) for r in images.where(F.col("split") == Split.TRAIN.value).groupBy("label").count().collect()}
+    plan = variant_plan(train_counts, tuple(augmentations), target_abnormal_share)
+    rows = expand_augmentations(images, plan)
+    if partitions:
+        rows = rows.repartition(partitions, "image_path", "aug", "variant")
     augment = make_augment_udf(seed, jpeg_quality)
+    sample_id = F.when(F.col("variant") == 0, F.concat_ws("#", "image_path", "aug")).otherwise(F.concat_ws("#", "image_path", "aug", F.col("variant").cast("string")))
     gold = (
-        rows.withColumn("content", augment("content", "aug", "image_path"))
-        .withColumn("sample_id", F.concat_ws("#", "image_path", "aug"))
-        .select("sample_id", "image_path", "content", "label", "family", "group", "split", "aug", "video_id", "frame_index", "dataset_id")
+        rows.withColumn("content", augment("content", "aug", "variant", "image_path"))
+        .withColumn("sample_id", sample_id)
+        .select("sample_id", "image_path", "content", "label", "family", "group", "split", "aug", "variant", "video_id", "frame_index", "dataset_id")
     )
     gold.orderBy("sample_id").write.mode("overwrite").partitionBy("dataset_id").parquet(str(lake.gold))
     written = spark.read.parquet(str(lake.gold / f"dataset_id={dataset_id}"))
@@ -116,13 +216,18 @@ def run_augmentation(
         labels = by_split.get(split.value, {})
         if split is not Split.TRAIN and ("0" not in labels or "1" not in labels):
             log.warning("split %s lacks a class: %s", split.value, labels)
+    train = by_split.get(Split.TRAIN.value, {})
+    train_rows = sum(train.values())
     report = {
         "dataset_id": dataset_id,
         "gold_path": str(lake.gold),
         "gold_rows": int(sum(sum(v.values()) for v in by_split.values())),
         "rows_by_split_label": dict(sorted(by_split.items())),
         "groups_by_split": {s.value: sorted(g for g, sp in split_of.items() if sp == s.value) for s in Split},
-        "augmentations": list(TRAIN_AUGMENTATIONS),
+        "augmentations": list(augmentations),
+        "variants_per_image": {str(label): len(pairs) for label, pairs in sorted(plan.items())},
+        "target_abnormal_share": target_abnormal_share,
+        "train_abnormal_share": round(train.get(str(ABNORMAL), 0) / train_rows, 4) if train_rows else math.nan,
         "seed": seed,
     }
     log.info("augmentation %s: %d gold rows %s", dataset_id, report["gold_rows"], report["rows_by_split_label"])

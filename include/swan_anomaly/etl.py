@@ -4,6 +4,12 @@ Steps: list images with the ``binaryFile`` source, join the label manifest, crop
 biased centre, resize with area interpolation, JPEG-encode, and write Parquet partitioned by
 ``dataset_id`` with dynamic partition overwrite (a rerun replaces its partition).
 
+Nothing good is lost to something bad: an image that cannot be decoded, is over the size
+limit or declares a decompression bomb, an image without a label and a label without an image
+each become a row of ``quarantine/dataset_id=.../`` naming the file, the stage and the reason,
+while every good image reaches silver. ``on_label_mismatch="fail"`` turns join mismatches
+into an error instead.
+
 The transforms are pure ``DataFrame -> DataFrame`` functions; :func:`run_etl` is the only
 place that reads and writes.
 
@@ -32,6 +38,13 @@ from swan_anomaly.lake import LocalLake
 log = logging.getLogger(__name__)
 
 IMAGE_GLOB = "*.{png,jpg,jpeg,PNG,JPG,JPEG}"
+
+#: Files larger than this are quarantined without being decoded.
+MAX_IMAGE_BYTES = 64 * 1024 * 1024
+
+QUARANTINE_SCHEMA = T.StructType(
+    [T.StructField("image_path", T.StringType()), T.StructField("stage", T.StringType()), T.StructField("reason", T.StringType())]
+)
 
 SILVER_SCHEMA = T.StructType(
     [
@@ -74,16 +87,26 @@ def join_labels(images: DataFrame, labels: DataFrame) -> tuple[DataFrame, DataFr
     return labelled, unlabelled, missing
 
 
-def crop_resize_encode(images: DataFrame, *, size: int, bias_x: float, bias_y: float, quality: int) -> DataFrame:
+def crop_resize_encode(
+    images: DataFrame, *, size: int, bias_x: float, bias_y: float, quality: int, max_bytes: int = MAX_IMAGE_BYTES
+) -> DataFrame:
     """Decode, crop, resize and JPEG-encode each image (a pandas UDF over Arrow batches).
 
-    Undecodable images keep their row with ``content = null`` and the reason in ``error``.
+    Images that cannot be processed keep their row with ``content = null`` and the reason in
+    ``error``; files over ``max_bytes`` are not even decoded.
     """
 
     def transform(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        import cv2
+
+        cv2.setNumThreads(1)  # Spark runs one task per core; OpenCV threads would oversubscribe
         for pdf in batches:
             contents, errors = [], []
             for path, data in zip(pdf["image_path"], pdf["content"]):
+                if len(data) > max_bytes:
+                    contents.append(None)
+                    errors.append(f"ImageDecodeError: {path}: file of {len(data):,} bytes is over the {max_bytes:,}-byte limit; not decoded")
+                    continue
                 try:
                     img = crop_and_resize(decode_image(bytes(data), name=path), size=size, bias_x=bias_x, bias_y=bias_y)
                     contents.append(encode_jpeg(img, quality=quality))
@@ -108,30 +131,58 @@ def run_etl(
     bias_x: float = 0.4,
     bias_y: float = 0.5,
     jpeg_quality: int = 95,
+    max_bytes: int = MAX_IMAGE_BYTES,
+    on_label_mismatch: str = "quarantine",
+    partitions: int | None = None,
     spark: SparkSession | None = None,
 ) -> dict:
-    """Run the ETL for one dataset partition and return its report (row counts, quarantine)."""
+    """Run the ETL for one dataset partition and return its report (row counts, quarantine).
+
+    Args:
+        on_label_mismatch: ``quarantine`` (default: images without a label and labels without
+            an image become quarantine rows) or ``fail`` (raise, listing them).
+        partitions: process the images in this many Spark partitions (default: as listed).
+            The output does not depend on it.
+    """
     from swan_anomaly.spark import build_spark
 
+    if on_label_mismatch not in ("quarantine", "fail"):
+        msg = f"on_label_mismatch must be 'quarantine' or 'fail', got {on_label_mismatch!r}"
+        raise ValueError(msg)
+    if not 1 <= jpeg_quality <= 100:
+        msg = f"jpeg_quality must be in 1..100, got {jpeg_quality}"
+        raise ValueError(msg)
     lake = LocalLake(lake_root)
     raw_dir = lake.require_complete(dataset_id)
     manifest = read_manifest(raw_dir / "labels.csv")
     spark = spark or build_spark("swan-etl")
     labels = spark.createDataFrame(manifest.rename(columns={"sha256": "source_sha256"}).drop(columns=["family_params", "timestamp_s"]))
     labelled, unlabelled, missing = join_labels(list_images(spark, str(raw_dir)), labels)
-    missing_paths = [r.image_path for r in missing.collect()]
-    if missing_paths:
-        msg = f"{raw_dir}: {len(missing_paths)} labelled images are missing from the lake, e.g. {missing_paths[:3]}; rerun upload_to_lake"
+    missing_paths = sorted(r.image_path for r in missing.collect())
+    # Spark's file sources skip zero-byte files; they are bad images, not missing ones.
+    empty = [p for p in missing_paths if (raw_dir / p).is_file() and (raw_dir / p).stat().st_size == 0]
+    missing_paths = [p for p in missing_paths if p not in empty]
+    unlabelled_paths = sorted(r.image_path for r in unlabelled.collect())
+    if on_label_mismatch == "fail" and (missing_paths or unlabelled_paths):
+        msg = (
+            f"{raw_dir}: labels and images do not match: {len(missing_paths)} labels without an image "
+            f"(e.g. {missing_paths[:3]}), {len(unlabelled_paths)} images without a label (e.g. {unlabelled_paths[:3]})"
+        )
         raise JobError(msg)
-    unlabelled_paths = [r.image_path for r in unlabelled.collect()]
-    if unlabelled_paths:
-        log.warning("%d images have no label and are skipped, e.g. %s", len(unlabelled_paths), unlabelled_paths[:3])
-    processed = crop_resize_encode(labelled, size=image_size, bias_x=bias_x, bias_y=bias_y, quality=jpeg_quality).cache()
+    if partitions:
+        labelled = labelled.repartition(partitions, "image_path")
+    processed = crop_resize_encode(labelled, size=image_size, bias_x=bias_x, bias_y=bias_y, quality=jpeg_quality, max_bytes=max_bytes).cache()
     good = processed.where(F.col("error").isNull()).drop("error").withColumn("dataset_id", F.lit(dataset_id))
-    quarantined = [(r.image_path, r.error) for r in processed.where(F.col("error").isNotNull()).select("image_path", "error").collect()]
-    for path, reason in quarantined:
-        log.warning("quarantined %s: %s", path, reason)
-    (good.orderBy("image_path").write.mode("overwrite").partitionBy("dataset_id").parquet(str(lake.silver)))
+    bad = sorted((r.image_path, r.error) for r in processed.where(F.col("error").isNotNull()).select("image_path", "error").collect())
+    quarantine = (
+        sorted([(p, "decode", reason) for p, reason in bad] + [(p, "decode", f"ImageDecodeError: {p}: empty image (0 bytes)") for p in empty])
+        + [(p, "join", "label without an image: the manifest lists it but the lake has no such file") for p in missing_paths]
+        + [(p, "join", "image without a label: not in labels.csv") for p in unlabelled_paths]
+    )
+    for path, stage, reason in quarantine:
+        log.warning("quarantined %s (%s): %s", path, stage, reason)
+    good.orderBy("image_path").write.mode("overwrite").partitionBy("dataset_id").parquet(str(lake.silver))
+    write_quarantine(spark, lake, dataset_id, quarantine)
     counts = {r.label: r["count"] for r in good.groupBy("label").count().collect()}
     processed.unpersist()
     report = {
@@ -143,7 +194,21 @@ def run_etl(
         "crop_bias": [bias_x, bias_y],
         "jpeg_quality": jpeg_quality,
         "unlabelled_images": unlabelled_paths,
-        "quarantined": [{"image_path": p, "reason": r} for p, r in quarantined],
+        "missing_images": missing_paths,
+        "quarantined": [{"image_path": p, "stage": stage, "reason": r} for p, stage, r in quarantine],
+        "quarantine_path": str(lake.quarantine),
     }
-    log.info("ETL %s: %d silver rows %s, %d quarantined", dataset_id, report["silver_rows"], report["rows_by_label"], len(quarantined))
+    log.info("ETL %s: %d silver rows %s, %d quarantined", dataset_id, report["silver_rows"], report["rows_by_label"], len(quarantine))
     return report
+
+
+def write_quarantine(spark: SparkSession, lake: LocalLake, dataset_id: str, rows: list[tuple[str, str, str]]) -> None:
+    """Replace ``quarantine/dataset_id=.../`` with these rows (removed when there are none)."""
+    import shutil
+
+    partition = lake.quarantine / f"dataset_id={dataset_id}"
+    if not rows:
+        shutil.rmtree(partition, ignore_errors=True)  # an empty overwrite would leave the old rows
+        return
+    frame = spark.createDataFrame(rows, QUARANTINE_SCHEMA).withColumn("dataset_id", F.lit(dataset_id))
+    frame.coalesce(1).write.mode("overwrite").partitionBy("dataset_id").parquet(str(lake.quarantine))

@@ -22,8 +22,34 @@ import numpy as np
 
 from swan_anomaly._errors import ImageDecodeError
 
-#: Decoded images above this many pixels are refused (decompression-bomb guard).
+#: Images declaring more pixels than this are refused before decoding (decompression-bomb guard).
 MAX_PIXELS = 50_000_000
+
+
+def check_declared_size(data: bytes, *, name: str) -> None:
+    """Refuse an image whose header declares more than :data:`MAX_PIXELS` pixels, before decoding it.
+
+    Pillow reads only the header here. Formats Pillow does not know pass through to OpenCV,
+    which checks the decoded size instead.
+    """
+    import io
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                width, height = im.size
+    except Image.DecompressionBombError as exc:
+        msg = f"{name}: {exc}; not decoded"
+        raise ImageDecodeError(msg) from exc
+    except (UnidentifiedImageError, OSError, ValueError):
+        return
+    if width * height > MAX_PIXELS:
+        msg = f"{name}: image declares {width}x{height} pixels, over the {MAX_PIXELS:,}-pixel limit (decompression bomb?); not decoded"
+        raise ImageDecodeError(msg)
 
 
 def decode_image(data: bytes, *, name: str = "<bytes>") -> np.ndarray:
@@ -38,18 +64,25 @@ def decode_image(data: bytes, *, name: str = "<bytes>") -> np.ndarray:
         16-bit images are scaled to 8 bits.
 
     Raises:
-        ImageDecodeError: the bytes are empty, not an image, or too large.
+        ImageDecodeError: the bytes are empty, not an image, or declare more than
+            :data:`MAX_PIXELS` pixels (checked from the header, before any pixel is decoded).
     """
     if not data:
         msg = f"{name}: empty image (0 bytes)"
+        raise ImageDecodeError(msg)
+    check_declared_size(data, name=name)
+    if data[:3] == b"\xff\xd8\xff" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+        # OpenCV decodes a cut-off JPEG "successfully", greying out the missing rows. Entropy-coded
+        # data cannot contain FFD9, so a complete image has its end marker after its last scan.
+        msg = f"{name}: truncated JPEG ({len(data)} bytes): no end-of-image marker after the last scan"
         raise ImageDecodeError(msg)
     buf = np.frombuffer(data, dtype=np.uint8)
     img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if img is None:
         msg = f"{name}: not a decodable image ({len(data)} bytes; OpenCV could not decode it)"
         raise ImageDecodeError(msg)
-    if img.size > MAX_PIXELS * 4:
-        msg = f"{name}: image of {img.shape} exceeds the {MAX_PIXELS}-pixel limit"
+    if img.shape[0] * img.shape[1] > MAX_PIXELS:
+        msg = f"{name}: image of {img.shape[1]}x{img.shape[0]} pixels exceeds the {MAX_PIXELS:,}-pixel limit"
         raise ImageDecodeError(msg)
     if img.dtype == np.uint16:
         img = (img / 257).astype(np.uint8)

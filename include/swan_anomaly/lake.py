@@ -110,6 +110,11 @@ class LocalLake:
     def gold(self) -> Path:
         return self.root / "gold" / "training"
 
+    @property
+    def quarantine(self) -> Path:
+        """Rows the ETL set aside: ``image_path``, ``stage``, ``reason`` per ``dataset_id``."""
+        return self.root / "quarantine" / "images"
+
     def run_dir(self, run_id: str) -> Path:
         return self.root / "runs" / safe_run_id(run_id)
 
