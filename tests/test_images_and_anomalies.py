@@ -77,7 +77,7 @@ def test_salt_pepper_changes_pixels_only_inside_its_mask_and_is_seeded(seed, h, 
     assert not (changed & ~mask).any()
     assert set(np.unique(out[mask])) <= {0, 255}
     assert 5 <= min(params["vertices"]) and max(params["vertices"]) <= 10
-    assert 2 <= params["n_regions"] <= 4
+    assert 1 <= params["n_salt"] <= 9 and 1 <= params["n_pepper"] <= 9
 
 
 def test_anomalies_stay_inside_the_etl_crop():
