@@ -42,9 +42,7 @@ IMAGE_GLOB = "*.{png,jpg,jpeg,PNG,JPG,JPEG}"
 #: Files larger than this are quarantined without being decoded.
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
 
-QUARANTINE_SCHEMA = T.StructType(
-    [T.StructField("image_path", T.StringType()), T.StructField("stage", T.StringType()), T.StructField("reason", T.StringType())]
-)
+QUARANTINE_COLUMNS = ("image_path", "stage", "reason")
 
 SILVER_SCHEMA = T.StructType(
     [
@@ -62,7 +60,12 @@ SILVER_SCHEMA = T.StructType(
 
 
 def list_images(spark: SparkSession, raw_dir: str) -> DataFrame:
-    """All image files under a raw dataset directory, with their path relative to it."""
+    """All image files under a raw dataset directory: path relative to it and size in bytes.
+
+    The ``binaryFile`` source lists them; its ``content`` column is not selected, so no file is
+    read here. The transform reads each file in the Python worker that processes it, which
+    keeps image bytes out of the JVM and out of any shuffle.
+    """
     files = (
         spark.read.format("binaryFile")
         .option("recursiveFileLookup", "true")
@@ -71,29 +74,29 @@ def list_images(spark: SparkSession, raw_dir: str) -> DataFrame:
     )
     prefix = raw_dir.rstrip("/").split(":", 1)[-1].lstrip("/")
     rel = F.regexp_replace(F.col("path"), r"^[a-z]+:/*" + prefix.replace(".", r"\.") + "/", "")
-    return files.select(rel.alias("image_path"), "content", "length")
+    return files.select(rel.alias("image_path"), "length")
 
 
-def join_labels(images: DataFrame, labels: DataFrame) -> tuple[DataFrame, DataFrame, DataFrame]:
-    """Join images with their labels on ``image_path``.
+def join_labels(images: DataFrame, labels: DataFrame) -> DataFrame:
+    """The listed images that have a label, with their label columns.
 
-    Returns:
-        ``(labelled images, images without a label, labels without an image)``.
+    The label table is small and broadcast, and the listing carries paths and sizes only, so no
+    image byte is shuffled.
     """
-    joined = images.join(labels, on="image_path", how="full_outer")
-    labelled = joined.where(F.col("content").isNotNull() & F.col("label").isNotNull())
-    unlabelled = joined.where(F.col("label").isNull()).select("image_path")
-    missing = joined.where(F.col("content").isNull()).select("image_path")
-    return labelled, unlabelled, missing
+    return images.join(F.broadcast(labels), on="image_path", how="inner")
 
 
 def crop_resize_encode(
-    images: DataFrame, *, size: int, bias_x: float, bias_y: float, quality: int, max_bytes: int = MAX_IMAGE_BYTES
+    images: DataFrame, raw_dir: str, *, size: int, bias_x: float, bias_y: float, quality: int, max_bytes: int = MAX_IMAGE_BYTES
 ) -> DataFrame:
-    """Decode, crop, resize and JPEG-encode each image (a pandas UDF over Arrow batches).
+    """Read, decode, crop, resize and JPEG-encode each image (``mapInPandas`` over Arrow batches).
+
+    Args:
+        images: labelled rows with ``image_path`` (relative to ``raw_dir``) and ``length``.
+        raw_dir: the raw partition as the workers see it (a local or volume path).
 
     Images that cannot be processed keep their row with ``content = null`` and the reason in
-    ``error``; files over ``max_bytes`` are not even decoded.
+    ``error``; files over ``max_bytes`` are not even read.
     """
 
     def transform(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -102,13 +105,14 @@ def crop_resize_encode(
         cv2.setNumThreads(1)  # Spark runs one task per core; OpenCV threads would oversubscribe
         for pdf in batches:
             contents, errors = [], []
-            for path, data in zip(pdf["image_path"], pdf["content"]):
-                if len(data) > max_bytes:
+            for path, length in zip(pdf["image_path"], pdf["length"]):
+                if length > max_bytes:
                     contents.append(None)
-                    errors.append(f"ImageDecodeError: {path}: file of {len(data):,} bytes is over the {max_bytes:,}-byte limit; not decoded")
+                    errors.append(f"ImageDecodeError: {path}: file of {length:,} bytes is over the {max_bytes:,}-byte limit; not decoded")
                     continue
                 try:
-                    img = crop_and_resize(decode_image(bytes(data), name=path), size=size, bias_x=bias_x, bias_y=bias_y)
+                    data = Path(raw_dir, path).read_bytes()
+                    img = crop_and_resize(decode_image(data, name=path), size=size, bias_x=bias_x, bias_y=bias_y)
                     contents.append(encode_jpeg(img, quality=quality))
                     errors.append(None)
                 except Exception as exc:  # noqa: BLE001 - every failure becomes a quarantine reason
@@ -119,8 +123,8 @@ def crop_resize_encode(
             out["error"] = errors
             yield out[[f.name for f in SILVER_SCHEMA.fields]]
 
-    cols = [F.col(f.name).cast(f.dataType) for f in SILVER_SCHEMA.fields if f.name != "error"]
-    return images.select(*cols).mapInPandas(transform, schema=SILVER_SCHEMA)
+    cols = [F.col(f.name).cast(f.dataType) for f in SILVER_SCHEMA.fields if f.name not in ("content", "error")]
+    return images.select(*cols, "length").mapInPandas(transform, schema=SILVER_SCHEMA)
 
 
 def run_etl(
@@ -141,7 +145,7 @@ def run_etl(
     Args:
         on_label_mismatch: ``quarantine`` (default: images without a label and labels without
             an image become quarantine rows) or ``fail`` (raise, listing them).
-        partitions: process the images in this many Spark partitions (default: as listed).
+        partitions: process the images in this many Spark tasks (default: two per core).
             The output does not depend on it.
     """
     from swan_anomaly.spark import build_spark
@@ -157,23 +161,32 @@ def run_etl(
     manifest = read_manifest(raw_dir / "labels.csv")
     spark = spark or build_spark("swan-etl")
     labels = spark.createDataFrame(manifest.rename(columns={"sha256": "source_sha256"}).drop(columns=["family_params", "timestamp_s"]))
-    labelled, unlabelled, missing = join_labels(list_images(spark, str(raw_dir)), labels)
-    missing_paths = sorted(r.image_path for r in missing.collect())
+    listing = list_images(spark, str(raw_dir)).cache()
+    listed = {r.image_path for r in listing.select("image_path").collect()}
+    labelled_paths = set(manifest.image_path)
+    missing_paths = sorted(labelled_paths - listed)
     # Spark's file sources skip zero-byte files; they are bad images, not missing ones.
     empty = [p for p in missing_paths if (raw_dir / p).is_file() and (raw_dir / p).stat().st_size == 0]
     missing_paths = [p for p in missing_paths if p not in empty]
-    unlabelled_paths = sorted(r.image_path for r in unlabelled.collect())
+    unlabelled_paths = sorted(listed - labelled_paths)
     if on_label_mismatch == "fail" and (missing_paths or unlabelled_paths):
         msg = (
             f"{raw_dir}: labels and images do not match: {len(missing_paths)} labels without an image "
             f"(e.g. {missing_paths[:3]}), {len(unlabelled_paths)} images without a label (e.g. {unlabelled_paths[:3]})"
         )
         raise JobError(msg)
-    if partitions:
-        labelled = labelled.repartition(partitions, "image_path")
-    processed = crop_resize_encode(labelled, size=image_size, bias_x=bias_x, bias_y=bias_y, quality=jpeg_quality, max_bytes=max_bytes).cache()
+    # Even, small, sorted tasks: the listing's partitions follow file sizes, which would leave
+    # cores idle at the end; ranges of image_path make each task's output a sorted slice, so
+    # the silver files come out in order without shuffling any image after the transform.
+    labelled = join_labels(listing, labels).repartitionByRange(partitions or 2 * spark.sparkContext.defaultParallelism, "image_path")
+    processed = crop_resize_encode(
+        labelled, str(raw_dir), size=image_size, bias_x=bias_x, bias_y=bias_y, quality=jpeg_quality, max_bytes=max_bytes
+    ).cache()
     good = processed.where(F.col("error").isNull()).drop("error").withColumn("dataset_id", F.lit(dataset_id))
+    good.sortWithinPartitions("image_path").write.mode("overwrite").partitionBy("dataset_id").parquet(str(lake.silver))
     bad = sorted((r.image_path, r.error) for r in processed.where(F.col("error").isNotNull()).select("image_path", "error").collect())
+    processed.unpersist()
+    listing.unpersist()
     quarantine = (
         sorted([(p, "decode", reason) for p, reason in bad] + [(p, "decode", f"ImageDecodeError: {p}: empty image (0 bytes)") for p in empty])
         + [(p, "join", "label without an image: the manifest lists it but the lake has no such file") for p in missing_paths]
@@ -181,10 +194,10 @@ def run_etl(
     )
     for path, stage, reason in quarantine:
         log.warning("quarantined %s (%s): %s", path, stage, reason)
-    good.orderBy("image_path").write.mode("overwrite").partitionBy("dataset_id").parquet(str(lake.silver))
-    write_quarantine(spark, lake, dataset_id, quarantine)
-    counts = {r.label: r["count"] for r in good.groupBy("label").count().collect()}
-    processed.unpersist()
+    write_quarantine(lake, dataset_id, quarantine)
+    bad_paths = {p for p, _ in bad}
+    kept = manifest[manifest.image_path.isin(listed) & ~manifest.image_path.isin(bad_paths)]
+    counts = kept.label.value_counts().to_dict()
     report = {
         "dataset_id": dataset_id,
         "silver_path": str(lake.silver),
@@ -202,13 +215,17 @@ def run_etl(
     return report
 
 
-def write_quarantine(spark: SparkSession, lake: LocalLake, dataset_id: str, rows: list[tuple[str, str, str]]) -> None:
-    """Replace ``quarantine/dataset_id=.../`` with these rows (removed when there are none)."""
+def write_quarantine(lake: LocalLake, dataset_id: str, rows: list[tuple[str, str, str]]) -> None:
+    """Replace ``quarantine/images/dataset_id=.../`` with these rows (one small Parquet file; none when empty)."""
     import shutil
 
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     partition = lake.quarantine / f"dataset_id={dataset_id}"
+    shutil.rmtree(partition, ignore_errors=True)
     if not rows:
-        shutil.rmtree(partition, ignore_errors=True)  # an empty overwrite would leave the old rows
         return
-    frame = spark.createDataFrame(rows, QUARANTINE_SCHEMA).withColumn("dataset_id", F.lit(dataset_id))
-    frame.coalesce(1).write.mode("overwrite").partitionBy("dataset_id").parquet(str(lake.quarantine))
+    partition.mkdir(parents=True)
+    table = pa.table({name: [r[i] for r in rows] for i, name in enumerate(QUARANTINE_COLUMNS)})
+    pq.write_table(table, partition / "part-00000.parquet")
