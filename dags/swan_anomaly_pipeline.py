@@ -55,6 +55,22 @@ def _run_facts() -> tuple[str, str, dict]:
         "landing_date": Param(None, type=["null", "string"], format="date", description="Process videos that arrived on this date (YYYY-MM-DD) instead of the run's data interval."),
         "videos": Param([], type="array", items={"type": "string"}, description="Explicit video paths; overrides the landing-zone lookup."),
         "every_seconds": Param(0.5, type="number", exclusiveMinimum=0, description="Extract one frame every N seconds."),
+        "frames_start_s": Param(None, type=["null", "number"], minimum=0, description="Skip each video's first N seconds."),
+        "frames_end_s": Param(None, type=["null", "number"], minimum=0, description="Stop at this second of each video (must lie inside it)."),
+        "max_frames": Param(None, type=["null", "integer"], minimum=1, description="At most this many frames per video."),
+        "dedupe_distance": Param(
+            None, type=["null", "integer"], minimum=0, maximum=64,
+            description="Drop a frame whose perceptual hash is within this many bits of the last kept one (a still camera); null keeps all.",
+        ),
+        "anomaly_families": Param(
+            ["salt_pepper_polygons"], type="array", minItems=1, uniqueItems=True,
+            items={"type": "string", "enum": ["salt_pepper_polygons", "cutpaste", "perlin_texture", "occlusion", "local_blur", "color_shift"]},
+            description="Anomaly families mixed into the dataset in equal shares.",
+        ),
+        "label_check": Param(
+            None, type=["null", "boolean"],
+            description="Ask an Azure OpenAI vision deployment (connection swan_label_check) what a seeded sample of normal frames shows; null: env SWAN_LABEL_CHECK decides.",
+        ),
         "anomaly_ratio": Param(0.5, type="number", exclusiveMinimum=0, exclusiveMaximum=1, description="Share of abnormal images in the dataset."),
         "seed": Param(42, type="integer", description="Seed of anomaly synthesis, splits, augmentation and training."),
         "image_size": Param(None, type=["null", "integer"], description="Override the model input size (default: the model config's)."),
@@ -72,6 +88,7 @@ def swan_anomaly_pipeline():
     | frames (OpenCV, mapped per video) | `extract_frames` | worker |
     | synthetic anomalies | `synthesize_anomalies` | worker |
     | label manifest | `build_labels` | worker |
+    | label check (optional) | `check_labels` | worker -> Azure OpenAI |
     | upload to the lake | `upload_to_lake` | worker -> lake |
     | code version (wheel + jobs) | `deploy_code` | worker -> lake |
     | crop/resize/JPEG | `run_etl` | Spark job (local subprocess or Databricks run) |
@@ -117,25 +134,38 @@ def swan_anomaly_pipeline():
 
     @task(map_index_template="{{ task.op_kwargs['video'].rsplit('/', 1)[-1] }}")
     def extract_frames(video: str) -> dict:
-        """Frames from one video (one every `every_seconds`), written losslessly to staging."""
+        """Frames from one video (one every `every_seconds`), written losslessly to staging.
+
+        A video that cannot be read (corrupt, truncated, empty, not a video) is set aside with
+        its reason instead of failing the run: the other videos still arrive.
+        """
         import json
         from pathlib import Path
 
         from swan_airflow.runtime import settings
+        from swan_anomaly import VideoError
         from swan_anomaly.video import extract_frames as extract
 
         dataset_id, _, params = _run_facts()
         dataset_dir = settings().staging_dir / dataset_id
-        records = [r.to_dict() for r in extract(Path(video), dataset_dir / "frames", every_seconds=params["every_seconds"])]
+        try:
+            frames = extract(
+                Path(video), dataset_dir / "frames", every_seconds=params["every_seconds"], start_s=params.get("frames_start_s"),
+                end_s=params.get("frames_end_s"), max_frames=params.get("max_frames"), dedupe_distance=params.get("dedupe_distance"),
+            )
+        except VideoError as exc:
+            print(f"REJECTED video {video}: {exc}")
+            return {"video": video, "video_id": None, "frames": 0, "error": str(exc)}
+        records = [r.to_dict() for r in frames]
         vid = records[0]["video_id"]
         for r in records:
             r["path"] = str(Path(r["path"]).relative_to(dataset_dir))
         (dataset_dir / "frames" / vid / "index.json").write_text(json.dumps(records, indent=1))
-        return {"video": video, "video_id": vid, "frames": len(records)}
+        return {"video": video, "video_id": vid, "frames": len(records), "error": None}
 
     @task
     def synthesize_anomalies(videos: list[dict]) -> dict:
-        """Seeded irregular-polygon salt-and-pepper anomalies at the controlled ratio."""
+        """Seeded anomalies of the chosen families at the controlled ratio."""
         import json
         import shutil
 
@@ -144,15 +174,23 @@ def swan_anomaly_pipeline():
 
         dataset_id, _, params = _run_facts()
         dataset_dir = settings().staging_dir / dataset_id
+        rejected = [{"video": v["video"], "reason": v["error"]} for v in videos if v.get("error")]
+        good = [v for v in videos if not v.get("error")]
+        if not good:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            reasons = "; ".join(f"{r['video']}: {r['reason']}" for r in rejected)
+            raise AirflowFailException(f"none of the {len(videos)} videos could be read: {reasons}")
         frames = []
-        for v in videos:
+        for v in good:
             for r in json.loads((dataset_dir / "frames" / v["video_id"] / "index.json").read_text()):
                 frames.append({**r, "path": str(dataset_dir / r["path"])})
         shutil.rmtree(dataset_dir / "anomalies", ignore_errors=True)  # a rerun replaces, never accumulates
-        records = synthesize_dataset(frames, dataset_dir, anomaly_ratio=params["anomaly_ratio"], seed=params["seed"])
+        records = synthesize_dataset(frames, dataset_dir, anomaly_ratio=params["anomaly_ratio"], seed=params["seed"], families=params["anomaly_families"])
         (dataset_dir / "anomalies").mkdir(exist_ok=True)
         (dataset_dir / "anomalies" / "index.json").write_text(json.dumps([r.__dict__ for r in records], indent=1))
-        return {"frames": len(frames), "anomalies": len(records), "videos": [v["video_id"] for v in videos]}
+        (dataset_dir / "rejected_videos.json").write_text(json.dumps(rejected, indent=1))
+        return {"frames": len(frames), "anomalies": len(records), "videos": [v["video_id"] for v in good], "rejected_videos": rejected}
 
     @task
     def build_labels(synthesis: dict) -> dict:
@@ -172,7 +210,23 @@ def swan_anomaly_pipeline():
         table = build_manifest(frames, anomalies, dataset_dir)
         write_manifest(table, dataset_dir / "labels.csv")
         counts = table.label.value_counts().to_dict()
-        return {"images": len(table), "abnormal": int(counts.get(0, 0)), "normal": int(counts.get(1, 0)), "groups": int(table.group.nunique())}
+        return {
+            "images": len(table), "abnormal": int(counts.get(0, 0)), "normal": int(counts.get(1, 0)), "groups": int(table.group.nunique()),
+            "families": table[table.label == 0].family.value_counts().sort_index().to_dict(), "rejected_videos": synthesis["rejected_videos"],
+        }
+
+    @task
+    def check_labels(labels: dict) -> dict:
+        """Optional (off by default): a vision model names what a seeded sample of normal frames shows."""
+        from swan_airflow.label_check import label_check_enabled, run_label_check
+        from swan_airflow.runtime import settings
+        from swan_anomaly.labels import read_manifest
+
+        dataset_id, _, params = _run_facts()
+        if not label_check_enabled(params):
+            return {"enabled": False}
+        dataset_dir = settings().staging_dir / dataset_id
+        return {"enabled": True, **run_label_check(dataset_dir, read_manifest(dataset_dir / "labels.csv"), seed=params["seed"])}
 
     @task
     def upload_to_lake(labels: dict) -> dict:
@@ -329,6 +383,8 @@ def swan_anomaly_pipeline():
             "dataset_id": dataset_id,
             "run_id": run_id,
             "images": {"total": upload["images"], "normal": upload["normal"], "abnormal": upload["abnormal"], "groups": upload["groups"]},
+            "families": upload["families"],
+            "rejected_videos": upload["rejected_videos"],
             "upload": {"written": upload["written"], "unchanged": upload["unchanged"], "removed": upload["removed"], "uri": upload["uri"]},
             "etl_rows": etl["silver_rows"],
             "quarantined": len(etl["quarantined"]),
@@ -349,6 +405,7 @@ def swan_anomaly_pipeline():
     frames = extract_frames.expand(video=videos)
     synthesis = synthesize_anomalies(frames)
     labels = build_labels(synthesis)
+    checked = check_labels(labels)
     upload = upload_to_lake(labels)
     code = deploy_code()
     etl = job_task("run_etl", "etl", ["--model", MODEL, "--image-size", "{{ params.image_size or 0 }}"])
@@ -359,7 +416,7 @@ def swan_anomaly_pipeline():
         execution_timeout=dt.timedelta(hours=6),
     )
     registered = register_model()
-    [upload, code] >> etl >> augment >> training >> registered
+    [upload, code, checked] >> etl >> augment >> training >> registered
     decision = gate_model(registered)
     endpoint = update_endpoint()
     decision >> [promote_model(registered), keep_champion(registered)] >> endpoint

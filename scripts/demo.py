@@ -71,6 +71,9 @@ def print_summary(summary: dict, reused_video: bool, seconds: float) -> None:
     print("=" * 84)
     print(f"video          : {'reused the demo video already in the landing zone' if reused_video else 'rendered a new demo video into the landing zone'}")
     print(f"frames         : {img['normal']} normal frames, {img['abnormal']} synthetic anomalies, {img['groups']} split groups")
+    print(f"anomalies      : {', '.join(f'{n} {family}' for family, n in summary['families'].items())}")
+    for rejected in summary["rejected_videos"]:
+        print(f"REJECTED video : {rejected['reason']}")
     print(f"lake upload    : {up['written']} files written, {up['unchanged']} unchanged (reused), {up['removed']} removed -> {up['uri']}")
     print(f"ETL            : {summary['etl_rows']} silver rows ({summary['quarantined']} quarantined); partition replaced on rerun")
     print(f"training set   : {summary['training_rows']} gold rows {json.dumps(summary['rows_by_split'])}")

@@ -10,7 +10,7 @@ from conftest import ROOT
 
 DAG_ID = "swan_anomaly_pipeline"
 EXPECTED_TASKS = {
-    "find_videos", "extract_frames", "synthesize_anomalies", "build_labels", "upload_to_lake", "run_etl",
+    "find_videos", "extract_frames", "synthesize_anomalies", "build_labels", "check_labels", "upload_to_lake", "run_etl",
     "run_augmentation", "run_training", "register_model", "gate_model", "promote_model", "keep_champion",
     "update_endpoint", "validate_endpoint", "summarize_run", "deploy_code",
 }

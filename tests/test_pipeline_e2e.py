@@ -18,7 +18,7 @@ DATASET = "20261120"
 
 @pytest.fixture(scope="module")
 def pipeline_run(airflow_db, demo_video):
-    """Land the demo video for LANDING_DATE and run the DAG once."""
+    """Land the demo video and a corrupt one for LANDING_DATE and run the DAG once."""
     from airflow.dag_processing.dagbag import DagBag
 
     from swan_anomaly.config import Settings
@@ -26,6 +26,7 @@ def pipeline_run(airflow_db, demo_video):
     landing = Settings.from_env().landing_dir / LANDING_DATE
     landing.mkdir(parents=True, exist_ok=True)
     shutil.copy(demo_video, landing / "swans.mp4")
+    (landing / "broken.mp4").write_bytes(b"this upload is text, not a video\n" * 10)
     dag = DagBag(dag_folder=str(ROOT / "dags")).get_dag("swan_anomaly_pipeline")
     logical = dt.datetime.fromisoformat(LANDING_DATE).replace(tzinfo=dt.UTC)
     return dag.test(logical_date=logical, run_conf={"landing_date": LANDING_DATE})
@@ -54,6 +55,14 @@ def test_run_succeeds_and_writes_the_lake(pipeline_run):
     assert gold.groupby("group").split.nunique().max() == 1
     train = lake.read_result(pipeline_run.run_id, "train")
     assert train["val"]["auroc"] >= 0.9 and train["val"]["f1"] >= 0.8
+    summary = lake.read_result(pipeline_run.run_id, "summary")
+    [rejected] = summary["rejected_videos"]  # the corrupt upload is set aside with its reason; the good video arrived
+    assert rejected["video"].endswith("broken.mp4") and "broken.mp4" in rejected["reason"] and "not a video" in rejected["reason"]
+    assert summary["families"] == {"salt_pepper_polygons": 40}
+    from swan_anomaly.registry import mlflow_client
+
+    plots = {a.path for a in mlflow_client(*Settings.from_env().mlflow_uris).list_artifacts(train["mlflow_run_id"], "plots")}
+    assert "plots/anomaly_families.png" in plots, plots
 
 
 @pytest.mark.slow

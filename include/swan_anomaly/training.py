@@ -1,7 +1,13 @@
 """Training job: fine-tune a ViT on the gold set, log to MLflow, log the served pyfunc.
 
-Seeded; AdamW with linear warmup and decay; early stopping on validation AUROC (ties broken
-by validation loss) with the best epoch restored; metrics with the anomaly class as positive.
+Seeded; AdamW with linear warmup and decay; early stopping on the validation loss (or on
+validation AUROC with ties broken by the loss, ``monitor="val_auroc"``) with the best epoch
+restored; metrics with the anomaly class as positive.
+
+Runs on the GPU when there is one (``TrainConfig.device="auto"``): bfloat16 autocast, fused
+AdamW, TF32 matmuls, the training set kept on the GPU when it fits. The CPU path is float32 and
+gives bit-for-bit the same result for the same seed. :func:`train_step` is the one optimizer
+step, shared with ``bench/train_throughput.py``.
 
 Example:
     >>> result = run_training(lake_root=Path(".swan/lake"), dataset_id="20261126", run_id="manual__x",
@@ -12,7 +18,7 @@ Example:
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import logging
 import math
 import os
@@ -36,10 +42,18 @@ log = logging.getLogger(__name__)
 
 SERVING_REQUIREMENTS = ("torch", "transformers", "opencv-python-headless", "numpy", "pandas", "scikit-learn", "mlflow")
 
+#: Seconds between progress lines inside an epoch (the per-epoch line comes on top).
+PROGRESS_EVERY_S = 30.0
+#: The training set moves to the GPU whole when it takes at most this share of the free GPU memory.
+GPU_DATA_SHARE = 0.5
+
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training knobs; all are logged as MLflow params."""
+    """Training knobs; all are logged as MLflow params.
+
+    ``device`` is ``"auto"`` (CUDA when there is a GPU, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    """
 
     model: str = "vit-tiny-offline"
     epochs: int = 40
@@ -48,9 +62,11 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_ratio: float = 0.1
     patience: int = 8
+    monitor: str = "val_loss"  # or "val_auroc" (ties broken by val_loss)
     seed: int = 42
     bias_x: float = 0.4
     bias_y: float = 0.5
+    device: str = "auto"
 
 
 @dataclass
@@ -83,60 +99,198 @@ def _tensors(frame: pd.DataFrame, spec):
 
 
 def _evaluate(model, x, y, batch_size: int) -> tuple[float, np.ndarray]:
-    import torch
+    """Mean cross-entropy and ``[N, 2]`` float32 logits of ``model`` on ``(x [N, 3, S, S], y [N])``.
 
-    model.eval()
-    logits = []
-    with torch.inference_mode():
-        for i in range(0, len(x), batch_size):
-            logits.append(model(pixel_values=x[i : i + batch_size]).logits.float())
-    all_logits = torch.cat(logits)
-    loss = torch.nn.functional.cross_entropy(all_logits, y).item()
-    return loss, all_logits.numpy()
-
-
-def train_classifier(model, train: tuple, val: tuple, cfg: TrainConfig, *, on_epoch=None):
-    """Train with early stopping; returns ``(model with best weights, history, best epoch)``.
-
-    Args:
-        model: a ``ViTForImageClassification``.
-        train: ``(x [N, 3, S, S] float32, y [N] long)``.
-        val: same shapes, the early-stopping set.
-        cfg: knobs.
-        on_epoch: called with each :class:`EpochResult`.
+    Runs on the model's device through :func:`swan_anomaly.modeling.forward_logits` (bfloat16
+    autocast on CUDA, float32 on CPU); ``x`` and ``y`` may live on the host.
     """
     import torch
 
+    from swan_anomaly.modeling import forward_logits
+
+    model.eval()
+    logits = np.concatenate([forward_logits(model, x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), y.cpu()).item()
+    return loss, logits
+
+
+def class_weights(y):
+    """Inverse-frequency weights ``[2]`` (float32) of the two classes in ``y`` (``[N]`` long, 0 or 1).
+
+    Example:
+        >>> import torch
+        >>> [round(w, 4) for w in class_weights(torch.tensor([0, 1, 1, 1])).tolist()]
+        [2.0, 0.6667]
+    """
+    import torch
+
+    counts = torch.bincount(y, minlength=2).float()
+    return (counts.sum() / (2 * counts.clamp(min=1))).float()
+
+
+def place_for_training(model, device: str):
+    """Move ``model`` to ``device`` and pick the autocast dtype of its training steps.
+
+    On CUDA this also allows TF32 matmuls (for what autocast leaves in float32).
+
+    Args:
+        model: a ``ViTForImageClassification``; moved in place.
+        device: as for :func:`swan_anomaly.modeling.resolve_device`.
+
+    Returns:
+        ``(torch.device, autocast dtype)``: ``torch.bfloat16`` on CUDA, ``None`` (plain float32) on CPU.
+
+    Example:
+        >>> place_for_training(model, "cpu")  # doctest: +SKIP
+        (device(type='cpu'), None)
+    """
+    import torch
+
+    from swan_anomaly.modeling import resolve_device
+
+    target = resolve_device(device)
+    if target.type != "cuda":
+        return target, None
+    torch.set_float32_matmul_precision("high")
+    model.to(target)
+    return target, torch.bfloat16
+
+
+def make_optimizer(model, cfg: TrainConfig, *, total_steps: int):
+    """AdamW with a linear warmup over ``cfg.warmup_ratio`` of ``total_steps``, then linear decay to zero.
+
+    Fused AdamW when the model sits on CUDA; torch's default implementation on CPU (so CPU
+    results do not change). Call ``scheduler.step()`` once per optimizer step.
+
+    Returns:
+        ``(optimizer, scheduler)``.
+
+    Example:
+        >>> optimizer, scheduler = make_optimizer(model, TrainConfig(), total_steps=100)  # doctest: +SKIP
+    """
+    import torch
+
+    fused = True if next(model.parameters()).device.type == "cuda" else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=fused)
+    warmup = max(1, int(total_steps * cfg.warmup_ratio))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
+    )
+    return optimizer, scheduler
+
+
+def train_step(model, optimizer, scheduler, x, y, class_weights, *, autocast_dtype=None):
+    """One optimizer step on class-weighted cross-entropy; the step :func:`train_classifier` runs.
+
+    Args:
+        model: a ``ViTForImageClassification`` (or its ``torch.compile`` wrapper) in train mode.
+        optimizer: from :func:`make_optimizer`.
+        scheduler: from :func:`make_optimizer`; stepped once.
+        x: ``[B, 3, S, S]`` float32 normalised pixels, on the model's device.
+        y: ``[B]`` long labels (0 = abnormal, 1 = normal), same device.
+        class_weights: ``[2]`` float32 loss weights (see :func:`class_weights`), same device.
+        autocast_dtype: run the forward under ``torch.autocast`` with this dtype (``torch.bfloat16``
+            on CUDA, from :func:`place_for_training`); ``None`` runs in the weights' dtype.
+
+    Returns:
+        The batch loss, a detached scalar float32 tensor on ``x``'s device. Reading it
+        (``.item()``) waits for the GPU, so do that only when needed.
+
+    Example:
+        >>> optimizer, scheduler = make_optimizer(model, TrainConfig(), total_steps=10)     # doctest: +SKIP
+        >>> train_step(model, optimizer, scheduler, x, y, class_weights(y)).item()          # doctest: +SKIP
+        0.6931
+    """
+    import torch
+
+    autocast = torch.autocast(x.device.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
+    with autocast:
+        logits = model(pixel_values=x).logits
+    loss = torch.nn.functional.cross_entropy(logits.float(), y, weight=class_weights)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return loss.detach()
+
+
+def _to_device(t, device):
+    """``t`` on ``device``: as it is when already there, else through pinned memory without blocking."""
+    return t if t.device == device else t.pin_memory().to(device, non_blocking=True)
+
+
+def train_classifier(model, train: tuple, val: tuple, cfg: TrainConfig, *, on_epoch=None):
+    """Train with early stopping; returns ``(model, history, best_epoch)``, the model on the CPU with the best epoch's weights.
+
+    Runs on ``cfg.device``. On CUDA the training set is copied to the GPU once when it takes at
+    most :data:`GPU_DATA_SHARE` of the free GPU memory, else each batch is copied through pinned
+    memory. Logs one line per epoch and, within long epochs, a progress line at most every
+    :data:`PROGRESS_EVERY_S` seconds.
+
+    Args:
+        model: a ``ViTForImageClassification`` on the CPU.
+        train: ``(x [N, 3, S, S] float32, y [N] long)`` on the CPU.
+        val: same shapes, the early-stopping set.
+        cfg: knobs.
+        on_epoch: called with each :class:`EpochResult`.
+
+    Raises:
+        ValueError: ``cfg.epochs`` or ``cfg.batch_size`` is below 1, or ``cfg.device`` is unusable.
+
+    Example:
+        >>> model, history, best_epoch = train_classifier(model, (x, y), (x_val, y_val), TrainConfig(epochs=3))  # doctest: +SKIP
+    """
+    import torch
+
+    if cfg.monitor not in ("val_loss", "val_auroc"):
+        msg = f"monitor must be 'val_loss' or 'val_auroc', got {cfg.monitor!r}"
+        raise ValueError(msg)
+    if cfg.epochs < 1 or cfg.batch_size < 1:
+        msg = f"epochs and batch_size must be at least 1, got epochs={cfg.epochs}, batch_size={cfg.batch_size}"
+        raise ValueError(msg)
     torch.manual_seed(cfg.seed)
     x_train, y_train = train
     x_val, y_val = val
-    counts = torch.bincount(y_train, minlength=2).float()
-    class_weights = (counts.sum() / (2 * counts.clamp(min=1))).float()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    device, autocast_dtype = place_for_training(model, cfg.device)
+    weights = class_weights(y_train).to(device)
+    if device.type == "cuda":
+        free_bytes, _ = torch.cuda.mem_get_info(device)
+        if x_train.nbytes <= GPU_DATA_SHARE * free_bytes:
+            x_train, y_train = x_train.to(device), y_train.to(device)
+        else:
+            log.info("training set (%.1f GiB) stays on the host; batches go through pinned memory", x_train.nbytes / 2**30)
     steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    warmup = max(1, int(total * cfg.warmup_ratio))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
+    optimizer, scheduler = make_optimizer(model, cfg, total_steps=steps_per_epoch * cfg.epochs)
     generator = torch.Generator().manual_seed(cfg.seed)
     best_key, best_state, best_epoch, stale = None, None, 0, 0
     history: list[EpochResult] = []
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        order = torch.randperm(len(x_train), generator=generator)
-        started, running = time.perf_counter(), 0.0
+        order = torch.randperm(len(x_train), generator=generator).to(x_train.device)
+        started = last_progress = time.perf_counter()
+        # float64 sum of loss * batch size, kept on the device: no GPU wait per step, same sum as in Python floats
+        running = torch.zeros((), dtype=torch.float64, device=device)
         for step, i in enumerate(range(0, len(order), cfg.batch_size), start=1):
             idx = order[i : i + cfg.batch_size]
-            logits = model(pixel_values=x_train[idx]).logits
-            loss = torch.nn.functional.cross_entropy(logits, y_train[idx], weight=class_weights)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            running += loss.item() * len(idx)
+            loss = train_step(
+                model, optimizer, scheduler, _to_device(x_train[idx], device), _to_device(y_train[idx], device), weights,
+                autocast_dtype=autocast_dtype,
+            )
+            running += loss.double() * len(idx)
+            if time.perf_counter() - last_progress >= PROGRESS_EVERY_S and step < steps_per_epoch:
+                seen = i + len(idx)
+                mean_loss = running.item() / seen  # waits for the GPU, so the rate below is true
+                rate = seen / (time.perf_counter() - started)
+                log.info(
+                    "epoch %d/%d  step %d/%d  train_loss %.4f  %.0f img/s  epoch eta %.0fs",
+                    epoch, cfg.epochs, step, steps_per_epoch, mean_loss, rate, (len(x_train) - seen) / rate,
+                )
+                last_progress = time.perf_counter()
+        train_loss = running.item() / len(x_train)
         elapsed = time.perf_counter() - started
         val_loss, val_logits = _evaluate(model, x_val, y_val, cfg.batch_size)
         m = anomaly_metrics(y_val.numpy(), anomaly_scores(val_logits))
-        result = EpochResult(epoch, running / len(x_train), val_loss, m["auroc"], m["f1"], len(x_train) / elapsed)
+        result = EpochResult(epoch, train_loss, val_loss, m["auroc"], m["f1"], len(x_train) / elapsed)
         history.append(result)
         eta = elapsed * (cfg.epochs - epoch)
         log.info(
@@ -145,14 +299,17 @@ def train_classifier(model, train: tuple, val: tuple, cfg: TrainConfig, *, on_ep
         )
         if on_epoch:
             on_epoch(result)
-        key = (round(m["auroc"], 6), -val_loss)
+        # AUROC of a small validation set saturates at 1.0 by chance early on; the loss keeps telling
+        key = (-val_loss,) if cfg.monitor == "val_loss" else (round(m["auroc"], 6), -val_loss)
         if best_key is None or key > best_key:
-            best_key, best_state, best_epoch, stale = key, copy.deepcopy(model.state_dict()), epoch, 0
+            best_key, best_epoch, stale = key, epoch, 0
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         else:
             stale += 1
             if stale >= cfg.patience:
                 log.info("early stopping after epoch %d: no improvement for %d epochs; restoring epoch %d", epoch, stale, best_epoch)
                 break
+    model.to("cpu")
     model.load_state_dict(best_state)
     return model, history, best_epoch
 
@@ -222,16 +379,36 @@ def ensure_experiment(settings: Settings) -> str:
     return mlflow.create_experiment(settings.experiment, artifact_location=location)
 
 
+def family_grid_of(lake: LocalLake, dataset_id: str, *, seed: int):
+    """Every anomaly family applied to the dataset's first normal raw frame (RGB), or None without one."""
+    from swan_anomaly.anomalies import family_grid
+    from swan_anomaly.images import decode_image
+    from swan_anomaly.labels import read_manifest
+
+    raw = lake.raw(dataset_id)
+    if not (raw / "labels.csv").is_file():
+        return None
+    manifest = read_manifest(raw / "labels.csv")
+    normal = manifest[manifest.label == NORMAL].image_path.sort_values()
+    for rel in normal:
+        try:
+            return family_grid(decode_image((raw / rel).read_bytes(), name=rel), seed=seed)
+        except Exception:  # noqa: BLE001 - a bad frame was quarantined by the ETL; try the next
+            continue
+    return None
+
+
 def run_training(*, lake_root: Path, dataset_id: str, run_id: str, config: TrainConfig, settings: Settings, tags: dict | None = None) -> dict:
     """Train on the gold set of ``dataset_id``, log everything to MLflow and return the job result."""
     import mlflow
     import torch
 
-    from swan_anomaly.modeling import load_classifier, preprocess_spec, resolve_base_model
+    from swan_anomaly.modeling import load_classifier, preprocess_spec, resolve_base_model, resolve_device
     from swan_anomaly.serving.pyfunc import PREPROCESS_FILE, SwanAnomalyModel, signature
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     torch.manual_seed(config.seed)
+    device = resolve_device(config.device)
     lake = LocalLake(lake_root)
     gold = load_gold(lake, dataset_id)
     base = resolve_base_model(config.model, settings.models_dir, seed=config.seed)
@@ -243,12 +420,18 @@ def run_training(*, lake_root: Path, dataset_id: str, run_id: str, config: Train
             msg = f"{s.value} split of dataset {dataset_id!r} has labels {sorted(part.label.unique())}; it needs both abnormal and normal images"
             raise JobError(msg)
     train, val, test = (_tensors(parts[s], spec) for s in (Split.TRAIN, Split.VAL, Split.TEST))
-    log.info("training %s on %d images (val %d, test %d), input %dpx", config.model, len(train[0]), len(val[0]), len(test[0]), spec.size)
+    log.info(
+        "training %s on %d images (val %d, test %d), input %dpx, on %s",
+        config.model, len(train[0]), len(val[0]), len(test[0]), spec.size, device,
+    )
 
     experiment_id = ensure_experiment(settings)
     run_tags = {"airflow_run_id": run_id, "dataset_id": dataset_id, **(tags or {})}
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{dataset_id}", tags=run_tags) as run:
-        mlflow.log_params({**asdict(config), "base_model": base, "image_size": spec.size, "train_images": len(train[0]), "dataset_id": dataset_id})
+        mlflow.log_params({
+            **asdict(config), "base_model": base, "image_size": spec.size, "train_images": len(train[0]), "dataset_id": dataset_id,
+            "device_used": str(device),
+        })
         model, history, best_epoch = train_classifier(
             model, train, val, config,
             on_epoch=lambda r: mlflow.log_metrics(
@@ -256,13 +439,18 @@ def run_training(*, lake_root: Path, dataset_id: str, run_id: str, config: Train
             ),
         )
         results = {}
+        model.to(device)  # evaluate where it trained; back to the CPU below, before saving
         for name, (x, y) in (("val", val), ("test", test)):
             loss, logits = _evaluate(model, x, y, config.batch_size)
             metrics = anomaly_metrics(y.numpy(), anomaly_scores(logits))
             results[name] = {**metrics, "loss": loss}
             mlflow.log_metrics({f"{name}_{k}": v for k, v in metrics.items() if isinstance(v, float)} | {f"{name}_loss": loss})
             mlflow.log_figure(_confusion_figure(metrics["confusion_matrix"], f"{name} (anomaly = positive)"), f"plots/confusion_matrix_{name}.png")
+        model.to("cpu")
         mlflow.log_metric("best_epoch", best_epoch)
+        grid = family_grid_of(lake, dataset_id, seed=config.seed)
+        if grid is not None:
+            mlflow.log_image(grid, "plots/anomaly_families.png")
         mlflow.log_dict({"history": [asdict(h) for h in history], "best_epoch": best_epoch, **results}, "metrics/summary.json")
 
         with tempfile.TemporaryDirectory() as tmp:

@@ -3,7 +3,8 @@
 Input: a DataFrame with one column ``image`` (bytes; over REST, base64 strings, which MLflow's
 scoring server decodes because the signature says ``binary``). Any size, JPEG or PNG: the
 pyfunc applies the same crop, resize and normalisation as training
-(:func:`swan_anomaly.modeling.predict_logits`).
+(:func:`swan_anomaly.modeling.predict_logits`). It runs on the GPU (bfloat16 weights) when the
+host has one, else on the CPU in float32.
 
 Output: one row per image with ``logits`` ``[l0, l1]`` and ``anomaly_score = softmax(logits)[0]``.
 
@@ -49,11 +50,11 @@ class SwanAnomalyModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         import torch
 
-        from swan_anomaly.modeling import PreprocessSpec, load_classifier
+        from swan_anomaly.modeling import PreprocessSpec, load_classifier, prepare_for_inference
 
         torch.set_num_threads(max(1, torch.get_num_threads()))
         model_dir = context.artifacts["model_dir"]
-        self.model = load_classifier(model_dir).eval()
+        self.model = prepare_for_inference(load_classifier(model_dir))  # GPU (bfloat16) when there is one, else CPU float32
         self.spec = PreprocessSpec.from_json((Path(model_dir) / PREPROCESS_FILE).read_text())
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:

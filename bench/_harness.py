@@ -1,0 +1,185 @@
+"""Shared parts of the throughput benchmarks: arguments, models, random data, timing, FLOPs, report.
+
+The scripts put the repository's ``include/`` folder on ``sys.path`` before importing this, so
+``swan_anomaly`` comes from the working tree; only torch, transformers, numpy, pandas,
+scikit-learn and OpenCV are needed (no MLflow, Airflow or Spark).
+
+Example:
+    >>> forward_gflop(vit_config("vit-b16"))  # doctest: +SKIP
+    35.13
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import ViTConfig
+
+from swan_anomaly.modeling import ID2LABEL, LABEL2ID, PRESETS, resolve_device
+
+transformers.utils.logging.disable_progress_bar()  # no save/load bars between the result lines
+
+#: ``google/vit-base-patch16-224`` shapes (random weights here; nothing is downloaded).
+VIT_B16 = dict(image_size=224, patch_size=16, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+MODELS = {"vit-b16": VIT_B16, "offline": PRESETS["vit-tiny-offline"]}
+#: How many distinct batches of random data the loops cycle through.
+DATA_BATCHES = 2
+
+
+def build_parser(description: str, *, batch_size: int) -> argparse.ArgumentParser:
+    """The options both benchmarks share; ``batch_size`` is the pipeline's default for that path."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=sorted(MODELS), default="offline",
+                        help="vit-b16: ViT-B/16 at 224px (random weights); offline: the vit-tiny-offline preset")
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per loop")
+    parser.add_argument("--warmup", type=int, default=3,
+                        help="untimed steps per loop first; with --compile, step 1 compiles and the baseline's training "
+                             "loop recompiles once on step 2 (Hugging Face sets config.problem_type on its first loss)")
+    parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model in both loops")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    return parser
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Reject counts below 1 with a usage error."""
+    for name in ("batch_size", "steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.warmup < 0:
+        parser.error(f"--warmup must be 0 or more, got {args.warmup}")
+
+
+def vit_config(model: str) -> ViTConfig:
+    """The ``ViTConfig`` of ``model`` (a key of :data:`MODELS`) with the pipeline's 2-class head."""
+    return ViTConfig(**MODELS[model], num_labels=2, id2label=ID2LABEL, label2id=LABEL2ID)
+
+
+def forward_gflop(cfg: ViTConfig) -> float:
+    """GFLOP of one image's forward pass (2 FLOP per multiply-add; norms, GELU, softmax left out).
+
+    With ``P`` patches of ``p x p`` pixels, ``T = P + 1`` tokens, width ``D``, MLP width ``I``, ``L`` layers::
+
+        MACs = P * 3 * p^2 * D                   patch embedding
+             + L * (T * (4 D^2 + 2 D I) + 2 T^2 D)  q, k, v, output projections, MLP; scores and mixing
+             + D * num_labels                     head (on the CLS token)
+
+    ViT-B/16 at 224 px gives 35.13 GFLOP, the usual 35.1 (17.6 GMACs); a training step counts 3x.
+    """
+    p, d, i = cfg.patch_size, cfg.hidden_size, cfg.intermediate_size
+    patches = (cfg.image_size // p) ** 2
+    tokens = patches + 1
+    per_layer = tokens * (4 * d * d + 2 * d * i) + 2 * tokens * tokens * d
+    macs = patches * 3 * p * p * d + cfg.num_hidden_layers * per_layer + d * cfg.num_labels
+    return 2 * macs / 1e9
+
+
+def save_random_model(model: str, target: Path, *, seed: int = 0) -> str:
+    """Save a randomly initialised classifier of ``model`` under ``target``; returns the directory.
+
+    Both loops load this directory, so they start from the same weights: the pipeline through
+    ``swan_anomaly.modeling.load_classifier``, the baseline through plain ``from_pretrained``.
+    """
+    from transformers import ViTForImageClassification
+
+    torch.manual_seed(seed)
+    ViTForImageClassification(vit_config(model)).save_pretrained(target)
+    return str(target)
+
+
+def random_batches(cfg: ViTConfig, batch_size: int, device, *, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``DATA_BATCHES * batch_size`` random images ``[N, 3, S, S]`` (float32, N(0, 1)) and labels ``[N]``.
+
+    Half the labels are 0, half 1, shuffled; both tensors on ``device``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    n = DATA_BATCHES * batch_size
+    x = torch.randn(n, 3, cfg.image_size, cfg.image_size, generator=gen)
+    y = (torch.arange(n) % 2)[torch.randperm(n, generator=gen)]
+    return x.to(device), y.to(device)
+
+
+def time_loop(step: Callable[[int], object], *, steps: int, warmup: int, device) -> dict:
+    """Run ``step(j)`` ``warmup`` times untimed, then ``steps`` times timed; seconds and peak GPU memory.
+
+    On CUDA the timed span is measured with CUDA events and ends when the GPU has finished.
+    """
+    for j in range(warmup):
+        step(j)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for j in range(warmup, warmup + steps):
+            step(j)
+        end.record()
+        end.synchronize()
+        return {"seconds": start.elapsed_time(end) / 1000, "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)}
+    started = time.perf_counter()
+    for j in range(warmup, warmup + steps):
+        step(j)
+    return {"seconds": time.perf_counter() - started}
+
+
+def setup(args: argparse.Namespace):
+    """Resolve the device and the config; returns ``(device, ViTConfig)``."""
+    return resolve_device(args.device), vit_config(args.model)
+
+
+def report(kind: str, args: argparse.Namespace, device, cfg: ViTConfig, loops: dict[str, dict], *, flop_factor: int) -> dict:
+    """Print images/s, TFLOP/s and the pipeline/baseline ratio; write ``args.json`` when given.
+
+    Args:
+        kind: ``"train"`` or ``"infer"``.
+        loops: ``{"pipeline": time_loop(...), "baseline": time_loop(...)}``.
+        flop_factor: FLOP of one step per forward FLOP (3 for training, 1 for inference).
+    """
+    gflop = forward_gflop(cfg)
+    threads = torch.get_num_threads()
+    images = args.batch_size * args.steps
+    rates = {name: images / loop["seconds"] for name, loop in loops.items()}
+    for name, loop in loops.items():
+        loop["images_per_s"] = round(rates[name], 3)
+        loop["tflop_per_s"] = round(rates[name] * gflop * flop_factor / 1e3, 4)
+        if device.type == "cpu":
+            loop["images_per_s_per_core"] = round(rates[name] / threads, 3)
+    result = {
+        "benchmark": kind,
+        "model": args.model,
+        "model_shapes": MODELS[args.model],
+        "forward_gflop_per_image": round(gflop, 3),
+        "step_flop_factor": flop_factor,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "cpu_threads": threads,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "compile": args.compile,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        **loops,
+        "ratio_pipeline_to_baseline": round(rates["pipeline"] / rates["baseline"], 3),
+    }
+    where = result["device_name"] if device.type == "cuda" else f"cpu, {threads} threads"
+    print(f"{kind} {args.model} ({gflop:.2f} GFLOP/img forward) on {where}; batch {args.batch_size}, "
+          f"{args.steps} timed steps after {args.warmup} warmup, compile {'on' if args.compile else 'off'}")
+    for name, loop in loops.items():
+        extra = f"  {loop['images_per_s_per_core']:>9.3f} img/s/core" if "images_per_s_per_core" in loop else ""
+        mem = f"  peak {loop['peak_gpu_mem_gib']:.1f} GiB" if "peak_gpu_mem_gib" in loop else ""
+        print(f"  {name:<9} {loop['images_per_s']:>10.2f} img/s  {loop['tflop_per_s']:>8.3f} TFLOP/s{extra}{mem}")
+    print(f"  ratio pipeline/baseline {result['ratio_pipeline_to_baseline']:.3f}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return result

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# bench/gpu.sh: ViT-B/16 inference and training throughput on one GPU (H100/H200), pipeline vs plain HF.
+#
+# Usage, from the repository root:  OUT=/path/to/results bash bench/gpu.sh
+# Needs python3 with torch (CUDA), transformers, numpy, pandas, scikit-learn, opencv; nothing is downloaded.
+# Writes $OUT/gpu.log and one JSON per run: infer_eager, train_eager, infer_compile, train_compile.
+# Each run has a time limit (eager 90 s, compiled 120 s / 170 s) so the whole script stays under ~6 minutes;
+# a run that fails or hits its limit is reported and the script goes on.
+
+set -uo pipefail
+: "${OUT:?set OUT to the folder for the results}"
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/gpu.log") 2>&1
+export PYTHONUNBUFFERED=1
+set -x
+
+nvidia-smi -L
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit,driver_version --format=csv
+nproc
+python3 -c 'import sys, torch, transformers; print("python", sys.version.split()[0], "| torch", torch.__version__, "cuda", torch.version.cuda, "| transformers", transformers.__version__, "|", torch.cuda.get_device_name(0))'
+
+bench() {  # bench NAME LIMIT_S SCRIPT ARGS...
+    local name=$1 limit=$2 script=$3
+    shift 3
+    timeout --kill-after=10 "$limit" python3 "bench/$script" --model vit-b16 --device cuda --json "$OUT/$name.json" "$@" \
+        || echo "[gpu.sh] $name: failed or over its ${limit}s limit (rc=$?)"
+}
+
+bench infer_eager   90  infer_throughput.py --batch-size 1024 --warmup 3 --steps 20
+bench train_eager   90  train_throughput.py --batch-size 256  --warmup 3 --steps 20
+bench infer_compile 120 infer_throughput.py --batch-size 1024 --warmup 3 --steps 20 --compile
+bench train_compile 170 train_throughput.py --batch-size 256  --warmup 3 --steps 20 --compile
+
+set +x
+python3 - "$OUT" <<'EOF'
+import json, sys
+from pathlib import Path
+
+goals = {"train": 4500, "infer": 13500}
+print(f"{'run':<14} {'loop':<9} {'img/s':>9} {'TFLOP/s':>8} {'goal':>6} {'peak GiB':>8}  device")
+for name in ("infer_eager", "train_eager", "infer_compile", "train_compile"):
+    path = Path(sys.argv[1]) / f"{name}.json"
+    if not path.is_file():
+        print(f"{name:<14} (no result)")
+        continue
+    r = json.loads(path.read_text())
+    for loop in ("pipeline", "baseline"):
+        m = r[loop]
+        print(f"{name:<14} {loop:<9} {m['images_per_s']:>9.0f} {m['tflop_per_s']:>8.1f} {goals[r['benchmark']]:>6} {m.get('peak_gpu_mem_gib', 0):>8.1f}  {r['device_name']}")
+    print(f"{'':<14} ratio pipeline/baseline {r['ratio_pipeline_to_baseline']:.3f}")
+EOF

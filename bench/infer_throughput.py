@@ -1,0 +1,90 @@
+"""bench/infer_throughput.py: scoring images/s of the served model's forward against a plain Hugging Face loop.
+
+Parameters: --model {offline,vit-b16} (default offline), --batch-size (default 64, the pyfunc's),
+--steps (default 20), --warmup (default 3), --device {auto,cuda,cpu}, --compile, --json PATH.
+
+pipeline: what the served pyfunc does per batch, minus JPEG decoding and resizing:
+``swan_anomaly.modeling.load_classifier`` -> ``prepare_for_inference`` (bfloat16 weights on
+CUDA, float32 on CPU) -> ``forward_logits`` (inference mode, logits to host) ->
+``swan_anomaly.metrics.anomaly_scores`` (softmax, abnormal column).
+baseline: ``ViTForImageClassification.from_pretrained(attn_implementation="sdpa")`` in eval mode,
+float32 weights under bfloat16 autocast on CUDA, inference mode, softmax on the device, scores to host.
+Both start from the same random weights and see the same random float32 batches, already on the device.
+
+Example:
+    $ python3 bench/infer_throughput.py --model offline --steps 5
+    $ python3 bench/infer_throughput.py --model vit-b16 --device cuda --batch-size 1024 --compile --json out/infer.json
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
+
+import _harness  # noqa: E402  (needs include/ on sys.path)
+import torch  # noqa: E402
+
+from swan_anomaly.metrics import anomaly_scores  # noqa: E402
+from swan_anomaly.modeling import forward_logits, load_classifier, prepare_for_inference  # noqa: E402
+
+#: ``swan_anomaly.modeling.predict_logits``'s default batch size.
+PYFUNC_BATCH = 64
+
+
+def pipeline_loop(model_dir: str, x: torch.Tensor, args, device) -> dict:
+    """Time ``forward_logits`` + ``anomaly_scores`` on the model as the pyfunc prepares it."""
+    model = prepare_for_inference(load_classifier(model_dir), args.device)
+    forward = torch.compile(model) if args.compile else model
+
+    def step(j: int) -> None:
+        i = (j % _harness.DATA_BATCHES) * args.batch_size
+        anomaly_scores(forward_logits(forward, x[i : i + args.batch_size]))
+
+    return _harness.time_loop(step, steps=args.steps, warmup=args.warmup, device=device)
+
+
+def baseline_loop(model_dir: str, x: torch.Tensor, args, device) -> dict:
+    """Time a plain Hugging Face scoring loop on the same weights and data."""
+    from transformers import ViTForImageClassification
+
+    model = ViTForImageClassification.from_pretrained(model_dir, attn_implementation="sdpa").to(device).eval()
+    forward = torch.compile(model) if args.compile else model
+    on_cuda = device.type == "cuda"
+
+    def step(j: int) -> None:
+        i = (j % _harness.DATA_BATCHES) * args.batch_size
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else contextlib.nullcontext():
+            logits = forward(pixel_values=x[i : i + args.batch_size]).logits
+        logits.float().softmax(dim=-1)[:, 0].cpu()
+
+    return _harness.time_loop(step, steps=args.steps, warmup=args.warmup, device=device)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = _harness.build_parser(__doc__, batch_size=PYFUNC_BATCH)
+    args = parser.parse_args(argv)
+    _harness.check_args(parser, args)
+    device, cfg = _harness.setup(args)
+    x, _ = _harness.random_batches(cfg, args.batch_size, device)
+    loops = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = _harness.save_random_model(args.model, Path(tmp) / args.model)
+        runs = {
+            "baseline": lambda: baseline_loop(model_dir, x, args, device),
+            "pipeline": lambda: pipeline_loop(model_dir, x, args, device),
+        }
+        for name, run in runs.items():
+            loops[name] = run()
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return _harness.report("infer", args, device, cfg, {"pipeline": loops["pipeline"], "baseline": loops["baseline"]}, flop_factor=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""bench/train_throughput.py: training images/s of the pipeline's step against a plain Hugging Face loop.
+
+Parameters: --model {offline,vit-b16} (default offline), --batch-size (default 32, the pipeline's),
+--steps (default 20), --warmup (default 3), --device {auto,cuda,cpu}, --compile, --json PATH.
+
+pipeline: ``swan_anomaly.modeling.load_classifier`` -> ``training.place_for_training`` ->
+``training.make_optimizer`` -> ``training.train_step`` on batches gathered from a shuffled
+order, as ``train_classifier`` runs them (bfloat16 autocast, fused AdamW, TF32 on CUDA).
+baseline: ``ViTForImageClassification.from_pretrained(attn_implementation="sdpa")``, the loss
+from ``labels=``, ``torch.optim.AdamW`` (fused on CUDA), bfloat16 autocast on CUDA.
+Both start from the same random weights and see the same random data, already on the device.
+
+Example:
+    $ python3 bench/train_throughput.py --model offline --steps 5
+    $ python3 bench/train_throughput.py --model vit-b16 --device cuda --batch-size 256 --compile --json out/train.json
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
+
+import _harness  # noqa: E402  (needs include/ on sys.path)
+import torch  # noqa: E402
+
+from swan_anomaly.modeling import load_classifier  # noqa: E402
+from swan_anomaly.training import TrainConfig, class_weights, make_optimizer, place_for_training, train_step  # noqa: E402
+
+DEFAULTS = TrainConfig()
+
+
+def pipeline_loop(model_dir: str, x: torch.Tensor, y: torch.Tensor, args) -> dict:
+    """Time ``swan_anomaly.training.train_step`` with the pipeline's model, optimizer, scheduler and batching."""
+    model = load_classifier(model_dir)
+    device, autocast_dtype = place_for_training(model, args.device)
+    cfg = TrainConfig(batch_size=args.batch_size, device=args.device)
+    optimizer, scheduler = make_optimizer(model, cfg, total_steps=args.warmup + args.steps)
+    weights = class_weights(y).to(device)
+    step_model = torch.compile(model) if args.compile else model
+    model.train()
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed)).to(device)
+
+    def step(j: int) -> None:
+        i = (j % _harness.DATA_BATCHES) * args.batch_size
+        idx = order[i : i + args.batch_size]
+        train_step(step_model, optimizer, scheduler, x[idx], y[idx], weights, autocast_dtype=autocast_dtype)
+
+    return _harness.time_loop(step, steps=args.steps, warmup=args.warmup, device=device)
+
+
+def baseline_loop(model_dir: str, x: torch.Tensor, y: torch.Tensor, args, device) -> dict:
+    """Time a plain Hugging Face training loop on the same weights and data."""
+    from transformers import ViTForImageClassification
+
+    model = ViTForImageClassification.from_pretrained(model_dir, attn_implementation="sdpa").to(device)
+    on_cuda = device.type == "cuda"
+    fused = True if on_cuda else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=DEFAULTS.learning_rate, weight_decay=DEFAULTS.weight_decay, fused=fused)
+    step_model = torch.compile(model) if args.compile else model
+    model.train()
+
+    def step(j: int) -> None:
+        i = (j % _harness.DATA_BATCHES) * args.batch_size
+        with torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else contextlib.nullcontext():
+            loss = step_model(pixel_values=x[i : i + args.batch_size], labels=y[i : i + args.batch_size]).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return _harness.time_loop(step, steps=args.steps, warmup=args.warmup, device=device)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = _harness.build_parser(__doc__, batch_size=DEFAULTS.batch_size)
+    args = parser.parse_args(argv)
+    _harness.check_args(parser, args)
+    device, cfg = _harness.setup(args)
+    x, y = _harness.random_batches(cfg, args.batch_size, device)
+    loops = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = _harness.save_random_model(args.model, Path(tmp) / args.model)
+        runs = {"baseline": lambda: baseline_loop(model_dir, x, y, args, device), "pipeline": lambda: pipeline_loop(model_dir, x, y, args)}
+        for name, run in runs.items():
+            loops[name] = run()
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return _harness.report("train", args, device, cfg, {"pipeline": loops["pipeline"], "baseline": loops["baseline"]}, flop_factor=3)
+
+
+if __name__ == "__main__":
+    main()
