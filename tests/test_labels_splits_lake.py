@@ -75,12 +75,33 @@ def test_manifest_round_trips_and_matches_files(staged):
         (lambda t: t.assign(label=t.label.where(t.index != 0, 7)), "unknown label"),
         (lambda t: pd.concat([t, t.iloc[[0]]]), "duplicate image"),
         (lambda t: t.drop(columns=["group"]), "lacks columns"),
+        (lambda t: t.assign(label=t.label.astype(float).where(t.index != 0, 0.5)), "wrong type"),
+        (lambda t: t.assign(video_id=t.video_id.where(t.index != 0, None)), "video_id.*null"),
+        (lambda t: t.assign(family_params=t.family_params.where(t.index != 0, "{not json")), "not JSON"),
+        (lambda t: t.assign(image_path=t.image_path.where(t.index != 0, "frames/gone.png")), "missing from"),
     ],
 )
-def test_manifest_rejects_broken_contracts(tmp_path, staged, mutate, message):
-    *_, table = staged
+def test_manifest_rejects_broken_contracts(staged, mutate, message):
+    ds, *_, table = staged
     with pytest.raises(LabelManifestError, match=message):
-        write_manifest(mutate(table.copy()), tmp_path / "labels.csv")
+        write_manifest(mutate(table.copy()), ds / "broken.csv")
+
+
+def test_reading_a_manifest_checks_types_and_files(tmp_path, staged):
+    ds, *_, table = staged
+    path = ds / "labels.csv"
+    text = path.read_text().splitlines()
+    (tmp_path / "typo.csv").write_text("\n".join([text[0], text[1].replace(",0,", ",zero,", 1), *text[2:]]) + "\n")
+    with pytest.raises(LabelManifestError, match=r"typo\.csv.*expected schema"):
+        read_manifest(tmp_path / "typo.csv")
+    moved = ds / table.image_path.iloc[0]
+    moved.rename(moved.with_suffix(".bak"))
+    try:
+        assert len(read_manifest(path)) == len(table)  # the ETL quarantines missing files itself
+        with pytest.raises(LabelManifestError, match="missing from"):
+            read_manifest(path, check_files=True)
+    finally:
+        moved.with_suffix(".bak").rename(moved)
 
 
 def test_splits_never_share_a_group():

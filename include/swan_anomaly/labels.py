@@ -5,6 +5,11 @@ Columns (DESIGN.md "Contracts"): ``image_path`` (relative to the dataset directo
 ``family`` (``none`` for normal images), ``family_params`` (JSON), ``group`` (video +
 time block, the unit of splitting) and ``sha256`` of the image file.
 
+The contract is a pyarrow schema (:data:`SCHEMA`): values are converted strictly (``1.5`` is
+not a label, an empty cell is not a path), then the rules Arrow cannot express are checked:
+known labels only, normal images without a family, no duplicate image, and every listed file
+present next to the manifest.
+
 Example:
     >>> from pathlib import Path
     >>> table = build_manifest(frames, anomalies, Path("/tmp/ds"), block_seconds=4.0)  # doctest: +SKIP
@@ -13,9 +18,12 @@ Example:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
 
 from swan_anomaly._errors import LabelManifestError
 from swan_anomaly.anomalies import NORMAL_FAMILY, AnomalyRecord
@@ -24,17 +32,20 @@ from swan_anomaly.lake import sha256_file
 ABNORMAL, NORMAL = 0, 1
 LABEL_NAMES = {ABNORMAL: "abnormal", NORMAL: "normal"}
 
-COLUMNS: dict[str, str] = {
-    "image_path": "string",
-    "label": "int64",
-    "video_id": "string",
-    "frame_index": "int64",
-    "timestamp_s": "float64",
-    "family": "string",
-    "family_params": "string",
-    "group": "string",
-    "sha256": "string",
-}
+SCHEMA = pa.schema(
+    [
+        pa.field("image_path", pa.string(), nullable=False),
+        pa.field("label", pa.int64(), nullable=False),
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("frame_index", pa.int64(), nullable=False),
+        pa.field("timestamp_s", pa.float64(), nullable=False),
+        pa.field("family", pa.string(), nullable=False),
+        pa.field("family_params", pa.string(), nullable=False),
+        pa.field("group", pa.string(), nullable=False),
+        pa.field("sha256", pa.string(), nullable=False),
+    ]
+)
+COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
 
 
 def group_of(video_id: str, timestamp_s: float, block_seconds: float) -> str:
@@ -51,27 +62,47 @@ def build_manifest(frames: list[dict], anomalies: list[AnomalyRecord], dataset_d
     for a in anomalies:
         rows.append((a.path, ABNORMAL, a.video_id, a.frame_index, a.timestamp_s, a.family, a.family_params))
     table = pd.DataFrame(rows, columns=list(COLUMNS)[:7])
+    _require_files(table.image_path, dataset_dir, source=str(dataset_dir))
     table["group"] = [group_of(v, t, block_seconds) for v, t in zip(table.video_id, table.timestamp_s)]
     table["sha256"] = [sha256_file(dataset_dir / p) for p in table.image_path]
     return validate_manifest(table.sort_values("image_path", ignore_index=True), source=str(dataset_dir))
 
 
-def validate_manifest(table: pd.DataFrame, *, source: str) -> pd.DataFrame:
+def _require_files(paths, dataset_dir: Path, *, source: str) -> None:
+    missing = [p for p in paths if not (dataset_dir / p).is_file()]
+    if missing:
+        msg = f"{source}: {len(missing)} image(s) of the label manifest are missing from {dataset_dir}, e.g. {missing[:3]}"
+        raise LabelManifestError(msg)
+
+
+def validate_manifest(table: pd.DataFrame, *, source: str, dataset_dir: Path | None = None) -> pd.DataFrame:
     """Check the manifest contract and return it with canonical dtypes.
 
+    Args:
+        table: the manifest rows.
+        source: what to call the manifest in errors (its path).
+        dataset_dir: when given, every ``image_path`` must exist under it.
+
     Raises:
-        LabelManifestError: missing columns, an unknown label, a normal image with a family,
-            or a duplicate image path.
+        LabelManifestError: missing columns, values of the wrong type or empty, an unknown
+            label, a normal image with a family (or the reverse), family parameters that are not
+            JSON, a duplicate image path, or a missing file.
     """
     missing = [c for c in COLUMNS if c not in table.columns]
     if missing:
         msg = f"{source}: label manifest lacks columns {missing}; expected {list(COLUMNS)}"
         raise LabelManifestError(msg)
     try:
-        table = table[list(COLUMNS)].astype(COLUMNS)
-    except (ValueError, TypeError) as exc:
+        arrow = pa.Table.from_pandas(table[list(COLUMNS)], schema=SCHEMA, preserve_index=False, safe=True)
+        arrow.validate(full=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
         msg = f"{source}: label manifest has values of the wrong type: {exc}"
         raise LabelManifestError(msg) from exc
+    for name in COLUMNS:
+        if arrow.column(name).null_count:
+            msg = f"{source}: label manifest has {arrow.column(name).null_count} empty value(s) in column {name!r}"
+            raise LabelManifestError(msg)
+    table = arrow.to_pandas(types_mapper={pa.string(): pd.StringDtype()}.get)
     bad = table[~table.label.isin(list(LABEL_NAMES))]
     if len(bad):
         msg = f"{source}: unknown label(s) {sorted(bad.label.unique().tolist())} for {bad.image_path.iloc[0]!r}; labels are 0 (abnormal) and 1 (normal)"
@@ -80,22 +111,40 @@ def validate_manifest(table: pd.DataFrame, *, source: str) -> pd.DataFrame:
     if len(wrong):
         msg = f"{source}: {wrong.image_path.iloc[0]!r} has label {wrong.label.iloc[0]} but family {wrong.family.iloc[0]!r}"
         raise LabelManifestError(msg)
+    for path, params in zip(table.image_path, table.family_params):
+        try:
+            json.loads(params)
+        except json.JSONDecodeError as exc:
+            msg = f"{source}: family_params of {path!r} is not JSON: {exc}"
+            raise LabelManifestError(msg) from exc
     dup = table[table.image_path.duplicated()]
     if len(dup):
         msg = f"{source}: duplicate image {dup.image_path.iloc[0]!r} in the label manifest"
         raise LabelManifestError(msg)
+    if dataset_dir is not None:
+        _require_files(table.image_path, dataset_dir, source=source)
     return table
 
 
-def write_manifest(table: pd.DataFrame, path: Path) -> Path:
-    """Validate and write the manifest as CSV."""
-    validate_manifest(table, source=str(path)).to_csv(path, index=False)
+def write_manifest(table: pd.DataFrame, path: Path, *, check_files: bool = True) -> Path:
+    """Validate and write the manifest as CSV (its images must sit next to it unless ``check_files=False``)."""
+    validate_manifest(table, source=str(path), dataset_dir=path.parent if check_files else None).to_csv(path, index=False)
     return path
 
 
-def read_manifest(path: Path) -> pd.DataFrame:
-    """Read and validate a manifest CSV."""
+def read_manifest(path: Path, *, check_files: bool = False) -> pd.DataFrame:
+    """Read and validate a manifest CSV (types converted strictly by the Arrow schema).
+
+    Args:
+        check_files: also require every image next to the manifest (the ETL instead
+            quarantines the missing ones and goes on).
+    """
     if not path.is_file():
         msg = f"{path}: label manifest not found"
         raise LabelManifestError(msg)
-    return validate_manifest(pd.read_csv(path, dtype=str, keep_default_na=False), source=str(path))
+    try:
+        arrow = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=SCHEMA, strings_can_be_null=False))
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        msg = f"{path}: label manifest cannot be read with the expected schema: {exc}"
+        raise LabelManifestError(msg) from exc
+    return validate_manifest(arrow.to_pandas(), source=str(path), dataset_dir=path.parent if check_files else None)
