@@ -8,7 +8,7 @@ a local session with one task slot per core; the baseline is a ``for`` loop over
 functions (``decode_image``, ``crop_and_resize``, ``encode_jpeg``) in this process, with
 OpenCV held to one thread. Spark gets one untimed warm-up run (JVM, Python workers).
 
-Parameters: --images (default 1000), --width (1280), --height (720), --size (model input, 224),
+Parameters: --images (default 3000), --width (1280), --height (720), --size (model input, 224),
 --cores (Spark task slots; default: all cores), --repeats (timed Spark runs, best kept; 2),
 --json PATH.
 
@@ -112,7 +112,7 @@ def spark_etl(lake_root: Path, size: int, cores: int, repeats: int) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--images", type=int, default=3000)
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=720)
     parser.add_argument("--size", type=int, default=224)

@@ -30,6 +30,8 @@ def build_spark(app_name: str) -> SparkSession:
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.driver.memory", os.environ.get("SWAN_SPARK_DRIVER_MEMORY", "2g"))
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        # rows carry whole images: small Arrow batches let the JVM and the Python workers overlap
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", os.environ.get("SWAN_SPARK_ARROW_BATCH", "64"))
     )
     spark = builder.getOrCreate()
     spark.conf.set("spark.sql.sources.partitionOverwriteMode", "dynamic")
