@@ -282,7 +282,10 @@ def swan_anomaly_pipeline():
         s = settings()
         training = lake().read_result(run_id, "train")
         client = registry_client()
-        v = register_challenger(client, s.model_name, training["model_uri"], training["mlflow_run_id"], run_id, tags={"dataset_id": dataset_id})
+        v = register_challenger(
+            client, s.model_name, training["model_uri"], training["mlflow_run_id"], run_id,
+            tags={"dataset_id": dataset_id, "anomaly_threshold": f"{training['threshold']:.6f}"},
+        )
         return {"name": s.model_name, "version": str(v.version), "aliases": sorted(v.aliases), "val": training["val"]}
 
     @task.branch

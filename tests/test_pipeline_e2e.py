@@ -62,7 +62,12 @@ def test_run_succeeds_and_writes_the_lake(pipeline_run):
     from swan_anomaly.registry import mlflow_client
 
     plots = {a.path for a in mlflow_client(*Settings.from_env().mlflow_uris).list_artifacts(train["mlflow_run_id"], "plots")}
-    assert "plots/anomaly_families.png" in plots, plots
+    expected = {"plots/anomaly_families.png"} | {f"plots/{kind}_{split}.png" for kind in ("roc_pr", "score_histogram", "worst_scored", "confusion_matrix") for split in ("val", "test")}
+    assert expected <= plots, expected - plots
+    inputs = mlflow_client(*Settings.from_env().mlflow_uris).get_run(train["mlflow_run_id"]).inputs.dataset_inputs
+    assert [i.dataset.name for i in inputs] == [f"gold-{DATASET}"] and f"dataset_id={DATASET}" in inputs[0].dataset.source
+    assert 0 < train["threshold"] < 1 and train["test"]["threshold"] == train["threshold"]
+    assert set(train["test"]["recall_by_family"]) == {"salt_pepper_polygons"} and "average_precision" in train["test"]
 
 
 @pytest.mark.slow
@@ -82,6 +87,8 @@ def test_champion_is_served_and_endpoint_scores_match_the_registry_model(pipelin
     champion = client.get_model_version_by_alias(s.model_name, CHAMPION)
     assert str(champion.version) == summary["model"]["version"]
     assert champion.tags["airflow_run_id"] == pipeline_run.run_id
+    train = LocalLake(s.lake_root).read_result(pipeline_run.run_id, "train")
+    assert float(champion.tags["anomaly_threshold"]) == pytest.approx(train["threshold"], abs=1e-6)  # stored with the model
     assert CHAMPION in summary["model"]["aliases"]
 
     endpoint = EndpointClient(s.endpoint_url, s.endpoint_name)
@@ -95,8 +102,18 @@ def test_champion_is_served_and_endpoint_scores_match_the_registry_model(pipelin
     scores = np.array([p["anomaly_score"] for p in predictions])
     np.testing.assert_allclose(scores, anomaly_scores(logits), atol=1e-7)
 
-    direct = mlflow.pyfunc.load_model(f"models:/{s.model_name}@{CHAMPION}").predict(pd.DataFrame({"image": images}))
+    registered = mlflow.pyfunc.load_model(f"models:/{s.model_name}@{CHAMPION}")
+    direct = registered.predict(pd.DataFrame({"image": images}))
     np.testing.assert_allclose(scores, direct.anomaly_score.to_numpy(), atol=1e-6)
+
+    # the training code path on the registered weights and preprocessing config: the training
+    # loop's own tensor builder and evaluation
+    from swan_anomaly.training import _evaluate, _tensors
+
+    served = registered.unwrap_python_model()
+    x, y = _tensors(pd.DataFrame({"content": images, "sample_id": names, "label": labels}), served.spec)
+    _, train_logits = _evaluate(served.model, x, y, batch_size=8)
+    np.testing.assert_allclose(scores, anomaly_scores(train_logits), atol=1e-5)
     assert separation(list(zip(names, labels, scores.tolist()))) > 0
 
 

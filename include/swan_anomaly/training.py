@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -33,9 +34,10 @@ import pandas as pd
 
 from swan_anomaly._errors import JobError
 from swan_anomaly.config import Settings
+from swan_anomaly.evaluation import curves_figure, histogram_figure, worst_grid
 from swan_anomaly.labels import ABNORMAL, NORMAL
 from swan_anomaly.lake import LocalLake
-from swan_anomaly.metrics import anomaly_metrics, anomaly_scores
+from swan_anomaly.metrics import anomaly_metrics, anomaly_scores, choose_threshold, recall_by_family
 from swan_anomaly.splits import Split
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,8 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     patience: int = 8
     monitor: str = "val_loss"  # or "val_auroc" (ties broken by val_loss)
+    threshold_method: str = "max_f1"  # or "target_fpr"; chosen on the validation split
+    target_fpr: float = 0.01
     seed: int = 42
     bias_x: float = 0.4
     bias_y: float = 0.5
@@ -379,6 +383,16 @@ def ensure_experiment(settings: Settings) -> str:
     return mlflow.create_experiment(settings.experiment, artifact_location=location)
 
 
+def gold_dataset(lake: LocalLake, dataset_id: str, gold: pd.DataFrame):
+    """The gold partition as an MLflow dataset: lake path as source, digest over rows and image bytes."""
+    import hashlib
+
+    import mlflow.data
+
+    rows = gold.drop(columns=["content"]).assign(content_sha256=[hashlib.sha256(bytes(c)).hexdigest() for c in gold.content])
+    return mlflow.data.from_pandas(rows, source=str(lake.gold / f"dataset_id={dataset_id}"), name=f"gold-{dataset_id}", targets="label")
+
+
 def family_grid_of(lake: LocalLake, dataset_id: str, *, seed: int):
     """Every anomaly family applied to the dataset's first normal raw frame (RGB), or None without one."""
     from swan_anomaly.anomalies import family_grid
@@ -404,7 +418,7 @@ def run_training(*, lake_root: Path, dataset_id: str, run_id: str, config: Train
     import torch
 
     from swan_anomaly.modeling import load_classifier, preprocess_spec, resolve_base_model, resolve_device
-    from swan_anomaly.serving.pyfunc import PREPROCESS_FILE, SwanAnomalyModel, signature
+    from swan_anomaly.serving.pyfunc import PREPROCESS_FILE, THRESHOLD_FILE, SwanAnomalyModel, signature
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     torch.manual_seed(config.seed)
@@ -432,31 +446,45 @@ def run_training(*, lake_root: Path, dataset_id: str, run_id: str, config: Train
             **asdict(config), "base_model": base, "image_size": spec.size, "train_images": len(train[0]), "dataset_id": dataset_id,
             "device_used": str(device),
         })
+        mlflow.log_input(gold_dataset(lake, dataset_id, gold), context="training")
         model, history, best_epoch = train_classifier(
             model, train, val, config,
             on_epoch=lambda r: mlflow.log_metrics(
                 {"train_loss": r.train_loss, "val_loss": r.val_loss, "val_auroc": r.val_auroc, "val_f1": r.val_f1, "images_per_s": r.images_per_s}, step=r.epoch
             ),
         )
-        results = {}
         model.to(device)  # evaluate where it trained; back to the CPU below, before saving
+        scored = {}
         for name, (x, y) in (("val", val), ("test", test)):
             loss, logits = _evaluate(model, x, y, config.batch_size)
-            metrics = anomaly_metrics(y.numpy(), anomaly_scores(logits))
+            scored[name] = (y.numpy(), anomaly_scores(logits), loss)
+        model.to("cpu")
+        threshold = choose_threshold(scored["val"][0], scored["val"][1], method=config.threshold_method, target_fpr=config.target_fpr)
+        results = {}
+        for name, (labels, scores, loss) in scored.items():
+            part = parts[Split.VAL if name == "val" else Split.TEST]
+            metrics = anomaly_metrics(labels, scores, threshold=threshold)
+            metrics["recall_by_family"] = recall_by_family(labels, scores, part.family.to_numpy(), threshold=threshold)
             results[name] = {**metrics, "loss": loss}
             mlflow.log_metrics({f"{name}_{k}": v for k, v in metrics.items() if isinstance(v, float)} | {f"{name}_loss": loss})
+            mlflow.log_metrics({f"{name}_recall_{family}": r for family, r in metrics["recall_by_family"].items()})
             mlflow.log_figure(_confusion_figure(metrics["confusion_matrix"], f"{name} (anomaly = positive)"), f"plots/confusion_matrix_{name}.png")
-        model.to("cpu")
+            mlflow.log_figure(curves_figure(labels, scores, title=name), f"plots/roc_pr_{name}.png")
+            mlflow.log_figure(histogram_figure(labels, scores, threshold=threshold, title=name), f"plots/score_histogram_{name}.png")
+            mlflow.log_image(worst_grid(list(part.content.map(bytes)), labels, scores, list(part.sample_id)), f"plots/worst_scored_{name}.png")
+        mlflow.log_metric("threshold", threshold)
         mlflow.log_metric("best_epoch", best_epoch)
         grid = family_grid_of(lake, dataset_id, seed=config.seed)
         if grid is not None:
             mlflow.log_image(grid, "plots/anomaly_families.png")
-        mlflow.log_dict({"history": [asdict(h) for h in history], "best_epoch": best_epoch, **results}, "metrics/summary.json")
+        mlflow.log_dict({"history": [asdict(h) for h in history], "best_epoch": best_epoch, "threshold": threshold, **results}, "metrics/summary.json")
 
         with tempfile.TemporaryDirectory() as tmp:
             model_dir = Path(tmp) / "model"
             model.save_pretrained(model_dir)
             (model_dir / PREPROCESS_FILE).write_text(spec.to_json())
+            decision = {"threshold": threshold, "method": config.threshold_method, "chosen_on": "val"}
+            (model_dir / THRESHOLD_FILE).write_text(json.dumps(decision, indent=1))
             example = gold[gold.split == Split.TEST.value].content.iloc[:1].map(bytes).to_frame("image").reset_index(drop=True)
             info = mlflow.pyfunc.log_model(
                 name="model",
@@ -466,6 +494,7 @@ def run_training(*, lake_root: Path, dataset_id: str, run_id: str, config: Train
                 signature=signature(),
                 input_example=example,
                 pip_requirements=_pinned_requirements(),
+                metadata={"anomaly_threshold": threshold, "threshold_method": config.threshold_method},
             )
     result = {
         "mlflow_run_id": run.info.run_id,
@@ -473,11 +502,16 @@ def run_training(*, lake_root: Path, dataset_id: str, run_id: str, config: Train
         "run_model_uri": f"runs:/{run.info.run_id}/model",
         "best_epoch": best_epoch,
         "epochs_run": len(history),
+        "threshold": threshold,
         "val": results["val"],
         "test": results["test"],
         "images": {s.value: int(len(p)) for s, p in parts.items()},
         "labels": {str(ABNORMAL): "abnormal", str(NORMAL): "normal"},
         "config": asdict(config),
     }
-    log.info("trained: best epoch %d, val AUROC %.4f F1 %.4f, test AUROC %.4f F1 %.4f", best_epoch, results["val"]["auroc"], results["val"]["f1"], results["test"]["auroc"], results["test"]["f1"])
+    log.info(
+        "trained: best epoch %d, threshold %.4f (%s on val), val AUROC %.4f F1 %.4f, test AUROC %.4f AP %.4f F1 %.4f, test recall by family %s",
+        best_epoch, threshold, config.threshold_method, results["val"]["auroc"], results["val"]["f1"],
+        results["test"]["auroc"], results["test"]["average_precision"], results["test"]["f1"], results["test"]["recall_by_family"],
+    )
     return result

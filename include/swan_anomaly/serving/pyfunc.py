@@ -25,6 +25,8 @@ import mlflow.pyfunc
 import pandas as pd
 
 PREPROCESS_FILE = "swan_preprocess.json"
+#: The decision threshold chosen on validation: ``{"threshold", "method", "chosen_on"}``.
+THRESHOLD_FILE = "swan_threshold.json"
 INPUT_COLUMN = "image"
 
 
