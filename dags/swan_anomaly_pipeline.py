@@ -77,6 +77,10 @@ def _run_facts() -> tuple[str, str, dict]:
         "epochs": Param(40, type="integer", minimum=1, maximum=200, description="Maximum training epochs (early stopping may end sooner)."),
         "model": Param(None, type=["null", "string"], description="Model preset, hub id or local directory (default: SWAN_MODEL)."),
         "gate_mode": Param("enabled", enum=["enabled", "dry_run", "disabled"], description="Promotion gate: enforce, only report, or skip."),
+        "gate_min_unseen_auroc": Param(
+            None, type=["null", "number"], minimum=0, maximum=1,
+            description="Also require this AUROC on every anomaly family held out of training (leave-one-family-out report; needs 2+ families).",
+        ),
     },
 )
 def swan_anomaly_pipeline():
@@ -286,23 +290,30 @@ def swan_anomaly_pipeline():
             client, s.model_name, training["model_uri"], training["mlflow_run_id"], run_id,
             tags={"dataset_id": dataset_id, "anomaly_threshold": f"{training['threshold']:.6f}"},
         )
-        return {"name": s.model_name, "version": str(v.version), "aliases": sorted(v.aliases), "val": training["val"]}
+        return {
+            "name": s.model_name, "version": str(v.version), "aliases": sorted(v.aliases), "val": training["val"],
+            "unseen_auroc": training.get("generalization_min_unseen_auroc"),
+        }
 
     @task.branch
     def gate_model(registered: dict) -> str:
         """Promote the challenger only if it passes the thresholds and does not regress vs the champion."""
         from swan_airflow.runtime import registry_client
-        from swan_anomaly.gate import decide
+        from swan_anomaly.gate import MinThreshold, decide, promotion_thresholds
         from swan_anomaly.registry import CHAMPION, get_alias
 
         _, _, params = _run_facts()
         client = registry_client()
+        thresholds = promotion_thresholds()
+        if params.get("gate_min_unseen_auroc") is not None:
+            thresholds["unseen_auroc"] = MinThreshold(params["gate_min_unseen_auroc"])
         champion = get_alias(client, registered["name"], CHAMPION)
         champion_metrics = None
         if champion is not None and str(champion.version) != registered["version"]:
             m = client.get_run(champion.run_id).data.metrics
-            champion_metrics = {"auroc": m.get("val_auroc"), "f1": m.get("val_f1")}
-        decision = decide({"auroc": registered["val"]["auroc"], "f1": registered["val"]["f1"]}, champion_metrics, params["gate_mode"])
+            champion_metrics = {"auroc": m.get("val_auroc"), "f1": m.get("val_f1"), "unseen_auroc": m.get("lofo_min_unseen_auroc")}
+        challenger = {"auroc": registered["val"]["auroc"], "f1": registered["val"]["f1"], "unseen_auroc": registered.get("unseen_auroc")}
+        decision = decide(challenger, champion_metrics, params["gate_mode"], thresholds=thresholds)
         print(f"gate ({decision.mode}): passed={decision.passed} promote={decision.promote} reasons={decision.reasons or 'none'}")
         print(f"challenger v{registered['version']}: {decision.challenger}; champion: {champion.version if champion else None} {champion_metrics}")
         return "promote_model" if decision.promote else "keep_champion"
@@ -396,6 +407,8 @@ def swan_anomaly_pipeline():
             "val": {k: training["val"][k] for k in ("auroc", "f1", "precision", "recall")},
             "test": {k: training["test"][k] for k in ("auroc", "f1", "precision", "recall")},
             "best_epoch": training["best_epoch"],
+            "threshold": training["threshold"],
+            "generalization": training["generalization"],
             "model": {"name": registered["name"], "version": registered["version"], "aliases": aliases_of(registry_client(), registered["name"], registered["version"])},
             "endpoint": {"url": validation["url"], "serving_version": validation["version"], "previous_version": validation["previous"], "margin": validation["margin"]},
             "scores": validation["scores"],

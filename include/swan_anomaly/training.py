@@ -25,7 +25,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -35,6 +35,8 @@ import pandas as pd
 from swan_anomaly._errors import JobError
 from swan_anomaly.config import Settings
 from swan_anomaly.evaluation import curves_figure, histogram_figure, worst_grid
+from swan_anomaly.generalization import COLUMNS as LOFO_COLUMNS
+from swan_anomaly.generalization import format_table, leave_one_family_out, min_unseen_auroc
 from swan_anomaly.labels import ABNORMAL, NORMAL
 from swan_anomaly.lake import LocalLake
 from swan_anomaly.metrics import anomaly_metrics, anomaly_scores, choose_threshold, recall_by_family
@@ -67,6 +69,8 @@ class TrainConfig:
     monitor: str = "val_loss"  # or "val_auroc" (ties broken by val_loss)
     threshold_method: str = "max_f1"  # or "target_fpr"; chosen on the validation split
     target_fpr: float = 0.01
+    generalization: str = "auto"  # leave-one-family-out report when the data has 2+ families; "off" skips it
+    lofo_epochs: int = 15  # epoch budget of each leave-one-family-out model (early stopping may end sooner)
     seed: int = 42
     bias_x: float = 0.4
     bias_y: float = 0.5
@@ -473,6 +477,14 @@ def run_training(*, lake_root: Path, dataset_id: str, run_id: str, config: Train
             mlflow.log_figure(histogram_figure(labels, scores, threshold=threshold, title=name), f"plots/score_histogram_{name}.png")
             mlflow.log_image(worst_grid(list(part.content.map(bytes)), labels, scores, list(part.sample_id)), f"plots/worst_scored_{name}.png")
         mlflow.log_metric("threshold", threshold)
+        generalization = pd.DataFrame(columns=list(LOFO_COLUMNS))
+        if config.generalization != "off":
+            lofo_config = replace(config, epochs=min(config.epochs, config.lofo_epochs))
+            generalization = leave_one_family_out(gold, base, spec, lofo_config)
+            if not generalization.empty:
+                mlflow.log_table(generalization, "generalization/leave_one_family_out.json")
+                mlflow.log_metric("lofo_min_unseen_auroc", min_unseen_auroc(generalization))
+                log.info("leave-one-family-out report:\n%s", format_table(generalization))
         mlflow.log_metric("best_epoch", best_epoch)
         grid = family_grid_of(lake, dataset_id, seed=config.seed)
         if grid is not None:
@@ -503,6 +515,8 @@ def run_training(*, lake_root: Path, dataset_id: str, run_id: str, config: Train
         "best_epoch": best_epoch,
         "epochs_run": len(history),
         "threshold": threshold,
+        "generalization": generalization.to_dict("records"),
+        "generalization_min_unseen_auroc": min_unseen_auroc(generalization),
         "val": results["val"],
         "test": results["test"],
         "images": {s.value: int(len(p)) for s, p in parts.items()},
