@@ -69,7 +69,7 @@ def test_early_stopping_fires_and_restores_the_best_epoch():
     assert loss == pytest.approx(best.val_loss, abs=1e-6)
 
 
-def _tiny_gold(families: list[str]) -> "pd.DataFrame":
+def _tiny_gold(families: list[str]):
     """A gold-shaped table: 32 px JPEGs of smooth frames, anomalies of ``families``, three splits."""
     import numpy as np
     import pandas as pd
