@@ -130,6 +130,19 @@ def time_loop(step: Callable[[int], object], *, steps: int, warmup: int, device)
     return {"seconds": time.perf_counter() - started}
 
 
+def run_loops(runs: dict[str, Callable[[], dict]], device) -> dict[str, dict]:
+    """Run each timed loop in turn, freeing the previous loop's memory before the next."""
+    import gc
+
+    loops = {}
+    for name, run in runs.items():
+        loops[name] = run()
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return loops
+
+
 def setup(args: argparse.Namespace):
     """Resolve the device and the config; returns ``(device, ViTConfig)``."""
     return resolve_device(args.device), vit_config(args.model)
@@ -143,6 +156,7 @@ def report(kind: str, args: argparse.Namespace, device, cfg: ViTConfig, loops: d
         loops: ``{"pipeline": time_loop(...), "baseline": time_loop(...)}``.
         flop_factor: FLOP of one step per forward FLOP (3 for training, 1 for inference).
     """
+    loops = {name: loops[name] for name in ("pipeline", "baseline")}  # report order, whatever order they ran in
     gflop = forward_gflop(cfg)
     threads = torch.get_num_threads()
     images = args.batch_size * args.steps

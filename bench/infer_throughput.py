@@ -19,7 +19,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import gc
 import sys
 import tempfile
 from pathlib import Path
@@ -71,19 +70,14 @@ def main(argv: list[str] | None = None) -> dict:
     _harness.check_args(parser, args)
     device, cfg = _harness.setup(args)
     x, _ = _harness.random_batches(cfg, args.batch_size, device)
-    loops = {}
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = _harness.save_random_model(args.model, Path(tmp) / args.model)
         runs = {
             "baseline": lambda: baseline_loop(model_dir, x, args, device),
             "pipeline": lambda: pipeline_loop(model_dir, x, args, device),
         }
-        for name, run in runs.items():
-            loops[name] = run()
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-    return _harness.report("infer", args, device, cfg, {"pipeline": loops["pipeline"], "baseline": loops["baseline"]}, flop_factor=1)
+        loops = _harness.run_loops(runs, device)
+    return _harness.report("infer", args, device, cfg, loops, flop_factor=1)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import gc
 import sys
 import tempfile
 from pathlib import Path
@@ -81,16 +80,11 @@ def main(argv: list[str] | None = None) -> dict:
     _harness.check_args(parser, args)
     device, cfg = _harness.setup(args)
     x, y = _harness.random_batches(cfg, args.batch_size, device)
-    loops = {}
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = _harness.save_random_model(args.model, Path(tmp) / args.model)
         runs = {"baseline": lambda: baseline_loop(model_dir, x, y, args, device), "pipeline": lambda: pipeline_loop(model_dir, x, y, args)}
-        for name, run in runs.items():
-            loops[name] = run()
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-    return _harness.report("train", args, device, cfg, {"pipeline": loops["pipeline"], "baseline": loops["baseline"]}, flop_factor=3)
+        loops = _harness.run_loops(runs, device)
+    return _harness.report("train", args, device, cfg, loops, flop_factor=3)
 
 
 if __name__ == "__main__":

@@ -193,7 +193,6 @@ def swan_anomaly_pipeline():
         records = synthesize_dataset(frames, dataset_dir, anomaly_ratio=params["anomaly_ratio"], seed=params["seed"], families=params["anomaly_families"])
         (dataset_dir / "anomalies").mkdir(exist_ok=True)
         (dataset_dir / "anomalies" / "index.json").write_text(json.dumps([r.__dict__ for r in records], indent=1))
-        (dataset_dir / "rejected_videos.json").write_text(json.dumps(rejected, indent=1))
         return {"frames": len(frames), "anomalies": len(records), "videos": [v["video_id"] for v in good], "rejected_videos": rejected}
 
     @task

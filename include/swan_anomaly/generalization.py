@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import numpy as np
@@ -52,22 +51,27 @@ def leave_one_family_out(gold: pd.DataFrame, base_model: str, spec, config, *, f
     families = families_of(gold) if families is None else families
     if len(families) < 2:
         return pd.DataFrame(columns=list(COLUMNS))
+    gold = gold.reset_index(drop=True)
+    x, y = _tensors(gold, spec)  # decode and preprocess every image once; each run takes its rows
+    split, family, normal = gold.split.to_numpy(), gold.family.to_numpy(), (gold.label == NORMAL).to_numpy()
+
+    def rows_of(mask: np.ndarray) -> tuple:
+        idx = np.flatnonzero(mask)
+        return x[idx], y[idx]
+
     rows = []
     for held in families:
-        keep = (gold.label == NORMAL) | (gold.family != held)
-        parts = {s: gold[(gold.split == s.value) & keep] for s in (Split.TRAIN, Split.VAL)}
-        train, val = _tensors(parts[Split.TRAIN], spec), _tensors(parts[Split.VAL], spec)
-        model, _, best_epoch = train_classifier(load_classifier(base_model), train, val, dataclasses.replace(config))
+        keep = normal | (family != held)
+        train, val = rows_of(keep & (split == Split.TRAIN.value)), rows_of(keep & (split == Split.VAL.value))
+        model, _, best_epoch = train_classifier(load_classifier(base_model), train, val, config)
         _, val_logits = _evaluate(model, *val, config.batch_size)
         threshold = choose_threshold(val[1].numpy(), anomaly_scores(val_logits), method=config.threshold_method, target_fpr=config.target_fpr)
-        test = gold[gold.split == Split.TEST.value]
-        unseen = test[(test.label == NORMAL) | (test.family == held)]
-        seen = test[(test.label == NORMAL) | ((test.family != held) & (test.label == ABNORMAL))]
+        test = split == Split.TEST.value
         scores = {}
-        for name, part in (("unseen", unseen), ("seen", seen)):
-            x, y = _tensors(part, spec)
-            _, logits = _evaluate(model, x, y, config.batch_size)
-            scores[name] = anomaly_metrics(y.numpy(), anomaly_scores(logits), threshold=threshold)
+        for name, mask in (("unseen", test & (normal | (family == held))), ("seen", test & (normal | (family != held)))):
+            xs, ys = rows_of(mask)
+            _, logits = _evaluate(model, xs, ys, config.batch_size)
+            scores[name] = anomaly_metrics(ys.numpy(), anomaly_scores(logits), threshold=threshold)
         row = {
             "held_out": held,
             "trained_on": ",".join(f for f in families if f != held),

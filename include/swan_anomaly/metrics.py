@@ -12,7 +12,16 @@ Example:
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import average_precision_score, confusion_matrix, f1_score, precision_score, recall_score, roc_auc_score, roc_curve
+from sklearn.metrics import (
+    average_precision_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_curve,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+    roc_curve,
+)
 
 from swan_anomaly._errors import ValidationDataError
 from swan_anomaly.labels import ABNORMAL
@@ -89,14 +98,12 @@ def choose_threshold(labels: np.ndarray, scores: np.ndarray, *, method: str = "m
         fpr, _, thresholds = roc_curve(y, scores)
         ok = thresholds[(fpr <= target_fpr) & np.isfinite(thresholds)]
         return float(ok.min()) if len(ok) else float(scores.max())
-    cuts = np.unique(scores)[::-1]
-    best, best_f1 = 0, -1.0
-    for i, t in enumerate(cuts):
-        f1 = f1_score(y, (scores >= t).astype(int), zero_division=0)
-        if f1 > best_f1:
-            best, best_f1 = i, f1
-    below = cuts[best + 1] if best + 1 < len(cuts) else cuts[best]
-    return float((cuts[best] + below) / 2)
+    precision, recall, cuts = precision_recall_curve(y, scores)  # cuts ascending
+    precision, recall = precision[: len(cuts)], recall[: len(cuts)]
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(precision), where=precision + recall > 0)
+    best = cuts[np.flatnonzero(f1 == f1.max())[-1]]  # ties: the highest cut
+    lower = scores[scores < best]
+    return float((best + lower.max()) / 2) if len(lower) else float(best)
 
 
 def recall_by_family(labels: np.ndarray, scores: np.ndarray, families, *, threshold: float) -> dict[str, float]:

@@ -40,7 +40,7 @@ def cluster_spec(name: str) -> dict:
     return json.loads((folder / f"{name}.json").read_text())
 
 
-def job_env(env: dict[str, str] | None = None) -> dict[str, str]:
+def job_env() -> dict[str, str]:
     """Settings the jobs must share with Airflow, as the cluster's ``spark_env_vars``.
 
     The MLflow tracking and registry URIs, experiment and registered-model name: with
@@ -49,7 +49,7 @@ def job_env(env: dict[str, str] | None = None) -> dict[str, str]:
     """
     from swan_anomaly.config import Settings
 
-    s = Settings.from_env(env)
+    s = Settings.from_env()
     return {"MLFLOW_TRACKING_URI": s.tracking_uri, "MLFLOW_REGISTRY_URI": s.registry_uri, "SWAN_EXPERIMENT": s.experiment, "SWAN_MODEL_NAME": s.model_name}
 
 
