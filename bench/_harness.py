@@ -44,7 +44,8 @@ def build_parser(description: str, *, batch_size: int) -> argparse.ArgumentParse
                         help="untimed steps per loop first; with --compile, step 1 compiles and the baseline's training "
                              "loop recompiles once on step 2 (Hugging Face sets config.problem_type on its first loss)")
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model in both loops")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model in both loops: the pipeline through swan_anomaly.modeling.compile_model "
+                             "(attention as an eager SDPA island), the baseline with plain torch.compile")
     parser.add_argument("--json", type=Path, help="also write the results here")
     return parser
 

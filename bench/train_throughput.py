@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
 import _harness  # noqa: E402  (needs include/ on sys.path)
 import torch  # noqa: E402
 
-from swan_anomaly.modeling import load_classifier  # noqa: E402
+from swan_anomaly.modeling import compile_model, load_classifier  # noqa: E402
 from swan_anomaly.training import TrainConfig, class_weights, make_optimizer, place_for_training, train_step  # noqa: E402
 
 DEFAULTS = TrainConfig()
@@ -40,7 +40,7 @@ def pipeline_loop(model_dir: str, x: torch.Tensor, y: torch.Tensor, args) -> dic
     cfg = TrainConfig(batch_size=args.batch_size, device=args.device)
     optimizer, scheduler = make_optimizer(model, cfg, total_steps=args.warmup + args.steps)
     weights = class_weights(y).to(device)
-    step_model = torch.compile(model) if args.compile else model
+    step_model = compile_model(model) if args.compile else model  # the pipeline compiles with attention as an eager island
     model.train()
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed)).to(device)
 

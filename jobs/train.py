@@ -4,7 +4,8 @@ Parameters: --lake-root (req), --dataset-id (req), --run-id (req), --model (defa
 or vit-tiny-offline; a hub id such as google/vit-base-patch16-224 or a local directory),
 --epochs, --batch-size, --learning-rate, --patience, --monitor (val_loss | val_auroc), --threshold-method (max_f1 | target_fpr),
 --target-fpr (0.01), --generalization (auto | off: the leave-one-family-out report),
---lofo-epochs (15), --seed, --git-sha, --dag-id.
+--lofo-epochs (15), --compile (auto | on | off: torch.compile the training step; auto = on CUDA),
+--seed, --git-sha, --dag-id.
 MLflow settings come from the environment (MLFLOW_TRACKING_URI, SWAN_EXPERIMENT).
 Writes runs/{run_id}/train.json.
 """
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--target-fpr", type=float, default=DEFAULTS.target_fpr, help="false-positive rate for --threshold-method target_fpr")
     parser.add_argument("--generalization", choices=["auto", "off"], default=DEFAULTS.generalization, help="leave-one-family-out report (auto: with 2+ families)")
     parser.add_argument("--lofo-epochs", type=int, default=DEFAULTS.lofo_epochs, help="epoch budget of each leave-one-family-out model")
+    parser.add_argument("--compile", choices=["auto", "on", "off"], default=DEFAULTS.compile, help="torch.compile the training step (auto: on CUDA)")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
     parser.add_argument("--git-sha", default="unknown")
     parser.add_argument("--dag-id", default="")
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     config = TrainConfig(
         model=args.model, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate, patience=args.patience, monitor=args.monitor,
         threshold_method=args.threshold_method, target_fpr=args.target_fpr,
-        generalization=args.generalization, lofo_epochs=args.lofo_epochs, seed=args.seed,
+        generalization=args.generalization, lofo_epochs=args.lofo_epochs, compile=args.compile, seed=args.seed,
     )
     tags = {"git_sha": args.git_sha, "dag_id": args.dag_id}
     return run_entrypoint(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 
@@ -124,3 +125,39 @@ def test_leave_one_family_out_tests_each_family_on_a_model_that_never_saw_it(tmp
     assert generalization.min_unseen_auroc(table) == table.unseen_auroc.min()
     assert "held-out family" in generalization.format_table(table)
     assert generalization.leave_one_family_out(gold[gold.family != "color_shift"], base, spec, config).empty
+
+
+def test_compile_model_matches_eager_and_a_compiled_training_run_equals_an_eager_one():
+    """compile_model's eager SDPA island: same logits as eager; a compiled training run equals an eager one."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from swan_anomaly.modeling import ATTENTION_ISLAND, PRESETS, compile_model
+    from swan_anomaly.training import TrainConfig, _evaluate, train_classifier
+
+    def micro():
+        torch.manual_seed(0)
+        return ViTForImageClassification(ViTConfig(**PRESETS["vit-micro-offline"], num_labels=2, attn_implementation="sdpa"))
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(40, 3, 32, 32, generator=gen)
+    y = (torch.arange(40) % 2 == 0).long()
+    x[y == 0, :, 8:16, 8:16] = 3.0  # a learnable "anomaly"
+    model = micro().eval()
+    with torch.no_grad():
+        eager = model(pixel_values=x[:8]).logits
+        compiled = compile_model(model)
+        assert model.config._attn_implementation == ATTENTION_ISLAND
+        torch.testing.assert_close(compiled(pixel_values=x[:8]).logits, eager, rtol=1e-5, atol=1e-5)
+
+    cfg = dict(epochs=2, patience=5, batch_size=12, learning_rate=1e-3)  # 24 train images: a last batch of 12, then none odd
+    results = {}
+    for mode in ("off", "on"):
+        trained, history, best_epoch = train_classifier(micro(), (x[:24], y[:24]), (x[24:], y[24:]), TrainConfig(compile=mode, **cfg))
+        assert trained.config._attn_implementation == "sdpa", "the saved model must ask for plain SDPA"
+        results[mode] = (_evaluate(trained, x[24:], y[24:], 16)[1], [h.train_loss for h in history], best_epoch)
+    np.testing.assert_allclose(results["on"][0], results["off"][0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(results["on"][1], results["off"][1], rtol=1e-4)
+    assert results["on"][2] == results["off"][2]
+    with pytest.raises(ValueError, match="compile must be"):
+        train_classifier(micro(), (x[:24], y[:24]), (x[24:], y[24:]), TrainConfig(compile="yes", **cfg))

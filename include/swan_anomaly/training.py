@@ -75,6 +75,7 @@ class TrainConfig:
     bias_x: float = 0.4
     bias_y: float = 0.5
     device: str = "auto"
+    compile: str = "auto"  # torch.compile the training step with attention as an eager island: "auto" (on CUDA), "on", "off"
 
 
 @dataclass
@@ -160,6 +161,7 @@ def place_for_training(model, device: str):
     if target.type != "cuda":
         return target, None
     torch.set_float32_matmul_precision("high")
+    torch.backends.cudnn.benchmark = True  # fixed input shapes: cuDNN times the patch-embedding convolution once
     model.to(target)
     return target, torch.bfloat16
 
@@ -259,7 +261,16 @@ def train_classifier(model, train: tuple, val: tuple, cfg: TrainConfig, *, on_ep
     torch.manual_seed(cfg.seed)
     x_train, y_train = train
     x_val, y_val = val
+    if cfg.compile not in ("auto", "on", "off"):
+        msg = f"compile must be 'auto', 'on' or 'off', got {cfg.compile!r}"
+        raise ValueError(msg)
     device, autocast_dtype = place_for_training(model, cfg.device)
+    step_model = model
+    if cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda"):
+        from swan_anomaly.modeling import compile_model
+
+        step_model = compile_model(model)
+        log.info("training steps run through torch.compile (attention as an eager SDPA island); the first step compiles")
     weights = class_weights(y_train).to(device)
     if device.type == "cuda":
         free_bytes, _ = torch.cuda.mem_get_info(device)
@@ -281,7 +292,7 @@ def train_classifier(model, train: tuple, val: tuple, cfg: TrainConfig, *, on_ep
         for step, i in enumerate(range(0, len(order), cfg.batch_size), start=1):
             idx = order[i : i + cfg.batch_size]
             loss = train_step(
-                model, optimizer, scheduler, _to_device(x_train[idx], device), _to_device(y_train[idx], device), weights,
+                step_model, optimizer, scheduler, _to_device(x_train[idx], device), _to_device(y_train[idx], device), weights,
                 autocast_dtype=autocast_dtype,
             )
             running += loss.double() * len(idx)
@@ -319,6 +330,7 @@ def train_classifier(model, train: tuple, val: tuple, cfg: TrainConfig, *, on_ep
                 break
     model.to("cpu")
     model.load_state_dict(best_state)
+    model.config._attn_implementation = "sdpa"  # the island is a compile detail; the saved model asks for plain SDPA
     return model, history, best_epoch
 
 
