@@ -5,18 +5,34 @@ or vit-tiny-offline; a hub id such as google/vit-base-patch16-224 or a local dir
 --epochs, --batch-size, --learning-rate, --patience, --monitor (val_loss | val_auroc), --threshold-method (max_f1 | target_fpr),
 --target-fpr (0.01), --generalization (auto | off: the leave-one-family-out report),
 --lofo-epochs (15), --compile (auto | on | off: torch.compile the training step; auto = on CUDA),
---seed, --git-sha, --dag-id.
+--window-days (1: days of gold partitions to train on, ending with --dataset-id; partitions are
+YYYYMMDD dates, none newer than --dataset-id; a group that landed twice is kept from its newest
+partition; at least 1), --seed, --git-sha, --dag-id.
 MLflow settings come from the environment (MLFLOW_TRACKING_URI, SWAN_EXPERIMENT).
-Writes runs/{run_id}/train.json.
+Writes runs/{run_id}/train.json (``dataset_ids``: the partitions trained on).
 """
 
 from __future__ import annotations
+
+import argparse
 
 from swan_anomaly.config import Settings
 from swan_anomaly.entrypoint import job_parser, run_entrypoint
 from swan_anomaly.training import TrainConfig, run_training
 
 DEFAULTS = TrainConfig()
+
+
+def window_days(text: str) -> int:
+    """``--window-days``: a whole number of days, at least 1."""
+    try:
+        days = int(text)
+    except ValueError:
+        days = 0
+    if days < 1:
+        msg = f"must be a whole number of days, at least 1, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return days
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -33,6 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--generalization", choices=["auto", "off"], default=DEFAULTS.generalization, help="leave-one-family-out report (auto: with 2+ families)")
     parser.add_argument("--lofo-epochs", type=int, default=DEFAULTS.lofo_epochs, help="epoch budget of each leave-one-family-out model")
     parser.add_argument("--compile", choices=["auto", "on", "off"], default=DEFAULTS.compile, help="torch.compile the training step (auto: on CUDA)")
+    parser.add_argument("--window-days", type=window_days, default=1, help="days of gold partitions to train on, ending with --dataset-id")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
     parser.add_argument("--git-sha", default="unknown")
     parser.add_argument("--dag-id", default="")
@@ -45,7 +62,10 @@ def main(argv: list[str] | None = None) -> dict:
     tags = {"git_sha": args.git_sha, "dag_id": args.dag_id}
     return run_entrypoint(
         "train", args,
-        lambda: run_training(lake_root=args.lake_root, dataset_id=args.dataset_id, run_id=args.run_id, config=config, settings=settings, tags=tags),
+        lambda: run_training(
+            lake_root=args.lake_root, dataset_id=args.dataset_id, run_id=args.run_id, config=config, settings=settings, tags=tags,
+            window_days=args.window_days,
+        ),
     )
 
 

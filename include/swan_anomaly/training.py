@@ -1,5 +1,8 @@
 """Training job: fine-tune a ViT on the gold set, log to MLflow, log the served pyfunc.
 
+Trains on a window of gold partitions: the ``window_days`` landing days ending with the run's
+dataset, a group that landed twice kept only from its newest partition (:func:`load_gold`).
+
 Seeded; AdamW with linear warmup and decay; early stopping on the validation loss (or on
 validation AUROC with ties broken by the loss, ``monitor="val_auroc"``) with the best epoch
 restored; metrics with the anomaly class as positive.
@@ -11,7 +14,7 @@ step, shared with ``bench/train_throughput.py``.
 
 Example:
     >>> result = run_training(lake_root=Path(".swan/lake"), dataset_id="20261126", run_id="manual__x",
-    ...                       config=TrainConfig(model="vit-tiny-offline"), settings=Settings.from_env())  # doctest: +SKIP
+    ...                       config=TrainConfig(model="vit-tiny-offline"), settings=Settings.from_env(), window_days=7)  # doctest: +SKIP
     >>> result["val"]["auroc"]                                                                             # doctest: +SKIP
     1.0
 """
@@ -23,9 +26,11 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
+from datetime import date, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
 
@@ -50,6 +55,8 @@ SERVING_REQUIREMENTS = ("torch", "transformers", "opencv-python-headless", "nump
 PROGRESS_EVERY_S = 30.0
 #: The training set moves to the GPU whole when it takes at most this share of the free GPU memory.
 GPU_DATA_SHARE = 0.5
+#: Dataset ids that are landing dates; only these take part in a training window.
+DATASET_ID = re.compile(r"\d{8}")
 
 
 @dataclass(frozen=True)
@@ -88,14 +95,126 @@ class EpochResult:
     images_per_s: float
 
 
-def load_gold(lake: LocalLake, dataset_id: str) -> pd.DataFrame:
-    """The gold rows of one dataset (pyarrow, no Spark needed)."""
+def dataset_date(dataset_id: str) -> date | None:
+    """The landing date of a ``YYYYMMDD`` dataset id, or None for any other id.
+
+    Example:
+        >>> dataset_date("20261126"), dataset_date("2026-11-26"), dataset_date("20261341")
+        (datetime.date(2026, 11, 26), None, None)
+    """
+    if not DATASET_ID.fullmatch(dataset_id):
+        return None
+    try:
+        return datetime.strptime(dataset_id, "%Y%m%d").date()
+    except ValueError:
+        return None
+
+
+def window_dataset_ids(lake: LocalLake, dataset_id: str, window_days: int = 1) -> list[str]:
+    """The gold partitions of the training window of ``dataset_id``, oldest first.
+
+    The window is the ``window_days`` days ending with ``dataset_id``'s date, both ends
+    included. Partitions whose id is not a ``YYYYMMDD`` date are ignored, and so are partitions
+    newer than ``dataset_id``: a backfill never trains on data that arrived later. The
+    partition of ``dataset_id`` itself is always in the list (whether it exists or not; see
+    :func:`load_gold`).
+
+    Raises:
+        ValueError: ``window_days`` is below 1, or above 1 while ``dataset_id`` is not a date.
+
+    Example:
+        >>> window_dataset_ids(LocalLake(Path(".swan/lake")), "20261126", 3)  # doctest: +SKIP
+        ['20261124', '20261126']
+    """
+    if isinstance(window_days, bool) or not isinstance(window_days, int) or window_days < 1:
+        msg = f"window_days must be a whole number of days, at least 1, got {window_days!r}"
+        raise ValueError(msg)
+    if window_days == 1:
+        return [dataset_id]
+    end = dataset_date(dataset_id)
+    if end is None:
+        msg = f"a training window of {window_days} days needs a dataset id that is a date (YYYYMMDD), got {dataset_id!r}"
+        raise ValueError(msg)
+    start = end - timedelta(days=window_days - 1)
+    found = {dataset_id}
+    if lake.gold.is_dir():
+        for child in lake.gold.iterdir():
+            key, _, value = child.name.partition("=")
+            day = dataset_date(value) if key == "dataset_id" and child.is_dir() else None
+            if day is not None and start <= day <= end:
+                found.add(value)
+    return sorted(found)
+
+
+def _read_partition(lake: LocalLake, dataset_id: str) -> pd.DataFrame:
     partition = lake.gold / f"dataset_id={dataset_id}"
     table = pd.read_parquet(partition) if partition.is_dir() else pd.DataFrame()
-    if table.empty:
+    # the partition value lives in the directory name; keep it as the string it is
+    return table.assign(dataset_id=dataset_id) if not table.empty else table
+
+
+def load_gold(lake: LocalLake, dataset_id: str, window_days: int = 1) -> pd.DataFrame:
+    """The gold rows of the training window of ``dataset_id`` (pyarrow, no Spark needed).
+
+    Reads every partition of :func:`window_dataset_ids` and adds a ``dataset_id`` column. Splits
+    are assigned per partition by source group (video + time block), so the same video landing
+    on two days would put the same group, and the same images, into two partitions, possibly
+    into different splits. A group is therefore kept only from the newest partition that has it:
+    an older partition loses every group whose name, or any of whose images (``image_path``),
+    occurs in a newer partition of the window. What is dropped is logged.
+
+    Args:
+        lake: the lake.
+        dataset_id: the newest partition of the window; it must exist and hold rows.
+        window_days: days of partitions, ending with ``dataset_id`` (1: that partition only).
+
+    Returns:
+        The rows sorted by ``(dataset_id, sample_id)``, index ``0..n-1``.
+
+    Raises:
+        JobError: the partition of ``dataset_id`` is missing or empty.
+        ValueError: as for :func:`window_dataset_ids`.
+
+    Example:
+        >>> gold = load_gold(LocalLake(Path(".swan/lake")), "20261126", window_days=7)  # doctest: +SKIP
+        >>> sorted(gold.dataset_id.unique())                                           # doctest: +SKIP
+        ['20261124', '20261126']
+    """
+    ids = window_dataset_ids(lake, dataset_id, window_days)
+    current = _read_partition(lake, dataset_id)
+    if current.empty:
+        partition = lake.gold / f"dataset_id={dataset_id}"
         msg = f"{partition}: no gold rows for dataset {dataset_id!r}; run the augmentation job first"
         raise JobError(msg)
-    return table.sort_values("sample_id", ignore_index=True)
+    kept = [current]
+    seen_groups, seen_images = set(current.group), set(current.image_path)
+    for older_id in reversed(ids[:-1]):  # newest first, so each group stays with the newest partition that has it
+        older = _read_partition(lake, older_id)
+        if older.empty:
+            log.info("gold partition %s of the training window has no rows; skipped", older_id)
+            continue
+        clash = older.group.isin(seen_groups) | older.image_path.isin(seen_images)
+        dropped_groups = set(older.group[clash])
+        drop = older.group.isin(dropped_groups)
+        seen_groups |= set(older.group)
+        seen_images |= set(older.image_path)
+        if drop.any():
+            names = sorted(dropped_groups)
+            log.warning(
+                "gold partition %s: dropped %d rows of %d groups that a newer partition of the window also has: %s%s",
+                older_id, int(drop.sum()), len(names), ", ".join(names[:10]), f" and {len(names) - 10} more" if len(names) > 10 else "",
+            )
+        if drop.all():
+            log.info("gold partition %s of the training window adds nothing after the overlap rule", older_id)
+            continue
+        kept.append(older[~drop])
+    gold = pd.concat(kept, ignore_index=True) if len(kept) > 1 else current
+    gold = gold.sort_values(["dataset_id", "sample_id"], ignore_index=True)
+    log.info(
+        "training window of %s (%d days): %s",
+        dataset_id, window_days, ", ".join(f"{d} {n} rows" for d, n in gold.dataset_id.value_counts(sort=False).sort_index().items()),
+    )
+    return gold
 
 
 def _tensors(frame: pd.DataFrame, spec):
@@ -400,7 +519,10 @@ def ensure_experiment(settings: Settings) -> str:
 
 
 def gold_dataset(lake: LocalLake, dataset_id: str, gold: pd.DataFrame):
-    """The gold partition as an MLflow dataset: lake path as source, digest over rows and image bytes."""
+    """The rows of one gold partition as an MLflow dataset: lake path as source, digest over rows and image bytes.
+
+    Pass the rows that were used (after the window's overlap rule), so the digest says what trained.
+    """
     import hashlib
 
     import mlflow.data
@@ -428,8 +550,16 @@ def family_grid_of(lake: LocalLake, dataset_id: str, *, seed: int):
     return None
 
 
-def run_training(*, lake_root: Path, dataset_id: str, run_id: str, config: TrainConfig, settings: Settings, tags: dict | None = None) -> dict:
-    """Train on the gold set of ``dataset_id``, log everything to MLflow and return the job result."""
+def run_training(
+    *, lake_root: Path, dataset_id: str, run_id: str, config: TrainConfig, settings: Settings, tags: dict | None = None, window_days: int = 1,
+) -> dict:
+    """Train on the gold window of ``dataset_id``, log everything to MLflow and return the job result.
+
+    ``window_days`` days of gold partitions ending with ``dataset_id`` are trained on, validated
+    and tested on together (:func:`load_gold`; 1: that dataset only). Every partition used is an
+    MLflow input of the run and is named in the param and tag ``training_dataset_ids`` and in the
+    result's ``dataset_ids``.
+    """
     import mlflow
     import torch
 
@@ -440,29 +570,31 @@ def run_training(*, lake_root: Path, dataset_id: str, run_id: str, config: Train
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     lake = LocalLake(lake_root)
-    gold = load_gold(lake, dataset_id)
+    gold = load_gold(lake, dataset_id, window_days)
+    dataset_ids = sorted(gold.dataset_id.unique())
     base = resolve_base_model(config.model, settings.models_dir, seed=config.seed)
     spec = preprocess_spec(base, bias_x=config.bias_x, bias_y=config.bias_y)
     model = load_classifier(base)
     parts = {s: gold[gold.split == s.value] for s in Split}
     for s, part in parts.items():
         if s is not Split.TRAIN and part.label.nunique() < 2:
-            msg = f"{s.value} split of dataset {dataset_id!r} has labels {sorted(part.label.unique())}; it needs both abnormal and normal images"
+            msg = f"{s.value} split of datasets {dataset_ids} has labels {sorted(part.label.unique())}; it needs both abnormal and normal images"
             raise JobError(msg)
     train, val, test = (_tensors(parts[s], spec) for s in (Split.TRAIN, Split.VAL, Split.TEST))
     log.info(
-        "training %s on %d images (val %d, test %d), input %dpx, on %s",
-        config.model, len(train[0]), len(val[0]), len(test[0]), spec.size, device,
+        "training %s on %d images (val %d, test %d) of datasets %s, input %dpx, on %s",
+        config.model, len(train[0]), len(val[0]), len(test[0]), ",".join(dataset_ids), spec.size, device,
     )
 
     experiment_id = ensure_experiment(settings)
-    run_tags = {"airflow_run_id": run_id, "dataset_id": dataset_id, **(tags or {})}
+    run_tags = {"airflow_run_id": run_id, "dataset_id": dataset_id, "training_dataset_ids": ",".join(dataset_ids), **(tags or {})}
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{dataset_id}", tags=run_tags) as run:
         mlflow.log_params({
             **asdict(config), "base_model": base, "image_size": spec.size, "train_images": len(train[0]), "dataset_id": dataset_id,
-            "device_used": str(device),
+            "device_used": str(device), "window_days": window_days, "training_dataset_ids": ",".join(dataset_ids),
         })
-        mlflow.log_input(gold_dataset(lake, dataset_id, gold), context="training")
+        for used in dataset_ids:  # one input per partition, its digest over the rows that trained
+            mlflow.log_input(gold_dataset(lake, used, gold[gold.dataset_id == used]), context="training")
         model, history, best_epoch = train_classifier(
             model, train, val, config,
             on_epoch=lambda r: mlflow.log_metrics(
@@ -532,6 +664,8 @@ def run_training(*, lake_root: Path, dataset_id: str, run_id: str, config: Train
         "val": results["val"],
         "test": results["test"],
         "images": {s.value: int(len(p)) for s, p in parts.items()},
+        "dataset_ids": dataset_ids,
+        "window_days": window_days,
         "labels": {str(ABNORMAL): "abnormal", str(NORMAL): "normal"},
         "config": asdict(config),
     }

@@ -1,0 +1,195 @@
+"""Training on a window of gold partitions: which partitions, the overlap rule, errors, the job end to end."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from swan_anomaly._errors import JobError
+from swan_anomaly.lake import LocalLake
+from swan_anomaly.training import load_gold, window_dataset_ids
+
+GOLD_COLUMNS = ["sample_id", "image_path", "content", "label", "family", "group", "split", "aug", "variant", "video_id", "frame_index"]
+
+
+def _image(seed: int, abnormal: bool) -> bytes:
+    """A 32 px JPEG: a smooth frame, with a dark-and-bright square when ``abnormal``."""
+    from swan_anomaly.images import encode_jpeg
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:32, 0:32]
+    frame = np.stack([60 + 40 * np.sin(xx / 5 + seed), 110 + 30 * np.cos(yy / 4), 160 + 0 * xx], axis=2) + rng.normal(0, 4, (32, 32, 3))
+    if abnormal:
+        frame[8:20, 10:22] = np.where(rng.random((12, 12, 1)) < 0.5, 0, 255)
+    return encode_jpeg(np.clip(frame, 0, 255).astype(np.uint8))
+
+
+def _rows(groups: dict[str, str], frames: int = 2) -> pd.DataFrame:
+    """Gold rows (as the augmentation job writes them, ``none`` only): per group ``frames`` normal and abnormal images.
+
+    ``groups`` maps a group name ``{video}-b{block:04d}`` to its split; frame indices follow the block,
+    so the same group name means the same images, whatever partition it lands in.
+    """
+    rows = []
+    for group, split in groups.items():
+        video, block = group.rsplit("-b", 1)
+        for k in range(frames):
+            index = int(block) * 100 + k
+            for label, path in ((1, f"frames/{video}/frame_{index:05d}.png"), (0, f"anomalies/{video}/frame_{index:05d}_salt_pepper_polygons_0.png")):
+                content = _image(index * 2 + label + sum(map(ord, video)), abnormal=label == 0)
+                family = "none" if label == 1 else "salt_pepper_polygons"
+                rows.append((f"{path}#none", path, content, label, family, group, split, "none", 0, video, index))
+    return pd.DataFrame(rows, columns=GOLD_COLUMNS)
+
+
+def _write(lake: LocalLake, dataset_id: str, rows: pd.DataFrame) -> None:
+    partition = lake.gold / f"dataset_id={dataset_id}"
+    partition.mkdir(parents=True, exist_ok=True)
+    rows.to_parquet(partition / "part-00000.snappy.parquet", index=False)
+
+
+def _days(lake: LocalLake, ids: list[str]) -> None:
+    """One partition per id, each with its own video (so nothing overlaps)."""
+    for i, dataset_id in enumerate(ids):
+        _write(lake, dataset_id, _rows({f"v{i}-b0000": "train", f"v{i}-b0001": "val", f"v{i}-b0002": "test"}, frames=1))
+
+
+def test_window_of_one_day_reads_only_the_current_partition(tmp_path):
+    lake = LocalLake(tmp_path / "lake")
+    _days(lake, ["20260101", "20260102", "20260103"])
+    gold = load_gold(lake, "20260102")
+    assert set(gold.dataset_id) == {"20260102"}
+    assert gold.dataset_id.map(type).eq(str).all(), "dataset_id must stay a string, not a partition-discovered integer"
+    assert len(gold) == 6 and list(gold.sample_id) == sorted(gold.sample_id)
+    assert gold.index.tolist() == list(range(len(gold)))
+    pd.testing.assert_frame_equal(load_gold(lake, "20260102", window_days=1), gold)
+
+
+def test_window_of_three_days_takes_the_dates_in_range_only(tmp_path):
+    lake = LocalLake(tmp_path / "lake")
+    # 20251230 is one day too old, 20260103 is newer than the run's dataset; the window crosses a year
+    _days(lake, ["20251230", "20251231", "20260101", "20260102", "20260103"])
+    (lake.gold / "dataset_id=latest").mkdir()  # not a date: ignored
+    (lake.gold / "dataset_id=2026010").mkdir()  # seven digits: not a date either
+    (lake.gold / "_SUCCESS").write_text("")
+    assert window_dataset_ids(lake, "20260102", 3) == ["20251231", "20260101", "20260102"]
+    gold = load_gold(lake, "20260102", window_days=3)
+    assert sorted(gold.dataset_id.unique()) == ["20251231", "20260101", "20260102"]
+    assert gold.groupby("dataset_id").size().to_dict() == {"20251231": 6, "20260101": 6, "20260102": 6}
+    assert list(zip(gold.dataset_id, gold.sample_id)) == sorted(zip(gold.dataset_id, gold.sample_id))
+    # a backfill of an old date sees neither its future nor anything outside the window
+    assert sorted(load_gold(lake, "20251231", window_days=3).dataset_id.unique()) == ["20251230", "20251231"]
+    # a missing day inside the window is no error
+    assert window_dataset_ids(lake, "20260105", 4) == ["20260102", "20260103", "20260105"]
+
+
+def test_a_group_in_two_partitions_is_kept_only_from_the_newest(tmp_path, caplog):
+    lake = LocalLake(tmp_path / "lake")
+    # video A landed on both days and its groups got other splits the second time; vD's frames were
+    # grouped differently on the second day (another time block), so only the images tell the overlap
+    old = _rows({"vA-b0000": "train", "vA-b0001": "val", "vB-b0000": "test", "vB-b0001": "train", "vD-b0001": "train"})
+    new = _rows({"vA-b0000": "test", "vA-b0001": "train", "vC-b0000": "val", "vC-b0001": "train"})
+    new = pd.concat([new, _rows({"vD-b0001": "val"}).assign(group="vD-b0000")], ignore_index=True)
+    _write(lake, "20260101", old)
+    _write(lake, "20260102", new)
+    with caplog.at_level(logging.INFO, logger="swan_anomaly.training"):
+        gold = load_gold(lake, "20260102", window_days=2)
+    assert gold.groupby("group").split.nunique().max() == 1, "a group sits in two splits"
+    assert gold.groupby("group").dataset_id.nunique().max() == 1, "a group comes from two partitions"
+    assert not gold.image_path.duplicated().any(), "an image appears twice"
+    assert not gold.sample_id.duplicated().any()
+    by_group = gold.groupby("group").agg(dataset_id=("dataset_id", "first"), split=("split", "first")).to_dict("index")
+    assert by_group == {
+        "vA-b0000": {"dataset_id": "20260102", "split": "test"},
+        "vA-b0001": {"dataset_id": "20260102", "split": "train"},
+        "vB-b0000": {"dataset_id": "20260101", "split": "test"},
+        "vB-b0001": {"dataset_id": "20260101", "split": "train"},
+        "vC-b0000": {"dataset_id": "20260102", "split": "val"},
+        "vC-b0001": {"dataset_id": "20260102", "split": "train"},
+        "vD-b0000": {"dataset_id": "20260102", "split": "val"},
+    }
+    assert len(gold) == len(new) + 2 * 2 * 2  # the newest partition whole, plus vB's two groups of the older one
+    dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(dropped) == 1 and "20260101" in dropped[0] and "12 rows of 3 groups" in dropped[0]
+    assert all(g in dropped[0] for g in ("vA-b0000", "vA-b0001", "vD-b0001"))
+
+
+def test_missing_or_empty_current_partition_is_a_clear_error(tmp_path):
+    lake = LocalLake(tmp_path / "lake")
+    _days(lake, ["20260101"])
+    with pytest.raises(JobError, match=r"dataset_id=20260102: no gold rows for dataset '20260102'.*augmentation job"):
+        load_gold(lake, "20260102", window_days=2)  # the older day alone must not stand in for it
+    _write(lake, "20260102", _rows({}).astype({"label": "int64", "variant": "int64", "frame_index": "int64"}))
+    with pytest.raises(JobError, match="dataset_id=20260102: no gold rows"):
+        load_gold(lake, "20260102", window_days=2)
+
+
+@pytest.mark.parametrize("days", [0, -1, 1.5, True])
+def test_window_days_below_one_or_not_whole_is_refused(tmp_path, days):
+    lake = LocalLake(tmp_path / "lake")
+    _days(lake, ["20260101"])
+    with pytest.raises(ValueError, match="window_days must be a whole number of days, at least 1"):
+        load_gold(lake, "20260101", window_days=days)
+
+
+def test_a_window_needs_a_dated_dataset_id(tmp_path):
+    lake = LocalLake(tmp_path / "lake")
+    _days(lake, ["manual"])
+    assert set(load_gold(lake, "manual").dataset_id) == {"manual"}  # a single partition needs no date
+    with pytest.raises(ValueError, match="needs a dataset id that is a date"):
+        load_gold(lake, "manual", window_days=2)
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "two", "1.5"])
+def test_train_job_refuses_a_bad_window_as_a_usage_error(tmp_path, value, capsys):
+    from jobs.train import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--lake-root", str(tmp_path), "--dataset-id", "20260101", "--run-id", "r", "--window-days", value])
+    assert exc.value.code == 2
+    assert "--window-days: must be a whole number of days, at least 1" in capsys.readouterr().err
+
+
+def test_train_job_trains_on_a_two_day_window_and_logs_the_lineage(tmp_path, monkeypatch):
+    import mlflow
+
+    from jobs.train import main
+    from swan_anomaly.training import gold_dataset
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
+    monkeypatch.setenv("SWAN_MLFLOW_ARTIFACTS", str(tmp_path / "artifacts"))
+    monkeypatch.setenv("SWAN_EXPERIMENT", "swan-window-test")
+    lake = LocalLake(tmp_path / "lake")
+    _write(lake, "20251231", _rows({"vZ-b0000": "train", "vZ-b0001": "val", "vZ-b0002": "test"}))  # outside a two-day window
+    _write(lake, "20260101", _rows({"vA-b0000": "train", "vA-b0001": "train", "vA-b0002": "val", "vA-b0003": "test", "vB-b0000": "train"}))
+    _write(lake, "20260102", _rows({"vB-b0000": "test", "vC-b0000": "train", "vC-b0001": "val", "vC-b0002": "test"}))
+    result = main([
+        "--lake-root", str(lake.root), "--dataset-id", "20260102", "--run-id", "manual__window",
+        "--model", "vit-micro-offline", "--epochs", "1", "--batch-size", "16", "--generalization", "off", "--compile", "off",
+        "--window-days", "2",
+    ])
+    written = json.loads((lake.run_dir("manual__window") / "train.json").read_text())
+    assert written["dataset_ids"] == result["dataset_ids"] == ["20260101", "20260102"]
+    assert written["dataset_id"] == "20260102" and written["window_days"] == 2
+    # 20260101 without vB-b0000 (the newer day has it): 4 groups x 2 frames x 2 labels, plus 4 groups of 20260102
+    assert written["images"] == {"train": 12, "val": 8, "test": 12}
+
+    run = mlflow.MlflowClient(uri).get_run(written["mlflow_run_id"])
+    assert run.data.params["window_days"] == "2"
+    assert run.data.params["training_dataset_ids"] == run.data.tags["training_dataset_ids"] == "20260101,20260102"
+    assert run.data.params["dataset_id"] == run.data.tags["dataset_id"] == "20260102"
+    inputs = {i.dataset.name: i.dataset for i in run.inputs.dataset_inputs}
+    assert sorted(inputs) == ["gold-20260101", "gold-20260102"]
+    gold = load_gold(lake, "20260102", window_days=2)
+    for dataset_id in ("20260101", "20260102"):
+        source = json.loads(inputs[f"gold-{dataset_id}"].source)
+        assert str(lake.gold / f"dataset_id={dataset_id}") in json.dumps(source)
+        used = gold[gold.dataset_id == dataset_id]
+        assert inputs[f"gold-{dataset_id}"].digest == gold_dataset(lake, dataset_id, used).digest, "the digest must cover the rows that trained"
+    assert inputs["gold-20260101"].digest != gold_dataset(lake, "20260101", pd.read_parquet(lake.gold / "dataset_id=20260101").assign(dataset_id="20260101")).digest
