@@ -37,9 +37,12 @@ demo: $(STAMP)
 test: $(STAMP) $(NODE_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The real Airflow UI and scheduler with this project's folders: http://localhost:8080
+# The real Airflow (api-server + UI, scheduler with the LocalExecutor, dag-processor, triggerer) with this
+# project's folders: http://localhost:8080. The pool `swan_training` (1 slot) must exist before tasks that use it run.
 airflow: $(STAMP)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" airflow standalone
+	$(VENV)/bin/airflow db migrate > /dev/null
+	$(VENV)/bin/airflow pools set swan_training 1 "one run trains or promotes at a time" > /dev/null
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" PYTHONPATH="$(CURDIR)/plugins:$(CURDIR)/include" airflow standalone
 
 mlflow-ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(SWAN_HOME)/mlflow/mlflow.db --port 5000

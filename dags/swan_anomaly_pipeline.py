@@ -10,24 +10,34 @@ import datetime as dt
 import os
 
 import pendulum
-from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
+from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable, Param, dag, get_current_context, task
 
-from swan_airflow.callbacks import log_failure
+from swan_airflow.callbacks import failure_callbacks
 from swan_airflow.databricks_runs import submit_run_json
+from swan_airflow.ingest import LANDING_ASSET
 
 SCHEDULE = os.environ.get("SWAN_SCHEDULE", "@daily")
-# Where the Spark and training jobs run: "local" (subprocesses, the embedded default) or "databricks".
+# Default of the `backend` Param: where the Spark and training jobs run, "local" (subprocesses,
+# the embedded default) or "databricks" (one-time job runs; needs the ADLS lake).
 COMPUTE_BACKEND = os.environ.get("SWAN_COMPUTE_BACKEND", "local")
 DATABRICKS_CONN_ID = os.environ.get("SWAN_DATABRICKS_CONN_ID", "databricks_default")
 DEFAULT_MODEL = os.environ.get("SWAN_MODEL", "vit-tiny-offline")
 MODEL = "{{ params.model or '" + DEFAULT_MODEL + "' }}"
+MODEL_EXAMPLES = ["vit-tiny-offline", "vit-micro-offline", "google/vit-base-patch16-224"]
+# One slot: two runs (scheduled, asset-triggered, backfilled, manual) never train or promote at once.
+POOL = os.environ.get("SWAN_POOL", "swan_training")
+TASK_TIMEOUT = dt.timedelta(minutes=float(os.environ.get("SWAN_TASK_TIMEOUT_MINUTES", "60")))
+TRAINING_TIMEOUT = dt.timedelta(minutes=float(os.environ.get("SWAN_TRAINING_TIMEOUT_MINUTES", "360")))
+FAMILIES = ["salt_pepper_polygons", "cutpaste", "perlin_texture", "occlusion", "local_blur", "color_shift"]
 
 default_args = {
     "owner": "swan-anomaly",
-    "retries": 2,
-    "retry_delay": dt.timedelta(seconds=30),
+    "retries": int(os.environ.get("SWAN_RETRIES", "2")),
+    "retry_delay": dt.timedelta(seconds=float(os.environ.get("SWAN_RETRY_DELAY_SECONDS", "30"))),
     "retry_exponential_backoff": True,
-    "on_failure_callback": log_failure,
+    "max_retry_delay": dt.timedelta(minutes=10),
+    "execution_timeout": TASK_TIMEOUT,
+    "on_failure_callback": failure_callbacks(),
 }
 
 
@@ -39,47 +49,86 @@ def _run_facts() -> tuple[str, str, dict]:
     params = ctx["params"]
     dag_run = ctx["dag_run"]
     dataset_id = dataset_id_for(
-        landing_date=params.get("landing_date") or None, interval_start=ctx.get("data_interval_start"), run_after=getattr(dag_run, "run_after", None)
+        landing_date=_landing_date(ctx), interval_start=ctx.get("data_interval_start"), run_after=getattr(dag_run, "run_after", None)
     )
     return dataset_id, dag_run.run_id, params
 
 
+def _landing_date(ctx) -> str | None:
+    """The landing date a run processes: the `landing_date` Param, else the one its asset event names."""
+    from swan_airflow.ingest import landing_date_from_events
+
+    return ctx["params"].get("landing_date") or landing_date_from_events(ctx.get("triggering_asset_events"))
+
+
 @dag(
-    schedule=CronDataIntervalTimetable(SCHEDULE, timezone="UTC"),
+    # Daily over data intervals (backfillable), and also whenever the ingest DAG lands videos.
+    schedule=AssetOrTimeSchedule(timetable=CronDataIntervalTimetable(SCHEDULE, timezone="UTC"), assets=LANDING_ASSET),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     default_args=default_args,
     tags=["swan", "mlops", "anomaly-detection"],
     params={
-        "landing_date": Param(None, type=["null", "string"], format="date", description="Process videos that arrived on this date (YYYY-MM-DD) instead of the run's data interval."),
-        "videos": Param([], type="array", items={"type": "string"}, description="Explicit video paths; overrides the landing-zone lookup."),
-        "every_seconds": Param(0.5, type="number", exclusiveMinimum=0, description="Extract one frame every N seconds."),
-        "frames_start_s": Param(None, type=["null", "number"], minimum=0, description="Skip each video's first N seconds."),
-        "frames_end_s": Param(None, type=["null", "number"], minimum=0, description="Stop at this second of each video (must lie inside it)."),
-        "max_frames": Param(None, type=["null", "integer"], minimum=1, description="At most this many frames per video."),
+        # Data
+        "landing_date": Param(
+            None, type=["null", "string"], format="date", title="Landing date", section="Data",
+            description="Process the videos that arrived on this date (landing/YYYY-MM-DD/). Empty: the run's data interval, or the date its asset event names.",
+        ),
+        "videos": Param(
+            [], type="array", items={"type": "string", "minLength": 1}, title="Videos", section="Data",
+            description="Explicit video paths, one per line; overrides the landing-zone lookup.",
+        ),
+        "every_seconds": Param(0.5, type="number", exclusiveMinimum=0, maximum=3600, title="Frame interval (s)", section="Data", description="Extract one frame every N seconds."),
+        "frames_start_s": Param(None, type=["null", "number"], minimum=0, title="Start (s)", section="Data", description="Skip each video's first N seconds."),
+        "frames_end_s": Param(None, type=["null", "number"], minimum=0, title="End (s)", section="Data", description="Stop at this second of each video (must lie inside it)."),
+        "max_frames": Param(None, type=["null", "integer"], minimum=1, title="Max frames per video", section="Data", description="At most this many frames per video."),
         "dedupe_distance": Param(
-            None, type=["null", "integer"], minimum=0, maximum=64,
-            description="Drop a frame whose perceptual hash is within this many bits of the last kept one (a still camera); null keeps all.",
+            None, type=["null", "integer"], minimum=0, maximum=64, title="Near-duplicate distance", section="Data",
+            description="Drop a frame whose perceptual hash is within this many bits of the last kept one (a still camera); empty keeps all.",
         ),
         "anomaly_families": Param(
-            ["salt_pepper_polygons"], type="array", minItems=1, uniqueItems=True,
-            items={"type": "string", "enum": ["salt_pepper_polygons", "cutpaste", "perlin_texture", "occlusion", "local_blur", "color_shift"]},
-            description="Anomaly families mixed into the dataset in equal shares.",
+            ["salt_pepper_polygons"], type="array", minItems=1, uniqueItems=True, items={"type": "string", "enum": FAMILIES},
+            title="Anomaly families", section="Data", description="Synthetic anomaly families mixed into the dataset in equal shares (one per line).",
+        ),
+        "anomaly_ratio": Param(
+            0.5, type="number", exclusiveMinimum=0, exclusiveMaximum=1, title="Anomaly ratio", section="Data", description="Share of abnormal images in the dataset, between 0 and 1.",
         ),
         "label_check": Param(
-            None, type=["null", "boolean"],
-            description="Ask an Azure OpenAI vision deployment (connection swan_label_check) what a seeded sample of normal frames shows; null: env SWAN_LABEL_CHECK decides.",
+            None, type=["null", "boolean"], title="Label check", section="Data",
+            description="Ask an Azure OpenAI vision deployment (connection swan_label_check) what a seeded sample of normal frames shows; empty: env SWAN_LABEL_CHECK decides.",
         ),
-        "anomaly_ratio": Param(0.5, type="number", exclusiveMinimum=0, exclusiveMaximum=1, description="Share of abnormal images in the dataset."),
-        "seed": Param(42, type="integer", description="Seed of anomaly synthesis, splits, augmentation and training."),
-        "image_size": Param(None, type=["null", "integer"], description="Override the model input size (default: the model config's)."),
-        "epochs": Param(40, type="integer", minimum=1, maximum=200, description="Maximum training epochs (early stopping may end sooner)."),
-        "model": Param(None, type=["null", "string"], description="Model preset, hub id or local directory (default: SWAN_MODEL)."),
-        "gate_mode": Param("enabled", enum=["enabled", "dry_run", "disabled"], description="Promotion gate: enforce, only report, or skip."),
+        "seed": Param(42, type="integer", minimum=0, title="Seed", section="Data", description="Seed of anomaly synthesis, splits, augmentation and training."),
+        # Training
+        "model": Param(
+            None, type=["null", "string"], examples=MODEL_EXAMPLES, title="Model", section="Training",
+            description=f"Offline preset, Hugging Face hub id or local directory (default: {DEFAULT_MODEL}, env SWAN_MODEL).",
+        ),
+        "image_size": Param(None, type=["null", "integer"], minimum=16, maximum=1024, title="Image size", section="Training", description="Override the model input size (default: the model config's)."),
+        "epochs": Param(40, type="integer", minimum=1, maximum=200, title="Epochs", section="Training", description="Maximum training epochs (early stopping may end sooner)."),
+        "training_window_days": Param(
+            1, type="integer", minimum=1, maximum=365, title="Training window (days)", section="Training",
+            description="Train on the dataset partitions of this many days up to the run's own (1: only this run's data).",
+        ),
+        "backend": Param(
+            COMPUTE_BACKEND, enum=["local", "databricks"], title="Compute backend", section="Training",
+            description="Where ETL, augmentation and training run: local subprocesses or Databricks job runs (needs the ADLS lake).",
+        ),
+        # Promotion
+        "gate_mode": Param("enabled", enum=["enabled", "dry_run", "disabled"], title="Gate mode", section="Promotion", description="Promotion gate: enforce, only report, or skip."),
+        "gate_min_val_auroc": Param(0.90, type="number", minimum=0, maximum=1, title="Min validation AUROC", section="Promotion", description="The challenger needs at least this validation AUROC (anomaly class positive)."),
+        "gate_min_val_f1": Param(0.80, type="number", minimum=0, maximum=1, title="Min validation F1", section="Promotion", description="The challenger needs at least this validation F1 at its stored threshold."),
         "gate_min_unseen_auroc": Param(
-            None, type=["null", "number"], minimum=0, maximum=1,
+            None, type=["null", "number"], minimum=0, maximum=1, title="Min unseen-family AUROC", section="Promotion",
             description="Also require this AUROC on every anomaly family held out of training (leave-one-family-out report; needs 2+ families).",
+        ),
+        "force_promote": Param(
+            False, type="boolean", title="Force promote", section="Promotion",
+            description="Promote the challenger even if it fails the gate. Needs a reason; the endpoint validation still runs and rolls back on failure. Off in deployments with SWAN_ALLOW_FORCE_PROMOTE=false.",
+        ),
+        "force_promote_reason": Param(
+            None, type=["null", "string"], maxLength=500, title="Force-promote reason", section="Promotion",
+            description="Why the gate is overridden (at least 10 characters); stored as a tag of the model version.",
         ),
     },
 )
@@ -125,8 +174,9 @@ def swan_anomaly_pipeline():
         if params.get("videos"):
             videos = [str(Path(v).absolute()) for v in params["videos"]]
         else:
-            if params.get("landing_date"):
-                start = dt.date.fromisoformat(params["landing_date"])
+            landing_date = _landing_date(ctx)
+            if landing_date:
+                start = dt.date.fromisoformat(landing_date)
                 end = start + dt.timedelta(days=1)
             else:
                 start, end = ctx["data_interval_start"].date(), ctx["data_interval_end"].date()
@@ -248,32 +298,23 @@ def swan_anomaly_pipeline():
 
         return deploy(lake(), job_lake_root())
 
-    @task
-    def run_local_job(job: str, args: list[str]) -> dict:
-        """Run a job entrypoint as a subprocess on this worker; its result lands in runs/{run_id}/."""
-        from swan_airflow.jobs import run_job
-
-        dataset_id, run_id, _ = _run_facts()
-        result = run_job(job, dataset_id=dataset_id, run_id=run_id, args=args)
-        return {"job": job, "seconds": result.get("seconds")}
-
     def job_task(task_id: str, job: str, args: list[str], **kwargs):
-        """The job as a Databricks one-time run or a local subprocess, by SWAN_COMPUTE_BACKEND; same task id."""
-        if COMPUTE_BACKEND == "databricks":
-            from swan_airflow.submit_run import IdempotentSubmitRunOperator
+        """The job as a local subprocess or a Databricks one-time run, by the run's `backend` Param; same task id."""
+        from swan_airflow.submit_run import SwanJobOperator
 
-            return IdempotentSubmitRunOperator(
-                task_id=task_id,
-                databricks_conn_id=DATABRICKS_CONN_ID,
-                json=submit_run_json(job, args),
-                inputs="{{ ti.xcom_pull(task_ids='upload_to_lake')['digest'] }}",
-                deferrable=True,
-                polling_period_seconds=int(os.environ.get("SWAN_DATABRICKS_POLL_SECONDS", "30")),
-                databricks_retry_limit=5,
-                databricks_retry_delay=int(os.environ.get("SWAN_DATABRICKS_RETRY_DELAY", "10")),
-                **kwargs,
-            )
-        return run_local_job.override(task_id=task_id, **kwargs)(job, args)
+        return SwanJobOperator(
+            task_id=task_id,
+            job=job,
+            job_args=args,
+            databricks_conn_id=DATABRICKS_CONN_ID,
+            json=submit_run_json(job, args),
+            inputs="{{ ti.xcom_pull(task_ids='upload_to_lake')['digest'] }}",
+            deferrable=True,
+            polling_period_seconds=int(os.environ.get("SWAN_DATABRICKS_POLL_SECONDS", "30")),
+            databricks_retry_limit=5,
+            databricks_retry_delay=int(os.environ.get("SWAN_DATABRICKS_RETRY_DELAY", "10")),
+            **kwargs,
+        )
 
     @task
     def register_model() -> dict:
@@ -303,7 +344,7 @@ def swan_anomaly_pipeline():
 
         _, _, params = _run_facts()
         client = registry_client()
-        thresholds = promotion_thresholds()
+        thresholds = {**promotion_thresholds(), "auroc": MinThreshold(params["gate_min_val_auroc"]), "f1": MinThreshold(params["gate_min_val_f1"])}
         if params.get("gate_min_unseen_auroc") is not None:
             thresholds["unseen_auroc"] = MinThreshold(params["gate_min_unseen_auroc"])
         champion = get_alias(client, registered["name"], CHAMPION)
@@ -315,17 +356,26 @@ def swan_anomaly_pipeline():
         decision = decide(challenger, champion_metrics, params["gate_mode"], thresholds=thresholds)
         print(f"gate ({decision.mode}): passed={decision.passed} promote={decision.promote} reasons={decision.reasons or 'none'}")
         print(f"challenger v{registered['version']}: {decision.challenger}; champion: {champion.version if champion else None} {champion_metrics}")
+        if params.get("force_promote"):
+            from swan_airflow.runtime import force_promote_reason
+
+            reason = force_promote_reason(params)  # fails the task unless allowed and explained
+            print(f"FORCE PROMOTE of v{registered['version']} (gate passed={decision.passed}): {reason}")
+            return "promote_model"
         return "promote_model" if decision.promote else "keep_champion"
 
-    @task
+    @task(pool=POOL)
     def promote_model(registered: dict) -> dict:
-        """Move alias `champion` to the challenger (idempotent)."""
-        from swan_airflow.runtime import registry_client
+        """Move alias `champion` to the challenger (idempotent); a forced promotion is tagged with its reason."""
+        from swan_airflow.runtime import force_promote_reason, registry_client
         from swan_anomaly.registry import promote
 
+        _, run_id, params = _run_facts()
         client = registry_client()
+        if params.get("force_promote"):
+            client.set_model_version_tag(registered["name"], registered["version"], "force_promoted", f"{run_id}: {force_promote_reason(params)}")
         changed = promote(client, registered["name"], registered["version"])
-        return {"promoted": changed, "version": registered["version"]}
+        return {"promoted": changed, "version": registered["version"], "forced": bool(params.get("force_promote"))}
 
     @task
     def keep_champion(registered: dict) -> dict:
@@ -333,7 +383,7 @@ def swan_anomaly_pipeline():
         print(f"challenger v{registered['version']} not promoted; champion unchanged")
         return {"promoted": False, "version": registered["version"]}
 
-    @task(trigger_rule="none_failed_min_one_success")
+    @task(trigger_rule="none_failed_min_one_success", pool=POOL)
     def update_endpoint() -> dict:
         """Serve the current champion (databricks-sdk: create the endpoint, or update its config and wait)."""
         from swan_airflow.runtime import registry_client, settings
@@ -350,7 +400,7 @@ def swan_anomaly_pipeline():
         print(f"endpoint {target.endpoint} ({target.backend}) serves {s.model_name} v{result.version}" + (f" (was v{result.previous_version})" if result.changed else " (unchanged)"))
         return {"url": target.invocations_url, "name": s.model_name, "version": result.version, "previous": result.previous_version, "changed": result.changed}
 
-    @task
+    @task(pool=POOL)
     def validate_endpoint(endpoint: dict) -> dict:
         """Score held-out raw test frames over REST; unless abnormal and normal scores separate, roll back and fail."""
         import pandas as pd
@@ -427,8 +477,12 @@ def swan_anomaly_pipeline():
     augment = job_task("run_augmentation", "augment", ["--seed", "{{ params.seed }}"])
     training = job_task(
         "run_training", "train",
-        ["--model", MODEL, "--epochs", "{{ params.epochs }}", "--seed", "{{ params.seed }}", "--dag-id", "{{ dag.dag_id }}", "--git-sha", os.environ.get("SWAN_GIT_SHA", "unknown")],
-        execution_timeout=dt.timedelta(hours=6),
+        [
+            "--model", MODEL, "--epochs", "{{ params.epochs }}", "--seed", "{{ params.seed }}", "--window-days", "{{ params.training_window_days }}",
+            "--dag-id", "{{ dag.dag_id }}", "--git-sha", os.environ.get("SWAN_GIT_SHA", "unknown"),
+        ],
+        execution_timeout=TRAINING_TIMEOUT,
+        pool=POOL,
     )
     registered = register_model()
     [upload, code, checked] >> etl >> augment >> training >> registered

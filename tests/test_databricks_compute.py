@@ -25,13 +25,13 @@ def double():
 
 @pytest.fixture(scope="module")
 def databricks_run(airflow_db, demo_video, double):
-    """The DAG parsed with SWAN_COMPUTE_BACKEND=databricks, run once against the double."""
+    """The DAG run once with the `backend` Param set to databricks in the run's conf, against the double."""
     from airflow.dag_processing.dagbag import DagBag
 
     from swan_anomaly.config import Settings
 
     mp = pytest.MonkeyPatch()
-    mp.setenv("SWAN_COMPUTE_BACKEND", "databricks")
+    mp.delenv("SWAN_COMPUTE_BACKEND", raising=False)  # the deployment default stays local; this run asks for Databricks
     mp.setenv("SWAN_DATABRICKS_POLL_SECONDS", "1")
     mp.setenv("SWAN_DATABRICKS_RETRY_DELAY", "1")
     mp.setenv("AIRFLOW_CONN_DATABRICKS_DEFAULT", double.connection())
@@ -40,10 +40,10 @@ def databricks_run(airflow_db, demo_video, double):
     shutil.copy(demo_video, landing / "swans.mp4")
     try:
         dag = DagBag(dag_folder=str(ROOT / "dags")).dags["swan_anomaly_pipeline"]
-        assert type(dag.get_task("run_etl")).__name__ == "IdempotentSubmitRunOperator"
+        assert type(dag.get_task("run_etl")).__name__ == "SwanJobOperator" and dag.params["backend"] == "local"
         logical = dt.datetime.fromisoformat(LANDING_DATE).replace(tzinfo=dt.UTC)
         with captured_output() as captured:
-            dag_run = dag.test(logical_date=logical, run_conf={"landing_date": LANDING_DATE})
+            dag_run = dag.test(logical_date=logical, run_conf={"landing_date": LANDING_DATE, "backend": "databricks"})
         dag_run.logs = captured.getvalue()
         yield dag_run
     finally:

@@ -40,6 +40,7 @@ class Settings:
     """Where things live and what they are called."""
 
     home: Path
+    inbox_dir: Path
     landing_dir: Path
     lake_root: Path
     staging_dir: Path
@@ -67,6 +68,7 @@ class Settings:
             raise ConfigError(msg)
         return cls(
             home=home,
+            inbox_dir=Path(env.get("SWAN_INBOX_DIR", home / "inbox")).absolute(),
             landing_dir=Path(env.get("SWAN_LANDING_DIR", home / "landing")).absolute(),
             lake_root=Path(env.get("SWAN_LAKE_ROOT", home / "lake")).absolute(),
             staging_dir=Path(env.get("SWAN_STAGING_DIR", home / "staging")).absolute(),

@@ -1,18 +1,34 @@
-"""Failure callbacks: one clear summary line per failed task in the log.
+"""Failure callbacks: one clear summary line per failed task, and an Airflow notifier when one is configured.
+
+``SWAN_FAILURE_NOTIFIER`` names any Airflow notifier class (a ``BaseNotifier``, e.g.
+``airflow.providers.slack.notifications.slack.SlackNotifier`` or
+``airflow.providers.smtp.notifications.smtp.SmtpNotifier`` once that provider is installed) as
+``module:Class`` or ``module.Class``; ``SWAN_FAILURE_NOTIFIER_KWARGS`` holds its keyword
+arguments as a JSON object (Jinja templates allowed; put credentials in the Airflow connection
+the notifier uses, never here). Unset: only the log line.
 
 Example:
-    >>> default_args = {"on_failure_callback": log_failure}   # doctest: +SKIP
+    >>> default_args = {"on_failure_callback": failure_callbacks()}   # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import importlib
+import json
 import logging
+import os
 
 log = logging.getLogger("swan_airflow.failures")
 
+#: What a configured notifier sends (a Jinja template rendered against the task context).
+FAILURE_MESSAGE = (
+    "swan-anomaly: task {{ ti.task_id }} of {{ ti.dag_id }} failed "
+    "(run {{ ti.run_id }}, try {{ ti.try_number }}): {{ exception }}"
+)
+
 
 def log_failure(context) -> None:
-    """Log dag, task, try and the exception of a failed task in one line."""
+    """Log dag, task, run, try and the exception of a failed task in one line."""
     ti = context.get("task_instance") or context.get("ti")
     exc = context.get("exception")
     log.error(
@@ -20,3 +36,43 @@ def log_failure(context) -> None:
         getattr(ti, "dag_id", "?"), getattr(ti, "task_id", "?"), getattr(ti, "run_id", "?"),
         getattr(ti, "try_number", "?"), type(exc).__name__ if exc else None, exc,
     )
+
+
+def configured_notifier(env=None):
+    """The notifier of ``SWAN_FAILURE_NOTIFIER`` / ``SWAN_FAILURE_NOTIFIER_KWARGS``, or ``None``.
+
+    Raises:
+        ValueError: the class cannot be imported, is not an Airflow notifier, or the keyword
+            arguments are not a JSON object (a broken setting fails DAG parsing loudly rather
+            than swallowing every later failure).
+    """
+    from airflow.sdk import BaseNotifier
+
+    env = os.environ if env is None else env
+    spec = env.get("SWAN_FAILURE_NOTIFIER", "").strip()
+    if not spec:
+        return None
+    module_name, _, class_name = spec.partition(":") if ":" in spec else spec.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        msg = f"SWAN_FAILURE_NOTIFIER={spec!r}: cannot import it ({exc})"
+        raise ValueError(msg) from exc
+    if not (isinstance(cls, type) and issubclass(cls, BaseNotifier)):
+        msg = f"SWAN_FAILURE_NOTIFIER={spec!r} is not an Airflow notifier (a subclass of airflow.sdk.BaseNotifier)"
+        raise ValueError(msg)
+    try:
+        kwargs = json.loads(env.get("SWAN_FAILURE_NOTIFIER_KWARGS") or "{}")
+    except json.JSONDecodeError as exc:
+        msg = f"SWAN_FAILURE_NOTIFIER_KWARGS is not valid JSON: {exc}"
+        raise ValueError(msg) from exc
+    if not isinstance(kwargs, dict):
+        msg = "SWAN_FAILURE_NOTIFIER_KWARGS must be a JSON object of the notifier's keyword arguments"
+        raise ValueError(msg)
+    return cls(**kwargs)
+
+
+def failure_callbacks(env=None) -> list:
+    """``[log_failure]``, plus the configured notifier (see the module docs)."""
+    notifier = configured_notifier(env)
+    return [log_failure] if notifier is None else [log_failure, notifier]

@@ -151,3 +151,23 @@ def registry_client():
         host, token = databricks_workspace()
         os.environ["DATABRICKS_HOST"], os.environ["DATABRICKS_TOKEN"] = host, token
     return mlflow_client(*s.mlflow_uris)
+
+
+def force_promote_reason(params, env=None) -> str:
+    """The reason of a forced promotion, after checking that this deployment allows one.
+
+    Raises:
+        AirflowFailException: ``SWAN_ALLOW_FORCE_PROMOTE`` is false, or the reason is missing or
+            shorter than 10 characters (no retry: only a new trigger can fix either).
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    env = os.environ if env is None else env
+    if env.get("SWAN_ALLOW_FORCE_PROMOTE", "true").strip().lower() in ("0", "false", "no", "off"):
+        msg = "force_promote is disabled in this deployment (SWAN_ALLOW_FORCE_PROMOTE=false); the gate decides"
+        raise AirflowFailException(msg)
+    reason = (params.get("force_promote_reason") or "").strip()
+    if len(reason) < 10:
+        msg = f"force_promote needs a force_promote_reason of at least 10 characters, got {reason!r}"
+        raise AirflowFailException(msg)
+    return reason

@@ -90,3 +90,48 @@ class IdempotentSubmitRunOperator(DatabricksSubmitRunOperator):
         base = token_base(ti.dag_id, ti.run_id, ti.task_id, ti.map_index, payload, self.inputs)
         payload["idempotency_token"] = claim_token(self._hook, payload, base, self.log)
         return payload
+
+
+class SwanJobOperator(IdempotentSubmitRunOperator):
+    """One pipeline job, run where the DAG run's ``backend`` Param says.
+
+    ``local``: ``jobs/{job}.py`` as a subprocess of the worker (:func:`swan_airflow.jobs.run_job`);
+    ``databricks``: a one-time Databricks run of the same file through
+    :class:`IdempotentSubmitRunOperator` (deferrable, rerun-safe). One task id and one DAG shape
+    for both, so a run's backend is a per-run choice in the trigger form, with the deployment's
+    ``SWAN_COMPUTE_BACKEND`` as the default.
+
+    Args:
+        job: the entrypoint name (``etl``, ``augment``, ``train``).
+        job_args: templated; the job's own arguments (after ``--lake-root``, ``--dataset-id``, ``--run-id``).
+        backend: templated; ``local`` or ``databricks``.
+        **kwargs: as for :class:`IdempotentSubmitRunOperator` (the Databricks payload in ``json``).
+    """
+
+    template_fields = (*IdempotentSubmitRunOperator.template_fields, "job_args", "backend")
+
+    def __init__(self, *, job: str, job_args: list[str], backend: str = "{{ params.backend }}", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.job = job
+        self.job_args = job_args
+        self.backend = backend
+
+    def execute(self, context: Context):
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from swan_airflow.runtime import lake_backend
+
+        if self.backend == "local":
+            from swan_airflow.jobs import run_job
+
+            if lake_backend() != "local":
+                msg = "backend 'local' runs the jobs on this worker, which needs the local lake; with SWAN_LAKE_BACKEND=azure choose backend 'databricks'"
+                raise AirflowFailException(msg)
+
+            dataset_id = context["ti"].xcom_pull(task_ids="upload_to_lake")["dataset_id"]
+            result = run_job(self.job, dataset_id=dataset_id, run_id=context["run_id"], args=list(self.job_args))
+            return {"job": self.job, "backend": "local", "seconds": result.get("seconds")}
+        if self.backend != "databricks":
+            msg = f"backend must be 'local' or 'databricks', got {self.backend!r}"
+            raise AirflowFailException(msg)
+        return super().execute(context)

@@ -1,0 +1,210 @@
+"""Operations without a scheduler: schedule, pools, timeouts, Params, failure notifier, force-promote guard, ingest."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from airflow.sdk import BaseNotifier
+
+from conftest import ROOT
+
+DAG_ID = "swan_anomaly_pipeline"
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert not bag.import_errors, bag.import_errors
+    return bag
+
+
+def test_schedule_is_daily_or_when_videos_land(dagbag):
+    from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable
+
+    from swan_airflow.ingest import LANDING_ASSET
+
+    dag = dagbag.dags[DAG_ID]
+    assert isinstance(dag.timetable, AssetOrTimeSchedule)
+    assert isinstance(dag.timetable.timetable, CronDataIntervalTimetable)  # data intervals: backfillable
+    assert dag.timetable.timetable.expression in ("@daily", "0 0 * * *")
+    assert dag.timetable.asset_condition.name == LANDING_ASSET.name
+    ingest = dagbag.dags["swan_ingest_videos"]
+    [task] = ingest.tasks
+    assert [o.name for o in task.outlets] == [LANDING_ASSET.name]
+
+
+def test_every_task_has_a_timeout_and_training_and_promotion_share_one_pool(dagbag):
+    dag = dagbag.dags[DAG_ID]
+    for task in dag.tasks:
+        assert task.execution_timeout is not None and task.execution_timeout <= dt.timedelta(hours=6), task.task_id
+        assert task.retries >= 2 and task.retry_exponential_backoff, task.task_id
+    pooled = {t.task_id for t in dag.tasks if t.pool == "swan_training"}
+    assert {"run_training", "promote_model", "update_endpoint", "validate_endpoint"} <= pooled
+    assert dag.get_task("run_training").execution_timeout > dag.get_task("run_etl").execution_timeout
+
+
+@pytest.mark.parametrize(
+    ("conf", "param"),
+    [
+        ({"anomaly_ratio": 1.5}, "anomaly_ratio"),
+        ({"anomaly_families": ["salt_pepper_polygons", "glitter"]}, "anomaly_families"),
+        ({"epochs": 0}, "epochs"),
+        ({"backend": "kubernetes"}, "backend"),
+        ({"landing_date": 20261126}, "landing_date"),
+        ({"training_window_days": 0}, "training_window_days"),
+        ({"gate_min_val_auroc": 1.2}, "gate_min_val_auroc"),
+        ({"force_promote": "yes"}, "force_promote"),
+    ],
+)
+def test_params_refuse_a_bad_conf_naming_the_param(dagbag, conf, param):
+    from airflow.sdk.definitions.param import ParamsDict
+    from airflow.sdk.exceptions import ParamValidationError
+
+    params = ParamsDict(dagbag.dags[DAG_ID].params)
+    with pytest.raises(ParamValidationError, match=param):
+        params.update(conf)
+        params.validate()
+
+
+def test_every_param_is_described_titled_and_grouped_and_the_defaults_validate(dagbag):
+    from airflow.sdk.definitions.param import ParamsDict
+
+    params = dagbag.dags[DAG_ID].params
+    for name in params:
+        param = params.get_param(name)
+        assert param.description and len(param.description) > 20, name
+        assert param.schema.get("title") and param.schema.get("section") in ("Data", "Training", "Promotion"), name
+    assert ParamsDict(params).validate()["backend"] == "local"
+
+
+class RecordingNotifier(BaseNotifier):
+    """An Airflow notifier that writes its rendered message to a file (what a Slack or SMTP notifier would send)."""
+
+    template_fields = ("message", "path")
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__()
+        self.message, self.path = message, path
+
+    def notify(self, context) -> None:
+        Path(self.path).write_text(self.message)
+
+
+def test_a_configured_notifier_is_called_on_failure_and_a_broken_setting_is_loud(tmp_path, monkeypatch, caplog):
+    from swan_airflow import callbacks
+
+    out = tmp_path / "notified.txt"
+    env = {
+        "SWAN_FAILURE_NOTIFIER": f"{__name__}:RecordingNotifier",
+        "SWAN_FAILURE_NOTIFIER_KWARGS": json.dumps({"message": callbacks.FAILURE_MESSAGE, "path": str(out)}),
+    }
+    log_cb, notifier = callbacks.failure_callbacks(env)
+    assert log_cb is callbacks.log_failure and isinstance(notifier, RecordingNotifier)
+    ti = SimpleNamespace(dag_id=DAG_ID, task_id="run_training", run_id="manual__x", try_number=3)
+    context = {"ti": ti, "task_instance": ti, "exception": RuntimeError("job train exited with code -9")}
+    with caplog.at_level("ERROR", logger="swan_airflow.failures"):
+        for callback in (log_cb, notifier):
+            callback(context)
+    assert "task=run_training" in caplog.text and "code -9" in caplog.text
+    assert out.read_text() == f"swan-anomaly: task run_training of {DAG_ID} failed (run manual__x, try 3): job train exited with code -9"
+    assert callbacks.failure_callbacks({}) == [callbacks.log_failure]
+    with pytest.raises(ValueError, match="cannot import"):
+        callbacks.failure_callbacks({"SWAN_FAILURE_NOTIFIER": "no.such.module:Notifier"})
+    with pytest.raises(ValueError, match="not an Airflow notifier"):
+        callbacks.failure_callbacks({"SWAN_FAILURE_NOTIFIER": "json:JSONDecoder"})
+    with pytest.raises(ValueError, match="JSON object"):
+        callbacks.failure_callbacks({**env, "SWAN_FAILURE_NOTIFIER_KWARGS": "[1]"})
+
+
+def test_force_promote_needs_a_reason_and_can_be_switched_off():
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from swan_airflow.runtime import force_promote_reason
+
+    assert force_promote_reason({"force_promote_reason": "  hotfix for the night camera  "}, env={}) == "hotfix for the night camera"
+    with pytest.raises(AirflowFailException, match="at least 10 characters"):
+        force_promote_reason({"force_promote_reason": "because"}, env={})
+    with pytest.raises(AirflowFailException, match="at least 10 characters"):
+        force_promote_reason({"force_promote_reason": None}, env={})
+    with pytest.raises(AirflowFailException, match="disabled in this deployment"):
+        force_promote_reason({"force_promote_reason": "hotfix for the night camera"}, env={"SWAN_ALLOW_FORCE_PROMOTE": "false"})
+
+
+def _old(path: Path) -> Path:
+    stamp = path.stat().st_mtime - 120
+    os.utime(path, (stamp, stamp))
+    return path
+
+
+def test_land_inbox_moves_settled_readable_videos_and_sets_bad_ones_aside(tmp_path, demo_video):
+    from swan_airflow.ingest import land_inbox
+
+    inbox, landing = tmp_path / "inbox", tmp_path / "landing"
+    inbox.mkdir()
+    _old(Path(shutil.copy(demo_video, inbox / "cam1.mp4")))
+    _old(Path(shutil.copy(demo_video, inbox / "cam1-again.mp4")))  # the same bytes under another name
+    (inbox / "notes.mp4").write_text("not a video\n")
+    _old(inbox / "notes.mp4")
+    shutil.copy(demo_video, inbox / "uploading.mp4")  # modified just now: still being written
+    landed = land_inbox(inbox, landing, today=dt.date(2026, 11, 26), settle_seconds=30)
+    assert landed.landing_date == "2026-11-26"
+    files = sorted(p.name for p in (landing / "2026-11-26").iterdir())
+    assert len(files) == 2 and files[0].startswith("cam1-") and files[1].startswith("cam1-again-")
+    assert {Path(v).name for v in landed.videos} == set(files)
+    assert [r["video"] for r in landed.rejected] == ["notes.mp4"] and "notes.mp4" in landed.rejected[0]["reason"]
+    assert (inbox / "rejected" / "notes.mp4").exists() and (inbox / "rejected" / "notes.mp4.reason.txt").read_text().strip()
+    assert landed.waiting == [str(inbox / "uploading.mp4")] and (inbox / "uploading.mp4").exists()
+    assert not (inbox / "cam1.mp4").exists()
+    # landing the same bytes again under the same name the same day adds nothing
+    _old(Path(shutil.copy(demo_video, inbox / "cam1.mp4")))
+    again = land_inbox(inbox, landing, today=dt.date(2026, 11, 26), settle_seconds=30)
+    assert len(list((landing / "2026-11-26").iterdir())) == 2 and [Path(v).name for v in again.videos] == [files[0]]
+
+
+def test_the_landing_date_of_a_run_comes_from_its_newest_landing_event():
+    from airflow.sdk import Asset
+
+    from swan_airflow.ingest import LANDING_ASSET, landing_date_from_events
+
+    def event(day: str, hour: int):
+        stamp = dt.datetime.fromisoformat(day).replace(hour=hour, tzinfo=dt.UTC)
+        return SimpleNamespace(extra={"landing_date": day, "videos": []}, timestamp=stamp)
+
+    assert landing_date_from_events(None) is None and landing_date_from_events({}) is None
+    events = {LANDING_ASSET: [event("2026-11-25", 23), event("2026-11-26", 1)], Asset(name="other"): [event("2026-01-01", 5)]}
+    assert landing_date_from_events(events) == "2026-11-26"
+    assert landing_date_from_events({Asset(name="other"): [event("2026-01-01", 5)]}) is None
+
+
+@pytest.mark.slow
+def test_the_ingest_dag_lands_videos_and_emits_the_landing_asset_event(airflow_db, demo_video, monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    from swan_anomaly.config import Settings
+
+    monkeypatch.setenv("SWAN_INGEST_SETTLE_SECONDS", "0")
+    settings = Settings.from_env()
+    settings.inbox_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(demo_video, settings.inbox_dir / "ingest-test.mp4")
+    dag = DagBag(dag_folder=str(ROOT / "dags")).get_dag("swan_ingest_videos")
+    run = dag.test()
+    assert str(run.state) == "success"
+    today = dt.datetime.now(dt.UTC).date().isoformat()
+    [landed] = (settings.landing_dir / today).glob("ingest-test-*.mp4")
+    with create_session() as session:
+        events = (
+            session.query(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .filter(AssetModel.name == "swan_landing_videos", AssetEvent.source_run_id == run.run_id).all()
+        )
+        assert len(events) == 1 and events[0].extra["landing_date"] == today and events[0].extra["videos"] == [str(landed)]
+    landed.unlink()  # other tests look up landing dates of their own
