@@ -119,7 +119,7 @@ class SwanJobOperator(IdempotentSubmitRunOperator):
     def execute(self, context: Context):
         from airflow.sdk.exceptions import AirflowFailException
 
-        from swan_airflow.runtime import lake_backend
+        from swan_airflow.runtime import lake, lake_backend
 
         if self.backend == "local":
             from swan_airflow.jobs import run_job
@@ -128,8 +128,11 @@ class SwanJobOperator(IdempotentSubmitRunOperator):
                 msg = "backend 'local' runs the jobs on this worker, which needs the local lake; with SWAN_LAKE_BACKEND=azure choose backend 'databricks'"
                 raise AirflowFailException(msg)
 
-            dataset_id = context["ti"].xcom_pull(task_ids="upload_to_lake")["dataset_id"]
+            ti = context["ti"]
+            dataset_id = ti.xcom_pull(task_ids="upload_to_lake")["dataset_id"]
             result = run_job(self.job, dataset_id=dataset_id, run_id=context["run_id"], args=list(self.job_args))
+            # The provider's extra link reads this key after the task; locally the "run page" is the job's result file.
+            ti.xcom_push(key="run_page_url", value=(lake().run_dir(context["run_id"]) / f"{self.job}.json").as_uri())
             return {"job": self.job, "backend": "local", "seconds": result.get("seconds")}
         if self.backend != "databricks":
             msg = f"backend must be 'local' or 'databricks', got {self.backend!r}"

@@ -1,0 +1,286 @@
+"""The real Airflow on a temporary home: api-server, scheduler (LocalExecutor) and dag-processor.
+
+One stack for the module; the tests run in file order and build on each other:
+
+1. the scheduler runs the latest daily interval on its own (a scheduled run);
+2. ``airflow backfill create`` runs two past dates, the second training on a two-day window;
+3. the REST API refuses a conf that fails Param validation with a 400 naming the Param, and
+   runs a valid one; its training subprocess is killed mid-way, the retry finishes the run, and
+   the lake and the registry hold no duplicate rows, files or model versions;
+4. a video dropped into the inbox is landed by the ingest DAG, whose asset event triggers a run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import psutil
+import pytest
+
+from conftest import ROOT, _free_port
+
+pytestmark = pytest.mark.slow
+
+DAG_ID = "swan_anomaly_pipeline"
+INGEST_DAG_ID = "swan_ingest_videos"
+BACKFILL_DATES = ("2026-11-20", "2026-11-21")
+RUN_TIMEOUT_S = 600
+
+
+class Stack:
+    """Handles on the running stack: environment, REST client, lake and registry."""
+
+    def __init__(self, home: Path, port: int, env: dict[str, str]) -> None:
+        self.home, self.port, self.env = home, port, env
+        self.api = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v2", timeout=30)
+        self.procs: list[subprocess.Popen] = []
+
+    @property
+    def settings(self):
+        from swan_anomaly.config import Settings
+
+        return Settings.from_env(self.env)
+
+    @property
+    def lake(self):
+        from swan_anomaly.lake import LocalLake
+
+        return LocalLake(self.settings.lake_root)
+
+    def registry(self):
+        from swan_anomaly.registry import mlflow_client
+
+        return mlflow_client(*self.settings.mlflow_uris)
+
+    def airflow(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "airflow", *args], env=self.env, capture_output=True, text=True, check=True, timeout=300)
+
+    def start(self, *args: str, log: str) -> None:
+        out = (self.home / log).open("w")
+        self.procs.append(subprocess.Popen([sys.executable, "-m", "airflow", *args], env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+
+    def runs(self, dag_id: str = DAG_ID) -> list[dict]:
+        response = self.api.get(f"/dags/{dag_id}/dagRuns")
+        response.raise_for_status()
+        return response.json()["dag_runs"]
+
+    def task_instances(self, run_id: str) -> dict[str, dict]:
+        response = self.api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances")
+        response.raise_for_status()
+        return {(t["task_id"] if t["map_index"] < 0 else f"{t['task_id']}[{t['map_index']}]"): t for t in response.json()["task_instances"]}
+
+    def wait_for(self, what: str, predicate, timeout: float = RUN_TIMEOUT_S):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(2)
+        logs = "\n".join(f"--- {p.name}\n" + p.read_text()[-3000:] for p in sorted(self.home.glob("*.log")))
+        raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{logs}")
+
+    def wait_finished(self, run_id: str, dag_id: str = DAG_ID) -> dict:
+        def finished():
+            run = next((r for r in self.runs(dag_id) if r["dag_run_id"] == run_id), None)
+            return run if run and run["state"] in ("success", "failed") else None
+
+        run = self.wait_for(f"{dag_id} run {run_id} to finish", finished)
+        if run["state"] != "success" and dag_id == DAG_ID:
+            failed = {k: v["state"] for k, v in self.task_instances(run_id).items() if v["state"] not in ("success", "skipped")}
+            raise AssertionError(f"run {run_id} ended {run['state']}; unfinished tasks {failed}\n{self.task_log(run_id, failed)}")
+        return run
+
+    def task_log(self, run_id: str, tasks) -> str:
+        texts = []
+        for path in sorted((self.home / "airflow" / "logs").rglob("*.log")):
+            if run_id.replace(":", "") in str(path).replace(":", "") and any(t.split("[")[0] in str(path) for t in tasks):
+                texts.append(f"--- {path}\n{path.read_text()[-4000:]}")
+        return "\n".join(texts)
+
+    def versions_of_run(self, run_id: str) -> list:
+        return [v for v in self.registry().search_model_versions(f"name='{self.settings.model_name}'") if v.tags.get("airflow_run_id") == run_id]
+
+    def stop(self) -> None:
+        from swan_anomaly.serving.local import stop_local_server
+
+        for proc in self.procs:
+            with _suppress():
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                with _suppress():
+                    os.killpg(proc.pid, signal.SIGKILL)
+        stop_local_server(self.settings)
+        self.api.close()
+
+
+class _suppress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return exc[0] is not None and issubclass(exc[0], ProcessLookupError)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    from swan_anomaly.video import render_demo_video
+
+    home = tmp_path_factory.mktemp("stack")
+    port = _free_port()
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home / "airflow"),
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "SWAN_HOME": str(home / "swan"),
+        "SWAN_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}",
+        "SWAN_RETRY_DELAY_SECONDS": "1",
+        "SWAN_INGEST_SETTLE_SECONDS": "0",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins"), str(ROOT / "include")]),
+    }
+    s = Stack(home, port, env)
+    s.airflow("db", "migrate")
+    s.airflow("pools", "set", "swan_training", "1", "one run trains or promotes at a time")
+    # The newest complete daily interval is yesterday's: the scheduler runs it on unpause (catchup off).
+    yesterday = (dt.datetime.now(dt.UTC) - dt.timedelta(days=1)).date().isoformat()
+    for seed, day in enumerate((yesterday, *BACKFILL_DATES)):  # another video each day: distinct split groups
+        render_demo_video(s.settings.landing_dir / day / "swans.mp4", seconds=20, fps=10, seed=seed)
+    s.yesterday = yesterday
+    s.start("api-server", "--port", str(port), log="api-server.log")
+    s.start("scheduler", log="scheduler.log")
+    s.start("dag-processor", log="dag-processor.log")
+    try:
+        s.wait_for("the api-server and the parsed DAGs", lambda: _dags_parsed(s), timeout=180)
+        yield s
+    finally:
+        s.stop()
+
+
+def _dags_parsed(s: Stack) -> bool:
+    try:
+        response = s.api.get("/dags")
+    except httpx.TransportError:
+        return False
+    return response.status_code == 200 and {d["dag_id"] for d in response.json()["dags"]} >= {DAG_ID, INGEST_DAG_ID}
+
+
+def _dataset(day: str) -> str:
+    return day.replace("-", "")
+
+
+def test_the_scheduler_runs_the_latest_daily_interval(stack):
+    response = stack.api.patch(f"/dags/{DAG_ID}", json={"is_paused": False})
+    assert response.status_code == 200, response.text
+    [run] = stack.wait_for("the scheduled run", lambda: [r for r in stack.runs() if r["run_type"] == "scheduled"])
+    assert run["logical_date"].startswith(stack.yesterday)
+    stack.wait_finished(run["dag_run_id"])
+    summary = stack.lake.read_result(run["dag_run_id"], "summary")
+    assert summary["dataset_id"] == _dataset(stack.yesterday)
+    assert (stack.lake.gold / f"dataset_id={_dataset(stack.yesterday)}").is_dir()
+    [version] = stack.versions_of_run(run["dag_run_id"])
+    assert summary["model"]["version"] == str(version.version)
+    assert version.tags["dataset_id"] == _dataset(stack.yesterday)
+
+
+def test_a_backfill_of_two_past_dates_runs_each_interval_on_its_own_partition(stack):
+    stack.airflow(
+        "backfill", "create", "--dag-id", DAG_ID, "--from-date", BACKFILL_DATES[0], "--to-date", BACKFILL_DATES[1],
+        "--max-active-runs", "1", "--dag-run-conf", json.dumps({"training_window_days": 2}),
+    )
+    runs = stack.wait_for("two backfill runs", lambda: [r for r in stack.runs() if r["run_type"] == "backfill"] if len([r for r in stack.runs() if r["run_type"] == "backfill"]) == 2 else None)
+    by_date = {r["logical_date"][:10]: r for r in runs}
+    assert set(by_date) == set(BACKFILL_DATES)
+    for day in BACKFILL_DATES:
+        stack.wait_finished(by_date[day]["dag_run_id"])
+    versions = set()
+    for day in BACKFILL_DATES:
+        run_id = by_date[day]["dag_run_id"]
+        summary = stack.lake.read_result(run_id, "summary")
+        assert summary["dataset_id"] == _dataset(day)
+        gold = pd.read_parquet(stack.lake.gold / f"dataset_id={_dataset(day)}")
+        assert len(gold) == summary["training_rows"] > 0
+        [version] = stack.versions_of_run(run_id)
+        assert version.tags["dataset_id"] == _dataset(day) and summary["model"]["version"] == str(version.version)
+        versions.add(version.version)
+    assert len(versions) == 2
+    # the second date trained on a two-day window: both backfilled partitions, not yesterday's newer one
+    train = stack.lake.read_result(by_date[BACKFILL_DATES[1]]["dag_run_id"], "train")
+    assert train["dataset_ids"] == [_dataset(d) for d in BACKFILL_DATES]
+    assert stack.lake.read_result(by_date[BACKFILL_DATES[0]]["dag_run_id"], "train")["dataset_ids"] == [_dataset(BACKFILL_DATES[0])]
+
+
+def test_the_rest_api_refuses_a_bad_conf_with_a_clear_400(stack):
+    response = stack.api.post(f"/dags/{DAG_ID}/dagRuns", json={"logical_date": None, "conf": {"anomaly_ratio": 1.5}})
+    assert response.status_code == 400, response.text
+    assert "anomaly_ratio" in response.json()["detail"] and "1.5" in response.json()["detail"]
+    response = stack.api.post(f"/dags/{DAG_ID}/dagRuns", json={"logical_date": None, "conf": {"anomaly_families": ["not_a_family"]}})
+    assert response.status_code == 400 and "anomaly_families" in response.json()["detail"]
+    assert not [r for r in stack.runs() if r["run_type"] == "manual"], "a refused conf must not create a run"
+
+
+def test_a_run_killed_mid_training_reruns_without_duplicates(stack):
+    day = BACKFILL_DATES[0]
+    dataset = _dataset(day)
+    gold_before = pd.read_parquet(stack.lake.gold / f"dataset_id={dataset}").sort_values("sample_id", ignore_index=True)
+    silver_before = pd.read_parquet(stack.lake.silver / f"dataset_id={dataset}")
+    raw_before = sorted(p.relative_to(stack.lake.raw(dataset)).as_posix() for p in stack.lake.raw(dataset).rglob("*") if p.is_file())
+    response = stack.api.post(f"/dags/{DAG_ID}/dagRuns", json={"logical_date": None, "conf": {"landing_date": day}})
+    assert response.status_code == 200, response.text
+    run_id = response.json()["dag_run_id"]
+
+    def training_process():
+        if stack.task_instances(run_id).get("run_training", {}).get("state") != "running":
+            return None
+        for proc in psutil.process_iter(["cmdline"]):
+            cmd = proc.info["cmdline"] or []
+            if any(c.endswith("jobs/train.py") for c in cmd) and run_id in cmd:
+                return proc
+        return None
+
+    victim = stack.wait_for("the training subprocess", training_process)
+    victim.kill()  # SIGKILL mid-way: no cleanup, no result file
+    stack.wait_finished(run_id)
+    training = stack.task_instances(run_id)["run_training"]
+    assert training["state"] == "success" and training["try_number"] == 2, training
+    assert len(stack.versions_of_run(run_id)) == 1
+    gold_after = pd.read_parquet(stack.lake.gold / f"dataset_id={dataset}").sort_values("sample_id", ignore_index=True)
+    pd.testing.assert_frame_equal(gold_after.drop(columns=["dataset_id"], errors="ignore"), gold_before.drop(columns=["dataset_id"], errors="ignore"))
+    assert len(pd.read_parquet(stack.lake.silver / f"dataset_id={dataset}")) == len(silver_before)
+    raw_after = sorted(p.relative_to(stack.lake.raw(dataset)).as_posix() for p in stack.lake.raw(dataset).rglob("*") if p.is_file())
+    assert raw_after == raw_before
+    assert stack.lake.read_result(run_id, "summary")["training_rows"] == len(gold_before)
+
+
+def test_videos_landed_by_the_ingest_dag_trigger_a_run_through_the_asset(stack):
+    inbox = stack.settings.inbox_dir
+    inbox.mkdir(parents=True, exist_ok=True)
+    shutil.copy(stack.settings.landing_dir / BACKFILL_DATES[0] / "swans.mp4", inbox / "cam1.mp4")
+    before = {r["dag_run_id"] for r in stack.runs()}
+    assert stack.api.patch(f"/dags/{INGEST_DAG_ID}", json={"is_paused": False}).status_code == 200
+    response = stack.api.post(f"/dags/{INGEST_DAG_ID}/dagRuns", json={"logical_date": None})
+    assert response.status_code == 200, response.text
+    stack.wait_finished(response.json()["dag_run_id"], INGEST_DAG_ID)
+    today = dt.datetime.now(dt.UTC).date().isoformat()
+    landed = list((stack.settings.landing_dir / today).glob("cam1-*.mp4"))
+    assert len(landed) == 1 and not (inbox / "cam1.mp4").exists()
+    run = stack.wait_for("the asset-triggered run", lambda: next((r for r in stack.runs() if r["dag_run_id"] not in before and r["run_type"] == "asset_triggered"), None))
+    stack.wait_finished(run["dag_run_id"])
+    summary = stack.lake.read_result(run["dag_run_id"], "summary")
+    assert summary["dataset_id"] == _dataset(today)
+    assert len(stack.versions_of_run(run["dag_run_id"])) == 1

@@ -1,0 +1,540 @@
+"""docker-compose.yaml, Dockerfile and docker/ checked against the code, without a Docker engine.
+
+The compose file is parsed with PyYAML (anchors and merge keys resolved) and its ``${VAR:-default}``
+values are interpolated as ``docker compose config`` does with no .env and an empty shell, i.e. the
+stack as ``docker compose up`` starts it. Every value the code also defines (setting names, the
+endpoint's port, Airflow's API port and options, the pins of requirements.txt, Azurite's version)
+is taken from the code or the repository, not repeated here.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import shlex
+import tomllib
+from collections.abc import Mapping
+from functools import cache
+from importlib.util import find_spec
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+
+from swan_anomaly.config import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+CODE_DIRS = ("include", "plugins", "dags", "jobs")
+AIRFLOW_SERVICES = ("airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer")
+REQUIRED_SERVICES = ("postgres", *AIRFLOW_SERVICES, "mlflow", "model-server", "azurite")
+#: Azurite's fixed default ports (blob, queue, table); nothing in this repository defines them.
+AZURITE_PORTS = (10000, 10001, 10002)
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+
+# ---------------------------------------------------------------------------- parsing helpers
+
+
+@cache
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
+
+
+def services() -> dict[str, dict]:
+    return compose()["services"]
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _closing_brace(text: str, open_at: int) -> int:
+    depth = 0
+    for i in range(open_at, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return i
+    raise AssertionError(f"unclosed '${{' in {text!r}")
+
+
+def interpolate(text: str, shell: Mapping[str, str]) -> tuple[str, set[str]]:
+    """``text`` after Compose interpolation with ``shell``, and the variable names it refers to.
+
+    Supports what the Compose spec does here: ``$$``, ``$VAR``, ``${VAR}``, ``${VAR:-default}``,
+    ``${VAR-default}``, with nested defaults.
+    """
+    out, names, i = [], set(), 0
+    while i < len(text):
+        if text[i] != "$":
+            out.append(text[i])
+            i += 1
+        elif text.startswith("$$", i):
+            out.append("$")
+            i += 2
+        elif text.startswith("${", i):
+            end = _closing_brace(text, i + 1)
+            body = text[i + 2 : end]
+            match = _NAME.match(body)
+            assert match, f"unsupported interpolation {text[i : end + 1]!r}"
+            name, rest = match.group(), body[match.end() :]
+            names.add(name)
+            if rest.startswith((":-", "-")):
+                default, inner = interpolate(rest.removeprefix(":").removeprefix("-"), shell)
+                names |= inner
+                value = shell.get(name)
+                out.append(default if value is None or (rest.startswith(":-") and not value) else value)
+            else:
+                assert rest == "", f"unsupported interpolation {text[i : end + 1]!r}"
+                out.append(shell.get(name, ""))
+            i = end + 1
+        elif match := _NAME.match(text, i + 1):
+            names.add(match.group())
+            out.append(shell.get(match.group(), ""))
+            i = match.end()
+        else:
+            out.append("$")
+            i += 1
+    return "".join(out), names
+
+
+def resolve(value: str) -> str:
+    return interpolate(value, {})[0]
+
+
+def environment(service: dict) -> dict[str, str]:
+    """A service's environment as written (list or mapping form)."""
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, None) for item in env)
+    return env
+
+
+def resolved_env(name: str) -> dict[str, str]:
+    return {k: resolve(v) for k, v in environment(services()[name]).items() if v is not None}
+
+
+def command(service: dict) -> list[str]:
+    cmd = service.get("command") or []
+    return [resolve(part) for part in (shlex.split(cmd) if isinstance(cmd, str) else cmd)]
+
+
+def option(cmd: list[str], flag: str) -> str:
+    assert flag in cmd, f"{flag} missing from {cmd}"
+    return cmd[cmd.index(flag) + 1]
+
+
+def mounts(service: dict) -> list[tuple[str, str]]:
+    """``(source, target)`` of each volume entry (short or long syntax)."""
+    result = []
+    for entry in service.get("volumes") or []:
+        if isinstance(entry, dict):
+            result.append((entry["source"], entry["target"]))
+        else:
+            source, target = resolve(entry).split(":")[:2]
+            result.append((source, target))
+    return result
+
+
+def is_bind(source: str) -> bool:
+    return source.startswith((".", "/", "~"))
+
+
+def volume_targets(service: str) -> set[PurePosixPath]:
+    """Where a service mounts named volumes."""
+    return {PurePosixPath(t) for s, t in mounts(services()[service]) if not is_bind(s)}
+
+
+def bind_target(service: str, source: str) -> PurePosixPath:
+    targets = [t for s, t in mounts(services()[service]) if s.rstrip("/") == source]
+    assert len(targets) == 1, f"{service} must bind-mount {source} exactly once, got {targets}"
+    return PurePosixPath(targets[0])
+
+
+def published(service: str) -> dict[int, int]:
+    """Container port -> host port of a service's published ports."""
+    result = {}
+    for entry in services()[service].get("ports") or []:
+        parts = resolve(str(entry)).split(":")
+        assert len(parts) >= 2, f"{service}: port {entry!r} is not published on the host"
+        result[int(parts[-1].split("/")[0])] = int(parts[-2])
+    return result
+
+
+def all_strings(node) -> list[str]:
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [s for key, value in node.items() for s in all_strings(key) + all_strings(value)]
+    if isinstance(node, list):
+        return [s for item in node for s in all_strings(item)]
+    return []
+
+
+# ---------------------------------------------------------------------------- what the code reads
+
+_QUOTED_SETTING = re.compile(r"""["']((?:SWAN|MLFLOW)_[A-Z0-9_]+)["']""")
+_LITERAL_DEFAULT = re.compile(r"""\.get\(\s*["']((?:SWAN|MLFLOW)_[A-Z0-9_]+)["']\s*,\s*["']([^"']*)["']\s*\)""")
+
+
+def _code_texts() -> list[str]:
+    return [p.read_text(encoding="utf-8") for d in CODE_DIRS for p in sorted((ROOT / d).rglob("*.py"))]
+
+
+@cache
+def names_read_by_code() -> frozenset[str]:
+    """``SWAN_*`` / ``MLFLOW_*`` names that appear as string literals in include/, plugins/, dags/, jobs/."""
+    return frozenset(n for text in _code_texts() for n in _QUOTED_SETTING.findall(text))
+
+
+@cache
+def literal_defaults() -> dict[str, set[str]]:
+    """Defaults the code gives a setting as a literal: ``os.environ.get("SWAN_X", "default")``."""
+    found: dict[str, set[str]] = {}
+    for text in _code_texts():
+        for name, default in _LITERAL_DEFAULT.findall(text):
+            found.setdefault(name, set()).add(default)
+    return found
+
+
+@cache
+def airflow_config() -> dict:
+    """Airflow's own option table (config_templates/config.yml), read without importing Airflow."""
+    package = Path(next(iter(find_spec("airflow").submodule_search_locations)))
+    return yaml.load((package / "config_templates" / "config.yml").read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
+def stack_settings() -> Settings:
+    """The settings the Airflow tasks of the stack see."""
+    return Settings.from_env(resolved_env("airflow-scheduler"))
+
+
+def requirement_pin(package: str) -> str:
+    lines = (ROOT / "requirements.txt").read_text().splitlines()
+    pins = [line.split("==", 1)[1].strip() for line in lines if line.split("==", 1)[0].strip().lower() == package]
+    assert len(pins) == 1, f"requirements.txt must pin {package} once"
+    return pins[0]
+
+
+# ---------------------------------------------------------------------------- services
+
+
+def test_required_services_exist():
+    missing = sorted(set(REQUIRED_SERVICES) - set(services()))
+    assert not missing, f"docker-compose.yaml lacks services {missing}"
+
+
+@pytest.mark.parametrize("name", [*AIRFLOW_SERVICES, "mlflow", "model-server"])
+def test_project_services_run_the_image_built_from_the_dockerfile(name):
+    service, image = services()[name], compose()["x-swan-image"]
+    assert service.get("image") == image["image"], f"{name} runs {service.get('image')!r}, not the project image"
+    build = service.get("build") or {}
+    dockerfile_path = ROOT / build.get("context", "-") / build.get("dockerfile", "Dockerfile")
+    assert dockerfile_path.is_file(), f"{name} does not build this repository's Dockerfile: {build}"
+
+
+@pytest.mark.parametrize("name", AIRFLOW_SERVICES)
+def test_airflow_services_share_the_common_environment_and_mounts(name):
+    common = compose()["x-airflow-common"]
+    env = environment(services()[name])
+    differing = sorted(k for k, v in environment(common).items() if env.get(k) != v)
+    assert not differing, f"{name} lacks or overrides the shared settings {differing}"
+    missing = [m for m in common["volumes"] if m not in services()[name].get("volumes", [])]
+    assert not missing, f"{name} lacks the shared mounts {missing}"
+
+
+def test_environment_values_are_strings():
+    """Compose rejects booleans and numbers-as-YAML in ``environment``; quote them."""
+    bad = [(name, k) for name, s in services().items() for k, v in environment(s).items() if v is not None and not isinstance(v, str)]
+    assert not bad, f"unquoted non-string environment values: {bad}"
+
+
+def test_airflow_settings_are_airflow_options():
+    options = airflow_config()
+    env = resolved_env("airflow-scheduler")
+    unknown = []
+    for key in env:
+        if key.startswith("AIRFLOW__"):
+            section, option_name = key.removeprefix("AIRFLOW__").lower().split("__", 1)
+            if option_name not in options.get(section, {}).get("options", {}):
+                unknown.append(key)
+    assert not unknown, f"no such Airflow options: {unknown}"
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert env["AIRFLOW__CORE__LOAD_EXAMPLES"].lower() == "false"
+    module, _, cls = env["AIRFLOW__CORE__AUTH_MANAGER"].rpartition(".")
+    source = Path(next(iter(find_spec("airflow").submodule_search_locations))).parent.joinpath(*module.split(".")).with_suffix(".py")
+    assert cls == "SimpleAuthManager" and f"class {cls}(" in source.read_text(), f"no auth manager {env['AIRFLOW__CORE__AUTH_MANAGER']}"
+    user = env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"].split(",")[0].split(":")
+    assert user == [resolved_env("airflow-init")["_AIRFLOW_WWW_USER_USERNAME"], "admin"], "the init writes the password of another user"
+    passwords = PurePosixPath(env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])
+    assert passwords.parent in volume_targets("airflow-apiserver"), "the passwords file is on no volume the api-server shares"
+
+
+def test_metadata_database_is_the_postgres_service():
+    pg = resolved_env("postgres")
+    url = urlparse(resolved_env("airflow-scheduler")["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    assert url.scheme == "postgresql+psycopg2" and url.hostname == "postgres"
+    assert (url.username, url.password, url.path.lstrip("/")) == (pg["POSTGRES_USER"], pg["POSTGRES_PASSWORD"], pg["POSTGRES_DB"])
+
+
+def test_api_server_port_url_and_healthcheck():
+    port = int(airflow_config()["api"]["options"]["port"]["default"])
+    assert port in published("airflow-apiserver"), f"api-server must publish Airflow's API port {port}"
+    execution = urlparse(resolved_env("airflow-scheduler")["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"])
+    assert (execution.hostname, execution.port, execution.path) == ("airflow-apiserver", port, "/execution/")
+    check = " ".join(services()["airflow-apiserver"]["healthcheck"]["test"])
+    assert f"http://localhost:{port}/api/v2/version" in check
+
+
+# ---------------------------------------------------------------------------- settings of the code
+
+
+def test_setting_names_are_ones_the_code_reads():
+    """A typo in a ``SWAN_*``/``MLFLOW_*`` name (key or ``${VAR}``) would silently do nothing."""
+    written = {k for s in services().values() for k in environment(s)}
+    for text in all_strings(compose()):
+        written |= interpolate(text, {})[1]
+    ours = {n for n in written if n.startswith(("SWAN_", "MLFLOW_"))}
+    assert "SWAN_HOME" in ours
+    unknown = sorted(ours - names_read_by_code())
+    assert not unknown, f"settings no code in {CODE_DIRS} reads: {unknown}"
+
+
+def test_passed_through_settings_default_to_the_code_defaults():
+    """``SWAN_X: ${SWAN_X:-d}`` must not change what an unset SWAN_X means."""
+    pattern = re.compile(r"^\$\{([A-Z0-9_]+):?-(.*)\}$")
+    differing = {}
+    for key, raw in environment(compose()["x-airflow-common"]).items():
+        match = pattern.match(raw or "")
+        if match and match.group(1) == key and key in literal_defaults() and match.group(2) not in literal_defaults()[key]:
+            differing[key] = (match.group(2), sorted(literal_defaults()[key]))
+    assert not differing, f"compose default vs code default: {differing}"
+
+
+def test_project_root_mirrors_the_repository():
+    """``PROJECT_ROOT`` (runtime.py) is two folders above the plugin: jobs, include, pyproject.toml there."""
+    plugins = bind_target("airflow-scheduler", "./plugins")
+    root = (plugins / "swan_airflow" / "runtime.py").parents[2]
+    for folder in ("dags", "include", "jobs", "pyproject.toml"):
+        assert bind_target("airflow-scheduler", f"./{folder}") == root / folder, f"./{folder} is not mounted at {root / folder}"
+    env = resolved_env("airflow-scheduler")
+    assert PurePosixPath(env["AIRFLOW__CORE__DAGS_FOLDER"]) == root / "dags"
+    assert PurePosixPath(env["AIRFLOW__CORE__PLUGINS_FOLDER"]) == plugins
+    assert PurePosixPath(env["PYTHONPATH"]) == root / "include"
+    assert PurePosixPath(resolved_env("model-server")["PYTHONPATH"]) == bind_target("model-server", "./include") == root / "include"
+
+
+def test_swan_home_is_a_volume_and_the_inbox_the_host_folder():
+    settings = stack_settings()
+    home = PurePosixPath(settings.home)
+    assert home in volume_targets("airflow-scheduler"), f"SWAN_HOME {home} is not a volume"
+    inbox = bind_target("airflow-scheduler", "./docker/inbox")
+    assert inbox == PurePosixPath(settings.inbox_dir), f"the host inbox is at {inbox}, the ingest DAG reads {settings.inbox_dir}"
+
+
+# ---------------------------------------------------------------------------- model server
+
+
+def _local_server_command() -> tuple[str, set[str]]:
+    """Module and flags of the command ``swan_anomaly.serving.local.ensure_local_server`` starts."""
+    source = (ROOT / "include" / "swan_anomaly" / "serving" / "local.py").read_text()
+    cmd = re.search(r"cmd = \[(.*?)\n    \]", source, re.DOTALL)
+    assert cmd, "the server command of ensure_local_server moved; update this test"
+    module = re.search(r'"-m",\s*"([\w.]+)"', cmd.group(1))
+    return module.group(1), set(re.findall(r'"(--[a-z-]+)"', cmd.group(1)))
+
+
+def test_model_server_is_started_like_the_code_starts_it():
+    cmd = command(services()["model-server"])
+    module, flags = _local_server_command()
+    assert cmd[:3] == ["python", "-m", module], f"model-server runs {cmd[:3]}, the code runs python -m {module}"
+    assert {c for c in cmd if c.startswith("--")} == flags
+    assert option(cmd, "--host") == "0.0.0.0", "bound to loopback, the server is unreachable from the other containers"
+
+
+def test_endpoint_url_name_and_registry_match_the_model_server():
+    settings, cmd = stack_settings(), command(services()["model-server"])
+    url = urlparse(settings.endpoint_url)
+    code_port = urlparse(Settings.from_env({}).endpoint_url).port
+    assert url.hostname == "model-server" and url.hostname in services()
+    server_port = int(option(cmd, "--port"))
+    assert url.port == code_port == server_port, f"endpoint port {url.port}, code default {code_port}, server {server_port}"
+    assert code_port in published("model-server")
+    assert f"http://localhost:{code_port}/health" in services()["model-server"]["healthcheck"]["test"]
+    assert option(cmd, "--name") == settings.endpoint_name == Settings.from_env({}).endpoint_name
+    # ensure_local_server refuses a server that reads another registry than the tasks.
+    assert (option(cmd, "--tracking-uri"), option(cmd, "--registry-uri")) == settings.mlflow_uris
+
+
+# ---------------------------------------------------------------------------- MLflow and postgres
+
+
+def test_mlflow_server_is_the_tracking_uri_with_postgres_and_served_artifacts():
+    cmd, tracking = command(services()["mlflow"]), urlparse(stack_settings().tracking_uri)
+    assert cmd[:2] == ["mlflow", "server"]
+    assert tracking.hostname == "mlflow" and tracking.port == int(option(cmd, "--port"))
+    assert tracking.port in published("mlflow")
+    assert "--serve-artifacts" in cmd
+    artifacts = PurePosixPath(option(cmd, "--artifacts-destination"))
+    assert artifacts in volume_targets("mlflow"), "MLflow artifacts are not on a named volume"
+    allowed = option(cmd, "--allowed-hosts").split(",")
+    for host in (tracking.netloc, f"localhost:{published('mlflow')[tracking.port]}"):
+        assert any(fnmatch.fnmatch(host, pattern) for pattern in allowed), f"MLflow would answer 403 to Host {host}"
+    assert f"http://localhost:{tracking.port}/health" in services()["mlflow"]["healthcheck"]["test"]
+
+
+def test_mlflow_database_is_created_by_the_postgres_init_sql():
+    store = urlparse(option(command(services()["mlflow"]), "--backend-store-uri"))
+    assert store.scheme == "postgresql+psycopg2" and store.hostname == "postgres"
+    init = [(s, t) for s, t in mounts(services()["postgres"]) if t.startswith("/docker-entrypoint-initdb.d/")]
+    assert len(init) == 1 and init[0][0].endswith(".sql"), f"postgres mounts no init SQL: {init}"
+    sql = (ROOT / init[0][0]).read_text()
+    assert re.search(rf"CREATE\s+DATABASE\s+{re.escape(store.path.lstrip('/'))}\s+OWNER\s+{store.username}\b", sql, re.I)
+    assert re.search(rf"CREATE\s+USER\s+{store.username}\s+WITH\s+PASSWORD\s+'{re.escape(store.password)}'", sql, re.I)
+
+
+# ---------------------------------------------------------------------------- Azurite and the lake
+
+
+def test_azurite_service():
+    azurite = services()["azurite"]
+    version = json.loads((ROOT / "package.json").read_text())["devDependencies"]["azurite"]
+    assert azurite["image"] == f"mcr.microsoft.com/azure-storage/azurite:{version}", "not the Azurite version the tests use"
+    cmd = command(azurite)
+    assert "--skipApiVersionCheck" in cmd and option(cmd, "--blobHost") == "0.0.0.0" and "--blobPort" not in cmd
+    assert set(AZURITE_PORTS) <= set(published("azurite"))
+    assert PurePosixPath(option(cmd, "--location")) in volume_targets("azurite")
+
+
+def test_lake_connection_points_at_azurite_and_the_local_lake_is_the_default():
+    env = resolved_env("airflow-scheduler")
+    backends = (env["SWAN_LAKE_BACKEND"], env["SWAN_COMPUTE_BACKEND"])
+    assert backends == ("local", "local"), f"lake and compute {backends}: local jobs need the local lake (plugins/swan_airflow/jobs.py)"
+    conn = json.loads(env[f"AIRFLOW_CONN_{env['SWAN_LAKE_CONN_ID'].upper()}"])
+    assert conn["conn_type"] == "wasb"
+    parts = dict(p.split("=", 1) for p in conn["extra"]["connection_string"].split(";") if p)
+    blob = urlparse(parts["BlobEndpoint"])
+    assert (blob.hostname, blob.port) == ("azurite", AZURITE_PORTS[0])
+    assert blob.path.strip("/") == parts["AccountName"]
+
+
+def test_every_airflow_connection_is_one_the_code_uses():
+    env = resolved_env("airflow-scheduler")
+    conn_ids = {v for k, v in env.items() if k.endswith("_CONN_ID")}
+    conn_ids |= {d for k, defaults in literal_defaults().items() if k.endswith("_CONN_ID") for d in defaults}
+    unused = [k for k in env if k.startswith("AIRFLOW_CONN_") and k.removeprefix("AIRFLOW_CONN_").lower() not in conn_ids]
+    assert not unused, f"connections no *_CONN_ID setting names: {unused}"
+
+
+# ---------------------------------------------------------------------------- volumes, dependencies, init
+
+
+def test_bind_mounts_exist_and_named_volumes_are_declared():
+    declared, used = set(compose().get("volumes") or {}), set()
+    for name, service in services().items():
+        for source, _ in mounts(service):
+            if is_bind(source):
+                assert source.startswith("./"), f"{name} mounts {source}, outside the repository"
+                assert (ROOT / source).exists(), f"{name} mounts {source}, which does not exist"
+            else:
+                assert source in declared, f"{name} uses the undeclared volume {source}"
+                used.add(source)
+    assert declared == used, f"declared but unused volumes: {sorted(declared - used)}"
+
+
+def test_dependencies_exist_and_wait_for_init():
+    for name, service in services().items():
+        depends = service.get("depends_on") or {}
+        for target, spec in (depends.items() if isinstance(depends, dict) else ((d, {}) for d in depends)):
+            assert target in services(), f"{name} depends on unknown {target}"
+            condition = spec.get("condition", "service_started")
+            assert condition in {"service_started", "service_healthy", "service_completed_successfully"}
+            if condition == "service_healthy":
+                check = (services()[target].get("healthcheck") or {}).get("test")
+                assert check, f"{name} waits for {target} to be healthy, but it has no healthcheck"
+    for name in AIRFLOW_SERVICES[1:]:
+        init = services()[name]["depends_on"].get("airflow-init")
+        assert init == {"condition": "service_completed_successfully"}, f"{name} does not await airflow-init: {init}"
+    assert services()["airflow-init"]["depends_on"]["postgres"] == {"condition": "service_healthy"}
+
+
+def test_init_migrates_then_creates_the_training_pool():
+    script = " ".join(command(services()["airflow-init"]))
+    lines = [line.strip() for line in script.splitlines()]
+    pools = {}
+    for line in lines:
+        words = shlex.split(line) if "airflow pools set" in line else []
+        if words:
+            at = words.index("set")
+            pools[words[at + 1]] = words[at + 2]
+    assert pools.get("swan_training") == "1", f"airflow-init creates pools {pools}, not swan_training with 1 slot"
+    migrate = next((i for i, line in enumerate(lines) if "airflow db migrate" in line), None)
+    first_pool = next(i for i, line in enumerate(lines) if "airflow pools set" in line)
+    assert migrate is not None and migrate < first_pool, "the pool needs the migrated database"
+    # Pools the code names: pool="..." literally, or as the default of a setting (SWAN_POOL).
+    literal = re.compile(r"""\bpool\s*=\s*["']([\w.-]+)["']""")
+    used = {p for d in ("dags", "plugins") for f in (ROOT / d).rglob("*.py") for p in literal.findall(f.read_text())}
+    used |= {d for name, defaults in literal_defaults().items() if name.endswith("_POOL") for d in defaults}
+    assert used <= set(pools), f"pools the DAGs use but nothing creates: {sorted(used - set(pools))}"
+
+
+# ---------------------------------------------------------------------------- Dockerfile
+
+
+@cache
+def dockerfile() -> list[tuple[str, str]]:
+    """``(INSTRUCTION, arguments)`` with continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    steps = []
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            instruction, _, args = line.strip().partition(" ")
+            steps.append((instruction.upper(), " ".join(args.split())))
+    return steps
+
+
+def _user_at(index: int) -> str:
+    users = [args for instruction, args in dockerfile()[:index] if instruction == "USER"]
+    return users[-1] if users else "airflow"
+
+
+def test_dockerfile_base_is_the_pinned_airflow():
+    args = dict(a.split("=", 1) for i, a in dockerfile() if i == "ARG" and "=" in a)
+    base = next(a for i, a in dockerfile() if i == "FROM")
+    base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], base)
+    python = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"].removeprefix(">=")
+    assert base == f"apache/airflow:{requirement_pin('apache-airflow')}-python{python}"
+
+
+def test_dockerfile_installs_torch_cpu_then_requirements_then_the_project():
+    runs = [(n, a) for n, (i, a) in enumerate(dockerfile()) if i == "RUN"]
+    torch = [n for n, a in runs if f"torch=={requirement_pin('torch')}" in a and f"--index-url {CPU_INDEX}" in a]
+    reqs = [n for n, a in runs if re.search(r"pip install .*-r \S*requirements\.txt", a)]
+    project = [n for n, a in runs if re.search(r"pip install .*--no-deps", a)]
+    assert torch and reqs and project, "the Dockerfile must install torch (CPU index), requirements.txt and the project"
+    assert torch[0] < reqs[0] < project[0], "order: torch CPU, requirements.txt, project --no-deps"
+    for n, a in runs:
+        if "pip install" in a:
+            assert _user_at(n) == "airflow", f"pip as {_user_at(n)}: the Airflow image installs packages as airflow"
+    copies = [a.split()[-2:] for i, a in dockerfile()[: project[0]] if i == "COPY"]
+    assert any(src == "include" for src, _ in copies), "the project is installed before include/ is copied"
+
+
+def test_dockerfile_has_java_for_local_spark():
+    java = [n for n, (i, a) in enumerate(dockerfile()) if i == "RUN" and "openjdk-17-jre-headless" in a]
+    assert java and _user_at(java[0]) == "root"
+    assert any(i == "ENV" and a.startswith("JAVA_HOME=") for i, a in dockerfile())
+
+
+def test_dockerfile_copies_the_project_where_compose_mounts_it():
+    ignored = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines() if p.strip() and not p.startswith("#")]
+    assert {".venv", "node_modules", ".git"} <= set(ignored), "the build context would include the venv, node_modules or .git"
+    for instruction, args in dockerfile():
+        if instruction != "COPY":
+            continue
+        *sources, dest = [a for a in args.split() if not a.startswith("--")]
+        for source in sources:
+            assert (ROOT / source).exists(), f"COPY {source}: no such path"
+            assert not any(fnmatch.fnmatch(source, p) for p in ignored), f"COPY {source}, but .dockerignore excludes it"
+            target = PurePosixPath(dest) / source if dest.endswith("/") else PurePosixPath(dest)
+            mounted = [t for s, t in mounts(services()["airflow-scheduler"]) if s == f"./{source}"]
+            assert not mounted or PurePosixPath(mounted[0]) == target, f"image has {source} at {target}, compose mounts it at {mounted[0]}"
