@@ -194,7 +194,12 @@ def report(kind: str, args: argparse.Namespace, device, cfg: ViTConfig, loops: d
         mem = f"  peak {loop['peak_gpu_mem_gib']:.1f} GiB" if "peak_gpu_mem_gib" in loop else ""
         print(f"  {name:<9} {loop['images_per_s']:>10.2f} img/s  {loop['tflop_per_s']:>8.3f} TFLOP/s{extra}{mem}")
     print(f"  ratio pipeline/baseline {result['ratio_pipeline_to_baseline']:.3f}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
     return result
+
+
+def write_json(path: Path | None, data: dict) -> None:
+    """Write ``data`` as indented JSON to ``path`` (parents created); nothing when ``path`` is None."""
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2) + "\n")

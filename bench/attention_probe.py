@@ -15,7 +15,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -92,9 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
         timed(results, "train_eager_cudnn_attn", lambda: step(trained), batch)
     compiled_train = torch.compile(trained)
     timed(results, "train_compile_default", lambda: step(compiled_train), batch)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    _harness.write_json(args.json, results)
     return results
 
 

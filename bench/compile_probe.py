@@ -23,7 +23,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -144,9 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         timed(results, name, step, train_batch, device, **kw)
         del trained, optimizer, m
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    _harness.write_json(args.json, results)
     return results
 
 
