@@ -163,7 +163,7 @@ def swan_anomaly_pipeline():
 
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from swan_airflow.runtime import find_landed_videos, settings
+        from swan_airflow.runtime import find_landed_videos, landing_window, settings
 
         import shutil
 
@@ -174,13 +174,10 @@ def swan_anomaly_pipeline():
         if params.get("videos"):
             videos = [str(Path(v).absolute()) for v in params["videos"]]
         else:
-            landing_date = _landing_date(ctx)
-            if landing_date:
-                start = dt.date.fromisoformat(landing_date)
-                end = start + dt.timedelta(days=1)
-            else:
-                start, end = ctx["data_interval_start"].date(), ctx["data_interval_end"].date()
-                end = max(end, start + dt.timedelta(days=1))
+            start, end = landing_window(
+                landing_date=_landing_date(ctx), interval_start=ctx.get("data_interval_start"), interval_end=ctx.get("data_interval_end"),
+                run_after=getattr(ctx["dag_run"], "run_after", None),
+            )
             videos = [str(p) for p in find_landed_videos(settings().landing_dir, start, end)]
         if not videos:
             raise AirflowSkipException("no new videos for this run; nothing to do")

@@ -208,3 +208,23 @@ def test_the_ingest_dag_lands_videos_and_emits_the_landing_asset_event(airflow_d
         )
         assert len(events) == 1 and events[0].extra["landing_date"] == today and events[0].extra["videos"] == [str(landed)]
     landed.unlink()  # other tests look up landing dates of their own
+
+
+def test_each_kind_of_run_processes_the_landing_date_its_dataset_id_names():
+    from swan_airflow.runtime import dataset_id_for, landing_window
+
+    day = dt.date(2026, 11, 25)
+    interval = (dt.datetime(2026, 11, 25, tzinfo=dt.UTC), dt.datetime(2026, 11, 26, tzinfo=dt.UTC))
+    run_after = dt.datetime(2026, 11, 26, 10, 30, tzinfo=dt.UTC)
+    cases = {  # (landing_date, interval_start, interval_end, run_after) -> expected window
+        "scheduled / backfill": ((None, *interval, run_after), (day, day + dt.timedelta(days=1))),
+        "asset event or landing_date Param": (("2026-11-26", None, None, run_after), (day + dt.timedelta(days=1), day + dt.timedelta(days=2))),
+        "manual, no logical date": ((None, None, None, run_after), (run_after.date(), run_after.date() + dt.timedelta(days=1))),
+        "weekly interval": ((None, interval[0], interval[0] + dt.timedelta(days=7), run_after), (day, day + dt.timedelta(days=7))),
+    }
+    for name, ((landing_date, start, end, after), expected) in cases.items():
+        window = landing_window(landing_date=landing_date, interval_start=start, interval_end=end, run_after=after)
+        assert window == expected, name
+        assert dataset_id_for(landing_date=landing_date, interval_start=start, run_after=after) == window[0].strftime("%Y%m%d"), name
+    with pytest.raises(ValueError, match="which videos"):
+        landing_window(landing_date=None, interval_start=None, interval_end=None, run_after=None)

@@ -39,6 +39,33 @@ def dataset_id_for(*, landing_date: str | None, interval_start: dt.datetime | No
     return moment.strftime("%Y%m%d")
 
 
+def landing_window(
+    *, landing_date: str | None, interval_start: dt.datetime | None, interval_end: dt.datetime | None, run_after: dt.datetime | None
+) -> tuple[dt.date, dt.date]:
+    """The arrival dates ``[start, end)`` a run processes, consistent with :func:`dataset_id_for`.
+
+    The landing date if given (a Param or an asset event); else the data interval (at least one
+    day); else, for a run without a data interval (a manual trigger without a logical date), the
+    day of ``run_after``.
+
+    Example:
+        >>> landing_window(landing_date=None, interval_start=dt.datetime(2026, 11, 25), interval_end=dt.datetime(2026, 11, 26), run_after=None)
+        (datetime.date(2026, 11, 25), datetime.date(2026, 11, 26))
+    """
+    one_day = dt.timedelta(days=1)
+    if landing_date:
+        start = dt.date.fromisoformat(landing_date)
+        return start, start + one_day
+    if interval_start is not None:
+        start = interval_start.date()
+        end = interval_end.date() if interval_end is not None else start
+        return start, max(end, start + one_day)
+    if run_after is None:
+        msg = "cannot tell which videos to process: the run has no landing date, data interval or run_after"
+        raise ValueError(msg)
+    return run_after.date(), run_after.date() + one_day
+
+
 def arrival_date(path: Path, landing_dir: Path) -> dt.date:
     """A video's arrival date: its ``landing/YYYY-MM-DD/`` folder, else its modification day (UTC)."""
     for part in path.relative_to(landing_dir).parts[:-1]:
