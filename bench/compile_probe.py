@@ -86,6 +86,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    parser.add_argument("--mode", action="append", default=None,
+                        help="torch.compile mode(s) for the attention-island inference variant (repeatable; default: default)")
+    parser.add_argument("--skip-full", action="store_true", help="skip the whole-model compile variant")
+    parser.add_argument("--skip-train", action="store_true", help="skip the training variants")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("no CUDA GPU here (use --device cpu for a smoke test)")
@@ -108,22 +112,29 @@ def main(argv: list[str] | None = None) -> dict:
         eager = lambda: model(pixel_values=x).logits  # noqa: E731
         timed(results, "infer_eager", eager, infer_batch, device, **kw)
         top_kernels(results, "infer_eager", eager, device)
-        full = torch.compile(model)
-        compiled_full = lambda: full(pixel_values=x).logits  # noqa: E731
-        timed(results, "infer_compile_full_nograd", compiled_full, infer_batch, device, **kw)
-        top_kernels(results, "infer_compile_full_nograd", compiled_full, device)
-        torch._dynamo.reset()
-        island_model = ViTForImageClassification(cfg).to(device).eval().to(dtype)
-        island_model.load_state_dict(model.state_dict())
-        island_model.config._attn_implementation = ISLAND
-        island = torch.compile(island_model)
-        compiled_island = lambda: island(pixel_values=x).logits  # noqa: E731
-        timed(results, "infer_compile_attn_island", compiled_island, infer_batch, device, **kw)
-        top_kernels(results, "infer_compile_attn_island", compiled_island, device)
-        diff = (compiled_island().float() - eager().float()).abs().max().item()
-        results["infer_island_max_abs_logit_diff"] = diff
-        print("island vs eager max |logit diff|", diff, flush=True)
-    model = island_model = full = island = None  # free the inference models before training
+        if not args.skip_full:
+            full = torch.compile(model)
+            compiled_full = lambda: full(pixel_values=x).logits  # noqa: E731
+            timed(results, "infer_compile_full_nograd", compiled_full, infer_batch, device, **kw)
+            top_kernels(results, "infer_compile_full_nograd", compiled_full, device)
+            full = None
+        for mode in args.mode or ["default"]:
+            torch._dynamo.reset()
+            name = "infer_compile_attn_island" + ("" if mode == "default" else "_" + mode.replace("-", "_"))
+            island_model = ViTForImageClassification(cfg).to(device).eval().to(dtype)
+            island_model.load_state_dict(model.state_dict())
+            island_model.config._attn_implementation = ISLAND
+            island = torch.compile(island_model, mode=mode)
+            compiled_island = lambda: island(pixel_values=x).logits  # noqa: E731
+            timed(results, name, compiled_island, infer_batch, device, **kw)
+            top_kernels(results, name, compiled_island, device)
+            diff = (compiled_island().float() - eager().float()).abs().max().item()
+            results[name + "_max_abs_logit_diff"] = diff
+            print(name, "vs eager max |logit diff|", diff, flush=True)
+    model = island_model = island = None  # free the inference models before training
+    if args.skip_train:
+        _harness.write_json(args.json, results)
+        return results
     torch._dynamo.reset()
 
     xt = torch.randn(train_batch, 3, size, size, device=device)
