@@ -228,3 +228,51 @@ def test_each_kind_of_run_processes_the_landing_date_its_dataset_id_names():
         assert dataset_id_for(landing_date=landing_date, interval_start=start, run_after=after) == window[0].strftime("%Y%m%d"), name
     with pytest.raises(ValueError, match="which videos"):
         landing_window(landing_date=None, interval_start=None, interval_end=None, run_after=None)
+
+
+def test_an_interrupted_task_stops_its_local_job_subprocess(tmp_path, monkeypatch):
+    """A timeout or SIGTERM raised in the task while its job runs kills the job: no orphan keeps training."""
+    import signal
+    import time
+
+    import psutil
+
+    from swan_airflow.jobs import run_job
+
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    (jobs / "sleepy.py").write_text("import os, time\nprint('pid', os.getpid(), flush=True)\ntime.sleep(120)\n")
+    monkeypatch.setenv("SWAN_JOBS_DIR", str(jobs))
+    monkeypatch.setenv("SWAN_LAKE_BACKEND", "local")
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(signum, frame):
+        raise Interrupted("execution_timeout")
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.alarm(3)
+    started = time.monotonic()
+    try:
+        with pytest.raises(Interrupted):
+            run_job("sleepy", dataset_id="20261126", run_id="manual__interrupt")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert time.monotonic() - started < 60, "run_job waited for the job instead of stopping it"
+    leftover = [p for p in psutil.Process().children(recursive=True) if p.pid not in before and p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not [p for p in leftover if "sleepy.py" in " ".join(p.cmdline())], leftover
+
+
+def test_the_local_backend_kill_does_not_try_to_cancel_a_databricks_run(dagbag, capsys):
+    task = dagbag.dags[DAG_ID].get_task("run_training")
+    task.backend = "local"
+    task.on_kill()
+    out = capsys.readouterr()
+    assert "local train job stops with it" in out.out + out.err and "invalid run_id" not in out.out + out.err
+    task.backend = "databricks"
+    task.on_kill()  # the provider's path: no Databricks run was started, so it says so
+    out = capsys.readouterr()
+    assert "invalid run_id" in out.out + out.err

@@ -38,11 +38,19 @@ def run_job(job: str, *, dataset_id: str, run_id: str, args: list[str] | None = 
     tail: collections.deque[str] = collections.deque(maxlen=30)
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip()
-            tail.append(line)
-            log.info("[%s] %s", job, line)
-        code = proc.wait()  # the task's execution_timeout bounds the whole job
+        try:
+            for line in proc.stdout:
+                line = line.rstrip()
+                tail.append(line)
+                log.info("[%s] %s", job, line)
+            code = proc.wait()
+        except BaseException:
+            # The task's execution_timeout, a SIGTERM (marked failed, worker shutdown) or any error
+            # here ends the job with the task: no orphan keeps training or holding the lake.
+            log.warning("stopping job %s (pid %d) with its task", job, proc.pid)
+            proc.kill()
+            proc.wait()
+            raise
     if code != 0:
         msg = f"job {job} exited with code {code} for dataset {dataset_id}; last output:\n" + "\n".join(tail)
         raise JobFailed(msg)

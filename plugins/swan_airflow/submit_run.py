@@ -138,3 +138,9 @@ class SwanJobOperator(IdempotentSubmitRunOperator):
             msg = f"backend must be 'local' or 'databricks', got {self.backend!r}"
             raise AirflowFailException(msg)
         return super().execute(context)
+
+    def on_kill(self) -> None:
+        if self.backend == "local":  # run_job stops its subprocess when the task is interrupted
+            self.log.info("task %s killed; its local %s job stops with it", self.task_id, self.job)
+            return
+        super().on_kill()  # cancels the Databricks run
