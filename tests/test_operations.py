@@ -276,3 +276,31 @@ def test_the_local_backend_kill_does_not_try_to_cancel_a_databricks_run(dagbag, 
     task.on_kill()  # the provider's path: no Databricks run was started, so it says so
     out = capsys.readouterr()
     assert "invalid run_id" in out.out + out.err
+
+
+def test_a_job_that_fails_on_bad_input_is_not_retried_and_a_crash_is(tmp_path, monkeypatch):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from swan_airflow.jobs import JobFailed, run_job
+    from swan_anomaly import JobError
+    from swan_anomaly.entrypoint import EXIT_PERMANENT, job_parser, run_entrypoint
+
+    args = job_parser("test").parse_args(["--lake-root", str(tmp_path / "lake"), "--dataset-id", "20261126", "--run-id", "r1"])
+
+    def bad_data():
+        raise JobError("gold partition 20261126 has no anomalies in the val split")
+
+    with pytest.raises(SystemExit) as exited:
+        run_entrypoint("train", args, bad_data)
+    assert exited.value.code == EXIT_PERMANENT
+
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    (jobs / "rejects.py").write_text(f"import sys\nprint('bad input: labels.csv has no label column')\nsys.exit({EXIT_PERMANENT})\n")
+    (jobs / "crashes.py").write_text("import os\nprint('out of memory, probably')\nos._exit(137)\n")
+    monkeypatch.setenv("SWAN_JOBS_DIR", str(jobs))
+    monkeypatch.setenv("SWAN_LAKE_BACKEND", "local")
+    with pytest.raises(AirflowFailException, match=r"(?s)rejects exited with code 3.*no label column"):
+        run_job("rejects", dataset_id="20261126", run_id="r1")
+    with pytest.raises(JobFailed, match=r"(?s)crashes exited with code 137.*out of memory"):
+        run_job("crashes", dataset_id="20261126", run_id="r1")

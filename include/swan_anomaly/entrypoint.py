@@ -13,7 +13,15 @@ import logging
 import time
 from pathlib import Path
 
+from swan_anomaly._errors import ConfigError, JobError, LabelManifestError, ValidationDataError
 from swan_anomaly.lake import LocalLake
+
+#: Exit status of a job that failed for a reason a retry cannot fix (bad input data or
+#: configuration); the Airflow task then fails at once instead of retrying. argparse's usage
+#: errors (exit status 2) are final too. Anything else (a crash, a kill, a lost connection) is
+#: worth a retry.
+EXIT_PERMANENT = 3
+PERMANENT_ERRORS = (ConfigError, JobError, LabelManifestError, ValidationDataError)
 
 
 def job_parser(description: str) -> argparse.ArgumentParser:
@@ -26,11 +34,20 @@ def job_parser(description: str) -> argparse.ArgumentParser:
 
 
 def run_entrypoint(job: str, args: argparse.Namespace, work) -> dict:
-    """Run ``work()``, time it, and write its result to ``runs/{run_id}/{job}.json``."""
+    """Run ``work()``, time it, and write its result to ``runs/{run_id}/{job}.json``.
+
+    Raises:
+        SystemExit: with :data:`EXIT_PERMANENT` when ``work()`` raises one of
+            :data:`PERMANENT_ERRORS` (logged with its message first).
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("py4j").setLevel(logging.WARNING)
     started = time.perf_counter()
-    result = work()
+    try:
+        result = work()
+    except PERMANENT_ERRORS as exc:
+        logging.getLogger(job).error("%s failed, and a retry would fail the same way: %s: %s", job, type(exc).__name__, exc)
+        raise SystemExit(EXIT_PERMANENT) from exc
     import swan_anomaly
 
     result = {

@@ -16,6 +16,7 @@ import subprocess
 import sys
 
 from swan_airflow.runtime import job_lake_root, jobs_dir, lake, lake_backend
+from swan_anomaly.entrypoint import EXIT_PERMANENT
 
 log = logging.getLogger(__name__)
 
@@ -53,5 +54,9 @@ def run_job(job: str, *, dataset_id: str, run_id: str, args: list[str] | None = 
             raise
     if code != 0:
         msg = f"job {job} exited with code {code} for dataset {dataset_id}; last output:\n" + "\n".join(tail)
+        if code in (2, EXIT_PERMANENT):  # bad arguments, input data or configuration: a retry fails the same way
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(msg)
         raise JobFailed(msg)
     return lake().read_result(run_id, job)
