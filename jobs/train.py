@@ -4,7 +4,8 @@ Parameters: --lake-root (req), --dataset-id (req), --run-id (req), --model (defa
 or vit-tiny-offline; a hub id such as google/vit-base-patch16-224 or a local directory),
 --epochs, --batch-size, --learning-rate, --patience, --monitor (val_loss | val_auroc), --threshold-method (max_f1 | target_fpr),
 --target-fpr (0.01), --generalization (auto | off: the leave-one-family-out report),
---lofo-epochs (15), --compile (auto | on | off: torch.compile the training step; auto = on CUDA),
+--lofo-epochs (15), --compile (auto | on | off: torch.compile the training step; auto = on CUDA for
+runs of at least 500 optimizer steps, where the ~30 s of compilation pays back),
 --window-days (1: days of gold partitions to train on, ending with --dataset-id; partitions are
 YYYYMMDD dates, none newer than --dataset-id; a group that landed twice is kept from its newest
 partition; at least 1), --seed, --git-sha, --dag-id.
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--target-fpr", type=float, default=DEFAULTS.target_fpr, help="false-positive rate for --threshold-method target_fpr")
     parser.add_argument("--generalization", choices=["auto", "off"], default=DEFAULTS.generalization, help="leave-one-family-out report (auto: with 2+ families)")
     parser.add_argument("--lofo-epochs", type=int, default=DEFAULTS.lofo_epochs, help="epoch budget of each leave-one-family-out model")
-    parser.add_argument("--compile", choices=["auto", "on", "off"], default=DEFAULTS.compile, help="torch.compile the training step (auto: on CUDA)")
+    parser.add_argument("--compile", choices=["auto", "on", "off"], default=DEFAULTS.compile, help="torch.compile the training step (auto: on CUDA, runs of 500+ steps)")
     parser.add_argument("--window-days", type=window_days, default=1, help="days of gold partitions to train on, ending with --dataset-id")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
     parser.add_argument("--git-sha", default="unknown")
