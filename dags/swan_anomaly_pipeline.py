@@ -15,6 +15,7 @@ from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable, Param, d
 from swan_airflow.callbacks import failure_callbacks
 from swan_airflow.databricks_runs import submit_run_json
 from swan_airflow.ingest import LANDING_ASSET
+from swan_anomaly.gate import promotion_thresholds
 
 SCHEDULE = os.environ.get("SWAN_SCHEDULE", "@daily")
 # Default of the `backend` Param: where the Spark and training jobs run, "local" (subprocesses,
@@ -28,6 +29,7 @@ MODEL_EXAMPLES = ["vit-tiny-offline", "vit-micro-offline", "google/vit-base-patc
 POOL = os.environ.get("SWAN_POOL", "swan_training")
 TASK_TIMEOUT = dt.timedelta(minutes=float(os.environ.get("SWAN_TASK_TIMEOUT_MINUTES", "60")))
 TRAINING_TIMEOUT = dt.timedelta(minutes=float(os.environ.get("SWAN_TRAINING_TIMEOUT_MINUTES", "360")))
+GATE_DEFAULTS = {name: t.minimum for name, t in promotion_thresholds().items()}
 FAMILIES = ["salt_pepper_polygons", "cutpaste", "perlin_texture", "occlusion", "local_blur", "color_shift"]
 
 default_args = {
@@ -116,8 +118,8 @@ def _landing_date(ctx) -> str | None:
         ),
         # Promotion
         "gate_mode": Param("enabled", enum=["enabled", "dry_run", "disabled"], title="Gate mode", section="Promotion", description="Promotion gate: enforce, only report, or skip."),
-        "gate_min_val_auroc": Param(0.90, type="number", minimum=0, maximum=1, title="Min validation AUROC", section="Promotion", description="The challenger needs at least this validation AUROC (anomaly class positive)."),
-        "gate_min_val_f1": Param(0.80, type="number", minimum=0, maximum=1, title="Min validation F1", section="Promotion", description="The challenger needs at least this validation F1 at its stored threshold."),
+        "gate_min_val_auroc": Param(GATE_DEFAULTS["auroc"], type="number", minimum=0, maximum=1, title="Min validation AUROC", section="Promotion", description="The challenger needs at least this validation AUROC (anomaly class positive)."),
+        "gate_min_val_f1": Param(GATE_DEFAULTS["f1"], type="number", minimum=0, maximum=1, title="Min validation F1", section="Promotion", description="The challenger needs at least this validation F1 at its stored threshold."),
         "gate_min_unseen_auroc": Param(
             None, type=["null", "number"], minimum=0, maximum=1, title="Min unseen-family AUROC", section="Promotion",
             description="Also require this AUROC on every anomaly family held out of training (leave-one-family-out report; needs 2+ families).",
@@ -336,12 +338,12 @@ def swan_anomaly_pipeline():
     def gate_model(registered: dict) -> str:
         """Promote the challenger only if it passes the thresholds and does not regress vs the champion."""
         from swan_airflow.runtime import registry_client
-        from swan_anomaly.gate import MinThreshold, decide, promotion_thresholds
+        from swan_anomaly.gate import MinThreshold, decide
         from swan_anomaly.registry import CHAMPION, get_alias
 
         _, _, params = _run_facts()
         client = registry_client()
-        thresholds = {**promotion_thresholds(), "auroc": MinThreshold(params["gate_min_val_auroc"]), "f1": MinThreshold(params["gate_min_val_f1"])}
+        thresholds = {"auroc": MinThreshold(params["gate_min_val_auroc"]), "f1": MinThreshold(params["gate_min_val_f1"])}
         if params.get("gate_min_unseen_auroc") is not None:
             thresholds["unseen_auroc"] = MinThreshold(params["gate_min_unseen_auroc"])
         champion = get_alias(client, registered["name"], CHAMPION)
