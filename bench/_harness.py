@@ -203,3 +203,22 @@ def write_json(path: Path | None, data: dict) -> None:
     if path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def run_benchmark(kind: str, description: str, argv: list[str] | None, *, batch_size: int, loops, flop_factor: int) -> dict:
+    """Parse the shared options, build random weights and data, time both loops, report.
+
+    ``loops(model_dir, x, y, args, device)`` returns ``{"baseline": fn, "pipeline": fn}``, each
+    ``fn()`` returning :func:`time_loop`'s result.
+    """
+    import tempfile
+
+    parser = build_parser(description, batch_size=batch_size)
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    device, cfg = setup(args)
+    x, y = random_batches(cfg, args.batch_size, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = save_random_model(args.model, Path(tmp) / args.model)
+        results = run_loops(loops(model_dir, x, y, args, device), device)
+    return report(kind, args, device, cfg, results, flop_factor=flop_factor)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
@@ -65,20 +64,12 @@ def baseline_loop(model_dir: str, x: torch.Tensor, args, device) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = _harness.build_parser(__doc__, batch_size=PYFUNC_BATCH)
-    args = parser.parse_args(argv)
-    _harness.check_args(parser, args)
-    device, cfg = _harness.setup(args)
-    x, _ = _harness.random_batches(cfg, args.batch_size, device)
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir = _harness.save_random_model(args.model, Path(tmp) / args.model)
-        runs = {
-            "baseline": lambda: baseline_loop(model_dir, x, args, device),
-            "pipeline": lambda: pipeline_loop(model_dir, x, args, device),
-        }
-        loops = _harness.run_loops(runs, device)
-    return _harness.report("infer", args, device, cfg, loops, flop_factor=1)
-
+    return _harness.run_benchmark(
+        "infer", __doc__, argv, batch_size=PYFUNC_BATCH, flop_factor=1,
+        loops=lambda model_dir, x, _y, args, device: {
+            "baseline": lambda: baseline_loop(model_dir, x, args, device), "pipeline": lambda: pipeline_loop(model_dir, x, args, device),
+        },
+    )
 
 if __name__ == "__main__":
     main()

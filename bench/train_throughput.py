@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
@@ -75,17 +74,12 @@ def baseline_loop(model_dir: str, x: torch.Tensor, y: torch.Tensor, args, device
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = _harness.build_parser(__doc__, batch_size=DEFAULTS.batch_size)
-    args = parser.parse_args(argv)
-    _harness.check_args(parser, args)
-    device, cfg = _harness.setup(args)
-    x, y = _harness.random_batches(cfg, args.batch_size, device)
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir = _harness.save_random_model(args.model, Path(tmp) / args.model)
-        runs = {"baseline": lambda: baseline_loop(model_dir, x, y, args, device), "pipeline": lambda: pipeline_loop(model_dir, x, y, args)}
-        loops = _harness.run_loops(runs, device)
-    return _harness.report("train", args, device, cfg, loops, flop_factor=3)
-
+    return _harness.run_benchmark(
+        "train", __doc__, argv, batch_size=DEFAULTS.batch_size, flop_factor=3,
+        loops=lambda model_dir, x, y, args, device: {
+            "baseline": lambda: baseline_loop(model_dir, x, y, args, device), "pipeline": lambda: pipeline_loop(model_dir, x, y, args),
+        },
+    )
 
 if __name__ == "__main__":
     main()
