@@ -4,7 +4,7 @@ The first probe (bench/attention_probe.py) found compiled graphs slower than eag
 attention was lowered to float32 batched matmuls. This one times, on the same random bf16
 ViT-B/16 (inference batch 1024, training batch 256 under bf16 autocast with fused AdamW):
 
-* eager (the pipeline's path today);
+* eager (the pipeline's inference path; training compiles, see below);
 * ``torch.compile`` of the whole model under ``torch.no_grad`` (not ``inference_mode``);
 * ``torch.compile`` with attention as an eager island: Hugging Face's SDPA attention function
   wrapped in ``torch.compiler.disable`` and registered through ``transformers.AttentionInterface``,
@@ -31,11 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
 
 import _harness  # noqa: E402  (needs include/ on sys.path)
 import torch  # noqa: E402
-from transformers import AttentionInterface, ViTForImageClassification  # noqa: E402
-from transformers.integrations.sdpa_attention import sdpa_attention_forward  # noqa: E402
+from transformers import ViTForImageClassification  # noqa: E402
 
-ISLAND = "sdpa_eager_island"
-AttentionInterface.register(ISLAND, torch.compiler.disable(sdpa_attention_forward))
+from swan_anomaly.modeling import ATTENTION_ISLAND as ISLAND  # noqa: E402
+from swan_anomaly.modeling import register_attention_island  # noqa: E402
+
+register_attention_island()
 
 
 def sync(device: torch.device) -> None:

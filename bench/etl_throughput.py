@@ -10,7 +10,7 @@ OpenCV held to one thread. Spark gets one untimed warm-up run (JVM, Python worke
 
 Parameters: --images (default 3000), --width (1280), --height (720), --size (model input, 224),
 --cores (Spark task slots; default: all cores), --repeats (timed Spark runs, best kept; 2),
---json PATH.
+--spark-conf KEY=VALUE (repeatable: Spark SQL settings of the timed runs), --json PATH.
 
 A second baseline runs one copy of the plain loop per core side by side (each over its share of
 the frames): the per-core rate of the loop when every core is busy, as during the Spark job.
@@ -112,8 +112,8 @@ def plain_loops_on_every_core(raw_dir: Path, out: Path, size: int, cores: int) -
     return time.perf_counter() - started
 
 
-def spark_etl(lake_root: Path, size: int, cores: int, repeats: int) -> float:
-    """Best seconds of ``run_etl`` over ``repeats`` timed runs after one warm-up run."""
+def spark_etl(lake_root: Path, size: int, cores: int, repeats: int, conf: dict[str, str] | None = None) -> float:
+    """Best seconds of ``run_etl`` over ``repeats`` timed runs after one warm-up run (``conf``: Spark SQL settings for them)."""
     os.environ["SWAN_SPARK_MASTER"] = f"local[{cores}]"
     os.environ["SWAN_SPARK_SHUFFLE_PARTITIONS"] = str(cores)
     from swan_anomaly.etl import run_etl
@@ -121,6 +121,8 @@ def spark_etl(lake_root: Path, size: int, cores: int, repeats: int) -> float:
 
     spark = build_spark("swan-etl-bench")
     run_etl(lake_root=lake_root, dataset_id=DATASET, image_size=size, spark=spark)
+    for key, value in (conf or {}).items():
+        spark.conf.set(key, value)
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
@@ -140,7 +142,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
+                        help="a Spark SQL setting for the timed Spark runs (repeatable), to compare knobs")
     args = parser.parse_args(argv)
+    conf = dict(item.split("=", 1) for item in args.spark_conf)
 
     with tempfile.TemporaryDirectory(prefix="swan-etl-bench-") as tmp:
         tmp_path = Path(tmp)
@@ -148,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
         raw_dir = make_dataset(lake.raw(DATASET), args.images, args.width, args.height)
         plain_s = min(plain_loop(raw_dir, tmp_path / f"plain{i}", args.size) for i in range(args.repeats))
         loaded_s = min(plain_loops_on_every_core(raw_dir, tmp_path / f"loaded{i}", args.size, args.cores) for i in range(args.repeats))
-        spark_s = spark_etl(lake.root, args.size, args.cores, args.repeats)
+        spark_s = spark_etl(lake.root, args.size, args.cores, args.repeats, conf)
 
     plain_rate, loaded_rate, spark_rate = args.images / plain_s, args.images / loaded_s / args.cores, args.images / spark_s
     result = {

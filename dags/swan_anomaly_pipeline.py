@@ -14,7 +14,7 @@ from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable, Param, d
 
 from swan_airflow.callbacks import failure_callbacks
 from swan_airflow.databricks_runs import submit_run_json
-from swan_airflow.ingest import LANDING_ASSET
+from swan_airflow.ingest import LANDING_ASSET, landing_date_from_events
 from swan_anomaly.gate import promotion_thresholds
 
 SCHEDULE = os.environ.get("SWAN_SCHEDULE", "@daily")
@@ -58,8 +58,6 @@ def _run_facts() -> tuple[str, str, dict]:
 
 def _landing_date(ctx) -> str | None:
     """The landing date a run processes: the `landing_date` Param, else the one its asset event names."""
-    from swan_airflow.ingest import landing_date_from_events
-
     return ctx["params"].get("landing_date") or landing_date_from_events(ctx.get("triggering_asset_events"))
 
 
@@ -306,7 +304,8 @@ def swan_anomaly_pipeline():
             job=job,
             job_args=args,
             databricks_conn_id=DATABRICKS_CONN_ID,
-            json=submit_run_json(job, args),
+            # the Databricks run ends when the task would time out
+            json=submit_run_json(job, args, timeout_seconds=int(kwargs.get("execution_timeout", TASK_TIMEOUT).total_seconds())),
             inputs="{{ ti.xcom_pull(task_ids='upload_to_lake')['digest'] }}",
             deferrable=True,
             polling_period_seconds=int(os.environ.get("SWAN_DATABRICKS_POLL_SECONDS", "30")),

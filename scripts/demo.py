@@ -44,7 +44,7 @@ def migrate_db() -> None:
     """Migrate the metadata DB and create the pool the training and promotion tasks share (as `make airflow` does)."""
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, stdout=subprocess.DEVNULL)
     subprocess.run(
-        [sys.executable, "-m", "airflow", "pools", "set", "swan_training", "1", "one run trains or promotes at a time"],
+        [sys.executable, "-m", "airflow", "pools", "set", os.environ.get("SWAN_POOL", "swan_training"), "1", "one run trains or promotes at a time"],
         check=True, stdout=subprocess.DEVNULL,
     )
 

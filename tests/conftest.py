@@ -101,7 +101,7 @@ def session_dir() -> Path:
 def airflow_db() -> Path:
     """A migrated SQLite Airflow metadata DB in the session's AIRFLOW_HOME, with the pipeline's pool."""
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
-    subprocess.run([sys.executable, "-m", "airflow", "pools", "set", "swan_training", "1", "tests"], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "airflow", "pools", "set", os.environ.get("SWAN_POOL", "swan_training"), "1", "tests"], check=True, capture_output=True)
     return Path(os.environ["AIRFLOW_HOME"])
 
 

@@ -52,3 +52,14 @@ def test_importing_the_dag_file_imports_no_heavy_library():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT, env={**__import__("os").environ, "PYTHONPATH": str(ROOT / "plugins")})
     loaded = json.loads(out.stdout.strip().splitlines()[-1])
     assert loaded == [], f"the DAG file imported {loaded} at parse time"
+
+
+def test_the_anomaly_family_param_offers_exactly_the_library_families():
+    """The DAG cannot import the (cv2-heavy) anomalies module at parse time, so its list is a copy: keep it in step."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from swan_anomaly.anomalies import DEFAULT_FAMILIES, FAMILIES
+
+    param = DagBag(dag_folder=str(ROOT / "dags")).dags[DAG_ID].params.get_param("anomaly_families")
+    assert param.schema["items"]["enum"] == list(FAMILIES)
+    assert set(param.value) <= set(DEFAULT_FAMILIES)

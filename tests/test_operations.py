@@ -266,13 +266,13 @@ def test_an_interrupted_task_stops_its_local_job_subprocess(tmp_path, monkeypatc
     assert not [p for p in leftover if "sleepy.py" in " ".join(p.cmdline())], leftover
 
 
-def test_the_local_backend_kill_does_not_try_to_cancel_a_databricks_run(dagbag, capsys):
+def test_the_local_backend_kill_does_not_try_to_cancel_a_databricks_run(dagbag, capsys, monkeypatch):
     task = dagbag.dags[DAG_ID].get_task("run_training")
-    task.backend = "local"
+    monkeypatch.setattr(task, "backend", "local")
     task.on_kill()
     out = capsys.readouterr()
     assert "local train job stops with it" in out.out + out.err and "invalid run_id" not in out.out + out.err
-    task.backend = "databricks"
+    monkeypatch.setattr(task, "backend", "databricks")
     task.on_kill()  # the provider's path: no Databricks run was started, so it says so
     out = capsys.readouterr()
     assert "invalid run_id" in out.out + out.err

@@ -35,7 +35,9 @@ def families_of(gold: pd.DataFrame) -> list[str]:
     return sorted(set.intersection(*per_split)) if per_split else []
 
 
-def leave_one_family_out(gold: pd.DataFrame, base_model: str, spec, config, *, families: list[str] | None = None) -> pd.DataFrame:
+def leave_one_family_out(
+    gold: pd.DataFrame, base_model: str, spec, config, *, families: list[str] | None = None, images: tuple | None = None
+) -> pd.DataFrame:
     """One row per held-out family (columns :data:`COLUMNS`); empty with fewer than two families.
 
     Args:
@@ -44,15 +46,17 @@ def leave_one_family_out(gold: pd.DataFrame, base_model: str, spec, config, *, f
         spec: the preprocessing spec of that model.
         config: a :class:`~swan_anomaly.training.TrainConfig` (epochs, seed, threshold method...).
         families: the families to hold out (default: :func:`families_of`).
+        images: ``(x, y)`` of every row of ``gold`` in its order, already preprocessed with
+            ``spec`` (as ``run_training`` has them); computed here when not given.
     """
-    from swan_anomaly.modeling import load_classifier
+    from swan_anomaly.modeling import load_classifier, resolve_device
     from swan_anomaly.training import _evaluate, _tensors, train_classifier
 
     families = families_of(gold) if families is None else families
     if len(families) < 2:
         return pd.DataFrame(columns=list(COLUMNS))
     gold = gold.reset_index(drop=True)
-    x, y = _tensors(gold, spec)  # decode and preprocess every image once; each run takes its rows
+    x, y = images if images is not None else _tensors(gold, spec)  # every image preprocessed once; each run takes its rows
     split, family, normal = gold.split.to_numpy(), gold.family.to_numpy(), (gold.label == NORMAL).to_numpy()
 
     def rows_of(mask: np.ndarray) -> tuple:
@@ -64,6 +68,7 @@ def leave_one_family_out(gold: pd.DataFrame, base_model: str, spec, config, *, f
         keep = normal | (family != held)
         train, val = rows_of(keep & (split == Split.TRAIN.value)), rows_of(keep & (split == Split.VAL.value))
         model, _, best_epoch = train_classifier(load_classifier(base_model), train, val, config)
+        model.to(resolve_device(config.device))  # scored where the main model is scored (train_classifier hands back a CPU model)
         _, val_logits = _evaluate(model, *val, config.batch_size)
         threshold = choose_threshold(val[1].numpy(), anomaly_scores(val_logits), method=config.threshold_method, target_fpr=config.target_fpr)
         test = split == Split.TEST.value

@@ -188,7 +188,8 @@ class LabelCheckReport:
         if self.mismatches:
             text += f": {listed}{more}"
         if self.errors:
-            text += f"; {len(self.errors)} frame(s) without an answer, e.g. {self.errors[0]}: {self.to_dict()['errors'][self.errors[0]]}"
+            first = next(a for a in self.answers if a.error is not None)
+            text += f"; {len(self.errors)} frame(s) without an answer, e.g. {first.path}: {first.error}"
         return text
 
 

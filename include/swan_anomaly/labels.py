@@ -98,10 +98,7 @@ def validate_manifest(table: pd.DataFrame, *, source: str, dataset_dir: Path | N
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
         msg = f"{source}: label manifest has values of the wrong type: {exc}"
         raise LabelManifestError(msg) from exc
-    for name in COLUMNS:
-        if arrow.column(name).null_count:
-            msg = f"{source}: label manifest has {arrow.column(name).null_count} empty value(s) in column {name!r}"
-            raise LabelManifestError(msg)
+    # (no null check here: SCHEMA's fields are non-nullable, so from_pandas already refused empty values)
     table = arrow.to_pandas(types_mapper={pa.string(): pd.StringDtype()}.get)
     bad = table[~table.label.isin(list(LABEL_NAMES))]
     if len(bad):

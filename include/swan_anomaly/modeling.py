@@ -171,12 +171,19 @@ def compile_model(model):
         torch.Size([256, 2])
     """
     import torch
+
+    register_attention_island()
+    model.config._attn_implementation = ATTENTION_ISLAND
+    return torch.compile(model, dynamic=False)
+
+
+def register_attention_island() -> None:
+    """Register :data:`ATTENTION_ISLAND`: Hugging Face's SDPA attention behind ``torch.compiler.disable``."""
+    import torch
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     AttentionInterface.register(ATTENTION_ISLAND, torch.compiler.disable(sdpa_attention_forward))
-    model.config._attn_implementation = ATTENTION_ISLAND
-    return torch.compile(model, dynamic=False)
 
 
 def prepare_for_inference(model, device: str = "auto"):

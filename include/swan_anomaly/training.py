@@ -387,9 +387,9 @@ def train_classifier(model, train: tuple, val: tuple, cfg: TrainConfig, *, on_ep
         msg = f"compile must be 'auto', 'on' or 'off', got {cfg.compile!r}"
         raise ValueError(msg)
     device, autocast_dtype = place_for_training(model, cfg.device)
-    step_model = model
-    planned_steps = math.ceil(len(x_train) / cfg.batch_size) * cfg.epochs
-    if cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda" and planned_steps >= COMPILE_MIN_STEPS):
+    step_model, attention = model, model.config._attn_implementation
+    steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
+    if cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda" and steps_per_epoch * cfg.epochs >= COMPILE_MIN_STEPS):
         from swan_anomaly.modeling import compile_model
 
         step_model = compile_model(model)
@@ -401,7 +401,6 @@ def train_classifier(model, train: tuple, val: tuple, cfg: TrainConfig, *, on_ep
             x_train, y_train = x_train.to(device), y_train.to(device)
         else:
             log.info("training set (%.1f GiB) stays on the host; batches go through pinned memory", x_train.nbytes / 2**30)
-    steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
     optimizer, scheduler = make_optimizer(model, cfg, total_steps=steps_per_epoch * cfg.epochs)
     generator = torch.Generator().manual_seed(cfg.seed)
     best_key, best_state, best_epoch, stale = None, None, 0, 0
@@ -453,7 +452,7 @@ def train_classifier(model, train: tuple, val: tuple, cfg: TrainConfig, *, on_ep
                 break
     model.to("cpu")
     model.load_state_dict(best_state)
-    model.config._attn_implementation = "sdpa"  # the island is a compile detail; the saved model asks for plain SDPA
+    model.config._attn_implementation = attention  # the island is a compile detail; the saved model asks for what it had
     return model, history, best_epoch
 
 
@@ -584,7 +583,8 @@ def run_training(
         if s is not Split.TRAIN and part.label.nunique() < 2:
             msg = f"{s.value} split of datasets {dataset_ids} has labels {sorted(part.label.unique())}; it needs both abnormal and normal images"
             raise JobError(msg)
-    train, val, test = (_tensors(parts[s], spec) for s in (Split.TRAIN, Split.VAL, Split.TEST))
+    images = _tensors(gold, spec)  # every image decoded and preprocessed once; the splits and the LOFO report take rows of it
+    train, val, test = (tuple(t[np.flatnonzero((gold.split == s.value).to_numpy())] for t in images) for s in (Split.TRAIN, Split.VAL, Split.TEST))
     log.info(
         "training %s on %d images (val %d, test %d) of datasets %s, input %dpx, on %s",
         config.model, len(train[0]), len(val[0]), len(test[0]), ",".join(dataset_ids), spec.size, device,
@@ -628,7 +628,7 @@ def run_training(
         generalization = pd.DataFrame(columns=list(LOFO_COLUMNS))
         if config.generalization != "off":
             lofo_config = replace(config, epochs=min(config.epochs, config.lofo_epochs))
-            generalization = leave_one_family_out(gold, base, spec, lofo_config)
+            generalization = leave_one_family_out(gold, base, spec, lofo_config, images=images)
             if not generalization.empty:
                 mlflow.log_table(generalization, "generalization/leave_one_family_out.json")
                 mlflow.log_metric("lofo_min_unseen_auroc", min_unseen_auroc(generalization))

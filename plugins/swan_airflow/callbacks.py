@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -47,15 +46,15 @@ def configured_notifier(env=None):
             than swallowing every later failure).
     """
     from airflow.sdk import BaseNotifier
+    from airflow.sdk.module_loading import import_string
 
     env = os.environ if env is None else env
     spec = env.get("SWAN_FAILURE_NOTIFIER", "").strip()
     if not spec:
         return None
-    module_name, _, class_name = spec.partition(":") if ":" in spec else spec.rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError, ValueError) as exc:
+        cls = import_string(spec.replace(":", "."))
+    except ImportError as exc:
         msg = f"SWAN_FAILURE_NOTIFIER={spec!r}: cannot import it ({exc})"
         raise ValueError(msg) from exc
     if not (isinstance(cls, type) and issubclass(cls, BaseNotifier)):

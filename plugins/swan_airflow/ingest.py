@@ -51,11 +51,8 @@ class Landed:
 
 
 def _content_id(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:12]
+        return hashlib.file_digest(f, "sha256").hexdigest()[:12]
 
 
 def land_inbox(inbox: Path, landing_dir: Path, *, today: dt.date | None = None, settle_seconds: float = 30.0) -> Landed:

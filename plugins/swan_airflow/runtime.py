@@ -30,13 +30,8 @@ def dataset_id_for(*, landing_date: str | None, interval_start: dt.datetime | No
     A rerun or a backfill of the same interval gets the same id, so it rewrites the same
     lake partition instead of adding one.
     """
-    if landing_date:
-        return dt.date.fromisoformat(landing_date).strftime("%Y%m%d")
-    moment = interval_start or run_after
-    if moment is None:
-        msg = "cannot derive a dataset id: the run has no data interval, run_after or landing_date"
-        raise ValueError(msg)
-    return moment.strftime("%Y%m%d")
+    start, _ = landing_window(landing_date=landing_date, interval_start=interval_start, interval_end=None, run_after=run_after)
+    return start.strftime("%Y%m%d")
 
 
 def landing_window(
