@@ -8,8 +8,29 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
-from pyspark.sql import SparkSession
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+#: Environment of the Python workers that run the jobs' pandas UDFs (glibc ``malloc`` tuning, see mallopt(3)).
+#:
+#: A worker decodes one camera frame after another: a 1280x720 frame is a few MB of encoded
+#: bytes, a 2.7 MB decoded array and its colour-converted copy. With glibc's defaults a
+#: freshly forked worker hands that memory back to the kernel after most frames (heap trimming
+#: and mmap'd blocks) and page-faults it in again for the next one: about 1,100 page faults and
+#: 1.8 ms of kernel time per frame, 15 % of the ETL's work (measured with ``getrusage`` in the
+#: workers, docs/BENCHMARKS.md). With these settings blocks up to 32 MiB (a decoded 4K frame is
+#: 25 MB) come from the heap, and up to 64 MiB of free heap is kept for the next frame instead
+#: of being trimmed. Glibc only; other allocators ignore the variables. Applied to local
+#: sessions by :func:`build_spark`; the Databricks CPU cluster spec
+#: (``swan_airflow/clusters/cpu.json``) sets the same ``spark.executorEnv`` entries.
+PYTHON_WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 1024 * 1024), "MALLOC_TRIM_THRESHOLD_": str(64 * 1024 * 1024)}
+
+
+def python_worker_conf() -> dict[str, str]:
+    """:data:`PYTHON_WORKER_ENV` as ``spark.executorEnv.*`` settings (what reaches the Python workers)."""
+    return {f"spark.executorEnv.{name}": value for name, value in PYTHON_WORKER_ENV.items()}
 
 
 def build_spark(app_name: str) -> SparkSession:
@@ -17,7 +38,10 @@ def build_spark(app_name: str) -> SparkSession:
 
     Dynamic partition overwrite is always on, so a rerun rewrites only its own
     ``dataset_id`` partition instead of appending duplicates or wiping other partitions.
+    A local session hands :data:`PYTHON_WORKER_ENV` to its Python workers.
     """
+    from pyspark.sql import SparkSession
+
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     builder = (
@@ -33,6 +57,8 @@ def build_spark(app_name: str) -> SparkSession:
         # rows carry whole images: small Arrow batches let the JVM and the Python workers overlap
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", os.environ.get("SWAN_SPARK_ARROW_BATCH", "64"))
     )
+    for key, value in python_worker_conf().items():
+        builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.conf.set("spark.sql.sources.partitionOverwriteMode", "dynamic")
     spark.sparkContext.setLogLevel(os.environ.get("SWAN_SPARK_LOG_LEVEL", "WARN"))
