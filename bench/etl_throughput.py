@@ -9,19 +9,26 @@ functions (``decode_image``, ``crop_and_resize``, ``encode_jpeg``) in this proce
 OpenCV held to one thread. Spark gets one untimed warm-up run (JVM, Python workers).
 
 Parameters: --images (default 3000), --width (1280), --height (720), --size (model input, 224),
---cores (Spark task slots; default: all cores), --repeats (timed Spark runs, best kept; 2),
---spark-conf KEY=VALUE (repeatable: Spark SQL settings of the timed runs), --json PATH.
+--cores (Spark task slots; default: all cores), --rounds (3), --spark-conf KEY=VALUE (repeatable:
+Spark SQL settings of the timed runs), --glibc-malloc-defaults (Spark's Python workers without
+``swan_anomaly.spark.PYTHON_WORKER_ENV``, to measure what it is worth), --json PATH.
 
 A second baseline runs one copy of the plain loop per core side by side (each over its share of
 the frames): the per-core rate of the loop when every core is busy, as during the Spark job.
+The contenders take turns, one after the other in each round, and the ratios are the medians of
+the rounds' ratios: this machine's speed drifts by up to 10 % within minutes, more than the gap
+being measured. Each round also prints, per image, the CPU time (user and kernel) and minor page
+faults of the plain loop, of the Spark JVM and of Spark's Python workers (from /proc).
 
-Example (2 cores, 2026-11-26):
+Example (2 cores, 2026-11-26; docs/benchmarks/cpu/etl.log):
     $ .venv/bin/python bench/etl_throughput.py
-    plain loop : 79.5 img/s on 1 core  -> 79.5 img/s per core (the other cores idle)
-    plain loops: one per core, 2 side by side -> 77.8 img/s per core
-    spark ETL  : 122.2 img/s on 2 cores -> 61.1 img/s per core
-    ratio (spark / lone plain loop, per core): 0.77  (target >= 0.8)
-    ratio (spark / plain loops on every core, per core): 0.79
+    round 1: plain 82.7 | plain on every core 81.9 per core | spark 71.9 per core | ratio 0.87 (every core busy: 0.88)
+        per image, plain loop: 11.94 ms user + 0.14 ms kernel, 1 page faults
+        per image, spark jvm: 1.35 ms user + 0.13 ms kernel, 15 page faults
+        per image, spark python workers: 12.11 ms user + 0.07 ms kernel, 1 page faults
+    ...
+    ratio (spark / lone plain loop, per core; median of the rounds): 0.86  (target >= 0.8)
+    ratio (spark / plain loops on every core, per core; median of the rounds): 0.88
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -78,6 +86,38 @@ def make_dataset(raw_dir: Path, n: int, width: int, height: int, *, unique: int 
     return raw_dir
 
 
+def cpu_and_faults(pids: list[int]) -> dict[int, np.ndarray]:
+    """User seconds, kernel seconds and minor page faults of each process (its own plus its reaped children's), from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    usage = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone, or not Linux
+            continue
+        minflt, cminflt, utime, stime, cutime, cstime = (int(fields[i]) for i in (7, 8, 11, 12, 13, 14))
+        usage[pid] = np.array([(utime + cutime) / ticks, (stime + cstime) / ticks, minflt + cminflt])
+    return usage
+
+
+def spark_processes() -> dict[str, list[int]]:
+    """The pids of this process's Spark children: the JVM and the Python daemon with its workers."""
+    import psutil
+
+    found: dict[str, list[int]] = {"jvm": [], "python workers": []}
+    for child in psutil.Process().children(recursive=True):
+        try:
+            found["jvm" if "java" in child.name() else "python workers"].append(child.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+def usage_per_image(before: dict[int, np.ndarray], after: dict[int, np.ndarray], n: int) -> dict[str, float]:
+    total = sum((after[pid] - before.get(pid, 0) for pid in after), np.zeros(3))
+    return {"user_ms": round(total[0] * 1000 / n, 2), "kernel_ms": round(total[1] * 1000 / n, 2), "page_faults": round(total[2] / n)}
+
+
 def plain_loop(raw_dir: Path, out: Path, size: int, shard: int = 0, shards: int = 1) -> float:
     """Seconds for the single-process loop over every labelled frame (or over every ``shards``-th one from ``shard``)."""
     import pyarrow as pa
@@ -112,25 +152,35 @@ def plain_loops_on_every_core(raw_dir: Path, out: Path, size: int, cores: int) -
     return time.perf_counter() - started
 
 
-def spark_etl(lake_root: Path, size: int, cores: int, repeats: int, conf: dict[str, str] | None = None) -> float:
-    """Best seconds of ``run_etl`` over ``repeats`` timed runs after one warm-up run (``conf``: Spark SQL settings for them)."""
+def spark_session(lake_root: Path, size: int, cores: int, *, worker_env: bool = True):
+    """A local session with one task slot per core, warmed up by one untimed ``run_etl`` (JVM, Python workers).
+
+    ``worker_env=False`` leaves out the allocator settings the pipeline gives its Python workers
+    (``swan_anomaly.spark.PYTHON_WORKER_ENV``), to measure what they are worth.
+    """
     os.environ["SWAN_SPARK_MASTER"] = f"local[{cores}]"
     os.environ["SWAN_SPARK_SHUFFLE_PARTITIONS"] = str(cores)
+    from swan_anomaly import spark as spark_module
     from swan_anomaly.etl import run_etl
     from swan_anomaly.spark import build_spark
 
+    if not worker_env:
+        spark_module.PYTHON_WORKER_ENV = {}
+
     spark = build_spark("swan-etl-bench")
     run_etl(lake_root=lake_root, dataset_id=DATASET, image_size=size, spark=spark)
-    for key, value in (conf or {}).items():
-        spark.conf.set(key, value)
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        report = run_etl(lake_root=lake_root, dataset_id=DATASET, image_size=size, spark=spark)
-        best = min(best, time.perf_counter() - started)
-    spark.stop()
+    return spark
+
+
+def spark_etl(spark, lake_root: Path, size: int) -> float:
+    """Seconds of one ``run_etl`` of the benchmark partition on ``spark``."""
+    from swan_anomaly.etl import run_etl
+
+    started = time.perf_counter()
+    report = run_etl(lake_root=lake_root, dataset_id=DATASET, image_size=size, spark=spark)
+    elapsed = time.perf_counter() - started
     assert not report["quarantined"], report["quarantined"]
-    return best
+    return elapsed
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -140,35 +190,61 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--height", type=int, default=720)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the three contenders, one after the other in each")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--glibc-malloc-defaults", action="store_true",
+                        help="run the Spark Python workers without swan_anomaly.spark.PYTHON_WORKER_ENV (to measure what it is worth)")
     parser.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
                         help="a Spark SQL setting for the timed Spark runs (repeatable), to compare knobs")
     args = parser.parse_args(argv)
     conf = dict(item.split("=", 1) for item in args.spark_conf)
+    n, cores = args.images, args.cores
 
+    rounds = []
     with tempfile.TemporaryDirectory(prefix="swan-etl-bench-") as tmp:
         tmp_path = Path(tmp)
         lake = LocalLake(tmp_path / "lake")
-        raw_dir = make_dataset(lake.raw(DATASET), args.images, args.width, args.height)
-        plain_s = min(plain_loop(raw_dir, tmp_path / f"plain{i}", args.size) for i in range(args.repeats))
-        loaded_s = min(plain_loops_on_every_core(raw_dir, tmp_path / f"loaded{i}", args.size, args.cores) for i in range(args.repeats))
-        spark_s = spark_etl(lake.root, args.size, args.cores, args.repeats, conf)
+        raw_dir = make_dataset(lake.raw(DATASET), n, args.width, args.height)
+        spark = spark_session(lake.root, args.size, cores, worker_env=not args.glibc_malloc_defaults)
+        for key, value in conf.items():
+            spark.conf.set(key, value)
+        for i in range(args.rounds):
+            me = [os.getpid()]
+            before = cpu_and_faults(me)
+            plain = n / plain_loop(raw_dir, tmp_path / f"plain{i}", args.size)
+            plain_usage = usage_per_image(before, cpu_and_faults(me), n)
+            loaded = n / plain_loops_on_every_core(raw_dir, tmp_path / f"loaded{i}", args.size, cores) / cores
+            pids = spark_processes()
+            before = {name: cpu_and_faults(found) for name, found in pids.items()}
+            per_core = n / spark_etl(spark, lake.root, args.size) / cores
+            pids = {name: sorted(set(found) | set(spark_processes()[name])) for name, found in pids.items()}
+            spark_usage = {name: usage_per_image(before[name], cpu_and_faults(found), n) for name, found in pids.items()}
+            rounds.append({"plain": plain, "plain_every_core": loaded, "spark_per_core": per_core,
+                           "ratio": per_core / plain, "ratio_every_core_busy": per_core / loaded,
+                           "per_image": {"plain loop": plain_usage, **{f"spark {name}": u for name, u in spark_usage.items()}}})
+            print(f"round {i + 1}: plain {plain:.1f} | plain on every core {loaded:.1f} per core | spark {per_core:.1f} per core"
+                  f" | ratio {per_core / plain:.2f} (every core busy: {per_core / loaded:.2f})", flush=True)
+            for name, u in rounds[-1]["per_image"].items():
+                print(f"    per image, {name}: {u['user_ms']:.2f} ms user + {u['kernel_ms']:.2f} ms kernel, {u['page_faults']} page faults")
+        spark.stop()
 
-    plain_rate, loaded_rate, spark_rate = args.images / plain_s, args.images / loaded_s / args.cores, args.images / spark_s
+    best = {key: max(r[key] for r in rounds) for key in ("plain", "plain_every_core", "spark_per_core")}
     result = {
-        "images": args.images, "frame": f"{args.width}x{args.height}", "size": args.size, "cores": args.cores,
-        "plain_images_per_s": round(plain_rate, 2), "plain_images_per_s_per_core": round(plain_rate, 2),
-        "plain_every_core_images_per_s_per_core": round(loaded_rate, 2),
-        "spark_images_per_s": round(spark_rate, 2), "spark_images_per_s_per_core": round(spark_rate / args.cores, 2),
-        "ratio_per_core": round(spark_rate / args.cores / plain_rate, 3),
-        "ratio_per_core_every_core_busy": round(spark_rate / args.cores / loaded_rate, 3),
+        "images": n, "frame": f"{args.width}x{args.height}", "size": args.size, "cores": cores, "rounds": len(rounds),
+        "plain_images_per_s": round(best["plain"], 2), "plain_images_per_s_per_core": round(best["plain"], 2),
+        "plain_every_core_images_per_s_per_core": round(best["plain_every_core"], 2),
+        "spark_images_per_s": round(best["spark_per_core"] * cores, 2), "spark_images_per_s_per_core": round(best["spark_per_core"], 2),
+        "ratio_per_core": round(statistics.median(r["ratio"] for r in rounds), 3),
+        "ratio_per_core_every_core_busy": round(statistics.median(r["ratio_every_core_busy"] for r in rounds), 3),
+        "ratio_per_core_of_bests": round(best["spark_per_core"] / best["plain"], 3),
+        "per_round": [{k: v if k == "per_image" else round(v, 3) for k, v in r.items()} for r in rounds],
     }
-    print(f"plain loop : {plain_rate:.1f} img/s on 1 core  -> {plain_rate:.1f} img/s per core (the other cores idle)")
-    print(f"plain loops: one per core, {args.cores} side by side -> {loaded_rate:.1f} img/s per core")
-    print(f"spark ETL  : {spark_rate:.1f} img/s on {args.cores} cores -> {spark_rate / args.cores:.1f} img/s per core")
-    print(f"ratio (spark / lone plain loop, per core): {result['ratio_per_core']:.2f}  (target >= 0.8)")
-    print(f"ratio (spark / plain loops on every core, per core): {result['ratio_per_core_every_core_busy']:.2f}")
+    print(f"plain loop : {best['plain']:.1f} img/s on 1 core  -> {best['plain']:.1f} img/s per core (the other cores idle)")
+    print(f"plain loops: one per core, {cores} side by side -> {best['plain_every_core']:.1f} img/s per core")
+    print(f"spark ETL  : {best['spark_per_core'] * cores:.1f} img/s on {cores} cores -> {best['spark_per_core']:.1f} img/s per core")
+    print(f"ratio (spark / lone plain loop, per core; median of the rounds): {result['ratio_per_core']:.2f}  (target >= 0.8)")
+    print(f"ratio (spark / plain loops on every core, per core; median of the rounds): {result['ratio_per_core_every_core_busy']:.2f}")
+    print(f"ratio of the best rates: {result['ratio_per_core_of_bests']:.2f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))
