@@ -205,6 +205,11 @@ def test_disabled_by_default(monkeypatch):
     assert label_check_enabled({"label_check": False}) is False  # a run can opt out
     monkeypatch.setenv("SWAN_LABEL_CHECK", "0")
     assert label_check_enabled(None) is False
+    monkeypatch.setenv("SWAN_LABEL_CHECK", "ture")
+    from swan_anomaly import ConfigError
+
+    with pytest.raises(ConfigError, match="SWAN_LABEL_CHECK"):  # a typo is an error, not a silent "off"
+        label_check_enabled({})
 
 
 def test_an_unavailable_service_is_reported_not_fatal_in_warn_mode(double, dataset, monkeypatch):

@@ -136,6 +136,29 @@ def test_force_promote_needs_a_reason_and_can_be_switched_off():
         force_promote_reason({"force_promote_reason": None}, env={})
     with pytest.raises(AirflowFailException, match="disabled in this deployment"):
         force_promote_reason({"force_promote_reason": "hotfix for the night camera"}, env={"SWAN_ALLOW_FORCE_PROMOTE": "false"})
+    with pytest.raises(AirflowFailException, match="SWAN_ALLOW_FORCE_PROMOTE must be one of .* got 'flase'"):
+        force_promote_reason({"force_promote_reason": "hotfix for the night camera"}, env={"SWAN_ALLOW_FORCE_PROMOTE": "flase"})
+
+
+def test_boolean_settings_accept_the_usual_words_and_refuse_typos(monkeypatch):
+    from swan_anomaly import ConfigError
+    from swan_anomaly.config import env_flag
+    from swan_anomaly.serving.deploy import ServingConfig
+
+    for word, expected in {"1": True, "TRUE": True, " yes ": True, "On": True, "0": False, "false": False, "NO": False, "off": False}.items():
+        assert env_flag("SWAN_X", not expected, {"SWAN_X": word}) is expected, word
+    assert env_flag("SWAN_X", True, {}) is True and env_flag("SWAN_X", False, {"SWAN_X": "  "}) is False
+    with pytest.raises(ConfigError, match="SWAN_X must be one of .* got 'ture'"):
+        env_flag("SWAN_X", False, {"SWAN_X": "ture"})
+    monkeypatch.delenv("SWAN_SERVING_SCALE_TO_ZERO", raising=False)
+    assert ServingConfig.from_env().scale_to_zero is True
+    monkeypatch.setenv("SWAN_SERVING_SCALE_TO_ZERO", "on")
+    assert ServingConfig.from_env().scale_to_zero is True  # "on" used to read as off here
+    monkeypatch.setenv("SWAN_SERVING_SCALE_TO_ZERO", "off")
+    assert ServingConfig.from_env().scale_to_zero is False
+    monkeypatch.setenv("SWAN_SERVING_SCALE_TO_ZERO", "nope")
+    with pytest.raises(ConfigError, match="SWAN_SERVING_SCALE_TO_ZERO"):
+        ServingConfig.from_env()
 
 
 def _old(path: Path) -> Path:

@@ -34,6 +34,31 @@ from pathlib import Path
 
 from swan_anomaly._errors import ConfigError
 
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+
+
+def env_flag(name: str, default: bool, env: Mapping[str, str] | None = None) -> bool:
+    """A boolean setting from the environment: unset or empty gives ``default``.
+
+    Raises:
+        ConfigError: the value is none of ``1/true/yes/on`` or ``0/false/no/off`` (any case),
+            so a typo never silently flips a switch.
+
+    Example:
+        >>> env_flag("SWAN_LABEL_CHECK", False, {"SWAN_LABEL_CHECK": "Yes"})
+        True
+    """
+    value = (os.environ if env is None else env).get(name, "").strip()
+    if not value:
+        return default
+    if value.lower() in TRUE_WORDS:
+        return True
+    if value.lower() in FALSE_WORDS:
+        return False
+    msg = f"{name} must be one of {sorted(TRUE_WORDS)} or {sorted(FALSE_WORDS)}, got {value!r}"
+    raise ConfigError(msg)
+
 
 @dataclass(frozen=True)
 class Settings:

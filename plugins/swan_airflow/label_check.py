@@ -54,7 +54,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_CONN_ID = "swan_label_check"
-TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 EXTRA_KEYS = frozenset({"deployment", "api_version", "expected", "question", "sample_size", "mode", "timeout_s", "max_retries", "max_workers", "max_side"})
 
 
@@ -65,12 +64,10 @@ def label_check_conn_id() -> str:
 
 def label_check_enabled(params: Mapping[str, Any] | None) -> bool:
     """Whether this run checks labels: the ``label_check`` Param if set, else ``SWAN_LABEL_CHECK``."""
+    from swan_anomaly.config import env_flag
+
     value = (params or {}).get("label_check")
-    if value is None:
-        value = os.environ.get("SWAN_LABEL_CHECK", "")
-    if isinstance(value, str):
-        return value.strip().lower() in TRUE_WORDS
-    return bool(value)
+    return env_flag("SWAN_LABEL_CHECK", False) if value is None else bool(value)
 
 
 def _endpoint(host: str | None, schema: str | None, port: int | None, conn_id: str) -> str:

@@ -184,8 +184,13 @@ def force_promote_reason(params, env=None) -> str:
     """
     from airflow.sdk.exceptions import AirflowFailException
 
-    env = os.environ if env is None else env
-    if env.get("SWAN_ALLOW_FORCE_PROMOTE", "true").strip().lower() in ("0", "false", "no", "off"):
+    from swan_anomaly.config import ConfigError, env_flag
+
+    try:
+        allowed = env_flag("SWAN_ALLOW_FORCE_PROMOTE", True, env)
+    except ConfigError as exc:
+        raise AirflowFailException(str(exc)) from exc
+    if not allowed:
         msg = "force_promote is disabled in this deployment (SWAN_ALLOW_FORCE_PROMOTE=false); the gate decides"
         raise AirflowFailException(msg)
     reason = (params.get("force_promote_reason") or "").strip()

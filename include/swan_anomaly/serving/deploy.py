@@ -24,6 +24,7 @@ from databricks.sdk.errors import NotFound, OperationFailed
 from databricks.sdk.service.serving import EndpointCoreConfigInput, ServedEntityInput, ServingModelWorkloadType
 
 from swan_anomaly._errors import EndpointError
+from swan_anomaly.config import env_flag
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class ServingConfig:
         return cls(
             workload_size=os.environ.get("SWAN_SERVING_WORKLOAD_SIZE", "Small"),
             workload_type=os.environ.get("SWAN_SERVING_WORKLOAD_TYPE", "CPU"),
-            scale_to_zero=os.environ.get("SWAN_SERVING_SCALE_TO_ZERO", "true").lower() in ("1", "true", "yes"),
+            scale_to_zero=env_flag("SWAN_SERVING_SCALE_TO_ZERO", True),
         )
 
 
