@@ -26,7 +26,7 @@ Outcomes:
 
 Example:
     >>> config = AzureOpenAIConfig(endpoint="https://res.openai.azure.com", deployment="gpt-4o-mini", api_key=key)  # doctest: +SKIP
-    >>> report = check_labels([("frames/v1/frame_00000.png", png_bytes)], client_config=config, seed=42)        # doctest: +SKIP
+    >>> report = check_labels(["frames/v1/frame_00000.png"], read_frame, client_config=config, seed=42)        # doctest: +SKIP
     >>> report.mismatches, report.to_dict()["answers"]                                                          # doctest: +SKIP
     ([], {'frames/v1/frame_00000.png': 'swan'})
 """
@@ -39,7 +39,7 @@ import logging
 import re
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -250,7 +250,8 @@ def _service_message(err: Any, secret: str) -> str:
 
 
 def check_labels(
-    images: Sequence[tuple[str, bytes]],
+    paths: Sequence[str],
+    read: Callable[[str], bytes],
     *,
     client_config: AzureOpenAIConfig,
     seed: int,
@@ -264,8 +265,8 @@ def check_labels(
     """Ask the vision deployment what a seeded sample of normal frames show.
 
     Args:
-        images: ``(path, encoded image bytes)`` of frames labelled normal; the sample is drawn
-            from them with :func:`choose_sample`.
+        paths: the frames labelled normal; the sample is drawn from them with :func:`choose_sample`.
+        read: the encoded bytes of a frame, given its path; called for the sampled frames only.
         client_config: endpoint, deployment, key, API version, timeout and retries.
         seed: seed of the sample (the run's seed).
         expected: accepted one-word answer(s), lowercase; a plural (``swans``) counts too.
@@ -297,12 +298,12 @@ def check_labels(
         raise ConfigError(msg)
     client_config.validate()
 
-    by_path = dict(images)
-    sample = choose_sample(list(by_path), sample_size=sample_size, seed=seed)
+    sample = choose_sample(list(paths), sample_size=sample_size, seed=seed)
+    by_path = {path: read(path) for path in sample}
     asked = _ask_all(sample, by_path, client_config, question=question, accepted=accepted, max_side=max_side, max_workers=max_workers)
     report = LabelCheckReport(
         endpoint=client_config.endpoint, deployment=client_config.deployment, expected=accepted, mode=mode,
-        candidates=len(by_path), answers=tuple(asked[p] for p in sample),
+        candidates=len(paths), answers=tuple(asked[p] for p in sample),
     )
     if not sample:
         log.warning("label check: no normal frames to check")

@@ -144,18 +144,15 @@ def run_label_check(dataset_dir: Path, manifest: pd.DataFrame, *, seed: int, con
     from airflow.sdk.exceptions import AirflowFailException
 
     from swan_anomaly._errors import ConfigError
-    from swan_anomaly.label_check import LabelCheckError, LabelCheckFailed, check_labels, choose_sample
+    from swan_anomaly.label_check import LabelCheckError, LabelCheckFailed, check_labels
     from swan_anomaly.labels import NORMAL
 
     conn_id = conn_id or label_check_conn_id()
     try:
         config, knobs = label_check_settings(conn_id)
         normal = [str(p) for p in manifest.loc[manifest["label"] == NORMAL, "image_path"]]
-        # Read only the sampled frames; check_labels draws the same sample again from them.
-        chosen = choose_sample(normal, sample_size=knobs.get("sample_size", 20), seed=seed)
-        images = [(path, (dataset_dir / path).read_bytes()) for path in chosen]
-        report = check_labels(images, client_config=config, seed=seed, **knobs)
+        report = check_labels(normal, lambda path: (dataset_dir / path).read_bytes(), client_config=config, seed=seed, **knobs)
     except (ConfigError, LabelCheckError, LabelCheckFailed) as exc:
         # Retrying cannot fix a wrong key, a missing deployment or a mislabelled frame.
         raise AirflowFailException(str(exc)) from exc
-    return {**report.to_dict(), "candidates": len(normal), "conn_id": conn_id}
+    return {**report.to_dict(), "conn_id": conn_id}
