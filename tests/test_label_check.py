@@ -206,9 +206,9 @@ def test_disabled_by_default(monkeypatch):
     monkeypatch.setenv("SWAN_LABEL_CHECK", "0")
     assert label_check_enabled(None) is False
     monkeypatch.setenv("SWAN_LABEL_CHECK", "ture")
-    from swan_anomaly import ConfigError
+    from airflow.sdk.exceptions import AirflowFailException
 
-    with pytest.raises(ConfigError, match="SWAN_LABEL_CHECK"):  # a typo is an error, not a silent "off"
+    with pytest.raises(AirflowFailException, match="SWAN_LABEL_CHECK must be one of"):  # a typo is an error, not a silent "off"
         label_check_enabled({})
 
 

@@ -18,9 +18,9 @@ if TYPE_CHECKING:
 #: A worker decodes one camera frame after another: a 1280x720 frame is a few MB of encoded
 #: bytes, a 2.7 MB decoded array and its colour-converted copy. With glibc's defaults a
 #: freshly forked worker hands that memory back to the kernel after most frames (heap trimming
-#: and mmap'd blocks) and page-faults it in again for the next one: about 1,100 page faults and
-#: 1.8 ms of kernel time per frame, 15 % of the ETL's work (measured with ``getrusage`` in the
-#: workers, docs/BENCHMARKS.md). With these settings blocks up to 32 MiB (a decoded 4K frame is
+#: and mmap'd blocks) and page-faults it in again for the next one: about 1,050 page faults and
+#: 1.7 ms of kernel time per frame, 11 % of the ETL's CPU time (``bench/etl_throughput.py``,
+#: docs/BENCHMARKS.md). With these settings blocks up to 32 MiB (a decoded 4K frame is
 #: 25 MB) come from the heap, and up to 64 MiB of free heap is kept for the next frame instead
 #: of being trimmed. Glibc only; other allocators ignore the variables. Applied to local
 #: sessions by :func:`build_spark`; the Databricks CPU cluster spec

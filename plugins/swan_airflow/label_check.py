@@ -63,11 +63,22 @@ def label_check_conn_id() -> str:
 
 
 def label_check_enabled(params: Mapping[str, Any] | None) -> bool:
-    """Whether this run checks labels: the ``label_check`` Param if set, else ``SWAN_LABEL_CHECK``."""
-    from swan_anomaly.config import env_flag
+    """Whether this run checks labels: the ``label_check`` Param if set, else ``SWAN_LABEL_CHECK``.
+
+    Raises:
+        AirflowFailException: ``SWAN_LABEL_CHECK`` is not an on/off word (no task retries).
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from swan_anomaly.config import ConfigError, env_flag
 
     value = (params or {}).get("label_check")
-    return env_flag("SWAN_LABEL_CHECK", False) if value is None else bool(value)
+    if value is not None:
+        return bool(value)
+    try:
+        return env_flag("SWAN_LABEL_CHECK", False)
+    except ConfigError as exc:
+        raise AirflowFailException(str(exc)) from exc
 
 
 def _endpoint(host: str | None, schema: str | None, port: int | None, conn_id: str) -> str:
