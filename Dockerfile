@@ -33,7 +33,7 @@ COPY --chown=airflow:0 requirements.txt /opt/swan-anomaly/requirements.txt
 RUN pip install --no-cache-dir -r /opt/swan-anomaly/requirements.txt
 # deploy_code builds the project wheel with --no-build-isolation (plugins/swan_airflow/code_deploy.py),
 # so the build backend of pyproject.toml must be installed.
-RUN pip install --no-cache-dir "setuptools>=68" wheel
+RUN pip install --no-cache-dir "setuptools==84.2.1" "wheel==0.48.0"
 
 # The project itself, without dependencies (all pinned above), from include/.
 COPY --chown=airflow:0 pyproject.toml README.md /opt/swan-anomaly/

@@ -217,7 +217,8 @@ def main(argv: list[str] | None = None) -> dict:
             pids = spark_processes()
             before = {name: cpu_and_faults(found) for name, found in pids.items()}
             per_core = n / spark_etl(spark, lake.root, args.size) / cores
-            pids = {name: sorted(set(found) | set(spark_processes()[name])) for name, found in pids.items()}
+            now = spark_processes()
+            pids = {name: sorted(set(found) | set(now[name])) for name, found in pids.items()}
             spark_usage = {name: usage_per_image(before[name], cpu_and_faults(found), n) for name, found in pids.items()}
             rounds.append({"plain": plain, "plain_every_core": loaded, "spark_per_core": per_core,
                            "ratio": per_core / plain, "ratio_every_core_busy": per_core / loaded,

@@ -16,6 +16,7 @@ from swan_airflow.callbacks import failure_callbacks
 from swan_airflow.databricks_runs import submit_run_json
 from swan_airflow.ingest import LANDING_ASSET, landing_date_from_events
 from swan_anomaly.gate import promotion_thresholds
+from swan_anomaly.modeling import PRESETS, PRODUCTION_MODEL
 
 SCHEDULE = os.environ.get("SWAN_SCHEDULE", "@daily")
 # Default of the `backend` Param: where the Spark and training jobs run, "local" (subprocesses,
@@ -24,7 +25,7 @@ COMPUTE_BACKEND = os.environ.get("SWAN_COMPUTE_BACKEND", "local")
 DATABRICKS_CONN_ID = os.environ.get("SWAN_DATABRICKS_CONN_ID", "databricks_default")
 DEFAULT_MODEL = os.environ.get("SWAN_MODEL", "vit-tiny-offline")
 MODEL = "{{ params.model or '" + DEFAULT_MODEL + "' }}"
-MODEL_EXAMPLES = ["vit-tiny-offline", "vit-micro-offline", "google/vit-base-patch16-224"]
+MODEL_EXAMPLES = [*PRESETS, PRODUCTION_MODEL]
 # One slot: two runs (scheduled, asset-triggered, backfilled, manual) never train or promote at once.
 POOL = os.environ.get("SWAN_POOL", "swan_training")
 TASK_TIMEOUT = dt.timedelta(minutes=float(os.environ.get("SWAN_TASK_TIMEOUT_MINUTES", "60")))
@@ -342,7 +343,7 @@ def swan_anomaly_pipeline():
 
         _, _, params = _run_facts()
         client = registry_client()
-        thresholds = {"auroc": MinThreshold(params["gate_min_val_auroc"]), "f1": MinThreshold(params["gate_min_val_f1"])}
+        thresholds = {name: MinThreshold(params[f"gate_min_val_{name}"]) for name in GATE_DEFAULTS}
         if params.get("gate_min_unseen_auroc") is not None:
             thresholds["unseen_auroc"] = MinThreshold(params["gate_min_unseen_auroc"])
         champion = get_alias(client, registered["name"], CHAMPION)

@@ -105,6 +105,19 @@ def airflow_db() -> Path:
     return Path(os.environ["AIRFLOW_HOME"])
 
 
+PIPELINE_DAG_ID = "swan_anomaly_pipeline"
+
+
+@pytest.fixture(scope="session")
+def dagbag():
+    """The DAG folder parsed once for the test session (no import errors)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert not bag.import_errors, bag.import_errors
+    return bag
+
+
 @pytest.fixture(scope="session")
 def spark():
     """The one Spark session of the test session."""

@@ -12,6 +12,7 @@ One stack for the module; the tests run in file order and build on each other:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -95,7 +96,9 @@ class Stack:
             return run if run and run["state"] in ("success", "failed") else None
 
         run = self.wait_for(f"{dag_id} run {run_id} to finish", finished)
-        if run["state"] != "success" and dag_id == DAG_ID:
+        if run["state"] != "success":
+            if dag_id != DAG_ID:
+                raise AssertionError(f"{dag_id} run {run_id} ended {run['state']}")
             failed = {k: v["state"] for k, v in self.task_instances(run_id).items() if v["state"] not in ("success", "skipped")}
             raise AssertionError(f"run {run_id} ended {run['state']}; unfinished tasks {failed}\n{self.task_log(run_id, failed)}")
         return run
@@ -114,24 +117,16 @@ class Stack:
         from swan_anomaly.serving.local import stop_local_server
 
         for proc in self.procs:
-            with _suppress():
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
         for proc in self.procs:
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                with _suppress():
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
         stop_local_server(self.settings)
         self.api.close()
-
-
-class _suppress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return exc[0] is not None and issubclass(exc[0], ProcessLookupError)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +151,7 @@ def stack(tmp_path_factory):
     }
     s = Stack(home, port, env)
     s.airflow("db", "migrate")
-    s.airflow("pools", "set", "swan_training", "1", "one run trains or promotes at a time")
+    s.airflow("pools", "set", os.environ.get("SWAN_POOL", "swan_training"), "1", "one run trains or promotes at a time")
     # The newest complete daily interval is yesterday's: the scheduler runs it on unpause (catchup off).
     yesterday = (dt.datetime.now(dt.UTC) - dt.timedelta(days=1)).date().isoformat()
     for seed, day in enumerate((yesterday, *BACKFILL_DATES)):  # another video each day: distinct split groups
@@ -203,7 +198,7 @@ def test_a_backfill_of_two_past_dates_runs_each_interval_on_its_own_partition(st
         "backfill", "create", "--dag-id", DAG_ID, "--from-date", BACKFILL_DATES[0], "--to-date", BACKFILL_DATES[1],
         "--max-active-runs", "1", "--dag-run-conf", json.dumps({"training_window_days": 2}),
     )
-    runs = stack.wait_for("two backfill runs", lambda: [r for r in stack.runs() if r["run_type"] == "backfill"] if len([r for r in stack.runs() if r["run_type"] == "backfill"]) == 2 else None)
+    runs = stack.wait_for("two backfill runs", lambda: found if len(found := [r for r in stack.runs() if r["run_type"] == "backfill"]) == 2 else None)
     by_date = {r["logical_date"][:10]: r for r in runs}
     assert set(by_date) == set(BACKFILL_DATES)
     for day in BACKFILL_DATES:

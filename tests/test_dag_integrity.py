@@ -6,9 +6,8 @@ import json
 import subprocess
 import sys
 
+from conftest import PIPELINE_DAG_ID as DAG_ID
 from conftest import ROOT
-
-DAG_ID = "swan_anomaly_pipeline"
 EXPECTED_TASKS = {
     "find_videos", "extract_frames", "synthesize_anomalies", "build_labels", "check_labels", "upload_to_lake", "run_etl",
     "run_augmentation", "run_training", "register_model", "gate_model", "promote_model", "keep_champion",
@@ -16,22 +15,17 @@ EXPECTED_TASKS = {
 }
 
 
-def test_dagbag_has_no_import_errors_and_sane_defaults():
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(ROOT / "dags"))
-    assert not bag.import_errors, bag.import_errors
-    dag = bag.dags.get(DAG_ID)
+def test_dagbag_has_no_import_errors_and_sane_defaults(dagbag):
+    assert not dagbag.import_errors, dagbag.import_errors
+    dag = dagbag.dags.get(DAG_ID)
     assert dag is not None
     assert dag.tags and dag.default_args["retries"] >= 2
     assert set(dag.task_ids) == EXPECTED_TASKS
     assert dag.max_active_runs == 1
 
 
-def test_pipeline_order_reads_like_the_diagram():
-    from airflow.dag_processing.dagbag import DagBag
-
-    dag = DagBag(dag_folder=str(ROOT / "dags")).dags[DAG_ID]
+def test_pipeline_order_reads_like_the_diagram(dagbag):
+    dag = dagbag.dags[DAG_ID]
     chain = ["find_videos", "extract_frames", "synthesize_anomalies", "build_labels", "upload_to_lake", "run_etl", "run_augmentation", "run_training", "register_model", "gate_model"]
     for upstream, downstream in zip(chain, chain[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids, (upstream, downstream)
@@ -54,12 +48,10 @@ def test_importing_the_dag_file_imports_no_heavy_library():
     assert loaded == [], f"the DAG file imported {loaded} at parse time"
 
 
-def test_the_anomaly_family_param_offers_exactly_the_library_families():
+def test_the_anomaly_family_param_offers_exactly_the_library_families(dagbag):
     """The DAG cannot import the (cv2-heavy) anomalies module at parse time, so its list is a copy: keep it in step."""
-    from airflow.dag_processing.dagbag import DagBag
-
     from swan_anomaly.anomalies import DEFAULT_FAMILIES, FAMILIES
 
-    param = DagBag(dag_folder=str(ROOT / "dags")).dags[DAG_ID].params.get_param("anomaly_families")
+    param = dagbag.dags[DAG_ID].params.get_param("anomaly_families")
     assert param.schema["items"]["enum"] == list(FAMILIES)
     assert set(param.value) <= set(DEFAULT_FAMILIES)

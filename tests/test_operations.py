@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -12,18 +13,9 @@ from types import SimpleNamespace
 import pytest
 from airflow.sdk import BaseNotifier
 
-from conftest import ROOT
+from conftest import PIPELINE_DAG_ID, ROOT
 
-DAG_ID = "swan_anomaly_pipeline"
-
-
-@pytest.fixture(scope="module")
-def dagbag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(ROOT / "dags"))
-    assert not bag.import_errors, bag.import_errors
-    return bag
+DAG_ID = PIPELINE_DAG_ID
 
 
 def test_schedule_is_daily_or_when_videos_land(dagbag):
@@ -46,7 +38,7 @@ def test_every_task_has_a_timeout_and_training_and_promotion_share_one_pool(dagb
     for task in dag.tasks:
         assert task.execution_timeout is not None and task.execution_timeout <= dt.timedelta(hours=6), task.task_id
         assert task.retries >= 2 and task.retry_exponential_backoff, task.task_id
-    pooled = {t.task_id for t in dag.tasks if t.pool == "swan_training"}
+    pooled = {t.task_id for t in dag.tasks if t.pool == os.environ.get("SWAN_POOL", "swan_training")}
     assert {"run_training", "promote_model", "update_endpoint", "validate_endpoint"} <= pooled
     assert dag.get_task("run_training").execution_timeout > dag.get_task("run_etl").execution_timeout
 
@@ -253,7 +245,7 @@ def test_each_kind_of_run_processes_the_landing_date_its_dataset_id_names():
         landing_window(landing_date=None, interval_start=None, interval_end=None, run_after=None)
 
 
-def test_an_interrupted_task_stops_its_local_job_subprocess(tmp_path, monkeypatch):
+def test_an_interrupted_task_stops_its_local_job_subprocess(tmp_path, monkeypatch, caplog):
     """A timeout or SIGTERM raised in the task while its job runs kills the job: no orphan keeps training."""
     import signal
     import time
@@ -274,7 +266,7 @@ def test_an_interrupted_task_stops_its_local_job_subprocess(tmp_path, monkeypatc
     def interrupt(signum, frame):
         raise Interrupted("execution_timeout")
 
-    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    caplog.set_level("INFO", logger="swan_airflow.jobs")
     previous = signal.signal(signal.SIGALRM, interrupt)
     signal.alarm(3)
     started = time.monotonic()
@@ -285,8 +277,10 @@ def test_an_interrupted_task_stops_its_local_job_subprocess(tmp_path, monkeypatc
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
     assert time.monotonic() - started < 60, "run_job waited for the job instead of stopping it"
-    leftover = [p for p in psutil.Process().children(recursive=True) if p.pid not in before and p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    assert not [p for p in leftover if "sleepy.py" in " ".join(p.cmdline())], leftover
+    started_pid = [int(line.split()[-1]) for line in caplog.messages if line.startswith("[sleepy] pid ")]
+    assert started_pid, f"the job never started: {caplog.messages}"
+    with contextlib.suppress(psutil.NoSuchProcess):
+        assert psutil.Process(started_pid[0]).status() == psutil.STATUS_ZOMBIE, "the job outlived its task"
 
 
 def test_the_local_backend_kill_does_not_try_to_cancel_a_databricks_run(dagbag, capsys, monkeypatch):

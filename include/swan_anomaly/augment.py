@@ -207,7 +207,7 @@ def run_augmentation(
         .select("sample_id", "image_path", "content", "label", "family", "group", "split", "aug", "variant", "video_id", "frame_index", "dataset_id")
     )
     gold.orderBy("sample_id").write.mode("overwrite").partitionBy("dataset_id").parquet(str(lake.gold))
-    written = spark.read.parquet(str(lake.gold / f"dataset_id={dataset_id}"))
+    written = spark.read.parquet(str(lake.gold_partition(dataset_id)))
     counts = written.groupBy("split", "label").count().collect()
     by_split: dict[str, dict[str, int]] = {}
     for r in counts:

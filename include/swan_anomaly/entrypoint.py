@@ -21,6 +21,8 @@ from swan_anomaly.lake import LocalLake
 #: errors (exit status 2) are final too. Anything else (a crash, a kill, a lost connection) is
 #: worth a retry.
 EXIT_PERMANENT = 3
+#: Exit statuses after which the Airflow task fails without retries.
+PERMANENT_EXIT_CODES = (2, EXIT_PERMANENT)
 PERMANENT_ERRORS = (ConfigError, JobError, LabelManifestError, ValidationDataError)
 
 

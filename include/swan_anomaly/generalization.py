@@ -63,12 +63,13 @@ def leave_one_family_out(
         idx = np.flatnonzero(mask)
         return x[idx], y[idx]
 
+    device = resolve_device(config.device)  # scored where the main model is scored (train_classifier hands back a CPU model)
     rows = []
     for held in families:
         keep = normal | (family != held)
         train, val = rows_of(keep & (split == Split.TRAIN.value)), rows_of(keep & (split == Split.VAL.value))
         model, _, best_epoch = train_classifier(load_classifier(base_model), train, val, config)
-        model.to(resolve_device(config.device))  # scored where the main model is scored (train_classifier hands back a CPU model)
+        model.to(device)
         _, val_logits = _evaluate(model, *val, config.batch_size)
         threshold = choose_threshold(val[1].numpy(), anomaly_scores(val_logits), method=config.threshold_method, target_fpr=config.target_fpr)
         test = split == Split.TEST.value

@@ -187,9 +187,9 @@ class LabelCheckReport:
         )
         if self.mismatches:
             text += f": {listed}{more}"
-        if self.errors:
-            first = next(a for a in self.answers if a.error is not None)
-            text += f"; {len(self.errors)} frame(s) without an answer, e.g. {first.path}: {first.error}"
+        errored = [a for a in self.answers if a.error is not None]
+        if errored:
+            text += f"; {len(errored)} frame(s) without an answer, e.g. {errored[0].path}: {errored[0].error}"
         return text
 
 

@@ -157,11 +157,15 @@ class LocalLake:
         """Bytes of a file in ``raw/{dataset_id}/``."""
         return (self.raw(dataset_id) / rel).read_bytes()
 
+    def gold_partition(self, dataset_id: str) -> Path:
+        """The folder of one dataset's gold rows, ``gold/training/dataset_id={dataset_id}/``."""
+        return self.gold / f"dataset_id={dataset_id}"
+
     def read_gold(self, dataset_id: str, columns: list[str] | None = None):
         """The gold rows of one dataset as a pandas DataFrame."""
         import pandas as pd
 
-        return pd.read_parquet(self.gold / f"dataset_id={dataset_id}", columns=columns)
+        return pd.read_parquet(self.gold_partition(dataset_id), columns=columns)
 
     def has_code(self, version: str) -> bool:
         """True when ``code/{version}/_SUCCESS`` exists."""

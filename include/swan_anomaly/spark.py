@@ -56,9 +56,8 @@ def build_spark(app_name: str) -> SparkSession:
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         # rows carry whole images: small Arrow batches let the JVM and the Python workers overlap
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", os.environ.get("SWAN_SPARK_ARROW_BATCH", "64"))
+        .config(map=python_worker_conf())
     )
-    for key, value in python_worker_conf().items():
-        builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.conf.set("spark.sql.sources.partitionOverwriteMode", "dynamic")
     spark.sparkContext.setLogLevel(os.environ.get("SWAN_SPARK_LOG_LEVEL", "WARN"))

@@ -150,8 +150,7 @@ def window_dataset_ids(lake: LocalLake, dataset_id: str, window_days: int = 1) -
 
 
 def _read_partition(lake: LocalLake, dataset_id: str) -> pd.DataFrame:
-    partition = lake.gold / f"dataset_id={dataset_id}"
-    table = pd.read_parquet(partition) if partition.is_dir() else pd.DataFrame()
+    table = lake.read_gold(dataset_id) if lake.gold_partition(dataset_id).is_dir() else pd.DataFrame()
     # the partition value lives in the directory name; keep it as the string it is
     return table.assign(dataset_id=dataset_id) if not table.empty else table
 
@@ -186,8 +185,7 @@ def load_gold(lake: LocalLake, dataset_id: str, window_days: int = 1) -> pd.Data
     ids = window_dataset_ids(lake, dataset_id, window_days)
     current = _read_partition(lake, dataset_id)
     if current.empty:
-        partition = lake.gold / f"dataset_id={dataset_id}"
-        msg = f"{partition}: no gold rows for dataset {dataset_id!r}; run the augmentation job first"
+        msg = f"{lake.gold_partition(dataset_id)}: no gold rows for dataset {dataset_id!r}; run the augmentation job first"
         raise JobError(msg)
     kept = [current]
     seen_groups, seen_images = set(current.group), set(current.image_path)
@@ -531,7 +529,7 @@ def gold_dataset(lake: LocalLake, dataset_id: str, gold: pd.DataFrame):
     import mlflow.data
 
     rows = gold.drop(columns=["content"]).assign(content_sha256=[hashlib.sha256(bytes(c)).hexdigest() for c in gold.content])
-    return mlflow.data.from_pandas(rows, source=str(lake.gold / f"dataset_id={dataset_id}"), name=f"gold-{dataset_id}", targets="label")
+    return mlflow.data.from_pandas(rows, source=str(lake.gold_partition(dataset_id)), name=f"gold-{dataset_id}", targets="label")
 
 
 def family_grid_of(lake: LocalLake, dataset_id: str, *, seed: int):
@@ -584,7 +582,9 @@ def run_training(
             msg = f"{s.value} split of datasets {dataset_ids} has labels {sorted(part.label.unique())}; it needs both abnormal and normal images"
             raise JobError(msg)
     images = _tensors(gold, spec)  # every image decoded and preprocessed once; the splits and the LOFO report take rows of it
-    train, val, test = (tuple(t[np.flatnonzero((gold.split == s.value).to_numpy())] for t in images) for s in (Split.TRAIN, Split.VAL, Split.TEST))
+    train, val, test = (tuple(t[parts[s].index.to_numpy()] for t in images) for s in (Split.TRAIN, Split.VAL, Split.TEST))  # gold's index is 0..n-1
+    if config.generalization == "off":
+        images = None  # only the leave-one-family-out report needs every row again
     log.info(
         "training %s on %d images (val %d, test %d) of datasets %s, input %dpx, on %s",
         config.model, len(train[0]), len(val[0]), len(test[0]), ",".join(dataset_ids), spec.size, device,

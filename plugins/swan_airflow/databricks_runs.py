@@ -19,8 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
-import functools
 import json
 import os
 from pathlib import Path
@@ -37,17 +35,9 @@ DATASET_ID = "{{ ti.xcom_pull(task_ids='upload_to_lake')['dataset_id'] }}"
 
 
 def cluster_spec(name: str) -> dict:
-    """A cluster spec from ``clusters/{name}.json`` (``SWAN_DATABRICKS_CLUSTERS_DIR`` overrides the folder).
-
-    Read once per file and process (the DAG file builds every payload at each parse); a copy is returned.
-    """
+    """A cluster spec from ``clusters/{name}.json`` (``SWAN_DATABRICKS_CLUSTERS_DIR`` overrides the folder)."""
     folder = Path(os.environ.get("SWAN_DATABRICKS_CLUSTERS_DIR", CLUSTERS_DIR))
-    return copy.deepcopy(_read_spec(folder / f"{name}.json"))
-
-
-@functools.cache
-def _read_spec(path: Path) -> dict:
-    return json.loads(path.read_text())
+    return json.loads((folder / f"{name}.json").read_text())
 
 
 def job_env() -> dict[str, str]:

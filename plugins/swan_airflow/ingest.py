@@ -19,7 +19,6 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import os
 import shutil
@@ -51,8 +50,9 @@ class Landed:
 
 
 def _content_id(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()[:12]
+    from swan_anomaly.lake import sha256_file
+
+    return sha256_file(path)[:12]
 
 
 def land_inbox(inbox: Path, landing_dir: Path, *, today: dt.date | None = None, settle_seconds: float = 30.0) -> Landed:

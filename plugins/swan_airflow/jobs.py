@@ -16,7 +16,7 @@ import subprocess
 import sys
 
 from swan_airflow.runtime import job_lake_root, jobs_dir, lake, lake_backend
-from swan_anomaly.entrypoint import EXIT_PERMANENT
+from swan_anomaly.entrypoint import PERMANENT_EXIT_CODES
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,10 @@ def run_job(job: str, *, dataset_id: str, run_id: str, args: list[str] | None = 
         msg = f"job entrypoint {script} not found; set SWAN_JOBS_DIR to the project's jobs/ folder"
         raise FileNotFoundError(msg)
     if lake_backend() != "local":
-        msg = "local jobs need the local lake: with SWAN_LAKE_BACKEND=azure set SWAN_COMPUTE_BACKEND=databricks"
-        raise ValueError(msg)
+        from airflow.sdk.exceptions import AirflowFailException
+
+        msg = "backend 'local' runs the jobs on this worker, which needs the local lake; with SWAN_LAKE_BACKEND=azure choose backend 'databricks'"
+        raise AirflowFailException(msg)
     cmd = [sys.executable, str(script), "--lake-root", job_lake_root(), "--dataset-id", dataset_id, "--run-id", run_id, *(args or [])]
     log.info("running job %s: %s", job, " ".join(cmd))
     tail: collections.deque[str] = collections.deque(maxlen=30)
@@ -54,7 +56,7 @@ def run_job(job: str, *, dataset_id: str, run_id: str, args: list[str] | None = 
             raise
     if code != 0:
         msg = f"job {job} exited with code {code} for dataset {dataset_id}; last output:\n" + "\n".join(tail)
-        if code in (2, EXIT_PERMANENT):  # bad arguments, input data or configuration: a retry fails the same way
+        if code in PERMANENT_EXIT_CODES:  # bad arguments, input data or configuration: a retry fails the same way
             from airflow.sdk.exceptions import AirflowFailException
 
             raise AirflowFailException(msg)

@@ -68,17 +68,10 @@ def label_check_enabled(params: Mapping[str, Any] | None) -> bool:
     Raises:
         AirflowFailException: ``SWAN_LABEL_CHECK`` is not an on/off word (no task retries).
     """
-    from airflow.sdk.exceptions import AirflowFailException
-
-    from swan_anomaly.config import ConfigError, env_flag
+    from swan_airflow.runtime import env_flag_or_fail
 
     value = (params or {}).get("label_check")
-    if value is not None:
-        return bool(value)
-    try:
-        return env_flag("SWAN_LABEL_CHECK", False)
-    except ConfigError as exc:
-        raise AirflowFailException(str(exc)) from exc
+    return env_flag_or_fail("SWAN_LABEL_CHECK", False) if value is None else bool(value)
 
 
 def _endpoint(host: str | None, schema: str | None, port: int | None, conn_id: str) -> str:

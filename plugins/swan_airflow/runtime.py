@@ -175,6 +175,18 @@ def registry_client():
     return mlflow_client(*s.mlflow_uris)
 
 
+def env_flag_or_fail(name: str, default: bool, env=None) -> bool:
+    """:func:`swan_anomaly.config.env_flag`, failing the task without retries on a bad value."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from swan_anomaly.config import ConfigError, env_flag
+
+    try:
+        return env_flag(name, default, env)
+    except ConfigError as exc:
+        raise AirflowFailException(str(exc)) from exc
+
+
 def force_promote_reason(params, env=None) -> str:
     """The reason of a forced promotion, after checking that this deployment allows one.
 
@@ -184,13 +196,7 @@ def force_promote_reason(params, env=None) -> str:
     """
     from airflow.sdk.exceptions import AirflowFailException
 
-    from swan_anomaly.config import ConfigError, env_flag
-
-    try:
-        allowed = env_flag("SWAN_ALLOW_FORCE_PROMOTE", True, env)
-    except ConfigError as exc:
-        raise AirflowFailException(str(exc)) from exc
-    if not allowed:
+    if not env_flag_or_fail("SWAN_ALLOW_FORCE_PROMOTE", True, env):
         msg = "force_promote is disabled in this deployment (SWAN_ALLOW_FORCE_PROMOTE=false); the gate decides"
         raise AirflowFailException(msg)
     reason = (params.get("force_promote_reason") or "").strip()

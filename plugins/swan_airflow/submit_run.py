@@ -119,14 +119,10 @@ class SwanJobOperator(IdempotentSubmitRunOperator):
     def execute(self, context: Context):
         from airflow.sdk.exceptions import AirflowFailException
 
-        from swan_airflow.runtime import lake, lake_backend
+        from swan_airflow.runtime import lake
 
         if self.backend == "local":
             from swan_airflow.jobs import run_job
-
-            if lake_backend() != "local":
-                msg = "backend 'local' runs the jobs on this worker, which needs the local lake; with SWAN_LAKE_BACKEND=azure choose backend 'databricks'"
-                raise AirflowFailException(msg)
 
             ti = context["ti"]
             dataset_id = ti.xcom_pull(task_ids="upload_to_lake")["dataset_id"]
