@@ -34,7 +34,10 @@ pytestmark = pytest.mark.slow
 
 DAG_ID = "swan_anomaly_pipeline"
 INGEST_DAG_ID = "swan_ingest_videos"
-BACKFILL_DATES = ("2026-11-20", "2026-11-21")
+# Two past days, relative to the clock (a fixed date would be in the future on a machine whose clock is behind it,
+# and Airflow refuses to backfill intervals that have not ended): before yesterday, so a two-day window on the
+# second one holds both backfilled partitions and not the scheduled run's newer one.
+BACKFILL_DATES = tuple((dt.datetime.now(dt.UTC) - dt.timedelta(days=n)).date().isoformat() for n in (6, 5))
 RUN_TIMEOUT_S = 600
 
 
@@ -63,8 +66,19 @@ class Stack:
 
         return mlflow_client(*self.settings.mlflow_uris)
 
-    def airflow(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "airflow", *args], env=self.env, capture_output=True, text=True, check=True, timeout=300)
+    def airflow(self, *args: str, attempts: int = 3) -> subprocess.CompletedProcess:
+        """Run an Airflow CLI command; retry it when the metadata database (SQLite here) was locked by the scheduler.
+
+        Airflow treats that as retryable (``backfill create`` removes its partial backfill on a lock error "so the
+        user can retry"); any other failure, or a lock on the last attempt, fails with the command's output.
+        """
+        for attempt in range(1, attempts + 1):
+            done = subprocess.run([sys.executable, "-m", "airflow", *args], env=self.env, capture_output=True, text=True, timeout=300)
+            if done.returncode == 0:
+                return done
+            if "database is locked" not in done.stdout + done.stderr or attempt == attempts:
+                raise AssertionError(f"airflow {' '.join(args)} exited {done.returncode}\nstdout:\n{done.stdout[-4000:]}\nstderr:\n{done.stderr[-4000:]}")
+            time.sleep(2)
 
     def start(self, *args: str, log: str) -> None:
         out = (self.home / log).open("w")
