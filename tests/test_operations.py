@@ -184,6 +184,28 @@ def test_land_inbox_moves_settled_readable_videos_and_sets_bad_ones_aside(tmp_pa
     assert len(list((landing / "2026-11-26").iterdir())) == 2 and [Path(v).name for v in again.videos] == [files[0]]
 
 
+def test_land_inbox_links_on_one_filesystem_and_copies_across(tmp_path, demo_video, monkeypatch):
+    import errno
+
+    from swan_airflow.ingest import land_inbox
+
+    inbox, landing = tmp_path / "inbox", tmp_path / "landing"
+    inbox.mkdir()
+    inode = _old(Path(shutil.copy(demo_video, inbox / "cam1.mp4"))).stat().st_ino
+    [video] = land_inbox(inbox, landing, today=dt.date(2026, 11, 26), settle_seconds=30).videos
+    assert Path(video).stat().st_ino == inode and Path(video).stat().st_nlink == 1  # moved, not copied
+    assert Path(video).read_bytes() == demo_video.read_bytes()
+
+    def cross_device(src, dst):
+        raise OSError(errno.EXDEV, "Invalid cross-device link", str(src))
+
+    monkeypatch.setattr(os, "link", cross_device)  # an inbox on another filesystem
+    _old(Path(shutil.copy(demo_video, inbox / "cam2.mp4")))
+    [video] = land_inbox(inbox, landing, today=dt.date(2026, 11, 26), settle_seconds=30).videos
+    assert Path(video).read_bytes() == demo_video.read_bytes() and not (inbox / "cam2.mp4").exists()
+    assert not [p for p in (landing / "2026-11-26").iterdir() if p.name.endswith(".part")]
+
+
 def test_the_landing_date_of_a_run_comes_from_its_newest_landing_event():
     from airflow.sdk import Asset
 

@@ -55,6 +55,26 @@ def _content_id(path: Path) -> str:
     return sha256_file(path)[:12]
 
 
+def _put(path: Path, target: Path) -> str:
+    """Make ``target`` a complete copy of ``path`` in one atomic step; say how.
+
+    On the same filesystem a hard link: no bytes copied, however large the video. Across
+    filesystems (``EXDEV``) or where hard links are not supported, a copy to a hidden ``.part``
+    file renamed into place. Either way the pipeline never sees a half-written video.
+    """
+    try:
+        os.link(path, target)
+        return "linked"
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        log.debug("cannot hard-link %s to %s (%s): copying", path, target, exc)
+    tmp = target.with_name(f".{target.name}.part")
+    shutil.copyfile(path, tmp)
+    os.replace(tmp, target)
+    return "copied"
+
+
 def land_inbox(inbox: Path, landing_dir: Path, *, today: dt.date | None = None, settle_seconds: float = 30.0) -> Landed:
     """Move every settled, readable video of ``inbox`` into ``landing_dir/<today>/``.
 
@@ -99,11 +119,9 @@ def land_inbox(inbox: Path, landing_dir: Path, *, today: dt.date | None = None, 
             path.unlink()  # the same bytes already landed today
             log.info("%s: already landed as %s", path.name, target)
         else:
-            tmp = target.with_name(f".{target.name}.part")
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, target)  # the pipeline never sees a half-copied video
+            how = _put(path, target)
             path.unlink()
-            log.info("landed %s -> %s", path.name, target)
+            log.info("landed %s -> %s (%s)", path.name, target, how)
         landed.videos.append(str(target))
     log.info(
         "ingest %s: %d landed, %d rejected, %d still being written",
