@@ -160,13 +160,12 @@ def swan_anomaly_pipeline():
     @task
     def find_videos() -> list[str]:
         """Videos to process: the `videos` Param, or those that landed in the run's data interval."""
+        import shutil
         from pathlib import Path
 
         from airflow.sdk.exceptions import AirflowSkipException
 
         from swan_airflow.runtime import find_landed_videos, landing_window, settings
-
-        import shutil
 
         ctx = get_current_context()
         params = ctx["params"]
@@ -482,6 +481,7 @@ def swan_anomaly_pipeline():
         ],
         execution_timeout=TRAINING_TIMEOUT,
         pool=POOL,
+        window_days="{{ params.training_window_days }}",  # on Databricks the token also digests the window's gold files
     )
     registered = register_model()
     [upload, code, checked] >> etl >> augment >> training >> registered

@@ -97,3 +97,28 @@ def test_results_round_trip_and_the_key_stays_out_of_logs(azurite, caplog):
         assert lake.read_result("manual__2026-11-26T05:40:20+00:00", "etl") == {"silver_rows": 384}
     assert AZURITE_KEY not in caplog.text
     assert "lake/runs/manual__2026-11-26T05_40_20_00_00/etl.json" in _blobs(lake)
+
+
+def test_gold_files_list_the_container_as_the_local_lake_lists_a_directory(azurite, tmp_path):
+    import pandas as pd
+
+    from swan_anomaly.lake import LocalLake
+
+    lake, local = _lake("gold"), LocalLake(tmp_path / "lake")
+    lake.hook.create_container("gold")
+    parts = {
+        "dataset_id=20261125/part-00000-a1.snappy.parquet": pd.DataFrame({"sample_id": ["a", "b"]}),
+        "dataset_id=20261126/part-00000-b2.snappy.parquet": pd.DataFrame({"sample_id": ["c"]}),
+        "dataset_id=20261126/part-00001-b2.snappy.parquet": pd.DataFrame({"sample_id": ["d", "e", "f"]}),
+    }
+    for rel, frame in parts.items():
+        (local.gold / rel).parent.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(local.gold / rel, index=False)
+        lake.hook.load_file(str(local.gold / rel), "gold", f"lake/gold/training/{rel}", overwrite=True)
+    lake.hook.load_string("", "gold", "lake/gold/training/_SUCCESS", overwrite=True)  # not a partition
+    lake.hook.load_string("", "gold", "lake/silver/images/dataset_id=20261126/x.parquet", overwrite=True)  # another zone
+    files = lake.gold_files()
+    assert files == local.gold_files()
+    assert [name for name, _ in files["20261126"]] == ["part-00000-b2.snappy.parquet", "part-00001-b2.snappy.parquet"]
+    assert all(size > 0 for entries in files.values() for _, size in entries)
+    assert lake.read_gold("20261126").sample_id.tolist() == ["c", "d", "e", "f"]

@@ -82,6 +82,7 @@ def test_remote_run_writes_the_container_and_runs_the_deployed_code(remote_run, 
     from airflow.providers.databricks.utils.databricks import normalise_json_content
 
     from swan_airflow.databricks_runs import cluster_spec, job_env
+    from swan_anomaly.lake import LocalLake, gold_files_digest
 
     dag_run, double, volume = remote_run
     assert str(dag_run.state) == "success"
@@ -103,6 +104,10 @@ def test_remote_run_writes_the_container_and_runs_the_deployed_code(remote_run, 
         assert task["spark_python_task"]["python_file"] == f"{volume}/{code[0][len(PREFIX):].rsplit('/', 1)[0]}/jobs/{task['task_key']}.py"
         assert task["spark_python_task"]["parameters"][:6] == ["--lake-root", str(volume), "--dataset-id", DATASET, "--run-id", dag_run.run_id]
         assert 0 < len(payload["idempotency_token"]) <= 64
+    # the training token's window digest, listed from the container, is that of the gold files the jobs wrote
+    job_side = LocalLake(volume).gold_files()
+    assert [name for name, _ in job_side[DATASET] if name.endswith(".parquet")]
+    assert f"gold files digest {gold_files_digest(job_side, [DATASET])[:16]}" in dag_run.logs
 
 
 @pytest.mark.slow

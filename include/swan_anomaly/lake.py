@@ -17,8 +17,9 @@ import json
 import logging
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from swan_anomaly._errors import LakeError
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 SUCCESS = "_SUCCESS"
 MANIFEST = "manifest.json"
+DATASET_ID = re.compile(r"\d{8}")
 
 
 def sha256_file(path: Path) -> str:
@@ -67,6 +69,65 @@ def plan_upload(local_dir: Path, existing: Mapping[str, str | None]) -> UploadPl
 def manifest_json(dataset_id: str, hashes: Mapping[str, str]) -> str:
     """The ``manifest.json`` of a dataset partition: sha256 of every file."""
     return json.dumps({"dataset_id": dataset_id, "files": dict(sorted(hashes.items()))}, indent=1, sort_keys=True)
+
+
+def dataset_date(dataset_id: str) -> date | None:
+    """The landing date of a ``YYYYMMDD`` dataset id, or None for any other id.
+
+    Example:
+        >>> dataset_date("20261126"), dataset_date("2026-11-26"), dataset_date("20261341")
+        (datetime.date(2026, 11, 26), None, None)
+    """
+    if not DATASET_ID.fullmatch(dataset_id):
+        return None
+    try:
+        return datetime.strptime(dataset_id, "%Y%m%d").date()
+    except ValueError:
+        return None
+
+
+def window_ids(partitions: Iterable[str], dataset_id: str, window_days: int = 1) -> list[str]:
+    """The partitions of the training window of ``dataset_id`` among ``partitions``, oldest first.
+
+    The window is the ``window_days`` days ending with ``dataset_id``'s date, both ends
+    included. Partitions whose id is not a ``YYYYMMDD`` date are ignored, and so are partitions
+    newer than ``dataset_id``: a backfill never trains on data that arrived later. ``dataset_id``
+    itself is always in the list (whether it is among ``partitions`` or not).
+
+    Raises:
+        ValueError: ``window_days`` is below 1, or above 1 while ``dataset_id`` is not a date.
+
+    Example:
+        >>> window_ids(["20261123", "20261124", "20261126", "20261127", "latest"], "20261126", 3)
+        ['20261124', '20261126']
+    """
+    if isinstance(window_days, bool) or not isinstance(window_days, int) or window_days < 1:
+        msg = f"window_days must be a whole number of days, at least 1, got {window_days!r}"
+        raise ValueError(msg)
+    if window_days == 1:
+        return [dataset_id]
+    end = dataset_date(dataset_id)
+    if end is None:
+        msg = f"a training window of {window_days} days needs a dataset id that is a date (YYYYMMDD), got {dataset_id!r}"
+        raise ValueError(msg)
+    start = end - timedelta(days=window_days - 1)
+    found = {dataset_id} | {p for p in partitions if (day := dataset_date(p)) is not None and start <= day <= end}
+    return sorted(found)
+
+
+def window_dataset_ids(lake: LocalLake, dataset_id: str, window_days: int = 1) -> list[str]:
+    """The gold partitions of the training window of ``dataset_id`` (:func:`window_ids` over the lake's gold)."""
+    return window_ids(lake.gold_files(), dataset_id, window_days)
+
+
+def gold_files_digest(files: Mapping[str, Iterable[tuple[str, int]]], dataset_ids: Iterable[str]) -> str:
+    """sha256 of the gold files (relative name, size) of ``dataset_ids``; a missing partition counts as empty.
+
+    Spark names the files of every write anew, so a rewritten partition changes the digest,
+    while a partition nobody wrote to keeps it: the identity of a training run's input data.
+    """
+    listing = {i: sorted([name, size] for name, size in files.get(i, ())) for i in sorted(set(dataset_ids))}
+    return sha256_text(json.dumps(listing, sort_keys=True))
 
 
 def sha256_text(text: str) -> str:
@@ -160,6 +221,16 @@ class LocalLake:
     def gold_partition(self, dataset_id: str) -> Path:
         """The folder of one dataset's gold rows, ``gold/training/dataset_id={dataset_id}/``."""
         return self.gold / f"dataset_id={dataset_id}"
+
+    def gold_files(self) -> dict[str, list[tuple[str, int]]]:
+        """Every gold partition's files: ``{dataset_id: [(name relative to the partition, size), ...]}``."""
+        files: dict[str, list[tuple[str, int]]] = {}
+        if self.gold.is_dir():
+            for child in sorted(self.gold.iterdir()):
+                key, _, dataset_id = child.name.partition("=")
+                if key == "dataset_id" and child.is_dir():
+                    files[dataset_id] = [(p.relative_to(child).as_posix(), p.stat().st_size) for p in sorted(child.rglob("*")) if p.is_file()]
+        return files
 
     def read_gold(self, dataset_id: str, columns: list[str] | None = None):
         """The gold rows of one dataset as a pandas DataFrame."""

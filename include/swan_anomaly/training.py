@@ -26,11 +26,9 @@ import json
 import logging
 import math
 import os
-import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
-from datetime import date, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
 
@@ -43,7 +41,7 @@ from swan_anomaly.evaluation import curves_figure, histogram_figure, worst_grid
 from swan_anomaly.generalization import COLUMNS as LOFO_COLUMNS
 from swan_anomaly.generalization import format_table, leave_one_family_out, min_unseen_auroc
 from swan_anomaly.labels import ABNORMAL, NORMAL
-from swan_anomaly.lake import LocalLake
+from swan_anomaly.lake import LocalLake, window_dataset_ids
 from swan_anomaly.metrics import anomaly_metrics, anomaly_scores, choose_threshold, recall_by_family
 from swan_anomaly.splits import Split
 
@@ -59,7 +57,6 @@ GPU_DATA_SHARE = 0.5
 #: compiling costs about 30 s (measured on an H100) and pays back only over a longer run.
 COMPILE_MIN_STEPS = 500
 #: Dataset ids that are landing dates; only these take part in a training window.
-DATASET_ID = re.compile(r"\d{8}")
 
 
 @dataclass(frozen=True)
@@ -96,57 +93,6 @@ class EpochResult:
     val_auroc: float
     val_f1: float
     images_per_s: float
-
-
-def dataset_date(dataset_id: str) -> date | None:
-    """The landing date of a ``YYYYMMDD`` dataset id, or None for any other id.
-
-    Example:
-        >>> dataset_date("20261126"), dataset_date("2026-11-26"), dataset_date("20261341")
-        (datetime.date(2026, 11, 26), None, None)
-    """
-    if not DATASET_ID.fullmatch(dataset_id):
-        return None
-    try:
-        return datetime.strptime(dataset_id, "%Y%m%d").date()
-    except ValueError:
-        return None
-
-
-def window_dataset_ids(lake: LocalLake, dataset_id: str, window_days: int = 1) -> list[str]:
-    """The gold partitions of the training window of ``dataset_id``, oldest first.
-
-    The window is the ``window_days`` days ending with ``dataset_id``'s date, both ends
-    included. Partitions whose id is not a ``YYYYMMDD`` date are ignored, and so are partitions
-    newer than ``dataset_id``: a backfill never trains on data that arrived later. The
-    partition of ``dataset_id`` itself is always in the list (whether it exists or not; see
-    :func:`load_gold`).
-
-    Raises:
-        ValueError: ``window_days`` is below 1, or above 1 while ``dataset_id`` is not a date.
-
-    Example:
-        >>> window_dataset_ids(LocalLake(Path(".swan/lake")), "20261126", 3)  # doctest: +SKIP
-        ['20261124', '20261126']
-    """
-    if isinstance(window_days, bool) or not isinstance(window_days, int) or window_days < 1:
-        msg = f"window_days must be a whole number of days, at least 1, got {window_days!r}"
-        raise ValueError(msg)
-    if window_days == 1:
-        return [dataset_id]
-    end = dataset_date(dataset_id)
-    if end is None:
-        msg = f"a training window of {window_days} days needs a dataset id that is a date (YYYYMMDD), got {dataset_id!r}"
-        raise ValueError(msg)
-    start = end - timedelta(days=window_days - 1)
-    found = {dataset_id}
-    if lake.gold.is_dir():
-        for child in lake.gold.iterdir():
-            key, _, value = child.name.partition("=")
-            day = dataset_date(value) if key == "dataset_id" and child.is_dir() else None
-            if day is not None and start <= day <= end:
-                found.add(value)
-    return sorted(found)
 
 
 def _read_partition(lake: LocalLake, dataset_id: str) -> pd.DataFrame:

@@ -97,6 +97,22 @@ class WasbLake:
         """Bytes of a file in ``raw/{dataset_id}/``."""
         return self.hook.download(self.container, self.raw_prefix(dataset_id) + rel).readall()
 
+    def gold_files(self) -> dict[str, list[tuple[str, int]]]:
+        """Every gold partition's blobs: ``{dataset_id: [(name relative to the partition, size), ...]}``.
+
+        The same listing :meth:`swan_anomaly.lake.LocalLake.gold_files` gives of the container
+        as the jobs see it (a volume on it).
+        """
+        prefix = self._name("gold", "training") + "/"
+        container = self.hook.blob_service_client.get_container_client(self.container)
+        files: dict[str, list[tuple[str, int]]] = {}
+        for blob in container.list_blobs(name_starts_with=prefix):
+            partition, _, rel = blob.name[len(prefix) :].partition("/")
+            key, _, dataset_id = partition.partition("=")
+            if key == "dataset_id" and rel:
+                files.setdefault(dataset_id, []).append((rel, blob.size))
+        return {k: sorted(v) for k, v in sorted(files.items())}
+
     def read_gold(self, dataset_id: str, columns: list[str] | None = None):
         """The gold rows of one dataset (its Parquet files) as a pandas DataFrame."""
         import io

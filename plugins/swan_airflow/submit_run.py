@@ -2,14 +2,15 @@
 
 Databricks answers ``runs/submit`` with the existing run when it already holds a run for the
 request's ``idempotency_token``. The operator derives that token from what the run *does*
-(DAG id, DAG run id, task id, map index, the rendered payload and the input dataset's manifest
-digest) plus a generation number, never from Airflow's try number:
+(DAG id, DAG run id, task id, map index, the rendered payload, the input dataset's manifest
+digest and, for the training job, the files of its window's gold partitions) plus a generation number, never from Airflow's try number:
 
 - a retry after a lost worker, or a cleared task whose run is still going, re-attaches to it;
 - a cleared task or DAG run whose run succeeded reuses that run (no new cluster, no new rows);
 - a try after a run that ended FAILED, CANCELED or TIMEDOUT moves to the next generation and
   submits exactly one fresh run;
-- new code (another ``code/{version}/``), new parameters or new input data give a new token.
+- new code (another ``code/{version}/``), new parameters or new input data give a new token,
+  including a rebuilt older partition of a training window.
 
 Everything else (deferral, polling, retries of 429/5xx answers, cancelling on kill) is the
 provider's operator.
@@ -105,16 +106,31 @@ class SwanJobOperator(IdempotentSubmitRunOperator):
         job: the entrypoint name (``etl``, ``augment``, ``train``).
         job_args: templated; the job's own arguments (after ``--lake-root``, ``--dataset-id``, ``--run-id``).
         backend: templated; ``local`` or ``databricks``.
+        window_days: templated; for a job that reads a training window of gold partitions (the
+            training job): the window's length. On Databricks the idempotency token then also
+            digests the window's gold files, so a rebuilt older partition gives a new run.
         **kwargs: as for :class:`IdempotentSubmitRunOperator` (the Databricks payload in ``json``).
     """
 
-    template_fields = (*IdempotentSubmitRunOperator.template_fields, "job_args", "backend")
+    template_fields = (*IdempotentSubmitRunOperator.template_fields, "job_args", "backend", "window_days")
 
-    def __init__(self, *, job: str, job_args: list[str], backend: str = "{{ params.backend }}", **kwargs: Any) -> None:
+    def __init__(self, *, job: str, job_args: list[str], backend: str = "{{ params.backend }}", window_days: str | int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.job = job
         self.job_args = job_args
         self.backend = backend
+        self.window_days = window_days
+
+    def window_inputs(self, dataset_id: str) -> str:
+        """The digest of the gold files of the training window of ``dataset_id``, as the lake holds them now."""
+        from swan_airflow.runtime import lake
+        from swan_anomaly.lake import gold_files_digest, window_ids
+
+        files = lake().gold_files()
+        ids = window_ids(files, dataset_id, int(self.window_days))
+        digest = gold_files_digest(files, ids)
+        self.log.info("training window %s: gold files digest %s", ids, digest[:16])
+        return digest
 
     def execute(self, context: Context):
         from airflow.sdk.exceptions import AirflowFailException
@@ -133,6 +149,9 @@ class SwanJobOperator(IdempotentSubmitRunOperator):
         if self.backend != "databricks":
             msg = f"backend must be 'local' or 'databricks', got {self.backend!r}"
             raise AirflowFailException(msg)
+        if self.window_days is not None:
+            dataset_id = context["ti"].xcom_pull(task_ids="upload_to_lake")["dataset_id"]
+            self.inputs = f"{self.inputs}|gold:{self.window_inputs(dataset_id)}"
         return super().execute(context)
 
     def on_kill(self) -> None:
