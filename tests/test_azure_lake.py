@@ -117,8 +117,13 @@ def test_gold_files_list_the_container_as_the_local_lake_lists_a_directory(azuri
         lake.hook.load_file(str(local.gold / rel), "gold", f"lake/gold/training/{rel}", overwrite=True)
     lake.hook.load_string("", "gold", "lake/gold/training/_SUCCESS", overwrite=True)  # not a partition
     lake.hook.load_string("", "gold", "lake/silver/images/dataset_id=20261126/x.parquet", overwrite=True)  # another zone
-    files = lake.gold_files()
-    assert files == local.gold_files()
+    lake.hook.load_string("{}", "gold", "lake/gold/training/dataset_id=20261126/_committed_42", overwrite=True)  # a commit marker
+    # a directory entry as a hierarchical-namespace (ADLS Gen2) account lists it
+    lake.hook.load_string("", "gold", "lake/gold/training/dataset_id=20261126/tmp", overwrite=True, metadata={"hdi_isfolder": "true"})
+    ids = ["20261125", "20261126", "20261127"]
+    assert lake.gold_partitions() == local.gold_partitions() == ["20261125", "20261126"]
+    files = lake.gold_files(ids)
+    assert files == local.gold_files(ids)
     assert [name for name, _ in files["20261126"]] == ["part-00000-b2.snappy.parquet", "part-00001-b2.snappy.parquet"]
-    assert all(size > 0 for entries in files.values() for _, size in entries)
+    assert all(size > 0 for entries in files.values() for _, size in entries) and files["20261127"] == []
     assert lake.read_gold("20261126").sample_id.tolist() == ["c", "d", "e", "f"]

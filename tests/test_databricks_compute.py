@@ -57,7 +57,7 @@ def test_jobs_run_on_databricks_with_the_deployed_code(databricks_run, double):
     from swan_airflow.databricks_runs import cluster_spec, job_env
     from swan_airflow.submit_run import generation_token, token_base
     from swan_anomaly.config import Settings
-    from swan_anomaly.lake import MANIFEST, LocalLake, gold_files_digest, sha256_text, window_ids
+    from swan_anomaly.lake import MANIFEST, LocalLake, gold_files_digest, sha256_text
 
     assert str(databricks_run.state) == "success"
     assert [s["tasks"][0]["task_key"] for s in double.submissions] == ["etl", "augment", "train"]
@@ -81,8 +81,7 @@ def test_jobs_run_on_databricks_with_the_deployed_code(databricks_run, double):
     assert train["val"]["auroc"] >= 0.9
     # the training run's token digests its input partition and the gold files of its window as they were
     train_payload, raw_digest = double.submissions[2], sha256_text((lake.raw(DATASET) / MANIFEST).read_text())
-    files = lake.gold_files()
-    window = gold_files_digest(files, window_ids(files, DATASET, 1))
+    window = gold_files_digest(lake.gold_files([DATASET]))
     base = token_base(databricks_run.dag_id, databricks_run.run_id, "run_training", -1, train_payload, f"{raw_digest}|gold:{window}")
     assert train_payload["idempotency_token"] == generation_token(base, 0)
     assert f"gold files digest {window[:16]}" in databricks_run.logs

@@ -88,32 +88,37 @@ def test_window_of_three_days_takes_the_dates_in_range_only(tmp_path):
     assert window_dataset_ids(lake, "20260105", 4) == ["20260102", "20260103", "20260105"]
 
 
-def test_the_window_digest_changes_exactly_when_a_partition_of_the_window_is_rewritten(tmp_path):
-    from swan_anomaly.lake import gold_files_digest, window_ids
+def test_the_training_token_digest_changes_exactly_when_a_partition_of_the_window_is_rewritten(tmp_path, monkeypatch):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from swan_airflow.submit_run import SwanJobOperator
 
     lake = LocalLake(tmp_path / "lake")
+    monkeypatch.setenv("SWAN_LAKE_ROOT", str(lake.root))
     _days(lake, ["20251231", "20260101", "20260102", "20260103"])
-    (lake.gold / "dataset_id=20260101" / "part-00001.snappy.parquet").write_bytes(b"second file")
+    older = lake.gold_partition("20260101")
+    (older / "part-00001.snappy.parquet").write_bytes(b"second file")
+    (older / "_SUCCESS").write_text("")
+    (older / ".part-00001.snappy.parquet.crc").write_bytes(b"crc")
+    files = lake.gold_files(["20260101", "20260104"])
+    assert files == {"20260101": [("part-00000.snappy.parquet", (older / "part-00000.snappy.parquet").stat().st_size), ("part-00001.snappy.parquet", 11)], "20260104": []}
+    assert lake.gold_partitions() == ["20251231", "20260101", "20260102", "20260103"]
 
-    def digest() -> str:
-        files = lake.gold_files()
-        return gold_files_digest(files, window_ids(files, "20260102", 2))
-
-    files = lake.gold_files()
-    assert sorted(files) == ["20251231", "20260101", "20260102", "20260103"]
-    assert [name for name, _ in files["20260101"]] == ["part-00000.snappy.parquet", "part-00001.snappy.parquet"]
-    assert files["20260101"][1][1] == len(b"second file")
-    before = digest()
-    assert before == digest()  # nothing written: the same run can be reused
-    # partitions outside the window (older than it, newer than the run) do not count
+    # the operator of run_training, as the DAG builds it: the window length is a rendered Param
+    op = SwanJobOperator(task_id="run_training", job="train", job_args=[], json={}, window_days="2")
+    before = op.window_inputs("20260102")
+    assert op.window_inputs("20260102") == before  # nothing written: a cleared task reuses its Databricks run
+    # partitions outside the window (older than it, newer than the run) and Spark's marker files do not count
     _write(lake, "20251231", _rows({"vX-b0000": "train"}, frames=3))
-    (lake.gold / "dataset_id=20260103" / "part-00009.snappy.parquet").write_bytes(b"later data")
-    assert digest() == before
-    # the older partition of the window rebuilt by Spark: new file names (or sizes) -> a new digest
-    (lake.gold / "dataset_id=20260101" / "part-00001.snappy.parquet").rename(lake.gold / "dataset_id=20260101" / "part-00001-c0ffee.snappy.parquet")
-    assert digest() != before
-    # a missing partition of the window counts as empty, not as an error
-    assert gold_files_digest(files, ["20260102", "20260104"]) == gold_files_digest({"20260102": files["20260102"]}, ["20260102", "20260104"])
+    (lake.gold_partition("20260103") / "part-00009.snappy.parquet").write_bytes(b"later data")
+    (older / "_committed_123").write_text("{}")
+    assert op.window_inputs("20260102") == before
+    # the older partition of the window rebuilt by Spark: new file names (or sizes) -> a new token
+    (older / "part-00001.snappy.parquet").rename(older / "part-00001-c0ffee.snappy.parquet")
+    assert op.window_inputs("20260102") != before
+    # a window of several days needs a date: fails the task (no retries) with the reason
+    with pytest.raises(AirflowFailException, match="needs a dataset id that is a date"):
+        op.window_inputs("latest")
 
 
 def test_a_group_in_two_partitions_is_kept_only_from_the_newest(tmp_path, caplog):

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 SUCCESS = "_SUCCESS"
 MANIFEST = "manifest.json"
+#: Dataset ids that are landing dates; only these take part in a training window.
 DATASET_ID = re.compile(r"\d{8}")
 
 
@@ -117,16 +118,28 @@ def window_ids(partitions: Iterable[str], dataset_id: str, window_days: int = 1)
 
 def window_dataset_ids(lake: LocalLake, dataset_id: str, window_days: int = 1) -> list[str]:
     """The gold partitions of the training window of ``dataset_id`` (:func:`window_ids` over the lake's gold)."""
-    return window_ids(lake.gold_files(), dataset_id, window_days)
+    return window_ids(lake.gold_partitions(), dataset_id, window_days)
 
 
-def gold_files_digest(files: Mapping[str, Iterable[tuple[str, int]]], dataset_ids: Iterable[str]) -> str:
-    """sha256 of the gold files (relative name, size) of ``dataset_ids``; a missing partition counts as empty.
+def partition_value(name: str) -> str | None:
+    """The dataset id of a ``dataset_id=<id>`` partition folder name, else None."""
+    key, sep, value = name.partition("=")
+    return value if key == "dataset_id" and sep and value else None
+
+
+def is_data_file(rel: str) -> bool:
+    """False for what Spark itself skips when it reads a partition: names under ``_`` or ``.``
+    (``_SUCCESS``, ``_committed_*``/``_started_*`` markers, ``.crc`` checksums)."""
+    return not any(part.startswith(("_", ".")) for part in rel.split("/"))
+
+
+def gold_files_digest(files: Mapping[str, Iterable[tuple[str, int]]]) -> str:
+    """sha256 of gold data files, ``{dataset_id: [(name in the partition, size), ...]}``.
 
     Spark names the files of every write anew, so a rewritten partition changes the digest,
     while a partition nobody wrote to keeps it: the identity of a training run's input data.
     """
-    listing = {i: sorted([name, size] for name, size in files.get(i, ())) for i in sorted(set(dataset_ids))}
+    listing = {i: sorted([name, size] for name, size in entries) for i, entries in files.items()}
     return sha256_text(json.dumps(listing, sort_keys=True))
 
 
@@ -222,14 +235,22 @@ class LocalLake:
         """The folder of one dataset's gold rows, ``gold/training/dataset_id={dataset_id}/``."""
         return self.gold / f"dataset_id={dataset_id}"
 
-    def gold_files(self) -> dict[str, list[tuple[str, int]]]:
-        """Every gold partition's files: ``{dataset_id: [(name relative to the partition, size), ...]}``."""
-        files: dict[str, list[tuple[str, int]]] = {}
-        if self.gold.is_dir():
-            for child in sorted(self.gold.iterdir()):
-                key, _, dataset_id = child.name.partition("=")
-                if key == "dataset_id" and child.is_dir():
-                    files[dataset_id] = [(p.relative_to(child).as_posix(), p.stat().st_size) for p in sorted(child.rglob("*")) if p.is_file()]
+    def gold_partitions(self) -> list[str]:
+        """The dataset ids of the gold partitions, sorted."""
+        if not self.gold.is_dir():
+            return []
+        return sorted(v for child in self.gold.iterdir() if child.is_dir() and (v := partition_value(child.name)) is not None)
+
+    def gold_files(self, dataset_ids: Iterable[str]) -> dict[str, list[tuple[str, int]]]:
+        """The data files of some gold partitions: ``{dataset_id: [(name in the partition, size), ...]}``.
+
+        Every id gets an entry; a missing partition has no files.
+        """
+        files = {}
+        for dataset_id in dataset_ids:
+            folder = self.gold_partition(dataset_id)
+            found = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+            files[dataset_id] = [(rel, p.stat().st_size) for p in found if is_data_file(rel := p.relative_to(folder).as_posix())]
         return files
 
     def read_gold(self, dataset_id: str, columns: list[str] | None = None):

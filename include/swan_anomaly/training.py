@@ -56,7 +56,6 @@ GPU_DATA_SHARE = 0.5
 #: ``compile="auto"`` compiles on CUDA only for runs of at least this many optimizer steps:
 #: compiling costs about 30 s (measured on an H100) and pays back only over a longer run.
 COMPILE_MIN_STEPS = 500
-#: Dataset ids that are landing dates; only these take part in a training window.
 
 
 @dataclass(frozen=True)

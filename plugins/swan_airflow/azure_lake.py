@@ -22,7 +22,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from swan_anomaly.lake import MANIFEST, SUCCESS, UploadReport, manifest_json, plan_upload, safe_run_id, sha256_text
+from swan_anomaly.lake import MANIFEST, SUCCESS, UploadReport, is_data_file, manifest_json, partition_value, plan_upload, safe_run_id, sha256_text
 
 log = logging.getLogger(__name__)
 
@@ -97,21 +97,28 @@ class WasbLake:
         """Bytes of a file in ``raw/{dataset_id}/``."""
         return self.hook.download(self.container, self.raw_prefix(dataset_id) + rel).readall()
 
-    def gold_files(self) -> dict[str, list[tuple[str, int]]]:
-        """Every gold partition's blobs: ``{dataset_id: [(name relative to the partition, size), ...]}``.
-
-        The same listing :meth:`swan_anomaly.lake.LocalLake.gold_files` gives of the container
-        as the jobs see it (a volume on it).
-        """
+    def gold_partitions(self) -> list[str]:
+        """The dataset ids of the gold partitions, sorted (one hierarchical listing, not every file)."""
         prefix = self._name("gold", "training") + "/"
         container = self.hook.blob_service_client.get_container_client(self.container)
-        files: dict[str, list[tuple[str, int]]] = {}
-        for blob in container.list_blobs(name_starts_with=prefix):
-            partition, _, rel = blob.name[len(prefix) :].partition("/")
-            key, _, dataset_id = partition.partition("=")
-            if key == "dataset_id" and rel:
-                files.setdefault(dataset_id, []).append((rel, blob.size))
-        return {k: sorted(v) for k, v in sorted(files.items())}
+        names = (item.name[len(prefix) :].rstrip("/") for item in container.walk_blobs(name_starts_with=prefix, delimiter="/"))
+        return sorted({v for name in names if (v := partition_value(name)) is not None})
+
+    def gold_files(self, dataset_ids) -> dict[str, list[tuple[str, int]]]:
+        """The data files of some gold partitions, as :meth:`swan_anomaly.lake.LocalLake.gold_files` lists a folder.
+
+        Directory entries of a hierarchical-namespace account (``hdi_isfolder``) are not files.
+        """
+        container = self.hook.blob_service_client.get_container_client(self.container)
+        files = {}
+        for dataset_id in dataset_ids:
+            prefix = self._name("gold", "training", f"dataset_id={dataset_id}") + "/"
+            files[dataset_id] = sorted(
+                (blob.name[len(prefix) :], blob.size)
+                for blob in container.list_blobs(name_starts_with=prefix, include=["metadata"])
+                if (blob.metadata or {}).get("hdi_isfolder") != "true" and is_data_file(blob.name[len(prefix) :])
+            )
+        return files
 
     def read_gold(self, dataset_id: str, columns: list[str] | None = None):
         """The gold rows of one dataset (its Parquet files) as a pandas DataFrame."""

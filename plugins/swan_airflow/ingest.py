@@ -58,21 +58,25 @@ def _content_id(path: Path) -> str:
 def _put(path: Path, target: Path) -> str:
     """Make ``target`` a complete copy of ``path`` in one atomic step; say how.
 
-    On the same filesystem a hard link: no bytes copied, however large the video. Across
-    filesystems (``EXDEV``) or where hard links are not supported, a copy to a hidden ``.part``
-    file renamed into place. Either way the pipeline never sees a half-written video.
+    On the same filesystem, for a file with no other name, a hard link: no bytes copied,
+    however large the video (the inbox name is removed next, so the landed file is the only
+    name of those bytes). Across filesystems (``EXDEV``), where hard links are not supported,
+    or when the file has other names (``cp -l``, a backup's links) that could change it later, a
+    copy to a hidden ``.part`` file renamed into place. Either way the pipeline never sees a
+    half-written video.
     """
-    try:
-        os.link(path, target)
-        return "linked"
-    except FileExistsError:
-        raise
-    except OSError as exc:
-        log.debug("cannot hard-link %s to %s (%s): copying", path, target, exc)
+    if path.stat().st_nlink == 1:
+        try:
+            os.link(path, target)
+            return "hard link"
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            log.debug("cannot hard-link %s to %s (%s): copying", path, target, exc)
     tmp = target.with_name(f".{target.name}.part")
     shutil.copyfile(path, tmp)
     os.replace(tmp, target)
-    return "copied"
+    return "copy"
 
 
 def land_inbox(inbox: Path, landing_dir: Path, *, today: dt.date | None = None, settle_seconds: float = 30.0) -> Landed:
@@ -115,13 +119,12 @@ def land_inbox(inbox: Path, landing_dir: Path, *, today: dt.date | None = None, 
             continue
         target = target_dir / f"{path.stem}-{_content_id(path)}{path.suffix.lower()}"
         target_dir.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            path.unlink()  # the same bytes already landed today
-            log.info("%s: already landed as %s", path.name, target)
-        else:
-            how = _put(path, target)
-            path.unlink()
-            log.info("landed %s -> %s (%s)", path.name, target, how)
+        try:
+            how = "already there" if target.exists() else _put(path, target)
+        except FileExistsError:  # landed by someone else in the meantime: the same bytes (same content id)
+            how = "already there"
+        path.unlink()
+        log.info("landed %s -> %s (%s)", path.name, target, how)
         landed.videos.append(str(target))
     log.info(
         "ingest %s: %d landed, %d rejected, %d still being written",

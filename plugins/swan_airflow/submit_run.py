@@ -122,13 +122,23 @@ class SwanJobOperator(IdempotentSubmitRunOperator):
         self.window_days = window_days
 
     def window_inputs(self, dataset_id: str) -> str:
-        """The digest of the gold files of the training window of ``dataset_id``, as the lake holds them now."""
+        """The digest of the gold files of the training window of ``dataset_id``, as the lake holds them now.
+
+        Raises:
+            AirflowFailException: the window cannot be formed (a window of several days of a
+                dataset id that is not a date); a retry would not help.
+        """
+        from airflow.sdk.exceptions import AirflowFailException
+
         from swan_airflow.runtime import lake
         from swan_anomaly.lake import gold_files_digest, window_ids
 
-        files = lake().gold_files()
-        ids = window_ids(files, dataset_id, int(self.window_days))
-        digest = gold_files_digest(files, ids)
+        store = lake()
+        try:
+            ids = window_ids(store.gold_partitions(), dataset_id, int(self.window_days))
+        except ValueError as exc:
+            raise AirflowFailException(str(exc)) from exc
+        digest = gold_files_digest(store.gold_files(ids))
         self.log.info("training window %s: gold files digest %s", ids, digest[:16])
         return digest
 
@@ -137,11 +147,11 @@ class SwanJobOperator(IdempotentSubmitRunOperator):
 
         from swan_airflow.runtime import lake
 
+        ti = context["ti"]
+        dataset_id = ti.xcom_pull(task_ids="upload_to_lake")["dataset_id"]
         if self.backend == "local":
             from swan_airflow.jobs import run_job
 
-            ti = context["ti"]
-            dataset_id = ti.xcom_pull(task_ids="upload_to_lake")["dataset_id"]
             result = run_job(self.job, dataset_id=dataset_id, run_id=context["run_id"], args=list(self.job_args))
             # The provider's extra link reads this key after the task; locally the "run page" is the job's result file.
             ti.xcom_push(key="run_page_url", value=(lake().run_dir(context["run_id"]) / f"{self.job}.json").as_uri())
@@ -150,7 +160,6 @@ class SwanJobOperator(IdempotentSubmitRunOperator):
             msg = f"backend must be 'local' or 'databricks', got {self.backend!r}"
             raise AirflowFailException(msg)
         if self.window_days is not None:
-            dataset_id = context["ti"].xcom_pull(task_ids="upload_to_lake")["dataset_id"]
             self.inputs = f"{self.inputs}|gold:{self.window_inputs(dataset_id)}"
         return super().execute(context)
 
