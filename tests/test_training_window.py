@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from swan_anomaly._errors import JobError
+from swan_anomaly._errors import ConfigError, JobError
 from swan_anomaly.lake import LocalLake
 from swan_anomaly.training import load_gold, window_dataset_ids
 
@@ -166,7 +166,7 @@ def test_missing_or_empty_current_partition_is_a_clear_error(tmp_path):
 def test_window_days_below_one_or_not_whole_is_refused(tmp_path, days):
     lake = LocalLake(tmp_path / "lake")
     _days(lake, ["20260101"])
-    with pytest.raises(ValueError, match="window_days must be a whole number of days, at least 1"):
+    with pytest.raises(ConfigError, match="window_days must be a whole number of days, at least 1"):
         load_gold(lake, "20260101", window_days=days)
 
 
@@ -174,8 +174,8 @@ def test_a_window_needs_a_dated_dataset_id(tmp_path):
     lake = LocalLake(tmp_path / "lake")
     _days(lake, ["manual"])
     assert set(load_gold(lake, "manual").dataset_id) == {"manual"}  # a single partition needs no date
-    with pytest.raises(ValueError, match="needs a dataset id that is a date"):
-        load_gold(lake, "manual", window_days=2)
+    with pytest.raises(ConfigError, match="needs a dataset id that is a date"):
+        load_gold(lake, "manual", window_days=2)  # a ConfigError: the training job exits as a permanent failure
 
 
 @pytest.mark.parametrize("value", ["0", "-3", "two", "1.5"])

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
-from swan_anomaly._errors import LakeError
+from swan_anomaly._errors import ConfigError, LakeError
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,8 @@ def window_ids(partitions: Iterable[str], dataset_id: str, window_days: int = 1)
     itself is always in the list (whether it is among ``partitions`` or not).
 
     Raises:
-        ValueError: ``window_days`` is below 1, or above 1 while ``dataset_id`` is not a date.
+        ConfigError: ``window_days`` is below 1, or above 1 while ``dataset_id`` is not a date
+            (a ``ValueError``; a job exits with the permanent-failure status, no retries).
 
     Example:
         >>> window_ids(["20261123", "20261124", "20261126", "20261127", "latest"], "20261126", 3)
@@ -104,13 +105,13 @@ def window_ids(partitions: Iterable[str], dataset_id: str, window_days: int = 1)
     """
     if isinstance(window_days, bool) or not isinstance(window_days, int) or window_days < 1:
         msg = f"window_days must be a whole number of days, at least 1, got {window_days!r}"
-        raise ValueError(msg)
+        raise ConfigError(msg)
     if window_days == 1:
         return [dataset_id]
     end = dataset_date(dataset_id)
     if end is None:
         msg = f"a training window of {window_days} days needs a dataset id that is a date (YYYYMMDD), got {dataset_id!r}"
-        raise ValueError(msg)
+        raise ConfigError(msg)
     start = end - timedelta(days=window_days - 1)
     found = {dataset_id} | {p for p in partitions if (day := dataset_date(p)) is not None and start <= day <= end}
     return sorted(found)
@@ -271,9 +272,13 @@ class LocalLake:
             shutil.copyfile(src, target / rel)
         (target / SUCCESS).write_text("")
 
+    def result_path(self, run_id: str, job: str) -> Path:
+        """``runs/{run_id}/{job}.json``: where a job's result lives."""
+        return self.run_dir(run_id) / f"{job}.json"
+
     def write_result(self, run_id: str, job: str, result: dict) -> Path:
         """Write ``runs/{run_id}/{job}.json`` (what a job hands back to Airflow)."""
-        path = self.run_dir(run_id) / f"{job}.json"
+        path = self.result_path(run_id, job)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(result, indent=2, sort_keys=True, default=str))
@@ -282,7 +287,7 @@ class LocalLake:
 
     def read_result(self, run_id: str, job: str) -> dict:
         """Read ``runs/{run_id}/{job}.json``."""
-        path = self.run_dir(run_id) / f"{job}.json"
+        path = self.result_path(run_id, job)
         if not path.is_file():
             msg = f"{path}: job {job!r} wrote no result for run {run_id!r}; did the job finish?"
             raise LakeError(msg)

@@ -120,7 +120,7 @@ def load_gold(lake: LocalLake, dataset_id: str, window_days: int = 1) -> pd.Data
 
     Raises:
         JobError: the partition of ``dataset_id`` is missing or empty.
-        ValueError: as for :func:`window_dataset_ids`.
+        ConfigError: as for :func:`window_dataset_ids` (:func:`swan_anomaly.lake.window_ids`).
 
     Example:
         >>> gold = load_gold(LocalLake(Path(".swan/lake")), "20261126", window_days=7)  # doctest: +SKIP

@@ -131,12 +131,13 @@ class SwanJobOperator(IdempotentSubmitRunOperator):
         from airflow.sdk.exceptions import AirflowFailException
 
         from swan_airflow.runtime import lake
+        from swan_anomaly import ConfigError
         from swan_anomaly.lake import gold_files_digest, window_ids
 
         store = lake()
         try:
             ids = window_ids(store.gold_partitions(), dataset_id, int(self.window_days))
-        except ValueError as exc:
+        except ConfigError as exc:
             raise AirflowFailException(str(exc)) from exc
         digest = gold_files_digest(store.gold_files(ids))
         self.log.info("training window %s: gold files digest %s", ids, digest[:16])
@@ -154,7 +155,7 @@ class SwanJobOperator(IdempotentSubmitRunOperator):
 
             result = run_job(self.job, dataset_id=dataset_id, run_id=context["run_id"], args=list(self.job_args))
             # The provider's extra link reads this key after the task; locally the "run page" is the job's result file.
-            ti.xcom_push(key="run_page_url", value=(lake().run_dir(context["run_id"]) / f"{self.job}.json").as_uri())
+            ti.xcom_push(key="run_page_url", value=lake().result_path(context["run_id"], self.job).as_uri())
             return {"job": self.job, "backend": "local", "seconds": result.get("seconds")}
         if self.backend != "databricks":
             msg = f"backend must be 'local' or 'databricks', got {self.backend!r}"
