@@ -25,6 +25,18 @@ ROOT = Path(__file__).resolve().parents[1]
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="swan-tests-"))
 
 
+def run_checked(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """``subprocess.run`` with captured text output; a non-zero exit fails with the command's output.
+
+    (``check=True`` alone would hide stdout and stderr from the test report, and from CI's log.)
+    """
+    done = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    if done.returncode != 0:
+        shown = " ".join(cmd[:6]) + (" ..." if len(cmd) > 6 else "")
+        raise AssertionError(f"{shown} exited {done.returncode}\nstdout:\n{done.stdout[-4000:]}\nstderr:\n{done.stderr[-4000:]}")
+    return done
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -100,8 +112,8 @@ def session_dir() -> Path:
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:
     """A migrated SQLite Airflow metadata DB in the session's AIRFLOW_HOME, with the pipeline's pool."""
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
-    subprocess.run([sys.executable, "-m", "airflow", "pools", "set", os.environ.get("SWAN_POOL", "swan_training"), "1", "tests"], check=True, capture_output=True)
+    run_checked([sys.executable, "-m", "airflow", "db", "migrate"])
+    run_checked([sys.executable, "-m", "airflow", "pools", "set", os.environ.get("SWAN_POOL", "swan_training"), "1", "tests"])
     return Path(os.environ["AIRFLOW_HOME"])
 
 

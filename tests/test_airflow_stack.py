@@ -28,7 +28,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from conftest import ROOT, _free_port
+from conftest import ROOT, _free_port, run_checked
 
 pytestmark = pytest.mark.slow
 
@@ -68,10 +68,7 @@ class Stack:
 
     def airflow(self, *args: str) -> subprocess.CompletedProcess:
         """Run an Airflow CLI command; a failure reports the command's output."""
-        done = subprocess.run([sys.executable, "-m", "airflow", *args], env=self.env, capture_output=True, text=True, timeout=300)
-        if done.returncode != 0:
-            raise AssertionError(f"airflow {' '.join(args)} exited {done.returncode}\nstdout:\n{done.stdout[-4000:]}\nstderr:\n{done.stderr[-4000:]}")
-        return done
+        return run_checked([sys.executable, "-m", "airflow", *args], env=self.env, timeout=300)
 
     def create_backfill(self, *args: str, attempts: int = 3) -> None:
         """``airflow backfill create``, again when the scheduler held the SQLite metadata database.

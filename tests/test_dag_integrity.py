@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
+import os
 import sys
 
 from conftest import PIPELINE_DAG_ID as DAG_ID
-from conftest import ROOT
+from conftest import ROOT, run_checked
 EXPECTED_TASKS = {
     "find_videos", "extract_frames", "synthesize_anomalies", "build_labels", "check_labels", "upload_to_lake", "run_etl",
     "run_augmentation", "run_training", "register_model", "gate_model", "promote_model", "keep_champion",
@@ -43,7 +43,7 @@ def test_importing_the_dag_file_imports_no_heavy_library():
         "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
         f"print(json.dumps([m for m in {heavy!r} if m in sys.modules]))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT, env={**__import__("os").environ, "PYTHONPATH": str(ROOT / "plugins")})
+    out = run_checked([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT / "plugins")})
     loaded = json.loads(out.stdout.strip().splitlines()[-1])
     assert loaded == [], f"the DAG file imported {loaded} at parse time"
 

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import run_checked
 from swan_anomaly import ImageDecodeError
 from swan_anomaly.anomalies import plan_anomalies, salt_pepper_polygons, stable_seed
 from swan_anomaly.images import center_biased_crop, crop_window, decode_image, encode_jpeg, encode_png, normalize, preprocess, resize_area
@@ -100,9 +101,8 @@ def test_plan_anomalies_hits_the_ratio(n, ratio, expected):
 
 
 def test_stable_seed_is_stable_across_processes():
-    import subprocess
     import sys
 
     code = "from swan_anomaly.anomalies import stable_seed; print(stable_seed(42, 'video', 3))"
-    other = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": "123"}).stdout)
+    other = int(run_checked([sys.executable, "-c", code], env={"PYTHONHASHSEED": "123"}).stdout)
     assert other == stable_seed(42, "video", 3) != stable_seed(42, "video", 4)
