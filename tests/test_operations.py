@@ -196,15 +196,15 @@ def test_land_inbox_links_on_one_filesystem_and_copies_across(tmp_path, demo_vid
     assert Path(video).stat().st_ino == inode and Path(video).stat().st_nlink == 1  # moved, not copied
     assert Path(video).read_bytes() == demo_video.read_bytes()
 
-    def cross_device(src, dst):
-        raise OSError(errno.EXDEV, "Invalid cross-device link", str(src))
-
     # a file with another name (a backup's hard link) is copied: changing that name must not change the landed video
     backup = tmp_path / "backup.mp4"
     _old(Path(shutil.copy(demo_video, inbox / "cam3.mp4")))
     os.link(inbox / "cam3.mp4", backup)
     [video] = land_inbox(inbox, landing, today=dt.date(2026, 11, 26), settle_seconds=30).videos
     assert Path(video).stat().st_ino != backup.stat().st_ino and backup.stat().st_nlink == 1
+
+    def cross_device(src, dst):
+        raise OSError(errno.EXDEV, "Invalid cross-device link", str(src))
 
     monkeypatch.setattr(os, "link", cross_device)  # an inbox on another filesystem
     _old(Path(shutil.copy(demo_video, inbox / "cam2.mp4")))

@@ -117,8 +117,12 @@ def window_ids(partitions: Iterable[str], dataset_id: str, window_days: int = 1)
     return sorted(found)
 
 
-def window_dataset_ids(lake: LocalLake, dataset_id: str, window_days: int = 1) -> list[str]:
-    """The gold partitions of the training window of ``dataset_id`` (:func:`window_ids` over the lake's gold)."""
+def window_dataset_ids(lake, dataset_id: str, window_days: int = 1) -> list[str]:
+    """The gold partitions of the training window of ``dataset_id`` (:func:`window_ids` over the lake's gold).
+
+    ``lake``: a :class:`LocalLake` (the jobs) or any lake with ``gold_partitions()`` (the
+    Airflow side's ``WasbLake``), so both sides form the window the same way.
+    """
     return window_ids(lake.gold_partitions(), dataset_id, window_days)
 
 

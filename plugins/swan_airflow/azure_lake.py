@@ -113,11 +113,9 @@ class WasbLake:
         files = {}
         for dataset_id in dataset_ids:
             prefix = self._name("gold", "training", f"dataset_id={dataset_id}") + "/"
-            files[dataset_id] = sorted(
-                (blob.name[len(prefix) :], blob.size)
-                for blob in container.list_blobs(name_starts_with=prefix, include=["metadata"])
-                if (blob.metadata or {}).get("hdi_isfolder") != "true" and is_data_file(blob.name[len(prefix) :])
-            )
+            blobs = container.list_blobs(name_starts_with=prefix, include=["metadata"])
+            entries = (((b.metadata or {}).get("hdi_isfolder"), b.name[len(prefix) :], b.size) for b in blobs)
+            files[dataset_id] = sorted((rel, size) for folder, rel, size in entries if folder != "true" and is_data_file(rel))
         return files
 
     def read_gold(self, dataset_id: str, columns: list[str] | None = None):

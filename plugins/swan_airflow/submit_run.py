@@ -132,11 +132,11 @@ class SwanJobOperator(IdempotentSubmitRunOperator):
 
         from swan_airflow.runtime import lake
         from swan_anomaly import ConfigError
-        from swan_anomaly.lake import gold_files_digest, window_ids
+        from swan_anomaly.lake import gold_files_digest, window_dataset_ids
 
         store = lake()
         try:
-            ids = window_ids(store.gold_partitions(), dataset_id, int(self.window_days))
+            ids = window_dataset_ids(store, dataset_id, int(self.window_days))
         except ConfigError as exc:
             raise AirflowFailException(str(exc)) from exc
         digest = gold_files_digest(store.gold_files(ids))
