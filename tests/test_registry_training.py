@@ -20,25 +20,46 @@ def registry(tmp_path, monkeypatch):
     return mlflow_client(uri), source.as_uri()
 
 
-def test_register_is_idempotent_per_airflow_run(registry):
+def _training_runs(client, n: int) -> list[str]:
+    """``n`` MLflow runs standing in for trainings (a version's source run)."""
+    experiment = client.create_experiment(f"trainings-{n}")
+    return [client.create_run(experiment).info.run_id for _ in range(n)]
+
+
+def test_registering_the_same_training_again_reuses_its_version(registry):
     from swan_anomaly.registry import CHALLENGER, register_challenger
 
     client, source = registry
-    first = register_challenger(client, "swan_test", source, None, "manual__1")
-    again = register_challenger(client, "swan_test", source, None, "manual__1")
-    other = register_challenger(client, "swan_test", source, None, "manual__2")
+    run_1, run_2 = _training_runs(client, 2)
+    first = register_challenger(client, "swan_test", source, run_1, "manual__1")
+    again = register_challenger(client, "swan_test", source, run_1, "manual__1")  # register_model cleared
+    other = register_challenger(client, "swan_test", source, run_2, "manual__2")
     assert str(first.version) == str(again.version) == "1" and str(other.version) == "2"
     assert len(client.search_model_versions("name = 'swan_test'")) == 2
     assert CHALLENGER in client.get_model_version("swan_test", "2").aliases
+
+
+def test_a_retrained_model_of_the_same_airflow_run_becomes_a_new_version(registry):
+    """Clearing run_training trains a new model (a new MLflow run): its weights, not the old ones, are registered."""
+    from swan_anomaly.registry import CHALLENGER, register_challenger
+
+    client, source = registry
+    old_training, new_training = _training_runs(client, 2)
+    old = register_challenger(client, "swan_test", source, old_training, "manual__1")
+    retrained = register_challenger(client, "swan_test", source, new_training, "manual__1")
+    assert str(old.version) == "1" and str(retrained.version) == "2"
+    assert retrained.run_id == new_training and CHALLENGER in retrained.aliases
+    assert register_challenger(client, "swan_test", source, new_training, "manual__1").version == retrained.version
 
 
 def test_promote_moves_champion_keeps_previous_and_is_idempotent(registry):
     from swan_anomaly.registry import CHALLENGER, CHAMPION, PREVIOUS, aliases_of, promote, register_challenger, rollback
 
     client, source = registry
-    register_challenger(client, "swan_test", source, None, "r1")
+    run_1, run_2 = _training_runs(client, 2)
+    register_challenger(client, "swan_test", source, run_1, "r1")
     assert promote(client, "swan_test", "1") is True
-    register_challenger(client, "swan_test", source, None, "r2")
+    register_challenger(client, "swan_test", source, run_2, "r2")
     assert promote(client, "swan_test", "2") is True
     assert promote(client, "swan_test", "2") is False
     assert aliases_of(client, "swan_test", "2") == [CHAMPION]

@@ -2,8 +2,10 @@
 
 Aliases: a new version gets ``challenger``; promotion moves ``champion`` to it and records
 the previous champion in the ``previous_champion`` alias for rollback. Every function is
-idempotent: rerunning a task finds the version registered by the same Airflow run (tag
-``airflow_run_id``) instead of creating a duplicate.
+idempotent: registering the same training again (a cleared ``register_model``) finds the
+version whose source run is that training's MLflow run instead of creating a duplicate, while
+a retrained model (a cleared ``run_training``: a new MLflow run) always becomes a new version,
+so the weights the gate judged are the weights that get promoted.
 
 Example:
     >>> client = MlflowClient(tracking_uri)                                           # doctest: +SKIP
@@ -38,35 +40,33 @@ def mlflow_client(tracking_uri: str, registry_uri: str | None = None) -> MlflowC
     return MlflowClient(tracking_uri, registry_uri or tracking_uri)
 
 
-def find_version_for_run(client: MlflowClient, name: str, airflow_run_id: str, mlflow_run_id: str | None = None) -> ModelVersion | None:
-    """The version registered by an Airflow run, if any.
+def find_version_for_run(client: MlflowClient, name: str, mlflow_run_id: str) -> ModelVersion | None:
+    """The version of ``name`` registered from the training run ``mlflow_run_id``, if any.
 
-    Looked up by the training's MLflow run id first (the one filter that Unity Catalog's search
-    supports, which returns versions without their tags), then by the ``airflow_run_id`` tag.
+    Only the source run identifies a model's weights: an Airflow run that trains twice (its
+    ``run_training`` cleared) has two MLflow runs and two versions, and the version of the
+    second must never be mistaken for the first. ``run_id = '...'`` is also the one filter
+    that Unity Catalog's version search supports.
     """
-    try:
-        if mlflow_run_id:
-            same_run = [v for v in client.search_model_versions(f"run_id = '{mlflow_run_id}'") if v.name == name]
-            if same_run:
-                return min(same_run, key=lambda v: int(v.version))
-        versions = client.search_model_versions(f"name = '{name}'")
-    except MlflowException:
-        return None
-    for v in sorted(versions, key=lambda v: int(v.version)):
-        if v.tags.get("airflow_run_id") == airflow_run_id:
-            return v
-    return None
+    versions = client.search_model_versions(f"run_id = '{mlflow_run_id}'")
+    same_run = [v for v in versions if v.name == name and v.run_id == mlflow_run_id]
+    return min(same_run, key=lambda v: int(v.version)) if same_run else None
 
 
 def register_challenger(client: MlflowClient, name: str, model_uri: str, mlflow_run_id: str, airflow_run_id: str, tags: dict | None = None) -> ModelVersion:
-    """Register ``model_uri`` as a new version with alias ``challenger`` (once per Airflow run)."""
+    """Register ``model_uri`` as a new version with alias ``challenger`` (once per training run).
+
+    Args:
+        mlflow_run_id: the training's MLflow run; a version registered from it is reused.
+        airflow_run_id: stored as the version's ``airflow_run_id`` tag (lineage only).
+    """
     try:
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="Swan scene anomaly scorer (ViT). 0 = abnormal, 1 = normal; anomaly_score = softmax(logits)[0].")
-    existing = find_version_for_run(client, name, airflow_run_id, mlflow_run_id)
+    existing = find_version_for_run(client, name, mlflow_run_id)
     if existing is not None:
-        log.info("reusing version %s of %s registered by %s", existing.version, name, airflow_run_id)
+        log.info("reusing version %s of %s registered from training run %s", existing.version, name, mlflow_run_id)
         version = existing
     else:
         version = client.create_model_version(name, model_uri, run_id=mlflow_run_id, tags={"airflow_run_id": airflow_run_id, **(tags or {})})
