@@ -120,6 +120,26 @@ def airflow_db() -> Path:
 PIPELINE_DAG_ID = "swan_anomaly_pipeline"
 
 
+def label_staged_images(ds: Path) -> Path:
+    """Write ``ds/labels.csv`` listing every image under ``ds`` as a normal frame (the bytes need not decode).
+
+    An upload refuses a staging folder whose files disagree with its labels, so tests that stage
+    arbitrary bytes label them with this after every change.
+    """
+    import pandas as pd
+
+    from swan_anomaly.labels import write_manifest
+    from swan_anomaly.lake import IMAGE_SUFFIXES, sha256_file
+
+    images = sorted(p for p in ds.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    rows = [
+        (p.relative_to(ds).as_posix(), 1, "v1", i, float(i), "none", "{}", f"v1-b{i // 4:04d}", sha256_file(p))
+        for i, p in enumerate(images)
+    ]
+    columns = ["image_path", "label", "video_id", "frame_index", "timestamp_s", "family", "family_params", "group", "sha256"]
+    return write_manifest(pd.DataFrame(rows, columns=columns), ds / "labels.csv")
+
+
 @pytest.fixture(scope="session")
 def dagbag():
     """The DAG folder parsed once for the test session (no import errors)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 
-from conftest import AZURITE_ACCOUNT, AZURITE_KEY
+from conftest import AZURITE_ACCOUNT, AZURITE_KEY, label_staged_images
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -27,7 +27,7 @@ def staged(tmp_path) -> Path:
     for i in range(6):
         (ds / "frames" / "v1").mkdir(parents=True, exist_ok=True)
         (ds / "frames" / "v1" / f"frame_{i:05d}.png").write_bytes(f"frame {i}".encode() * 50)
-    (ds / "labels.csv").write_text("image_path,label\n")
+    label_staged_images(ds)
     return ds
 
 
@@ -62,8 +62,9 @@ def test_reupload_skips_unchanged_replaces_changed_and_removes_stale(azurite, st
     assert (again.written, again.unchanged, again.removed) == (0, 7, 0)
     (staged / "frames/v1/frame_00001.png").write_bytes(b"changed")
     (staged / "frames/v1/frame_00005.png").unlink()
+    label_staged_images(staged)
     third = lake.put_dataset(staged, "20261126")
-    assert (third.written, third.unchanged, third.removed) == (1, 5, 1)
+    assert (third.written, third.unchanged, third.removed) == (2, 4, 1)  # the image and labels.csv changed
     blobs = _blobs(lake)
     assert blobs["lake/raw/20261126/frames/v1/frame_00001.png"] == b"changed"
     assert "lake/raw/20261126/frames/v1/frame_00005.png" not in blobs
@@ -73,6 +74,7 @@ def test_failed_upload_leaves_the_partition_incomplete(azurite, staged, monkeypa
     lake = _lake("failure")
     lake.put_dataset(staged, "20261126")
     (staged / "frames/v1/frame_00002.png").write_bytes(b"new content")
+    label_staged_images(staged)
     real_upload = lake.hook.upload
 
     def flaky(container, name, data, **kwargs):
@@ -85,8 +87,28 @@ def test_failed_upload_leaves_the_partition_incomplete(azurite, staged, monkeypa
         lake.put_dataset(staged, "20261126")
     assert not lake.is_complete("20261126"), "_SUCCESS must not survive a failed upload"
     monkeypatch.setattr(lake.hook, "upload", real_upload)
-    assert lake.put_dataset(staged, "20261126").written == 1
+    assert lake.put_dataset(staged, "20261126").written == 1  # labels.csv went up in the failed pass; the image now
     assert lake.is_complete("20261126")
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "unlabelled image"])
+def test_a_bad_staging_folder_is_refused_before_any_blob_changes(azurite, staged, tmp_path, case):
+    import shutil
+
+    from swan_anomaly import LakeError
+
+    lake = _lake("refuse")
+    lake.put_dataset(staged, "20261126")
+    before = _blobs(lake)
+    bad = tmp_path / "bad"
+    if case == "empty":
+        bad.mkdir()
+    elif case == "unlabelled image":
+        shutil.copytree(staged, bad)
+        (bad / "frames" / "v1" / "stray.png").write_bytes(b"not in labels.csv")
+    with pytest.raises(LakeError, match=f"{bad}: .*(does not exist|is empty|without a label row).*[Nn]othing uploaded"):
+        lake.put_dataset(bad, "20261126")
+    assert _blobs(lake) == before and lake.is_complete("20261126")
 
 
 def test_results_round_trip_and_the_key_stays_out_of_logs(azurite, caplog):

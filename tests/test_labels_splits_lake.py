@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -128,6 +129,42 @@ def test_upload_is_idempotent_and_marks_success_last(tmp_path, staged):
     assert (again.written, again.unchanged, again.removed) == (0, 41, 0)
     (target / "frames" / "stale.png").write_bytes(b"x")
     assert lake.put_dataset(ds, "20261126").removed == 1
+
+
+def _remove_first_labelled_image(ds: Path) -> None:
+    (ds / read_manifest(ds / "labels.csv").image_path.iloc[0]).unlink()
+
+
+def _change_first_labelled_image(ds: Path) -> None:
+    (ds / read_manifest(ds / "labels.csv").image_path.iloc[0]).write_bytes(b"other bytes")
+
+
+BAD_STAGING = {  # case: (break the copied staging folder, reason in the error)
+    "missing folder": (lambda ds: shutil.rmtree(ds), "the staging folder does not exist"),
+    "empty folder": (lambda ds: (shutil.rmtree(ds), ds.mkdir()), "the staging folder is empty"),
+    "no labels.csv": (lambda ds: (ds / "labels.csv").unlink(), "no labels.csv in the staging folder"),
+    "labels.csv of another schema": (lambda ds: (ds / "labels.csv").write_text("path,y\na.png,0\n"), "label manifest"),
+    "labelled image not staged": (_remove_first_labelled_image, r"1 labelled image\(s\) not staged"),
+    "image without a label": (lambda ds: (ds / "frames" / "stray.png").write_bytes(b"x"), r"1 staged image\(s\) without a label row.*stray\.png"),
+    "image changed after labelling": (_change_first_labelled_image, r"1 image\(s\) whose sha256 differs from labels\.csv"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_STAGING))
+def test_upload_refuses_a_bad_staging_folder_and_deletes_nothing(tmp_path, staged, case):
+    ds, *_ = staged
+    lake = LocalLake(tmp_path / "lake")
+    lake.put_dataset(ds, "20261126")
+    raw = lake.raw("20261126")
+    before = {p.relative_to(raw): p.read_bytes() for p in raw.rglob("*") if p.is_file()}
+    bad = tmp_path / "staging" / "20261126"
+    shutil.copytree(ds, bad)
+    break_it, reason = BAD_STAGING[case]
+    break_it(bad)
+    with pytest.raises(LakeError, match=f"{bad}.*{reason}"):
+        lake.put_dataset(bad, "20261126")
+    assert {p.relative_to(raw): p.read_bytes() for p in raw.rglob("*") if p.is_file()} == before
+    assert lake.require_complete("20261126") == raw
 
 
 def test_run_ids_become_safe_path_segments():

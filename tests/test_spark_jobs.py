@@ -76,11 +76,14 @@ def lake(tmp_path_factory, demo_video) -> LocalLake:
     for i, (name, (data, _)) in enumerate(bad_input_corpus(frame).items()):
         (corpus_dir / name).write_bytes(data)
         rows.append(normal.assign(image_path=f"frames/corpus/{name}", frame_index=90000 + i, sha256=sha256_file(corpus_dir / name)))
-    ghost = normal.assign(image_path="frames/corpus/ghost.png", frame_index=99999, sha256="0" * 64)
-    write_manifest(pd.concat([table, *rows, ghost], ignore_index=True), ds / "labels.csv", check_files=False)  # ghost.png is missing on purpose
-    (ds / "frames" / "stray.png").write_bytes((ds / table.image_path.iloc[1]).read_bytes())
+    write_manifest(pd.concat([table, *rows], ignore_index=True), ds / "labels.csv")
     lake = LocalLake(root)
     lake.put_dataset(ds, DATASET)
+    # What an upload refuses but a lake written by other tools may hold: a label without an image, an image without a label.
+    raw = lake.raw(DATASET)
+    ghost = normal.assign(image_path="frames/corpus/ghost.png", frame_index=99999, sha256="0" * 64)
+    write_manifest(pd.concat([table, *rows, ghost], ignore_index=True), raw / "labels.csv", check_files=False)  # ghost.png is missing on purpose
+    (raw / "frames" / "stray.png").write_bytes((ds / table.image_path.iloc[1]).read_bytes())
     return lake
 
 
@@ -116,6 +119,34 @@ def test_etl_can_fail_on_label_mismatch_instead(spark, lake):
 
     with pytest.raises(JobError, match=r"1 labels without an image .*ghost\.png.*1 images without a label .*stray\.png"):
         run_etl(lake_root=lake.root, dataset_id=DATASET, image_size=32, on_label_mismatch="fail", spark=spark)
+
+
+def test_an_all_quarantined_upload_never_lets_stale_rows_through(spark, lake, tmp_path):
+    """Every image of a new upload of a date is bad: the date's older silver and gold must not pass for it."""
+    from conftest import label_staged_images
+    from swan_anomaly import JobError
+
+    dataset = "20261124"
+    old = pd.read_parquet(lake.silver_partition(DATASET)).head(6) if lake.silver_partition(DATASET).is_dir() else None
+    if old is None:
+        run_etl(lake_root=lake.root, dataset_id=DATASET, image_size=32, max_bytes=1_000_000, spark=spark)
+        old = pd.read_parquet(lake.silver_partition(DATASET)).head(6)
+    for folder in (lake.silver_partition(dataset), lake.gold_partition(dataset)):  # rows of an earlier, good upload of the date
+        folder.mkdir(parents=True)
+        old.drop(columns=["dataset_id"], errors="ignore").to_parquet(folder / "part-00000.parquet", index=False)
+    staging = tmp_path / dataset
+    (staging / "frames" / "v1").mkdir(parents=True)
+    for i in range(3):
+        (staging / "frames" / "v1" / f"frame_{i:05d}.png").write_bytes(b"a camera wrote text, not an image\n" * 4)
+    label_staged_images(staging)
+    lake.put_dataset(staging, dataset)
+    with pytest.raises(JobError, match=rf"every one of the 3 labelled images was quarantined.*Removed the stale silver and gold partitions of '{dataset}'"):
+        run_etl(lake_root=lake.root, dataset_id=dataset, image_size=32, spark=spark)
+    assert not lake.silver_partition(dataset).exists() and not lake.gold_partition(dataset).exists()
+    assert len(pd.read_parquet(lake.quarantine / f"dataset_id={dataset}")) == 3
+    assert lake.silver_partition(DATASET).is_dir(), "another date's rows are untouched"
+    with pytest.raises(JobError, match="no silver images"):
+        run_augmentation(lake_root=lake.root, dataset_id=dataset, seed=1, spark=spark)
 
 
 def _rows(partition) -> pd.DataFrame:

@@ -180,7 +180,7 @@ def run_augmentation(
         raise ValueError(msg)
     lake = LocalLake(lake_root)
     spark = spark or build_spark("swan-augment")
-    partition = lake.silver / f"dataset_id={dataset_id}"
+    partition = lake.silver_partition(dataset_id)
     if not partition.is_dir():
         msg = f"{partition}: no silver images for dataset {dataset_id!r}; run the ETL job first"
         raise JobError(msg)

@@ -8,7 +8,9 @@ Nothing good is lost to something bad: an image that cannot be decoded, is over 
 limit or declares a decompression bomb, an image without a label and a label without an image
 each become a row of ``quarantine/dataset_id=.../`` naming the file, the stage and the reason,
 while every good image reaches silver. ``on_label_mismatch="fail"`` turns join mismatches
-into an error instead.
+into an error instead. When no image at all is good, the dataset's silver and gold partitions
+are removed (they belong to an older upload of the same date) and the job fails for good:
+stale rows never pass for new data.
 
 The transforms are pure ``DataFrame -> DataFrame`` functions; :func:`run_etl` is the only
 place that reads and writes.
@@ -182,11 +184,7 @@ def run_etl(
     processed = crop_resize_encode(
         labelled, str(raw_dir), size=image_size, bias_x=bias_x, bias_y=bias_y, quality=jpeg_quality, max_bytes=max_bytes
     ).cache()
-    good = processed.where(F.col("error").isNull()).drop("error").withColumn("dataset_id", F.lit(dataset_id))
-    good.sortWithinPartitions("image_path").write.mode("overwrite").partitionBy("dataset_id").parquet(str(lake.silver))
     bad = sorted((r.image_path, r.error) for r in processed.where(F.col("error").isNotNull()).select("image_path", "error").collect())
-    processed.unpersist()
-    listing.unpersist()
     quarantine = (
         sorted([(p, "decode", reason) for p, reason in bad] + [(p, "decode", f"ImageDecodeError: {p}: empty image (0 bytes)") for p in empty])
         + [(p, "join", "label without an image: the manifest lists it but the lake has no such file") for p in missing_paths]
@@ -196,6 +194,23 @@ def run_etl(
         log.warning("quarantined %s (%s): %s", path, stage, reason)
     write_quarantine(lake, dataset_id, quarantine)
     bad_paths = {p for p, _ in bad}
+    if not (manifest.image_path.isin(listed) & ~manifest.image_path.isin(bad_paths)).any():
+        processed.unpersist()
+        listing.unpersist()
+        # Dynamic partition overwrite writes no partition for no rows: the previous silver (and the gold built
+        # from it) would stay and pass for this upload's data. Remove both, then fail for good.
+        dropped = lake.drop_derived(dataset_id)
+        msg = (
+            f"{raw_dir}: every one of the {len(manifest)} labelled images was quarantined ({len(quarantine)} quarantine rows in "
+            f"{lake.quarantine / f'dataset_id={dataset_id}'}); no silver rows. "
+            + (f"Removed the stale {' and '.join(dropped)} partitions of {dataset_id!r} so no old rows pass for this data. " if dropped else "")
+            + "Fix the upload and rerun the pipeline for this date."
+        )
+        raise JobError(msg)
+    good = processed.where(F.col("error").isNull()).drop("error").withColumn("dataset_id", F.lit(dataset_id))
+    good.sortWithinPartitions("image_path").write.mode("overwrite").partitionBy("dataset_id").parquet(str(lake.silver))
+    processed.unpersist()
+    listing.unpersist()
     kept = manifest[manifest.image_path.isin(listed) & ~manifest.image_path.isin(bad_paths)]
     counts = kept.label.value_counts().to_dict()
     report = {

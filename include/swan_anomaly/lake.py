@@ -55,16 +55,72 @@ class UploadPlan:
     remove: list[str]
 
 
+#: Files of a staged dataset that are images and must each have a row in its ``labels.csv``.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+LABELS = "labels.csv"
+
+
 def plan_upload(local_dir: Path, existing: Mapping[str, str | None]) -> UploadPlan:
-    """Compare a staged dataset with what the lake holds (relative path -> sha256 or None)."""
+    """Compare a staged dataset with what the lake holds (relative path -> sha256 or None).
+
+    The staged dataset is checked first (:func:`check_staged_dataset`): an upload replaces the
+    whole partition, so a missing, empty or inconsistent staging folder must never reach it.
+
+    Raises:
+        LakeError: the staging folder is missing, empty, or disagrees with its ``labels.csv``.
+    """
+    if not local_dir.is_dir():
+        msg = f"{local_dir}: the staging folder does not exist; nothing uploaded and the lake partition left as it was"
+        raise LakeError(msg)
     hashes = {
         p.relative_to(local_dir).as_posix(): sha256_file(p)
         for p in sorted(local_dir.rglob("*"))
         if p.is_file() and p.name not in (SUCCESS, MANIFEST)
     }
+    check_staged_dataset(local_dir, hashes)
     write = [rel for rel, digest in hashes.items() if existing.get(rel) != digest]
     remove = sorted(rel for rel in existing if rel not in hashes and rel not in (SUCCESS, MANIFEST))
     return UploadPlan(hashes, write, len(hashes) - len(write), remove)
+
+
+def check_staged_dataset(local_dir: Path, hashes: Mapping[str, str]) -> None:
+    """Refuse a staged dataset that would replace a lake partition with less than it claims.
+
+    Args:
+        local_dir: the staging folder.
+        hashes: sha256 of every file in it, by relative path.
+
+    Raises:
+        LakeError: no files at all; no ``labels.csv`` or one that breaks the manifest contract;
+            a labelled image that is not staged or whose sha256 differs from its label row; or a
+            staged image with no label row. The message names the folder and examples.
+    """
+    from swan_anomaly._errors import LabelManifestError
+    from swan_anomaly.labels import read_manifest
+
+    if not hashes:
+        msg = f"{local_dir}: the staging folder is empty; nothing uploaded and the lake partition left as it was"
+        raise LakeError(msg)
+    if LABELS not in hashes:
+        msg = f"{local_dir}: no {LABELS} in the staging folder ({len(hashes)} files); nothing uploaded. Rebuild the labels first."
+        raise LakeError(msg)
+    try:
+        labels = read_manifest(local_dir / LABELS)
+    except LabelManifestError as exc:
+        msg = f"{local_dir}: nothing uploaded: {exc}"
+        raise LakeError(msg) from exc
+    labelled = dict(zip(labels.image_path.astype(str), labels.sha256.astype(str)))
+    images = {rel for rel in hashes if rel.lower().endswith(IMAGE_SUFFIXES)}
+    problems = []
+    if missing := sorted(set(labelled) - images):
+        problems.append(f"{len(missing)} labelled image(s) not staged, e.g. {missing[:3]}")
+    if unlabelled := sorted(images - set(labelled)):
+        problems.append(f"{len(unlabelled)} staged image(s) without a label row, e.g. {unlabelled[:3]}")
+    if changed := sorted(rel for rel in images & set(labelled) if hashes[rel] != labelled[rel]):
+        problems.append(f"{len(changed)} image(s) whose sha256 differs from {LABELS}, e.g. {changed[:3]}")
+    if problems:
+        msg = f"{local_dir}: the staged files disagree with {LABELS}: {'; '.join(problems)}. Nothing uploaded; rebuild the labels."
+        raise LakeError(msg)
 
 
 def manifest_json(dataset_id: str, hashes: Mapping[str, str]) -> str:
@@ -189,6 +245,24 @@ class LocalLake:
     def gold(self) -> Path:
         return self.root / "gold" / "training"
 
+    def silver_partition(self, dataset_id: str) -> Path:
+        """The folder of one dataset's silver rows, ``silver/images/dataset_id={dataset_id}/``."""
+        return self.silver / f"dataset_id={dataset_id}"
+
+    def drop_derived(self, dataset_id: str) -> list[str]:
+        """Remove the silver and gold partitions of ``dataset_id`` (rows built from an older upload).
+
+        Returns:
+            The zones that had a partition, e.g. ``["silver", "gold"]``.
+        """
+        dropped = []
+        for zone, folder in (("silver", self.silver_partition(dataset_id)), ("gold", self.gold_partition(dataset_id))):
+            if folder.is_dir():
+                shutil.rmtree(folder)
+                dropped.append(zone)
+                log.warning("removed the %s partition %s", zone, folder)
+        return dropped
+
     @property
     def quarantine(self) -> Path:
         """Rows the ETL set aside: ``image_path``, ``stage``, ``reason`` per ``dataset_id``."""
@@ -203,12 +277,16 @@ class LocalLake:
         Files whose sha256 already matches are skipped; files no longer staged are
         removed, so the partition equals the staging directory. ``_SUCCESS`` is removed
         first and written last: readers never see a half-written partition as complete.
+
+        Raises:
+            LakeError: the staging folder is missing, empty or disagrees with its labels
+                (:func:`plan_upload`); the partition is then left exactly as it was.
         """
         target = self.raw(dataset_id)
+        existing = {p.relative_to(target).as_posix(): sha256_file(p) for p in target.rglob("*") if p.is_file()} if target.is_dir() else {}
+        plan = plan_upload(local_dir, existing)
         target.mkdir(parents=True, exist_ok=True)
         (target / SUCCESS).unlink(missing_ok=True)
-        existing = {p.relative_to(target).as_posix(): sha256_file(p) for p in target.rglob("*") if p.is_file()}
-        plan = plan_upload(local_dir, existing)
         for rel in plan.write:
             dst = target / rel
             dst.parent.mkdir(parents=True, exist_ok=True)

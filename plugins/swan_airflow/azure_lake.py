@@ -68,11 +68,16 @@ class WasbLake:
         }
 
     def put_dataset(self, local_dir: Path, dataset_id: str) -> UploadReport:
-        """Upload a staged dataset to ``raw/{dataset_id}/`` (idempotent, parallel, ``_SUCCESS`` last)."""
+        """Upload a staged dataset to ``raw/{dataset_id}/`` (idempotent, parallel, ``_SUCCESS`` last).
+
+        Raises:
+            LakeError: the staging folder is missing, empty or disagrees with its labels
+                (:func:`swan_anomaly.lake.plan_upload`); no blob is then written or deleted.
+        """
         self.hook.create_container(self.container)
         prefix = self.raw_prefix(dataset_id)
+        plan = plan_upload(local_dir, self._existing(prefix))  # refuses a bad staging folder before anything changes
         self.hook.delete_file(self.container, prefix + SUCCESS, ignore_if_missing=True)
-        plan = plan_upload(local_dir, self._existing(prefix))
 
         def upload(rel: str) -> None:
             with (local_dir / rel).open("rb") as fh:
