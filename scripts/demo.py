@@ -101,24 +101,33 @@ def print_summary(summary: dict, reused_video: bool, seconds: float) -> None:
     print(f"ETL            : {summary['etl_rows']} silver rows ({summary['quarantined']} quarantined); partition replaced on rerun")
     print(f"training set   : {summary['training_rows']} gold rows {json.dumps(summary['rows_by_split'])}")
     v, t = summary["val"], summary["test"]
-    print(f"validation     : AUROC {v['auroc']:.4f}  F1 {v['f1']:.4f}  (anomaly class positive; best epoch {summary['best_epoch']})")
-    print(f"held-out test  : AUROC {t['auroc']:.4f}  F1 {t['f1']:.4f}")
+
+    def interval(split: dict) -> str:
+        low, high = split["auroc_ci"]
+        return f"AUROC {split['auroc']:.4f} (95% CI {low:.3f}-{high:.3f}, {split['abnormal']} abnormal / {split['normal']} normal)"
+
+    print(f"validation     : {interval(v)}  F1 {v['f1']:.4f}  (anomaly class positive; best epoch {summary['best_epoch']} of {summary['epochs_run']})")
+    print(f"held-out test  : {interval(t)}  F1 {t['f1']:.4f}")
     import pandas as pd
 
     from swan_anomaly.generalization import COLUMNS, format_table
 
     print("\nleave-one-family-out (a model per family, trained without it, tested on it):")
     print(format_table(pd.DataFrame(summary["generalization"], columns=list(COLUMNS))))
+    g = summary["gate"]
+    champion = g["reports"].get("champion")
+    against = f"champion v{champion['version']} AUROC {champion['auroc']:.4f} on the same rows" if champion else "no champion to compare with"
+    verdict = "passed" if g["passed"] else f"refused: {'; '.join(g['reasons'])}"
+    print(f"gate           : {verdict} ({g['mode']}; challenger AUROC {g['reports']['challenger']['auroc']:.4f}, {against})" if "challenger" in g["reports"] else f"gate           : {g['mode']}")
     m = summary["model"]
     print(f"registered     : {m['name']} version {m['version']}, aliases {m['aliases'] or '[] (not promoted)'}")
-    e = summary["endpoint"]
-    change = "unchanged" if e["previous_version"] == e["serving_version"] else f"replaced version {e['previous_version']}" if e["previous_version"] else "first deployment"
-    print(f"endpoint       : {e['url']} (serving version {e['serving_version']}; {change})")
+    e, serving = summary["endpoint"], summary["serving"]
+    print(f"endpoint       : {e['url']} serves version {serving['version']} (champion: {serving['champion']})")
+    print(f"validation     : {e['outcome']}: {e['message']}")
     from swan_anomaly.serving.client import score_table
 
-    print("\nscores from the endpoint (held-out raw frames):")
+    print("\nscores from the endpoint (held-out raw frames, the first 16):")
     print(score_table([tuple(r) for r in summary["scores"]]))
-    print(f"separation margin (min abnormal - max normal): {summary['endpoint']['margin']:.6f}")
     print("\nMLflow UI : .venv/bin/mlflow ui --backend-store-uri " + os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{os.environ['SWAN_HOME']}/mlflow/mlflow.db"))
     print("Airflow UI: make airflow")
 

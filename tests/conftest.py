@@ -54,6 +54,10 @@ os.environ.update(
         "SWAN_SPARK_MASTER": "local[2]",
         "SWAN_SPARK_SHUFFLE_PARTITIONS": "2",
         "PYSPARK_PYTHON": sys.executable,
+        # tiny data: a split of a 20 s test video holds about 8 images per class, below the production minimum of 25,
+        # and one missed anomaly of 8 is a recall of 0.875: the endpoint's recall floor is lowered to keep such runs stable
+        "SWAN_GATE_MIN_IMAGES_PER_CLASS": "4",
+        "SWAN_ENDPOINT_MIN_RECALL": "0.5",
     }
 )
 for _var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):

@@ -3,7 +3,9 @@
 One stack for the module; the tests run in file order and build on each other:
 
 1. the scheduler runs the latest daily interval on its own (a scheduled run);
-2. ``airflow backfill create`` runs two past dates, the second training on a two-day window;
+2. ``airflow backfill create`` of three past dates, without ``--max-active-runs`` (Airflow then runs
+   them side by side, beside the DAG's ``max_active_runs``): each runs on its own partition, and no
+   run's promotion, deployment and validation interleaves with another's;
 3. the REST API refuses a conf that fails Param validation with a 400 naming the Param, and
    runs a valid one; its training subprocess is killed mid-way, the retry finishes the run, and
    the lake and the registry hold no duplicate rows, files or model versions;
@@ -34,10 +36,10 @@ pytestmark = pytest.mark.slow
 
 DAG_ID = "swan_anomaly_pipeline"
 INGEST_DAG_ID = "swan_ingest_videos"
-# Two past days, relative to the clock (a fixed date would be in the future on a machine whose clock is behind it,
-# and Airflow refuses to backfill intervals that have not ended): before yesterday, so a two-day window on the
-# second one holds both backfilled partitions and not the scheduled run's newer one.
-BACKFILL_DATES = tuple((dt.datetime.now(dt.UTC) - dt.timedelta(days=n)).date().isoformat() for n in (6, 5))
+# Three past days, relative to the clock (a fixed date would be in the future on a machine whose clock is behind it,
+# and Airflow refuses to backfill intervals that have not ended): before yesterday, so a two-day window of any of
+# them never reaches the scheduled run's newer partition.
+BACKFILL_DATES = tuple((dt.datetime.now(dt.UTC) - dt.timedelta(days=n)).date().isoformat() for n in (7, 6, 5))
 RUN_TIMEOUT_S = 600
 
 
@@ -169,6 +171,7 @@ def stack(tmp_path_factory):
         "SWAN_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}",
         "SWAN_RETRY_DELAY_SECONDS": "1",
         "SWAN_INGEST_SETTLE_SECONDS": "0",
+        "SWAN_PROMOTION_POKE_SECONDS": "5",
         "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins"), str(ROOT / "include")]),
     }
     s = Stack(home, port, env)
@@ -215,31 +218,34 @@ def test_the_scheduler_runs_the_latest_daily_interval(stack):
     assert version.tags["dataset_id"] == _dataset(stack.yesterday)
 
 
-def test_a_backfill_of_two_past_dates_runs_each_interval_on_its_own_partition(stack):
-    stack.create_backfill(
-        "--from-date", BACKFILL_DATES[0], "--to-date", BACKFILL_DATES[1], "--max-active-runs", "1",
-        "--dag-run-conf", json.dumps({"training_window_days": 2}),
-    )
-    runs = stack.wait_for("two backfill runs", lambda: found if len(found := [r for r in stack.runs() if r["run_type"] == "backfill"]) == 2 else None)
+def test_a_backfill_of_three_dates_runs_side_by_side_and_never_interleaves_promotion(stack):
+    stack.create_backfill("--from-date", BACKFILL_DATES[0], "--to-date", BACKFILL_DATES[-1], "--dag-run-conf", json.dumps({"training_window_days": 2}))
+    runs = stack.wait_for("three backfill runs", lambda: found if len(found := [r for r in stack.runs() if r["run_type"] == "backfill"]) == 3 else None)
     by_date = {r["logical_date"][:10]: r for r in runs}
     assert set(by_date) == set(BACKFILL_DATES)
     for day in BACKFILL_DATES:
         stack.wait_finished(by_date[day]["dag_run_id"])
-    versions = set()
+    versions, sections = set(), {}
     for day in BACKFILL_DATES:
         run_id = by_date[day]["dag_run_id"]
         summary = stack.lake.read_result(run_id, "summary")
-        assert summary["dataset_id"] == _dataset(day)
+        assert summary["dataset_id"] == _dataset(day) and summary["status"] == "success"
         gold = pd.read_parquet(stack.lake.gold / f"dataset_id={_dataset(day)}")
         assert len(gold) == summary["training_rows"] > 0
         [version] = stack.versions_of_run(run_id)
         assert version.tags["dataset_id"] == _dataset(day) and summary["model"]["version"] == str(version.version)
         versions.add(version.version)
-    assert len(versions) == 2
-    # the second date trained on a two-day window: both backfilled partitions, not yesterday's newer one
-    train = stack.lake.read_result(by_date[BACKFILL_DATES[1]]["dag_run_id"], "train")
-    assert train["dataset_ids"] == [_dataset(d) for d in BACKFILL_DATES]
-    assert stack.lake.read_result(by_date[BACKFILL_DATES[0]]["dag_run_id"], "train")["dataset_ids"] == [_dataset(BACKFILL_DATES[0])]
+        # the window reached the job through the backfill's conf, and never reaches a newer partition
+        train = stack.lake.read_result(run_id, "train")
+        earlier = (dt.date.fromisoformat(day) - dt.timedelta(days=1)).strftime("%Y%m%d")
+        assert train["window_days"] == 2 and _dataset(day) in train["dataset_ids"] and set(train["dataset_ids"]) <= {earlier, _dataset(day)}
+        tis = stack.task_instances(run_id)
+        sections[run_id] = (tis["gate_model"]["start_date"], tis["validate_endpoint"]["end_date"])
+    assert len(versions) == 3
+    # one run at a time from its gate to the end of its endpoint validation, whatever the order
+    ordered = sorted(sections.values())
+    for (_, end), (next_start, _) in zip(ordered, ordered[1:]):
+        assert end <= next_start, f"promotion sections interleave: {sections}"
 
 
 def test_the_rest_api_refuses_a_bad_conf_with_a_clear_400(stack):

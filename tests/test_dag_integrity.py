@@ -10,7 +10,7 @@ from conftest import PIPELINE_DAG_ID as DAG_ID
 from conftest import ROOT, run_checked
 EXPECTED_TASKS = {
     "find_videos", "extract_frames", "synthesize_anomalies", "build_labels", "check_labels", "upload_to_lake", "run_etl",
-    "run_augmentation", "run_training", "register_model", "gate_model", "promote_model", "keep_champion",
+    "run_augmentation", "run_training", "register_model", "wait_for_promotion_turn", "gate_model", "promote_model", "keep_champion",
     "update_endpoint", "validate_endpoint", "summarize_run", "deploy_code",
 }
 
@@ -26,13 +26,20 @@ def test_dagbag_has_no_import_errors_and_sane_defaults(dagbag):
 
 def test_pipeline_order_reads_like_the_diagram(dagbag):
     dag = dagbag.dags[DAG_ID]
-    chain = ["find_videos", "extract_frames", "synthesize_anomalies", "build_labels", "upload_to_lake", "run_etl", "run_augmentation", "run_training", "register_model", "gate_model"]
+    chain = ["find_videos", "extract_frames", "synthesize_anomalies", "build_labels", "upload_to_lake", "run_etl", "run_augmentation", "run_training", "register_model", "wait_for_promotion_turn", "gate_model"]
     for upstream, downstream in zip(chain, chain[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids, (upstream, downstream)
     assert "run_etl" in dag.get_task("deploy_code").downstream_task_ids
     assert dag.get_task("gate_model").downstream_task_ids == {"promote_model", "keep_champion"}
     assert {"promote_model", "keep_champion"} <= dag.get_task("update_endpoint").upstream_task_ids
     assert "update_endpoint" in dag.get_task("validate_endpoint").upstream_task_ids
+    # the promotion section: one run at a time, its turn checked by one sensor at a time, released on its validation
+    turn = dag.get_task("wait_for_promotion_turn")
+    assert turn.mode == "poke" and turn.max_active_tis_per_dag == 1
+    # the summary runs whatever happened upstream, and is the run's only leaf (its failure keeps a failed run red)
+    summary = dag.get_task("summarize_run")
+    assert summary.trigger_rule == "all_done" and {"validate_endpoint", "upload_to_lake", "register_model"} <= summary.upstream_task_ids
+    assert [t.task_id for t in dag.tasks if not t.downstream_task_ids] == ["summarize_run"]
 
 
 def test_importing_the_dag_file_imports_no_heavy_library():

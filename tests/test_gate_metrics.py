@@ -30,14 +30,102 @@ def test_metrics_refuse_a_single_class():
         anomaly_metrics(np.array([1, 1]), np.array([0.1, 0.2]))
 
 
+ENOUGH = {"abnormal": 40, "normal": 40}
+
+
 def test_gate_modes_and_regression():
     good = {"auroc": 0.99, "f1": 0.95}
-    assert decide(good, None).promote
-    bad = decide({"auroc": 0.6, "f1": 0.95}, None, GateMode.ENABLED)
+    assert decide(good, None, class_counts=ENOUGH).promote
+    bad = decide({"auroc": 0.6, "f1": 0.95}, None, GateMode.ENABLED, class_counts=ENOUGH)
     assert not bad.passed and not bad.promote and "auroc" in bad.reasons[0]
-    assert decide({"auroc": 0.6, "f1": 0.95}, None, GateMode.DRY_RUN).promote
-    regress = decide({"auroc": 0.93, "f1": 0.95}, {"auroc": 0.99, "f1": 0.95})
+    assert decide({"auroc": 0.6, "f1": 0.95}, None, GateMode.DRY_RUN, class_counts=ENOUGH).promote
+    regress = decide({"auroc": 0.93, "f1": 0.95}, {"auroc": 0.99, "f1": 0.95}, class_counts=ENOUGH)
     assert not regress.promote and "regresses" in regress.reasons[0]
+    assert decide({"auroc": 0.975, "f1": 0.95}, {"auroc": 0.99, "f1": 0.95}, class_counts=ENOUGH).promote  # within 0.02
+
+
+def test_the_gate_refuses_a_split_too_small_to_measure_and_needs_to_know_its_size():
+    from swan_anomaly.gate import MIN_IMAGES_PER_CLASS, min_images_per_class
+
+    small = decide({"auroc": 1.0, "f1": 1.0}, None, class_counts={"abnormal": 24, "normal": 300})
+    assert not small.passed and not small.promote and not small.measurable
+    assert small.reasons == [
+        "validation split too small to measure: 24 abnormal and 300 normal images, fewer than 25 per class; "
+        "the gate refuses to decide on noise (gate_min_images_per_class)"
+    ]
+    assert decide({"auroc": 1.0, "f1": 1.0}, None, class_counts={"abnormal": 25, "normal": 25}).passed
+    assert decide({"auroc": 1.0, "f1": 1.0}, None, GateMode.DRY_RUN, class_counts={"abnormal": 3, "normal": 3}).promote
+    with pytest.raises(ValueError, match="class counts"):
+        decide({"auroc": 1.0, "f1": 1.0}, None)
+    assert min_images_per_class({}) == MIN_IMAGES_PER_CLASS == 25 and min_images_per_class({"SWAN_GATE_MIN_IMAGES_PER_CLASS": "40"}) == 40
+    for bad in ("0", "-3", "ten", "2.5"):
+        with pytest.raises(ValueError, match="SWAN_GATE_MIN_IMAGES_PER_CLASS must be a whole number"):
+            min_images_per_class({"SWAN_GATE_MIN_IMAGES_PER_CLASS": bad})
+
+
+def test_the_auroc_interval_is_seeded_holds_the_estimate_and_narrows_with_more_images():
+    from sklearn.metrics import roc_auc_score
+
+    from swan_anomaly.metrics import auroc_interval
+
+    rng = np.random.default_rng(7)
+
+    def sample(n: int):
+        labels = np.repeat([0, 1], n)
+        return labels, np.r_[rng.normal(1.0, 1.0, n), rng.normal(0.0, 1.0, n)]
+
+    labels, scores = sample(20)
+    low, high = auroc_interval(labels, scores, seed=3)
+    point = roc_auc_score(labels == 0, scores)
+    assert low < point < high and (low, high) == auroc_interval(labels, scores, seed=3)
+    big_labels, big_scores = sample(400)
+    big_low, big_high = auroc_interval(big_labels, big_scores, seed=3)
+    assert big_high - big_low < (high - low) / 2  # about 1/sqrt(20) as wide
+    # the true AUROC of two unit normals one sigma apart is Phi(1 / sqrt(2)) = 0.760
+    assert big_low < 0.760 < big_high
+    assert auroc_interval(np.array([0, 0, 1, 1]), np.array([0.9, 0.8, 0.2, 0.1])) == (1.0, 1.0)
+    with pytest.raises(ValidationDataError):
+        auroc_interval(np.array([1, 1]), np.array([0.2, 0.3]))
+
+
+def test_endpoint_checks_parity_then_quality_and_an_outcome_follows_from_what_changed():
+    from swan_anomaly.serving.validation import EndpointPolicy, Outcome, check_endpoint, outcome_for
+
+    labels = np.repeat([0, 1], 30)
+    good = np.r_[np.linspace(0.6, 0.99, 30), np.linspace(0.01, 0.4, 30)]
+    policy = EndpointPolicy()
+    ok = check_endpoint(labels, good, good + 5e-5, threshold=0.5, policy=policy)
+    assert ok.passed and ok.parity and ok.measured and ok.report["auroc"] == 1.0 and ok.report["recall"] == 1.0
+    assert ok.max_difference == pytest.approx(5e-5)
+    assert outcome_for(ok, new_version=True, previous="3") is Outcome.PASSED
+
+    drifted = check_endpoint(labels, good[::-1], good[::-1], threshold=0.5, policy=policy)  # abnormal now score low
+    assert drifted.parity and not drifted.passed and "AUROC 0.0000" in drifted.reasons[0] and "recall 0.0000" in drifted.reasons[1]
+    assert outcome_for(drifted, new_version=True, previous="3") is Outcome.ROLLED_BACK
+    assert outcome_for(drifted, new_version=True, previous=None) is Outcome.WITHDRAWN
+    assert outcome_for(drifted, new_version=False, previous=None) is Outcome.DRIFT
+
+    skewed = good.copy()
+    skewed[4] += 0.01
+    mismatch = check_endpoint(labels, skewed, good, threshold=0.5, policy=policy)
+    assert not mismatch.parity and "1 of 60 scores differ from the registry model's by more than 0.0001 (worst 0.010000, image 4)" in mismatch.reasons[0]
+    assert outcome_for(mismatch, new_version=False, previous=None) is Outcome.MISMATCH
+    assert outcome_for(mismatch, new_version=True, previous="3") is Outcome.ROLLED_BACK
+
+    few = check_endpoint(labels[25:35], good[25:35], good[25:35], threshold=0.5, policy=policy)  # 5 abnormal, 5 normal
+    assert few.passed and not few.measured and few.report is None and "held-out test split too small to measure" in few.note
+
+
+def test_endpoint_policy_reads_its_settings_and_refuses_bad_ones():
+    from swan_anomaly import ConfigError
+    from swan_anomaly.serving.validation import DriftAction, EndpointPolicy
+
+    assert EndpointPolicy.from_env({}) == EndpointPolicy(0.9, 0.8, 1e-4, 25, DriftAction.WARN)
+    env = {"SWAN_ENDPOINT_MIN_AUROC": "0.95", "SWAN_ENDPOINT_MIN_RECALL": "0.7", "SWAN_ENDPOINT_PARITY_TOLERANCE": "0.01", "SWAN_DRIFT_ACTION": "FAIL"}
+    assert EndpointPolicy.from_env(env) == EndpointPolicy(0.95, 0.7, 0.01, 25, DriftAction.FAIL)
+    for name, value in (("SWAN_ENDPOINT_MIN_AUROC", "1.5"), ("SWAN_ENDPOINT_MIN_RECALL", "high"), ("SWAN_DRIFT_ACTION", "ignore")):
+        with pytest.raises(ConfigError, match=name):
+            EndpointPolicy.from_env({name: value})
 
 
 def test_the_threshold_is_chosen_on_validation_by_max_f1_or_a_target_false_positive_rate():

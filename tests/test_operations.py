@@ -53,6 +53,7 @@ def test_every_task_has_a_timeout_and_training_and_promotion_share_one_pool(dagb
         ({"landing_date": 20261126}, "landing_date"),
         ({"training_window_days": 0}, "training_window_days"),
         ({"gate_min_val_auroc": 1.2}, "gate_min_val_auroc"),
+        ({"gate_min_images_per_class": 0}, "gate_min_images_per_class"),
         ({"force_promote": "yes"}, "force_promote"),
     ],
 )
@@ -171,17 +172,91 @@ def test_land_inbox_moves_settled_readable_videos_and_sets_bad_ones_aside(tmp_pa
     shutil.copy(demo_video, inbox / "uploading.mp4")  # modified just now: still being written
     landed = land_inbox(inbox, landing, today=dt.date(2026, 11, 26), settle_seconds=30)
     assert landed.landing_date == "2026-11-26"
-    files = sorted(p.name for p in (landing / "2026-11-26").iterdir())
-    assert len(files) == 2 and files[0].startswith("cam1-") and files[1].startswith("cam1-again-")
-    assert {Path(v).name for v in landed.videos} == set(files)
-    assert [r["video"] for r in landed.rejected] == ["notes.mp4"] and "notes.mp4" in landed.rejected[0]["reason"]
+    [landed_name] = sorted(p.name for p in (landing / "2026-11-26").iterdir())
+    assert landed_name.startswith("cam1-again-") and [Path(v).name for v in landed.videos] == [landed_name]
+    reasons = {r["video"]: r["reason"] for r in landed.rejected}
+    assert set(reasons) == {"notes.mp4", "cam1.mp4"} and "notes.mp4" in reasons["notes.mp4"]
+    assert f"the same bytes as {landing / '2026-11-26' / landed_name}" in reasons["cam1.mp4"]  # one video, two names: landed once
     assert (inbox / "rejected" / "notes.mp4").exists() and (inbox / "rejected" / "notes.mp4.reason.txt").read_text().strip()
     assert landed.waiting == [str(inbox / "uploading.mp4")] and (inbox / "uploading.mp4").exists()
-    assert not (inbox / "cam1.mp4").exists()
+    assert not (inbox / "cam1.mp4").exists() and not (inbox / "cam1-again.mp4").exists()
     # landing the same bytes again under the same name the same day adds nothing
-    _old(Path(shutil.copy(demo_video, inbox / "cam1.mp4")))
+    _old(Path(shutil.copy(demo_video, inbox / "cam1-again.mp4")))
     again = land_inbox(inbox, landing, today=dt.date(2026, 11, 26), settle_seconds=30)
-    assert len(list((landing / "2026-11-26").iterdir())) == 2 and [Path(v).name for v in again.videos] == [files[0]]
+    assert len(list((landing / "2026-11-26").iterdir())) == 1 and [Path(v).name for v in again.videos] == [landed_name]
+
+
+def _land_as(uid: int, inbox: Path, landing: Path) -> dict:
+    """``land_inbox`` in a forked child running as ``uid`` (root reads every file; another user does not)."""
+    from swan_airflow.ingest import land_inbox
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop privileges, land, report, exit without running pytest's teardown
+        code = 1
+        try:
+            os.close(read)
+            os.setgid(uid)
+            os.setuid(uid)
+            landed = land_inbox(inbox, landing, today=dt.date(2026, 11, 26), settle_seconds=30)
+            os.write(write, json.dumps({"videos": landed.videos, "rejected": landed.rejected}).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as fh:
+        out = fh.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the unprivileged ingest pass crashed"
+    return json.loads(out)
+
+
+def test_one_bad_file_never_stops_an_ingest_pass_and_each_is_set_aside_with_its_reason(tmp_path, demo_video):
+    """Unreadable, unsupported and undecodable files beside good videos: the good ones land, the others get a reason."""
+    import tempfile
+
+    import cv2
+    import numpy as np
+
+    from swan_airflow.ingest import land_inbox
+
+    base = Path(tempfile.mkdtemp(prefix="swan-ingest-", dir="/tmp"))  # reachable by an unprivileged user
+    try:
+        inbox, landing = base / "inbox", base / "landing"
+        inbox.mkdir()
+        _old(Path(shutil.copy(demo_video, inbox / "cam1.mp4")))
+        webm = cv2.VideoWriter(str(inbox / "cam2.webm"), cv2.VideoWriter_fourcc(*"VP80"), 10, (64, 48))
+        for i in range(20):
+            webm.write(np.full((48, 64, 3), 10 * i, np.uint8))
+        webm.release()
+        _old(inbox / "cam2.webm")
+        _old(_write(inbox / "loop.gif", b"GIF89a" + bytes(64)))
+        _old(_write(inbox / "photo.mp4", cv2.imencode(".png", np.zeros((64, 64, 3), np.uint8))[1].tobytes()))
+        _old(_write(inbox / ".cam3.mp4.part", b"an uploader still writing"))  # hidden: left alone
+        secret = _old(Path(shutil.copy(demo_video, inbox / "secret.mp4")))
+        secret.chmod(0)  # nobody but root can read it
+        for folder in (base, inbox):
+            folder.chmod(0o777)
+        if os.geteuid() == 0:
+            landed = _land_as(65534, inbox, landing)
+        else:
+            landed = vars(land_inbox(inbox, landing, today=dt.date(2026, 11, 26), settle_seconds=30))
+        assert sorted(Path(v).name.split("-")[0] for v in landed["videos"]) == ["cam1", "cam2"]
+        reasons = {r["video"]: r["reason"] for r in landed["rejected"]}
+        assert set(reasons) == {"loop.gif", "photo.mp4", "secret.mp4"}
+        assert ".gif is not a supported video type" in reasons["loop.gif"]
+        assert "a PNG image, not a video" in reasons["photo.mp4"]
+        assert "secret.mp4: cannot read it (Permission denied)" in reasons["secret.mp4"]
+        for name in reasons:
+            assert (inbox / "rejected" / name).exists() and name in (inbox / "rejected" / f"{name}.reason.txt").read_text()
+        assert sorted(p.name for p in inbox.iterdir()) == [".cam3.mp4.part", "rejected"]
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
 
 
 def test_land_inbox_links_on_one_filesystem_and_copies_across(tmp_path, demo_video, monkeypatch):
@@ -200,7 +275,7 @@ def test_land_inbox_links_on_one_filesystem_and_copies_across(tmp_path, demo_vid
     backup = tmp_path / "backup.mp4"
     _old(Path(shutil.copy(demo_video, inbox / "cam3.mp4")))
     os.link(inbox / "cam3.mp4", backup)
-    [video] = land_inbox(inbox, landing, today=dt.date(2026, 11, 26), settle_seconds=30).videos
+    [video] = land_inbox(inbox, landing, today=dt.date(2026, 11, 27), settle_seconds=30).videos  # another day: not a duplicate of cam1
     assert Path(video).stat().st_ino != backup.stat().st_ino and backup.stat().st_nlink == 1
 
     def cross_device(src, dst):
@@ -208,9 +283,9 @@ def test_land_inbox_links_on_one_filesystem_and_copies_across(tmp_path, demo_vid
 
     monkeypatch.setattr(os, "link", cross_device)  # an inbox on another filesystem
     _old(Path(shutil.copy(demo_video, inbox / "cam2.mp4")))
-    [video] = land_inbox(inbox, landing, today=dt.date(2026, 11, 26), settle_seconds=30).videos
+    [video] = land_inbox(inbox, landing, today=dt.date(2026, 11, 28), settle_seconds=30).videos
     assert Path(video).read_bytes() == demo_video.read_bytes() and not (inbox / "cam2.mp4").exists()
-    assert not [p for p in (landing / "2026-11-26").iterdir() if p.name.endswith(".part")]
+    assert not [p for p in (landing / "2026-11-28").iterdir() if p.name.endswith(".part")]
 
 
 def test_the_landing_date_of_a_run_comes_from_its_newest_landing_event():
@@ -350,3 +425,33 @@ def test_a_job_that_fails_on_bad_input_is_not_retried_and_a_crash_is(tmp_path, m
         run_job("rejects", dataset_id="20261126", run_id="r1")
     with pytest.raises(JobFailed, match=r"(?s)crashes exited with code 137.*out of memory"):
         run_job("crashes", dataset_id="20261126", run_id="r1")
+
+
+def test_a_run_waits_for_its_promotion_turn_while_another_run_is_in_its_section():
+    from swan_airflow.steps.promotion import runs_in_promotion
+
+    states = {
+        "backfill__1": {"wait_for_promotion_turn": "success", "validate_endpoint": None},  # gate, promotion or validation under way
+        "backfill__2": {"wait_for_promotion_turn": "success", "validate_endpoint": "success"},  # done
+        "backfill__3": {"wait_for_promotion_turn": "up_for_reschedule"},  # waiting like me
+        "backfill__4": {"wait_for_promotion_turn": "success", "validate_endpoint": "upstream_failed"},  # its promotion failed
+        "backfill__5": {"wait_for_promotion_turn": "success", "validate_endpoint": "skipped"},  # nothing to serve
+        "backfill__6": {"wait_for_promotion_turn": "success", "validate_endpoint": "up_for_retry"},  # validating again
+        "me": {"wait_for_promotion_turn": "running"},
+    }
+    assert runs_in_promotion(states, me="me") == ["backfill__1", "backfill__6"]
+    assert runs_in_promotion({"me": {"wait_for_promotion_turn": "success", "validate_endpoint": None}}, me="me") == []
+
+
+def test_the_same_video_under_two_names_and_an_unreadable_one_are_set_aside(tmp_path, demo_video):
+    from swan_anomaly.video import distinct_videos
+
+    first = Path(shutil.copy(demo_video, tmp_path / "a_cam.mp4"))
+    twin = Path(shutil.copy(demo_video, tmp_path / "b_cam.mp4"))
+    gone = tmp_path / "c_cam.mp4"
+    kept, rejected = distinct_videos([twin, gone, first])
+    assert kept == [first]
+    assert rejected == [
+        {"video": str(twin), "reason": f"{twin}: the same video as {first} (same content); processed once"},
+        {"video": str(gone), "reason": f"{gone}: cannot read it (No such file or directory)"},
+    ]

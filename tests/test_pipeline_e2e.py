@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -170,3 +171,60 @@ def test_roll_back_serves_the_previous_version_and_moves_the_champion_alias(pipe
     assert served_version(target.workspace(), target.endpoint) == str(champion.version)
     image = next((s.lake_root / "raw" / DATASET / "frames").rglob("*.png")).read_bytes()
     assert len(target.client().score([image])) == 1
+
+
+@pytest.mark.slow
+def test_a_champion_that_stops_separating_new_data_is_drift_and_the_failed_run_still_writes_its_summary(pipeline_run, monkeypatch, tmp_path):
+    """A second run whose gate keeps a champion that scores every image 0.5: drift, reported and (by setting) failing the run,
+    with no retry of the validation and a summary that says what serves."""
+    import mlflow
+    import torch
+    from airflow.dag_processing.dagbag import DagBag
+
+    from swan_airflow.serving import serving_target
+    from swan_anomaly.config import Settings
+    from swan_anomaly.lake import LocalLake
+    from swan_anomaly.modeling import PreprocessSpec, load_classifier
+    from swan_anomaly.registry import CHAMPION, mlflow_client, promote, register_challenger
+    from swan_anomaly.serving.deploy import ServingConfig, deploy_version
+    from swan_anomaly.serving.pyfunc import PREPROCESS_FILE
+    from swan_anomaly.training import ensure_experiment, log_served_model
+
+    s = Settings.from_env()
+    client = mlflow_client(*s.mlflow_uris)
+    served = Path(mlflow.artifacts.download_artifacts(f"models:/{s.model_name}@{CHAMPION}"))
+    [model_dir] = [p.parent for p in served.rglob(PREPROCESS_FILE)]
+    constant = load_classifier(str(model_dir))
+    with torch.no_grad():
+        constant.classifier.weight.zero_()
+        constant.classifier.bias.zero_()
+    with mlflow.start_run(experiment_id=ensure_experiment(s), run_name="constant-champion") as run:
+        info = log_served_model(constant, PreprocessSpec.from_json((model_dir / PREPROCESS_FILE).read_text()), threshold=0.5, threshold_method="max_f1", example=[b""])
+    version = str(register_challenger(client, s.model_name, info.model_uri, run.info.run_id, "manual__constant", tags={"anomaly_threshold": "0.5"}).version)
+    promote(client, s.model_name, version)
+    target = serving_target()
+    deploy_version(target.workspace(), target.endpoint, s.model_name, version, ServingConfig())
+
+    out = tmp_path / "notified.txt"
+    monkeypatch.setenv("SWAN_DRIFT_ACTION", "fail")
+    monkeypatch.setenv("SWAN_FAILURE_NOTIFIER", "test_promotion:RecordingNotifier")
+    monkeypatch.setenv("SWAN_FAILURE_NOTIFIER_KWARGS", json.dumps({"message": "{{ exception }}", "path": str(out)}))
+    dag = DagBag(dag_folder=str(ROOT / "dags")).get_dag("swan_anomaly_pipeline")
+    logical = dt.datetime.fromisoformat(LANDING_DATE).replace(tzinfo=dt.UTC)
+    conf = {"landing_date": LANDING_DATE, "epochs": 2, "gate_min_images_per_class": 1000}  # the gate refuses: too few images
+    again = dag.test(logical_date=logical, run_after=dt.datetime.now(dt.UTC), run_conf=conf)
+
+    assert str(again.state) == "failed"
+    states = {ti.task_id: (str(ti.state), ti.try_number) for ti in again.get_task_instances()}
+    assert states["keep_champion"][0] == "success" and states["promote_model"][0] == "skipped"
+    assert states["validate_endpoint"] == ("failed", 1), "a validation failure is final: no retry"
+    summary = LocalLake(s.lake_root).read_result(again.run_id, "summary")
+    assert summary["status"] == "failed" and summary["failed_tasks"] == ["validate_endpoint"]
+    assert summary["gate"]["measurable"] is False and summary["gate"]["promote"] is False
+    assert summary["endpoint"]["outcome"] == "drift" and summary["endpoint"]["validated_version"] == version
+    assert summary["serving"] == {"endpoint": s.endpoint_name, "version": version, "champion": version}
+    assert "DRIFT: the unchanged champion" in out.read_text() and "SWAN_DRIFT_ACTION=fail" in out.read_text()
+    # leave the trained model serving for the modules after this one
+    previous = client.get_model_version_by_alias(s.model_name, "previous_champion")
+    promote(client, s.model_name, str(previous.version))
+    deploy_version(target.workspace(), target.endpoint, s.model_name, str(previous.version), ServingConfig())

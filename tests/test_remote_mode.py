@@ -152,8 +152,10 @@ def test_rerunning_the_dag_run_duplicates_no_runs_blobs_or_versions(remote_run, 
     raw = f"{PREFIX}raw/{DATASET}/"
     rewritten = {name for name in before if after.get(name) != before[name]}
     # the completeness marker and manifest are rewritten last on every upload, by design; the
-    # run summary is the rerun's own; no frame, label, code, silver or gold blob is touched
-    assert rewritten <= {raw + "_SUCCESS", raw + "manifest.json", f"{PREFIX}runs/{dag_run.run_id.replace(':', '_').replace('+', '_')}/summary.json"}
+    # gate's, the validation's and the summary's records are the rerun's own; no frame, label,
+    # code, silver or gold blob is touched
+    runs = f"{PREFIX}runs/{dag_run.run_id.replace(':', '_').replace('+', '_')}/"
+    assert rewritten <= {raw + "_SUCCESS", raw + "manifest.json", runs + "gate.json", runs + "validation.json", runs + "summary.json"}
     assert set(after) == set(before)
     versions = [v.version for v in client.search_model_versions(f"name = '{s.model_name}'") if v.tags.get("airflow_run_id") == dag_run.run_id]
     assert versions == [champion.version]

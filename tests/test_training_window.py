@@ -205,7 +205,7 @@ def test_train_job_trains_on_a_two_day_window_and_logs_the_lineage(tmp_path, mon
     _write(lake, "20260102", _rows({"vB-b0000": "test", "vC-b0000": "train", "vC-b0001": "val", "vC-b0002": "test"}))
     result = main([
         "--lake-root", str(lake.root), "--dataset-id", "20260102", "--run-id", "manual__window",
-        "--model", "vit-micro-offline", "--epochs", "1", "--batch-size", "16", "--generalization", "off", "--compile", "off",
+        "--model", "vit-micro-offline", "--epochs", "2", "--patience", "5", "--batch-size", "16", "--generalization", "off", "--compile", "off",
         "--window-days", "2",
     ])
     written = json.loads((lake.run_dir("manual__window") / "train.json").read_text())
@@ -226,4 +226,17 @@ def test_train_job_trains_on_a_two_day_window_and_logs_the_lineage(tmp_path, mon
         assert str(lake.gold / f"dataset_id={dataset_id}") in json.dumps(source)
         used = gold[gold.dataset_id == dataset_id]
         assert inputs[f"gold-{dataset_id}"].digest == gold_dataset(lake, dataset_id, used).digest, "the digest must cover the rows that trained"
+    # per-epoch values have keys of their own: val_auroc is the restored best epoch's, logged once
+    client = mlflow.MlflowClient(uri)
+    [final] = client.get_metric_history(run.info.run_id, "val_auroc")
+    assert final.value == pytest.approx(written["val"]["auroc"]) and run.data.metrics["val_f1"] == pytest.approx(written["val"]["f1"])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch_val_auroc")] == list(range(1, written["epochs_run"] + 1))
+    for split in ("val", "test"):
+        low, high = written[split]["auroc_ci"]
+        assert 0 <= low <= written[split]["auroc"] <= high <= 1
+        assert (run.data.metrics[f"{split}_auroc_ci_low"], run.data.metrics[f"{split}_auroc_ci_high"]) == pytest.approx((low, high))
+    # the held-out rows the gate and the endpoint validation score again: exactly the split's images
+    val = gold[gold.split == "val"]
+    assert written["held_out"]["val"] == sorted([d, p, int(lab), f] for d, p, lab, f in zip(val.dataset_id, val.image_path, val.label, val.family))
+    assert len(written["held_out"]["test"]) == written["images"]["test"] and (written["val"]["abnormal"], written["val"]["normal"]) == (4, 4)
     assert inputs["gold-20260101"].digest != gold_dataset(lake, "20260101", pd.read_parquet(lake.gold / "dataset_id=20260101").assign(dataset_id="20260101")).digest

@@ -166,6 +166,21 @@ BAD_VIDEOS = {  # name: (make(tmp, clip) -> path, reason in the message, caught 
         r"no decodable frames \(the container declares 0 frames: an empty recording\)",
         True,
     ),
+    "PNG image named .mp4": (
+        lambda tmp, clip: _put(tmp / "photo.mp4", cv2.imencode(".png", _moving(1)[0])[1].tobytes()),
+        r"a PNG image, not a video \(only its name says \.mp4\)",
+        True,
+    ),
+    "JPEG image named .mov": (
+        lambda tmp, clip: _put(tmp / "photo.mov", cv2.imencode(".jpg", _moving(1)[0])[1].tobytes()),
+        r"a JPEG image, not a video",
+        True,
+    ),
+    "14x24 clip": (
+        lambda tmp, clip: _write(tmp / "tiny.mp4", _moving(30, w=24, h=14)),
+        r"frames of 24x14 pixels are too small: .* at least 32 pixels on each side",
+        True,
+    ),
     "undecodable frame data": (
         _garbled_mp4,
         r"no decodable frames \(the container declares 30 frames, none decoded: unsupported codec or damaged data\)",
@@ -187,6 +202,12 @@ def test_bad_video_raises_a_clear_error_naming_the_file_and_leaves_no_frames(tmp
             probe_video(bad)
     else:  # the start decodes; only decoding to the end finds the cut
         assert probe_video(bad)["frame_count"] == 30
+
+
+def test_a_webm_video_is_read_like_the_others(tmp_path):
+    video = _write(tmp_path / "cam.webm", _moving(20), fourcc="VP80")
+    assert probe_video(video)["frame_count"] == 20
+    assert len(extract_frames(video, tmp_path / "out", every_seconds=0.5)) == 4
 
 
 def test_partial_decodes_really_happen_for_the_truncated_corpus(tmp_path, clip):

@@ -1,19 +1,30 @@
-"""The promotion gate: thresholds in one place, three modes, one decision.
+"""The promotion gate: thresholds in one place, three modes, one decision on the same rows.
 
-A challenger is promoted when its validation metrics pass the absolute thresholds and do
-not regress against the current champion by more than ``max_regression``.
+The challenger and the current champion are scored on the same images (the challenger's
+validation split, raw frames through each model's own served preprocessing), each at its own
+stored threshold (:func:`swan_anomaly.scoring.score_rows`, :func:`swan_anomaly.metrics.evaluation_report`).
+A challenger is promoted when those metrics pass the absolute thresholds and do not fall more
+than ``max_regression`` below the champion's. A validation split with fewer than
+``min_images_per_class`` images of either class cannot tell models apart: the gate refuses
+rather than decide on noise.
 
 Example:
-    >>> decide({"auroc": 0.99, "f1": 0.95}, None, GateMode.ENABLED).passed
+    >>> decide({"auroc": 0.99, "f1": 0.95}, None, GateMode.ENABLED, class_counts={"abnormal": 40, "normal": 40}).passed
     True
-    >>> decide({"auroc": 0.70, "f1": 0.95}, None, GateMode.ENABLED).reasons
+    >>> decide({"auroc": 0.70, "f1": 0.95}, None, GateMode.ENABLED, class_counts={"abnormal": 40, "normal": 40}).reasons
     ['auroc 0.7000 < 0.9000']
+    >>> decide({"auroc": 1.0, "f1": 1.0}, None, class_counts={"abnormal": 8, "normal": 8}).reasons[0][:40]
+    'validation split too small to measure: 8'
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+from swan_anomaly._errors import ConfigError
 
 
 class GateMode(StrEnum):
@@ -32,14 +43,56 @@ def promotion_thresholds() -> dict[str, MinThreshold]:
     return {"auroc": MinThreshold(0.90), "f1": MinThreshold(0.80)}
 
 
+#: A challenger may fall this far below the champion's metric on the same rows and still pass.
+MAX_REGRESSION = 0.02
+#: Fewer validation (or test) images than this in either class are too few to measure a model by.
+MIN_IMAGES_PER_CLASS = 25
+
+
+def min_images_per_class(env: Mapping[str, str] | None = None) -> int:
+    """``SWAN_GATE_MIN_IMAGES_PER_CLASS`` (default :data:`MIN_IMAGES_PER_CLASS`): the smallest measurable split.
+
+    Raises:
+        ConfigError: the value is not a whole number of at least 1.
+    """
+    raw = (os.environ if env is None else env).get("SWAN_GATE_MIN_IMAGES_PER_CLASS", "").strip()
+    if not raw:
+        return MIN_IMAGES_PER_CLASS
+    if not raw.isdigit() or int(raw) < 1:
+        msg = f"SWAN_GATE_MIN_IMAGES_PER_CLASS must be a whole number of images, at least 1, got {raw!r}"
+        raise ConfigError(msg)
+    return int(raw)
+
+
 @dataclass(frozen=True)
 class GateDecision:
+    """What the gate decided and why.
+
+    ``challenger`` and ``champion`` are the metrics each scored on the same rows (``champion``
+    None when there is none to compare with); ``measurable`` is False when the split was too
+    small to decide on.
+    """
+
     passed: bool
     promote: bool
     mode: str
     reasons: list[str] = field(default_factory=list)
     challenger: dict = field(default_factory=dict)
     champion: dict | None = None
+    measurable: bool = True
+
+
+def too_small(class_counts: Mapping[str, int], minimum: int, *, split: str = "validation") -> str | None:
+    """Why a split with ``class_counts`` (``{"abnormal": n, "normal": m}``) is too small to measure, or None.
+
+    Example:
+        >>> too_small({"abnormal": 30, "normal": 12}, 25)
+        'validation split too small to measure: 30 abnormal and 12 normal images, fewer than 25 per class'
+    """
+    abnormal, normal = int(class_counts.get("abnormal", 0)), int(class_counts.get("normal", 0))
+    if min(abnormal, normal) >= minimum:
+        return None
+    return f"{split} split too small to measure: {abnormal} abnormal and {normal} normal images, fewer than {minimum} per class"
 
 
 def decide(
@@ -48,12 +101,34 @@ def decide(
     mode: GateMode | str = GateMode.ENABLED,
     *,
     thresholds: dict[str, MinThreshold] | None = None,
-    max_regression: float = 0.02,
+    max_regression: float = MAX_REGRESSION,
+    class_counts: Mapping[str, int] | None = None,
+    min_images_per_class: int = MIN_IMAGES_PER_CLASS,
 ) -> GateDecision:
-    """Compare challenger validation metrics with thresholds and with the champion's."""
+    """Compare the challenger's metrics with the thresholds and with the champion's on the same rows.
+
+    Args:
+        challenger: metrics of the challenger (``auroc``, ``f1``, optionally ``unseen_auroc``).
+        champion: the champion's metrics on the same rows, or None (no champion, or the
+            challenger already is the champion). Only metrics both carry are compared.
+        mode: :class:`GateMode`; ``dry_run`` and ``disabled`` promote whatever the outcome.
+        thresholds: absolute minimums by metric name (default :func:`promotion_thresholds`).
+        max_regression: how far below the champion a metric may fall.
+        class_counts: ``{"abnormal": n, "normal": m}`` of the scored rows; required.
+        min_images_per_class: fewer images than this in either class refuses the challenger.
+
+    Raises:
+        ValueError: ``class_counts`` is missing (a decision needs to know what it measured).
+    """
     mode = GateMode(mode)
     thresholds = promotion_thresholds() if thresholds is None else thresholds
+    if class_counts is None:
+        msg = "decide() needs the class counts of the rows the metrics were measured on"
+        raise ValueError(msg)
     reasons = []
+    small = too_small(class_counts, min_images_per_class)
+    if small:
+        reasons.append(f"{small}; the gate refuses to decide on noise (gate_min_images_per_class)")
     for name, t in thresholds.items():
         value = challenger.get(name)
         if value is None or value < t.minimum:
@@ -62,7 +137,7 @@ def decide(
         for name in thresholds:
             c, p = challenger.get(name), champion.get(name)
             if c is not None and p is not None and c < p - max_regression:
-                reasons.append(f"{name} {c:.4f} regresses against champion {p:.4f} by more than {max_regression}")
+                reasons.append(f"{name} {c:.4f} regresses against the champion's {p:.4f} on the same rows by more than {max_regression}")
     passed = not reasons
     promote = passed or mode in (GateMode.DISABLED, GateMode.DRY_RUN)
-    return GateDecision(passed, promote, mode.value, reasons, challenger, champion)
+    return GateDecision(passed, promote, mode.value, reasons, challenger, champion, measurable=small is None)

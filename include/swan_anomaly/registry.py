@@ -108,6 +108,41 @@ def rollback(client: MlflowClient, name: str, version: str) -> None:
     log.warning("rolled %s champion back to version %s", name, version)
 
 
+def stored_threshold(client: MlflowClient, name: str, version: str) -> float:
+    """The anomaly-score threshold a version was validated with (its ``anomaly_threshold`` tag, set at registration).
+
+    Falls back to the logged model's metadata, where the training job also stores it.
+
+    Raises:
+        MlflowException: the version does not exist.
+        ValueError: neither place holds a threshold.
+    """
+    v = client.get_model_version(name, str(version))
+    if "anomaly_threshold" in v.tags:
+        return float(v.tags["anomaly_threshold"])
+    import mlflow.models
+
+    metadata = mlflow.models.get_model_info(f"models:/{name}/{version}").metadata or {}
+    if "anomaly_threshold" not in metadata:
+        msg = f"{name} v{version} has no stored anomaly threshold (tag or model metadata 'anomaly_threshold'); register it again"
+        raise ValueError(msg)
+    return float(metadata["anomaly_threshold"])
+
+
+def tag_version(client: MlflowClient, name: str, version: str, tags: dict[str, str]) -> None:
+    """Set tags on a model version (what the gate and the endpoint validation decided about it)."""
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, str(value)[:5000])
+
+
+def withdraw(client: MlflowClient, name: str, version: str) -> None:
+    """Take ``champion`` (and ``challenger``) off ``version`` when nothing older can serve in its place."""
+    for alias in (CHAMPION, CHALLENGER):
+        if (holder := get_alias(client, name, alias)) is not None and str(holder.version) == str(version):
+            client.delete_registered_model_alias(name, alias)
+    log.warning("withdrew %s version %s: it holds no champion alias now", name, version)
+
+
 def aliases_of(client: MlflowClient, name: str, version: str) -> list[str]:
     """The aliases currently held by a version."""
     return sorted(client.get_model_version(name, str(version)).aliases)

@@ -42,7 +42,7 @@ from swan_anomaly.generalization import COLUMNS as LOFO_COLUMNS
 from swan_anomaly.generalization import format_table, leave_one_family_out, min_unseen_auroc
 from swan_anomaly.labels import ABNORMAL, NORMAL
 from swan_anomaly.lake import LocalLake, window_dataset_ids
-from swan_anomaly.metrics import anomaly_metrics, anomaly_scores, choose_threshold, recall_by_family
+from swan_anomaly.metrics import anomaly_metrics, anomaly_scores, auroc_interval, choose_threshold, recall_by_family
 from swan_anomaly.splits import Split
 
 log = logging.getLogger(__name__)
@@ -399,6 +399,30 @@ def train_classifier(model, train: tuple, val: tuple, cfg: TrainConfig, *, on_ep
     return model, history, best_epoch
 
 
+def epoch_metrics(result: EpochResult) -> dict[str, float]:
+    """The MLflow metrics of one epoch, under keys of their own (``epoch_val_auroc``, ...).
+
+    The final metrics of the restored best epoch at the chosen threshold are logged once, as
+    ``val_auroc``, ``test_f1``, ...; per-epoch values under the same keys would make MLflow's
+    latest value (what ``get_run().data.metrics`` returns) the last epoch's instead.
+    """
+    return {
+        "epoch_train_loss": result.train_loss, "epoch_val_loss": result.val_loss, "epoch_val_auroc": result.val_auroc,
+        "epoch_val_f1": result.val_f1, "epoch_images_per_s": result.images_per_s,
+    }
+
+
+def held_out_rows(part: pd.DataFrame) -> list[list]:
+    """The images of a validation or test split as ``[dataset_id, image_path, label, family]`` rows.
+
+    What the gate and the endpoint validation score again, from the raw partition: the very
+    rows the model was validated or tested on, after the training window's overlap rule.
+    """
+    originals = part[part.aug == "none"] if "aug" in part else part
+    rows = originals[["dataset_id", "image_path", "label", "family"]].drop_duplicates(["dataset_id", "image_path"])
+    return [[str(d), str(p), int(lab), str(f)] for d, p, lab, f in rows.sort_values(["dataset_id", "image_path"]).itertuples(index=False)]
+
+
 def _confusion_figure(cm: list[list[int]], title: str):
     import matplotlib
 
@@ -449,6 +473,45 @@ def package_snapshot(target: Path) -> Path:
 
     copy(files("swan_anomaly"), target / "swan_anomaly")
     return target / "swan_anomaly"
+
+
+def log_served_model(model, spec, *, threshold: float, threshold_method: str, example: list[bytes]):
+    """Log a classifier as the served pyfunc, in the active MLflow run, under the artifact path ``model``.
+
+    The pyfunc (:class:`swan_anomaly.serving.pyfunc.SwanAnomalyModel`) carries the weights, the
+    preprocessing spec, the decision threshold (file and model metadata ``anomaly_threshold``)
+    and a snapshot of this package's code.
+
+    Args:
+        model: a ``ViTForImageClassification`` on the CPU.
+        spec: its :class:`swan_anomaly.modeling.PreprocessSpec`.
+        threshold: the anomaly-score threshold chosen on validation.
+        threshold_method: how it was chosen.
+        example: encoded images for the model's input example.
+
+    Returns:
+        MLflow's ``ModelInfo`` (``model_uri`` is what registration takes).
+    """
+    import mlflow
+
+    from swan_anomaly.serving.pyfunc import PREPROCESS_FILE, THRESHOLD_FILE, SwanAnomalyModel, signature
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(tmp) / "model"
+        model.save_pretrained(model_dir)
+        (model_dir / PREPROCESS_FILE).write_text(spec.to_json())
+        decision = {"threshold": threshold, "method": threshold_method, "chosen_on": "val"}
+        (model_dir / THRESHOLD_FILE).write_text(json.dumps(decision, indent=1))
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=SwanAnomalyModel(),
+            artifacts={"model_dir": str(model_dir)},
+            code_paths=[str(package_snapshot(Path(tmp) / "code"))],
+            signature=signature(),
+            input_example=pd.DataFrame({"image": example}),
+            pip_requirements=_pinned_requirements(),
+            metadata={"anomaly_threshold": threshold, "threshold_method": threshold_method},
+        )
 
 
 def ensure_experiment(settings: Settings) -> str:
@@ -510,7 +573,6 @@ def run_training(
     import torch
 
     from swan_anomaly.modeling import load_classifier, preprocess_spec, resolve_base_model, resolve_device
-    from swan_anomaly.serving.pyfunc import PREPROCESS_FILE, THRESHOLD_FILE, SwanAnomalyModel, signature
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     torch.manual_seed(config.seed)
@@ -546,9 +608,7 @@ def run_training(
             mlflow.log_input(gold_dataset(lake, used, gold[gold.dataset_id == used]), context="training")
         model, history, best_epoch = train_classifier(
             model, train, val, config,
-            on_epoch=lambda r: mlflow.log_metrics(
-                {"train_loss": r.train_loss, "val_loss": r.val_loss, "val_auroc": r.val_auroc, "val_f1": r.val_f1, "images_per_s": r.images_per_s}, step=r.epoch
-            ),
+            on_epoch=lambda r: mlflow.log_metrics(epoch_metrics(r), step=r.epoch),
         )
         model.to(device)  # evaluate where it trained; back to the CPU below, before saving
         scored = {}
@@ -561,9 +621,13 @@ def run_training(
         for name, (labels, scores, loss) in scored.items():
             part = parts[Split.VAL if name == "val" else Split.TEST]
             metrics = anomaly_metrics(labels, scores, threshold=threshold)
+            metrics["auroc_ci"] = list(auroc_interval(labels, scores, seed=config.seed))
             metrics["recall_by_family"] = recall_by_family(labels, scores, part.family.to_numpy(), threshold=threshold)
-            results[name] = {**metrics, "loss": loss}
-            mlflow.log_metrics({f"{name}_{k}": v for k, v in metrics.items() if isinstance(v, float)} | {f"{name}_loss": loss})
+            results[name] = {**metrics, "loss": loss, "abnormal": int((labels == ABNORMAL).sum()), "normal": int((labels == NORMAL).sum())}
+            mlflow.log_metrics(
+                {f"{name}_{k}": v for k, v in metrics.items() if isinstance(v, float)}
+                | {f"{name}_loss": loss, f"{name}_auroc_ci_low": metrics["auroc_ci"][0], f"{name}_auroc_ci_high": metrics["auroc_ci"][1]}
+            )
             mlflow.log_metrics({f"{name}_recall_{family}": r for family, r in metrics["recall_by_family"].items()})
             mlflow.log_figure(_confusion_figure(metrics["confusion_matrix"], f"{name} (anomaly = positive)"), f"plots/confusion_matrix_{name}.png")
             mlflow.log_figure(curves_figure(labels, scores, title=name), f"plots/roc_pr_{name}.png")
@@ -584,23 +648,8 @@ def run_training(
             mlflow.log_image(grid, "plots/anomaly_families.png")
         mlflow.log_dict({"history": [asdict(h) for h in history], "best_epoch": best_epoch, "threshold": threshold, **results}, "metrics/summary.json")
 
-        with tempfile.TemporaryDirectory() as tmp:
-            model_dir = Path(tmp) / "model"
-            model.save_pretrained(model_dir)
-            (model_dir / PREPROCESS_FILE).write_text(spec.to_json())
-            decision = {"threshold": threshold, "method": config.threshold_method, "chosen_on": "val"}
-            (model_dir / THRESHOLD_FILE).write_text(json.dumps(decision, indent=1))
-            example = gold[gold.split == Split.TEST.value].content.iloc[:1].map(bytes).to_frame("image").reset_index(drop=True)
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=SwanAnomalyModel(),
-                artifacts={"model_dir": str(model_dir)},
-                code_paths=[str(package_snapshot(Path(tmp) / "code"))],
-                signature=signature(),
-                input_example=example,
-                pip_requirements=_pinned_requirements(),
-                metadata={"anomaly_threshold": threshold, "threshold_method": config.threshold_method},
-            )
+        example = list(gold[gold.split == Split.TEST.value].content.iloc[:1].map(bytes))
+        info = log_served_model(model, spec, threshold=threshold, threshold_method=config.threshold_method, example=example)
     result = {
         "mlflow_run_id": run.info.run_id,
         "model_uri": info.model_uri,
@@ -613,6 +662,7 @@ def run_training(
         "val": results["val"],
         "test": results["test"],
         "images": {s.value: int(len(p)) for s, p in parts.items()},
+        "held_out": {name: held_out_rows(parts[split]) for name, split in (("val", Split.VAL), ("test", Split.TEST))},
         "dataset_ids": dataset_ids,
         "window_days": window_days,
         "labels": {str(ABNORMAL): "abnormal", str(NORMAL): "normal"},

@@ -36,7 +36,23 @@ from swan_anomaly.lake import sha256_file
 
 log = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+
+#: Frames whose shorter side is below this many pixels are refused: the anomaly families and
+#: the model's crop need room (a 14x24 clip once failed anomaly synthesis for a whole day).
+MIN_FRAME_SIDE = 32
+
+#: Leading bytes of still-image formats. FFmpeg opens such a file as a one-frame "video" whatever
+#: its name says, so a photo renamed ``.mp4`` is refused by its bytes.
+IMAGE_SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+    b"BM": "BMP",
+}
 
 #: Clockwise rotation (degrees, as OpenCV's ``CAP_PROP_ORIENTATION_META`` reports it) -> ``cv2.rotate`` code.
 _ROTATE_CODES = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
@@ -71,6 +87,38 @@ class FrameRecord:
 def video_id(path: Path) -> str:
     """Content hash of a video file (first 16 hex digits of its sha256)."""
     return sha256_file(path)[:16]
+
+
+def distinct_videos(paths: list[Path]) -> tuple[list[Path], list[dict]]:
+    """The videos to process among ``paths``: each content once, unreadable files set aside.
+
+    The same bytes under two names would give the same frames (a frame's identity is the
+    video's content hash and its index) twice: the first name (sorted) is kept and the others
+    are set aside as duplicates. A file that cannot be read (permissions, gone) is set aside too.
+
+    Returns:
+        ``(kept, rejected)``: the kept paths in sorted order, and ``{"video", "reason"}`` per
+        file set aside.
+
+    Example:
+        >>> distinct_videos([Path("b.mp4"), Path("a.mp4")])  # doctest: +SKIP
+        ([PosixPath('a.mp4')], [{'video': 'b.mp4', 'reason': 'b.mp4: the same video as a.mp4 (same content); processed once'}])
+    """
+    kept: list[Path] = []
+    rejected: list[dict] = []
+    first_of: dict[str, Path] = {}
+    for path in sorted(paths):
+        try:
+            vid = video_id(path)
+        except OSError as exc:
+            rejected.append({"video": str(path), "reason": f"{path}: cannot read it ({exc.strerror or exc})"})
+            continue
+        if vid in first_of:
+            rejected.append({"video": str(path), "reason": f"{path}: the same video as {first_of[vid]} (same content); processed once"})
+            continue
+        first_of[vid] = path
+        kept.append(path)
+    return kept, rejected
 
 
 def perceptual_hash(image: np.ndarray) -> int:
@@ -121,8 +169,9 @@ def probe_video(path: Path) -> dict:
         rotation in degrees that turns stored frames upright.
 
     Raises:
-        VideoError: the file is missing, empty, not a video, truncated before its index,
-            has unsupported rotation metadata, or yields no decodable frame.
+        VideoError: the file is missing, empty, a still image or not a video, truncated
+            before its index, has unsupported rotation metadata, yields no decodable frame, or
+            its frames are smaller than :data:`MIN_FRAME_SIDE`.
 
     Example:
         >>> probe_video(Path("/tmp/swans.mp4"))["rotation"]  # doctest: +SKIP
@@ -137,6 +186,7 @@ def probe_video(path: Path) -> dict:
     if not ok:
         raise VideoError(_no_frames_message(path, declared))
     height, width = _upright(frame, rotation).shape[:2]
+    _check_frame_size(path, width, height)
     duration = declared / fps if fps > 0 and declared > 0 else 0.0
     return {"fps": fps, "frame_count": declared, "duration_s": round(duration, 6), "width": width, "height": height, "rotation": rotation}
 
@@ -176,9 +226,10 @@ def extract_frames(
 
     Raises:
         ValueError: an argument is out of range.
-        VideoError: the file is missing, empty, not a video, truncated (decoding stops
-            short of the frames its container declares), yields no decodable frames, or
-            ``start_s``/``end_s`` lie outside it. No frame files remain after this error.
+        VideoError: the file is missing, empty, a still image or not a video, truncated
+            (decoding stops short of the frames its container declares), yields no decodable
+            frames, has frames smaller than :data:`MIN_FRAME_SIDE`, or ``start_s``/``end_s``
+            lie outside it. No frame files remain after this error.
 
     Example:
         >>> frames = extract_frames(Path("/tmp/swans.mp4"), Path("/tmp/frames"), start_s=1.0, max_frames=2)  # doctest: +SKIP
@@ -204,6 +255,8 @@ def extract_frames(
             if not ok:
                 break
             index += 1
+            if index == 0:
+                _check_frame_size(video_path, frame.shape[1], frame.shape[0])
             t = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
             if t <= 0 and index > 0 and fps > 0:  # some containers report no timestamps
                 t = index / fps
@@ -317,6 +370,9 @@ def _open(video_path: Path) -> tuple[cv2.VideoCapture, int]:
     if video_path.stat().st_size == 0:
         msg = f"{video_path}: empty file (0 bytes), not a video"
         raise VideoError(msg)
+    if image := _still_image_format(video_path):
+        msg = f"{video_path}: a {image} image, not a video (only its name says {video_path.suffix}); upload the camera's video file"
+        raise VideoError(msg)
     cap = cv2.VideoCapture(str(video_path), cv2.CAP_FFMPEG)
     if not cap.isOpened():
         cap.release()
@@ -329,6 +385,23 @@ def _open(video_path: Path) -> tuple[cv2.VideoCapture, int]:
         msg = f"{video_path}: rotation metadata of {rotation} degrees is not a multiple of 90; re-encode the video upright"
         raise VideoError(msg)
     return cap, rotation
+
+
+def _still_image_format(path: Path) -> str | None:
+    """The still-image format whose signature the file starts with, or None."""
+    with path.open("rb") as fh:
+        head = fh.read(16)
+    return next((kind for magic, kind in IMAGE_SIGNATURES.items() if head.startswith(magic)), None)
+
+
+def _check_frame_size(video_path: Path, width: int, height: int) -> None:
+    """Raise ``VideoError`` when frames are smaller than :data:`MIN_FRAME_SIDE` on either side."""
+    if min(width, height) < MIN_FRAME_SIDE:
+        msg = (
+            f"{video_path}: frames of {width}x{height} pixels are too small: anomaly synthesis and the model need at least "
+            f"{MIN_FRAME_SIDE} pixels on each side (a thumbnail or a corrupt header?)"
+        )
+        raise VideoError(msg)
 
 
 def _declared(cap: cv2.VideoCapture) -> tuple[float, int]:

@@ -158,6 +158,18 @@ class WasbLake:
         return name
 
     def read_result(self, run_id: str, job: str) -> dict:
-        """Read ``runs/{run_id}/{job}.json``."""
+        """Read ``runs/{run_id}/{job}.json``.
+
+        Raises:
+            LakeError: there is no such result (as :meth:`swan_anomaly.lake.LocalLake.read_result`).
+        """
+        from azure.core.exceptions import ResourceNotFoundError
+
+        from swan_anomaly import LakeError
+
         name = self._name("runs", safe_run_id(run_id), f"{job}.json")
-        return json.loads(self.hook.download(self.container, name).readall())
+        try:
+            return json.loads(self.hook.download(self.container, name).readall())
+        except ResourceNotFoundError as exc:
+            msg = f"{self.uri(name[len(self.prefix):])}: job {job!r} wrote no result for run {run_id!r}; did the job finish?"
+            raise LakeError(msg) from exc

@@ -71,6 +71,23 @@ def configured_notifier(env=None):
     return cls(**kwargs)
 
 
+def notify(context, message: str, env=None) -> None:
+    """Log ``message`` as a warning and send it through the configured notifier (see the module docs).
+
+    For what needs an operator's eye without failing a task, e.g. drift of the served model.
+    The notifier renders its templates against ``context`` with ``exception`` set to ``message``,
+    as for a failure. A notifier that itself fails is logged, never raised.
+    """
+    log.warning("swan-anomaly: %s", message)
+    notifier = configured_notifier(env)
+    if notifier is None:
+        return
+    try:
+        notifier({**(context or {}), "exception": message})
+    except Exception:  # noqa: BLE001 - a broken notifier must not turn a warning into a failed task
+        log.exception("the notifier %s failed to send: %s", type(notifier).__name__, message)
+
+
 def failure_callbacks(env=None) -> list:
     """``[log_failure]``, plus the configured notifier (see the module docs)."""
     notifier = configured_notifier(env)

@@ -7,8 +7,9 @@ video into the landing zone partition of its arrival date and emits an event on
 (``AssetOrTimeSchedule``), so it runs when videos land and stays backfillable.
 
 A file still being written (modified within the last ``settle_seconds``) waits for the next
-ingest run. A file that is not a readable video goes to ``inbox/rejected/`` with a
-``.reason.txt`` beside it, so it neither blocks the inbox nor reaches the pipeline.
+ingest run. A file that cannot land (an unsupported type, not a readable video, unreadable, a
+duplicate) goes to ``inbox/rejected/`` with a ``.reason.txt`` beside it, so it neither blocks the
+inbox nor reaches the pipeline, and the other files of the pass land.
 
 Example:
     >>> landed = land_inbox(Path("inbox"), Path("landing"), today=dt.date(2026, 11, 26))  # doctest: +SKIP
@@ -83,7 +84,15 @@ def land_inbox(inbox: Path, landing_dir: Path, *, today: dt.date | None = None, 
     """Move every settled, readable video of ``inbox`` into ``landing_dir/<today>/``.
 
     The landed name is ``<stem>-<first 12 hex of the content's sha256><suffix>``: two uploads
-    with the same name do not overwrite each other, and the same bytes uploaded twice land once.
+    with the same name do not overwrite each other, and the same bytes uploaded twice land once
+    (under another name the same day, the second is set aside as a duplicate).
+
+    Everything else is set aside in ``inbox/rejected/`` with a ``<name>.reason.txt`` and goes on
+    the ``rejected`` list, so nothing sits in the inbox without feedback and one bad file never
+    stops the others: a file of an unsupported type (``.gif``), one that is not a readable video
+    (a photo renamed ``.mp4``, a truncated upload, a thumbnail-sized clip), one that cannot be
+    read at all (permissions), and a duplicate. Hidden files (an uploader's ``.part``) and files
+    modified within ``settle_seconds`` wait for the next pass.
 
     Args:
         inbox: the drop folder (created if missing).
@@ -95,29 +104,23 @@ def land_inbox(inbox: Path, landing_dir: Path, *, today: dt.date | None = None, 
         A :class:`Landed` with the landed videos, the rejected ones (file and reason) and the
         ones still settling.
     """
-    from swan_anomaly import VideoError
-    from swan_anomaly.video import VIDEO_SUFFIXES, probe_video
-
     today = today or dt.datetime.now(dt.UTC).date()
     landed = Landed(landing_date=today.isoformat())
     inbox.mkdir(parents=True, exist_ok=True)
-    rejected_dir = inbox / "rejected"
     target_dir = landing_dir / today.isoformat()
     now = time.time()
-    for path in sorted(p for p in inbox.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES):
-        if now - path.stat().st_mtime < settle_seconds:
-            landed.waiting.append(str(path))
-            continue
+    for path in sorted(p for p in inbox.iterdir() if p.is_file() and not p.name.startswith(".")):
         try:
-            probe_video(path)
-        except VideoError as exc:
-            rejected_dir.mkdir(exist_ok=True)
-            shutil.move(str(path), rejected_dir / path.name)
-            (rejected_dir / f"{path.name}.reason.txt").write_text(f"{exc}\n")
-            landed.rejected.append({"video": path.name, "reason": str(exc)})
-            log.warning("rejected %s: %s (moved to %s)", path, exc, rejected_dir)
+            if now - path.stat().st_mtime < settle_seconds:
+                landed.waiting.append(str(path))
+                continue
+            reason, content = _check(path, target_dir)
+        except OSError as exc:  # unreadable (permissions) or gone meanwhile: a retry of the pass would fail the same way
+            reason = f"{path.name}: cannot read it ({exc.strerror or exc}); fix its permissions and drop it in again"
+        if reason:
+            _set_aside(path, inbox / "rejected", reason, landed)
             continue
-        target = target_dir / f"{path.stem}-{_content_id(path)}{path.suffix.lower()}"
+        target = target_dir / f"{path.stem}-{content}{path.suffix.lower()}"
         target_dir.mkdir(parents=True, exist_ok=True)
         try:
             how = "already there" if target.exists() else _put(path, target)
@@ -131,6 +134,38 @@ def land_inbox(inbox: Path, landing_dir: Path, *, today: dt.date | None = None, 
         landed.landing_date, len(landed.videos), len(landed.rejected), len(landed.waiting),
     )
     return landed
+
+
+def _check(path: Path, target_dir: Path) -> tuple[str | None, str]:
+    """``(why the inbox file cannot land or None, its content id)``; raises ``OSError`` when it cannot be read."""
+    from swan_anomaly import VideoError
+    from swan_anomaly.video import VIDEO_SUFFIXES, probe_video
+
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        kind = path.suffix.lower() or "a file without an extension"
+        return f"{path.name}: {kind} is not a supported video type; supported: {', '.join(VIDEO_SUFFIXES)} (convert it, e.g. with ffmpeg)", ""
+    try:
+        probe_video(path)
+    except VideoError as exc:
+        return str(exc), ""
+    content = _content_id(path)
+    twin = next((p for p in sorted(target_dir.glob(f"*-{content}.*")) if p.stem != f"{path.stem}-{content}"), None) if target_dir.is_dir() else None
+    if twin is not None:
+        return f"{path.name}: the same bytes as {twin}, landed already under another name; not landed twice", content
+    return None, content
+
+
+def _set_aside(path: Path, rejected_dir: Path, reason: str, landed: Landed) -> None:
+    """Move ``path`` to ``rejected_dir`` with a ``.reason.txt`` beside it; record and log why."""
+    rejected_dir.mkdir(exist_ok=True)
+    try:
+        shutil.move(str(path), rejected_dir / path.name)
+        (rejected_dir / f"{path.name}.reason.txt").write_text(f"{reason}\n")
+        where = f"moved to {rejected_dir}"
+    except OSError as exc:  # cannot even move it: say so, and the next pass says it again
+        where = f"left in the inbox: it cannot be moved ({exc.strerror or exc})"
+    landed.rejected.append({"video": path.name, "reason": reason})
+    log.warning("rejected %s: %s (%s)", path, reason, where)
 
 
 def landing_date_from_events(events) -> str | None:

@@ -118,6 +118,16 @@ def lake():
     )
 
 
+def optional_result(store, run_id: str, job: str) -> dict | None:
+    """``runs/{run_id}/{job}.json`` of either lake, or None when that step wrote none (it failed or did not run)."""
+    from swan_anomaly import LakeError
+
+    try:
+        return store.read_result(run_id, job)
+    except LakeError:
+        return None
+
+
 def job_lake_root() -> str:
     """Where the jobs see the lake (their ``--lake-root``).
 

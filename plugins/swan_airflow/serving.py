@@ -45,14 +45,14 @@ class ServingTarget:
         return EndpointClient(self.base_url, self.endpoint, token=None if self.backend == "local" else self.token)
 
 
-def serving_target() -> ServingTarget:
-    """The configured endpoint; starts the local model server when the backend is local."""
+def serving_target(*, start: bool = True) -> ServingTarget:
+    """The configured endpoint; starts the local model server when the backend is local (unless ``start=False``)."""
     s = settings()
     backend = os.environ.get("SWAN_SERVING_BACKEND", "local")
     if backend == "local":
         from swan_anomaly.serving.local import ensure_local_server
 
-        return ServingTarget("local", ensure_local_server(s), s.endpoint_name, LOCAL_TOKEN)
+        return ServingTarget("local", ensure_local_server(s) if start else s.endpoint_url, s.endpoint_name, LOCAL_TOKEN)
     if backend == "databricks":
         from swan_airflow.runtime import databricks_workspace
 
@@ -63,11 +63,15 @@ def serving_target() -> ServingTarget:
 
 
 def roll_back(target: ServingTarget, version: str) -> None:
-    """Serve ``version`` again and give it the ``champion`` alias (after a failed validation)."""
+    """Give ``version`` the ``champion`` alias again and serve it (after a failed validation).
+
+    The alias moves first: if serving it fails, the registry already names the version that
+    should serve, and the next ``update_endpoint`` serves it. Both steps are idempotent.
+    """
     from swan_airflow.runtime import registry_client
     from swan_anomaly.registry import rollback
     from swan_anomaly.serving.deploy import ServingConfig, deploy_version
 
     s = settings()
-    deploy_version(target.workspace(), target.endpoint, s.model_name, version, ServingConfig.from_env())
     rollback(registry_client(), s.model_name, version)
+    deploy_version(target.workspace(), target.endpoint, s.model_name, version, ServingConfig.from_env())

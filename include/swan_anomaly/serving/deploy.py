@@ -73,6 +73,16 @@ def served_version(w: WorkspaceClient, endpoint: str) -> str | None:
         return None
 
 
+def delete_endpoint(w: WorkspaceClient, endpoint: str) -> bool:
+    """Delete ``endpoint`` so that it serves nothing; False when it did not exist."""
+    try:
+        w.serving_endpoints.delete(endpoint)
+    except NotFound:
+        return False
+    log.warning("deleted serving endpoint %s", endpoint)
+    return True
+
+
 def deploy_version(w: WorkspaceClient, endpoint: str, model_name: str, version: str, config: ServingConfig) -> DeployResult:
     """Serve ``model_name`` version ``version`` on ``endpoint``; wait until the config is live.
 

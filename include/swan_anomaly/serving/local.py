@@ -34,7 +34,8 @@ def _health(url: str) -> dict | None:
     return response.json() if response.status_code == 200 else None
 
 
-def _healthy(url: str) -> bool:
+def is_running(url: str) -> bool:
+    """True when a model server answers ``/health`` at ``url``."""
     return _health(url) is not None
 
 
@@ -72,7 +73,7 @@ def ensure_local_server(settings: Settings, *, timeout: float = 90.0) -> str:
             tail = log_path.read_text(errors="replace")[-2000:]
             msg = f"local model server exited with code {proc.returncode} before answering on {url}; log tail:\n{tail}"
             raise EndpointError(msg)
-        if _healthy(url):
+        if is_running(url):
             return url
         time.sleep(0.5)
     msg = f"local model server did not answer on {url} within {timeout:.0f}s; see {log_path}"

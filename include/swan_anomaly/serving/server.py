@@ -11,6 +11,8 @@ Same REST contract as a Databricks serving endpoint, so the same clients (databr
 * ``PUT /api/2.0/serving-endpoints/{name}/config``: serve another registered model version.
   The new version is loaded in the background and swapped in atomically once ready; the old
   one answers meanwhile, and stays if loading fails (``config_update: UPDATE_FAILED``).
+* ``DELETE /api/2.0/serving-endpoints/{name}``: delete the endpoint; it serves nothing until
+  it is created again.
 
 Run it: ``python -m swan_anomaly.serving.server --port 5055 --name swan-anomaly``.
 
@@ -141,6 +143,17 @@ def create_app(name: str, *, tracking_uri: str | None = None, registry_uri: str 
     async def update_config(endpoint: str, request: Request):
         check(endpoint)
         return state.start_update(await request.json()) or state.describe()
+
+    @app.delete("/api/2.0/serving-endpoints/{endpoint}")
+    async def delete_endpoint(endpoint: str):
+        check(endpoint)
+        with state.lock:
+            if not state.created:
+                return JSONResponse({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": f"Endpoint with name '{endpoint}' does not exist."}, 404)
+            state.created, state.model, state.input_schema, state.served = False, None, None, None
+            state.config_update, state.message = "NOT_UPDATING", "deleted"
+        log.warning("endpoint %s deleted: it serves nothing now", endpoint)
+        return {}
 
     @app.post("/serving-endpoints/{endpoint}/invocations")
     async def invocations(endpoint: str, request: Request):

@@ -1,0 +1,109 @@
+"""Score held-out raw images with registered models and with an endpoint, batch by batch.
+
+The gate scores the challenger and the champion on the same rows; the endpoint validation
+scores the endpoint and the registry model on the same rows. Both read the images once, from
+the raw partitions of the lake (the frames as they arrived, before any crop or resize), and
+hand each batch to every scorer, so memory stays at one batch of images whatever the split size.
+
+A held-out row is ``[dataset_id, image_path, label, family]``, as the training job lists its
+validation and test splits (``train.json``'s ``held_out``).
+
+Example:
+    >>> scorers = {"challenger": registry_scorer("models:/swan_anomaly_vit/4"),
+    ...            "champion": registry_scorer("models:/swan_anomaly_vit/3")}   # doctest: +SKIP
+    >>> scores = score_rows(lake, rows, scorers)                                # doctest: +SKIP
+    >>> scores["champion"].shape                                                # doctest: +SKIP
+    (64,)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: A scorer takes encoded images and returns their ``[N]`` anomaly scores.
+Scorer = Callable[[list[bytes]], np.ndarray]
+
+#: Images read and scored at once.
+BATCH_SIZE = 32
+#: Seconds between progress lines while scoring.
+PROGRESS_EVERY_S = 30.0
+
+
+def registry_scorer(model_uri: str) -> Scorer:
+    """A scorer of the MLflow pyfunc at ``model_uri`` (e.g. ``models:/name/3``), loaded once, in this process.
+
+    The pyfunc applies its own crop, resize and normalisation, as the endpoint does.
+    """
+    import mlflow.pyfunc
+    import pandas as pd
+
+    model = mlflow.pyfunc.load_model(model_uri)
+
+    def score(images: list[bytes]) -> np.ndarray:
+        return model.predict(pd.DataFrame({"image": images})).anomaly_score.to_numpy(dtype=np.float64)
+
+    return score
+
+
+def endpoint_scorer(client) -> Scorer:
+    """A scorer of a serving endpoint (:class:`swan_anomaly.serving.client.EndpointClient`) over REST."""
+
+    def score(images: list[bytes]) -> np.ndarray:
+        return np.array([p["anomaly_score"] for p in client.score(images)], dtype=np.float64)
+
+    return score
+
+
+def labels_of(rows: Sequence[Sequence]) -> np.ndarray:
+    """``[N]`` labels (0 = abnormal, 1 = normal) of held-out rows."""
+    return np.array([int(r[2]) for r in rows], dtype=np.int64)
+
+
+def class_counts(rows: Sequence[Sequence]) -> dict[str, int]:
+    """``{"abnormal": n, "normal": m}`` of held-out rows.
+
+    Example:
+        >>> class_counts([["d", "a.png", 0, "cutpaste"], ["d", "b.png", 1, "none"], ["d", "c.png", 1, "none"]])
+        {'abnormal': 1, 'normal': 2}
+    """
+    labels = labels_of(rows)
+    return {"abnormal": int((labels == 0).sum()), "normal": int((labels == 1).sum())}
+
+
+def score_rows(lake, rows: Sequence[Sequence], scorers: Mapping[str, Scorer], *, batch_size: int = BATCH_SIZE) -> dict[str, np.ndarray]:
+    """Every scorer's anomaly scores of the held-out ``rows``, reading each raw image once.
+
+    Args:
+        lake: a lake with ``read_raw(dataset_id, image_path)`` (local or ADLS).
+        rows: ``[dataset_id, image_path, label, family]`` rows.
+        scorers: name -> scorer.
+        batch_size: images per batch.
+
+    Returns:
+        name -> ``[len(rows)]`` float64 scores, in the order of ``rows``.
+
+    Raises:
+        ValueError: a scorer returned another number of scores than images it was given.
+    """
+    out: dict[str, list[np.ndarray]] = {name: [] for name in scorers}
+    started = last = time.perf_counter()
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        images = [lake.read_raw(r[0], r[1]) for r in batch]
+        for name, scorer in scorers.items():
+            scores = np.asarray(scorer(images), dtype=np.float64)
+            if scores.shape != (len(images),):
+                msg = f"{name} returned {scores.shape} scores for {len(images)} images"
+                raise ValueError(msg)
+            out[name].append(scores)
+        done = start + len(batch)
+        if time.perf_counter() - last >= PROGRESS_EVERY_S and done < len(rows):
+            log.info("scored %d of %d images with %s (%.1f img/s)", done, len(rows), ", ".join(scorers), done / (time.perf_counter() - started))
+            last = time.perf_counter()
+    return {name: np.concatenate(parts) if parts else np.zeros(0) for name, parts in out.items()}

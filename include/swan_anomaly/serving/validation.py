@@ -1,0 +1,173 @@
+"""Endpoint validation: does the endpoint serve exactly the registered model, and does it detect?
+
+Two checks on the held-out test split, scored through the endpoint:
+
+* **parity**: each image's ``anomaly_score`` from the endpoint equals the registry model's own
+  score (the pyfunc loaded from the registry, on the same bytes) within ``parity_tolerance``.
+  It proves the endpoint serves the registered weights and preprocessing, on every deploy.
+* **quality**: AUROC (with its bootstrap interval) and recall at the version's stored
+  threshold, against ``min_auroc`` and ``min_recall``. A test split with fewer than
+  ``min_images_per_class`` images of either class is reported as too small to measure and not
+  judged (parity still is).
+
+What a failure means depends on what changed (:func:`outcome_for`):
+
+* this run's new version fails either check: it is rolled back to the previous champion
+  (``rolled_back``) or, when there is none, withdrawn (``withdrawn``: the endpoint is deleted
+  and the version loses the champion alias, so a model that failed never serves silently);
+* the unchanged champion does not separate today's held-out data: ``drift``, reported and sent
+  to the notifier; ``SWAN_DRIFT_ACTION`` says whether the run then warns or fails;
+* the unchanged champion's endpoint does not match the registry: ``mismatch``, always a failure.
+
+Example:
+    >>> import numpy as np
+    >>> check = check_endpoint(np.array([0, 1]), np.array([0.9, 0.1]), np.array([0.9, 0.1]), threshold=0.5,
+    ...                        policy=EndpointPolicy(min_images_per_class=1))
+    >>> check.passed, outcome_for(check, new_version=True, previous=None)
+    (True, <Outcome.PASSED: 'passed'>)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import numpy as np
+
+from swan_anomaly._errors import ConfigError
+from swan_anomaly.gate import min_images_per_class, too_small
+from swan_anomaly.metrics import evaluation_report
+
+
+class Outcome(StrEnum):
+    PASSED = "passed"  # the endpoint serves the registered model and it detects on held-out data
+    ROLLED_BACK = "rolled_back"  # this run's new version failed; the previous champion serves again
+    WITHDRAWN = "withdrawn"  # this run's first version failed; nothing serves (endpoint deleted)
+    DRIFT = "drift"  # the unchanged champion no longer separates today's held-out data
+    MISMATCH = "mismatch"  # the unchanged champion's endpoint does not serve what the registry holds
+
+
+class DriftAction(StrEnum):
+    WARN = "warn"  # report, notify, and let the run succeed
+    FAIL = "fail"  # report, notify, and fail the run
+
+
+@dataclass(frozen=True)
+class EndpointPolicy:
+    """What the endpoint must show on the held-out test split (environment: :meth:`from_env`)."""
+
+    min_auroc: float = 0.90
+    min_recall: float = 0.80
+    parity_tolerance: float = 1e-4
+    min_images_per_class: int = 25
+    drift_action: DriftAction = DriftAction.WARN
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> EndpointPolicy:
+        """``SWAN_ENDPOINT_MIN_AUROC`` (0.90), ``SWAN_ENDPOINT_MIN_RECALL`` (0.80), ``SWAN_ENDPOINT_PARITY_TOLERANCE``
+        (1e-4; a GPU workload type serving in bfloat16 needs about 1e-2), ``SWAN_GATE_MIN_IMAGES_PER_CLASS`` (25),
+        ``SWAN_DRIFT_ACTION`` (``warn`` or ``fail``).
+
+        Raises:
+            ConfigError: a value is not a number in range, or not a known drift action.
+        """
+        env = os.environ if env is None else env
+
+        def number(name: str, default: float, high: float) -> float:
+            raw = env.get(name, "").strip()
+            try:
+                value = float(raw) if raw else default
+            except ValueError:
+                value = -1.0
+            if not 0 <= value <= high:
+                msg = f"{name} must be a number in [0, {high}], got {raw!r}"
+                raise ConfigError(msg)
+            return value
+
+        action = env.get("SWAN_DRIFT_ACTION", "").strip().lower() or DriftAction.WARN.value
+        if action not in {a.value for a in DriftAction}:
+            msg = f"SWAN_DRIFT_ACTION must be one of {[a.value for a in DriftAction]}, got {action!r}"
+            raise ConfigError(msg)
+        return cls(
+            min_auroc=number("SWAN_ENDPOINT_MIN_AUROC", cls.min_auroc, 1.0),
+            min_recall=number("SWAN_ENDPOINT_MIN_RECALL", cls.min_recall, 1.0),
+            parity_tolerance=number("SWAN_ENDPOINT_PARITY_TOLERANCE", cls.parity_tolerance, 1.0),
+            min_images_per_class=min_images_per_class(env),
+            drift_action=DriftAction(action),
+        )
+
+
+@dataclass(frozen=True)
+class EndpointCheck:
+    """The two checks on one set of held-out images.
+
+    ``max_difference``: the largest ``|endpoint - registry|`` score; ``report``: the endpoint
+    scores' :func:`swan_anomaly.metrics.evaluation_report` (None when the split is too small
+    to measure); ``reasons``: every failed check, parity first.
+    """
+
+    parity: bool
+    max_difference: float
+    measured: bool
+    report: dict | None
+    reasons: list[str] = field(default_factory=list)
+    note: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return not self.reasons
+
+
+def check_endpoint(
+    labels: np.ndarray, endpoint_scores: np.ndarray, registry_scores: np.ndarray, *, threshold: float, policy: EndpointPolicy, seed: int = 0
+) -> EndpointCheck:
+    """Parity of endpoint and registry scores, then quality of the endpoint's scores at ``threshold``.
+
+    Args:
+        labels: ``[N]``, 0 = abnormal, 1 = normal.
+        endpoint_scores: ``[N]`` anomaly scores from the endpoint.
+        registry_scores: ``[N]`` anomaly scores of the same images from the registry model.
+        threshold: the served version's stored threshold.
+        policy: the limits.
+        seed: seed of the AUROC interval.
+    """
+    labels = np.asarray(labels)
+    difference = np.abs(np.asarray(endpoint_scores, dtype=np.float64) - np.asarray(registry_scores, dtype=np.float64))
+    max_difference = float(difference.max()) if len(difference) else 0.0
+    reasons = []
+    parity = max_difference <= policy.parity_tolerance
+    if not parity:
+        worst = int(difference.argmax())
+        reasons.append(
+            f"the endpoint does not serve the registered model: {int((difference > policy.parity_tolerance).sum())} of {len(labels)} "
+            f"scores differ from the registry model's by more than {policy.parity_tolerance:g} (worst {max_difference:.6f}, image {worst})"
+        )
+    counts = {"abnormal": int((labels == 0).sum()), "normal": int((labels == 1).sum())}
+    small = too_small(counts, policy.min_images_per_class, split="held-out test")
+    if small:
+        return EndpointCheck(parity, max_difference, False, None, reasons, note=f"{small}; quality not judged, parity checked")
+    report = evaluation_report(labels, endpoint_scores, threshold=threshold, seed=seed)
+    if report["auroc"] < policy.min_auroc:
+        low, high = report["auroc_ci"]
+        reasons.append(f"AUROC {report['auroc']:.4f} (95% CI {low:.4f}-{high:.4f}) < {policy.min_auroc:.4f} on {len(labels)} held-out images")
+    if report["recall"] < policy.min_recall:
+        reasons.append(f"recall {report['recall']:.4f} at the stored threshold {threshold:.4f} < {policy.min_recall:.4f}")
+    return EndpointCheck(parity, max_difference, True, report, reasons)
+
+
+def outcome_for(check: EndpointCheck, *, new_version: bool, previous: str | None) -> Outcome:
+    """What a check means for the run.
+
+    Args:
+        check: the checks of the served version.
+        new_version: the served version is this run's challenger, promoted by this run (else it
+            is the unchanged champion that the gate kept).
+        previous: the version to roll back to (the previous champion), or None.
+    """
+    if check.passed:
+        return Outcome.PASSED
+    if new_version:
+        return Outcome.ROLLED_BACK if previous else Outcome.WITHDRAWN
+    return Outcome.DRIFT if check.parity else Outcome.MISMATCH

@@ -1,0 +1,70 @@
+"""What a task knows about its DAG run: ids, the dataset it processes, its Params, its staging folder.
+
+One object instead of tuples pulled apart in every task. Built from the task context
+(:meth:`RunContext.current`) or directly in tests.
+
+Example:
+    >>> ctx = RunContext(dag_id="swan_anomaly_pipeline", run_id="manual__1", dataset_id="20261126", params={"seed": 42})
+    >>> ctx.staging_dir.parts[-2:]
+    ('20261126', 'manual__1')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """The facts of one DAG run that its tasks share.
+
+    Attributes:
+        dag_id: the DAG.
+        run_id: the DAG run.
+        dataset_id: the lake partition the run writes (``YYYYMMDD`` of its landing date).
+        params: the run's Params.
+        landing_date: the landing date it processes, when a Param or an asset event named one.
+        interval: ``(start, end)`` of its data interval, when it has one.
+        run_after: when the run was due (a manual run without a logical date has only this).
+        task: the Airflow task context, for the few steps that need more (task states, XCom).
+    """
+
+    dag_id: str
+    run_id: str
+    dataset_id: str
+    params: dict[str, Any]
+    landing_date: str | None = None
+    interval: tuple[Any, Any] = (None, None)
+    run_after: Any = None
+    task: Any = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def current(cls) -> RunContext:
+        """The context of the running task."""
+        from airflow.sdk import get_current_context
+
+        from swan_airflow.ingest import landing_date_from_events
+        from swan_airflow.runtime import dataset_id_for
+
+        ctx = get_current_context()
+        params = dict(ctx["params"])
+        dag_run = ctx["dag_run"]
+        landing_date = params.get("landing_date") or landing_date_from_events(ctx.get("triggering_asset_events"))
+        run_after = getattr(dag_run, "run_after", None)
+        interval = (ctx.get("data_interval_start"), ctx.get("data_interval_end"))
+        dataset_id = dataset_id_for(landing_date=landing_date, interval_start=interval[0], run_after=run_after)
+        return cls(ctx["dag"].dag_id, dag_run.run_id, dataset_id, params, landing_date, interval, run_after, ctx)
+
+    @property
+    def staging_dir(self) -> Path:
+        """This run's scratch folder, ``$SWAN_STAGING_DIR/{dataset_id}/{run_id}``.
+
+        Per run, not per date: two runs of one date (a backfill beside a manual run) never
+        share, clear or upload each other's staged frames.
+        """
+        from swan_airflow.runtime import settings
+        from swan_anomaly.lake import safe_run_id
+
+        return settings().staging_dir / self.dataset_id / safe_run_id(self.run_id)

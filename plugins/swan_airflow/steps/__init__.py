@@ -1,0 +1,11 @@
+"""The steps the pipeline DAG's tasks call, one module per stage of the diagram.
+
+* ``data``: find the run's videos, extract frames, synthesize anomalies, build and check labels, upload
+* ``training``: register the trained model
+* ``promotion``: wait for the promotion turn, gate, promote or keep the champion
+* ``serving``: update the endpoint, validate it over REST
+* ``report``: the run summary, written whatever happened
+
+Each step takes a :class:`swan_airflow.context.RunContext` and small handles (XCom values), and
+imports what is heavy inside, so the DAG file parses fast.
+"""

@@ -1,0 +1,189 @@
+"""Promotion steps: one run at a time, a gate on the same rows, then promote or keep the champion.
+
+**One run at a time.** From ``wait_for_promotion_turn`` to the end of ``validate_endpoint`` a
+run holds the promotion section: another run's gate, promotion, deployment or validation
+never interleaves with it, however the runs were started (schedule, asset event, manual
+trigger, a backfill, which Airflow runs beside the DAG's ``max_active_runs``). The sensor
+(``max_active_tis_per_dag=1``: one instance runs at a time, so no two runs can both see the
+section free) enters only when no other active run has entered and not yet finished
+validating (:func:`runs_in_promotion`).
+
+**The gate** (:func:`gate_model`) scores the challenger and the current champion on the same
+images, the challenger's validation split read from the raw partitions, each through its own
+registered pyfunc and at its own stored threshold, and decides with
+:func:`swan_anomaly.gate.decide`. Both models' metrics go to the challenger's MLflow run
+(``challenger_val_auroc``, ``champion_val_auroc``, ...), the decision to ``gate/decision.json``
+there and to ``runs/{run_id}/gate.json`` in the lake.
+
+Example:
+    >>> runs_in_promotion({"r1": {"wait_for_promotion_turn": "success", "validate_endpoint": None}}, me="r2")
+    ['r1']
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from airflow.sdk.exceptions import AirflowFailException
+
+from swan_airflow.context import RunContext
+
+log = logging.getLogger(__name__)
+
+#: The first and last task of the promotion section.
+SECTION_START, SECTION_END = "wait_for_promotion_turn", "validate_endpoint"
+#: Task states after which a task will not run again unless cleared.
+FINISHED_STATES = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
+#: DAG run states in which a run's tasks may still run.
+ACTIVE_RUN_STATES = frozenset({"queued", "running"})
+#: Metrics of each model that the gate logs on the challenger's MLflow run.
+LOGGED_METRICS = ("auroc", "f1", "precision", "recall", "average_precision")
+
+
+def runs_in_promotion(task_states: Mapping[str, Mapping[str, str | None]], *, me: str) -> list[str]:
+    """Runs other than ``me`` that entered the promotion section and have not finished it.
+
+    Args:
+        task_states: ``{run_id: {task_id: state}}`` of the section's first and last task.
+        me: this run's id.
+    """
+    return sorted(
+        run_id for run_id, states in task_states.items()
+        if run_id != me and states.get(SECTION_START) == "success" and states.get(SECTION_END) not in FINISHED_STATES
+    )
+
+
+def promotion_turn(ctx: RunContext) -> bool:
+    """True when no other active run is between its promotion turn and the end of its endpoint validation."""
+    ti = ctx.task["ti"]
+    states = ti.get_task_states(dag_id=ctx.dag_id, task_ids=[SECTION_START, SECTION_END])
+    busy = [r for r in runs_in_promotion(states, me=ctx.run_id) if ti.get_dagrun_state(ctx.dag_id, r) in ACTIVE_RUN_STATES]
+    if busy:
+        log.info("waiting for run(s) %s: promoting, deploying or validating; this run's gate comes after", ", ".join(busy))
+        return False
+    log.info("promotion turn of run %s: no other run is promoting, deploying or validating", ctx.run_id)
+    return True
+
+
+def gate_model(ctx: RunContext, registered: dict) -> str:
+    """Decide ``promote_model`` or ``keep_champion``: the challenger against the champion on the same rows."""
+    from swan_airflow.runtime import force_promote_reason, lake, registry_client
+    from swan_anomaly.gate import GateMode
+    from swan_anomaly.registry import CHAMPION, get_alias
+
+    params, store, client = ctx.params, lake(), registry_client()
+    name, version = registered["name"], registered["version"]
+    champion = get_alias(client, name, CHAMPION)
+    champion_version = str(champion.version) if champion is not None else None
+    if GateMode(params["gate_mode"]) is GateMode.DISABLED:
+        record = {"mode": GateMode.DISABLED.value, "passed": None, "promote": True, "reasons": ["gate disabled"], "champion_version": champion_version}
+        log.info("gate disabled: v%s is promoted unjudged", version)
+    else:
+        record = _judge(ctx, store, client, registered, champion_version)
+    if params.get("force_promote"):
+        reason = force_promote_reason(params)  # fails the task unless allowed and explained
+        log.warning("FORCE PROMOTE of v%s (gate passed=%s): %s", version, record["passed"], reason)
+        record = {**record, "promote": True, "forced": reason}
+    store.write_result(ctx.run_id, "gate", record)
+    return "promote_model" if record["promote"] else "keep_champion"
+
+
+def _judge(ctx: RunContext, store, client, registered: dict, champion_version: str | None) -> dict:
+    """Score both models on the challenger's validation rows, decide, and record it (MLflow and model version tags)."""
+    from swan_anomaly.gate import MinThreshold, decide
+    from swan_anomaly.metrics import evaluation_report
+    from swan_anomaly.registry import stored_threshold, tag_version
+    from swan_anomaly.scoring import class_counts, labels_of, registry_scorer, score_rows
+
+    params = ctx.params
+    name, version = registered["name"], registered["version"]
+    rows = _held_out(store, ctx.run_id, "val")
+    models = {"challenger": version}
+    if champion_version is not None and champion_version != version:
+        models["champion"] = champion_version
+    log.info("gate: scoring %s on the %d validation images %s", ", ".join(f"{k} v{v}" for k, v in models.items()), len(rows), class_counts(rows))
+    scores = score_rows(store, rows, {who: registry_scorer(f"models:/{name}/{v}") for who, v in models.items()})
+    labels = labels_of(rows)
+    reports = {
+        who: {**evaluation_report(labels, scores[who], threshold=stored_threshold(client, name, v), seed=params["seed"]), "version": v}
+        for who, v in models.items()
+    }
+    thresholds = {"auroc": MinThreshold(params["gate_min_val_auroc"]), "f1": MinThreshold(params["gate_min_val_f1"])}
+    if params.get("gate_min_unseen_auroc") is not None:
+        thresholds["unseen_auroc"] = MinThreshold(params["gate_min_unseen_auroc"])
+    challenger = {"auroc": reports["challenger"]["auroc"], "f1": reports["challenger"]["f1"], "unseen_auroc": registered.get("unseen_auroc")}
+    champion = {k: reports["champion"][k] for k in ("auroc", "f1")} if "champion" in reports else None
+    decision = decide(
+        challenger, champion, params["gate_mode"], thresholds=thresholds, class_counts=class_counts(rows),
+        min_images_per_class=params["gate_min_images_per_class"],
+    )
+    for who, report in reports.items():
+        low, high = report["auroc_ci"]
+        log.info(
+            "%s v%s on the same %d rows: AUROC %.4f (95%% CI %.4f-%.4f) F1 %.4f recall %.4f at its threshold %.4f",
+            who, report["version"], len(rows), report["auroc"], low, high, report["f1"], report["recall"], report["threshold"],
+        )
+    log.info("gate (%s): passed=%s promote=%s reasons=%s", decision.mode, decision.passed, decision.promote, decision.reasons or "none")
+    record = {
+        "mode": decision.mode, "passed": decision.passed, "promote": decision.promote, "reasons": decision.reasons,
+        "measurable": decision.measurable, "images": class_counts(rows), "champion_version": champion_version, "reports": reports,
+    }
+    _log_to_mlflow(client, registered["mlflow_run_id"], reports, record)
+    tag_version(client, name, version, {"gate_passed": decision.passed, "gate_reasons": "; ".join(decision.reasons) or "none"})
+    return record
+
+
+def _log_to_mlflow(client, mlflow_run_id: str, reports: dict, record: dict) -> None:
+    """Both models' same-row metrics and the decision on the challenger's training run."""
+    import time
+
+    from mlflow.entities import Metric, RunTag
+
+    now = int(time.time() * 1000)
+    metrics = []
+    for who, report in reports.items():
+        metrics += [Metric(f"{who}_val_{k}", float(report[k]), now, 0) for k in LOGGED_METRICS]
+        metrics += [Metric(f"{who}_val_auroc_ci_{end}", float(v), now, 0) for end, v in zip(("low", "high"), report["auroc_ci"])]
+    tags = [RunTag("gate_passed", str(record["passed"])), RunTag("gate_champion_version", str(record["champion_version"]))]
+    client.log_batch(mlflow_run_id, metrics=metrics, tags=tags)
+    client.log_dict(mlflow_run_id, record, "gate/decision.json")
+
+
+def _held_out(store, run_id: str, split: str) -> list[list]:
+    """The training job's ``held_out`` rows of ``split`` (``val`` or ``test``)."""
+    rows = store.read_result(run_id, "train").get("held_out", {}).get(split)
+    if rows is None:
+        msg = f"the training result of run {run_id} lists no held-out {split} rows (a job of an older version wrote it); clear run_training"
+        raise AirflowFailException(msg)
+    return rows
+
+
+def promote_model(ctx: RunContext, registered: dict) -> dict:
+    """Move alias ``champion`` to the challenger (idempotent); a forced promotion is tagged with its reason.
+
+    Raises:
+        AirflowFailException: the champion changed since the gate compared against it (a
+            promotion outside this DAG); clear ``gate_model`` to compare with the new one.
+    """
+    from swan_airflow.runtime import lake, registry_client
+    from swan_anomaly.registry import CHAMPION, get_alias, promote, tag_version
+
+    client = registry_client()
+    name, version = registered["name"], registered["version"]
+    gate = lake().read_result(ctx.run_id, "gate")
+    current = get_alias(client, name, CHAMPION)
+    current_version = str(current.version) if current is not None else None
+    if current_version not in (gate["champion_version"], version):
+        msg = f"the champion of {name} is v{current_version}, not v{gate['champion_version']} that the gate compared v{version} with; clear gate_model to compare again"
+        raise AirflowFailException(msg)
+    if gate.get("forced"):
+        tag_version(client, name, version, {"force_promoted": f"{ctx.run_id}: {gate['forced']}"})
+    changed = promote(client, name, version)
+    return {"promoted": changed, "version": version, "forced": bool(gate.get("forced"))}
+
+
+def keep_champion(registered: dict) -> dict:
+    """The challenger failed the gate: the current champion keeps serving."""
+    log.info("challenger v%s not promoted; the champion is unchanged", registered["version"])
+    return {"promoted": False, "version": registered["version"]}

@@ -1,0 +1,139 @@
+"""The run summary: what went in, what trained, what the gate and the endpoint validation decided, what serves.
+
+Written to ``runs/{run_id}/summary.json`` and the log whatever happened (the task runs when all
+others are done, failed ones included): a failed run's summary names the failed tasks and says
+what serves now. The task then fails if any other task failed, so the run's state stays red.
+
+Example:
+    >>> summary = summarize_run(RunContext.current(), found, upload, registered, validation)   # doctest: +SKIP
+    >>> summary["serving"]                                                                      # doctest: +SKIP
+    {'endpoint': 'swan-anomaly', 'version': '4', 'champion': '4'}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from swan_airflow.context import RunContext
+
+log = logging.getLogger(__name__)
+
+#: Task states that make the run fail.
+FAILED_STATES = ("failed",)
+
+
+def summarize_run(ctx: RunContext, upload: dict | None, registered: dict | None, validation: dict | None) -> dict:
+    """Write and log the run summary; fail afterwards when another task of the run failed.
+
+    Raises:
+        AirflowSkipException: the run had no videos (nothing was done).
+        AirflowFailException: another task failed (the summary is written first).
+    """
+    from swan_airflow.runtime import lake, optional_result
+
+    states = ctx.task["ti"].get_task_states(dag_id=ctx.dag_id, run_ids=[ctx.run_id]).get(ctx.run_id, {})
+    if states.get("find_videos") == "skipped":
+        raise AirflowSkipException("the run had no videos: nothing to summarize")
+    failed = sorted(task for task, state in states.items() if state in FAILED_STATES)
+    store = lake()
+    etl, augment, training, gate, checked = (optional_result(store, ctx.run_id, job) for job in ("etl", "augment", "train", "gate", "validation"))
+    summary = {
+        "dataset_id": ctx.dataset_id,
+        "run_id": ctx.run_id,
+        "status": "failed" if failed else "success",
+        "failed_tasks": failed,
+        **_data(upload, etl, augment),
+        **_training(training),
+        "gate": _gate(gate),
+        "model": _model(registered),
+        "endpoint": _endpoint(checked, validation),
+        "serving": _serving(),
+        "scores": [row[:3] for row in (checked or {}).get("scores", [])][:16],
+    }
+    store.write_result(ctx.run_id, "summary", summary)
+    shutil.rmtree(ctx.staging_dir, ignore_errors=True)  # the raw partition holds the data now
+    log.info("run summary:\n%s", json.dumps({k: v for k, v in summary.items() if k != "scores"}, indent=2, default=str))
+    if failed:
+        raise AirflowFailException(f"run {ctx.run_id} failed at {', '.join(failed)}; serving {summary['serving']}; summary in runs/{ctx.run_id}/summary.json")
+    return summary
+
+
+def _data(upload: dict | None, etl: dict | None, augment: dict | None) -> dict:
+    out: dict = {}
+    if upload:
+        out["images"] = {"total": upload["images"], "normal": upload["normal"], "abnormal": upload["abnormal"], "groups": upload["groups"]}
+        out["families"] = upload["families"]
+        out["rejected_videos"] = upload["rejected_videos"]
+        out["upload"] = {k: upload[k] for k in ("written", "unchanged", "removed", "uri")}
+    if etl:
+        out["etl_rows"], out["quarantined"] = etl["silver_rows"], len(etl["quarantined"])
+    if augment:
+        out["training_rows"], out["rows_by_split"] = augment["gold_rows"], augment["rows_by_split_label"]
+    return out
+
+
+def _training(training: dict | None) -> dict:
+    if not training:
+        return {}
+    keys = ("auroc", "auroc_ci", "f1", "precision", "recall", "abnormal", "normal")
+    return {
+        "val": {k: training["val"].get(k) for k in keys},
+        "test": {k: training["test"].get(k) for k in keys},
+        "best_epoch": training["best_epoch"],
+        "epochs_run": training.get("epochs_run"),
+        "threshold": training["threshold"],
+        "generalization": training["generalization"],
+    }
+
+
+def _gate(gate: dict | None) -> dict | None:
+    if not gate:
+        return None
+    keys = ("auroc", "auroc_ci", "f1", "recall", "threshold", "version")
+    reports = {who: {k: r[k] for k in keys} for who, r in (gate.get("reports") or {}).items()}
+    return {k: gate.get(k) for k in ("mode", "passed", "promote", "reasons", "measurable", "images", "champion_version", "forced")} | {"reports": reports}
+
+
+def _model(registered: dict | None) -> dict | None:
+    if not registered:
+        return None
+    from swan_airflow.runtime import registry_client
+    from swan_anomaly.registry import aliases_of
+
+    return {"name": registered["name"], "version": registered["version"], "aliases": aliases_of(registry_client(), registered["name"], registered["version"])}
+
+
+def _endpoint(checked: dict | None, validation: dict | None) -> dict | None:
+    """The validation's outcome (from its record, which a failed validation also writes)."""
+    record = checked or validation
+    if not record:
+        return None
+    report = record.get("report")
+    return {
+        "url": record["url"], "validated_version": record["version"], "previous_version": record.get("previous"), "outcome": record["outcome"],
+        "message": record["message"], "parity": record["parity"], "max_difference": record["max_difference"], "note": record.get("note"),
+        "test": {k: report[k] for k in ("auroc", "auroc_ci", "recall", "abnormal", "normal")} if report else None,
+    }
+
+
+def _serving() -> dict:
+    """What serves now: the endpoint's version and the registry's champion (either None when there is none)."""
+    from swan_airflow.runtime import registry_client, settings
+    from swan_airflow.serving import serving_target
+    from swan_anomaly.registry import CHAMPION, get_alias
+    from swan_anomaly.serving.deploy import served_version
+
+    s = settings()
+    champion = get_alias(registry_client(), s.model_name, CHAMPION)
+    target = serving_target(start=False)
+    if target.backend == "local":
+        from swan_anomaly.serving.local import is_running
+
+        version = served_version(target.workspace(), target.endpoint) if is_running(target.base_url) else None
+    else:
+        version = served_version(target.workspace(), target.endpoint)
+    return {"endpoint": target.endpoint, "version": version, "champion": str(champion.version) if champion else None}

@@ -1,0 +1,187 @@
+"""Serving steps: serve the champion, then validate the endpoint over REST on the held-out test split.
+
+:func:`validate_endpoint` checks that the endpoint serves exactly the registered model (per-image
+parity with the registry model) and that it detects anomalies (AUROC and recall at the stored
+threshold), then acts on the outcome (:mod:`swan_anomaly.serving.validation`):
+
+* ``passed``: nothing to do;
+* ``rolled_back`` / ``withdrawn``: this run's new version failed; the previous champion serves
+  again, or, for a first version, the endpoint is deleted and the version loses its alias.
+  The task fails without retries;
+* ``drift``: the unchanged champion no longer separates today's data. The notifier is called;
+  ``SWAN_DRIFT_ACTION=warn`` (default) lets the run succeed, ``fail`` fails it;
+* ``mismatch``: the unchanged champion's endpoint does not serve the registry's model: fail.
+
+The outcome is written to ``runs/{run_id}/validation.json`` before anything is changed, so a
+retry after a crash finishes an interrupted rollback instead of validating the rolled-back
+version, and a decided failure is never validated again: a rollback happens once.
+
+Example:
+    >>> update_endpoint(RunContext.current())   # doctest: +SKIP
+    {'url': 'http://127.0.0.1:5055/serving-endpoints/swan-anomaly/invocations', 'version': '4', 'previous': '3', 'changed': True, ...}
+"""
+
+from __future__ import annotations
+
+import logging
+
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from swan_airflow.context import RunContext
+
+log = logging.getLogger(__name__)
+
+#: Scored images kept in the run summary (the whole list is in ``validation.json``).
+SUMMARY_SCORES = 16
+
+
+def update_endpoint(ctx: RunContext) -> dict:
+    """Serve the current champion (databricks-sdk: create the endpoint, or update its config and wait).
+
+    Raises:
+        AirflowSkipException: there is no champion yet (the first model did not pass the gate):
+            nothing to serve, and nothing to validate.
+    """
+    from swan_airflow.runtime import registry_client, settings
+    from swan_airflow.serving import serving_target
+    from swan_anomaly.registry import CHAMPION, get_alias
+    from swan_anomaly.serving.deploy import ServingConfig, deploy_version
+
+    s = settings()
+    champion = get_alias(registry_client(), s.model_name, CHAMPION)
+    if champion is None:
+        raise AirflowSkipException(f"registered model {s.model_name} has no champion yet (no model has passed the gate): nothing to serve")
+    target = serving_target()
+    result = deploy_version(target.workspace(), target.endpoint, s.model_name, str(champion.version), ServingConfig.from_env())
+    change = f" (was v{result.previous_version})" if result.changed else " (unchanged)"
+    log.info("endpoint %s (%s) serves %s v%s%s", target.endpoint, target.backend, s.model_name, result.version, change)
+    return {"url": target.invocations_url, "name": s.model_name, "version": result.version, "previous": result.previous_version, "changed": result.changed}
+
+
+def validate_endpoint(ctx: RunContext, endpoint: dict, registered: dict) -> dict:
+    """Score the held-out test split through the endpoint and the registry model; act on the outcome.
+
+    Raises:
+        AirflowFailException: the new version was rolled back or withdrawn, the endpoint does not
+            serve the registry's model, drift with ``SWAN_DRIFT_ACTION=fail``, or the endpoint
+            serves another version than ``update_endpoint`` deployed. Never retried.
+    """
+    from swan_airflow.runtime import lake, optional_result, registry_client
+    from swan_airflow.serving import serving_target
+    from swan_anomaly import ConfigError, EndpointError
+    from swan_anomaly.registry import PREVIOUS, get_alias, stored_threshold
+    from swan_anomaly.scoring import endpoint_scorer, labels_of, registry_scorer, score_rows
+    from swan_anomaly.serving.deploy import served_version
+    from swan_anomaly.serving.validation import EndpointCheck, EndpointPolicy, Outcome, check_endpoint, outcome_for
+
+    store, client = lake(), registry_client()
+    name, version = endpoint["name"], str(endpoint["version"])
+    try:
+        policy = EndpointPolicy.from_env()
+    except ConfigError as exc:
+        raise AirflowFailException(str(exc)) from exc
+    target = serving_target()
+    prior = optional_result(store, ctx.run_id, "validation")
+    if prior is not None and prior["version"] == version and prior["outcome"] not in (Outcome.PASSED, Outcome.DRIFT):
+        if prior.get("state") == "acting":  # an earlier try died half-way through its rollback: finish it
+            _act(target, client, prior)
+            store.write_result(ctx.run_id, "validation", {**prior, "state": "done"})
+        raise AirflowFailException(f"{prior['message']} (decided by an earlier try of this task; not validated again)")
+    served = served_version(target.workspace(), target.endpoint)
+    if served != version:
+        msg = f"endpoint {target.endpoint} serves v{served}, not v{version} that update_endpoint deployed: it changed since. Clear update_endpoint to serve the champion again."
+        raise AirflowFailException(msg)
+    training = store.read_result(ctx.run_id, "train")
+    rows = training["held_out"]["test"]
+    threshold = stored_threshold(client, name, version)
+    labels = labels_of(rows)
+    log.info("validating %s v%s at %s on %d held-out test images (threshold %.4f)", name, version, target.invocations_url, len(rows), threshold)
+    try:
+        scores = score_rows(store, rows, {"endpoint": endpoint_scorer(target.client()), "registry": registry_scorer(f"models:/{name}/{version}")})
+        check = check_endpoint(labels, scores["endpoint"], scores["registry"], threshold=threshold, policy=policy, seed=ctx.params["seed"])
+    except EndpointError as exc:  # the endpoint answered an error for held-out images: it does not serve them
+        scores = None
+        check = EndpointCheck(parity=False, max_difference=float("inf"), measured=False, report=None, reasons=[f"the endpoint failed to score: {exc}"])
+    new_version = version == str(registered["version"])  # this run's challenger serves: it was promoted by this run
+    previous = get_alias(client, name, PREVIOUS) if new_version else None
+    previous = str(previous.version) if previous is not None and str(previous.version) != version else None
+    outcome = outcome_for(check, new_version=new_version, previous=previous)
+    record = _record(ctx, name, version, previous, threshold, rows, scores, check, outcome, target.invocations_url)
+    log.info("%s\n%s", record["message"], _table(record))
+    if outcome is Outcome.PASSED:
+        store.write_result(ctx.run_id, "validation", {**record, "state": "done"})
+        return _result(record)
+    if outcome is Outcome.DRIFT:
+        from swan_airflow.callbacks import notify
+
+        store.write_result(ctx.run_id, "validation", {**record, "state": "done"})
+        if policy.drift_action == "fail":  # the failure callbacks send it to the notifier
+            raise AirflowFailException(f"{record['message']} (SWAN_DRIFT_ACTION=fail)")
+        notify(ctx.task, record["message"])
+        log.warning("%s; the run goes on (SWAN_DRIFT_ACTION=warn)", record["message"])
+        return _result(record)
+    store.write_result(ctx.run_id, "validation", {**record, "state": "acting"})  # before acting: a crash mid-way is finished by the retry
+    _act(target, client, record)
+    store.write_result(ctx.run_id, "validation", {**record, "state": "done"})
+    raise AirflowFailException(record["message"])
+
+
+def _record(ctx, name, version, previous, threshold, rows, scores, check, outcome, url) -> dict:
+    """What the validation found and decided, as written to ``validation.json``."""
+    from swan_anomaly.serving.validation import Outcome
+
+    what = "; ".join(check.reasons) or "the endpoint serves the registered model"
+    quality = check.note or (
+        f"AUROC {check.report['auroc']:.4f} (95% CI {check.report['auroc_ci'][0]:.4f}-{check.report['auroc_ci'][1]:.4f}), "
+        f"recall {check.report['recall']:.4f} at {threshold:.4f}" if check.report else "quality not measured"
+    )
+    message = {
+        Outcome.PASSED: f"endpoint validation passed for {name} v{version}: {what}; {quality}",
+        Outcome.ROLLED_BACK: f"the new version {name} v{version} failed endpoint validation ({what}); rolled the endpoint and the champion back to v{previous}",
+        Outcome.WITHDRAWN: (
+            f"the first version {name} v{version} failed endpoint validation ({what}); with no earlier version to roll back to, "
+            f"the endpoint was deleted and v{version} lost the champion alias: nothing serves until a model passes"
+        ),
+        Outcome.DRIFT: f"DRIFT: the unchanged champion {name} v{version} does not separate today's held-out data ({what}; dataset {ctx.dataset_id})",
+        Outcome.MISMATCH: f"the endpoint does not serve the registered {name} v{version} ({what}); it was not changed by this run: check the endpoint",
+    }[outcome]
+    scored = [] if scores is None else [
+        [r[1], int(r[2]), float(e), float(g)] for r, e, g in zip(rows, scores["endpoint"], scores["registry"])
+    ]
+    return {
+        "outcome": outcome.value, "message": message, "name": name, "version": version, "previous": previous, "url": url,
+        "threshold": threshold, "parity": check.parity, "max_difference": check.max_difference, "measured": check.measured,
+        "note": check.note, "reasons": check.reasons, "report": check.report, "dataset_id": ctx.dataset_id,
+        "scores": scored,  # [image_path, label, endpoint score, registry score]
+    }
+
+
+def _act(target, client, record: dict) -> None:
+    """Roll back to the previous champion, or withdraw a failed first version (idempotent: a retry may repeat it)."""
+    from swan_airflow.serving import roll_back
+    from swan_anomaly.registry import tag_version, withdraw
+    from swan_anomaly.serving.deploy import delete_endpoint
+    from swan_anomaly.serving.validation import Outcome
+
+    name, version = record["name"], record["version"]
+    if record["outcome"] in (Outcome.ROLLED_BACK, Outcome.WITHDRAWN):
+        tag_version(client, name, version, {"endpoint_validation": f"failed: {'; '.join(record['reasons'])}"})
+    if record["outcome"] == Outcome.ROLLED_BACK:
+        roll_back(target, record["previous"])
+    elif record["outcome"] == Outcome.WITHDRAWN:
+        withdraw(client, name, version)
+        delete_endpoint(target.workspace(), target.endpoint)
+
+
+def _result(record: dict) -> dict:
+    """The task's XCom: handles and figures, not the scores."""
+    keys = ("outcome", "message", "url", "version", "previous", "parity", "max_difference", "measured", "note")
+    return {k: record[k] for k in keys} | {"report": {k: record["report"][k] for k in ("auroc", "auroc_ci", "recall", "abnormal", "normal")} if record["report"] else None}
+
+
+def _table(record: dict) -> str:
+    """The scored images as a table (the summary's first rows)."""
+    from swan_anomaly.serving.client import score_table
+
+    rows = [(path, label, endpoint) for path, label, endpoint, _ in record["scores"]]
+    return score_table(rows[:SUMMARY_SCORES]) if rows else "(no scores)"

@@ -1,0 +1,321 @@
+"""Promotion and endpoint validation steps against a real registry (MLflow on SQLite), a real local
+endpoint and a local lake, with models whose behaviour is known:
+
+* ``good``: a micro ViT trained here to tell frames with a black-and-white square from plain ones;
+* ``constant``: the same ViT with its classification head zeroed, so every image scores 0.5.
+
+Every test registers under a model name of its own, so aliases never leak between tests; they
+share the session's local endpoint, as consecutive DAG runs do.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from airflow.sdk import BaseNotifier
+from airflow.sdk.exceptions import AirflowFailException
+
+from swan_airflow.context import RunContext
+
+DATASET = "20261115"
+RUN_ID = "manual__promotion"
+PARAMS = {
+    "seed": 42, "gate_mode": "enabled", "gate_min_val_auroc": 0.9, "gate_min_val_f1": 0.8, "gate_min_images_per_class": 10,
+    "gate_min_unseen_auroc": None, "force_promote": False, "force_promote_reason": None,
+}
+
+
+class RecordingNotifier(BaseNotifier):
+    """Writes what it would send to a file."""
+
+    template_fields = ("message", "path")
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__()
+        self.message, self.path = message, path
+
+    def notify(self, context) -> None:
+        Path(self.path).write_text(self.message)
+
+
+def _frame(seed: int, abnormal: bool) -> bytes:
+    """A 96x64 PNG of smooth water; an abnormal one has a black-and-white square in its centre."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:64, 0:96]
+    frame = np.stack([60 + 40 * np.sin(xx / 9 + seed), 110 + 30 * np.cos(yy / 7), 160 + 0 * xx], axis=2) + rng.normal(0, 4, (64, 96, 3))
+    if abnormal:
+        frame[16:48, 32:64] = np.where(rng.random((32, 32, 1)) < 0.5, 0, 255)
+    return cv2.imencode(".png", np.clip(frame, 0, 255).astype(np.uint8))[1].tobytes()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A lake with raw frames and the training result's held-out rows, and the two models' pyfunc URIs."""
+    import mlflow
+    import torch
+
+    from swan_anomaly.config import Settings
+    from swan_anomaly.lake import LocalLake
+    from swan_anomaly.modeling import load_classifier, preprocess_spec, resolve_base_model
+    from swan_anomaly.training import TrainConfig, _tensors, ensure_experiment, log_served_model, train_classifier
+
+    mp = pytest.MonkeyPatch()
+    root = tmp_path_factory.mktemp("promotion")
+    mp.setenv("SWAN_LAKE_ROOT", str(root / "lake"))
+    mp.delenv("SWAN_DRIFT_ACTION", raising=False)
+    lake = LocalLake(root / "lake")
+    rows = {}
+    for split, offset, n in (("train", 0, 40), ("val", 1000, 12), ("test", 2000, 12)):
+        rows[split] = []
+        for i in range(n):
+            for label, folder in ((0, "anomalies"), (1, "frames")):
+                rel = f"{folder}/v1/frame_{offset + i:05d}.png"
+                (lake.raw(DATASET) / rel).parent.mkdir(parents=True, exist_ok=True)
+                (lake.raw(DATASET) / rel).write_bytes(_frame(offset + i, abnormal=label == 0))
+                rows[split].append([DATASET, rel, label, "square" if label == 0 else "none"])
+    lake.write_result(RUN_ID, "train", {"held_out": {"val": rows["val"], "test": rows["test"]}})
+
+    s = Settings.from_env()
+    base = resolve_base_model("vit-micro-offline", s.models_dir)
+    spec = preprocess_spec(base)
+    import pandas as pd
+
+    train = pd.DataFrame({"content": [lake.read_raw(d, p) for d, p, _, _ in rows["train"]], "label": [lab for _, _, lab, _ in rows["train"]]})
+    x, y = _tensors(train.assign(sample_id=[p for _, p, _, _ in rows["train"]]), spec)
+    torch.manual_seed(0)
+    good, _, _ = train_classifier(load_classifier(base), (x, y), (x, y), TrainConfig(epochs=8, batch_size=16, learning_rate=2e-3, patience=8))
+    constant = load_classifier(base)
+    with torch.no_grad():
+        constant.classifier.weight.zero_()
+        constant.classifier.bias.zero_()
+    uris = {}
+    experiment = ensure_experiment(s)
+    for name, model in (("good", good), ("constant", constant)):
+        with mlflow.start_run(experiment_id=experiment, run_name=f"promotion-test-{name}") as run:
+            mlflow.log_metrics({"val_auroc": 1.0, "val_f1": 1.0})  # what the model claims of its own (other) data
+            info = log_served_model(model, spec, threshold=0.5, threshold_method="max_f1", example=[lake.read_raw(DATASET, rows["val"][0][1])])
+        uris[name] = (info.model_uri, run.info.run_id)
+    yield {"lake": lake, "uris": uris, "rows": rows}
+    mp.undo()
+
+
+@pytest.fixture
+def model_name(request, monkeypatch):
+    """A registered model of the test's own, named after it."""
+    name = "promo_" + request.node.name.removeprefix("test_")[:40]
+    monkeypatch.setenv("SWAN_MODEL_NAME", name)
+    return name
+
+
+def _register(world, name: str, which: str, airflow_run: str) -> str:
+    from swan_airflow.runtime import registry_client
+    from swan_anomaly.registry import register_challenger
+
+    uri, run_id = world["uris"][which]
+    # one MLflow run per model: a second registration of it needs a run of its own to be a new version
+    client = registry_client()
+    if any(v.run_id == run_id for v in client.search_model_versions(f"name = '{name}'")):
+        copy = client.create_run(client.get_run(run_id).info.experiment_id).info.run_id
+        client.set_terminated(copy)
+        run_id = copy
+    return str(register_challenger(client, name, uri, run_id, airflow_run, tags={"anomaly_threshold": "0.5"}).version)
+
+
+def _registered(name: str, version: str, world, which: str) -> dict:
+    return {"name": name, "version": version, "mlflow_run_id": world["uris"][which][1], "unseen_auroc": None}
+
+
+def _ctx(**params) -> RunContext:
+    return RunContext(dag_id="swan_anomaly_pipeline", run_id=RUN_ID, dataset_id=DATASET, params={**PARAMS, **params})
+
+
+def _serve(name: str, version: str) -> dict:
+    """Promote ``version`` to champion and serve it, as promote_model and update_endpoint do."""
+    from swan_airflow.runtime import registry_client
+    from swan_airflow.steps.serving import update_endpoint
+    from swan_anomaly.registry import promote
+
+    promote(registry_client(), name, version)
+    return update_endpoint(_ctx())
+
+
+def _served() -> str | None:
+    from swan_airflow.serving import serving_target
+    from swan_anomaly.serving.deploy import served_version
+
+    target = serving_target()
+    return served_version(target.workspace(), target.endpoint)
+
+
+def _champion(name: str) -> str | None:
+    from swan_airflow.runtime import registry_client
+    from swan_anomaly.registry import CHAMPION, get_alias
+
+    v = get_alias(registry_client(), name, CHAMPION)
+    return str(v.version) if v is not None else None
+
+
+@pytest.fixture(autouse=True)
+def _fresh_results(world):
+    """Each test starts without gate/validation records of the run."""
+    for job in ("gate", "validation"):
+        world["lake"].result_path(RUN_ID, job).unlink(missing_ok=True)
+
+
+@pytest.mark.slow
+def test_the_gate_judges_champion_and_challenger_on_the_same_rows_at_their_own_thresholds(world, model_name):
+    """The champion claims AUROC 1.0 of its own data; on the challenger's validation rows it scores 0.5."""
+    from swan_airflow.runtime import registry_client
+    from swan_airflow.steps.promotion import gate_model
+
+    champion = _register(world, model_name, "constant", "scheduled__1")
+    _serve(model_name, champion)
+    challenger = _register(world, model_name, "good", "scheduled__2")
+    assert gate_model(_ctx(), _registered(model_name, challenger, world, "good")) == "promote_model"
+    gate = world["lake"].read_result(RUN_ID, "gate")
+    assert gate["passed"] and gate["champion_version"] == champion and gate["images"] == {"abnormal": 12, "normal": 12}
+    assert gate["reports"]["champion"]["auroc"] == 0.5 and gate["reports"]["challenger"]["auroc"] >= 0.9
+    logged = registry_client().get_run(world["uris"]["good"][1]).data
+    assert logged.metrics["champion_val_auroc"] == 0.5 and logged.metrics["challenger_val_auroc"] == gate["reports"]["challenger"]["auroc"]
+    low, high = gate["reports"]["challenger"]["auroc_ci"]
+    assert (logged.metrics["challenger_val_auroc_ci_low"], logged.metrics["challenger_val_auroc_ci_high"]) == (low, high)
+    assert logged.tags["gate_champion_version"] == champion
+
+    # the other way round: the constant model cannot beat the good champion on the same rows
+    _serve(model_name, challenger)
+    worse = _register(world, model_name, "constant", "scheduled__3")
+    assert gate_model(_ctx(), _registered(model_name, worse, world, "constant")) == "keep_champion"
+    reasons = " ".join(world["lake"].read_result(RUN_ID, "gate")["reasons"])
+    assert "auroc 0.5000 < 0.9000" in reasons and "regresses against the champion's" in reasons
+
+
+@pytest.mark.slow
+def test_the_gate_refuses_a_validation_split_too_small_to_measure(world, model_name):
+    from swan_airflow.steps.promotion import gate_model
+
+    version = _register(world, model_name, "good", "scheduled__1")
+    assert gate_model(_ctx(gate_min_images_per_class=25), _registered(model_name, version, world, "good")) == "keep_champion"
+    gate = world["lake"].read_result(RUN_ID, "gate")
+    assert not gate["passed"] and not gate["measurable"]
+    assert gate["reasons"][0].startswith("validation split too small to measure: 12 abnormal and 12 normal images, fewer than 25 per class")
+    # a dry run reports the same and promotes anyway
+    assert gate_model(_ctx(gate_min_images_per_class=25, gate_mode="dry_run"), _registered(model_name, version, world, "good")) == "promote_model"
+
+
+@pytest.mark.slow
+def test_a_failed_new_version_is_rolled_back_once_and_a_retry_never_ends_green(world, model_name):
+    from swan_airflow.runtime import registry_client
+    from swan_airflow.steps.serving import validate_endpoint
+
+    good = _register(world, model_name, "good", "scheduled__1")
+    _serve(model_name, good)
+    bad = _register(world, model_name, "constant", "scheduled__2")  # this run's model, force-promoted and served
+    endpoint = _serve(model_name, bad)
+    assert endpoint["version"] == bad and endpoint["changed"]
+    with pytest.raises(AirflowFailException, match=rf"new version {model_name} v{bad} failed endpoint validation .*AUROC 0\.5000.*rolled the endpoint and the champion back to v{good}"):
+        validate_endpoint(_ctx(), endpoint, _registered(model_name, bad, world, "constant"))
+    assert _served() == good and _champion(model_name) == good
+    assert registry_client().get_model_version(model_name, bad).tags["endpoint_validation"].startswith("failed: AUROC 0.5000")
+    record = world["lake"].read_result(RUN_ID, "validation")
+    assert (record["outcome"], record["state"], record["version"], record["previous"]) == ("rolled_back", "done", bad, good)
+    # the retry Airflow would run: it fails again without validating the rolled-back version
+    with pytest.raises(AirflowFailException, match="decided by an earlier try of this task; not validated again"):
+        validate_endpoint(_ctx(), endpoint, _registered(model_name, bad, world, "constant"))
+    assert _served() == good and _champion(model_name) == good
+
+
+@pytest.mark.slow
+def test_a_retry_after_a_rollback_interrupted_half_way_finishes_it(world, model_name):
+    from swan_airflow.steps.serving import validate_endpoint
+
+    good = _register(world, model_name, "good", "scheduled__1")
+    _serve(model_name, good)
+    bad = _register(world, model_name, "constant", "scheduled__2")
+    endpoint = _serve(model_name, bad)
+    record = {
+        "outcome": "rolled_back", "state": "acting", "name": model_name, "version": bad, "previous": good, "reasons": ["AUROC 0.5000 < 0.9000"],
+        "message": f"the new version {model_name} v{bad} failed endpoint validation",
+    }
+    world["lake"].write_result(RUN_ID, "validation", record)  # what a try that died before rolling back left
+    with pytest.raises(AirflowFailException, match="decided by an earlier try"):
+        validate_endpoint(_ctx(), endpoint, _registered(model_name, bad, world, "constant"))
+    assert _served() == good and _champion(model_name) == good
+    assert world["lake"].read_result(RUN_ID, "validation")["state"] == "done"
+
+
+@pytest.mark.slow
+def test_a_failed_first_version_is_withdrawn_and_nothing_serves(world, model_name):
+    from swan_airflow.runtime import registry_client
+    from swan_airflow.steps.serving import validate_endpoint
+
+    bad = _register(world, model_name, "constant", "scheduled__1")
+    endpoint = _serve(model_name, bad)
+    with pytest.raises(AirflowFailException, match=rf"first version {model_name} v{bad} failed .*the endpoint was deleted and v{bad} lost the champion alias"):
+        validate_endpoint(_ctx(), endpoint, _registered(model_name, bad, world, "constant"))
+    assert _served() is None and _champion(model_name) is None
+    assert "endpoint_validation" in registry_client().get_model_version(model_name, bad).tags
+
+
+@pytest.mark.slow
+def test_an_unchanged_champion_that_no_longer_separates_is_drift_reported_and_warn_or_fail_by_setting(world, model_name, monkeypatch, tmp_path):
+    """The gate kept the champion (this run's challenger is another version): a failure is drift, not a rollback."""
+    from swan_airflow.steps.serving import validate_endpoint
+
+    out = tmp_path / "notified.txt"
+    monkeypatch.setenv("SWAN_FAILURE_NOTIFIER", f"{__name__}:RecordingNotifier")
+    monkeypatch.setenv("SWAN_FAILURE_NOTIFIER_KWARGS", json.dumps({"message": "{{ exception }}", "path": str(out)}))
+    champion = _register(world, model_name, "constant", "scheduled__1")
+    endpoint = _serve(model_name, champion)
+    challenger = _register(world, model_name, "good", "scheduled__2")  # not promoted
+    result = validate_endpoint(_ctx(), endpoint, _registered(model_name, challenger, world, "good"))
+    assert result["outcome"] == "drift" and "DRIFT: the unchanged champion" in result["message"]
+    assert out.read_text() == result["message"] and _served() == champion and _champion(model_name) == champion
+    world["lake"].result_path(RUN_ID, "validation").unlink()
+    monkeypatch.setenv("SWAN_DRIFT_ACTION", "fail")
+    with pytest.raises(AirflowFailException, match=r"DRIFT: .*SWAN_DRIFT_ACTION=fail"):
+        validate_endpoint(_ctx(), endpoint, _registered(model_name, challenger, world, "good"))
+    assert _served() == champion and _champion(model_name) == champion  # nothing rolled back
+
+
+@pytest.mark.slow
+def test_an_endpoint_that_does_not_serve_the_registered_model_fails_parity(world, model_name, tmp_path):
+    """The registry's copy of the served version changes after the endpoint loaded it: per-image parity catches it."""
+    import mlflow
+
+    from swan_airflow.steps.serving import validate_endpoint
+
+    good = _register(world, model_name, "good", "scheduled__1")
+    endpoint = _serve(model_name, good)
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{model_name}/{good}"))
+    [weights] = list(local.rglob("model.safetensors"))
+    artifact = Path(mlflow.MlflowClient().get_model_version_download_uri(model_name, good).removeprefix("file://"))
+    [stored] = list(artifact.rglob("model.safetensors"))
+    original = stored.read_bytes()
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(weights))
+    tensors = {k: (v * 1.5 if k.startswith("classifier") else v) for k, v in tensors.items()}
+    save_file(tensors, str(stored), metadata={"format": "pt"})
+    try:
+        with pytest.raises(AirflowFailException, match=r"does not serve the registered .* scores differ from the registry model's by more than 0\.0001"):
+            validate_endpoint(_ctx(), endpoint, _registered(model_name, "999", world, "constant"))  # unchanged champion: not this run's
+        assert world["lake"].read_result(RUN_ID, "validation")["outcome"] == "mismatch" and _served() == good
+    finally:
+        stored.write_bytes(original)
+
+
+@pytest.mark.slow
+def test_validation_refuses_an_endpoint_that_changed_since_it_was_deployed(world, model_name):
+    from swan_airflow.steps.serving import validate_endpoint
+
+    first = _register(world, model_name, "good", "scheduled__1")
+    endpoint = _serve(model_name, first)
+    second = _register(world, model_name, "good", "scheduled__2")
+    _serve(model_name, second)  # someone (an earlier try's rollback, another run) changed it meanwhile
+    with pytest.raises(AirflowFailException, match=rf"serves v{second}, not v{first} that update_endpoint deployed"):
+        validate_endpoint(_ctx(), endpoint, _registered(model_name, first, world, "good"))
