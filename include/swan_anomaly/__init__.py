@@ -11,7 +11,8 @@ Modules, by concept:
 * ``etl`` / ``augment``: the Spark jobs (import pyspark)
 * ``modeling`` / ``training`` / ``metrics``: the ViT classifier, its training loop, anomaly metrics
 * ``registry`` / ``gate``: MLflow registration, aliases and the promotion gate
-* ``serving``: the MLflow pyfunc, the local model server and the endpoint client
+* ``scoring``: held-out raw images through registered models and endpoints, batch by batch
+* ``serving``: the MLflow pyfunc, the local model server, the endpoint client and the endpoint validation
 * ``config``: settings of the embedded default
 
 Only light names are re-exported here; heavy modules (torch, pyspark, mlflow) load on use.
@@ -20,8 +21,6 @@ Only light names are re-exported here; heavy modules (torch, pyspark, mlflow) lo
 from swan_anomaly._errors import (
     ConfigError,
     EndpointError,
-    EndpointValidationFailed,
-    GateFailed,
     ImageDecodeError,
     JobError,
     LabelManifestError,
@@ -35,8 +34,6 @@ from swan_anomaly.config import Settings
 __all__ = [
     "ConfigError",
     "EndpointError",
-    "EndpointValidationFailed",
-    "GateFailed",
     "ImageDecodeError",
     "JobError",
     "LabelManifestError",

@@ -9,9 +9,10 @@ Every error says what failed, the offending value, and what to do next.
   x LakeError               the lake is missing a file or a partition is incomplete
   x JobError                a job entrypoint could not do its work
   x ValidationDataError     a split has no anomalies or no normals, so metrics would be meaningless
-  x GateFailed              a challenger did not pass the promotion gate (only in enabled mode)
   x EndpointError           the serving endpoint did not come up, refused a config, or answered badly
-    x EndpointValidationFailed  abnormal and normal scores from the endpoint do not separate
+
+(A gate that refuses or an endpoint validation that fails is a decision, not an error of this
+package: the Airflow steps record it and fail their task without retries.)
 
 Example:
     >>> from swan_anomaly import SwanError, VideoError
@@ -54,13 +55,5 @@ class ValidationDataError(SwanError):
     """The evaluation data cannot support the metric (e.g. no anomalies in a split)."""
 
 
-class GateFailed(SwanError):
-    """A challenger model failed the promotion gate."""
-
-
 class EndpointError(SwanError):
     """The serving endpoint misbehaved."""
-
-
-class EndpointValidationFailed(EndpointError):
-    """Anomaly scores from the endpoint do not separate abnormal from normal images."""

@@ -67,13 +67,3 @@ def score_table(rows: list[tuple[str, int, float]]) -> str:
     for name, label, score in sorted(rows, key=lambda r: -r[2]):
         lines.append(f"{name:<{width}} {('abnormal' if label == 0 else 'normal'):<9} {score:>13.6f}")
     return "\n".join(lines)
-
-
-def separation(rows: list[tuple[str, int, float]]) -> float:
-    """``min(abnormal scores) - max(normal scores)``; positive when every abnormal image outscores every normal one."""
-    abnormal = [s for _, label, s in rows if label == 0]
-    normal = [s for _, label, s in rows if label == 1]
-    if not abnormal or not normal:
-        msg = f"endpoint validation needs abnormal and normal images, got {len(abnormal)} abnormal and {len(normal)} normal"
-        raise EndpointError(msg)
-    return min(abnormal) - max(normal)
