@@ -27,7 +27,9 @@ COMPUTE_BACKEND = os.environ.get("SWAN_COMPUTE_BACKEND", "local")
 DATABRICKS_CONN_ID = os.environ.get("SWAN_DATABRICKS_CONN_ID", "databricks_default")
 DEFAULT_MODEL = os.environ.get("SWAN_MODEL", "vit-tiny-offline")
 MODEL = "{{ params.model or '" + DEFAULT_MODEL + "' }}"
-# One slot: two runs (scheduled, asset-triggered, backfilled, manual) never train at once.
+# One slot: two runs (scheduled, asset-triggered, backfilled, manual) never train at once. The promotion
+# section (gate to endpoint validation) is not in the pool: another run's training must not cut into it,
+# and wait_for_promotion_turn already lets one run at a time through.
 POOL = os.environ.get("SWAN_POOL", "swan_training")
 TASK_TIMEOUT = dt.timedelta(minutes=float(os.environ.get("SWAN_TASK_TIMEOUT_MINUTES", "60")))
 TRAINING_TIMEOUT = dt.timedelta(minutes=float(os.environ.get("SWAN_TRAINING_TIMEOUT_MINUTES", "360")))
@@ -146,9 +148,10 @@ def swan_anomaly_pipeline():
     # Poke mode: one instance at a time across runs (max_active_tis_per_dag=1) holds one worker slot while it
     # waits, the other runs' instances wait unscheduled. Reschedule mode would free that slot, but Airflow
     # 3.2-3.3 can fail a rescheduled sensor on a stale executor event (apache/airflow#71172).
+    # execution_timeout above the sensor's timeout: the wait ends with AirflowSensorTimeout, which is not retried.
     @task.sensor(
         poke_interval=PROMOTION_POKE_SECONDS, timeout=PROMOTION_WAIT.total_seconds(), mode="poke", max_active_tis_per_dag=1,
-        execution_timeout=PROMOTION_WAIT,
+        execution_timeout=PROMOTION_WAIT + dt.timedelta(minutes=5),
     )
     def wait_for_promotion_turn() -> bool:
         """Wait until no other run is between its promotion turn and the end of its endpoint validation."""
@@ -159,7 +162,7 @@ def swan_anomaly_pipeline():
         """Score challenger and champion on the same validation rows; promote only a better model."""
         return promotion.gate_model(RunContext.current(), registered)
 
-    @task(pool=POOL)
+    @task
     def promote_model(registered: dict) -> dict:
         """Move alias `champion` to the challenger (idempotent); a forced promotion is tagged with its reason."""
         return promotion.promote_model(RunContext.current(), registered)
@@ -169,12 +172,12 @@ def swan_anomaly_pipeline():
         """The challenger failed the gate: the current champion keeps serving."""
         return promotion.keep_champion(registered)
 
-    @task(trigger_rule="none_failed_min_one_success", pool=POOL)
+    @task(trigger_rule="none_failed_min_one_success")
     def update_endpoint() -> dict:
         """Serve the current champion (databricks-sdk: create the endpoint, or update its config and wait)."""
         return serving.update_endpoint(RunContext.current())
 
-    @task(pool=POOL)
+    @task
     def validate_endpoint(endpoint: dict, registered: dict) -> dict:
         """Held-out test split through the endpoint: parity with the registry model, AUROC and recall; rollback once."""
         return serving.validate_endpoint(RunContext.current(), endpoint, registered)
@@ -208,7 +211,7 @@ def swan_anomaly_pipeline():
     endpoint = update_endpoint()
     decision >> [promote_model(registered), keep_champion(registered)] >> endpoint
     validation = validate_endpoint(endpoint, registered)
-    summarize_run(upload, registered, validation)
+    checked >> summarize_run(upload, registered, validation)  # after every task that reads the staging folder it removes
 
 
 swan_anomaly_pipeline()

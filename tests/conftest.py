@@ -58,6 +58,8 @@ os.environ.update(
         # and one missed anomaly of 8 is a recall of 0.875: the endpoint's recall floor is lowered to keep such runs stable
         "SWAN_GATE_MIN_IMAGES_PER_CLASS": "4",
         "SWAN_ENDPOINT_MIN_RECALL": "0.5",
+        # the tiny model separates the 20 s test video's anomalies (val and test AUROC 1.0) well before 40 epochs
+        "SWAN_EPOCHS": "10",
     }
 )
 for _var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):

@@ -224,8 +224,44 @@ def test_a_failed_new_version_is_rolled_back_once_and_a_retry_never_ends_green(w
     record = world["lake"].read_result(RUN_ID, "validation")
     assert (record["outcome"], record["state"], record["version"], record["previous"]) == ("rolled_back", "done", bad, good)
     # the retry Airflow would run: it fails again without validating the rolled-back version
-    with pytest.raises(AirflowFailException, match="decided by an earlier try of this task; not validated again"):
+    with pytest.raises(AirflowFailException, match="decided by an earlier try of this run; not validated again"):
         validate_endpoint(_ctx(), endpoint, _registered(model_name, bad, world, "constant"))
+    assert _served() == good and _champion(model_name) == good
+    # update_endpoint cleared after the rollback: it serves the previous champion, and the run still does not end green
+    again = _serve(model_name, good)
+    with pytest.raises(AirflowFailException, match="decided by an earlier try of this run"):
+        validate_endpoint(_ctx(), again, _registered(model_name, bad, world, "constant"))
+    # the failed version promoted and served again by hand: the validation rolls it back again, and the gate refuses it
+    from swan_airflow.steps.promotion import gate_model, promote_model
+
+    endpoint = _serve(model_name, bad)
+    with pytest.raises(AirflowFailException, match="decided by an earlier try of this run"):
+        validate_endpoint(_ctx(), endpoint, _registered(model_name, bad, world, "constant"))
+    assert _served() == good and _champion(model_name) == good
+    assert gate_model(_ctx(force_promote=True, force_promote_reason="promote it whatever the gate says"), _registered(model_name, bad, world, "constant")) == "keep_champion"
+    assert "failed its endpoint validation" in world["lake"].read_result(RUN_ID, "gate")["reasons"][0]
+    with pytest.raises(AirflowFailException, match="never promoted again"):
+        promote_model(_ctx(), _registered(model_name, bad, world, "constant"))
+
+
+@pytest.mark.slow
+def test_a_validation_that_cannot_complete_rolls_the_new_version_back(world, model_name):
+    """A held-out image is missing from the lake: the new version cannot be validated, so it does not stay serving."""
+    from swan_airflow.steps.serving import validate_endpoint
+
+    good = _register(world, model_name, "good", "scheduled__1")
+    _serve(model_name, good)
+    newer = _register(world, model_name, "good", "scheduled__2")
+    endpoint = _serve(model_name, newer)
+    lake = world["lake"]
+    missing = lake.raw(DATASET) / world["rows"]["test"][3][1]
+    kept = missing.read_bytes()
+    missing.unlink()
+    try:
+        with pytest.raises(AirflowFailException, match=rf"v{newer} failed endpoint validation \(the validation could not complete: FileNotFoundError: .*rolled .* back to v{good}"):
+            validate_endpoint(_ctx(), endpoint, _registered(model_name, newer, world, "good"))
+    finally:
+        missing.write_bytes(kept)
     assert _served() == good and _champion(model_name) == good
 
 
@@ -238,8 +274,8 @@ def test_a_retry_after_a_rollback_interrupted_half_way_finishes_it(world, model_
     bad = _register(world, model_name, "constant", "scheduled__2")
     endpoint = _serve(model_name, bad)
     record = {
-        "outcome": "rolled_back", "state": "acting", "name": model_name, "version": bad, "previous": good, "reasons": ["AUROC 0.5000 < 0.9000"],
-        "message": f"the new version {model_name} v{bad} failed endpoint validation",
+        "outcome": "rolled_back", "state": "acting", "name": model_name, "version": bad, "challenger": bad, "previous": good,
+        "reasons": ["AUROC 0.5000 < 0.9000"], "message": f"the new version {model_name} v{bad} failed endpoint validation",
     }
     world["lake"].write_result(RUN_ID, "validation", record)  # what a try that died before rolling back left
     with pytest.raises(AirflowFailException, match="decided by an earlier try"):
@@ -319,3 +355,83 @@ def test_validation_refuses_an_endpoint_that_changed_since_it_was_deployed(world
     _serve(model_name, second)  # someone (an earlier try's rollback, another run) changed it meanwhile
     with pytest.raises(AirflowFailException, match=rf"serves v{second}, not v{first} that update_endpoint deployed"):
         validate_endpoint(_ctx(), endpoint, _registered(model_name, first, world, "good"))
+
+
+def test_scoring_refuses_a_raw_image_that_is_no_longer_the_one_the_model_was_tested_with(tmp_path):
+    """Another run of the same date uploaded the partition again: the held-out row's sha256 no longer matches."""
+    import hashlib
+
+    from swan_anomaly import LakeError
+    from swan_anomaly.lake import LocalLake
+    from swan_anomaly.scoring import score_rows
+
+    lake = LocalLake(tmp_path / "lake")
+    (lake.raw(DATASET) / "frames").mkdir(parents=True)
+    (lake.raw(DATASET) / "frames" / "a.png").write_bytes(_frame(1, abnormal=False))
+    row = [DATASET, "frames/a.png", 1, "none", hashlib.sha256(_frame(1, abnormal=False)).hexdigest()]
+    seen = []
+    scores = score_rows(lake, [row], {"count": lambda images: seen.append(images) or np.full(len(images), 0.25)})
+    assert scores["count"].tolist() == [0.25] and seen == [[_frame(1, abnormal=False)]]
+    (lake.raw(DATASET) / "frames" / "a.png").write_bytes(_frame(2, abnormal=False))  # uploaded again with other bytes
+    with pytest.raises(LakeError, match=rf"raw/{DATASET}/frames/a\.png is not the image the model was trained and tested with"):
+        score_rows(lake, [row], {"count": lambda images: np.zeros(len(images))})
+
+
+class _FlakyEndpoint:
+    """An invocations endpoint over HTTP that answers ``statuses`` first, then real predictions of 0.5."""
+
+    def __init__(self, statuses: list[int]) -> None:
+        import http.server
+        import threading
+
+        outer = self
+        self.statuses, self.calls = list(statuses), 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - the http.server API
+                length = int(self.headers["Content-Length"])
+                rows = json.loads(self.rfile.read(length))["dataframe_split"]["data"]
+                outer.calls += 1
+                status = outer.statuses.pop(0) if outer.statuses else 200
+                body = {"predictions": [{"logits": [0.0, 0.0], "anomaly_score": 0.5} for _ in rows]} if status == 200 else {"error_code": "TEMPORARILY_UNAVAILABLE"}
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_the_endpoint_client_retries_busy_answers_and_fails_on_others():
+    from swan_anomaly import EndpointError
+    from swan_anomaly.serving.client import EndpointBusy, EndpointClient
+
+    flaky = _FlakyEndpoint([503, 429])
+    try:
+        assert [p["anomaly_score"] for p in EndpointClient(flaky.url, "e", retry_seconds=30).score([b"x", b"y"])] == [0.5, 0.5]
+        assert flaky.calls == 3
+    finally:
+        flaky.close()
+    busy = _FlakyEndpoint([503] * 50)
+    try:
+        with pytest.raises(EndpointBusy, match="still failing after 2s of retries: .*503"):
+            EndpointClient(busy.url, "e", retry_seconds=2).score([b"x"])
+    finally:
+        busy.close()
+    broken = _FlakyEndpoint([500])
+    try:
+        with pytest.raises(EndpointError, match="answered 500") as raised:
+            EndpointClient(broken.url, "e", retry_seconds=30).score([b"x"])
+        assert not isinstance(raised.value, EndpointBusy) and broken.calls == 1  # a model error is not retried
+    finally:
+        broken.close()

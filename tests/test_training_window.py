@@ -237,6 +237,6 @@ def test_train_job_trains_on_a_two_day_window_and_logs_the_lineage(tmp_path, mon
         assert (run.data.metrics[f"{split}_auroc_ci_low"], run.data.metrics[f"{split}_auroc_ci_high"]) == pytest.approx((low, high))
     # the held-out rows the gate and the endpoint validation score again: exactly the split's images
     val = gold[gold.split == "val"]
-    assert written["held_out"]["val"] == sorted([d, p, int(lab), f] for d, p, lab, f in zip(val.dataset_id, val.image_path, val.label, val.family))
+    assert written["held_out"]["val"] == sorted([d, p, int(lab), f, None] for d, p, lab, f in zip(val.dataset_id, val.image_path, val.label, val.family))
     assert len(written["held_out"]["test"]) == written["images"]["test"] and (written["val"]["abnormal"], written["val"]["normal"]) == (4, 4)
     assert inputs["gold-20260101"].digest != gold_dataset(lake, "20260101", pd.read_parquet(lake.gold / "dataset_id=20260101").assign(dataset_id="20260101")).digest

@@ -139,7 +139,7 @@ def auroc_interval(labels: np.ndarray, scores: np.ndarray, *, level: float = CI_
         ``(low, high)``. A small set gives a wide interval: that width is the point.
 
     Raises:
-        ValidationDataError: the labels hold only one class.
+        ValidationDataError: either class has fewer than two images.
 
     Example:
         >>> low, high = auroc_interval(np.array([0, 0, 0, 1, 1, 1]), np.array([0.9, 0.8, 0.3, 0.4, 0.2, 0.1]))
@@ -150,8 +150,8 @@ def auroc_interval(labels: np.ndarray, scores: np.ndarray, *, level: float = CI_
 
     labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
     abnormal, normal = scores[labels == ABNORMAL], scores[labels != ABNORMAL]
-    if not len(abnormal) or not len(normal):
-        msg = f"cannot bound AUROC on {len(labels)} images of one class"
+    if min(len(abnormal), len(normal)) < 2:
+        msg = f"cannot bound AUROC with {len(abnormal)} abnormal and {len(normal)} normal images: resampling needs two of each"
         raise ValidationDataError(msg)
     result = bootstrap(
         (abnormal, normal), _auroc_by_ranks, n_resamples=resamples, confidence_level=level, method="percentile",
@@ -163,7 +163,8 @@ def auroc_interval(labels: np.ndarray, scores: np.ndarray, *, level: float = CI_
 def evaluation_report(labels: np.ndarray, scores: np.ndarray, *, threshold: float, seed: int = 0) -> dict:
     """:func:`anomaly_metrics` at ``threshold``, the AUROC interval and the class counts, in one dict.
 
-    Keys: those of :func:`anomaly_metrics`, ``auroc_ci`` (``[low, high]``, :func:`auroc_interval`),
+    Keys: those of :func:`anomaly_metrics`, ``auroc_ci`` (``[low, high]``, :func:`auroc_interval`; None
+    when a class has fewer than two images),
     ``abnormal`` and ``normal`` (image counts). What the gate and the endpoint validation report
     for one model on one set of rows.
 
@@ -174,9 +175,27 @@ def evaluation_report(labels: np.ndarray, scores: np.ndarray, *, threshold: floa
     """
     labels = np.asarray(labels)
     report = anomaly_metrics(labels, scores, threshold=threshold)
-    report["auroc_ci"] = list(auroc_interval(labels, scores, seed=seed))
+    report["auroc_ci"] = auroc_interval_or_none(labels, scores, seed=seed)
     report["abnormal"], report["normal"] = int((labels == ABNORMAL).sum()), int((labels != ABNORMAL).sum())
     return report
+
+
+def auroc_interval_or_none(labels: np.ndarray, scores: np.ndarray, *, seed: int = 0) -> list[float] | None:
+    """:func:`auroc_interval` as ``[low, high]``, or None when a class has fewer than two images (no interval to give)."""
+    try:
+        return list(auroc_interval(labels, scores, seed=seed))
+    except ValidationDataError:
+        return None
+
+
+def format_interval(interval: list[float] | None) -> str:
+    """``0.912-0.987``, or ``n/a`` for no interval.
+
+    Example:
+        >>> format_interval([0.91234, 0.98765]), format_interval(None)
+        ('0.9123-0.9877', 'n/a')
+    """
+    return f"{interval[0]:.4f}-{interval[1]:.4f}" if interval else "n/a"
 
 
 def recall_by_family(labels: np.ndarray, scores: np.ndarray, families, *, threshold: float) -> dict[str, float]:

@@ -5,8 +5,10 @@ scores the endpoint and the registry model on the same rows. Both read the image
 the raw partitions of the lake (the frames as they arrived, before any crop or resize), and
 hand each batch to every scorer, so memory stays at one batch of images whatever the split size.
 
-A held-out row is ``[dataset_id, image_path, label, family]``, as the training job lists its
-validation and test splits (``train.json``'s ``held_out``).
+A held-out row is ``[dataset_id, image_path, label, family, sha256]``, as the training job lists
+its validation and test splits (``train.json``'s ``held_out``). When the row carries a sha256, the
+image read from the lake must have it: a raw partition rewritten since training (another run of
+the same date) fails with :class:`swan_anomaly.LakeError` instead of scoring other images.
 
 Example:
     >>> scorers = {"challenger": registry_scorer("models:/swan_anomaly_vit/4"),
@@ -18,11 +20,14 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
+
+from swan_anomaly._errors import LakeError
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +95,20 @@ def score_rows(lake, rows: Sequence[Sequence], scorers: Mapping[str, Scorer], *,
 
     Raises:
         ValueError: a scorer returned another number of scores than images it was given.
+        LakeError: a row's image is not the one its sha256 names.
     """
     out: dict[str, list[np.ndarray]] = {name: [] for name in scorers}
     started = last = time.perf_counter()
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
         images = [lake.read_raw(r[0], r[1]) for r in batch]
+        for row, image in zip(batch, images):
+            if len(row) > 4 and row[4] and hashlib.sha256(image).hexdigest() != row[4]:
+                msg = (
+                    f"raw/{row[0]}/{row[1]} is not the image the model was trained and tested with (sha256 differs): the "
+                    "partition was uploaded again since; rerun the pipeline for that date"
+                )
+                raise LakeError(msg)
         for name, scorer in scorers.items():
             scores = np.asarray(scorer(images), dtype=np.float64)
             if scores.shape != (len(images),):

@@ -42,7 +42,7 @@ from swan_anomaly.generalization import COLUMNS as LOFO_COLUMNS
 from swan_anomaly.generalization import format_table, leave_one_family_out, min_unseen_auroc
 from swan_anomaly.labels import ABNORMAL, NORMAL
 from swan_anomaly.lake import LocalLake, window_dataset_ids
-from swan_anomaly.metrics import anomaly_metrics, anomaly_scores, auroc_interval, choose_threshold, recall_by_family
+from swan_anomaly.metrics import anomaly_metrics, anomaly_scores, auroc_interval_or_none, choose_threshold, recall_by_family
 from swan_anomaly.splits import Split
 
 log = logging.getLogger(__name__)
@@ -412,15 +412,34 @@ def epoch_metrics(result: EpochResult) -> dict[str, float]:
     }
 
 
-def held_out_rows(part: pd.DataFrame) -> list[list]:
-    """The images of a validation or test split as ``[dataset_id, image_path, label, family]`` rows.
+def held_out_rows(part: pd.DataFrame, hashes: dict[tuple[str, str], str] | None = None) -> list[list]:
+    """The images of a validation or test split as ``[dataset_id, image_path, label, family, sha256]`` rows.
 
     What the gate and the endpoint validation score again, from the raw partition: the very
-    rows the model was validated or tested on, after the training window's overlap rule.
+    rows the model was validated or tested on, after the training window's overlap rule. The
+    sha256 (from the raw partition's label manifest; None when it is not at hand) lets them
+    check that the raw image is still the one the model was tested on.
     """
+    hashes = hashes or {}
     originals = part[part.aug == "none"] if "aug" in part else part
     rows = originals[["dataset_id", "image_path", "label", "family"]].drop_duplicates(["dataset_id", "image_path"])
-    return [[str(d), str(p), int(lab), str(f)] for d, p, lab, f in rows.sort_values(["dataset_id", "image_path"]).itertuples(index=False)]
+    return [
+        [str(d), str(p), int(lab), str(f), hashes.get((str(d), str(p)))]
+        for d, p, lab, f in rows.sort_values(["dataset_id", "image_path"]).itertuples(index=False)
+    ]
+
+
+def raw_image_hashes(lake: LocalLake, dataset_ids: list[str]) -> dict[tuple[str, str], str]:
+    """``{(dataset_id, image_path): sha256}`` from the label manifests of the raw partitions that have one."""
+    from swan_anomaly.labels import read_manifest
+
+    hashes = {}
+    for dataset_id in dataset_ids:
+        path = lake.raw(dataset_id) / "labels.csv"
+        if path.is_file():
+            manifest = read_manifest(path)
+            hashes.update({(dataset_id, str(p)): str(h) for p, h in zip(manifest.image_path, manifest.sha256)})
+    return hashes
 
 
 def _confusion_figure(cm: list[list[int]], title: str):
@@ -621,13 +640,11 @@ def run_training(
         for name, (labels, scores, loss) in scored.items():
             part = parts[Split.VAL if name == "val" else Split.TEST]
             metrics = anomaly_metrics(labels, scores, threshold=threshold)
-            metrics["auroc_ci"] = list(auroc_interval(labels, scores, seed=config.seed))
+            metrics["auroc_ci"] = auroc_interval_or_none(labels, scores, seed=config.seed)
             metrics["recall_by_family"] = recall_by_family(labels, scores, part.family.to_numpy(), threshold=threshold)
             results[name] = {**metrics, "loss": loss, "abnormal": int((labels == ABNORMAL).sum()), "normal": int((labels == NORMAL).sum())}
-            mlflow.log_metrics(
-                {f"{name}_{k}": v for k, v in metrics.items() if isinstance(v, float)}
-                | {f"{name}_loss": loss, f"{name}_auroc_ci_low": metrics["auroc_ci"][0], f"{name}_auroc_ci_high": metrics["auroc_ci"][1]}
-            )
+            interval = dict(zip((f"{name}_auroc_ci_low", f"{name}_auroc_ci_high"), metrics["auroc_ci"])) if metrics["auroc_ci"] else {}
+            mlflow.log_metrics({f"{name}_{k}": v for k, v in metrics.items() if isinstance(v, float)} | {f"{name}_loss": loss} | interval)
             mlflow.log_metrics({f"{name}_recall_{family}": r for family, r in metrics["recall_by_family"].items()})
             mlflow.log_figure(_confusion_figure(metrics["confusion_matrix"], f"{name} (anomaly = positive)"), f"plots/confusion_matrix_{name}.png")
             mlflow.log_figure(curves_figure(labels, scores, title=name), f"plots/roc_pr_{name}.png")
@@ -650,6 +667,7 @@ def run_training(
 
         example = list(gold[gold.split == Split.TEST.value].content.iloc[:1].map(bytes))
         info = log_served_model(model, spec, threshold=threshold, threshold_method=config.threshold_method, example=example)
+    hashes = raw_image_hashes(lake, dataset_ids)
     result = {
         "mlflow_run_id": run.info.run_id,
         "model_uri": info.model_uri,
@@ -662,7 +680,7 @@ def run_training(
         "val": results["val"],
         "test": results["test"],
         "images": {s.value: int(len(p)) for s, p in parts.items()},
-        "held_out": {name: held_out_rows(parts[split]) for name, split in (("val", Split.VAL), ("test", Split.TEST))},
+        "held_out": {name: held_out_rows(parts[split], hashes) for name, split in (("val", Split.VAL), ("test", Split.TEST))},
         "dataset_ids": dataset_ids,
         "window_days": window_days,
         "labels": {str(ABNORMAL): "abnormal", str(NORMAL): "normal"},

@@ -11,6 +11,8 @@ Example:
 
 from __future__ import annotations
 
+import os
+
 from airflow.sdk import Param
 
 from swan_anomaly.gate import min_images_per_class, promotion_thresholds
@@ -31,6 +33,7 @@ def pipeline_params(*, model_default: str, backend_default: str) -> dict[str, Pa
         backend_default: the default compute backend (``SWAN_COMPUTE_BACKEND``).
     """
     min_per_class = min_images_per_class()  # a malformed setting fails parsing loudly
+    epochs_default = int(os.environ.get("SWAN_EPOCHS") or 40)
     return {
         # Data
         "landing_date": Param(
@@ -67,7 +70,10 @@ def pipeline_params(*, model_default: str, backend_default: str) -> dict[str, Pa
             description=f"Offline preset, Hugging Face hub id or local directory (default: {model_default}, env SWAN_MODEL).",
         ),
         "image_size": Param(None, type=["null", "integer"], minimum=16, maximum=1024, title="Image size", section="Training", description="Override the model input size (default: the model config's)."),
-        "epochs": Param(40, type="integer", minimum=1, maximum=200, title="Epochs", section="Training", description="Maximum training epochs (early stopping may end sooner)."),
+        "epochs": Param(
+            epochs_default, type="integer", minimum=1, maximum=200, title="Epochs", section="Training",
+            description="Maximum training epochs (early stopping may end sooner); default env SWAN_EPOCHS, else 40.",
+        ),
         "training_window_days": Param(
             1, type="integer", minimum=1, maximum=365, title="Training window (days)", section="Training",
             description="Train on the dataset partitions of this many days up to the run's own (1: only this run's data).",

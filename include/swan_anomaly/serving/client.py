@@ -3,6 +3,10 @@
 The endpoint's config is changed through databricks-sdk (:mod:`swan_anomaly.serving.deploy`);
 this client only scores images, so validation is one client with two base URLs.
 
+Answers that say "busy or not ready yet" (429, 502, 503, 504), timeouts and refused connections
+are retried with exponential backoff (tenacity) for up to ``retry_seconds`` (an endpoint scaled to
+zero takes minutes to come back); any other error answer fails at once with :class:`EndpointError`.
+
 Example:
     >>> client = EndpointClient("http://127.0.0.1:5055", "swan-anomaly")           # doctest: +SKIP
     >>> client.score([open("frame.png", "rb").read()])[0]["anomaly_score"]        # doctest: +SKIP
@@ -15,10 +19,24 @@ import base64
 import logging
 
 import httpx
+import tenacity
 
 from swan_anomaly._errors import EndpointError
 
 log = logging.getLogger(__name__)
+
+#: Answers that mean "try again later", not "this model is broken".
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+
+class EndpointBusy(EndpointError):
+    """The endpoint answered 429/502/503/504 (or did not answer) for longer than the retry budget."""
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, (httpx.TimeoutException, httpx.NetworkError)) or (
+        isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code in RETRY_STATUSES
+    )
 
 
 class EndpointClient:
@@ -29,12 +47,14 @@ class EndpointClient:
         name: endpoint name.
         token: bearer token (Databricks); never logged.
         timeout: seconds per request.
+        retry_seconds: how long transient failures are retried before :class:`EndpointBusy`.
     """
 
-    def __init__(self, base_url: str, name: str, *, token: str | None = None, timeout: float = 60.0) -> None:
+    def __init__(self, base_url: str, name: str, *, token: str | None = None, timeout: float = 60.0, retry_seconds: float = 300.0) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.base_url = base_url.rstrip("/")
         self.name = name
+        self.retry_seconds = retry_seconds
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
 
     @property
@@ -47,13 +67,36 @@ class EndpointClient:
             raise EndpointError(msg)
         return response.json()
 
+    def _post(self, payload: dict) -> httpx.Response:
+        response = self._http.post(f"/serving-endpoints/{self.name}/invocations", json=payload)
+        if response.status_code in RETRY_STATUSES:
+            response.raise_for_status()  # an HTTPStatusError, retried
+        return response
+
     def score(self, images: list[bytes], *, batch_size: int = 16) -> list[dict]:
-        """``[{"logits": [l0, l1], "anomaly_score": s}, ...]`` for encoded images."""
+        """``[{"logits": [l0, l1], "anomaly_score": s}, ...]`` for encoded images.
+
+        Raises:
+            EndpointBusy: transient failures outlasted ``retry_seconds``.
+            EndpointError: any other error answer.
+        """
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(_transient),
+            wait=tenacity.wait_exponential(multiplier=1, max=30),
+            stop=tenacity.stop_after_delay(self.retry_seconds),
+            before_sleep=lambda state: log.warning("invocations at %s: %s; retrying", self.invocations_url, state.outcome.exception()),
+            reraise=True,
+        )
         out: list[dict] = []
         for i in range(0, len(images), batch_size):
             rows = [[base64.b64encode(b).decode()] for b in images[i : i + batch_size]]
             payload = {"dataframe_split": {"columns": ["image"], "data": rows}}
-            out.extend(self._check(self._http.post(f"/serving-endpoints/{self.name}/invocations", json=payload), "invocations")["predictions"])
+            try:
+                response = retrying(self._post, payload)
+            except (httpx.HTTPStatusError, httpx.TimeoutException, httpx.NetworkError) as exc:
+                msg = f"invocations at {self.invocations_url} still failing after {self.retry_seconds:.0f}s of retries: {exc}"
+                raise EndpointBusy(msg) from exc
+            out.extend(self._check(response, "invocations")["predictions"])
         return out
 
     def close(self) -> None:

@@ -17,7 +17,8 @@ What a failure means depends on what changed (:func:`outcome_for`):
   and the version loses the champion alias, so a model that failed never serves silently);
 * the unchanged champion does not separate today's held-out data: ``drift``, reported and sent
   to the notifier; ``SWAN_DRIFT_ACTION`` says whether the run then warns or fails;
-* the unchanged champion's endpoint does not match the registry: ``mismatch``, always a failure.
+* the unchanged champion's endpoint does not match the registry, or cannot be validated:
+  ``mismatch``, always a failure (nothing to roll back to: the run did not change it).
 
 Example:
     >>> import numpy as np
@@ -38,7 +39,7 @@ import numpy as np
 
 from swan_anomaly._errors import ConfigError
 from swan_anomaly.gate import min_images_per_class, too_small
-from swan_anomaly.metrics import evaluation_report
+from swan_anomaly.metrics import evaluation_report, format_interval
 
 
 class Outcome(StrEnum):
@@ -46,7 +47,7 @@ class Outcome(StrEnum):
     ROLLED_BACK = "rolled_back"  # this run's new version failed; the previous champion serves again
     WITHDRAWN = "withdrawn"  # this run's first version failed; nothing serves (endpoint deleted)
     DRIFT = "drift"  # the unchanged champion no longer separates today's held-out data
-    MISMATCH = "mismatch"  # the unchanged champion's endpoint does not serve what the registry holds
+    MISMATCH = "mismatch"  # the unchanged champion's endpoint does not serve what the registry holds, or fails to score
 
 
 class DriftAction(StrEnum):
@@ -103,13 +104,13 @@ class EndpointPolicy:
 class EndpointCheck:
     """The two checks on one set of held-out images.
 
-    ``max_difference``: the largest ``|endpoint - registry|`` score; ``report``: the endpoint
+    ``max_difference``: the largest ``|endpoint - registry|`` score (None when nothing was scored); ``report``: the endpoint
     scores' :func:`swan_anomaly.metrics.evaluation_report` (None when the split is too small
     to measure); ``reasons``: every failed check, parity first.
     """
 
     parity: bool
-    max_difference: float
+    max_difference: float | None
     measured: bool
     report: dict | None
     reasons: list[str] = field(default_factory=list)
@@ -150,8 +151,7 @@ def check_endpoint(
         return EndpointCheck(parity, max_difference, False, None, reasons, note=f"{small}; quality not judged, parity checked")
     report = evaluation_report(labels, endpoint_scores, threshold=threshold, seed=seed)
     if report["auroc"] < policy.min_auroc:
-        low, high = report["auroc_ci"]
-        reasons.append(f"AUROC {report['auroc']:.4f} (95% CI {low:.4f}-{high:.4f}) < {policy.min_auroc:.4f} on {len(labels)} held-out images")
+        reasons.append(f"AUROC {report['auroc']:.4f} (95% CI {format_interval(report['auroc_ci'])}) < {policy.min_auroc:.4f} on {len(labels)} held-out images")
     if report["recall"] < policy.min_recall:
         reasons.append(f"recall {report['recall']:.4f} at the stored threshold {threshold:.4f} < {policy.min_recall:.4f}")
     return EndpointCheck(parity, max_difference, True, report, reasons)

@@ -81,6 +81,12 @@ def extract_frames(ctx: RunContext, candidate: dict) -> dict:
         return {"video": video, "video_id": None, "frames": 0, "error": str(exc)}
     except ValueError as exc:  # a Param out of range for this video: every retry fails the same way
         raise AirflowFailException(f"{video}: {exc}") from exc
+    except Exception as exc:
+        ti = ctx.task["ti"] if ctx.task else None
+        if ti is None or ti.try_number <= ti.max_tries:  # retries left: it may be passing (a network share, memory)
+            raise
+        log.exception("REJECTED video %s after %d tries", video, ti.try_number)  # the last try: set it aside, the others go on
+        return {"video": video, "video_id": None, "frames": 0, "error": f"{video}: could not be read after {ti.try_number} tries: {type(exc).__name__}: {exc}"}
     records = [r.to_dict() for r in frames]
     vid = records[0]["video_id"]
     for r in records:

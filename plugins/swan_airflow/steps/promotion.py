@@ -54,16 +54,47 @@ def runs_in_promotion(task_states: Mapping[str, Mapping[str, str | None]], *, me
     )
 
 
-def promotion_turn(ctx: RunContext) -> bool:
-    """True when no other active run is between its promotion turn and the end of its endpoint validation."""
+def _busy_runs(ctx: RunContext) -> list[str]:
+    """Other active runs between their promotion turn and the end of their endpoint validation."""
     ti = ctx.task["ti"]
     states = ti.get_task_states(dag_id=ctx.dag_id, task_ids=[SECTION_START, SECTION_END])
-    busy = [r for r in runs_in_promotion(states, me=ctx.run_id) if ti.get_dagrun_state(ctx.dag_id, r) in ACTIVE_RUN_STATES]
+    return [r for r in runs_in_promotion(states, me=ctx.run_id) if ti.get_dagrun_state(ctx.dag_id, r) in ACTIVE_RUN_STATES]
+
+
+def promotion_turn(ctx: RunContext) -> bool:
+    """True when no other active run is between its promotion turn and the end of its endpoint validation."""
+    busy = _busy_runs(ctx)
     if busy:
         log.info("waiting for run(s) %s: promoting, deploying or validating; this run's gate comes after", ", ".join(busy))
         return False
     log.info("promotion turn of run %s: no other run is promoting, deploying or validating", ctx.run_id)
     return True
+
+
+def require_turn(ctx: RunContext) -> None:
+    """Fail a section task that runs while another run holds the promotion section.
+
+    That happens only when a task of the section was cleared without ``wait_for_promotion_turn``
+    (whose success still stands): the run would interleave with the one that holds the section.
+
+    Raises:
+        AirflowFailException: another active run is in its section; clear the sensor with its
+            downstream tasks instead, so this run waits for its turn.
+    """
+    if ctx.task is None:  # a step called outside a DAG run (tests): no other runs to interleave with
+        return
+    if busy := _busy_runs(ctx):
+        msg = (
+            f"run(s) {', '.join(busy)} are promoting, deploying or validating; this task was cleared without "
+            f"{SECTION_START}: clear {SECTION_START} with its downstream tasks so that this run waits for its turn"
+        )
+        raise AirflowFailException(msg)
+
+
+def failed_validation(client, name: str, version: str) -> str | None:
+    """Why ``version`` failed an endpoint validation (its ``endpoint_validation`` tag), or None."""
+    tag = client.get_model_version(name, str(version)).tags.get("endpoint_validation", "")
+    return tag if tag.startswith("failed") else None
 
 
 def gate_model(ctx: RunContext, registered: dict) -> str:
@@ -72,12 +103,18 @@ def gate_model(ctx: RunContext, registered: dict) -> str:
     from swan_anomaly.gate import GateMode
     from swan_anomaly.registry import CHAMPION, get_alias
 
+    require_turn(ctx)
     params, store, client = ctx.params, lake(), registry_client()
     name, version = registered["name"], registered["version"]
     champion = get_alias(client, name, CHAMPION)
     champion_version = str(champion.version) if champion is not None else None
+    if failed := failed_validation(client, name, version):  # a cleared gate after a rollback: never again, forced or not
+        reason = f"v{version} failed its endpoint validation ({failed}); a version that failed is never promoted again"
+        log.warning("gate: %s", reason)
+        store.write_result(ctx.run_id, "gate", {"challenger": version, "mode": params["gate_mode"], "passed": False, "promote": False, "reasons": [reason], "champion_version": champion_version})
+        return "keep_champion"
     if GateMode(params["gate_mode"]) is GateMode.DISABLED:
-        record = {"mode": GateMode.DISABLED.value, "passed": None, "promote": True, "reasons": ["gate disabled"], "champion_version": champion_version}
+        record = {"challenger": version, "mode": GateMode.DISABLED.value, "passed": None, "promote": True, "reasons": ["gate disabled"], "champion_version": champion_version}
         log.info("gate disabled: v%s is promoted unjudged", version)
     else:
         record = _judge(ctx, store, client, registered, champion_version)
@@ -91,18 +128,26 @@ def gate_model(ctx: RunContext, registered: dict) -> str:
 
 def _judge(ctx: RunContext, store, client, registered: dict, champion_version: str | None) -> dict:
     """Score both models on the challenger's validation rows, decide, and record it (MLflow and model version tags)."""
-    from swan_anomaly.gate import MinThreshold, decide
-    from swan_anomaly.metrics import evaluation_report
+    from swan_anomaly.gate import MinThreshold, decide, too_small
+    from swan_anomaly.metrics import evaluation_report, format_interval
     from swan_anomaly.registry import stored_threshold, tag_version
     from swan_anomaly.scoring import class_counts, labels_of, registry_scorer, score_rows
 
     params = ctx.params
     name, version = registered["name"], registered["version"]
-    rows = _held_out(store, ctx.run_id, "val")
+    rows = held_out(store, ctx.run_id, "val")
+    counts = class_counts(rows)
+    base = {"challenger": version, "images": counts, "champion_version": champion_version, "training_val": registered.get("val")}
+    if small := too_small(counts, params["gate_min_images_per_class"]):  # refuse before loading any model
+        decision = decide({}, None, params["gate_mode"], thresholds={}, class_counts=counts, min_images_per_class=params["gate_min_images_per_class"])
+        log.warning("gate (%s): %s; promote=%s", decision.mode, small, decision.promote)
+        record = {**base, "mode": decision.mode, "passed": False, "promote": decision.promote, "reasons": decision.reasons, "measurable": False, "reports": {}}
+        tag_version(client, name, version, {"gate_passed": False, "gate_reasons": "; ".join(decision.reasons)})
+        return record
     models = {"challenger": version}
     if champion_version is not None and champion_version != version:
         models["champion"] = champion_version
-    log.info("gate: scoring %s on the %d validation images %s", ", ".join(f"{k} v{v}" for k, v in models.items()), len(rows), class_counts(rows))
+    log.info("gate: scoring %s on the %d validation images %s", ", ".join(f"{k} v{v}" for k, v in models.items()), len(rows), counts)
     scores = score_rows(store, rows, {who: registry_scorer(f"models:/{name}/{v}") for who, v in models.items()})
     labels = labels_of(rows)
     reports = {
@@ -115,19 +160,17 @@ def _judge(ctx: RunContext, store, client, registered: dict, champion_version: s
     challenger = {"auroc": reports["challenger"]["auroc"], "f1": reports["challenger"]["f1"], "unseen_auroc": registered.get("unseen_auroc")}
     champion = {k: reports["champion"][k] for k in ("auroc", "f1")} if "champion" in reports else None
     decision = decide(
-        challenger, champion, params["gate_mode"], thresholds=thresholds, class_counts=class_counts(rows),
-        min_images_per_class=params["gate_min_images_per_class"],
+        challenger, champion, params["gate_mode"], thresholds=thresholds, class_counts=counts, min_images_per_class=params["gate_min_images_per_class"],
     )
     for who, report in reports.items():
-        low, high = report["auroc_ci"]
         log.info(
-            "%s v%s on the same %d rows: AUROC %.4f (95%% CI %.4f-%.4f) F1 %.4f recall %.4f at its threshold %.4f",
-            who, report["version"], len(rows), report["auroc"], low, high, report["f1"], report["recall"], report["threshold"],
+            "%s v%s on the same %d rows: AUROC %.4f (95%% CI %s) F1 %.4f recall %.4f at its threshold %.4f",
+            who, report["version"], len(rows), report["auroc"], format_interval(report["auroc_ci"]), report["f1"], report["recall"], report["threshold"],
         )
     log.info("gate (%s): passed=%s promote=%s reasons=%s", decision.mode, decision.passed, decision.promote, decision.reasons or "none")
     record = {
-        "mode": decision.mode, "passed": decision.passed, "promote": decision.promote, "reasons": decision.reasons,
-        "measurable": decision.measurable, "images": class_counts(rows), "champion_version": champion_version, "reports": reports,
+        **base, "mode": decision.mode, "passed": decision.passed, "promote": decision.promote, "reasons": decision.reasons,
+        "measurable": decision.measurable, "reports": reports,
     }
     _log_to_mlflow(client, registered["mlflow_run_id"], reports, record)
     tag_version(client, name, version, {"gate_passed": decision.passed, "gate_reasons": "; ".join(decision.reasons) or "none"})
@@ -144,14 +187,19 @@ def _log_to_mlflow(client, mlflow_run_id: str, reports: dict, record: dict) -> N
     metrics = []
     for who, report in reports.items():
         metrics += [Metric(f"{who}_val_{k}", float(report[k]), now, 0) for k in LOGGED_METRICS]
-        metrics += [Metric(f"{who}_val_auroc_ci_{end}", float(v), now, 0) for end, v in zip(("low", "high"), report["auroc_ci"])]
+        if report["auroc_ci"] is not None:
+            metrics += [Metric(f"{who}_val_auroc_ci_{end}", float(v), now, 0) for end, v in zip(("low", "high"), report["auroc_ci"])]
     tags = [RunTag("gate_passed", str(record["passed"])), RunTag("gate_champion_version", str(record["champion_version"]))]
     client.log_batch(mlflow_run_id, metrics=metrics, tags=tags)
     client.log_dict(mlflow_run_id, record, "gate/decision.json")
 
 
-def _held_out(store, run_id: str, split: str) -> list[list]:
-    """The training job's ``held_out`` rows of ``split`` (``val`` or ``test``)."""
+def held_out(store, run_id: str, split: str) -> list[list]:
+    """The training job's ``held_out`` rows of ``split`` (``val`` or ``test``) for run ``run_id``.
+
+    Raises:
+        AirflowFailException: the training result lists none (it was written by an older job).
+    """
     rows = store.read_result(run_id, "train").get("held_out", {}).get(split)
     if rows is None:
         msg = f"the training result of run {run_id} lists no held-out {split} rows (a job of an older version wrote it); clear run_training"
@@ -169,8 +217,11 @@ def promote_model(ctx: RunContext, registered: dict) -> dict:
     from swan_airflow.runtime import lake, registry_client
     from swan_anomaly.registry import CHAMPION, get_alias, promote, tag_version
 
+    require_turn(ctx)
     client = registry_client()
     name, version = registered["name"], registered["version"]
+    if failed := failed_validation(client, name, version):
+        raise AirflowFailException(f"{name} v{version} failed its endpoint validation ({failed}); it is never promoted again")
     gate = lake().read_result(ctx.run_id, "gate")
     current = get_alias(client, name, CHAMPION)
     current_version = str(current.version) if current is not None else None

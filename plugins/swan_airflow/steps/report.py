@@ -41,6 +41,9 @@ def summarize_run(ctx: RunContext, upload: dict | None, registered: dict | None,
     failed = sorted(task for task, state in states.items() if state in FAILED_STATES)
     store = lake()
     etl, augment, training, gate, checked = (optional_result(store, ctx.run_id, job) for job in ("etl", "augment", "train", "gate", "validation"))
+    # records of an earlier try that judged another challenger (run_training was cleared since) are not this run's
+    challenger = str(registered["version"]) if registered else None
+    gate, checked = (r if r is not None and r.get("challenger") == challenger else None for r in (gate, checked))
     summary = {
         "dataset_id": ctx.dataset_id,
         "run_id": ctx.run_id,
@@ -55,7 +58,8 @@ def summarize_run(ctx: RunContext, upload: dict | None, registered: dict | None,
         "scores": [row[:3] for row in (checked or {}).get("scores", [])][:16],
     }
     store.write_result(ctx.run_id, "summary", summary)
-    shutil.rmtree(ctx.staging_dir, ignore_errors=True)  # the raw partition holds the data now
+    if upload is not None:  # the raw partition holds the data now; without an upload, a cleared upload_to_lake still needs it
+        shutil.rmtree(ctx.staging_dir, ignore_errors=True)
     log.info("run summary:\n%s", json.dumps({k: v for k, v in summary.items() if k != "scores"}, indent=2, default=str))
     if failed:
         raise AirflowFailException(f"run {ctx.run_id} failed at {', '.join(failed)}; serving {summary['serving']}; summary in runs/{ctx.run_id}/summary.json")

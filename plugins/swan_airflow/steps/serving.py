@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 #: Scored images kept in the run summary (the whole list is in ``validation.json``).
 SUMMARY_SCORES = 16
+#: Outcomes that fail the run, decided once per challenger.
+FAILED_OUTCOMES = ("rolled_back", "withdrawn", "mismatch")
 
 
 def update_endpoint(ctx: RunContext) -> dict:
@@ -61,52 +63,64 @@ def update_endpoint(ctx: RunContext) -> dict:
 def validate_endpoint(ctx: RunContext, endpoint: dict, registered: dict) -> dict:
     """Score the held-out test split through the endpoint and the registry model; act on the outcome.
 
+    Whatever stops the validation (the endpoint answering errors or staying busy past its retry
+    budget, a registry model that cannot load, a held-out image that changed) counts as a failed
+    check: a new version that cannot be validated is rolled back, never left serving unvalidated.
+    Only a crash of the worker itself leaves no record, and the retry validates again.
+
     Raises:
-        AirflowFailException: the new version was rolled back or withdrawn, the endpoint does not
-            serve the registry's model, drift with ``SWAN_DRIFT_ACTION=fail``, or the endpoint
-            serves another version than ``update_endpoint`` deployed. Never retried.
+        AirflowFailException: the new version was rolled back or withdrawn, the unchanged
+            champion's endpoint failed, drift with ``SWAN_DRIFT_ACTION=fail``, an earlier try of
+            this run already failed this challenger, or the endpoint serves another version than
+            ``update_endpoint`` deployed. Never retried.
     """
+    from dataclasses import replace
+
     from swan_airflow.runtime import lake, optional_result, registry_client
     from swan_airflow.serving import serving_target
-    from swan_anomaly import ConfigError, EndpointError
+    from swan_airflow.steps.promotion import held_out, require_turn
+    from swan_anomaly import ConfigError
     from swan_anomaly.registry import PREVIOUS, get_alias, stored_threshold
     from swan_anomaly.scoring import endpoint_scorer, labels_of, registry_scorer, score_rows
     from swan_anomaly.serving.deploy import served_version
     from swan_anomaly.serving.validation import EndpointCheck, EndpointPolicy, Outcome, check_endpoint, outcome_for
 
+    require_turn(ctx)
     store, client = lake(), registry_client()
-    name, version = endpoint["name"], str(endpoint["version"])
+    name, version, challenger = endpoint["name"], str(endpoint["version"]), str(registered["version"])
     try:
-        policy = EndpointPolicy.from_env()
+        policy = replace(EndpointPolicy.from_env(), min_images_per_class=ctx.params["gate_min_images_per_class"])
     except ConfigError as exc:
         raise AirflowFailException(str(exc)) from exc
     target = serving_target()
+    served = served_version(target.workspace(), target.endpoint)
     prior = optional_result(store, ctx.run_id, "validation")
-    if prior is not None and prior["version"] == version and prior["outcome"] not in (Outcome.PASSED, Outcome.DRIFT):
-        if prior.get("state") == "acting":  # an earlier try died half-way through its rollback: finish it
+    if prior is not None and prior.get("challenger") == challenger and prior["outcome"] in FAILED_OUTCOMES:
+        # This run's challenger already failed here: never validate again. Undo a rollback that a
+        # clear of update_endpoint (or a crash half-way) left undone, then fail again.
+        if prior.get("state") == "acting" or served == prior["version"]:
             _act(target, client, prior)
             store.write_result(ctx.run_id, "validation", {**prior, "state": "done"})
-        raise AirflowFailException(f"{prior['message']} (decided by an earlier try of this task; not validated again)")
-    served = served_version(target.workspace(), target.endpoint)
+        raise AirflowFailException(f"{prior['message']} (decided by an earlier try of this run; not validated again)")
     if served != version:
         msg = f"endpoint {target.endpoint} serves v{served}, not v{version} that update_endpoint deployed: it changed since. Clear update_endpoint to serve the champion again."
         raise AirflowFailException(msg)
-    training = store.read_result(ctx.run_id, "train")
-    rows = training["held_out"]["test"]
-    threshold = stored_threshold(client, name, version)
-    labels = labels_of(rows)
-    log.info("validating %s v%s at %s on %d held-out test images (threshold %.4f)", name, version, target.invocations_url, len(rows), threshold)
+    new_version = version == challenger  # this run's challenger serves: it was promoted by this run
+    rows, threshold, scores = [], None, None
     try:
+        rows = held_out(store, ctx.run_id, "test")
+        threshold = stored_threshold(client, name, version)
+        log.info("validating %s v%s at %s on %d held-out test images (threshold %.4f)", name, version, target.invocations_url, len(rows), threshold)
         scores = score_rows(store, rows, {"endpoint": endpoint_scorer(target.client()), "registry": registry_scorer(f"models:/{name}/{version}")})
-        check = check_endpoint(labels, scores["endpoint"], scores["registry"], threshold=threshold, policy=policy, seed=ctx.params["seed"])
-    except EndpointError as exc:  # the endpoint answered an error for held-out images: it does not serve them
+        check = check_endpoint(labels_of(rows), scores["endpoint"], scores["registry"], threshold=threshold, policy=policy, seed=ctx.params["seed"])
+    except Exception as exc:  # noqa: BLE001 - a validation that cannot complete is a failed one, acted on once
+        log.exception("the validation of %s v%s could not complete", name, version)
         scores = None
-        check = EndpointCheck(parity=False, max_difference=float("inf"), measured=False, report=None, reasons=[f"the endpoint failed to score: {exc}"])
-    new_version = version == str(registered["version"])  # this run's challenger serves: it was promoted by this run
+        check = EndpointCheck(parity=False, max_difference=None, measured=False, report=None, reasons=[f"the validation could not complete: {type(exc).__name__}: {exc}"])
     previous = get_alias(client, name, PREVIOUS) if new_version else None
     previous = str(previous.version) if previous is not None and str(previous.version) != version else None
     outcome = outcome_for(check, new_version=new_version, previous=previous)
-    record = _record(ctx, name, version, previous, threshold, rows, scores, check, outcome, target.invocations_url)
+    record = {**_record(ctx, name, version, previous, threshold, rows, scores, check, outcome, target.invocations_url), "challenger": challenger}
     log.info("%s\n%s", record["message"], _table(record))
     if outcome is Outcome.PASSED:
         store.write_result(ctx.run_id, "validation", {**record, "state": "done"})
@@ -130,9 +144,11 @@ def _record(ctx, name, version, previous, threshold, rows, scores, check, outcom
     """What the validation found and decided, as written to ``validation.json``."""
     from swan_anomaly.serving.validation import Outcome
 
+    from swan_anomaly.metrics import format_interval
+
     what = "; ".join(check.reasons) or "the endpoint serves the registered model"
     quality = check.note or (
-        f"AUROC {check.report['auroc']:.4f} (95% CI {check.report['auroc_ci'][0]:.4f}-{check.report['auroc_ci'][1]:.4f}), "
+        f"AUROC {check.report['auroc']:.4f} (95% CI {format_interval(check.report['auroc_ci'])}), "
         f"recall {check.report['recall']:.4f} at {threshold:.4f}" if check.report else "quality not measured"
     )
     message = {
@@ -143,7 +159,7 @@ def _record(ctx, name, version, previous, threshold, rows, scores, check, outcom
             f"the endpoint was deleted and v{version} lost the champion alias: nothing serves until a model passes"
         ),
         Outcome.DRIFT: f"DRIFT: the unchanged champion {name} v{version} does not separate today's held-out data ({what}; dataset {ctx.dataset_id})",
-        Outcome.MISMATCH: f"the endpoint does not serve the registered {name} v{version} ({what}); it was not changed by this run: check the endpoint",
+        Outcome.MISMATCH: f"the endpoint serving the unchanged champion {name} v{version} failed its validation ({what}); this run did not change it: check the endpoint",
     }[outcome]
     scored = [] if scores is None else [
         [r[1], int(r[2]), float(e), float(g)] for r, e, g in zip(rows, scores["endpoint"], scores["registry"])
