@@ -213,7 +213,8 @@ def test_a_champion_that_stops_separating_new_data_is_drift_and_the_failed_run_s
     monkeypatch.setenv("SWAN_FAILURE_NOTIFIER_KWARGS", json.dumps({"message": "{{ exception }}", "path": str(out)}))
     dag = DagBag(dag_folder=str(ROOT / "dags")).get_dag("swan_anomaly_pipeline")
     logical = dt.datetime.fromisoformat(LANDING_DATE).replace(tzinfo=dt.UTC)
-    conf = {"landing_date": LANDING_DATE, "epochs": 2, "gate_min_images_per_class": 1000}  # the gate refuses: too few images
+    # the gate refuses (an unseen-family AUROC is required, and one family gives none), so the constant champion stays
+    conf = {"landing_date": LANDING_DATE, "epochs": 2, "gate_min_unseen_auroc": 1.0}
     again = dag.test(logical_date=logical, run_after=dt.datetime.now(dt.UTC), run_conf=conf)
 
     assert str(again.state) == "failed"
@@ -222,7 +223,8 @@ def test_a_champion_that_stops_separating_new_data_is_drift_and_the_failed_run_s
     assert states["validate_endpoint"] == ("failed", 1), "a validation failure is final: no retry"
     summary = LocalLake(s.lake_root).read_result(again.run_id, "summary")
     assert summary["status"] == "failed" and summary["failed_tasks"] == ["validate_endpoint"]
-    assert summary["gate"]["measurable"] is False and summary["gate"]["promote"] is False
+    assert summary["gate"]["promote"] is False and "unseen_auroc None < 1.0000" in summary["gate"]["reasons"]
+    assert summary["gate"]["reports"]["champion"]["auroc"] == 0.5  # judged on the challenger's rows, not its own claims
     assert summary["endpoint"]["outcome"] == "drift" and summary["endpoint"]["validated_version"] == version
     assert summary["serving"] == {"endpoint": s.endpoint_name, "version": version, "champion": version}
     assert "DRIFT: the unchanged champion" in out.read_text() and "SWAN_DRIFT_ACTION=fail" in out.read_text()
