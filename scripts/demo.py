@@ -126,7 +126,7 @@ def print_summary(summary: dict, reused_video: bool, seconds: float) -> None:
     print(f"validation     : {e['outcome']}: {e['message']}")
     from swan_anomaly.serving.client import score_table
 
-    print("\nscores from the endpoint (held-out raw frames, the first 16):")
+    print("\nscores from the endpoint (held-out raw frames, up to 8 of each class):")
     print(score_table([tuple(r) for r in summary["scores"]]))
     print("\nMLflow UI : .venv/bin/mlflow ui --backend-store-uri " + os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{os.environ['SWAN_HOME']}/mlflow/mlflow.db"))
     print("Airflow UI: make airflow")

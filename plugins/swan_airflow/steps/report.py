@@ -55,7 +55,7 @@ def summarize_run(ctx: RunContext, upload: dict | None, registered: dict | None,
         "model": _model(registered),
         "endpoint": _endpoint(checked, validation),
         "serving": _serving(),
-        "scores": [row[:3] for row in (checked or {}).get("scores", [])][:16],
+        "scores": _score_sample((checked or {}).get("scores", [])),
     }
     store.write_result(ctx.run_id, "summary", summary)
     if upload is not None:  # the raw partition holds the data now; without an upload, a cleared upload_to_lake still needs it
@@ -64,6 +64,11 @@ def summarize_run(ctx: RunContext, upload: dict | None, registered: dict | None,
     if failed:
         raise AirflowFailException(f"run {ctx.run_id} failed at {', '.join(failed)}; serving {summary['serving']}; summary in runs/{ctx.run_id}/summary.json")
     return summary
+
+
+def _score_sample(scores: list[list], per_class: int = 8) -> list[list]:
+    """Up to ``per_class`` ``[image_path, label, endpoint score]`` rows of each class (all of them are in ``validation.json``)."""
+    return [row[:3] for label in (0, 1) for row in [r for r in scores if r[1] == label][:per_class]]
 
 
 def _data(upload: dict | None, etl: dict | None, augment: dict | None) -> dict:
