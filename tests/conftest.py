@@ -66,6 +66,25 @@ for _var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
     os.environ.pop(_var, None)
 logging.getLogger("py4j").setLevel(logging.WARNING)  # py4j logs from __del__ after pytest closed its streams
 
+from airflow.sdk import BaseNotifier  # noqa: E402 - after the environment above is set
+
+
+class RecordingNotifier(BaseNotifier):
+    """An Airflow notifier that writes its rendered message to a file (what a Slack or SMTP notifier would send).
+
+    Configure it as ``SWAN_FAILURE_NOTIFIER=conftest:RecordingNotifier`` with
+    ``SWAN_FAILURE_NOTIFIER_KWARGS={"message": ..., "path": ...}``.
+    """
+
+    template_fields = ("message", "path")
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__()
+        self.message, self.path = message, path
+
+    def notify(self, context) -> None:
+        Path(self.path).write_text(self.message)
+
 
 class _Tee(io.TextIOBase):
     """Writes to the original stream and to a capture buffer."""
@@ -124,6 +143,21 @@ def airflow_db() -> Path:
 
 
 PIPELINE_DAG_ID = "swan_anomaly_pipeline"
+
+
+def water_frame(seed: int, *, abnormal: bool, height: int = 64, width: int = 96):
+    """An RGB ``[height, width, 3]`` uint8 frame of smooth, noisy "water"; an abnormal one has a
+    black-and-white square (half the shorter side) in its centre, inside any crop the pipeline takes."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    frame = np.stack([60 + 40 * np.sin(xx / 9 + seed), 110 + 30 * np.cos(yy / 7), 160 + 0 * xx], axis=2) + rng.normal(0, 4, (height, width, 3))
+    if abnormal:
+        side = min(height, width) // 2
+        top, left = (height - side) // 2, (width - side) // 2
+        frame[top : top + side, left : left + side] = np.where(rng.random((side, side, 1)) < 0.5, 0, 255)
+    return np.clip(frame, 0, 255).astype(np.uint8)
 
 
 def label_staged_images(ds: Path) -> Path:

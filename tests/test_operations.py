@@ -11,9 +11,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from airflow.sdk import BaseNotifier
 
-from conftest import PIPELINE_DAG_ID, ROOT
+from conftest import PIPELINE_DAG_ID, ROOT, RecordingNotifier
 
 DAG_ID = PIPELINE_DAG_ID
 
@@ -80,25 +79,12 @@ def test_every_param_is_described_titled_and_grouped_and_the_defaults_validate(d
     assert ParamsDict(params).validate()["backend"] == "local"
 
 
-class RecordingNotifier(BaseNotifier):
-    """An Airflow notifier that writes its rendered message to a file (what a Slack or SMTP notifier would send)."""
-
-    template_fields = ("message", "path")
-
-    def __init__(self, message: str, path: str) -> None:
-        super().__init__()
-        self.message, self.path = message, path
-
-    def notify(self, context) -> None:
-        Path(self.path).write_text(self.message)
-
-
 def test_a_configured_notifier_is_called_on_failure_and_a_broken_setting_is_loud(tmp_path, monkeypatch, caplog):
     from swan_airflow import callbacks
 
     out = tmp_path / "notified.txt"
     env = {
-        "SWAN_FAILURE_NOTIFIER": f"{__name__}:RecordingNotifier",
+        "SWAN_FAILURE_NOTIFIER": "conftest:RecordingNotifier",
         "SWAN_FAILURE_NOTIFIER_KWARGS": json.dumps({"message": callbacks.FAILURE_MESSAGE, "path": str(out)}),
     }
     log_cb, notifier = callbacks.failure_callbacks(env)

@@ -209,7 +209,7 @@ def test_a_champion_that_stops_separating_new_data_is_drift_and_the_failed_run_s
 
     out = tmp_path / "notified.txt"
     monkeypatch.setenv("SWAN_DRIFT_ACTION", "fail")
-    monkeypatch.setenv("SWAN_FAILURE_NOTIFIER", "test_promotion:RecordingNotifier")
+    monkeypatch.setenv("SWAN_FAILURE_NOTIFIER", "conftest:RecordingNotifier")
     monkeypatch.setenv("SWAN_FAILURE_NOTIFIER_KWARGS", json.dumps({"message": "{{ exception }}", "path": str(out)}))
     dag = DagBag(dag_folder=str(ROOT / "dags")).get_dag("swan_anomaly_pipeline")
     logical = dt.datetime.fromisoformat(LANDING_DATE).replace(tzinfo=dt.UTC)

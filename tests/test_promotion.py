@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from airflow.sdk import BaseNotifier
 from airflow.sdk.exceptions import AirflowFailException
 
+from conftest import water_frame
 from swan_airflow.context import RunContext
 
 DATASET = "20261115"
@@ -28,29 +28,11 @@ PARAMS = {
 }
 
 
-class RecordingNotifier(BaseNotifier):
-    """Writes what it would send to a file."""
-
-    template_fields = ("message", "path")
-
-    def __init__(self, message: str, path: str) -> None:
-        super().__init__()
-        self.message, self.path = message, path
-
-    def notify(self, context) -> None:
-        Path(self.path).write_text(self.message)
-
-
 def _frame(seed: int, abnormal: bool) -> bytes:
     """A 96x64 PNG of smooth water; an abnormal one has a black-and-white square in its centre."""
     import cv2
 
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:64, 0:96]
-    frame = np.stack([60 + 40 * np.sin(xx / 9 + seed), 110 + 30 * np.cos(yy / 7), 160 + 0 * xx], axis=2) + rng.normal(0, 4, (64, 96, 3))
-    if abnormal:
-        frame[16:48, 32:64] = np.where(rng.random((32, 32, 1)) < 0.5, 0, 255)
-    return cv2.imencode(".png", np.clip(frame, 0, 255).astype(np.uint8))[1].tobytes()
+    return cv2.imencode(".png", water_frame(seed, abnormal=abnormal))[1].tobytes()
 
 
 @pytest.fixture(scope="module")
@@ -303,7 +285,7 @@ def test_an_unchanged_champion_that_no_longer_separates_is_drift_reported_and_wa
     from swan_airflow.steps.serving import validate_endpoint
 
     out = tmp_path / "notified.txt"
-    monkeypatch.setenv("SWAN_FAILURE_NOTIFIER", f"{__name__}:RecordingNotifier")
+    monkeypatch.setenv("SWAN_FAILURE_NOTIFIER", "conftest:RecordingNotifier")
     monkeypatch.setenv("SWAN_FAILURE_NOTIFIER_KWARGS", json.dumps({"message": "{{ exception }}", "path": str(out)}))
     champion = _register(world, model_name, "constant", "scheduled__1")
     endpoint = _serve(model_name, champion)

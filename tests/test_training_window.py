@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import logging
 
-import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import water_frame
 from swan_anomaly._errors import ConfigError, JobError
 from swan_anomaly.lake import LocalLake
 from swan_anomaly.training import load_gold, window_dataset_ids
@@ -17,15 +17,10 @@ GOLD_COLUMNS = ["sample_id", "image_path", "content", "label", "family", "group"
 
 
 def _image(seed: int, abnormal: bool) -> bytes:
-    """A 32 px JPEG: a smooth frame, with a dark-and-bright square when ``abnormal``."""
+    """A 32 px JPEG of smooth water, with a black-and-white square when ``abnormal``."""
     from swan_anomaly.images import encode_jpeg
 
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:32, 0:32]
-    frame = np.stack([60 + 40 * np.sin(xx / 5 + seed), 110 + 30 * np.cos(yy / 4), 160 + 0 * xx], axis=2) + rng.normal(0, 4, (32, 32, 3))
-    if abnormal:
-        frame[8:20, 10:22] = np.where(rng.random((12, 12, 1)) < 0.5, 0, 255)
-    return encode_jpeg(np.clip(frame, 0, 255).astype(np.uint8))
+    return encode_jpeg(water_frame(seed, abnormal=abnormal, height=32, width=32))
 
 
 def _rows(groups: dict[str, str], frames: int = 2) -> pd.DataFrame:
