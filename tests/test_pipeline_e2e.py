@@ -206,6 +206,7 @@ def test_a_champion_that_stops_separating_new_data_is_drift_and_the_failed_run_s
     promote(client, s.model_name, version)
     target = serving_target()
     deploy_version(target.workspace(), target.endpoint, s.model_name, version, ServingConfig())
+    client.set_model_version_tag(s.model_name, version, "endpoint_validation", "passed: an earlier run")  # it served and passed before
 
     out = tmp_path / "notified.txt"
     monkeypatch.setenv("SWAN_DRIFT_ACTION", "fail")

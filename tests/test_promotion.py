@@ -126,6 +126,14 @@ def _serve(name: str, version: str) -> dict:
     return update_endpoint(_ctx())
 
 
+def _validated_before(name: str, version: str) -> None:
+    """Mark ``version`` as one that passed an endpoint validation earlier (what the champion of a past run has)."""
+    from swan_airflow.runtime import registry_client
+    from swan_anomaly.registry import ENDPOINT_VALIDATION, tag_version
+
+    tag_version(registry_client(), name, version, {ENDPOINT_VALIDATION: "passed: run scheduled__earlier"})
+
+
 def _served() -> str | None:
     from swan_airflow.serving import serving_target
     from swan_anomaly.serving.deploy import served_version
@@ -289,6 +297,7 @@ def test_an_unchanged_champion_that_no_longer_separates_is_drift_reported_and_wa
     monkeypatch.setenv("SWAN_FAILURE_NOTIFIER_KWARGS", json.dumps({"message": "{{ exception }}", "path": str(out)}))
     champion = _register(world, model_name, "constant", "scheduled__1")
     endpoint = _serve(model_name, champion)
+    _validated_before(model_name, champion)  # it served and passed before: now it is the unchanged champion
     challenger = _register(world, model_name, "good", "scheduled__2")  # not promoted
     result = validate_endpoint(_ctx(), endpoint, _registered(model_name, challenger, world, "good"))
     assert result["outcome"] == "drift" and "DRIFT: the unchanged champion" in result["message"]
@@ -309,6 +318,7 @@ def test_an_endpoint_that_does_not_serve_the_registered_model_fails_parity(world
 
     good = _register(world, model_name, "good", "scheduled__1")
     endpoint = _serve(model_name, good)
+    _validated_before(model_name, good)
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{model_name}/{good}"))
     [weights] = list(local.rglob("model.safetensors"))
     artifact = Path(mlflow.MlflowClient().get_model_version_download_uri(model_name, good).removeprefix("file://"))
@@ -321,10 +331,31 @@ def test_an_endpoint_that_does_not_serve_the_registered_model_fails_parity(world
     save_file(tensors, str(stored), metadata={"format": "pt"})
     try:
         with pytest.raises(AirflowFailException, match=r"does not serve the registered .* scores differ from the registry model's by more than 0\.0001"):
-            validate_endpoint(_ctx(), endpoint, _registered(model_name, "999", world, "constant"))  # unchanged champion: not this run's
+            validate_endpoint(_ctx(), endpoint, _registered(model_name, "999", world, "constant"))  # the gate kept the champion
         assert world["lake"].read_result(RUN_ID, "validation")["outcome"] == "mismatch" and _served() == good
     finally:
         stored.write_bytes(original)
+
+
+@pytest.mark.slow
+def test_a_champion_the_endpoint_cannot_load_goes_back_and_a_validated_champion_is_judged_for_drift(world, model_name, tmp_path):
+    """update_endpoint: a version the endpoint refuses (it cannot load it) must not stay champion without ever serving."""
+    from swan_airflow.runtime import registry_client
+    from swan_airflow.steps.serving import update_endpoint
+    from swan_anomaly.registry import promote, register_challenger
+
+    good = _register(world, model_name, "good", "scheduled__1")
+    _serve(model_name, good)
+    broken_source = tmp_path / "broken"
+    broken_source.mkdir()
+    (broken_source / "MLmodel").write_text("flavors: {}\n")  # registrable, not loadable
+    client = registry_client()
+    run = client.create_run(client.get_experiment_by_name("swan-anomaly").experiment_id).info.run_id
+    broken = str(register_challenger(client, model_name, broken_source.as_uri(), run, "scheduled__2", tags={"anomaly_threshold": "0.5"}).version)
+    promote(client, model_name, broken)
+    with pytest.raises(AirflowFailException, match=rf"failed to serve {model_name} v{broken} and keeps serving v{good}.*champion alias went back to v{good}"):
+        update_endpoint(_ctx())
+    assert _served() == good and _champion(model_name) == good
 
 
 @pytest.mark.slow

@@ -129,6 +129,15 @@ def stored_threshold(client: MlflowClient, name: str, version: str) -> float:
     return float(metadata["anomaly_threshold"])
 
 
+#: The model-version tag that records the endpoint validation: ``passed: ...`` or ``failed: ...``.
+ENDPOINT_VALIDATION = "endpoint_validation"
+
+
+def endpoint_validation(client: MlflowClient, name: str, version: str) -> str | None:
+    """The version's :data:`ENDPOINT_VALIDATION` tag (``passed: ...`` / ``failed: ...``), or None when never validated."""
+    return client.get_model_version(name, str(version)).tags.get(ENDPOINT_VALIDATION)
+
+
 def tag_version(client: MlflowClient, name: str, version: str, tags: dict[str, str]) -> None:
     """Set tags on a model version (what the gate and the endpoint validation decided about it)."""
     for key, value in tags.items():

@@ -50,9 +50,16 @@ def serving_target(*, start: bool = True) -> ServingTarget:
     s = settings()
     backend = os.environ.get("SWAN_SERVING_BACKEND", "local")
     if backend == "local":
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from swan_anomaly import ConfigError
         from swan_anomaly.serving.local import ensure_local_server
 
-        return ServingTarget("local", ensure_local_server(s) if start else s.endpoint_url, s.endpoint_name, LOCAL_TOKEN)
+        try:
+            url = ensure_local_server(s) if start else s.endpoint_url
+        except ConfigError as exc:  # another deployment's server holds the port: only an operator can fix it
+            raise AirflowFailException(str(exc)) from exc
+        return ServingTarget("local", url, s.endpoint_name, LOCAL_TOKEN)
     if backend == "databricks":
         from swan_airflow.runtime import databricks_workspace
 

@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 import httpx
 
-from swan_anomaly._errors import EndpointError
+from swan_anomaly._errors import ConfigError, EndpointError
 from swan_anomaly.config import Settings
 
 log = logging.getLogger(__name__)
@@ -34,26 +34,34 @@ def _health(url: str) -> dict | None:
     return response.json() if response.status_code == 200 else None
 
 
-def is_running(url: str) -> bool:
-    """True when a model server answers ``/health`` at ``url``."""
-    return _health(url) is not None
+def running_server(settings: Settings) -> bool:
+    """True when this deployment's model server (the one reading ``settings``' registry) answers at its URL.
+
+    Raises:
+        ConfigError: another deployment's server (another ``SWAN_HOME``) answers there.
+    """
+    health = _health(settings.endpoint_url)
+    if health is None:
+        return False
+    if health.get("registry_uri") not in (None, settings.registry_uri):
+        msg = (
+            f"the model server at {settings.endpoint_url} serves models from {health.get('registry_uri')}, not {settings.registry_uri}; "
+            "stop it (make stop-endpoint with its SWAN_HOME) or set SWAN_ENDPOINT_URL to a free port"
+        )
+        raise ConfigError(msg)
+    return True
 
 
 def ensure_local_server(settings: Settings, *, timeout: float = 90.0) -> str:
     """Return the endpoint base URL, starting the server first if nothing answers there.
 
     Raises:
-        EndpointError: a server answers at the URL but reads another MLflow registry
-            (another ``SWAN_HOME``), or a new server does not come up.
+        ConfigError: a server answers at the URL but reads another MLflow registry (another
+            ``SWAN_HOME``): only an operator can fix that, so no retry helps.
+        EndpointError: a new server does not come up.
     """
     url = settings.endpoint_url
-    if (health := _health(url)) is not None:
-        if health.get("registry_uri") not in (None, settings.registry_uri):
-            msg = (
-                f"the model server at {url} serves models from {health.get('registry_uri')}, not {settings.registry_uri}; "
-                "stop it (make stop-endpoint with its SWAN_HOME) or set SWAN_ENDPOINT_URL to a free port"
-            )
-            raise EndpointError(msg)
+    if running_server(settings):
         return url
     parsed = urlparse(url)
     settings.serving_dir.mkdir(parents=True, exist_ok=True)
@@ -73,7 +81,7 @@ def ensure_local_server(settings: Settings, *, timeout: float = 90.0) -> str:
             tail = log_path.read_text(errors="replace")[-2000:]
             msg = f"local model server exited with code {proc.returncode} before answering on {url}; log tail:\n{tail}"
             raise EndpointError(msg)
-        if is_running(url):
+        if _health(url) is not None:
             return url
         time.sleep(0.5)
     msg = f"local model server did not answer on {url} within {timeout:.0f}s; see {log_path}"

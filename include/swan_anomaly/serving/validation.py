@@ -12,7 +12,7 @@ Two checks on the held-out test split, scored through the endpoint:
 
 What a failure means depends on what changed (:func:`outcome_for`):
 
-* this run's new version fails either check: it is rolled back to the previous champion
+* a new version (one that never passed an endpoint validation) fails either check: it is rolled back to the previous champion
   (``rolled_back``) or, when there is none, withdrawn (``withdrawn``: the endpoint is deleted
   and the version loses the champion alias, so a model that failed never serves silently);
 * the unchanged champion does not separate today's held-out data: ``drift``, reported and sent
@@ -162,8 +162,9 @@ def outcome_for(check: EndpointCheck, *, new_version: bool, previous: str | None
 
     Args:
         check: the checks of the served version.
-        new_version: the served version is this run's challenger, promoted by this run (else it
-            is the unchanged champion that the gate kept).
+        new_version: the served version never passed an endpoint validation (this run's
+            challenger, or one whose endpoint update failed before); else it is the unchanged
+            champion, judged for drift.
         previous: the version to roll back to (the previous champion), or None.
     """
     if check.passed:

@@ -93,7 +93,9 @@ def require_turn(ctx: RunContext) -> None:
 
 def failed_validation(client, name: str, version: str) -> str | None:
     """Why ``version`` failed an endpoint validation (its ``endpoint_validation`` tag), or None."""
-    tag = client.get_model_version(name, str(version)).tags.get("endpoint_validation", "")
+    from swan_anomaly.registry import endpoint_validation
+
+    tag = endpoint_validation(client, name, version) or ""
     return tag if tag.startswith("failed") else None
 
 

@@ -140,9 +140,13 @@ def _serving() -> dict:
     champion = get_alias(registry_client(), s.model_name, CHAMPION)
     target = serving_target(start=False)
     if target.backend == "local":
-        from swan_anomaly.serving.local import is_running
+        from swan_anomaly import ConfigError
+        from swan_anomaly.serving.local import running_server
 
-        version = served_version(target.workspace(), target.endpoint) if is_running(target.base_url) else None
+        try:
+            version = served_version(target.workspace(), target.endpoint) if running_server(s) else None
+        except ConfigError as exc:  # another deployment's server answers there: it serves nothing of ours
+            return {"endpoint": target.endpoint, "version": None, "champion": str(champion.version) if champion else None, "note": str(exc)}
     else:
         version = served_version(target.workspace(), target.endpoint)
     return {"endpoint": target.endpoint, "version": version, "champion": str(champion.version) if champion else None}

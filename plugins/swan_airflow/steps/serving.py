@@ -43,18 +43,36 @@ def update_endpoint(ctx: RunContext) -> dict:
     Raises:
         AirflowSkipException: there is no champion yet (the first model did not pass the gate):
             nothing to serve, and nothing to validate.
+        AirflowFailException: the endpoint refused the champion (it could not load it). A
+            champion that never served goes back to the previous one (or loses the alias).
     """
     from swan_airflow.runtime import registry_client, settings
     from swan_airflow.serving import serving_target
-    from swan_anomaly.registry import CHAMPION, get_alias
+    from swan_anomaly import EndpointError
+    from swan_anomaly.registry import CHAMPION, PREVIOUS, endpoint_validation, get_alias, rollback, withdraw
     from swan_anomaly.serving.deploy import ServingConfig, deploy_version
 
     s = settings()
-    champion = get_alias(registry_client(), s.model_name, CHAMPION)
+    client = registry_client()
+    champion = get_alias(client, s.model_name, CHAMPION)
     if champion is None:
         raise AirflowSkipException(f"registered model {s.model_name} has no champion yet (no model has passed the gate): nothing to serve")
+    version = str(champion.version)
     target = serving_target()
-    result = deploy_version(target.workspace(), target.endpoint, s.model_name, str(champion.version), ServingConfig.from_env())
+    try:
+        result = deploy_version(target.workspace(), target.endpoint, s.model_name, version, ServingConfig.from_env())
+    except EndpointError as exc:  # the endpoint refused the version (it could not load it): retrying changes nothing
+        msg = str(exc)
+        if not (endpoint_validation(client, s.model_name, version) or "").startswith("passed"):
+            # a champion that never served must not stay champion: the registry would name a model nobody serves
+            previous = get_alias(client, s.model_name, PREVIOUS)
+            if previous is not None and str(previous.version) != version:
+                rollback(client, s.model_name, str(previous.version))
+                msg += f"; v{version} never served, so the champion alias went back to v{previous.version}"
+            else:
+                withdraw(client, s.model_name, version)
+                msg += f"; v{version} never served and there is no earlier champion: it lost the champion alias"
+        raise AirflowFailException(msg) from exc
     change = f" (was v{result.previous_version})" if result.changed else " (unchanged)"
     log.info("endpoint %s (%s) serves %s v%s%s", target.endpoint, target.backend, s.model_name, result.version, change)
     return {"url": target.invocations_url, "name": s.model_name, "version": result.version, "previous": result.previous_version, "changed": result.changed}
@@ -80,7 +98,7 @@ def validate_endpoint(ctx: RunContext, endpoint: dict, registered: dict) -> dict
     from swan_airflow.serving import serving_target
     from swan_airflow.steps.promotion import held_out, require_turn
     from swan_anomaly import ConfigError
-    from swan_anomaly.registry import PREVIOUS, get_alias, stored_threshold
+    from swan_anomaly.registry import ENDPOINT_VALIDATION, PREVIOUS, endpoint_validation, get_alias, stored_threshold, tag_version
     from swan_anomaly.scoring import endpoint_scorer, labels_of, registry_scorer, score_rows
     from swan_anomaly.serving.deploy import served_version
     from swan_anomaly.serving.validation import EndpointCheck, EndpointPolicy, Outcome, check_endpoint, outcome_for
@@ -105,7 +123,9 @@ def validate_endpoint(ctx: RunContext, endpoint: dict, registered: dict) -> dict
     if served != version:
         msg = f"endpoint {target.endpoint} serves v{served}, not v{version} that update_endpoint deployed: it changed since. Clear update_endpoint to serve the champion again."
         raise AirflowFailException(msg)
-    new_version = version == challenger  # this run's challenger serves: it was promoted by this run
+    # A version that never passed an endpoint validation is new here, whoever promoted it (this run, or an earlier
+    # run whose endpoint update failed); one that passed before is the unchanged champion, judged for drift.
+    new_version = not (endpoint_validation(client, name, version) or "").startswith("passed")
     rows, threshold, scores = [], None, None
     try:
         rows = held_out(store, ctx.run_id, "test")
@@ -123,6 +143,8 @@ def validate_endpoint(ctx: RunContext, endpoint: dict, registered: dict) -> dict
     record = {**_record(ctx, name, version, previous, threshold, rows, scores, check, outcome, target.invocations_url), "challenger": challenger}
     log.info("%s\n%s", record["message"], _table(record))
     if outcome is Outcome.PASSED:
+        if new_version:
+            tag_version(client, name, version, {ENDPOINT_VALIDATION: f"passed: run {ctx.run_id}, dataset {ctx.dataset_id}"})
         store.write_result(ctx.run_id, "validation", {**record, "state": "done"})
         return _result(record)
     if outcome is Outcome.DRIFT:
@@ -175,13 +197,13 @@ def _record(ctx, name, version, previous, threshold, rows, scores, check, outcom
 def _act(target, client, record: dict) -> None:
     """Roll back to the previous champion, or withdraw a failed first version (idempotent: a retry may repeat it)."""
     from swan_airflow.serving import roll_back
-    from swan_anomaly.registry import tag_version, withdraw
+    from swan_anomaly.registry import ENDPOINT_VALIDATION, tag_version, withdraw
     from swan_anomaly.serving.deploy import delete_endpoint
     from swan_anomaly.serving.validation import Outcome
 
     name, version = record["name"], record["version"]
     if record["outcome"] in (Outcome.ROLLED_BACK, Outcome.WITHDRAWN):
-        tag_version(client, name, version, {"endpoint_validation": f"failed: {'; '.join(record['reasons'])}"})
+        tag_version(client, name, version, {ENDPOINT_VALIDATION: f"failed: {'; '.join(record['reasons'])}"})
     if record["outcome"] == Outcome.ROLLED_BACK:
         roll_back(target, record["previous"])
     elif record["outcome"] == Outcome.WITHDRAWN:
