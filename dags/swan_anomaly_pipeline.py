@@ -183,9 +183,9 @@ def swan_anomaly_pipeline():
         return serving.validate_endpoint(RunContext.current(), endpoint, registered)
 
     @task(trigger_rule="all_done", on_failure_callback=[log_failure])
-    def summarize_run(upload: dict | None, registered: dict | None, validation: dict | None) -> dict:
+    def summarize_run(upload: dict | None, registered: dict | None) -> dict:
         """One summary of the run, also of a failed one, in the log and in runs/{run_id}/summary.json."""
-        return report.summarize_run(RunContext.current(), upload, registered, validation)
+        return report.summarize_run(RunContext.current(), upload, registered)
 
     frames = extract_frames.expand(candidate=find_videos())
     labels = build_labels(synthesize_anomalies(frames))
@@ -211,7 +211,8 @@ def swan_anomaly_pipeline():
     endpoint = update_endpoint()
     decision >> [promote_model(registered), keep_champion(registered)] >> endpoint
     validation = validate_endpoint(endpoint, registered)
-    checked >> summarize_run(upload, registered, validation)  # after every task that reads the staging folder it removes
+    # last: after the validation (whose record it reads) and every task that reads the staging folder it removes
+    [validation, checked] >> summarize_run(upload, registered)
 
 
 swan_anomaly_pipeline()

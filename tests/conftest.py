@@ -145,6 +145,42 @@ def airflow_db() -> Path:
 PIPELINE_DAG_ID = "swan_anomaly_pipeline"
 
 
+def as_unprivileged(fn, uid: int = 65534):
+    """``fn()`` in a forked child running as ``uid`` (as root every file is readable); its JSON-able result.
+
+    Not root: ``fn()`` runs in this process, where a file with mode 0 is already unreadable.
+    """
+    import json
+
+    if os.geteuid() != 0:
+        return fn()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop privileges, run, report, exit without running pytest's teardown
+        code = 1
+        try:
+            os.close(read)
+            os.setgid(uid)
+            os.setuid(uid)
+            os.write(write, json.dumps(fn()).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as fh:
+        out = fh.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, f"{fn} crashed as user {uid}"
+    return json.loads(out)
+
+
+def world_readable_dir(prefix: str) -> Path:
+    """A temporary folder that an unprivileged user may read and write (pytest's own are root-only)."""
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    base.chmod(0o777)
+    return base
+
+
 def water_frame(seed: int, *, abnormal: bool, height: int = 64, width: int = 96):
     """An RGB ``[height, width, 3]`` uint8 frame of smooth, noisy "water"; an abnormal one has a
     black-and-white square (half the shorter side) in its centre, inside any crop the pipeline takes."""

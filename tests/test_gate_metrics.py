@@ -86,6 +86,12 @@ def test_the_auroc_interval_is_seeded_holds_the_estimate_and_narrows_with_more_i
     assert auroc_interval(np.array([0, 0, 1, 1]), np.array([0.9, 0.8, 0.2, 0.1])) == (1.0, 1.0)
     with pytest.raises(ValidationDataError):
         auroc_interval(np.array([1, 1]), np.array([0.2, 0.3]))
+    with pytest.raises(ValidationDataError, match="1 abnormal and 2 normal images: resampling needs two of each"):
+        auroc_interval(np.array([0, 1, 1]), np.array([0.9, 0.2, 0.3]))
+    from swan_anomaly.metrics import evaluation_report
+
+    one = evaluation_report(np.array([0, 1, 1]), np.array([0.9, 0.2, 0.3]), threshold=0.5)
+    assert one["auroc"] == 1.0 and one["auroc_ci"] is None and (one["abnormal"], one["normal"]) == (1, 2)
 
 
 def test_endpoint_checks_parity_then_quality_and_an_outcome_follows_from_what_changed():

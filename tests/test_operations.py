@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import PIPELINE_DAG_ID, ROOT, RecordingNotifier
+from conftest import PIPELINE_DAG_ID, ROOT, RecordingNotifier, as_unprivileged, world_readable_dir
 
 DAG_ID = PIPELINE_DAG_ID
 
@@ -174,41 +174,14 @@ def test_land_inbox_moves_settled_readable_videos_and_sets_bad_ones_aside(tmp_pa
     assert len(list((landing / "2026-11-26").iterdir())) == 1 and [Path(v).name for v in again.videos] == [landed_name]
 
 
-def _land_as(uid: int, inbox: Path, landing: Path) -> dict:
-    """``land_inbox`` in a forked child running as ``uid`` (root reads every file; another user does not)."""
-    from swan_airflow.ingest import land_inbox
-
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: drop privileges, land, report, exit without running pytest's teardown
-        code = 1
-        try:
-            os.close(read)
-            os.setgid(uid)
-            os.setuid(uid)
-            landed = land_inbox(inbox, landing, today=dt.date(2026, 11, 26), settle_seconds=30)
-            os.write(write, json.dumps({"videos": landed.videos, "rejected": landed.rejected}).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write)
-    with os.fdopen(read) as fh:
-        out = fh.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, "the unprivileged ingest pass crashed"
-    return json.loads(out)
-
-
 def test_one_bad_file_never_stops_an_ingest_pass_and_each_is_set_aside_with_its_reason(tmp_path, demo_video):
     """Unreadable, unsupported and undecodable files beside good videos: the good ones land, the others get a reason."""
-    import tempfile
-
     import cv2
     import numpy as np
 
     from swan_airflow.ingest import land_inbox
 
-    base = Path(tempfile.mkdtemp(prefix="swan-ingest-", dir="/tmp"))  # reachable by an unprivileged user
+    base = world_readable_dir("swan-ingest-")  # reachable by an unprivileged user
     try:
         inbox, landing = base / "inbox", base / "landing"
         inbox.mkdir()
@@ -223,12 +196,8 @@ def test_one_bad_file_never_stops_an_ingest_pass_and_each_is_set_aside_with_its_
         _old(_write(inbox / ".cam3.mp4.part", b"an uploader still writing"))  # hidden: left alone
         secret = _old(Path(shutil.copy(demo_video, inbox / "secret.mp4")))
         secret.chmod(0)  # nobody but root can read it
-        for folder in (base, inbox):
-            folder.chmod(0o777)
-        if os.geteuid() == 0:
-            landed = _land_as(65534, inbox, landing)
-        else:
-            landed = vars(land_inbox(inbox, landing, today=dt.date(2026, 11, 26), settle_seconds=30))
+        inbox.chmod(0o777)
+        landed = as_unprivileged(lambda: vars(land_inbox(inbox, landing, today=dt.date(2026, 11, 26), settle_seconds=30)))
         assert sorted(Path(v).name.split("-")[0] for v in landed["videos"]) == ["cam1", "cam2"]
         reasons = {r["video"]: r["reason"] for r in landed["rejected"]}
         assert set(reasons) == {"loop.gif", "photo.mp4", "secret.mp4"}
@@ -443,3 +412,68 @@ def test_the_same_video_under_two_names_and_an_unreadable_one_are_set_aside(tmp_
         {"video": str(twin), "reason": f"{twin}: the same video as {first} (same content); processed once"},
         {"video": str(gone), "reason": f"{gone}: cannot read it (No such file or directory)"},
     ]
+
+
+def _ctx(run_id: str = "manual__x", ti=None, **params):
+    from swan_airflow.context import RunContext
+
+    return RunContext(dag_id=DAG_ID, run_id=run_id, dataset_id="20261126", params=params, task=None if ti is None else {"ti": ti})
+
+
+def test_a_video_that_fails_its_last_try_for_an_unexpected_reason_is_set_aside(demo_video):
+    """An unreadable video (an OSError, not a VideoError): retried while tries are left, then set aside with the reason."""
+    from swan_airflow.steps import data
+
+    base = world_readable_dir("swan-extract-")
+    try:
+        video = Path(shutil.copy(demo_video, base / "cam.mp4"))
+        video.chmod(0)
+
+        def extract(try_number: int):
+            ctx = _ctx(ti=SimpleNamespace(try_number=try_number, max_tries=2), every_seconds=1.0)
+            try:
+                return data.extract_frames(ctx, {"video": str(video), "reason": None})
+            except OSError as exc:
+                return {"raised": type(exc).__name__}
+
+        assert as_unprivileged(lambda: extract(1)) == {"raised": "PermissionError"}  # tries left: Airflow retries it
+        last = as_unprivileged(lambda: extract(3))
+        assert last["video_id"] is None and last["frames"] == 0
+        assert last["error"].startswith(f"{video}: could not be read after 3 tries: PermissionError")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_section_task_cleared_without_its_turn_fails_while_another_run_holds_the_section():
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from swan_airflow.steps.promotion import require_turn
+
+    def ti(other_run_state: str):  # the two calls of the task-SDK task instance that the check makes
+        states = {"backfill__1": {"wait_for_promotion_turn": "success", "validate_endpoint": None}, "me": {"wait_for_promotion_turn": "success"}}
+        return SimpleNamespace(get_task_states=lambda dag_id, task_ids: states, get_dagrun_state=lambda dag_id, run_id: other_run_state)
+
+    with pytest.raises(AirflowFailException, match=r"run\(s\) backfill__1 are promoting, deploying or validating; .*clear wait_for_promotion_turn"):
+        require_turn(_ctx("me", ti("running")))
+    require_turn(_ctx("me", ti("failed")))  # the other run ended half-way: nothing holds the section
+
+
+def test_the_summary_of_a_failed_run_is_written_keeps_the_staged_data_and_fails_the_run(tmp_path, monkeypatch):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from swan_airflow.steps.report import summarize_run
+
+    monkeypatch.setenv("SWAN_LAKE_ROOT", str(tmp_path / "lake"))
+    monkeypatch.setenv("SWAN_MODEL_NAME", "ops_nothing_registered")
+    states = {"manual__x": {"find_videos": "success", "upload_to_lake": "failed", "run_etl": "upstream_failed", "summarize_run": "running"}}
+    ctx = _ctx(ti=SimpleNamespace(get_task_states=lambda dag_id, run_ids: states))
+    ctx.staging_dir.mkdir(parents=True)
+    (ctx.staging_dir / "labels.csv").write_text("staged, not uploaded\n")
+    with pytest.raises(AirflowFailException, match="run manual__x failed at upload_to_lake"):
+        summarize_run(ctx, None, None)
+    from swan_anomaly.lake import LocalLake
+
+    summary = LocalLake(tmp_path / "lake").read_result("manual__x", "summary")
+    assert summary["status"] == "failed" and summary["failed_tasks"] == ["upload_to_lake"]
+    assert summary["serving"]["champion"] is None and summary["model"] is None and summary["endpoint"] is None
+    assert (ctx.staging_dir / "labels.csv").is_file(), "a cleared upload_to_lake still needs the staged data"

@@ -126,6 +126,17 @@ def _serve(name: str, version: str) -> dict:
     return update_endpoint(_ctx())
 
 
+def _new_version_over_good(world, name: str, new: str) -> tuple[str, str, dict]:
+    """A good champion serves; then this run's new version (a ``good`` or ``constant`` model) is promoted and served.
+
+    Returns ``(good version, new version, update_endpoint's result)``.
+    """
+    good = _register(world, name, "good", "scheduled__1")
+    _serve(name, good)
+    version = _register(world, name, new, "scheduled__2")
+    return good, version, _serve(name, version)
+
+
 def _validated_before(name: str, version: str) -> None:
     """Mark ``version`` as one that passed an endpoint validation earlier (what the champion of a past run has)."""
     from swan_airflow.runtime import registry_client
@@ -202,10 +213,7 @@ def test_a_failed_new_version_is_rolled_back_once_and_a_retry_never_ends_green(w
     from swan_airflow.runtime import registry_client
     from swan_airflow.steps.serving import validate_endpoint
 
-    good = _register(world, model_name, "good", "scheduled__1")
-    _serve(model_name, good)
-    bad = _register(world, model_name, "constant", "scheduled__2")  # this run's model, force-promoted and served
-    endpoint = _serve(model_name, bad)
+    good, bad, endpoint = _new_version_over_good(world, model_name, "constant")  # this run's model, force-promoted and served
     assert endpoint["version"] == bad and endpoint["changed"]
     with pytest.raises(AirflowFailException, match=rf"new version {model_name} v{bad} failed endpoint validation .*AUROC 0\.5000.*rolled the endpoint and the champion back to v{good}"):
         validate_endpoint(_ctx(), endpoint, _registered(model_name, bad, world, "constant"))
@@ -239,10 +247,7 @@ def test_a_validation_that_cannot_complete_rolls_the_new_version_back(world, mod
     """A held-out image is missing from the lake: the new version cannot be validated, so it does not stay serving."""
     from swan_airflow.steps.serving import validate_endpoint
 
-    good = _register(world, model_name, "good", "scheduled__1")
-    _serve(model_name, good)
-    newer = _register(world, model_name, "good", "scheduled__2")
-    endpoint = _serve(model_name, newer)
+    good, newer, endpoint = _new_version_over_good(world, model_name, "good")
     lake = world["lake"]
     missing = lake.raw(DATASET) / world["rows"]["test"][3][1]
     kept = missing.read_bytes()
@@ -259,10 +264,7 @@ def test_a_validation_that_cannot_complete_rolls_the_new_version_back(world, mod
 def test_a_retry_after_a_rollback_interrupted_half_way_finishes_it(world, model_name):
     from swan_airflow.steps.serving import validate_endpoint
 
-    good = _register(world, model_name, "good", "scheduled__1")
-    _serve(model_name, good)
-    bad = _register(world, model_name, "constant", "scheduled__2")
-    endpoint = _serve(model_name, bad)
+    good, bad, endpoint = _new_version_over_good(world, model_name, "constant")
     record = {
         "outcome": "rolled_back", "state": "acting", "name": model_name, "version": bad, "challenger": bad, "previous": good,
         "reasons": ["AUROC 0.5000 < 0.9000"], "message": f"the new version {model_name} v{bad} failed endpoint validation",
@@ -391,9 +393,10 @@ def test_scoring_refuses_a_raw_image_that_is_no_longer_the_one_the_model_was_tes
 
 
 class _FlakyEndpoint:
-    """An invocations endpoint over HTTP that answers ``statuses`` first, then real predictions of 0.5."""
+    """An invocations endpoint over HTTP that answers ``statuses`` first, then real predictions of 0.5
+    (and, given ``health``, a model server's ``/health``)."""
 
-    def __init__(self, statuses: list[int]) -> None:
+    def __init__(self, statuses: list[int], *, health: dict | None = None) -> None:
         import http.server
         import threading
 
@@ -401,6 +404,14 @@ class _FlakyEndpoint:
         self.statuses, self.calls = list(statuses), 0
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - the http.server API
+                data = json.dumps(health or {}).encode()
+                self.send_response(200 if self.path == "/health" and health else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
             def do_POST(self):  # noqa: N802 - the http.server API
                 length = int(self.headers["Content-Length"])
                 rows = json.loads(self.rfile.read(length))["dataframe_split"]["data"]
@@ -448,3 +459,20 @@ def test_the_endpoint_client_retries_busy_answers_and_fails_on_others():
         assert not isinstance(raised.value, EndpointBusy) and broken.calls == 1  # a model error is not retried
     finally:
         broken.close()
+
+
+def test_another_deployments_model_server_on_the_port_fails_at_once_and_is_not_reported_as_ours(monkeypatch):
+    """A model server of another SWAN_HOME answers on the configured port: no retry can fix it, and it serves nothing of ours."""
+    from swan_airflow.serving import serving_target
+    from swan_airflow.steps.report import _serving
+
+    other = _FlakyEndpoint([], health={"status": "ok", "registry_uri": "sqlite:////srv/other-deployment/mlflow.db"})
+    try:
+        monkeypatch.setenv("SWAN_ENDPOINT_URL", other.url)
+        monkeypatch.setenv("SWAN_MODEL_NAME", "promo_nothing_registered")
+        with pytest.raises(AirflowFailException, match=r"serves models from sqlite:////srv/other-deployment/mlflow\.db, not .*stop it"):
+            serving_target()
+        serving = _serving()
+        assert serving["version"] is None and serving["champion"] is None and "other-deployment" in serving["note"]
+    finally:
+        other.close()

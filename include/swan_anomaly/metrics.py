@@ -111,14 +111,12 @@ CI_LEVEL = 0.95
 CI_RESAMPLES = 2000
 
 
-def _auroc_by_ranks(abnormal: np.ndarray, normal: np.ndarray, axis: int = -1) -> np.ndarray:
-    """AUROC of abnormal over normal scores (Mann-Whitney U / (n1 * n0), ties count half), along ``axis``."""
-    from scipy.stats import rankdata
+def _auroc_of_samples(abnormal: np.ndarray, normal: np.ndarray, axis: int = -1) -> np.ndarray:
+    """AUROC of abnormal over normal scores along ``axis``: Mann-Whitney U / (n1 * n0), ties counting half."""
+    from scipy.stats import mannwhitneyu
 
-    n1, n0 = abnormal.shape[axis], normal.shape[axis]
-    ranks = rankdata(np.concatenate([abnormal, normal], axis=axis), axis=axis)
-    rank_sum = np.take(ranks, np.arange(n1), axis=axis).sum(axis=axis)
-    return (rank_sum - n1 * (n1 + 1) / 2) / (n1 * n0)
+    u = mannwhitneyu(abnormal, normal, axis=axis, method="asymptotic", use_continuity=False).statistic
+    return u / (abnormal.shape[axis] * normal.shape[axis])
 
 
 def auroc_interval(labels: np.ndarray, scores: np.ndarray, *, level: float = CI_LEVEL, resamples: int = CI_RESAMPLES, seed: int = 0) -> tuple[float, float]:
@@ -154,7 +152,7 @@ def auroc_interval(labels: np.ndarray, scores: np.ndarray, *, level: float = CI_
         msg = f"cannot bound AUROC with {len(abnormal)} abnormal and {len(normal)} normal images: resampling needs two of each"
         raise ValidationDataError(msg)
     result = bootstrap(
-        (abnormal, normal), _auroc_by_ranks, n_resamples=resamples, confidence_level=level, method="percentile",
+        (abnormal, normal), _auroc_of_samples, n_resamples=resamples, confidence_level=level, method="percentile",
         vectorized=True, rng=np.random.default_rng(seed),
     )
     return float(result.confidence_interval.low), float(result.confidence_interval.high)

@@ -42,7 +42,7 @@ from swan_anomaly.generalization import COLUMNS as LOFO_COLUMNS
 from swan_anomaly.generalization import format_table, leave_one_family_out, min_unseen_auroc
 from swan_anomaly.labels import ABNORMAL, NORMAL
 from swan_anomaly.lake import LocalLake, window_dataset_ids
-from swan_anomaly.metrics import anomaly_metrics, anomaly_scores, auroc_interval_or_none, choose_threshold, recall_by_family
+from swan_anomaly.metrics import anomaly_metrics, anomaly_scores, choose_threshold, evaluation_report, recall_by_family
 from swan_anomaly.splits import Split
 
 log = logging.getLogger(__name__)
@@ -639,10 +639,9 @@ def run_training(
         results = {}
         for name, (labels, scores, loss) in scored.items():
             part = parts[Split.VAL if name == "val" else Split.TEST]
-            metrics = anomaly_metrics(labels, scores, threshold=threshold)
-            metrics["auroc_ci"] = auroc_interval_or_none(labels, scores, seed=config.seed)
+            metrics = evaluation_report(labels, scores, threshold=threshold, seed=config.seed)  # with the AUROC interval and class counts
             metrics["recall_by_family"] = recall_by_family(labels, scores, part.family.to_numpy(), threshold=threshold)
-            results[name] = {**metrics, "loss": loss, "abnormal": int((labels == ABNORMAL).sum()), "normal": int((labels == NORMAL).sum())}
+            results[name] = {**metrics, "loss": loss}
             interval = dict(zip((f"{name}_auroc_ci_low", f"{name}_auroc_ci_high"), metrics["auroc_ci"])) if metrics["auroc_ci"] else {}
             mlflow.log_metrics({f"{name}_{k}": v for k, v in metrics.items() if isinstance(v, float)} | {f"{name}_loss": loss} | interval)
             mlflow.log_metrics({f"{name}_recall_{family}": r for family, r in metrics["recall_by_family"].items()})

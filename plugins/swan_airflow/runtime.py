@@ -128,6 +128,21 @@ def optional_result(store, run_id: str, job: str) -> dict | None:
         return None
 
 
+def held_out_rows(store, run_id: str, split: str) -> list[list]:
+    """The training job's ``held_out`` rows of ``split`` (``val`` or ``test``) for run ``run_id``.
+
+    Raises:
+        AirflowFailException: the training result lists none (it was written by an older job).
+    """
+    rows = store.read_result(run_id, "train").get("held_out", {}).get(split)
+    if rows is None:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        msg = f"the training result of run {run_id} lists no held-out {split} rows (a job of an older version wrote it); clear run_training"
+        raise AirflowFailException(msg)
+    return rows
+
+
 def job_lake_root() -> str:
     """Where the jobs see the lake (their ``--lake-root``).
 

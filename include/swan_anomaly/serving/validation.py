@@ -38,7 +38,7 @@ from enum import StrEnum
 import numpy as np
 
 from swan_anomaly._errors import ConfigError
-from swan_anomaly.gate import min_images_per_class, too_small
+from swan_anomaly.gate import MIN_IMAGES_PER_CLASS, too_small
 from swan_anomaly.metrics import evaluation_report, format_interval
 
 
@@ -48,6 +48,10 @@ class Outcome(StrEnum):
     WITHDRAWN = "withdrawn"  # this run's first version failed; nothing serves (endpoint deleted)
     DRIFT = "drift"  # the unchanged champion no longer separates today's held-out data
     MISMATCH = "mismatch"  # the unchanged champion's endpoint does not serve what the registry holds, or fails to score
+
+
+#: Outcomes that fail the run; each is decided once per challenger.
+FAILED_OUTCOMES = frozenset({Outcome.ROLLED_BACK, Outcome.WITHDRAWN, Outcome.MISMATCH})
 
 
 class DriftAction(StrEnum):
@@ -62,14 +66,14 @@ class EndpointPolicy:
     min_auroc: float = 0.90
     min_recall: float = 0.80
     parity_tolerance: float = 1e-4
-    min_images_per_class: int = 25
+    min_images_per_class: int = MIN_IMAGES_PER_CLASS
     drift_action: DriftAction = DriftAction.WARN
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> EndpointPolicy:
         """``SWAN_ENDPOINT_MIN_AUROC`` (0.90), ``SWAN_ENDPOINT_MIN_RECALL`` (0.80), ``SWAN_ENDPOINT_PARITY_TOLERANCE``
-        (1e-4; a GPU workload type serving in bfloat16 needs about 1e-2), ``SWAN_GATE_MIN_IMAGES_PER_CLASS`` (25),
-        ``SWAN_DRIFT_ACTION`` (``warn`` or ``fail``).
+        (1e-4; a GPU workload type serving in bfloat16 needs about 1e-2), ``SWAN_DRIFT_ACTION`` (``warn`` or
+        ``fail``). ``min_images_per_class`` keeps its default: a run sets it from its ``gate_min_images_per_class``.
 
         Raises:
             ConfigError: a value is not a number in range, or not a known drift action.
@@ -95,7 +99,6 @@ class EndpointPolicy:
             min_auroc=number("SWAN_ENDPOINT_MIN_AUROC", cls.min_auroc, 1.0),
             min_recall=number("SWAN_ENDPOINT_MIN_RECALL", cls.min_recall, 1.0),
             parity_tolerance=number("SWAN_ENDPOINT_PARITY_TOLERANCE", cls.parity_tolerance, 1.0),
-            min_images_per_class=min_images_per_class(env),
             drift_action=DriftAction(action),
         )
 

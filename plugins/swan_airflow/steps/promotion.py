@@ -130,6 +130,7 @@ def gate_model(ctx: RunContext, registered: dict) -> str:
 
 def _judge(ctx: RunContext, store, client, registered: dict, champion_version: str | None) -> dict:
     """Score both models on the challenger's validation rows, decide, and record it (MLflow and model version tags)."""
+    from swan_airflow.runtime import held_out_rows
     from swan_anomaly.gate import MinThreshold, decide, too_small
     from swan_anomaly.metrics import evaluation_report, format_interval
     from swan_anomaly.registry import stored_threshold, tag_version
@@ -137,7 +138,7 @@ def _judge(ctx: RunContext, store, client, registered: dict, champion_version: s
 
     params = ctx.params
     name, version = registered["name"], registered["version"]
-    rows = held_out(store, ctx.run_id, "val")
+    rows = held_out_rows(store, ctx.run_id, "val")
     counts = class_counts(rows)
     base = {"challenger": version, "images": counts, "champion_version": champion_version, "training_val": registered.get("val")}
     if small := too_small(counts, params["gate_min_images_per_class"]):  # refuse before loading any model
@@ -194,19 +195,6 @@ def _log_to_mlflow(client, mlflow_run_id: str, reports: dict, record: dict) -> N
     tags = [RunTag("gate_passed", str(record["passed"])), RunTag("gate_champion_version", str(record["champion_version"]))]
     client.log_batch(mlflow_run_id, metrics=metrics, tags=tags)
     client.log_dict(mlflow_run_id, record, "gate/decision.json")
-
-
-def held_out(store, run_id: str, split: str) -> list[list]:
-    """The training job's ``held_out`` rows of ``split`` (``val`` or ``test``) for run ``run_id``.
-
-    Raises:
-        AirflowFailException: the training result lists none (it was written by an older job).
-    """
-    rows = store.read_result(run_id, "train").get("held_out", {}).get(split)
-    if rows is None:
-        msg = f"the training result of run {run_id} lists no held-out {split} rows (a job of an older version wrote it); clear run_training"
-        raise AirflowFailException(msg)
-    return rows
 
 
 def promote_model(ctx: RunContext, registered: dict) -> dict:

@@ -5,7 +5,7 @@ others are done, failed ones included): a failed run's summary names the failed 
 what serves now. The task then fails if any other task failed, so the run's state stays red.
 
 Example:
-    >>> summary = summarize_run(RunContext.current(), found, upload, registered, validation)   # doctest: +SKIP
+    >>> summary = summarize_run(RunContext.current(), upload, registered)   # doctest: +SKIP
     >>> summary["serving"]                                                                      # doctest: +SKIP
     {'endpoint': 'swan-anomaly', 'version': '4', 'champion': '4'}
 """
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 FAILED_STATES = ("failed",)
 
 
-def summarize_run(ctx: RunContext, upload: dict | None, registered: dict | None, validation: dict | None) -> dict:
+def summarize_run(ctx: RunContext, upload: dict | None, registered: dict | None) -> dict:
     """Write and log the run summary; fail afterwards when another task of the run failed.
 
     Raises:
@@ -34,6 +34,7 @@ def summarize_run(ctx: RunContext, upload: dict | None, registered: dict | None,
         AirflowFailException: another task failed (the summary is written first).
     """
     from swan_airflow.runtime import lake, optional_result
+    from swan_airflow.steps.serving import endpoint_summary, score_sample
 
     states = ctx.task["ti"].get_task_states(dag_id=ctx.dag_id, run_ids=[ctx.run_id]).get(ctx.run_id, {})
     if states.get("find_videos") == "skipped":
@@ -53,9 +54,9 @@ def summarize_run(ctx: RunContext, upload: dict | None, registered: dict | None,
         **_training(training),
         "gate": _gate(gate),
         "model": _model(registered),
-        "endpoint": _endpoint(checked, validation),
+        "endpoint": endpoint_summary(checked) if checked else None,
         "serving": _serving(),
-        "scores": _score_sample((checked or {}).get("scores", [])),
+        "scores": score_sample(checked["scores"]) if checked else [],
     }
     store.write_result(ctx.run_id, "summary", summary)
     if upload is not None:  # the raw partition holds the data now; without an upload, a cleared upload_to_lake still needs it
@@ -64,11 +65,6 @@ def summarize_run(ctx: RunContext, upload: dict | None, registered: dict | None,
     if failed:
         raise AirflowFailException(f"run {ctx.run_id} failed at {', '.join(failed)}; serving {summary['serving']}; summary in runs/{ctx.run_id}/summary.json")
     return summary
-
-
-def _score_sample(scores: list[list], per_class: int = 8) -> list[list]:
-    """Up to ``per_class`` ``[image_path, label, endpoint score]`` rows of each class (all of them are in ``validation.json``)."""
-    return [row[:3] for label in (0, 1) for row in [r for r in scores if r[1] == label][:per_class]]
 
 
 def _data(upload: dict | None, etl: dict | None, augment: dict | None) -> dict:
@@ -114,19 +110,6 @@ def _model(registered: dict | None) -> dict | None:
     from swan_anomaly.registry import aliases_of
 
     return {"name": registered["name"], "version": registered["version"], "aliases": aliases_of(registry_client(), registered["name"], registered["version"])}
-
-
-def _endpoint(checked: dict | None, validation: dict | None) -> dict | None:
-    """The validation's outcome (from its record, which a failed validation also writes)."""
-    record = checked or validation
-    if not record:
-        return None
-    report = record.get("report")
-    return {
-        "url": record["url"], "validated_version": record["version"], "previous_version": record.get("previous"), "outcome": record["outcome"],
-        "message": record["message"], "parity": record["parity"], "max_difference": record["max_difference"], "note": record.get("note"),
-        "test": {k: report[k] for k in ("auroc", "auroc_ci", "recall", "abnormal", "normal")} if report else None,
-    }
 
 
 def _serving() -> dict:

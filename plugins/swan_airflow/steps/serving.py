@@ -31,10 +31,8 @@ from swan_airflow.context import RunContext
 
 log = logging.getLogger(__name__)
 
-#: Scored images kept in the run summary (the whole list is in ``validation.json``).
-SUMMARY_SCORES = 16
-#: Outcomes that fail the run, decided once per challenger.
-FAILED_OUTCOMES = ("rolled_back", "withdrawn", "mismatch")
+#: Scored images of each class kept in the log and the run summary (all of them are in ``validation.json``).
+SAMPLE_PER_CLASS = 8
 
 
 def update_endpoint(ctx: RunContext) -> dict:
@@ -94,14 +92,15 @@ def validate_endpoint(ctx: RunContext, endpoint: dict, registered: dict) -> dict
     """
     from dataclasses import replace
 
-    from swan_airflow.runtime import lake, optional_result, registry_client
+    from swan_airflow.runtime import held_out_rows, lake, optional_result, registry_client
     from swan_airflow.serving import serving_target
-    from swan_airflow.steps.promotion import held_out, require_turn
+    from swan_airflow.steps.promotion import require_turn
     from swan_anomaly import ConfigError
     from swan_anomaly.registry import ENDPOINT_VALIDATION, PREVIOUS, endpoint_validation, get_alias, stored_threshold, tag_version
     from swan_anomaly.scoring import endpoint_scorer, labels_of, registry_scorer, score_rows
+    from swan_anomaly.serving.client import score_table
     from swan_anomaly.serving.deploy import served_version
-    from swan_anomaly.serving.validation import EndpointCheck, EndpointPolicy, Outcome, check_endpoint, outcome_for
+    from swan_anomaly.serving.validation import FAILED_OUTCOMES, EndpointCheck, EndpointPolicy, Outcome, check_endpoint, outcome_for
 
     require_turn(ctx)
     store, client = lake(), registry_client()
@@ -128,7 +127,7 @@ def validate_endpoint(ctx: RunContext, endpoint: dict, registered: dict) -> dict
     new_version = not (endpoint_validation(client, name, version) or "").startswith("passed")
     rows, threshold, scores = [], None, None
     try:
-        rows = held_out(store, ctx.run_id, "test")
+        rows = held_out_rows(store, ctx.run_id, "test")
         threshold = stored_threshold(client, name, version)
         log.info("validating %s v%s at %s on %d held-out test images (threshold %.4f)", name, version, target.invocations_url, len(rows), threshold)
         scores = score_rows(store, rows, {"endpoint": endpoint_scorer(target.client()), "registry": registry_scorer(f"models:/{name}/{version}")})
@@ -141,12 +140,12 @@ def validate_endpoint(ctx: RunContext, endpoint: dict, registered: dict) -> dict
     previous = str(previous.version) if previous is not None and str(previous.version) != version else None
     outcome = outcome_for(check, new_version=new_version, previous=previous)
     record = {**_record(ctx, name, version, previous, threshold, rows, scores, check, outcome, target.invocations_url), "challenger": challenger}
-    log.info("%s\n%s", record["message"], _table(record))
+    log.info("%s\n%s", record["message"], score_table([tuple(r) for r in score_sample(record["scores"])]) if record["scores"] else "(no scores)")
     if outcome is Outcome.PASSED:
         if new_version:
             tag_version(client, name, version, {ENDPOINT_VALIDATION: f"passed: run {ctx.run_id}, dataset {ctx.dataset_id}"})
         store.write_result(ctx.run_id, "validation", {**record, "state": "done"})
-        return _result(record)
+        return endpoint_summary(record)
     if outcome is Outcome.DRIFT:
         from swan_airflow.callbacks import notify
 
@@ -155,7 +154,7 @@ def validate_endpoint(ctx: RunContext, endpoint: dict, registered: dict) -> dict
             raise AirflowFailException(f"{record['message']} (SWAN_DRIFT_ACTION=fail)")
         notify(ctx.task, record["message"])
         log.warning("%s; the run goes on (SWAN_DRIFT_ACTION=warn)", record["message"])
-        return _result(record)
+        return endpoint_summary(record)
     store.write_result(ctx.run_id, "validation", {**record, "state": "acting"})  # before acting: a crash mid-way is finished by the retry
     _act(target, client, record)
     store.write_result(ctx.run_id, "validation", {**record, "state": "done"})
@@ -211,15 +210,16 @@ def _act(target, client, record: dict) -> None:
         delete_endpoint(target.workspace(), target.endpoint)
 
 
-def _result(record: dict) -> dict:
-    """The task's XCom: handles and figures, not the scores."""
-    keys = ("outcome", "message", "url", "version", "previous", "parity", "max_difference", "measured", "note")
-    return {k: record[k] for k in keys} | {"report": {k: record["report"][k] for k in ("auroc", "auroc_ci", "recall", "abnormal", "normal")} if record["report"] else None}
+def endpoint_summary(record: dict) -> dict:
+    """The figures of a validation record (``validation.json``): the task's XCom and the run summary's ``endpoint``."""
+    report = record.get("report")
+    return {
+        "url": record["url"], "validated_version": record["version"], "previous_version": record.get("previous"), "outcome": record["outcome"],
+        "message": record["message"], "parity": record["parity"], "max_difference": record["max_difference"], "note": record.get("note"),
+        "test": {k: report[k] for k in ("auroc", "auroc_ci", "recall", "abnormal", "normal")} if report else None,
+    }
 
 
-def _table(record: dict) -> str:
-    """The scored images as a table (the summary's first rows)."""
-    from swan_anomaly.serving.client import score_table
-
-    rows = [(path, label, endpoint) for path, label, endpoint, _ in record["scores"]]
-    return score_table(rows[:SUMMARY_SCORES]) if rows else "(no scores)"
+def score_sample(scores: list[list], per_class: int = SAMPLE_PER_CLASS) -> list[list]:
+    """Up to ``per_class`` ``[image_path, label, endpoint score]`` rows of each class of a record's ``scores``."""
+    return [row[:3] for label in (0, 1) for row in [r for r in scores if r[1] == label][:per_class]]
