@@ -12,16 +12,16 @@ export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
-.PHONY: demo test airflow mlflow-ui stop-endpoint clean venv
+.PHONY: demo test lint airflow mlflow-ui stop-endpoint clean venv
 
 venv: $(STAMP)
 
 # torch is pinned to the 2.13.0 CPU wheel; installing it first keeps any dependency from pulling a CUDA build.
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	@touch $@
 
@@ -34,8 +34,14 @@ $(NODE_STAMP): package.json package-lock.json
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
-test: $(STAMP) $(NODE_STAMP)
+# Lint first (seconds), then the tests and the doctests of include/ and plugins/.
+# PYTEST_ARGS="-m 'not slow'" is the few-minute inner loop; CI runs everything.
+test: lint $(NODE_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # The real Airflow (api-server + UI, scheduler with the LocalExecutor, dag-processor, triggerer) with this
 # project's folders: http://localhost:8080. The pool `swan_training` (1 slot) must exist before tasks that use it run.

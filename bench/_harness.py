@@ -36,16 +36,28 @@ DATA_BATCHES = 2
 def build_parser(description: str, *, batch_size: int) -> argparse.ArgumentParser:
     """The options both benchmarks share; ``batch_size`` is the pipeline's default for that path."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=sorted(MODELS), default="offline",
-                        help="vit-b16: ViT-B/16 at 224px (random weights); offline: the vit-tiny-offline preset")
+    parser.add_argument(
+        "--model",
+        choices=sorted(MODELS),
+        default="offline",
+        help="vit-b16: ViT-B/16 at 224px (random weights); offline: the vit-tiny-offline preset",
+    )
     parser.add_argument("--batch-size", type=int, default=batch_size)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per loop")
-    parser.add_argument("--warmup", type=int, default=3,
-                        help="untimed steps per loop first; with --compile, step 1 compiles and the baseline's training "
-                             "loop recompiles once on step 2 (Hugging Face sets config.problem_type on its first loss)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=3,
+        help="untimed steps per loop first; with --compile, step 1 compiles and the baseline's training "
+        "loop recompiles once on step 2 (Hugging Face sets config.problem_type on its first loss)",
+    )
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model in both loops: the pipeline through swan_anomaly.modeling.compile_model "
-                             "(attention as an eager SDPA island), the baseline with plain torch.compile")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model in both loops: the pipeline through swan_anomaly.modeling.compile_model "
+        "(attention as an eager SDPA island), the baseline with plain torch.compile",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     return parser
 
@@ -187,8 +199,10 @@ def report(kind: str, args: argparse.Namespace, device, cfg: ViTConfig, loops: d
         "ratio_pipeline_to_baseline": round(rates["pipeline"] / rates["baseline"], 3),
     }
     where = result["device_name"] if device.type == "cuda" else f"cpu, {threads} threads"
-    print(f"{kind} {args.model} ({gflop:.2f} GFLOP/img forward) on {where}; batch {args.batch_size}, "
-          f"{args.steps} timed steps after {args.warmup} warmup, compile {'on' if args.compile else 'off'}")
+    print(
+        f"{kind} {args.model} ({gflop:.2f} GFLOP/img forward) on {where}; batch {args.batch_size}, "
+        f"{args.steps} timed steps after {args.warmup} warmup, compile {'on' if args.compile else 'off'}"
+    )
     for name, loop in loops.items():
         extra = f"  {loop['images_per_s_per_core']:>9.3f} img/s/core" if "images_per_s_per_core" in loop else ""
         mem = f"  peak {loop['peak_gpu_mem_gib']:.1f} GiB" if "peak_gpu_mem_gib" in loop else ""

@@ -65,7 +65,10 @@ def main(argv: list[str] | None = None) -> dict:
     model.config._attn_implementation = "sdpa"
     with torch.inference_mode():
         timed(results, "infer_eager_bf16", lambda: model(pixel_values=x).logits, batch)
-        for backend, name in ((SDPBackend.FLASH_ATTENTION, "infer_eager_flash_forced"), (SDPBackend.CUDNN_ATTENTION, "infer_eager_cudnn_attn")):
+        for backend, name in (
+            (SDPBackend.FLASH_ATTENTION, "infer_eager_flash_forced"),
+            (SDPBackend.CUDNN_ATTENTION, "infer_eager_cudnn_attn"),
+        ):
             with sdpa_kernel([backend]):
                 timed(results, name, lambda: model(pixel_values=x).logits, batch)
         compiled = torch.compile(model)

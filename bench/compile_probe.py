@@ -87,8 +87,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
-    parser.add_argument("--mode", action="append", default=None,
-                        help="torch.compile mode(s) for the attention-island inference variant (repeatable; default: default)")
+    parser.add_argument(
+        "--mode",
+        action="append",
+        default=None,
+        help="torch.compile mode(s) for the attention-island inference variant (repeatable; default: default)",
+    )
     parser.add_argument("--skip-full", action="store_true", help="skip the whole-model compile variant")
     parser.add_argument("--skip-train", action="store_true", help="skip the training variants")
     args = parser.parse_args(argv)

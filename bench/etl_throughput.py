@@ -78,9 +78,19 @@ def make_dataset(raw_dir: Path, n: int, width: int, height: int, *, unique: int 
             path.write_bytes(encode_png(np.clip(frame + rng.normal(0, 6, frame.shape), 0, 255).astype(np.uint8)))
         else:
             os.link(folder / f"frame_{i % unique:05d}.png", path)
-        rows.append({"image_path": path.relative_to(raw_dir).as_posix(), "label": NORMAL, "video_id": "bench", "frame_index": i,
-                     "timestamp_s": i / 2, "family": "none", "family_params": "{}", "group": f"bench-b{i // 8:04d}",
-                     "sha256": sha256_file(folder / f"frame_{i % unique:05d}.png") if i < unique else rows[i % unique]["sha256"]})
+        rows.append(
+            {
+                "image_path": path.relative_to(raw_dir).as_posix(),
+                "label": NORMAL,
+                "video_id": "bench",
+                "frame_index": i,
+                "timestamp_s": i / 2,
+                "family": "none",
+                "family_params": "{}",
+                "group": f"bench-b{i // 8:04d}",
+                "sha256": sha256_file(folder / f"frame_{i % unique:05d}.png") if i < unique else rows[i % unique]["sha256"],
+            }
+        )
     write_manifest(pd.DataFrame(rows), raw_dir / "labels.csv")
     (raw_dir / SUCCESS).write_text("")
     return raw_dir
@@ -192,10 +202,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the three contenders, one after the other in each")
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--glibc-malloc-defaults", action="store_true",
-                        help="run the Spark Python workers without swan_anomaly.spark.PYTHON_WORKER_ENV (to measure what it is worth)")
-    parser.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
-                        help="a Spark SQL setting for the timed Spark runs (repeatable), to compare knobs")
+    parser.add_argument(
+        "--glibc-malloc-defaults",
+        action="store_true",
+        help="run the Spark Python workers without swan_anomaly.spark.PYTHON_WORKER_ENV (to measure what it is worth)",
+    )
+    parser.add_argument(
+        "--spark-conf",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a Spark SQL setting for the timed Spark runs (repeatable), to compare knobs",
+    )
     args = parser.parse_args(argv)
     conf = dict(item.split("=", 1) for item in args.spark_conf)
     n, cores = args.images, args.cores
@@ -220,21 +238,37 @@ def main(argv: list[str] | None = None) -> dict:
             now = spark_processes()
             pids = {name: sorted(set(found) | set(now[name])) for name, found in pids.items()}
             spark_usage = {name: usage_per_image(before[name], cpu_and_faults(found), n) for name, found in pids.items()}
-            rounds.append({"plain": plain, "plain_every_core": loaded, "spark_per_core": per_core,
-                           "ratio": per_core / plain, "ratio_every_core_busy": per_core / loaded,
-                           "per_image": {"plain loop": plain_usage, **{f"spark {name}": u for name, u in spark_usage.items()}}})
-            print(f"round {i + 1}: plain {plain:.1f} | plain on every core {loaded:.1f} per core | spark {per_core:.1f} per core"
-                  f" | ratio {per_core / plain:.2f} (every core busy: {per_core / loaded:.2f})", flush=True)
+            rounds.append(
+                {
+                    "plain": plain,
+                    "plain_every_core": loaded,
+                    "spark_per_core": per_core,
+                    "ratio": per_core / plain,
+                    "ratio_every_core_busy": per_core / loaded,
+                    "per_image": {"plain loop": plain_usage, **{f"spark {name}": u for name, u in spark_usage.items()}},
+                }
+            )
+            print(
+                f"round {i + 1}: plain {plain:.1f} | plain on every core {loaded:.1f} per core | spark {per_core:.1f} per core"
+                f" | ratio {per_core / plain:.2f} (every core busy: {per_core / loaded:.2f})",
+                flush=True,
+            )
             for name, u in rounds[-1]["per_image"].items():
                 print(f"    per image, {name}: {u['user_ms']:.2f} ms user + {u['kernel_ms']:.2f} ms kernel, {u['page_faults']} page faults")
         spark.stop()
 
     best = {key: max(r[key] for r in rounds) for key in ("plain", "plain_every_core", "spark_per_core")}
     result = {
-        "images": n, "frame": f"{args.width}x{args.height}", "size": args.size, "cores": cores, "rounds": len(rounds),
-        "plain_images_per_s": round(best["plain"], 2), "plain_images_per_s_per_core": round(best["plain"], 2),
+        "images": n,
+        "frame": f"{args.width}x{args.height}",
+        "size": args.size,
+        "cores": cores,
+        "rounds": len(rounds),
+        "plain_images_per_s": round(best["plain"], 2),
+        "plain_images_per_s_per_core": round(best["plain"], 2),
         "plain_every_core_images_per_s_per_core": round(best["plain_every_core"], 2),
-        "spark_images_per_s": round(best["spark_per_core"] * cores, 2), "spark_images_per_s_per_core": round(best["spark_per_core"], 2),
+        "spark_images_per_s": round(best["spark_per_core"] * cores, 2),
+        "spark_images_per_s_per_core": round(best["spark_per_core"], 2),
         "ratio_per_core": round(statistics.median(r["ratio"] for r in rounds), 3),
         "ratio_per_core_every_core_busy": round(statistics.median(r["ratio_every_core_busy"] for r in rounds), 3),
         "ratio_per_core_of_bests": round(best["spark_per_core"] / best["plain"], 3),

@@ -37,9 +37,12 @@ def main() -> None:
         model, history, best = train_classifier(model, (x[:450], y[:450]), (x[450:], y[450:]), cfg)
         seconds = time.perf_counter() - started
         loss, _ = _evaluate(model, x[450:], y[450:], 64)
-        print(f"compile={mode}: {seconds:.1f}s, train losses {[round(h.train_loss, 4) for h in history]}, "
-              f"val auroc {[round(h.val_auroc, 3) for h in history]}, best epoch {best}, restored val loss {loss:.4f} "
-              f"(= {history[best - 1].val_loss:.4f}), attn {model.config._attn_implementation}", flush=True)
+        print(
+            f"compile={mode}: {seconds:.1f}s, train losses {[round(h.train_loss, 4) for h in history]}, "
+            f"val auroc {[round(h.val_auroc, 3) for h in history]}, best epoch {best}, restored val loss {loss:.4f} "
+            f"(= {history[best - 1].val_loss:.4f}), attn {model.config._attn_implementation}",
+            flush=True,
+        )
         assert model.config._attn_implementation == "sdpa" and abs(loss - history[best - 1].val_loss) < 2e-2
         assert history[-1].train_loss < history[0].train_loss
 

@@ -65,11 +65,17 @@ def baseline_loop(model_dir: str, x: torch.Tensor, args, device) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     return _harness.run_benchmark(
-        "infer", __doc__, argv, batch_size=PYFUNC_BATCH, flop_factor=1,
+        "infer",
+        __doc__,
+        argv,
+        batch_size=PYFUNC_BATCH,
+        flop_factor=1,
         loops=lambda model_dir, x, _y, args, device: {
-            "baseline": lambda: baseline_loop(model_dir, x, args, device), "pipeline": lambda: pipeline_loop(model_dir, x, args, device),
+            "baseline": lambda: baseline_loop(model_dir, x, args, device),
+            "pipeline": lambda: pipeline_loop(model_dir, x, args, device),
         },
     )
+
 
 if __name__ == "__main__":
     main()

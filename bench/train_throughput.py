@@ -75,11 +75,17 @@ def baseline_loop(model_dir: str, x: torch.Tensor, y: torch.Tensor, args, device
 
 def main(argv: list[str] | None = None) -> dict:
     return _harness.run_benchmark(
-        "train", __doc__, argv, batch_size=DEFAULTS.batch_size, flop_factor=3,
+        "train",
+        __doc__,
+        argv,
+        batch_size=DEFAULTS.batch_size,
+        flop_factor=3,
         loops=lambda model_dir, x, y, args, device: {
-            "baseline": lambda: baseline_loop(model_dir, x, y, args, device), "pipeline": lambda: pipeline_loop(model_dir, x, y, args),
+            "baseline": lambda: baseline_loop(model_dir, x, y, args, device),
+            "pipeline": lambda: pipeline_loop(model_dir, x, y, args),
         },
     )
+
 
 if __name__ == "__main__":
     main()

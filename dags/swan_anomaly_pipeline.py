@@ -150,7 +150,10 @@ def swan_anomaly_pipeline():
     # 3.2-3.3 can fail a rescheduled sensor on a stale executor event (apache/airflow#71172).
     # execution_timeout above the sensor's timeout: the wait ends with AirflowSensorTimeout, which is not retried.
     @task.sensor(
-        poke_interval=PROMOTION_POKE_SECONDS, timeout=PROMOTION_WAIT.total_seconds(), mode="poke", max_active_tis_per_dag=1,
+        poke_interval=PROMOTION_POKE_SECONDS,
+        timeout=PROMOTION_WAIT.total_seconds(),
+        mode="poke",
+        max_active_tis_per_dag=1,
         execution_timeout=PROMOTION_WAIT + dt.timedelta(minutes=5),
     )
     def wait_for_promotion_turn() -> bool:
@@ -195,10 +198,21 @@ def swan_anomaly_pipeline():
     etl = job_task("run_etl", "etl", ["--model", MODEL, "--image-size", "{{ params.image_size or 0 }}"])
     augment = job_task("run_augmentation", "augment", ["--seed", "{{ params.seed }}"])
     trained = job_task(
-        "run_training", "train",
+        "run_training",
+        "train",
         [
-            "--model", MODEL, "--epochs", "{{ params.epochs }}", "--seed", "{{ params.seed }}", "--window-days", "{{ params.training_window_days }}",
-            "--dag-id", "{{ dag.dag_id }}", "--git-sha", os.environ.get("SWAN_GIT_SHA", "unknown"),
+            "--model",
+            MODEL,
+            "--epochs",
+            "{{ params.epochs }}",
+            "--seed",
+            "{{ params.seed }}",
+            "--window-days",
+            "{{ params.training_window_days }}",
+            "--dag-id",
+            "{{ dag.dag_id }}",
+            "--git-sha",
+            os.environ.get("SWAN_GIT_SHA", "unknown"),
         ],
         execution_timeout=TRAINING_TIMEOUT,
         pool=POOL,

@@ -17,15 +17,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--jpeg-quality", type=int, default=95)
     parser.add_argument("--augmentations", default=",".join(TRAIN_AUGMENTATIONS), help="comma-separated operations; must include none")
-    parser.add_argument("--target-abnormal-share", type=float, default=None, help="oversample the train minority class to this abnormal share")
+    parser.add_argument(
+        "--target-abnormal-share", type=float, default=None, help="oversample the train minority class to this abnormal share"
+    )
     parser.add_argument("--partitions", type=int, default=None)
     args = parser.parse_args(argv)
     return run_entrypoint(
-        "augment", args,
+        "augment",
+        args,
         lambda: run_augmentation(
-            lake_root=args.lake_root, dataset_id=args.dataset_id, seed=args.seed, jpeg_quality=args.jpeg_quality,
+            lake_root=args.lake_root,
+            dataset_id=args.dataset_id,
+            seed=args.seed,
+            jpeg_quality=args.jpeg_quality,
             augmentations=tuple(a.strip() for a in args.augmentations.split(",") if a.strip()),
-            target_abnormal_share=args.target_abnormal_share, partitions=args.partitions,
+            target_abnormal_share=args.target_abnormal_share,
+            partitions=args.partitions,
         ),
     )
 

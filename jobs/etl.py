@@ -29,11 +29,18 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     size = args.image_size or preprocess_spec(resolve_base_model(args.model, settings.models_dir)).size
     return run_entrypoint(
-        "etl", args,
+        "etl",
+        args,
         lambda: run_etl(
-            lake_root=args.lake_root, dataset_id=args.dataset_id, image_size=size,
-            bias_x=args.crop_bias_x, bias_y=args.crop_bias_y, jpeg_quality=args.jpeg_quality,
-            max_bytes=int(args.max_image_mb * 1024 * 1024), on_label_mismatch=args.on_label_mismatch, partitions=args.partitions,
+            lake_root=args.lake_root,
+            dataset_id=args.dataset_id,
+            image_size=size,
+            bias_x=args.crop_bias_x,
+            bias_y=args.crop_bias_y,
+            jpeg_quality=args.jpeg_quality,
+            max_bytes=int(args.max_image_mb * 1024 * 1024),
+            on_label_mismatch=args.on_label_mismatch,
+            partitions=args.partitions,
         ),
     )
 

@@ -45,26 +45,58 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate)
     parser.add_argument("--patience", type=int, default=DEFAULTS.patience)
     parser.add_argument("--monitor", choices=["val_loss", "val_auroc"], default=DEFAULTS.monitor, help="early-stopping metric")
-    parser.add_argument("--threshold-method", choices=["max_f1", "target_fpr"], default=DEFAULTS.threshold_method, help="how the validation split picks the threshold")
-    parser.add_argument("--target-fpr", type=float, default=DEFAULTS.target_fpr, help="false-positive rate for --threshold-method target_fpr")
-    parser.add_argument("--generalization", choices=["auto", "off"], default=DEFAULTS.generalization, help="leave-one-family-out report (auto: with 2+ families)")
+    parser.add_argument(
+        "--threshold-method",
+        choices=["max_f1", "target_fpr"],
+        default=DEFAULTS.threshold_method,
+        help="how the validation split picks the threshold",
+    )
+    parser.add_argument(
+        "--target-fpr", type=float, default=DEFAULTS.target_fpr, help="false-positive rate for --threshold-method target_fpr"
+    )
+    parser.add_argument(
+        "--generalization",
+        choices=["auto", "off"],
+        default=DEFAULTS.generalization,
+        help="leave-one-family-out report (auto: with 2+ families)",
+    )
     parser.add_argument("--lofo-epochs", type=int, default=DEFAULTS.lofo_epochs, help="epoch budget of each leave-one-family-out model")
-    parser.add_argument("--compile", choices=["auto", "on", "off"], default=DEFAULTS.compile, help="torch.compile the training step (auto: on CUDA, runs of 500+ steps)")
+    parser.add_argument(
+        "--compile",
+        choices=["auto", "on", "off"],
+        default=DEFAULTS.compile,
+        help="torch.compile the training step (auto: on CUDA, runs of 500+ steps)",
+    )
     parser.add_argument("--window-days", type=window_days, default=1, help="days of gold partitions to train on, ending with --dataset-id")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
     parser.add_argument("--git-sha", default="unknown")
     parser.add_argument("--dag-id", default="")
     args = parser.parse_args(argv)
     config = TrainConfig(
-        model=args.model, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate, patience=args.patience, monitor=args.monitor,
-        threshold_method=args.threshold_method, target_fpr=args.target_fpr,
-        generalization=args.generalization, lofo_epochs=args.lofo_epochs, compile=args.compile, seed=args.seed,
+        model=args.model,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        patience=args.patience,
+        monitor=args.monitor,
+        threshold_method=args.threshold_method,
+        target_fpr=args.target_fpr,
+        generalization=args.generalization,
+        lofo_epochs=args.lofo_epochs,
+        compile=args.compile,
+        seed=args.seed,
     )
     tags = {"git_sha": args.git_sha, "dag_id": args.dag_id}
     return run_entrypoint(
-        "train", args,
+        "train",
+        args,
         lambda: run_training(
-            lake_root=args.lake_root, dataset_id=args.dataset_id, run_id=args.run_id, config=config, settings=settings, tags=tags,
+            lake_root=args.lake_root,
+            dataset_id=args.dataset_id,
+            run_id=args.run_id,
+            config=config,
+            settings=settings,
+            tags=tags,
             window_days=args.window_days,
         ),
     )

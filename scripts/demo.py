@@ -44,8 +44,18 @@ def migrate_db() -> None:
     """Migrate the metadata DB and create the pool the training and promotion tasks share (as `make airflow` does)."""
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, stdout=subprocess.DEVNULL)
     subprocess.run(
-        [sys.executable, "-m", "airflow", "pools", "set", os.environ.get("SWAN_POOL", "swan_training"), "1", "one run trains or promotes at a time"],
-        check=True, stdout=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "airflow",
+            "pools",
+            "set",
+            os.environ.get("SWAN_POOL", "swan_training"),
+            "1",
+            "one run trains or promotes at a time",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
     )
 
 
@@ -92,7 +102,8 @@ def print_summary(summary: dict, reused_video: bool, seconds: float) -> None:
     print("\n" + "=" * 84)
     print(f"swan-anomaly demo: dataset {summary['dataset_id']}  (run {summary['run_id']}, {seconds:.0f}s)")
     print("=" * 84)
-    print(f"video          : {'reused the demo video already in the landing zone' if reused_video else 'rendered a new demo video into the landing zone'}")
+    video = "reused the demo video already in the landing zone" if reused_video else "rendered a new demo video into the landing zone"
+    print(f"video          : {video}")
     print(f"frames         : {img['normal']} normal frames, {img['abnormal']} synthetic anomalies, {img['groups']} split groups")
     print(f"anomalies      : {', '.join(f'{n} {family}' for family, n in summary['families'].items())}")
     for rejected in summary["rejected_videos"]:
@@ -106,7 +117,10 @@ def print_summary(summary: dict, reused_video: bool, seconds: float) -> None:
         low, high = split["auroc_ci"]
         return f"AUROC {split['auroc']:.4f} (95% CI {low:.3f}-{high:.3f}, {split['abnormal']} abnormal / {split['normal']} normal)"
 
-    print(f"validation     : {interval(v)}  F1 {v['f1']:.4f}  (anomaly class positive; best epoch {summary['best_epoch']} of {summary['epochs_run']})")
+    print(
+        f"validation     : {interval(v)}  F1 {v['f1']:.4f}  (anomaly class positive; best epoch "
+        f"{summary['best_epoch']} of {summary['epochs_run']})"
+    )
     print(f"held-out test  : {interval(t)}  F1 {t['f1']:.4f}")
     import pandas as pd
 
@@ -116,9 +130,15 @@ def print_summary(summary: dict, reused_video: bool, seconds: float) -> None:
     print(format_table(pd.DataFrame(summary["generalization"], columns=list(COLUMNS))))
     g = summary["gate"]
     champion = g["reports"].get("champion")
-    against = f"champion v{champion['version']} AUROC {champion['auroc']:.4f} on the same rows" if champion else "no champion to compare with"
+    against = (
+        f"champion v{champion['version']} AUROC {champion['auroc']:.4f} on the same rows" if champion else "no champion to compare with"
+    )
     verdict = "passed" if g["passed"] else f"refused: {'; '.join(g['reasons'])}"
-    print(f"gate           : {verdict} ({g['mode']}; challenger AUROC {g['reports']['challenger']['auroc']:.4f}, {against})" if "challenger" in g["reports"] else f"gate           : {g['mode']}")
+    print(
+        f"gate           : {verdict} ({g['mode']}; challenger AUROC {g['reports']['challenger']['auroc']:.4f}, {against})"
+        if "challenger" in g["reports"]
+        else f"gate           : {g['mode']}"
+    )
     m = summary["model"]
     print(f"registered     : {m['name']} version {m['version']}, aliases {m['aliases'] or '[] (not promoted)'}")
     e, serving = summary["endpoint"], summary["serving"]
@@ -128,7 +148,10 @@ def print_summary(summary: dict, reused_video: bool, seconds: float) -> None:
 
     print("\nscores from the endpoint (held-out raw frames, up to 8 of each class):")
     print(score_table([tuple(r) for r in summary["scores"]]))
-    print("\nMLflow UI : .venv/bin/mlflow ui --backend-store-uri " + os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{os.environ['SWAN_HOME']}/mlflow/mlflow.db"))
+    print(
+        "\nMLflow UI : .venv/bin/mlflow ui --backend-store-uri "
+        + os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{os.environ['SWAN_HOME']}/mlflow/mlflow.db")
+    )
     print("Airflow UI: make airflow")
 
 

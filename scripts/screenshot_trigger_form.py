@@ -218,10 +218,23 @@ def start_chromium(binary: str, tmp: Path, procs: Processes, width: int, height:
     profile = tmp / "chromium-profile"
     profile.mkdir()
     cmd = [
-        binary, "--headless", "--disable-gpu", "--disable-quic", "--no-first-run", "--no-default-browser-check",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-extensions",
-        "--hide-scrollbars", "--mute-audio", f"--user-data-dir={profile}", "--remote-debugging-port=0",
-        "--remote-allow-origins=*", f"--window-size={width},{height}", "about:blank",
+        binary,
+        "--headless",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--no-default-browser-check",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-extensions",
+        "--hide-scrollbars",
+        "--mute-audio",
+        f"--user-data-dir={profile}",
+        "--remote-debugging-port=0",
+        "--remote-allow-origins=*",
+        f"--window-size={width},{height}",
+        "about:blank",
     ]
     if os.geteuid() == 0:
         cmd.insert(1, "--no-sandbox")
@@ -293,7 +306,7 @@ def open_trigger_form(cdp: CDP) -> None:
     cdp.wait_js(f"!!{JS_TRIGGER_BUTTON}", "the DAG page's Trigger button", timeout=90)
     click(cdp, JS_TRIGGER_BUTTON, "Trigger button")
     cdp.wait_js(f"!!{JS_PARAMS_FORM}", "the trigger dialog with its Params form", timeout=30)
-    missing = cdp.js(f"{json.dumps(list(SECTIONS))}.filter(s => !{JS_DIALOG}.querySelector(`[id$=\":trigger:${{s}}\"]`))")
+    missing = cdp.js(f'{json.dumps(list(SECTIONS))}.filter(s => !{JS_DIALOG}.querySelector(`[id$=":trigger:${{s}}"]`))')
     if missing:
         text = cdp.js(f"{JS_DIALOG}.innerText.slice(0, 2000)")
         raise StepError(f"browser: the trigger form lacks the Params sections {missing}; it shows:\n{text}")
@@ -371,7 +384,9 @@ def output_paths(out: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--out", type=Path, default=ROOT / "docs" / "images" / "trigger_form.png",
+        "--out",
+        type=Path,
+        default=ROOT / "docs" / "images" / "trigger_form.png",
         help="first PNG (default: docs/images/trigger_form.png); the others get _2 and _3 before the suffix",
     )
     parser.add_argument("--chromium", help="Chromium/Chrome binary (default: env CHROMIUM, else chromium on PATH)")

@@ -39,18 +39,42 @@ MODEL = "gpt-4o-mini-2024-07-18"
 PATH = re.compile(r"^/openai/deployments/(?P<deployment>[^/]+)/chat/completions$")
 DATA_URL = re.compile(r"^data:image/(?P<fmt>[a-z]+);base64,(?P<data>.*)$", re.S)
 
-UNAUTHORIZED = {"error": {"code": "401", "message": (
-    "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an "
-    "active subscription and use a correct regional API endpoint for your resource.")}}
+UNAUTHORIZED = {
+    "error": {
+        "code": "401",
+        "message": (
+            "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an "
+            "active subscription and use a correct regional API endpoint for your resource."
+        ),
+    }
+}
 RESOURCE_NOT_FOUND = {"error": {"code": "404", "message": "Resource not found"}}
-DEPLOYMENT_NOT_FOUND = {"error": {"code": "DeploymentNotFound", "message": (
-    "The API deployment for this resource does not exist. If you created the deployment within the last 5 minutes, "
-    "please wait a moment and try again.")}}
-INVALID_IMAGE = {"error": {"message": "You uploaded an unsupported image. Please make sure your image is valid.",
-                           "type": "invalid_request_error", "param": None, "code": "invalid_image_format"}}
-THROTTLED = {"error": {"code": "429", "message": (
-    "Requests to the ChatCompletions_Create Operation under Azure OpenAI API version 2024-10-21 have exceeded token "
-    "rate limit of your current OpenAI S0 pricing tier. Please retry after 1 second.")}}
+DEPLOYMENT_NOT_FOUND = {
+    "error": {
+        "code": "DeploymentNotFound",
+        "message": (
+            "The API deployment for this resource does not exist. If you created the deployment within the last 5 minutes, "
+            "please wait a moment and try again."
+        ),
+    }
+}
+INVALID_IMAGE = {
+    "error": {
+        "message": "You uploaded an unsupported image. Please make sure your image is valid.",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "invalid_image_format",
+    }
+}
+THROTTLED = {
+    "error": {
+        "code": "429",
+        "message": (
+            "Requests to the ChatCompletions_Create Operation under Azure OpenAI API version 2024-10-21 have exceeded token "
+            "rate limit of your current OpenAI S0 pricing tier. Please retry after 1 second."
+        ),
+    }
+}
 SERVER_ERROR = {"error": {"code": "InternalServerError", "message": "The server had an error while processing your request."}}
 
 
@@ -77,8 +101,14 @@ class AzureOpenAIDouble:
     """
 
     def __init__(
-        self, *, api_key: str, deployment: str = "gpt-4o-mini", colour_answers: dict[str, tuple[int, int, int]] | None = None,
-        swan_reply: str = "swan", share: float = 0.5, tolerance: int = 40,
+        self,
+        *,
+        api_key: str,
+        deployment: str = "gpt-4o-mini",
+        colour_answers: dict[str, tuple[int, int, int]] | None = None,
+        swan_reply: str = "swan",
+        share: float = 0.5,
+        tolerance: int = 40,
     ) -> None:
         self.api_key = api_key
         self.deployment = deployment
@@ -125,10 +155,14 @@ class AzureOpenAIDouble:
 
     def connection(self, *, api_key: str | None = None, **extra) -> str:
         """An Airflow connection (JSON, for ``AIRFLOW_CONN_*``): host = endpoint, password = key, extra = settings."""
-        return json.dumps({
-            "conn_type": "generic", "host": self.endpoint, "password": api_key or self.api_key,
-            "extra": {"deployment": self.deployment, "api_version": "2024-10-21", **extra},
-        })
+        return json.dumps(
+            {
+                "conn_type": "generic",
+                "host": self.endpoint,
+                "password": api_key or self.api_key,
+                "extra": {"deployment": self.deployment, "api_version": "2024-10-21", **extra},
+            }
+        )
 
     def fail_next(self, status: int, *, times: int = 1, retry_after_ms: int = 50) -> None:
         self._faults.append([status, times, retry_after_ms])
@@ -184,8 +218,11 @@ class AzureOpenAIDouble:
             image = self._image(body)
         except ValueError as exc:
             self._record(Seen(deployment, 400, detail=str(exc)))
-            reply = INVALID_IMAGE if "image" in str(exc) else {"error": {
-                "message": str(exc), "type": "invalid_request_error", "param": "messages", "code": None}}
+            reply = (
+                INVALID_IMAGE
+                if "image" in str(exc)
+                else {"error": {"message": str(exc), "type": "invalid_request_error", "param": "messages", "code": None}}
+            )
             return self._reply(handler, 400, reply)
         answer = self._answer(image)
         self._record(Seen(deployment, 200, answer=answer, shape=image.shape))
@@ -197,7 +234,11 @@ class AzureOpenAIDouble:
             raise ValueError("'messages' is a required property")
         users = [m for m in body["messages"] if isinstance(m, dict) and m.get("role") == "user"]
         parts = users[-1].get("content") if users else None
-        urls = [p["image_url"].get("url", "") for p in parts or [] if isinstance(p, dict) and p.get("type") == "image_url" and isinstance(p.get("image_url"), dict)]
+        urls = [
+            p["image_url"].get("url", "")
+            for p in parts or []
+            if isinstance(p, dict) and p.get("type") == "image_url" and isinstance(p.get("image_url"), dict)
+        ]
         if not urls:
             raise ValueError("the user message has no content part of type 'image_url'")
         match = DATA_URL.match(urls[-1])
@@ -229,10 +270,14 @@ class AzureOpenAIDouble:
             "model": MODEL,
             "system_fingerprint": "fp_double",
             "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": filters}],
-            "choices": [{
-                "index": 0, "finish_reason": "stop", "logprobs": None,
-                "message": {"role": "assistant", "content": answer, "refusal": None},
-                "content_filter_results": filters,
-            }],
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                    "message": {"role": "assistant", "content": answer, "refusal": None},
+                    "content_filter_results": filters,
+                }
+            ],
             "usage": {"prompt_tokens": 121, "completion_tokens": 2, "total_tokens": 123},
         }

@@ -125,7 +125,9 @@ def stored_run_texts(run_id: str) -> dict[str, str]:
 
     with create_session() as session:
         xcoms = [x.value for x in session.query(XComModel).filter(XComModel.run_id == run_id)]
-        rendered = [r.rendered_fields for r in session.query(RenderedTaskInstanceFields).filter(RenderedTaskInstanceFields.run_id == run_id)]
+        rendered = [
+            r.rendered_fields for r in session.query(RenderedTaskInstanceFields).filter(RenderedTaskInstanceFields.run_id == run_id)
+        ]
     return {"XCom": json.dumps(xcoms, default=str), "rendered templates": json.dumps(rendered, default=str)}
 
 
@@ -188,7 +190,9 @@ def water_frame(seed: int, *, abnormal: bool, height: int = 64, width: int = 96)
 
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width]
-    frame = np.stack([60 + 40 * np.sin(xx / 9 + seed), 110 + 30 * np.cos(yy / 7), 160 + 0 * xx], axis=2) + rng.normal(0, 4, (height, width, 3))
+    frame = np.stack([60 + 40 * np.sin(xx / 9 + seed), 110 + 30 * np.cos(yy / 7), 160 + 0 * xx], axis=2) + rng.normal(
+        0, 4, (height, width, 3)
+    )
     if abnormal:
         side = min(height, width) // 2
         top, left = (height - side) // 2, (width - side) // 2
@@ -248,8 +252,20 @@ def azurite():
     assert binary.exists(), "Azurite is not installed: run `npm ci` (make test does it)"
     port = _free_port()
     proc = subprocess.Popen(
-        [str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence", "--skipApiVersionCheck", "--loose", "--silent"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "AZURITE_ACCOUNTS": f"{AZURITE_ACCOUNT}:{AZURITE_KEY}"},
+        [
+            str(binary),
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            str(port),
+            "--inMemoryPersistence",
+            "--skipApiVersionCheck",
+            "--loose",
+            "--silent",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "AZURITE_ACCOUNTS": f"{AZURITE_ACCOUNT}:{AZURITE_KEY}"},
     )
     try:
         deadline = time.monotonic() + 30

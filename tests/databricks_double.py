@@ -106,7 +106,9 @@ class DatabricksDouble:
 
     def connection(self, *, token: str | None = None) -> str:
         """An Airflow ``databricks`` connection (JSON, for ``AIRFLOW_CONN_*``) pointing at this double."""
-        return json.dumps({"conn_type": "databricks", "host": "127.0.0.1", "port": self.port, "schema": "http", "password": token or self.token})
+        return json.dumps(
+            {"conn_type": "databricks", "host": "127.0.0.1", "port": self.port, "schema": "http", "password": token or self.token}
+        )
 
     def fail_next(self, path_suffix: str, status: int, *, times: int = 1) -> None:
         self._faults.append([path_suffix, status, times])

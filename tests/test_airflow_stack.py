@@ -93,7 +93,11 @@ class Stack:
 
     def start(self, *args: str, log: str) -> None:
         out = (self.home / log).open("w")
-        self.procs.append(subprocess.Popen([sys.executable, "-m", "airflow", *args], env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+        self.procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "airflow", *args], env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        )
 
     def runs(self, dag_id: str = DAG_ID) -> list[dict]:
         response = self.api.get(f"/dags/{dag_id}/dagRuns")
@@ -136,7 +140,9 @@ class Stack:
         return "\n".join(texts)
 
     def versions_of_run(self, run_id: str) -> list:
-        return [v for v in self.registry().search_model_versions(f"name='{self.settings.model_name}'") if v.tags.get("airflow_run_id") == run_id]
+        return [
+            v for v in self.registry().search_model_versions(f"name='{self.settings.model_name}'") if v.tags.get("airflow_run_id") == run_id
+        ]
 
     def stop(self) -> None:
         from swan_anomaly.serving.local import stop_local_server
@@ -220,8 +226,12 @@ def test_the_scheduler_runs_the_latest_daily_interval(stack):
 
 
 def test_a_backfill_of_three_dates_runs_side_by_side_and_never_interleaves_promotion(stack):
-    stack.create_backfill("--from-date", BACKFILL_DATES[0], "--to-date", BACKFILL_DATES[-1], "--dag-run-conf", json.dumps({"training_window_days": 2}))
-    runs = stack.wait_for("three backfill runs", lambda: found if len(found := [r for r in stack.runs() if r["run_type"] == "backfill"]) == 3 else None)
+    stack.create_backfill(
+        "--from-date", BACKFILL_DATES[0], "--to-date", BACKFILL_DATES[-1], "--dag-run-conf", json.dumps({"training_window_days": 2})
+    )
+    runs = stack.wait_for(
+        "three backfill runs", lambda: found if len(found := [r for r in stack.runs() if r["run_type"] == "backfill"]) == 3 else None
+    )
     by_date = {r["logical_date"][:10]: r for r in runs}
     assert set(by_date) == set(BACKFILL_DATES)
     for day in BACKFILL_DATES:
@@ -284,7 +294,9 @@ def test_a_run_killed_mid_training_reruns_without_duplicates(stack):
     assert training["state"] == "success" and training["try_number"] == 2, training
     assert len(stack.versions_of_run(run_id)) == 1
     gold_after = pd.read_parquet(stack.lake.gold / f"dataset_id={dataset}").sort_values("sample_id", ignore_index=True)
-    pd.testing.assert_frame_equal(gold_after.drop(columns=["dataset_id"], errors="ignore"), gold_before.drop(columns=["dataset_id"], errors="ignore"))
+    pd.testing.assert_frame_equal(
+        gold_after.drop(columns=["dataset_id"], errors="ignore"), gold_before.drop(columns=["dataset_id"], errors="ignore")
+    )
     assert len(pd.read_parquet(stack.lake.silver / f"dataset_id={dataset}")) == len(silver_before)
     raw_after = sorted(p.relative_to(stack.lake.raw(dataset)).as_posix() for p in stack.lake.raw(dataset).rglob("*") if p.is_file())
     assert raw_after == raw_before
@@ -303,11 +315,16 @@ def test_videos_landed_by_the_ingest_dag_trigger_a_run_through_the_asset(stack):
     today = dt.datetime.now(dt.UTC).date().isoformat()
     landed = list((stack.settings.landing_dir / today).glob("cam1-*.mp4"))
     assert len(landed) == 1 and not (inbox / "cam1.mp4").exists()
-    run = stack.wait_for("the asset-triggered run", lambda: next((r for r in stack.runs() if r["dag_run_id"] not in before and r["run_type"] == "asset_triggered"), None))
+    run = stack.wait_for(
+        "the asset-triggered run",
+        lambda: next((r for r in stack.runs() if r["dag_run_id"] not in before and r["run_type"] == "asset_triggered"), None),
+    )
     run_id = run["dag_run_id"]
     # the run processes the date its event names: its find_videos found exactly the landed video (the rest of a
     # pipeline run is what the other tests of this module check, so this one stops there)
-    stack.wait_for("find_videos of the asset-triggered run", lambda: stack.task_instances(run_id).get("find_videos", {}).get("state") == "success")
+    stack.wait_for(
+        "find_videos of the asset-triggered run", lambda: stack.task_instances(run_id).get("find_videos", {}).get("state") == "success"
+    )
     response = stack.api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/find_videos/xcomEntries/return_value")
     assert response.status_code == 200, response.text
     assert response.json()["value"] == [{"video": str(landed[0]), "reason": None}]

@@ -200,7 +200,9 @@ def test_synthesize_dataset_defaults_to_salt_and_pepper_and_names_bad_families(t
     with pytest.raises(ValueError, match=r"family_kwargs given for \['occlusion'\]"):
         synthesize_dataset(frames, tmp_path / "x", anomaly_ratio=0.5, seed=1, family_kwargs={"occlusion": {}})
     with pytest.raises(ValueError, match=r"unknown knob\(s\) \['sigma'\] for anomaly family 'local_blur'; known: \['area_fraction'"):
-        synthesize_dataset(frames, tmp_path / "x", anomaly_ratio=0.5, seed=1, families=["local_blur"], family_kwargs={"local_blur": {"sigma": 3}})
+        synthesize_dataset(
+            frames, tmp_path / "x", anomaly_ratio=0.5, seed=1, families=["local_blur"], family_kwargs={"local_blur": {"sigma": 3}}
+        )
     assert not (tmp_path / "x").exists()  # validated before anything is written
 
 

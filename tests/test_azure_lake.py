@@ -16,7 +16,9 @@ from conftest import AZURITE_ACCOUNT, AZURITE_KEY, label_staged_images
 def lake_connection(azurite):
     """An Airflow ``wasb`` connection to Azurite, as an environment variable."""
     mp = pytest.MonkeyPatch()
-    mp.setenv("AIRFLOW_CONN_SWAN_LAKE_TEST", json.dumps({"conn_type": "wasb", "extra": {"connection_string": azurite["connection_string"]}}))
+    mp.setenv(
+        "AIRFLOW_CONN_SWAN_LAKE_TEST", json.dumps({"conn_type": "wasb", "extra": {"connection_string": azurite["connection_string"]}})
+    )
     yield
     mp.undo()
 
@@ -50,7 +52,9 @@ def test_upload_writes_files_manifest_and_success(azurite, staged):
     blobs = _blobs(lake)
     prefix = "lake/raw/20261126/"
     assert blobs[prefix + "frames/v1/frame_00003.png"] == (staged / "frames/v1/frame_00003.png").read_bytes()
-    assert set(json.loads(blobs[prefix + "manifest.json"])["files"]) == {p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file()}
+    assert set(json.loads(blobs[prefix + "manifest.json"])["files"]) == {
+        p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file()
+    }
     assert blobs[prefix + "_SUCCESS"] == b""
     assert lake.is_complete("20261126")
 

@@ -444,7 +444,7 @@ def test_bind_mounts_exist_and_named_volumes_are_declared():
 def test_dependencies_exist_and_wait_for_init():
     for name, service in services().items():
         depends = service.get("depends_on") or {}
-        for target, spec in (depends.items() if isinstance(depends, dict) else ((d, {}) for d in depends)):
+        for target, spec in depends.items() if isinstance(depends, dict) else ((d, {}) for d in depends):
             assert target in services(), f"{name} depends on unknown {target}"
             condition = spec.get("condition", "service_started")
             assert condition in {"service_started", "service_healthy", "service_completed_successfully"}

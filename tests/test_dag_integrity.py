@@ -8,10 +8,26 @@ import sys
 
 from conftest import PIPELINE_DAG_ID as DAG_ID
 from conftest import ROOT, run_checked
+
 EXPECTED_TASKS = {
-    "find_videos", "extract_frames", "synthesize_anomalies", "build_labels", "check_labels", "upload_to_lake", "run_etl",
-    "run_augmentation", "run_training", "register_model", "wait_for_promotion_turn", "gate_model", "promote_model", "keep_champion",
-    "update_endpoint", "validate_endpoint", "summarize_run", "deploy_code",
+    "find_videos",
+    "extract_frames",
+    "synthesize_anomalies",
+    "build_labels",
+    "check_labels",
+    "upload_to_lake",
+    "run_etl",
+    "run_augmentation",
+    "run_training",
+    "register_model",
+    "wait_for_promotion_turn",
+    "gate_model",
+    "promote_model",
+    "keep_champion",
+    "update_endpoint",
+    "validate_endpoint",
+    "summarize_run",
+    "deploy_code",
 }
 
 
@@ -26,7 +42,19 @@ def test_dagbag_has_no_import_errors_and_sane_defaults(dagbag):
 
 def test_pipeline_order_reads_like_the_diagram(dagbag):
     dag = dagbag.dags[DAG_ID]
-    chain = ["find_videos", "extract_frames", "synthesize_anomalies", "build_labels", "upload_to_lake", "run_etl", "run_augmentation", "run_training", "register_model", "wait_for_promotion_turn", "gate_model"]
+    chain = [
+        "find_videos",
+        "extract_frames",
+        "synthesize_anomalies",
+        "build_labels",
+        "upload_to_lake",
+        "run_etl",
+        "run_augmentation",
+        "run_training",
+        "register_model",
+        "wait_for_promotion_turn",
+        "gate_model",
+    ]
     for upstream, downstream in zip(chain, chain[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids, (upstream, downstream)
     assert "run_etl" in dag.get_task("deploy_code").downstream_task_ids

@@ -65,7 +65,9 @@ def test_jobs_run_on_databricks_with_the_deployed_code(databricks_run, double):
     tokens = set()
     for payload, cluster in zip(double.submissions, ("cpu", "cpu", "gpu")):
         task = payload["tasks"][0]
-        assert task["new_cluster"] == normalise_json_content({**cluster_spec(cluster), "spark_env_vars": job_env()})  # the provider sends numbers as strings
+        assert task["new_cluster"] == normalise_json_content(
+            {**cluster_spec(cluster), "spark_env_vars": job_env()}
+        )  # the provider sends numbers as strings
         wheel = task["libraries"][0]["whl"]
         assert wheel.endswith("-py3-none-any.whl") and "/code/" in wheel
         code_dir = wheel.rsplit("/", 1)[0]

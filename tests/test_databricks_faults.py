@@ -23,11 +23,23 @@ def _operator(script, **kwargs):
 
     payload = {
         "run_name": "fault test",
-        "tasks": [{"task_key": "job", "new_cluster": {"num_workers": 0}, "spark_python_task": {"python_file": str(script), "parameters": ["--frame", "7"]}}],
+        "tasks": [
+            {
+                "task_key": "job",
+                "new_cluster": {"num_workers": 0},
+                "spark_python_task": {"python_file": str(script), "parameters": ["--frame", "7"]},
+            }
+        ],
     }
     return DatabricksSubmitRunOperator(
-        task_id="run_job", databricks_conn_id="databricks_faults", json=payload, polling_period_seconds=0.2,
-        databricks_retry_delay=0.1, databricks_retry_limit=4, do_xcom_push=False, **kwargs,
+        task_id="run_job",
+        databricks_conn_id="databricks_faults",
+        json=payload,
+        polling_period_seconds=0.2,
+        databricks_retry_delay=0.1,
+        databricks_retry_limit=4,
+        do_xcom_push=False,
+        **kwargs,
     )
 
 
@@ -84,8 +96,14 @@ def test_a_failed_run_gets_exactly_one_fresh_run_and_a_succeeded_one_is_reused(d
     from swan_airflow.submit_run import claim_token, token_base
 
     script = tmp_path / "job.py"  # fails on its first run (a transient fault), succeeds after
-    script.write_text(f"import pathlib, sys\nm = pathlib.Path({str(tmp_path / 'seen')!r})\nif not m.exists():\n    m.touch(); sys.exit('transient fault')\n")
-    payload = {"run_name": "rerun test", "tasks": [{"task_key": "job", "new_cluster": {"num_workers": 0}, "spark_python_task": {"python_file": str(script)}}]}
+    script.write_text(
+        f"import pathlib, sys\nm = pathlib.Path({str(tmp_path / 'seen')!r})\nif not "
+        f"m.exists():\n    m.touch(); sys.exit('transient fault')\n"
+    )
+    payload = {
+        "run_name": "rerun test",
+        "tasks": [{"task_key": "job", "new_cluster": {"num_workers": 0}, "spark_python_task": {"python_file": str(script)}}],
+    }
     hook = DatabricksHook(databricks_conn_id="databricks_faults")
     log = logging.getLogger("test")
     base = token_base("swan", "scheduled__2026-11-20", "run_etl", -1, payload, "manifest-digest-1")

@@ -114,7 +114,10 @@ def test_endpoint_checks_parity_then_quality_and_an_outcome_follows_from_what_ch
     skewed = good.copy()
     skewed[4] += 0.01
     mismatch = check_endpoint(labels, skewed, good, threshold=0.5, policy=policy)
-    assert not mismatch.parity and "1 of 60 scores differ from the registry model's by more than 0.0001 (worst 0.010000, image 4)" in mismatch.reasons[0]
+    assert (
+        not mismatch.parity
+        and "1 of 60 scores differ from the registry model's by more than 0.0001 (worst 0.010000, image 4)" in mismatch.reasons[0]
+    )
     assert outcome_for(mismatch, new_version=False, previous=None) is Outcome.MISMATCH
     assert outcome_for(mismatch, new_version=True, previous="3") is Outcome.ROLLED_BACK
 
@@ -127,7 +130,12 @@ def test_endpoint_policy_reads_its_settings_and_refuses_bad_ones():
     from swan_anomaly.serving.validation import DriftAction, EndpointPolicy
 
     assert EndpointPolicy.from_env({}) == EndpointPolicy(0.9, 0.8, 1e-4, 25, DriftAction.WARN)
-    env = {"SWAN_ENDPOINT_MIN_AUROC": "0.95", "SWAN_ENDPOINT_MIN_RECALL": "0.7", "SWAN_ENDPOINT_PARITY_TOLERANCE": "0.01", "SWAN_DRIFT_ACTION": "FAIL"}
+    env = {
+        "SWAN_ENDPOINT_MIN_AUROC": "0.95",
+        "SWAN_ENDPOINT_MIN_RECALL": "0.7",
+        "SWAN_ENDPOINT_PARITY_TOLERANCE": "0.01",
+        "SWAN_DRIFT_ACTION": "FAIL",
+    }
     assert EndpointPolicy.from_env(env) == EndpointPolicy(0.95, 0.7, 0.01, 25, DriftAction.FAIL)
     for name, value in (("SWAN_ENDPOINT_MIN_AUROC", "1.5"), ("SWAN_ENDPOINT_MIN_RECALL", "high"), ("SWAN_DRIFT_ACTION", "ignore")):
         with pytest.raises(ConfigError, match=name):

@@ -36,7 +36,9 @@ def dataset(tmp_path):
     rows = []
     for i in range(6):
         big = i == 0
-        p = _frame(tmp_path / "frames" / "v1" / f"frame_{i:05d}", WATER, size=(600, 800) if big else (240, 320), suffix=".jpg" if big else ".png")
+        p = _frame(
+            tmp_path / "frames" / "v1" / f"frame_{i:05d}", WATER, size=(600, 800) if big else (240, 320), suffix=".jpg" if big else ".png"
+        )
         rows.append((str(p.relative_to(tmp_path)), 1))
     p = _frame(tmp_path / "anomalies" / "v1" / "frame_00003_poly", MUD, swan=False)
     rows.append((str(p.relative_to(tmp_path)), 0))
@@ -186,7 +188,10 @@ def test_the_double_refuses_what_is_not_an_image(double):
     import httpx
 
     url = f"{double.endpoint}/openai/deployments/gpt-4o-mini/chat/completions?api-version=2024-10-21"
-    content = [{"type": "text", "text": "what animal?"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,bm90IGFuIGltYWdl"}}]
+    content = [
+        {"type": "text", "text": "what animal?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,bm90IGFuIGltYWdl"}},
+    ]
     reply = httpx.post(url, headers={"api-key": KEY}, json={"messages": [{"role": "user", "content": content}]})
     assert reply.status_code == 400 and reply.json()["error"]["code"] == "invalid_image_format"
     reply = httpx.post(url.replace("2024-10-21", "1999-01-01"), headers={"api-key": KEY}, json={})

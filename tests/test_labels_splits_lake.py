@@ -145,7 +145,10 @@ BAD_STAGING = {  # case: (break the copied staging folder, reason in the error)
     "no labels.csv": (lambda ds: (ds / "labels.csv").unlink(), "no labels.csv in the staging folder"),
     "labels.csv of another schema": (lambda ds: (ds / "labels.csv").write_text("path,y\na.png,0\n"), "label manifest"),
     "labelled image not staged": (_remove_first_labelled_image, r"1 labelled image\(s\) not staged"),
-    "image without a label": (lambda ds: (ds / "frames" / "stray.png").write_bytes(b"x"), r"1 staged image\(s\) without a label row.*stray\.png"),
+    "image without a label": (
+        lambda ds: (ds / "frames" / "stray.png").write_bytes(b"x"),
+        r"1 staged image\(s\) without a label row.*stray\.png",
+    ),
     "image changed after labelling": (_change_first_labelled_image, r"1 image\(s\) whose sha256 differs from labels\.csv"),
 }
 

@@ -36,7 +36,9 @@ def test_every_task_has_a_timeout_and_trainings_share_one_pool(dagbag):
     dag = dagbag.dags[DAG_ID]
     turn = dag.get_task("wait_for_promotion_turn")
     for task in dag.tasks:
-        assert task.execution_timeout is not None and task.execution_timeout <= dt.timedelta(hours=6) + (dt.timedelta(minutes=5) if task is turn else dt.timedelta()), task.task_id
+        assert task.execution_timeout is not None and task.execution_timeout <= dt.timedelta(hours=6) + (
+            dt.timedelta(minutes=5) if task is turn else dt.timedelta()
+        ), task.task_id
         assert task.retries >= 2 and task.retry_exponential_backoff, task.task_id
     assert turn.execution_timeout.total_seconds() > turn.timeout  # the wait ends with AirflowSensorTimeout, which is not retried
     pooled = {t.task_id for t in dag.tasks if t.pool == os.environ.get("SWAN_POOL", "swan_training")}
@@ -126,7 +128,16 @@ def test_boolean_settings_accept_the_usual_words_and_refuse_typos(monkeypatch):
     from swan_anomaly.config import env_flag
     from swan_anomaly.serving.deploy import ServingConfig
 
-    for word, expected in {"1": True, "TRUE": True, " yes ": True, "On": True, "0": False, "false": False, "NO": False, "off": False}.items():
+    for word, expected in {
+        "1": True,
+        "TRUE": True,
+        " yes ": True,
+        "On": True,
+        "0": False,
+        "false": False,
+        "NO": False,
+        "off": False,
+    }.items():
         assert env_flag("SWAN_X", not expected, {"SWAN_X": word}) is expected, word
     assert env_flag("SWAN_X", True, {}) is True and env_flag("SWAN_X", False, {"SWAN_X": "  "}) is False
     with pytest.raises(ConfigError, match="SWAN_X must be one of .* got 'ture'"):
@@ -279,8 +290,10 @@ def test_the_ingest_dag_lands_videos_and_emits_the_landing_asset_event(airflow_d
     [landed] = (settings.landing_dir / today).glob("ingest-test-*.mp4")
     with create_session() as session:
         events = (
-            session.query(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
-            .filter(AssetModel.name == "swan_landing_videos", AssetEvent.source_run_id == run.run_id).all()
+            session.query(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .filter(AssetModel.name == "swan_landing_videos", AssetEvent.source_run_id == run.run_id)
+            .all()
         )
         assert len(events) == 1 and events[0].extra["landing_date"] == today and events[0].extra["videos"] == [str(landed)]
     landed.unlink()  # other tests look up landing dates of their own
@@ -294,7 +307,10 @@ def test_each_kind_of_run_processes_the_landing_date_its_dataset_id_names():
     run_after = dt.datetime(2026, 11, 26, 10, 30, tzinfo=dt.UTC)
     cases = {  # (landing_date, interval_start, interval_end, run_after) -> expected window
         "scheduled / backfill": ((None, *interval, run_after), (day, day + dt.timedelta(days=1))),
-        "asset event or landing_date Param": (("2026-11-26", None, None, run_after), (day + dt.timedelta(days=1), day + dt.timedelta(days=2))),
+        "asset event or landing_date Param": (
+            ("2026-11-26", None, None, run_after),
+            (day + dt.timedelta(days=1), day + dt.timedelta(days=2)),
+        ),
         "manual, no logical date": ((None, None, None, run_after), (run_after.date(), run_after.date() + dt.timedelta(days=1))),
         "weekly interval": ((None, interval[0], interval[0] + dt.timedelta(days=7), run_after), (day, day + dt.timedelta(days=7))),
     }
@@ -450,10 +466,15 @@ def test_a_section_task_cleared_without_its_turn_fails_while_another_run_holds_t
     from swan_airflow.steps.promotion import require_turn
 
     def ti(other_run_state: str):  # the two calls of the task-SDK task instance that the check makes
-        states = {"backfill__1": {"wait_for_promotion_turn": "success", "validate_endpoint": None}, "me": {"wait_for_promotion_turn": "success"}}
+        states = {
+            "backfill__1": {"wait_for_promotion_turn": "success", "validate_endpoint": None},
+            "me": {"wait_for_promotion_turn": "success"},
+        }
         return SimpleNamespace(get_task_states=lambda dag_id, task_ids: states, get_dagrun_state=lambda dag_id, run_id: other_run_state)
 
-    with pytest.raises(AirflowFailException, match=r"run\(s\) backfill__1 are promoting, deploying or validating; .*clear wait_for_promotion_turn"):
+    with pytest.raises(
+        AirflowFailException, match=r"run\(s\) backfill__1 are promoting, deploying or validating; .*clear wait_for_promotion_turn"
+    ):
         require_turn(_ctx("me", ti("running")))
     require_turn(_ctx("me", ti("failed")))  # the other run ended half-way: nothing holds the section
 

@@ -63,7 +63,11 @@ def test_run_succeeds_and_writes_the_lake(pipeline_run):
     from swan_anomaly.registry import mlflow_client
 
     plots = {a.path for a in mlflow_client(*Settings.from_env().mlflow_uris).list_artifacts(train["mlflow_run_id"], "plots")}
-    expected = {"plots/anomaly_families.png"} | {f"plots/{kind}_{split}.png" for kind in ("roc_pr", "score_histogram", "worst_scored", "confusion_matrix") for split in ("val", "test")}
+    expected = {"plots/anomaly_families.png"} | {
+        f"plots/{kind}_{split}.png"
+        for kind in ("roc_pr", "score_histogram", "worst_scored", "confusion_matrix")
+        for split in ("val", "test")
+    }
     assert expected <= plots, expected - plots
     inputs = mlflow_client(*Settings.from_env().mlflow_uris).get_run(train["mlflow_run_id"]).inputs.dataset_inputs
     assert [i.dataset.name for i in inputs] == [f"gold-{DATASET}"] and f"dataset_id={DATASET}" in inputs[0].dataset.source
@@ -176,7 +180,9 @@ def test_roll_back_serves_the_previous_version_and_moves_the_champion_alias(pipe
 
 
 @pytest.mark.slow
-def test_a_champion_that_stops_separating_new_data_is_drift_and_the_failed_run_still_writes_its_summary(pipeline_run, monkeypatch, tmp_path):
+def test_a_champion_that_stops_separating_new_data_is_drift_and_the_failed_run_still_writes_its_summary(
+    pipeline_run, monkeypatch, tmp_path
+):
     """A second run whose gate keeps a champion that scores every image 0.5: drift, reported and (by setting) failing the run,
     with no retry of the validation and a summary that says what serves."""
     import mlflow
@@ -201,8 +207,18 @@ def test_a_champion_that_stops_separating_new_data_is_drift_and_the_failed_run_s
         constant.classifier.weight.zero_()
         constant.classifier.bias.zero_()
     with mlflow.start_run(experiment_id=ensure_experiment(s), run_name="constant-champion") as run:
-        info = log_served_model(constant, PreprocessSpec.from_json((model_dir / PREPROCESS_FILE).read_text()), threshold=0.5, threshold_method="max_f1", example=[b""])
-    version = str(register_challenger(client, s.model_name, info.model_uri, run.info.run_id, "manual__constant", tags={"anomaly_threshold": "0.5"}).version)
+        info = log_served_model(
+            constant,
+            PreprocessSpec.from_json((model_dir / PREPROCESS_FILE).read_text()),
+            threshold=0.5,
+            threshold_method="max_f1",
+            example=[b""],
+        )
+    version = str(
+        register_challenger(
+            client, s.model_name, info.model_uri, run.info.run_id, "manual__constant", tags={"anomaly_threshold": "0.5"}
+        ).version
+    )
     promote(client, s.model_name, version)
     target = serving_target()
     deploy_version(target.workspace(), target.endpoint, s.model_name, version, ServingConfig())

@@ -23,8 +23,14 @@ from swan_airflow.context import RunContext
 DATASET = "20261115"
 RUN_ID = "manual__promotion"
 PARAMS = {
-    "seed": 42, "gate_mode": "enabled", "gate_min_val_auroc": 0.9, "gate_min_val_f1": 0.8, "gate_min_images_per_class": 10,
-    "gate_min_unseen_auroc": None, "force_promote": False, "force_promote_reason": None,
+    "seed": 42,
+    "gate_mode": "enabled",
+    "gate_min_val_auroc": 0.9,
+    "gate_min_val_f1": 0.8,
+    "gate_min_images_per_class": 10,
+    "gate_min_unseen_auroc": None,
+    "force_promote": False,
+    "force_promote_reason": None,
 }
 
 
@@ -67,10 +73,14 @@ def world(tmp_path_factory):
     spec = preprocess_spec(base)
     import pandas as pd
 
-    train = pd.DataFrame({"content": [lake.read_raw(d, p) for d, p, _, _ in rows["train"]], "label": [lab for _, _, lab, _ in rows["train"]]})
+    train = pd.DataFrame(
+        {"content": [lake.read_raw(d, p) for d, p, _, _ in rows["train"]], "label": [lab for _, _, lab, _ in rows["train"]]}
+    )
     x, y = _tensors(train.assign(sample_id=[p for _, p, _, _ in rows["train"]]), spec)
     torch.manual_seed(0)
-    good, _, _ = train_classifier(load_classifier(base), (x, y), (x, y), TrainConfig(epochs=8, batch_size=16, learning_rate=2e-3, patience=8))
+    good, _, _ = train_classifier(
+        load_classifier(base), (x, y), (x, y), TrainConfig(epochs=8, batch_size=16, learning_rate=2e-3, patience=8)
+    )
     constant = load_classifier(base)
     with torch.no_grad():
         constant.classifier.weight.zero_()
@@ -80,7 +90,9 @@ def world(tmp_path_factory):
     for name, model in (("good", good), ("constant", constant)):
         with mlflow.start_run(experiment_id=experiment, run_name=f"promotion-test-{name}") as run:
             mlflow.log_metrics({"val_auroc": 1.0, "val_f1": 1.0})  # what the model claims of its own (other) data
-            info = log_served_model(model, spec, threshold=0.5, threshold_method="max_f1", example=[lake.read_raw(DATASET, rows["val"][0][1])])
+            info = log_served_model(
+                model, spec, threshold=0.5, threshold_method="max_f1", example=[lake.read_raw(DATASET, rows["val"][0][1])]
+            )
         uris[name] = (info.model_uri, run.info.run_id)
     yield {"lake": lake, "uris": uris, "rows": rows}
     mp.undo()
@@ -205,7 +217,10 @@ def test_the_gate_refuses_a_validation_split_too_small_to_measure(world, model_n
     assert not gate["passed"] and not gate["measurable"]
     assert gate["reasons"][0].startswith("validation split too small to measure: 12 abnormal and 12 normal images, fewer than 25 per class")
     # a dry run reports the same and promotes anyway
-    assert gate_model(_ctx(gate_min_images_per_class=25, gate_mode="dry_run"), _registered(model_name, version, world, "good")) == "promote_model"
+    assert (
+        gate_model(_ctx(gate_min_images_per_class=25, gate_mode="dry_run"), _registered(model_name, version, world, "good"))
+        == "promote_model"
+    )
 
 
 @pytest.mark.slow
@@ -215,7 +230,13 @@ def test_a_failed_new_version_is_rolled_back_once_and_a_retry_never_ends_green(w
 
     good, bad, endpoint = _new_version_over_good(world, model_name, "constant")  # this run's model, force-promoted and served
     assert endpoint["version"] == bad and endpoint["changed"]
-    with pytest.raises(AirflowFailException, match=rf"new version {model_name} v{bad} failed endpoint validation .*AUROC 0\.5000.*rolled the endpoint and the champion back to v{good}"):
+    with pytest.raises(
+        AirflowFailException,
+        match=(
+            rf"new version {model_name} v{bad} failed endpoint validation .*AUROC 0\.5000.*rolled "
+            rf"the endpoint and the champion back to v{good}"
+        ),
+    ):
         validate_endpoint(_ctx(), endpoint, _registered(model_name, bad, world, "constant"))
     assert _served() == good and _champion(model_name) == good
     assert registry_client().get_model_version(model_name, bad).tags["endpoint_validation"].startswith("failed: AUROC 0.5000")
@@ -236,7 +257,13 @@ def test_a_failed_new_version_is_rolled_back_once_and_a_retry_never_ends_green(w
     with pytest.raises(AirflowFailException, match="decided by an earlier try of this run"):
         validate_endpoint(_ctx(), endpoint, _registered(model_name, bad, world, "constant"))
     assert _served() == good and _champion(model_name) == good
-    assert gate_model(_ctx(force_promote=True, force_promote_reason="promote it whatever the gate says"), _registered(model_name, bad, world, "constant")) == "keep_champion"
+    assert (
+        gate_model(
+            _ctx(force_promote=True, force_promote_reason="promote it whatever the gate says"),
+            _registered(model_name, bad, world, "constant"),
+        )
+        == "keep_champion"
+    )
     assert "failed its endpoint validation" in world["lake"].read_result(RUN_ID, "gate")["reasons"][0]
     with pytest.raises(AirflowFailException, match="never promoted again"):
         promote_model(_ctx(), _registered(model_name, bad, world, "constant"))
@@ -253,7 +280,13 @@ def test_a_validation_that_cannot_complete_rolls_the_new_version_back(world, mod
     kept = missing.read_bytes()
     missing.unlink()
     try:
-        with pytest.raises(AirflowFailException, match=rf"v{newer} failed endpoint validation \(the validation could not complete: FileNotFoundError: .*rolled .* back to v{good}"):
+        with pytest.raises(
+            AirflowFailException,
+            match=(
+                rf"v{newer} failed endpoint validation \(the validation could not complete: "
+                rf"FileNotFoundError: .*rolled .* back to v{good}"
+            ),
+        ):
             validate_endpoint(_ctx(), endpoint, _registered(model_name, newer, world, "good"))
     finally:
         missing.write_bytes(kept)
@@ -266,8 +299,14 @@ def test_a_retry_after_a_rollback_interrupted_half_way_finishes_it(world, model_
 
     good, bad, endpoint = _new_version_over_good(world, model_name, "constant")
     record = {
-        "outcome": "rolled_back", "state": "acting", "name": model_name, "version": bad, "challenger": bad, "previous": good,
-        "reasons": ["AUROC 0.5000 < 0.9000"], "message": f"the new version {model_name} v{bad} failed endpoint validation",
+        "outcome": "rolled_back",
+        "state": "acting",
+        "name": model_name,
+        "version": bad,
+        "challenger": bad,
+        "previous": good,
+        "reasons": ["AUROC 0.5000 < 0.9000"],
+        "message": f"the new version {model_name} v{bad} failed endpoint validation",
     }
     world["lake"].write_result(RUN_ID, "validation", record)  # what a try that died before rolling back left
     with pytest.raises(AirflowFailException, match="decided by an earlier try"):
@@ -283,14 +322,19 @@ def test_a_failed_first_version_is_withdrawn_and_nothing_serves(world, model_nam
 
     bad = _register(world, model_name, "constant", "scheduled__1")
     endpoint = _serve(model_name, bad)
-    with pytest.raises(AirflowFailException, match=rf"first version {model_name} v{bad} failed .*the endpoint was deleted and v{bad} lost the champion alias"):
+    with pytest.raises(
+        AirflowFailException,
+        match=rf"first version {model_name} v{bad} failed .*the endpoint was deleted and v{bad} lost the champion alias",
+    ):
         validate_endpoint(_ctx(), endpoint, _registered(model_name, bad, world, "constant"))
     assert _served() is None and _champion(model_name) is None
     assert "endpoint_validation" in registry_client().get_model_version(model_name, bad).tags
 
 
 @pytest.mark.slow
-def test_an_unchanged_champion_that_no_longer_separates_is_drift_reported_and_warn_or_fail_by_setting(world, model_name, monkeypatch, tmp_path):
+def test_an_unchanged_champion_that_no_longer_separates_is_drift_reported_and_warn_or_fail_by_setting(
+    world, model_name, monkeypatch, tmp_path
+):
     """The gate kept the champion (this run's challenger is another version): a failure is drift, not a rollback."""
     from swan_airflow.steps.serving import validate_endpoint
 
@@ -332,7 +376,9 @@ def test_an_endpoint_that_does_not_serve_the_registered_model_fails_parity(world
     tensors = {k: (v * 1.5 if k.startswith("classifier") else v) for k, v in tensors.items()}
     save_file(tensors, str(stored), metadata={"format": "pt"})
     try:
-        with pytest.raises(AirflowFailException, match=r"does not serve the registered .* scores differ from the registry model's by more than 0\.0001"):
+        with pytest.raises(
+            AirflowFailException, match=r"does not serve the registered .* scores differ from the registry model's by more than 0\.0001"
+        ):
             validate_endpoint(_ctx(), endpoint, _registered(model_name, "999", world, "constant"))  # the gate kept the champion
         assert world["lake"].read_result(RUN_ID, "validation")["outcome"] == "mismatch" and _served() == good
     finally:
@@ -353,9 +399,14 @@ def test_a_champion_the_endpoint_cannot_load_goes_back_and_a_validated_champion_
     (broken_source / "MLmodel").write_text("flavors: {}\n")  # registrable, not loadable
     client = registry_client()
     run = client.create_run(client.get_experiment_by_name("swan-anomaly").experiment_id).info.run_id
-    broken = str(register_challenger(client, model_name, broken_source.as_uri(), run, "scheduled__2", tags={"anomaly_threshold": "0.5"}).version)
+    broken = str(
+        register_challenger(client, model_name, broken_source.as_uri(), run, "scheduled__2", tags={"anomaly_threshold": "0.5"}).version
+    )
     promote(client, model_name, broken)
-    with pytest.raises(AirflowFailException, match=rf"failed to serve {model_name} v{broken} and keeps serving v{good}.*champion alias went back to v{good}"):
+    with pytest.raises(
+        AirflowFailException,
+        match=rf"failed to serve {model_name} v{broken} and keeps serving v{good}.*champion alias went back to v{good}",
+    ):
         update_endpoint(_ctx())
     assert _served() == good and _champion(model_name) == good
 
@@ -417,7 +468,11 @@ class _FlakyEndpoint:
                 rows = json.loads(self.rfile.read(length))["dataframe_split"]["data"]
                 outer.calls += 1
                 status = outer.statuses.pop(0) if outer.statuses else 200
-                body = {"predictions": [{"logits": [0.0, 0.0], "anomaly_score": 0.5} for _ in rows]} if status == 200 else {"error_code": "TEMPORARILY_UNAVAILABLE"}
+                body = (
+                    {"predictions": [{"logits": [0.0, 0.0], "anomaly_score": 0.5} for _ in rows]}
+                    if status == 200
+                    else {"error_code": "TEMPORARILY_UNAVAILABLE"}
+                )
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")

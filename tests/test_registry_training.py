@@ -139,7 +139,9 @@ def test_leave_one_family_out_tests_each_family_on_a_model_that_never_saw_it(tmp
     assert list(table.trained_on) == ["salt_pepper_polygons", "color_shift"]
     # each model trained on the normal train images plus only the other family's anomalies
     train = gold[gold.split == "train"]
-    assert trained_on == [int((train.label == 1).sum() + (train.family == other).sum()) for other in ("salt_pepper_polygons", "color_shift")]
+    assert trained_on == [
+        int((train.label == 1).sum() + (train.family == other).sum()) for other in ("salt_pepper_polygons", "color_shift")
+    ]
     assert table[["unseen_auroc", "seen_auroc", "unseen_recall"]].apply(lambda c: c.between(0, 1)).all().all()
     again = generalization.leave_one_family_out(gold, base, spec, config)
     pd.testing.assert_frame_equal(table, again)  # seeded: the same report twice

@@ -27,7 +27,8 @@ def remote_run(airflow_db, demo_video, azurite, tmp_path_factory):
 
     volume = tmp_path_factory.mktemp("volume") / "lake"
     double = DatabricksDouble(
-        token=TOKEN, volume={"path": str(volume), "connection_string": azurite["connection_string"], "container": CONTAINER, "prefix": PREFIX}
+        token=TOKEN,
+        volume={"path": str(volume), "connection_string": azurite["connection_string"], "container": CONTAINER, "prefix": PREFIX},
     ).start()
     mp = pytest.MonkeyPatch()
     for key, value in {
@@ -102,7 +103,14 @@ def test_remote_run_writes_the_container_and_runs_the_deployed_code(remote_run, 
         assert task["new_cluster"] == normalise_json_content({**cluster_spec(cluster), "spark_env_vars": job_env()})
         assert task["libraries"] == [{"whl": f"{volume}/{code[0][len(PREFIX):]}"}]
         assert task["spark_python_task"]["python_file"] == f"{volume}/{code[0][len(PREFIX):].rsplit('/', 1)[0]}/jobs/{task['task_key']}.py"
-        assert task["spark_python_task"]["parameters"][:6] == ["--lake-root", str(volume), "--dataset-id", DATASET, "--run-id", dag_run.run_id]
+        assert task["spark_python_task"]["parameters"][:6] == [
+            "--lake-root",
+            str(volume),
+            "--dataset-id",
+            DATASET,
+            "--run-id",
+            dag_run.run_id,
+        ]
         assert 0 < len(payload["idempotency_token"]) <= 64
     # the training token's window digest, listed from the container, is that of the gold files the jobs wrote
     job_side = LocalLake(volume).gold_files([DATASET])
@@ -157,6 +165,8 @@ def test_rerunning_the_dag_run_duplicates_no_runs_blobs_or_versions(remote_run, 
     runs = f"{PREFIX}runs/{dag_run.run_id.replace(':', '_').replace('+', '_')}/"
     assert rewritten <= {raw + "_SUCCESS", raw + "manifest.json", runs + "gate.json", runs + "validation.json", runs + "summary.json"}
     assert set(after) == set(before)
-    versions = [v.version for v in client.search_model_versions(f"name = '{s.model_name}'") if v.tags.get("airflow_run_id") == dag_run.run_id]
+    versions = [
+        v.version for v in client.search_model_versions(f"name = '{s.model_name}'") if v.tags.get("airflow_run_id") == dag_run.run_id
+    ]
     assert versions == [champion.version]
     assert client.get_model_version_by_alias(s.model_name, CHAMPION).version == champion.version

@@ -82,7 +82,9 @@ def lake(tmp_path_factory, demo_video) -> LocalLake:
     # What an upload refuses but a lake written by other tools may hold: a label without an image, an image without a label.
     raw = lake.raw(DATASET)
     ghost = normal.assign(image_path="frames/corpus/ghost.png", frame_index=99999, sha256="0" * 64)
-    write_manifest(pd.concat([table, *rows, ghost], ignore_index=True), raw / "labels.csv", check_files=False)  # ghost.png is missing on purpose
+    write_manifest(
+        pd.concat([table, *rows, ghost], ignore_index=True), raw / "labels.csv", check_files=False
+    )  # ghost.png is missing on purpose
     (raw / "frames" / "stray.png").write_bytes((ds / table.image_path.iloc[1]).read_bytes())
     return lake
 
@@ -140,7 +142,9 @@ def test_an_all_quarantined_upload_never_lets_stale_rows_through(spark, lake, tm
         (staging / "frames" / "v1" / f"frame_{i:05d}.png").write_bytes(b"a camera wrote text, not an image\n" * 4)
     label_staged_images(staging)
     lake.put_dataset(staging, dataset)
-    with pytest.raises(JobError, match=rf"every one of the 3 labelled images was quarantined.*Removed the stale silver and gold partitions of '{dataset}'"):
+    with pytest.raises(
+        JobError, match=rf"every one of the 3 labelled images was quarantined.*Removed the stale silver and gold partitions of '{dataset}'"
+    ):
         run_etl(lake_root=lake.root, dataset_id=dataset, image_size=32, spark=spark)
     assert not lake.silver_partition(dataset).exists() and not lake.gold_partition(dataset).exists()
     assert len(pd.read_parquet(lake.quarantine / f"dataset_id={dataset}")) == 3
@@ -182,7 +186,9 @@ def test_augmentation_splits_by_group_and_treats_both_classes_alike(spark, lake)
         assert ops == {a: (train.label == label).sum() // k for a in TRAIN_AUGMENTATIONS}
     flipped = train[train.aug == "hflip"].iloc[0]
     original = gold[(gold.image_path == flipped.image_path) & (gold.aug == "none")].iloc[0]
-    assert bytes(original.content) == bytes(pd.read_parquet(lake.silver / f"dataset_id={DATASET}").set_index("image_path").content[flipped.image_path])
+    assert bytes(original.content) == bytes(
+        pd.read_parquet(lake.silver / f"dataset_id={DATASET}").set_index("image_path").content[flipped.image_path]
+    )
     a, b = decode_image(bytes(flipped.content)).astype(int), decode_image(bytes(original.content))[:, ::-1].astype(int)
     assert np.abs(a - b).mean() < 3  # a flip, up to one JPEG pass
     for row in train[train.aug == "affine"].itertuples():  # reflected borders: no black corners
@@ -205,7 +211,9 @@ def test_augmentation_reruns_and_repartitioning_give_identical_bytes(spark, lake
 def test_augmentation_reaches_a_class_ratio_target_without_dropping_rows(spark, lake):
     from swan_anomaly.augment import AUGMENTATIONS, augment_image
 
-    report = run_augmentation(lake_root=lake.root, dataset_id=DATASET, seed=5, target_abnormal_share=0.7, augmentations=AUGMENTATIONS, spark=spark)
+    report = run_augmentation(
+        lake_root=lake.root, dataset_id=DATASET, seed=5, target_abnormal_share=0.7, augmentations=AUGMENTATIONS, spark=spark
+    )
     gold = pd.read_parquet(lake.gold / f"dataset_id={DATASET}")
     train = gold[gold.split == "train"]
     assert gold.sample_id.is_unique

@@ -34,7 +34,10 @@ def _rows(groups: dict[str, str], frames: int = 2) -> pd.DataFrame:
         video, block = group.rsplit("-b", 1)
         for k in range(frames):
             index = int(block) * 100 + k
-            for label, path in ((1, f"frames/{video}/frame_{index:05d}.png"), (0, f"anomalies/{video}/frame_{index:05d}_salt_pepper_polygons_0.png")):
+            for label, path in (
+                (1, f"frames/{video}/frame_{index:05d}.png"),
+                (0, f"anomalies/{video}/frame_{index:05d}_salt_pepper_polygons_0.png"),
+            ):
                 content = _image(index * 2 + label + sum(map(ord, video)), abnormal=label == 0)
                 family = "none" if label == 1 else "salt_pepper_polygons"
                 rows.append((f"{path}#none", path, content, label, family, group, split, "none", 0, video, index))
@@ -96,7 +99,13 @@ def test_the_training_token_digest_changes_exactly_when_a_partition_of_the_windo
     (older / "_SUCCESS").write_text("")
     (older / ".part-00001.snappy.parquet.crc").write_bytes(b"crc")
     files = lake.gold_files(["20260101", "20260104"])
-    assert files == {"20260101": [("part-00000.snappy.parquet", (older / "part-00000.snappy.parquet").stat().st_size), ("part-00001.snappy.parquet", 11)], "20260104": []}
+    assert files == {
+        "20260101": [
+            ("part-00000.snappy.parquet", (older / "part-00000.snappy.parquet").stat().st_size),
+            ("part-00001.snappy.parquet", 11),
+        ],
+        "20260104": [],
+    }
     assert lake.gold_partitions() == ["20251231", "20260101", "20260102", "20260103"]
 
     # the operator of run_training, as the DAG builds it: the window length is a rendered Param
@@ -198,11 +207,30 @@ def test_train_job_trains_on_a_two_day_window_and_logs_the_lineage(tmp_path, mon
     _write(lake, "20251231", _rows({"vZ-b0000": "train", "vZ-b0001": "val", "vZ-b0002": "test"}))  # outside a two-day window
     _write(lake, "20260101", _rows({"vA-b0000": "train", "vA-b0001": "train", "vA-b0002": "val", "vA-b0003": "test", "vB-b0000": "train"}))
     _write(lake, "20260102", _rows({"vB-b0000": "test", "vC-b0000": "train", "vC-b0001": "val", "vC-b0002": "test"}))
-    result = main([
-        "--lake-root", str(lake.root), "--dataset-id", "20260102", "--run-id", "manual__window",
-        "--model", "vit-micro-offline", "--epochs", "2", "--patience", "5", "--batch-size", "16", "--generalization", "off", "--compile", "off",
-        "--window-days", "2",
-    ])
+    result = main(
+        [
+            "--lake-root",
+            str(lake.root),
+            "--dataset-id",
+            "20260102",
+            "--run-id",
+            "manual__window",
+            "--model",
+            "vit-micro-offline",
+            "--epochs",
+            "2",
+            "--patience",
+            "5",
+            "--batch-size",
+            "16",
+            "--generalization",
+            "off",
+            "--compile",
+            "off",
+            "--window-days",
+            "2",
+        ]
+    )
     written = json.loads((lake.run_dir("manual__window") / "train.json").read_text())
     assert written["dataset_ids"] == result["dataset_ids"] == ["20260101", "20260102"]
     assert written["dataset_id"] == "20260102" and written["window_days"] == 2
@@ -220,7 +248,9 @@ def test_train_job_trains_on_a_two_day_window_and_logs_the_lineage(tmp_path, mon
         source = json.loads(inputs[f"gold-{dataset_id}"].source)
         assert str(lake.gold / f"dataset_id={dataset_id}") in json.dumps(source)
         used = gold[gold.dataset_id == dataset_id]
-        assert inputs[f"gold-{dataset_id}"].digest == gold_dataset(lake, dataset_id, used).digest, "the digest must cover the rows that trained"
+        assert (
+            inputs[f"gold-{dataset_id}"].digest == gold_dataset(lake, dataset_id, used).digest
+        ), "the digest must cover the rows that trained"
     # per-epoch values have keys of their own: val_auroc is the restored best epoch's, logged once
     client = mlflow.MlflowClient(uri)
     [final] = client.get_metric_history(run.info.run_id, "val_auroc")
@@ -232,6 +262,14 @@ def test_train_job_trains_on_a_two_day_window_and_logs_the_lineage(tmp_path, mon
         assert (run.data.metrics[f"{split}_auroc_ci_low"], run.data.metrics[f"{split}_auroc_ci_high"]) == pytest.approx((low, high))
     # the held-out rows the gate and the endpoint validation score again: exactly the split's images
     val = gold[gold.split == "val"]
-    assert written["held_out"]["val"] == sorted([d, p, int(lab), f, None] for d, p, lab, f in zip(val.dataset_id, val.image_path, val.label, val.family))
-    assert len(written["held_out"]["test"]) == written["images"]["test"] and (written["val"]["abnormal"], written["val"]["normal"]) == (4, 4)
-    assert inputs["gold-20260101"].digest != gold_dataset(lake, "20260101", pd.read_parquet(lake.gold / "dataset_id=20260101").assign(dataset_id="20260101")).digest
+    assert written["held_out"]["val"] == sorted(
+        [d, p, int(lab), f, None] for d, p, lab, f in zip(val.dataset_id, val.image_path, val.label, val.family)
+    )
+    assert len(written["held_out"]["test"]) == written["images"]["test"] and (written["val"]["abnormal"], written["val"]["normal"]) == (
+        4,
+        4,
+    )
+    assert (
+        inputs["gold-20260101"].digest
+        != gold_dataset(lake, "20260101", pd.read_parquet(lake.gold / "dataset_id=20260101").assign(dataset_id="20260101")).digest
+    )

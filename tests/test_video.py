@@ -335,9 +335,7 @@ def _red_corner(image_bgr: np.ndarray) -> tuple[str, str]:
     return ("top" if ys.mean() < h / 2 else "bottom", "left" if xs.mean() < w / 2 else "right")
 
 
-@pytest.mark.parametrize(
-    ("degrees", "corner"), [(90, ("top", "right")), (180, ("bottom", "right")), (270, ("bottom", "left"))]
-)
+@pytest.mark.parametrize(("degrees", "corner"), [(90, ("top", "right")), (180, ("bottom", "right")), (270, ("bottom", "left"))])
 def test_rotation_metadata_turns_frames_upright(tmp_path, clip, degrees, corner):
     video = _put(tmp_path / f"rot{degrees}.mp4", _rotated(clip.read_bytes(), degrees))
     cap = cv2.VideoCapture(str(video), cv2.CAP_FFMPEG)

@@ -137,7 +137,9 @@ def _polygon(rng: np.random.Generator, area: float, max_radius: float) -> tuple[
     return unit * radius, radius
 
 
-def _place(rng: np.random.Generator, window: tuple[int, int, int], radius: float, box: tuple[float, float, float, float] = (0, 1, 0, 1)) -> tuple[float, float]:
+def _place(
+    rng: np.random.Generator, window: tuple[int, int, int], radius: float, box: tuple[float, float, float, float] = (0, 1, 0, 1)
+) -> tuple[float, float]:
     """A centre drawn in ``box`` (crop fractions ``x_lo, x_hi, y_lo, y_hi``), clamped so a shape of ``radius`` stays in the crop."""
     x0, y0, side = window
     margin = radius + 1  # vertices lie within `radius` of the centre; +1 for rounding
@@ -155,7 +157,9 @@ def _fill(shape: tuple[int, int], offsets: np.ndarray, center: tuple[float, floa
     return mask.astype(bool)
 
 
-def _region(rng: np.random.Generator, shape: tuple[int, int], window: tuple[int, int, int], area_fraction: float) -> tuple[np.ndarray, dict]:
+def _region(
+    rng: np.random.Generator, shape: tuple[int, int], window: tuple[int, int, int], area_fraction: float
+) -> tuple[np.ndarray, dict]:
     """An irregular 5-10-gon covering about ``area_fraction`` of the crop, anywhere inside it."""
     side = window[2]
     offsets, radius = _polygon(rng, area_fraction * side * side, side / 2 - 1)
@@ -241,7 +245,12 @@ def procedural_texture(rng: np.random.Generator, size: int, *, kinds: Sequence[s
         turbulence = perlin_noise(rng, (size, size), (4, 4)) + 0.5 * perlin_noise(rng, (size, size), (8, 8))
         t = 0.5 + 0.5 * np.sin(2 * np.pi * u / period + 6.0 * turbulence)
     tex = np.round(c1 * (1 - t[..., None]) + c2 * t[..., None]).astype(np.uint8)
-    info = {"kind": kind, "colors": [c1.tolist(), c2.tolist()], "angle_deg": round(math.degrees(theta), 2), "period_fraction": round(period, 4)}
+    info = {
+        "kind": kind,
+        "colors": [c1.tolist(), c2.tolist()],
+        "angle_deg": round(math.degrees(theta), 2),
+        "period_fraction": round(period, 4),
+    }
     return tex, info
 
 
@@ -342,7 +351,15 @@ def salt_pepper_polygons(
             offsets, radius = _polygon(rng, area * shares[colour] * weight * side * side, side / 2 - 1)
             center = _place(rng, window, radius, zone_boxes[zone])
             labels[_fill((h, w), offsets, center)] = value
-            patches.append({"color": colour, "zone": zone, "center": [round(center[0], 2), round(center[1], 2)], "radius": round(radius, 2), "vertices": len(offsets)})
+            patches.append(
+                {
+                    "color": colour,
+                    "zone": zone,
+                    "center": [round(center[0], 2), round(center[1], 2)],
+                    "radius": round(radius, 2),
+                    "vertices": len(offsets),
+                }
+            )
     gh, gw = -(-h // grain), -(-w // grain)
     draw = rng.random((gh, gw))
     if grain > 1:

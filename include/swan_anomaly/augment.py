@@ -107,7 +107,9 @@ def make_augment_udf(seed: int, quality: int):
     return augment
 
 
-def variant_plan(train_counts: dict[int, int], augmentations: tuple[str, ...], target_abnormal_share: float | None) -> dict[int, list[tuple[str, int]]]:
+def variant_plan(
+    train_counts: dict[int, int], augmentations: tuple[str, ...], target_abnormal_share: float | None
+) -> dict[int, list[tuple[str, int]]]:
     """``label -> [(operation, variant), ...]`` applied to each train image of that label.
 
     Both labels get every operation once; with a target share the minority label also gets
@@ -148,7 +150,9 @@ def with_splits(images: DataFrame, splits: DataFrame) -> DataFrame:
 def expand_augmentations(images: DataFrame, plan: dict[int, list[tuple[str, int]]]) -> DataFrame:
     """One row per (train image, operation, variant) of its label's plan; val and test keep only ``none``."""
     spark = images.sparkSession
-    ops = spark.createDataFrame([(label, op, v) for label, pairs in sorted(plan.items()) for op, v in pairs], "label long, aug string, variant int")
+    ops = spark.createDataFrame(
+        [(label, op, v) for label, pairs in sorted(plan.items()) for op, v in pairs], "label long, aug string, variant int"
+    )
     train = images.where(F.col("split") == Split.TRAIN.value).join(F.broadcast(ops), on="label")
     rest = images.where(F.col("split") != Split.TRAIN.value).withColumn("aug", F.lit("none")).withColumn("variant", F.lit(0))
     return train.unionByName(rest)
@@ -200,11 +204,26 @@ def run_augmentation(
     if partitions:
         rows = rows.repartition(partitions, "image_path", "aug", "variant")
     augment = make_augment_udf(seed, jpeg_quality)
-    sample_id = F.when(F.col("variant") == 0, F.concat_ws("#", "image_path", "aug")).otherwise(F.concat_ws("#", "image_path", "aug", F.col("variant").cast("string")))
+    sample_id = F.when(F.col("variant") == 0, F.concat_ws("#", "image_path", "aug")).otherwise(
+        F.concat_ws("#", "image_path", "aug", F.col("variant").cast("string"))
+    )
     gold = (
         rows.withColumn("content", augment("content", "aug", "variant", "image_path"))
         .withColumn("sample_id", sample_id)
-        .select("sample_id", "image_path", "content", "label", "family", "group", "split", "aug", "variant", "video_id", "frame_index", "dataset_id")
+        .select(
+            "sample_id",
+            "image_path",
+            "content",
+            "label",
+            "family",
+            "group",
+            "split",
+            "aug",
+            "variant",
+            "video_id",
+            "frame_index",
+            "dataset_id",
+        )
     )
     gold.orderBy("sample_id").write.mode("overwrite").partitionBy("dataset_id").parquet(str(lake.gold))
     written = spark.read.parquet(str(lake.gold_partition(dataset_id)))

@@ -68,12 +68,7 @@ def list_images(spark: SparkSession, raw_dir: str) -> DataFrame:
     read here. The transform reads each file in the Python worker that processes it, which
     keeps image bytes out of the JVM and out of any shuffle.
     """
-    files = (
-        spark.read.format("binaryFile")
-        .option("recursiveFileLookup", "true")
-        .option("pathGlobFilter", IMAGE_GLOB)
-        .load(raw_dir)
-    )
+    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").option("pathGlobFilter", IMAGE_GLOB).load(raw_dir)
     prefix = raw_dir.rstrip("/").split(":", 1)[-1].lstrip("/")
     rel = F.regexp_replace(F.col("path"), r"^[a-z]+:/*" + prefix.replace(".", r"\.") + "/", "")
     return files.select(rel.alias("image_path"), "length")
@@ -186,7 +181,9 @@ def run_etl(
     ).cache()
     bad = sorted((r.image_path, r.error) for r in processed.where(F.col("error").isNotNull()).select("image_path", "error").collect())
     quarantine = (
-        sorted([(p, "decode", reason) for p, reason in bad] + [(p, "decode", f"ImageDecodeError: {p}: empty image (0 bytes)") for p in empty])
+        sorted(
+            [(p, "decode", reason) for p, reason in bad] + [(p, "decode", f"ImageDecodeError: {p}: empty image (0 bytes)") for p in empty]
+        )
         + [(p, "join", "label without an image: the manifest lists it but the lake has no such file") for p in missing_paths]
         + [(p, "join", "image without a label: not in labels.csv") for p in unlabelled_paths]
     )
@@ -203,7 +200,11 @@ def run_etl(
         msg = (
             f"{raw_dir}: every one of the {len(manifest)} labelled images was quarantined ({len(quarantine)} quarantine rows in "
             f"{lake.quarantine / f'dataset_id={dataset_id}'}); no silver rows. "
-            + (f"Removed the stale {' and '.join(dropped)} partitions of {dataset_id!r} so no old rows pass for this data. " if dropped else "")
+            + (
+                f"Removed the stale {' and '.join(dropped)} partitions of {dataset_id!r} so no old rows pass for this data. "
+                if dropped
+                else ""
+            )
             + "Fix the upload and rerun the pipeline for this date."
         )
         raise JobError(msg)

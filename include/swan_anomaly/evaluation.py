@@ -58,7 +58,9 @@ def histogram_figure(labels: np.ndarray, scores: np.ndarray, *, threshold: float
     return fig
 
 
-def worst_grid(images: list[bytes], labels: np.ndarray, scores: np.ndarray, names: list[str], *, per_class: int = 8, tile: int = 128) -> np.ndarray:
+def worst_grid(
+    images: list[bytes], labels: np.ndarray, scores: np.ndarray, names: list[str], *, per_class: int = 8, tile: int = 128
+) -> np.ndarray:
     """RGB grid: top row the abnormal images scored lowest, bottom row the normal images scored highest."""
     import cv2
 

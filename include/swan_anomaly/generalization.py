@@ -71,7 +71,9 @@ def leave_one_family_out(
         model, _, best_epoch = train_classifier(load_classifier(base_model), train, val, config)
         model.to(device)
         _, val_logits = _evaluate(model, *val, config.batch_size)
-        threshold = choose_threshold(val[1].numpy(), anomaly_scores(val_logits), method=config.threshold_method, target_fpr=config.target_fpr)
+        threshold = choose_threshold(
+            val[1].numpy(), anomaly_scores(val_logits), method=config.threshold_method, target_fpr=config.target_fpr
+        )
         test = split == Split.TEST.value
         scores = {}
         for name, mask in (("unseen", test & (normal | (family == held))), ("seen", test & (normal | (family != held)))):
@@ -88,7 +90,13 @@ def leave_one_family_out(
             "threshold": threshold,
             "best_epoch": best_epoch,
         }
-        log.info("leave-one-family-out: %s unseen AUROC %.4f recall %.4f (seen AUROC %.4f)", held, row["unseen_auroc"], row["unseen_recall"], row["seen_auroc"])
+        log.info(
+            "leave-one-family-out: %s unseen AUROC %.4f recall %.4f (seen AUROC %.4f)",
+            held,
+            row["unseen_auroc"],
+            row["unseen_recall"],
+            row["seen_auroc"],
+        )
         rows.append(row)
     return pd.DataFrame(rows, columns=list(COLUMNS))
 

@@ -183,7 +183,5 @@ def preprocess(
         ``[B, 3, size, size]`` float32 array.
     """
     names = names or [f"image[{i}]" for i in range(len(images))]
-    batch = np.stack(
-        [crop_and_resize(decode_image(b, name=n), size=size, bias_x=bias_x, bias_y=bias_y) for b, n in zip(images, names)]
-    )
+    batch = np.stack([crop_and_resize(decode_image(b, name=n), size=size, bias_x=bias_x, bias_y=bias_y) for b, n in zip(images, names)])
     return normalize(batch, mean=mean, std=std)

@@ -302,8 +302,12 @@ def check_labels(
     by_path = {path: read(path) for path in sample}
     asked = _ask_all(sample, by_path, client_config, question=question, accepted=accepted, max_side=max_side, max_workers=max_workers)
     report = LabelCheckReport(
-        endpoint=client_config.endpoint, deployment=client_config.deployment, expected=accepted, mode=mode,
-        candidates=len(paths), answers=tuple(asked[p] for p in sample),
+        endpoint=client_config.endpoint,
+        deployment=client_config.deployment,
+        expected=accepted,
+        mode=mode,
+        candidates=len(paths),
+        answers=tuple(asked[p] for p in sample),
     )
     if not sample:
         log.warning("label check: no normal frames to check")
@@ -318,8 +322,14 @@ def check_labels(
 
 
 def _ask_all(
-    sample: list[str], by_path: dict[str, bytes], config: AzureOpenAIConfig, *,
-    question: str, accepted: tuple[str, ...], max_side: int, max_workers: int,
+    sample: list[str],
+    by_path: dict[str, bytes],
+    config: AzureOpenAIConfig,
+    *,
+    question: str,
+    accepted: tuple[str, ...],
+    max_side: int,
+    max_workers: int,
 ) -> dict[str, ImageAnswer]:
     import openai
 
@@ -337,10 +347,13 @@ def _ask_all(
             return ImageAnswer(path, None, error=str(exc))
         messages = [
             {"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": [
-                {"type": "text", "text": question},
-                {"type": "image_url", "image_url": {"url": url, "detail": "low"}},
-            ]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": question},
+                    {"type": "image_url", "image_url": {"url": url, "detail": "low"}},
+                ],
+            },
         ]
         try:
             completion = client.chat.completions.create(model=config.deployment, messages=messages, max_tokens=5, temperature=0)
@@ -371,10 +384,17 @@ def _ask_all(
         return ImageAnswer(path, answer, raw=raw[:80], matches=_matches(answer, accepted))
 
     answers: dict[str, ImageAnswer] = {}
-    with openai.AzureOpenAI(
-        azure_endpoint=config.endpoint, azure_deployment=config.deployment, api_version=config.api_version,
-        api_key=key, timeout=config.timeout_s, max_retries=config.max_retries,
-    ) as client, ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="label-check") as pool:
+    with (
+        openai.AzureOpenAI(
+            azure_endpoint=config.endpoint,
+            azure_deployment=config.deployment,
+            api_version=config.api_version,
+            api_key=key,
+            timeout=config.timeout_s,
+            max_retries=config.max_retries,
+        ) as client,
+        ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="label-check") as pool,
+    ):
         futures = {path: pool.submit(ask, client, path) for path in sample}
         try:
             for path, future in futures.items():

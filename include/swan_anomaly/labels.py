@@ -102,7 +102,10 @@ def validate_manifest(table: pd.DataFrame, *, source: str, dataset_dir: Path | N
     table = arrow.to_pandas(types_mapper={pa.string(): pd.StringDtype()}.get)
     bad = table[~table.label.isin(list(LABEL_NAMES))]
     if len(bad):
-        msg = f"{source}: unknown label(s) {sorted(bad.label.unique().tolist())} for {bad.image_path.iloc[0]!r}; labels are 0 (abnormal) and 1 (normal)"
+        msg = (
+            f"{source}: unknown label(s) {sorted(bad.label.unique().tolist())} for "
+            f"{bad.image_path.iloc[0]!r}; labels are 0 (abnormal) and 1 (normal)"
+        )
         raise LabelManifestError(msg)
     wrong = table[(table.label == NORMAL) != (table.family == NORMAL_FAMILY)]
     if len(wrong):

@@ -119,7 +119,9 @@ def _auroc_of_samples(abnormal: np.ndarray, normal: np.ndarray, axis: int = -1) 
     return u / (abnormal.shape[axis] * normal.shape[axis])
 
 
-def auroc_interval(labels: np.ndarray, scores: np.ndarray, *, level: float = CI_LEVEL, resamples: int = CI_RESAMPLES, seed: int = 0) -> tuple[float, float]:
+def auroc_interval(
+    labels: np.ndarray, scores: np.ndarray, *, level: float = CI_LEVEL, resamples: int = CI_RESAMPLES, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap interval of AUROC (anomaly class positive), resampling each class on its own.
 
     Each resample draws the abnormal and the normal images with replacement, separately, so every
@@ -152,8 +154,13 @@ def auroc_interval(labels: np.ndarray, scores: np.ndarray, *, level: float = CI_
         msg = f"cannot bound AUROC with {len(abnormal)} abnormal and {len(normal)} normal images: resampling needs two of each"
         raise ValidationDataError(msg)
     result = bootstrap(
-        (abnormal, normal), _auroc_of_samples, n_resamples=resamples, confidence_level=level, method="percentile",
-        vectorized=True, rng=np.random.default_rng(seed),
+        (abnormal, normal),
+        _auroc_of_samples,
+        n_resamples=resamples,
+        confidence_level=level,
+        method="percentile",
+        vectorized=True,
+        rng=np.random.default_rng(seed),
     )
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
@@ -205,7 +212,4 @@ def recall_by_family(labels: np.ndarray, scores: np.ndarray, families, *, thresh
     """
     labels, scores, families = np.asarray(labels), np.asarray(scores), np.asarray(families)
     abnormal = labels == ABNORMAL
-    return {
-        str(f): float((scores[abnormal & (families == f)] >= threshold).mean())
-        for f in sorted(set(families[abnormal].tolist()))
-    }
+    return {str(f): float((scores[abnormal & (families == f)] >= threshold).mean()) for f in sorted(set(families[abnormal].tolist()))}

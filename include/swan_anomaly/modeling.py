@@ -260,6 +260,14 @@ def predict_logits(model, spec: PreprocessSpec, images: list[bytes], *, batch_si
     out = []
     model.eval()
     for i in range(0, len(images), batch_size):
-        x = preprocess(images[i : i + batch_size], size=spec.size, mean=spec.mean, std=spec.std, bias_x=spec.bias_x, bias_y=spec.bias_y, names=names[i : i + batch_size])
+        x = preprocess(
+            images[i : i + batch_size],
+            size=spec.size,
+            mean=spec.mean,
+            std=spec.std,
+            bias_x=spec.bias_x,
+            bias_y=spec.bias_y,
+            names=names[i : i + batch_size],
+        )
         out.append(forward_logits(model, torch.from_numpy(x)))
     return np.concatenate(out) if out else np.zeros((0, 2), dtype=np.float32)

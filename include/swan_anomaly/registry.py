@@ -53,7 +53,9 @@ def find_version_for_run(client: MlflowClient, name: str, mlflow_run_id: str) ->
     return min(same_run, key=lambda v: int(v.version)) if same_run else None
 
 
-def register_challenger(client: MlflowClient, name: str, model_uri: str, mlflow_run_id: str, airflow_run_id: str, tags: dict | None = None) -> ModelVersion:
+def register_challenger(
+    client: MlflowClient, name: str, model_uri: str, mlflow_run_id: str, airflow_run_id: str, tags: dict | None = None
+) -> ModelVersion:
     """Register ``model_uri`` as a new version with alias ``challenger`` (once per training run).
 
     Args:
@@ -63,13 +65,17 @@ def register_challenger(client: MlflowClient, name: str, model_uri: str, mlflow_
     try:
         client.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(name, description="Swan scene anomaly scorer (ViT). 0 = abnormal, 1 = normal; anomaly_score = softmax(logits)[0].")
+        client.create_registered_model(
+            name, description="Swan scene anomaly scorer (ViT). 0 = abnormal, 1 = normal; anomaly_score = softmax(logits)[0]."
+        )
     existing = find_version_for_run(client, name, mlflow_run_id)
     if existing is not None:
         log.info("reusing version %s of %s registered from training run %s", existing.version, name, mlflow_run_id)
         version = existing
     else:
-        version = client.create_model_version(name, model_uri, run_id=mlflow_run_id, tags={"airflow_run_id": airflow_run_id, **(tags or {})})
+        version = client.create_model_version(
+            name, model_uri, run_id=mlflow_run_id, tags={"airflow_run_id": airflow_run_id, **(tags or {})}
+        )
         log.info("registered %s version %s from %s", name, version.version, model_uri)
     client.set_registered_model_alias(name, CHALLENGER, str(version.version))
     return client.get_model_version(name, str(version.version))

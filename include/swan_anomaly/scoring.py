@@ -117,6 +117,8 @@ def score_rows(lake, rows: Sequence[Sequence], scorers: Mapping[str, Scorer], *,
             out[name].append(scores)
         done = start + len(batch)
         if time.perf_counter() - last >= PROGRESS_EVERY_S and done < len(rows):
-            log.info("scored %d of %d images with %s (%.1f img/s)", done, len(rows), ", ".join(scorers), done / (time.perf_counter() - started))
+            log.info(
+                "scored %d of %d images with %s (%.1f img/s)", done, len(rows), ", ".join(scorers), done / (time.perf_counter() - started)
+            )
             last = time.perf_counter()
     return {name: np.concatenate(parts) if parts else np.zeros(0) for name, parts in out.items()}

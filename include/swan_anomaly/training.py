@@ -81,7 +81,9 @@ class TrainConfig:
     bias_x: float = 0.4
     bias_y: float = 0.5
     device: str = "auto"
-    compile: str = "auto"  # torch.compile the training step, attention as an eager island: "auto" (CUDA, >= COMPILE_MIN_STEPS steps), "on", "off"
+    compile: str = (
+        "auto"  # torch.compile the training step, attention as an eager island: "auto" (CUDA, >= COMPILE_MIN_STEPS steps), "on", "off"
+    )
 
 
 @dataclass
@@ -148,7 +150,11 @@ def load_gold(lake: LocalLake, dataset_id: str, window_days: int = 1) -> pd.Data
             names = sorted(dropped_groups)
             log.warning(
                 "gold partition %s: dropped %d rows of %d groups that a newer partition of the window also has: %s%s",
-                older_id, int(drop.sum()), len(names), ", ".join(names[:10]), f" and {len(names) - 10} more" if len(names) > 10 else "",
+                older_id,
+                int(drop.sum()),
+                len(names),
+                ", ".join(names[:10]),
+                f" and {len(names) - 10} more" if len(names) > 10 else "",
             )
         if drop.all():
             log.info("gold partition %s of the training window adds nothing after the overlap rule", older_id)
@@ -158,7 +164,9 @@ def load_gold(lake: LocalLake, dataset_id: str, window_days: int = 1) -> pd.Data
     gold = gold.sort_values(["dataset_id", "sample_id"], ignore_index=True)
     log.info(
         "training window of %s (%d days): %s",
-        dataset_id, window_days, ", ".join(f"{d} {n} rows" for d, n in gold.dataset_id.value_counts(sort=False).sort_index().items()),
+        dataset_id,
+        window_days,
+        ", ".join(f"{d} {n} rows" for d, n in gold.dataset_id.value_counts(sort=False).sort_index().items()),
     )
     return gold
 
@@ -168,7 +176,15 @@ def _tensors(frame: pd.DataFrame, spec):
 
     from swan_anomaly.images import preprocess
 
-    x = preprocess(list(frame.content), size=spec.size, mean=spec.mean, std=spec.std, bias_x=spec.bias_x, bias_y=spec.bias_y, names=list(frame.sample_id))
+    x = preprocess(
+        list(frame.content),
+        size=spec.size,
+        mean=spec.mean,
+        std=spec.std,
+        bias_x=spec.bias_x,
+        bias_y=spec.bias_y,
+        names=list(frame.sample_id),
+    )
     return torch.from_numpy(x), torch.tensor(frame.label.to_numpy(copy=True), dtype=torch.long)
 
 
@@ -357,7 +373,12 @@ def train_classifier(model, train: tuple, val: tuple, cfg: TrainConfig, *, on_ep
         for step, i in enumerate(range(0, len(order), cfg.batch_size), start=1):
             idx = order[i : i + cfg.batch_size]
             loss = train_step(
-                step_model, optimizer, scheduler, _to_device(x_train[idx], device), _to_device(y_train[idx], device), weights,
+                step_model,
+                optimizer,
+                scheduler,
+                _to_device(x_train[idx], device),
+                _to_device(y_train[idx], device),
+                weights,
                 autocast_dtype=autocast_dtype,
             )
             running += loss.double() * len(idx)
@@ -367,7 +388,13 @@ def train_classifier(model, train: tuple, val: tuple, cfg: TrainConfig, *, on_ep
                 rate = seen / (time.perf_counter() - started)
                 log.info(
                     "epoch %d/%d  step %d/%d  train_loss %.4f  %.0f img/s  epoch eta %.0fs",
-                    epoch, cfg.epochs, step, steps_per_epoch, mean_loss, rate, (len(x_train) - seen) / rate,
+                    epoch,
+                    cfg.epochs,
+                    step,
+                    steps_per_epoch,
+                    mean_loss,
+                    rate,
+                    (len(x_train) - seen) / rate,
                 )
                 last_progress = time.perf_counter()
         train_loss = running.item() / len(x_train)
@@ -379,7 +406,14 @@ def train_classifier(model, train: tuple, val: tuple, cfg: TrainConfig, *, on_ep
         eta = elapsed * (cfg.epochs - epoch)
         log.info(
             "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_auroc %.4f  val_f1 %.4f  %.0f img/s  eta %.0fs",
-            epoch, cfg.epochs, result.train_loss, val_loss, m["auroc"], m["f1"], result.images_per_s, eta,
+            epoch,
+            cfg.epochs,
+            result.train_loss,
+            val_loss,
+            m["auroc"],
+            m["f1"],
+            result.images_per_s,
+            eta,
         )
         if on_epoch:
             on_epoch(result)
@@ -407,8 +441,11 @@ def epoch_metrics(result: EpochResult) -> dict[str, float]:
     latest value (what ``get_run().data.metrics`` returns) the last epoch's instead.
     """
     return {
-        "epoch_train_loss": result.train_loss, "epoch_val_loss": result.val_loss, "epoch_val_auroc": result.val_auroc,
-        "epoch_val_f1": result.val_f1, "epoch_images_per_s": result.images_per_s,
+        "epoch_train_loss": result.train_loss,
+        "epoch_val_loss": result.val_loss,
+        "epoch_val_auroc": result.val_auroc,
+        "epoch_val_f1": result.val_f1,
+        "epoch_images_per_s": result.images_per_s,
     }
 
 
@@ -579,7 +616,14 @@ def family_grid_of(lake: LocalLake, dataset_id: str, *, seed: int):
 
 
 def run_training(
-    *, lake_root: Path, dataset_id: str, run_id: str, config: TrainConfig, settings: Settings, tags: dict | None = None, window_days: int = 1,
+    *,
+    lake_root: Path,
+    dataset_id: str,
+    run_id: str,
+    config: TrainConfig,
+    settings: Settings,
+    tags: dict | None = None,
+    window_days: int = 1,
 ) -> dict:
     """Train on the gold window of ``dataset_id``, log everything to MLflow and return the job result.
 
@@ -605,28 +649,50 @@ def run_training(
     parts = {s: gold[gold.split == s.value] for s in Split}
     for s, part in parts.items():
         if s is not Split.TRAIN and part.label.nunique() < 2:
-            msg = f"{s.value} split of datasets {dataset_ids} has labels {sorted(part.label.unique())}; it needs both abnormal and normal images"
+            msg = (
+                f"{s.value} split of datasets {dataset_ids} has labels "
+                f"{sorted(part.label.unique())}; it needs both abnormal and normal images"
+            )
             raise JobError(msg)
     images = _tensors(gold, spec)  # every image decoded and preprocessed once; the splits and the LOFO report take rows of it
-    train, val, test = (tuple(t[parts[s].index.to_numpy()] for t in images) for s in (Split.TRAIN, Split.VAL, Split.TEST))  # gold's index is 0..n-1
+    train, val, test = (
+        tuple(t[parts[s].index.to_numpy()] for t in images) for s in (Split.TRAIN, Split.VAL, Split.TEST)
+    )  # gold's index is 0..n-1
     if config.generalization == "off":
         images = None  # only the leave-one-family-out report needs every row again
     log.info(
         "training %s on %d images (val %d, test %d) of datasets %s, input %dpx, on %s",
-        config.model, len(train[0]), len(val[0]), len(test[0]), ",".join(dataset_ids), spec.size, device,
+        config.model,
+        len(train[0]),
+        len(val[0]),
+        len(test[0]),
+        ",".join(dataset_ids),
+        spec.size,
+        device,
     )
 
     experiment_id = ensure_experiment(settings)
     run_tags = {"airflow_run_id": run_id, "dataset_id": dataset_id, "training_dataset_ids": ",".join(dataset_ids), **(tags or {})}
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{dataset_id}", tags=run_tags) as run:
-        mlflow.log_params({
-            **asdict(config), "base_model": base, "image_size": spec.size, "train_images": len(train[0]), "dataset_id": dataset_id,
-            "device_used": str(device), "window_days": window_days, "training_dataset_ids": ",".join(dataset_ids),
-        })
+        mlflow.log_params(
+            {
+                **asdict(config),
+                "base_model": base,
+                "image_size": spec.size,
+                "train_images": len(train[0]),
+                "dataset_id": dataset_id,
+                "device_used": str(device),
+                "window_days": window_days,
+                "training_dataset_ids": ",".join(dataset_ids),
+            }
+        )
         for used in dataset_ids:  # one input per partition, its digest over the rows that trained
             mlflow.log_input(gold_dataset(lake, used, gold[gold.dataset_id == used]), context="training")
         model, history, best_epoch = train_classifier(
-            model, train, val, config,
+            model,
+            train,
+            val,
+            config,
             on_epoch=lambda r: mlflow.log_metrics(epoch_metrics(r), step=r.epoch),
         )
         model.to(device)  # evaluate where it trained; back to the CPU below, before saving
@@ -645,10 +711,14 @@ def run_training(
             interval = dict(zip((f"{name}_auroc_ci_low", f"{name}_auroc_ci_high"), metrics["auroc_ci"])) if metrics["auroc_ci"] else {}
             mlflow.log_metrics({f"{name}_{k}": v for k, v in metrics.items() if isinstance(v, float)} | {f"{name}_loss": loss} | interval)
             mlflow.log_metrics({f"{name}_recall_{family}": r for family, r in metrics["recall_by_family"].items()})
-            mlflow.log_figure(_confusion_figure(metrics["confusion_matrix"], f"{name} (anomaly = positive)"), f"plots/confusion_matrix_{name}.png")
+            mlflow.log_figure(
+                _confusion_figure(metrics["confusion_matrix"], f"{name} (anomaly = positive)"), f"plots/confusion_matrix_{name}.png"
+            )
             mlflow.log_figure(curves_figure(labels, scores, title=name), f"plots/roc_pr_{name}.png")
             mlflow.log_figure(histogram_figure(labels, scores, threshold=threshold, title=name), f"plots/score_histogram_{name}.png")
-            mlflow.log_image(worst_grid(list(part.content.map(bytes)), labels, scores, list(part.sample_id)), f"plots/worst_scored_{name}.png")
+            mlflow.log_image(
+                worst_grid(list(part.content.map(bytes)), labels, scores, list(part.sample_id)), f"plots/worst_scored_{name}.png"
+            )
         mlflow.log_metric("threshold", threshold)
         generalization = pd.DataFrame(columns=list(LOFO_COLUMNS))
         if config.generalization != "off":
@@ -662,7 +732,9 @@ def run_training(
         grid = family_grid_of(lake, dataset_id, seed=config.seed)
         if grid is not None:
             mlflow.log_image(grid, "plots/anomaly_families.png")
-        mlflow.log_dict({"history": [asdict(h) for h in history], "best_epoch": best_epoch, "threshold": threshold, **results}, "metrics/summary.json")
+        mlflow.log_dict(
+            {"history": [asdict(h) for h in history], "best_epoch": best_epoch, "threshold": threshold, **results}, "metrics/summary.json"
+        )
 
         example = list(gold[gold.split == Split.TEST.value].content.iloc[:1].map(bytes))
         info = log_served_model(model, spec, threshold=threshold, threshold_method=config.threshold_method, example=example)
@@ -686,8 +758,16 @@ def run_training(
         "config": asdict(config),
     }
     log.info(
-        "trained: best epoch %d, threshold %.4f (%s on val), val AUROC %.4f F1 %.4f, test AUROC %.4f AP %.4f F1 %.4f, test recall by family %s",
-        best_epoch, threshold, config.threshold_method, results["val"]["auroc"], results["val"]["f1"],
-        results["test"]["auroc"], results["test"]["average_precision"], results["test"]["f1"], results["test"]["recall_by_family"],
+        "trained: best epoch %d, threshold %.4f (%s on val), val AUROC %.4f F1 %.4f, test "
+        "AUROC %.4f AP %.4f F1 %.4f, test recall by family %s",
+        best_epoch,
+        threshold,
+        config.threshold_method,
+        results["val"]["auroc"],
+        results["val"]["f1"],
+        results["test"]["auroc"],
+        results["test"]["average_precision"],
+        results["test"]["f1"],
+        results["test"]["recall_by_family"],
     )
     return result

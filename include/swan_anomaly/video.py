@@ -294,7 +294,13 @@ def extract_frames(
         )
     log.info(
         "%s: %d frames (every %.2fs from %.2fs, %.1f fps, rotated %d°) -> %s",
-        video_path.name, len(records), every_seconds, first_t, fps, rotation, target_dir,
+        video_path.name,
+        len(records),
+        every_seconds,
+        first_t,
+        fps,
+        rotation,
+        target_dir,
     )
     return records
 
@@ -472,9 +478,7 @@ def _has_child(box: bytes, kind: bytes) -> bool:
     return False
 
 
-def render_demo_video(
-    path: Path, *, seconds: float = 48.0, fps: float = 10.0, width: int = 320, height: int = 240, seed: int = 7
-) -> Path:
+def render_demo_video(path: Path, *, seconds: float = 48.0, fps: float = 10.0, width: int = 320, height: int = 240, seed: int = 7) -> Path:
     """Render a short procedural video of a white swan gliding over rippling water.
 
     No video of swans ships with any package, so the offline demo renders its own.

@@ -22,7 +22,17 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from swan_anomaly.lake import MANIFEST, SUCCESS, UploadReport, is_data_file, manifest_json, partition_value, plan_upload, safe_run_id, sha256_text
+from swan_anomaly.lake import (
+    MANIFEST,
+    SUCCESS,
+    UploadReport,
+    is_data_file,
+    manifest_json,
+    partition_value,
+    plan_upload,
+    safe_run_id,
+    sha256_text,
+)
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,7 @@ log = logging.getLogger("swan_airflow.failures")
 
 #: What a configured notifier sends (a Jinja template rendered against the task context).
 FAILURE_MESSAGE = (
-    "swan-anomaly: task {{ ti.task_id }} of {{ ti.dag_id }} failed "
-    "(run {{ ti.run_id }}, try {{ ti.try_number }}): {{ exception }}"
+    "swan-anomaly: task {{ ti.task_id }} of {{ ti.dag_id }} failed " "(run {{ ti.run_id }}, try {{ ti.try_number }}): {{ exception }}"
 )
 
 
@@ -32,8 +31,12 @@ def log_failure(context) -> None:
     exc = context.get("exception")
     log.error(
         "swan-anomaly task failed: dag=%s task=%s run=%s try=%s error=%s: %s",
-        getattr(ti, "dag_id", "?"), getattr(ti, "task_id", "?"), getattr(ti, "run_id", "?"),
-        getattr(ti, "try_number", "?"), type(exc).__name__ if exc else None, exc,
+        getattr(ti, "dag_id", "?"),
+        getattr(ti, "task_id", "?"),
+        getattr(ti, "run_id", "?"),
+        getattr(ti, "try_number", "?"),
+        type(exc).__name__ if exc else None,
+        exc,
     )
 
 

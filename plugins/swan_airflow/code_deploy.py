@@ -46,7 +46,13 @@ def build_wheel(out_dir: Path, root: Path = PROJECT_ROOT) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "src"
         # Build from a clean copy so the checkout gets no build/ or *.egg-info litter.
-        shutil.copytree(root, src, ignore=shutil.ignore_patterns(".venv", ".swan", ".airflow", "node_modules", ".git", "tests", "*.egg-info", "build", "__pycache__"))
+        shutil.copytree(
+            root,
+            src,
+            ignore=shutil.ignore_patterns(
+                ".venv", ".swan", ".airflow", "node_modules", ".git", "tests", "*.egg-info", "build", "__pycache__"
+            ),
+        )
         cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(out_dir), str(src)]
         subprocess.run(cmd, check=True, capture_output=True, text=True)
     wheels = sorted(out_dir.glob("swan_anomaly-*.whl"))

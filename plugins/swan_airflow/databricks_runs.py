@@ -50,7 +50,12 @@ def job_env() -> dict[str, str]:
     from swan_anomaly.config import Settings
 
     s = Settings.from_env()
-    return {"MLFLOW_TRACKING_URI": s.tracking_uri, "MLFLOW_REGISTRY_URI": s.registry_uri, "SWAN_EXPERIMENT": s.experiment, "SWAN_MODEL_NAME": s.model_name}
+    return {
+        "MLFLOW_TRACKING_URI": s.tracking_uri,
+        "MLFLOW_REGISTRY_URI": s.registry_uri,
+        "SWAN_EXPERIMENT": s.experiment,
+        "SWAN_MODEL_NAME": s.model_name,
+    }
 
 
 def submit_run_json(job: str, args: list[str], *, timeout_seconds: int = 4 * 3600) -> dict:

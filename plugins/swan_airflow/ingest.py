@@ -13,7 +13,7 @@ inbox nor reaches the pipeline, and the other files of the pass land.
 
 Example:
     >>> landed = land_inbox(Path("inbox"), Path("landing"), today=dt.date(2026, 11, 26))  # doctest: +SKIP
-    >>> landed.videos
+    >>> landed.videos  # doctest: +SKIP
     ['/srv/swan/landing/2026-11-26/cam1-3f2a9c0d1b2e.mp4']
 """
 
@@ -131,7 +131,10 @@ def land_inbox(inbox: Path, landing_dir: Path, *, today: dt.date | None = None, 
         landed.videos.append(str(target))
     log.info(
         "ingest %s: %d landed, %d rejected, %d still being written",
-        landed.landing_date, len(landed.videos), len(landed.rejected), len(landed.waiting),
+        landed.landing_date,
+        len(landed.videos),
+        len(landed.rejected),
+        len(landed.waiting),
     )
     return landed
 
@@ -143,13 +146,20 @@ def _check(path: Path, target_dir: Path) -> tuple[str | None, str]:
 
     if path.suffix.lower() not in VIDEO_SUFFIXES:
         kind = path.suffix.lower() or "a file without an extension"
-        return f"{path.name}: {kind} is not a supported video type; supported: {', '.join(VIDEO_SUFFIXES)} (convert it, e.g. with ffmpeg)", ""
+        return (
+            f"{path.name}: {kind} is not a supported video type; supported: {', '.join(VIDEO_SUFFIXES)} (convert it, e.g. with ffmpeg)",
+            "",
+        )
     try:
         probe_video(path)
     except VideoError as exc:
         return str(exc), ""
     content = _content_id(path)
-    twin = next((p for p in sorted(target_dir.glob(f"*-{content}.*")) if p.stem != f"{path.stem}-{content}"), None) if target_dir.is_dir() else None
+    twin = (
+        next((p for p in sorted(target_dir.glob(f"*-{content}.*")) if p.stem != f"{path.stem}-{content}"), None)
+        if target_dir.is_dir()
+        else None
+    )
     if twin is not None:
         return f"{path.name}: the same bytes as {twin}, landed already under another name; not landed twice", content
     return None, content

@@ -34,7 +34,10 @@ def run_job(job: str, *, dataset_id: str, run_id: str, args: list[str] | None = 
     if lake_backend() != "local":
         from airflow.sdk.exceptions import AirflowFailException
 
-        msg = "backend 'local' runs the jobs on this worker, which needs the local lake; with SWAN_LAKE_BACKEND=azure choose backend 'databricks'"
+        msg = (
+            "backend 'local' runs the jobs on this worker, which needs the local lake; with "
+            "SWAN_LAKE_BACKEND=azure choose backend 'databricks'"
+        )
         raise AirflowFailException(msg)
     cmd = [sys.executable, str(script), "--lake-root", job_lake_root(), "--dataset-id", dataset_id, "--run-id", run_id, *(args or [])]
     log.info("running job %s: %s", job, " ".join(cmd))

@@ -9,7 +9,7 @@ Connection (id ``swan_label_check``, or the value of ``SWAN_LABEL_CHECK_CONN_ID`
 
 | field      | meaning |
 |------------|---------|
-| host       | Azure OpenAI endpoint, ``https://<resource>.openai.azure.com`` (without a scheme: ``schema``, default https, and ``port`` are used) |
+| host       | Azure OpenAI endpoint, ``https://<resource>.openai.azure.com`` (no scheme: ``schema``, default https, and ``port``) |
 | password   | the resource's API key (sent as the ``api-key`` header; never logged or returned) |
 | extra      | JSON, keys below; only ``deployment`` is required |
 
@@ -54,7 +54,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_CONN_ID = "swan_label_check"
-EXTRA_KEYS = frozenset({"deployment", "api_version", "expected", "question", "sample_size", "mode", "timeout_s", "max_retries", "max_workers", "max_side"})
+EXTRA_KEYS = frozenset(
+    {"deployment", "api_version", "expected", "question", "sample_size", "mode", "timeout_s", "max_retries", "max_workers", "max_side"}
+)
 
 
 def label_check_conn_id() -> str:
@@ -118,7 +120,9 @@ def label_check_settings(conn_id: str | None = None) -> tuple[Any, dict[str, Any
             source=f"Airflow connection '{conn_id}'",
         )
         knobs: dict[str, Any] = {
-            key: cast(extra[key]) for key, cast in (("sample_size", int), ("max_workers", int), ("max_side", int), ("mode", str), ("question", str)) if key in extra
+            key: cast(extra[key])
+            for key, cast in (("sample_size", int), ("max_workers", int), ("max_side", int), ("mode", str), ("question", str))
+            if key in extra
         }
     except (TypeError, ValueError) as exc:
         msg = f"Airflow connection '{conn_id}' has a malformed extra value: {exc}"

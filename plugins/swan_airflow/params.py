@@ -37,75 +37,210 @@ def pipeline_params(*, model_default: str, backend_default: str) -> dict[str, Pa
     return {
         # Data
         "landing_date": Param(
-            None, type=["null", "string"], format="date", title="Landing date", section="Data",
-            description="Process the videos that arrived on this date (landing/YYYY-MM-DD/). Empty: the run's data interval, or the date its asset event names.",
+            None,
+            type=["null", "string"],
+            format="date",
+            title="Landing date",
+            section="Data",
+            description=(
+                "Process the videos that arrived on this date (landing/YYYY-MM-DD/). Empty: the run's "
+                "data interval, or the date its asset event names."
+            ),
         ),
         "videos": Param(
-            [], type="array", items={"type": "string", "minLength": 1}, title="Videos", section="Data",
+            [],
+            type="array",
+            items={"type": "string", "minLength": 1},
+            title="Videos",
+            section="Data",
             description="Explicit video paths, one per line; overrides the landing-zone lookup.",
         ),
-        "every_seconds": Param(0.5, type="number", exclusiveMinimum=0, maximum=3600, title="Frame interval (s)", section="Data", description="Extract one frame every N seconds."),
-        "frames_start_s": Param(None, type=["null", "number"], minimum=0, title="Start (s)", section="Data", description="Skip each video's first N seconds."),
-        "frames_end_s": Param(None, type=["null", "number"], minimum=0, title="End (s)", section="Data", description="Stop at this second of each video (must lie inside it)."),
-        "max_frames": Param(None, type=["null", "integer"], minimum=1, title="Max frames per video", section="Data", description="At most this many frames per video."),
+        "every_seconds": Param(
+            0.5,
+            type="number",
+            exclusiveMinimum=0,
+            maximum=3600,
+            title="Frame interval (s)",
+            section="Data",
+            description="Extract one frame every N seconds.",
+        ),
+        "frames_start_s": Param(
+            None, type=["null", "number"], minimum=0, title="Start (s)", section="Data", description="Skip each video's first N seconds."
+        ),
+        "frames_end_s": Param(
+            None,
+            type=["null", "number"],
+            minimum=0,
+            title="End (s)",
+            section="Data",
+            description="Stop at this second of each video (must lie inside it).",
+        ),
+        "max_frames": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            title="Max frames per video",
+            section="Data",
+            description="At most this many frames per video.",
+        ),
         "dedupe_distance": Param(
-            None, type=["null", "integer"], minimum=0, maximum=64, title="Near-duplicate distance", section="Data",
-            description="Drop a frame whose perceptual hash is within this many bits of the last kept one (a still camera); empty keeps all.",
+            None,
+            type=["null", "integer"],
+            minimum=0,
+            maximum=64,
+            title="Near-duplicate distance",
+            section="Data",
+            description=(
+                "Drop a frame whose perceptual hash is within this many bits of the last kept " "one (a still camera); empty keeps all."
+            ),
         ),
         "anomaly_families": Param(
-            ["salt_pepper_polygons"], type="array", minItems=1, uniqueItems=True, items={"type": "string", "enum": list(FAMILY_NAMES)},
-            title="Anomaly families", section="Data", description="Synthetic anomaly families mixed into the dataset in equal shares (one per line).",
+            ["salt_pepper_polygons"],
+            type="array",
+            minItems=1,
+            uniqueItems=True,
+            items={"type": "string", "enum": list(FAMILY_NAMES)},
+            title="Anomaly families",
+            section="Data",
+            description="Synthetic anomaly families mixed into the dataset in equal shares (one per line).",
         ),
         "anomaly_ratio": Param(
-            0.5, type="number", exclusiveMinimum=0, exclusiveMaximum=1, title="Anomaly ratio", section="Data", description="Share of abnormal images in the dataset, between 0 and 1.",
+            0.5,
+            type="number",
+            exclusiveMinimum=0,
+            exclusiveMaximum=1,
+            title="Anomaly ratio",
+            section="Data",
+            description="Share of abnormal images in the dataset, between 0 and 1.",
         ),
         "label_check": Param(
-            None, type=["null", "boolean"], title="Label check", section="Data",
-            description="Ask an Azure OpenAI vision deployment (connection swan_label_check) what a seeded sample of normal frames shows; empty: env SWAN_LABEL_CHECK decides.",
+            None,
+            type=["null", "boolean"],
+            title="Label check",
+            section="Data",
+            description=(
+                "Ask an Azure OpenAI vision deployment (connection swan_label_check) what a seeded sample of "
+                "normal frames shows; empty: env SWAN_LABEL_CHECK decides."
+            ),
         ),
-        "seed": Param(42, type="integer", minimum=0, title="Seed", section="Data", description="Seed of anomaly synthesis, splits, augmentation and training."),
+        "seed": Param(
+            42,
+            type="integer",
+            minimum=0,
+            title="Seed",
+            section="Data",
+            description="Seed of anomaly synthesis, splits, augmentation and training.",
+        ),
         # Training
         "model": Param(
-            None, type=["null", "string"], examples=[*PRESETS, PRODUCTION_MODEL], title="Model", section="Training",
+            None,
+            type=["null", "string"],
+            examples=[*PRESETS, PRODUCTION_MODEL],
+            title="Model",
+            section="Training",
             description=f"Offline preset, Hugging Face hub id or local directory (default: {model_default}, env SWAN_MODEL).",
         ),
-        "image_size": Param(None, type=["null", "integer"], minimum=16, maximum=1024, title="Image size", section="Training", description="Override the model input size (default: the model config's)."),
+        "image_size": Param(
+            None,
+            type=["null", "integer"],
+            minimum=16,
+            maximum=1024,
+            title="Image size",
+            section="Training",
+            description="Override the model input size (default: the model config's).",
+        ),
         "epochs": Param(
-            epochs_default, type="integer", minimum=1, maximum=200, title="Epochs", section="Training",
+            epochs_default,
+            type="integer",
+            minimum=1,
+            maximum=200,
+            title="Epochs",
+            section="Training",
             description="Maximum training epochs (early stopping may end sooner); default env SWAN_EPOCHS, else 40.",
         ),
         "training_window_days": Param(
-            1, type="integer", minimum=1, maximum=365, title="Training window (days)", section="Training",
+            1,
+            type="integer",
+            minimum=1,
+            maximum=365,
+            title="Training window (days)",
+            section="Training",
             description="Train on the dataset partitions of this many days up to the run's own (1: only this run's data).",
         ),
         "backend": Param(
-            backend_default, enum=["local", "databricks"], title="Compute backend", section="Training",
+            backend_default,
+            enum=["local", "databricks"],
+            title="Compute backend",
+            section="Training",
             description="Where ETL, augmentation and training run: local subprocesses or Databricks job runs (needs the ADLS lake).",
         ),
         # Promotion
-        "gate_mode": Param("enabled", enum=["enabled", "dry_run", "disabled"], title="Gate mode", section="Promotion", description="Promotion gate: enforce, only report, or skip."),
+        "gate_mode": Param(
+            "enabled",
+            enum=["enabled", "dry_run", "disabled"],
+            title="Gate mode",
+            section="Promotion",
+            description="Promotion gate: enforce, only report, or skip.",
+        ),
         "gate_min_val_auroc": Param(
-            GATE_DEFAULTS["auroc"], type="number", minimum=0, maximum=1, title="Min validation AUROC", section="Promotion",
-            description="The challenger needs at least this AUROC (anomaly class positive) on its validation split, and no less than the champion's on the same images minus 0.02.",
+            GATE_DEFAULTS["auroc"],
+            type="number",
+            minimum=0,
+            maximum=1,
+            title="Min validation AUROC",
+            section="Promotion",
+            description=(
+                "The challenger needs at least this AUROC (anomaly class positive) on its validation split, and "
+                "no less than the champion's on the same images minus 0.02."
+            ),
         ),
         "gate_min_val_f1": Param(
-            GATE_DEFAULTS["f1"], type="number", minimum=0, maximum=1, title="Min validation F1", section="Promotion",
+            GATE_DEFAULTS["f1"],
+            type="number",
+            minimum=0,
+            maximum=1,
+            title="Min validation F1",
+            section="Promotion",
             description="The challenger needs at least this validation F1 at its stored threshold (the champion is scored at its own).",
         ),
         "gate_min_images_per_class": Param(
-            min_per_class, type="integer", minimum=1, title="Min validation images per class", section="Promotion",
-            description="A validation split with fewer abnormal or normal images than this is too small to measure: the gate refuses the challenger (env SWAN_GATE_MIN_IMAGES_PER_CLASS).",
+            min_per_class,
+            type="integer",
+            minimum=1,
+            title="Min validation images per class",
+            section="Promotion",
+            description=(
+                "A validation split with fewer abnormal or normal images than this is too small to measure: the gate "
+                "refuses the challenger (env SWAN_GATE_MIN_IMAGES_PER_CLASS)."
+            ),
         ),
         "gate_min_unseen_auroc": Param(
-            None, type=["null", "number"], minimum=0, maximum=1, title="Min unseen-family AUROC", section="Promotion",
-            description="Also require this AUROC on every anomaly family held out of training (leave-one-family-out report; needs 2+ families).",
+            None,
+            type=["null", "number"],
+            minimum=0,
+            maximum=1,
+            title="Min unseen-family AUROC",
+            section="Promotion",
+            description=(
+                "Also require this AUROC on every anomaly family held out of training " "(leave-one-family-out report; needs 2+ families)."
+            ),
         ),
         "force_promote": Param(
-            False, type="boolean", title="Force promote", section="Promotion",
-            description="Promote the challenger even if it fails the gate. Needs a reason; the endpoint validation still runs and rolls back on failure. Off in deployments with SWAN_ALLOW_FORCE_PROMOTE=false.",
+            False,
+            type="boolean",
+            title="Force promote",
+            section="Promotion",
+            description=(
+                "Promote the challenger even if it fails the gate. Needs a reason; the endpoint validation still runs and rolls "
+                "back on failure. Off in deployments with SWAN_ALLOW_FORCE_PROMOTE=false."
+            ),
         ),
         "force_promote_reason": Param(
-            None, type=["null", "string"], maxLength=500, title="Force-promote reason", section="Promotion",
+            None,
+            type=["null", "string"],
+            maxLength=500,
+            title="Force-promote reason",
+            section="Promotion",
             description="Why the gate is overridden (at least 10 characters); stored as a tag of the model version.",
         ),
     }

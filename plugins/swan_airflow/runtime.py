@@ -44,7 +44,8 @@ def landing_window(
     day of ``run_after``.
 
     Example:
-        >>> landing_window(landing_date=None, interval_start=dt.datetime(2026, 11, 25), interval_end=dt.datetime(2026, 11, 26), run_after=None)
+        >>> start, end = dt.datetime(2026, 11, 25), dt.datetime(2026, 11, 26)
+        >>> landing_window(landing_date=None, interval_start=start, interval_end=end, run_after=None)
         (datetime.date(2026, 11, 25), datetime.date(2026, 11, 26))
     """
     one_day = dt.timedelta(days=1)
@@ -78,7 +79,8 @@ def find_landed_videos(landing_dir: Path, start: dt.date, end: dt.date) -> list[
     if not landing_dir.is_dir():
         return []
     found = [
-        p for p in sorted(landing_dir.rglob("*"))
+        p
+        for p in sorted(landing_dir.rglob("*"))
         if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES and start <= arrival_date(p, landing_dir) < end
     ]
     log.info("landing zone %s: %d videos arrived in [%s, %s)", landing_dir, len(found), start, end)

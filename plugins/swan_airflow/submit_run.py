@@ -61,9 +61,17 @@ def claim_token(hook: DatabricksHook, payload: dict, base: str, log) -> str:
         state = hook.get_run_state(run_id)
         if not state.is_terminal or state.is_successful:
             if generation or state.is_terminal:
-                log.info("Databricks run %s (generation %d) is %s; using it", run_id, generation, state.result_state or state.life_cycle_state)
+                log.info(
+                    "Databricks run %s (generation %d) is %s; using it", run_id, generation, state.result_state or state.life_cycle_state
+                )
             return token
-        log.info("Databricks run %s (generation %d) ended %s: %s; the next generation submits a fresh run", run_id, generation, state.result_state, state.state_message)
+        log.info(
+            "Databricks run %s (generation %d) ended %s: %s; the next generation submits a fresh run",
+            run_id,
+            generation,
+            state.result_state,
+            state.state_message,
+        )
     msg = f"{MAX_GENERATIONS} Databricks runs of this task all failed; fix the job, then clear the task"
     raise RuntimeError(msg)
 
@@ -114,7 +122,9 @@ class SwanJobOperator(IdempotentSubmitRunOperator):
 
     template_fields = (*IdempotentSubmitRunOperator.template_fields, "job_args", "backend", "window_days")
 
-    def __init__(self, *, job: str, job_args: list[str], backend: str = "{{ params.backend }}", window_days: str | int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *, job: str, job_args: list[str], backend: str = "{{ params.backend }}", window_days: str | int | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.job = job
         self.job_args = job_args

@@ -101,7 +101,9 @@ def deploy_version(w: WorkspaceClient, endpoint: str, model_name: str, version: 
     except NotFound:
         log.info("creating serving endpoint %s for %s v%s", endpoint, model_name, version)
         try:
-            w.serving_endpoints.create_and_wait(endpoint, config=EndpointCoreConfigInput(name=endpoint, served_entities=[entity]), timeout=config.timeout)
+            w.serving_endpoints.create_and_wait(
+                endpoint, config=EndpointCoreConfigInput(name=endpoint, served_entities=[entity]), timeout=config.timeout
+            )
         except OperationFailed as exc:
             msg = f"serving endpoint {endpoint} could not be created with {model_name} v{version}: {exc}"
             raise EndpointError(msg) from exc

@@ -67,12 +67,24 @@ def ensure_local_server(settings: Settings, *, timeout: float = 90.0) -> str:
     settings.serving_dir.mkdir(parents=True, exist_ok=True)
     log_path = settings.serving_dir / "server.log"
     cmd = [
-        sys.executable, "-m", "swan_anomaly.serving.server",
-        "--host", parsed.hostname or "127.0.0.1", "--port", str(parsed.port or 5055),
-        "--name", settings.endpoint_name, "--tracking-uri", settings.tracking_uri, "--registry-uri", settings.registry_uri,
+        sys.executable,
+        "-m",
+        "swan_anomaly.serving.server",
+        "--host",
+        parsed.hostname or "127.0.0.1",
+        "--port",
+        str(parsed.port or 5055),
+        "--name",
+        settings.endpoint_name,
+        "--tracking-uri",
+        settings.tracking_uri,
+        "--registry-uri",
+        settings.registry_uri,
     ]
     with log_path.open("ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=os.environ.copy())
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=os.environ.copy()
+        )
     (settings.serving_dir / "server.pid").write_text(str(proc.pid))
     log.info("started local model server pid %d on %s (log: %s)", proc.pid, url, log_path)
     deadline = time.monotonic() + timeout

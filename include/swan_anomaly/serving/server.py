@@ -59,7 +59,10 @@ class EndpointState:
 
         entities = body.get("served_entities") or []
         if len(entities) != 1 or not {"entity_name", "entity_version"} <= set(entities[0]):
-            return JSONResponse({"error_code": "INVALID_PARAMETER_VALUE", "message": "need exactly one served entity with entity_name and entity_version"}, 400)
+            return JSONResponse(
+                {"error_code": "INVALID_PARAMETER_VALUE", "message": "need exactly one served entity with entity_name and entity_version"},
+                400,
+            )
         with self.lock:
             if self.config_update == "IN_PROGRESS":
                 return JSONResponse({"error_code": "RESOURCE_CONFLICT", "message": f"Endpoint '{self.name}' is already updating"}, 409)
@@ -114,7 +117,13 @@ def create_app(name: str, *, tracking_uri: str | None = None, registry_uri: str 
 
     def check(endpoint: str) -> None:
         if endpoint != name:
-            raise HTTPException(404, detail={"error_code": "RESOURCE_DOES_NOT_EXIST", "message": f"Endpoint '{endpoint}' does not exist; this server hosts '{name}'"})
+            raise HTTPException(
+                404,
+                detail={
+                    "error_code": "RESOURCE_DOES_NOT_EXIST",
+                    "message": f"Endpoint '{endpoint}' does not exist; this server hosts '{name}'",
+                },
+            )
 
     @app.get("/health")
     async def health():
@@ -124,7 +133,9 @@ def create_app(name: str, *, tracking_uri: str | None = None, registry_uri: str 
     async def get_endpoint(endpoint: str):
         check(endpoint)
         if not state.created:
-            return JSONResponse({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": f"Endpoint with name '{endpoint}' does not exist."}, 404)
+            return JSONResponse(
+                {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": f"Endpoint with name '{endpoint}' does not exist."}, 404
+            )
         return state.describe()
 
     @app.post("/api/2.0/serving-endpoints")
@@ -149,7 +160,9 @@ def create_app(name: str, *, tracking_uri: str | None = None, registry_uri: str 
         check(endpoint)
         with state.lock:
             if not state.created:
-                return JSONResponse({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": f"Endpoint with name '{endpoint}' does not exist."}, 404)
+                return JSONResponse(
+                    {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": f"Endpoint with name '{endpoint}' does not exist."}, 404
+                )
             state.created, state.model, state.input_schema, state.served = False, None, None, None
             state.config_update, state.message = "NOT_UPDATING", "deleted"
         log.warning("endpoint %s deleted: it serves nothing now", endpoint)
@@ -164,7 +177,9 @@ def create_app(name: str, *, tracking_uri: str | None = None, registry_uri: str 
             return JSONResponse({"error_code": "TEMPORARILY_UNAVAILABLE", "message": f"Endpoint '{name}' serves no model yet"}, 503)
         data = await request.body()
         try:
-            result = await asyncio.to_thread(scoring_server.invocations, data, request.headers.get("content-type", "application/json"), model, schema)
+            result = await asyncio.to_thread(
+                scoring_server.invocations, data, request.headers.get("content-type", "application/json"), model, schema
+            )
         except MlflowException as exc:
             return Response(exc.serialize_as_json(), status_code=exc.get_http_status_code(), media_type="application/json")
         return Response(result.response, status_code=result.status, media_type=result.mimetype)

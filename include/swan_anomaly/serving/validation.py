@@ -154,7 +154,10 @@ def check_endpoint(
         return EndpointCheck(parity, max_difference, False, None, reasons, note=f"{small}; quality not judged, parity checked")
     report = evaluation_report(labels, endpoint_scores, threshold=threshold, seed=seed)
     if report["auroc"] < policy.min_auroc:
-        reasons.append(f"AUROC {report['auroc']:.4f} (95% CI {format_interval(report['auroc_ci'])}) < {policy.min_auroc:.4f} on {len(labels)} held-out images")
+        reasons.append(
+            f"AUROC {report['auroc']:.4f} (95% CI {format_interval(report['auroc_ci'])}) < "
+            f"{policy.min_auroc:.4f} on {len(labels)} held-out images"
+        )
     if report["recall"] < policy.min_recall:
         reasons.append(f"recall {report['recall']:.4f} at the stored threshold {threshold:.4f} < {policy.min_recall:.4f}")
     return EndpointCheck(parity, max_difference, True, report, reasons)

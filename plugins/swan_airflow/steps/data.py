@@ -43,7 +43,9 @@ def find_videos(ctx: RunContext) -> list[dict]:
     if ctx.params.get("videos"):
         candidates = [Path(v).absolute() for v in ctx.params["videos"]]
     else:
-        start, end = landing_window(landing_date=ctx.landing_date, interval_start=ctx.interval[0], interval_end=ctx.interval[1], run_after=ctx.run_after)
+        start, end = landing_window(
+            landing_date=ctx.landing_date, interval_start=ctx.interval[0], interval_end=ctx.interval[1], run_after=ctx.run_after
+        )
         candidates = find_landed_videos(settings().landing_dir, start, end)
     if not candidates:
         raise AirflowSkipException("no new videos for this run; nothing to do")
@@ -73,8 +75,13 @@ def extract_frames(ctx: RunContext, candidate: dict) -> dict:
     p = ctx.params
     try:
         frames = extract(
-            Path(video), staging / "frames", every_seconds=p["every_seconds"], start_s=p.get("frames_start_s"),
-            end_s=p.get("frames_end_s"), max_frames=p.get("max_frames"), dedupe_distance=p.get("dedupe_distance"),
+            Path(video),
+            staging / "frames",
+            every_seconds=p["every_seconds"],
+            start_s=p.get("frames_start_s"),
+            end_s=p.get("frames_end_s"),
+            max_frames=p.get("max_frames"),
+            dedupe_distance=p.get("dedupe_distance"),
         )
     except VideoError as exc:
         log.warning("REJECTED video %s: %s", video, exc)
@@ -86,7 +93,12 @@ def extract_frames(ctx: RunContext, candidate: dict) -> dict:
         if ti is None or ti.try_number <= ti.max_tries:  # retries left: it may be passing (a network share, memory)
             raise
         log.exception("REJECTED video %s after %d tries", video, ti.try_number)  # the last try: set it aside, the others go on
-        return {"video": video, "video_id": None, "frames": 0, "error": f"{video}: could not be read after {ti.try_number} tries: {type(exc).__name__}: {exc}"}
+        return {
+            "video": video,
+            "video_id": None,
+            "frames": 0,
+            "error": f"{video}: could not be read after {ti.try_number} tries: {type(exc).__name__}: {exc}",
+        }
     records = [r.to_dict() for r in frames]
     vid = records[0]["video_id"]
     for r in records:
@@ -115,7 +127,9 @@ def synthesize_anomalies(ctx: RunContext, videos: list[dict]) -> dict:
     frames = _staged_frames(staging, [v["video_id"] for v in good])
     shutil.rmtree(staging / "anomalies", ignore_errors=True)  # a rerun replaces, never accumulates
     try:
-        records = synthesize_dataset(frames, staging, anomaly_ratio=ctx.params["anomaly_ratio"], seed=ctx.params["seed"], families=ctx.params["anomaly_families"])
+        records = synthesize_dataset(
+            frames, staging, anomaly_ratio=ctx.params["anomaly_ratio"], seed=ctx.params["seed"], families=ctx.params["anomaly_families"]
+        )
     except ValueError as exc:  # a bad ratio or family: only a new trigger fixes it
         raise AirflowFailException(str(exc)) from exc
     (staging / "anomalies").mkdir(exist_ok=True)
@@ -139,8 +153,12 @@ def build_labels(ctx: RunContext, synthesis: dict) -> dict:
         raise AirflowFailException(str(exc)) from exc
     counts = table.label.value_counts().to_dict()
     return {
-        "images": len(table), "abnormal": int(counts.get(0, 0)), "normal": int(counts.get(1, 0)), "groups": int(table.group.nunique()),
-        "families": table[table.label == 0].family.value_counts().sort_index().to_dict(), "rejected_videos": synthesis["rejected_videos"],
+        "images": len(table),
+        "abnormal": int(counts.get(0, 0)),
+        "normal": int(counts.get(1, 0)),
+        "groups": int(table.group.nunique()),
+        "families": table[table.label == 0].family.value_counts().sort_index().to_dict(),
+        "rejected_videos": synthesis["rejected_videos"],
     }
 
 

@@ -49,7 +49,8 @@ def runs_in_promotion(task_states: Mapping[str, Mapping[str, str | None]], *, me
         me: this run's id.
     """
     return sorted(
-        run_id for run_id, states in task_states.items()
+        run_id
+        for run_id, states in task_states.items()
         if run_id != me and states.get(SECTION_START) == "success" and states.get(SECTION_END) not in FINISHED_STATES
     )
 
@@ -113,10 +114,28 @@ def gate_model(ctx: RunContext, registered: dict) -> str:
     if failed := failed_validation(client, name, version):  # a cleared gate after a rollback: never again, forced or not
         reason = f"v{version} failed its endpoint validation ({failed}); a version that failed is never promoted again"
         log.warning("gate: %s", reason)
-        store.write_result(ctx.run_id, "gate", {"challenger": version, "mode": params["gate_mode"], "passed": False, "promote": False, "reasons": [reason], "champion_version": champion_version})
+        store.write_result(
+            ctx.run_id,
+            "gate",
+            {
+                "challenger": version,
+                "mode": params["gate_mode"],
+                "passed": False,
+                "promote": False,
+                "reasons": [reason],
+                "champion_version": champion_version,
+            },
+        )
         return "keep_champion"
     if GateMode(params["gate_mode"]) is GateMode.DISABLED:
-        record = {"challenger": version, "mode": GateMode.DISABLED.value, "passed": None, "promote": True, "reasons": ["gate disabled"], "champion_version": champion_version}
+        record = {
+            "challenger": version,
+            "mode": GateMode.DISABLED.value,
+            "passed": None,
+            "promote": True,
+            "reasons": ["gate disabled"],
+            "champion_version": champion_version,
+        }
         log.info("gate disabled: v%s is promoted unjudged", version)
     else:
         record = _judge(ctx, store, client, registered, champion_version)
@@ -142,9 +161,19 @@ def _judge(ctx: RunContext, store, client, registered: dict, champion_version: s
     counts = class_counts(rows)
     base = {"challenger": version, "images": counts, "champion_version": champion_version, "training_val": registered.get("val")}
     if small := too_small(counts, params["gate_min_images_per_class"]):  # refuse before loading any model
-        decision = decide({}, None, params["gate_mode"], thresholds={}, class_counts=counts, min_images_per_class=params["gate_min_images_per_class"])
+        decision = decide(
+            {}, None, params["gate_mode"], thresholds={}, class_counts=counts, min_images_per_class=params["gate_min_images_per_class"]
+        )
         log.warning("gate (%s): %s; promote=%s", decision.mode, small, decision.promote)
-        record = {**base, "mode": decision.mode, "passed": False, "promote": decision.promote, "reasons": decision.reasons, "measurable": False, "reports": {}}
+        record = {
+            **base,
+            "mode": decision.mode,
+            "passed": False,
+            "promote": decision.promote,
+            "reasons": decision.reasons,
+            "measurable": False,
+            "reports": {},
+        }
         tag_version(client, name, version, {"gate_passed": False, "gate_reasons": "; ".join(decision.reasons)})
         return record
     models = {"challenger": version}
@@ -160,20 +189,41 @@ def _judge(ctx: RunContext, store, client, registered: dict, champion_version: s
     thresholds = {"auroc": MinThreshold(params["gate_min_val_auroc"]), "f1": MinThreshold(params["gate_min_val_f1"])}
     if params.get("gate_min_unseen_auroc") is not None:
         thresholds["unseen_auroc"] = MinThreshold(params["gate_min_unseen_auroc"])
-    challenger = {"auroc": reports["challenger"]["auroc"], "f1": reports["challenger"]["f1"], "unseen_auroc": registered.get("unseen_auroc")}
+    challenger = {
+        "auroc": reports["challenger"]["auroc"],
+        "f1": reports["challenger"]["f1"],
+        "unseen_auroc": registered.get("unseen_auroc"),
+    }
     champion = {k: reports["champion"][k] for k in ("auroc", "f1")} if "champion" in reports else None
     decision = decide(
-        challenger, champion, params["gate_mode"], thresholds=thresholds, class_counts=counts, min_images_per_class=params["gate_min_images_per_class"],
+        challenger,
+        champion,
+        params["gate_mode"],
+        thresholds=thresholds,
+        class_counts=counts,
+        min_images_per_class=params["gate_min_images_per_class"],
     )
     for who, report in reports.items():
         log.info(
             "%s v%s on the same %d rows: AUROC %.4f (95%% CI %s) F1 %.4f recall %.4f at its threshold %.4f",
-            who, report["version"], len(rows), report["auroc"], format_interval(report["auroc_ci"]), report["f1"], report["recall"], report["threshold"],
+            who,
+            report["version"],
+            len(rows),
+            report["auroc"],
+            format_interval(report["auroc_ci"]),
+            report["f1"],
+            report["recall"],
+            report["threshold"],
         )
     log.info("gate (%s): passed=%s promote=%s reasons=%s", decision.mode, decision.passed, decision.promote, decision.reasons or "none")
     record = {
-        **base, "mode": decision.mode, "passed": decision.passed, "promote": decision.promote, "reasons": decision.reasons,
-        "measurable": decision.measurable, "reports": reports,
+        **base,
+        "mode": decision.mode,
+        "passed": decision.passed,
+        "promote": decision.promote,
+        "reasons": decision.reasons,
+        "measurable": decision.measurable,
+        "reports": reports,
     }
     _log_to_mlflow(client, registered["mlflow_run_id"], reports, record)
     tag_version(client, name, version, {"gate_passed": decision.passed, "gate_reasons": "; ".join(decision.reasons) or "none"})
@@ -216,7 +266,10 @@ def promote_model(ctx: RunContext, registered: dict) -> dict:
     current = get_alias(client, name, CHAMPION)
     current_version = str(current.version) if current is not None else None
     if current_version not in (gate["champion_version"], version):
-        msg = f"the champion of {name} is v{current_version}, not v{gate['champion_version']} that the gate compared v{version} with; clear gate_model to compare again"
+        msg = (
+            f"the champion of {name} is v{current_version}, not v{gate['champion_version']} that the gate "
+            f"compared v{version} with; clear gate_model to compare again"
+        )
         raise AirflowFailException(msg)
     if gate.get("forced"):
         tag_version(client, name, version, {"force_promoted": f"{ctx.run_id}: {gate['forced']}"})

@@ -41,7 +41,9 @@ def summarize_run(ctx: RunContext, upload: dict | None, registered: dict | None)
         raise AirflowSkipException("the run had no videos: nothing to summarize")
     failed = sorted(task for task, state in states.items() if state in FAILED_STATES)
     store = lake()
-    etl, augment, training, gate, checked = (optional_result(store, ctx.run_id, job) for job in ("etl", "augment", "train", "gate", "validation"))
+    etl, augment, training, gate, checked = (
+        optional_result(store, ctx.run_id, job) for job in ("etl", "augment", "train", "gate", "validation")
+    )
     # records of an earlier try that judged another challenger (run_training was cleared since) are not this run's
     challenger = str(registered["version"]) if registered else None
     gate, checked = (r if r is not None and r.get("challenger") == challenger else None for r in (gate, checked))
@@ -63,7 +65,9 @@ def summarize_run(ctx: RunContext, upload: dict | None, registered: dict | None)
         shutil.rmtree(ctx.staging_dir, ignore_errors=True)
     log.info("run summary:\n%s", json.dumps({k: v for k, v in summary.items() if k != "scores"}, indent=2, default=str))
     if failed:
-        raise AirflowFailException(f"run {ctx.run_id} failed at {', '.join(failed)}; serving {summary['serving']}; summary in runs/{ctx.run_id}/summary.json")
+        raise AirflowFailException(
+            f"run {ctx.run_id} failed at {', '.join(failed)}; serving {summary['serving']}; summary in runs/{ctx.run_id}/summary.json"
+        )
     return summary
 
 
@@ -100,7 +104,9 @@ def _gate(gate: dict | None) -> dict | None:
         return None
     keys = ("auroc", "auroc_ci", "f1", "recall", "threshold", "version")
     reports = {who: {k: r[k] for k in keys} for who, r in (gate.get("reports") or {}).items()}
-    return {k: gate.get(k) for k in ("mode", "passed", "promote", "reasons", "measurable", "images", "champion_version", "forced")} | {"reports": reports}
+    return {k: gate.get(k) for k in ("mode", "passed", "promote", "reasons", "measurable", "images", "champion_version", "forced")} | {
+        "reports": reports
+    }
 
 
 def _model(registered: dict | None) -> dict | None:
@@ -109,7 +115,11 @@ def _model(registered: dict | None) -> dict | None:
     from swan_airflow.runtime import registry_client
     from swan_anomaly.registry import aliases_of
 
-    return {"name": registered["name"], "version": registered["version"], "aliases": aliases_of(registry_client(), registered["name"], registered["version"])}
+    return {
+        "name": registered["name"],
+        "version": registered["version"],
+        "aliases": aliases_of(registry_client(), registered["name"], registered["version"]),
+    }
 
 
 def _serving() -> dict:

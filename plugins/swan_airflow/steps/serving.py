@@ -73,7 +73,13 @@ def update_endpoint(ctx: RunContext) -> dict:
         raise AirflowFailException(msg) from exc
     change = f" (was v{result.previous_version})" if result.changed else " (unchanged)"
     log.info("endpoint %s (%s) serves %s v%s%s", target.endpoint, target.backend, s.model_name, result.version, change)
-    return {"url": target.invocations_url, "name": s.model_name, "version": result.version, "previous": result.previous_version, "changed": result.changed}
+    return {
+        "url": target.invocations_url,
+        "name": s.model_name,
+        "version": result.version,
+        "previous": result.previous_version,
+        "changed": result.changed,
+    }
 
 
 def validate_endpoint(ctx: RunContext, endpoint: dict, registered: dict) -> dict:
@@ -120,7 +126,10 @@ def validate_endpoint(ctx: RunContext, endpoint: dict, registered: dict) -> dict
             store.write_result(ctx.run_id, "validation", {**prior, "state": "done"})
         raise AirflowFailException(f"{prior['message']} (decided by an earlier try of this run; not validated again)")
     if served != version:
-        msg = f"endpoint {target.endpoint} serves v{served}, not v{version} that update_endpoint deployed: it changed since. Clear update_endpoint to serve the champion again."
+        msg = (
+            f"endpoint {target.endpoint} serves v{served}, not v{version} that update_endpoint deployed: it "
+            f"changed since. Clear update_endpoint to serve the champion again."
+        )
         raise AirflowFailException(msg)
     # A version that never passed an endpoint validation is new here, whoever promoted it (this run, or an earlier
     # run whose endpoint update failed); one that passed before is the unchanged champion, judged for drift.
@@ -129,18 +138,40 @@ def validate_endpoint(ctx: RunContext, endpoint: dict, registered: dict) -> dict
     try:
         rows = held_out_rows(store, ctx.run_id, "test")
         threshold = stored_threshold(client, name, version)
-        log.info("validating %s v%s at %s on %d held-out test images (threshold %.4f)", name, version, target.invocations_url, len(rows), threshold)
-        scores = score_rows(store, rows, {"endpoint": endpoint_scorer(target.client()), "registry": registry_scorer(f"models:/{name}/{version}")})
-        check = check_endpoint(labels_of(rows), scores["endpoint"], scores["registry"], threshold=threshold, policy=policy, seed=ctx.params["seed"])
+        log.info(
+            "validating %s v%s at %s on %d held-out test images (threshold %.4f)",
+            name,
+            version,
+            target.invocations_url,
+            len(rows),
+            threshold,
+        )
+        scores = score_rows(
+            store, rows, {"endpoint": endpoint_scorer(target.client()), "registry": registry_scorer(f"models:/{name}/{version}")}
+        )
+        check = check_endpoint(
+            labels_of(rows), scores["endpoint"], scores["registry"], threshold=threshold, policy=policy, seed=ctx.params["seed"]
+        )
     except Exception as exc:  # noqa: BLE001 - a validation that cannot complete is a failed one, acted on once
         log.exception("the validation of %s v%s could not complete", name, version)
         scores = None
-        check = EndpointCheck(parity=False, max_difference=None, measured=False, report=None, reasons=[f"the validation could not complete: {type(exc).__name__}: {exc}"])
+        check = EndpointCheck(
+            parity=False,
+            max_difference=None,
+            measured=False,
+            report=None,
+            reasons=[f"the validation could not complete: {type(exc).__name__}: {exc}"],
+        )
     previous = get_alias(client, name, PREVIOUS) if new_version else None
     previous = str(previous.version) if previous is not None and str(previous.version) != version else None
     outcome = outcome_for(check, new_version=new_version, previous=previous)
-    record = {**_record(ctx, name, version, previous, threshold, rows, scores, check, outcome, target.invocations_url), "challenger": challenger}
-    log.info("%s\n%s", record["message"], score_table([tuple(r) for r in score_sample(record["scores"])]) if record["scores"] else "(no scores)")
+    record = {
+        **_record(ctx, name, version, previous, threshold, rows, scores, check, outcome, target.invocations_url),
+        "challenger": challenger,
+    }
+    log.info(
+        "%s\n%s", record["message"], score_table([tuple(r) for r in score_sample(record["scores"])]) if record["scores"] else "(no scores)"
+    )
     if outcome is Outcome.PASSED:
         if new_version:
             tag_version(client, name, version, {ENDPOINT_VALIDATION: f"passed: run {ctx.run_id}, dataset {ctx.dataset_id}"})
@@ -170,25 +201,47 @@ def _record(ctx, name, version, previous, threshold, rows, scores, check, outcom
     what = "; ".join(check.reasons) or "the endpoint serves the registered model"
     quality = check.note or (
         f"AUROC {check.report['auroc']:.4f} (95% CI {format_interval(check.report['auroc_ci'])}), "
-        f"recall {check.report['recall']:.4f} at {threshold:.4f}" if check.report else "quality not measured"
+        f"recall {check.report['recall']:.4f} at {threshold:.4f}"
+        if check.report
+        else "quality not measured"
     )
     message = {
         Outcome.PASSED: f"endpoint validation passed for {name} v{version}: {what}; {quality}",
-        Outcome.ROLLED_BACK: f"the new version {name} v{version} failed endpoint validation ({what}); rolled the endpoint and the champion back to v{previous}",
+        Outcome.ROLLED_BACK: (
+            f"the new version {name} v{version} failed endpoint validation ({what}); rolled the "
+            f"endpoint and the champion back to v{previous}"
+        ),
         Outcome.WITHDRAWN: (
             f"the first version {name} v{version} failed endpoint validation ({what}); with no earlier version to roll back to, "
             f"the endpoint was deleted and v{version} lost the champion alias: nothing serves until a model passes"
         ),
-        Outcome.DRIFT: f"DRIFT: the unchanged champion {name} v{version} does not separate today's held-out data ({what}; dataset {ctx.dataset_id})",
-        Outcome.MISMATCH: f"the endpoint serving the unchanged champion {name} v{version} failed its validation ({what}); this run did not change it: check the endpoint",
+        Outcome.DRIFT: (
+            f"DRIFT: the unchanged champion {name} v{version} does not separate today's "
+            f"held-out data ({what}; dataset {ctx.dataset_id})"
+        ),
+        Outcome.MISMATCH: (
+            f"the endpoint serving the unchanged champion {name} v{version} failed its validation "
+            f"({what}); this run did not change it: check the endpoint"
+        ),
     }[outcome]
-    scored = [] if scores is None else [
-        [r[1], int(r[2]), float(e), float(g)] for r, e, g in zip(rows, scores["endpoint"], scores["registry"])
-    ]
+    scored = (
+        [] if scores is None else [[r[1], int(r[2]), float(e), float(g)] for r, e, g in zip(rows, scores["endpoint"], scores["registry"])]
+    )
     return {
-        "outcome": outcome.value, "message": message, "name": name, "version": version, "previous": previous, "url": url,
-        "threshold": threshold, "parity": check.parity, "max_difference": check.max_difference, "measured": check.measured,
-        "note": check.note, "reasons": check.reasons, "report": check.report, "dataset_id": ctx.dataset_id,
+        "outcome": outcome.value,
+        "message": message,
+        "name": name,
+        "version": version,
+        "previous": previous,
+        "url": url,
+        "threshold": threshold,
+        "parity": check.parity,
+        "max_difference": check.max_difference,
+        "measured": check.measured,
+        "note": check.note,
+        "reasons": check.reasons,
+        "report": check.report,
+        "dataset_id": ctx.dataset_id,
         "scores": scored,  # [image_path, label, endpoint score, registry score]
     }
 
@@ -214,8 +267,14 @@ def endpoint_summary(record: dict) -> dict:
     """The figures of a validation record (``validation.json``): the task's XCom and the run summary's ``endpoint``."""
     report = record.get("report")
     return {
-        "url": record["url"], "validated_version": record["version"], "previous_version": record.get("previous"), "outcome": record["outcome"],
-        "message": record["message"], "parity": record["parity"], "max_difference": record["max_difference"], "note": record.get("note"),
+        "url": record["url"],
+        "validated_version": record["version"],
+        "previous_version": record.get("previous"),
+        "outcome": record["outcome"],
+        "message": record["message"],
+        "parity": record["parity"],
+        "max_difference": record["max_difference"],
+        "note": record.get("note"),
         "test": {k: report[k] for k in ("auroc", "auroc_ci", "recall", "abnormal", "normal")} if report else None,
     }
 

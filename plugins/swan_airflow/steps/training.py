@@ -24,10 +24,18 @@ def register_model(ctx: RunContext) -> dict:
     s = settings()
     training = lake().read_result(ctx.run_id, "train")
     v = register_challenger(
-        registry_client(), s.model_name, training["model_uri"], training["mlflow_run_id"], ctx.run_id,
+        registry_client(),
+        s.model_name,
+        training["model_uri"],
+        training["mlflow_run_id"],
+        ctx.run_id,
         tags={"dataset_id": ctx.dataset_id, "anomaly_threshold": repr(float(training["threshold"]))},
     )
     return {
-        "name": s.model_name, "version": str(v.version), "aliases": sorted(v.aliases), "mlflow_run_id": training["mlflow_run_id"],
-        "val": {k: training["val"][k] for k in ("auroc", "f1", "precision", "recall")}, "unseen_auroc": training.get("generalization_min_unseen_auroc"),
+        "name": s.model_name,
+        "version": str(v.version),
+        "aliases": sorted(v.aliases),
+        "mlflow_run_id": training["mlflow_run_id"],
+        "val": {k: training["val"][k] for k in ("auroc", "f1", "precision", "recall")},
+        "unseen_auroc": training.get("generalization_min_unseen_auroc"),
     }
