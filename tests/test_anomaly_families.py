@@ -24,6 +24,8 @@ from swan_anomaly.anomalies import (
     salt_pepper_polygons,
     synthesize_dataset,
 )
+from swan_anomaly.contract import DEFAULT_FAMILIES as CONTRACT_DEFAULT_FAMILIES
+from swan_anomaly.contract import CROP_BIAS_X, CROP_BIAS_Y, FAMILY_NAMES
 from swan_anomaly.images import crop_and_resize, crop_window, decode_image, encode_jpeg, encode_png
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +57,13 @@ def demo_frames(tmp_path_factory) -> list[np.ndarray]:
     tmp = tmp_path_factory.mktemp("demo")
     video = render_demo_video(tmp / "swans.mp4", seconds=4.0, fps=1.0)
     return [decode_image(Path(f.path).read_bytes()) for f in extract_frames(video, tmp / "frames", every_seconds=1.0)]
+
+
+def test_the_registry_holds_exactly_the_contract_families_in_order():
+    """The light contract module names the families for the DAG and reports; the registry must agree."""
+    assert tuple(FAMILIES) == FAMILY_NAMES
+    assert DEFAULT_FAMILIES is CONTRACT_DEFAULT_FAMILIES and set(DEFAULT_FAMILIES) <= set(FAMILIES)
+    assert all((family_knobs(n)["bias_x"], family_knobs(n)["bias_y"]) == (CROP_BIAS_X, CROP_BIAS_Y) for n in FAMILIES)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -84,7 +84,7 @@ def test_importing_the_dag_file_imports_no_heavy_library():
 
 
 def test_the_anomaly_family_param_offers_exactly_the_library_families(dagbag):
-    """The DAG cannot import the (cv2-heavy) anomalies module at parse time, so its list is a copy: keep it in step."""
+    """The DAG cannot import the (cv2-heavy) anomalies package at parse time, so it reads swan_anomaly.contract: check it."""
     from swan_anomaly.anomalies import DEFAULT_FAMILIES, FAMILIES
 
     param = dagbag.dags[DAG_ID].params.get_param("anomaly_families")
