@@ -1,7 +1,7 @@
 """An Azure OpenAI double for tests: chat completions with image input, over real HTTP.
 
 It speaks the wire protocol of the Azure OpenAI data plane on 127.0.0.1, so the official
-``openai`` SDK (``AzureOpenAI``) talks to it unchanged:
+``openai`` SDK (``AzureOpenAI``, wrapped by ``swan_anomaly.azure_openai.VisionChatClient``) talks to it unchanged:
 ``POST /openai/deployments/{deployment}/chat/completions?api-version={version}`` with an
 ``api-key`` header, answered with a ``chat.completion`` object (``id``, ``object``, ``created``,
 ``model``, ``choices[0].message.content``, ``usage``) and Azure's error bodies otherwise:

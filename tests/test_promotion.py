@@ -50,7 +50,8 @@ def world(tmp_path_factory):
     from swan_anomaly.config import Settings
     from swan_anomaly.lake import LocalLake
     from swan_anomaly.modeling import load_classifier, preprocess_spec, resolve_base_model
-    from swan_anomaly.training import TrainConfig, _tensors, ensure_experiment, log_served_model, train_classifier
+    from swan_anomaly.tracking import ensure_experiment, log_served_model
+    from swan_anomaly.trainer import TrainConfig, frame_tensors, train_classifier
 
     mp = pytest.MonkeyPatch()
     root = tmp_path_factory.mktemp("promotion")
@@ -76,7 +77,7 @@ def world(tmp_path_factory):
     train = pd.DataFrame(
         {"content": [lake.read_raw(d, p) for d, p, _, _ in rows["train"]], "label": [lab for _, _, lab, _ in rows["train"]]}
     )
-    x, y = _tensors(train.assign(sample_id=[p for _, p, _, _ in rows["train"]]), spec)
+    x, y = frame_tensors(train.assign(sample_id=[p for _, p, _, _ in rows["train"]]), spec)
     torch.manual_seed(0)
     good, _, _ = train_classifier(
         load_classifier(base), (x, y), (x, y), TrainConfig(epochs=8, batch_size=16, learning_rate=2e-3, patience=8)
@@ -493,7 +494,8 @@ class _FlakyEndpoint:
 
 def test_the_endpoint_client_retries_busy_answers_and_fails_on_others():
     from swan_anomaly import EndpointError
-    from swan_anomaly.serving.client import EndpointBusy, EndpointClient
+    from swan_anomaly._errors import EndpointBusy
+    from swan_anomaly.serving.client import EndpointClient
 
     flaky = _FlakyEndpoint([503, 429])
     try:

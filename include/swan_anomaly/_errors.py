@@ -10,6 +10,11 @@ Every error says what failed, the offending value, and what to do next.
   x JobError                a job entrypoint could not do its work
   x ValidationDataError     a split has no anomalies or no normals, so metrics would be meaningless
   x EndpointError           the serving endpoint did not come up, refused a config, or answered badly
+      x EndpointBusy        it answered 429/502/503/504 (or nothing) for longer than the retry budget
+  x LabelCheckError         the label check could not run (bad key, unknown deployment, unusable settings)
+  x LabelCheckFailed        in ``fail`` mode, sampled normal frames were not what the scene should show
+  x AzureOpenAIRefused      Azure OpenAI refused the key or has no such deployment: no request can succeed
+  x AzureOpenAIRequestFailed one Azure OpenAI request got no reply after its retries
 
 (A gate that refuses or an endpoint validation that fails is a decision, not an error of this
 package: the Airflow steps record it and fail their task without retries.)
@@ -57,3 +62,31 @@ class ValidationDataError(SwanError):
 
 class EndpointError(SwanError):
     """The serving endpoint misbehaved."""
+
+
+class EndpointBusy(EndpointError):
+    """The endpoint answered 429/502/503/504 (or did not answer) for longer than the retry budget."""
+
+
+class LabelCheckError(SwanError):
+    """The label check could not run: bad key, unknown deployment or endpoint, unusable settings."""
+
+
+class LabelCheckFailed(SwanError):
+    """In ``fail`` mode, sampled normal frames were not recognised as the expected subject."""
+
+
+class AzureOpenAIRefused(SwanError):
+    """The service refused the API key (401/403) or has no such deployment (404): no request can succeed."""
+
+
+class AzureOpenAIRequestFailed(SwanError):
+    """One request got no reply: refused (400), throttled or failing (429/5xx) after the retries, or unreachable.
+
+    Attributes:
+        service_down: the service was throttling, failing or unreachable, so further requests would fail too.
+    """
+
+    def __init__(self, message: str, *, service_down: bool) -> None:
+        super().__init__(message)
+        self.service_down = service_down

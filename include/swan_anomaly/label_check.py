@@ -1,19 +1,15 @@
 """Optional label check: ask a vision chat model what a seeded sample of *normal* frames show.
 
-The inspiring project asked GPT-4o-mini "what animal is in this frame?" for every frame, inline,
-and trusted the answer. Here the model is only a sanity check of the normal class (swans on
-water): a small, seeded sample of frames labelled normal is shown to an Azure OpenAI vision
-deployment with a strict one-word prompt, and frames whose answer is not the expected one are
+The earlier swan pipeline this project was modelled on (docs/architecture.md, "Where this design comes from")
+asked GPT-4o-mini "what animal is in this frame?" for every frame, inline, and trusted the answer.
+Here the model is only a sanity check of the normal class (swans on water): a small, seeded
+sample of frames labelled normal is shown to an Azure OpenAI vision deployment with a strict
+one-word prompt, and frames whose answer is not the expected one are
 reported. It never labels anything, it is off by default, and in ``warn`` mode it never fails
 the pipeline.
 
-Wire protocol: the official ``openai`` SDK's ``AzureOpenAI`` client (pinned in requirements.txt),
-i.e. ``POST {endpoint}/openai/deployments/{deployment}/chat/completions?api-version={api_version}``
-with an ``api-key`` header; each image goes as a ``data:image/jpeg;base64,...`` URL in an
-``image_url`` content part (``detail: low``: the frame is downscaled to at most ``max_side`` pixels
-first, so a request costs a fixed, small number of tokens). Throttling (429, honouring
-``Retry-After``) and 5xx answers are retried with exponential backoff by the SDK
-(``max_retries``); every request has a timeout.
+The HTTP client (settings, wire protocol, retries, service errors) is
+:mod:`swan_anomaly.azure_openai`; this module samples the frames, asks, and judges the answers.
 
 Outcomes:
 
@@ -33,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import logging
 import re
@@ -41,15 +36,22 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from swan_anomaly._errors import ConfigError, ImageDecodeError, SwanError
+from swan_anomaly._errors import (
+    AzureOpenAIRefused,
+    AzureOpenAIRequestFailed,
+    ConfigError,
+    ImageDecodeError,
+    LabelCheckError,
+    LabelCheckFailed,
+)
+from swan_anomaly.azure_openai import AzureOpenAIConfig, VisionChatClient, image_data_url
 
 log = logging.getLogger(__name__)
 
-DEFAULT_API_VERSION = "2024-10-21"
 DEFAULT_EXPECTED = ("swan",)
 SYSTEM_PROMPT = (
     "You check the labels of an image dataset. Reply with exactly one lowercase English word, "
@@ -63,59 +65,11 @@ DEFAULT_QUESTION = (
 LISTED = 10
 
 
-class LabelCheckError(SwanError):
-    """The label check could not run: bad key, unknown deployment or endpoint, unusable settings."""
-
-
-class LabelCheckFailed(SwanError):
-    """In ``fail`` mode, sampled normal frames were not recognised as the expected subject."""
-
-
 class LabelCheckMode(StrEnum):
     """What a finished check does with mismatches: ``warn`` logs them, ``fail`` raises."""
 
     WARN = "warn"
     FAIL = "fail"
-
-
-@dataclass(frozen=True)
-class AzureOpenAIConfig:
-    """Where and how to reach the Azure OpenAI deployment.
-
-    Args:
-        endpoint: resource endpoint, ``https://<resource>.openai.azure.com``.
-        deployment: name of a vision-capable chat deployment (e.g. ``gpt-4o-mini``).
-        api_key: the resource key; kept out of ``repr`` and of every message.
-        api_version: Azure OpenAI data-plane API version.
-        timeout_s: per-request timeout in seconds.
-        max_retries: retries of throttled (429), 5xx, timed-out and dropped requests.
-        source: where these settings come from, named in error messages
-            (e.g. ``"Airflow connection 'swan_label_check'"``).
-    """
-
-    endpoint: str
-    deployment: str
-    api_key: str = field(repr=False)
-    api_version: str = DEFAULT_API_VERSION
-    timeout_s: float = 30.0
-    max_retries: int = 3
-    source: str = ""
-
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` for a setting that cannot work."""
-        where = f" ({self.source})" if self.source else ""
-        if not re.match(r"^https?://[^/\s]+", self.endpoint or ""):
-            msg = f"label check endpoint must be an http(s) URL such as https://<resource>.openai.azure.com, got {self.endpoint!r}{where}"
-            raise ConfigError(msg)
-        if not self.deployment:
-            msg = f"label check needs the name of an Azure OpenAI deployment{where}"
-            raise ConfigError(msg)
-        if not self.api_key:
-            msg = f"label check has no API key for {self.endpoint}{where}; set the key of the Azure OpenAI resource"
-            raise ConfigError(msg)
-        if self.timeout_s <= 0 or self.max_retries < 0:
-            msg = f"label check needs timeout_s > 0 and max_retries >= 0, got {self.timeout_s} and {self.max_retries}{where}"
-            raise ConfigError(msg)
 
 
 @dataclass(frozen=True)
@@ -215,40 +169,6 @@ def _matches(answer: str | None, expected: tuple[str, ...]) -> bool:
     return answer in expected or (answer.endswith("s") and answer[:-1] in expected)
 
 
-def image_data_url(data: bytes, *, name: str, max_side: int = 512) -> str:
-    """A ``data:image/jpeg;base64,...`` URL of the image, downscaled to at most ``max_side`` pixels.
-
-    Raises:
-        ImageDecodeError: the bytes are not a decodable image.
-    """
-    import cv2
-
-    from swan_anomaly.images import decode_image, encode_jpeg
-
-    image = decode_image(data, name=name)  # [H, W, 3] uint8 RGB
-    height, width = image.shape[:2]
-    scale = max_side / max(height, width)
-    if scale < 1:
-        image = cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
-    return "data:image/jpeg;base64," + base64.b64encode(encode_jpeg(image, quality=90)).decode("ascii")
-
-
-def _redact(text: str, secret: str) -> str:
-    return text.replace(secret, "***") if secret else text
-
-
-def _service_message(err: Any, secret: str) -> str:
-    body = getattr(err, "body", None)
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        message = inner.get("message") if isinstance(inner, dict) else None
-        code = inner.get("code") if isinstance(inner, dict) else None
-        text = f"{code}: {message}" if code and message else str(message or body)
-    else:
-        text = type(err).__name__
-    return _redact(text, secret)[:300]
-
-
 def check_labels(
     paths: Sequence[str],
     read: Callable[[str], bytes],
@@ -331,68 +251,30 @@ def _ask_all(
     max_side: int,
     max_workers: int,
 ) -> dict[str, ImageAnswer]:
-    import openai
-
     stop = threading.Event()  # set once the service is throttling or down: stop sending frames
-    key = config.api_key
-    where = f"deployment '{config.deployment}' at {config.endpoint} (api-version {config.api_version})"
-    hint = f" in {config.source}" if config.source else ""
 
-    def ask(client: openai.AzureOpenAI, path: str) -> ImageAnswer:
+    def ask(client: VisionChatClient, path: str) -> ImageAnswer:
         if stop.is_set():
             return ImageAnswer(path, None, error="not asked: the service was throttling or unavailable")
         try:
             url = image_data_url(by_path[path], name=path, max_side=max_side)
         except ImageDecodeError as exc:
             return ImageAnswer(path, None, error=str(exc))
-        messages = [
-            {"role": "system", "content": SYSTEM_PROMPT},
-            {
-                "role": "user",
-                "content": [
-                    {"type": "text", "text": question},
-                    {"type": "image_url", "image_url": {"url": url, "detail": "low"}},
-                ],
-            },
-        ]
         try:
-            completion = client.chat.completions.create(model=config.deployment, messages=messages, max_tokens=5, temperature=0)
-        except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
+            raw = client.ask_about_image(url, system=SYSTEM_PROMPT, question=question, max_tokens=5)
+        except AzureOpenAIRefused as err:
             stop.set()
-            msg = (
-                f"Azure OpenAI refused the API key ({err.status_code}: {_service_message(err, key)}) for {where}. "
-                f"Set a valid key of this resource{hint} (Azure portal: the resource's 'Keys and Endpoint')."
-            )
-            raise LabelCheckError(msg) from None
-        except openai.NotFoundError as err:
-            stop.set()
-            msg = (
-                f"Azure OpenAI has no {where} (404: {_service_message(err, key)}). "
-                f"Check the endpoint, the deployment name and the api_version{hint}."
-            )
-            raise LabelCheckError(msg) from None
-        except openai.APIStatusError as err:
-            if err.status_code == 429 or err.status_code >= 500:
+            raise LabelCheckError(str(err)) from None
+        except AzureOpenAIRequestFailed as err:
+            if err.service_down:
                 stop.set()
-            return ImageAnswer(path, None, error=f"{err.status_code}: {_service_message(err, key)}")
-        except openai.APIConnectionError as err:  # timeouts included, after the SDK's retries
-            stop.set()
-            return ImageAnswer(path, None, error=f"{type(err).__name__}: cannot reach {config.endpoint}")
-        choices = completion.choices
-        raw = (choices[0].message.content or "") if choices else ""
+            return ImageAnswer(path, None, error=str(err))
         answer = normalise_answer(raw)
         return ImageAnswer(path, answer, raw=raw[:80], matches=_matches(answer, accepted))
 
     answers: dict[str, ImageAnswer] = {}
     with (
-        openai.AzureOpenAI(
-            azure_endpoint=config.endpoint,
-            azure_deployment=config.deployment,
-            api_version=config.api_version,
-            api_key=key,
-            timeout=config.timeout_s,
-            max_retries=config.max_retries,
-        ) as client,
+        VisionChatClient(config) as client,
         ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="label-check") as pool,
     ):
         futures = {path: pool.submit(ask, client, path) for path in sample}

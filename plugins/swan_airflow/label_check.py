@@ -43,7 +43,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,7 +60,9 @@ EXTRA_KEYS = frozenset(
 
 def label_check_conn_id() -> str:
     """The connection id: ``SWAN_LABEL_CHECK_CONN_ID``, else ``swan_label_check``."""
-    return os.environ.get("SWAN_LABEL_CHECK_CONN_ID") or DEFAULT_CONN_ID
+    from swan_airflow.runtime import settings
+
+    return settings().label_check_conn_id or DEFAULT_CONN_ID
 
 
 def label_check_enabled(params: Mapping[str, Any] | None) -> bool:
@@ -70,10 +71,10 @@ def label_check_enabled(params: Mapping[str, Any] | None) -> bool:
     Raises:
         AirflowFailException: ``SWAN_LABEL_CHECK`` is not an on/off word (no task retries).
     """
-    from swan_airflow.runtime import env_flag_or_fail
+    from swan_airflow.runtime import settings
 
     value = (params or {}).get("label_check")
-    return env_flag_or_fail("SWAN_LABEL_CHECK", False) if value is None else bool(value)
+    return settings().label_check if value is None else bool(value)
 
 
 def _endpoint(host: str | None, schema: str | None, port: int | None, conn_id: str) -> str:
@@ -97,7 +98,7 @@ def label_check_settings(conn_id: str | None = None) -> tuple[Any, dict[str, Any
     from airflow.sdk import BaseHook
 
     from swan_anomaly._errors import ConfigError
-    from swan_anomaly.label_check import DEFAULT_API_VERSION, AzureOpenAIConfig
+    from swan_anomaly.azure_openai import DEFAULT_API_VERSION, AzureOpenAIConfig
 
     conn_id = conn_id or label_check_conn_id()
     conn = BaseHook.get_connection(conn_id)  # never log `conn`: its repr shows the password
@@ -152,8 +153,9 @@ def run_label_check(dataset_dir: Path, manifest: pd.DataFrame, *, seed: int, con
     from airflow.sdk.exceptions import AirflowFailException
 
     from swan_anomaly._errors import ConfigError
-    from swan_anomaly.label_check import LabelCheckError, LabelCheckFailed, check_labels
-    from swan_anomaly.labels import NORMAL
+    from swan_anomaly._errors import LabelCheckError, LabelCheckFailed
+    from swan_anomaly.label_check import check_labels
+    from swan_anomaly.contract import NORMAL
 
     conn_id = conn_id or label_check_conn_id()
     try:

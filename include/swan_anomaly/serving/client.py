@@ -21,16 +21,12 @@ import logging
 import httpx
 import tenacity
 
-from swan_anomaly._errors import EndpointError
+from swan_anomaly._errors import EndpointBusy, EndpointError
 
 log = logging.getLogger(__name__)
 
 #: Answers that mean "try again later", not "this model is broken".
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
-
-
-class EndpointBusy(EndpointError):
-    """The endpoint answered 429/502/503/504 (or did not answer) for longer than the retry budget."""
 
 
 def _transient(exc: BaseException) -> bool:
