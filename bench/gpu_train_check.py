@@ -20,7 +20,7 @@ import torch  # noqa: E402
 from transformers import ViTConfig, ViTForImageClassification  # noqa: E402
 
 from swan_anomaly.modeling import PRESETS  # noqa: E402
-from swan_anomaly.training import TrainConfig, _evaluate, train_classifier  # noqa: E402
+from swan_anomaly.trainer import TrainConfig, evaluate, train_classifier  # noqa: E402
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
         started = time.perf_counter()
         model, history, best = train_classifier(model, (x[:450], y[:450]), (x[450:], y[450:]), cfg)
         seconds = time.perf_counter() - started
-        loss, _ = _evaluate(model, x[450:], y[450:], 64)
+        loss, _ = evaluate(model, x[450:], y[450:], 64)
         print(
             f"compile={mode}: {seconds:.1f}s, train losses {[round(h.train_loss, 4) for h in history]}, "
             f"val auroc {[round(h.val_auroc, 3) for h in history]}, best epoch {best}, restored val loss {loss:.4f} "

@@ -27,13 +27,13 @@ import _harness  # noqa: E402  (needs include/ on sys.path)
 import torch  # noqa: E402
 
 from swan_anomaly.modeling import compile_model, load_classifier  # noqa: E402
-from swan_anomaly.training import TrainConfig, class_weights, make_optimizer, place_for_training, train_step  # noqa: E402
+from swan_anomaly.trainer import TrainConfig, class_weights, make_optimizer, place_for_training, train_step  # noqa: E402
 
 DEFAULTS = TrainConfig()
 
 
 def pipeline_loop(model_dir: str, x: torch.Tensor, y: torch.Tensor, args) -> dict:
-    """Time ``swan_anomaly.training.train_step`` with the pipeline's model, optimizer, scheduler and batching."""
+    """Time ``swan_anomaly.trainer.train_step`` with the pipeline's model, optimizer, scheduler and batching."""
     model = load_classifier(model_dir)
     device, autocast_dtype = place_for_training(model, args.device)
     cfg = TrainConfig(batch_size=args.batch_size, device=args.device)

@@ -1,7 +1,7 @@
 """jobs/etl.py: raw frames + labels -> silver images (Spark).
 
 Parameters: --lake-root (req), --dataset-id (req), --run-id (req), --model (default: SWAN_MODEL;
-its config gives the input size), --image-size (overrides the model's), --crop-bias-x (0.4),
+its config gives the input size), --image-size (overrides the model's), --crop-bias-x (0.4, ``contract.CROP_BIAS_X``),
 --crop-bias-y (0.5), --jpeg-quality (95), --max-image-mb (64: larger files are quarantined),
 --on-label-mismatch (quarantine | fail), --partitions (Spark partitions; default as listed).
 Writes runs/{run_id}/etl.json.
@@ -10,6 +10,7 @@ Writes runs/{run_id}/etl.json.
 from __future__ import annotations
 
 from swan_anomaly.config import Settings
+from swan_anomaly.contract import CROP_BIAS_X, CROP_BIAS_Y
 from swan_anomaly.entrypoint import job_parser, run_entrypoint
 from swan_anomaly.etl import run_etl
 from swan_anomaly.modeling import preprocess_spec, resolve_base_model
@@ -20,8 +21,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = job_parser(__doc__)
     parser.add_argument("--model", default=settings.model, help="preset, hub id or local directory")
     parser.add_argument("--image-size", type=int, default=None, help="model input size in pixels (default: the model's)")
-    parser.add_argument("--crop-bias-x", type=float, default=0.4)
-    parser.add_argument("--crop-bias-y", type=float, default=0.5)
+    parser.add_argument("--crop-bias-x", type=float, default=CROP_BIAS_X)
+    parser.add_argument("--crop-bias-y", type=float, default=CROP_BIAS_Y)
     parser.add_argument("--jpeg-quality", type=int, default=95)
     parser.add_argument("--max-image-mb", type=float, default=64.0, help="files above this size are quarantined, not decoded")
     parser.add_argument("--on-label-mismatch", choices=["quarantine", "fail"], default="quarantine")

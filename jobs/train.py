@@ -19,7 +19,8 @@ import argparse
 
 from swan_anomaly.config import Settings
 from swan_anomaly.entrypoint import job_parser, run_entrypoint
-from swan_anomaly.training import TrainConfig, run_training
+from swan_anomaly.trainer import TrainConfig
+from swan_anomaly.training import run_training
 
 DEFAULTS = TrainConfig()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from swan_anomaly import LabelManifestError, LakeError, VideoError
 from swan_anomaly.anomalies import synthesize_dataset
 from swan_anomaly.labels import build_manifest, read_manifest, write_manifest
-from swan_anomaly.lake import LocalLake, safe_run_id
+from swan_anomaly.lake import Lake, LocalLake, safe_run_id
 from swan_anomaly.splits import assign_splits
 from swan_anomaly.video import extract_frames, video_id
 
@@ -172,3 +173,43 @@ def test_upload_refuses_a_bad_staging_folder_and_deletes_nothing(tmp_path, stage
 
 def test_run_ids_become_safe_path_segments():
     assert safe_run_id("manual__2026-11-26T05:40:20.734652+00:00") == "manual__2026-11-26T05_40_20.734652_00_00"
+
+
+def _lake_protocol_problems(cls: type) -> list[str]:
+    """How ``cls`` falls short of :class:`Lake`: a missing member, or parameters of other names or kinds."""
+    problems = []
+    for name in sorted(n for n in vars(Lake) if not n.startswith("_")):
+        wanted = inspect.getattr_static(Lake, name)
+        try:
+            found = inspect.getattr_static(cls, name)
+        except AttributeError:
+            problems.append(f"{cls.__name__} has no {name}")
+            continue
+        if isinstance(wanted, property) or isinstance(found, property):
+            if not (isinstance(wanted, property) and isinstance(found, property)):
+                problems.append(f"{cls.__name__}.{name}: a property in one and not in the other")
+            continue
+        expected = [(q.name, q.kind) for q in inspect.signature(wanted).parameters.values()]
+        actual = [(q.name, q.kind) for q in inspect.signature(found).parameters.values()]
+        if actual != expected:
+            problems.append(f"{cls.__name__}.{name}{inspect.signature(found)} is not {name}{inspect.signature(wanted)}")
+    return problems
+
+
+def test_both_lakes_have_every_member_of_the_lake_protocol_with_its_signature():
+    from swan_airflow.azure_lake import WasbLake
+
+    assert {n for n in vars(Lake) if not n.startswith("_")}, "the protocol lists no member"
+    for cls in (LocalLake, WasbLake):
+        assert _lake_protocol_problems(cls) == []
+        assert issubclass(cls, Lake)
+
+    class Renamed(LocalLake):
+        def read_raw(self, dataset: str, rel: str) -> bytes:
+            return b""
+
+    class Lacking:  # one member only
+        put_dataset = LocalLake.put_dataset
+
+    assert [problem.split("(")[0] for problem in _lake_protocol_problems(Renamed)] == ["Renamed.read_raw"]  # a renamed parameter
+    assert "Lacking has no read_result" in _lake_protocol_problems(Lacking)

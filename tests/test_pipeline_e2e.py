@@ -113,11 +113,11 @@ def test_champion_is_served_and_endpoint_scores_match_the_registry_model(pipelin
 
     # the training code path on the registered weights and preprocessing config: the training
     # loop's own tensor builder and evaluation
-    from swan_anomaly.training import _evaluate, _tensors
+    from swan_anomaly.trainer import evaluate, frame_tensors
 
     served = registered.unwrap_python_model()
-    x, y = _tensors(pd.DataFrame({"content": images, "sample_id": names, "label": labels}), served.spec)
-    _, train_logits = _evaluate(served.model, x, y, batch_size=8)
+    x, y = frame_tensors(pd.DataFrame({"content": images, "sample_id": names, "label": labels}), served.spec)
+    _, train_logits = evaluate(served.model, x, y, batch_size=8)
     np.testing.assert_allclose(scores, anomaly_scores(train_logits), atol=1e-5)
     abnormal = [sc for sc, lab in zip(scores, labels) if lab == 0]
     normal = [sc for sc, lab in zip(scores, labels) if lab == 1]
@@ -196,7 +196,7 @@ def test_a_champion_that_stops_separating_new_data_is_drift_and_the_failed_run_s
     from swan_anomaly.registry import CHAMPION, mlflow_client, promote, register_challenger
     from swan_anomaly.serving.deploy import ServingConfig, deploy_version
     from swan_anomaly.serving.pyfunc import PREPROCESS_FILE
-    from swan_anomaly.training import ensure_experiment, log_served_model
+    from swan_anomaly.tracking import ensure_experiment, log_served_model
 
     s = Settings.from_env()
     client = mlflow_client(*s.mlflow_uris)

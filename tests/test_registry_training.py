@@ -74,7 +74,7 @@ def test_early_stopping_fires_and_restores_the_best_epoch():
     from transformers import ViTConfig, ViTForImageClassification
 
     from swan_anomaly.modeling import PRESETS
-    from swan_anomaly.training import TrainConfig, _evaluate, train_classifier
+    from swan_anomaly.trainer import TrainConfig, evaluate, train_classifier
 
     torch.manual_seed(0)
     model = ViTForImageClassification(ViTConfig(**PRESETS["vit-micro-offline"], num_labels=2))
@@ -87,7 +87,7 @@ def test_early_stopping_fires_and_restores_the_best_epoch():
     assert len(history) < cfg.epochs, "early stopping did not fire"
     assert best_epoch == len(history) - cfg.patience
     best = history[best_epoch - 1]
-    loss, _ = _evaluate(model, x[32:], y[32:], cfg.batch_size)
+    loss, _ = evaluate(model, x[32:], y[32:], cfg.batch_size)
     assert loss == pytest.approx(best.val_loss, abs=1e-6)
 
 
@@ -118,22 +118,22 @@ def test_leave_one_family_out_tests_each_family_on_a_model_that_never_saw_it(tmp
 
     from swan_anomaly import generalization
     from swan_anomaly.modeling import preprocess_spec, resolve_base_model
-    from swan_anomaly.training import TrainConfig
+    from swan_anomaly.trainer import TrainConfig
 
     gold = _tiny_gold(["salt_pepper_polygons", "color_shift"])
     base = resolve_base_model("vit-micro-offline", tmp_path / "models")
     spec = preprocess_spec(base)
     config = TrainConfig(model="vit-micro-offline", epochs=3, batch_size=16, learning_rate=1e-3, patience=3)
     trained_on = []
-    from swan_anomaly import training
+    from swan_anomaly import trainer
 
-    original = training.train_classifier
+    original = trainer.train_classifier
 
     def spy(model, train, val, cfg, **kwargs):
         trained_on.append(len(train[0]))
         return original(model, train, val, cfg, **kwargs)
 
-    monkeypatch.setattr(training, "train_classifier", spy)
+    monkeypatch.setattr(trainer, "train_classifier", spy)
     table = generalization.leave_one_family_out(gold, base, spec, config)
     assert list(table.held_out) == ["color_shift", "salt_pepper_polygons"]
     assert list(table.trained_on) == ["salt_pepper_polygons", "color_shift"]
@@ -156,7 +156,7 @@ def test_compile_model_matches_eager_and_a_compiled_training_run_equals_an_eager
     from transformers import ViTConfig, ViTForImageClassification
 
     from swan_anomaly.modeling import ATTENTION_ISLAND, PRESETS, compile_model
-    from swan_anomaly.training import TrainConfig, _evaluate, train_classifier
+    from swan_anomaly.trainer import TrainConfig, evaluate, train_classifier
 
     def micro():
         torch.manual_seed(0)
@@ -178,7 +178,7 @@ def test_compile_model_matches_eager_and_a_compiled_training_run_equals_an_eager
     for mode in ("off", "on"):
         trained, history, best_epoch = train_classifier(micro(), (x[:24], y[:24]), (x[24:], y[24:]), TrainConfig(compile=mode, **cfg))
         assert trained.config._attn_implementation == "sdpa", "the saved model must ask for plain SDPA"
-        results[mode] = (_evaluate(trained, x[24:], y[24:], 16)[1], [h.train_loss for h in history], best_epoch)
+        results[mode] = (evaluate(trained, x[24:], y[24:], 16)[1], [h.train_loss for h in history], best_epoch)
     np.testing.assert_allclose(results["on"][0], results["off"][0], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(results["on"][1], results["off"][1], rtol=1e-4)
     assert results["on"][2] == results["off"][2]

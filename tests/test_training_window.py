@@ -11,7 +11,7 @@ import pytest
 from conftest import water_frame
 from swan_anomaly._errors import ConfigError, JobError
 from swan_anomaly.lake import LocalLake
-from swan_anomaly.training import load_gold, window_dataset_ids
+from swan_anomaly.lake import load_gold, window_dataset_ids
 
 GOLD_COLUMNS = ["sample_id", "image_path", "content", "label", "family", "group", "split", "aug", "variant", "video_id", "frame_index"]
 
@@ -109,7 +109,7 @@ def test_the_training_token_digest_changes_exactly_when_a_partition_of_the_windo
     assert lake.gold_partitions() == ["20251231", "20260101", "20260102", "20260103"]
 
     # the operator of run_training, as the DAG builds it: the window length is a rendered Param
-    op = SwanJobOperator(task_id="run_training", job="train", job_args=[], json={}, window_days="2")
+    op = SwanJobOperator(task_id="run_training", job="train", job_args=[], dataset_id="20260102", json={}, window_days="2")
     before = op.window_inputs("20260102")
     assert op.window_inputs("20260102") == before  # nothing written: a cleared task reuses its Databricks run
     # partitions outside the window (older than it, newer than the run) and Spark's marker files do not count
@@ -134,7 +134,7 @@ def test_a_group_in_two_partitions_is_kept_only_from_the_newest(tmp_path, caplog
     new = pd.concat([new, _rows({"vD-b0001": "val"}).assign(group="vD-b0000")], ignore_index=True)
     _write(lake, "20260101", old)
     _write(lake, "20260102", new)
-    with caplog.at_level(logging.INFO, logger="swan_anomaly.training"):
+    with caplog.at_level(logging.INFO, logger="swan_anomaly.lake"):
         gold = load_gold(lake, "20260102", window_days=2)
     assert gold.groupby("group").split.nunique().max() == 1, "a group sits in two splits"
     assert gold.groupby("group").dataset_id.nunique().max() == 1, "a group comes from two partitions"
@@ -196,7 +196,7 @@ def test_train_job_trains_on_a_two_day_window_and_logs_the_lineage(tmp_path, mon
     import mlflow
 
     from jobs.train import main
-    from swan_anomaly.training import gold_dataset
+    from swan_anomaly.tracking import gold_dataset
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

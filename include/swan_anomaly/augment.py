@@ -34,7 +34,7 @@ from pyspark.sql import types as T
 from swan_anomaly._errors import JobError
 from swan_anomaly.anomalies import stable_seed
 from swan_anomaly.images import decode_image, encode_jpeg
-from swan_anomaly.labels import ABNORMAL, NORMAL
+from swan_anomaly.contract import ABNORMAL, NORMAL
 from swan_anomaly.lake import LocalLake
 from swan_anomaly.splits import Split, assign_splits
 

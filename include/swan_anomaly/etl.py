@@ -33,6 +33,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from swan_anomaly._errors import JobError
+from swan_anomaly.contract import CROP_BIAS_X, CROP_BIAS_Y
 from swan_anomaly.images import crop_and_resize, decode_image, encode_jpeg
 from swan_anomaly.labels import read_manifest
 from swan_anomaly.lake import LocalLake
@@ -129,8 +130,8 @@ def run_etl(
     lake_root: Path,
     dataset_id: str,
     image_size: int,
-    bias_x: float = 0.4,
-    bias_y: float = 0.5,
+    bias_x: float = CROP_BIAS_X,
+    bias_y: float = CROP_BIAS_Y,
     jpeg_quality: int = 95,
     max_bytes: int = MAX_IMAGE_BYTES,
     on_label_mismatch: str = "quarantine",

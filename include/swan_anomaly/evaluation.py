@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from swan_anomaly.labels import ABNORMAL, NORMAL
+from swan_anomaly.contract import ABNORMAL, NORMAL
 
 
 def _plt():

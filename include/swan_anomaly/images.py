@@ -2,7 +2,8 @@
 
 This is the one preprocessing path of the project: the Spark ETL job, the training
 data loader and the MLflow pyfunc all call these functions, so training and serving
-cannot drift apart (the inspiring project fed its endpoint un-normalised raw frames).
+cannot drift apart (the earlier pipeline this project was modelled on fed its endpoint un-normalised
+raw frames: docs/architecture.md, "Where this design comes from").
 
 Example:
     >>> import numpy as np
@@ -21,6 +22,7 @@ import cv2
 import numpy as np
 
 from swan_anomaly._errors import ImageDecodeError
+from swan_anomaly.contract import CROP_BIAS_X, CROP_BIAS_Y
 
 #: Images declaring more pixels than this are refused before decoding (decompression-bomb guard).
 MAX_PIXELS = 50_000_000
@@ -114,13 +116,13 @@ def encode_png(image: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def center_biased_crop(image: np.ndarray, *, bias_x: float = 0.4, bias_y: float = 0.5) -> np.ndarray:
+def center_biased_crop(image: np.ndarray, *, bias_x: float = CROP_BIAS_X, bias_y: float = CROP_BIAS_Y) -> np.ndarray:
     """Cut the largest square from an image, centred at a biased point.
 
     Args:
         image: ``[H, W, C]`` array.
         bias_x: horizontal centre of the crop as a fraction of the width (0.5 = centre;
-            the inspiring project used 0.40 because the swans sit left of centre).
+            the default 0.40 suits the swan scene, where the swans sit left of centre).
         bias_y: vertical centre as a fraction of the height.
 
     Returns:
@@ -130,7 +132,7 @@ def center_biased_crop(image: np.ndarray, *, bias_x: float = 0.4, bias_y: float 
     return image[y0 : y0 + side, x0 : x0 + side]
 
 
-def crop_window(height: int, width: int, *, bias_x: float = 0.4, bias_y: float = 0.5) -> tuple[int, int, int]:
+def crop_window(height: int, width: int, *, bias_x: float = CROP_BIAS_X, bias_y: float = CROP_BIAS_Y) -> tuple[int, int, int]:
     """The square kept by :func:`center_biased_crop`: ``(x0, y0, side)`` in pixels.
 
     Anomaly synthesis uses it to place defects where the crop keeps them, so a frame
@@ -152,7 +154,7 @@ def resize_area(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
 
 
-def crop_and_resize(image: np.ndarray, *, size: int, bias_x: float = 0.4, bias_y: float = 0.5) -> np.ndarray:
+def crop_and_resize(image: np.ndarray, *, size: int, bias_x: float = CROP_BIAS_X, bias_y: float = CROP_BIAS_Y) -> np.ndarray:
     """Center-biased square crop followed by an area resize to ``size``: ``[size, size, 3]`` uint8."""
     return resize_area(center_biased_crop(image, bias_x=bias_x, bias_y=bias_y), size)
 
@@ -170,8 +172,8 @@ def preprocess(
     size: int,
     mean: Sequence[float],
     std: Sequence[float],
-    bias_x: float = 0.4,
-    bias_y: float = 0.5,
+    bias_x: float = CROP_BIAS_X,
+    bias_y: float = CROP_BIAS_Y,
     names: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Decode, crop, resize and normalise encoded images: the model's input.

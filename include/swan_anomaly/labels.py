@@ -1,6 +1,6 @@
 """The label manifest: one row per image, validated on write and on read.
 
-Columns (DESIGN.md "Contracts"): ``image_path`` (relative to the dataset directory),
+Columns (docs/architecture.md, "Contracts"): ``image_path`` (relative to the dataset directory),
 ``label`` (0 = abnormal, 1 = normal), ``video_id``, ``frame_index``, ``timestamp_s``,
 ``family`` (``none`` for normal images), ``family_params`` (JSON), ``group`` (video +
 time block, the unit of splitting) and ``sha256`` of the image file.
@@ -26,11 +26,10 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from swan_anomaly._errors import LabelManifestError
-from swan_anomaly.anomalies import NORMAL_FAMILY, AnomalyRecord
-from swan_anomaly.lake import sha256_file
+from swan_anomaly.anomalies import AnomalyRecord
+from swan_anomaly.contract import ABNORMAL, LABEL_NAMES, NORMAL, NORMAL_FAMILY
+from swan_anomaly.digests import sha256_file
 
-ABNORMAL, NORMAL = 0, 1
-LABEL_NAMES = {ABNORMAL: "abnormal", NORMAL: "normal"}
 
 SCHEMA = pa.schema(
     [

@@ -1,7 +1,8 @@
-"""The lake: raw, silver, gold, runs and code zones under one root (DESIGN.md "Lake layout").
+"""The lake: raw, silver, gold, runs and code zones under one root (docs/architecture.md, "Lake layout").
 
 ``LocalLake`` is the embedded default: a directory with the same layout as the ADLS Gen2
-container. A dataset upload is complete only when its ``_SUCCESS`` marker exists; the
+container (``swan_airflow.azure_lake.WasbLake``); :class:`Lake` is what the rest of the code
+uses of either. A dataset upload is complete only when its ``_SUCCESS`` marker exists; the
 marker is written last, after ``manifest.json`` (sha256 of every file).
 
 Example:
@@ -21,8 +22,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from swan_anomaly._errors import ConfigError, LakeError
+from swan_anomaly._errors import ConfigError, JobError, LakeError
+from swan_anomaly.digests import sha256_file
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +36,6 @@ SUCCESS = "_SUCCESS"
 MANIFEST = "manifest.json"
 #: Dataset ids that are landing dates; only these take part in a training window.
 DATASET_ID = re.compile(r"\d{8}")
-
-
-def sha256_file(path: Path) -> str:
-    """sha256 hex digest of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -173,11 +170,11 @@ def window_ids(partitions: Iterable[str], dataset_id: str, window_days: int = 1)
     return sorted(found)
 
 
-def window_dataset_ids(lake, dataset_id: str, window_days: int = 1) -> list[str]:
+def window_dataset_ids(lake: Lake, dataset_id: str, window_days: int = 1) -> list[str]:
     """The gold partitions of the training window of ``dataset_id`` (:func:`window_ids` over the lake's gold).
 
-    ``lake``: a :class:`LocalLake` (the jobs) or any lake with ``gold_partitions()`` (the
-    Airflow side's ``WasbLake``), so both sides form the window the same way.
+    ``lake``: a :class:`LocalLake` (the jobs) or the Airflow side's ``WasbLake``, so both
+    sides form the window the same way.
     """
     return window_ids(lake.gold_partitions(), dataset_id, window_days)
 
@@ -226,6 +223,46 @@ class UploadReport:
     unchanged: int
     removed: int
     digest: str
+
+
+@runtime_checkable
+class Lake(Protocol):
+    """What code outside the lake classes uses of a lake: :class:`LocalLake` or ``swan_airflow.azure_lake.WasbLake``.
+
+    Both conform (tests/test_labels_splits_lake.py compares every member's parameters).
+    """
+
+    def put_dataset(self, local_dir: Path, dataset_id: str) -> UploadReport:
+        """Upload a staged dataset to ``raw/{dataset_id}/`` idempotently, ``_SUCCESS`` last."""
+        ...
+
+    def read_raw(self, dataset_id: str, rel: str) -> bytes:
+        """Bytes of a file in ``raw/{dataset_id}/``."""
+        ...
+
+    def gold_partitions(self) -> list[str]:
+        """The dataset ids of the gold partitions, sorted."""
+        ...
+
+    def gold_files(self, dataset_ids: Iterable[str]) -> dict[str, list[tuple[str, int]]]:
+        """The data files of some gold partitions: ``{dataset_id: [(name in the partition, size), ...]}``."""
+        ...
+
+    def has_code(self, version: str) -> bool:
+        """True when ``code/{version}/_SUCCESS`` exists."""
+        ...
+
+    def put_code(self, version: str, files: Mapping[str, Path]) -> None:
+        """Put ``{relative name: local file}`` under ``code/{version}/``, ``_SUCCESS`` last."""
+        ...
+
+    def write_result(self, run_id: str, job: str, result: dict) -> Path | str:
+        """Write ``runs/{run_id}/{job}.json``; returns where it went (a path, or a blob name)."""
+        ...
+
+    def read_result(self, run_id: str, job: str) -> dict:
+        """Read ``runs/{run_id}/{job}.json``; raises :class:`LakeError` when the job wrote none."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -374,3 +411,83 @@ class LocalLake:
             msg = f"{path}: job {job!r} wrote no result for run {run_id!r}; did the job finish?"
             raise LakeError(msg)
         return json.loads(path.read_text())
+
+
+def _read_partition(lake: LocalLake, dataset_id: str) -> pd.DataFrame:
+    """One gold partition with its ``dataset_id`` column (empty when the partition is missing)."""
+    import pandas as pd
+
+    table = lake.read_gold(dataset_id) if lake.gold_partition(dataset_id).is_dir() else pd.DataFrame()
+    # the partition value lives in the directory name; keep it as the string it is
+    return table.assign(dataset_id=dataset_id) if not table.empty else table
+
+
+def load_gold(lake: LocalLake, dataset_id: str, window_days: int = 1) -> pd.DataFrame:
+    """The gold rows of the training window of ``dataset_id`` (pyarrow, no Spark needed).
+
+    Reads every partition of :func:`window_dataset_ids` and adds a ``dataset_id`` column. Splits
+    are assigned per partition by source group (video + time block), so the same video landing
+    on two days would put the same group, and the same images, into two partitions, possibly
+    into different splits. A group is therefore kept only from the newest partition that has it:
+    an older partition loses every group whose name, or any of whose images (``image_path``),
+    occurs in a newer partition of the window. What is dropped is logged.
+
+    Args:
+        lake: the lake.
+        dataset_id: the newest partition of the window; it must exist and hold rows.
+        window_days: days of partitions, ending with ``dataset_id`` (1: that partition only).
+
+    Returns:
+        The rows sorted by ``(dataset_id, sample_id)``, index ``0..n-1``.
+
+    Raises:
+        JobError: the partition of ``dataset_id`` is missing or empty.
+        ConfigError: as for :func:`window_dataset_ids` (:func:`swan_anomaly.lake.window_ids`).
+
+    Example:
+        >>> gold = load_gold(LocalLake(Path(".swan/lake")), "20261126", window_days=7)  # doctest: +SKIP
+        >>> sorted(gold.dataset_id.unique())                                           # doctest: +SKIP
+        ['20261124', '20261126']
+    """
+    import pandas as pd
+
+    ids = window_dataset_ids(lake, dataset_id, window_days)
+    current = _read_partition(lake, dataset_id)
+    if current.empty:
+        msg = f"{lake.gold_partition(dataset_id)}: no gold rows for dataset {dataset_id!r}; run the augmentation job first"
+        raise JobError(msg)
+    kept = [current]
+    seen_groups, seen_images = set(current.group), set(current.image_path)
+    for older_id in reversed(ids[:-1]):  # newest first, so each group stays with the newest partition that has it
+        older = _read_partition(lake, older_id)
+        if older.empty:
+            log.info("gold partition %s of the training window has no rows; skipped", older_id)
+            continue
+        clash = older.group.isin(seen_groups) | older.image_path.isin(seen_images)
+        dropped_groups = set(older.group[clash])
+        drop = older.group.isin(dropped_groups)
+        seen_groups |= set(older.group)
+        seen_images |= set(older.image_path)
+        if drop.any():
+            names = sorted(dropped_groups)
+            log.warning(
+                "gold partition %s: dropped %d rows of %d groups that a newer partition of the window also has: %s%s",
+                older_id,
+                int(drop.sum()),
+                len(names),
+                ", ".join(names[:10]),
+                f" and {len(names) - 10} more" if len(names) > 10 else "",
+            )
+        if drop.all():
+            log.info("gold partition %s of the training window adds nothing after the overlap rule", older_id)
+            continue
+        kept.append(older[~drop])
+    gold = pd.concat(kept, ignore_index=True) if len(kept) > 1 else current
+    gold = gold.sort_values(["dataset_id", "sample_id"], ignore_index=True)
+    log.info(
+        "training window of %s (%d days): %s",
+        dataset_id,
+        window_days,
+        ", ".join(f"{d} {n} rows" for d, n in gold.dataset_id.value_counts(sort=False).sort_index().items()),
+    )
+    return gold

@@ -24,7 +24,7 @@ from sklearn.metrics import (
 )
 
 from swan_anomaly._errors import ValidationDataError
-from swan_anomaly.labels import ABNORMAL
+from swan_anomaly.contract import ABNORMAL
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -21,10 +21,11 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from swan_anomaly.contract import CROP_BIAS_X, CROP_BIAS_Y, LABEL_IDS, LABEL_NAMES
+
 log = logging.getLogger(__name__)
 
-ID2LABEL = {0: "abnormal", 1: "normal"}
-LABEL2ID = {v: k for k, v in ID2LABEL.items()}
+ID2LABEL, LABEL2ID = LABEL_NAMES, LABEL_IDS
 
 #: Offline presets: small ViTs built from ``ViTConfig`` (random weights, no download).
 PRESETS: dict[str, dict] = {
@@ -46,8 +47,8 @@ class PreprocessSpec:
     size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    bias_x: float = 0.4
-    bias_y: float = 0.5
+    bias_x: float = CROP_BIAS_X
+    bias_y: float = CROP_BIAS_Y
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -55,7 +56,7 @@ class PreprocessSpec:
     @classmethod
     def from_json(cls, text: str) -> PreprocessSpec:
         d = json.loads(text)
-        return cls(d["size"], tuple(d["mean"]), tuple(d["std"]), d.get("bias_x", 0.4), d.get("bias_y", 0.5))
+        return cls(d["size"], tuple(d["mean"]), tuple(d["std"]), d.get("bias_x", CROP_BIAS_X), d.get("bias_y", CROP_BIAS_Y))
 
 
 def resolve_base_model(model: str, models_dir: Path, *, seed: int = 0) -> str:
@@ -95,7 +96,7 @@ def load_classifier(name_or_path: str):
     )
 
 
-def preprocess_spec(name_or_path: str, *, bias_x: float = 0.4, bias_y: float = 0.5) -> PreprocessSpec:
+def preprocess_spec(name_or_path: str, *, bias_x: float = CROP_BIAS_X, bias_y: float = CROP_BIAS_Y) -> PreprocessSpec:
     """Input size and normalisation from the model's image processor config."""
     from transformers.image_processing_base import ImageProcessingMixin
 

@@ -28,6 +28,8 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from swan_anomaly._errors import LakeError
+from swan_anomaly.contract import ABNORMAL, LABEL_NAMES, NORMAL
+from swan_anomaly.lake import Lake
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +80,16 @@ def class_counts(rows: Sequence[Sequence]) -> dict[str, int]:
         {'abnormal': 1, 'normal': 2}
     """
     labels = labels_of(rows)
-    return {"abnormal": int((labels == 0).sum()), "normal": int((labels == 1).sum())}
+    return {LABEL_NAMES[ABNORMAL]: int((labels == ABNORMAL).sum()), LABEL_NAMES[NORMAL]: int((labels == NORMAL).sum())}
 
 
-def score_rows(lake, rows: Sequence[Sequence], scorers: Mapping[str, Scorer], *, batch_size: int = BATCH_SIZE) -> dict[str, np.ndarray]:
+def score_rows(
+    lake: Lake, rows: Sequence[Sequence], scorers: Mapping[str, Scorer], *, batch_size: int = BATCH_SIZE
+) -> dict[str, np.ndarray]:
     """Every scorer's anomaly scores of the held-out ``rows``, reading each raw image once.
 
     Args:
-        lake: a lake with ``read_raw(dataset_id, image_path)`` (local or ADLS).
+        lake: the lake holding the raw images (local or ADLS).
         rows: ``[dataset_id, image_path, label, family]`` rows.
         scorers: name -> scorer.
         batch_size: images per batch.

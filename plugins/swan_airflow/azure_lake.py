@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 
 
 class WasbLake:
-    """A lake in an Azure Storage container, reached through an Airflow ``wasb`` connection.
+    """A lake in an Azure Storage container, reached through an Airflow ``wasb`` connection (a :class:`swan_anomaly.lake.Lake`).
 
     Args:
         conn_id: Airflow connection id (type ``wasb``); credentials stay in the connection.
@@ -119,7 +120,7 @@ class WasbLake:
         names = (item.name[len(prefix) :].rstrip("/") for item in container.walk_blobs(name_starts_with=prefix, delimiter="/"))
         return sorted({v for name in names if (v := partition_value(name)) is not None})
 
-    def gold_files(self, dataset_ids) -> dict[str, list[tuple[str, int]]]:
+    def gold_files(self, dataset_ids: Iterable[str]) -> dict[str, list[tuple[str, int]]]:
         """The data files of some gold partitions, as :meth:`swan_anomaly.lake.LocalLake.gold_files` lists a folder.
 
         Directory entries of a hierarchical-namespace account (``hdi_isfolder``) are not files.
@@ -153,7 +154,7 @@ class WasbLake:
         """True when ``code/{version}/_SUCCESS`` exists."""
         return self.hook.check_for_blob(self.container, self._name("code", version, SUCCESS))
 
-    def put_code(self, version: str, files: dict[str, Path]) -> None:
+    def put_code(self, version: str, files: Mapping[str, Path]) -> None:
         """Upload ``{relative name: local file}`` to ``code/{version}/``; ``_SUCCESS`` last."""
         self.hook.create_container(self.container)
         for rel, src in files.items():

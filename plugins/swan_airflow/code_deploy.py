@@ -18,8 +18,12 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from swan_airflow.runtime import PROJECT_ROOT
+
+if TYPE_CHECKING:
+    from swan_anomaly.lake import Lake
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +66,7 @@ def build_wheel(out_dir: Path, root: Path = PROJECT_ROOT) -> Path:
     return wheels[-1]
 
 
-def deploy_code(lake, job_lake_root: str, root: Path = PROJECT_ROOT) -> dict:
+def deploy_code(lake: Lake, job_lake_root: str, root: Path = PROJECT_ROOT) -> dict:
     """Put the wheel and job entrypoints under ``code/{version}/`` of the lake (once per version).
 
     Args:
@@ -80,4 +84,7 @@ def deploy_code(lake, job_lake_root: str, root: Path = PROJECT_ROOT) -> dict:
         log.info("deployed code version %s (%s and %d job files)", version, wheel.name, len(files) - 1)
     uri = f"{job_lake_root.rstrip('/')}/code/{version}"
     wheel_name = f"swan_anomaly-{version.split('-')[0]}-py3-none-any.whl"
-    return {"version": version, "uri": uri, "wheel_uri": f"{uri}/{wheel_name}", "lake_root": job_lake_root}
+    from swan_airflow.databricks_runs import job_file_key
+
+    jobs = {job_file_key(job.stem): f"{uri}/jobs/{job.name}" for job in sorted((root / "jobs").glob("*.py"))}
+    return {"version": version, "uri": uri, "wheel_uri": f"{uri}/{wheel_name}", "lake_root": job_lake_root, **jobs}

@@ -51,7 +51,7 @@ class Landed:
 
 
 def _content_id(path: Path) -> str:
-    from swan_anomaly.lake import sha256_file
+    from swan_anomaly.digests import sha256_file
 
     return sha256_file(path)[:12]
 

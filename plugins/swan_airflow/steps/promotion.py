@@ -24,10 +24,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from airflow.sdk.exceptions import AirflowFailException
 
 from swan_airflow.context import RunContext
+
+if TYPE_CHECKING:
+    from swan_anomaly.lake import Lake
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +151,7 @@ def gate_model(ctx: RunContext, registered: dict) -> str:
     return "promote_model" if record["promote"] else "keep_champion"
 
 
-def _judge(ctx: RunContext, store, client, registered: dict, champion_version: str | None) -> dict:
+def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_version: str | None) -> dict:
     """Score both models on the challenger's validation rows, decide, and record it (MLflow and model version tags)."""
     from swan_airflow.runtime import held_out_rows
     from swan_anomaly.gate import MinThreshold, decide, too_small

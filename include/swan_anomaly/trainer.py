@@ -1,0 +1,356 @@
+"""The training loop: config, one optimizer step, evaluation, early stopping with the best epoch restored.
+
+Seeded; AdamW with linear warmup and decay; early stopping on the validation loss (or on
+validation AUROC with ties broken by the loss, ``monitor="val_auroc"``) with the best epoch
+restored; metrics with the anomaly class as positive.
+
+Runs on the GPU when there is one (``TrainConfig.device="auto"``): bfloat16 autocast, fused
+AdamW, TF32 matmuls, the training set kept on the GPU when it fits. The CPU path is float32 and
+gives bit-for-bit the same result for the same seed. :func:`train_step` is the one optimizer
+step, shared with ``bench/train_throughput.py``. The job around it (data, MLflow, the result) is
+:mod:`swan_anomaly.training`.
+
+Example:
+    >>> TrainConfig().monitor, TrainConfig().bias_x
+    ('val_loss', 0.4)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from swan_anomaly.contract import CROP_BIAS_X, CROP_BIAS_Y
+from swan_anomaly.metrics import anomaly_metrics, anomaly_scores
+
+log = logging.getLogger(__name__)
+
+#: Seconds between progress lines inside an epoch (the per-epoch line comes on top).
+PROGRESS_EVERY_S = 30.0
+#: The training set moves to the GPU whole when it takes at most this share of the free GPU memory.
+GPU_DATA_SHARE = 0.5
+#: ``compile="auto"`` compiles on CUDA only for runs of at least this many optimizer steps:
+#: compiling costs about 30 s (measured on an H100) and pays back only over a longer run.
+COMPILE_MIN_STEPS = 500
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training knobs; all are logged as MLflow params.
+
+    ``device`` is ``"auto"`` (CUDA when there is a GPU, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    """
+
+    model: str = "vit-tiny-offline"
+    epochs: int = 40
+    batch_size: int = 32
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.05
+    warmup_ratio: float = 0.1
+    patience: int = 8
+    monitor: str = "val_loss"  # or "val_auroc" (ties broken by val_loss)
+    threshold_method: str = "max_f1"  # or "target_fpr"; chosen on the validation split
+    target_fpr: float = 0.01
+    generalization: str = "auto"  # leave-one-family-out report when the data has 2+ families; "off" skips it
+    lofo_epochs: int = 15  # epoch budget of each leave-one-family-out model (early stopping may end sooner)
+    seed: int = 42
+    bias_x: float = CROP_BIAS_X
+    bias_y: float = CROP_BIAS_Y
+    device: str = "auto"
+    compile: str = (
+        "auto"  # torch.compile the training step, attention as an eager island: "auto" (CUDA, >= COMPILE_MIN_STEPS steps), "on", "off"
+    )
+
+
+@dataclass
+class EpochResult:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_auroc: float
+    val_f1: float
+    images_per_s: float
+
+
+def frame_tensors(frame: pd.DataFrame, spec):
+    import torch
+
+    from swan_anomaly.images import preprocess
+
+    x = preprocess(
+        list(frame.content),
+        size=spec.size,
+        mean=spec.mean,
+        std=spec.std,
+        bias_x=spec.bias_x,
+        bias_y=spec.bias_y,
+        names=list(frame.sample_id),
+    )
+    return torch.from_numpy(x), torch.tensor(frame.label.to_numpy(copy=True), dtype=torch.long)
+
+
+def evaluate(model, x, y, batch_size: int) -> tuple[float, np.ndarray]:
+    """Mean cross-entropy and ``[N, 2]`` float32 logits of ``model`` on ``(x [N, 3, S, S], y [N])``.
+
+    Runs on the model's device through :func:`swan_anomaly.modeling.forward_logits` (bfloat16
+    autocast on CUDA, float32 on CPU); ``x`` and ``y`` may live on the host.
+    """
+    import torch
+
+    from swan_anomaly.modeling import forward_logits
+
+    model.eval()
+    logits = np.concatenate([forward_logits(model, x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), y.cpu()).item()
+    return loss, logits
+
+
+def class_weights(y):
+    """Inverse-frequency weights ``[2]`` (float32) of the two classes in ``y`` (``[N]`` long, 0 or 1).
+
+    Example:
+        >>> import torch
+        >>> [round(w, 4) for w in class_weights(torch.tensor([0, 1, 1, 1])).tolist()]
+        [2.0, 0.6667]
+    """
+    import torch
+
+    counts = torch.bincount(y, minlength=2).float()
+    return (counts.sum() / (2 * counts.clamp(min=1))).float()
+
+
+def place_for_training(model, device: str):
+    """Move ``model`` to ``device`` and pick the autocast dtype of its training steps.
+
+    On CUDA this also allows TF32 matmuls (for what autocast leaves in float32).
+
+    Args:
+        model: a ``ViTForImageClassification``; moved in place.
+        device: as for :func:`swan_anomaly.modeling.resolve_device`.
+
+    Returns:
+        ``(torch.device, autocast dtype)``: ``torch.bfloat16`` on CUDA, ``None`` (plain float32) on CPU.
+
+    Example:
+        >>> place_for_training(model, "cpu")  # doctest: +SKIP
+        (device(type='cpu'), None)
+    """
+    import torch
+
+    from swan_anomaly.modeling import resolve_device
+
+    target = resolve_device(device)
+    if target.type != "cuda":
+        return target, None
+    torch.set_float32_matmul_precision("high")
+    torch.backends.cudnn.benchmark = True  # fixed input shapes: cuDNN times the patch-embedding convolution once
+    model.to(target)
+    return target, torch.bfloat16
+
+
+def make_optimizer(model, cfg: TrainConfig, *, total_steps: int):
+    """AdamW with a linear warmup over ``cfg.warmup_ratio`` of ``total_steps``, then linear decay to zero.
+
+    Fused AdamW when the model sits on CUDA; torch's default implementation on CPU (so CPU
+    results do not change). Call ``scheduler.step()`` once per optimizer step.
+
+    Returns:
+        ``(optimizer, scheduler)``.
+
+    Example:
+        >>> optimizer, scheduler = make_optimizer(model, TrainConfig(), total_steps=100)  # doctest: +SKIP
+    """
+    import torch
+
+    fused = True if next(model.parameters()).device.type == "cuda" else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=fused)
+    warmup = max(1, int(total_steps * cfg.warmup_ratio))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
+    )
+    return optimizer, scheduler
+
+
+def train_step(model, optimizer, scheduler, x, y, class_weights, *, autocast_dtype=None):
+    """One optimizer step on class-weighted cross-entropy; the step :func:`train_classifier` runs.
+
+    Args:
+        model: a ``ViTForImageClassification`` (or its ``torch.compile`` wrapper) in train mode.
+        optimizer: from :func:`make_optimizer`.
+        scheduler: from :func:`make_optimizer`; stepped once.
+        x: ``[B, 3, S, S]`` float32 normalised pixels, on the model's device.
+        y: ``[B]`` long labels (0 = abnormal, 1 = normal), same device.
+        class_weights: ``[2]`` float32 loss weights (see :func:`class_weights`), same device.
+        autocast_dtype: run the forward under ``torch.autocast`` with this dtype (``torch.bfloat16``
+            on CUDA, from :func:`place_for_training`); ``None`` runs in the weights' dtype.
+
+    Returns:
+        The batch loss, a detached scalar float32 tensor on ``x``'s device. Reading it
+        (``.item()``) waits for the GPU, so do that only when needed.
+
+    Example:
+        >>> optimizer, scheduler = make_optimizer(model, TrainConfig(), total_steps=10)     # doctest: +SKIP
+        >>> train_step(model, optimizer, scheduler, x, y, class_weights(y)).item()          # doctest: +SKIP
+        0.6931
+    """
+    import torch
+
+    autocast = torch.autocast(x.device.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
+    with autocast:
+        logits = model(pixel_values=x).logits
+    loss = torch.nn.functional.cross_entropy(logits.float(), y, weight=class_weights)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return loss.detach()
+
+
+def _to_device(t, device):
+    """``t`` on ``device``: as it is when already there, else through pinned memory without blocking."""
+    return t if t.device == device else t.pin_memory().to(device, non_blocking=True)
+
+
+def train_classifier(model, train: tuple, val: tuple, cfg: TrainConfig, *, on_epoch=None):
+    """Train with early stopping; returns ``(model, history, best_epoch)``, the model on the CPU with the best epoch's weights.
+
+    Runs on ``cfg.device``. On CUDA the training set is copied to the GPU once when it takes at
+    most :data:`GPU_DATA_SHARE` of the free GPU memory, else each batch is copied through pinned
+    memory. Logs one line per epoch and, within long epochs, a progress line at most every
+    :data:`PROGRESS_EVERY_S` seconds.
+
+    Args:
+        model: a ``ViTForImageClassification`` on the CPU.
+        train: ``(x [N, 3, S, S] float32, y [N] long)`` on the CPU.
+        val: same shapes, the early-stopping set.
+        cfg: knobs.
+        on_epoch: called with each :class:`EpochResult`.
+
+    Raises:
+        ValueError: ``cfg.epochs`` or ``cfg.batch_size`` is below 1, or ``cfg.device`` is unusable.
+
+    Example:
+        >>> model, history, best_epoch = train_classifier(model, (x, y), (x_val, y_val), TrainConfig(epochs=3))  # doctest: +SKIP
+    """
+    import torch
+
+    if cfg.monitor not in ("val_loss", "val_auroc"):
+        msg = f"monitor must be 'val_loss' or 'val_auroc', got {cfg.monitor!r}"
+        raise ValueError(msg)
+    if cfg.epochs < 1 or cfg.batch_size < 1:
+        msg = f"epochs and batch_size must be at least 1, got epochs={cfg.epochs}, batch_size={cfg.batch_size}"
+        raise ValueError(msg)
+    torch.manual_seed(cfg.seed)
+    x_train, y_train = train
+    x_val, y_val = val
+    if cfg.compile not in ("auto", "on", "off"):
+        msg = f"compile must be 'auto', 'on' or 'off', got {cfg.compile!r}"
+        raise ValueError(msg)
+    device, autocast_dtype = place_for_training(model, cfg.device)
+    step_model, attention = model, model.config._attn_implementation
+    steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
+    if cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda" and steps_per_epoch * cfg.epochs >= COMPILE_MIN_STEPS):
+        from swan_anomaly.modeling import compile_model
+
+        step_model = compile_model(model)
+        log.info("training steps run through torch.compile (attention as an eager SDPA island); the first step compiles")
+    weights = class_weights(y_train).to(device)
+    if device.type == "cuda":
+        free_bytes, _ = torch.cuda.mem_get_info(device)
+        if x_train.nbytes <= GPU_DATA_SHARE * free_bytes:
+            x_train, y_train = x_train.to(device), y_train.to(device)
+        else:
+            log.info("training set (%.1f GiB) stays on the host; batches go through pinned memory", x_train.nbytes / 2**30)
+    optimizer, scheduler = make_optimizer(model, cfg, total_steps=steps_per_epoch * cfg.epochs)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    best_key, best_state, best_epoch, stale = None, None, 0, 0
+    history: list[EpochResult] = []
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        order = torch.randperm(len(x_train), generator=generator).to(x_train.device)
+        started = last_progress = time.perf_counter()
+        # float64 sum of loss * batch size, kept on the device: no GPU wait per step, same sum as in Python floats
+        running = torch.zeros((), dtype=torch.float64, device=device)
+        for step, i in enumerate(range(0, len(order), cfg.batch_size), start=1):
+            idx = order[i : i + cfg.batch_size]
+            loss = train_step(
+                step_model,
+                optimizer,
+                scheduler,
+                _to_device(x_train[idx], device),
+                _to_device(y_train[idx], device),
+                weights,
+                autocast_dtype=autocast_dtype,
+            )
+            running += loss.double() * len(idx)
+            if time.perf_counter() - last_progress >= PROGRESS_EVERY_S and step < steps_per_epoch:
+                seen = i + len(idx)
+                mean_loss = running.item() / seen  # waits for the GPU, so the rate below is true
+                rate = seen / (time.perf_counter() - started)
+                log.info(
+                    "epoch %d/%d  step %d/%d  train_loss %.4f  %.0f img/s  epoch eta %.0fs",
+                    epoch,
+                    cfg.epochs,
+                    step,
+                    steps_per_epoch,
+                    mean_loss,
+                    rate,
+                    (len(x_train) - seen) / rate,
+                )
+                last_progress = time.perf_counter()
+        train_loss = running.item() / len(x_train)
+        elapsed = time.perf_counter() - started
+        val_loss, val_logits = evaluate(model, x_val, y_val, cfg.batch_size)
+        m = anomaly_metrics(y_val.numpy(), anomaly_scores(val_logits))
+        result = EpochResult(epoch, train_loss, val_loss, m["auroc"], m["f1"], len(x_train) / elapsed)
+        history.append(result)
+        eta = elapsed * (cfg.epochs - epoch)
+        log.info(
+            "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_auroc %.4f  val_f1 %.4f  %.0f img/s  eta %.0fs",
+            epoch,
+            cfg.epochs,
+            result.train_loss,
+            val_loss,
+            m["auroc"],
+            m["f1"],
+            result.images_per_s,
+            eta,
+        )
+        if on_epoch:
+            on_epoch(result)
+        # AUROC of a small validation set saturates at 1.0 by chance early on; the loss keeps telling
+        key = (-val_loss,) if cfg.monitor == "val_loss" else (round(m["auroc"], 6), -val_loss)
+        if best_key is None or key > best_key:
+            best_key, best_epoch, stale = key, epoch, 0
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                log.info("early stopping after epoch %d: no improvement for %d epochs; restoring epoch %d", epoch, stale, best_epoch)
+                break
+    model.to("cpu")
+    model.load_state_dict(best_state)
+    model.config._attn_implementation = attention  # the island is a compile detail; the saved model asks for what it had
+    return model, history, best_epoch
+
+
+def epoch_metrics(result: EpochResult) -> dict[str, float]:
+    """The MLflow metrics of one epoch, under keys of their own (``epoch_val_auroc``, ...).
+
+    The final metrics of the restored best epoch at the chosen threshold are logged once, as
+    ``val_auroc``, ``test_f1``, ...; per-epoch values under the same keys would make MLflow's
+    latest value (what ``get_run().data.metrics`` returns) the last epoch's instead.
+    """
+    return {
+        "epoch_train_loss": result.train_loss,
+        "epoch_val_loss": result.val_loss,
+        "epoch_val_auroc": result.val_auroc,
+        "epoch_val_f1": result.val_f1,
+        "epoch_images_per_s": result.images_per_s,
+    }
