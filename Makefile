@@ -47,7 +47,7 @@ lint: $(STAMP)
 # project's folders: http://localhost:8080. The pool `swan_training` (1 slot) must exist before tasks that use it run.
 airflow: $(STAMP)
 	$(VENV)/bin/airflow db migrate > /dev/null
-	$(VENV)/bin/airflow pools set "$${SWAN_POOL:-swan_training}" 1 "one run trains or promotes at a time" > /dev/null
+	$(VENV)/bin/airflow pools set "$${SWAN_POOL:-swan_training}" 1 "one run trains at a time" > /dev/null
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" PYTHONPATH="$(CURDIR)/plugins:$(CURDIR)/include" airflow standalone
 
 mlflow-ui: $(STAMP)

@@ -8,17 +8,16 @@ daily timetable). Nothing landed: the task is skipped and no event is emitted.
 
 from __future__ import annotations
 
-import os
-
 import pendulum
 from airflow.sdk import CronTriggerTimetable, dag, task
 
 from swan_airflow.callbacks import failure_callbacks
 from swan_airflow.ingest import LANDING_ASSET
+from swan_anomaly.config import Settings
 
 
 @dag(
-    schedule=CronTriggerTimetable(os.environ.get("SWAN_INGEST_SCHEDULE", "*/10 * * * *"), timezone="UTC"),
+    schedule=CronTriggerTimetable(Settings.from_env().ingest_schedule, timezone="UTC"),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -43,7 +42,7 @@ def swan_ingest_videos():
         from swan_airflow.runtime import settings
 
         s = settings()
-        landed = land_inbox(s.inbox_dir, s.landing_dir, settle_seconds=float(os.environ.get("SWAN_INGEST_SETTLE_SECONDS", "30")))
+        landed = land_inbox(s.inbox_dir, s.landing_dir, settle_seconds=s.ingest_settle_seconds)
         if not landed.videos:
             raise AirflowSkipException(
                 f"nothing landed from {s.inbox_dir} ({len(landed.rejected)} rejected, {len(landed.waiting)} still being written)"

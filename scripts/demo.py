@@ -41,7 +41,9 @@ def _git_sha() -> str:
 
 
 def migrate_db() -> None:
-    """Migrate the metadata DB and create the pool the training and promotion tasks share (as `make airflow` does)."""
+    """Migrate the metadata DB and create the training pool (as `make airflow` does)."""
+    from swan_anomaly.config import Settings
+
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, stdout=subprocess.DEVNULL)
     subprocess.run(
         [
@@ -50,9 +52,9 @@ def migrate_db() -> None:
             "airflow",
             "pools",
             "set",
-            os.environ.get("SWAN_POOL", "swan_training"),
+            Settings.from_env().pool,
             "1",
-            "one run trains or promotes at a time",
+            "one run trains at a time",
         ],
         check=True,
         stdout=subprocess.DEVNULL,
@@ -71,14 +73,16 @@ def ensure_demo_video(landing_date: dt.date) -> tuple[Path, bool]:
 
 #: The demo mixes three anomaly families, so the leave-one-family-out report has something to say.
 #: With all six the offline preset (64 px, 4 layers, trained from scratch on CPU) reached test AUROC
-#: 0.979: CutPaste, local blur and colour shift need a bigger or pretrained model (README).
+#: 0.979: CutPaste, local blur and colour shift need a bigger or pretrained model (docs/data-and-metrics.md).
 #: ``SWAN_DEMO_FAMILIES`` (comma-separated, or ``all``) chooses others.
 DEMO_FAMILIES = ("salt_pepper_polygons", "occlusion", "perlin_texture")
 
 
 def demo_families() -> list[str]:
     """The anomaly families of this demo run (``SWAN_DEMO_FAMILIES``, default :data:`DEMO_FAMILIES`)."""
-    chosen = os.environ.get("SWAN_DEMO_FAMILIES", ",".join(DEMO_FAMILIES)).strip()
+    from swan_anomaly.config import Settings
+
+    chosen = Settings.from_env().demo_families or ",".join(DEMO_FAMILIES)
     if chosen == "all":
         from swan_anomaly.anomalies import FAMILIES
 
@@ -144,14 +148,12 @@ def print_summary(summary: dict, reused_video: bool, seconds: float) -> None:
     e, serving = summary["endpoint"], summary["serving"]
     print(f"endpoint       : {e['url']} serves version {serving['version']} (champion: {serving['champion']})")
     print(f"validation     : {e['outcome']}: {e['message']}")
+    from swan_anomaly.config import Settings
     from swan_anomaly.serving.client import score_table
 
     print("\nscores from the endpoint (held-out raw frames, up to 8 of each class):")
     print(score_table([tuple(r) for r in summary["scores"]]))
-    print(
-        "\nMLflow UI : .venv/bin/mlflow ui --backend-store-uri "
-        + os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{os.environ['SWAN_HOME']}/mlflow/mlflow.db")
-    )
+    print("\nMLflow UI : .venv/bin/mlflow ui --backend-store-uri " + Settings.from_env().tracking_uri)
     print("Airflow UI: make airflow")
 
 

@@ -1,36 +1,32 @@
-"""Settings of the embedded default, read from the environment.
+"""Every setting of swan-anomaly, in one typed object read from the environment.
 
-Every path has a default under ``SWAN_HOME`` (``./.swan``), so one machine runs the whole
-pipeline with no set-up. Airflow maps its connections, Variables and Params onto these
-names; this module knows nothing of Airflow.
-
-| variable                 | default                                  |
-|--------------------------|------------------------------------------|
-| ``SWAN_HOME``            | ``./.swan``                               |
-| ``SWAN_LANDING_DIR``     | ``$SWAN_HOME/landing``                    |
-| ``SWAN_LAKE_ROOT``       | ``$SWAN_HOME/lake``                       |
-| ``SWAN_STAGING_DIR``     | ``$SWAN_HOME/staging``                    |
-| ``MLFLOW_TRACKING_URI``  | ``sqlite:///$SWAN_HOME/mlflow/mlflow.db`` |
-| ``SWAN_MLFLOW_ARTIFACTS``| ``$SWAN_HOME/mlflow/artifacts``           |
-| ``MLFLOW_REGISTRY_URI``  | the tracking URI (``databricks-uc`` for Unity Catalog) |
-| ``SWAN_EXPERIMENT``      | ``swan-anomaly`` (on Databricks a workspace path, e.g. ``/Shared/swan-anomaly``) |
-| ``SWAN_MODEL_NAME``      | ``swan_anomaly_vit`` (registered model; in Unity Catalog ``catalog.schema.model``) |
-| ``SWAN_MODEL``           | ``vit-tiny-offline`` (preset, hub id or directory) |
-| ``SWAN_ENDPOINT_URL``    | ``http://127.0.0.1:5055``                 |
-| ``SWAN_ENDPOINT_NAME``   | ``swan-anomaly``                          |
+Each field of :class:`Settings` names its variable, type, default and meaning; nothing else in the
+code reads a ``SWAN_*`` variable. Every path has a default under ``SWAN_HOME`` (``./.swan``), so one
+machine runs the whole pipeline with no set-up. Airflow maps its connections, Variables and Params
+onto these names; this module knows nothing of Airflow. A malformed value is a :class:`ConfigError`
+that names the variable, so a typo never silently changes what runs. The table in
+``docs/configuration.md`` is generated from these fields (``python scripts/settings_table.py --write``)
+and a test keeps the two equal.
 
 Example:
     >>> settings = Settings.from_env({"SWAN_HOME": "/tmp/swan"})
-    >>> str(settings.lake_root)
-    '/tmp/swan/lake'
+    >>> str(settings.lake_root), settings.retries
+    ('/tmp/swan/lake', 2)
+    >>> Settings.from_env({"SWAN_RETRIES": "two"})
+    Traceback (most recent call last):
+    ...
+    swan_anomaly._errors.ConfigError: SWAN_RETRIES must be a whole number, at least 0, got 'two'
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from swan_anomaly._errors import ConfigError
 
@@ -60,52 +56,198 @@ def env_flag(name: str, default: bool, env: Mapping[str, str] | None = None) -> 
     raise ConfigError(msg)
 
 
+def setting(
+    env: str,
+    default: Any = None,
+    doc: str = "",
+    *,
+    derive: Callable[[dict[str, Any]], Any] | None = None,
+    shown: str | None = None,
+    choices: tuple[str, ...] = (),
+    low: float | None = None,
+    high: float | None = None,
+) -> Any:
+    """A field of :class:`Settings`: its variable ``env``, default (or ``derive`` from earlier fields), one line of doc.
+
+    ``shown`` is the default as the docs print it (e.g. ``$SWAN_HOME/lake``); ``choices`` and
+    ``low``/``high`` bound the value.
+    """
+    meta = {"env": env, "doc": doc, "derive": derive, "shown": shown, "choices": choices, "low": low, "high": high}
+    return field(default=default, metadata=meta)
+
+
+def _under_home(*parts: str) -> Callable[[dict[str, Any]], Path]:
+    return lambda values: values["home"].joinpath(*parts)
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Where things live and what they are called."""
+    """What swan-anomaly reads from its environment (see the module docs); build it with :meth:`from_env`."""
 
-    home: Path
-    inbox_dir: Path
-    landing_dir: Path
-    lake_root: Path
-    staging_dir: Path
-    tracking_uri: str
-    registry_uri: str
-    artifact_root: Path
-    experiment: str
-    model_name: str
-    model: str
-    endpoint_url: str
-    endpoint_name: str
+    # -- where things live (the embedded default keeps all of it under SWAN_HOME)
+    home: Path = setting("SWAN_HOME", Path(".swan"), "Root of the embedded default's state (lake, MLflow, staging, server).")
+    inbox_dir: Path = setting("SWAN_INBOX_DIR", doc="Where new videos are dropped for the ingest DAG.", derive=_under_home("inbox"))
+    landing_dir: Path = setting(
+        "SWAN_LANDING_DIR", doc="Landing zone: videos by arrival date (landing/YYYY-MM-DD/).", derive=_under_home("landing")
+    )
+    lake_root: Path = setting("SWAN_LAKE_ROOT", doc="The local lake (raw, silver, gold, runs, code).", derive=_under_home("lake"))
+    staging_dir: Path = setting(
+        "SWAN_STAGING_DIR", doc="Worker-local staging of a run's frames and labels before upload.", derive=_under_home("staging")
+    )
+    jobs_dir: Path | None = setting(
+        "SWAN_JOBS_DIR", None, "The job entrypoints (etl.py, augment.py, train.py).", shown="the repository's jobs/"
+    )
+    # -- MLflow
+    tracking_uri: str = setting(
+        "MLFLOW_TRACKING_URI",
+        doc="MLflow tracking server (``databricks`` on Databricks).",
+        derive=lambda v: f"sqlite:///{v['home'] / 'mlflow' / 'mlflow.db'}",
+        shown="sqlite:///$SWAN_HOME/mlflow/mlflow.db",
+    )
+    registry_uri: str = setting(
+        "MLFLOW_REGISTRY_URI",
+        doc="MLflow model registry (``databricks-uc`` for Unity Catalog).",
+        derive=lambda v: v["tracking_uri"],
+        shown="the tracking URI",
+    )
+    artifact_root: Path = setting(
+        "SWAN_MLFLOW_ARTIFACTS", doc="Artifact root of the local MLflow.", derive=_under_home("mlflow", "artifacts")
+    )
+    experiment: str = setting(
+        "SWAN_EXPERIMENT", "swan-anomaly", "MLflow experiment (on Databricks a workspace path, e.g. /Shared/swan-anomaly)."
+    )
+    model_name: str = setting("SWAN_MODEL_NAME", "swan_anomaly_vit", "Registered model name (in Unity Catalog catalog.schema.model).")
+    model: str = setting(
+        "SWAN_MODEL", "vit-tiny-offline", "Base model: an offline preset, a hub id (google/vit-base-patch16-224) or a directory."
+    )
+    epochs: int = setting("SWAN_EPOCHS", 40, "Default of the `epochs` Param (most epochs; early stopping may end sooner).", low=1)
+    git_sha: str = setting("SWAN_GIT_SHA", "unknown", "Code version recorded on each MLflow run.")
+    # -- backends
+    lake_backend: str = setting(
+        "SWAN_LAKE_BACKEND", "local", "The lake: `local` (a folder) or `azure` (ADLS Gen2).", choices=("local", "azure")
+    )
+    lake_conn_id: str = setting("SWAN_LAKE_CONN_ID", "swan_lake", "Airflow connection of the Azure lake (wasb).")
+    lake_container: str = setting("SWAN_LAKE_CONTAINER", "swan", "Container (file system) of the Azure lake.")
+    lake_prefix: str = setting("SWAN_LAKE_PREFIX", "", "Folder inside the container under which the lake lives.")
+    job_lake_root: str | None = setting(
+        "SWAN_JOB_LAKE_ROOT", None, "The lake root as the jobs see it (e.g. abfss://...).", shown="derived from the lake"
+    )
+    compute_backend: str = setting(
+        "SWAN_COMPUTE_BACKEND",
+        "local",
+        "Default of the `backend` Param: jobs as `local` subprocesses or `databricks` one-time runs.",
+        choices=("local", "databricks"),
+    )
+    serving_backend: str = setting(
+        "SWAN_SERVING_BACKEND",
+        "local",
+        "The endpoint: the `local` model server or a `databricks` serving endpoint.",
+        choices=("local", "databricks"),
+    )
+    databricks_conn_id: str = setting("SWAN_DATABRICKS_CONN_ID", "databricks_default", "Airflow connection of the Databricks workspace.")
+    databricks_clusters_dir: Path | None = setting(
+        "SWAN_DATABRICKS_CLUSTERS_DIR", None, "Folder of the job cluster specs (JSON).", shown="databricks/clusters in the plugin"
+    )
+    databricks_poll_seconds: int = setting("SWAN_DATABRICKS_POLL_SECONDS", 30, "How often a deferred job task polls its run.", low=1)
+    databricks_retry_delay: int = setting(
+        "SWAN_DATABRICKS_RETRY_DELAY", 10, "Seconds between retries of a failed Databricks API call.", low=0
+    )
+    serving_workload_size: str = setting("SWAN_SERVING_WORKLOAD_SIZE", "Small", "Databricks served entity size (Small, Medium, Large).")
+    serving_workload_type: str = setting("SWAN_SERVING_WORKLOAD_TYPE", "CPU", "Databricks served entity type (CPU, GPU_SMALL, ...).")
+    serving_scale_to_zero: bool = setting("SWAN_SERVING_SCALE_TO_ZERO", True, "Let the Databricks endpoint scale to zero when idle.")
+    endpoint_url: str = setting("SWAN_ENDPOINT_URL", "http://127.0.0.1:5055", "URL of the local model server.")
+    endpoint_name: str = setting("SWAN_ENDPOINT_NAME", "swan-anomaly", "Name of the serving endpoint.")
+    # -- schedules, retries, timeouts (read when the DAG file is parsed)
+    schedule: str = setting("SWAN_SCHEDULE", "@daily", "Cron or preset of the pipeline's data intervals.")
+    ingest_schedule: str = setting("SWAN_INGEST_SCHEDULE", "*/10 * * * *", "Cron of the ingest DAG (inbox to landing zone).")
+    ingest_settle_seconds: float = setting(
+        "SWAN_INGEST_SETTLE_SECONDS", 30.0, "A file must be unchanged this long before it lands (still being copied).", low=0
+    )
+    pool: str = setting("SWAN_POOL", "swan_training", "Airflow pool (1 slot) of the training task: one run trains at a time.")
+    retries: int = setting("SWAN_RETRIES", 2, "Retries of a task that failed for a reason a retry can fix.", low=0)
+    retry_delay_seconds: float = setting("SWAN_RETRY_DELAY_SECONDS", 30.0, "First retry delay (then exponential, at most 10 min).", low=0)
+    task_timeout_minutes: float = setting(
+        "SWAN_TASK_TIMEOUT_MINUTES", 60.0, "Execution timeout of a task (and of its Databricks run).", low=1
+    )
+    training_timeout_minutes: float = setting("SWAN_TRAINING_TIMEOUT_MINUTES", 360.0, "Execution timeout of the training task.", low=1)
+    promotion_wait_minutes: float = setting(
+        "SWAN_PROMOTION_WAIT_MINUTES", 360.0, "How long a run waits for other runs to finish promoting and validating.", low=1
+    )
+    promotion_poke_seconds: float = setting("SWAN_PROMOTION_POKE_SECONDS", 30.0, "How often the promotion-turn sensor checks.", low=1)
+    # -- the gate and the endpoint validation
+    gate_min_images_per_class: int = setting(
+        "SWAN_GATE_MIN_IMAGES_PER_CLASS", 25, "Default of the `gate_min_images_per_class` Param: smallest measurable split.", low=1
+    )
+    endpoint_min_auroc: float = setting(
+        "SWAN_ENDPOINT_MIN_AUROC", 0.90, "AUROC the endpoint must show on the held-out test split.", low=0, high=1
+    )
+    endpoint_min_recall: float = setting(
+        "SWAN_ENDPOINT_MIN_RECALL", 0.80, "Recall of anomalies at the stored threshold, same split.", low=0, high=1
+    )
+    endpoint_parity_tolerance: float = setting(
+        "SWAN_ENDPOINT_PARITY_TOLERANCE",
+        1e-4,
+        "Largest difference of an endpoint score from the registry model's (a bfloat16 GPU endpoint needs ~1e-2).",
+        low=0,
+        high=1,
+    )
+    drift_action: str = setting(
+        "SWAN_DRIFT_ACTION",
+        "warn",
+        "When the unchanged champion fails its validation: `warn` (notify) or `fail`.",
+        choices=("warn", "fail"),
+    )
+    allow_force_promote: bool = setting(
+        "SWAN_ALLOW_FORCE_PROMOTE", True, "Whether a run may force a promotion past the gate (with a reason)."
+    )
+    # -- optional services
+    label_check: bool = setting("SWAN_LABEL_CHECK", False, "Default of the `label_check` Param: ask a vision model about sampled frames.")
+    label_check_conn_id: str = setting("SWAN_LABEL_CHECK_CONN_ID", "swan_label_check", "Airflow connection of the Azure OpenAI deployment.")
+    failure_notifier: str = setting(
+        "SWAN_FAILURE_NOTIFIER", "", "Airflow notifier class (module.Class) told of failures and drift; empty: log only."
+    )
+    failure_notifier_kwargs: str = setting("SWAN_FAILURE_NOTIFIER_KWARGS", "{}", "The notifier's keyword arguments, a JSON object.")
+    # -- local Spark
+    spark_master: str = setting("SWAN_SPARK_MASTER", "local[*]", "Spark master of the local jobs.")
+    spark_shuffle_partitions: int = setting("SWAN_SPARK_SHUFFLE_PARTITIONS", 4, "spark.sql.shuffle.partitions of the local jobs.", low=1)
+    spark_driver_memory: str = setting("SWAN_SPARK_DRIVER_MEMORY", "2g", "spark.driver.memory of the local jobs.")
+    spark_arrow_batch: int = setting("SWAN_SPARK_ARROW_BATCH", 64, "Rows (whole images) per Arrow batch between the JVM and Python.", low=1)
+    spark_log_level: str = setting("SWAN_SPARK_LOG_LEVEL", "WARN", "Log level of the Spark jobs.")
+    # -- the demo
+    demo_families: str = setting(
+        "SWAN_DEMO_FAMILIES", "", "Anomaly families of `make demo`, comma-separated.", shown="the demo's three families"
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read every setting from ``env`` (default: the process environment).
+
+        Raises:
+            ConfigError: a value is malformed or out of range (the message names the variable), or the
+                registry is Unity Catalog and the model name is not three-level.
+        """
         env = os.environ if env is None else env
-        home = Path(env.get("SWAN_HOME", ".swan")).absolute()
-        tracking_uri = env.get("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
-        registry_uri = env.get("MLFLOW_REGISTRY_URI", tracking_uri)
-        model_name = env.get("SWAN_MODEL_NAME", "swan_anomaly_vit")
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(f.metadata["env"], "")
+            if raw.strip():
+                values[f.name] = _parse(f, hints[f.name], raw.strip())
+            elif f.metadata["derive"] is not None:
+                values[f.name] = f.metadata["derive"](values)
+            else:
+                values[f.name] = f.default
+        for name in ("home", "inbox_dir", "landing_dir", "lake_root", "staging_dir", "artifact_root"):
+            values[name] = Path(values[name]).absolute()
+        values["endpoint_url"] = values["endpoint_url"].rstrip("/")
+        registry_uri, model_name = values["registry_uri"], values["model_name"]
         if registry_uri.startswith("databricks-uc") and len([p for p in model_name.split(".") if p]) != 3:
             msg = (
                 f"SWAN_MODEL_NAME={model_name!r}: the Unity Catalog registry (MLFLOW_REGISTRY_URI={registry_uri!r}) "
                 "needs a three-level name, catalog.schema.model (e.g. main.swan.swan_anomaly_vit)"
             )
             raise ConfigError(msg)
-        return cls(
-            home=home,
-            inbox_dir=Path(env.get("SWAN_INBOX_DIR", home / "inbox")).absolute(),
-            landing_dir=Path(env.get("SWAN_LANDING_DIR", home / "landing")).absolute(),
-            lake_root=Path(env.get("SWAN_LAKE_ROOT", home / "lake")).absolute(),
-            staging_dir=Path(env.get("SWAN_STAGING_DIR", home / "staging")).absolute(),
-            tracking_uri=tracking_uri,
-            registry_uri=registry_uri,
-            artifact_root=Path(env.get("SWAN_MLFLOW_ARTIFACTS", home / "mlflow" / "artifacts")).absolute(),
-            experiment=env.get("SWAN_EXPERIMENT", "swan-anomaly"),
-            model_name=model_name,
-            model=env.get("SWAN_MODEL", "vit-tiny-offline"),
-            endpoint_url=env.get("SWAN_ENDPOINT_URL", "http://127.0.0.1:5055").rstrip("/"),
-            endpoint_name=env.get("SWAN_ENDPOINT_NAME", "swan-anomaly"),
-        )
+        return cls(**values)
 
     @property
     def mlflow_uris(self) -> tuple[str, str]:
@@ -121,3 +263,52 @@ class Settings:
     def models_dir(self) -> Path:
         """Base models built from offline presets."""
         return self.home / "models"
+
+
+def _parse(f: dataclasses.Field, hint: Any, raw: str) -> Any:
+    """``raw`` as the field's type, within its choices and bounds."""
+    name, meta = f.metadata["env"], f.metadata
+    kind = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
+    if kind is bool:
+        return env_flag(name, bool(f.default), {name: raw})
+    if kind in (int, float):
+        low, high = meta["low"], meta["high"]
+        wanted = ("a whole number" if kind is int else "a number") + (
+            f" in [{low}, {high}]" if high is not None else f", at least {low}" if low is not None else ""
+        )
+        try:
+            value: Any = kind(raw)
+        except ValueError:
+            value = None
+        if value is None or (low is not None and value < low) or (high is not None and value > high):
+            msg = f"{name} must be {wanted}, got {raw!r}"
+            raise ConfigError(msg)
+        return value
+    if kind is Path:
+        return Path(raw)
+    if meta["choices"]:
+        if raw.lower() not in meta["choices"]:
+            msg = f"{name} must be one of {list(meta['choices'])}, got {raw!r}"
+            raise ConfigError(msg)
+        return raw.lower()
+    return raw
+
+
+def settings_table() -> str:
+    """The Markdown table of every setting: variable, type, default, meaning (for ``docs/configuration.md``)."""
+    hints = typing.get_type_hints(Settings)
+    rows = ["| variable | type | default | meaning |", "|---|---|---|---|"]
+    for f in dataclasses.fields(Settings):
+        meta = f.metadata
+        kind = next((t for t in typing.get_args(hints[f.name]) if t is not type(None)), hints[f.name])
+        type_name = " \\| ".join(f"`{c}`" for c in meta["choices"]) if meta["choices"] else kind.__name__
+        if meta["shown"] is not None:
+            default = meta["shown"]
+        elif meta["derive"] is not None:
+            default = "`$SWAN_HOME/" + "/".join(meta["derive"]({"home": Path("")}).parts) + "`"
+        elif f.default in ("", None):
+            default = "(empty)"
+        else:
+            default = f"`{str(f.default).lower() if isinstance(f.default, bool) else f.default}`"
+        rows.append(f"| `{meta['env']}` | {type_name} | {default} | {meta['doc']} |")
+    return "\n".join(rows) + "\n"

@@ -19,12 +19,11 @@ Example:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from swan_anomaly._errors import ConfigError
+from swan_anomaly.config import Settings
 
 
 class GateMode(StrEnum):
@@ -45,8 +44,9 @@ def promotion_thresholds() -> dict[str, MinThreshold]:
 
 #: A challenger may fall this far below the champion's metric on the same rows and still pass.
 MAX_REGRESSION = 0.02
-#: Fewer validation (or test) images than this in either class are too few to measure a model by.
-MIN_IMAGES_PER_CLASS = 25
+#: Fewer validation (or test) images than this in either class are too few to measure a model by
+#: (the default of ``SWAN_GATE_MIN_IMAGES_PER_CLASS``).
+MIN_IMAGES_PER_CLASS: int = Settings.gate_min_images_per_class
 
 
 def min_images_per_class(env: Mapping[str, str] | None = None) -> int:
@@ -55,13 +55,7 @@ def min_images_per_class(env: Mapping[str, str] | None = None) -> int:
     Raises:
         ConfigError: the value is not a whole number of at least 1.
     """
-    raw = (os.environ if env is None else env).get("SWAN_GATE_MIN_IMAGES_PER_CLASS", "").strip()
-    if not raw:
-        return MIN_IMAGES_PER_CLASS
-    if not raw.isdigit() or int(raw) < 1:
-        msg = f"SWAN_GATE_MIN_IMAGES_PER_CLASS must be a whole number of images, at least 1, got {raw!r}"
-        raise ConfigError(msg)
-    return int(raw)
+    return Settings.from_env(env).gate_min_images_per_class
 
 
 @dataclass(frozen=True)

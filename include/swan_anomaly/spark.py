@@ -42,23 +42,26 @@ def build_spark(app_name: str) -> SparkSession:
     """
     from pyspark.sql import SparkSession
 
+    from swan_anomaly.config import Settings
+
+    s = Settings.from_env()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     builder = (
         SparkSession.builder.appName(app_name)
-        .master(os.environ.get("SWAN_SPARK_MASTER", "local[*]"))
+        .master(s.spark_master)
         .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
-        .config("spark.sql.shuffle.partitions", os.environ.get("SWAN_SPARK_SHUFFLE_PARTITIONS", "4"))
+        .config("spark.sql.shuffle.partitions", str(s.spark_shuffle_partitions))
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.driver.memory", os.environ.get("SWAN_SPARK_DRIVER_MEMORY", "2g"))
+        .config("spark.driver.memory", s.spark_driver_memory)
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         # rows carry whole images: small Arrow batches let the JVM and the Python workers overlap
-        .config("spark.sql.execution.arrow.maxRecordsPerBatch", os.environ.get("SWAN_SPARK_ARROW_BATCH", "64"))
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(s.spark_arrow_batch))
         .config(map=python_worker_conf())
     )
     spark = builder.getOrCreate()
     spark.conf.set("spark.sql.sources.partitionOverwriteMode", "dynamic")
-    spark.sparkContext.setLogLevel(os.environ.get("SWAN_SPARK_LOG_LEVEL", "WARN"))
+    spark.sparkContext.setLogLevel(s.spark_log_level)
     return spark

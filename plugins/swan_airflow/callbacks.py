@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 
 log = logging.getLogger("swan_airflow.failures")
 
@@ -51,8 +50,10 @@ def configured_notifier(env=None):
     from airflow.sdk import BaseNotifier
     from airflow.sdk.module_loading import import_string
 
-    env = os.environ if env is None else env
-    spec = env.get("SWAN_FAILURE_NOTIFIER", "").strip()
+    from swan_anomaly.config import Settings
+
+    settings = Settings.from_env(env)
+    spec = settings.failure_notifier
     if not spec:
         return None
     try:
@@ -64,7 +65,7 @@ def configured_notifier(env=None):
         msg = f"SWAN_FAILURE_NOTIFIER={spec!r} is not an Airflow notifier (a subclass of airflow.sdk.BaseNotifier)"
         raise ValueError(msg)
     try:
-        kwargs = json.loads(env.get("SWAN_FAILURE_NOTIFIER_KWARGS") or "{}")
+        kwargs = json.loads(settings.failure_notifier_kwargs or "{}")
     except json.JSONDecodeError as exc:
         msg = f"SWAN_FAILURE_NOTIFIER_KWARGS is not valid JSON: {exc}"
         raise ValueError(msg) from exc

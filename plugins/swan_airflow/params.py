@@ -5,35 +5,31 @@ that says what each field means and refuses a bad value (the REST API answers 40
 Defaults that a deployment sets come from the environment at parse time.
 
 Example:
-    >>> sorted({p.schema["section"] for p in pipeline_params(model_default="vit-tiny-offline", backend_default="local").values()})
+    >>> from swan_anomaly.config import Settings
+    >>> sorted({p.schema["section"] for p in pipeline_params(Settings.from_env({})).values()})
     ['Data', 'Promotion', 'Training']
 """
 
 from __future__ import annotations
 
-import os
-
 from airflow.sdk import Param
 
-from swan_anomaly.gate import min_images_per_class, promotion_thresholds
+from swan_anomaly.contract import FAMILY_NAMES  # light: the anomalies package loads OpenCV, too heavy for parsing the DAG
+from swan_anomaly.config import Settings
+from swan_anomaly.gate import GateMode, promotion_thresholds
 from swan_anomaly.modeling import PRESETS, PRODUCTION_MODEL
 
 #: Default thresholds of the gate, by metric (the Params' defaults).
 GATE_DEFAULTS = {name: t.minimum for name, t in promotion_thresholds().items()}
-#: The anomaly families of ``swan_anomaly.anomalies.FAMILIES`` (that module loads OpenCV, too heavy
-#: for parsing the DAG; a test checks that the two lists agree).
-FAMILY_NAMES = ("salt_pepper_polygons", "cutpaste", "perlin_texture", "occlusion", "local_blur", "color_shift")
 
 
-def pipeline_params(*, model_default: str, backend_default: str) -> dict[str, Param]:
-    """The Params of ``swan_anomaly_pipeline``.
+def pipeline_params(settings: Settings) -> dict[str, Param]:
+    """The Params of ``swan_anomaly_pipeline``; a deployment's settings give some defaults.
 
-    Args:
-        model_default: the model used when the ``model`` Param is empty (``SWAN_MODEL``).
-        backend_default: the default compute backend (``SWAN_COMPUTE_BACKEND``).
+    ``SWAN_MODEL`` (used when the ``model`` Param is empty), ``SWAN_COMPUTE_BACKEND``, ``SWAN_EPOCHS``,
+    ``SWAN_GATE_MIN_IMAGES_PER_CLASS``.
     """
-    min_per_class = min_images_per_class()  # a malformed setting fails parsing loudly
-    epochs_default = int(os.environ.get("SWAN_EPOCHS") or 40)
+    min_per_class, epochs_default = settings.gate_min_images_per_class, settings.epochs
     return {
         # Data
         "landing_date": Param(
@@ -138,7 +134,7 @@ def pipeline_params(*, model_default: str, backend_default: str) -> dict[str, Pa
             examples=[*PRESETS, PRODUCTION_MODEL],
             title="Model",
             section="Training",
-            description=f"Offline preset, Hugging Face hub id or local directory (default: {model_default}, env SWAN_MODEL).",
+            description=f"Offline preset, Hugging Face hub id or local directory (default: {settings.model}, env SWAN_MODEL).",
         ),
         "image_size": Param(
             None,
@@ -168,7 +164,7 @@ def pipeline_params(*, model_default: str, backend_default: str) -> dict[str, Pa
             description="Train on the dataset partitions of this many days up to the run's own (1: only this run's data).",
         ),
         "backend": Param(
-            backend_default,
+            settings.compute_backend,
             enum=["local", "databricks"],
             title="Compute backend",
             section="Training",
@@ -176,8 +172,8 @@ def pipeline_params(*, model_default: str, backend_default: str) -> dict[str, Pa
         ),
         # Promotion
         "gate_mode": Param(
-            "enabled",
-            enum=["enabled", "dry_run", "disabled"],
+            GateMode.ENABLED.value,
+            enum=[m.value for m in (GateMode.ENABLED, GateMode.DRY_RUN, GateMode.DISABLED)],
             title="Gate mode",
             section="Promotion",
             description="Promotion gate: enforce, only report, or skip.",

@@ -11,17 +11,30 @@ import datetime as dt
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from swan_anomaly.lake import Lake
 
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-def settings():
-    """The ``swan_anomaly`` settings (environment-driven)."""
-    from swan_anomaly.config import Settings
+def settings(env=None):
+    """Every setting (:class:`swan_anomaly.config.Settings`, read from the environment or ``env``).
 
-    return Settings.from_env()
+    Raises:
+        AirflowFailException: a setting is malformed (no retry: only a fixed deployment helps).
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from swan_anomaly.config import ConfigError, Settings
+
+    try:
+        return Settings.from_env(env)
+    except ConfigError as exc:
+        raise AirflowFailException(str(exc)) from exc
 
 
 def dataset_id_for(*, landing_date: str | None, interval_start: dt.datetime | None, run_after: dt.datetime | None = None) -> str:
@@ -89,38 +102,32 @@ def find_landed_videos(landing_dir: Path, start: dt.date, end: dt.date) -> list[
 
 def jobs_dir() -> Path:
     """Where the job entrypoints live (``SWAN_JOBS_DIR``, default ``<project>/jobs``)."""
-    return Path(os.environ.get("SWAN_JOBS_DIR", PROJECT_ROOT / "jobs"))
+    return settings().jobs_dir or PROJECT_ROOT / "jobs"
 
 
 def lake_backend() -> str:
     """``SWAN_LAKE_BACKEND``: ``local`` (default) or ``azure``."""
-    backend = os.environ.get("SWAN_LAKE_BACKEND", "local")
-    if backend not in ("local", "azure"):
-        msg = f"SWAN_LAKE_BACKEND must be 'local' or 'azure', got {backend!r}"
-        raise ValueError(msg)
-    return backend
+    return settings().lake_backend
 
 
 def lake():
     """The lake the DAG writes to: ``SWAN_LAKE_BACKEND`` ``local`` (default, ``SWAN_LAKE_ROOT``) or ``azure``.
 
     ``azure`` uses the Airflow ``wasb`` connection ``SWAN_LAKE_CONN_ID`` (default ``swan_lake``),
-    container ``SWAN_LAKE_CONTAINER`` (default ``swan``) and folder ``SWAN_LAKE_PREFIX``.
+    container ``SWAN_LAKE_CONTAINER`` (default ``swan``) and folder ``SWAN_LAKE_PREFIX``. Both
+    are a :class:`swan_anomaly.lake.Lake`; only the local one has ``result_path`` (local jobs).
     """
-    if lake_backend() == "local":
+    s = settings()
+    if s.lake_backend == "local":
         from swan_anomaly.lake import LocalLake
 
-        return LocalLake(settings().lake_root)
+        return LocalLake(s.lake_root)
     from swan_airflow.azure_lake import WasbLake
 
-    return WasbLake(
-        conn_id=os.environ.get("SWAN_LAKE_CONN_ID", "swan_lake"),
-        container=os.environ.get("SWAN_LAKE_CONTAINER", "swan"),
-        prefix=os.environ.get("SWAN_LAKE_PREFIX", ""),
-    )
+    return WasbLake(conn_id=s.lake_conn_id, container=s.lake_container, prefix=s.lake_prefix)
 
 
-def optional_result(store, run_id: str, job: str) -> dict | None:
+def optional_result(store: Lake, run_id: str, job: str) -> dict | None:
     """``runs/{run_id}/{job}.json`` of either lake, or None when that step wrote none (it failed or did not run)."""
     from swan_anomaly import LakeError
 
@@ -130,7 +137,7 @@ def optional_result(store, run_id: str, job: str) -> dict | None:
         return None
 
 
-def held_out_rows(store, run_id: str, split: str) -> list[list]:
+def held_out_rows(store: Lake, run_id: str, split: str) -> list[list]:
     """The training job's ``held_out`` rows of ``split`` (``val`` or ``test``) for run ``run_id``.
 
     Raises:
@@ -152,10 +159,11 @@ def job_lake_root() -> str:
     which Databricks clusters see the container, typically a Unity Catalog external volume on it
     (``/Volumes/<catalog>/<schema>/<volume>``), which Spark and plain file I/O both read.
     """
-    if explicit := os.environ.get("SWAN_JOB_LAKE_ROOT"):
-        return explicit
-    if lake_backend() == "local":
-        return str(settings().lake_root)
+    s = settings()
+    if s.job_lake_root:
+        return s.job_lake_root
+    if s.lake_backend == "local":
+        return str(s.lake_root)
     msg = (
         "SWAN_JOB_LAKE_ROOT is not set: with SWAN_LAKE_BACKEND=azure it must say where the jobs see the lake, "
         "e.g. /Volumes/main/swan/lake for a Unity Catalog external volume on the container"
@@ -171,7 +179,7 @@ def databricks_workspace() -> tuple[str, str]:
     """
     from airflow.sdk import BaseHook
 
-    conn_id = os.environ.get("SWAN_DATABRICKS_CONN_ID", "databricks_default")
+    conn_id = settings().databricks_conn_id
     conn = BaseHook.get_connection(conn_id)
     if not conn.host:
         msg = f"Airflow connection {conn_id!r} has no host; set it to the workspace URL, e.g. https://adb-123.4.azuredatabricks.net"
@@ -202,18 +210,6 @@ def registry_client():
     return mlflow_client(*s.mlflow_uris)
 
 
-def env_flag_or_fail(name: str, default: bool, env=None) -> bool:
-    """:func:`swan_anomaly.config.env_flag`, failing the task without retries on a bad value."""
-    from airflow.sdk.exceptions import AirflowFailException
-
-    from swan_anomaly.config import ConfigError, env_flag
-
-    try:
-        return env_flag(name, default, env)
-    except ConfigError as exc:
-        raise AirflowFailException(str(exc)) from exc
-
-
 def force_promote_reason(params, env=None) -> str:
     """The reason of a forced promotion, after checking that this deployment allows one.
 
@@ -223,7 +219,7 @@ def force_promote_reason(params, env=None) -> str:
     """
     from airflow.sdk.exceptions import AirflowFailException
 
-    if not env_flag_or_fail("SWAN_ALLOW_FORCE_PROMOTE", True, env):
+    if not settings(env).allow_force_promote:
         msg = "force_promote is disabled in this deployment (SWAN_ALLOW_FORCE_PROMOTE=false); the gate decides"
         raise AirflowFailException(msg)
     reason = (params.get("force_promote_reason") or "").strip()

@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 from swan_airflow.runtime import settings
@@ -48,7 +47,7 @@ class ServingTarget:
 def serving_target(*, start: bool = True) -> ServingTarget:
     """The configured endpoint; starts the local model server when the backend is local (unless ``start=False``)."""
     s = settings()
-    backend = os.environ.get("SWAN_SERVING_BACKEND", "local")
+    backend = s.serving_backend
     if backend == "local":
         from airflow.sdk.exceptions import AirflowFailException
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from databricks.sdk import WorkspaceClient
@@ -24,7 +24,7 @@ from databricks.sdk.errors import NotFound, OperationFailed
 from databricks.sdk.service.serving import EndpointCoreConfigInput, ServedEntityInput, ServingModelWorkloadType
 
 from swan_anomaly._errors import EndpointError
-from swan_anomaly.config import env_flag
+from swan_anomaly.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +39,10 @@ class ServingConfig:
     timeout: dt.timedelta = dt.timedelta(minutes=20)
 
     @classmethod
-    def from_env(cls) -> ServingConfig:
-        return cls(
-            workload_size=os.environ.get("SWAN_SERVING_WORKLOAD_SIZE", "Small"),
-            workload_type=os.environ.get("SWAN_SERVING_WORKLOAD_TYPE", "CPU"),
-            scale_to_zero=env_flag("SWAN_SERVING_SCALE_TO_ZERO", True),
-        )
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServingConfig:
+        """``SWAN_SERVING_WORKLOAD_SIZE``, ``SWAN_SERVING_WORKLOAD_TYPE``, ``SWAN_SERVING_SCALE_TO_ZERO`` (see ``Settings``)."""
+        s = Settings.from_env(env)
+        return cls(workload_size=s.serving_workload_size, workload_type=s.serving_workload_type, scale_to_zero=s.serving_scale_to_zero)
 
 
 @dataclass(frozen=True)

@@ -30,14 +30,14 @@ Example:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 import numpy as np
 
-from swan_anomaly._errors import ConfigError
+from swan_anomaly.config import Settings
+from swan_anomaly.contract import ABNORMAL, LABEL_NAMES, NORMAL
 from swan_anomaly.gate import MIN_IMAGES_PER_CLASS, too_small
 from swan_anomaly.metrics import evaluation_report, format_interval
 
@@ -63,9 +63,9 @@ class DriftAction(StrEnum):
 class EndpointPolicy:
     """What the endpoint must show on the held-out test split (environment: :meth:`from_env`)."""
 
-    min_auroc: float = 0.90
-    min_recall: float = 0.80
-    parity_tolerance: float = 1e-4
+    min_auroc: float = Settings.endpoint_min_auroc
+    min_recall: float = Settings.endpoint_min_recall
+    parity_tolerance: float = Settings.endpoint_parity_tolerance
     min_images_per_class: int = MIN_IMAGES_PER_CLASS
     drift_action: DriftAction = DriftAction.WARN
 
@@ -78,28 +78,12 @@ class EndpointPolicy:
         Raises:
             ConfigError: a value is not a number in range, or not a known drift action.
         """
-        env = os.environ if env is None else env
-
-        def number(name: str, default: float, high: float) -> float:
-            raw = env.get(name, "").strip()
-            try:
-                value = float(raw) if raw else default
-            except ValueError:
-                value = -1.0
-            if not 0 <= value <= high:
-                msg = f"{name} must be a number in [0, {high}], got {raw!r}"
-                raise ConfigError(msg)
-            return value
-
-        action = env.get("SWAN_DRIFT_ACTION", "").strip().lower() or DriftAction.WARN.value
-        if action not in {a.value for a in DriftAction}:
-            msg = f"SWAN_DRIFT_ACTION must be one of {[a.value for a in DriftAction]}, got {action!r}"
-            raise ConfigError(msg)
+        s = Settings.from_env(env)
         return cls(
-            min_auroc=number("SWAN_ENDPOINT_MIN_AUROC", cls.min_auroc, 1.0),
-            min_recall=number("SWAN_ENDPOINT_MIN_RECALL", cls.min_recall, 1.0),
-            parity_tolerance=number("SWAN_ENDPOINT_PARITY_TOLERANCE", cls.parity_tolerance, 1.0),
-            drift_action=DriftAction(action),
+            min_auroc=s.endpoint_min_auroc,
+            min_recall=s.endpoint_min_recall,
+            parity_tolerance=s.endpoint_parity_tolerance,
+            drift_action=DriftAction(s.drift_action),
         )
 
 
@@ -148,7 +132,7 @@ def check_endpoint(
             f"the endpoint does not serve the registered model: {int((difference > policy.parity_tolerance).sum())} of {len(labels)} "
             f"scores differ from the registry model's by more than {policy.parity_tolerance:g} (worst {max_difference:.6f}, image {worst})"
         )
-    counts = {"abnormal": int((labels == 0).sum()), "normal": int((labels == 1).sum())}
+    counts = {LABEL_NAMES[ABNORMAL]: int((labels == ABNORMAL).sum()), LABEL_NAMES[NORMAL]: int((labels == NORMAL).sum())}
     small = too_small(counts, policy.min_images_per_class, split="held-out test")
     if small:
         return EndpointCheck(parity, max_difference, False, None, reasons, note=f"{small}; quality not judged, parity checked")
