@@ -8,39 +8,29 @@ pyspark, mlflow) happens inside a step.
 from __future__ import annotations
 
 import datetime as dt
-import os
 
 import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable, dag, task
 
 from swan_airflow.callbacks import failure_callbacks, log_failure
 from swan_airflow.context import RunContext
-from swan_airflow.databricks_runs import submit_run_json
 from swan_airflow.ingest import LANDING_ASSET
 from swan_airflow.params import pipeline_params
 from swan_airflow.steps import data, promotion, report, serving, training
+from swan_airflow.submit_run import job_task
+from swan_anomaly.config import Settings
 
-SCHEDULE = os.environ.get("SWAN_SCHEDULE", "@daily")
-# Default of the `backend` Param: where the Spark and training jobs run, "local" (subprocesses,
-# the embedded default) or "databricks" (one-time job runs; needs the ADLS lake).
-COMPUTE_BACKEND = os.environ.get("SWAN_COMPUTE_BACKEND", "local")
-DATABRICKS_CONN_ID = os.environ.get("SWAN_DATABRICKS_CONN_ID", "databricks_default")
-DEFAULT_MODEL = os.environ.get("SWAN_MODEL", "vit-tiny-offline")
-MODEL = "{{ params.model or '" + DEFAULT_MODEL + "' }}"
-# One slot: two runs (scheduled, asset-triggered, backfilled, manual) never train at once. The promotion
-# section (gate to endpoint validation) is not in the pool: another run's training must not cut into it,
-# and wait_for_promotion_turn already lets one run at a time through.
-POOL = os.environ.get("SWAN_POOL", "swan_training")
-TASK_TIMEOUT = dt.timedelta(minutes=float(os.environ.get("SWAN_TASK_TIMEOUT_MINUTES", "60")))
-TRAINING_TIMEOUT = dt.timedelta(minutes=float(os.environ.get("SWAN_TRAINING_TIMEOUT_MINUTES", "360")))
+# Every setting (docs/configuration.md); a malformed one fails parsing with its name.
+SETTINGS = Settings.from_env()
+MODEL = "{{ params.model or '" + SETTINGS.model + "' }}"
+TASK_TIMEOUT = dt.timedelta(minutes=SETTINGS.task_timeout_minutes)
 # How long a run waits for other runs to finish promoting, deploying and validating.
-PROMOTION_WAIT = dt.timedelta(minutes=float(os.environ.get("SWAN_PROMOTION_WAIT_MINUTES", "360")))
-PROMOTION_POKE_SECONDS = float(os.environ.get("SWAN_PROMOTION_POKE_SECONDS", "30"))
+PROMOTION_WAIT = dt.timedelta(minutes=SETTINGS.promotion_wait_minutes)
 
 default_args = {
     "owner": "swan-anomaly",
-    "retries": int(os.environ.get("SWAN_RETRIES", "2")),
-    "retry_delay": dt.timedelta(seconds=float(os.environ.get("SWAN_RETRY_DELAY_SECONDS", "30"))),
+    "retries": SETTINGS.retries,
+    "retry_delay": dt.timedelta(seconds=SETTINGS.retry_delay_seconds),
     "retry_exponential_backoff": True,
     "max_retry_delay": dt.timedelta(minutes=10),
     "execution_timeout": TASK_TIMEOUT,
@@ -50,13 +40,13 @@ default_args = {
 
 @dag(
     # Daily over data intervals (backfillable), and also whenever the ingest DAG lands videos.
-    schedule=AssetOrTimeSchedule(timetable=CronDataIntervalTimetable(SCHEDULE, timezone="UTC"), assets=LANDING_ASSET),
+    schedule=AssetOrTimeSchedule(timetable=CronDataIntervalTimetable(SETTINGS.schedule, timezone="UTC"), assets=LANDING_ASSET),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     default_args=default_args,
     tags=["swan", "mlops", "anomaly-detection"],
-    params=pipeline_params(model_default=DEFAULT_MODEL, backend_default=COMPUTE_BACKEND),
+    params=pipeline_params(SETTINGS),
 )
 def swan_anomaly_pipeline():
     """## swan_anomaly_pipeline
@@ -116,29 +106,7 @@ def swan_anomaly_pipeline():
     @task
     def deploy_code() -> dict:
         """The swan_anomaly wheel and jobs/*.py under code/{version}/ in the lake (once per code version)."""
-        from swan_airflow.code_deploy import deploy_code as deploy
-        from swan_airflow.runtime import job_lake_root, lake
-
-        return deploy(lake(), job_lake_root())
-
-    def job_task(task_id: str, job: str, args: list[str], **kwargs):
-        """The job as a local subprocess or a Databricks one-time run, by the run's `backend` Param; same task id."""
-        from swan_airflow.submit_run import SwanJobOperator
-
-        return SwanJobOperator(
-            task_id=task_id,
-            job=job,
-            job_args=args,
-            databricks_conn_id=DATABRICKS_CONN_ID,
-            # the Databricks run ends when the task would time out
-            json=submit_run_json(job, args, timeout_seconds=int(kwargs.get("execution_timeout", TASK_TIMEOUT).total_seconds())),
-            inputs="{{ ti.xcom_pull(task_ids='upload_to_lake')['digest'] }}",
-            deferrable=True,
-            polling_period_seconds=int(os.environ.get("SWAN_DATABRICKS_POLL_SECONDS", "30")),
-            databricks_retry_limit=5,
-            databricks_retry_delay=int(os.environ.get("SWAN_DATABRICKS_RETRY_DELAY", "10")),
-            **kwargs,
-        )
+        return training.deploy_code()
 
     @task
     def register_model() -> dict:
@@ -150,7 +118,7 @@ def swan_anomaly_pipeline():
     # 3.2-3.3 can fail a rescheduled sensor on a stale executor event (apache/airflow#71172).
     # execution_timeout above the sensor's timeout: the wait ends with AirflowSensorTimeout, which is not retried.
     @task.sensor(
-        poke_interval=PROMOTION_POKE_SECONDS,
+        poke_interval=SETTINGS.promotion_poke_seconds,
         timeout=PROMOTION_WAIT.total_seconds(),
         mode="poke",
         max_active_tis_per_dag=1,
@@ -195,27 +163,19 @@ def swan_anomaly_pipeline():
     checked = check_labels(labels)
     upload = upload_to_lake(labels)
     code = deploy_code()
-    etl = job_task("run_etl", "etl", ["--model", MODEL, "--image-size", "{{ params.image_size or 0 }}"])
-    augment = job_task("run_augmentation", "augment", ["--seed", "{{ params.seed }}"])
+    etl = job_task("run_etl", "etl", ["--model", MODEL, "--image-size", "{{ params.image_size or 0 }}"], code, upload, SETTINGS)
+    augment = job_task("run_augmentation", "augment", ["--seed", "{{ params.seed }}"], code, upload, SETTINGS)
+    train_args = ["--model", MODEL, "--epochs", "{{ params.epochs }}", "--seed", "{{ params.seed }}", "--git-sha", SETTINGS.git_sha]
+    train_args += ["--window-days", "{{ params.training_window_days }}", "--dag-id", "{{ dag.dag_id }}"]
     trained = job_task(
         "run_training",
         "train",
-        [
-            "--model",
-            MODEL,
-            "--epochs",
-            "{{ params.epochs }}",
-            "--seed",
-            "{{ params.seed }}",
-            "--window-days",
-            "{{ params.training_window_days }}",
-            "--dag-id",
-            "{{ dag.dag_id }}",
-            "--git-sha",
-            os.environ.get("SWAN_GIT_SHA", "unknown"),
-        ],
-        execution_timeout=TRAINING_TIMEOUT,
-        pool=POOL,
+        train_args,
+        code,
+        upload,
+        SETTINGS,
+        execution_timeout=dt.timedelta(minutes=SETTINGS.training_timeout_minutes),
+        pool=SETTINGS.pool,  # one slot: two runs (scheduled, asset-triggered, backfilled, manual) never train at once
         window_days="{{ params.training_window_days }}",  # on Databricks the token also digests the window's gold files
     )
     registered = register_model()

@@ -9,18 +9,19 @@ RunNow would need a job definition kept in sync with every code version outside 
 
 The cluster specs live in ``clusters/*.json`` beside this module (CPU for ETL and augmentation,
 a single-node GPU cluster for training); :func:`submit_run_json` builds the ``runs/submit``
-payload, with Jinja templates that the operator renders per run.
+payload. In the DAG, what ``deploy_code`` and ``upload_to_lake`` return goes into it as XComArgs,
+which the operator resolves when it renders its fields; plain values work the same.
 
 Example:
-    >>> payload = submit_run_json("etl", ["--image-size", "224"])
+    >>> code = {"lake_root": "/lake", "wheel_uri": "/lake/code/v1/swan.whl", "job_etl": "/lake/code/v1/jobs/etl.py"}
+    >>> payload = submit_run_json("etl", ["--image-size", "224"], code=code, dataset_id="20261126")
     >>> payload["tasks"][0]["spark_python_task"]["python_file"]
-    "{{ ti.xcom_pull(task_ids='deploy_code')['uri'] }}/jobs/etl.py"
+    '/lake/code/v1/jobs/etl.py'
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 CLUSTERS_DIR = Path(__file__).with_name("clusters")
@@ -28,15 +29,17 @@ CLUSTERS_DIR = Path(__file__).with_name("clusters")
 #: Which cluster spec each job runs on.
 JOB_CLUSTERS = {"etl": "cpu", "augment": "cpu", "train": "gpu"}
 
-CODE_URI = "{{ ti.xcom_pull(task_ids='deploy_code')['uri'] }}"
-WHEEL_URI = "{{ ti.xcom_pull(task_ids='deploy_code')['wheel_uri'] }}"
-LAKE_ROOT = "{{ ti.xcom_pull(task_ids='deploy_code')['lake_root'] }}"
-DATASET_ID = "{{ ti.xcom_pull(task_ids='upload_to_lake')['dataset_id'] }}"
+
+def job_file_key(job: str) -> str:
+    """The key under which ``deploy_code`` returns the URI of ``jobs/{job}.py`` (one XCom per key)."""
+    return f"job_{job}"
 
 
 def cluster_spec(name: str) -> dict:
     """A cluster spec from ``clusters/{name}.json`` (``SWAN_DATABRICKS_CLUSTERS_DIR`` overrides the folder)."""
-    folder = Path(os.environ.get("SWAN_DATABRICKS_CLUSTERS_DIR", CLUSTERS_DIR))
+    from swan_anomaly.config import Settings
+
+    folder = Settings.from_env().databricks_clusters_dir or CLUSTERS_DIR
     return json.loads((folder / f"{name}.json").read_text())
 
 
@@ -58,8 +61,16 @@ def job_env() -> dict[str, str]:
     }
 
 
-def submit_run_json(job: str, args: list[str], *, timeout_seconds: int = 4 * 3600) -> dict:
-    """The ``runs/submit`` payload of one job entrypoint (templated; rendered by the operator)."""
+def submit_run_json(job: str, args: list, *, code, dataset_id, timeout_seconds: int = 4 * 3600) -> dict:
+    """The ``runs/submit`` payload of one job entrypoint (rendered by the operator).
+
+    Args:
+        job: ``etl``, ``augment`` or ``train``.
+        args: the job's own arguments (templates allowed).
+        code: what ``deploy_code`` returned (``lake_root``, ``wheel_uri``, ``job_{job}``), e.g. its XComArg.
+        dataset_id: the run's dataset id, e.g. ``upload_to_lake``'s XComArg ``["dataset_id"]``.
+        timeout_seconds: the Databricks run's own timeout.
+    """
     cluster = cluster_spec(JOB_CLUSTERS[job])
     cluster["spark_env_vars"] = {**cluster.get("spark_env_vars", {}), **job_env()}
     return {
@@ -69,10 +80,10 @@ def submit_run_json(job: str, args: list[str], *, timeout_seconds: int = 4 * 360
             {
                 "task_key": job,
                 "new_cluster": cluster,
-                "libraries": [{"whl": WHEEL_URI}],
+                "libraries": [{"whl": code["wheel_uri"]}],
                 "spark_python_task": {
-                    "python_file": f"{CODE_URI}/jobs/{job}.py",
-                    "parameters": ["--lake-root", LAKE_ROOT, "--dataset-id", DATASET_ID, "--run-id", "{{ run_id }}", *args],
+                    "python_file": code[job_file_key(job)],
+                    "parameters": ["--lake-root", code["lake_root"], "--dataset-id", dataset_id, "--run-id", "{{ run_id }}", *args],
                 },
             }
         ],

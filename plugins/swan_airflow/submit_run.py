@@ -16,21 +16,26 @@ Everything else (deferral, polling, retries of 429/5xx answers, cancelling on ki
 provider's operator.
 
 Example:
-    >>> op = IdempotentSubmitRunOperator(task_id="run_etl", json=submit_run_json("etl", []),
-    ...                                  inputs="{{ ti.xcom_pull(task_ids='upload_to_lake')['digest'] }}")  # doctest: +SKIP
+    >>> op = IdempotentSubmitRunOperator(task_id="run_etl", json=submit_run_json("etl", [], code=code, dataset_id=upload["dataset_id"]),
+    ...                                  inputs=upload["digest"])  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.databricks.operators.databricks import DatabricksSubmitRunOperator
 
+from swan_airflow.databricks_runs import submit_run_json
+
 if TYPE_CHECKING:
     from airflow.providers.databricks.hooks.databricks import DatabricksHook
     from airflow.sdk import Context
+
+    from swan_anomaly.config import Settings
 
 #: Fresh runs one DAG-run task may start after failed ones; beyond this something is wrong
 #: with the job itself, and the task fails instead of burning clusters.
@@ -80,8 +85,8 @@ class IdempotentSubmitRunOperator(DatabricksSubmitRunOperator):
     """The provider's one-time-run operator with a rerun-safe ``idempotency_token``.
 
     Args:
-        inputs: templated; a digest of the run's input data (the raw partition's manifest),
-            so that new data under the same dataset id gives a new run.
+        inputs: templated (e.g. ``upload_to_lake``'s XComArg ``["digest"]``); a digest of the run's input
+            data (the raw partition's manifest), so that new data under the same dataset id gives a new run.
         **kwargs: as for ``DatabricksSubmitRunOperator`` (``idempotency_token`` is set here).
     """
 
@@ -113,6 +118,7 @@ class SwanJobOperator(IdempotentSubmitRunOperator):
     Args:
         job: the entrypoint name (``etl``, ``augment``, ``train``).
         job_args: templated; the job's own arguments (after ``--lake-root``, ``--dataset-id``, ``--run-id``).
+        dataset_id: templated; the run's dataset id (``upload_to_lake``'s XComArg ``["dataset_id"]``).
         backend: templated; ``local`` or ``databricks``.
         window_days: templated; for a job that reads a training window of gold partitions (the
             training job): the window's length. On Databricks the idempotency token then also
@@ -120,14 +126,22 @@ class SwanJobOperator(IdempotentSubmitRunOperator):
         **kwargs: as for :class:`IdempotentSubmitRunOperator` (the Databricks payload in ``json``).
     """
 
-    template_fields = (*IdempotentSubmitRunOperator.template_fields, "job_args", "backend", "window_days")
+    template_fields = (*IdempotentSubmitRunOperator.template_fields, "job_args", "dataset_id", "backend", "window_days")
 
     def __init__(
-        self, *, job: str, job_args: list[str], backend: str = "{{ params.backend }}", window_days: str | int | None = None, **kwargs: Any
+        self,
+        *,
+        job: str,
+        job_args: list[str],
+        dataset_id: Any,
+        backend: str = "{{ params.backend }}",
+        window_days: str | int | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.job = job
         self.job_args = job_args
+        self.dataset_id = dataset_id
         self.backend = backend
         self.window_days = window_days
 
@@ -158,8 +172,7 @@ class SwanJobOperator(IdempotentSubmitRunOperator):
 
         from swan_airflow.runtime import lake
 
-        ti = context["ti"]
-        dataset_id = ti.xcom_pull(task_ids="upload_to_lake")["dataset_id"]
+        ti, dataset_id = context["ti"], self.dataset_id
         if self.backend == "local":
             from swan_airflow.jobs import run_job
 
@@ -179,3 +192,32 @@ class SwanJobOperator(IdempotentSubmitRunOperator):
             self.log.info("task %s killed; its local %s job stops with it", self.task_id, self.job)
             return
         super().on_kill()  # cancels the Databricks run
+
+
+def job_task(task_id: str, job: str, args: list, code, upload, settings: Settings, **kwargs: Any) -> SwanJobOperator:
+    """The pipeline's task for one job: a local subprocess or a Databricks one-time run, by the run's ``backend`` Param.
+
+    Args:
+        task_id: the task id (the same for both backends).
+        job: ``etl``, ``augment`` or ``train``.
+        args: the job's own arguments (templates allowed).
+        code: ``deploy_code``'s XComArg (the deployed wheel and entrypoints).
+        upload: ``upload_to_lake``'s XComArg (the run's ``dataset_id`` and the input ``digest``).
+        settings: the deployment's settings (Databricks connection, polling, retry delay).
+        **kwargs: operator arguments, e.g. ``execution_timeout`` (the Databricks run ends with it), ``pool``.
+    """
+    timeout = kwargs.get("execution_timeout") or dt.timedelta(minutes=settings.task_timeout_minutes)
+    return SwanJobOperator(
+        task_id=task_id,
+        job=job,
+        job_args=args,
+        dataset_id=upload["dataset_id"],
+        inputs=upload["digest"],
+        databricks_conn_id=settings.databricks_conn_id,
+        json=submit_run_json(job, args, code=code, dataset_id=upload["dataset_id"], timeout_seconds=int(timeout.total_seconds())),
+        deferrable=True,
+        polling_period_seconds=settings.databricks_poll_seconds,
+        databricks_retry_limit=5,
+        databricks_retry_delay=settings.databricks_retry_delay,
+        **kwargs,
+    )
