@@ -1,6 +1,10 @@
 """The whole DAG in remote mode: the lake on Azure Storage (Azurite) through WasbHook, the jobs as
-Databricks runs (REST double whose cluster sees the container as a volume), MLflow registry and
-serving as configured."""
+Databricks one-time runs (the real, deferrable DatabricksSubmitRunOperator against the REST double,
+whose cluster really runs the submitted files and sees the container as a volume), MLflow registry
+and serving as configured.
+
+The deployment's default backend stays ``local``: the run asks for Databricks in its conf, as a
+user does in the trigger form. One DAG run (and one rerun) serves every test of this module."""
 
 from __future__ import annotations
 
@@ -31,8 +35,8 @@ def remote_run(airflow_db, demo_video, azurite, tmp_path_factory):
         volume={"path": str(volume), "connection_string": azurite["connection_string"], "container": CONTAINER, "prefix": PREFIX},
     ).start()
     mp = pytest.MonkeyPatch()
+    mp.delenv("SWAN_COMPUTE_BACKEND", raising=False)  # the deployment default stays local; the run asks for Databricks
     for key, value in {
-        "SWAN_COMPUTE_BACKEND": "databricks",
         "SWAN_DATABRICKS_POLL_SECONDS": "1",
         "SWAN_DATABRICKS_RETRY_DELAY": "1",
         "AIRFLOW_CONN_DATABRICKS_DEFAULT": double.connection(),
@@ -49,6 +53,7 @@ def remote_run(airflow_db, demo_video, azurite, tmp_path_factory):
     shutil.copy(demo_video, landing / "swans.mp4")
     try:
         dag = DagBag(dag_folder=str(ROOT / "dags")).dags["swan_anomaly_pipeline"]
+        assert type(dag.get_task("run_etl")).__name__ == "SwanJobOperator" and dag.params["backend"] == "local"
         logical = dt.datetime.fromisoformat(LANDING_DATE).replace(tzinfo=dt.UTC)
         run_after = dt.datetime.now(dt.UTC)
         dag_run = _run(dag, logical, run_after=run_after)
@@ -62,7 +67,7 @@ def remote_run(airflow_db, demo_video, azurite, tmp_path_factory):
 def _run(dag, logical, *, run_after):
     """One DAG run; called again with the same ``run_after`` it reruns the same run id, as a clear does."""
     with captured_output() as captured:
-        dag_run = dag.test(logical_date=logical, run_after=run_after, run_conf={"landing_date": LANDING_DATE})
+        dag_run = dag.test(logical_date=logical, run_after=run_after, run_conf={"landing_date": LANDING_DATE, "backend": "databricks"})
     dag_run.logs = captured.getvalue()
     return dag_run
 
@@ -83,7 +88,8 @@ def test_remote_run_writes_the_container_and_runs_the_deployed_code(remote_run, 
     from airflow.providers.databricks.utils.databricks import normalise_json_content
 
     from swan_airflow.databricks_runs import cluster_spec, job_env
-    from swan_anomaly.lake import LocalLake, gold_files_digest
+    from swan_airflow.submit_run import generation_token, token_base
+    from swan_anomaly.lake import MANIFEST, LocalLake, gold_files_digest, sha256_text
 
     dag_run, double, volume = remote_run
     assert str(dag_run.state) == "success"
@@ -112,10 +118,35 @@ def test_remote_run_writes_the_container_and_runs_the_deployed_code(remote_run, 
             dag_run.run_id,
         ]
         assert 0 < len(payload["idempotency_token"]) <= 64
+        result = LocalLake(volume).read_result(dag_run.run_id, task["task_key"])
+        assert ".whl" in result["package_path"], "the job did not run the deployed wheel"
+    assert len({p["idempotency_token"] for p in double.submissions}) == 3
+    assert LocalLake(volume).read_result(dag_run.run_id, "train")["val"]["auroc"] >= 0.9
     # the training token's window digest, listed from the container, is that of the gold files the jobs wrote
     job_side = LocalLake(volume).gold_files([DATASET])
     assert [name for name, _ in job_side[DATASET] if name.endswith(".parquet")]
-    assert f"gold files digest {gold_files_digest(job_side)[:16]}" in dag_run.logs
+    window = gold_files_digest(job_side)
+    assert f"gold files digest {window[:16]}" in dag_run.logs
+    # the training run's token digests its input partition and the gold files of its window as they were
+    train_payload, raw_digest = double.submissions[2], sha256_text((LocalLake(volume).raw(DATASET) / MANIFEST).read_text())
+    base = token_base(dag_run.dag_id, dag_run.run_id, "run_training", -1, train_payload, f"{raw_digest}|gold:{window}")
+    assert train_payload["idempotency_token"] == generation_token(base, 0)
+
+
+@pytest.mark.slow
+def test_resubmitting_with_the_same_token_attaches_to_the_same_run(remote_run):
+    from airflow.providers.databricks.hooks.databricks import DatabricksHook
+
+    _, double, _ = remote_run
+    first, submitted = double.submissions[0], len(double.submissions)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AIRFLOW_CONN_DATABRICKS_RESUBMIT", double.connection())
+    try:
+        run_id = DatabricksHook(databricks_conn_id="databricks_resubmit").submit_run(first)
+    finally:
+        mp.undo()
+    assert run_id == double.by_token[first["idempotency_token"]]
+    assert len(double.submissions) == submitted
 
 
 @pytest.mark.slow
@@ -135,7 +166,9 @@ def test_remote_run_registers_and_serves_its_champion(remote_run):
 def test_remote_run_leaks_neither_the_storage_key_nor_the_token(remote_run):
     dag_run, _, _ = remote_run
     assert "upload_to_lake" in dag_run.logs and len(dag_run.logs) > 10_000
-    for where, text in {"task logs": dag_run.logs, **stored_run_texts(dag_run.run_id)}.items():
+    stored = stored_run_texts(dag_run.run_id)
+    assert "spark_python_task" in stored["rendered templates"], "the Databricks payloads were not rendered"
+    for where, text in {"task logs": dag_run.logs, **stored}.items():
         assert AZURITE_KEY not in text, f"the storage account key leaked into {where}"
         assert TOKEN not in text, f"the Databricks token leaked into {where}"
 
