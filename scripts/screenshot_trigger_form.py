@@ -1,4 +1,4 @@
-"""Screenshot the Airflow UI's trigger form of ``swan_anomaly_pipeline`` (the Params form) for the README.
+"""Screenshot the Airflow UI's trigger form of ``swan_anomaly_pipeline`` (the Params form) for the docs (README, docs/operations.md).
 
 Usage::
 
@@ -81,9 +81,11 @@ class Processes:
         self.logdir = logdir
         self.procs: list[tuple[str, subprocess.Popen]] = []
 
-    def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen:
         out = open(self.logdir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
         out.close()
         self.procs.append((name, proc))
         return proc

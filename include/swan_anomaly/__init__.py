@@ -2,18 +2,24 @@
 
 Modules, by concept:
 
-* ``video``: video identity, frame extraction (OpenCV), the procedural demo video
-* ``anomalies``: seeded synthetic anomaly families
+* ``video``: video identity and probing (``video.probe``), frame extraction with OpenCV (``video.frames``), the
+  procedural demo video (``video.demo``)
+* ``contract``: the names every layer shares (class ids, family names, crop bias), no heavy imports
+* ``anomalies``: seeded synthetic anomaly families (geometry, textures, the families, planning, preview grid)
 * ``labels``: the label manifest (build, validate, read, write)
 * ``splits``: train/val/test by source group
 * ``images``: decode, center-biased crop, area resize, JPEG, normalisation (the one preprocessing path)
-* ``lake``: the lake layout and idempotent dataset upload
+* ``lake``: the lake layout, idempotent dataset upload, training windows (``load_gold``), and the ``Lake``
+  protocol both lakes satisfy; ``digests``: content digests
 * ``etl`` / ``augment``: the Spark jobs (import pyspark)
-* ``modeling`` / ``training`` / ``metrics``: the ViT classifier, its training loop, anomaly metrics
+* ``modeling``: the ViT classifier; ``trainer``: its training loop; ``tracking``: MLflow for the training job;
+  ``training``: the training job; ``generalization``: the leave-one-family-out report
+* ``metrics`` / ``evaluation``: anomaly metrics with intervals, evaluation figures
 * ``registry`` / ``gate``: MLflow registration, aliases and the promotion gate
 * ``scoring``: held-out raw images through registered models and endpoints, batch by batch
+* ``label_check`` / ``azure_openai``: the optional label check by a vision model, and its Azure OpenAI client
 * ``serving``: the MLflow pyfunc, the local model server, the endpoint client and the endpoint validation
-* ``config``: settings of the embedded default
+* ``config``: every setting, typed, read from the environment (``Settings``)
 
 Only light names are re-exported here; heavy modules (torch, pyspark, mlflow) load on use.
 """
