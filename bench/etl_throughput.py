@@ -139,7 +139,7 @@ def plain_loop(raw_dir: Path, out: Path, size: int, shard: int = 0, shards: int 
     contents = []
     for rel in manifest.image_path:
         image = decode_image((raw_dir / rel).read_bytes(), name=rel)
-        contents.append(encode_jpeg(crop_and_resize(image, size=size, bias_x=0.4, bias_y=0.5), quality=95))
+        contents.append(encode_jpeg(crop_and_resize(image, size=size), quality=95))
     table = pa.table({"image_path": manifest.image_path.tolist(), "content": contents, "label": manifest.label.tolist()})
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, out / f"part-{shard}.parquet")
