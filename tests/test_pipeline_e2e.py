@@ -184,7 +184,8 @@ def test_a_champion_that_stops_separating_new_data_is_drift_and_the_failed_run_s
     pipeline_run, monkeypatch, tmp_path
 ):
     """A second run whose gate keeps a champion that scores every image 0.5: drift, reported and (by setting) failing the run,
-    with no retry of the validation and a summary that says what serves."""
+    with no retry of the validation and a summary that says what serves. The second run processes the same date again and
+    leaves its raw, silver and gold data exactly as the first run wrote them."""
     import mlflow
     import torch
     from airflow.dag_processing.dagbag import DagBag
@@ -228,6 +229,8 @@ def test_a_champion_that_stops_separating_new_data_is_drift_and_the_failed_run_s
     monkeypatch.setenv("SWAN_DRIFT_ACTION", "fail")
     monkeypatch.setenv("SWAN_FAILURE_NOTIFIER", "conftest:RecordingNotifier")
     monkeypatch.setenv("SWAN_FAILURE_NOTIFIER_KWARGS", json.dumps({"message": "{{ exception }}", "path": str(out)}))
+    lake = LocalLake(s.lake_root)
+    before = _partition_data(lake)
     dag = DagBag(dag_folder=str(ROOT / "dags")).get_dag("swan_anomaly_pipeline")
     logical = dt.datetime.fromisoformat(LANDING_DATE).replace(tzinfo=dt.UTC)
     # the gate refuses (an unseen-family AUROC is required, and one family gives none), so the constant champion stays
@@ -235,6 +238,10 @@ def test_a_champion_that_stops_separating_new_data_is_drift_and_the_failed_run_s
     again = dag.test(logical_date=logical, run_after=dt.datetime.now(dt.UTC), run_conf=conf)
 
     assert str(again.state) == "failed"
+    after = _partition_data(lake)
+    assert after["raw"] == before["raw"], "a new run of the date changed its raw files"
+    pd.testing.assert_frame_equal(after["silver"], before["silver"])
+    pd.testing.assert_frame_equal(after["gold"], before["gold"])
     states = {ti.task_id: (str(ti.state), ti.try_number) for ti in again.get_task_instances()}
     assert states["keep_champion"][0] == "success" and states["promote_model"][0] == "skipped"
     assert states["validate_endpoint"] == ("failed", 1), "a validation failure is final: no retry"
@@ -249,3 +256,14 @@ def test_a_champion_that_stops_separating_new_data_is_drift_and_the_failed_run_s
     previous = client.get_model_version_by_alias(s.model_name, "previous_champion")
     promote(client, s.model_name, str(previous.version))
     deploy_version(target.workspace(), target.endpoint, s.model_name, str(previous.version), ServingConfig())
+
+
+def _partition_data(lake) -> dict:
+    """The raw files (name: sha256), silver rows and gold rows of DATASET, in a stable order."""
+    from swan_anomaly.digests import sha256_file
+
+    raw = {p.relative_to(lake.raw(DATASET)).as_posix(): sha256_file(p) for p in lake.raw(DATASET).rglob("*") if p.is_file()}
+    raw = {name: digest for name, digest in raw.items() if name not in ("_SUCCESS", "manifest.json")}  # rewritten last on every upload
+    silver = pd.read_parquet(lake.silver_partition(DATASET)).sort_values("image_path", ignore_index=True)
+    gold = pd.read_parquet(lake.gold_partition(DATASET)).sort_values("sample_id", ignore_index=True)
+    return {"raw": raw, "silver": silver, "gold": gold}
