@@ -4,7 +4,7 @@ Parameters: --model {offline,vit-b16} (default offline), --batch-size (default 3
 --steps (default 20), --warmup (default 3), --device {auto,cuda,cpu}, --compile, --json PATH.
 
 pipeline: ``swan_anomaly.modeling.load_classifier`` -> ``training.place_for_training`` ->
-``training.make_optimizer`` -> ``training.train_step`` on batches gathered from a shuffled
+``trainer.make_optimizer`` -> ``trainer.train_step`` on batches gathered from a shuffled
 order, as ``train_classifier`` runs them (bfloat16 autocast, fused AdamW, TF32 on CUDA).
 baseline: ``ViTForImageClassification.from_pretrained(attn_implementation="sdpa")``, the loss
 from ``labels=``, ``torch.optim.AdamW`` (fused on CUDA), bfloat16 autocast on CUDA.
