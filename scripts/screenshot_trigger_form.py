@@ -57,6 +57,13 @@ def log(msg: str) -> None:
     print(f"[screenshot] {msg}", flush=True)
 
 
+def step_failed(step: str, exc: Exception) -> int:
+    """Say which step failed and why (a StepError's message says it all); the exit status 1."""
+    why = str(exc) if isinstance(exc, StepError) else f"{type(exc).__name__}: {exc}"
+    print(f"[screenshot] step '{step}' failed: {why}", file=sys.stderr)
+    return 1
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -450,12 +457,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"wrote {out} ({section}; {w}x{h} px, {out.stat().st_size // 1024} KiB)")
         log(f"done in {time.monotonic() - started:.0f}s")
         return 0
-    except StepError as exc:
-        print(f"[screenshot] step '{step}' failed: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # noqa: BLE001 - name the step of anything unexpected
-        print(f"[screenshot] step '{step}' failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+    except Exception as exc:  # noqa: BLE001 - name the step of anything that fails
+        return step_failed(step, exc)
     finally:
         if cdp is not None:
             cdp.close()

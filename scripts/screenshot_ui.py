@@ -63,6 +63,7 @@ from screenshot_trigger_form import (
     http_json,
     log,
     start_chromium,
+    step_failed,
     wait_for_dag,
 )
 
@@ -334,12 +335,8 @@ def main(argv: list[str] | None = None) -> int:
             shoot_mlflow(args, chromium, tmp, procs, out_dir / "mlflow_run.png", airflow_run_id)
         log(f"done in {time.monotonic() - started:.0f}s")
         return 0
-    except StepError as exc:
-        print(f"[screenshot] step '{step}' failed: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # noqa: BLE001 - name the step of anything unexpected
-        print(f"[screenshot] step '{step}' failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+    except Exception as exc:  # noqa: BLE001 - name the step of anything that fails
+        return step_failed(step, exc)
     finally:
         procs.stop_all()
         if args.keep_tmp:

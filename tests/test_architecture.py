@@ -12,7 +12,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import re
-import typing
 from pathlib import Path
 
 import pytest
@@ -179,13 +178,11 @@ def _bad_value(field: dataclasses.Field, kind: type) -> str | None:
 
 def test_every_typed_setting_refuses_a_malformed_value_naming_the_variable():
     from swan_anomaly import ConfigError
-    from swan_anomaly.config import Settings
+    from swan_anomaly.config import Settings, field_kind
 
-    hints = typing.get_type_hints(Settings)
     checked = 0
     for field in dataclasses.fields(Settings):
-        kind = next((t for t in typing.get_args(hints[field.name]) if t is not type(None)), hints[field.name])
-        bad = _bad_value(field, kind)
+        bad = _bad_value(field, field_kind(field))
         if bad is None:
             continue
         with pytest.raises(ConfigError, match=re.escape(field.metadata["env"]) + ".*" + re.escape(repr(bad))):

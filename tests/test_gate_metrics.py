@@ -45,7 +45,11 @@ def test_gate_modes_and_regression():
 
 
 def test_the_gate_refuses_a_split_too_small_to_measure_and_needs_to_know_its_size():
-    from swan_anomaly.gate import MIN_IMAGES_PER_CLASS, min_images_per_class
+    from swan_anomaly.config import Settings
+    from swan_anomaly.gate import MIN_IMAGES_PER_CLASS
+
+    def min_images_per_class(env):
+        return Settings.from_env(env).gate_min_images_per_class
 
     small = decide({"auroc": 1.0, "f1": 1.0}, None, class_counts={"abnormal": 24, "normal": 300})
     assert not small.passed and not small.promote and not small.measurable

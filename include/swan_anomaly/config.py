@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import typing
 from collections.abc import Callable, Mapping
@@ -227,12 +228,11 @@ class Settings:
                 registry is Unity Catalog and the model name is not three-level.
         """
         env = os.environ if env is None else env
-        hints = typing.get_type_hints(cls)
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             raw = env.get(f.metadata["env"], "")
             if raw.strip():
-                values[f.name] = _parse(f, hints[f.name], raw.strip())
+                values[f.name] = _parse(f, raw.strip())
             elif f.metadata["derive"] is not None:
                 values[f.name] = f.metadata["derive"](values)
             else:
@@ -265,10 +265,21 @@ class Settings:
         return self.home / "models"
 
 
-def _parse(f: dataclasses.Field, hint: Any, raw: str) -> Any:
+@functools.cache
+def _field_kinds() -> dict[str, type]:
+    """Each field's type, ``X | None`` read as ``X`` (the annotations are strings; resolved once)."""
+    hints = typing.get_type_hints(Settings)
+    return {name: next((t for t in typing.get_args(hint) if t is not type(None)), hint) for name, hint in hints.items()}
+
+
+def field_kind(f: dataclasses.Field) -> type:
+    """The type a field of :class:`Settings` is parsed as: ``bool``, ``int``, ``float``, ``Path`` or ``str``."""
+    return _field_kinds()[f.name]
+
+
+def _parse(f: dataclasses.Field, raw: str) -> Any:
     """``raw`` as the field's type, within its choices and bounds."""
-    name, meta = f.metadata["env"], f.metadata
-    kind = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
+    name, meta, kind = f.metadata["env"], f.metadata, field_kind(f)
     if kind is bool:
         return env_flag(name, bool(f.default), {name: raw})
     if kind in (int, float):
@@ -296,12 +307,10 @@ def _parse(f: dataclasses.Field, hint: Any, raw: str) -> Any:
 
 def settings_table() -> str:
     """The Markdown table of every setting: variable, type, default, meaning (for ``docs/configuration.md``)."""
-    hints = typing.get_type_hints(Settings)
     rows = ["| variable | type | default | meaning |", "|---|---|---|---|"]
     for f in dataclasses.fields(Settings):
         meta = f.metadata
-        kind = next((t for t in typing.get_args(hints[f.name]) if t is not type(None)), hints[f.name])
-        type_name = " \\| ".join(f"`{c}`" for c in meta["choices"]) if meta["choices"] else kind.__name__
+        type_name = " \\| ".join(f"`{c}`" for c in meta["choices"]) if meta["choices"] else field_kind(f).__name__
         if meta["shown"] is not None:
             default = meta["shown"]
         elif meta["derive"] is not None:

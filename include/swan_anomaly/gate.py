@@ -49,15 +49,6 @@ MAX_REGRESSION = 0.02
 MIN_IMAGES_PER_CLASS: int = Settings.gate_min_images_per_class
 
 
-def min_images_per_class(env: Mapping[str, str] | None = None) -> int:
-    """``SWAN_GATE_MIN_IMAGES_PER_CLASS`` (default :data:`MIN_IMAGES_PER_CLASS`): the smallest measurable split.
-
-    Raises:
-        ConfigError: the value is not a whole number of at least 1.
-    """
-    return Settings.from_env(env).gate_min_images_per_class
-
-
 @dataclass(frozen=True)
 class GateDecision:
     """What the gate decided and why.

@@ -15,7 +15,7 @@ import logging
 import subprocess
 import sys
 
-from swan_airflow.runtime import job_lake_root, jobs_dir, lake, lake_backend
+from swan_airflow.runtime import job_lake_root, jobs_dir, lake, settings
 from swan_anomaly.entrypoint import PERMANENT_EXIT_CODES
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def run_job(job: str, *, dataset_id: str, run_id: str, args: list[str] | None = 
     if not script.is_file():
         msg = f"job entrypoint {script} not found; set SWAN_JOBS_DIR to the project's jobs/ folder"
         raise FileNotFoundError(msg)
-    if lake_backend() != "local":
+    if settings().lake_backend != "local":
         from airflow.sdk.exceptions import AirflowFailException
 
         msg = (

@@ -105,11 +105,6 @@ def jobs_dir() -> Path:
     return settings().jobs_dir or PROJECT_ROOT / "jobs"
 
 
-def lake_backend() -> str:
-    """``SWAN_LAKE_BACKEND``: ``local`` (default) or ``azure``."""
-    return settings().lake_backend
-
-
 def lake():
     """The lake the DAG writes to: ``SWAN_LAKE_BACKEND`` ``local`` (default, ``SWAN_LAKE_ROOT``) or ``azure``.
 
