@@ -23,7 +23,7 @@ def staged(tmp_path_factory, demo_video):
     """A staged dataset: frames of the demo video, anomalies at ratio 0.5, labels.csv."""
     ds = tmp_path_factory.mktemp("staged") / "20261126"
     frames = [f.to_dict() for f in extract_frames(demo_video, ds / "frames", every_seconds=1.0)]
-    anomalies = synthesize_dataset(frames, ds, anomaly_ratio=0.5, seed=7)
+    anomalies = synthesize_dataset(frames, ds, anomaly_ratio=0.5, seed=7, families=["salt_pepper_polygons"])
     table = build_manifest(frames, anomalies, ds, block_seconds=4.0)
     write_manifest(table, ds / "labels.csv")
     return ds, frames, anomalies, table

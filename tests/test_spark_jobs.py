@@ -66,7 +66,7 @@ def lake(tmp_path_factory, demo_video) -> LocalLake:
     root = tmp_path_factory.mktemp("lake")
     ds = tmp_path_factory.mktemp("staging") / DATASET
     frames = [f.to_dict() for f in extract_frames(demo_video, ds / "frames", every_seconds=1.0)]
-    anomalies = synthesize_dataset(frames, ds, anomaly_ratio=0.5, seed=11)
+    anomalies = synthesize_dataset(frames, ds, anomaly_ratio=0.5, seed=11, families=["salt_pepper_polygons"])
     table = build_manifest(frames, anomalies, ds, block_seconds=4.0)
     corpus_dir = ds / "frames" / "corpus"
     corpus_dir.mkdir()

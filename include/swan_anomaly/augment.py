@@ -36,7 +36,7 @@ from swan_anomaly.anomalies import stable_seed
 from swan_anomaly.images import decode_image, encode_jpeg
 from swan_anomaly.contract import ABNORMAL, NORMAL
 from swan_anomaly.lake import LocalLake
-from swan_anomaly.splits import Split, assign_splits
+from swan_anomaly.splits import Split, assign_splits, split_shortfalls
 
 log = logging.getLogger(__name__)
 
@@ -191,11 +191,13 @@ def run_augmentation(
     # Read the one partition directly: no schema inference across other datasets, and
     # dataset_id stays a string (partition discovery would turn 20261126 into an integer).
     silver = spark.read.parquet(str(partition)).withColumn("dataset_id", F.lit(dataset_id))
-    groups = sorted(r.group for r in silver.select("group").distinct().collect())
-    if not groups:
+    sizes: dict[str, dict[int, int]] = {}  # {group: {label: images}}: splits reach their minimum images and both classes
+    for r in silver.groupBy("group", "label").count().collect():
+        sizes.setdefault(r.group, {})[int(r.label)] = int(r["count"])
+    if not sizes:
         msg = f"{lake.silver}: no silver rows for dataset {dataset_id!r}; run the ETL job first"
         raise JobError(msg)
-    split_of = assign_splits(groups, seed=seed)
+    split_of = assign_splits(sizes, seed=seed)  # logs a warning for each held-out split short of its minimums
     splits = spark.createDataFrame(sorted(split_of.items()), ["group", "split"])
     images = with_splits(silver, splits)
     train_counts = {r.label: int(r["count"]) for r in images.where(F.col("split") == Split.TRAIN.value).groupBy("label").count().collect()}
@@ -243,6 +245,7 @@ def run_augmentation(
         "gold_rows": int(sum(sum(v.values()) for v in by_split.values())),
         "rows_by_split_label": dict(sorted(by_split.items())),
         "groups_by_split": {s.value: sorted(g for g, sp in split_of.items() if sp == s.value) for s in Split},
+        "split_shortfalls": split_shortfalls(split_of, sizes),
         "augmentations": list(augmentations),
         "variants_per_image": {str(label): len(pairs) for label, pairs in sorted(plan.items())},
         "target_abnormal_share": target_abnormal_share,

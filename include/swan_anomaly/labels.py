@@ -5,6 +5,11 @@ Columns (docs/architecture.md, "Contracts"): ``image_path`` (relative to the dat
 ``family`` (``none`` for normal images), ``family_params`` (JSON), ``group`` (video +
 time block, the unit of splitting) and ``sha256`` of the image file.
 
+Time blocks are :data:`BLOCK_SECONDS` (4 s) long, shorter for a short video: each video is cut
+into at least :data:`MIN_BLOCKS_PER_VIDEO` blocks (block = its span / that number), but a block
+is never shorter than :data:`MIN_BLOCK_SECONDS` (:func:`block_seconds_for`). A 10 s video gets
+1.25 s blocks, hence 8 groups instead of 3; a video of 32 s or more keeps 4 s blocks.
+
 The contract is a pyarrow schema (:data:`SCHEMA`): values are converted strictly (``1.5`` is
 not a label, an empty cell is not a path), then the rules Arrow cannot express are checked:
 known labels only, normal images without a family, no duplicate image, and every listed file
@@ -19,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -30,6 +36,7 @@ from swan_anomaly.anomalies import AnomalyRecord
 from swan_anomaly.contract import ABNORMAL, LABEL_NAMES, NORMAL, NORMAL_FAMILY
 from swan_anomaly.digests import sha256_file
 
+log = logging.getLogger(__name__)
 
 SCHEMA = pa.schema(
     [
@@ -47,13 +54,69 @@ SCHEMA = pa.schema(
 COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
 
 
+#: Length of a split block (seconds): frames this close are near-identical and stay in one split.
+BLOCK_SECONDS = 4.0
+#: A video shorter than this many blocks gets shorter blocks, so that it still gives this many groups...
+MIN_BLOCKS_PER_VIDEO = 8
+#: ...but never blocks shorter than this (seconds): closer frames would leak across splits.
+MIN_BLOCK_SECONDS = 1.0
+
+
 def group_of(video_id: str, timestamp_s: float, block_seconds: float) -> str:
     """The split group of a frame: its video and its time block."""
     return f"{video_id}-b{int(timestamp_s // block_seconds):04d}"
 
 
-def build_manifest(frames: list[dict], anomalies: list[AnomalyRecord], dataset_dir: Path, *, block_seconds: float = 4.0) -> pd.DataFrame:
-    """Build the manifest for the frames and anomalies staged under ``dataset_dir``."""
+def video_span(timestamps) -> float:
+    """Seconds a video's sampled frames cover: first to last timestamp plus one (median) frame interval.
+
+    Example:
+        >>> video_span([0.0, 0.5, 1.0, 1.5]), video_span([3.0])
+        (2.0, 0.0)
+    """
+    ts = sorted(set(float(t) for t in timestamps))
+    if len(ts) < 2:
+        return 0.0
+    steps = sorted(b - a for a, b in zip(ts, ts[1:]))
+    return ts[-1] - ts[0] + steps[len(steps) // 2]
+
+
+def block_seconds_for(
+    span_s: float,
+    *,
+    block_seconds: float = BLOCK_SECONDS,
+    min_blocks: int = MIN_BLOCKS_PER_VIDEO,
+    min_block_seconds: float = MIN_BLOCK_SECONDS,
+) -> float:
+    """The split block length of a video covering ``span_s`` seconds.
+
+    ``block_seconds``, shortened to ``span_s / min_blocks`` for a short video so that it still
+    gives ``min_blocks`` groups, and never below ``min_block_seconds``.
+
+    Example:
+        >>> block_seconds_for(96.0), block_seconds_for(10.0), block_seconds_for(4.0)
+        (4.0, 1.25, 1.0)
+    """
+    return max(min(min_block_seconds, block_seconds), min(block_seconds, span_s / max(min_blocks, 1)))
+
+
+def build_manifest(
+    frames: list[dict],
+    anomalies: list[AnomalyRecord],
+    dataset_dir: Path,
+    *,
+    block_seconds: float = BLOCK_SECONDS,
+    min_blocks_per_video: int = MIN_BLOCKS_PER_VIDEO,
+    min_block_seconds: float = MIN_BLOCK_SECONDS,
+) -> pd.DataFrame:
+    """Build the manifest for the frames and anomalies staged under ``dataset_dir``.
+
+    Args:
+        block_seconds: length of a split block (the ``group`` column).
+        min_blocks_per_video: a shorter video gets shorter blocks, so that it gives this many
+            groups (:func:`block_seconds_for`; 1 keeps ``block_seconds`` for every video).
+        min_block_seconds: the shortest block.
+    """
     rows = []
     for f in frames:
         rel = str(Path(f["path"]).relative_to(dataset_dir))
@@ -62,7 +125,17 @@ def build_manifest(frames: list[dict], anomalies: list[AnomalyRecord], dataset_d
         rows.append((a.path, ABNORMAL, a.video_id, a.frame_index, a.timestamp_s, a.family, a.family_params))
     table = pd.DataFrame(rows, columns=list(COLUMNS)[:7])
     _require_files(table.image_path, dataset_dir, source=str(dataset_dir))
-    table["group"] = [group_of(v, t, block_seconds) for v, t in zip(table.video_id, table.timestamp_s)]
+    block_of = {
+        video: block_seconds_for(
+            video_span(ts), block_seconds=block_seconds, min_blocks=min_blocks_per_video, min_block_seconds=min_block_seconds
+        )
+        for video, ts in table.groupby("video_id").timestamp_s
+    }
+    table["group"] = [group_of(v, t, block_of[v]) for v, t in zip(table.video_id, table.timestamp_s)]
+    for video, block in sorted(block_of.items()):
+        if block < block_seconds:
+            groups = table[table.video_id == video].group.nunique()
+            log.info("video %s is short: split blocks of %.2f s instead of %.1f s (%d groups)", video, block, block_seconds, groups)
     table["sha256"] = [sha256_file(dataset_dir / p) for p in table.image_path]
     return validate_manifest(table.sort_values("image_path", ignore_index=True), source=str(dataset_dir))
 

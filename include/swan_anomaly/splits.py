@@ -2,17 +2,46 @@
 
 Near-identical neighbouring frames share a group, so they always land in the same split.
 
+Held-out minimums: validation and test should each hold at least :data:`MIN_HELD_OUT_GROUPS`
+groups and :data:`MIN_HELD_OUT_IMAGES` images, with both classes. Given the rows' group sizes,
+:func:`assign_splits` fills test, then validation, from the groups in a seeded order until each
+reaches its share of the images (``test_fraction``, ``val_fraction``) and the minimums, without
+taking more than :data:`MAX_HELD_OUT_SHARE` of the images for one held-out split (the rest is
+train's). When the data cannot give that, the splits are still assigned and every shortfall is
+logged as a warning naming the counts and what to add (:func:`split_shortfalls`; ``strict=True``
+raises instead).
+
 Example:
     >>> assign_splits([f"v-b{i:04d}" for i in range(10)], seed=0)["v-b0000"] in {"train", "val", "test"}
     True
+    >>> sizes = {f"v-b{i:04d}": {0: 5, 1: 5} for i in range(12)}  # 12 groups of 10 images
+    >>> split_of = assign_splits(sizes, seed=0)
+    >>> sorted(sum(n for g, s in split_of.items() if s == split for n in sizes[g].values()) for split in ("test", "val"))
+    [20, 20]
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+import math
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
 
+from swan_anomaly._errors import ValidationDataError
 from swan_anomaly.anomalies import stable_seed
+from swan_anomaly.contract import ABNORMAL, LABEL_NAMES, NORMAL
+
+log = logging.getLogger(__name__)
+
+#: Fewest groups a held-out split (validation, test) should have.
+MIN_HELD_OUT_GROUPS = 2
+#: Fewest images a held-out split should have (both classes among them).
+MIN_HELD_OUT_IMAGES = 20
+#: Most of the images one held-out split may take to reach its minimums: train keeps at least half.
+MAX_HELD_OUT_SHARE = 0.25
+
+#: What :func:`assign_splits` accepts: group names, ``{group: images}`` or ``{group: {label: images}}``.
+Groups = Iterable[str] | Mapping[str, int] | Mapping[str, Mapping[int, int]]
 
 
 class Split(StrEnum):
@@ -21,23 +50,154 @@ class Split(StrEnum):
     TEST = "test"
 
 
-def assign_splits(groups: Iterable[str], *, seed: int, val_fraction: float = 0.15, test_fraction: float = 0.15) -> dict[str, str]:
-    """Deterministically assign each group to train, val or test.
+def _sizes(groups: Groups) -> tuple[dict[str, dict[int, int]], bool, bool]:
+    """``({group: {label: images}}, sizes known, labels known)``; a bare name counts as one image of unknown class (-1)."""
+    if not isinstance(groups, Mapping):
+        return {g: {-1: 1} for g in groups}, False, False
+    out: dict[str, dict[int, int]] = {}
+    labelled = True
+    for g, size in groups.items():
+        if isinstance(size, Mapping):
+            out[g] = {int(label): int(n) for label, n in size.items() if int(n) > 0}
+        else:
+            out[g], labelled = {-1: int(size)}, False
+        if sum(out[g].values()) < 1:
+            msg = f"split group {g!r} has no images ({size!r}); leave empty groups out"
+            raise ValueError(msg)
+    return out, True, labelled
 
-    Groups are ordered by a seeded hash; the first share goes to test, the next to val,
-    the rest to train. With three or more groups each split gets at least one group.
+
+def assign_splits(
+    groups: Groups,
+    *,
+    seed: int,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    min_groups: int = MIN_HELD_OUT_GROUPS,
+    min_images: int = MIN_HELD_OUT_IMAGES,
+    max_share: float = MAX_HELD_OUT_SHARE,
+    strict: bool = False,
+) -> dict[str, str]:
+    """Deterministically assign each group to train, val or test; a group never spans splits.
+
+    Groups are ordered by a seeded hash of their name (the input order does not matter). Test,
+    then val, walks that order and takes groups until it holds at least its fraction of the images,
+    ``min_groups`` groups, ``min_images`` images and both classes; a group that would take the
+    split past ``max_share`` of all images is passed over for a later one (the first group of a
+    split is always taken). The rest is train, which always keeps at least one group.
+
+    Args:
+        groups: the split groups: names only (each counts as one image, classes unknown: only the
+            group minimum applies), ``{group: images}``, or ``{group: {label: images}}`` (labels
+            0 abnormal, 1 normal; the class minimum applies too).
+        seed: the run seed; the same seed and groups give the same splits.
+        val_fraction, test_fraction: wanted shares of the images.
+        min_groups, min_images: minimums of each held-out split (:data:`MIN_HELD_OUT_GROUPS`,
+            :data:`MIN_HELD_OUT_IMAGES`).
+        max_share: most of the images one held-out split may take (:data:`MAX_HELD_OUT_SHARE`).
+        strict: raise when a minimum is not met instead of logging a warning.
 
     Returns:
         ``{group: split}``.
+
+    Raises:
+        ValueError: fewer than 3 groups, or a group without images.
+        ValidationDataError: ``strict`` and a held-out split misses a minimum (the message names
+            the counts and what to add).
     """
-    ordered = sorted(set(groups), key=lambda g: stable_seed(seed, g))
+    sizes, sized, labelled = _sizes(groups)
+    ordered = sorted(sizes, key=lambda g: (stable_seed(seed, g), g))
     n = len(ordered)
     if n < 3:
         msg = f"need at least 3 split groups (video x time block) for train/val/test, got {n}; add video or shorten the time block"
         raise ValueError(msg)
-    n_test = max(1, round(n * test_fraction))
-    n_val = max(1, round(n * val_fraction))
-    out = {}
-    for i, g in enumerate(ordered):
-        out[g] = Split.TEST if i < n_test else Split.VAL if i < n_test + n_val else Split.TRAIN
-    return {g: str(s) for g, s in out.items()}
+    total = sum(sum(s.values()) for s in sizes.values())
+    cap = max_share * total
+    classes = {ABNORMAL, NORMAL} if labelled else set()
+    remaining = list(ordered)
+    out: dict[str, str] = {}
+    for split, fraction, later in ((Split.TEST, test_fraction, 2), (Split.VAL, val_fraction, 1)):
+        want_images = max(min_images if sized else 0, round(fraction * total))
+        taken: list[str] = []
+        images, seen = 0, set()
+        for g in list(remaining):
+            enough = len(taken) >= min_groups and images >= want_images
+            if (enough and classes <= seen) or len(remaining) <= later:
+                break
+            size = sum(sizes[g].values())
+            if taken and images + size > cap:
+                continue  # too big for this split: a later, smaller group may fit
+            if enough and not (classes - seen) & set(sizes[g]):
+                continue  # only a missing class is wanted, and this group has none of it
+            taken.append(g)
+            remaining.remove(g)
+            images += size
+            seen |= set(sizes[g])
+        out.update(dict.fromkeys(taken, split.value))
+    out.update(dict.fromkeys(remaining, Split.TRAIN.value))
+    problems = _shortfalls(out, sizes, sized, labelled, min_groups=min_groups, min_images=min_images, max_share=max_share)
+    if problems and strict:
+        raise ValidationDataError("; ".join(problems))
+    for problem in problems:
+        log.warning("%s", problem)
+    return dict(sorted(out.items()))
+
+
+def split_shortfalls(
+    split_of: Mapping[str, str],
+    groups: Groups,
+    *,
+    min_groups: int = MIN_HELD_OUT_GROUPS,
+    min_images: int = MIN_HELD_OUT_IMAGES,
+    max_share: float = MAX_HELD_OUT_SHARE,
+) -> list[str]:
+    """What each held-out split lacks of its minimums (and a train split without a class), as messages; empty when all is well.
+
+    Each message names the split's counts, the minimums, the whole data and what to do.
+
+    Example:
+        >>> [test] = split_shortfalls({"a": "train", "b": "val", "c": "val", "d": "test"}, {"a": 30, "b": 10, "c": 10, "d": 3})
+        >>> test.split(";")[0]
+        'test split: 1 group(s), 3 image(s)'
+    """
+    sizes, sized, labelled = _sizes(groups)
+    return _shortfalls(split_of, sizes, sized, labelled, min_groups=min_groups, min_images=min_images, max_share=max_share)
+
+
+def _shortfalls(
+    split_of: Mapping[str, str],
+    sizes: dict[str, dict[int, int]],
+    sized: bool,
+    labelled: bool,
+    *,
+    min_groups: int,
+    min_images: int,
+    max_share: float,
+) -> list[str]:
+    total = sum(sum(s.values()) for s in sizes.values())
+    problems = []
+    for split in (Split.TEST, Split.VAL, Split.TRAIN):
+        members = [g for g, s in split_of.items() if s == split.value]
+        counts = {label: sum(sizes[g].get(label, 0) for g in members) for label in (ABNORMAL, NORMAL)}
+        images = sum(sum(sizes[g].values()) for g in members)
+        lacks_class = labelled and min(counts.values()) == 0
+        if split is Split.TRAIN:
+            if lacks_class:
+                problems.append(f"train split lacks a class ({counts[ABNORMAL]} abnormal, {counts[NORMAL]} normal); add video")
+            continue
+        if len(members) >= min_groups and (not sized or images >= min_images) and not lacks_class:
+            continue
+        have = f"{len(members)} group(s)"
+        if sized:
+            have += f", {images} image(s)"
+        if labelled:
+            have += " (" + ", ".join(f"{counts[label]} {LABEL_NAMES[label]}" for label in (ABNORMAL, NORMAL)) + ")"
+        want = f"at least {min_groups} groups" + (f" and {min_images} images" if sized else "") + (" with both classes" if labelled else "")
+        data = f"{total} images in {len(sizes)} groups" if sized else f"{len(sizes)} groups"
+        if sized and total * max_share < min_images:
+            data += f" (a held-out split takes at most {max_share:.0%} of the images: {math.ceil(min_images / max_share)} are needed)"
+        problems.append(
+            f"{split.value} split: {have}; wanted {want}. The data has {data}: add video (more or longer clips) or extract "
+            f"more frames (smaller every_seconds); until then this split is too small to measure"
+        )
+    return problems

@@ -1,0 +1,126 @@
+"""Honest small data: held-out splits reach their minimums when the data allows, say so when it does not,
+and short videos get shorter split blocks."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import pytest
+
+from swan_anomaly import ValidationDataError
+from swan_anomaly.labels import build_manifest
+from swan_anomaly.splits import MIN_HELD_OUT_GROUPS, MIN_HELD_OUT_IMAGES, assign_splits, split_shortfalls
+
+#: 12 groups of uneven sizes (142 images): two groups picked by count alone can hold 6 images or 54.
+UNEVEN = {f"v{i // 4}-b{i % 4:04d}": {0: n // 2, 1: n - n // 2} for i, n in enumerate([2, 4, 4, 6, 6, 8, 10, 12, 16, 20, 24, 30])}
+
+
+def _tally(split_of: dict[str, str], sizes: dict) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for group, split in split_of.items():
+        t = out.setdefault(split, {"groups": 0, "images": 0, 0: 0, 1: 0})
+        t["groups"] += 1
+        for label, n in sizes[group].items():
+            t["images"] += n
+            t[label] += n
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_held_out_splits_reach_the_minimums_on_uneven_groups(seed):
+    split_of = assign_splits(UNEVEN, seed=seed)
+    assert set(split_of) == set(UNEVEN)  # every group in exactly one split
+    tally = _tally(split_of, UNEVEN)
+    for split in ("val", "test"):
+        t = tally[split]
+        assert t["groups"] >= MIN_HELD_OUT_GROUPS and t["images"] >= MIN_HELD_OUT_IMAGES, (split, tally)
+        assert t[0] and t[1], f"{split} lacks a class: {tally}"
+        assert t["images"] <= 0.25 * 142, "a held-out split takes at most a quarter of the images"
+    assert tally["train"]["images"] >= 142 / 2
+    assert split_shortfalls(split_of, UNEVEN) == []
+    shuffled = dict(random.Random(seed).sample(sorted(UNEVEN.items()), len(UNEVEN)))
+    assert assign_splits(shuffled, seed=seed) == split_of, "the same seed gives the same splits, whatever the order"
+
+
+def test_both_classes_reach_a_held_out_split_even_from_single_class_groups():
+    sizes = {f"g{i:02d}": ({0: 6} if i % 4 == 0 else {1: 6}) for i in range(24)}
+    for seed in range(5):
+        tally = _tally(assign_splits(sizes, seed=seed), sizes)
+        assert all(tally[s][0] and tally[s][1] for s in ("val", "test")), tally
+
+
+def test_data_too_small_for_the_minimums_is_split_anyway_and_says_what_to_add(caplog):
+    sizes = {f"v-b{i:04d}": {0: 3, 1: 3} for i in range(8)}  # 48 images: a quarter is 12, short of 20
+    with caplog.at_level(logging.WARNING, logger="swan_anomaly.splits"):
+        split_of = assign_splits(sizes, seed=1)
+    assert set(split_of.values()) == {"train", "val", "test"}
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 2 and warned == split_shortfalls(split_of, sizes)
+    test = next(w for w in warned if w.startswith("test split"))
+    assert "2 group(s), 12 image(s) (6 abnormal, 6 normal)" in test and "at least 2 groups and 20 images" in test
+    assert "48 images in 8 groups" in test and "80 are needed" in test and "add video" in test and "every_seconds" in test
+    with pytest.raises(ValidationDataError, match=r"test split: 2 group\(s\), 12 image\(s\).*add video"):
+        assign_splits(sizes, seed=1, strict=True)
+
+
+def test_group_names_alone_still_work_as_before():
+    assert sorted(assign_splits(["a", "b", "c"], seed=0).values()) == ["test", "train", "val"]
+    with pytest.raises(ValueError, match="at least 3"):
+        assign_splits({"a": 5, "b": 5}, seed=0)
+
+
+def _frames(tmp_path, video: str, seconds: float, every: float = 0.5) -> list[dict]:
+    folder = tmp_path / "frames" / video
+    folder.mkdir(parents=True)
+    frames = []
+    for i in range(int(round(seconds / every))):
+        path = folder / f"frame_{i:05d}.png"
+        path.write_bytes(f"{video} {i}".encode())
+        frames.append({"path": str(path), "video_id": video, "frame_index": i, "timestamp_s": i * every})
+    return frames
+
+
+def test_a_short_video_gets_shorter_split_blocks(tmp_path):
+    frames = _frames(tmp_path, "short", 10.0) + _frames(tmp_path, "long", 96.0) + _frames(tmp_path, "tiny", 4.0)
+    table = build_manifest(frames, [], tmp_path)
+    groups = table.groupby("video_id").group.nunique().to_dict()
+    # 10 s: 1.25 s blocks, 8 groups (4 s blocks gave 3); 96 s keeps 4 s blocks; 4 s stops at the 1 s floor
+    assert groups == {"short": 8, "long": 24, "tiny": 4}
+    assert table.groupby("group").video_id.nunique().max() == 1
+    short = table[table.video_id == "short"].sort_values("timestamp_s")
+    assert short.group.tolist()[:4] == ["short-b0000"] * 3 + ["short-b0001"]  # 0, 0.5, 1.0 | 1.5
+    fixed = build_manifest(frames, [], tmp_path, min_blocks_per_video=1)  # the old rule: 4 s for every video
+    assert fixed.groupby("video_id").group.nunique().to_dict() == {"short": 3, "long": 24, "tiny": 1}
+
+
+def test_a_split_too_small_to_measure_is_reported_as_such_never_as_a_precise_number():
+    import numpy as np
+
+    from swan_anomaly.metrics import MIN_MEASURABLE_PER_CLASS, evaluation_report, format_auroc
+
+    small = evaluation_report(np.repeat([0, 1], [3, 5]), np.r_[np.full(3, 0.9), np.full(5, 0.1)], threshold=0.5)
+    assert small["auroc"] == 1.0 and small["measurable"] is False and "3 abnormal, 5 normal" in small["too_small"]
+    assert format_auroc(small) == "too small to measure (3 abnormal, 5 normal)"
+    n = MIN_MEASURABLE_PER_CLASS * 4
+    labels = np.repeat([0, 1], n)
+    scores = np.r_[np.linspace(0.3, 1.0, n), np.linspace(0.0, 0.5, n)]
+    big = evaluation_report(labels, scores, threshold=0.5, seed=1)
+    assert big["measurable"] is True and big["too_small"] is None
+    low, high = big["auroc_ci"]
+    assert format_auroc(big) == f"{big['auroc']:.4f} (95% CI {low:.3f}-{high:.3f}, n={n}/{n})"
+    # results written before "measurable" existed are judged by their counts
+    assert format_auroc({"auroc": 0.99, "auroc_ci": [0.9, 1.0], "abnormal": 4, "normal": 40}).startswith("too small to measure")
+
+
+def test_the_run_summary_shows_each_split_auroc_as_people_should_read_it():
+    from swan_airflow.steps.report import _data, _training
+
+    split = {"auroc": 1.0, "auroc_ci": [1.0, 1.0], "f1": 1.0, "precision": 1.0, "recall": 1.0, "abnormal": 5, "normal": 5}
+    split |= {"measurable": False, "too_small": "5 abnormal, 5 normal: fewer than 10 images of a class"}
+    training = {"val": split, "test": split | {"abnormal": 40, "normal": 40, "measurable": True, "too_small": None}}
+    out = _training(training | {"best_epoch": 3, "epochs_run": 12, "threshold": 0.5, "generalization": []})
+    assert out["val"]["auroc_text"] == "too small to measure (5 abnormal, 5 normal)" and out["val"]["measurable"] is False
+    assert out["test"]["auroc_text"] == "1.0000 (95% CI 1.000-1.000, n=40/40)"
+    augment = {"gold_rows": 10, "rows_by_split_label": {}, "split_shortfalls": ["test split: 1 group(s)"]}
+    assert _data(None, None, augment)["split_shortfalls"] == ["test split: 1 group(s)"]
