@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
     parser.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate)
     parser.add_argument("--patience", type=int, default=DEFAULTS.patience)
+    parser.add_argument(
+        "--min-delta", type=float, default=DEFAULTS.min_delta, help="smallest change of the monitored metric that counts as an improvement"
+    )
     parser.add_argument("--monitor", choices=["val_loss", "val_auroc"], default=DEFAULTS.monitor, help="early-stopping metric")
     parser.add_argument(
         "--threshold-method",
@@ -79,6 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         patience=args.patience,
+        min_delta=args.min_delta,
         monitor=args.monitor,
         threshold_method=args.threshold_method,
         target_fpr=args.target_fpr,

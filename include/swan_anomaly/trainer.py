@@ -54,6 +54,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_ratio: float = 0.1
     patience: int = 8
+    min_delta: float = 1e-3  # an epoch resets patience only when it beats the reference by more than this (see train_classifier)
     monitor: str = "val_loss"  # or "val_auroc" (ties broken by val_loss)
     threshold_method: str = "max_f1"  # or "target_fpr"; chosen on the validation split
     target_fpr: float = 0.01
@@ -269,7 +270,7 @@ def train_classifier(model, train: tuple, val: tuple, cfg: TrainConfig, *, on_ep
             log.info("training set (%.1f GiB) stays on the host; batches go through pinned memory", x_train.nbytes / 2**30)
     optimizer, scheduler = make_optimizer(model, cfg, total_steps=steps_per_epoch * cfg.epochs)
     generator = torch.Generator().manual_seed(cfg.seed)
-    best_key, best_state, best_epoch, stale = None, None, 0, 0
+    best_key, best_state, best_epoch, stale, reference = None, None, 0, 0, None
     history: list[EpochResult] = []
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -326,13 +327,30 @@ def train_classifier(model, train: tuple, val: tuple, cfg: TrainConfig, *, on_ep
             on_epoch(result)
         # AUROC of a small validation set saturates at 1.0 by chance early on; the loss keeps telling
         key = (-val_loss,) if cfg.monitor == "val_loss" else (round(m["auroc"], 6), -val_loss)
+        # Early stopping as Lightning's EarlyStopping: patience counts epochs since the last improvement of more than
+        # min_delta over the reference (the monitored value at that improvement), so a slow creep resets it only once
+        # it adds up to min_delta. With val_auroc, AUROC must rise by more than min_delta, or not fall while the loss
+        # falls by more than min_delta. The weights kept are the best epoch's, however small its margin (as a
+        # checkpoint of the best would). min_delta=0 is the plain "better than the best" rule.
         if best_key is None or key > best_key:
-            best_key, best_epoch, stale = key, epoch, 0
+            best_key, best_epoch = key, epoch
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        if (
+            reference is None
+            or key[0] > reference[0] + cfg.min_delta
+            or (len(key) > 1 and key[0] >= reference[0] and key[1] > reference[1] + cfg.min_delta)
+        ):
+            reference, stale = key, 0
         else:
             stale += 1
             if stale >= cfg.patience:
-                log.info("early stopping after epoch %d: no improvement for %d epochs; restoring epoch %d", epoch, stale, best_epoch)
+                log.info(
+                    "early stopping after epoch %d: no improvement over %g for %d epochs; restoring epoch %d",
+                    epoch,
+                    cfg.min_delta,
+                    stale,
+                    best_epoch,
+                )
                 break
     model.to("cpu")
     model.load_state_dict(best_state)
