@@ -198,16 +198,16 @@ def test_synthesize_dataset_records_params_and_is_deterministic(tmp_path):
             assert params["candidates"] == params["knobs"]["candidates"] == 1
 
 
-def test_synthesize_dataset_defaults_to_salt_and_pepper_and_names_bad_families(tmp_path):
-    frames = write_frames(tmp_path / "src", 4)
+def test_synthesize_dataset_defaults_to_every_family_and_names_bad_families(tmp_path):
+    frames = write_frames(tmp_path / "src", 6)
     records = synthesize_dataset(frames, tmp_path / "ds", anomaly_ratio=0.5, seed=1)
-    assert DEFAULT_FAMILIES == ("salt_pepper_polygons",) and {r.family for r in records} == {"salt_pepper_polygons"}
+    assert DEFAULT_FAMILIES == tuple(FAMILIES) and sorted(r.family for r in records) == sorted(FAMILIES)  # one copy each
     with pytest.raises(ValueError, match=r"unknown anomaly family 'nope'; known: \['color_shift', 'cutpaste'"):
         synthesize_dataset(frames, tmp_path / "x", anomaly_ratio=0.5, seed=1, families=["cutpaste", "nope"])
     with pytest.raises(ValueError, match="distinct names"):
         synthesize_dataset(frames, tmp_path / "x", anomaly_ratio=0.5, seed=1, families=["cutpaste", "cutpaste"])
     with pytest.raises(ValueError, match=r"family_kwargs given for \['occlusion'\]"):
-        synthesize_dataset(frames, tmp_path / "x", anomaly_ratio=0.5, seed=1, family_kwargs={"occlusion": {}})
+        synthesize_dataset(frames, tmp_path / "x", anomaly_ratio=0.5, seed=1, families=["cutpaste"], family_kwargs={"occlusion": {}})
     with pytest.raises(ValueError, match=r"unknown knob\(s\) \['sigma'\] for anomaly family 'local_blur'; known: \['area_fraction'"):
         synthesize_dataset(
             frames, tmp_path / "x", anomaly_ratio=0.5, seed=1, families=["local_blur"], family_kwargs={"local_blur": {"sigma": 3}}

@@ -67,7 +67,8 @@ def remote_run(airflow_db, demo_video, azurite, tmp_path_factory):
 def _run(dag, logical, *, run_after):
     """One DAG run; called again with the same ``run_after`` it reruns the same run id, as a clear does."""
     with captured_output() as captured:
-        dag_run = dag.test(logical_date=logical, run_after=run_after, run_conf={"landing_date": LANDING_DATE, "backend": "databricks"})
+        conf = {"landing_date": LANDING_DATE, "backend": "databricks", "anomaly_families": ["salt_pepper_polygons"]}
+        dag_run = dag.test(logical_date=logical, run_after=run_after, run_conf=conf)
     dag_run.logs = captured.getvalue()
     return dag_run
 

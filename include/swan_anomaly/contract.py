@@ -26,8 +26,8 @@ LABEL_IDS: dict[str, int] = {name: label for label, name in LABEL_NAMES.items()}
 NORMAL_FAMILY = "none"
 #: The synthetic anomaly families, in the order reports list them.
 FAMILY_NAMES: tuple[str, ...] = ("salt_pepper_polygons", "cutpaste", "perlin_texture", "occlusion", "local_blur", "color_shift")
-#: Families used when a caller names none (the offline demo's behaviour).
-DEFAULT_FAMILIES: tuple[str, ...] = ("salt_pepper_polygons",)
+#: Families used when a caller names none: all of them, so that training sees every kind of anomaly.
+DEFAULT_FAMILIES: tuple[str, ...] = FAMILY_NAMES
 
 #: Where the square crop sits in a frame: fraction of the free width left of it and of the free height above it.
 #: The swans of the demo scene sit left of centre; the ETL, training, serving and anomaly placement agree on it.

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from airflow.sdk import Param
 
-from swan_anomaly.contract import FAMILY_NAMES  # light: the anomalies package loads OpenCV, too heavy for parsing the DAG
+from swan_anomaly.contract import DEFAULT_FAMILIES, FAMILY_NAMES  # light: the anomalies package loads OpenCV, too heavy for the DAG
 from swan_anomaly.config import Settings
 from swan_anomaly.gate import GateMode, promotion_thresholds
 from swan_anomaly.modeling import PRESETS, PRODUCTION_MODEL
@@ -91,14 +91,14 @@ def pipeline_params(settings: Settings) -> dict[str, Param]:
             ),
         ),
         "anomaly_families": Param(
-            ["salt_pepper_polygons"],
+            list(DEFAULT_FAMILIES),
             type="array",
             minItems=1,
             uniqueItems=True,
             items={"type": "string", "enum": list(FAMILY_NAMES)},
             title="Anomaly families",
             section="Data",
-            description="Synthetic anomaly families mixed into the dataset in equal shares (one per line).",
+            description="Synthetic anomaly families mixed into the dataset in equal shares (one per line); default: all of them.",
         ),
         "anomaly_ratio": Param(
             0.5,
