@@ -115,17 +115,18 @@ def print_summary(summary: dict, reused_video: bool, seconds: float) -> None:
     print(f"lake upload    : {up['written']} files written, {up['unchanged']} unchanged (reused), {up['removed']} removed -> {up['uri']}")
     print(f"ETL            : {summary['etl_rows']} silver rows ({summary['quarantined']} quarantined); partition replaced on rerun")
     print(f"training set   : {summary['training_rows']} gold rows {json.dumps(summary['rows_by_split'])}")
+    for problem in summary.get("split_shortfalls", []):
+        print(f"SPLIT too small: {problem}")
+    from swan_anomaly.metrics import format_auroc, is_measurable
+
     v, t = summary["val"], summary["test"]
 
-    def interval(split: dict) -> str:
-        low, high = split["auroc_ci"]
-        return f"AUROC {split['auroc']:.4f} (95% CI {low:.3f}-{high:.3f}, {split['abnormal']} abnormal / {split['normal']} normal)"
+    def measured(split: dict) -> str:
+        """AUROC with its interval and class counts, then F1; a split too small to measure shows no precise number."""
+        return f"AUROC {format_auroc(split)}  F1 {split['f1']:.4f}" if is_measurable(split) else f"AUROC {format_auroc(split)}"
 
-    print(
-        f"validation     : {interval(v)}  F1 {v['f1']:.4f}  (anomaly class positive; best epoch "
-        f"{summary['best_epoch']} of {summary['epochs_run']})"
-    )
-    print(f"held-out test  : {interval(t)}  F1 {t['f1']:.4f}")
+    print(f"validation     : {measured(v)}  (anomaly class positive; best epoch {summary['best_epoch']} of {summary['epochs_run']})")
+    print(f"held-out test  : {measured(t)}")
     import pandas as pd
 
     from swan_anomaly.generalization import COLUMNS, format_table
@@ -135,11 +136,11 @@ def print_summary(summary: dict, reused_video: bool, seconds: float) -> None:
     g = summary["gate"]
     champion = g["reports"].get("champion")
     against = (
-        f"champion v{champion['version']} AUROC {champion['auroc']:.4f} on the same rows" if champion else "no champion to compare with"
+        f"champion v{champion['version']} AUROC {format_auroc(champion)} on the same rows" if champion else "no champion to compare with"
     )
     verdict = "passed" if g["passed"] else f"refused: {'; '.join(g['reasons'])}"
     print(
-        f"gate           : {verdict} ({g['mode']}; challenger AUROC {g['reports']['challenger']['auroc']:.4f}, {against})"
+        f"gate           : {verdict} ({g['mode']}; challenger AUROC {format_auroc(g['reports']['challenger'])}, {against})"
         if "challenger" in g["reports"]
         else f"gate           : {g['mode']}"
     )

@@ -69,6 +69,23 @@ def anomaly_metrics(labels: np.ndarray, scores: np.ndarray, *, threshold: float 
     }
 
 
+def decision_score(anomaly: np.ndarray, novelty: np.ndarray | None, *, threshold: float) -> np.ndarray:
+    """One score for the served decision: ``max(anomaly_score / threshold, novelty_score)``.
+
+    Both terms are 1 at their own decision boundary (``anomaly_score`` at the threshold chosen on
+    validation; ``novelty_score`` is scaled so that 1 is its boundary), so an image is called
+    abnormal when ``decision_score >= 1``: when the classifier says so *or* its patches lie
+    farther from every normal training patch than the validation normals' do. Without a novelty
+    score it is ``anomaly_score / threshold``. Ranking by it gives the AUROC of the combination.
+
+    Example:
+        >>> decision_score(np.array([0.2, 0.9, 0.1]), np.array([0.5, 0.1, 1.5]), threshold=0.5).tolist()
+        [0.5, 1.8, 1.5]
+    """
+    scaled = np.asarray(anomaly, dtype=np.float64) / max(float(threshold), 1e-12)
+    return scaled if novelty is None else np.maximum(scaled, np.asarray(novelty, dtype=np.float64))
+
+
 #: How the decision threshold is chosen on the validation set.
 THRESHOLD_METHODS = ("max_f1", "target_fpr")
 
@@ -165,24 +182,84 @@ def auroc_interval(
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
+#: Fewest images of each class for a split's AUROC to count as measured: below it the split is reported
+#: as too small to measure, never as a precise number (the promotion gate asks for more, 25 by default).
+MIN_MEASURABLE_PER_CLASS = 10
+
+
+def too_small_to_measure(abnormal: int, normal: int, *, minimum: int = MIN_MEASURABLE_PER_CLASS) -> str | None:
+    """Why a split of ``abnormal`` and ``normal`` images is too small to measure, or None when it is not.
+
+    Example:
+        >>> too_small_to_measure(3, 5), too_small_to_measure(40, 40)
+        ('3 abnormal, 5 normal: fewer than 10 images of a class', None)
+    """
+    if min(abnormal, normal) >= minimum:
+        return None
+    return f"{abnormal} abnormal, {normal} normal: fewer than {minimum} images of a class"
+
+
 def evaluation_report(labels: np.ndarray, scores: np.ndarray, *, threshold: float, seed: int = 0) -> dict:
     """:func:`anomaly_metrics` at ``threshold``, the AUROC interval and the class counts, in one dict.
 
     Keys: those of :func:`anomaly_metrics`, ``auroc_ci`` (``[low, high]``, :func:`auroc_interval`; None
     when a class has fewer than two images),
-    ``abnormal`` and ``normal`` (image counts). What the gate and the endpoint validation report
-    for one model on one set of rows.
+    ``abnormal`` and ``normal`` (image counts), ``measurable`` (False when either class has fewer
+    than :data:`MIN_MEASURABLE_PER_CLASS` images) and ``too_small`` (why not, or None). What the
+    training job, the gate and the endpoint validation report for one model on one set of rows;
+    show it with :func:`format_auroc`.
 
     Example:
         >>> r = evaluation_report(np.array([0, 0, 1, 1]), np.array([0.9, 0.6, 0.4, 0.1]), threshold=0.5)
-        >>> r["auroc"], r["recall"], r["abnormal"], r["normal"]
-        (1.0, 1.0, 2, 2)
+        >>> r["auroc"], r["recall"], r["abnormal"], r["normal"], r["measurable"]
+        (1.0, 1.0, 2, 2, False)
     """
     labels = np.asarray(labels)
     report = anomaly_metrics(labels, scores, threshold=threshold)
     report["auroc_ci"] = auroc_interval_or_none(labels, scores, seed=seed)
     report["abnormal"], report["normal"] = int((labels == ABNORMAL).sum()), int((labels != ABNORMAL).sum())
+    report["too_small"] = too_small_to_measure(report["abnormal"], report["normal"])
+    report["measurable"] = report["too_small"] is None
     return report
+
+
+def is_measurable(report: dict) -> bool:
+    """Whether a report's AUROC counts as measured: its ``measurable``, else judged from its class counts
+    (results written before ``measurable`` existed), else True when it gives no counts.
+
+    Example:
+        >>> is_measurable({"abnormal": 3, "normal": 50}), is_measurable({"auroc": 0.9})
+        (False, True)
+    """
+    if "measurable" in report and report["measurable"] is not None:
+        return bool(report["measurable"])
+    abnormal, normal = report.get("abnormal"), report.get("normal")
+    if abnormal is None or normal is None:
+        return True
+    return too_small_to_measure(int(abnormal), int(normal)) is None
+
+
+def format_auroc(report: dict) -> str:
+    """A report's AUROC for people: ``0.9812 (95% CI 0.950-0.990, n=40/40)`` (n = abnormal/normal images),
+    or ``too small to measure (3 abnormal, 5 normal)``.
+
+    Takes an :func:`evaluation_report`, or any dict with ``auroc`` and, where known, ``auroc_ci``,
+    ``abnormal`` and ``normal`` (see :func:`is_measurable`).
+
+    Example:
+        >>> format_auroc({"auroc": 0.98123, "auroc_ci": [0.95, 0.99], "abnormal": 40, "normal": 40})
+        '0.9812 (95% CI 0.950-0.990, n=40/40)'
+        >>> format_auroc({"auroc": 1.0, "auroc_ci": [1.0, 1.0], "abnormal": 3, "normal": 5})
+        'too small to measure (3 abnormal, 5 normal)'
+    """
+    abnormal, normal = report.get("abnormal"), report.get("normal")
+    counted = abnormal is not None and normal is not None
+    auroc = report.get("auroc")
+    if not is_measurable(report) or auroc is None or not np.isfinite(auroc):
+        return f"too small to measure ({abnormal} abnormal, {normal} normal)" if counted else "too small to measure"
+    interval = report.get("auroc_ci")
+    ci = f"95% CI {interval[0]:.3f}-{interval[1]:.3f}" if interval else "no interval"
+    return f"{auroc:.4f} ({ci}, n={abnormal}/{normal})" if counted else f"{auroc:.4f} ({ci})"
 
 
 def auroc_interval_or_none(labels: np.ndarray, scores: np.ndarray, *, seed: int = 0) -> list[float] | None:

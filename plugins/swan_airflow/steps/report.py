@@ -82,16 +82,29 @@ def _data(upload: dict | None, etl: dict | None, augment: dict | None) -> dict:
         out["etl_rows"], out["quarantined"] = etl["silver_rows"], len(etl["quarantined"])
     if augment:
         out["training_rows"], out["rows_by_split"] = augment["gold_rows"], augment["rows_by_split_label"]
+        out["split_shortfalls"] = augment.get("split_shortfalls", [])
+        for problem in out["split_shortfalls"]:
+            log.warning("split too small: %s", problem)
     return out
+
+
+def _split_report(report: dict, keys: tuple[str, ...]) -> dict:
+    """``keys`` of one split's evaluation report, plus ``auroc_text``: the AUROC as people should read it
+    (with its interval and class counts, or "too small to measure")."""
+    from swan_anomaly.metrics import format_auroc
+
+    return {k: report.get(k) for k in keys} | {"auroc_text": format_auroc(report)}
 
 
 def _training(training: dict | None) -> dict:
     if not training:
         return {}
-    keys = ("auroc", "auroc_ci", "f1", "precision", "recall", "abnormal", "normal")
+    keys = ("auroc", "auroc_ci", "f1", "precision", "recall", "abnormal", "normal", "measurable", "too_small")
+    splits = {name: _split_report(training[name], keys) for name in ("val", "test")}
+    for name, split in splits.items():
+        log.info("%s AUROC: %s", name, split["auroc_text"])
     return {
-        "val": {k: training["val"].get(k) for k in keys},
-        "test": {k: training["test"].get(k) for k in keys},
+        **splits,
         "best_epoch": training["best_epoch"],
         "epochs_run": training.get("epochs_run"),
         "threshold": training["threshold"],
@@ -102,8 +115,8 @@ def _training(training: dict | None) -> dict:
 def _gate(gate: dict | None) -> dict | None:
     if not gate:
         return None
-    keys = ("auroc", "auroc_ci", "f1", "recall", "threshold", "version")
-    reports = {who: {k: r[k] for k in keys} for who, r in (gate.get("reports") or {}).items()}
+    keys = ("auroc", "auroc_ci", "f1", "recall", "threshold", "version", "abnormal", "normal")
+    reports = {who: _split_report(r, keys) for who, r in (gate.get("reports") or {}).items()}
     return {k: gate.get(k) for k in ("mode", "passed", "promote", "reasons", "measurable", "images", "champion_version", "forced")} | {
         "reports": reports
     }
