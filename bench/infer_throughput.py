@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from swan_anomaly.metrics import anomaly_scores  # noqa: E402
 from swan_anomaly.modeling import compile_model, forward_logits, load_classifier, prepare_for_inference  # noqa: E402
 
-#: ``swan_anomaly.modeling.predict_logits``'s default batch size.
+#: ``swan_anomaly.modeling.predict_scores``' default batch size.
 PYFUNC_BATCH = 64
 
 

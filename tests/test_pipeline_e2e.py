@@ -30,7 +30,7 @@ def pipeline_run(airflow_db, demo_video):
     (landing / "broken.mp4").write_bytes(b"this upload is text, not a video\n" * 10)
     dag = DagBag(dag_folder=str(ROOT / "dags")).get_dag("swan_anomaly_pipeline")
     logical = dt.datetime.fromisoformat(LANDING_DATE).replace(tzinfo=dt.UTC)
-    return dag.test(logical_date=logical, run_conf={"landing_date": LANDING_DATE})
+    return dag.test(logical_date=logical, run_conf={"landing_date": LANDING_DATE, "anomaly_families": ["salt_pepper_polygons"]})
 
 
 @pytest.mark.slow
@@ -119,6 +119,18 @@ def test_champion_is_served_and_endpoint_scores_match_the_registry_model(pipelin
     x, y = frame_tensors(pd.DataFrame({"content": images, "sample_id": names, "label": labels}), served.spec)
     _, train_logits = evaluate(served.model, x, y, batch_size=8)
     np.testing.assert_allclose(scores, anomaly_scores(train_logits), atol=1e-5)
+
+    # the novelty score: served beside anomaly_score, the same from the endpoint, the registry
+    # model and the training code path's features scored against the stored bank
+    from swan_anomaly.modeling import patch_features_of
+
+    novelty = np.array([p["novelty_score"] for p in predictions])
+    np.testing.assert_allclose(novelty, direct.novelty_score.to_numpy(), atol=1e-6)
+    bank = served.novelty
+    assert bank is not None and len(bank.bank) > 0 and bank.scale > 0
+    np.testing.assert_allclose(novelty, bank.scores(patch_features_of(served.model, x, bank.layers, batch_size=8)), atol=1e-5)
+    assert np.all(np.isfinite(novelty)) and novelty.min() >= 0
+    assert {"novelty", "decision"} <= set(train["test"]) and 0.0 <= train["test"]["novelty"]["auroc"] <= 1.0
     abnormal = [sc for sc, lab in zip(scores, labels) if lab == 0]
     normal = [sc for sc, lab in zip(scores, labels) if lab == 1]
     assert len(abnormal) == len(normal) == 8 and min(abnormal) > max(normal)
@@ -234,7 +246,7 @@ def test_a_champion_that_stops_separating_new_data_is_drift_and_the_failed_run_s
     dag = DagBag(dag_folder=str(ROOT / "dags")).get_dag("swan_anomaly_pipeline")
     logical = dt.datetime.fromisoformat(LANDING_DATE).replace(tzinfo=dt.UTC)
     # the gate refuses (an unseen-family AUROC is required, and one family gives none), so the constant champion stays
-    conf = {"landing_date": LANDING_DATE, "epochs": 2, "gate_min_unseen_auroc": 1.0}
+    conf = {"landing_date": LANDING_DATE, "epochs": 2, "gate_min_unseen_auroc": 1.0, "anomaly_families": ["salt_pepper_polygons"]}
     again = dag.test(logical_date=logical, run_after=dt.datetime.now(dt.UTC), run_conf=conf)
 
     assert str(again.state) == "failed"

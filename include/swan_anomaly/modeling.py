@@ -10,7 +10,8 @@ there is one (bfloat16 weights there, float32 on CPU) and :func:`forward_logits`
 Example:
     >>> base = resolve_base_model("vit-tiny-offline", Path("/tmp/models"))  # doctest: +SKIP
     >>> model = prepare_for_inference(load_classifier(base))                 # doctest: +SKIP
-    >>> predict_logits(model, preprocess_spec(base), [open("frame.jpg", "rb").read()]).shape  # doctest: +SKIP
+    >>> logits, novelty = predict_scores(model, preprocess_spec(base), [open("frame.jpg", "rb").read()])  # doctest: +SKIP
+    >>> logits.shape                                                          # doctest: +SKIP
     (1, 2)
 """
 
@@ -221,8 +222,8 @@ def forward_logits(model, x):
 
     A float32 model on CUDA runs under bfloat16 autocast; a bfloat16 model (see
     :func:`prepare_for_inference`) runs as it is; on CPU this is a plain float32 forward.
-    :func:`predict_logits` (the served pyfunc), the training evaluation and the inference
-    benchmark all go through here, so their scores agree on the same device.
+    :func:`predict_scores` (the served pyfunc), the training evaluation and the inference
+    benchmark all go through here (or :func:`forward_outputs`), so their scores agree on the same device.
 
     Args:
         model: a ``ViTForImageClassification`` (or its ``torch.compile`` wrapper) in eval mode.
@@ -235,6 +236,16 @@ def forward_logits(model, x):
         >>> forward_logits(model, torch.zeros(4, 3, 64, 64)).shape  # doctest: +SKIP
         (4, 2)
     """
+    return forward_outputs(model, x)[0]
+
+
+def forward_outputs(model, x, feature_layers: tuple[int, ...] | None = None):
+    """One forward pass: ``([B, 2] float32 numpy logits, [B, P, D] float32 CPU patch features or None)``.
+
+    The patch features (:func:`swan_anomaly.novelty.patch_features` of the hidden states named by
+    ``feature_layers``) come from the same pass as the logits; with ``feature_layers=None`` none
+    are computed. Device and dtype as for :func:`forward_logits`.
+    """
     import contextlib
 
     import torch
@@ -242,15 +253,31 @@ def forward_logits(model, x):
     param = next(model.parameters())
     on_cuda_fp32 = param.device.type == "cuda" and param.dtype == torch.float32
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda_fp32 else contextlib.nullcontext()
+    features = None
     with torch.inference_mode(), autocast:
-        logits = model(pixel_values=x.to(device=param.device, dtype=param.dtype, non_blocking=True)).logits
-    return logits.float().cpu().numpy()
+        out = model(pixel_values=x.to(device=param.device, dtype=param.dtype, non_blocking=True), output_hidden_states=bool(feature_layers))
+        if feature_layers:
+            from swan_anomaly.novelty import patch_features
+
+            features = patch_features(out.hidden_states, feature_layers).cpu()
+    return out.logits.float().cpu().numpy(), features
 
 
-def predict_logits(model, spec: PreprocessSpec, images: list[bytes], *, batch_size: int = 64, names: list[str] | None = None):
-    """Logits ``[N, 2]`` (float32 numpy) for encoded images, through :func:`swan_anomaly.images.preprocess`.
+def patch_features_of(model, x, feature_layers: tuple[int, ...], batch_size: int = 64):
+    """``[N, P, D]`` patch features of preprocessed images ``x`` ``[N, 3, S, S]``, batch by batch (model in eval mode)."""
+    import torch
 
-    The served pyfunc calls this; the model runs on its own device (see :func:`forward_logits`).
+    model.eval()
+    return torch.cat([forward_outputs(model, x[i : i + batch_size], feature_layers)[1] for i in range(0, len(x), batch_size)])
+
+
+def predict_scores(model, spec: PreprocessSpec, images: list[bytes], *, novelty=None, batch_size: int = 64, names: list[str] | None = None):
+    """``(logits [N, 2] float32, novelty scores [N] float64 or None)`` for encoded images.
+
+    The served pyfunc calls this: each batch is decoded and preprocessed with
+    :func:`swan_anomaly.images.preprocess`, and one forward pass gives the logits and, when a
+    :class:`swan_anomaly.novelty.NoveltyBank` is given, the patch features its scores come from.
+    The model runs on its own device (see :func:`forward_logits`).
     """
     import numpy as np
     import torch
@@ -258,7 +285,8 @@ def predict_logits(model, spec: PreprocessSpec, images: list[bytes], *, batch_si
     from swan_anomaly.images import preprocess
 
     names = names or [f"image[{i}]" for i in range(len(images))]
-    out = []
+    layers = tuple(novelty.layers) if novelty is not None else None
+    logits, novel = [], []
     model.eval()
     for i in range(0, len(images), batch_size):
         x = preprocess(
@@ -270,5 +298,10 @@ def predict_logits(model, spec: PreprocessSpec, images: list[bytes], *, batch_si
             bias_y=spec.bias_y,
             names=names[i : i + batch_size],
         )
-        out.append(forward_logits(model, torch.from_numpy(x)))
-    return np.concatenate(out) if out else np.zeros((0, 2), dtype=np.float32)
+        batch_logits, features = forward_outputs(model, torch.from_numpy(x), layers)
+        logits.append(batch_logits)
+        if novelty is not None:
+            novel.append(novelty.scores(features))
+    if not logits:
+        return np.zeros((0, 2), dtype=np.float32), (np.zeros(0) if novelty is not None else None)
+    return np.concatenate(logits), (np.concatenate(novel) if novelty is not None else None)

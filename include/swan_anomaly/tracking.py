@@ -1,7 +1,7 @@
 """MLflow for the training job: the experiment, the served pyfunc, the gold inputs, figures.
 
 :func:`log_served_model` logs a classifier as the pyfunc the registry and the endpoints serve
-(weights, preprocessing spec, decision threshold, a snapshot of this package's code, pinned
+(weights, preprocessing spec, decision threshold, novelty bank, a snapshot of this package's code, pinned
 requirements); :func:`gold_dataset` makes a gold partition an MLflow dataset input.
 
 Example:
@@ -78,7 +78,7 @@ def package_snapshot(target: Path) -> Path:
     return target / "swan_anomaly"
 
 
-def log_served_model(model, spec, *, threshold: float, threshold_method: str, example: list[bytes]):
+def log_served_model(model, spec, *, threshold: float, threshold_method: str, example: list[bytes], novelty=None):
     """Log a classifier as the served pyfunc, in the active MLflow run, under the artifact path ``model``.
 
     The pyfunc (:class:`swan_anomaly.serving.pyfunc.SwanAnomalyModel`) carries the weights, the
@@ -91,6 +91,7 @@ def log_served_model(model, spec, *, threshold: float, threshold_method: str, ex
         threshold: the anomaly-score threshold chosen on validation.
         threshold_method: how it was chosen.
         example: encoded images for the model's input example.
+        novelty: the :class:`swan_anomaly.novelty.NoveltyBank` served as ``novelty_score`` (None: no such column).
 
     Returns:
         MLflow's ``ModelInfo`` (``model_uri`` is what registration takes).
@@ -105,15 +106,19 @@ def log_served_model(model, spec, *, threshold: float, threshold_method: str, ex
         (model_dir / PREPROCESS_FILE).write_text(spec.to_json())
         decision = {"threshold": threshold, "method": threshold_method, "chosen_on": "val"}
         (model_dir / THRESHOLD_FILE).write_text(json.dumps(decision, indent=1))
+        metadata = {"anomaly_threshold": threshold, "threshold_method": threshold_method}
+        if novelty is not None:
+            novelty.save(model_dir)
+            metadata |= {"novelty_scale": novelty.scale, "novelty_bank_size": len(novelty.bank)}
         return mlflow.pyfunc.log_model(
             name="model",
             python_model=SwanAnomalyModel(),
             artifacts={"model_dir": str(model_dir)},
             code_paths=[str(package_snapshot(Path(tmp) / "code"))],
-            signature=signature(),
+            signature=signature(novelty=novelty is not None),
             input_example=pd.DataFrame({"image": example}),
             pip_requirements=pinned_requirements(),
-            metadata={"anomaly_threshold": threshold, "threshold_method": threshold_method},
+            metadata=metadata,
         )
 
 

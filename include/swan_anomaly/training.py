@@ -21,6 +21,7 @@ import os
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from swan_anomaly._errors import JobError
@@ -30,7 +31,7 @@ from swan_anomaly.generalization import COLUMNS as LOFO_COLUMNS
 from swan_anomaly.generalization import format_table, leave_one_family_out, min_unseen_auroc
 from swan_anomaly.contract import LABEL_NAMES
 from swan_anomaly.lake import LocalLake, load_gold
-from swan_anomaly.metrics import anomaly_scores, choose_threshold, evaluation_report, recall_by_family
+from swan_anomaly.metrics import anomaly_scores, choose_threshold, decision_score, evaluation_report, recall_by_family
 from swan_anomaly.splits import Split
 from swan_anomaly.tracking import confusion_figure, ensure_experiment, family_grid_of, gold_dataset, log_served_model
 from swan_anomaly.trainer import TrainConfig, epoch_metrics, evaluate, frame_tensors, train_classifier
@@ -68,6 +69,26 @@ def raw_image_hashes(lake: LocalLake, dataset_ids: list[str]) -> dict[tuple[str,
     return hashes
 
 
+def fit_novelty_bank(model, parts: dict, *, images_of: dict, config: TrainConfig):
+    """The novelty bank of a trained model: its normal training originals' patches, scaled on the validation normals.
+
+    Augmented copies stay out of the bank (they add time, not kinds of normal). See :mod:`swan_anomaly.novelty`.
+    """
+    from swan_anomaly.contract import NORMAL
+    from swan_anomaly.modeling import patch_features_of
+    from swan_anomaly.novelty import default_layers, fit_novelty
+
+    layers = default_layers(model.config.num_hidden_layers)
+    train, val = parts[Split.TRAIN], parts[Split.VAL]
+    originals = (train.label == NORMAL).to_numpy() & ((train.aug == "none").to_numpy() if "aug" in train else True)
+    normal_val = (val.label == NORMAL).to_numpy()
+    features = {
+        name: patch_features_of(model, images_of[split][0][np.flatnonzero(mask)], layers, config.batch_size)
+        for name, split, mask in (("train", Split.TRAIN, originals), ("val", Split.VAL, normal_val))
+    }
+    return fit_novelty(features["train"], features["val"], layers=layers, target_fpr=config.target_fpr, seed=config.seed)
+
+
 def run_training(
     *,
     lake_root: Path,
@@ -88,7 +109,7 @@ def run_training(
     import mlflow
     import torch
 
-    from swan_anomaly.modeling import load_classifier, preprocess_spec, resolve_base_model, resolve_device
+    from swan_anomaly.modeling import load_classifier, patch_features_of, preprocess_spec, resolve_base_model, resolve_device
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     torch.manual_seed(config.seed)
@@ -153,6 +174,11 @@ def run_training(
         for name, (x, y) in (("val", val), ("test", test)):
             loss, logits = evaluate(model, x, y, config.batch_size)
             scored[name] = (y.numpy(), anomaly_scores(logits), loss)
+        novelty = fit_novelty_bank(model, parts, images_of={Split.TRAIN: train, Split.VAL: val}, config=config)
+        novel = {
+            name: novelty.scores(patch_features_of(model, x, novelty.layers, config.batch_size))
+            for name, x in (("val", val[0]), ("test", test[0]))
+        }
         model.to("cpu")
         threshold = choose_threshold(scored["val"][0], scored["val"][1], method=config.threshold_method, target_fpr=config.target_fpr)
         results = {}
@@ -161,6 +187,12 @@ def run_training(
             metrics = evaluation_report(labels, scores, threshold=threshold, seed=config.seed)  # with the AUROC interval and class counts
             metrics["recall_by_family"] = recall_by_family(labels, scores, part.family.to_numpy(), threshold=threshold)
             results[name] = {**metrics, "loss": loss}
+            for kind, values in (("novelty", novel[name]), ("decision", decision_score(scores, novel[name], threshold=threshold))):
+                # both are 1 at their decision boundary (swan_anomaly.novelty, metrics.decision_score)
+                extra = evaluation_report(labels, values, threshold=1.0, seed=config.seed)
+                results[name][kind] = {k: extra[k] for k in ("auroc", "auroc_ci", "average_precision", "precision", "recall", "f1")}
+                ci = dict(zip((f"{name}_{kind}_auroc_ci_low", f"{name}_{kind}_auroc_ci_high"), extra["auroc_ci"] or ()))
+                mlflow.log_metrics({f"{name}_{kind}_auroc": extra["auroc"], f"{name}_{kind}_recall": extra["recall"]} | ci)
             interval = dict(zip((f"{name}_auroc_ci_low", f"{name}_auroc_ci_high"), metrics["auroc_ci"])) if metrics["auroc_ci"] else {}
             mlflow.log_metrics({f"{name}_{k}": v for k, v in metrics.items() if isinstance(v, float)} | {f"{name}_loss": loss} | interval)
             mlflow.log_metrics({f"{name}_recall_{family}": r for family, r in metrics["recall_by_family"].items()})
@@ -190,7 +222,9 @@ def run_training(
         )
 
         example = list(gold[gold.split == Split.TEST.value].content.iloc[:1].map(bytes))
-        info = log_served_model(model, spec, threshold=threshold, threshold_method=config.threshold_method, example=example)
+        info = log_served_model(
+            model, spec, threshold=threshold, threshold_method=config.threshold_method, example=example, novelty=novelty
+        )
     hashes = raw_image_hashes(lake, dataset_ids)
     result = {
         "mlflow_run_id": run.info.run_id,
@@ -222,5 +256,11 @@ def run_training(
         results["test"]["average_precision"],
         results["test"]["f1"],
         results["test"]["recall_by_family"],
+    )
+    log.info(
+        "novelty score: test AUROC %.4f alone, %.4f with the classifier (decision recall %.4f: novelty >= 1 or score >= threshold)",
+        results["test"]["novelty"]["auroc"],
+        results["test"]["decision"]["auroc"],
+        results["test"]["decision"]["recall"],
     )
     return result

@@ -3,16 +3,20 @@
 Input: a DataFrame with one column ``image`` (bytes; over REST, base64 strings, which MLflow's
 scoring server decodes because the signature says ``binary``). Any size, JPEG or PNG: the
 pyfunc applies the same crop, resize and normalisation as training
-(:func:`swan_anomaly.modeling.predict_logits`). It runs on the GPU (bfloat16 weights) when the
+(:func:`swan_anomaly.modeling.predict_scores`). It runs on the GPU (bfloat16 weights) when the
 host has one, else on the CPU in float32.
 
-Output: one row per image with ``logits`` ``[l0, l1]`` and ``anomaly_score = softmax(logits)[0]``.
+Output: one row per image with ``logits`` ``[l0, l1]``, ``anomaly_score = softmax(logits)[0]`` and,
+for models that carry a novelty bank (every version trained since it exists), ``novelty_score``:
+how far the image's least normal patch lies from the normal training patches, 1 at its decision
+boundary (:mod:`swan_anomaly.novelty`). The decision is ``anomaly_score >= threshold`` (the
+model's ``swan_threshold.json``) or ``novelty_score >= 1``.
 
 Example:
     >>> model = mlflow.pyfunc.load_model("models:/swan_anomaly_vit@champion")            # doctest: +SKIP
     >>> model.predict(pd.DataFrame({"image": [open("frame.jpg", "rb").read()]}))        # doctest: +SKIP
-       logits                    anomaly_score
-    0  [2.31, -1.92]             0.9857
+       logits                    anomaly_score  novelty_score
+    0  [2.31, -1.92]             0.9857         1.43
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ PREPROCESS_FILE = "swan_preprocess.json"
 #: The decision threshold chosen on validation: ``{"threshold", "method", "chosen_on"}``.
 THRESHOLD_FILE = "swan_threshold.json"
 INPUT_COLUMN = "image"
+#: The output column of the novelty score (absent for models logged without a novelty bank).
+NOVELTY_COLUMN = "novelty_score"
 
 
 def _as_bytes(value, row: int) -> bytes:
@@ -53,11 +59,13 @@ class SwanAnomalyModel(mlflow.pyfunc.PythonModel):
         import torch
 
         from swan_anomaly.modeling import PreprocessSpec, load_classifier, prepare_for_inference
+        from swan_anomaly.novelty import NoveltyBank
 
         torch.set_num_threads(max(1, torch.get_num_threads()))
         model_dir = context.artifacts["model_dir"]
         self.model = prepare_for_inference(load_classifier(model_dir))  # GPU (bfloat16) when there is one, else CPU float32
         self.spec = PreprocessSpec.from_json((Path(model_dir) / PREPROCESS_FILE).read_text())
+        self.novelty = NoveltyBank.load(Path(model_dir))  # None for a model logged without one
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from mlflow.exceptions import MlflowException
@@ -65,25 +73,33 @@ class SwanAnomalyModel(mlflow.pyfunc.PythonModel):
 
         from swan_anomaly._errors import ImageDecodeError
         from swan_anomaly.metrics import anomaly_scores
-        from swan_anomaly.modeling import predict_logits
+        from swan_anomaly.modeling import predict_scores
 
         if INPUT_COLUMN not in model_input.columns:
             msg = f"input needs a column {INPUT_COLUMN!r} of image bytes; got columns {list(model_input.columns)}"
             raise MlflowException(msg, error_code=INVALID_PARAMETER_VALUE)
         images = [_as_bytes(v, i) for i, v in enumerate(model_input[INPUT_COLUMN])]
         try:
-            logits = predict_logits(self.model, self.spec, images, names=[f"row {i}" for i in range(len(images))])
+            logits, novelty = predict_scores(
+                self.model, self.spec, images, novelty=getattr(self, "novelty", None), names=[f"row {i}" for i in range(len(images))]
+            )
         except ImageDecodeError as exc:
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc
-        return pd.DataFrame({"logits": [row.tolist() for row in logits], "anomaly_score": anomaly_scores(logits).tolist()})
+        out = pd.DataFrame({"logits": [row.tolist() for row in logits], "anomaly_score": anomaly_scores(logits).tolist()})
+        if novelty is not None:
+            out[NOVELTY_COLUMN] = novelty.tolist()
+        return out
 
 
-def signature():
-    """Input: ``image`` binary; output: ``logits`` array of doubles and ``anomaly_score`` double."""
+def signature(*, novelty: bool = True):
+    """Input: ``image`` binary; output: ``logits`` array of doubles, ``anomaly_score`` and ``novelty_score`` doubles."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
     return ModelSignature(
         inputs=Schema([ColSpec(DataType.binary, INPUT_COLUMN)]),
-        outputs=Schema([ColSpec(Array(DataType.double), "logits"), ColSpec(DataType.double, "anomaly_score")]),
+        outputs=Schema(
+            [ColSpec(Array(DataType.double), "logits"), ColSpec(DataType.double, "anomaly_score")]
+            + ([ColSpec(DataType.double, NOVELTY_COLUMN)] if novelty else [])
+        ),
     )
