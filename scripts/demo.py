@@ -72,7 +72,7 @@ def ensure_demo_video(landing_date: dt.date) -> tuple[Path, bool]:
 
 
 #: The demo mixes three anomaly families, so the leave-one-family-out report has something to say.
-#: With all six the offline preset (64 px, 4 layers, trained from scratch on CPU) reached test AUROC
+#: With all six the offline preset (then 64 px, 4 layers, trained from scratch on CPU) reached test AUROC
 #: 0.979: CutPaste, local blur and colour shift need a bigger or pretrained model (docs/data-and-metrics.md).
 #: ``SWAN_DEMO_FAMILIES`` (comma-separated, or ``all``) chooses others.
 DEMO_FAMILIES = ("salt_pepper_polygons", "occlusion", "perlin_texture")

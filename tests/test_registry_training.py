@@ -184,3 +184,18 @@ def test_compile_model_matches_eager_and_a_compiled_training_run_equals_an_eager
     assert results["on"][2] == results["off"][2]
     with pytest.raises(ValueError, match="compile must be"):
         train_classifier(micro(), (x[:24], y[:24]), (x[24:], y[24:]), TrainConfig(compile="yes", **cfg))
+
+
+def test_an_offline_preset_built_with_other_shapes_is_built_again(tmp_path):
+    """A SWAN_HOME from a release whose preset had other shapes must not keep training the old shapes."""
+    import json
+
+    from swan_anomaly.modeling import PRESETS, preprocess_spec, resolve_base_model
+
+    built = resolve_base_model("vit-micro-offline", tmp_path)
+    config = json.loads((tmp_path / "vit-micro-offline" / "config.json").read_text())
+    config["image_size"] = 16  # as an older release would have built it
+    (tmp_path / "vit-micro-offline" / "config.json").write_text(json.dumps(config))
+    assert resolve_base_model("vit-micro-offline", tmp_path) == built
+    rebuilt = json.loads((tmp_path / "vit-micro-offline" / "config.json").read_text())
+    assert rebuilt["image_size"] == PRESETS["vit-micro-offline"]["image_size"] == preprocess_spec(built).size

@@ -5,7 +5,7 @@ Every family is a function ``fn(image, rng, *, bias_x=CROP_BIAS_X, bias_y=CROP_B
 ``rng`` a ``numpy.random.Generator`` (the only source of randomness), ``out`` the anomalous copy, ``mask`` a
 ``[H, W]`` bool array of exactly the pixels the family may change, and ``params`` a JSON-serialisable dict of every
 value drawn. Defects are placed inside the square the ETL crop keeps (:func:`~swan_anomaly.images.crop_window`)
-and are sized to survive that crop's area downscale to the model input (64 px offline, 224 px ViT-B):
+and are sized to survive that crop's area downscale to the model input (128 px offline, 224 px ViT-B):
 a few percent to about 15 % of the crop, with structures of at least ``crop side / 72`` pixels.
 
 Families (:data:`FAMILIES`, in the order of :data:`swan_anomaly.contract.FAMILY_NAMES`):
