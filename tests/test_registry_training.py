@@ -196,6 +196,11 @@ def test_an_offline_preset_built_with_other_shapes_is_built_again(tmp_path):
     config = json.loads((tmp_path / "vit-micro-offline" / "config.json").read_text())
     config["image_size"] = 16  # as an older release would have built it
     (tmp_path / "vit-micro-offline" / "config.json").write_text(json.dumps(config))
-    assert resolve_base_model("vit-micro-offline", tmp_path) == built
+    resolve_base_model("vit-micro-offline", tmp_path)
     rebuilt = json.loads((tmp_path / "vit-micro-offline" / "config.json").read_text())
     assert rebuilt["image_size"] == PRESETS["vit-micro-offline"]["image_size"] == preprocess_spec(built).size
+
+    processor = tmp_path / "vit-micro-offline" / "preprocessor_config.json"  # weights right, preprocessing of another size
+    processor.write_text(json.dumps(json.loads(processor.read_text()) | {"size": {"height": 16, "width": 16}}))
+    assert preprocess_spec(resolve_base_model("vit-micro-offline", tmp_path)).size == PRESETS["vit-micro-offline"]["image_size"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vit-micro-offline"]  # no staging folder left behind

@@ -59,7 +59,7 @@ def test_data_too_small_for_the_minimums_is_split_anyway_and_says_what_to_add(ca
     assert len(warned) == 2 and warned == split_shortfalls(split_of, sizes)
     test = next(w for w in warned if w.startswith("test split"))
     assert "2 group(s), 12 image(s) (6 abnormal, 6 normal)" in test and "at least 2 groups and 20 images" in test
-    assert "48 images in 8 groups" in test and "80 are needed" in test and "add video" in test and "every_seconds" in test
+    assert "48 images in 8 groups" in test and "about 80 images are needed" in test and "add video" in test and "every_seconds" in test
     with pytest.raises(ValidationDataError, match=r"test split: 2 group\(s\), 12 image\(s\).*add video"):
         assign_splits(sizes, seed=1, strict=True)
 
@@ -124,3 +124,11 @@ def test_the_run_summary_shows_each_split_auroc_as_people_should_read_it():
     assert out["test"]["auroc_text"] == "1.0000 (95% CI 1.000-1.000, n=40/40)"
     augment = {"gold_rows": 10, "rows_by_split_label": {}, "split_shortfalls": ["test split: 1 group(s)"]}
     assert _data(None, None, augment)["split_shortfalls"] == ["test split: 1 group(s)"]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_group_bigger_than_the_held_out_cap_is_not_taken_while_smaller_ones_fit(seed):
+    sizes = {"big": {0: 100, 1: 100}} | {f"g{i:02d}": {0: 5, 1: 5} for i in range(20)}  # 400 images, cap 100
+    split_of = assign_splits(sizes, seed=seed)
+    train = sum(sum(sizes[g].values()) for g, s in split_of.items() if s == "train")
+    assert split_of["big"] == "train" and train >= 200

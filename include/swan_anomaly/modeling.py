@@ -32,7 +32,7 @@ ID2LABEL, LABEL2ID = LABEL_NAMES, LABEL_IDS
 PRESETS: dict[str, dict] = {
     # 128 px in 16 px patches: the same 64 tokens (and about the same cost) as 64 px in 8 px
     # patches, with four times the pixels; on the realistic benchmark (bench/quality.py) test
-    # AUROC 0.78 against 0.66 at 64 px (docs/BENCHMARKS.md).
+    # AUROC 0.81 against 0.68 at 64 px (docs/BENCHMARKS.md).
     "vit-tiny-offline": dict(
         image_size=128, patch_size=16, hidden_size=96, num_hidden_layers=4, num_attention_heads=4, intermediate_size=192
     ),
@@ -74,18 +74,33 @@ def resolve_base_model(model: str, models_dir: Path, *, seed: int = 0) -> str:
     target = models_dir / model
     if (target / "config.json").is_file() and (target / "preprocessor_config.json").is_file():
         built = json.loads((target / "config.json").read_text())
-        if all(built.get(k) == v for k, v in PRESETS[model].items()):
+        side = json.loads((target / "preprocessor_config.json").read_text()).get("size", {}).get("height")
+        if all(built.get(k) == v for k, v in PRESETS[model].items()) and side == PRESETS[model]["image_size"]:
             return str(target)
         log.info("offline preset %s at %s was built with other shapes; building it again", model, target)
+    import shutil
+    import tempfile
+
     import torch
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
     torch.manual_seed(seed)
     cfg = ViTConfig(**PRESETS[model], num_labels=2, id2label=ID2LABEL, label2id=LABEL2ID)
-    target.mkdir(parents=True, exist_ok=True)
-    ViTForImageClassification(cfg).save_pretrained(target)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    # built next to its place and renamed into it: a reader never sees weights of one shape with
+    # the preprocessing of another, whatever is interrupted
+    staging = Path(tempfile.mkdtemp(prefix=f".{model}-", dir=models_dir))
+    ViTForImageClassification(cfg).save_pretrained(staging)
     size = cfg.image_size
-    ViTImageProcessor(size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(target)
+    ViTImageProcessor(size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(staging)
+    old = target.with_name(f".{model}.old-{staging.name}")
+    if target.exists():
+        target.rename(old)
+    try:
+        staging.rename(target)
+    except OSError:  # another process put its build in place first: use that one
+        shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
     log.info("built offline preset %s at %s", model, target)
     return str(target)
 
@@ -247,7 +262,7 @@ def forward_logits(model, x):
 
 
 def forward_outputs(model, x, feature_layers: tuple[int, ...] | None = None):
-    """One forward pass: ``([B, 2] float32 numpy logits, [B, P, D] float32 CPU patch features or None)``.
+    """One forward pass: ``([B, 2] float32 numpy logits, [B, P, D] float32 patch features on the model's device, or None)``.
 
     The patch features (:func:`swan_anomaly.novelty.patch_features` of the hidden states named by
     ``feature_layers``) come from the same pass as the logits; with ``feature_layers=None`` none
@@ -266,16 +281,18 @@ def forward_outputs(model, x, feature_layers: tuple[int, ...] | None = None):
         if feature_layers:
             from swan_anomaly.novelty import patch_features
 
-            features = patch_features(out.hidden_states, feature_layers).cpu()
+            features = patch_features(out.hidden_states, feature_layers)  # stays on the model's device
     return out.logits.float().cpu().numpy(), features
 
 
 def patch_features_of(model, x, feature_layers: tuple[int, ...], batch_size: int = 64):
-    """``[N, P, D]`` patch features of preprocessed images ``x`` ``[N, 3, S, S]``, batch by batch (model in eval mode)."""
+    """``[N, P, D]`` patch features (on the host) of preprocessed images ``x`` ``[N, 3, S, S]``, batch by batch (model in eval mode)."""
     import torch
 
     model.eval()
-    return torch.cat([forward_outputs(model, x[i : i + batch_size], feature_layers)[1] for i in range(0, len(x), batch_size)])
+    if len(x) == 0:
+        return torch.zeros(0, 0, 0)
+    return torch.cat([forward_outputs(model, x[i : i + batch_size], feature_layers)[1].cpu() for i in range(0, len(x), batch_size)])
 
 
 def predict_scores(model, spec: PreprocessSpec, images: list[bytes], *, novelty=None, batch_size: int = 64, names: list[str] | None = None):

@@ -41,6 +41,9 @@ META_FILE = "swan_novelty.json"
 MAX_BANK = 4096
 #: Dimensions of the random projection the coreset selection measures distances in.
 CORESET_PROJECTION = 128
+#: Most normal training images whose patches the bank is chosen from (an even, seeded sample
+#: above it): bounds the features held in memory (ViT-B: 1.2 MB an image) and the coreset's time.
+MAX_BANK_IMAGES = 1000
 #: Patch rows compared with the bank at once (bounds the distance matrix's memory).
 QUERY_CHUNK = 4096
 
@@ -123,12 +126,25 @@ class NoveltyBank:
     patches_seen: int = 0
 
     def raw_scores(self, features) -> np.ndarray:
-        """``[B]`` distance of each image's least normal patch to the bank (features ``[B, P, D]``)."""
+        """``[B]`` distance of each image's least normal patch to the bank (features ``[B, P, D]``).
+
+        Computed where the bank lives (:meth:`to` moves it next to a GPU model); only the ``[B]``
+        scores come back to the host.
+        """
+        import torch
+
         b, p, d = features.shape
         if b == 0:
             return np.zeros(0)
-        nearest = _nearest_distance(features.reshape(b * p, d).float(), self.bank)
-        return nearest.reshape(b, p).max(dim=1).values.double().numpy()
+        nearest = _nearest_distance(features.reshape(b * p, d).to(device=self.bank.device, dtype=torch.float32), self.bank)
+        return nearest.reshape(b, p).max(dim=1).values.double().cpu().numpy()
+
+    def to(self, device) -> NoveltyBank:
+        """Keep the bank on ``device`` (float32), e.g. the served model's GPU; returns itself."""
+        import torch
+
+        self.bank = self.bank.to(device=device, dtype=torch.float32)
+        return self
 
     def scores(self, features) -> np.ndarray:
         """``[B]`` novelty scores: :meth:`raw_scores` divided by the scale (1 = the decision boundary)."""
@@ -138,7 +154,7 @@ class NoveltyBank:
         """Write :data:`BANK_FILE` and :data:`META_FILE` into ``model_dir``."""
         from safetensors.torch import save_file
 
-        save_file({"bank": self.bank.contiguous()}, str(Path(model_dir) / BANK_FILE))
+        save_file({"bank": self.bank.detach().cpu().contiguous()}, str(Path(model_dir) / BANK_FILE))
         meta = {"scale": self.scale, "layers": list(self.layers), "quantile": self.quantile, "patches_seen": self.patches_seen}
         meta["bank_size"], meta["feature_dim"] = list(self.bank.shape)
         (Path(model_dir) / META_FILE).write_text(json.dumps(meta, indent=1))

@@ -84,7 +84,7 @@ def assign_splits(
     then val, walks that order and takes groups until it holds at least its fraction of the images,
     ``min_groups`` groups, ``min_images`` images and both classes; a group that would take the
     split past ``max_share`` of all images is passed over for a later one (the first group of a
-    split is always taken). The rest is train, which always keeps at least one group.
+    split is taken only when no group fits). The rest is train, which always keeps at least one group.
 
     Args:
         groups: the split groups: names only (each counts as one image, classes unknown: only the
@@ -125,8 +125,8 @@ def assign_splits(
             if (enough and classes <= seen) or len(remaining) <= later:
                 break
             size = sum(sizes[g].values())
-            if taken and images + size > cap:
-                continue  # too big for this split: a later, smaller group may fit
+            if images + size > cap and (taken or any(sum(sizes[h].values()) <= cap for h in remaining if h != g)):
+                continue  # too big for this split: a later, smaller group fits (an oversized group only when none does)
             if enough and not (classes - seen) & set(sizes[g]):
                 continue  # only a missing class is wanted, and this group has none of it
             taken.append(g)
@@ -194,8 +194,12 @@ def _shortfalls(
             have += " (" + ", ".join(f"{counts[label]} {LABEL_NAMES[label]}" for label in (ABNORMAL, NORMAL)) + ")"
         want = f"at least {min_groups} groups" + (f" and {min_images} images" if sized else "") + (" with both classes" if labelled else "")
         data = f"{total} images in {len(sizes)} groups" if sized else f"{len(sizes)} groups"
-        if sized and total * max_share < min_images:
-            data += f" (a held-out split takes at most {max_share:.0%} of the images: {math.ceil(min_images / max_share)} are needed)"
+        if sized:
+            biggest = max(sum(n.values()) for n in sizes.values())
+            data += (
+                f" and a held-out split takes at most {max_share:.0%} of them ({math.floor(total * max_share)}), in whole groups "
+                f"of up to {biggest} images: about {math.ceil(max(min_images, min_groups * biggest) / max_share)} images are needed"
+            )
         problems.append(
             f"{split.value} split: {have}; wanted {want}. The data has {data}: add video (more or longer clips) or extract "
             f"more frames (smaller every_seconds); until then this split is too small to measure"

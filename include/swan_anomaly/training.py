@@ -76,15 +76,20 @@ def fit_novelty_bank(model, parts: dict, *, images_of: dict, config: TrainConfig
     """
     from swan_anomaly.contract import NORMAL
     from swan_anomaly.modeling import patch_features_of
-    from swan_anomaly.novelty import default_layers, fit_novelty
+    from swan_anomaly.novelty import MAX_BANK_IMAGES, default_layers, fit_novelty
 
     layers = default_layers(model.config.num_hidden_layers)
     train, val = parts[Split.TRAIN], parts[Split.VAL]
-    originals = (train.label == NORMAL).to_numpy() & ((train.aug == "none").to_numpy() if "aug" in train else True)
-    normal_val = (val.label == NORMAL).to_numpy()
+    originals = np.flatnonzero((train.label == NORMAL).to_numpy() & ((train.aug == "none").to_numpy() if "aug" in train else True))
+    if len(originals) > MAX_BANK_IMAGES:  # an even, seeded sample bounds memory and the coreset's time
+        originals = np.sort(np.random.default_rng(config.seed).choice(originals, MAX_BANK_IMAGES, replace=False))
+    normal_val = np.flatnonzero((val.label == NORMAL).to_numpy())
+    if len(originals) == 0 or len(normal_val) == 0:
+        msg = f"the novelty bank needs normal images in train and val; the splits have {len(originals)} and {len(normal_val)}"
+        raise JobError(msg)
     features = {
-        name: patch_features_of(model, images_of[split][0][np.flatnonzero(mask)], layers, config.batch_size)
-        for name, split, mask in (("train", Split.TRAIN, originals), ("val", Split.VAL, normal_val))
+        name: patch_features_of(model, images_of[split][0][rows], layers, config.batch_size)
+        for name, split, rows in (("train", Split.TRAIN, originals), ("val", Split.VAL, normal_val))
     }
     return fit_novelty(features["train"], features["val"], layers=layers, target_fpr=config.target_fpr, seed=config.seed)
 

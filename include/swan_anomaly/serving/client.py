@@ -70,7 +70,8 @@ class EndpointClient:
         return response
 
     def score(self, images: list[bytes], *, batch_size: int = 16) -> list[dict]:
-        """``[{"logits": [l0, l1], "anomaly_score": s}, ...]`` for encoded images.
+        """``[{"logits": [l0, l1], "anomaly_score": s, "novelty_score": n}, ...]`` for encoded images (``novelty_score``
+        only from a model version that carries a novelty bank).
 
         Raises:
             EndpointBusy: transient failures outlasted ``retry_seconds``.

@@ -66,6 +66,8 @@ class SwanAnomalyModel(mlflow.pyfunc.PythonModel):
         self.model = prepare_for_inference(load_classifier(model_dir))  # GPU (bfloat16) when there is one, else CPU float32
         self.spec = PreprocessSpec.from_json((Path(model_dir) / PREPROCESS_FILE).read_text())
         self.novelty = NoveltyBank.load(Path(model_dir))  # None for a model logged without one
+        if self.novelty is not None:
+            self.novelty.to(next(self.model.parameters()).device)  # distances where the features are: on the GPU when there is one
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from mlflow.exceptions import MlflowException
