@@ -215,9 +215,7 @@ class Settings:
     spark_arrow_batch: int = setting("SWAN_SPARK_ARROW_BATCH", 64, "Rows (whole images) per Arrow batch between the JVM and Python.", low=1)
     spark_log_level: str = setting("SWAN_SPARK_LOG_LEVEL", "WARN", "Log level of the Spark jobs.")
     # -- the demo
-    demo_families: str = setting(
-        "SWAN_DEMO_FAMILIES", "", "Anomaly families of `make demo`, comma-separated.", shown="the demo's three families"
-    )
+    demo_families: str = setting("SWAN_DEMO_FAMILIES", "", "Anomaly families of `make demo`, comma-separated.", shown="all six families")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
