@@ -171,3 +171,28 @@ def test_recall_is_reported_per_anomaly_family():
     scores = np.array([0.9, 0.8, 0.4, 0.7, 0.9, 0.1])
     families = ["local_blur", "local_blur", "cutpaste", "cutpaste", "none", "none"]
     assert recall_by_family(labels, scores, families, threshold=0.5) == {"cutpaste": 0.5, "local_blur": 1.0}
+
+
+def test_the_endpoint_check_catches_a_novelty_score_that_differs_or_is_missing_on_one_side():
+    from swan_anomaly.serving.validation import EndpointPolicy, check_endpoint
+
+    labels = np.array([0] * 20 + [1] * 20)
+    scores = np.r_[np.linspace(0.6, 0.99, 20), np.linspace(0.01, 0.4, 20)]
+    novelty = np.r_[np.linspace(1.5, 4.0, 20), np.linspace(0.1, 0.9, 20)]
+    policy = EndpointPolicy(min_images_per_class=10)
+    same = check_endpoint(
+        labels, scores, scores, threshold=0.5, policy=policy, endpoint_novelty=novelty * (1 + 1e-6), registry_novelty=novelty
+    )
+    assert same.passed and same.parity
+    drifted = novelty.copy()
+    drifted[3] += 0.5
+    off = check_endpoint(labels, scores, scores, threshold=0.5, policy=policy, endpoint_novelty=drifted, registry_novelty=novelty)
+    assert not off.parity and any("novelty" in r and "image 3" in r for r in off.reasons)
+    lost = check_endpoint(
+        labels, scores, scores, threshold=0.5, policy=policy, endpoint_novelty=np.full(40, np.nan), registry_novelty=novelty
+    )
+    assert not lost.parity and "40 of 40" in lost.reasons[0]
+    neither = check_endpoint(
+        labels, scores, scores, threshold=0.5, policy=policy, endpoint_novelty=np.full(40, np.nan), registry_novelty=np.full(40, np.nan)
+    )
+    assert neither.passed  # a version without a novelty bank: nothing to compare

@@ -22,6 +22,9 @@ LABEL_NAMES: dict[int, str] = {ABNORMAL: "abnormal", NORMAL: "normal"}
 #: ``label2id`` of the model config.
 LABEL_IDS: dict[str, int] = {name: label for label, name in LABEL_NAMES.items()}
 
+#: The served output column of the novelty score (:mod:`swan_anomaly.novelty`), beside ``anomaly_score``.
+NOVELTY_COLUMN = "novelty_score"
+
 #: The ``family`` of a normal image in the label manifest.
 NORMAL_FAMILY = "none"
 #: The synthetic anomaly families, in the order reports list them.

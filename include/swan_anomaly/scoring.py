@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from swan_anomaly._errors import LakeError
-from swan_anomaly.contract import ABNORMAL, LABEL_NAMES, NORMAL
+from swan_anomaly.contract import ABNORMAL, LABEL_NAMES, NORMAL, NOVELTY_COLUMN
 from swan_anomaly.lake import Lake
 
 log = logging.getLogger(__name__)
@@ -42,10 +42,12 @@ BATCH_SIZE = 32
 PROGRESS_EVERY_S = 30.0
 
 
-def registry_scorer(model_uri: str) -> Scorer:
+def registry_scorer(model_uri: str, *, novelty: bool = False) -> Scorer:
     """A scorer of the MLflow pyfunc at ``model_uri`` (e.g. ``models:/name/3``), loaded once, in this process.
 
-    The pyfunc applies its own crop, resize and normalisation, as the endpoint does.
+    The pyfunc applies its own crop, resize and normalisation, as the endpoint does. With
+    ``novelty=True`` it returns ``[N, 2]``: ``anomaly_score`` and ``novelty_score`` (NaN for a
+    version without a novelty bank).
     """
     import mlflow.pyfunc
     import pandas as pd
@@ -53,16 +55,27 @@ def registry_scorer(model_uri: str) -> Scorer:
     model = mlflow.pyfunc.load_model(model_uri)
 
     def score(images: list[bytes]) -> np.ndarray:
-        return model.predict(pd.DataFrame({"image": images})).anomaly_score.to_numpy(dtype=np.float64)
+        out = model.predict(pd.DataFrame({"image": images}))
+        if not novelty:
+            return out.anomaly_score.to_numpy(dtype=np.float64)
+        novel = out[NOVELTY_COLUMN].to_numpy(dtype=np.float64) if NOVELTY_COLUMN in out else np.full(len(out), np.nan)
+        return np.column_stack([out.anomaly_score.to_numpy(dtype=np.float64), novel])
 
     return score
 
 
-def endpoint_scorer(client) -> Scorer:
-    """A scorer of a serving endpoint (:class:`swan_anomaly.serving.client.EndpointClient`) over REST."""
+def endpoint_scorer(client, *, novelty: bool = False) -> Scorer:
+    """A scorer of a serving endpoint (:class:`swan_anomaly.serving.client.EndpointClient`) over REST.
+
+    With ``novelty=True`` it returns ``[N, 2]`` as :func:`registry_scorer` does.
+    """
 
     def score(images: list[bytes]) -> np.ndarray:
-        return np.array([p["anomaly_score"] for p in client.score(images)], dtype=np.float64)
+        predictions = client.score(images)
+        anomaly = np.array([p["anomaly_score"] for p in predictions], dtype=np.float64)
+        if not novelty:
+            return anomaly
+        return np.column_stack([anomaly, np.array([p.get(NOVELTY_COLUMN, np.nan) for p in predictions], dtype=np.float64)])
 
     return score
 
@@ -95,7 +108,7 @@ def score_rows(
         batch_size: images per batch.
 
     Returns:
-        name -> ``[len(rows)]`` float64 scores, in the order of ``rows``.
+        name -> ``[len(rows)]`` float64 scores (``[len(rows), k]`` from a scorer of ``k`` columns), in the order of ``rows``.
 
     Raises:
         ValueError: a scorer returned another number of scores than images it was given.
@@ -115,7 +128,7 @@ def score_rows(
                 raise LakeError(msg)
         for name, scorer in scorers.items():
             scores = np.asarray(scorer(images), dtype=np.float64)
-            if scores.shape != (len(images),):
+            if scores.shape[:1] != (len(images),) or scores.ndim > 2:
                 msg = f"{name} returned {scores.shape} scores for {len(images)} images"
                 raise ValueError(msg)
             out[name].append(scores)

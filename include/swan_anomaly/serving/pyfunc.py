@@ -28,12 +28,12 @@ from pathlib import Path
 import mlflow.pyfunc
 import pandas as pd
 
+from swan_anomaly.contract import NOVELTY_COLUMN  # absent from the output of models logged without a novelty bank
+
 PREPROCESS_FILE = "swan_preprocess.json"
 #: The decision threshold chosen on validation: ``{"threshold", "method", "chosen_on"}``.
 THRESHOLD_FILE = "swan_threshold.json"
 INPUT_COLUMN = "image"
-#: The output column of the novelty score (absent for models logged without a novelty bank).
-NOVELTY_COLUMN = "novelty_score"
 
 
 def _as_bytes(value, row: int) -> bytes:

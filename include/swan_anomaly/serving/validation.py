@@ -109,7 +109,15 @@ class EndpointCheck:
 
 
 def check_endpoint(
-    labels: np.ndarray, endpoint_scores: np.ndarray, registry_scores: np.ndarray, *, threshold: float, policy: EndpointPolicy, seed: int = 0
+    labels: np.ndarray,
+    endpoint_scores: np.ndarray,
+    registry_scores: np.ndarray,
+    *,
+    threshold: float,
+    policy: EndpointPolicy,
+    seed: int = 0,
+    endpoint_novelty: np.ndarray | None = None,
+    registry_novelty: np.ndarray | None = None,
 ) -> EndpointCheck:
     """Parity of endpoint and registry scores, then quality of the endpoint's scores at ``threshold``.
 
@@ -120,6 +128,9 @@ def check_endpoint(
         threshold: the served version's stored threshold.
         policy: the limits.
         seed: seed of the AUROC interval.
+        endpoint_novelty, registry_novelty: ``[N]`` novelty scores of both (NaN where a side serves
+            none); when given, they must agree within the same tolerance, relative to the registry's
+            score (the novelty score is not bounded by 1), and be missing on both sides or neither.
     """
     labels = np.asarray(labels)
     difference = np.abs(np.asarray(endpoint_scores, dtype=np.float64) - np.asarray(registry_scores, dtype=np.float64))
@@ -132,6 +143,17 @@ def check_endpoint(
             f"the endpoint does not serve the registered model: {int((difference > policy.parity_tolerance).sum())} of {len(labels)} "
             f"scores differ from the registry model's by more than {policy.parity_tolerance:g} (worst {max_difference:.6f}, image {worst})"
         )
+    if endpoint_novelty is not None and registry_novelty is not None:
+        served, registered = np.asarray(endpoint_novelty, dtype=np.float64), np.asarray(registry_novelty, dtype=np.float64)
+        missing = np.isnan(served) != np.isnan(registered)
+        off = missing | (np.abs(served - registered) > policy.parity_tolerance * np.maximum(1.0, np.abs(registered)))
+        if off.any():
+            parity = False
+            worst = int(np.flatnonzero(off)[0])
+            reasons.append(
+                f"the endpoint does not serve the registered model's novelty score: {int(off.sum())} of {len(labels)} novelty scores "
+                f"differ or are missing on one side (first image {worst}: endpoint {served[worst]:.6f}, registry {registered[worst]:.6f})"
+            )
     counts = {LABEL_NAMES[ABNORMAL]: int((labels == ABNORMAL).sum()), LABEL_NAMES[NORMAL]: int((labels == NORMAL).sum())}
     small = too_small(counts, policy.min_images_per_class, split="held-out test")
     if small:

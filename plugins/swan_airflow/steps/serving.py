@@ -146,11 +146,24 @@ def validate_endpoint(ctx: RunContext, endpoint: dict, registered: dict) -> dict
             len(rows),
             threshold,
         )
-        scores = score_rows(
-            store, rows, {"endpoint": endpoint_scorer(target.client()), "registry": registry_scorer(f"models:/{name}/{version}")}
-        )
+        both = score_rows(
+            store,
+            rows,
+            {
+                "endpoint": endpoint_scorer(target.client(), novelty=True),
+                "registry": registry_scorer(f"models:/{name}/{version}", novelty=True),
+            },
+        )  # [N, 2]: anomaly_score, novelty_score (NaN for a version without a novelty bank)
+        scores = {who: s[:, 0] if s.ndim == 2 else s for who, s in both.items()}  # no rows: empty 1-D arrays
         check = check_endpoint(
-            labels_of(rows), scores["endpoint"], scores["registry"], threshold=threshold, policy=policy, seed=ctx.params["seed"]
+            labels_of(rows),
+            scores["endpoint"],
+            scores["registry"],
+            threshold=threshold,
+            policy=policy,
+            seed=ctx.params["seed"],
+            endpoint_novelty=both["endpoint"][:, 1] if both["endpoint"].ndim == 2 else None,
+            registry_novelty=both["registry"][:, 1] if both["registry"].ndim == 2 else None,
         )
     except Exception as exc:  # noqa: BLE001 - a validation that cannot complete is a failed one, acted on once
         log.exception("the validation of %s v%s could not complete", name, version)
