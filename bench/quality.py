@@ -301,11 +301,16 @@ def score_test_split(args: argparse.Namespace, settings, result: dict) -> dict:
     false_alarms = {
         col: float((normal[col] >= b).mean()) if len(normal[col]) else None for col, b in scorer.boundaries.items() if col in normal
     }
+    # the same boundaries on the validation normals they were fitted on: how far they carry to other stretches of footage
+    val_rows = [r for r in result["held_out"]["val"] if int(r[2]) == NORMAL]
+    val = scorer([lake.read_raw(r[0], r[1]) for r in val_rows]) if val_rows else {}
+    val_false_alarms = {col: float((val[col] >= b).mean()) for col, b in scorer.boundaries.items() if col in val}
     return {
         "score_columns": list(test),
         "novelty_score_present": "novelty_score" in test,
         "boundaries": {col: b for col, b in scorer.boundaries.items() if col in test},
         "normal_false_alarm_rate": false_alarms,
+        "val_normal_false_alarm_rate": val_false_alarms,
         "seen_all": every,
         "seen": seen,
         "unseen": unseen,
@@ -388,9 +393,11 @@ def report(args: argparse.Namespace, figures: dict) -> None:
         print(line(name, r))
     alarms = ", ".join(f"{short.get(c, c)} {v:.3f}" for c, v in s["normal_false_alarm_rate"].items() if v is not None)
     bounds = ", ".join(f"{short.get(c, c)} >= {b:.4g}" for c, b in s["boundaries"].items())
+    val_alarms = ", ".join(f"{short.get(c, c)} {v:.3f}" for c, v in s.get("val_normal_false_alarm_rate", {}).items())
     print(
         f"recall: share of the abnormal images at or above the column's boundary ({bounds}); normal test frames called abnormal: {alarms}"
     )
+    print(f"normal validation frames called abnormal (the boundaries were fitted on them): {val_alarms or 'n/a'}")
     print("\nleave-one-family-out (from the training run)")
     print(
         format_table(pd.DataFrame(figures["lofo"]["table"]))

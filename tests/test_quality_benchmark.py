@@ -130,6 +130,9 @@ def test_the_smoke_benchmark_reports_every_family_and_kind_with_intervals(tmp_pa
         for col in scores["score_columns"]:
             auroc, (low, high) = measured["scores"][col]["auroc"], measured["scores"][col]["auroc_ci"]
             assert 0.0 <= auroc <= 1.0 and 0.0 <= low <= high <= 1.0, (name, col, measured["scores"][col])
+    for rates in (scores["normal_false_alarm_rate"], scores["val_normal_false_alarm_rate"]):
+        assert set(rates) == set(scores["score_columns"]) and all(0.0 <= v <= 1.0 for v in rates.values())
+    assert "normal validation frames called abnormal" in done.stdout
     assert [g["goal"] for g in figures["goals"]] == ["seen", "unseen", "lofo"]
     assert all(g["status"] in {"PASS", "FAIL", "n/a"} for g in figures["goals"])
     assert figures["training"]["model"] == "vit-micro-offline" and figures["machine"]["cpu_count"] >= 1
