@@ -240,22 +240,25 @@ class Scorer:
 
 
 def measure(abnormal: dict[str, np.ndarray], normal: dict[str, np.ndarray], boundaries: dict[str, float], *, seed: int) -> dict:
-    """AUROC, its bootstrap interval and recall at the column's boundary for each score column; the class counts."""
-    from sklearn.metrics import roc_auc_score
+    """AUROC, its bootstrap interval and recall at the column's boundary for each score column; the class counts.
 
-    from swan_anomaly.metrics import auroc_interval_or_none
+    Each column is :func:`swan_anomaly.metrics.evaluation_report` at its boundary (None without both classes).
+    """
+    from swan_anomaly.metrics import evaluation_report
 
     n_abnormal, n_normal = len(abnormal["anomaly_score"]), len(normal["anomaly_score"])
     labels = np.array([ABNORMAL] * n_abnormal + [NORMAL] * n_normal)
     scores = {}
     for col in abnormal:
-        both = np.concatenate([abnormal[col], normal[col]])
-        auroc = float(roc_auc_score(labels == ABNORMAL, both)) if n_abnormal and n_normal else None
-        scores[col] = {
-            "auroc": auroc,
-            "auroc_ci": auroc_interval_or_none(labels, both, seed=seed) if auroc is not None else None,
-            "recall": float((abnormal[col] >= boundaries[col]).mean()) if n_abnormal else None,
-        }
+        if n_abnormal and n_normal:
+            report = evaluation_report(labels, np.concatenate([abnormal[col], normal[col]]), threshold=boundaries[col], seed=seed)
+            scores[col] = {k: report[k] for k in ("auroc", "auroc_ci", "recall")}
+        else:
+            scores[col] = {
+                "auroc": None,
+                "auroc_ci": None,
+                "recall": float((abnormal[col] >= boundaries[col]).mean()) if n_abnormal else None,
+            }
     return {"abnormal": n_abnormal, "normal": n_normal, "small": min(n_abnormal, n_normal) < SMALL, "scores": scores}
 
 

@@ -69,29 +69,28 @@ def raw_image_hashes(lake: LocalLake, dataset_ids: list[str]) -> dict[tuple[str,
     return hashes
 
 
-def fit_novelty_bank(model, parts: dict, *, images_of: dict, config: TrainConfig):
+def fit_novelty_bank(model, train_part: pd.DataFrame, train_x, val_part: pd.DataFrame, val_features, *, config: TrainConfig):
     """The novelty bank of a trained model: its normal training originals' patches, scaled on the validation normals.
 
-    Augmented copies stay out of the bank (they add time, not kinds of normal). See :mod:`swan_anomaly.novelty`.
+    ``val_features`` are the patch features of every validation row (computed once: the run scores
+    the validation split with the bank afterwards). Augmented copies stay out of the bank (they add
+    time, not kinds of normal). See :mod:`swan_anomaly.novelty`.
     """
     from swan_anomaly.contract import NORMAL
     from swan_anomaly.modeling import patch_features_of
     from swan_anomaly.novelty import MAX_BANK_IMAGES, default_layers, fit_novelty
 
     layers = default_layers(model.config.num_hidden_layers)
-    train, val = parts[Split.TRAIN], parts[Split.VAL]
-    originals = np.flatnonzero((train.label == NORMAL).to_numpy() & ((train.aug == "none").to_numpy() if "aug" in train else True))
+    is_original = (train_part.aug == "none").to_numpy() if "aug" in train_part else True
+    originals = np.flatnonzero((train_part.label == NORMAL).to_numpy() & is_original)
     if len(originals) > MAX_BANK_IMAGES:  # an even, seeded sample bounds memory and the coreset's time
         originals = np.sort(np.random.default_rng(config.seed).choice(originals, MAX_BANK_IMAGES, replace=False))
-    normal_val = np.flatnonzero((val.label == NORMAL).to_numpy())
+    normal_val = np.flatnonzero((val_part.label == NORMAL).to_numpy())
     if len(originals) == 0 or len(normal_val) == 0:
         msg = f"the novelty bank needs normal images in train and val; the splits have {len(originals)} and {len(normal_val)}"
         raise JobError(msg)
-    features = {
-        name: patch_features_of(model, images_of[split][0][rows], layers, config.batch_size)
-        for name, split, rows in (("train", Split.TRAIN, originals), ("val", Split.VAL, normal_val))
-    }
-    return fit_novelty(features["train"], features["val"], layers=layers, target_fpr=config.target_fpr, seed=config.seed)
+    train_features = patch_features_of(model, train_x[originals], layers, config.batch_size)
+    return fit_novelty(train_features, val_features[normal_val], layers=layers, target_fpr=config.target_fpr, seed=config.seed)
 
 
 def run_training(
@@ -115,6 +114,7 @@ def run_training(
     import torch
 
     from swan_anomaly.modeling import load_classifier, patch_features_of, preprocess_spec, resolve_base_model, resolve_device
+    from swan_anomaly.novelty import default_layers
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     torch.manual_seed(config.seed)
@@ -179,11 +179,10 @@ def run_training(
         for name, (x, y) in (("val", val), ("test", test)):
             loss, logits = evaluate(model, x, y, config.batch_size)
             scored[name] = (y.numpy(), anomaly_scores(logits), loss)
-        novelty = fit_novelty_bank(model, parts, images_of={Split.TRAIN: train, Split.VAL: val}, config=config)
-        novel = {
-            name: novelty.scores(patch_features_of(model, x, novelty.layers, config.batch_size))
-            for name, x in (("val", val[0]), ("test", test[0]))
-        }
+        layers = default_layers(model.config.num_hidden_layers)  # patch features of val and test, once: the bank's fit and scores
+        features = {name: patch_features_of(model, x, layers, config.batch_size) for name, x in (("val", val[0]), ("test", test[0]))}
+        novelty = fit_novelty_bank(model, parts[Split.TRAIN], train[0], parts[Split.VAL], features["val"], config=config)
+        novel = {name: novelty.scores(f) for name, f in features.items()}
         model.to("cpu")
         threshold = choose_threshold(scored["val"][0], scored["val"][1], method=config.threshold_method, target_fpr=config.target_fpr)
         results = {}

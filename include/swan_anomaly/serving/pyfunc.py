@@ -83,7 +83,7 @@ class SwanAnomalyModel(mlflow.pyfunc.PythonModel):
         images = [_as_bytes(v, i) for i, v in enumerate(model_input[INPUT_COLUMN])]
         try:
             logits, novelty = predict_scores(
-                self.model, self.spec, images, novelty=getattr(self, "novelty", None), names=[f"row {i}" for i in range(len(images))]
+                self.model, self.spec, images, novelty=self.novelty, names=[f"row {i}" for i in range(len(images))]
             )
         except ImageDecodeError as exc:
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc
