@@ -23,6 +23,13 @@ def test_f1_is_for_the_anomaly_class():
     assert m["recall"] == pytest.approx(0.5) and m["precision"] == pytest.approx(1.0)
     assert m["f1"] == pytest.approx(2 / 3)
     assert m["confusion_matrix"] == [[1, 1], [0, 4]]
+    assert m["false_alarm_rate"] == 0.0
+
+
+def test_the_false_alarm_rate_is_the_share_of_normal_images_called_abnormal():
+    labels = np.array([0, 1, 1, 1, 1])
+    scores = np.array([0.9, 0.6, 0.5, 0.2, 0.1])  # two of four normal images at or above 0.5
+    assert anomaly_metrics(labels, scores, threshold=0.5)["false_alarm_rate"] == pytest.approx(0.5)
 
 
 def test_metrics_refuse_a_single_class():

@@ -28,6 +28,46 @@ def test_a_patch_unlike_every_normal_patch_scores_above_one_and_normal_images_mo
     assert np.all(bank.scores(odd) >= 1)
 
 
+def _blocks(centres: list[float], per_block: int, seed: int) -> torch.Tensor:
+    """``[len(centres) * per_block, 4, 2]`` patches: a block of footage per centre, its frames close together."""
+    gen = torch.Generator().manual_seed(seed)
+    out = [torch.tensor([c, 0.0]) + 0.02 * torch.randn(per_block, 4, 2, generator=gen) for c in centres]
+    return torch.cat(out)
+
+
+def test_the_boundary_holds_on_a_new_stretch_of_footage_not_only_on_the_validation_blocks():
+    """Scaled on validation frames of one block alone, every frame of a new block was a false alarm.
+
+    The footage drifts from block to block (a camera panning over a scene), and the validation
+    split holds only a few blocks. Each training block, scored without its own patches, shows
+    how far a new stretch of footage lies from the rest, so the boundary covers that drift.
+    """
+    train = _blocks([0.0, 1.0, 2.0, 3.0, 4.0], 10, 0)
+    groups = np.repeat([f"b{i}" for i in range(5)], 10)
+    val = _blocks([2.0], 10, 1)  # one validation block, in the middle of the training footage
+    new_block = _blocks([4.6], 20, 2)  # the test split's stretch: as far from its neighbour as the blocks are from each other
+    anomaly = _blocks([2.0], 5, 3)
+    anomaly[:, 1, 1] = 3.0  # one patch unlike any footage
+
+    by_val = fit_novelty(train, val, layers=(1,))
+    assert np.all(by_val.scores(new_block) >= 1), "the validation block alone sets a boundary inside the footage's drift"
+    held_out = fit_novelty(train, val, layers=(1,), train_groups=groups)
+    assert np.all(held_out.scores(new_block) < 1)
+    assert np.all(held_out.scores(anomaly) >= 1)
+    assert held_out.calibration_images == 10 + 50 and by_val.calibration_images == 10
+
+
+def test_held_out_groups_are_scored_without_their_own_patches_and_a_lone_group_gives_nothing():
+    from swan_anomaly.novelty import held_out_group_scores
+
+    features = torch.tensor([[[0.0, 0.0]], [[0.0, 0.5]], [[5.0, 0.0]]])  # three one-patch images
+    bank = features.reshape(3, 2)
+    np.testing.assert_allclose(held_out_group_scores(features, bank, torch.arange(3), ["a", "a", "b"]), [5.0, np.hypot(5, 0.5), 5.0])
+    assert held_out_group_scores(features, bank, torch.arange(3), ["a", "a", "a"]) is None
+    with pytest.raises(ValueError, match="train_groups has 2 entries for 3"):
+        fit_novelty(features, features, layers=(1,), train_groups=["a", "b"])
+
+
 def test_the_score_is_the_worst_patch_distance_over_the_scale():
     bank = NoveltyBank(torch.tensor([[0.0, 0.0], [10.0, 0.0]]), scale=2.0, layers=(1,))
     features = torch.tensor([[[0.0, 1.0], [10.0, 3.0]], [[9.0, 0.0], [1.0, 0.0]]])
@@ -61,6 +101,7 @@ def test_a_bank_survives_its_files_and_a_model_directory_without_one_has_none(tm
     bank.save(tmp_path)
     again = NoveltyBank.load(tmp_path)
     assert again.layers == (2, 4) and again.scale == pytest.approx(bank.scale) and torch.equal(again.bank, bank.bank)
+    assert again.calibration_images == bank.calibration_images == 10
     assert NoveltyBank.load(tmp_path / "elsewhere") is None
 
 

@@ -122,6 +122,14 @@ def test_the_run_summary_shows_each_split_auroc_as_people_should_read_it():
     out = _training(training | {"best_epoch": 3, "epochs_run": 12, "threshold": 0.5, "generalization": []})
     assert out["val"]["auroc_text"] == "too small to measure (5 abnormal, 5 normal)" and out["val"]["measurable"] is False
     assert out["test"]["auroc_text"] == "1.0000 (95% CI 1.000-1.000, n=40/40)"
+    decision = {"auroc": 0.9, "auroc_ci": [0.8, 1.0], "recall": 0.75, "false_alarm_rate": 0.125, "f1": 0.8}
+    trained = _training(training | {"best_epoch": 3, "epochs_run": 12, "threshold": 0.5, "generalization": []})
+    assert "decision" not in trained["test"]  # a result written before the novelty score existed
+    training["test"] = training["test"] | {"false_alarm_rate": 0.05, "novelty": decision, "decision": decision}
+    out = _training(training | {"best_epoch": 3, "epochs_run": 12, "threshold": 0.5, "generalization": []})
+    # the false alarms of the served decision on the test normals: what an operator sees in the run summary
+    assert out["test"]["false_alarm_rate"] == 0.05
+    assert out["test"]["decision"] == {"auroc": 0.9, "auroc_ci": [0.8, 1.0], "recall": 0.75, "false_alarm_rate": 0.125}
     augment = {"gold_rows": 10, "rows_by_split_label": {}, "split_shortfalls": ["test split: 1 group(s)"]}
     assert _data(None, None, augment)["split_shortfalls"] == ["test split: 1 group(s)"]
 

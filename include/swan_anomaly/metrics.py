@@ -40,7 +40,7 @@ def anomaly_scores(logits: np.ndarray) -> np.ndarray:
 
 
 def anomaly_metrics(labels: np.ndarray, scores: np.ndarray, *, threshold: float = 0.5) -> dict:
-    """AUROC, average precision, precision, recall, F1 and confusion counts for the anomaly class.
+    """AUROC, average precision, precision, recall, F1, the false-alarm rate and confusion counts for the anomaly class.
 
     Args:
         labels: ``[N]`` ints, 0 = abnormal, 1 = normal.
@@ -64,6 +64,8 @@ def anomaly_metrics(labels: np.ndarray, scores: np.ndarray, *, threshold: float 
         "recall": float(recall_score(y, pred, zero_division=0)),
         "f1": float(f1_score(y, pred, zero_division=0)),
         "threshold": float(threshold),
+        # share of the normal images called abnormal (the false-positive rate at the threshold)
+        "false_alarm_rate": float(fp / (fp + tn)),
         # rows = truth (abnormal, normal), columns = prediction (abnormal, normal)
         "confusion_matrix": [[int(tp), int(fn)], [int(fp), int(tn)]],
     }

@@ -4,12 +4,13 @@ The classifier's ``anomaly_score`` learns the synthetic families it was shown. T
 covers what no family covers: at training time the ViT's patch tokens of the *normal* training
 frames are kept as a memory bank (a greedy k-centre coreset of them when there are more than
 ``max_bank``); an image's score is the distance of its least normal patch to its nearest bank
-patch, divided by the scale chosen on the validation split's normal frames. Patch features are
+patch, divided by the scale chosen on normal frames the bank has not seen: the validation
+split's and each training block's, scored without that block's own patches. Patch features are
 the tokens of a middle and the last encoder layer, each averaged over its 3x3 patch
 neighbourhood (PatchCore's locally aware features), concatenated. So:
 
 * ``novelty_score >= 1``: some patch lies farther from every normal training patch than the
-  validation normals' patches do (at the ``1 - target_fpr`` quantile of their image scores);
+  held-out normals' patches do (at the ``1 - target_fpr`` quantile of their image scores);
 * the served decision is ``anomaly_score >= threshold or novelty_score >= 1``, i.e.
   :func:`swan_anomaly.metrics.decision_score` ``>= 1``.
 
@@ -124,6 +125,8 @@ class NoveltyBank:
     layers: tuple[int, ...]
     quantile: float = 0.99
     patches_seen: int = 0
+    #: Held-out normal images whose raw scores set :attr:`scale` (0 when unknown: a bank saved before it was recorded).
+    calibration_images: int = 0
 
     def raw_scores(self, features) -> np.ndarray:
         """``[B]`` distance of each image's least normal patch to the bank (features ``[B, P, D]``).
@@ -155,7 +158,13 @@ class NoveltyBank:
         from safetensors.torch import save_file
 
         save_file({"bank": self.bank.detach().cpu().contiguous()}, str(Path(model_dir) / BANK_FILE))
-        meta = {"scale": self.scale, "layers": list(self.layers), "quantile": self.quantile, "patches_seen": self.patches_seen}
+        meta = {
+            "scale": self.scale,
+            "layers": list(self.layers),
+            "quantile": self.quantile,
+            "patches_seen": self.patches_seen,
+            "calibration_images": self.calibration_images,
+        }
         meta["bank_size"], meta["feature_dim"] = list(self.bank.shape)
         (Path(model_dir) / META_FILE).write_text(json.dumps(meta, indent=1))
 
@@ -169,49 +178,118 @@ class NoveltyBank:
             return None
         meta = json.loads(meta_path.read_text())
         bank = load_file(str(Path(model_dir) / BANK_FILE))["bank"]
-        return cls(bank, float(meta["scale"]), tuple(meta["layers"]), float(meta["quantile"]), int(meta.get("patches_seen", 0)))
+        return cls(
+            bank,
+            float(meta["scale"]),
+            tuple(meta["layers"]),
+            float(meta["quantile"]),
+            int(meta.get("patches_seen", 0)),
+            int(meta.get("calibration_images", 0)),
+        )
+
+
+def held_out_group_scores(train_features, bank, bank_rows, groups) -> np.ndarray | None:
+    """``[N]`` raw score of each normal training image against the bank *without its own group's patches*.
+
+    A split group is a block of footage (:mod:`swan_anomaly.labels`): scored without its own
+    patches, a training image stands for a stretch of footage the bank has not seen, as the
+    validation and test blocks are. None when there are fewer than two groups.
+
+    Args:
+        train_features: ``[N, P, D]`` patch features the bank was chosen from.
+        bank: ``[M, D]`` bank rows.
+        bank_rows: ``[M]`` indices of the bank rows among the ``N * P`` training patches.
+        groups: ``[N]`` split group of each training image.
+
+    Example:
+        >>> import torch
+        >>> features = torch.tensor([[[0.0]], [[1.0]], [[3.0]]])   # three images of one patch, three groups
+        >>> held_out_group_scores(features, features.reshape(3, 1), torch.arange(3), ["a", "b", "c"]).tolist()
+        [1.0, 1.0, 2.0]
+    """
+    import torch
+
+    groups = np.asarray(groups)
+    if len(np.unique(groups)) < 2:
+        return None
+    n, p, d = train_features.shape
+    bank_group = np.repeat(groups, p)[np.asarray(bank_rows)]
+    out = np.full(n, np.nan)
+    for group in np.unique(groups):
+        others = torch.from_numpy(bank_group != group)
+        if not bool(others.any()):  # the coreset kept patches of this group alone: nothing to measure against
+            continue
+        rows = np.flatnonzero(groups == group)
+        out[rows] = NoveltyBank(bank[others], 1.0, ()).raw_scores(train_features[torch.from_numpy(rows)])
+    return out[np.isfinite(out)]
 
 
 def fit_novelty(
-    train_features, val_features, *, layers: tuple[int, ...], target_fpr: float = 0.01, max_bank: int = MAX_BANK, seed: int = 0
+    train_features,
+    val_features,
+    *,
+    layers: tuple[int, ...],
+    train_groups=None,
+    target_fpr: float = 0.01,
+    max_bank: int = MAX_BANK,
+    seed: int = 0,
 ) -> NoveltyBank:
-    """Fit the bank on normal training images' patch features and its scale on normal validation images'.
+    """Fit the bank on normal training images' patch features and its scale on held-out normals.
+
+    The scale is the ``1 - target_fpr`` quantile of the raw scores of normal images the bank has
+    not seen: the validation normals and, when ``train_groups`` is given, every normal training
+    image scored against the bank without its own group's patches
+    (:func:`held_out_group_scores`). A few validation blocks alone set a boundary that flags far
+    more than ``target_fpr`` of the normals in other stretches of footage (docs/BENCHMARKS.md,
+    quality); the training blocks, each held out in turn, show many more such stretches.
 
     Args:
         train_features: ``[N, P, D]`` patch features (:func:`patch_features`) of normal training
             images (the originals: their augmented copies add little but time).
         val_features: ``[M, P, D]`` patch features of normal validation images, never in the bank.
         layers: the hidden-state indices the features were taken from (recorded with the bank).
-        target_fpr: the scale is the ``1 - target_fpr`` quantile of the validation normals' raw
-            scores, so about that share of normal images reach ``novelty_score >= 1``.
+        train_groups: ``[N]`` split group of each training image (a block of footage), or None to
+            scale on the validation normals alone.
+        target_fpr: about this share of the held-out normals reach ``novelty_score >= 1``.
         max_bank: most patches kept (a greedy coreset of them above it).
         seed: seed of the coreset.
 
     Raises:
-        ValueError: no normal training or validation image.
+        ValueError: no normal training or validation image, or ``train_groups`` of another length.
 
     Example:
         >>> import torch
         >>> fitted = fit_novelty(torch.zeros(3, 4, 2), torch.ones(2, 4, 2), layers=(1,))
-        >>> len(fitted.bank), round(fitted.scale, 4), fitted.scores(torch.ones(1, 4, 2)).tolist()
-        (12, 1.4142, [1.0])
+        >>> len(fitted.bank), round(fitted.scale, 4), fitted.scores(torch.ones(1, 4, 2)).tolist(), fitted.calibration_images
+        (12, 1.4142, [1.0], 2)
     """
     if len(train_features) == 0 or len(val_features) == 0:
         msg = f"the novelty bank needs normal training and validation images, got {len(train_features)} and {len(val_features)}"
         raise ValueError(msg)
+    if train_groups is not None and len(train_groups) != len(train_features):
+        msg = f"train_groups has {len(train_groups)} entries for {len(train_features)} training images"
+        raise ValueError(msg)
     patches = train_features.reshape(-1, train_features.shape[-1]).float()
-    bank = patches[coreset(patches, max_bank, seed=seed)].clone()
+    rows = coreset(patches, max_bank, seed=seed)
+    bank = patches[rows].clone()
     fitted = NoveltyBank(bank, 1.0, tuple(layers), 1.0 - target_fpr, len(patches))
     raw = fitted.raw_scores(val_features)
-    fitted.scale = float(max(np.quantile(raw, 1.0 - target_fpr), 1e-6))
+    held = held_out_group_scores(train_features.float(), bank, rows, train_groups) if train_groups is not None else None
+    calibration = raw if held is None else np.concatenate([raw, held])
+    fitted.scale = float(max(np.quantile(calibration, 1.0 - target_fpr), 1e-6))
+    fitted.calibration_images = len(calibration)
     log.info(
-        "novelty bank: %d of %d normal training patches (layers %s, %d dims); scale %.4f = the %.3f quantile of %d validation normals",
+        "novelty bank: %d of %d normal training patches (layers %s, %d dims); scale %.4f = the %.3f quantile of %d held-out normals "
+        "(%d validation, %d training images scored without their own block); validation normals at or above it: %.1f %%",
         len(bank),
         len(patches),
         layers,
         bank.shape[1],
         fitted.scale,
         1.0 - target_fpr,
+        len(calibration),
         len(raw),
+        0 if held is None else len(held),
+        100.0 * float((raw >= fitted.scale).mean()),
     )
     return fitted

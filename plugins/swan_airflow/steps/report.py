@@ -99,10 +99,16 @@ def _split_report(report: dict, keys: tuple[str, ...]) -> dict:
 def _training(training: dict | None) -> dict:
     if not training:
         return {}
-    keys = ("auroc", "auroc_ci", "f1", "precision", "recall", "abnormal", "normal", "measurable", "too_small")
+    keys = ("auroc", "auroc_ci", "f1", "precision", "recall", "false_alarm_rate", "abnormal", "normal", "measurable", "too_small")
     splits = {name: _split_report(training[name], keys) for name in ("val", "test")}
     for name, split in splits.items():
+        # the novelty score and the served decision (either boundary crossed), as trained: recall and false alarms
+        for kind in ("novelty", "decision"):
+            if kind in training[name]:
+                split[kind] = {k: training[name][kind].get(k) for k in ("auroc", "auroc_ci", "recall", "false_alarm_rate")}
         log.info("%s AUROC: %s", name, split["auroc_text"])
+        if split.get("decision", {}).get("false_alarm_rate") is not None:
+            log.info("%s normals called abnormal by the served decision: %.1f %%", name, 100.0 * split["decision"]["false_alarm_rate"])
     return {
         **splits,
         "best_epoch": training["best_epoch"],
