@@ -1,8 +1,9 @@
 """docker-compose.yaml, Dockerfile and docker/ checked against the code, without a Docker engine.
 
 The compose file is parsed with PyYAML (anchors and merge keys resolved) and its ``${VAR:-default}``
-values are interpolated as ``docker compose config`` does with no .env and an empty shell, i.e. the
-stack as ``docker compose up`` starts it. Every value the code also defines (setting names, the
+values are interpolated as ``docker compose config`` does with a .env holding only the required
+variables (:data:`SHELL`), i.e. the stack as ``docker compose up`` starts it after the documented
+set-up. Every value the code also defines (setting names, the
 endpoint's port, Airflow's API port and options, the pins of requirements.txt, Azurite's version)
 is taken from the code or the repository, not repeated here.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import shlex
 import tomllib
@@ -32,6 +34,13 @@ REQUIRED_SERVICES = ("postgres", *AIRFLOW_SERVICES, "mlflow", "model-server", "a
 #: Azurite's fixed default ports (blob, queue, table); nothing in this repository defines them.
 AZURITE_PORTS = (10000, 10001, 10002)
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+#: The .env of a new user who followed the header of docker-compose.yaml: the required variables.
+SHELL = {"MLFLOW_AUTH_ADMIN_PASSWORD": "from-dot-env-0123456789", "MLFLOW_FLASK_SERVER_SECRET_KEY": "csrf-key-from-dot-env"}
+
+
+class RequiredVariableError(ValueError):
+    """``${VAR:?message}`` with ``VAR`` unset or empty: ``docker compose`` refuses to start and prints the message."""
+
 
 # ---------------------------------------------------------------------------- parsing helpers
 
@@ -61,7 +70,7 @@ def interpolate(text: str, shell: Mapping[str, str]) -> tuple[str, set[str]]:
     """``text`` after Compose interpolation with ``shell``, and the variable names it refers to.
 
     Supports what the Compose spec does here: ``$$``, ``$VAR``, ``${VAR}``, ``${VAR:-default}``,
-    ``${VAR-default}``, with nested defaults.
+    ``${VAR-default}``, with nested defaults, and ``${VAR:?message}`` (:class:`RequiredVariableError`).
     """
     out, names, i = [], set(), 0
     while i < len(text):
@@ -83,6 +92,11 @@ def interpolate(text: str, shell: Mapping[str, str]) -> tuple[str, set[str]]:
                 names |= inner
                 value = shell.get(name)
                 out.append(default if value is None or (rest.startswith(":-") and not value) else value)
+            elif rest.startswith((":?", "?")):
+                value = shell.get(name)
+                if value is None or (rest.startswith(":?") and not value):
+                    raise RequiredVariableError(f"required variable {name} is missing a value: {rest.lstrip(':?')}")
+                out.append(value)
             else:
                 assert rest == "", f"unsupported interpolation {text[i : end + 1]!r}"
                 out.append(shell.get(name, ""))
@@ -98,7 +112,7 @@ def interpolate(text: str, shell: Mapping[str, str]) -> tuple[str, set[str]]:
 
 
 def resolve(value: str) -> str:
-    return interpolate(value, {})[0]
+    return interpolate(value, SHELL)[0]
 
 
 def environment(service: dict) -> dict[str, str]:
@@ -182,8 +196,13 @@ def _code_texts() -> list[str]:
 
 @cache
 def names_read_by_code() -> frozenset[str]:
-    """``SWAN_*`` / ``MLFLOW_*`` names that appear as string literals in include/, plugins/, dags/, jobs/."""
-    return frozenset(n for text in _code_texts() for n in _QUOTED_SETTING.findall(text))
+    """``SWAN_*`` / ``MLFLOW_*`` names that appear as string literals in include/, plugins/, dags/, jobs/,
+    and the ``MLFLOW_*`` variables MLflow itself reads (``mlflow.environment_variables``: its clients' login,
+    its auth app's configuration)."""
+    import mlflow.environment_variables as mlflow_env
+
+    mlflow_names = {v.name for v in vars(mlflow_env).values() if hasattr(v, "name") and str(v.name).startswith("MLFLOW_")}
+    return frozenset(n for text in _code_texts() for n in _QUOTED_SETTING.findall(text)) | mlflow_names
 
 
 @cache
@@ -292,7 +311,7 @@ def test_setting_names_are_ones_the_code_reads():
     """A typo in a ``SWAN_*``/``MLFLOW_*`` name (key or ``${VAR}``) would silently do nothing."""
     written = {k for s in services().values() for k in environment(s)}
     for text in all_strings(compose()):
-        written |= interpolate(text, {})[1]
+        written |= interpolate(text, SHELL)[1]
     ours = {n for n in written if n.startswith(("SWAN_", "MLFLOW_"))}
     assert "SWAN_HOME" in ours
     unknown = sorted(ours - names_read_by_code())
@@ -361,8 +380,100 @@ def test_endpoint_url_name_and_registry_match_the_model_server():
     assert code_port in published("model-server")
     assert f"http://localhost:{code_port}/health" in services()["model-server"]["healthcheck"]["test"]
     assert option(cmd, "--name") == settings.endpoint_name == Settings.from_env({}).endpoint_name
-    # ensure_local_server refuses a server that reads another registry than the tasks.
-    assert (option(cmd, "--tracking-uri"), option(cmd, "--registry-uri")) == settings.mlflow_uris
+    assert option(cmd, "--model-name") == settings.model_name  # the champion it serves again after a restart
+    # ensure_local_server refuses a server that reads another registry than the tasks; the URIs (and any
+    # password in them) go through the environment, never the command line that `ps` shows everyone.
+    server = resolved_env("model-server")
+    assert (server["MLFLOW_TRACKING_URI"], server["MLFLOW_REGISTRY_URI"]) == settings.mlflow_uris
+    assert not any("://" in part for part in cmd)
+
+
+def test_the_model_server_and_the_tasks_share_one_token_and_it_is_published_on_loopback_only():
+    tasks, server = resolved_env("airflow-scheduler"), resolved_env("model-server")
+    assert tasks.get("SWAN_ENDPOINT_TOKEN", "") == server.get("SWAN_ENDPOINT_TOKEN", "") == ""  # no token in the file...
+    home = PurePosixPath(server["SWAN_HOME"])
+    assert home == PurePosixPath(stack_settings().home) and home in volume_targets("model-server")  # ...one token file for both
+    sources = {
+        name: [src for src, target in mounts(services()[name]) if PurePosixPath(target) == home]
+        for name in ("model-server", "airflow-scheduler")
+    }
+    assert sources["model-server"] == sources["airflow-scheduler"] == ["swan-data"]
+    for name in ("model-server", "mlflow", "azurite"):
+        for entry in services()[name]["ports"]:
+            assert resolve(str(entry)).startswith("127.0.0.1:"), f"{name} publishes {entry} beyond this machine"
+    opened = interpolate(str(services()["mlflow"]["ports"][0]), SHELL | {"PUBLISH_ADDRESS": "0.0.0.0"})[0]
+    assert opened == "0.0.0.0:5000:5000"  # the documented way to open them
+
+
+def test_mlflow_needs_a_login_and_the_stack_does_not_start_without_its_password():
+    cmd = command(services()["mlflow"])
+    assert option(cmd, "--app-name") == "basic-auth"
+    server, tasks = resolved_env("mlflow"), resolved_env("airflow-scheduler")
+    import configparser
+
+    ini = PurePosixPath(server["MLFLOW_AUTH_CONFIG_PATH"])
+    assert bind_target("mlflow", "./docker/mlflow") == ini.parent
+    auth = configparser.ConfigParser()
+    auth.read(ROOT / "docker" / "mlflow" / ini.name)
+    database = PurePosixPath(auth["mlflow"]["database_uri"].removeprefix("sqlite:///"))
+    assert database.parent in volume_targets("mlflow"), "the users and permissions must outlive the container"
+    # the pipeline logs in as the admin the auth app creates on its first start
+    assert (
+        (tasks["MLFLOW_TRACKING_USERNAME"], tasks["MLFLOW_TRACKING_PASSWORD"])
+        == (
+            server["MLFLOW_AUTH_ADMIN_USERNAME"],
+            server["MLFLOW_AUTH_ADMIN_PASSWORD"],
+        )
+        == ("admin", SHELL["MLFLOW_AUTH_ADMIN_PASSWORD"])
+    )
+    assert resolved_env("model-server")["MLFLOW_TRACKING_PASSWORD"] == SHELL["MLFLOW_AUTH_ADMIN_PASSWORD"]  # it reads the registry
+    raw = environment(compose()["x-airflow-common"])["MLFLOW_TRACKING_PASSWORD"]
+    with pytest.raises(RequiredVariableError, match="MLFLOW_AUTH_ADMIN_PASSWORD"):
+        interpolate(raw, {})  # no well-known default password: compose refuses to start without one
+    with pytest.raises(RequiredVariableError, match="MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        interpolate(environment(services()["mlflow"])["MLFLOW_FLASK_SERVER_SECRET_KEY"], {})
+
+
+@pytest.mark.slow
+def test_mlflow_started_as_compose_starts_it_refuses_every_request_without_the_login(tmp_path):
+    """MLflow's own basic-auth app with the compose file's flags, environment and auth config (the auth
+    database moved to tmp_path): no write, no read without the login; the pipeline's login writes."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    cmd, env = command(services()["mlflow"]), resolved_env("mlflow")
+    ini = (ROOT / "docker" / "mlflow" / "basic_auth.ini").read_text()
+    database = re.search(r"^database_uri = (.+)$", ini, re.M).group(1)
+    (tmp_path / "auth.ini").write_text(ini.replace(database, f"sqlite:///{tmp_path}/auth.db"))
+    port = 5990 + (hash(str(tmp_path)) % 9)
+    args = [sys.executable, "-m", "mlflow", "server", "--app-name", option(cmd, "--app-name")]
+    args += ["--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db", "--host", "127.0.0.1", "--port", str(port)]
+    server_env = {k: v for k, v in env.items() if k.startswith("MLFLOW_")} | {"MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "auth.ini")}
+    proc = subprocess.Popen(args, env=dict(os.environ) | server_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+    try:
+        for _ in range(120):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        login = (
+            resolved_env("airflow-scheduler")["MLFLOW_TRACKING_USERNAME"],
+            resolved_env("airflow-scheduler")["MLFLOW_TRACKING_PASSWORD"],
+        )
+        create = {"name": "written-by-a-stranger"}
+        assert httpx.post(f"{base}/experiments/create", json=create).status_code == 401
+        assert httpx.post(f"{base}/registered-models/create", json={"name": "pickled"}).status_code == 401
+        assert httpx.get(f"{base}/registered-models/search").status_code == 401
+        assert httpx.post(f"{base}/experiments/create", json=create, auth=(login[0], "wrong-password-1")).status_code == 401
+        assert httpx.post(f"{base}/experiments/create", json={"name": "pipeline"}, auth=login).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 # ---------------------------------------------------------------------------- MLflow and postgres

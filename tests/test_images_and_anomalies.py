@@ -57,6 +57,27 @@ def test_decode_handles_gray_alpha_and_16_bit_and_names_bad_input():
         decode_image(jpeg[:20], name="cut.jpg")
 
 
+@pytest.mark.parametrize("ext", [".pam", ".hdr", ".pfm"])
+def test_a_format_whose_size_cannot_be_read_before_decoding_is_refused_not_decoded(ext):
+    """OpenCV decodes these, Pillow reads none of their headers: their pixels were allocated unchecked
+    (a PAM header can declare 30000x30000 pixels, under OpenCV's own limit, in a few bytes)."""
+    import cv2
+
+    image = np.zeros((8, 8, 3), np.float32 if ext in (".hdr", ".pfm") else np.uint8)
+    data = cv2.imencode(ext, image)[1].tobytes()
+    assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) is not None  # OpenCV alone decodes it
+    with pytest.raises(ImageDecodeError, match=f"frame{ext}: not a decodable image .*no image header of a known format"):
+        decode_image(data, name=f"frame{ext}")
+
+
+def test_a_crop_already_at_the_model_size_is_a_copy_not_a_view_of_the_decoded_frame():
+    from swan_anomaly.images import crop_and_resize
+
+    frame = np.zeros((4000, 224, 3), np.uint8)  # a tall frame whose square crop is already 224 wide
+    crop = crop_and_resize(frame, size=224)
+    assert crop.shape == (224, 224, 3) and crop.base is None and not np.shares_memory(crop, frame)
+
+
 def test_preprocess_normalises_to_model_input():
     png = encode_png(np.full((120, 160, 3), 255, np.uint8))
     x = preprocess([png, png], size=32, mean=(0.5,) * 3, std=(0.5,) * 3)

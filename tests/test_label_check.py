@@ -226,3 +226,26 @@ def test_an_unavailable_service_is_reported_not_fatal_in_warn_mode(double, datas
     assert double.statuses() == [429]  # after a throttled answer no further frames are sent
     assert report["errored"] == 6 and report["answered"] == 0 and report["mismatches"] == []
     assert sum(e.startswith("429") for e in report["errors"].values()) == 1
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "refused"),
+    [
+        ("http://myresource.openai.azure.com", True),
+        ("http://10.0.0.5:8080", True),
+        ("https://myresource.openai.azure.com", False),
+        ("http://127.0.0.1:8443", False),
+        ("http://localhost:8443", False),
+    ],
+)
+def test_the_api_key_is_never_sent_in_plain_http_beyond_this_machine(endpoint, refused):
+    from swan_anomaly._errors import ConfigError
+    from swan_anomaly.azure_openai import AzureOpenAIConfig
+
+    config = AzureOpenAIConfig(endpoint=endpoint, deployment="gpt-4o-mini", api_key="k3y", source="Airflow connection 'swan_label_check'")
+    if refused:
+        with pytest.raises(ConfigError, match="is plain http: every request carries the API key") as caught:
+            config.validate()
+        assert "k3y" not in str(caught.value)
+    else:
+        config.validate()

@@ -85,6 +85,7 @@ def test_champion_is_served_and_endpoint_scores_match_the_registry_model(pipelin
     from swan_anomaly.registry import CHAMPION, mlflow_client
     from swan_anomaly.serving.client import EndpointClient
     from swan_anomaly.serving.deploy import served_version, workspace_client
+    from swan_anomaly.serving.local import endpoint_token
 
     s = Settings.from_env()
     summary = LocalLake(s.lake_root).read_result(pipeline_run.run_id, "summary")
@@ -96,8 +97,8 @@ def test_champion_is_served_and_endpoint_scores_match_the_registry_model(pipelin
     assert float(champion.tags["anomaly_threshold"]) == pytest.approx(train["threshold"], abs=1e-6)  # stored with the model
     assert CHAMPION in summary["model"]["aliases"]
 
-    endpoint = EndpointClient(s.endpoint_url, s.endpoint_name)
-    assert served_version(workspace_client(s.endpoint_url, token="local-endpoint"), s.endpoint_name) == str(champion.version)
+    endpoint = EndpointClient(s.endpoint_url, s.endpoint_name, token=endpoint_token(s))
+    assert served_version(workspace_client(s.endpoint_url, token=endpoint_token(s)), s.endpoint_name) == str(champion.version)
     raw = LocalLake(s.lake_root).raw(DATASET)
     names = [r[0] for r in summary["scores"]]
     labels = [r[1] for r in summary["scores"]]
@@ -143,12 +144,19 @@ def test_endpoint_rejects_bad_input_without_crashing(pipeline_run):
     from swan_anomaly.config import Settings
     from swan_anomaly.serving.client import EndpointClient
     from swan_anomaly.serving.deploy import workspace_client
+    from swan_anomaly.serving.local import endpoint_token
 
     s = Settings.from_env()
-    endpoint = EndpointClient(s.endpoint_url, s.endpoint_name)
-    bad = httpx.post(endpoint.invocations_url, json={"dataframe_split": {"columns": ["image"], "data": [["bm90IGFuIGltYWdl"]]}})
+    endpoint = EndpointClient(s.endpoint_url, s.endpoint_name, token=endpoint_token(s))
+    payload = {"dataframe_split": {"columns": ["image"], "data": [["bm90IGFuIGltYWdl"]]}}
+    bad = httpx.post(endpoint.invocations_url, json=payload, headers={"Authorization": f"Bearer {endpoint_token(s)}"})
     assert bad.status_code == 400 and "not a decodable image" in bad.text
-    assert workspace_client(s.endpoint_url, token="local-endpoint").serving_endpoints.get(s.endpoint_name).state.ready.value == "READY"
+    # the detached server the DAG started takes its token and no other, for scoring and for its management API
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        assert httpx.post(endpoint.invocations_url, json=payload, headers=headers).status_code == 401
+        config_url = f"{s.endpoint_url}/api/2.0/serving-endpoints/{s.endpoint_name}/config"
+        assert httpx.put(config_url, json={}, headers=headers).status_code == 401
+    assert workspace_client(s.endpoint_url, token=endpoint_token(s)).serving_endpoints.get(s.endpoint_name).state.ready.value == "READY"
 
 
 @pytest.mark.slow
@@ -157,10 +165,11 @@ def test_failed_endpoint_update_keeps_the_champion_serving(pipeline_run):
     from swan_anomaly.config import Settings
     from swan_anomaly.serving.client import EndpointClient
     from swan_anomaly.serving.deploy import ServingConfig, deploy_version, served_version, workspace_client
+    from swan_anomaly.serving.local import endpoint_token
 
     s = Settings.from_env()
-    endpoint = EndpointClient(s.endpoint_url, s.endpoint_name)
-    w = workspace_client(s.endpoint_url, token="local-endpoint")
+    endpoint = EndpointClient(s.endpoint_url, s.endpoint_name, token=endpoint_token(s))
+    w = workspace_client(s.endpoint_url, token=endpoint_token(s))
     serving = served_version(w, s.endpoint_name)
     with pytest.raises(EndpointError, match=f"failed to serve {s.model_name} v999 and keeps serving v{serving}"):
         deploy_version(w, s.endpoint_name, s.model_name, "999", ServingConfig(timeout=dt.timedelta(seconds=60)))

@@ -155,12 +155,13 @@ def test_remote_run_registers_and_serves_its_champion(remote_run):
     from swan_anomaly.config import Settings
     from swan_anomaly.registry import CHAMPION, mlflow_client
     from swan_anomaly.serving.deploy import served_version, workspace_client
+    from swan_anomaly.serving.local import endpoint_token
 
     dag_run, _, _ = remote_run
     s = Settings.from_env()
     champion = mlflow_client(*s.mlflow_uris).get_model_version_by_alias(s.model_name, CHAMPION)
     assert champion.tags["airflow_run_id"] == dag_run.run_id
-    assert served_version(workspace_client(s.endpoint_url, token="local-endpoint"), s.endpoint_name) == str(champion.version)
+    assert served_version(workspace_client(s.endpoint_url, token=endpoint_token(s)), s.endpoint_name) == str(champion.version)
 
 
 @pytest.mark.slow

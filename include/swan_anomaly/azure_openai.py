@@ -28,11 +28,14 @@ from __future__ import annotations
 import base64
 import re
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 from typing import Any
 
 from swan_anomaly._errors import AzureOpenAIRefused, AzureOpenAIRequestFailed, ConfigError
 
 DEFAULT_API_VERSION = "2024-10-21"
+#: Hosts a plain-http endpoint may name: the key never leaves this machine (a local proxy or test double).
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,12 @@ class AzureOpenAIConfig:
         where = f" ({self.source})" if self.source else ""
         if not re.match(r"^https?://[^/\s]+", self.endpoint or ""):
             msg = f"label check endpoint must be an http(s) URL such as https://<resource>.openai.azure.com, got {self.endpoint!r}{where}"
+            raise ConfigError(msg)
+        if self.endpoint.lower().startswith("http://") and urlsplit(self.endpoint).hostname not in LOOPBACK_HOSTS:
+            msg = (
+                f"label check endpoint {self.endpoint!r}{where} is plain http: every request carries the API key, so it must be "
+                "https://<resource>.openai.azure.com (http:// is accepted for this machine only: localhost, 127.0.0.1, ::1)"
+            )
             raise ConfigError(msg)
         if not self.deployment:
             msg = f"label check needs the name of an Azure OpenAI deployment{where}"

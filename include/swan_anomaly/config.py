@@ -67,14 +67,16 @@ def setting(
     choices: tuple[str, ...] = (),
     low: float | None = None,
     high: float | None = None,
+    secret: bool = False,
 ) -> Any:
     """A field of :class:`Settings`: its variable ``env``, default (or ``derive`` from earlier fields), one line of doc.
 
     ``shown`` is the default as the docs print it (e.g. ``$SWAN_HOME/lake``); ``choices`` and
-    ``low``/``high`` bound the value.
+    ``low``/``high`` bound the value. A ``secret`` never shows in the settings' ``repr`` (logs,
+    tracebacks).
     """
-    meta = {"env": env, "doc": doc, "derive": derive, "shown": shown, "choices": choices, "low": low, "high": high}
-    return field(default=default, metadata=meta)
+    meta = {"env": env, "doc": doc, "derive": derive, "shown": shown, "choices": choices, "low": low, "high": high, "secret": secret}
+    return field(default=default, metadata=meta, repr=not secret)
 
 
 def _under_home(*parts: str) -> Callable[[dict[str, Any]], Path]:
@@ -158,6 +160,32 @@ class Settings:
     serving_scale_to_zero: bool = setting("SWAN_SERVING_SCALE_TO_ZERO", True, "Let the Databricks endpoint scale to zero when idle.")
     endpoint_url: str = setting("SWAN_ENDPOINT_URL", "http://127.0.0.1:5055", "URL of the local model server.")
     endpoint_name: str = setting("SWAN_ENDPOINT_NAME", "swan-anomaly", "Name of the serving endpoint.")
+    # -- the local model server: who may use it and how much one request may ask
+    endpoint_conn_id: str = setting(
+        "SWAN_ENDPOINT_CONN_ID",
+        "swan_endpoint",
+        "Airflow connection whose password is the local model server's bearer token (optional; see SWAN_ENDPOINT_TOKEN).",
+    )
+    endpoint_token: str | None = setting(
+        "SWAN_ENDPOINT_TOKEN",
+        None,
+        "Bearer token of the local model server, when no Airflow connection gives one.",
+        shown="a random token kept in $SWAN_HOME/serving/token (mode 600)",
+        secret=True,
+    )
+    endpoint_invocations_auth: str = setting(
+        "SWAN_ENDPOINT_INVOCATIONS_AUTH",
+        "token",
+        "Whether scoring needs the bearer token too (`token`) or is open (`none`); the management API always needs it.",
+        choices=("token", "none"),
+    )
+    endpoint_max_body_mb: float = setting(
+        "SWAN_ENDPOINT_MAX_BODY_MB", 16.0, "Largest request body the local model server reads (413 above).", low=0.001
+    )
+    endpoint_max_rows: int = setting("SWAN_ENDPOINT_MAX_ROWS", 256, "Most images in one scoring request (413 above).", low=1)
+    endpoint_max_in_flight: int = setting(
+        "SWAN_ENDPOINT_MAX_IN_FLIGHT", 64, "Most scoring requests the local model server holds at once (429 above).", low=1
+    )
     # -- schedules, retries, timeouts (read when the DAG file is parsed)
     schedule: str = setting("SWAN_SCHEDULE", "@daily", "Cron or preset of the pipeline's data intervals.")
     ingest_schedule: str = setting("SWAN_INGEST_SCHEDULE", "*/10 * * * *", "Cron of the ingest DAG (inbox to landing zone).")

@@ -31,8 +31,12 @@ MAX_PIXELS = 50_000_000
 def check_declared_size(data: bytes, *, name: str) -> None:
     """Refuse an image whose header declares more than :data:`MAX_PIXELS` pixels, before decoding it.
 
-    Pillow reads only the header here. Formats Pillow does not know pass through to OpenCV,
-    which checks the decoded size instead.
+    Pillow reads only the header here. An image whose header Pillow cannot read is refused too:
+    every format decoded afterwards had its size checked first (OpenCV decodes formats, and
+    variants, that Pillow does not identify, and it would allocate their pixels unchecked).
+
+    Raises:
+        ImageDecodeError: too many pixels declared, or no header Pillow can read.
     """
     import io
     import warnings
@@ -47,8 +51,9 @@ def check_declared_size(data: bytes, *, name: str) -> None:
     except Image.DecompressionBombError as exc:
         msg = f"{name}: {exc}; not decoded"
         raise ImageDecodeError(msg) from exc
-    except (UnidentifiedImageError, OSError, ValueError):
-        return
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        msg = f"{name}: not a decodable image ({len(data)} bytes; no image header of a known format: {exc})"
+        raise ImageDecodeError(msg) from exc
     if width * height > MAX_PIXELS:
         msg = f"{name}: image declares {width}x{height} pixels, over the {MAX_PIXELS:,}-pixel limit (decompression bomb?); not decoded"
         raise ImageDecodeError(msg)
@@ -155,8 +160,19 @@ def resize_area(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def crop_and_resize(image: np.ndarray, *, size: int, bias_x: float = CROP_BIAS_X, bias_y: float = CROP_BIAS_Y) -> np.ndarray:
-    """Center-biased square crop followed by an area resize to ``size``: ``[size, size, 3]`` uint8."""
-    return resize_area(center_biased_crop(image, bias_x=bias_x, bias_y=bias_y), size)
+    """Center-biased square crop followed by an area resize to ``size``: ``[size, size, 3]`` uint8.
+
+    Always a new array, never a view of ``image``: when the crop is already ``size`` wide, a view
+    would keep the whole decoded image alive until the batch is stacked (a large frame each).
+
+    Example:
+        >>> frame = np.zeros((300, 200, 3), dtype=np.uint8)
+        >>> out = crop_and_resize(frame, size=200)
+        >>> out.shape, np.shares_memory(out, frame)
+        ((200, 200, 3), False)
+    """
+    out = resize_area(center_biased_crop(image, bias_x=bias_x, bias_y=bias_y), size)
+    return out.copy() if np.shares_memory(out, image) else out
 
 
 def normalize(images: np.ndarray, *, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Which serving endpoint the DAG deploys to: the local model server or Databricks Model Serving.
 
 ``SWAN_SERVING_BACKEND=local`` (default) starts/uses the local model server at
-``SWAN_ENDPOINT_URL``; ``databricks`` uses the workspace of the Airflow connection
+``SWAN_ENDPOINT_URL`` with its bearer token (:func:`local_endpoint_token`); ``databricks`` uses the workspace of the Airflow connection
 ``SWAN_DATABRICKS_CONN_ID`` (default ``databricks_default``: host + personal access token in
 the password field). Either way the DAG drives the endpoint with databricks-sdk and scores it
 with the same REST client.
@@ -18,8 +18,27 @@ from dataclasses import dataclass, field
 
 from swan_airflow.runtime import settings
 
-#: The local model server does not authenticate; databricks-sdk still needs a token to send.
-LOCAL_TOKEN = "local-endpoint"
+
+def local_endpoint_token() -> str:
+    """The local model server's bearer token: the password of the Airflow connection ``SWAN_ENDPOINT_CONN_ID``
+    (default ``swan_endpoint``) when it exists, else ``SWAN_ENDPOINT_TOKEN``, else the token file under
+    ``$SWAN_HOME/serving`` (:func:`swan_anomaly.serving.local.endpoint_token`). Airflow masks a
+    connection's password in task logs; the token never goes to XCom.
+    """
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    from swan_anomaly.serving.local import endpoint_token
+
+    s = settings()
+    try:
+        conn = BaseHook.get_connection(s.endpoint_conn_id)
+    except AirflowNotFoundException:
+        return endpoint_token(s)
+    if not conn.password:
+        msg = f"Airflow connection {s.endpoint_conn_id!r} has no password: set it to the local model server's bearer token"
+        raise ValueError(msg)
+    return conn.password
 
 
 @dataclass(frozen=True)
@@ -41,7 +60,7 @@ class ServingTarget:
     def client(self):
         from swan_anomaly.serving.client import EndpointClient
 
-        return EndpointClient(self.base_url, self.endpoint, token=None if self.backend == "local" else self.token)
+        return EndpointClient(self.base_url, self.endpoint, token=self.token)
 
 
 def serving_target(*, start: bool = True) -> ServingTarget:
@@ -54,11 +73,12 @@ def serving_target(*, start: bool = True) -> ServingTarget:
         from swan_anomaly import ConfigError
         from swan_anomaly.serving.local import ensure_local_server
 
+        token = local_endpoint_token()
         try:
-            url = ensure_local_server(s) if start else s.endpoint_url
-        except ConfigError as exc:  # another deployment's server holds the port: only an operator can fix it
+            url = ensure_local_server(s, token=token) if start else s.endpoint_url
+        except ConfigError as exc:  # another deployment's server (or token) holds the port: only an operator can fix it
             raise AirflowFailException(str(exc)) from exc
-        return ServingTarget("local", url, s.endpoint_name, LOCAL_TOKEN)
+        return ServingTarget("local", url, s.endpoint_name, token)
     if backend == "databricks":
         from swan_airflow.runtime import databricks_workspace
 

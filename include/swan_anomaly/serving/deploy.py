@@ -95,7 +95,17 @@ def deploy_version(w: WorkspaceClient, endpoint: str, model_name: str, version: 
         scale_to_zero_enabled=config.scale_to_zero,
     )
     try:
-        previous = _served(w.serving_endpoints.get(endpoint))
+        detail = w.serving_endpoints.get(endpoint)
+        if detail.state and detail.state.config_update and detail.state.config_update.value == "IN_PROGRESS":
+            # another update is live (a restarted local server loading its champion, a deployment from elsewhere):
+            # a second one now would be refused with RESOURCE_CONFLICT, so wait for it first
+            log.info("endpoint %s is updating its config; waiting for that update before serving v%s", endpoint, version)
+            try:
+                detail = w.serving_endpoints.wait_get_serving_endpoint_not_updating(endpoint, timeout=config.timeout)
+            except OperationFailed as exc:  # that update failed and the endpoint kept its config: ours goes on
+                log.warning("the endpoint's pending update failed (%s); serving v%s now", exc, version)
+                detail = w.serving_endpoints.get(endpoint)
+        previous = _served(detail)
     except NotFound:
         log.info("creating serving endpoint %s for %s v%s", endpoint, model_name, version)
         try:

@@ -3,6 +3,13 @@
 The server runs detached (its own session), so it outlives the Airflow task that started
 it, like a real endpoint; its pid and log live under ``$SWAN_HOME/serving``.
 
+It is given what it needs and nothing more: an allow-listed environment (:func:`server_env`;
+a task's ``DATABRICKS_TOKEN`` or cloud keys stay behind unless the registry itself is on
+Databricks), the MLflow URIs and its bearer token through that environment, never on the
+command line (``ps`` shows the command line to every user of the machine). The token is
+:func:`endpoint_token`'s: ``SWAN_ENDPOINT_TOKEN``, else a random one created once in
+``$SWAN_HOME/serving/token`` with mode 600.
+
 Example:
     >>> url = ensure_local_server(Settings.from_env())   # doctest: +SKIP
     >>> stop_local_server(Settings.from_env())            # doctest: +SKIP
@@ -12,18 +19,83 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from urllib.parse import urlparse
 
 import httpx
 
 from swan_anomaly._errors import ConfigError, EndpointError
 from swan_anomaly.config import Settings
+from swan_anomaly.redact import redact_uri
 
 log = logging.getLogger(__name__)
+
+#: Variables the detached server inherits from the task that starts it (besides its own, set by :func:`server_env`).
+SERVER_ENV_KEEP = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV", "SWAN_HOME"}
+)
+#: Prefixes of variables it inherits: its own settings, MLflow's (a tracking server's credentials), thread counts.
+SERVER_ENV_PREFIXES = ("SWAN_", "MLFLOW_", "OMP_", "MKL_", "TORCH_", "HF_", "TRANSFORMERS_")
+#: Inherited only when the registry or tracking store is a Databricks workspace (it reads the models from there).
+DATABRICKS_ENV_PREFIX = "DATABRICKS_"
+TOKEN_FILE = "token"
+
+
+def endpoint_token(settings: Settings) -> str:
+    """The local model server's bearer token: ``SWAN_ENDPOINT_TOKEN``, else ``$SWAN_HOME/serving/token``.
+
+    The file is created once, with a random token (``secrets.token_urlsafe``) and mode 600, so
+    the embedded default is guarded with no set-up and only this user can read the token. It
+    appears whole or not at all (written aside, then linked into place), so a server and a task
+    starting together read the same token.
+    """
+    if settings.endpoint_token:
+        return settings.endpoint_token
+    path = settings.serving_dir / TOKEN_FILE
+    if not path.exists():
+        settings.serving_dir.mkdir(parents=True, exist_ok=True)
+        aside = path.with_name(f".{TOKEN_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(32) + "\n")
+        try:
+            os.link(aside, path)  # fails when another process made the token first: theirs is the token
+            log.info("created the local model server's bearer token in %s (mode 600)", path)
+        except FileExistsError:
+            pass
+        finally:
+            aside.unlink()
+    token = path.read_text().strip()
+    if not token:
+        msg = f"{path} is empty: delete it (a new token is made) or set SWAN_ENDPOINT_TOKEN"
+        raise ConfigError(msg)
+    return token
+
+
+def server_env(settings: Settings, token: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of the detached server: the allow-list, the MLflow URIs and the token.
+
+    Example:
+        >>> s = Settings.from_env({"SWAN_HOME": "/tmp/h"})
+        >>> env = server_env(s, "t0k", {"PATH": "/bin", "DATABRICKS_TOKEN": "dapi1", "AWS_SECRET_ACCESS_KEY": "x"})
+        >>> sorted(env), env["SWAN_ENDPOINT_TOKEN"]
+        (['MLFLOW_REGISTRY_URI', 'MLFLOW_TRACKING_URI', 'PATH', 'SWAN_ENDPOINT_TOKEN'], 't0k')
+    """
+    environ = os.environ if environ is None else environ
+    on_databricks = any(uri.startswith("databricks") for uri in settings.mlflow_uris)
+    env = {
+        k: v
+        for k, v in environ.items()
+        if k in SERVER_ENV_KEEP or k.startswith(SERVER_ENV_PREFIXES) or (on_databricks and k.startswith(DATABRICKS_ENV_PREFIX))
+    }
+    env["MLFLOW_TRACKING_URI"], env["MLFLOW_REGISTRY_URI"] = settings.mlflow_uris
+    env["SWAN_ENDPOINT_TOKEN"] = token
+    return env
 
 
 def _health(url: str) -> dict | None:
@@ -43,25 +115,57 @@ def running_server(settings: Settings) -> bool:
     health = _health(settings.endpoint_url)
     if health is None:
         return False
-    if health.get("registry_uri") not in (None, settings.registry_uri):
+    if health.get("registry_uri") not in (None, redact_uri(settings.registry_uri)):
         msg = (
-            f"the model server at {settings.endpoint_url} serves models from {health.get('registry_uri')}, not {settings.registry_uri}; "
-            "stop it (make stop-endpoint with its SWAN_HOME) or set SWAN_ENDPOINT_URL to a free port"
+            f"the model server at {settings.endpoint_url} serves models from {health.get('registry_uri')}, "
+            f"not {redact_uri(settings.registry_uri)}; stop it (make stop-endpoint with its SWAN_HOME) "
+            "or set SWAN_ENDPOINT_URL to a free port"
         )
         raise ConfigError(msg)
     return True
 
 
-def ensure_local_server(settings: Settings, *, timeout: float = 90.0) -> str:
+def check_token(settings: Settings, token: str) -> None:
+    """Make sure the server at ``settings.endpoint_url`` takes ``token`` (its management API answers, not 401).
+
+    Raises:
+        ConfigError: it answers 401: it was started with another token (an operator must
+            stop it or give this deployment its token; no retry helps).
+    """
+    try:
+        response = httpx.get(
+            f"{settings.endpoint_url}/api/2.0/serving-endpoints/{settings.endpoint_name}",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=5.0,
+        )
+    except httpx.HTTPError:
+        return  # not answering now: the caller's own requests say so, with their retries
+    if response.status_code == 401:
+        msg = (
+            f"the model server at {settings.endpoint_url} refuses this deployment's bearer token: it was started with another one. "
+            "Stop it (make stop-endpoint) so that it starts again with this token, or give this deployment its token "
+            f"(Airflow connection {settings.endpoint_conn_id!r}, SWAN_ENDPOINT_TOKEN or {settings.serving_dir / TOKEN_FILE})"
+        )
+        raise ConfigError(msg)
+
+
+def ensure_local_server(settings: Settings, *, token: str | None = None, timeout: float = 90.0) -> str:
     """Return the endpoint base URL, starting the server first if nothing answers there.
+
+    Args:
+        settings: the deployment's settings (URL, name, registry, limits).
+        token: the bearer token the server must take (default: :func:`endpoint_token`).
+        timeout: seconds a new server has to answer.
 
     Raises:
         ConfigError: a server answers at the URL but reads another MLflow registry (another
-            ``SWAN_HOME``): only an operator can fix that, so no retry helps.
+            ``SWAN_HOME``) or takes another token: only an operator can fix that, so no retry helps.
         EndpointError: a new server does not come up.
     """
     url = settings.endpoint_url
+    token = token or endpoint_token(settings)
     if running_server(settings):
+        check_token(settings, token)
         return url
     parsed = urlparse(url)
     settings.serving_dir.mkdir(parents=True, exist_ok=True)
@@ -76,14 +180,17 @@ def ensure_local_server(settings: Settings, *, timeout: float = 90.0) -> str:
         str(parsed.port or 5055),
         "--name",
         settings.endpoint_name,
-        "--tracking-uri",
-        settings.tracking_uri,
-        "--registry-uri",
-        settings.registry_uri,
+        "--model-name",
+        settings.model_name,
     ]
     with log_path.open("ab") as out:
         proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=os.environ.copy()
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=server_env(settings, token),
         )
     (settings.serving_dir / "server.pid").write_text(str(proc.pid))
     log.info("started local model server pid %d on %s (log: %s)", proc.pid, url, log_path)

@@ -13,22 +13,83 @@ Same REST contract as a Databricks serving endpoint, so the same clients (databr
   one answers meanwhile, and stays if loading fails (``config_update: UPDATE_FAILED``).
 * ``DELETE /api/2.0/serving-endpoints/{name}``: delete the endpoint; it serves nothing until
   it is created again.
+* ``GET /health``: liveness and readiness, open to all (no secret in it: credentials in the
+  registry URI are redacted).
 
-Run it: ``python -m swan_anomaly.serving.server --port 5055 --name swan-anomaly``.
+Safe to expose by default:
+
+* **Authentication.** Every management call (``/api/2.0/...``) needs ``Authorization: Bearer
+  <token>``, as on Databricks; scoring needs it too unless the server runs with
+  ``--open-invocations`` (``SWAN_ENDPOINT_INVOCATIONS_AUTH=none``). The token comes from
+  ``--token-file``, else ``SWAN_ENDPOINT_TOKEN``, else ``$SWAN_HOME/serving/token`` (made once,
+  mode 600: :func:`swan_anomaly.serving.local.endpoint_token`), never from the command line.
+  A wrong or missing token gets 401 ``UNAUTHENTICATED``.
+* **Limits** (:class:`Limits`): a body over ``max_body_bytes`` gets 413 before it is read in
+  full, a request of more than ``max_rows`` images 413, more than ``max_in_flight`` scoring
+  requests at once 429 ``REQUEST_LIMIT_EXCEEDED`` with ``Retry-After`` (the clients retry it).
+  Each image's decoded size is bounded by :data:`swan_anomaly.images.MAX_PIXELS`.
+* **Binds to 127.0.0.1** unless ``--host`` says otherwise.
+* **Restart.** Given ``--model-name``, the server serves that model's ``champion`` version from
+  the registry as soon as it starts, so a restart does not leave the endpoint empty.
+
+Run it: ``python -m swan_anomaly.serving.server --port 5055 --name swan-anomaly``
+(the tracking and registry URIs come from ``MLFLOW_TRACKING_URI``/``MLFLOW_REGISTRY_URI``).
 
 Example:
-    >>> app = create_app("swan-anomaly", tracking_uri="sqlite:///.swan/mlflow/mlflow.db")  # doctest: +SKIP
+    >>> app = create_app("swan-anomaly", token="s3cret", tracking_uri="sqlite:///.swan/mlflow/mlflow.db")  # doctest: +SKIP
 """
 
 # No ``from __future__ import annotations`` here: FastAPI resolves the route annotations
 # (``Request``) at definition time, and they are local to ``create_app``.
 import argparse
 import asyncio
+import json
 import logging
+import secrets
 import threading
 import time
+from dataclasses import dataclass
+
+from swan_anomaly.redact import redact_uri
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one scoring request may ask of the server (each breach answered with a clear 413 or 429)."""
+
+    max_body_bytes: int = 16 * 2**20
+    max_rows: int = 256
+    max_in_flight: int = 64
+
+
+def count_rows(body: bytes, content_type: str) -> int | None:
+    """Rows of an MLflow scoring request, or None when the body is not one (MLflow's parser then says why).
+
+    Example:
+        >>> count_rows(b'{"dataframe_split": {"columns": ["image"], "data": [["a"], ["b"]]}}', "application/json")
+        2
+        >>> count_rows(b'{"inputs": {"image": ["a", "b", "c"]}}', "application/json"), count_rows(b"image\\na\\n", "text/csv")
+        (3, 1)
+    """
+    if content_type.split(";")[0].strip().lower() == "text/csv":
+        return max(0, len(body.strip().splitlines()) - 1)
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(payload, dict):
+        return None
+    for key in ("dataframe_split", "dataframe_records", "instances", "inputs"):
+        value = payload.get(key)
+        if isinstance(value, dict) and key == "dataframe_split":
+            value = value.get("data")
+        if isinstance(value, dict):  # inputs/instances as columns: the longest column
+            value = max((v for v in value.values() if isinstance(v, list)), key=len, default=[])
+        if isinstance(value, list):
+            return len(value)
+    return None
 
 
 class EndpointState:
@@ -93,14 +154,39 @@ class EndpointState:
         log.info(self.message)
 
 
-def create_app(name: str, *, tracking_uri: str | None = None, registry_uri: str | None = None):
-    """The FastAPI app of a local endpoint called ``name``."""
+def create_app(
+    name: str,
+    *,
+    token: str,
+    tracking_uri: str | None = None,
+    registry_uri: str | None = None,
+    open_invocations: bool = False,
+    limits: Limits = Limits(),  # noqa: B008 - frozen
+    model_name: str | None = None,
+):
+    """The FastAPI app of a local endpoint called ``name``, guarded by the bearer ``token``.
+
+    Args:
+        name: the endpoint's name.
+        token: the bearer token every management call (and scoring, unless ``open_invocations``) needs.
+        tracking_uri: MLflow tracking URI (default: MLflow's, from ``MLFLOW_TRACKING_URI``).
+        registry_uri: MLflow registry URI (default: the tracking URI).
+        open_invocations: let anyone who reaches the server score images without the token.
+        limits: body size, rows and requests in flight (:class:`Limits`).
+        model_name: when given, serve this registered model's ``champion`` version at start-up.
+
+    Raises:
+        ValueError: an empty token.
+    """
     import mlflow
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.responses import JSONResponse, Response
     from mlflow.exceptions import MlflowException
     from mlflow.pyfunc import scoring_server
 
+    if not token:
+        msg = "the local model server needs a bearer token (SWAN_ENDPOINT_TOKEN or --token-file): its API changes what is served"
+        raise ValueError(msg)
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
     if registry_uri or tracking_uri:
@@ -108,12 +194,40 @@ def create_app(name: str, *, tracking_uri: str | None = None, registry_uri: str 
     state = EndpointState(name)
     app = FastAPI(title=f"swan-anomaly local endpoint {name}")
     app.state.endpoint = state
+    in_flight = {"now": 0}
+    expected = token.encode()
 
     @app.exception_handler(HTTPException)
     async def databricks_shaped_error(request: Request, exc: HTTPException):
         # Databricks answers errors as {"error_code": ..., "message": ...}; databricks-sdk maps them.
         body = exc.detail if isinstance(exc.detail, dict) else {"error_code": "BAD_REQUEST", "message": str(exc.detail)}
-        return JSONResponse(body, exc.status_code)
+        return JSONResponse(body, exc.status_code, headers=exc.headers)
+
+    def authorize(request: Request) -> None:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), expected):
+            raise HTTPException(
+                401,
+                detail={"error_code": "UNAUTHENTICATED", "message": "missing or wrong bearer token (Authorization: Bearer <token>)"},
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    def too_large(message: str) -> HTTPException:
+        return HTTPException(413, detail={"error_code": "INVALID_PARAMETER_VALUE", "message": message})
+
+    async def read_body(request: Request) -> bytes:
+        """The body, refused with 413 as soon as it is known to exceed the limit (declared or streamed)."""
+        limit = limits.max_body_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise too_large(f"request body of {int(declared):,} bytes exceeds the {limit:,}-byte limit; send fewer or smaller images")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large(f"request body exceeds the {limit:,}-byte limit; send fewer or smaller images")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def check(endpoint: str) -> None:
         if endpoint != name:
@@ -127,10 +241,11 @@ def create_app(name: str, *, tracking_uri: str | None = None, registry_uri: str 
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "registry_uri": mlflow.get_registry_uri(), **state.describe()["state"]}
+        return {"status": "ok", "registry_uri": redact_uri(mlflow.get_registry_uri()), **state.describe()["state"]}
 
     @app.get("/api/2.0/serving-endpoints/{endpoint}")
-    async def get_endpoint(endpoint: str):
+    async def get_endpoint(endpoint: str, request: Request):
+        authorize(request)
         check(endpoint)
         if not state.created:
             return JSONResponse(
@@ -140,7 +255,8 @@ def create_app(name: str, *, tracking_uri: str | None = None, registry_uri: str 
 
     @app.post("/api/2.0/serving-endpoints")
     async def create_endpoint(request: Request):
-        body = await request.json()
+        authorize(request)
+        body = json.loads(await read_body(request) or b"{}")
         check(body.get("name", ""))
         if state.created:
             return JSONResponse({"error_code": "RESOURCE_ALREADY_EXISTS", "message": f"Endpoint with name '{name}' already exists"}, 400)
@@ -152,11 +268,13 @@ def create_app(name: str, *, tracking_uri: str | None = None, registry_uri: str 
 
     @app.put("/api/2.0/serving-endpoints/{endpoint}/config")
     async def update_config(endpoint: str, request: Request):
+        authorize(request)
         check(endpoint)
-        return state.start_update(await request.json()) or state.describe()
+        return state.start_update(json.loads(await read_body(request) or b"{}")) or state.describe()
 
     @app.delete("/api/2.0/serving-endpoints/{endpoint}")
-    async def delete_endpoint(endpoint: str):
+    async def delete_endpoint(endpoint: str, request: Request):
+        authorize(request)
         check(endpoint)
         with state.lock:
             if not state.created:
@@ -170,35 +288,118 @@ def create_app(name: str, *, tracking_uri: str | None = None, registry_uri: str 
 
     @app.post("/serving-endpoints/{endpoint}/invocations")
     async def invocations(endpoint: str, request: Request):
+        if not open_invocations:
+            authorize(request)
         check(endpoint)
+        if in_flight["now"] >= limits.max_in_flight:
+            return JSONResponse(
+                {"error_code": "REQUEST_LIMIT_EXCEEDED", "message": f"over {limits.max_in_flight} scoring requests in flight; retry later"},
+                429,
+                headers={"Retry-After": "1"},
+            )
+        in_flight["now"] += 1  # one event loop: no lock needed between the check and the count
+        try:
+            return await score(request)
+        finally:
+            in_flight["now"] -= 1
+
+    async def score(request: Request):
+        data = await read_body(request)
+        content_type = request.headers.get("content-type", "application/json")
+        rows = count_rows(data, content_type)
+        if rows is not None and rows > limits.max_rows:
+            raise too_large(f"{rows} images in one request, over the limit of {limits.max_rows}; split it into smaller requests")
         with state.lock:
             model, schema = state.model, state.input_schema
         if model is None:
             return JSONResponse({"error_code": "TEMPORARILY_UNAVAILABLE", "message": f"Endpoint '{name}' serves no model yet"}, 503)
-        data = await request.body()
         try:
-            result = await asyncio.to_thread(
-                scoring_server.invocations, data, request.headers.get("content-type", "application/json"), model, schema
-            )
+            result = await asyncio.to_thread(scoring_server.invocations, data, content_type, model, schema)
         except MlflowException as exc:
             return Response(exc.serialize_as_json(), status_code=exc.get_http_status_code(), media_type="application/json")
         return Response(result.response, status_code=result.status, media_type=result.mimetype)
 
+    if model_name:
+        serve_champion(state, model_name)
     return app
 
 
+def serve_champion(state: EndpointState, model_name: str) -> bool:
+    """Start loading ``model_name``'s ``champion`` version (the registry's choice), as a restarted endpoint should.
+
+    Returns False, with a log line, when the registry has no such model or alias (nothing served
+    yet: the pipeline's next run deploys one) or cannot be reached.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from swan_anomaly.registry import CHAMPION
+
+    try:
+        version = MlflowClient().get_model_version_by_alias(model_name, CHAMPION)
+    except MlflowException as exc:
+        log.info("no %s version of %s to serve at start-up (%s): serving nothing until a deployment", CHAMPION, model_name, exc)
+        return False
+    log.info("serving %s v%s, the registry's %s, at start-up", model_name, version.version, CHAMPION)
+    state.created = True
+    return state.start_update({"served_entities": [{"entity_name": model_name, "entity_version": str(version.version)}]}) is None
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Run the server. Settings (token, limits, model name) come from the environment (:class:`swan_anomaly.config.Settings`)."""
+    from pathlib import Path
+
     import uvicorn
 
+    from swan_anomaly.config import Settings
+
+    settings = Settings.from_env()
     parser = argparse.ArgumentParser(description="Local model server with the Databricks Model Serving REST contract")
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=5055)
-    parser.add_argument("--name", default="swan-anomaly", help="endpoint name")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
-    parser.add_argument("--registry-uri", default=None, help="MLflow registry URI (default: the tracking URI)")
+    parser.add_argument("--name", default=settings.endpoint_name, help="endpoint name")
+    parser.add_argument(
+        "--token-file", type=Path, help="file holding the bearer token (default: SWAN_ENDPOINT_TOKEN, else $SWAN_HOME/serving/token)"
+    )
+    parser.add_argument("--model-name", default=settings.model_name, help="registered model whose champion is served at start-up")
+    parser.add_argument("--no-champion-at-start", action="store_true", help="serve nothing until a deployment")
+    parser.add_argument(
+        "--open-invocations",
+        action="store_true",
+        default=settings.endpoint_invocations_auth == "none",
+        help="score without a token (SWAN_ENDPOINT_INVOCATIONS_AUTH=none); the management API always needs it",
+    )
+    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default, and better: MLFLOW_TRACKING_URI)")
+    parser.add_argument("--registry-uri", default=None, help="MLflow registry URI (default: MLFLOW_REGISTRY_URI, else the tracking URI)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(args.name, tracking_uri=args.tracking_uri, registry_uri=args.registry_uri)
+    from swan_anomaly.serving.local import endpoint_token
+
+    token = args.token_file.read_text().strip() if args.token_file else endpoint_token(settings)
+    if not token:
+        parser.error(f"{args.token_file} is empty: it must hold the bearer token (the management API changes what is served)")
+    limits = Limits(
+        max_body_bytes=int(settings.endpoint_max_body_mb * 2**20),
+        max_rows=settings.endpoint_max_rows,
+        max_in_flight=settings.endpoint_max_in_flight,
+    )
+    app = create_app(
+        args.name,
+        token=token,
+        tracking_uri=args.tracking_uri,
+        registry_uri=args.registry_uri,
+        open_invocations=args.open_invocations,
+        limits=limits,
+        model_name=None if args.no_champion_at_start else args.model_name,
+    )
+    log.info(
+        "endpoint %s on %s:%d; invocations %s; limits %s",
+        args.name,
+        args.host,
+        args.port,
+        "open to all" if args.open_invocations else "need the token",
+        limits,
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
 
 

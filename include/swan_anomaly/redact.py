@@ -1,0 +1,55 @@
+"""Credentials out of what people and logs see: URIs with their passwords and signed query values masked.
+
+A tracking URI such as ``postgresql://mlflow:s3cret@db/mlflow`` or ``https://user:token@host``
+names a secret. Wherever such a URI is shown (the model server's ``/health``, log lines, the run
+summary, rendered templates), :func:`redact_uri` shows it instead: the host stays readable, the
+password (and a token used as user name) and signed query values (SAS ``sig``, ``token``, ...)
+become ``***``.
+
+Example:
+    >>> redact_uri("postgresql://mlflow:s3cret@db:5432/mlflow")
+    'postgresql://mlflow:***@db:5432/mlflow'
+    >>> redact_uri("https://dapi0123@adb-1.azuredatabricks.net/?sig=abc&sv=2024")
+    'https://***@adb-1.azuredatabricks.net/?sig=***&sv=2024'
+    >>> redact_uri("sqlite:////home/me/.swan/mlflow/mlflow.db"), redact_uri("databricks-uc")
+    ('sqlite:////home/me/.swan/mlflow/mlflow.db', 'databricks-uc')
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+MASK = "***"
+#: Query parameters whose values are credentials (Azure SAS, presigned URLs, tokens in URLs).
+SECRET_QUERY_KEYS = frozenset(
+    {"sig", "signature", "token", "access_token", "password", "secret", "key"}
+    | {"x-amz-signature", "x-amz-security-token", "x-goog-signature"}
+)
+_QUERY_PAIR = re.compile(r"(?P<key>[^&=]+)=(?P<value>[^&]*)")
+
+
+def redact_uri(uri: str | None) -> str | None:
+    """``uri`` with the password of its user info and the values of secret query parameters masked.
+
+    A user name without a password is masked too: in ``https://<token>@host`` the user name is
+    the credential. Anything that does not parse as a URI comes back unchanged.
+    """
+    if not uri or "://" not in uri:
+        return uri
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, has_password, _ = userinfo.partition(":")
+        netloc = f"{user}:{MASK}@{hostport}" if has_password else f"{MASK}@{hostport}"
+    query = _QUERY_PAIR.sub(
+        lambda m: f"{m['key']}={MASK}" if m["key"].lower() in SECRET_QUERY_KEYS else m.group(0),
+        parts.query,
+    )
+    if (netloc, query) == (parts.netloc, parts.query):
+        return uri  # nothing secret; urlunsplit would also drop the empty authority of sqlite:////abs/path
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

@@ -1,0 +1,229 @@
+"""The local model server is safe to expose: tokens, limits, no secrets shown or handed on, the champion after a restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from swan_anomaly.config import Settings
+from swan_anomaly.serving.server import Limits, count_rows, create_app
+
+TOKEN = "t0k3n-for-tests"
+NAME = "swan-anomaly"
+INVOCATIONS = f"/serving-endpoints/{NAME}/invocations"
+MANAGE = f"/api/2.0/serving-endpoints/{NAME}"
+
+
+def _client(tmp_path, **kwargs):
+    from fastapi.testclient import TestClient
+
+    app = create_app(NAME, token=TOKEN, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", **kwargs)
+    return TestClient(app)
+
+
+def _payload(rows: int) -> dict:
+    return {"dataframe_split": {"columns": ["image"], "data": [["aGVsbG8="]] * rows}}
+
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(autouse=True)
+def _restore_mlflow_uris(monkeypatch):
+    """create_app sets MLflow's process-wide tracking and registry URIs (and MLflow exports them to the
+    environment), as the server process should; not for the next test."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
+    monkeypatch.setattr(registry_utils, "_registry_uri", registry_utils._registry_uri)
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer nope"}, {"Authorization": f"Basic {TOKEN}"}, {"Authorization": TOKEN}])
+def test_the_management_api_and_scoring_need_the_token(tmp_path, headers):
+    client = _client(tmp_path)
+    body = {"name": NAME, "config": {"served_entities": [{"entity_name": "m", "entity_version": "1"}]}}
+    answers = [
+        client.get(MANAGE, headers=headers),
+        client.post("/api/2.0/serving-endpoints", json=body, headers=headers),
+        client.put(f"{MANAGE}/config", json=body["config"], headers=headers),
+        client.delete(MANAGE, headers=headers),
+        client.post(INVOCATIONS, json=_payload(1), headers=headers),
+    ]
+    assert [a.status_code for a in answers] == [401] * 5
+    assert answers[0].json()["error_code"] == "UNAUTHENTICATED" and answers[0].headers["www-authenticate"] == "Bearer"
+    assert client.app.state.endpoint.created is False  # nothing was created, nothing is served
+    assert client.get(MANAGE, headers=AUTH).status_code == 404  # the right token reaches the API: no endpoint yet
+    assert client.post(INVOCATIONS, json=_payload(1), headers=AUTH).status_code == 503  # ...and scoring: no model yet
+
+
+def test_scoring_can_be_opened_while_the_management_api_stays_closed(tmp_path):
+    client = _client(tmp_path, open_invocations=True)
+    assert client.post(INVOCATIONS, json=_payload(1)).status_code == 503  # past the guard: serves no model yet
+    assert client.put(f"{MANAGE}/config", json={}).status_code == 401
+
+
+def test_a_server_never_runs_without_a_token(tmp_path):
+    with pytest.raises(ValueError, match="needs a bearer token"):
+        create_app(NAME, token="")
+    from swan_anomaly.serving import server
+
+    empty = tmp_path / "token"
+    empty.write_text("\n")
+    with pytest.raises(SystemExit):
+        server.main(["--token-file", str(empty), "--port", "1"])
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read_whether_declared_or_streamed(tmp_path):
+    client = _client(tmp_path, limits=Limits(max_body_bytes=1000))
+    big = json.dumps(_payload(200)).encode()
+    declared = client.post(INVOCATIONS, content=big, headers=AUTH | {"Content-Type": "application/json"})
+    assert declared.status_code == 413 and "1,000-byte limit" in declared.json()["message"]
+
+    def chunks():  # no Content-Length: chunked transfer, counted as it arrives
+        for i in range(0, len(big), 100):
+            yield big[i : i + 100]
+
+    streamed = client.post(INVOCATIONS, content=chunks(), headers=AUTH | {"Content-Type": "application/json"})
+    assert streamed.status_code == 413 and streamed.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert client.put(f"{MANAGE}/config", content=big, headers=AUTH).status_code == 413  # the management API is bounded too
+
+
+def test_a_request_of_too_many_images_is_refused(tmp_path):
+    client = _client(tmp_path, limits=Limits(max_rows=4))
+    refused = client.post(INVOCATIONS, json=_payload(5), headers=AUTH)
+    assert refused.status_code == 413 and "5 images in one request, over the limit of 4" in refused.json()["message"]
+    records = client.post(INVOCATIONS, json={"dataframe_records": [{"image": "aGk="}] * 5}, headers=AUTH)
+    assert records.status_code == 413
+    assert client.post(INVOCATIONS, json=_payload(4), headers=AUTH).status_code == 503  # within the limit: on to the model
+
+
+def test_rows_are_counted_in_every_scoring_format():
+    assert count_rows(json.dumps(_payload(3)).encode(), "application/json") == 3
+    assert count_rows(b'{"dataframe_records": [{"image": "a"}, {"image": "b"}]}', "application/json") == 2
+    assert count_rows(b'{"instances": [{"image": "a"}]}', "application/json") == 1
+    assert count_rows(b'{"inputs": {"image": ["a", "b"]}}', "application/json") == 2
+    assert count_rows(b"image\na\nb\nc\n", "text/csv; charset=utf-8") == 3
+    assert count_rows(b"<html>", "application/json") is None  # MLflow's parser answers that one
+    assert count_rows(b"\xff\xfe", "application/json") is None and count_rows(b"[1, 2]", "application/json") is None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_requests_over_the_in_flight_limit_get_429_and_the_held_one_still_completes(tmp_path):
+    import uvicorn
+
+    app = create_app(NAME, token=TOKEN, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", limits=Limits(max_in_flight=1))
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}{INVOCATIONS}"
+    try:
+        for _ in range(100):
+            if server.started:
+                break
+            time.sleep(0.1)
+        release = threading.Event()
+        body = json.dumps(_payload(1)).encode()
+
+        def slow_body():  # the first request stays in flight until released
+            yield body[:10]
+            release.wait(30)
+            yield body[10:]
+
+        held: dict = {}
+        first = threading.Thread(target=lambda: held.update(r=httpx.post(url, content=slow_body(), headers=AUTH, timeout=60)))
+        first.start()
+        time.sleep(1.0)
+        second = httpx.post(url, json=_payload(1), headers=AUTH, timeout=10)
+        assert second.status_code == 429 and second.headers["retry-after"] == "1"
+        assert second.json()["error_code"] == "REQUEST_LIMIT_EXCEEDED"
+        release.set()
+        first.join(30)
+        assert held["r"].status_code == 503  # the held request was answered in full (no model served here)
+        assert httpx.post(url, json=_payload(1), headers=AUTH, timeout=10).status_code == 503  # the slot is free again
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_health_shows_no_credential_of_the_registry_uri(tmp_path):
+    from fastapi.testclient import TestClient
+
+    app = create_app(NAME, token=TOKEN, tracking_uri="postgresql://mlflow:pa55word@db:5432/mlflow")
+    health = TestClient(app).get("/health")
+    assert health.status_code == 200 and "pa55word" not in health.text
+    assert health.json()["registry_uri"] == "postgresql://mlflow:***@db:5432/mlflow"
+
+
+def test_the_token_file_is_made_once_readable_by_its_owner_only(tmp_path):
+    from swan_anomaly.serving.local import endpoint_token
+
+    s = Settings.from_env({"SWAN_HOME": str(tmp_path)})
+    token = endpoint_token(s)
+    assert len(token) >= 40 and endpoint_token(s) == token
+    assert [p.name for p in s.serving_dir.iterdir()] == ["token"]  # nothing left aside
+    assert stat.S_IMODE(os.stat(s.serving_dir / "token").st_mode) == 0o600
+    assert endpoint_token(Settings.from_env({"SWAN_HOME": str(tmp_path), "SWAN_ENDPOINT_TOKEN": "mine"})) == "mine"
+    assert "mine" not in repr(Settings.from_env({"SWAN_ENDPOINT_TOKEN": "mine"}))
+
+
+def test_the_detached_server_gets_an_allow_listed_environment_and_no_secret_on_its_command_line(tmp_path):
+    from swan_anomaly.serving.local import server_env
+
+    s = Settings.from_env({"SWAN_HOME": str(tmp_path), "MLFLOW_TRACKING_URI": "http://u:pw@mlflow:5000"})
+    task_env = {
+        "PATH": "/usr/bin",
+        "DATABRICKS_TOKEN": "dapi-secret",
+        "AZURE_STORAGE_KEY": "azure-secret",
+        "AIRFLOW_CONN_SWAN_LAKE": "wasb://x:y@z",
+        "MLFLOW_TRACKING_PASSWORD": "pw",
+        "SWAN_HOME": str(tmp_path),
+    }
+    env = server_env(s, "tok", task_env)
+    assert "DATABRICKS_TOKEN" not in env and "AZURE_STORAGE_KEY" not in env and "AIRFLOW_CONN_SWAN_LAKE" not in env
+    assert env["MLFLOW_TRACKING_PASSWORD"] == "pw" and env["SWAN_ENDPOINT_TOKEN"] == "tok"
+    assert env["MLFLOW_TRACKING_URI"] == "http://u:pw@mlflow:5000"  # in its environment, not on its command line
+    on_databricks = Settings.from_env({"SWAN_HOME": str(tmp_path), "MLFLOW_TRACKING_URI": "databricks"})
+    assert server_env(on_databricks, "tok", task_env)["DATABRICKS_TOKEN"] == "dapi-secret"  # it reads the models from there
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads the server's command line from /proc")
+def test_a_started_server_takes_its_token_and_its_command_line_holds_no_uri_or_token(tmp_path):
+    from swan_anomaly import ConfigError
+    from swan_anomaly.serving.local import endpoint_token, ensure_local_server, stop_local_server
+
+    port = _free_port()
+    env = {"SWAN_HOME": str(tmp_path), "SWAN_ENDPOINT_URL": f"http://127.0.0.1:{port}", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"}
+    s = Settings.from_env(env)
+    try:
+        url = ensure_local_server(s)
+        pid = int((s.serving_dir / "server.pid").read_text())
+        cmdline = open(f"/proc/{pid}/cmdline", "rb").read().decode().split("\0")
+        assert endpoint_token(s) not in " ".join(cmdline) and "sqlite" not in " ".join(cmdline)
+        assert cmdline[cmdline.index("--host") + 1] == "127.0.0.1"
+        assert httpx.get(f"{url}{MANAGE}", headers={"Authorization": f"Bearer {endpoint_token(s)}"}).status_code == 404
+        with pytest.raises(ConfigError, match="refuses this deployment's bearer token"):
+            ensure_local_server(s, token="another-deployments-token")
+    finally:
+        stop_local_server(s)
