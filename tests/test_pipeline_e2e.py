@@ -160,6 +160,28 @@ def test_endpoint_rejects_bad_input_without_crashing(pipeline_run):
 
 
 @pytest.mark.slow
+def test_a_restarted_model_server_serves_the_champion_again(pipeline_run):
+    """Before, a restarted server served nothing until the next pipeline run deployed the champion."""
+    import datetime as dt
+
+    from swan_anomaly.config import Settings
+    from swan_anomaly.registry import CHAMPION, mlflow_client
+    from swan_anomaly.serving.client import EndpointClient
+    from swan_anomaly.serving.deploy import served_version, workspace_client
+    from swan_anomaly.serving.local import endpoint_token, ensure_local_server, stop_local_server
+
+    s = Settings.from_env()
+    champion = mlflow_client(*s.mlflow_uris).get_model_version_by_alias(s.model_name, CHAMPION)
+    assert stop_local_server(s)
+    ensure_local_server(s)  # a new process, nothing deployed to it
+    w = workspace_client(s.endpoint_url, token=endpoint_token(s))
+    w.serving_endpoints.wait_get_serving_endpoint_not_updating(s.endpoint_name, timeout=dt.timedelta(minutes=3))
+    assert served_version(w, s.endpoint_name) == str(champion.version)
+    image = next((s.lake_root / "raw" / DATASET / "frames").rglob("*.png")).read_bytes()
+    assert len(EndpointClient(s.endpoint_url, s.endpoint_name, token=endpoint_token(s)).score([image])) == 1
+
+
+@pytest.mark.slow
 def test_failed_endpoint_update_keeps_the_champion_serving(pipeline_run):
     from swan_anomaly import EndpointError
     from swan_anomaly.config import Settings

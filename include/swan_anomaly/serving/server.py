@@ -28,6 +28,8 @@ Safe to expose by default:
   full, a request of more than ``max_rows`` images 413, more than ``max_in_flight`` scoring
   requests at once 429 ``REQUEST_LIMIT_EXCEEDED`` with ``Retry-After`` (the clients retry it).
   Each image's decoded size is bounded by :data:`swan_anomaly.images.MAX_PIXELS`.
+* **Dynamic batching.** Concurrent scoring requests are scored together in one forward pass
+  (:class:`MicroBatcher`), by one model thread; a lone request is scored at once.
 * **Binds to 127.0.0.1** unless ``--host`` says otherwise.
 * **Restart.** Given ``--model-name``, the server serves that model's ``champion`` version from
   the registry as soon as it starts, so a restart does not leave the endpoint empty.
@@ -73,12 +75,24 @@ def count_rows(body: bytes, content_type: str) -> int | None:
         >>> count_rows(b'{"inputs": {"image": ["a", "b", "c"]}}', "application/json"), count_rows(b"image\\na\\n", "text/csv")
         (3, 1)
     """
-    if content_type.split(";")[0].strip().lower() == "text/csv":
+    if _mime(content_type) == "text/csv":
         return max(0, len(body.strip().splitlines()) - 1)
+    return rows_of(_json_or_none(body))
+
+
+def _mime(content_type: str) -> str:
+    return content_type.split(";")[0].strip().lower()
+
+
+def _json_or_none(body: bytes):
     try:
-        payload = json.loads(body)
+        return json.loads(body)
     except (ValueError, UnicodeDecodeError):
         return None
+
+
+def rows_of(payload) -> int | None:
+    """Rows of a decoded JSON scoring payload, or None when it is not one."""
     if not isinstance(payload, dict):
         return None
     for key in ("dataframe_split", "dataframe_records", "instances", "inputs"):
@@ -90,6 +104,152 @@ def count_rows(body: bytes, content_type: str) -> int | None:
         if isinstance(value, list):
             return len(value)
     return None
+
+
+def batchable(payload, content_type: str, schema) -> list | None:
+    """The request's ``image`` values for :class:`MicroBatcher`, or None for MLflow's own path.
+
+    Only plain JSON scoring requests in UTF-8 without ``params``, whose one column is ``image``,
+    are batched. ``dataframe_split`` and ``dataframe_records`` are read directly (the common
+    case, without a DataFrame per request); the other JSON formats through MLflow's parser
+    (``infer_and_parse_data``). Anything else goes the classic way, so that any error answer is
+    MLflow's own.
+
+    Example:
+        >>> batchable({"dataframe_split": {"columns": ["image"], "data": [["aGk="], ["aG8="]]}}, "application/json", None)
+        ['aGk=', 'aG8=']
+        >>> batchable({"dataframe_records": [{"image": "aGk="}]}, "application/json; charset=utf-8", None)
+        ['aGk=']
+        >>> batchable({"dataframe_split": {"columns": ["img"], "data": [["aGk="]]}}, "application/json", None) is None
+        True
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc import scoring_server
+
+    parameters = [p.strip().lower() for p in content_type.split(";")[1:] if p.strip()]
+    if not isinstance(payload, dict) or "params" in payload or any(p != "charset=utf-8" for p in parameters):
+        return None
+    keys = set(payload)
+    split, records = payload.get("dataframe_split"), payload.get("dataframe_records")
+    plain_split = isinstance(split, dict) and split.get("columns") == ["image"] and set(split) <= {"columns", "data", "index"}
+    if keys == {"dataframe_split"} and plain_split:
+        data = split.get("data")
+        if isinstance(data, list) and all(isinstance(r, list) and len(r) == 1 and isinstance(r[0], str) for r in data):
+            return [r[0] for r in data]
+        return None
+    if keys == {"dataframe_records"} and isinstance(records, list):
+        if all(isinstance(r, dict) and set(r) == {"image"} and isinstance(r["image"], str) for r in records):
+            return [r["image"] for r in records]
+        return None
+    try:
+        frame = scoring_server.infer_and_parse_data(payload, schema)
+    except (MlflowException, ValueError, TypeError, KeyError):
+        return None
+    return frame["image"].tolist() if list(getattr(frame, "columns", [])) == ["image"] else None
+
+
+class _Pending:
+    """One scoring request waiting for its batch: its ``image`` values and the future its answer goes to."""
+
+    __slots__ = ("future", "model", "values")
+
+    def __init__(self, model, values: list, future) -> None:
+        self.model, self.values, self.future = model, values, future
+
+
+class MicroBatcher:
+    """Scores concurrent requests together: one forward pass for many small requests (dynamic batching).
+
+    Requests queue while the model is busy; when it is free, every queued request of the same
+    model (up to ``max_rows`` images) is scored in one ``predict`` call, and each request gets
+    its own rows back. A lone request never waits for company: with the model idle it is scored
+    at once, so batching adds no latency, only throughput. One thread runs the model, so
+    concurrent requests do not fight over the cores. If a combined batch fails (one bad image,
+    say), each of its requests is scored alone, so only the bad one gets the error.
+    """
+
+    def __init__(self, *, max_rows: int = 256) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.max_rows = max_rows
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swan-model")
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.queue: asyncio.Queue | None = None
+        self.worker: asyncio.Task | None = None
+        self.carry: _Pending | None = None
+        self.batches = 0
+        self.requests = 0
+
+    async def score(self, model, values: list) -> list[dict]:
+        """The model's output rows (records) for the ``image`` ``values``, scored in a batch with other requests."""
+        loop = asyncio.get_running_loop()
+        if self.queue is None or self.loop is not loop:  # first use, or another event loop (a test client's)
+            self.loop, self.queue, self.carry = loop, asyncio.Queue(), None
+            self.worker = loop.create_task(self._run())
+        elif self.worker.done():
+            self.worker = loop.create_task(self._run())
+        future = loop.create_future()
+        await self.queue.put(_Pending(model, values, future))
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            first = self.carry or await self.queue.get()
+            self.carry = None
+            batch, rows = [first], len(first.values)
+            while not self.queue.empty():
+                item = self.queue.get_nowait()
+                if item.model is not first.model or rows + len(item.values) > self.max_rows:
+                    self.carry = item  # the next batch's first
+                    break
+                batch.append(item)
+                rows += len(item.values)
+            await self._score(batch)
+
+    async def _score(self, batch: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        model = batch[0].model
+        live = [p for p in batch if not p.future.done()]  # a client that went away needs no answer
+        if not live:
+            return
+        self.batches += 1
+        self.requests += len(live)
+        values = [v for p in live for v in p.values]
+        try:
+            records = await loop.run_in_executor(self.executor, _predict_records, model, values)
+        except Exception as exc:  # noqa: BLE001 - handed to the request(s) it belongs to
+            if len(live) == 1:
+                _settle(live[0].future, error=exc)
+                return
+            for p in live:  # one bad request must not fail the others: score each alone
+                try:
+                    _settle(p.future, result=await loop.run_in_executor(self.executor, _predict_records, model, p.values))
+                except Exception as single:  # noqa: BLE001
+                    _settle(p.future, error=single)
+            return
+        start = 0
+        for p in live:
+            stop = start + len(p.values)
+            _settle(p.future, result=records[start:stop])
+            start = stop
+
+
+def _predict_records(model, values: list) -> list[dict]:
+    """One ``predict`` over the ``image`` values (MLflow enforces the signature: base64 to bytes), as JSON-ready records."""
+    import pandas as pd
+
+    out = model.predict(pd.DataFrame({"image": values}))
+    return out.to_dict(orient="records") if hasattr(out, "to_dict") else list(out)
+
+
+def _settle(future, *, result=None, error: BaseException | None = None) -> None:
+    """Give a request its answer, unless it is gone (its client disconnected and the handler was cancelled)."""
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 class EndpointState:
@@ -163,6 +323,7 @@ def create_app(
     open_invocations: bool = False,
     limits: Limits = Limits(),  # noqa: B008 - frozen
     model_name: str | None = None,
+    batching: bool = True,
 ):
     """The FastAPI app of a local endpoint called ``name``, guarded by the bearer ``token``.
 
@@ -174,6 +335,8 @@ def create_app(
         open_invocations: let anyone who reaches the server score images without the token.
         limits: body size, rows and requests in flight (:class:`Limits`).
         model_name: when given, serve this registered model's ``champion`` version at start-up.
+        batching: score concurrent JSON requests together (:class:`MicroBatcher`); False scores each
+            request alone through MLflow's scoring code (the load benchmark's baseline).
 
     Raises:
         ValueError: an empty token.
@@ -182,7 +345,9 @@ def create_app(
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.responses import JSONResponse, Response
     from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import BAD_REQUEST
     from mlflow.pyfunc import scoring_server
+    from mlflow.utils.proto_json_utils import NumpyEncoder
 
     if not token:
         msg = "the local model server needs a bearer token (SWAN_ENDPOINT_TOKEN or --token-file): its API changes what is served"
@@ -196,6 +361,8 @@ def create_app(
     app.state.endpoint = state
     in_flight = {"now": 0}
     expected = token.encode()
+    batcher = MicroBatcher(max_rows=limits.max_rows)
+    app.state.batcher = batcher
 
     @app.exception_handler(HTTPException)
     async def databricks_shaped_error(request: Request, exc: HTTPException):
@@ -306,18 +473,28 @@ def create_app(
     async def score(request: Request):
         data = await read_body(request)
         content_type = request.headers.get("content-type", "application/json")
-        rows = count_rows(data, content_type)
+        payload = _json_or_none(data) if _mime(content_type) == "application/json" else None
+        rows = rows_of(payload) if payload is not None else count_rows(data, content_type)
         if rows is not None and rows > limits.max_rows:
             raise too_large(f"{rows} images in one request, over the limit of {limits.max_rows}; split it into smaller requests")
         with state.lock:
             model, schema = state.model, state.input_schema
         if model is None:
             return JSONResponse({"error_code": "TEMPORARILY_UNAVAILABLE", "message": f"Endpoint '{name}' serves no model yet"}, 503)
+        values = batchable(payload, content_type, schema) if batching else None
         try:
-            result = await asyncio.to_thread(scoring_server.invocations, data, content_type, model, schema)
+            if values is None:  # CSV, parquet, params, a payload MLflow's parser must answer: MLflow's own path, alone
+                loop = asyncio.get_running_loop()
+                result = await loop.run_in_executor(batcher.executor, scoring_server.invocations, data, content_type, model, schema)
+                return Response(result.response, status_code=result.status, media_type=result.mimetype)
+            records = await batcher.score(model, values)
         except MlflowException as exc:
             return Response(exc.serialize_as_json(), status_code=exc.get_http_status_code(), media_type="application/json")
-        return Response(result.response, status_code=result.status, media_type=result.mimetype)
+        except Exception:  # noqa: BLE001 - what MLflow's scoring server answers for an unexpected model error
+            log.exception("scoring failed")
+            error = MlflowException("Encountered an unexpected error while evaluating the model.", error_code=BAD_REQUEST)
+            return Response(error.serialize_as_json(), status_code=error.get_http_status_code(), media_type="application/json")
+        return Response(json.dumps({"predictions": records}, cls=NumpyEncoder), status_code=200, media_type="application/json")
 
     if model_name:
         serve_champion(state, model_name)
@@ -364,6 +541,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-name", default=settings.model_name, help="registered model whose champion is served at start-up")
     parser.add_argument("--no-champion-at-start", action="store_true", help="serve nothing until a deployment")
     parser.add_argument(
+        "--no-batching", action="store_true", help="score each request alone (no dynamic batching; the load benchmark's baseline)"
+    )
+    parser.add_argument(
         "--open-invocations",
         action="store_true",
         default=settings.endpoint_invocations_auth == "none",
@@ -391,13 +571,15 @@ def main(argv: list[str] | None = None) -> None:
         open_invocations=args.open_invocations,
         limits=limits,
         model_name=None if args.no_champion_at_start else args.model_name,
+        batching=not args.no_batching,
     )
     log.info(
-        "endpoint %s on %s:%d; invocations %s; limits %s",
+        "endpoint %s on %s:%d; invocations %s; %s; limits %s",
         args.name,
         args.host,
         args.port,
         "open to all" if args.open_invocations else "need the token",
+        "dynamic batching" if not args.no_batching else "no batching",
         limits,
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
