@@ -13,6 +13,7 @@ import time
 import httpx
 import pytest
 
+from conftest import ROOT
 from swan_anomaly.config import Settings
 from swan_anomaly.serving.server import Limits, count_rows, create_app
 
@@ -191,7 +192,7 @@ def test_the_token_file_is_made_once_readable_by_its_owner_only(tmp_path):
 def test_the_detached_server_gets_an_allow_listed_environment_and_no_secret_on_its_command_line(tmp_path):
     from swan_anomaly.serving.local import server_env
 
-    s = Settings.from_env({"SWAN_HOME": str(tmp_path), "MLFLOW_TRACKING_URI": "http://u:pw@mlflow:5000"})
+    s = Settings.from_env({"SWAN_HOME": str(tmp_path), "MLFLOW_TRACKING_URI": "postgresql://u:pw@db/mlflow"})
     task_env = {
         "PATH": "/usr/bin",
         "DATABRICKS_TOKEN": "dapi-secret",
@@ -203,7 +204,7 @@ def test_the_detached_server_gets_an_allow_listed_environment_and_no_secret_on_i
     env = server_env(s, "tok", task_env)
     assert "DATABRICKS_TOKEN" not in env and "AZURE_STORAGE_KEY" not in env and "AIRFLOW_CONN_SWAN_LAKE" not in env
     assert env["MLFLOW_TRACKING_PASSWORD"] == "pw" and env["SWAN_ENDPOINT_TOKEN"] == "tok"
-    assert env["MLFLOW_TRACKING_URI"] == "http://u:pw@mlflow:5000"  # in its environment, not on its command line
+    assert env["MLFLOW_TRACKING_URI"] == "postgresql://u:pw@db/mlflow"  # in its environment, not on its command line
     on_databricks = Settings.from_env({"SWAN_HOME": str(tmp_path), "MLFLOW_TRACKING_URI": "databricks"})
     assert server_env(on_databricks, "tok", task_env)["DATABRICKS_TOKEN"] == "dapi-secret"  # it reads the models from there
 
@@ -227,3 +228,49 @@ def test_a_started_server_takes_its_token_and_its_command_line_holds_no_uri_or_t
             ensure_local_server(s, token="another-deployments-token")
     finally:
         stop_local_server(s)
+
+
+def test_a_local_job_gets_no_secret_it_does_not_need(tmp_path, monkeypatch):
+    """Before, a local job subprocess inherited the task's whole environment: a Databricks token, Airflow connections."""
+    from swan_airflow.jobs import run_job
+
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    (jobs / "probe.py").write_text(
+        "import argparse, os, sys\n"
+        f"sys.path.insert(0, {str(ROOT / 'include')!r})\n"
+        "from swan_anomaly.lake import LocalLake\n"
+        "p = argparse.ArgumentParser(); [p.add_argument(a) for a in ('--lake-root', '--dataset-id', '--run-id')]\n"
+        "a = p.parse_args()\n"
+        "from pathlib import Path\nLocalLake(Path(a.lake_root)).write_result(a.run_id, 'probe', {'env': sorted(os.environ)})\n"
+    )
+    monkeypatch.setenv("SWAN_JOBS_DIR", str(jobs))
+    monkeypatch.setenv("SWAN_LAKE_ROOT", str(tmp_path / "lake"))
+    for name, value in {
+        "DATABRICKS_TOKEN": "dapi-x",
+        "AIRFLOW_CONN_SWAN_LAKE": "wasb://a:b@c",
+        "AZURE_STORAGE_CONNECTION_STRING": "AccountKey=x",
+        "SWAN_ENDPOINT_TOKEN": "t",
+        "MLFLOW_TRACKING_PASSWORD": "the-training-job-logs-in",
+    }.items():
+        monkeypatch.setenv(name, value)
+    env = set(run_job("probe", dataset_id="20260101", run_id="manual__probe")["env"])
+    assert not env & {"DATABRICKS_TOKEN", "AIRFLOW_CONN_SWAN_LAKE", "AZURE_STORAGE_CONNECTION_STRING", "SWAN_ENDPOINT_TOKEN"}
+    assert {"MLFLOW_TRACKING_PASSWORD", "PATH", "SWAN_LAKE_ROOT"} <= env
+
+
+def test_mlflow_credentials_in_an_http_uri_are_refused_and_never_sent_in_a_job_payload(monkeypatch):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from swan_airflow.databricks_runs import job_env
+    from swan_anomaly import ConfigError
+
+    with pytest.raises(ConfigError, match=r"MLFLOW_TRACKING_URI carries credentials \(https://u:\*\*\*@mlflow.example.com\)") as caught:
+        Settings.from_env({"MLFLOW_TRACKING_URI": "https://u:s3cret@mlflow.example.com"})
+    assert "s3cret" not in str(caught.value)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://mlflow:s3cret@db/mlflow")  # a database store: allowed here...
+    with pytest.raises(AirflowFailException, match="would show in the Databricks run's payload") as refused:
+        job_env()  # ...but never in a Databricks run's spark_env_vars (its payload, Airflow's rendered template)
+    assert "s3cret" not in str(refused.value)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "databricks")
+    assert job_env()["MLFLOW_TRACKING_URI"] == "databricks"

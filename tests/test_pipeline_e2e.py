@@ -99,11 +99,16 @@ def test_champion_is_served_and_endpoint_scores_match_the_registry_model(pipelin
 
     endpoint = EndpointClient(s.endpoint_url, s.endpoint_name, token=endpoint_token(s))
     assert served_version(workspace_client(s.endpoint_url, token=endpoint_token(s)), s.endpoint_name) == str(champion.version)
+    # databricks-sdk's serving_endpoints.query (the Databricks backend's path) speaks the same protocol
+    sdk = EndpointClient(s.endpoint_url, s.endpoint_name, workspace=workspace_client(s.endpoint_url, token=endpoint_token(s)))
     raw = LocalLake(s.lake_root).raw(DATASET)
     names = [r[0] for r in summary["scores"]]
     labels = [r[1] for r in summary["scores"]]
     images = [(raw / n).read_bytes() for n in names]
     predictions = endpoint.score(images)
+    through_sdk = sdk.score(images)
+    assert len(through_sdk) == len(predictions) and set(through_sdk[0]) == set(predictions[0])
+    np.testing.assert_allclose([p["anomaly_score"] for p in through_sdk], [p["anomaly_score"] for p in predictions], atol=1e-6)
     logits = np.array([p["logits"] for p in predictions])
     scores = np.array([p["anomaly_score"] for p in predictions])
     np.testing.assert_allclose(scores, anomaly_scores(logits), atol=1e-7)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from swan_anomaly._errors import ConfigError
+from swan_anomaly.redact import has_credentials, redact_uri
 
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
@@ -266,6 +267,13 @@ class Settings:
         for name in ("home", "inbox_dir", "landing_dir", "lake_root", "staging_dir", "artifact_root"):
             values[name] = Path(values[name]).absolute()
         values["endpoint_url"] = values["endpoint_url"].rstrip("/")
+        for var, key in (("MLFLOW_TRACKING_URI", "tracking_uri"), ("MLFLOW_REGISTRY_URI", "registry_uri")):
+            if str(values[key]).lower().startswith(("http://", "https://")) and has_credentials(values[key]):
+                msg = (
+                    f"{var} carries credentials ({redact_uri(values[key])}), which MLflow shows in its run links and logs; "
+                    "give them as MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead"
+                )
+                raise ConfigError(msg)
         registry_uri, model_name = values["registry_uri"], values["model_name"]
         if registry_uri.startswith("databricks-uc") and len([p for p in model_name.split(".") if p]) != 3:
             msg = (

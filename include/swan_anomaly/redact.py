@@ -29,6 +29,36 @@ SECRET_QUERY_KEYS = frozenset(
 _QUERY_PAIR = re.compile(r"(?P<key>[^&=]+)=(?P<value>[^&]*)")
 
 
+def has_credentials(uri: str | None) -> bool:
+    """Whether ``uri`` names a secret (a password or token in its user info or query).
+
+    Example:
+        >>> has_credentials("https://u:p@mlflow.example.com"), has_credentials("http://mlflow:5000")
+        (True, False)
+    """
+    return redact_uri(uri) != uri
+
+
+#: Variables that hold secrets by name: a child process that needs none of them gets none of them.
+SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|API_KEY|ACCESS_KEY|ACCOUNT_KEY|CONNECTION_STRING)", re.I)
+#: Prefixes of variables that carry credentials or connections a job does not need (Airflow's own, cloud SDKs').
+SECRET_PREFIXES = ("AIRFLOW_CONN_", "AIRFLOW_VAR_", "AIRFLOW__", "DATABRICKS_", "AZURE_", "AWS_", "GOOGLE_", "ARM_")
+
+
+def without_secrets(environ, *, keep: frozenset[str] = frozenset()) -> dict[str, str]:
+    """``environ`` without the variables that hold secrets (:data:`SECRET_NAME`, :data:`SECRET_PREFIXES`), except ``keep``.
+
+    What a local job subprocess gets: everything Spark, Java and PyTorch may read, no key it does
+    not need.
+
+    Example:
+        >>> sorted(without_secrets({"PATH": "/bin", "DATABRICKS_TOKEN": "d", "AIRFLOW_CONN_X": "c", "MLFLOW_TRACKING_PASSWORD": "p"},
+        ...                        keep=frozenset({"MLFLOW_TRACKING_PASSWORD"})))
+        ['MLFLOW_TRACKING_PASSWORD', 'PATH']
+    """
+    return {k: v for k, v in environ.items() if k in keep or not (SECRET_NAME.search(k) or k.startswith(SECRET_PREFIXES))}
+
+
 def redact_uri(uri: str | None) -> str | None:
     """``uri`` with the password of its user info and the values of secret query parameters masked.
 

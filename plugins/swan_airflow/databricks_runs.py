@@ -51,8 +51,19 @@ def job_env() -> dict[str, str]:
     ``register_model`` finds the run there. No secrets: clusters authenticate themselves.
     """
     from swan_anomaly.config import Settings
+    from swan_anomaly.redact import has_credentials, redact_uri
 
     s = Settings.from_env()
+    for name, uri in (("MLFLOW_TRACKING_URI", s.tracking_uri), ("MLFLOW_REGISTRY_URI", s.registry_uri)):
+        if has_credentials(uri):
+            from airflow.sdk.exceptions import AirflowFailException
+
+            msg = (
+                f"{name} ({redact_uri(uri)}) carries credentials, which would show in the Databricks run's payload and in "
+                "Airflow's rendered templates; let the jobs use the workspace's MLflow (databricks, databricks-uc) or set "
+                "MLFLOW_TRACKING_USERNAME/PASSWORD in the cluster spec's spark_env_vars as secret references ({{secrets/scope/key}})"
+            )
+            raise AirflowFailException(msg)
     return {
         "MLFLOW_TRACKING_URI": s.tracking_uri,
         "MLFLOW_REGISTRY_URI": s.registry_uri,

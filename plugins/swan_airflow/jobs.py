@@ -12,13 +12,19 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import subprocess
 import sys
 
 from swan_airflow.runtime import job_lake_root, jobs_dir, lake, settings
 from swan_anomaly.entrypoint import PERMANENT_EXIT_CODES
+from swan_anomaly.redact import without_secrets
 
 log = logging.getLogger(__name__)
+
+
+#: The secrets a local job needs: the training job logs to MLflow, which may ask for a login.
+JOB_SECRETS = frozenset({"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"})
 
 
 class JobFailed(RuntimeError):
@@ -42,7 +48,8 @@ def run_job(job: str, *, dataset_id: str, run_id: str, args: list[str] | None = 
     cmd = [sys.executable, str(script), "--lake-root", job_lake_root(), "--dataset-id", dataset_id, "--run-id", run_id, *(args or [])]
     log.info("running job %s: %s", job, " ".join(cmd))
     tail: collections.deque[str] = collections.deque(maxlen=30)
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+    env = without_secrets(os.environ, keep=JOB_SECRETS)  # no Databricks token, Airflow connection or cloud key
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env) as proc:
         assert proc.stdout is not None
         try:
             for line in proc.stdout:

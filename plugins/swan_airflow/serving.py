@@ -60,6 +60,8 @@ class ServingTarget:
     def client(self):
         from swan_anomaly.serving.client import EndpointClient
 
+        if self.backend == "databricks":  # the SDK's authentication and retries
+            return EndpointClient(self.base_url, self.endpoint, workspace=self.workspace())
         return EndpointClient(self.base_url, self.endpoint, token=self.token)
 
 

@@ -1,7 +1,11 @@
 """Invocations of a serving endpoint over REST: the local endpoint and Databricks Model Serving alike.
 
 The endpoint's config is changed through databricks-sdk (:mod:`swan_anomaly.serving.deploy`);
-this client only scores images, so validation is one client with two base URLs.
+this client only scores images, so validation is one client with two base URLs. Given a
+databricks-sdk ``WorkspaceClient`` (the Databricks backend), it scores through
+``serving_endpoints.query``, so it inherits the SDK's authentication (personal access tokens,
+OAuth machine-to-machine, Azure AD) and its retries; otherwise (the local model server) it posts
+with httpx and the bearer token.
 
 Answers that say "busy or not ready yet" (429, 502, 503, 504), timeouts and refused connections
 are retried with exponential backoff (tenacity) for up to ``retry_seconds`` (an endpoint scaled to
@@ -46,11 +50,21 @@ class EndpointClient:
         retry_seconds: how long transient failures are retried before :class:`EndpointBusy`.
     """
 
-    def __init__(self, base_url: str, name: str, *, token: str | None = None, timeout: float = 60.0, retry_seconds: float = 300.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        name: str,
+        *,
+        token: str | None = None,
+        timeout: float = 60.0,
+        retry_seconds: float = 300.0,
+        workspace=None,
+    ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.base_url = base_url.rstrip("/")
         self.name = name
         self.retry_seconds = retry_seconds
+        self.workspace = workspace  # a databricks-sdk WorkspaceClient: score through serving_endpoints.query
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
 
     @property
@@ -87,6 +101,9 @@ class EndpointClient:
         out: list[dict] = []
         for i in range(0, len(images), batch_size):
             rows = [[base64.b64encode(b).decode()] for b in images[i : i + batch_size]]
+            if self.workspace is not None:
+                out.extend(self._query(rows))
+                continue
             payload = {"dataframe_split": {"columns": ["image"], "data": rows}}
             try:
                 response = retrying(self._post, payload)
@@ -95,6 +112,21 @@ class EndpointClient:
                 raise EndpointBusy(msg) from exc
             out.extend(self._check(response, "invocations")["predictions"])
         return out
+
+    def _query(self, rows: list[list[str]]) -> list[dict]:
+        """One request through databricks-sdk (its own retries of 429/503 and its authentication)."""
+        from databricks.sdk.errors import DatabricksError, TemporarilyUnavailable, TooManyRequests
+        from databricks.sdk.service.serving import DataframeSplitInput
+
+        try:
+            response = self.workspace.serving_endpoints.query(self.name, dataframe_split=DataframeSplitInput(columns=["image"], data=rows))
+        except (TooManyRequests, TemporarilyUnavailable, TimeoutError) as exc:
+            msg = f"invocations of endpoint {self.name} still failing after databricks-sdk's retries: {exc}"
+            raise EndpointBusy(msg) from exc
+        except DatabricksError as exc:
+            msg = f"invocations of endpoint {self.name} at {self.base_url} failed: {exc}"
+            raise EndpointError(msg) from exc
+        return list(response.predictions or [])
 
     def close(self) -> None:
         self._http.close()
