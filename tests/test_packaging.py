@@ -1,0 +1,111 @@
+"""What the package declares and what the lock pins: every import declared, every runtime dependency pinned."""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata as md
+import re
+import sys
+import tomllib
+
+from packaging.requirements import Requirement
+
+from conftest import ROOT
+
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+#: Distributions the bench and its tests use, never the product: requirements-dev.txt pins them, pyproject's `bench` extra names them.
+DEV_ONLY = {"scikit-image"}
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _declared() -> dict[str, set[str]]:
+    """``{"": dependencies, extra: its requirements}`` from pyproject.toml, canonical names."""
+    project = PYPROJECT["project"]
+    out = {"": {_canonical(Requirement(r).name) for r in project["dependencies"]}}
+    for extra, reqs in project.get("optional-dependencies", {}).items():
+        out[extra] = {_canonical(Requirement(r).name) for r in reqs}
+    return out
+
+
+def _imported_distributions() -> dict[str, set[str]]:
+    """Third-party distributions the package imports (at the top or inside functions) -> the modules importing them."""
+    by_module: dict[str, set[str]] = {}
+    for path in (ROOT / "include" / "swan_anomaly").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top != "swan_anomaly":
+                    by_module.setdefault(top, set()).add(str(path.relative_to(ROOT)))
+    owners = md.packages_distributions()
+    out: dict[str, set[str]] = {}
+    for top, files in by_module.items():
+        assert top in owners, f"{top} (imported by {sorted(files)}) is not installed"
+        dist = _canonical(owners[top][0])
+        if top == "databricks":  # a namespace several distributions share; the package uses the SDK
+            dist = "databricks-sdk"
+        if top == "mlflow":
+            dist = "mlflow"
+        out.setdefault(dist, set()).update(files)
+    return out
+
+
+def _pins(path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            req = Requirement(line)
+            pins[_canonical(req.name)] = str(req.specifier)
+    return pins
+
+
+def test_every_distribution_the_package_imports_is_declared_in_pyproject():
+    declared = set().union(*_declared().values())
+    missing = {d: sorted(f) for d, f in _imported_distributions().items() if d not in declared}
+    assert not missing, f"imported but not declared in pyproject.toml: {missing}"
+    # bench-only libraries stay out of the runtime dependencies
+    assert not DEV_ONLY & (_declared()[""] | _declared().get("jobs", set()))
+
+
+def test_the_runtime_lock_pins_every_runtime_dependency_and_nothing_of_the_dev_tools():
+    """requirements.txt is the runtime lock: the closure of pyproject's runtime requirements, each pinned exactly."""
+    runtime, dev = _pins(ROOT / "requirements.txt"), _pins(ROOT / "requirements-dev.txt")
+    todo = sorted(_declared()[""] | _declared()["jobs"])
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for line in md.requires(name) or []:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(_canonical(req.name))
+    unpinned = sorted(n for n in seen if not runtime.get(n, "").startswith("=="))
+    assert not unpinned, f"runtime dependencies missing from requirements.txt (or not pinned with ==): {unpinned}"
+    assert not set(dev) & set(runtime), f"dev tools in the runtime lock: {sorted(set(dev) & set(runtime))}"
+    assert "ruff" in dev and "ruff" not in runtime
+
+
+def test_the_dev_lock_pins_what_the_dev_tools_need_beyond_the_runtime_lock():
+    runtime, dev = _pins(ROOT / "requirements.txt"), _pins(ROOT / "requirements-dev.txt")
+    todo, seen = sorted(dev), set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for line in md.requires(name) or []:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(_canonical(req.name))
+    unpinned = sorted(n for n in seen if not (runtime.get(n) or dev.get(n, "")).startswith("=="))
+    assert not unpinned, f"needed by requirements-dev.txt but pinned nowhere: {unpinned}"
