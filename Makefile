@@ -16,11 +16,17 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
 venv: $(STAMP)
 
-# torch is pinned to the 2.13.0 CPU wheel; installing it first keeps any dependency from pulling a CUDA build.
+# torch is pinned to 2.13.0 and installed first, so that no dependency pulls another build. On Linux
+# without an NVIDIA driver (no nvidia-smi) it comes from PyTorch's CPU index: the CPU wheel, without
+# gigabytes of CUDA libraries (2.13.0+cpu sorts above PyPI's 2.13.0). Override it:
+#   make demo TORCH_INDEX_URL=                                          PyPI's default build
+#   make demo TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128    another PyTorch index
+NO_NVIDIA := $(and $(filter Linux,$(shell uname -s)),$(if $(shell command -v nvidia-smi 2>/dev/null),,yes))
+TORCH_INDEX_URL ?= $(if $(NO_NVIDIA),https://download.pytorch.org/whl/cpu)
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet "torch==2.13.0" $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL))
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	@touch $@

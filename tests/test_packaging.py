@@ -7,6 +7,7 @@ import importlib.metadata as md
 import re
 import sys
 import tomllib
+from pathlib import Path
 
 from packaging.requirements import Requirement
 
@@ -109,3 +110,35 @@ def test_the_dev_lock_pins_what_the_dev_tools_need_beyond_the_runtime_lock():
                 todo.append(_canonical(req.name))
     unpinned = sorted(n for n in seen if not (runtime.get(n) or dev.get(n, "")).startswith("=="))
     assert not unpinned, f"needed by requirements-dev.txt but pinned nowhere: {unpinned}"
+
+
+def _torch_install_line(tmp_path, **env) -> str:
+    """The torch install command ``make`` would run for a fresh venv (``make -n``: printed, not run)."""
+    import os
+    import subprocess
+
+    out = subprocess.run(
+        ["make", "-n", "-B", "-C", str(ROOT), ".venv/.installed"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=os.environ | env,
+    ).stdout
+    [line] = [ln for ln in out.splitlines() if '"torch==' in ln]
+    return line
+
+
+def test_make_installs_the_cpu_build_of_torch_on_linux_without_an_nvidia_driver(tmp_path):
+    import os
+    import platform
+
+    cpu_index = "--extra-index-url https://download.pytorch.org/whl/cpu"
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "nvidia-smi").write_text("#!/bin/sh\nexit 0\n")
+    (fake / "nvidia-smi").chmod(0o755)
+    with_driver = _torch_install_line(tmp_path, PATH=f"{fake}{os.pathsep}{os.environ['PATH']}")
+    assert cpu_index not in with_driver  # a GPU machine gets PyPI's build (CUDA)
+    assert cpu_index not in _torch_install_line(tmp_path, TORCH_INDEX_URL="")  # the documented override
+    if platform.system() == "Linux" and not any((p / "nvidia-smi").exists() for p in map(Path, os.environ["PATH"].split(os.pathsep))):
+        assert cpu_index in _torch_install_line(tmp_path)  # this machine: Linux, no driver
