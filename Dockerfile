@@ -19,9 +19,9 @@ RUN apt-get update \
 ENV JAVA_HOME=/opt/java
 
 # The project root (the repository's layout; compose bind-mounts the checkout over it), SWAN_HOME and
-# MLflow's artifact folder, writable by any uid in group 0 as the Airflow image expects. Named volumes
-# mounted on the last two start with this ownership.
-RUN mkdir -p /opt/swan-anomaly /opt/swan /opt/mlflow/artifacts \
+# MLflow's artifact and auth-database folders, writable by any uid in group 0 as the Airflow image
+# expects. Named volumes mounted on the last three start with this ownership.
+RUN mkdir -p /opt/swan-anomaly /opt/swan /opt/mlflow/artifacts /opt/mlflow/auth \
     && chown -R airflow:0 /opt/swan-anomaly /opt/swan /opt/mlflow \
     && chmod -R g+rwX /opt/swan-anomaly /opt/swan /opt/mlflow
 USER airflow

@@ -398,11 +398,24 @@ def test_the_model_server_and_the_tasks_share_one_token_and_it_is_published_on_l
         for name in ("model-server", "airflow-scheduler")
     }
     assert sources["model-server"] == sources["airflow-scheduler"] == ["swan-data"]
-    for name in ("model-server", "mlflow", "azurite"):
+    for name in ("airflow-apiserver", "model-server", "mlflow", "azurite"):
         for entry in services()[name]["ports"]:
             assert resolve(str(entry)).startswith("127.0.0.1:"), f"{name} publishes {entry} beyond this machine"
     opened = interpolate(str(services()["mlflow"]["ports"][0]), SHELL | {"PUBLISH_ADDRESS": "0.0.0.0"})[0]
     assert opened == "0.0.0.0:5000:5000"  # the documented way to open them
+
+
+def test_every_named_volume_of_the_project_image_is_made_writable_in_the_image():
+    """A named volume starts with the image folder's ownership; one the image lacks is root's, and MLflow (uid 50000)
+    could not create its auth database in /opt/mlflow/auth."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    [mkdir] = re.findall(r"RUN mkdir -p ([^\\\n]+)", dockerfile)
+    made = {PurePosixPath(p) for p in mkdir.split()}
+    for name in ("mlflow", "model-server", "airflow-scheduler"):
+        for target in volume_targets(name):
+            if target.is_relative_to("/opt/airflow"):  # the Airflow base image's own home (airflow-init prepares it)
+                continue
+            assert any(target == m or target in m.parents for m in made), f"{name} mounts {target}; the Dockerfile does not make it"
 
 
 def test_mlflow_needs_a_login_and_the_stack_does_not_start_without_its_password():

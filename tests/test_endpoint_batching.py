@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import subprocess
 import sys
@@ -16,8 +17,13 @@ from conftest import ROOT
 from swan_anomaly.serving.server import MicroBatcher
 
 
+def enc(text: str) -> str:
+    """A request's base64 value, as clients send image bytes."""
+    return base64.b64encode(text.encode()).decode()
+
+
 class SlowModel:
-    """Stands in for the pyfunc: doubles each row's value, takes 50 ms a call, refuses the row "bad"."""
+    """Stands in for the pyfunc (which gets bytes): doubles each row's number, takes 50 ms a call, refuses the row "bad"."""
 
     def __init__(self) -> None:
         self.calls: list[int] = []
@@ -27,9 +33,10 @@ class SlowModel:
         with self.lock:
             self.calls.append(len(frame))
         time.sleep(0.05)
-        if (frame.image == "bad").any():
+        values = [v.decode() for v in frame.image]
+        if "bad" in values:
             raise ValueError("row 'bad' is not an image")
-        return pd.DataFrame({"score": [2 * int(v) for v in frame.image]})
+        return pd.DataFrame({"score": [2 * int(v) for v in values]})
 
 
 def _scores(records: list[dict]) -> list[int]:
@@ -37,7 +44,7 @@ def _scores(records: list[dict]) -> list[int]:
 
 
 async def _score_all(batcher: MicroBatcher, model, requests: list[list[str]]):
-    return await asyncio.gather(*(batcher.score(model, r) for r in requests), return_exceptions=True)
+    return await asyncio.gather(*(batcher.score(model, [enc(v) for v in r]) for r in requests), return_exceptions=True)
 
 
 def test_concurrent_requests_are_scored_together_and_each_gets_its_own_rows():
@@ -64,7 +71,7 @@ def test_one_bad_request_in_a_batch_fails_alone():
     requests = [["1"], ["bad"], ["3", "4"]]
 
     async def go():
-        first = asyncio.ensure_future(batcher.score(model, ["0"]))  # keeps the model busy
+        first = asyncio.ensure_future(batcher.score(model, [enc("0")]))  # keeps the model busy
         await asyncio.sleep(0.01)
         rest = await _score_all(batcher, model, requests)  # these three queue up and share one batch
         return [await first, *rest]
@@ -80,7 +87,7 @@ def test_models_are_never_mixed_in_one_batch():
     old, new, batcher = SlowModel(), SlowModel(), MicroBatcher()
 
     async def go():
-        return await asyncio.gather(*(batcher.score(old if i % 2 else new, [str(i)]) for i in range(10)))
+        return await asyncio.gather(*(batcher.score(old if i % 2 else new, [enc(str(i))]) for i in range(10)))
 
     outs = asyncio.run(go())
     assert [_scores(o) for o in outs] == [[2 * i] for i in range(10)]

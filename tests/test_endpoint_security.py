@@ -122,6 +122,45 @@ def test_rows_are_counted_in_every_scoring_format():
     assert count_rows(b"image\na\nb\nc\n", "text/csv; charset=utf-8") == 3
     assert count_rows(b"<html>", "application/json") is None  # MLflow's parser answers that one
     assert count_rows(b"\xff\xfe", "application/json") is None and count_rows(b"[1, 2]", "application/json") is None
+    # columns as {index: value} maps, as pandas reads them: each entry a row (before: 0 rows, no limit)
+    as_maps = {"dataframe_split": {"columns": ["image"], "data": {"image": {str(i): "a" for i in range(7)}}}}
+    assert count_rows(json.dumps(as_maps).encode(), "application/json") == 7
+    assert count_rows(json.dumps({"inputs": {"image": {"0": "a", "1": "b"}}}).encode(), "application/json") == 2
+
+
+def test_a_parquet_request_is_counted_too():
+    import io
+
+    import pandas as pd
+
+    buffer = io.BytesIO()
+    pd.DataFrame({"image": ["a"] * 300}).to_parquet(buffer)
+    assert count_rows(buffer.getvalue(), "application/vnd.apache.parquet") == 300  # before: None, so no row limit
+    assert count_rows(b"not parquet", "application/vnd.apache.parquet") is None
+
+
+def test_batched_requests_take_line_wrapped_base64_as_mlflow_does():
+    """MLflow's scoring server decodes a binary column with base64.decodebytes; the batched path refused wrapped base64."""
+    import base64
+
+    import pandas as pd
+
+    from swan_anomaly.serving.server import _predict_records
+
+    seen = []
+
+    class Echo:
+        def predict(self, frame):
+            seen.extend(frame.image)
+            return pd.DataFrame({"n": [len(b) for b in frame.image]})
+
+    wrapped = base64.encodebytes(b"x" * 100).decode()  # 76-character lines, as `base64` and MIME encoders write
+    assert "\n" in wrapped.strip()
+    assert _predict_records(Echo(), [wrapped, "aGk="]) == [{"n": 100}, {"n": 2}] and seen == [b"x" * 100, b"hi"]
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException, match="row 1: 'image' is not valid base64"):
+        _predict_records(Echo(), ["aGk=", "a"])
 
 
 def _free_port() -> int:
@@ -201,7 +240,8 @@ def test_the_detached_server_gets_an_allow_listed_environment_and_no_secret_on_i
         "MLFLOW_TRACKING_PASSWORD": "pw",
         "SWAN_HOME": str(tmp_path),
     }
-    env = server_env(s, "tok", task_env)
+    env = server_env(s, "tok", task_env | {"HTTPS_PROXY": "http://proxy:3128", "REQUESTS_CA_BUNDLE": "/etc/ca.pem"})
+    assert env["HTTPS_PROXY"] == "http://proxy:3128" and env["REQUESTS_CA_BUNDLE"] == "/etc/ca.pem"  # how it reaches a remote MLflow
     assert "DATABRICKS_TOKEN" not in env and "AZURE_STORAGE_KEY" not in env and "AIRFLOW_CONN_SWAN_LAKE" not in env
     assert env["MLFLOW_TRACKING_PASSWORD"] == "pw" and env["SWAN_ENDPOINT_TOKEN"] == "tok"
     assert env["MLFLOW_TRACKING_URI"] == "postgresql://u:pw@db/mlflow"  # in its environment, not on its command line
@@ -268,9 +308,26 @@ def test_mlflow_credentials_in_an_http_uri_are_refused_and_never_sent_in_a_job_p
     with pytest.raises(ConfigError, match=r"MLFLOW_TRACKING_URI carries credentials \(https://u:\*\*\*@mlflow.example.com\)") as caught:
         Settings.from_env({"MLFLOW_TRACKING_URI": "https://u:s3cret@mlflow.example.com"})
     assert "s3cret" not in str(caught.value)
+    from swan_airflow.databricks_runs import check_job_env
+
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://mlflow:s3cret@db/mlflow")  # a database store: allowed here...
+    # ...the DAG still parses (the payload is built then) with the password masked in it...
+    assert job_env()["MLFLOW_TRACKING_URI"] == "postgresql://mlflow:***@db/mlflow"
     with pytest.raises(AirflowFailException, match="would show in the Databricks run's payload") as refused:
-        job_env()  # ...but never in a Databricks run's spark_env_vars (its payload, Airflow's rendered template)
+        check_job_env()  # ...and a Databricks run is refused when it is submitted
     assert "s3cret" not in str(refused.value)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "databricks")
     assert job_env()["MLFLOW_TRACKING_URI"] == "databricks"
+
+
+def test_a_local_job_keeps_the_workspace_login_when_mlflow_is_the_workspaces(monkeypatch):
+    from swan_airflow.jobs import job_env
+
+    task_env = {"PATH": "/bin", "DATABRICKS_HOST": "https://adb-1.azuredatabricks.net", "DATABRICKS_TOKEN": "dapi-x"}
+    task_env |= {"HF_TOKEN": "hf", "TOKENIZERS_PARALLELISM": "false", "AWS_SECRET_ACCESS_KEY": "k"}
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    local = job_env(task_env)
+    assert "DATABRICKS_TOKEN" not in local and "AWS_SECRET_ACCESS_KEY" not in local
+    assert local["HF_TOKEN"] == "hf" and local["TOKENIZERS_PARALLELISM"] == "false"  # a base model's download; not a secret
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "databricks")  # the training job logs to the workspace: it needs the login
+    assert job_env(task_env)["DATABRICKS_TOKEN"] == "dapi-x"

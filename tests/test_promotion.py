@@ -533,3 +533,32 @@ def test_another_deployments_model_server_on_the_port_fails_at_once_and_is_not_r
         assert serving["version"] is None and serving["champion"] is None and "other-deployment" in serving["note"]
     finally:
         other.close()
+
+
+def test_the_databricks_path_retries_what_the_rest_path_retries_and_fails_on_the_rest():
+    """Through databricks-sdk's serving_endpoints.query: a 504 was a failed check before (the SDK retries only 429/503)."""
+    from swan_anomaly import EndpointError
+    from swan_anomaly._errors import EndpointBusy
+    from swan_anomaly.serving.client import EndpointClient
+    from swan_anomaly.serving.deploy import workspace_client
+
+    flaky = _FlakyEndpoint([504, 503, 504])
+    try:
+        client = EndpointClient(flaky.url, "e", retry_seconds=60, workspace=workspace_client(flaky.url, token="t"))
+        assert [p["anomaly_score"] for p in client.score([b"x", b"y"])] == [0.5, 0.5]
+        assert flaky.calls == 4
+    finally:
+        flaky.close()
+    busy = _FlakyEndpoint([504] * 100)
+    try:
+        with pytest.raises(EndpointBusy, match="still failing after 2s of retries"):
+            EndpointClient(busy.url, "e", retry_seconds=2, workspace=workspace_client(busy.url, token="t")).score([b"x"])
+    finally:
+        busy.close()
+    broken = _FlakyEndpoint([400])
+    try:
+        with pytest.raises(EndpointError) as raised:
+            EndpointClient(broken.url, "e", retry_seconds=30, workspace=workspace_client(broken.url, token="t")).score([b"x"])
+        assert not isinstance(raised.value, EndpointBusy) and broken.calls == 1
+    finally:
+        broken.close()

@@ -39,8 +39,11 @@ def has_credentials(uri: str | None) -> bool:
     return redact_uri(uri) != uri
 
 
-#: Variables that hold secrets by name: a child process that needs none of them gets none of them.
-SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|API_KEY|ACCESS_KEY|ACCOUNT_KEY|CONNECTION_STRING)", re.I)
+#: Variables that hold secrets by name (a whole word of it: TOKENIZERS_PARALLELISM is not one): a child
+#: process that needs none of them gets none of them.
+SECRET_NAME = re.compile(
+    r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?|API_KEY|ACCESS_KEY|ACCOUNT_KEY|SECRET_KEY|CONNECTION_STRING|KEY)(_|$)", re.I
+)
 #: Prefixes of variables that carry credentials or connections a job does not need (Airflow's own, cloud SDKs').
 SECRET_PREFIXES = ("AIRFLOW_CONN_", "AIRFLOW_VAR_", "AIRFLOW__", "DATABRICKS_", "AZURE_", "AWS_", "GOOGLE_", "ARM_")
 

@@ -51,25 +51,41 @@ def job_env() -> dict[str, str]:
     ``register_model`` finds the run there. No secrets: clusters authenticate themselves.
     """
     from swan_anomaly.config import Settings
+    from swan_anomaly.redact import redact_uri
+
+    s = Settings.from_env()
+    return {  # a URI with credentials is masked here (the payload is a rendered template); check_job_env refuses it
+        "MLFLOW_TRACKING_URI": redact_uri(s.tracking_uri),
+        "MLFLOW_REGISTRY_URI": redact_uri(s.registry_uri),
+        "SWAN_EXPERIMENT": s.experiment,
+        "SWAN_MODEL_NAME": s.model_name,
+    }
+
+
+def check_job_env() -> None:
+    """Refuse to submit a Databricks run whose MLflow URIs carry credentials (called when the run is submitted).
+
+    Such a URI would travel in the run's payload and show in Airflow's rendered templates, so
+    :func:`job_env` masks it, and this stops the run with what to do instead. Local runs are
+    unaffected.
+
+    Raises:
+        AirflowFailException: a URI with credentials (no retry fixes it).
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from swan_anomaly.config import Settings
     from swan_anomaly.redact import has_credentials, redact_uri
 
     s = Settings.from_env()
     for name, uri in (("MLFLOW_TRACKING_URI", s.tracking_uri), ("MLFLOW_REGISTRY_URI", s.registry_uri)):
         if has_credentials(uri):
-            from airflow.sdk.exceptions import AirflowFailException
-
             msg = (
                 f"{name} ({redact_uri(uri)}) carries credentials, which would show in the Databricks run's payload and in "
                 "Airflow's rendered templates; let the jobs use the workspace's MLflow (databricks, databricks-uc) or set "
                 "MLFLOW_TRACKING_USERNAME/PASSWORD in the cluster spec's spark_env_vars as secret references ({{secrets/scope/key}})"
             )
             raise AirflowFailException(msg)
-    return {
-        "MLFLOW_TRACKING_URI": s.tracking_uri,
-        "MLFLOW_REGISTRY_URI": s.registry_uri,
-        "SWAN_EXPERIMENT": s.experiment,
-        "SWAN_MODEL_NAME": s.model_name,
-    }
 
 
 def submit_run_json(job: str, args: list, *, code, dataset_id, timeout_seconds: int = 4 * 3600) -> dict:

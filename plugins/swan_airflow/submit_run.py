@@ -183,6 +183,9 @@ class SwanJobOperator(IdempotentSubmitRunOperator):
         if self.backend != "databricks":
             msg = f"backend must be 'local' or 'databricks', got {self.backend!r}"
             raise AirflowFailException(msg)
+        from swan_airflow.databricks_runs import check_job_env
+
+        check_job_env()
         if self.window_days is not None:
             self.inputs = f"{self.inputs}|gold:{self.window_inputs(dataset_id)}"
         return super().execute(context)

@@ -115,17 +115,33 @@ class EndpointClient:
 
     def _query(self, rows: list[list[str]]) -> list[dict]:
         """One request through databricks-sdk (its own retries of 429/503 and its authentication)."""
-        from databricks.sdk.errors import DatabricksError, TemporarilyUnavailable, TooManyRequests
+        from databricks.sdk.errors import DatabricksError, DeadlineExceeded, TemporarilyUnavailable, TooManyRequests
         from databricks.sdk.service.serving import DataframeSplitInput
 
+        def query():
+            return self.workspace.serving_endpoints.query(self.name, dataframe_split=DataframeSplitInput(columns=["image"], data=rows))
+
+        def busy(exc: BaseException) -> bool:  # the answers the httpx path retries too (429, 502, 503, 504) and timeouts
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+            return isinstance(exc, (TooManyRequests, TemporarilyUnavailable, DeadlineExceeded, TimeoutError)) or status in RETRY_STATUSES
+
+        retrying = tenacity.Retrying(  # on top of the SDK's own retries: the same budget as the httpx path
+            retry=tenacity.retry_if_exception(busy),
+            wait=tenacity.wait_exponential(multiplier=1, max=30),
+            stop=tenacity.stop_after_delay(self.retry_seconds),
+            reraise=True,
+        )
         try:
-            response = self.workspace.serving_endpoints.query(self.name, dataframe_split=DataframeSplitInput(columns=["image"], data=rows))
-        except (TooManyRequests, TemporarilyUnavailable, TimeoutError) as exc:
-            msg = f"invocations of endpoint {self.name} still failing after databricks-sdk's retries: {exc}"
-            raise EndpointBusy(msg) from exc
+            response = retrying(query)
         except DatabricksError as exc:
+            if busy(exc):
+                msg = f"invocations of endpoint {self.name} still failing after {self.retry_seconds:.0f}s of retries: {exc}"
+                raise EndpointBusy(msg) from exc
             msg = f"invocations of endpoint {self.name} at {self.base_url} failed: {exc}"
             raise EndpointError(msg) from exc
+        except TimeoutError as exc:
+            msg = f"invocations of endpoint {self.name} timed out after {self.retry_seconds:.0f}s of retries: {exc}"
+            raise EndpointBusy(msg) from exc
         return list(response.predictions or [])
 
     def close(self) -> None:

@@ -35,9 +35,13 @@ from swan_anomaly.redact import redact_uri
 
 log = logging.getLogger(__name__)
 
-#: Variables the detached server inherits from the task that starts it (besides its own, set by :func:`server_env`).
+#: Variables the detached server inherits from the task that starts it (besides its own, set by :func:`server_env`):
+#: the basics, the proxies and CA bundles a remote MLflow or workspace is reached through, library paths and GPUs.
 SERVER_ENV_KEEP = frozenset(
     {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV", "SWAN_HOME"}
+    | {"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"}
+    | {"REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR", "CURL_CA_BUNDLE"}
+    | {"LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES", "JAVA_HOME"}
 )
 #: Prefixes of variables it inherits: its own settings, MLflow's (a tracking server's credentials), thread counts.
 SERVER_ENV_PREFIXES = ("SWAN_", "MLFLOW_", "OMP_", "MKL_", "TORCH_", "HF_", "TRANSFORMERS_")
@@ -68,6 +72,13 @@ def endpoint_token(settings: Settings) -> str:
             log.info("created the local model server's bearer token in %s (mode 600)", path)
         except FileExistsError:
             pass
+        except OSError:  # a file system without hard links: create it in place (a reader may then see it empty once)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as out:
+                    out.write(aside.read_text())
+            except FileExistsError:
+                pass
         finally:
             aside.unlink()
     token = path.read_text().strip()

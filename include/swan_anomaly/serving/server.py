@@ -77,6 +77,15 @@ def count_rows(body: bytes, content_type: str) -> int | None:
     """
     if _mime(content_type) == "text/csv":
         return max(0, len(body.strip().splitlines()) - 1)
+    if _mime(content_type) == "application/vnd.apache.parquet":
+        import io
+
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.ParquetFile(io.BytesIO(body)).metadata.num_rows
+        except Exception:  # noqa: BLE001 - not Parquet: MLflow's parser says so
+            return None
     return rows_of(_json_or_none(body))
 
 
@@ -87,7 +96,7 @@ def _mime(content_type: str) -> str:
 def _json_or_none(body: bytes):
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
 
 
@@ -99,9 +108,9 @@ def rows_of(payload) -> int | None:
         value = payload.get(key)
         if isinstance(value, dict) and key == "dataframe_split":
             value = value.get("data")
-        if isinstance(value, dict):  # inputs/instances as columns: the longest column
-            value = max((v for v in value.values() if isinstance(v, list)), key=len, default=[])
-        if isinstance(value, list):
+        if isinstance(value, dict):  # columns (lists, or {index: value} maps as pandas reads them): the longest
+            value = max((v for v in value.values() if isinstance(v, (list, dict))), key=len, default=value)
+        if isinstance(value, (list, dict)):
             return len(value)
     return None
 
@@ -217,7 +226,11 @@ class MicroBatcher:
         values = [v for p in live for v in p.values]
         try:
             records = await loop.run_in_executor(self.executor, _predict_records, model, values)
-        except Exception as exc:  # noqa: BLE001 - handed to the request(s) it belongs to
+        except BaseException as exc:  # no request may wait forever: SystemExit, cancellation... reach them too
+            if not isinstance(exc, Exception):
+                for p in live:
+                    _settle(p.future, error=RuntimeError(f"scoring stopped: {type(exc).__name__}"))
+                raise
             if len(live) == 1:
                 _settle(live[0].future, error=exc)
                 return
@@ -235,11 +248,32 @@ class MicroBatcher:
 
 
 def _predict_records(model, values: list) -> list[dict]:
-    """One ``predict`` over the ``image`` values (MLflow enforces the signature: base64 to bytes), as JSON-ready records."""
-    import pandas as pd
+    """One ``predict`` over the ``image`` values, as JSON-ready records.
 
-    out = model.predict(pd.DataFrame({"image": values}))
-    return out.to_dict(orient="records") if hasattr(out, "to_dict") else list(out)
+    The base64 strings are decoded as MLflow's scoring server decodes a binary column
+    (``base64.decodebytes``: line-wrapped base64 is fine), so batched and unbatched requests
+    accept the same payloads.
+    """
+    import base64
+    import binascii
+
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    images = []
+    for row, value in enumerate(values):
+        try:
+            images.append(base64.decodebytes(value.encode("ascii")))
+        except (binascii.Error, ValueError, UnicodeEncodeError) as exc:
+            msg = f"row {row}: 'image' is not valid base64 ({exc})"
+            raise MlflowException(msg, error_code=INVALID_PARAMETER_VALUE) from exc
+    out = model.predict(pd.DataFrame({"image": images}))
+    records = out.to_dict(orient="records") if hasattr(out, "to_dict") else list(out)
+    if len(records) != len(values):
+        msg = f"the model returned {len(records)} rows for {len(values)} images"
+        raise MlflowException(msg)
+    return records
 
 
 def _settle(future, *, result=None, error: BaseException | None = None) -> None:
@@ -357,7 +391,7 @@ def create_app(
     if registry_uri or tracking_uri:
         mlflow.set_registry_uri(registry_uri or tracking_uri)
     state = EndpointState(name)
-    app = FastAPI(title=f"swan-anomaly local endpoint {name}")
+    app = FastAPI(title=f"swan-anomaly local endpoint {name}", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.endpoint = state
     in_flight = {"now": 0}
     expected = token.encode()
@@ -378,6 +412,12 @@ def create_app(
                 detail={"error_code": "UNAUTHENTICATED", "message": "missing or wrong bearer token (Authorization: Bearer <token>)"},
                 headers={"WWW-Authenticate": "Bearer"},
             )
+
+    def management_body(data: bytes) -> dict:
+        payload = _json_or_none(data) if data else {}
+        if not isinstance(payload, dict):
+            raise HTTPException(400, detail={"error_code": "MALFORMED_REQUEST", "message": "the body must be a JSON object"})
+        return payload
 
     def too_large(message: str) -> HTTPException:
         return HTTPException(413, detail={"error_code": "INVALID_PARAMETER_VALUE", "message": message})
@@ -423,7 +463,7 @@ def create_app(
     @app.post("/api/2.0/serving-endpoints")
     async def create_endpoint(request: Request):
         authorize(request)
-        body = json.loads(await read_body(request) or b"{}")
+        body = management_body(await read_body(request))
         check(body.get("name", ""))
         if state.created:
             return JSONResponse({"error_code": "RESOURCE_ALREADY_EXISTS", "message": f"Endpoint with name '{name}' already exists"}, 400)
@@ -437,7 +477,7 @@ def create_app(
     async def update_config(endpoint: str, request: Request):
         authorize(request)
         check(endpoint)
-        return state.start_update(json.loads(await read_body(request) or b"{}")) or state.describe()
+        return state.start_update(management_body(await read_body(request))) or state.describe()
 
     @app.delete("/api/2.0/serving-endpoints/{endpoint}")
     async def delete_endpoint(endpoint: str, request: Request):
@@ -516,6 +556,9 @@ def serve_champion(state: EndpointState, model_name: str) -> bool:
         version = MlflowClient().get_model_version_by_alias(model_name, CHAMPION)
     except MlflowException as exc:
         log.info("no %s version of %s to serve at start-up (%s): serving nothing until a deployment", CHAMPION, model_name, exc)
+        return False
+    except Exception as exc:  # noqa: BLE001 - the registry unreachable or misconfigured: serve nothing, but listen
+        log.warning("could not ask the registry for %s's %s at start-up (%s): serving nothing yet", model_name, CHAMPION, exc)
         return False
     log.info("serving %s v%s, the registry's %s, at start-up", model_name, version.version, CHAMPION)
     state.created = True
