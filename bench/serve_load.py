@@ -122,6 +122,14 @@ def start_server(kind: str, port: int, uri: str, home: Path) -> subprocess.Popen
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def invocations_url(kind: str, port: int) -> str:
     return f"http://127.0.0.1:{port}/invocations" if kind == "mlflow" else f"http://127.0.0.1:{port}/serving-endpoints/{NAME}/invocations"
 
@@ -208,11 +216,7 @@ def measure(kind: str, port: int, uri: str, home: Path, args) -> dict:
         progress(f"{kind}: one client, {args.batch_rows}-image requests: {big['images_per_s']} images/s")
         return {"singles": singles, "one_big_request": big, "peak_rss_mb": round(peak_rss_mb(proc.pid), 1)}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
 
 
 async def stress(url: str, image: str, seconds: float) -> dict:
@@ -283,11 +287,7 @@ def run_stress(uri: str, home: Path, args) -> dict:
         )
         return result
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
 
 
 def main(argv: list[str] | None = None) -> dict:

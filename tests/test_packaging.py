@@ -68,6 +68,21 @@ def _pins(path) -> dict[str, str]:
     return pins
 
 
+def _closure(names: set[str]) -> set[str]:
+    """``names`` and everything they require on this machine (installed metadata; markers evaluated here, no extras)."""
+    todo, seen = sorted(names), set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for line in md.requires(name) or []:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(_canonical(req.name))
+    return seen
+
+
 def test_every_distribution_the_package_imports_is_declared_in_pyproject():
     declared = set().union(*_declared().values())
     missing = {d: sorted(f) for d, f in _imported_distributions().items() if d not in declared}
@@ -79,17 +94,7 @@ def test_every_distribution_the_package_imports_is_declared_in_pyproject():
 def test_the_runtime_lock_pins_every_runtime_dependency_and_nothing_of_the_dev_tools():
     """requirements.txt is the runtime lock: the closure of pyproject's runtime requirements, each pinned exactly."""
     runtime, dev = _pins(ROOT / "requirements.txt"), _pins(ROOT / "requirements-dev.txt")
-    todo = sorted(_declared()[""] | _declared()["jobs"])
-    seen: set[str] = set()
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        for line in md.requires(name) or []:
-            req = Requirement(line)
-            if req.marker is None or req.marker.evaluate({"extra": ""}):
-                todo.append(_canonical(req.name))
+    seen = _closure(_declared()[""] | _declared()["jobs"])
     # requirements.txt is the CPU lock: a CUDA build of torch (a GPU machine's) brings its own nvidia-* and triton
     seen = {n for n in seen if not (n.startswith("nvidia-") or n == "triton")}
     unpinned = sorted(n for n in seen if not runtime.get(n, "").startswith("=="))
@@ -100,17 +105,7 @@ def test_the_runtime_lock_pins_every_runtime_dependency_and_nothing_of_the_dev_t
 
 def test_the_dev_lock_pins_what_the_dev_tools_need_beyond_the_runtime_lock():
     runtime, dev = _pins(ROOT / "requirements.txt"), _pins(ROOT / "requirements-dev.txt")
-    todo, seen = sorted(dev), set()
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        for line in md.requires(name) or []:
-            req = Requirement(line)
-            if req.marker is None or req.marker.evaluate({"extra": ""}):
-                todo.append(_canonical(req.name))
-    unpinned = sorted(n for n in seen if not (runtime.get(n) or dev.get(n, "")).startswith("=="))
+    unpinned = sorted(n for n in _closure(set(dev)) if not (runtime.get(n) or dev.get(n, "")).startswith("=="))
     assert not unpinned, f"needed by requirements-dev.txt but pinned nowhere: {unpinned}"
 
 
