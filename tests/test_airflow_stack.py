@@ -54,6 +54,8 @@ class Stack:
         self.home, self.port, self.env = home, port, env
         self.api = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v2", timeout=30)
         self.procs: list[subprocess.Popen] = []
+        self.services: dict[str, tuple[tuple[str, ...], subprocess.Popen]] = {}
+        self.restarts: list[str] = []
 
     @property
     def settings(self):
@@ -95,12 +97,25 @@ class Stack:
                 time.sleep(2)
 
     def start(self, *args: str, log: str) -> None:
-        out = (self.home / log).open("w")
-        self.procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "airflow", *args], env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        out = (self.home / log).open("a")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "airflow", *args], env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
+        self.procs.append(proc)
+        self.services[log] = (args, proc)
+
+    def supervise(self) -> None:
+        """Start again a component that exited, as a deployment's supervisor does (compose's ``restart: always``).
+
+        Airflow 3.3's scheduler can die on a race with ``airflow backfill create`` on SQLite (an
+        IntegrityError while the CLI creates the backfill's task instances, rolled back under the
+        scheduler: ``ObjectDeletedError``); a supervised scheduler comes back and carries on.
+        """
+        for log, (args, proc) in list(self.services.items()):
+            if proc.poll() is not None:
+                self.restarts.append(f"{args[0]} exited with code {proc.returncode}; started again")
+                print(f"[stack] {self.restarts[-1]}", file=sys.stderr)
+                self.start(*args, log=log)
 
     def runs(self, dag_id: str = DAG_ID) -> list[dict]:
         response = self.api.get(f"/dags/{dag_id}/dagRuns")
@@ -115,6 +130,7 @@ class Stack:
     def wait_for(self, what: str, predicate, timeout: float = RUN_TIMEOUT_S):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            self.supervise()
             value = predicate()
             if value:
                 return value
