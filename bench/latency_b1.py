@@ -23,7 +23,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -145,9 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
         "torch": torch.__version__,
         "loops": loops,
     }
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
+    _harness.write_json(args.json, result)
     return result
 
 
