@@ -20,6 +20,9 @@ Usage::
    - ``trigger_form_3.png``: the Params form with **Promotion** open;
 4. stops every process it started (process groups) and removes the temporary directory.
 
+Steps 1-3 and 4 are :func:`trigger_form`, a context manager that yields the page with the form
+open; ``tests/test_trigger_form.py`` uses it to check the real form in Chromium.
+
 Needs Chromium (Debian: ``apt-get install chromium``; another binary: ``--chromium PATH`` or
 env ``CHROMIUM``) and the project venv. Takes about a minute, most of it Airflow starting.
 """
@@ -42,7 +45,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 DAG_ID = "swan_anomaly_pipeline"
@@ -59,8 +64,7 @@ def log(msg: str) -> None:
 
 def step_failed(step: str, exc: Exception) -> int:
     """Say which step failed and why (a StepError's message says it all); the exit status 1."""
-    why = str(exc) if isinstance(exc, StepError) else f"{type(exc).__name__}: {exc}"
-    print(f"[screenshot] step '{step}' failed: {why}", file=sys.stderr)
+    print(f"[screenshot] {StepFailed(step, exc)}", file=sys.stderr)
     return 1
 
 
@@ -390,6 +394,97 @@ def output_paths(out: Path) -> list[Path]:
     return [out] + [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(2, len(SHOTS) + 1)]
 
 
+class OpenForm(NamedTuple):
+    """What :func:`trigger_form` yields: the page, and the throw-away Airflow's base URL (its REST API: ``/api/v2``)."""
+
+    cdp: CDP
+    base: str
+
+
+class StepFailed(RuntimeError):
+    """A step of :func:`trigger_form`'s set-up failed; ``step`` names it."""
+
+    def __init__(self, step: str, exc: Exception):
+        why = str(exc) if isinstance(exc, StepError) else f"{type(exc).__name__}: {exc}"
+        super().__init__(f"step '{step}' failed: {why}")
+        self.step = step
+
+
+@contextlib.contextmanager
+def trigger_form(
+    chromium: str | None = None, *, width: int = 1400, height: int = 1800, timeout: float = 240, keep_tmp: bool = False
+) -> Iterator[OpenForm]:
+    """Steps 1-3 and 4 around the caller's: a throw-away Airflow and headless Chromium showing the trigger form.
+
+    Args:
+        chromium: the Chromium binary (default: env ``CHROMIUM``, else ``chromium`` on PATH).
+        width, height: the viewport in CSS px.
+        timeout: seconds to wait for the DAG to be parsed.
+        keep_tmp: keep the temporary Airflow home and its logs.
+
+    Yields:
+        :class:`OpenForm`: the page, with the trigger dialog of the DAG open, and the base URL.
+
+    Raises:
+        StepFailed: a step of the set-up failed; the message names it and says why.
+    """
+    started = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="swan-trigger-form-"))
+    (tmp / "logs").mkdir()
+    procs = Processes(tmp / "logs")
+    cdp: CDP | None = None
+    step = "setup"
+    try:
+        try:
+            step = "find chromium"
+            binary = find_chromium(chromium)
+            port = free_port()
+            env = airflow_env(tmp, port)
+            base = f"http://127.0.0.1:{port}"
+
+            step = "airflow db migrate"
+            log(f"{step} (AIRFLOW_HOME={env['AIRFLOW_HOME']})")
+            res = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, capture_output=True, text=True)
+            if res.returncode:
+                raise StepError(f"airflow db migrate failed ({res.returncode}):\n{(res.stdout + res.stderr)[-3000:]}")
+
+            step = "start airflow"
+            log(f"starting api-server on {base} and dag-processor")
+            api_server = ["api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+            procs.start("api-server", [sys.executable, "-m", "airflow", *api_server], env)
+            procs.start("dag-processor", [sys.executable, "-m", "airflow", "dag-processor"], env)
+
+            step = "wait for DAG"
+            wait_for_dag(base, procs, timeout)
+            log(f"{DAG_ID} is listed ({time.monotonic() - started:.0f}s)")
+
+            step = "start chromium"
+            cdp = start_chromium(binary, tmp, procs, width, height)
+            cdp.call("Page.enable")
+            cdp.call("Runtime.enable")
+            cdp.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+            cdp.call("Emulation.setEmulatedMedia", features=[{"name": "prefers-color-scheme", "value": "light"}])
+
+            step = "open DAG page"
+            # /auth/token/login sets the "all admins" session cookie, then redirects to the DAG page.
+            cdp.call("Page.navigate", url=f"{base}/auth/token/login?next={base}/dags/{DAG_ID}")
+            cdp.wait_js(f"location.pathname.endsWith('/dags/{DAG_ID}') && document.readyState === 'complete'", "the DAG page", timeout=60)
+
+            step = "open trigger form"
+            open_trigger_form(cdp)
+        except Exception as exc:  # noqa: BLE001 - name the step of anything that fails
+            raise StepFailed(step, exc) from exc
+        yield OpenForm(cdp, base)
+    finally:
+        if cdp is not None:
+            cdp.close()
+        procs.stop_all()
+        if keep_tmp:
+            log(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -407,66 +502,20 @@ def main(argv: list[str] | None = None) -> int:
     outs = output_paths(args.out.resolve())
 
     started = time.monotonic()
-    tmp = Path(tempfile.mkdtemp(prefix="swan-trigger-form-"))
-    (tmp / "logs").mkdir()
-    procs = Processes(tmp / "logs")
-    cdp: CDP | None = None
     step = "setup"
     try:
-        step = "find chromium"
-        chromium = find_chromium(args.chromium)
-        port = free_port()
-        env = airflow_env(tmp, port)
-        base = f"http://127.0.0.1:{port}"
-
-        step = "airflow db migrate"
-        log(f"{step} (AIRFLOW_HOME={env['AIRFLOW_HOME']})")
-        res = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, capture_output=True, text=True)
-        if res.returncode:
-            raise StepError(f"airflow db migrate failed ({res.returncode}):\n{(res.stdout + res.stderr)[-3000:]}")
-
-        step = "start airflow"
-        log(f"starting api-server on {base} and dag-processor")
-        api_server = ["api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-        procs.start("api-server", [sys.executable, "-m", "airflow", *api_server], env)
-        procs.start("dag-processor", [sys.executable, "-m", "airflow", "dag-processor"], env)
-
-        step = "wait for DAG"
-        wait_for_dag(base, procs, args.timeout)
-        log(f"{DAG_ID} is listed ({time.monotonic() - started:.0f}s)")
-
-        step = "start chromium"
-        cdp = start_chromium(chromium, tmp, procs, args.width, args.height)
-        cdp.call("Page.enable")
-        cdp.call("Runtime.enable")
-        cdp.call("Emulation.setDeviceMetricsOverride", width=args.width, height=args.height, deviceScaleFactor=1, mobile=False)
-        cdp.call("Emulation.setEmulatedMedia", features=[{"name": "prefers-color-scheme", "value": "light"}])
-
-        step = "open DAG page"
-        # /auth/token/login sets the "all admins" session cookie, then redirects to the DAG page.
-        cdp.call("Page.navigate", url=f"{base}/auth/token/login?next={base}/dags/{DAG_ID}")
-        cdp.wait_js(f"location.pathname.endsWith('/dags/{DAG_ID}') && document.readyState === 'complete'", "the DAG page", timeout=60)
-
-        step = "open trigger form"
-        open_trigger_form(cdp)
-
-        for (section, expect, element_js, margin), out in zip(SHOTS, outs):
-            step = f"screenshot of section {section}"
-            open_section(cdp, section, expect)
-            w, h = screenshot(cdp, element_js, out, args.width, args.height, margin)
-            log(f"wrote {out} ({section}; {w}x{h} px, {out.stat().st_size // 1024} KiB)")
+        with trigger_form(args.chromium, width=args.width, height=args.height, timeout=args.timeout, keep_tmp=args.keep_tmp) as (cdp, _):
+            for (section, expect, element_js, margin), out in zip(SHOTS, outs):
+                step = f"screenshot of section {section}"
+                open_section(cdp, section, expect)
+                w, h = screenshot(cdp, element_js, out, args.width, args.height, margin)
+                log(f"wrote {out} ({section}; {w}x{h} px, {out.stat().st_size // 1024} KiB)")
         log(f"done in {time.monotonic() - started:.0f}s")
         return 0
+    except StepFailed as exc:
+        return step_failed(exc.step, exc.__cause__)
     except Exception as exc:  # noqa: BLE001 - name the step of anything that fails
         return step_failed(step, exc)
-    finally:
-        if cdp is not None:
-            cdp.close()
-        procs.stop_all()
-        if args.keep_tmp:
-            log(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """The optional label check of the staged dataset, configured by an Airflow connection.
 
-Off by default. On when the DAG Param ``label_check`` is true, or when it is unset (``None``) and
-the environment variable ``SWAN_LABEL_CHECK`` is ``1``/``true``/``yes`` (an explicit Param
-``false`` turns it off for one run). See :func:`label_check_enabled`.
+Off by default. The DAG Param ``label_check`` has three choices (:data:`LABEL_CHECK_CHOICES`):
+``"default"`` (its default) follows the environment variable ``SWAN_LABEL_CHECK``
+(``1``/``true``/``yes`` turns it on); ``"on"`` and ``"off"`` decide for one run. The values it had
+before, ``null``/``true``/``false`` (API and CLI triggers may still send them), mean the same three.
+See :func:`label_check_enabled`.
 
 Connection (id ``swan_label_check``, or the value of ``SWAN_LABEL_CHECK_CONN_ID``), any
 ``conn_type`` (``generic`` is fine):
@@ -35,6 +37,8 @@ Example (environment)::
 Example:
     >>> label_check_enabled({})
     False
+    >>> label_check_enabled({"label_check": "on"}), label_check_enabled({"label_check": "off"})
+    (True, False)
     >>> report = run_label_check(dataset_dir, read_manifest(dataset_dir / "labels.csv"), seed=42)  # doctest: +SKIP
     >>> report["mismatched"], report["mismatches"]                                                  # doctest: +SKIP
     (0, [])
@@ -42,6 +46,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -57,6 +62,16 @@ EXTRA_KEYS = frozenset(
     {"deployment", "api_version", "expected", "question", "sample_size", "mode", "timeout_s", "max_retries", "max_workers", "max_side"}
 )
 
+#: The choices of the ``label_check`` Param, by value: what the trigger form shows for each.
+LABEL_CHECK_CHOICES = {
+    "default": "Default: as SWAN_LABEL_CHECK says",
+    "on": "On for this run",
+    "off": "Off for this run",
+}
+#: The values the ``label_check`` Param took before it had named choices (a nullable boolean),
+#: still accepted from API and CLI triggers, and the choice each one means.
+LABEL_CHECK_LEGACY = {None: "default", True: "on", False: "off"}
+
 
 def label_check_conn_id() -> str:
     """The connection id: ``SWAN_LABEL_CHECK_CONN_ID``, else ``swan_label_check``."""
@@ -66,15 +81,29 @@ def label_check_conn_id() -> str:
 
 
 def label_check_enabled(params: Mapping[str, Any] | None) -> bool:
-    """Whether this run checks labels: the ``label_check`` Param if set, else ``SWAN_LABEL_CHECK``.
+    """Whether this run checks labels: the ``label_check`` Param's ``"on"``/``"off"``, else ``SWAN_LABEL_CHECK``.
+
+    Args:
+        params: the run's Params; ``label_check`` is one of :data:`LABEL_CHECK_CHOICES`, or one of
+            the older values in :data:`LABEL_CHECK_LEGACY`; missing means ``"default"``.
 
     Raises:
-        AirflowFailException: ``SWAN_LABEL_CHECK`` is not an on/off word (no task retries).
+        AirflowFailException: the Param has another value, or ``SWAN_LABEL_CHECK`` is not an on/off
+            word (no task retries).
     """
+    from airflow.sdk.exceptions import AirflowFailException
+
     from swan_airflow.runtime import settings
 
     value = (params or {}).get("label_check")
-    return settings().label_check if value is None else bool(value)
+    # A bool or None is looked up by identity of type: 1 == True must not pass for "on".
+    choice = LABEL_CHECK_LEGACY[value] if value is None or isinstance(value, bool) else value
+    if choice == "default":
+        return settings().label_check
+    if choice in ("on", "off"):
+        return choice == "on"
+    allowed = ", ".join(json.dumps(v) for v in [*LABEL_CHECK_CHOICES, *LABEL_CHECK_LEGACY])
+    raise AirflowFailException(f"the label_check Param must be one of {allowed}; got {value!r}")
 
 
 def _endpoint(host: str | None, schema: str | None, port: int | None, conn_id: str) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from airflow.sdk import Param
 
+from swan_airflow.label_check import LABEL_CHECK_CHOICES, LABEL_CHECK_LEGACY
 from swan_anomaly.contract import DEFAULT_FAMILIES, FAMILY_NAMES  # light: the anomalies package loads OpenCV, too heavy for the DAG
 from swan_anomaly.config import Settings
 from swan_anomaly.gate import GateMode, promotion_thresholds
@@ -21,6 +22,29 @@ from swan_anomaly.modeling import PRESETS, PRODUCTION_MODEL
 
 #: Default thresholds of the gate, by metric (the Params' defaults).
 GATE_DEFAULTS = {name: t.minimum for name, t in promotion_thresholds().items()}
+
+
+def choice_param(default: str, choices: dict[str, str], *, legacy: tuple = (), **kwargs) -> Param:
+    """A Param that the trigger form draws as a select of ``choices`` (value: label), which also accepts ``legacy`` values.
+
+    The form offers the top-level ``enum``; Airflow validates a conf (form, REST API, CLI) against
+    the whole schema with ``jsonschema``, which follows ``$schema``. Under draft-07 the keywords
+    beside a ``$ref`` are ignored, so validation uses the referenced ``enum`` (the choices and
+    ``legacy``) while the form offers only the choices.
+
+    Example:
+        >>> p = choice_param("on", {"on": "On", "off": "Off"}, legacy=(True, False))
+        >>> p.schema["enum"], p.resolve(True), p.resolve("off")
+        (['on', 'off'], True, 'off')
+    """
+    schema: dict = {"enum": list(choices), "values_display": dict(choices)}
+    if legacy:
+        schema |= {
+            "$schema": "http://json-schema.org/draft-07/schema#",
+            "$ref": "#/definitions/accepted",
+            "definitions": {"accepted": {"enum": [*choices, *legacy]}},
+        }
+    return Param(default, **schema, **kwargs)
 
 
 def pipeline_params(settings: Settings) -> dict[str, Param]:
@@ -45,11 +69,11 @@ def pipeline_params(settings: Settings) -> dict[str, Param]:
         ),
         "videos": Param(
             [],
-            type="array",
+            type=["null", "array"],  # "null" makes the form draw it optional; empty (null or []) keeps the lookup
             items={"type": "string", "minLength": 1},
             title="Videos",
             section="Data",
-            description="Explicit video paths, one per line; overrides the landing-zone lookup.",
+            description="Explicit video paths, one per line, instead of the landing zone's; empty: the videos that landed.",
         ),
         "every_seconds": Param(
             0.5,
@@ -109,14 +133,15 @@ def pipeline_params(settings: Settings) -> dict[str, Param]:
             section="Data",
             description="Share of abnormal images in the dataset, between 0 and 1.",
         ),
-        "label_check": Param(
-            None,
-            type=["null", "boolean"],
+        "label_check": choice_param(
+            "default",
+            LABEL_CHECK_CHOICES,
+            legacy=tuple(LABEL_CHECK_LEGACY),  # null/true/false, from API and CLI triggers of before
             title="Label check",
             section="Data",
             description=(
                 "Ask an Azure OpenAI vision deployment (connection swan_label_check) what a seeded sample of "
-                "normal frames shows; empty: env SWAN_LABEL_CHECK decides."
+                "normal frames shows: as env SWAN_LABEL_CHECK says (default), or on or off for this run."
             ),
         ),
         "seed": Param(
