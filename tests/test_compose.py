@@ -10,11 +10,15 @@ is taken from the code or the repository, not repeated here.
 
 from __future__ import annotations
 
+import ast
 import fnmatch
+import importlib.metadata as md
 import json
 import os
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
 from collections.abc import Mapping
 from functools import cache
@@ -34,6 +38,12 @@ REQUIRED_SERVICES = ("postgres", *AIRFLOW_SERVICES, "mlflow", "model-server", "a
 #: Azurite's fixed default ports (blob, queue, table); nothing in this repository defines them.
 AZURITE_PORTS = (10000, 10001, 10002)
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+#: AIRFLOW_HOME of the official Airflow image (an ENV of the base image, not of this repository).
+IMAGE_AIRFLOW_HOME = "/opt/airflow"
+#: The test runners requirements.txt pins for `make test`; the image installs neither them, nor their plugins, nor what only they need.
+TEST_RUNNERS = ("pytest", "hypothesis")
+#: Distributions that provide a SQLAlchemy driver module (the ``+driver`` of a URL).
+DRIVER_DISTRIBUTIONS = {"psycopg2": ("psycopg2", "psycopg2-binary"), "asyncpg": ("asyncpg",)}
 #: The .env of a new user who followed the header of docker-compose.yaml: the required variables.
 SHELL = {"MLFLOW_AUTH_ADMIN_PASSWORD": "from-dot-env-0123456789", "MLFLOW_FLASK_SERVER_SECRET_KEY": "csrf-key-from-dot-env"}
 
@@ -225,6 +235,43 @@ def airflow_config() -> dict:
 def stack_settings() -> Settings:
     """The settings the Airflow tasks of the stack see."""
     return Settings.from_env(resolved_env("airflow-scheduler"))
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pins_of(text: str) -> dict[str, str]:
+    """``{canonical name: version}`` of a requirements file of ``name==version`` lines."""
+    pins = {}
+    for line in text.splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            pins[canonical(name)] = version.strip()
+    return pins
+
+
+def requires_closure(names: set[str]) -> set[str]:
+    """``names`` and what they require, from the metadata installed here (markers evaluated here, no extras);
+    a distribution not installed here adds only itself (``pip check`` in the image build sees all)."""
+    from packaging.requirements import Requirement
+
+    todo, seen = sorted(names), set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = md.requires(name) or []
+        except md.PackageNotFoundError:
+            continue
+        for line in requires:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(canonical(req.name))
+    return seen
 
 
 def requirement_pin(package: str) -> str:
@@ -494,7 +541,7 @@ def test_mlflow_started_as_compose_starts_it_refuses_every_request_without_the_l
 
 def test_mlflow_server_is_the_tracking_uri_with_postgres_and_served_artifacts():
     cmd, tracking = command(services()["mlflow"]), urlparse(stack_settings().tracking_uri)
-    assert cmd[:2] == ["mlflow", "server"]
+    assert cmd[:4] == ["python", "-m", "mlflow", "server"]
     assert tracking.hostname == "mlflow" and tracking.port == int(option(cmd, "--port"))
     assert tracking.port in published("mlflow")
     assert "--serve-artifacts" in cmd
@@ -601,6 +648,72 @@ def test_init_migrates_then_creates_the_training_pool():
     assert used <= set(pools), f"pools the DAGs use but nothing creates: {sorted(used - set(pools))}"
 
 
+def airflow_cli_commands() -> set[str]:
+    from airflow.cli.cli_config import core_commands
+
+    return {c.name for c in core_commands}
+
+
+@pytest.mark.parametrize("name", [*AIRFLOW_SERVICES, "mlflow", "model-server"])
+def test_services_of_the_project_image_keep_its_entrypoint(name):
+    """The Airflow image's entrypoint sets umask 0002, gives an arbitrary uid a passwd entry and a home, and waits
+    for the metadata database; then it runs a command starting with ``bash`` or ``python`` as given and any other
+    as ``airflow <command>`` (the docker-stack docs, "Executing commands"). So: ``command:`` only, no ``entrypoint:``."""
+    service = services()[name]
+    assert "entrypoint" not in service, f"{name} replaces the image's entrypoint: {service['entrypoint']!r}"
+    cmd, env = command(service), resolved_env(name)
+    if cmd[0] in ("bash", "python"):
+        if "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in env:  # it would wait for a SQLite database no one uses
+            assert env.get("CONNECTION_CHECK_MAX_COUNT") == "0", f"{name} has no Airflow database; turn the entrypoint's wait off"
+    else:
+        words = cmd[1:] if cmd[0] == "airflow" else cmd
+        assert words[0] in airflow_cli_commands(), f"{name} would run `airflow {' '.join(words)}`, no Airflow command"
+
+
+@pytest.mark.parametrize("uid", [None, "1000"], ids=["AIRFLOW_UID-unset", "AIRFLOW_UID-set"])
+def test_init_warns_while_airflow_uid_is_unset_and_hands_the_volumes_to_the_uid_of_the_services(tmp_path, uid):
+    """The init script as Compose hands it to bash (with and without AIRFLOW_UID in .env), run here with the
+    container's paths under tmp_path and `airflow` and `chown` recorded instead of run."""
+    shell = SHELL | ({"AIRFLOW_UID": uid} if uid else {})
+    service = services()["airflow-init"]
+    cmd = [interpolate(part, shell)[0] for part in service["command"]]
+    assert cmd[:2] == ["bash", "-c"], f"airflow-init runs {cmd[:2]}"
+
+    def here(path: str) -> Path:
+        return tmp_path / PurePosixPath(path).relative_to("/")
+
+    env = {k: interpolate(v, shell)[0] for k, v in environment(service).items() if v is not None}
+    env = {k: str(here(v)) if v.startswith("/opt/") else v for k, v in env.items()}
+    calls, stubs = tmp_path / "calls.log", tmp_path / "bin"
+    stubs.mkdir()
+    for program in ("airflow", "chown"):
+        (stubs / program).write_text(f'#!/bin/sh\necho "{program} $*" >> "{calls}"\n')
+        (stubs / program).chmod(0o755)
+    env["AIRFLOW_HOME"] = str(here(IMAGE_AIRFLOW_HOME))
+    env["PATH"] = os.pathsep.join([str(stubs), str(Path(sys.executable).parent), "/usr/bin", "/bin"])
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    assert ("WARNING!!!: AIRFLOW_UID not set!" in done.stdout) == (uid is None), done.stdout
+    if uid is None:
+        assert 'echo "AIRFLOW_UID=$(id -u)" >> .env' in done.stdout, "the warning does not show how to set it"
+    log = calls.read_text().splitlines()
+    airflow = [line.removeprefix("airflow ") for line in log if line.startswith("airflow ")]
+    assert "db migrate" in airflow and airflow.index("db migrate") < min(i for i, c in enumerate(airflow) if c.startswith("pools set"))
+    owners, chowned = set(), set()
+    for line in log:
+        if line.startswith("chown "):
+            owner, *paths = [w for w in line.split()[1:] if not w.startswith("-")]
+            owners.add(owner)
+            chowned |= {PurePosixPath("/") / Path(p).relative_to(tmp_path) for p in paths}
+    services_user = {interpolate(services()[name]["user"], shell)[0] for name in (*AIRFLOW_SERVICES[1:], "mlflow", "model-server")}
+    assert owners == services_user == {f"{uid or 50000}:0"}, f"init hands the volumes to {owners}, the services run as {services_user}"
+    missing = volume_targets("airflow-scheduler") - chowned
+    assert not missing, f"the volumes {sorted(map(str, missing))} stay root's, unwritable by {services_user}"
+    login = json.loads(Path(env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]).read_text())
+    assert login == {env["_AIRFLOW_WWW_USER_USERNAME"]: env["_AIRFLOW_WWW_USER_PASSWORD"]}
+
+
 # ---------------------------------------------------------------------------- Dockerfile
 
 
@@ -621,21 +734,65 @@ def _user_at(index: int) -> str:
     return users[-1] if users else "airflow"
 
 
-def test_dockerfile_base_is_the_pinned_airflow():
+def copied_source(image_path: str) -> Path:
+    """The repository file a ``COPY`` of the Dockerfile put at ``image_path``."""
+    target = PurePosixPath(image_path)
+    for instruction, args in dockerfile():
+        if instruction != "COPY":
+            continue
+        *sources, dest = [a for a in args.split() if not a.startswith("--")]
+        for source in sources:
+            at = PurePosixPath(dest) / PurePosixPath(source).name if dest.endswith("/") else PurePosixPath(dest)
+            if target == at:
+                return ROOT / source
+            if target.is_relative_to(at) and (ROOT / source).is_dir():
+                return ROOT / source / target.relative_to(at)
+    raise AssertionError(f"the Dockerfile copies nothing to {image_path}")
+
+
+@cache
+def image_requirements() -> tuple[int, dict[str, str]]:
+    """Step and pins of the Dockerfile's ``pip install -r``: every file it reads, made as the build makes it,
+    i.e. a file copied from the repository, or the output of a ``grep`` of one, run here on the repository's file."""
+    steps = [(n, a) for n, (i, a) in enumerate(dockerfile()) if i == "RUN" and re.search(r"pip install .*-r ", a)]
+    assert len(steps) == 1, f"one RUN should install the requirement files, got {steps}"
+    step, run = steps[0]
+    pins: dict[str, str] = {}
+    for target in re.findall(r"-r (\S+)", run):
+        made = re.search(rf"(grep\s[^>]*?)\s(\S+)\s*>\s*{re.escape(target)}(?:\s|$)", run)
+        if made:
+            source = copied_source(made.group(2))
+            script = f'{made.group(1)} "$1"'
+            text = subprocess.run(["bash", "-c", script, "bash", str(source)], capture_output=True, text=True, check=True).stdout
+        else:
+            text = copied_source(target).read_text()
+        twice = sorted(set(pins) & set(pins_of(text)))
+        assert not twice, f"{target} pins {twice} again: one pin each, in one file"
+        pins |= pins_of(text)
+    return step, pins
+
+
+def test_dockerfile_base_is_the_slim_image_of_the_pinned_airflow():
+    """The slim image: core Airflow only; the image adds the providers and drivers it needs (tests below)."""
     args = dict(a.split("=", 1) for i, a in dockerfile() if i == "ARG" and "=" in a)
     base = next(a for i, a in dockerfile() if i == "FROM")
     base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], base)
     python = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"].removeprefix(">=")
-    assert base == f"apache/airflow:{requirement_pin('apache-airflow')}-python{python}"
+    assert base == f"apache/airflow:slim-{requirement_pin('apache-airflow')}-python{python}"
+
+
+def test_dockerfile_keeps_the_entrypoint_of_the_base_image():
+    assert not [a for i, a in dockerfile() if i == "ENTRYPOINT"], "the Airflow image's entrypoint is replaced"
 
 
 def test_dockerfile_installs_torch_cpu_then_requirements_then_the_project():
     runs = [(n, a) for n, (i, a) in enumerate(dockerfile()) if i == "RUN"]
     torch = [n for n, a in runs if f"torch=={requirement_pin('torch')}" in a and f"--index-url {CPU_INDEX}" in a]
-    reqs = [n for n, a in runs if re.search(r"pip install .*-r \S*requirements\.txt", a)]
+    reqs, pins = image_requirements()
     project = [n for n, a in runs if re.search(r"pip install .*--no-deps", a)]
-    assert torch and reqs and project, "the Dockerfile must install torch (CPU index), requirements.txt and the project"
-    assert torch[0] < reqs[0] < project[0], "order: torch CPU, requirements.txt, project --no-deps"
+    assert torch and project, "the Dockerfile must install torch (CPU index), requirements.txt and the project"
+    assert pins["torch"] == requirement_pin("torch") and pins["apache-airflow"] == requirement_pin("apache-airflow")
+    assert torch[0] < reqs < project[0], "order: torch CPU, requirements.txt, project --no-deps"
     for n, a in runs:
         if "pip install" in a:
             assert _user_at(n) == "airflow", f"pip as {_user_at(n)}: the Airflow image installs packages as airflow"
@@ -647,6 +804,81 @@ def test_dockerfile_has_java_for_local_spark():
     java = [n for n, (i, a) in enumerate(dockerfile()) if i == "RUN" and "openjdk-17-jre-headless" in a]
     assert java and _user_at(java[0]) == "root"
     assert any(i == "ENV" and a.startswith("JAVA_HOME=") for i, a in dockerfile())
+
+
+def test_dockerfile_runs_pip_check_after_every_install():
+    """``pip check`` over the whole environment (the slim base's distributions, the lock, the drivers, the project)
+    after the last ``pip install``: a broken requirement fails the build instead of the first task."""
+    steps = dockerfile()
+    checks = [n for n, (i, a) in enumerate(steps) if i == "RUN" and re.search(r"(^|&&\s*)pip check(\s|$)", a)]
+    installs = [n for n, (i, a) in enumerate(steps) if i == "RUN" and "pip install" in a]
+    assert checks, "no RUN step runs pip check"
+    assert checks[-1] > max(installs), "pip check runs before the last pip install"
+    assert _user_at(checks[-1]) == "airflow", "pip check of another user's environment"
+
+
+def test_the_image_installs_the_runtime_lock_without_its_test_tools():
+    """requirements.txt also pins the test runners of ``make test``: the image leaves out them, their plugins and
+    what only they need, and keeps every other pin (what the kept ones need above all), at the lock's version."""
+    _, image = image_requirements()
+    lock, dev = pins_of((ROOT / "requirements.txt").read_text()), pins_of((ROOT / "requirements-dev.txt").read_text())
+    tools = {n for n in lock | dev | image if n in TEST_RUNNERS or n.startswith(tuple(f"{r}-" for r in TEST_RUNNERS))}
+    assert {"pytest", "hypothesis"} <= tools, "neither lock pins the test runners"
+    assert not tools & set(image), f"the image installs the test tools {sorted(tools & set(image))}"
+    kept = {n: v for n, v in image.items() if n in lock}
+    assert kept == {n: lock[n] for n in kept}, "the image changes pins of requirements.txt"
+    dropped = set(lock) - set(kept)
+    needed = requires_closure(set(image))
+    assert not dropped & needed, f"the image leaves out {sorted(dropped & needed)}, which what it installs requires"
+    only_tests = requires_closure(tools) - needed
+    assert dropped <= only_tests, f"the image leaves out {sorted(dropped - only_tests)}, which are not test tools"
+    assert not set(dev) & set(image), f"the image installs the dev lock's {sorted(set(dev) & set(image))}"
+    assert not any("requirements-dev" in a for _, a in dockerfile()), "the Dockerfile reads requirements-dev.txt"
+    ignored = {p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines()}
+    assert {"requirements-dev.txt", "tests"} <= ignored, "the build context carries the dev lock or the tests"
+
+
+def test_the_image_has_the_database_drivers_of_the_stack():
+    """The slim image has no database driver: each URL of the stack needs its own, and Airflow 3 also opens an
+    async engine on a URL it derives from SQL_ALCHEMY_CONN (``AIO_LIBS_MAPPING`` in airflow/settings.py)."""
+    [settings] = [p / "settings.py" for p in map(Path, find_spec("airflow").submodule_search_locations) if (p / "settings.py").is_file()]
+    aio = ast.literal_eval(re.search(r"AIO_LIBS_MAPPING = (\{[^}]*\})", settings.read_text()).group(1))
+    airflow_db = urlparse(resolved_env("airflow-scheduler")["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    mlflow_db = urlparse(option(command(services()["mlflow"]), "--backend-store-uri"))
+    drivers = {url.scheme.partition("+")[2] for url in (airflow_db, mlflow_db)} | {aio[airflow_db.scheme.partition("+")[0]]}
+    _, image = image_requirements()
+    missing = sorted(d for d in drivers if not set(DRIVER_DISTRIBUTIONS.get(d, (d,))) & set(image))
+    assert not missing, f"the image installs no distribution of the drivers {missing} (drivers of the stack: {sorted(drivers)})"
+
+
+def _provider_info(dist: md.Distribution) -> dict:
+    """What a provider distribution registers (its get_provider_info), read without importing Airflow."""
+    [entry] = [e for e in dist.entry_points if e.group == "apache_airflow_provider"]
+    module = entry.value.split(":")[0]
+    source = Path(next(iter(find_spec("airflow").submodule_search_locations))).parent.joinpath(*module.split(".")).with_suffix(".py")
+    function = next(n for n in ast.parse(source.read_text()).body if isinstance(n, ast.FunctionDef) and n.name == "get_provider_info")
+    return ast.literal_eval(next(n for n in ast.walk(function) if isinstance(n, ast.Return)).value)
+
+
+def test_the_image_installs_every_provider_the_code_uses():
+    """The slim image has no provider: the ones the code imports, and the ones that register the ``@task``
+    decorators the DAGs use (``@task`` is ``@task.python``), are pinned in what the image installs."""
+    _, image = image_requirements()
+    texts = "\n".join(_code_texts())
+    missing = []
+    for module in sorted(set(re.findall(r"^\s*(?:from|import)\s+airflow\.providers\.([a-z_]+(?:\.[a-z_]+)*)", texts, re.M))):
+        parts = module.split(".")
+        candidates = {"apache-airflow-providers-" + "-".join(parts[:k]) for k in range(1, len(parts) + 1)}
+        if not {canonical(c) for c in candidates} & set(image):
+            missing.append(f"airflow.providers.{module}")
+    decorators = {name or "python" for name in re.findall(r"@task(?:\.(\w+))?\b", texts)}
+    assert "python" in decorators
+    for dist in md.distributions():
+        if any(e.group == "apache_airflow_provider" for e in dist.entry_points):
+            registered = {d["name"] for d in _provider_info(dist).get("task-decorators", [])}
+            if registered & decorators and canonical(dist.metadata["Name"]) not in image:
+                missing.append(f"{dist.metadata['Name']} (@task.{sorted(registered & decorators)[0]})")
+    assert not missing, f"used by the code but not installed by the image: {missing}"
 
 
 def test_dockerfile_copies_the_project_where_compose_mounts_it():
