@@ -183,6 +183,23 @@ def world_readable_dir(prefix: str) -> Path:
     return base
 
 
+def pinned_versions(path: Path) -> dict[str, str]:
+    """``{canonical name: version}`` of every ``name==version`` line of a requirements file (comments, markers ignored)."""
+    import re
+
+    from packaging.requirements import Requirement
+
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            req = Requirement(line)
+            exact = [s.version for s in req.specifier if s.operator == "=="]
+            if exact:
+                pins[re.sub(r"[-_.]+", "-", req.name).lower()] = exact[0]
+    return pins
+
+
 def water_frame(seed: int, *, abnormal: bool, height: int = 64, width: int = 96):
     """An RGB ``[height, width, 3]`` uint8 frame of smooth, noisy "water"; an abnormal one has a
     black-and-white square (half the shorter side) in its centre, inside any crop the pipeline takes."""

@@ -14,12 +14,13 @@ import shutil
 
 import pytest
 
-from conftest import AZURITE_KEY, ROOT, captured_output, stored_run_texts
+from conftest import AZURITE_KEY, ROOT, captured_output, pinned_versions, stored_run_texts
 from databricks_double import DatabricksDouble
 
 LANDING_DATE = "2026-11-22"
 DATASET = "20261122"
 TOKEN = "dapi-remote-0123456789"
+LOCK = pinned_versions(ROOT / "requirements.txt")
 CONTAINER, PREFIX = "lake", "swan/"
 
 
@@ -108,7 +109,12 @@ def test_remote_run_writes_the_container_and_runs_the_deployed_code(remote_run, 
     for payload, cluster in zip(double.submissions, ("cpu", "cpu", "gpu")):
         task = payload["tasks"][0]
         assert task["new_cluster"] == normalise_json_content({**cluster_spec(cluster), "spark_env_vars": job_env()})
-        assert task["libraries"] == [{"whl": f"{volume}/{code[0][len(PREFIX):]}"}]
+        *pypi, wheel = task["libraries"]
+        assert wheel == {"whl": f"{volume}/{code[0][len(PREFIX):]}"}
+        assert {lib["pypi"]["package"] for lib in pypi} >= {f"opencv-python-headless=={LOCK['opencv-python-headless']}"}
+        for lib in pypi:  # each run library pinned to the lock the tests run with
+            name, version = lib["pypi"]["package"].split("==")
+            assert LOCK[name.replace("_", "-").lower()] == version, lib
         assert task["spark_python_task"]["python_file"] == f"{volume}/{code[0][len(PREFIX):].rsplit('/', 1)[0]}/jobs/{task['task_key']}.py"
         assert task["spark_python_task"]["parameters"][:6] == [
             "--lake-root",

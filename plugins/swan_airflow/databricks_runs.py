@@ -8,8 +8,9 @@ idempotency token). A one-time run carries all of that in its payload;
 RunNow would need a job definition kept in sync with every code version outside Airflow.
 
 The cluster specs live in ``clusters/*.json`` beside this module (CPU for ETL and augmentation,
-a single-node GPU cluster for training); :func:`submit_run_json` builds the ``runs/submit``
-payload. In the DAG, what ``deploy_code`` and ``upload_to_lake`` return goes into it as XComArgs,
+a single-node GPU cluster for training), both on the Databricks Runtime that ``clusters/runtime.txt``
+names; every run installs the pinned ``clusters/run-libraries.txt`` and the project wheel on top
+(:func:`run_libraries`). :func:`submit_run_json` builds the ``runs/submit`` payload. In the DAG, what ``deploy_code`` and ``upload_to_lake`` return goes into it as XComArgs,
 which the operator resolves when it renders its fields; plain values work the same.
 
 Example:
@@ -29,6 +30,9 @@ CLUSTERS_DIR = Path(__file__).with_name("clusters")
 #: Which cluster spec each job runs on.
 JOB_CLUSTERS = {"etl": "cpu", "augment": "cpu", "train": "gpu"}
 
+#: PyPI libraries each run installs beside the wheel (pinned; ``clusters/run-libraries.txt``).
+RUN_LIBRARIES = CLUSTERS_DIR / "run-libraries.txt"
+
 
 def job_file_key(job: str) -> str:
     """The key under which ``deploy_code`` returns the URI of ``jobs/{job}.py`` (one XCom per key)."""
@@ -41,6 +45,28 @@ def cluster_spec(name: str) -> dict:
 
     folder = Settings.from_env().databricks_clusters_dir or CLUSTERS_DIR
     return json.loads((folder / f"{name}.json").read_text())
+
+
+def run_libraries(path: Path = RUN_LIBRARIES) -> list[dict]:
+    """The run's PyPI libraries as ``runs/submit`` library specs, from ``clusters/run-libraries.txt``.
+
+    Each must be pinned (``name==version``): an unpinned library would install whatever is newest
+    on the day the cluster starts, and could replace a library the runtime ships.
+
+    Example:
+        >>> run_libraries()[0]
+        {'pypi': {'package': 'opencv-python-headless==4.14.0.94'}}
+    """
+    specs = []
+    for raw in path.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if "==" not in line:
+            msg = f"{path}: {line!r} is not pinned (name==version)"
+            raise ValueError(msg)
+        specs.append({"pypi": {"package": line}})
+    return specs
 
 
 def job_env() -> dict[str, str]:
@@ -107,7 +133,7 @@ def submit_run_json(job: str, args: list, *, code, dataset_id, timeout_seconds: 
             {
                 "task_key": job,
                 "new_cluster": cluster,
-                "libraries": [{"whl": code["wheel_uri"]}],
+                "libraries": [*run_libraries(), {"whl": code["wheel_uri"]}],
                 "spark_python_task": {
                     "python_file": code[job_file_key(job)],
                     "parameters": ["--lake-root", code["lake_root"], "--dataset-id", dataset_id, "--run-id", "{{ run_id }}", *args],
