@@ -12,6 +12,7 @@ import datetime as dt
 import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable, dag, task
 
+from swan_airflow import lineage
 from swan_airflow.callbacks import failure_callbacks, log_failure
 from swan_airflow.context import RunContext
 from swan_airflow.ingest import LANDING_ASSET
@@ -98,20 +99,26 @@ def swan_anomaly_pipeline():
         """Optional (off by default): a vision model names what a seeded sample of normal frames shows."""
         return data.check_labels(RunContext.current())
 
-    @task
+    @task(outlets=[lineage.RAW])
     def upload_to_lake(labels: dict) -> dict:
         """Frames, anomalies and labels to raw/{dataset_id}/; manifest.json and _SUCCESS last."""
-        return data.upload_to_lake(RunContext.current(), labels)
+        ctx = RunContext.current()
+        uploaded = data.upload_to_lake(ctx, labels)
+        lineage.raw_uploaded(ctx.task, uploaded)
+        return uploaded
 
     @task
     def deploy_code() -> dict:
         """The swan_anomaly wheel and jobs/*.py under code/{version}/ in the lake (once per code version)."""
         return training.deploy_code()
 
-    @task
+    @task(outlets=[lineage.MODEL_VERSION])
     def register_model() -> dict:
         """Register the trained pyfunc as a new version with alias `challenger` (once per training run)."""
-        return training.register_model(RunContext.current())
+        ctx = RunContext.current()
+        registered = training.register_model(ctx)
+        lineage.model_registered(ctx.task, registered)
+        return registered
 
     # Poke mode: one instance at a time across runs (max_active_tis_per_dag=1) holds one worker slot while it
     # waits, the other runs' instances wait unscheduled. Reschedule mode would free that slot, but Airflow
@@ -133,10 +140,13 @@ def swan_anomaly_pipeline():
         """Score challenger and champion on the same validation rows; promote only a better model."""
         return promotion.gate_model(RunContext.current(), registered)
 
-    @task
+    @task(outlets=[lineage.CHAMPION])
     def promote_model(registered: dict) -> dict:
         """Move alias `champion` to the challenger (idempotent); a forced promotion is tagged with its reason."""
-        return promotion.promote_model(RunContext.current(), registered)
+        ctx = RunContext.current()
+        promoted = promotion.promote_model(ctx, registered)
+        lineage.champion_promoted(ctx.task, registered)
+        return promoted
 
     @task
     def keep_champion(registered: dict) -> dict:
@@ -146,12 +156,16 @@ def swan_anomaly_pipeline():
     @task(trigger_rule="none_failed_min_one_success")
     def update_endpoint() -> dict:
         """Serve the current champion (databricks-sdk: create the endpoint, or update its config and wait)."""
-        return serving.update_endpoint(RunContext.current())
+        ctx = RunContext.current()
+        lineage.endpoint_linked(ctx.task)
+        return serving.update_endpoint(ctx)
 
     @task
     def validate_endpoint(endpoint: dict, registered: dict) -> dict:
         """Held-out test split through the endpoint: parity with the registry model, AUROC and recall; rollback once."""
-        return serving.validate_endpoint(RunContext.current(), endpoint, registered)
+        ctx = RunContext.current()
+        lineage.endpoint_linked(ctx.task)
+        return serving.validate_endpoint(ctx, endpoint, registered)
 
     @task(trigger_rule="all_done", on_failure_callback=[log_failure])
     def summarize_run(upload: dict | None, registered: dict | None) -> dict:
@@ -178,13 +192,15 @@ def swan_anomaly_pipeline():
         pool=SETTINGS.pool,  # one slot: two runs (scheduled, asset-triggered, backfilled, manual) never train at once
         window_days="{{ params.training_window_days }}",  # on Databricks the token also digests the window's gold files
     )
-    registered = register_model()
+    registered = lineage.with_links(register_model(), lineage.ModelVersionLink())
     [upload, code, checked] >> etl >> augment >> trained >> registered
     decision = gate_model(registered)
     registered >> wait_for_promotion_turn() >> decision
     endpoint = update_endpoint()
-    decision >> [promote_model(registered), keep_champion(registered)] >> endpoint
-    validation = validate_endpoint(endpoint, registered)
+    promoted = lineage.with_links(promote_model(registered), lineage.ModelVersionLink())
+    decision >> [promoted, keep_champion(registered)] >> endpoint
+    lineage.with_links(endpoint, lineage.EndpointLink())
+    validation = lineage.with_links(validate_endpoint(endpoint, registered), lineage.EndpointLink())
     # last: after the validation (whose record it reads) and every task that reads the staging folder it removes
     [validation, checked] >> summarize_run(upload, registered)
 

@@ -90,3 +90,22 @@ def test_the_anomaly_family_param_offers_exactly_the_library_families(dagbag):
     param = dagbag.dags[DAG_ID].params.get_param("anomaly_families")
     assert param.schema["items"]["enum"] == list(FAMILIES)
     assert set(param.value) <= set(DEFAULT_FAMILIES)
+
+
+def test_the_ui_gets_the_lineage_outlets_and_the_task_links(dagbag, airflow_db):
+    """What the serialized DAG (the scheduler's and UI's copy) says each task produces and links to."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    serialized = DagSerialization.from_dict(DagSerialization.to_dict(dagbag.get_dag("swan_anomaly_pipeline")))
+    outlets = {t.task_id: sorted(a.name for a in t.outlets) for t in serialized.tasks if t.outlets}
+    assert outlets == {
+        "upload_to_lake": ["swan_lake_raw"],
+        "run_etl": ["swan_lake_silver"],
+        "run_augmentation": ["swan_lake_gold"],
+        "register_model": ["swan_model_version"],
+        "promote_model": ["swan_model_champion"],
+    }
+    links = {t.task_id: {link.name: link.xcom_key for link in t.operator_extra_links} for t in serialized.tasks if t.operator_extra_links}
+    assert links["run_training"]["MLflow run"] and "See Databricks Job Run" in links["run_training"]
+    assert set(links["register_model"]) == set(links["promote_model"]) == {"Model version"}
+    assert set(links["update_endpoint"]) == set(links["validate_endpoint"]) == {"Serving endpoint"}

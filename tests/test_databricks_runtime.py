@@ -153,7 +153,7 @@ def wheel(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def raw_lake(tmp_path_factory, demo_video):
-    """A lake with one raw dataset (20 frames, 20 anomalies) and a micro ViT to train, made in this environment (the Airflow worker's part)."""
+    """A lake with one raw dataset (20 frames, 20 anomalies) and a micro ViT, made in this environment (the Airflow worker's part)."""
     from swan_anomaly.anomalies import synthesize_dataset
     from swan_anomaly.labels import build_manifest, write_manifest
     from swan_anomaly.lake import LocalLake
@@ -175,7 +175,17 @@ def _job(env: Path, job: str, lake, *args: str, extra_env: dict | None = None) -
     run_id = "manual__runtime"
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("PYSPARK_", "PYTHONPATH", "SWAN_", "MLFLOW_"))}
     environ |= {"SWAN_SPARK_MASTER": "local[1]", "SWAN_HOME": str(lake.root.parent / "swan-home"), **(extra_env or {})}
-    cmd = [env / "bin" / "python", ROOT / "jobs" / f"{job}.py", "--lake-root", lake.root, "--dataset-id", DATASET, "--run-id", run_id, *args]
+    cmd = [
+        env / "bin" / "python",
+        ROOT / "jobs" / f"{job}.py",
+        "--lake-root",
+        lake.root,
+        "--dataset-id",
+        DATASET,
+        "--run-id",
+        run_id,
+        *args,
+    ]
     proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=environ, cwd=lake.root.parent, timeout=900)
     assert proc.returncode == 0, f"{job} failed on the runtime's libraries:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return lake.read_result(run_id, job)

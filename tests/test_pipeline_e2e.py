@@ -76,6 +76,58 @@ def test_run_succeeds_and_writes_the_lake(pipeline_run):
 
 
 @pytest.mark.slow
+def test_the_run_tells_airflow_which_partitions_and_model_version_it_made(pipeline_run):
+    """Asset events for the lake partitions and the model version (data-aware downstream DAGs), and the task links."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    from swan_anomaly.config import Settings
+    from swan_anomaly.lake import LocalLake
+
+    lake = LocalLake(Settings.from_env().lake_root)
+    train = lake.read_result(pipeline_run.run_id, "train")
+    with create_session() as session:
+        rows = session.execute(
+            select(AssetModel.name, AssetEvent.extra)
+            .join(AssetEvent, AssetEvent.asset_id == AssetModel.id)
+            .where(AssetEvent.source_run_id == pipeline_run.run_id)
+        ).all()
+        links = {
+            (task_id, key): json.loads(value) if isinstance(value, str) else value
+            for task_id, key, value in session.execute(
+                select(XComModel.task_id, XComModel.key, XComModel.value).where(
+                    XComModel.run_id == pipeline_run.run_id, XComModel.key.like("%_url")
+                )
+            )
+        }
+        assert (
+            session.scalar(
+                select(TaskInstance.state).where(TaskInstance.run_id == pipeline_run.run_id, TaskInstance.task_id == "promote_model")
+            )
+            == "success"
+        )
+    events = {name: extra for name, extra in rows}
+    assert events["swan_lake_raw"]["dataset_id"] == DATASET and events["swan_lake_raw"]["digest"]
+    silver, gold = events["swan_lake_silver"], events["swan_lake_gold"]
+    assert silver["dataset_id"] == gold["dataset_id"] == DATASET
+    assert silver["rows"] == lake.read_result(pipeline_run.run_id, "etl")["silver_rows"] > 0
+    assert gold["rows"] == lake.read_result(pipeline_run.run_id, "augment")["gold_rows"] > 0
+    assert Path(silver["uri"]) == lake.silver / f"dataset_id={DATASET}" and Path(gold["uri"]) == lake.gold / f"dataset_id={DATASET}"
+    version = events["swan_model_version"]
+    assert version["mlflow_run_id"] == train["mlflow_run_id"] and version["uri"] == f"models:/{version['name']}/{version['version']}"
+    assert events["swan_model_champion"]["version"] == version["version"]  # the first model is promoted
+    assert (
+        links[("run_training", "mlflow_run_url")]
+        == f"http://127.0.0.1:5000/#/experiments/{train['mlflow_experiment_id']}/runs/{train['mlflow_run_id']}"
+    )
+    assert links[("register_model", "model_version_url")].endswith(f"/#/models/{version['name']}/versions/{version['version']}")
+    assert links[("validate_endpoint", "endpoint_url")] == f"{Settings.from_env().endpoint_url}/health"
+
+
+@pytest.mark.slow
 def test_champion_is_served_and_endpoint_scores_match_the_registry_model(pipeline_run):
     import mlflow.pyfunc
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 
 import numpy as np
@@ -265,3 +266,24 @@ def test_python_workers_keep_frame_memory_between_frames_here_and_on_databricks(
     assert {name: seen[name] for name in PYTHON_WORKER_ENV} == PYTHON_WORKER_ENV
     assert seen.faults_per_frame < 500, f"{seen.faults_per_frame:.0f} page faults per decoded frame"
     assert python_worker_conf().items() <= cluster_spec("cpu")["spark_conf"].items()
+
+
+def test_the_spark_jobs_log_progress_with_files_rows_and_rate(spark, lake, monkeypatch, caplog):
+    """Progress lines while the images are transformed (tasks done, images, rate), not only a final line."""
+    import logging
+
+    from swan_anomaly.augment import run_augmentation
+
+    monkeypatch.setenv("SWAN_SPARK_PROGRESS_SECONDS", "0.1")
+    with caplog.at_level(logging.INFO, logger="swan_anomaly"):
+        report = run_etl(lake_root=lake.root, dataset_id=DATASET, image_size=32, max_bytes=1_000_000, partitions=8, spark=spark)
+        run_augmentation(lake_root=lake.root, dataset_id=DATASET, seed=5, spark=spark)
+    lines = [r.getMessage() for r in caplog.records]
+    [listed] = [int(m.group(1)) for line in lines if (m := re.match(rf"ETL {DATASET}: (\d+) image files listed", line))]
+    assert listed >= report["silver_rows"] + len(report["unlabelled_images"]) > 0
+    ticks = [line for line in lines if re.search(r"decode, crop, resize: \d+/\d+ tasks \(\d+ %\), ~\d+ of \d+ images, \d+ images/s", line)]
+    assert ticks, lines
+    assert any(
+        re.search(rf"ETL {DATASET} write silver: {report['silver_rows']} images in [\d.]+ s \(\d+ images/s\)", line) for line in lines
+    )
+    assert any(re.search(rf"augmentation {DATASET} augment and write gold: \d+ source images in [\d.]+ s", line) for line in lines)

@@ -176,7 +176,7 @@ def run_augmentation(
         target_abnormal_share: wanted share of abnormal rows in the train split (None: as is).
         partitions: Spark partitions for the transform; the output does not depend on it.
     """
-    from swan_anomaly.spark import build_spark
+    from swan_anomaly.spark import build_spark, progress
 
     unknown = sorted(set(augmentations) - set(AUGMENTATIONS))
     if unknown or "none" not in augmentations:
@@ -227,7 +227,17 @@ def run_augmentation(
             "dataset_id",
         )
     )
-    gold.orderBy("sample_id").write.mode("overwrite").partitionBy("dataset_id").parquet(str(lake.gold))
+    source_images = sum(n for by_label in sizes.values() for n in by_label.values())
+    per_label = {label: len(variants) for label, variants in sorted(plan.items())}
+    log.info(
+        "augmentation %s: %d silver images in %d groups; variants per training image by label: %s",
+        dataset_id,
+        source_images,
+        len(sizes),
+        per_label,
+    )
+    with progress(spark, f"augmentation {dataset_id} augment and write gold", source_images, unit="source images"):
+        gold.orderBy("sample_id").write.mode("overwrite").partitionBy("dataset_id").parquet(str(lake.gold))
     written = spark.read.parquet(str(lake.gold_partition(dataset_id)))
     counts = written.groupBy("split", "label").count().collect()
     by_split: dict[str, dict[str, int]] = {}

@@ -117,6 +117,15 @@ class Settings:
     artifact_root: Path = setting(
         "SWAN_MLFLOW_ARTIFACTS", doc="Artifact root of the local MLflow.", derive=_under_home("mlflow", "artifacts")
     )
+    mlflow_ui_url: str = setting(
+        "SWAN_MLFLOW_UI_URL",
+        doc="Where people open MLflow: the base of the MLflow run and model-version links on the Airflow tasks.",
+        derive=lambda v: (
+            v["tracking_uri"] if str(v["tracking_uri"]).lower().startswith(("http://", "https://"))
+            else "" if str(v["tracking_uri"]).startswith("databricks") else "http://127.0.0.1:5000"
+        ),
+        shown="an http(s) tracking URI; the workspace with databricks; else http://127.0.0.1:5000 (make mlflow-ui)",
+    )
     experiment: str = setting(
         "SWAN_EXPERIMENT", "swan-anomaly", "MLflow experiment (on Databricks a workspace path, e.g. /Shared/swan-anomaly)."
     )
@@ -243,6 +252,9 @@ class Settings:
     spark_driver_memory: str = setting("SWAN_SPARK_DRIVER_MEMORY", "2g", "spark.driver.memory of the local jobs.")
     spark_arrow_batch: int = setting("SWAN_SPARK_ARROW_BATCH", 64, "Rows (whole images) per Arrow batch between the JVM and Python.", low=1)
     spark_log_level: str = setting("SWAN_SPARK_LOG_LEVEL", "WARN", "Log level of the Spark jobs.")
+    spark_progress_seconds: float = setting(
+        "SWAN_SPARK_PROGRESS_SECONDS", 15.0, "Seconds between the Spark jobs' progress lines (tasks, images, rate).", low=0.1
+    )
     # -- the demo
     demo_families: str = setting("SWAN_DEMO_FAMILIES", "", "Anomaly families of `make demo`, comma-separated.", shown="all six families")
 
@@ -267,6 +279,7 @@ class Settings:
         for name in ("home", "inbox_dir", "landing_dir", "lake_root", "staging_dir", "artifact_root"):
             values[name] = Path(values[name]).absolute()
         values["endpoint_url"] = values["endpoint_url"].rstrip("/")
+        values["mlflow_ui_url"] = values["mlflow_ui_url"].rstrip("/")
         for var, key in (("MLFLOW_TRACKING_URI", "tracking_uri"), ("MLFLOW_REGISTRY_URI", "registry_uri")):
             if str(values[key]).lower().startswith(("http://", "https://")) and has_credentials(values[key]):
                 msg = (

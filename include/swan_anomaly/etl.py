@@ -146,7 +146,7 @@ def run_etl(
         partitions: process the images in this many Spark tasks (default: two per core).
             The output does not depend on it.
     """
-    from swan_anomaly.spark import build_spark
+    from swan_anomaly.spark import build_spark, progress
 
     if on_label_mismatch not in ("quarantine", "fail"):
         msg = f"on_label_mismatch must be 'quarantine' or 'fail', got {on_label_mismatch!r}"
@@ -167,6 +167,14 @@ def run_etl(
     empty = [p for p in missing_paths if (raw_dir / p).is_file() and (raw_dir / p).stat().st_size == 0]
     missing_paths = [p for p in missing_paths if p not in empty]
     unlabelled_paths = sorted(listed - labelled_paths)
+    log.info(
+        "ETL %s: %d image files listed in %s, %d labelled (%d labels without an image)",
+        dataset_id,
+        len(listed),
+        raw_dir,
+        len(labelled_paths),
+        len(missing_paths) + len(empty),
+    )
     if on_label_mismatch == "fail" and (missing_paths or unlabelled_paths):
         msg = (
             f"{raw_dir}: labels and images do not match: {len(missing_paths)} labels without an image "
@@ -180,7 +188,8 @@ def run_etl(
     processed = crop_resize_encode(
         labelled, str(raw_dir), size=image_size, bias_x=bias_x, bias_y=bias_y, quality=jpeg_quality, max_bytes=max_bytes
     ).cache()
-    bad = sorted((r.image_path, r.error) for r in processed.where(F.col("error").isNotNull()).select("image_path", "error").collect())
+    with progress(spark, f"ETL {dataset_id} decode, crop, resize", len(listed)):
+        bad = sorted((r.image_path, r.error) for r in processed.where(F.col("error").isNotNull()).select("image_path", "error").collect())
     quarantine = (
         sorted(
             [(p, "decode", reason) for p, reason in bad] + [(p, "decode", f"ImageDecodeError: {p}: empty image (0 bytes)") for p in empty]
@@ -210,10 +219,11 @@ def run_etl(
         )
         raise JobError(msg)
     good = processed.where(F.col("error").isNull()).drop("error").withColumn("dataset_id", F.lit(dataset_id))
-    good.sortWithinPartitions("image_path").write.mode("overwrite").partitionBy("dataset_id").parquet(str(lake.silver))
+    kept = manifest[manifest.image_path.isin(listed) & ~manifest.image_path.isin(bad_paths)]
+    with progress(spark, f"ETL {dataset_id} write silver", len(kept)):
+        good.sortWithinPartitions("image_path").write.mode("overwrite").partitionBy("dataset_id").parquet(str(lake.silver))
     processed.unpersist()
     listing.unpersist()
-    kept = manifest[manifest.image_path.isin(listed) & ~manifest.image_path.isin(bad_paths)]
     counts = kept.label.value_counts().to_dict()
     report = {
         "dataset_id": dataset_id,

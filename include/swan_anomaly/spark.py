@@ -6,12 +6,20 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
+import threading
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
 
 #: Environment of the Python workers that run the jobs' pandas UDFs (glibc ``malloc`` tuning, see mallopt(3)).
 #:
@@ -65,3 +73,65 @@ def build_spark(app_name: str) -> SparkSession:
     spark.conf.set("spark.sql.sources.partitionOverwriteMode", "dynamic")
     spark.sparkContext.setLogLevel(s.spark_log_level)
     return spark
+
+
+def _task_counts(tracker) -> tuple[int, int]:
+    """``(completed, total)`` tasks of the active stages."""
+    done = total = 0
+    for stage_id in tracker.getActiveStageIds():
+        info = tracker.getStageInfo(stage_id)
+        if info is not None:
+            done, total = done + info.numCompletedTasks, total + info.numTasks
+    return done, total
+
+
+@contextlib.contextmanager
+def progress(spark: SparkSession, what: str, items: int, unit: str = "images", every: float | None = None) -> Iterator[None]:
+    """Log the progress of the Spark actions inside the block: tasks done, an estimate of ``items`` done, the rate.
+
+    Every ``every`` seconds (``SWAN_SPARK_PROGRESS_SECONDS``) a line such as
+    ``ETL 20261130 decode: 6/16 tasks (38 %), ~150 of 400 images, 31 images/s, 4.8 s``; at the end
+    ``ETL 20261130 decode: 400 images in 9.1 s (44 images/s)``. The estimate assumes even tasks
+    (the jobs partition by ranges of similar images). Where the driver has no ``SparkContext``
+    (Spark Connect), only the final line is logged.
+    """
+    from swan_anomaly.config import Settings
+
+    every = Settings.from_env().spark_progress_seconds if every is None else every
+    try:
+        tracker = spark.sparkContext.statusTracker()
+    except Exception:  # Spark Connect: no status tracker on the client
+        tracker = None
+    start, stop = time.monotonic(), threading.Event()
+
+    def report() -> None:
+        while not stop.wait(every):
+            done, total = _task_counts(tracker)
+            if total:
+                elapsed = time.monotonic() - start
+                estimate = items * done / total
+                log.info(
+                    "%s: %d/%d tasks (%.0f %%), ~%d of %d %s, %.0f %s/s, %.1f s",
+                    what,
+                    done,
+                    total,
+                    100 * done / total,
+                    estimate,
+                    items,
+                    unit,
+                    estimate / elapsed,
+                    unit,
+                    elapsed,
+                )
+
+    reporter = threading.Thread(target=report, name=f"progress {what}", daemon=True) if tracker is not None else None
+    if reporter is not None:
+        reporter.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if reporter is not None:
+            reporter.join()
+    elapsed = time.monotonic() - start
+    log.info("%s: %d %s in %.1f s (%.0f %s/s)", what, items, unit, elapsed, items / max(elapsed, 1e-9), unit)

@@ -238,6 +238,7 @@ def run_training(
     hashes = raw_image_hashes(lake, dataset_ids)
     result = {
         "mlflow_run_id": run.info.run_id,
+        "mlflow_experiment_id": experiment_id,
         "model_uri": info.model_uri,
         "run_model_uri": f"runs:/{run.info.run_id}/model",
         "best_epoch": best_epoch,

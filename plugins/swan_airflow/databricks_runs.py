@@ -10,7 +10,8 @@ RunNow would need a job definition kept in sync with every code version outside 
 The cluster specs live in ``clusters/*.json`` beside this module (CPU for ETL and augmentation,
 a single-node GPU cluster for training), both on the Databricks Runtime that ``clusters/runtime.txt``
 names; every run installs the pinned ``clusters/run-libraries.txt`` and the project wheel on top
-(:func:`run_libraries`). :func:`submit_run_json` builds the ``runs/submit`` payload. In the DAG, what ``deploy_code`` and ``upload_to_lake`` return goes into it as XComArgs,
+(:func:`run_libraries`). :func:`submit_run_json` builds the ``runs/submit`` payload. In the DAG,
+what ``deploy_code`` and ``upload_to_lake`` return goes into it as XComArgs,
 which the operator resolves when it renders its fields; plain values work the same.
 
 Example:

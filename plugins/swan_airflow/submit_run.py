@@ -179,6 +179,7 @@ class SwanJobOperator(IdempotentSubmitRunOperator):
             result = run_job(self.job, dataset_id=dataset_id, run_id=context["run_id"], args=list(self.job_args))
             # The provider's extra link reads this key after the task; locally the "run page" is the job's result file.
             ti.xcom_push(key="run_page_url", value=lake().result_path(context["run_id"], self.job).as_uri())
+            self.record_outputs(context, result)
             return {"job": self.job, "backend": "local", "seconds": result.get("seconds")}
         if self.backend != "databricks":
             msg = f"backend must be 'local' or 'databricks', got {self.backend!r}"
@@ -188,7 +189,32 @@ class SwanJobOperator(IdempotentSubmitRunOperator):
         check_job_env()
         if self.window_days is not None:
             self.inputs = f"{self.inputs}|gold:{self.window_inputs(dataset_id)}"
-        return super().execute(context)
+        run = super().execute(context)  # returns when the run ended at once; otherwise it defers and execute_complete follows
+        self.record_outputs(context)
+        return run
+
+    def execute_complete(self, context, event):
+        super().execute_complete(context, event)  # raises when the run failed
+        self.record_outputs(context)
+
+    def record_outputs(self, context: Context, result: dict | None = None) -> None:
+        """What Airflow shows of the finished job: its lake partition as an asset event, its MLflow run as a link.
+
+        Reads the job's result file (``runs/{run_id}/{job}.json``) when ``result`` is not given.
+        """
+        from swan_airflow import lineage
+        from swan_airflow.runtime import job_lake_root, lake
+
+        if result is None:
+            result = lake().read_result(context["run_id"], self.job)
+        if self.job in lineage.JOB_OUTLETS:
+            asset, layer, rows = lineage.JOB_OUTLETS[self.job]
+            dataset_id = result["dataset_id"]
+            uri = lineage.partition_uri(job_lake_root(), layer, dataset_id)
+            lineage.record(context, asset, dataset_id=dataset_id, uri=uri, rows=result.get(rows))
+            self.log.info("%s partition %s: %s rows at %s", layer, dataset_id, result.get(rows), uri)
+        if result.get("mlflow_run_id"):
+            lineage.push_mlflow_run_link(context, result.get("mlflow_experiment_id"), result["mlflow_run_id"])
 
     def on_kill(self) -> None:
         if self.backend == "local":  # run_job stops its subprocess when the task is interrupted
@@ -209,8 +235,12 @@ def job_task(task_id: str, job: str, args: list, code, upload, settings: Setting
         settings: the deployment's settings (Databricks connection, polling, retry delay).
         **kwargs: operator arguments, e.g. ``execution_timeout`` (the Databricks run ends with it), ``pool``.
     """
+    from swan_airflow import lineage
+
     timeout = kwargs.get("execution_timeout") or dt.timedelta(minutes=settings.task_timeout_minutes)
-    return SwanJobOperator(
+    if job in lineage.JOB_OUTLETS:
+        kwargs.setdefault("outlets", [lineage.JOB_OUTLETS[job][0]])
+    operator = SwanJobOperator(
         task_id=task_id,
         job=job,
         job_args=args,
@@ -224,3 +254,6 @@ def job_task(task_id: str, job: str, args: list, code, upload, settings: Setting
         databricks_retry_delay=settings.databricks_retry_delay,
         **kwargs,
     )
+    if job == "train":
+        operator.operator_extra_links = (*operator.operator_extra_links, lineage.MlflowRunLink())
+    return operator
