@@ -6,7 +6,19 @@ hooks talk to it unchanged: ``POST /api/2.2/jobs/runs/submit`` (with ``idempoten
 ``POST /api/2.2/jobs/runs/cancel``, with the real life-cycle states
 (PENDING -> RUNNING -> TERMINATED with SUCCESS/FAILED/CANCELED, or INTERNAL_ERROR); and, for
 MLflow clients pointed at the workspace (``MLFLOW_TRACKING_URI=databricks``), an empty
-``GET /api/2.0/mlflow/registered-models/search``.
+``GET /api/2.0/mlflow/registered-models/search``; for databricks-sdk's serving client, an empty
+``GET /api/2.0/serving-endpoints`` and ``GET /api/2.0/serving-endpoints/{name}`` answering
+``RESOURCE_DOES_NOT_EXIST``.
+
+Every API route takes a bearer token: the personal access token, or an OAuth access token the
+double issued to its service principal (``client_id``/``client_secret``) as a workspace does
+for OAuth machine-to-machine: host metadata ``GET /.well-known/databricks-config`` (which
+databricks-sdk reads first), the discovery document
+``GET /oidc/.well-known/oauth-authorization-server`` and the token endpoint
+``POST /oidc/v1/token`` (form-encoded ``grant_type=client_credentials&scope=all-apis``, the
+client authenticated by HTTP basic auth or ``client_id``/``client_secret`` form fields; a wrong
+secret gets 401 ``{"error": "invalid_client", ...}``). Tokens expire after ``token_lifetime``
+seconds; the discovery routes need no token, as on a workspace.
 
 Submitted ``spark_python_task``s really run: the python file is executed locally with its
 parameters, the attached ``whl`` libraries first on ``PYTHONPATH`` (as a cluster installs them)
@@ -24,15 +36,19 @@ files), as reads and writes through ``/Volumes/...`` on a cluster would land in 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import itertools
 import json
 import os
+import secrets
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 
 def _local(path: str) -> str:
@@ -60,8 +76,21 @@ class Run:
 class DatabricksDouble:
     """Start with :meth:`start`; ``host``/``port`` go into an Airflow ``databricks`` connection."""
 
-    def __init__(self, *, token: str, env: dict[str, str] | None = None, volume: dict | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        token: str,
+        env: dict[str, str] | None = None,
+        volume: dict | None = None,
+        client_id: str = "swan-sp-7f1c",
+        client_secret: str = "double-sp-secret-0123456789",
+        token_lifetime: int = 3600,
+    ) -> None:
         self.token = token
+        self.client_id, self.client_secret, self.token_lifetime = client_id, client_secret, token_lifetime
+        self.oauth_tokens: dict[str, float] = {}  # issued access token -> expiry (epoch seconds)
+        self.token_requests: list[dict] = []  # what each token request sent: grant_type, scope, how the client authenticated
+        self.authenticated: list[tuple[str, str]] = []  # (path, "pat" | "oauth"): which kind of token each API request carried
         self.env = env or {}
         self.volume = volume  # {"path", "connection_string", "container", "prefix"}
         self.runs: dict[int, Run] = {}
@@ -104,33 +133,68 @@ class DatabricksDouble:
         assert self._server is not None
         return self._server.server_address[1]
 
-    def connection(self, *, token: str | None = None) -> str:
-        """An Airflow ``databricks`` connection (JSON, for ``AIRFLOW_CONN_*``) pointing at this double."""
-        return json.dumps(
-            {"conn_type": "databricks", "host": "127.0.0.1", "port": self.port, "schema": "http", "password": token or self.token}
-        )
+    def connection(self, *, token: str | None = None, service_principal: bool = False, client_secret: str | None = None) -> str:
+        """An Airflow ``databricks`` connection (JSON, for ``AIRFLOW_CONN_*``) pointing at this double.
+
+        With ``service_principal``, the provider's OAuth form: login = client id, password = client
+        secret (``client_secret`` overrides the right one), extra ``service_principal_oauth``.
+        """
+        conn = {"conn_type": "databricks", "host": "127.0.0.1", "port": self.port, "schema": "http"}
+        if service_principal:
+            conn |= {"login": self.client_id, "password": client_secret or self.client_secret, "extra": {"service_principal_oauth": True}}
+        else:
+            conn["password"] = token or self.token
+        return json.dumps(conn)
+
+    @property
+    def token_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/oidc/v1/token"
 
     def fail_next(self, path_suffix: str, status: int, *, times: int = 1) -> None:
         self._faults.append([path_suffix, status, times])
 
     # ---- HTTP ----------------------------------------------------------------------------
-    def _reply(self, handler, status: int, body: dict) -> None:
+    def _reply(self, handler, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body).encode()
         handler.send_response(status)
         handler.send_header("Content-Type", "application/json")
         handler.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            handler.send_header(name, value)
         handler.end_headers()
         handler.wfile.write(data)
+
+    def _token_kind(self, header: str | None) -> str | None:
+        """``pat`` or ``oauth`` for a valid bearer token, else None (no token, an unknown or expired one)."""
+        scheme, _, token = (header or "").partition(" ")
+        if scheme != "Bearer" or not token:
+            return None
+        if secrets.compare_digest(token, self.token):
+            return "pat"
+        expiry = self.oauth_tokens.get(token)
+        return "oauth" if expiry is not None and time.time() < expiry else None
 
     def _handle(self, handler, method: str) -> None:
         url = urlparse(handler.path)
         length = int(handler.headers.get("Content-Length") or 0)
-        body = json.loads(handler.rfile.read(length) or b"{}")
+        raw = handler.rfile.read(length)
+        discovery = {
+            ("GET", "/.well-known/databricks-config"): self._host_metadata,
+            ("GET", "/oidc/.well-known/oauth-authorization-server"): self._oidc_discovery,
+            ("POST", "/oidc/v1/token"): self._token,
+        }.get((method, url.path))
+        if discovery is not None:  # no bearer token here: these are how a client gets one
+            status, reply, headers = discovery(raw, handler)
+            self.requests.append((method, url.path, status))
+            return self._reply(handler, status, reply, headers)
+        body = json.loads(raw or b"{}")
         # GETs carry their arguments as query parameters (sync hook) or as a JSON body (async hook).
         query = {**{k: str(v) for k, v in body.items()}, **{k: v[0] for k, v in parse_qs(url.query).items()}}
-        if handler.headers.get("Authorization") != f"Bearer {self.token}":
+        kind = self._token_kind(handler.headers.get("Authorization"))
+        if kind is None:
             self.requests.append((method, url.path, 401))
             return self._reply(handler, 401, {"error_code": "UNAUTHENTICATED", "message": "Invalid access token."})
+        self.authenticated.append((url.path, kind))
         for fault in self._faults:
             if url.path.endswith(fault[0]) and fault[2] > 0:
                 fault[2] -= 1
@@ -142,8 +206,11 @@ class DatabricksDouble:
             ("GET", "/api/2.2/jobs/runs/get-output"): self._get_output,
             ("POST", "/api/2.2/jobs/runs/cancel"): self._cancel,
             ("GET", "/api/2.0/mlflow/registered-models/search"): lambda body, query, handler: (200, {"registered_models": []}),
+            ("GET", "/api/2.0/serving-endpoints"): lambda body, query, handler: (200, {"endpoints": []}),
         }
         route = routes.get((method, url.path))
+        if route is None and method == "GET" and url.path.startswith("/api/2.0/serving-endpoints/"):
+            route = self._serving_endpoint
         if route is None:
             self.requests.append((method, url.path, 404))
             return self._reply(handler, 404, {"error_code": "ENDPOINT_NOT_FOUND", "message": f"No API found for '{method} {url.path}'"})
@@ -153,6 +220,55 @@ class DatabricksDouble:
 
     def _base_url(self, handler) -> str:
         return f"http://{handler.headers.get('Host')}"
+
+    def _serving_endpoint(self, body: dict, query: dict, handler) -> tuple[int, dict]:
+        name = urlparse(handler.path).path.rsplit("/", 1)[-1]
+        return 404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": f"Serving endpoint with name {name} does not exist"}
+
+    # ---- OAuth (what a workspace serves for machine-to-machine OAuth) ----------------------
+    def _host_metadata(self, raw: bytes, handler) -> tuple[int, dict, dict]:
+        return 200, {"oidc_endpoint": f"{self._base_url(handler)}/oidc", "workspace_id": "1234567890123456"}, {}
+
+    def _oidc_discovery(self, raw: bytes, handler) -> tuple[int, dict, dict]:
+        base = f"{self._base_url(handler)}/oidc"
+        document = {
+            "issuer": base,
+            "authorization_endpoint": f"{base}/v1/authorize",
+            "token_endpoint": f"{base}/v1/token",
+            "jwks_uri": f"{base}/jwks.json",
+            "grant_types_supported": ["client_credentials", "authorization_code", "refresh_token"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "scopes_supported": ["all-apis", "offline_access"],
+        }
+        return 200, document, {}
+
+    def _token(self, raw: bytes, handler) -> tuple[int, dict, dict]:
+        no_store = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+        if not (handler.headers.get("Content-Type") or "").startswith("application/x-www-form-urlencoded"):
+            return 400, {"error": "invalid_request", "error_description": "expected an application/x-www-form-urlencoded body"}, no_store
+        form = {k: v[0] for k, v in parse_qs(raw.decode(), keep_blank_values=True).items()}
+        client_id, client_secret, method = form.get("client_id"), form.get("client_secret"), "client_secret_post"
+        scheme, _, credentials = (handler.headers.get("Authorization") or "").partition(" ")
+        if scheme == "Basic":  # RFC 6749 2.3.1: form-urlencoded id and secret, base64 of "id:secret"
+            try:
+                user, _, password = base64.b64decode(credentials, validate=True).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                user = password = ""
+            client_id, client_secret, method = unquote(user), unquote(password), "client_secret_basic"
+        self.token_requests.append(
+            {"grant_type": form.get("grant_type"), "scope": form.get("scope"), "client_id": client_id, "auth_method": method}
+        )
+        if form.get("grant_type") != "client_credentials":
+            return 400, {"error": "unsupported_grant_type", "error_description": f"grant_type {form.get('grant_type')!r}"}, no_store
+        if client_id != self.client_id or not secrets.compare_digest(client_secret or "", self.client_secret):
+            challenge = {"WWW-Authenticate": 'Basic realm="oidc"'} if method == "client_secret_basic" else {}
+            return 401, {"error": "invalid_client", "error_description": "Client authentication failed"}, no_store | challenge
+        if "all-apis" not in (form.get("scope") or "").split():
+            return 400, {"error": "invalid_scope", "error_description": "scope must include all-apis"}, no_store
+        access_token = "double-oauth-" + secrets.token_urlsafe(24)
+        self.oauth_tokens[access_token] = time.time() + self.token_lifetime
+        reply = {"access_token": access_token, "token_type": "Bearer", "expires_in": self.token_lifetime, "scope": form["scope"]}
+        return 200, reply, no_store
 
     def _submit(self, body: dict, query: dict, handler) -> tuple[int, dict]:
         tasks = body.get("tasks") or []

@@ -247,6 +247,7 @@ def test_the_detached_server_gets_an_allow_listed_environment_and_no_secret_on_i
     assert env["MLFLOW_TRACKING_URI"] == "postgresql://u:pw@db/mlflow"  # in its environment, not on its command line
     on_databricks = Settings.from_env({"SWAN_HOME": str(tmp_path), "MLFLOW_TRACKING_URI": "databricks"})
     assert server_env(on_databricks, "tok", task_env)["DATABRICKS_TOKEN"] == "dapi-secret"  # it reads the models from there
+    assert server_env(on_databricks, "tok", {**task_env, "ARM_CLIENT_SECRET": "sp"})["ARM_CLIENT_SECRET"] == "sp"  # an Azure AD login
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads the server's command line from /proc")
@@ -324,10 +325,11 @@ def test_a_local_job_keeps_the_workspace_login_when_mlflow_is_the_workspaces(mon
     from swan_airflow.jobs import job_env
 
     task_env = {"PATH": "/bin", "DATABRICKS_HOST": "https://adb-1.azuredatabricks.net", "DATABRICKS_TOKEN": "dapi-x"}
-    task_env |= {"HF_TOKEN": "hf", "TOKENIZERS_PARALLELISM": "false", "AWS_SECRET_ACCESS_KEY": "k"}
+    task_env |= {"HF_TOKEN": "hf", "TOKENIZERS_PARALLELISM": "false", "AWS_SECRET_ACCESS_KEY": "k", "ARM_CLIENT_SECRET": "sp-secret"}
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     local = job_env(task_env)
-    assert "DATABRICKS_TOKEN" not in local and "AWS_SECRET_ACCESS_KEY" not in local
+    assert "DATABRICKS_TOKEN" not in local and "AWS_SECRET_ACCESS_KEY" not in local and "ARM_CLIENT_SECRET" not in local
     assert local["HF_TOKEN"] == "hf" and local["TOKENIZERS_PARALLELISM"] == "false"  # a base model's download; not a secret
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "databricks")  # the training job logs to the workspace: it needs the login
     assert job_env(task_env)["DATABRICKS_TOKEN"] == "dapi-x"
+    assert job_env(task_env)["ARM_CLIENT_SECRET"] == "sp-secret"  # an Azure AD service principal's login (registry_client sets it)

@@ -44,12 +44,17 @@ def _imported_distributions() -> dict[str, set[str]]:
             for name in names:
                 top = name.split(".")[0]
                 if top not in sys.stdlib_module_names and top != "swan_anomaly":
-                    by_module.setdefault(top, set()).add(str(path.relative_to(ROOT)))
+                    by_module.setdefault(".".join(name.split(".")[:2]), set()).add(str(path.relative_to(ROOT)))
     owners = md.packages_distributions()
     out: dict[str, set[str]] = {}
-    for top, files in by_module.items():
+    for module, files in by_module.items():
+        top = module.split(".")[0]
         assert top in owners, f"{top} (imported by {sorted(files)}) is not installed"
         dist = _canonical(owners[top][0])
+        if len(owners[top]) > 1 and "." in module:  # a namespace several distributions share (azure.*): the one holding the module
+            folder = module.replace(".", "/") + "/"
+            holders = [d for d in owners[top] if any(str(f).startswith(folder) for f in md.files(d) or ())]
+            dist = _canonical(holders[0]) if holders else dist
         if top == "databricks":  # a namespace several distributions share; the package uses the SDK
             dist = "databricks-sdk"
         if top == "mlflow":

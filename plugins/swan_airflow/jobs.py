@@ -33,13 +33,13 @@ def job_env(environ=None) -> dict[str, str]:
 
     Dropped: Databricks tokens, Airflow connections and variables, cloud keys, anything named
     like a secret (:func:`swan_anomaly.redact.without_secrets`). Kept: MLflow's login and
-    ``HF_TOKEN`` (:data:`JOB_SECRETS`), and the ``DATABRICKS_*`` variables when MLflow itself is the
+    ``HF_TOKEN`` (:data:`JOB_SECRETS`), and the ``DATABRICKS_*`` and ``ARM_*`` (Azure AD) variables when MLflow itself is the
     workspace's (``databricks``, ``databricks-uc``): the training job logs there.
     """
     environ = os.environ if environ is None else environ
     keep = set(JOB_SECRETS)
-    if any(uri.startswith("databricks") for uri in settings().mlflow_uris):
-        keep |= {k for k in environ if k.startswith("DATABRICKS_")}
+    if any(uri.startswith("databricks") for uri in settings().mlflow_uris):  # the workspace login, an Azure AD one included
+        keep |= {k for k in environ if k.startswith(("DATABRICKS_", "ARM_"))}
     return without_secrets(environ, keep=frozenset(keep))
 
 

@@ -2,9 +2,10 @@
 
 ``SWAN_SERVING_BACKEND=local`` (default) starts/uses the local model server at
 ``SWAN_ENDPOINT_URL`` with its bearer token (:func:`local_endpoint_token`); ``databricks`` uses the workspace of the Airflow connection
-``SWAN_DATABRICKS_CONN_ID`` (default ``databricks_default``: host + personal access token in
-the password field). Either way the DAG drives the endpoint with databricks-sdk and scores it
-with the same REST client.
+``SWAN_DATABRICKS_CONN_ID`` (default ``databricks_default``), authenticated as that connection
+says: a personal access token, an OAuth service principal, or Azure AD
+(:func:`swan_airflow.runtime.workspace_auth`). Either way the DAG drives the endpoint with
+databricks-sdk and scores it with the same client.
 
 Example:
     >>> target = serving_target()             # doctest: +SKIP
@@ -14,9 +15,13 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from swan_airflow.runtime import settings
+
+if TYPE_CHECKING:
+    from swan_anomaly.serving.deploy import WorkspaceAuth
 
 
 def local_endpoint_token() -> str:
@@ -43,10 +48,12 @@ def local_endpoint_token() -> str:
 
 @dataclass(frozen=True)
 class ServingTarget:
+    """An endpoint and how to reach it; ``auth`` (a :class:`swan_anomaly.serving.deploy.WorkspaceAuth`) shows no secret."""
+
     backend: str
     base_url: str
     endpoint: str
-    token: str = field(repr=False)
+    auth: WorkspaceAuth
 
     @property
     def invocations_url(self) -> str:
@@ -55,14 +62,14 @@ class ServingTarget:
     def workspace(self):
         from swan_anomaly.serving.deploy import workspace_client
 
-        return workspace_client(self.base_url, token=self.token)
+        return workspace_client(auth=self.auth)
 
     def client(self):
         from swan_anomaly.serving.client import EndpointClient
 
-        if self.backend == "databricks":  # the SDK's authentication and retries
+        if self.backend == "databricks":  # the SDK's authentication (a token, OAuth or Azure AD) and retries
             return EndpointClient(self.base_url, self.endpoint, workspace=self.workspace())
-        return EndpointClient(self.base_url, self.endpoint, token=self.token)
+        return EndpointClient(self.base_url, self.endpoint, token=self.auth.token)
 
 
 def serving_target(*, start: bool = True) -> ServingTarget:
@@ -73,6 +80,7 @@ def serving_target(*, start: bool = True) -> ServingTarget:
         from airflow.sdk.exceptions import AirflowFailException
 
         from swan_anomaly import ConfigError
+        from swan_anomaly.serving.deploy import WorkspaceAuth
         from swan_anomaly.serving.local import ensure_local_server
 
         token = local_endpoint_token()
@@ -80,12 +88,12 @@ def serving_target(*, start: bool = True) -> ServingTarget:
             url = ensure_local_server(s, token=token) if start else s.endpoint_url
         except ConfigError as exc:  # another deployment's server (or token) holds the port: only an operator can fix it
             raise AirflowFailException(str(exc)) from exc
-        return ServingTarget("local", url, s.endpoint_name, token)
+        return ServingTarget("local", url, s.endpoint_name, WorkspaceAuth.pat(url, token))
     if backend == "databricks":
         from swan_airflow.runtime import databricks_workspace
 
-        host, token = databricks_workspace()
-        return ServingTarget("databricks", host, s.endpoint_name, token)
+        auth = databricks_workspace()
+        return ServingTarget("databricks", auth.host, s.endpoint_name, auth)
     msg = f"SWAN_SERVING_BACKEND must be 'local' or 'databricks', got {backend!r}"
     raise ValueError(msg)
 

@@ -45,8 +45,9 @@ SERVER_ENV_KEEP = frozenset(
 )
 #: Prefixes of variables it inherits: its own settings, MLflow's (a tracking server's credentials), thread counts.
 SERVER_ENV_PREFIXES = ("SWAN_", "MLFLOW_", "OMP_", "MKL_", "TORCH_", "HF_", "TRANSFORMERS_")
-#: Inherited only when the registry or tracking store is a Databricks workspace (it reads the models from there).
-DATABRICKS_ENV_PREFIX = "DATABRICKS_"
+#: Inherited only when the registry or tracking store is a Databricks workspace (it reads the models from there):
+#: its login, an Azure AD service principal's (``ARM_*``) included.
+DATABRICKS_ENV_PREFIXES = ("DATABRICKS_", "ARM_")
 TOKEN_FILE = "token"
 
 
@@ -102,7 +103,7 @@ def server_env(settings: Settings, token: str, environ: Mapping[str, str] | None
     env = {
         k: v
         for k, v in environ.items()
-        if k in SERVER_ENV_KEEP or k.startswith(SERVER_ENV_PREFIXES) or (on_databricks and k.startswith(DATABRICKS_ENV_PREFIX))
+        if k in SERVER_ENV_KEEP or k.startswith(SERVER_ENV_PREFIXES) or (on_databricks and k.startswith(DATABRICKS_ENV_PREFIXES))
     }
     env["MLFLOW_TRACKING_URI"], env["MLFLOW_REGISTRY_URI"] = settings.mlflow_uris
     env["SWAN_ENDPOINT_TOKEN"] = token
