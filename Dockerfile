@@ -31,15 +31,12 @@ USER airflow
 # torch first, from the CPU index, so that no dependency pulls a CUDA build; requirements.txt pins
 # the same version, which the installed +cpu build satisfies.
 RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"
-# requirements.txt also pins the test runner (pytest, pytest-timeout, hypothesis, and iniconfig and
-# sortedcontainers, which only they need): the image leaves them out. The providers the DAGs use are in
-# requirements.txt; the postgres drivers the slim image lacks in docker/requirements-postgres.txt.
+# requirements.txt is the runtime lock (the test tools are in requirements-dev.txt, which the image never
+# reads): the providers the DAGs use are in it; the postgres drivers the slim image lacks in
+# docker/requirements-postgres.txt.
 COPY --chown=airflow:0 requirements.txt /opt/swan-anomaly/requirements.txt
 COPY --chown=airflow:0 docker/requirements-postgres.txt /opt/swan-anomaly/docker/requirements-postgres.txt
-RUN grep -viE '^(pytest|pytest-timeout|hypothesis|iniconfig|sortedcontainers)==' /opt/swan-anomaly/requirements.txt \
-        > /tmp/requirements-image.txt \
-    && pip install --no-cache-dir -r /tmp/requirements-image.txt -r /opt/swan-anomaly/docker/requirements-postgres.txt \
-    && rm /tmp/requirements-image.txt
+RUN pip install --no-cache-dir -r /opt/swan-anomaly/requirements.txt -r /opt/swan-anomaly/docker/requirements-postgres.txt
 # deploy_code builds the project wheel with --no-build-isolation (plugins/swan_airflow/code_deploy.py),
 # so the build backend of pyproject.toml must be installed.
 RUN pip install --no-cache-dir "setuptools==84.2.1" "wheel==0.48.0"

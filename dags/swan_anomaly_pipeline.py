@@ -140,12 +140,12 @@ def swan_anomaly_pipeline():
         """Score challenger and champion on the same validation rows; promote only a better model."""
         return promotion.gate_model(RunContext.current(), registered)
 
-    @task(outlets=[lineage.CHAMPION])
+    @task
     def promote_model(registered: dict) -> dict:
         """Move alias `champion` to the challenger (idempotent); a forced promotion is tagged with its reason."""
         ctx = RunContext.current()
         promoted = promotion.promote_model(ctx, registered)
-        lineage.champion_promoted(ctx.task, registered)
+        lineage.version_linked(ctx.task, registered)
         return promoted
 
     @task
@@ -160,12 +160,14 @@ def swan_anomaly_pipeline():
         lineage.endpoint_linked(ctx.task)
         return serving.update_endpoint(ctx)
 
-    @task
+    @task(outlets=[lineage.CHAMPION])
     def validate_endpoint(endpoint: dict, registered: dict) -> dict:
         """Held-out test split through the endpoint: parity with the registry model, AUROC and recall; rollback once."""
         ctx = RunContext.current()
         lineage.endpoint_linked(ctx.task)
-        return serving.validate_endpoint(ctx, endpoint, registered)
+        validated = serving.validate_endpoint(ctx, endpoint, registered)
+        lineage.champion_validated(ctx.task, registered["name"], validated)
+        return validated
 
     @task(trigger_rule="all_done", on_failure_callback=[log_failure])
     def summarize_run(upload: dict | None, registered: dict | None) -> dict:

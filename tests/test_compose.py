@@ -894,3 +894,18 @@ def test_dockerfile_copies_the_project_where_compose_mounts_it():
             target = PurePosixPath(dest) / source if dest.endswith("/") else PurePosixPath(dest)
             mounted = [t for s, t in mounts(services()["airflow-scheduler"]) if s == f"./{source}"]
             assert not mounted or PurePosixPath(mounted[0]) == target, f"image has {source} at {target}, compose mounts it at {mounted[0]}"
+
+
+def test_the_task_links_open_the_published_ports_not_the_container_names():
+    """The Airflow UI's task links (MLflow run, model version, endpoint) are opened by a browser outside the stack."""
+    s = stack_settings()
+    assert s.mlflow_ui_url == "http://127.0.0.1:5000" and s.endpoint_ui_url == "http://127.0.0.1:5055"
+    assert "mlflow:" in s.tracking_uri and "model-server:" in s.endpoint_url  # what the containers themselves use
+    on_databricks = Settings.from_env(
+        {
+            k: interpolate(v, SHELL | {"SWAN_MLFLOW_UI_URL": "", "MLFLOW_TRACKING_URI": "databricks"})[0]
+            for k, v in environment(services()["airflow-scheduler"]).items()
+            if v is not None
+        }
+    )
+    assert on_databricks.mlflow_ui_url == ""  # empty: the links open the workspace of the Databricks connection

@@ -103,7 +103,7 @@ def test_the_ui_gets_the_lineage_outlets_and_the_task_links(dagbag, airflow_db):
         "run_etl": ["swan_lake_silver"],
         "run_augmentation": ["swan_lake_gold"],
         "register_model": ["swan_model_version"],
-        "promote_model": ["swan_model_champion"],
+        "validate_endpoint": ["swan_model_champion"],  # the champion once the endpoint serves it validated
     }
     links = {t.task_id: {link.name: link.xcom_key for link in t.operator_extra_links} for t in serialized.tasks if t.operator_extra_links}
     assert links["run_training"]["MLflow run"] and "See Databricks Job Run" in links["run_training"]

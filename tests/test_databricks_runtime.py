@@ -37,8 +37,8 @@ from swan_airflow.databricks_runs import CLUSTERS_DIR, JOB_CLUSTERS, RUN_LIBRARI
 
 RUNTIME = CLUSTERS_DIR / "runtime.txt"
 LOCK = pinned_versions(ROOT / "requirements.txt")
-#: This machine's only CPU build of torch (the wheel cache), standing in for the runtime's (see the module doc).
-LOCAL_TORCH = "2.13.0"
+#: This machine's only CPU build of torch (the wheel cache, the lock's), standing in for the runtime's (see the module doc).
+LOCAL_TORCH = LOCK["torch"]
 DATASET = "20261130"
 
 
@@ -63,7 +63,7 @@ def test_every_cluster_spec_runs_the_runtime_of_the_list():
     assert all("-ml-" in cluster_spec(c)["spark_version"] for c in set(JOB_CLUSTERS.values()))
 
 
-def test_run_libraries_are_pinned_to_the_tested_lock_and_replace_nothing_the_runtime_ships():
+def test_run_libraries_are_pinned_to_the_tested_lock_and_replace_no_library_of_the_runtime_list():
     runtime = pinned_versions(RUNTIME)
     packages = [lib["pypi"]["package"] for lib in run_libraries()]
     assert packages, "no run libraries: the runtime lacks OpenCV"
@@ -80,6 +80,21 @@ def test_an_unpinned_run_library_is_refused(tmp_path):
     listed.write_text("# comment\nopencv-python-headless==4.14.0.94\ntransformers\n")
     with pytest.raises(ValueError, match="'transformers' is not pinned"):
         run_libraries(listed)
+
+
+def test_a_clusters_folder_of_ones_own_brings_its_run_libraries(tmp_path, monkeypatch):
+    """Specs for another runtime come with the libraries for it; a folder without its own keeps the built-in list."""
+    from swan_airflow.databricks_runs import submit_run_json
+
+    code = {"lake_root": "/lake", "wheel_uri": "/lake/code/v1/swan.whl", "job_etl": "/lake/code/v1/jobs/etl.py"}
+    for name in ("cpu", "gpu"):
+        (tmp_path / f"{name}.json").write_text((CLUSTERS_DIR / f"{name}.json").read_text())
+    monkeypatch.setenv("SWAN_DATABRICKS_CLUSTERS_DIR", str(tmp_path))
+    libraries = submit_run_json("etl", [], code=code, dataset_id="20261130")["tasks"][0]["libraries"]
+    assert libraries[:-1] == run_libraries(RUN_LIBRARIES)
+    (tmp_path / "run-libraries.txt").write_text("opencv-python-headless==4.10.0.84\n")
+    libraries = submit_run_json("etl", [], code=code, dataset_id="20261130")["tasks"][0]["libraries"]
+    assert libraries == [{"pypi": {"package": "opencv-python-headless==4.10.0.84"}}, {"whl": "/lake/code/v1/swan.whl"}]
 
 
 # ---- the runtime's environment --------------------------------------------------------------
@@ -105,10 +120,10 @@ def _run(cmd: list, **kwargs) -> subprocess.CompletedProcess:
 
 
 def runtime_env(python: str, pins: dict[str, str]) -> Path:
-    """A virtual environment of ``python`` with the runtime's ``pins`` and the run libraries (built once, cached)."""
+    """A virtual environment of ``python`` with the runtime's ``pins`` and the run libraries: built once, cached, never changed."""
     cache = Path(os.environ.get("SWAN_RUNTIME_ENV_CACHE", Path.home() / ".cache" / "swan-anomaly" / "runtime-envs"))
     version = _run([python, "-c", "import sys; print(sys.version.split()[0])"]).stdout.strip()
-    key = hashlib.sha256(json.dumps([version, sorted(pins.items()), RUN_LIBRARIES.read_text()]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps(["v2", version, sorted(pins.items()), RUN_LIBRARIES.read_text()]).encode()).hexdigest()[:16]
     env = cache / f"py{version}-{key}"
     if (env / "complete").is_file():
         return env
@@ -119,11 +134,12 @@ def runtime_env(python: str, pins: dict[str, str]) -> Path:
     pip = [staging / "bin" / "python", "-m", "pip", "install", "--quiet"]
     _run([*pip, *(f"{name}=={v}" for name, v in sorted(pins.items()))])  # the runtime as it ships
     _run([*pip, *(lib["pypi"]["package"] for lib in run_libraries())])  # a cluster installs the run's libraries on top
-    shutil.rmtree(env, ignore_errors=True)
-    # a venv's scripts name its folder: build it in place once more under its final name
-    staging.rename(env)
-    _run([python, "-m", "venv", "--upgrade", env])
-    (env / "complete").write_text(version)
+    (staging / "complete").write_text(version)
+    shutil.rmtree(env, ignore_errors=True)  # an incomplete one (an interrupted build)
+    try:
+        staging.rename(env)  # scripts keep the staging path in their shebangs: everything here runs `python -m`
+    except OSError:  # another session's build got there first: use that one
+        shutil.rmtree(staging, ignore_errors=True)
     return env
 
 
@@ -132,11 +148,12 @@ def installed(env: Path) -> dict[str, str]:
     return {_canonical(d["name"]): d["version"].split("+")[0] for d in listed}  # 2.13.0+cpu is torch 2.13.0
 
 
-def with_project_wheel(env: Path, wheel: Path, pins: dict[str, str]) -> Path:
-    """Install the project wheel (with whatever it requires) into ``env``, then check nothing of the runtime moved."""
+def with_project_wheel(base: Path, wheel: Path, pins: dict[str, str], scratch: Path) -> Path:
+    """A copy of the cached ``base`` with the project wheel (and whatever it requires) installed; nothing of the runtime moved."""
+    env = scratch / base.name
+    shutil.copytree(base, env, symlinks=True)  # the cached environment stays as the runtime ships, for the next run
     pip = [env / "bin" / "python", "-m", "pip", "install", "--quiet"]
     _run([*pip, wheel])
-    _run([*pip, "--no-deps", "--force-reinstall", wheel])  # this checkout's code, not a cached build of the same version
     _run([env / "bin" / "python", "-m", "pip", "check"])
     now = installed(env)
     moved = {name: (version, now.get(name)) for name, version in pins.items() if now.get(name) != version}
@@ -201,7 +218,7 @@ def test_every_job_entrypoint_runs_on_the_runtime_libraries_with_the_run_librari
 
     # the Spark jobs in the runtime's own Python, without torch (the ETL needs only transformers' config reader)
     spark_pins = {k: v for k, v in pins.items() if k != "torch"}
-    spark_env = with_project_wheel(runtime_env(python312, spark_pins), wheel, spark_pins)
+    spark_env = with_project_wheel(runtime_env(python312, spark_pins), wheel, spark_pins, tmp_path)
     etl = _job(spark_env, "etl", lake, "--model", model)
     assert etl["silver_rows"] == 40 and not etl["quarantined"] and etl["package_path"].startswith(str(spark_env)), etl
     augment = _job(spark_env, "augment", lake, "--seed", "1")
@@ -209,7 +226,7 @@ def test_every_job_entrypoint_runs_on_the_runtime_libraries_with_the_run_librari
 
     # training: the runtime's MLflow 3.0.1 and libraries; torch is this machine's CPU build (module doc)
     train_pins = {**pins, "torch": LOCAL_TORCH}
-    train_env = with_project_wheel(runtime_env(sys.executable, train_pins), wheel, train_pins)
+    train_env = with_project_wheel(runtime_env(sys.executable, train_pins), wheel, train_pins, tmp_path)
     # a file store: the workspace's tracking server is a service, not a SQL database the job opens (MLflow 3.0.1's
     # SQLAlchemy store also fails to import beside today's SQLAlchemy 2.1, which the runtime does not ship)
     uri = (tmp_path / "mlruns").as_uri()

@@ -96,7 +96,7 @@ def test_the_run_tells_airflow_which_partitions_and_model_version_it_made(pipeli
             .where(AssetEvent.source_run_id == pipeline_run.run_id)
         ).all()
         links = {
-            (task_id, key): json.loads(value) if isinstance(value, str) else value
+            (task_id, key): json.loads(value) if isinstance(value, str) and value.startswith('"') else value
             for task_id, key, value in session.execute(
                 select(XComModel.task_id, XComModel.key, XComModel.value).where(
                     XComModel.run_id == pipeline_run.run_id, XComModel.key.like("%_url")
@@ -118,13 +118,15 @@ def test_the_run_tells_airflow_which_partitions_and_model_version_it_made(pipeli
     assert Path(silver["uri"]) == lake.silver / f"dataset_id={DATASET}" and Path(gold["uri"]) == lake.gold / f"dataset_id={DATASET}"
     version = events["swan_model_version"]
     assert version["mlflow_run_id"] == train["mlflow_run_id"] and version["uri"] == f"models:/{version['name']}/{version['version']}"
-    assert events["swan_model_champion"]["version"] == version["version"]  # the first model is promoted
+    champion = events["swan_model_champion"]  # emitted once the endpoint passed validation with it
+    assert champion["version"] == version["version"] and champion["outcome"] == "passed" and champion["new"] is True
     assert (
         links[("run_training", "mlflow_run_url")]
         == f"http://127.0.0.1:5000/#/experiments/{train['mlflow_experiment_id']}/runs/{train['mlflow_run_id']}"
     )
     assert links[("register_model", "model_version_url")].endswith(f"/#/models/{version['name']}/versions/{version['version']}")
-    assert links[("validate_endpoint", "endpoint_url")] == f"{Settings.from_env().endpoint_url}/health"
+    assert links[("validate_endpoint", "endpoint_url")] == f"{Settings.from_env().endpoint_ui_url}/health"
+    assert links[("promote_model", "model_version_url")] == links[("register_model", "model_version_url")]
 
 
 @pytest.mark.slow

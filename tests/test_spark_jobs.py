@@ -281,9 +281,36 @@ def test_the_spark_jobs_log_progress_with_files_rows_and_rate(spark, lake, monke
     lines = [r.getMessage() for r in caplog.records]
     [listed] = [int(m.group(1)) for line in lines if (m := re.match(rf"ETL {DATASET}: (\d+) image files listed", line))]
     assert listed >= report["silver_rows"] + len(report["unlabelled_images"]) > 0
-    ticks = [line for line in lines if re.search(r"decode, crop, resize: \d+/\d+ tasks \(\d+ %\), ~\d+ of \d+ images, \d+ images/s", line)]
+    ticks = [
+        line for line in lines if re.search(r"decode, crop, resize: stage \d+/\d+ tasks \(\d+ %\), ~\d+ of \d+ images, \d+ images/s", line)
+    ]
     assert ticks, lines
     assert any(
         re.search(rf"ETL {DATASET} write silver: {report['silver_rows']} images in [\d.]+ s \(\d+ images/s\)", line) for line in lines
     )
     assert any(re.search(rf"augmentation {DATASET} augment and write gold: \d+ source images in [\d.]+ s", line) for line in lines)
+
+
+def test_a_status_tracker_that_fails_once_costs_one_progress_line_not_the_rest(spark, monkeypatch, caplog):
+    """The progress reporter keeps going after a failed look at Spark's status tracker, and never fails the action."""
+    import logging
+    import time
+
+    from swan_anomaly import spark as spark_module
+
+    calls = []
+
+    def flaky(tracker):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("tracker gone for a moment")
+        return 1, 4
+
+    monkeypatch.setattr(spark_module, "_result_stage", flaky)
+    with caplog.at_level(logging.INFO, logger="swan_anomaly"):
+        with spark_module.progress(spark, "probe", 100, every=0.05):
+            assert spark.range(0, 1000, numPartitions=4).selectExpr("sum(id) AS s").collect()[0].s == 499500
+            time.sleep(0.5)  # several report ticks after the failed one
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("probe: stage 1/4 tasks (25 %), ~25 of 100 images") for line in lines), lines
+    assert any(line.startswith("probe: 100 images in") for line in lines)

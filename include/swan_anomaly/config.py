@@ -121,8 +121,11 @@ class Settings:
         "SWAN_MLFLOW_UI_URL",
         doc="Where people open MLflow: the base of the MLflow run and model-version links on the Airflow tasks.",
         derive=lambda v: (
-            v["tracking_uri"] if str(v["tracking_uri"]).lower().startswith(("http://", "https://"))
-            else "" if str(v["tracking_uri"]).startswith("databricks") else "http://127.0.0.1:5000"
+            v["tracking_uri"]
+            if str(v["tracking_uri"]).lower().startswith(("http://", "https://"))
+            else ""
+            if str(v["tracking_uri"]).startswith("databricks")
+            else "http://127.0.0.1:5000"
         ),
         shown="an http(s) tracking URI; the workspace with databricks; else http://127.0.0.1:5000 (make mlflow-ui)",
     )
@@ -169,6 +172,12 @@ class Settings:
     serving_workload_type: str = setting("SWAN_SERVING_WORKLOAD_TYPE", "CPU", "Databricks served entity type (CPU, GPU_SMALL, ...).")
     serving_scale_to_zero: bool = setting("SWAN_SERVING_SCALE_TO_ZERO", True, "Let the Databricks endpoint scale to zero when idle.")
     endpoint_url: str = setting("SWAN_ENDPOINT_URL", "http://127.0.0.1:5055", "URL of the local model server.")
+    endpoint_ui_url: str = setting(
+        "SWAN_ENDPOINT_UI_URL",
+        doc="Where people reach the local model server from a browser (the endpoint link on the tasks).",
+        derive=lambda v: v["endpoint_url"],
+        shown="SWAN_ENDPOINT_URL",
+    )
     endpoint_name: str = setting("SWAN_ENDPOINT_NAME", "swan-anomaly", "Name of the serving endpoint.")
     # -- the local model server: who may use it and how much one request may ask
     endpoint_conn_id: str = setting(
@@ -280,6 +289,11 @@ class Settings:
             values[name] = Path(values[name]).absolute()
         values["endpoint_url"] = values["endpoint_url"].rstrip("/")
         values["mlflow_ui_url"] = values["mlflow_ui_url"].rstrip("/")
+        values["endpoint_ui_url"] = values["endpoint_ui_url"].rstrip("/")
+        for var, key in (("SWAN_MLFLOW_UI_URL", "mlflow_ui_url"), ("SWAN_ENDPOINT_UI_URL", "endpoint_ui_url")):
+            if has_credentials(values[key]):  # the links are shown to everyone who sees the task
+                msg = f"{var} carries credentials ({redact_uri(values[key])}): the task links show it to every viewer; drop them"
+                raise ConfigError(msg)
         for var, key in (("MLFLOW_TRACKING_URI", "tracking_uri"), ("MLFLOW_REGISTRY_URI", "registry_uri")):
             if str(values[key]).lower().startswith(("http://", "https://")) and has_credentials(values[key]):
                 msg = (

@@ -75,14 +75,10 @@ def build_spark(app_name: str) -> SparkSession:
     return spark
 
 
-def _task_counts(tracker) -> tuple[int, int]:
-    """``(completed, total)`` tasks of the active stages."""
-    done = total = 0
-    for stage_id in tracker.getActiveStageIds():
-        info = tracker.getStageInfo(stage_id)
-        if info is not None:
-            done, total = done + info.numCompletedTasks, total + info.numTasks
-    return done, total
+def _result_stage(tracker) -> tuple[int, int] | None:
+    """``(completed, total)`` tasks of the newest active stage (the one producing the action's result), or None."""
+    stages = [info for info in map(tracker.getStageInfo, sorted(tracker.getActiveStageIds())) if info is not None]
+    return (stages[-1].numCompletedTasks, stages[-1].numTasks) if stages else None
 
 
 @contextlib.contextmanager
@@ -90,10 +86,12 @@ def progress(spark: SparkSession, what: str, items: int, unit: str = "images", e
     """Log the progress of the Spark actions inside the block: tasks done, an estimate of ``items`` done, the rate.
 
     Every ``every`` seconds (``SWAN_SPARK_PROGRESS_SECONDS``) a line such as
-    ``ETL 20261130 decode: 6/16 tasks (38 %), ~150 of 400 images, 31 images/s, 4.8 s``; at the end
-    ``ETL 20261130 decode: 400 images in 9.1 s (44 images/s)``. The estimate assumes even tasks
-    (the jobs partition by ranges of similar images). Where the driver has no ``SparkContext``
-    (Spark Connect), only the final line is logged.
+    ``ETL 20261130 decode: stage 6/16 tasks (38 %), ~150 of 400 images, 31 images/s, 4.8 s``; at the end
+    ``ETL 20261130 decode: 400 images in 9.1 s (44 images/s)``. The tasks are those of the newest
+    active stage (the one computing the action's result; a sort's sampling stage shows first), and
+    the estimate assumes even tasks (the jobs partition by ranges of similar images). Where the
+    driver has no ``SparkContext`` (Spark Connect), only the final line is logged; a status
+    tracker that fails only stops the progress lines.
     """
     from swan_anomaly.config import Settings
 
@@ -106,12 +104,17 @@ def progress(spark: SparkSession, what: str, items: int, unit: str = "images", e
 
     def report() -> None:
         while not stop.wait(every):
-            done, total = _task_counts(tracker)
-            if total:
+            try:
+                counts = _result_stage(tracker)
+            except Exception as exc:  # noqa: BLE001 - progress lines never stop the job
+                log.debug("%s: no progress from Spark's status tracker (%s)", what, exc)
+                continue
+            if counts and counts[1]:
+                done, total = counts
                 elapsed = time.monotonic() - start
                 estimate = items * done / total
                 log.info(
-                    "%s: %d/%d tasks (%.0f %%), ~%d of %d %s, %.0f %s/s, %.1f s",
+                    "%s: stage %d/%d tasks (%.0f %%), ~%d of %d %s, %.0f %s/s, %.1f s",
                     what,
                     done,
                     total,
@@ -132,6 +135,6 @@ def progress(spark: SparkSession, what: str, items: int, unit: str = "images", e
     finally:
         stop.set()
         if reporter is not None:
-            reporter.join()
+            reporter.join(timeout=5)
     elapsed = time.monotonic() - start
     log.info("%s: %d %s in %.1f s (%.0f %s/s)", what, items, unit, elapsed, items / max(elapsed, 1e-9), unit)

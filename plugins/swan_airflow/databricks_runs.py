@@ -48,16 +48,23 @@ def cluster_spec(name: str) -> dict:
     return json.loads((folder / f"{name}.json").read_text())
 
 
-def run_libraries(path: Path = RUN_LIBRARIES) -> list[dict]:
-    """The run's PyPI libraries as ``runs/submit`` library specs, from ``clusters/run-libraries.txt``.
+def run_libraries(path: Path | None = None) -> list[dict]:
+    """The run's PyPI libraries as ``runs/submit`` library specs, from ``run-libraries.txt``.
 
-    Each must be pinned (``name==version``): an unpinned library would install whatever is newest
-    on the day the cluster starts, and could replace a library the runtime ships.
+    The file beside the cluster specs: a ``SWAN_DATABRICKS_CLUSTERS_DIR`` that has its own (its
+    specs may name another runtime) wins over ``clusters/run-libraries.txt``. Each library must be
+    pinned (``name==version``): an unpinned one would install whatever is newest on the day the
+    cluster starts.
 
     Example:
         >>> run_libraries()[0]
         {'pypi': {'package': 'opencv-python-headless==4.14.0.94'}}
     """
+    if path is None:
+        from swan_anomaly.config import Settings
+
+        own = Settings.from_env().databricks_clusters_dir
+        path = own / RUN_LIBRARIES.name if own and (own / RUN_LIBRARIES.name).is_file() else RUN_LIBRARIES
     specs = []
     for raw in path.read_text().splitlines():
         line = raw.split("#", 1)[0].strip()

@@ -2,10 +2,17 @@
 
 Assets (group ``swan-anomaly``), each event's ``extra`` naming the partition or version it is about:
 
-- ``swan_lake_raw`` by ``upload_to_lake``: ``dataset_id``, ``uri``, ``digest`` (the manifest's), ``images``;
-- ``swan_lake_silver`` by ``run_etl`` and ``swan_lake_gold`` by ``run_augmentation``: ``dataset_id``, ``uri``, ``rows``;
+- ``swan_lake_raw`` by ``upload_to_lake``: ``dataset_id``, ``uri``, ``digest`` (the manifest's), ``written``
+  (files this upload wrote: 0 when a rerun found them identical);
+- ``swan_lake_silver`` by ``run_etl`` and ``swan_lake_gold`` by ``run_augmentation``: ``dataset_id``, ``uri``
+  (where the jobs see the partition), ``rows``;
 - ``swan_model_version`` by ``register_model``: ``name``, ``version``, ``uri`` (``models:/name/version``), ``mlflow_run_id``;
-- ``swan_model_champion`` by ``promote_model``: the same for the version now serving.
+- ``swan_model_champion`` by ``validate_endpoint`` when the endpoint passed (or only drifted): ``name``,
+  ``version`` (the champion the endpoint serves and that was just validated), ``uri``, ``outcome``,
+  ``new`` (this run put it there). A version that is rolled back fails that task, so no event names it.
+
+What the tasks report here is best effort: a lineage step that fails is logged as a warning and
+never fails a task whose work succeeded.
 
 A downstream DAG scheduled on one of them reads the partition from
 ``triggering_asset_events``, e.g. a report that runs whenever a gold partition lands.
@@ -27,6 +34,8 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import logging
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -34,6 +43,8 @@ from airflow.sdk import Asset, BaseOperatorLink
 
 if TYPE_CHECKING:
     from airflow.sdk.types import TaskInstanceKey
+
+log = logging.getLogger(__name__)
 
 GROUP = "swan-anomaly"
 RAW = Asset(name="swan_lake_raw", group=GROUP)
@@ -44,6 +55,20 @@ CHAMPION = Asset(name="swan_model_champion", group=GROUP)
 
 #: The asset a job's task emits, and the lake layer and row count of its result it reports.
 JOB_OUTLETS = {"etl": (SILVER, "silver", "silver_rows"), "augment": (GOLD, "gold", "gold_rows")}
+
+
+def best_effort(step):
+    """Run a lineage step; log a failure as a warning instead of failing the task (its work is done)."""
+
+    @functools.wraps(step)
+    def run(*args, **kwargs):
+        try:
+            return step(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - lineage never fails the pipeline's work
+            log.warning("lineage: %s failed (%s: %s); the task's own work is unaffected", step.__name__, type(exc).__name__, exc)
+            return None
+
+    return run
 
 
 def record(context, asset: Asset, **extra: Any) -> None:
@@ -103,14 +128,14 @@ def mlflow_ui() -> tuple[str, bool]:
 
 
 def workspace_url() -> str:
-    """The workspace URL of the Databricks connection (the host only: no credential is read)."""
+    """The workspace URL of the Databricks connection (``extra.host`` or the host field, as the provider reads it)."""
     from airflow.sdk import BaseHook
 
     from swan_airflow.runtime import settings
 
     conn = BaseHook.get_connection(settings().databricks_conn_id)
-    host = (conn.host or "").rstrip("/")
-    return host if "://" in host or not host else f"https://{host}"
+    host = (conn.extra_dejson.get("host") or conn.host or "").rstrip("/")
+    return host if "://" in host or not host else f"{conn.schema or 'https'}://{host}"
 
 
 def mlflow_run_url(base: str, experiment_id: str, run_id: str, *, databricks: bool) -> str:
@@ -139,20 +164,25 @@ def push_mlflow_run_link(context, experiment_id: str | None, run_id: str) -> Non
         context["ti"].xcom_push(key=LINK_KEYS["mlflow_run"], value=mlflow_run_url(base, experiment_id, run_id, databricks=databricks))
 
 
-def push_endpoint_link(context, target) -> None:
-    """The endpoint's page: Databricks' serving page, or the local server's ``/health`` (no token needed)."""
-    url = f"{target.base_url}/ml/endpoints/{target.endpoint}" if target.backend == "databricks" else f"{target.base_url}/health"
+def push_endpoint_link(context, target, public_url: str = "") -> None:
+    """The endpoint's page: Databricks' serving page, or the local server's ``/health`` (no token needed) at ``public_url``."""
+    if target.backend == "databricks":
+        url = f"{target.base_url}/ml/endpoints/{target.endpoint}"
+    else:
+        url = f"{(public_url or target.base_url).rstrip('/')}/health"
     context["ti"].xcom_push(key=LINK_KEYS["endpoint"], value=url)
 
 
 # ---- what each task reports ----------------------------------------------------------------------
 
 
+@best_effort
 def raw_uploaded(context, uploaded: dict) -> None:
     """``upload_to_lake``: the raw partition's event."""
     record(context, RAW, dataset_id=uploaded["dataset_id"], uri=uploaded["uri"], digest=uploaded["digest"], written=uploaded["written"])
 
 
+@best_effort
 def model_registered(context, registered: dict) -> None:
     """``register_model``: the new version's event and link."""
     name, version = registered["name"], registered["version"]
@@ -160,15 +190,23 @@ def model_registered(context, registered: dict) -> None:
     push_model_version_link(context, name, version)
 
 
-def champion_promoted(context, registered: dict) -> None:
-    """``promote_model``: the champion's event and link."""
-    name, version = registered["name"], registered["version"]
-    record(context, CHAMPION, name=name, version=version, uri=f"models:/{name}@champion", mlflow_run_id=registered["mlflow_run_id"])
-    push_model_version_link(context, name, version)
+@best_effort
+def version_linked(context, registered: dict) -> None:
+    """``promote_model``: the link to the version it made the champion."""
+    push_model_version_link(context, registered["name"], registered["version"])
 
 
+@best_effort
+def champion_validated(context, name: str, summary: dict) -> None:
+    """``validate_endpoint`` (passed or drifted): the champion's event, naming the version the endpoint serves."""
+    version, new = summary["validated_version"], bool(summary.get("new_version"))
+    record(context, CHAMPION, name=name, version=version, uri=f"models:/{name}/{version}", outcome=summary["outcome"], new=new)
+
+
+@best_effort
 def endpoint_linked(context) -> None:
     """``update_endpoint`` / ``validate_endpoint``: the endpoint's link (the local server is not started for it)."""
+    from swan_airflow.runtime import settings
     from swan_airflow.serving import serving_target
 
-    push_endpoint_link(context, serving_target(start=False))
+    push_endpoint_link(context, serving_target(start=False), settings().endpoint_ui_url)

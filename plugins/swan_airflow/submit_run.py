@@ -189,9 +189,9 @@ class SwanJobOperator(IdempotentSubmitRunOperator):
         check_job_env()
         if self.window_days is not None:
             self.inputs = f"{self.inputs}|gold:{self.window_inputs(dataset_id)}"
-        run = super().execute(context)  # returns when the run ended at once; otherwise it defers and execute_complete follows
-        self.record_outputs(context)
-        return run
+        # A run that ended at once is completed inline by the provider through execute_complete; otherwise
+        # the task defers and execute_complete follows the trigger. Either way that records the outputs once.
+        return super().execute(context)
 
     def execute_complete(self, context, event):
         super().execute_complete(context, event)  # raises when the run failed
@@ -201,7 +201,13 @@ class SwanJobOperator(IdempotentSubmitRunOperator):
         """What Airflow shows of the finished job: its lake partition as an asset event, its MLflow run as a link.
 
         Reads the job's result file (``runs/{run_id}/{job}.json``) when ``result`` is not given.
+        Best effort: the job succeeded, so a failure here is a warning, never a failed task.
         """
+        from swan_airflow import lineage
+
+        lineage.best_effort(self._record_outputs)(context, result)
+
+    def _record_outputs(self, context: Context, result: dict | None) -> None:
         from swan_airflow import lineage
         from swan_airflow.runtime import job_lake_root, lake
 
@@ -209,7 +215,7 @@ class SwanJobOperator(IdempotentSubmitRunOperator):
             result = lake().read_result(context["run_id"], self.job)
         if self.job in lineage.JOB_OUTLETS:
             asset, layer, rows = lineage.JOB_OUTLETS[self.job]
-            dataset_id = result["dataset_id"]
+            dataset_id = result.get("dataset_id", self.dataset_id)
             uri = lineage.partition_uri(job_lake_root(), layer, dataset_id)
             lineage.record(context, asset, dataset_id=dataset_id, uri=uri, rows=result.get(rows))
             self.log.info("%s partition %s: %s rows at %s", layer, dataset_id, result.get(rows), uri)

@@ -181,6 +181,7 @@ def validate_endpoint(ctx: RunContext, endpoint: dict, registered: dict) -> dict
     record = {
         **_record(ctx, name, version, previous, threshold, rows, scores, check, outcome, target.invocations_url),
         "challenger": challenger,
+        "new_version": new_version,
     }
     log.info(
         "%s\n%s", record["message"], score_table([tuple(r) for r in score_sample(record["scores"])]) if record["scores"] else "(no scores)"
@@ -284,6 +285,7 @@ def endpoint_summary(record: dict) -> dict:
         "validated_version": record["version"],
         "previous_version": record.get("previous"),
         "outcome": record["outcome"],
+        "new_version": record.get("new_version"),  # never validated before: this run's new champion
         "message": record["message"],
         "parity": record["parity"],
         "max_difference": record["max_difference"],
