@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from conftest import ROOT
-from swan_anomaly.config import Settings
+from swan_anomaly.config import ConfigError, Settings
 from swan_anomaly.serving.server import Limits, count_rows, create_app
 
 TOKEN = "t0k3n-for-tests"
@@ -333,3 +333,11 @@ def test_a_local_job_keeps_the_workspace_login_when_mlflow_is_the_workspaces(mon
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "databricks")  # the training job logs to the workspace: it needs the login
     assert job_env(task_env)["DATABRICKS_TOKEN"] == "dapi-x"
     assert job_env(task_env)["ARM_CLIENT_SECRET"] == "sp-secret"  # an Azure AD service principal's login (registry_client sets it)
+
+
+def test_a_link_base_with_credentials_is_refused():
+    """The task links are shown to everyone who can see the task: no login in them."""
+    with pytest.raises(ConfigError, match=r"SWAN_MLFLOW_UI_URL carries credentials \(https://u:\*\*\*@mlflow.example.com\)"):
+        Settings.from_env({"SWAN_MLFLOW_UI_URL": "https://u:p@mlflow.example.com"})
+    with pytest.raises(ConfigError, match="SWAN_ENDPOINT_UI_URL carries credentials"):
+        Settings.from_env({"SWAN_ENDPOINT_UI_URL": "http://admin:pw@127.0.0.1:5055"})

@@ -290,16 +290,17 @@ class Settings:
         values["endpoint_url"] = values["endpoint_url"].rstrip("/")
         values["mlflow_ui_url"] = values["mlflow_ui_url"].rstrip("/")
         values["endpoint_ui_url"] = values["endpoint_ui_url"].rstrip("/")
-        for var, key in (("SWAN_MLFLOW_UI_URL", "mlflow_ui_url"), ("SWAN_ENDPOINT_UI_URL", "endpoint_ui_url")):
-            if has_credentials(values[key]):  # the links are shown to everyone who sees the task
-                msg = f"{var} carries credentials ({redact_uri(values[key])}): the task links show it to every viewer; drop them"
-                raise ConfigError(msg)
         for var, key in (("MLFLOW_TRACKING_URI", "tracking_uri"), ("MLFLOW_REGISTRY_URI", "registry_uri")):
             if str(values[key]).lower().startswith(("http://", "https://")) and has_credentials(values[key]):
                 msg = (
                     f"{var} carries credentials ({redact_uri(values[key])}), which MLflow shows in its run links and logs; "
                     "give them as MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead"
                 )
+                raise ConfigError(msg)
+        # after the tracking URI's check: its own message says what to do for a derived link base
+        for var, key in (("SWAN_MLFLOW_UI_URL", "mlflow_ui_url"), ("SWAN_ENDPOINT_UI_URL", "endpoint_ui_url")):
+            if has_credentials(values[key]):  # the links are shown to everyone who sees the task
+                msg = f"{var} carries credentials ({redact_uri(values[key])}): the task links show it to every viewer; drop them"
                 raise ConfigError(msg)
         registry_uri, model_name = values["registry_uri"], values["model_name"]
         if registry_uri.startswith("databricks-uc") and len([p for p in model_name.split(".") if p]) != 3:
