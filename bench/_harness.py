@@ -58,6 +58,12 @@ def build_parser(description: str, *, batch_size: int) -> argparse.ArgumentParse
         help="torch.compile the model in both loops: the pipeline through swan_anomaly.modeling.compile_model "
         "(attention as an eager SDPA island), the baseline with plain torch.compile",
     )
+    parser.add_argument(
+        "--cpu-precision",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="inference on CPU: the served model's SWAN_SERVING_CPU_PRECISION for the pipeline loop (the baseline stays float32)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     return parser
 
@@ -192,6 +198,7 @@ def report(kind: str, args: argparse.Namespace, device, cfg: ViTConfig, loops: d
         "steps": args.steps,
         "warmup": args.warmup,
         "compile": args.compile,
+        "cpu_precision": getattr(args, "cpu_precision", "float32"),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),
@@ -208,6 +215,11 @@ def report(kind: str, args: argparse.Namespace, device, cfg: ViTConfig, loops: d
         mem = f"  peak {loop['peak_gpu_mem_gib']:.1f} GiB" if "peak_gpu_mem_gib" in loop else ""
         print(f"  {name:<9} {loop['images_per_s']:>10.2f} img/s  {loop['tflop_per_s']:>8.3f} TFLOP/s{extra}{mem}")
     print(f"  ratio pipeline/baseline {result['ratio_pipeline_to_baseline']:.3f}")
+    if "max_score_difference" in loops["pipeline"]:
+        print(
+            "  anomaly_score, pipeline vs a float32 forward of the same batch: "
+            f"max |difference| {loops['pipeline']['max_score_difference']:.2e}"
+        )
     write_json(args.json, result)
     return result
 

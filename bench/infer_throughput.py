@@ -1,7 +1,9 @@
 """bench/infer_throughput.py: scoring images/s of the served model's forward against a plain Hugging Face loop.
 
 Parameters: --model {offline,vit-b16} (default offline), --batch-size (default 64, the pyfunc's),
---steps (default 20), --warmup (default 3), --device {auto,cuda,cpu}, --compile, --json PATH.
+--steps (default 20), --warmup (default 3), --device {auto,cuda,cpu}, --compile,
+--cpu-precision {float32,bfloat16} (the pipeline's on CPU, as SWAN_SERVING_CPU_PRECISION; the
+baseline stays float32, so the ratio is against today's float32 eager path), --json PATH.
 
 pipeline: what the served pyfunc does per batch, minus JPEG decoding and resizing:
 ``swan_anomaly.modeling.load_classifier`` -> ``prepare_for_inference`` (bfloat16 weights on
@@ -14,6 +16,7 @@ Both start from the same random weights and see the same random float32 batches,
 Example:
     $ python3 bench/infer_throughput.py --model offline --steps 5
     $ python3 bench/infer_throughput.py --model vit-b16 --device cuda --batch-size 1024 --compile --json out/infer.json
+    $ python3 bench/infer_throughput.py --model vit-b16 --device cpu --batch-size 8 --steps 5 --cpu-precision bfloat16
 """
 
 from __future__ import annotations
@@ -35,15 +38,25 @@ PYFUNC_BATCH = 64
 
 
 def pipeline_loop(model_dir: str, x: torch.Tensor, args, device) -> dict:
-    """Time ``forward_logits`` + ``anomaly_scores`` on the model as the pyfunc prepares it."""
-    model = prepare_for_inference(load_classifier(model_dir), args.device)
+    """Time ``forward_logits`` + ``anomaly_scores`` on the model as the pyfunc prepares it.
+
+    With ``--cpu-precision bfloat16`` on CPU it also reports the largest difference of its scores
+    from a float32 forward of the same weights on the first batch (``max_score_difference``).
+    """
+    model = prepare_for_inference(load_classifier(model_dir), args.device, cpu_precision=args.cpu_precision)
     forward = compile_model(model) if args.compile else model  # the pipeline compiles with attention as an eager island
 
     def step(j: int) -> None:
         i = (j % _harness.DATA_BATCHES) * args.batch_size
         anomaly_scores(forward_logits(forward, x[i : i + args.batch_size]))
 
-    return _harness.time_loop(step, steps=args.steps, warmup=args.warmup, device=device)
+    timed = _harness.time_loop(step, steps=args.steps, warmup=args.warmup, device=device)
+    if device.type == "cpu" and args.cpu_precision != "float32":
+        reference = prepare_for_inference(load_classifier(model_dir), "cpu")
+        first = x[: args.batch_size]
+        fast, exact = anomaly_scores(forward_logits(forward, first)), anomaly_scores(forward_logits(reference, first))
+        timed["max_score_difference"] = float(abs(fast - exact).max())
+    return timed
 
 
 def baseline_loop(model_dir: str, x: torch.Tensor, args, device) -> dict:

@@ -44,12 +44,22 @@ class ServingConfig:
     workload_type: str = "CPU"
     scale_to_zero: bool = True
     timeout: dt.timedelta = dt.timedelta(minutes=20)
+    cpu_precision: str = "float32"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServingConfig:
-        """``SWAN_SERVING_WORKLOAD_SIZE``, ``SWAN_SERVING_WORKLOAD_TYPE``, ``SWAN_SERVING_SCALE_TO_ZERO`` (see ``Settings``)."""
+        """``SWAN_SERVING_WORKLOAD_SIZE``, ``_WORKLOAD_TYPE``, ``_SCALE_TO_ZERO``, ``_CPU_PRECISION`` (see ``Settings``)."""
         s = Settings.from_env(env)
-        return cls(workload_size=s.serving_workload_size, workload_type=s.serving_workload_type, scale_to_zero=s.serving_scale_to_zero)
+        return cls(
+            workload_size=s.serving_workload_size,
+            workload_type=s.serving_workload_type,
+            scale_to_zero=s.serving_scale_to_zero,
+            cpu_precision=s.serving_cpu_precision,
+        )
+
+    def environment_vars(self) -> dict[str, str] | None:
+        """What the served model reads from its environment: the CPU precision, when it is not the default."""
+        return {"SWAN_SERVING_CPU_PRECISION": self.cpu_precision} if self.cpu_precision != "float32" else None
 
 
 @dataclass(frozen=True)
@@ -273,6 +283,7 @@ def deploy_version(w: WorkspaceClient, endpoint: str, model_name: str, version: 
         workload_size=config.workload_size,
         workload_type=ServingModelWorkloadType(config.workload_type),
         scale_to_zero_enabled=config.scale_to_zero,
+        environment_vars=config.environment_vars(),  # Model Serving hands these to the served pyfunc
     )
     try:
         detail = w.serving_endpoints.get(endpoint)

@@ -58,12 +58,14 @@ class SwanAnomalyModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         import torch
 
+        from swan_anomaly.config import Settings
         from swan_anomaly.modeling import PreprocessSpec, load_classifier, prepare_for_inference
         from swan_anomaly.novelty import NoveltyBank
 
         torch.set_num_threads(max(1, torch.get_num_threads()))
         model_dir = context.artifacts["model_dir"]
-        self.model = prepare_for_inference(load_classifier(model_dir))  # GPU (bfloat16) when there is one, else CPU float32
+        # GPU (bfloat16) when there is one, else CPU in SWAN_SERVING_CPU_PRECISION (float32 unless the endpoint says bfloat16)
+        self.model = prepare_for_inference(load_classifier(model_dir), cpu_precision=Settings.from_env().serving_cpu_precision)
         self.spec = PreprocessSpec.from_json((Path(model_dir) / PREPROCESS_FILE).read_text())
         self.novelty = NoveltyBank.load(Path(model_dir))  # None for a model logged without one
         if self.novelty is not None:
