@@ -183,21 +183,55 @@ def world_readable_dir(prefix: str) -> Path:
     return base
 
 
-def pinned_versions(path: Path) -> dict[str, str]:
-    """``{canonical name: version}`` of every ``name==version`` line of a requirements file (comments, markers ignored)."""
+def canonical_name(name: str) -> str:
+    """A distribution's name as pip compares it (PEP 503): ``huggingface_hub`` is ``huggingface-hub``."""
     import re
 
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pins_of(text: str) -> dict[str, str]:
+    """``{canonical name: version}`` of every ``name==version`` line of a requirements text (comments, markers ignored)."""
     from packaging.requirements import Requirement
 
     pins = {}
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         line = line.split("#")[0].strip()
         if line:
             req = Requirement(line)
             exact = [s.version for s in req.specifier if s.operator == "=="]
             if exact:
-                pins[re.sub(r"[-_.]+", "-", req.name).lower()] = exact[0]
+                pins[canonical_name(req.name)] = exact[0]
     return pins
+
+
+def pinned_versions(path: Path) -> dict[str, str]:
+    """:func:`pins_of` a requirements file."""
+    return pins_of(path.read_text())
+
+
+def requires_closure(names: set[str]) -> set[str]:
+    """``names`` and what they require, from the metadata installed here (markers evaluated here, no extras);
+    a distribution not installed here adds only itself."""
+    import importlib.metadata as md
+
+    from packaging.requirements import Requirement
+
+    todo, seen = sorted(names), set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = md.requires(name) or []
+        except md.PackageNotFoundError:
+            continue
+        for line in requires:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(canonical_name(req.name))
+    return seen
 
 
 def water_frame(seed: int, *, abnormal: bool, height: int = 64, width: int = 96):

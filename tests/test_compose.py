@@ -29,6 +29,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
+from conftest import canonical_name, pins_of, requires_closure
 from swan_anomaly.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -235,43 +236,6 @@ def airflow_config() -> dict:
 def stack_settings() -> Settings:
     """The settings the Airflow tasks of the stack see."""
     return Settings.from_env(resolved_env("airflow-scheduler"))
-
-
-def canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def pins_of(text: str) -> dict[str, str]:
-    """``{canonical name: version}`` of a requirements file of ``name==version`` lines."""
-    pins = {}
-    for line in text.splitlines():
-        line = line.split("#")[0].strip()
-        if line:
-            name, _, version = line.partition("==")
-            pins[canonical(name)] = version.strip()
-    return pins
-
-
-def requires_closure(names: set[str]) -> set[str]:
-    """``names`` and what they require, from the metadata installed here (markers evaluated here, no extras);
-    a distribution not installed here adds only itself (``pip check`` in the image build sees all)."""
-    from packaging.requirements import Requirement
-
-    todo, seen = sorted(names), set()
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        try:
-            requires = md.requires(name) or []
-        except md.PackageNotFoundError:
-            continue
-        for line in requires:
-            req = Requirement(line)
-            if req.marker is None or req.marker.evaluate({"extra": ""}):
-                todo.append(canonical(req.name))
-    return seen
 
 
 def requirement_pin(package: str) -> str:
@@ -869,14 +833,14 @@ def test_the_image_installs_every_provider_the_code_uses():
     for module in sorted(set(re.findall(r"^\s*(?:from|import)\s+airflow\.providers\.([a-z_]+(?:\.[a-z_]+)*)", texts, re.M))):
         parts = module.split(".")
         candidates = {"apache-airflow-providers-" + "-".join(parts[:k]) for k in range(1, len(parts) + 1)}
-        if not {canonical(c) for c in candidates} & set(image):
+        if not {canonical_name(c) for c in candidates} & set(image):
             missing.append(f"airflow.providers.{module}")
     decorators = {name or "python" for name in re.findall(r"@task(?:\.(\w+))?\b", texts)}
     assert "python" in decorators
     for dist in md.distributions():
         if any(e.group == "apache_airflow_provider" for e in dist.entry_points):
             registered = {d["name"] for d in _provider_info(dist).get("task-decorators", [])}
-            if registered & decorators and canonical(dist.metadata["Name"]) not in image:
+            if registered & decorators and canonical_name(dist.metadata["Name"]) not in image:
                 missing.append(f"{dist.metadata['Name']} (@task.{sorted(registered & decorators)[0]})")
     assert not missing, f"used by the code but not installed by the image: {missing}"
 

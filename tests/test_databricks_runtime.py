@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, pinned_versions
+from conftest import ROOT, canonical_name, pinned_versions
 
 from swan_airflow.databricks_runs import CLUSTERS_DIR, JOB_CLUSTERS, RUN_LIBRARIES, cluster_spec, run_libraries
 
@@ -50,10 +50,6 @@ def runtime_fact(key: str) -> list[str]:
     raise AssertionError(f"{RUNTIME} names no {key}")
 
 
-def _canonical(name: str) -> str:
-    return name.replace("_", "-").replace(".", "-").lower()
-
-
 def test_every_cluster_spec_runs_the_runtime_of_the_list():
     versions = runtime_fact("spark_version")
     for job, cluster in JOB_CLUSTERS.items():
@@ -69,10 +65,10 @@ def test_run_libraries_are_pinned_to_the_tested_lock_and_replace_no_library_of_t
     assert packages, "no run libraries: the runtime lacks OpenCV"
     for package in packages:
         name, version = package.split("==")
-        assert LOCK[_canonical(name)] == version, f"{package} differs from requirements.txt, which the tests run with"
-        assert _canonical(name) not in runtime, f"{package} would replace the runtime's {name}"
+        assert LOCK[canonical_name(name)] == version, f"{package} differs from requirements.txt, which the tests run with"
+        assert canonical_name(name) not in runtime, f"{package} would replace the runtime's {name}"
     # what the jobs import beyond the runtime's own libraries comes with the run
-    assert {"opencv-python-headless", "transformers"} <= {_canonical(p.split("==")[0]) for p in packages}
+    assert {"opencv-python-headless", "transformers"} <= {canonical_name(p.split("==")[0]) for p in packages}
 
 
 def test_an_unpinned_run_library_is_refused(tmp_path):
@@ -145,7 +141,7 @@ def runtime_env(python: str, pins: dict[str, str]) -> Path:
 
 def installed(env: Path) -> dict[str, str]:
     listed = json.loads(_run([env / "bin" / "python", "-m", "pip", "list", "--format", "json"]).stdout)
-    return {_canonical(d["name"]): d["version"].split("+")[0] for d in listed}  # 2.13.0+cpu is torch 2.13.0
+    return {canonical_name(d["name"]): d["version"].split("+")[0] for d in listed}  # 2.13.0+cpu is torch 2.13.0
 
 
 def with_project_wheel(base: Path, wheel: Path, pins: dict[str, str], scratch: Path) -> Path:

@@ -4,30 +4,25 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata as md
-import re
 import sys
 import tomllib
 from pathlib import Path
 
 from packaging.requirements import Requirement
 
-from conftest import ROOT
+from conftest import ROOT, canonical_name, requires_closure
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 #: Distributions the bench and its tests use, never the product: requirements-dev.txt pins them, pyproject's `bench` extra names them.
 DEV_ONLY = {"scikit-image"}
 
 
-def _canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def _declared() -> dict[str, set[str]]:
     """``{"": dependencies, extra: its requirements}`` from pyproject.toml, canonical names."""
     project = PYPROJECT["project"]
-    out = {"": {_canonical(Requirement(r).name) for r in project["dependencies"]}}
+    out = {"": {canonical_name(Requirement(r).name) for r in project["dependencies"]}}
     for extra, reqs in project.get("optional-dependencies", {}).items():
-        out[extra] = {_canonical(Requirement(r).name) for r in reqs}
+        out[extra] = {canonical_name(Requirement(r).name) for r in reqs}
     return out
 
 
@@ -50,11 +45,11 @@ def _imported_distributions() -> dict[str, set[str]]:
     for module, files in by_module.items():
         top = module.split(".")[0]
         assert top in owners, f"{top} (imported by {sorted(files)}) is not installed"
-        dist = _canonical(owners[top][0])
+        dist = canonical_name(owners[top][0])
         if len(owners[top]) > 1 and "." in module:  # a namespace several distributions share (azure.*): the one holding the module
             folder = module.replace(".", "/") + "/"
             holders = [d for d in owners[top] if any(str(f).startswith(folder) for f in md.files(d) or ())]
-            dist = _canonical(holders[0]) if holders else dist
+            dist = canonical_name(holders[0]) if holders else dist
         if top == "databricks":  # a namespace several distributions share; the package uses the SDK
             dist = "databricks-sdk"
         if top == "mlflow":
@@ -69,23 +64,8 @@ def _pins(path) -> dict[str, str]:
         line = line.split("#")[0].strip()
         if line:
             req = Requirement(line)
-            pins[_canonical(req.name)] = str(req.specifier)
+            pins[canonical_name(req.name)] = str(req.specifier)
     return pins
-
-
-def _closure(names: set[str]) -> set[str]:
-    """``names`` and everything they require on this machine (installed metadata; markers evaluated here, no extras)."""
-    todo, seen = sorted(names), set()
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        for line in md.requires(name) or []:
-            req = Requirement(line)
-            if req.marker is None or req.marker.evaluate({"extra": ""}):
-                todo.append(_canonical(req.name))
-    return seen
 
 
 def test_every_distribution_the_package_imports_is_declared_in_pyproject():
@@ -99,7 +79,7 @@ def test_every_distribution_the_package_imports_is_declared_in_pyproject():
 def test_the_runtime_lock_pins_every_runtime_dependency_and_nothing_of_the_dev_tools():
     """requirements.txt is the runtime lock: the closure of pyproject's runtime requirements, each pinned exactly."""
     runtime, dev = _pins(ROOT / "requirements.txt"), _pins(ROOT / "requirements-dev.txt")
-    seen = _closure(_declared()[""] | _declared()["jobs"])
+    seen = requires_closure(_declared()[""] | _declared()["jobs"])
     # requirements.txt is the CPU lock: a CUDA build of torch (a GPU machine's) brings its own nvidia-* and triton
     seen = {n for n in seen if not (n.startswith("nvidia-") or n == "triton")}
     unpinned = sorted(n for n in seen if not runtime.get(n, "").startswith("=="))
@@ -110,7 +90,7 @@ def test_the_runtime_lock_pins_every_runtime_dependency_and_nothing_of_the_dev_t
 
 def test_the_dev_lock_pins_what_the_dev_tools_need_beyond_the_runtime_lock():
     runtime, dev = _pins(ROOT / "requirements.txt"), _pins(ROOT / "requirements-dev.txt")
-    unpinned = sorted(n for n in _closure(set(dev)) if not (runtime.get(n) or dev.get(n, "")).startswith("=="))
+    unpinned = sorted(n for n in requires_closure(set(dev)) if not (runtime.get(n) or dev.get(n, "")).startswith("=="))
     assert not unpinned, f"needed by requirements-dev.txt but pinned nowhere: {unpinned}"
 
 

@@ -14,7 +14,7 @@ import shutil
 
 import pytest
 
-from conftest import AZURITE_KEY, ROOT, captured_output, pinned_versions, stored_run_texts
+from conftest import AZURITE_KEY, ROOT, canonical_name, captured_output, pinned_versions, stored_run_texts
 from databricks_double import DatabricksDouble
 
 LANDING_DATE = "2026-11-22"
@@ -114,7 +114,7 @@ def test_remote_run_writes_the_container_and_runs_the_deployed_code(remote_run, 
         assert {lib["pypi"]["package"] for lib in pypi} >= {f"opencv-python-headless=={LOCK['opencv-python-headless']}"}
         for lib in pypi:  # each run library pinned to the lock the tests run with
             name, version = lib["pypi"]["package"].split("==")
-            assert LOCK[name.replace("_", "-").lower()] == version, lib
+            assert LOCK[canonical_name(name)] == version, lib
         assert task["spark_python_task"]["python_file"] == f"{volume}/{code[0][len(PREFIX):].rsplit('/', 1)[0]}/jobs/{task['task_key']}.py"
         assert task["spark_python_task"]["parameters"][:6] == [
             "--lake-root",

@@ -6,6 +6,7 @@
 * ``databricks_runs``: ``runs/submit`` payloads, cluster specs (``clusters/*.json``), idempotency tokens
 * ``azure_lake``: the lake in an ADLS Gen2 / Blob container through the Azure provider's ``WasbHook``
 * ``serving``: which endpoint to deploy to (local model server or Databricks Model Serving), rollback
+* ``lineage``: asset events for the lake partitions and model versions, task links to MLflow and the endpoint
 * ``callbacks``: task failure summaries
 
 The DAG imports these; they import ``swan_anomaly`` and the providers lazily, inside functions.

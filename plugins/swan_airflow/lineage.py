@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -77,9 +78,11 @@ def record(context, asset: Asset, **extra: Any) -> None:
 
 
 def partition_uri(lake_root: str, layer: str, dataset_id: str) -> str:
-    """Where a partition lives: ``raw/{id}``, ``silver/images/dataset_id={id}``, ``gold/training/dataset_id={id}``."""
-    sub = {"raw": f"raw/{dataset_id}", "silver": f"silver/images/dataset_id={dataset_id}", "gold": f"gold/training/dataset_id={dataset_id}"}
-    return f"{str(lake_root).rstrip('/')}/{sub[layer]}"
+    """Where a job's partition lives, as the jobs see the lake (:class:`swan_anomaly.lake.LocalLake`'s layout)."""
+    from swan_anomaly.lake import LocalLake
+
+    lake = LocalLake(Path(lake_root))
+    return str(lake.silver_partition(dataset_id) if layer == "silver" else lake.gold_partition(dataset_id))
 
 
 # ---- links -------------------------------------------------------------------------------------
@@ -128,14 +131,12 @@ def mlflow_ui() -> tuple[str, bool]:
 
 
 def workspace_url() -> str:
-    """The workspace URL of the Databricks connection (``extra.host`` or the host field, as the provider reads it)."""
+    """The workspace URL of the Databricks connection (:func:`swan_airflow.runtime.workspace_host`)."""
     from airflow.sdk import BaseHook
 
-    from swan_airflow.runtime import settings
+    from swan_airflow.runtime import settings, workspace_host
 
-    conn = BaseHook.get_connection(settings().databricks_conn_id)
-    host = (conn.extra_dejson.get("host") or conn.host or "").rstrip("/")
-    return host if "://" in host or not host else f"{conn.schema or 'https'}://{host}"
+    return workspace_host(BaseHook.get_connection(settings().databricks_conn_id))
 
 
 def mlflow_run_url(base: str, experiment_id: str, run_id: str, *, databricks: bool) -> str:
@@ -162,15 +163,6 @@ def push_mlflow_run_link(context, experiment_id: str | None, run_id: str) -> Non
     base, databricks = mlflow_ui()
     if base and experiment_id:
         context["ti"].xcom_push(key=LINK_KEYS["mlflow_run"], value=mlflow_run_url(base, experiment_id, run_id, databricks=databricks))
-
-
-def push_endpoint_link(context, target, public_url: str = "") -> None:
-    """The endpoint's page: Databricks' serving page, or the local server's ``/health`` (no token needed) at ``public_url``."""
-    if target.backend == "databricks":
-        url = f"{target.base_url}/ml/endpoints/{target.endpoint}"
-    else:
-        url = f"{(public_url or target.base_url).rstrip('/')}/health"
-    context["ti"].xcom_push(key=LINK_KEYS["endpoint"], value=url)
 
 
 # ---- what each task reports ----------------------------------------------------------------------
@@ -205,8 +197,12 @@ def champion_validated(context, name: str, summary: dict) -> None:
 
 @best_effort
 def endpoint_linked(context) -> None:
-    """``update_endpoint`` / ``validate_endpoint``: the endpoint's link (the local server is not started for it)."""
-    from swan_airflow.runtime import settings
-    from swan_airflow.serving import serving_target
+    """``update_endpoint`` / ``validate_endpoint``: the endpoint's page, from the settings alone (no token, no server).
 
-    push_endpoint_link(context, serving_target(start=False), settings().endpoint_ui_url)
+    Databricks' serving page of the endpoint, or the local server's ``/health`` at ``SWAN_ENDPOINT_UI_URL``.
+    """
+    from swan_airflow.runtime import settings
+
+    s = settings()
+    url = f"{workspace_url()}/ml/endpoints/{s.endpoint_name}" if s.serving_backend == "databricks" else f"{s.endpoint_ui_url}/health"
+    context["ti"].xcom_push(key=LINK_KEYS["endpoint"], value=url)

@@ -171,6 +171,15 @@ def job_lake_root() -> str:
 _FEDERATED_FLAGS = ("federated_k8s", "federated_aws", "federated_token_provider")
 
 
+def workspace_host(conn) -> str:
+    """The workspace URL of a ``databricks`` connection, as the provider reads it: ``extra.host`` or the host
+    field, with its scheme or the schema field's (``https`` by default) and the port field; empty without a host."""
+    raw = (conn.extra_dejson.get("host") or conn.host or "").rstrip("/")
+    if not raw or "://" in raw:
+        return raw
+    return f"{conn.schema or 'https'}://{raw}" + (f":{conn.port}" if conn.port else "")
+
+
 def workspace_auth(conn, conn_id: str) -> WorkspaceAuth:
     """How databricks-sdk authenticates as the Airflow ``databricks`` connection ``conn`` does for the provider's hook.
 
@@ -220,11 +229,10 @@ def workspace_auth(conn, conn_id: str) -> WorkspaceAuth:
 
     extra = conn.extra_dejson
     where = f"Airflow connection {conn_id!r}"
-    raw_host = (extra.get("host") or conn.host or "").rstrip("/")
-    if not raw_host:
+    host = workspace_host(conn)
+    if not host:
         msg = f"{where} has no host; set it to the workspace URL, e.g. https://adb-123.4.azuredatabricks.net"
         raise AirflowFailException(msg)
-    host = raw_host if "://" in raw_host else f"{conn.schema or 'https'}://{raw_host}" + (f":{conn.port}" if conn.port else "")
     login, password = conn.login or None, conn.password or None
 
     def service_principal(auth_type: AuthType, flag: str, **more) -> WorkspaceAuth:
