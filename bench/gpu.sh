@@ -3,8 +3,11 @@
 #
 # Usage, from the repository root:  OUT=/path/to/results bash bench/gpu.sh
 # Needs python3 with torch (CUDA), transformers, numpy, pandas, scikit-learn, opencv; nothing is downloaded.
-# Writes $OUT/gpu.log and one JSON per run: infer_eager, train_eager, infer_compile, train_compile.
-# Each run has a time limit (eager 90 s, compiled 120 s / 170 s) so the whole script stays under ~6 minutes;
+# train_data_path.py also needs scikit-image (the photographs its gold-like Parquet is cut from).
+# Writes $OUT/gpu.log and one JSON per run: infer_eager, train_eager, infer_compile, train_compile,
+# data_path (the training job's data path against the model-only loop) and data_path_host (the same
+# with the training set kept on the host: batches gathered a step ahead into pinned memory).
+# Each run has a time limit (eager 90 s, compiled 120 s / 170 s, data path 150 s) so the whole script stays under ~11 minutes;
 # a run that fails or hits its limit is reported and the script goes on.
 
 set -uo pipefail
@@ -30,6 +33,8 @@ bench infer_eager   90  infer_throughput.py --batch-size 1024 --warmup 3 --steps
 bench train_eager   90  train_throughput.py --batch-size 256  --warmup 3 --steps 20
 bench infer_compile 120 infer_throughput.py --batch-size 1024 --warmup 3 --steps 20 --compile
 bench train_compile 170 train_throughput.py --batch-size 256  --warmup 3 --steps 20 --compile
+bench data_path      150 train_data_path.py --batch-size 256 --images 8192 --epochs 3
+bench data_path_host 150 train_data_path.py --batch-size 256 --images 8192 --epochs 3 --host-batches
 
 set +x
 python3 - "$OUT" <<'EOF'
@@ -48,4 +53,15 @@ for name in ("infer_eager", "train_eager", "infer_compile", "train_compile"):
         m = r[loop]
         print(f"{name:<14} {loop:<9} {m['images_per_s']:>9.0f} {m['tflop_per_s']:>8.1f} {goals[r['benchmark']]:>6} {m.get('peak_gpu_mem_gib', 0):>8.1f}  {r['device_name']}")
     print(f"{'':<14} ratio pipeline/baseline {r['ratio_pipeline_to_baseline']:.3f}")
+for name in ("data_path", "data_path_host"):
+    path = Path(sys.argv[1]) / f"{name}.json"
+    if not path.is_file():
+        print(f"{name:<14} (no result)")
+        continue
+    r = json.loads(path.read_text())
+    job, only = r["job"], r["model_only"]
+    print(
+        f"{name:<14} job {job['images_per_s']:.0f} img/s, model-only {only['images_per_s']:.0f} img/s: "
+        f"ratio {r['ratio_job_to_model_only']:.3f} (goal >= 0.8); decode {job['decode_s']:.1f}s on {r['decode_workers']} threads"
+    )
 EOF

@@ -31,7 +31,10 @@ Parameters: --model (vit-tiny-offline; a preset, hub id or directory), --epochs 
 pipeline's default), --photos (comma-separated, default the benchmark's scenes), --seconds (per
 video, 120), --every-seconds (0.5), --families (comma-separated, default all six),
 --anomaly-ratio (0.5), --generalization (auto | off), --device (auto), --seed (42), --json OUT,
---keep DIR (use DIR, empty or new, as SWAN_HOME and keep it), --smoke (vit-micro-offline, 2
+--keep DIR (use DIR, empty or new, as SWAN_HOME and keep it), --compare-cpu-precision
+bfloat16 (score the same images again with the pyfunc in that precision on CPU, as
+SWAN_SERVING_CPU_PRECISION serves it, and print the score differences and every AUROC both
+ways), --smoke (vit-micro-offline, 2
 epochs, 3 videos of 16 s at one frame a second, anomaly ratio 0.75, no leave-one-family-out
 report: a minute or two on a laptop, for tests). Explicit options win over --smoke's.
 
@@ -113,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, help="also write every figure here")
     parser.add_argument("--keep", type=Path, help="use this folder (empty or new) as SWAN_HOME and keep it")
     parser.add_argument("--smoke", action="store_true", help="tiny and quick: for tests, not for figures")
+    parser.add_argument(
+        "--compare-cpu-precision",
+        choices=["bfloat16"],
+        help="score the same images again with the pyfunc loaded under SWAN_SERVING_CPU_PRECISION=this, and compare",
+    )
     return parser
 
 
@@ -217,6 +225,7 @@ class Scorer:
 
         self.model = mlflow.pyfunc.load_model(model_uri)
         self.threshold = threshold
+        self.anomaly_scores: list[np.ndarray] = []  # every call's anomaly_score, in call order
 
     def __call__(self, images: list[bytes]) -> dict[str, np.ndarray]:
         import pandas as pd
@@ -231,6 +240,7 @@ class Scorer:
                 parts["novelty_score"].append(out["novelty_score"].to_numpy(dtype=np.float64))
         cols = {name: np.concatenate(p) if p else np.zeros(0) for name, p in parts.items() if p or name == "anomaly_score"}
         cols["decision_score"] = decision_score(cols["anomaly_score"], cols.get("novelty_score"), threshold=self.threshold)
+        self.anomaly_scores.append(cols["anomaly_score"])
         return cols
 
     @property
@@ -263,7 +273,10 @@ def measure(abnormal: dict[str, np.ndarray], normal: dict[str, np.ndarray], boun
 
 
 def score_test_split(args: argparse.Namespace, settings, result: dict) -> dict:
-    """Seen families and unseen kinds on the test split, from the raw lake, with the logged pyfunc."""
+    """Seen families and unseen kinds on the test split, from the raw lake, with the logged pyfunc.
+
+    ``all_anomaly_scores`` is every anomaly score it computed, in order (the same order for the same result).
+    """
     from swan_anomaly.anomalies import stable_seed
     from swan_anomaly.images import decode_image, encode_png
     from swan_anomaly.lake import LocalLake
@@ -317,6 +330,44 @@ def score_test_split(args: argparse.Namespace, settings, result: dict) -> dict:
         "seen_all": every,
         "seen": seen,
         "unseen": unseen,
+        "all_anomaly_scores": np.concatenate(scorer.anomaly_scores),
+    }
+
+
+def compare_precision(args: argparse.Namespace, settings, result: dict, reference: dict) -> dict:
+    """Score everything ``score_test_split`` scored again, with the pyfunc loaded under ``SWAN_SERVING_CPU_PRECISION``.
+
+    Returns the largest and mean score difference against ``reference`` (the float32 scores),
+    how many images change side of the threshold, and each AUROC both ways.
+    """
+    before = os.environ.get("SWAN_SERVING_CPU_PRECISION")
+    os.environ["SWAN_SERVING_CPU_PRECISION"] = args.compare_cpu_precision
+    try:
+        other = score_test_split(args, settings, result)
+    finally:
+        if before is None:
+            os.environ.pop("SWAN_SERVING_CPU_PRECISION", None)
+        else:
+            os.environ["SWAN_SERVING_CPU_PRECISION"] = before
+    a, b = reference["all_anomaly_scores"], other["all_anomaly_scores"]
+    threshold = float(result["threshold"])
+    rows = (
+        {"(all seen families)": ("seen_all", None)}
+        | {f: ("seen", f) for f in reference["seen"]}
+        | {k: ("unseen", k) for k in reference["unseen"]}
+    )
+    auroc = {}
+    for name, (group, key) in rows.items():
+        ref = reference[group] if key is None else reference[group][key]
+        new = other[group] if key is None else other[group][key]
+        auroc[name] = {col: (ref["scores"][col]["auroc"], new["scores"][col]["auroc"]) for col in ("anomaly_score", "decision_score")}
+    return {
+        "precision": args.compare_cpu_precision,
+        "images": len(a),
+        "max_abs_score_difference": float(np.abs(a - b).max()),
+        "mean_abs_score_difference": float(np.abs(a - b).mean()),
+        "threshold_flips": int(((a >= threshold) != (b >= threshold)).sum()),
+        "auroc": auroc,
     }
 
 
@@ -340,6 +391,10 @@ def goals(scores: dict, result: dict) -> list[dict]:
         status = "n/a" if value is None else "PASS" if value >= target else "FAIL"
         out.append({"goal": key, "text": text, "value": value, "target": target, "status": status})
     return out
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def _fmt(score: dict) -> str:
@@ -409,6 +464,19 @@ def report(args: argparse.Namespace, figures: dict) -> None:
     )
     worst = figures["lofo"]["worst_unseen_auroc"]
     print(f"worst unseen-family AUROC: {'n/a' if worst is None else f'{worst:.4f}'}")
+    precision = figures.get("cpu_precision_comparison")
+    if precision:
+        print(
+            f"\nCPU serving in {precision['precision']} against float32, the same {precision['images']} images: anomaly_score differs "
+            f"by at most {precision['max_abs_score_difference']:.2e} (mean {precision['mean_abs_score_difference']:.2e}); "
+            f"{precision['threshold_flips']} change side of the threshold"
+        )
+        print(
+            f"{'':<22} {'anomaly AUROC float32':>22} {precision['precision']:>9} {'decision AUROC float32':>23} {precision['precision']:>9}"
+        )
+        for name, cols in precision["auroc"].items():
+            (a32, a16), (d32, d16) = cols["anomaly_score"], cols["decision_score"]
+            print(f"{name:<22} {_num(a32):>22} {_num(a16):>9} {_num(d32):>23} {_num(d16):>9}")
     print("\ngoals")
     for g in figures["goals"]:
         value = "n/a" if g["value"] is None else f"{g['value']:.4f}"
@@ -463,6 +531,10 @@ def run(args: argparse.Namespace, home: Path, command: str) -> dict:
     progress(f"trained: {result['epochs_run']} epochs, threshold {result['threshold']:.4f}; scoring with {result['model_uri']}")
     scores = score_test_split(args, settings, result)
     stage("scoring")
+    precision = compare_precision(args, settings, result, scores) if args.compare_cpu_precision else None
+    if precision:
+        stage("scoring_" + args.compare_cpu_precision)
+    scores.pop("all_anomaly_scores")
     import mlflow
 
     base = mlflow.get_run(result["mlflow_run_id"]).data.params.get("base_model", args.model)
@@ -487,6 +559,7 @@ def run(args: argparse.Namespace, home: Path, command: str) -> dict:
             "test_auroc_ci": result["test"].get("auroc_ci"),
         },
         "scores": scores,
+        "cpu_precision_comparison": precision,
         "lofo": {"table": result["generalization"], "worst_unseen_auroc": result["generalization_min_unseen_auroc"]},
     }
     figures["goals"] = goals(scores, result)

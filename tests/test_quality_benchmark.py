@@ -116,7 +116,8 @@ def test_an_unseen_kind_changes_only_its_mask_inside_the_crop(footage, kind, bia
 @pytest.mark.slow
 def test_the_smoke_benchmark_reports_every_family_and_kind_with_intervals(tmp_path):
     out = tmp_path / "quality.json"
-    done = run_checked([sys.executable, str(ROOT / "bench" / "quality.py"), "--smoke", "--json", str(out)], cwd=ROOT)
+    command = [sys.executable, str(ROOT / "bench" / "quality.py"), "--smoke", "--json", str(out), "--compare-cpu-precision", "bfloat16"]
+    done = run_checked(command, cwd=ROOT)
     figures = json.loads(out.read_text())
     scores = figures["scores"]
     assert scores["score_columns"][0] == "anomaly_score" and scores["score_columns"][-1] == "decision_score"
@@ -138,3 +139,17 @@ def test_the_smoke_benchmark_reports_every_family_and_kind_with_intervals(tmp_pa
     assert figures["training"]["model"] == "vit-micro-offline" and figures["machine"]["cpu_count"] >= 1
     for text in ("seen families", "unseen kinds", "leave-one-family-out", "goals", "wall time", "torch"):
         assert text in done.stdout
+    # the same images scored again in bfloat16: every one of them, every AUROC both ways, the differences measured
+    precision = figures["cpu_precision_comparison"]
+    every = scores["seen_all"]
+    scored = every["abnormal"] + every["normal"] + sum(scores["unseen"][k]["abnormal"] for k in UNSEEN_KINDS)  # and the val normals
+    assert precision["precision"] == "bfloat16" and precision["images"] >= scored
+    assert (
+        0.0 < precision["max_abs_score_difference"] < 0.1
+        and precision["mean_abs_score_difference"] <= precision["max_abs_score_difference"]
+    )
+    assert set(precision["auroc"]) == {"(all seen families)", *FAMILY_NAMES, *UNSEEN_KINDS}
+    for name, cols in precision["auroc"].items():
+        float32, bfloat16 = cols["anomaly_score"]
+        assert float32 == sets.get(name, scores["seen_all"])["scores"]["anomaly_score"]["auroc"] and 0.0 <= bfloat16 <= 1.0
+    assert "CPU serving in bfloat16 against float32" in done.stdout

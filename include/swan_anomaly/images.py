@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -26,6 +27,9 @@ from swan_anomaly.contract import CROP_BIAS_X, CROP_BIAS_Y
 
 #: Images declaring more pixels than this are refused before decoding (decompression-bomb guard).
 MAX_PIXELS = 50_000_000
+#: Images :func:`preprocess` decodes and normalises together: one task of its worker threads, and
+#: the bound on its temporary arrays (the output is allocated once, whatever the number of images).
+PREPROCESS_CHUNK = 64
 
 
 def check_declared_size(data: bytes, *, name: str) -> None:
@@ -177,8 +181,10 @@ def crop_and_resize(image: np.ndarray, *, size: int, bias_x: float = CROP_BIAS_X
 
 def normalize(images: np.ndarray, *, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """Turn ``[B, H, W, 3]`` uint8 RGB into ``[B, 3, H, W]`` float32, scaled to [0, 1] then standardised."""
-    x = images.astype(np.float32) / 255.0
-    x = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    x = images.astype(np.float32)
+    x /= 255.0  # in place: the same values as x / 255.0, one temporary instead of three
+    x -= np.asarray(mean, dtype=np.float32)
+    x /= np.asarray(std, dtype=np.float32)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
@@ -191,15 +197,47 @@ def preprocess(
     bias_x: float = CROP_BIAS_X,
     bias_y: float = CROP_BIAS_Y,
     names: Sequence[str] | None = None,
+    workers: int = 1,
 ) -> np.ndarray:
     """Decode, crop, resize and normalise encoded images: the model's input.
 
     Used by training and by the served pyfunc. Images already cropped and resized by the
     ETL job pass through the crop and resize unchanged (square, right size).
 
+    The images are handled :data:`PREPROCESS_CHUNK` at a time, each chunk written into one
+    output array, so the temporaries stay small however many images there are. With
+    ``workers`` above 1 the chunks run on that many threads: OpenCV's decoding and resizing and
+    numpy's arithmetic release the GIL, so the threads use that many cores, and the result is
+    the same array bit for bit. An image that cannot be decoded raises
+    :class:`~swan_anomaly._errors.ImageDecodeError` naming it (the first such image in input
+    order).
+
     Returns:
-        ``[B, 3, size, size]`` float32 array.
+        ``[B, 3, size, size]`` float32 array (``B`` may be 0).
+
+    Example:
+        >>> import numpy as np
+        >>> png = encode_png(np.full((40, 60, 3), 255, dtype=np.uint8))
+        >>> x = preprocess([png] * 3, size=16, mean=(0.5,) * 3, std=(0.5,) * 3, workers=2)
+        >>> x.shape, float(x.min()), float(x.max())
+        ((3, 3, 16, 16), 1.0, 1.0)
     """
     names = names or [f"image[{i}]" for i in range(len(images))]
-    batch = np.stack([crop_and_resize(decode_image(b, name=n), size=size, bias_x=bias_x, bias_y=bias_y) for b, n in zip(images, names)])
-    return normalize(batch, mean=mean, std=std)
+    out = np.empty((len(images), 3, size, size), dtype=np.float32)
+
+    def fill(start: int) -> None:
+        stop = min(start + PREPROCESS_CHUNK, len(images))
+        batch = np.stack(
+            [crop_and_resize(decode_image(images[i], name=names[i]), size=size, bias_x=bias_x, bias_y=bias_y) for i in range(start, stop)]
+        )
+        out[start:stop] = normalize(batch, mean=mean, std=std)
+
+    starts = range(0, len(images), PREPROCESS_CHUNK)
+    if workers <= 1 or len(starts) <= 1:
+        for start in starts:
+            fill(start)
+    else:
+        with ThreadPoolExecutor(max_workers=min(workers, len(starts)), thread_name_prefix="swan-preprocess") as pool:
+            for _ in pool.map(fill, starts):  # in input order: the first failing chunk's error is raised
+                pass
+    return out

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from swan_anomaly.lake import LocalLake, load_gold
 from swan_anomaly.metrics import anomaly_scores, choose_threshold, decision_score, evaluation_report, recall_by_family
 from swan_anomaly.splits import Split
 from swan_anomaly.tracking import confusion_figure, ensure_experiment, family_grid_of, gold_dataset, log_served_model
-from swan_anomaly.trainer import TrainConfig, epoch_metrics, evaluate, frame_tensors, train_classifier
+from swan_anomaly.trainer import TrainConfig, epoch_metrics, evaluate, frame_tensors, train_classifier, usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,11 @@ def run_training(
                 f"{sorted(part.label.unique())}; it needs both abnormal and normal images"
             )
             raise JobError(msg)
-    images = frame_tensors(gold, spec)  # every image decoded and preprocessed once; the splits and the LOFO report take rows of it
+    decode_started, workers = time.perf_counter(), usable_cores()
+    # every image decoded and preprocessed once; the splits and the LOFO report take rows of it
+    images = frame_tensors(gold, spec, workers=workers)
+    decode_s = time.perf_counter() - decode_started
+    log.info("decoded %d images in %.1fs (%.0f img/s on %d threads)", len(gold), decode_s, len(gold) / max(decode_s, 1e-9), workers)
     train, val, test = (
         tuple(t[parts[s].index.to_numpy()] for t in images) for s in (Split.TRAIN, Split.VAL, Split.TEST)
     )  # gold's index is 0..n-1

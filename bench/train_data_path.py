@@ -1,0 +1,229 @@
+"""bench/train_data_path.py: the training job's data path, end to end, against the model-only training benchmark.
+
+Both sides train the same model (the same random weights) at the same batch size for the same
+number of optimizer steps, on the same device:
+
+job: what ``swan_anomaly.training.run_training`` does with the gold window, minus MLflow: read a
+gold-like Parquet file (JPEG bytes of camera-like views of real photographs, encoded at the
+model's input size as the ETL job writes them), decode and preprocess every image with
+``swan_anomaly.trainer.frame_tensors`` on ``--workers`` threads, then
+``swan_anomaly.trainer.train_classifier`` for ``--epochs`` epochs (batches gathered from a
+shuffled order, on CUDA the set moved to the GPU when it fits or gathered a step ahead into
+pinned memory; one batch of validation per epoch, the best epoch's weights kept). The clock
+runs from opening the file to the trained model back on the CPU.
+
+model-only: ``bench/train_throughput.py``'s pipeline loop: ``train_step`` on random batches
+already on the device, ``--warmup`` untimed steps first, then as many timed steps as the job
+runs.
+
+It prints both rates, their ratio (job / model-only; the goal on a GPU is >= 0.8) and where
+the job's time went, and the decoding rates on one thread and on ``--workers`` threads, best of three taken in turns
+(not part of the job's time). Needs torch, transformers, pandas, pyarrow, OpenCV and scikit-image (the photographs;
+``requirements-dev.txt``); no MLflow, Spark or Airflow; downloads nothing.
+
+Parameters: --model {offline,vit-b16} (default offline), --batch-size (default TrainConfig's, 32),
+--images (default 1024), --epochs (default 5), --warmup (default 3), --device {auto,cuda,cpu},
+--workers (decoding threads; default every usable core), --host-batches (keep the training set
+on the host even when it fits on the GPU: the pinned, gathered-ahead path), --compile, --json PATH.
+
+Example:
+    $ python3 bench/train_data_path.py --model offline --images 1024 --epochs 5
+    $ python3 bench/train_data_path.py --model vit-b16 --device cuda --batch-size 256 --images 8192 --epochs 3 --json out/data_path.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
+
+import _harness  # noqa: E402  (needs include/ on sys.path)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from swan_anomaly import trainer  # noqa: E402
+from swan_anomaly.modeling import compile_model, load_classifier, preprocess_spec  # noqa: E402
+
+#: The photographs the views are cut from (bundled in scikit-image's wheel).
+PHOTOS = ("coffee", "rocket", "motorcycle_left", "astronaut")
+
+
+def gold_like_parquet(path: Path, *, images: int, size: int, seed: int = 0) -> int:
+    """Write ``images`` rows of ``content`` (JPEG, ``size`` px), ``sample_id`` and ``label`` to ``path``; returns its bytes.
+
+    Each image is a 320x240 view at a random place of a photograph with Gaussian noise (sigma
+    2.5 levels), cropped and resized by ``swan_anomaly.images.crop_and_resize`` and encoded at
+    quality 95, as the ETL job writes gold. Half the labels are 0.
+    """
+    import pandas as pd
+
+    from swan_anomaly.images import crop_and_resize, encode_jpeg
+    from swan_anomaly.quality.footage import load_photo
+
+    rng = np.random.default_rng(seed)
+    photos = [load_photo(name) for name in PHOTOS]
+    content = []
+    for i in range(images):
+        photo = photos[i % len(photos)]
+        y0, x0 = rng.integers(0, photo.shape[0] - 240 + 1), rng.integers(0, photo.shape[1] - 320 + 1)
+        view = photo[y0 : y0 + 240, x0 : x0 + 320].astype(np.float32) + rng.normal(0, 2.5, (240, 320, 3))
+        content.append(encode_jpeg(crop_and_resize(np.clip(view, 0, 255).astype(np.uint8), size=size), quality=95))
+    frame = pd.DataFrame({"content": content, "sample_id": [f"img-{i:06d}" for i in range(images)], "label": np.arange(images) % 2})
+    frame.to_parquet(path, index=False)
+    return path.stat().st_size
+
+
+def job_loop(model_dir: str, parquet: Path, args, device) -> dict:
+    """Time the job's path: read, decode on ``args.workers`` threads, ``train_classifier``."""
+    import pandas as pd
+
+    spec = preprocess_spec(model_dir)
+    model = load_classifier(model_dir)
+    compile_mode = "on" if args.compile else "off"
+    cfg = trainer.TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, patience=args.epochs + 1, device=args.device, compile=compile_mode
+    )
+    if args.host_batches:
+        trainer.GPU_DATA_SHARE = 0.0  # the set stays on the host: batches are gathered ahead into pinned memory
+    _sync(device)
+    started = time.perf_counter()
+    gold = pd.read_parquet(parquet)
+    read = time.perf_counter()
+    x, y = trainer.frame_tensors(gold, spec, workers=args.workers)
+    decoded = time.perf_counter()
+    b = args.batch_size
+    _, history, _ = trainer.train_classifier(model, (x, y), (x[:b], y[:b]), cfg)
+    _sync(device)
+    done = time.perf_counter()
+    return {
+        "seconds": done - started,
+        "read_s": read - started,
+        "decode_s": decoded - read,
+        "train_s": done - decoded,
+        "epoch_images_per_s": [round(h.images_per_s, 2) for h in history],
+        "steps": args.epochs * -(-len(x) // b),
+        "images": args.epochs * len(x),
+    }
+
+
+def model_only_loop(model_dir: str, args, steps: int) -> dict:
+    """Time ``train_step`` on random batches already on the device, as ``bench/train_throughput.py`` does."""
+    cfg = _harness.vit_config(args.model)
+    model = load_classifier(model_dir)
+    device, autocast_dtype = trainer.place_for_training(model, args.device)
+    x, y = _harness.random_batches(cfg, args.batch_size, device)
+    optimizer, scheduler = trainer.make_optimizer(model, trainer.TrainConfig(batch_size=args.batch_size), total_steps=args.warmup + steps)
+    weights = trainer.class_weights(y).to(device)
+    step_model = compile_model(model) if args.compile else model
+    model.train()
+
+    def step(j: int) -> None:
+        i = (j % _harness.DATA_BATCHES) * args.batch_size
+        trainer.train_step(step_model, optimizer, scheduler, x[i : i + args.batch_size], y[i : i + args.batch_size], weights,
+                           autocast_dtype=autocast_dtype)  # fmt: skip
+
+    timed = _harness.time_loop(step, steps=steps, warmup=args.warmup, device=device)
+    return {**timed, "images": steps * args.batch_size}
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def decode_rates(parquet: Path, spec, workers: int, *, rounds: int = 3) -> dict[int, float]:
+    """Best seconds to decode the file's images on one thread and on ``workers`` threads, taken in turns (not part of the job's time)."""
+    import pandas as pd
+
+    gold = pd.read_parquet(parquet)
+    best = {1: float("inf"), workers: float("inf")}
+    for _ in range(rounds):
+        for n in best:
+            started = time.perf_counter()
+            trainer.frame_tensors(gold, spec, workers=n)
+            best[n] = min(best[n], time.perf_counter() - started)
+    return best
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=sorted(_harness.MODELS), default="offline")
+    parser.add_argument("--batch-size", type=int, default=trainer.TrainConfig().batch_size)
+    parser.add_argument("--images", type=int, default=1024)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=3, help="untimed model-only steps first")
+    parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    parser.add_argument("--workers", type=int, default=trainer.usable_cores(), help="decoding threads of the job")
+    parser.add_argument("--host-batches", action="store_true", help="keep the training set on the host (CUDA)")
+    parser.add_argument("--compile", action="store_true", help="compile the training step on both sides")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    for name in ("batch_size", "images", "epochs", "workers"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.images < 2 * args.batch_size:
+        parser.error("--images must be at least twice --batch-size (the model-only side cycles through two batches)")
+    device, cfg = _harness.setup(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = _harness.save_random_model(args.model, Path(tmp) / args.model)
+        from transformers import ViTImageProcessor
+
+        side = {"height": cfg.image_size, "width": cfg.image_size}  # google/vit-base-patch16-224's normalisation
+        ViTImageProcessor(size=side, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(model_dir)
+        parquet = Path(tmp) / "gold.parquet"
+        file_bytes = gold_like_parquet(parquet, images=args.images, size=cfg.image_size)
+        job = job_loop(model_dir, parquet, args, device)
+        model_only = model_only_loop(model_dir, args, job["steps"])
+        decode = decode_rates(parquet, preprocess_spec(model_dir), args.workers)
+    rates = {name: loop["images"] / loop["seconds"] for name, loop in (("job", job), ("model_only", model_only))}
+    job["images_per_s"], model_only["images_per_s"] = round(rates["job"], 2), round(rates["model_only"], 2)
+    ratio = rates["job"] / rates["model_only"]
+    # the job's own decoding time scaled by the measured one-thread slowdown: what the job took before it decoded on threads
+    one_thread_s = job["seconds"] + job["decode_s"] * (decode[1] / decode[args.workers] - 1)
+    one_thread_ratio = job["images"] / one_thread_s / rates["model_only"]
+    result = {
+        "benchmark": "train_data_path",
+        "model": args.model,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "cpu_threads": torch.get_num_threads(),
+        "batch_size": args.batch_size,
+        "images": args.images,
+        "epochs": args.epochs,
+        "image_size": cfg.image_size,
+        "parquet_mib": round(file_bytes / 2**20, 2),
+        "decode_workers": args.workers,
+        "host_batches": args.host_batches,
+        "compile": args.compile,
+        "torch": torch.__version__,
+        "job": job,
+        "model_only": model_only,
+        "ratio_job_to_model_only": round(ratio, 3),
+        "decode_best_s": {f"{n}_threads": round(t, 4) for n, t in decode.items()},
+        "ratio_if_decoding_on_one_thread": round(one_thread_ratio, 3),
+    }
+    where = result["device_name"] if device.type == "cuda" else f"cpu, {result['cpu_threads']} threads"
+    print(
+        f"train data path: {args.model} on {where}; {args.images} images of {cfg.image_size}px "
+        f"({result['parquet_mib']} MiB of Parquet), batch {args.batch_size}, {args.epochs} epochs ({job['steps']} steps)"
+    )
+    print(f"  model-only {rates['model_only']:>10.2f} img/s  (train_step on random batches on the device)")
+    print(
+        f"  job        {rates['job']:>10.2f} img/s  (read {job['read_s']:.2f}s, decode {job['decode_s']:.2f}s on "
+        f"{args.workers} threads, train {job['train_s']:.2f}s; epochs at {job['epoch_images_per_s']} img/s)"
+    )
+    print(f"  ratio job/model-only {ratio:.3f}")
+    print(
+        f"  decoding alone, best of 3 in turns: one thread {args.images / decode[1]:.0f} img/s, {args.workers} threads "
+        f"{args.images / decode[args.workers]:.0f} img/s; with the job decoding on one thread the ratio would be {one_thread_ratio:.3f}"
+    )
+    _harness.write_json(args.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""The training job's data path: decoding on every core in bounded memory, and batches gathered a step ahead.
+
+Issue 17: the job decoded every JPEG of the gold window on one thread, building temporaries four
+times the size of the decoded set, and each host-resident batch bound for a GPU was gathered and
+pinned on the training thread between steps.
+"""
+
+from __future__ import annotations
+
+import threading
+import tracemalloc
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from swan_anomaly import ImageDecodeError
+from swan_anomaly import images as images_module
+from swan_anomaly.images import PREPROCESS_CHUNK, encode_jpeg, preprocess
+
+SPEC = dict(size=48, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+
+
+def _jpegs(n: int, *, side: int = 64, seed: int = 0) -> list[bytes]:
+    """``n`` distinct noisy JPEGs, not square, so each one is cropped and resized."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (side, side + 24, 3), dtype=np.uint8)
+    return [encode_jpeg(np.clip(base.astype(int) + rng.integers(-30, 31, base.shape), 0, 255).astype(np.uint8)) for _ in range(n)]
+
+
+def test_decoding_on_threads_gives_the_same_array_as_one_thread():
+    images = _jpegs(2 * PREPROCESS_CHUNK + 5)  # three chunks, the last one short
+    one = preprocess(images, **SPEC, workers=1)
+    many = preprocess(images, **SPEC, workers=3)
+    assert one.shape == (len(images), 3, 48, 48) and one.dtype == np.float32
+    assert np.array_equal(one, many)
+    # each image as it comes out alone: chunking changes nothing either
+    assert np.array_equal(preprocess(images[-1:], **SPEC), one[-1:])
+    assert len({one[i].tobytes() for i in range(len(images))}) == len(images)
+
+
+def test_decoding_runs_on_several_threads(monkeypatch):
+    threads: set[str] = set()
+    decode = images_module.decode_image
+    barrier = threading.Barrier(2, timeout=10)
+
+    def recording_decode(data, *, name="<bytes>"):
+        threads.add(threading.current_thread().name)
+        if name in ("image[0]", f"image[{PREPROCESS_CHUNK}]"):  # the first image of each chunk waits for the other chunk's
+            barrier.wait()
+        return decode(data, name=name)
+
+    monkeypatch.setattr(images_module, "decode_image", recording_decode)
+    preprocess(_jpegs(2 * PREPROCESS_CHUNK), **SPEC, workers=2)
+    assert len(threads) == 2 and all(t.startswith("swan-preprocess") for t in threads)
+
+
+def test_decoding_a_large_set_needs_little_more_memory_than_its_result():
+    images = _jpegs(12 * PREPROCESS_CHUNK, side=40)
+    result_bytes = len(images) * 3 * 48 * 48 * 4
+    tracemalloc.start()
+    try:
+        x = preprocess(images, **SPEC)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert x.nbytes == result_bytes
+    # before: a uint8 stack of every image plus three float32 temporaries of the whole set (about 4x the result)
+    assert peak < 1.5 * result_bytes, f"peak {peak / 2**20:.1f} MiB for a {result_bytes / 2**20:.1f} MiB result"
+
+
+@pytest.mark.parametrize("workers", [1, 4])
+def test_a_bad_image_is_named_and_it_is_the_first_bad_one(workers):
+    images = _jpegs(3 * PREPROCESS_CHUNK)
+    names = [f"frame_{i:04d}.jpg" for i in range(len(images))]
+    images[PREPROCESS_CHUNK + 3] = b"not a jpeg"
+    images[2 * PREPROCESS_CHUNK + 1] = b"\xff\xd8 truncated"
+    with pytest.raises(ImageDecodeError, match=f"frame_{PREPROCESS_CHUNK + 3:04d}.jpg"):
+        preprocess(images, **SPEC, names=names, workers=workers)
+
+
+def test_no_images_give_an_empty_batch():
+    assert preprocess([], **SPEC, workers=4).shape == (0, 3, 48, 48)
+
+
+def test_frame_tensors_decodes_with_the_sample_ids_as_names():
+    from swan_anomaly.trainer import frame_tensors
+
+    spec = type("Spec", (), {**SPEC, "bias_x": 0.5, "bias_y": 0.5})
+    images = _jpegs(5)
+    images[2] = b"garbage"
+    frame = pd.DataFrame({"content": images, "sample_id": [f"s{i}" for i in range(5)], "label": [0, 1, 0, 1, 1]})
+    with pytest.raises(ImageDecodeError, match="s2"):
+        frame_tensors(frame, spec)
+    frame.loc[2, "content"] = images[0]
+    x, y = frame_tensors(frame, spec, workers=2)
+    assert x.shape == (5, 3, 48, 48) and y.tolist() == [0, 1, 0, 1, 1]
+    assert np.array_equal(x.numpy(), preprocess(list(frame.content), **SPEC, bias_x=0.5, bias_y=0.5))
+
+
+def test_batches_gathered_ahead_are_the_batches_in_order():
+    import torch
+
+    from swan_anomaly.trainer import epoch_batches
+
+    x, y = torch.randn(23, 3, 4, 4), torch.arange(23)
+    order = torch.randperm(23, generator=torch.Generator().manual_seed(0))
+    ahead = list(epoch_batches(x, y, order, 5, "cpu", prefetch=True))
+    direct = list(epoch_batches(x, y, order, 5, "cpu", prefetch=False))
+    assert [len(b) for _, b in ahead] == [5, 5, 5, 5, 3]
+    assert torch.cat([b for _, b in ahead]).tolist() == order.tolist()
+    for (xa, ya), (xd, yd) in zip(ahead, direct, strict=True):
+        assert torch.equal(xa, xd) and torch.equal(ya, yd) and torch.equal(xa, x[ya])
+
+
+def test_a_failing_gather_ahead_fails_the_epoch():
+    import torch
+
+    from swan_anomaly.trainer import epoch_batches
+
+    x, y = torch.randn(10, 3, 4, 4), torch.arange(10)
+    order = torch.tensor([0, 1, 2, 3, 99, 5])  # the second batch holds a row that does not exist
+    batches = epoch_batches(x, y, order, 3, "cpu", prefetch=True)
+    assert next(batches)[1].tolist() == [0, 1, 2]
+    with pytest.raises(IndexError):
+        next(batches)
