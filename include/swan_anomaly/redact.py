@@ -27,6 +27,10 @@ SECRET_QUERY_KEYS = frozenset(
     | {"x-amz-signature", "x-amz-security-token", "x-goog-signature"}
 )
 _QUERY_PAIR = re.compile(r"(?P<key>[^&=]+)=(?P<value>[^&]*)")
+#: User info as SQLAlchemy's URL grammar reads it: a user name without ``:``, ``/`` or ``@``, then an optional
+#: password running to the next ``@``, ``/``, ``?`` and ``#`` included (``postgresql://u:pa/ss@db`` has the
+#: password ``pa/ss``, where ``urlsplit`` would end the authority at the ``/``).
+_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^:/@?#]*)(?P<password>:[^@]*)?@")
 
 
 def has_credentials(uri: str | None) -> bool:
@@ -66,23 +70,24 @@ def redact_uri(uri: str | None) -> str | None:
     """``uri`` with the password of its user info and the values of secret query parameters masked.
 
     A user name without a password is masked too: in ``https://<token>@host`` the user name is
-    the credential. Anything that does not parse as a URI comes back unchanged.
+    the credential. The user info is read as SQLAlchemy reads it, so a password holding ``/``,
+    ``?`` or ``#`` is masked whole. Anything else that does not parse as a URI comes back unchanged.
     """
     if not uri or "://" not in uri:
         return uri
+    masked = uri
+    userinfo = _USERINFO.match(uri)
+    if userinfo:  # masked before urlsplit, which would end the user info at a "/", "?" or "#" of the password
+        shown = f"{userinfo['user']}:{MASK}" if userinfo["password"] is not None else MASK
+        masked = f"{userinfo['scheme']}{shown}@{uri[userinfo.end() :]}"
     try:
-        parts = urlsplit(uri)
+        parts = urlsplit(masked)
     except ValueError:
-        return uri
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostport = netloc.rpartition("@")
-        user, has_password, _ = userinfo.partition(":")
-        netloc = f"{user}:{MASK}@{hostport}" if has_password else f"{MASK}@{hostport}"
+        return MASK if userinfo else uri
     query = _QUERY_PAIR.sub(
         lambda m: f"{m['key']}={MASK}" if m["key"].lower() in SECRET_QUERY_KEYS else m.group(0),
         parts.query,
     )
-    if (netloc, query) == (parts.netloc, parts.query):
-        return uri  # nothing secret; urlunsplit would also drop the empty authority of sqlite:////abs/path
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    if query == parts.query:
+        return masked  # urlunsplit would drop the empty authority of sqlite:////abs/path
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))

@@ -1,0 +1,64 @@
+"""Passwords and tokens in URIs never reach what is shown: ``swan_anomaly.redact.redact_uri`` against SQLAlchemy's own parser.
+
+A password holding ``/`` (or ``?``, ``#``) ended the user info early for ``urllib.parse.urlsplit``,
+so ``postgresql://mlflow:pa/ss@db/mlflow`` came back whole, password included, while SQLAlchemy
+(and so MLflow's tracking store) reads the password ``pa/ss`` from it.
+"""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from swan_anomaly.redact import MASK, has_credentials, redact_uri
+
+DATABASE_URIS = [
+    "postgresql://mlflow:s3cret@db:5432/mlflow",
+    "postgresql://mlflow:pa/ss@db:5432/mlflow",
+    "postgresql+psycopg2://mlflow:a/b/c@db/mlflow?sslmode=require",
+    "mysql://root:pa?ss@db/mlflow",
+    "mysql+pymysql://root:pa#ss@db:3306/mlflow",
+    "postgresql://mlflow:/leading-slash@db/mlflow",
+    "postgresql://mlflow:ends-with/@db/mlflow",
+]
+
+
+@pytest.mark.parametrize("uri", DATABASE_URIS)
+def test_the_password_sqlalchemy_reads_is_never_shown(uri):
+    url = make_url(uri)
+    assert url.password, "the case must carry a password for SQLAlchemy"
+    shown = redact_uri(uri)
+    assert url.password not in shown, shown
+    assert has_credentials(uri)
+    # the rest stays readable: user, host and database as SQLAlchemy reads them from the masked form
+    masked = make_url(shown)
+    assert (masked.username, masked.host, masked.port, masked.database) == (url.username, url.host, url.port, url.database)
+    assert masked.password == MASK
+
+
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        ("https://dapi0123@adb-1.azuredatabricks.net/", "https://***@adb-1.azuredatabricks.net/"),
+        ("https://user:tok/en@mlflow.example.com/api", "https://user:***@mlflow.example.com/api"),
+        ("https://acct.blob.core.windows.net/c?sv=2024&sig=abc/def", "https://acct.blob.core.windows.net/c?sv=2024&sig=***"),
+    ],
+)
+def test_tokens_in_http_uris_are_masked(uri, shown):
+    assert redact_uri(uri) == shown and has_credentials(uri)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "sqlite:////home/me/.swan/mlflow/mlflow.db",
+        "http://127.0.0.1:5000",
+        "https://mlflow.example.com/path?email=ops@example.com",
+        "databricks-uc",
+        "file:///tmp/mlruns",
+        "",
+        None,
+    ],
+)
+def test_uris_without_secrets_come_back_unchanged(uri):
+    assert redact_uri(uri) == uri and not has_credentials(uri)
