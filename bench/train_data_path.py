@@ -14,7 +14,8 @@ runs from opening the file to the trained model back on the CPU.
 
 model-only: ``bench/train_throughput.py``'s pipeline loop: ``train_step`` on random batches
 already on the device, ``--warmup`` untimed steps first, then as many timed steps as the job
-runs.
+runs; once before the job and once after, and the job is compared with their mean time (this
+machine's speed drifts within minutes).
 
 It prints both rates, their ratio (job / model-only; the goal on a GPU is >= 0.8) and where
 the job's time went, and the decoding rates on one thread and on ``--workers`` threads, best of three taken in turns
@@ -176,8 +177,17 @@ def main(argv: list[str] | None = None) -> dict:
         ViTImageProcessor(size=side, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(model_dir)
         parquet = Path(tmp) / "gold.parquet"
         file_bytes = gold_like_parquet(parquet, images=args.images, size=cfg.image_size)
+        steps = args.epochs * -(-args.images // args.batch_size)
+        # model-only before and after the job: this machine's speed drifts within minutes, so the job is compared with their mean
+        before = model_only_loop(model_dir, args, steps)
         job = job_loop(model_dir, parquet, args, device)
-        model_only = model_only_loop(model_dir, args, job["steps"])
+        after = model_only_loop(model_dir, args, steps)
+        model_only = {
+            "seconds": (before["seconds"] + after["seconds"]) / 2,
+            "images": before["images"],
+            "images_per_s_before_job": round(before["images"] / before["seconds"], 2),
+            "images_per_s_after_job": round(after["images"] / after["seconds"], 2),
+        }
         decode = decode_rates(parquet, preprocess_spec(model_dir), args.workers)
     rates = {name: loop["images"] / loop["seconds"] for name, loop in (("job", job), ("model_only", model_only))}
     job["images_per_s"], model_only["images_per_s"] = round(rates["job"], 2), round(rates["model_only"], 2)
@@ -211,7 +221,10 @@ def main(argv: list[str] | None = None) -> dict:
         f"train data path: {args.model} on {where}; {args.images} images of {cfg.image_size}px "
         f"({result['parquet_mib']} MiB of Parquet), batch {args.batch_size}, {args.epochs} epochs ({job['steps']} steps)"
     )
-    print(f"  model-only {rates['model_only']:>10.2f} img/s  (train_step on random batches on the device)")
+    print(
+        f"  model-only {rates['model_only']:>10.2f} img/s  (train_step on random batches on the device; "
+        f"{model_only['images_per_s_before_job']:.2f} before the job, {model_only['images_per_s_after_job']:.2f} after)"
+    )
     print(
         f"  job        {rates['job']:>10.2f} img/s  (read {job['read_s']:.2f}s, decode {job['decode_s']:.2f}s on "
         f"{args.workers} threads, train {job['train_s']:.2f}s; epochs at {job['epoch_images_per_s']} img/s)"

@@ -124,3 +124,25 @@ def test_a_failing_gather_ahead_fails_the_epoch():
     assert next(batches)[1].tolist() == [0, 1, 2]
     with pytest.raises(IndexError):
         next(batches)
+
+
+@pytest.mark.slow
+def test_the_data_path_benchmark_accounts_for_every_image_and_second(tmp_path):
+    import json
+    import sys
+    from pathlib import Path
+
+    from conftest import run_checked
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "data_path.json"
+    command = [sys.executable, str(root / "bench" / "train_data_path.py"), "--model", "offline", "--images", "64", "--batch-size", "16"]
+    done = run_checked([*command, "--epochs", "2", "--warmup", "1", "--workers", "2", "--device", "cpu", "--json", str(out)], cwd=root)
+    r = json.loads(out.read_text())
+    job, model_only = r["job"], r["model_only"]
+    assert job["images"] == model_only["images"] == 2 * 64 and job["steps"] == 2 * 4
+    assert len(job["epoch_images_per_s"]) == 2 and r["parquet_mib"] > 0 and r["image_size"] == 128
+    assert 0 < job["read_s"] + job["decode_s"] + job["train_s"] <= job["seconds"] * 1.0001
+    assert r["ratio_job_to_model_only"] == pytest.approx(job["images_per_s"] / model_only["images_per_s"], rel=0.01)
+    assert set(r["decode_best_s"]) == {"1_threads", "2_threads"} and all(t > 0 for t in r["decode_best_s"].values())
+    assert "ratio job/model-only" in done.stdout

@@ -214,10 +214,11 @@ def prepare_for_inference(model, device: str = "auto", *, cpu_precision: str = "
     """Put ``model`` in eval mode on ``device``; on CUDA also cast its weights to bfloat16.
 
     On CPU the weights stay float32 by default, so CPU scores do not change; ``cpu_precision="bfloat16"``
-    casts them too (oneDNN's bfloat16 kernels: about 2.4x the images/s of a float32 ViT-B/16 on
-    a CPU with AVX512-BF16, docs/BENCHMARKS.md). On CUDA, bfloat16 weights halve memory traffic
-    and spare autocast its per-call weight casts. In bfloat16 scores differ from float32 ones in
-    about the third significant digit.
+    casts them too (oneDNN's bfloat16 kernels: 2.0x to 2.2x the images/s of a float32 ViT-B/16 on
+    two cores with AVX512-BF16, docs/BENCHMARKS.md). On CUDA, bfloat16 weights halve memory traffic
+    and spare autocast its per-call weight casts. In bfloat16 single scores differ from float32
+    ones by up to about 4e-2 on a trained model, while its AUROC stays within 0.005
+    (``bench/quality.py --compare-cpu-precision bfloat16``).
 
     Args:
         model: a ``ViTForImageClassification``; moved in place.
