@@ -141,6 +141,11 @@ def resolve_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> arg
         parser.error(f"--photos: unknown {unknown}; bundled photos: {sorted(BUNDLED_PHOTOS)}")
     if len(set(args.photos)) != len(args.photos):
         parser.error("--photos: each photo once")
+    if args.compare_cpu_precision:
+        import torch
+
+        if torch.cuda.is_available():
+            parser.error("--compare-cpu-precision: the pyfunc serves on the GPU here, where SWAN_SERVING_CPU_PRECISION does not apply")
     bad = [f for f in args.families if f not in FAMILY_NAMES]
     if bad or not args.families or len(set(args.families)) != len(args.families):
         parser.error(f"--families: distinct names from {list(FAMILY_NAMES)}, got {args.families}")
@@ -529,6 +534,8 @@ def run(args: argparse.Namespace, home: Path, command: str) -> dict:
     result = run_training(lake_root=settings.lake_root, dataset_id=DATASET_ID, run_id=RUN_ID, config=config, settings=settings)
     stage("training")
     progress(f"trained: {result['epochs_run']} epochs, threshold {result['threshold']:.4f}; scoring with {result['model_uri']}")
+    if args.compare_cpu_precision:
+        os.environ["SWAN_SERVING_CPU_PRECISION"] = "float32"  # the reference of the comparison, whatever the environment said
     scores = score_test_split(args, settings, result)
     stage("scoring")
     precision = compare_precision(args, settings, result, scores) if args.compare_cpu_precision else None

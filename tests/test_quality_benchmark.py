@@ -149,7 +149,8 @@ def test_the_smoke_benchmark_reports_every_family_and_kind_with_intervals(tmp_pa
         and precision["mean_abs_score_difference"] <= precision["max_abs_score_difference"]
     )
     assert set(precision["auroc"]) == {"(all seen families)", *FAMILY_NAMES, *UNSEEN_KINDS}
+    assert 0 <= precision["threshold_flips"] <= precision["images"]
     for name, cols in precision["auroc"].items():
-        float32, bfloat16 = cols["anomaly_score"]
-        assert float32 == sets.get(name, scores["seen_all"])["scores"]["anomaly_score"]["auroc"] and 0.0 <= bfloat16 <= 1.0
+        for float32, bfloat16 in cols.values():  # bfloat16 ranks the images as float32 does, to within rounding
+            assert abs(bfloat16 - float32) < 0.1, (name, cols)
     assert "CPU serving in bfloat16 against float32" in done.stdout

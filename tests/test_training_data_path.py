@@ -1,8 +1,8 @@
 """The training job's data path: decoding on every core in bounded memory, and batches gathered a step ahead.
 
-Issue 17: the job decoded every JPEG of the gold window on one thread, building temporaries four
-times the size of the decoded set, and each host-resident batch bound for a GPU was gathered and
-pinned on the training thread between steps.
+Issue 17: the job decoded every JPEG of the gold window on one thread, with a peak of 3.3 times
+the decoded set's size in temporaries, and each host-resident batch bound for a GPU was gathered
+and pinned on the training thread between steps.
 """
 
 from __future__ import annotations
@@ -55,17 +55,18 @@ def test_decoding_runs_on_several_threads(monkeypatch):
     assert len(threads) == 2 and all(t.startswith("swan-preprocess") for t in threads)
 
 
-def test_decoding_a_large_set_needs_little_more_memory_than_its_result():
+@pytest.mark.parametrize("workers", [None, 2])
+def test_decoding_a_large_set_needs_little_more_memory_than_its_result(workers):
     images = _jpegs(12 * PREPROCESS_CHUNK, side=40)
     result_bytes = len(images) * 3 * 48 * 48 * 4
     tracemalloc.start()
     try:
-        x = preprocess(images, **SPEC)
+        x = preprocess(images, **SPEC) if workers is None else preprocess(images, **SPEC, workers=workers)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert x.nbytes == result_bytes
-    # before: a uint8 stack of every image plus three float32 temporaries of the whole set (about 4x the result)
+    # before: a uint8 stack of every image and float32 temporaries of the whole set (3.3x the result); now one chunk's per thread
     assert peak < 1.5 * result_bytes, f"peak {peak / 2**20:.1f} MiB for a {result_bytes / 2**20:.1f} MiB result"
 
 
@@ -81,6 +82,15 @@ def test_a_bad_image_is_named_and_it_is_the_first_bad_one(workers):
 
 def test_no_images_give_an_empty_batch():
     assert preprocess([], **SPEC, workers=4).shape == (0, 3, 48, 48)
+
+
+def test_threads_are_one_per_chunk_and_capped():
+    from swan_anomaly.images import MAX_PREPROCESS_WORKERS, preprocess_threads
+
+    assert preprocess_threads(PREPROCESS_CHUNK, 8) == 1
+    assert preprocess_threads(PREPROCESS_CHUNK + 1, 8) == 2
+    assert preprocess_threads(1000 * PREPROCESS_CHUNK, 10_000) == MAX_PREPROCESS_WORKERS
+    assert preprocess_threads(0, 8) == 1 and preprocess_threads(5 * PREPROCESS_CHUNK, 0) == 1
 
 
 def test_frame_tensors_decodes_with_the_sample_ids_as_names():
@@ -111,6 +121,23 @@ def test_batches_gathered_ahead_are_the_batches_in_order():
     assert torch.cat([b for _, b in ahead]).tolist() == order.tolist()
     for (xa, ya), (xd, yd) in zip(ahead, direct, strict=True):
         assert torch.equal(xa, xd) and torch.equal(ya, yd) and torch.equal(xa, x[ya])
+
+
+def test_a_set_already_on_the_device_is_gathered_without_a_thread(monkeypatch):
+    import concurrent.futures
+
+    import torch
+
+    from swan_anomaly.trainer import epoch_batches
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a thread pool was started")
+
+    monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", no_pool)
+    x, y = torch.randn(7, 3, 4, 4), torch.arange(7)
+    assert [b.tolist() for _, b in epoch_batches(x, y, torch.arange(7), 4, "cpu")] == [[0, 1, 2, 3], [4, 5, 6]]
+    with pytest.raises(AssertionError, match="thread pool"):  # the same call gathering ahead does start one
+        list(epoch_batches(x, y, torch.arange(7), 4, "cpu", prefetch=True))
 
 
 def test_a_failing_gather_ahead_fails_the_epoch():

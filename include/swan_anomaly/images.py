@@ -30,6 +30,9 @@ MAX_PIXELS = 50_000_000
 #: Images :func:`preprocess` decodes and normalises together: one task of its worker threads, and
 #: the bound on its temporary arrays (the output is allocated once, whatever the number of images).
 PREPROCESS_CHUNK = 64
+#: The most threads :func:`preprocess` uses, whatever it is asked for: each holds one chunk's
+#: temporaries (about 50 MB at 224 px), and decoding gains little beyond this many cores.
+MAX_PREPROCESS_WORKERS = 16
 
 
 def check_declared_size(data: bytes, *, name: str) -> None:
@@ -43,15 +46,15 @@ def check_declared_size(data: bytes, *, name: str) -> None:
         ImageDecodeError: too many pixels declared, or no header Pillow can read.
     """
     import io
-    import warnings
 
     from PIL import Image, UnidentifiedImageError
 
+    # No warnings.catch_warnings() around this: it is not thread-safe, and preprocess decodes on
+    # threads. Pillow's DecompressionBombWarning (over 89 M pixels) is then shown, and the image
+    # is refused below anyway (MAX_PIXELS is lower).
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                width, height = im.size
+        with Image.open(io.BytesIO(data)) as im:
+            width, height = im.size
     except Image.DecompressionBombError as exc:
         msg = f"{name}: {exc}; not decoded"
         raise ImageDecodeError(msg) from exc
@@ -181,11 +184,27 @@ def crop_and_resize(image: np.ndarray, *, size: int, bias_x: float = CROP_BIAS_X
 
 def normalize(images: np.ndarray, *, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """Turn ``[B, H, W, 3]`` uint8 RGB into ``[B, 3, H, W]`` float32, scaled to [0, 1] then standardised."""
+    return np.ascontiguousarray(_standardized(images, mean=mean, std=std).transpose(0, 3, 1, 2))
+
+
+def _standardized(images: np.ndarray, *, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """``[B, H, W, 3]`` float32 of :func:`normalize`, channels last, in one array (the same values as ``x / 255.0`` and so on)."""
     x = images.astype(np.float32)
-    x /= 255.0  # in place: the same values as x / 255.0, one temporary instead of three
+    x /= 255.0
     x -= np.asarray(mean, dtype=np.float32)
     x /= np.asarray(std, dtype=np.float32)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    return x
+
+
+def preprocess_threads(images: int, workers: int) -> int:
+    """How many threads :func:`preprocess` runs for ``images`` images when asked for ``workers``: one per chunk, at most
+    :data:`MAX_PREPROCESS_WORKERS`.
+
+    Example:
+        >>> preprocess_threads(100, 8), preprocess_threads(10_000, 64), preprocess_threads(10, 8)
+        (2, 16, 1)
+    """
+    return max(1, min(workers, MAX_PREPROCESS_WORKERS, -(-images // PREPROCESS_CHUNK)))
 
 
 def preprocess(
@@ -206,7 +225,8 @@ def preprocess(
 
     The images are handled :data:`PREPROCESS_CHUNK` at a time, each chunk written into one
     output array, so the temporaries stay small however many images there are. With
-    ``workers`` above 1 the chunks run on that many threads: OpenCV's decoding and resizing and
+    ``workers`` above 1 the chunks run on that many threads (at most
+    :data:`MAX_PREPROCESS_WORKERS`, one per chunk): OpenCV's decoding and resizing and
     numpy's arithmetic release the GIL, so the threads use that many cores, and the result is
     the same array bit for bit. An image that cannot be decoded raises
     :class:`~swan_anomaly._errors.ImageDecodeError` naming it (the first such image in input
@@ -230,14 +250,15 @@ def preprocess(
         batch = np.stack(
             [crop_and_resize(decode_image(images[i], name=names[i]), size=size, bias_x=bias_x, bias_y=bias_y) for i in range(start, stop)]
         )
-        out[start:stop] = normalize(batch, mean=mean, std=std)
+        out[start:stop] = _standardized(batch, mean=mean, std=std).transpose(0, 3, 1, 2)  # written once, channels first
 
     starts = range(0, len(images), PREPROCESS_CHUNK)
-    if workers <= 1 or len(starts) <= 1:
+    workers = preprocess_threads(len(images), workers)
+    if workers <= 1:
         for start in starts:
             fill(start)
     else:
-        with ThreadPoolExecutor(max_workers=min(workers, len(starts)), thread_name_prefix="swan-preprocess") as pool:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="swan-preprocess") as pool:
             for _ in pool.map(fill, starts):  # in input order: the first failing chunk's error is raised
                 pass
     return out

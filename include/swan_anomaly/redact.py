@@ -27,10 +27,13 @@ SECRET_QUERY_KEYS = frozenset(
     | {"x-amz-signature", "x-amz-security-token", "x-goog-signature"}
 )
 _QUERY_PAIR = re.compile(r"(?P<key>[^&=]+)=(?P<value>[^&]*)")
-#: User info as SQLAlchemy's URL grammar reads it: a user name without ``:``, ``/`` or ``@``, then an optional
-#: password running to the next ``@``, ``/``, ``?`` and ``#`` included (``postgresql://u:pa/ss@db`` has the
-#: password ``pa/ss``, where ``urlsplit`` would end the authority at the ``/``).
-_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^:/@?#]*)(?P<password>:[^@]*)?@")
+#: User info as SQLAlchemy's URL grammar reads it (``sqlalchemy.engine.url._parse_url``): a user name up to the
+#: first ``:`` or ``/``, then an optional password running to the next ``@``, where ``/``, ``?`` and ``#`` may occur
+#: (``postgresql://u:pa/ss@db`` has the password ``pa/ss``; ``urlsplit`` would end the authority at the ``/``).
+_SQLALCHEMY_USERINFO = re.compile(r"^(?P<scheme>[\w+]+://)(?P<user>[^:/]*)(?P<password>:[^@]*)?@")
+#: Schemes read as URLs by HTTP clients (urllib3 ends the authority at the first ``/``, ``?`` or ``#``, as
+#: ``urlsplit`` does); any other scheme is read both ways, as a database URL could be.
+_WEB_SCHEMES = frozenset({"http", "https", "file"})
 
 
 def has_credentials(uri: str | None) -> bool:
@@ -70,24 +73,32 @@ def redact_uri(uri: str | None) -> str | None:
     """``uri`` with the password of its user info and the values of secret query parameters masked.
 
     A user name without a password is masked too: in ``https://<token>@host`` the user name is
-    the credential. The user info is read as SQLAlchemy reads it, so a password holding ``/``,
-    ``?`` or ``#`` is masked whole. Anything else that does not parse as a URI comes back unchanged.
+    the credential. The user info of a database URL is masked both as SQLAlchemy reads it (a
+    password may hold ``/``, ``?`` or ``#``) and as ``urlsplit`` does (up to the authority's last
+    ``@``); an ``http``, ``https`` or ``file`` URL as HTTP clients read it, the second way.
+    Anything that does not parse as a URI comes back unchanged.
     """
     if not uri or "://" not in uri:
         return uri
     masked = uri
-    userinfo = _USERINFO.match(uri)
-    if userinfo:  # masked before urlsplit, which would end the user info at a "/", "?" or "#" of the password
+    userinfo = _SQLALCHEMY_USERINFO.match(uri)
+    if userinfo and userinfo["scheme"][:-3].lower() not in _WEB_SCHEMES:
+        # a database URL: masked as SQLAlchemy reads it, then below as urlsplit does (the union of both)
         shown = f"{userinfo['user']}:{MASK}" if userinfo["password"] is not None else MASK
         masked = f"{userinfo['scheme']}{shown}@{uri[userinfo.end() :]}"
     try:
         parts = urlsplit(masked)
     except ValueError:
-        return MASK if userinfo else uri
+        return MASK if masked != uri else uri
+    netloc = parts.netloc
+    if "@" in netloc:
+        user_part, _, hostport = netloc.rpartition("@")
+        user, has_password, _ = user_part.partition(":")
+        netloc = f"{user}:{MASK}@{hostport}" if has_password else f"{MASK}@{hostport}"
     query = _QUERY_PAIR.sub(
         lambda m: f"{m['key']}={MASK}" if m["key"].lower() in SECRET_QUERY_KEYS else m.group(0),
         parts.query,
     )
-    if query == parts.query:
+    if (netloc, query) == (parts.netloc, parts.query):
         return masked  # urlunsplit would drop the empty authority of sqlite:////abs/path
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
