@@ -10,16 +10,18 @@ model's input size as the ETL job writes them), decode and preprocess every imag
 ``swan_anomaly.trainer.train_classifier`` for ``--epochs`` epochs (batches gathered from a
 shuffled order, on CUDA the set moved to the GPU when it fits or gathered a step ahead into
 pinned memory; one batch of validation per epoch, the best epoch's weights kept). The clock
-runs from opening the file to the trained model back on the CPU.
+runs from opening the file to the trained model back on the CPU, less the model-only segments.
 
 model-only: ``bench/train_throughput.py``'s pipeline loop: ``train_step`` on random batches
-already on the device, ``--warmup`` untimed steps first, then as many timed steps as the job
-runs; once before the job and once after, and the job is compared with their mean time (this
-machine's speed drifts within minutes).
+already on the device, on a second copy of the model, ``--warmup`` untimed steps before the
+job, then one timed segment of an epoch's steps after each of the job's epochs (from
+``train_classifier``'s ``on_epoch``): the two take turns, because this machine's speed drifts
+within a minute.
 
-It prints both rates, their ratio (job / model-only; the goal on a GPU is >= 0.8) and where
-the job's time went, and the decoding rates on one thread and on ``--workers`` threads, best of three taken in turns
-(not part of the job's time). Needs torch, transformers, pandas, pyarrow, OpenCV and scikit-image (the photographs;
+It prints both rates, their ratio (job / model-only; the goal on a GPU is >= 0.8), where the
+job's time went and each epoch's rate beside its model-only segment's; then the decoding rates
+on one thread and on ``--workers`` threads, best of ``--decode-rounds`` taken in turns (not part
+of the job's time). Needs torch, transformers, pandas, pyarrow, OpenCV and scikit-image (the photographs;
 ``requirements-dev.txt``); no MLflow, Spark or Airflow; downloads nothing.
 
 Parameters: --model {offline,vit-b16} (default offline), --batch-size (default TrainConfig's, 32),
@@ -84,8 +86,12 @@ def gold_like_parquet(path: Path, *, images: int, size: int, seed: int = 0) -> i
     return path.stat().st_size
 
 
-def job_loop(model_dir: str, parquet: Path, args, device) -> dict:
-    """Time the job's path: read, decode on ``args.workers`` threads, ``train_classifier``."""
+def job_loop(model_dir: str, parquet: Path, args, device, model_only: ModelOnly) -> dict:
+    """Time the job's path: read, decode on ``args.workers`` threads, ``train_classifier``.
+
+    After each epoch (``on_epoch``) ``model_only`` trains as many steps as the epoch had; that
+    time is taken out of the job's.
+    """
     import pandas as pd
 
     spec = preprocess_spec(model_dir)
@@ -96,45 +102,72 @@ def job_loop(model_dir: str, parquet: Path, args, device) -> dict:
     )
     if args.host_batches:
         trainer.GPU_DATA_SHARE = 0.0  # the set stays on the host: batches are gathered ahead into pinned memory
+    b = args.batch_size
+    aside = 0.0  # seconds spent in the model-only segments between epochs
+
+    def between_epochs(result) -> None:
+        nonlocal aside
+        _sync(device)  # the job's own work is done before the clock for the aside starts
+        started = time.perf_counter()
+        model_only.run(-(-args.images // b), epoch_images_per_s=result.images_per_s)
+        aside += time.perf_counter() - started
+
     _sync(device)
     started = time.perf_counter()
     gold = pd.read_parquet(parquet)
     read = time.perf_counter()
     x, y = trainer.frame_tensors(gold, spec, workers=args.workers)
     decoded = time.perf_counter()
-    b = args.batch_size
-    _, history, _ = trainer.train_classifier(model, (x, y), (x[:b], y[:b]), cfg)
+    _, history, _ = trainer.train_classifier(model, (x, y), (x[:b], y[:b]), cfg, on_epoch=between_epochs)
     _sync(device)
     done = time.perf_counter()
     return {
-        "seconds": done - started,
+        "seconds": done - started - aside,
         "read_s": read - started,
         "decode_s": decoded - read,
-        "train_s": done - decoded,
+        "train_s": done - decoded - aside,
         "epoch_images_per_s": [round(h.images_per_s, 2) for h in history],
         "steps": args.epochs * -(-len(x) // b),
         "images": args.epochs * len(x),
     }
 
 
-def model_only_loop(model_dir: str, args, steps: int) -> dict:
-    """Time ``train_step`` on random batches already on the device, as ``bench/train_throughput.py`` does."""
-    cfg = _harness.vit_config(args.model)
-    model = load_classifier(model_dir)
-    device, autocast_dtype = trainer.place_for_training(model, args.device)
-    x, y = _harness.random_batches(cfg, args.batch_size, device)
-    optimizer, scheduler = trainer.make_optimizer(model, trainer.TrainConfig(batch_size=args.batch_size), total_steps=args.warmup + steps)
-    weights = trainer.class_weights(y).to(device)
-    step_model = compile_model(model) if args.compile else model
-    model.train()
+class ModelOnly:
+    """``train_step`` on random batches already on the device, as ``bench/train_throughput.py`` times it, in segments.
 
-    def step(j: int) -> None:
-        i = (j % _harness.DATA_BATCHES) * args.batch_size
-        trainer.train_step(step_model, optimizer, scheduler, x[i : i + args.batch_size], y[i : i + args.batch_size], weights,
-                           autocast_dtype=autocast_dtype)  # fmt: skip
+    Built and warmed up (``args.warmup`` steps) before the job; :meth:`run` times one segment.
+    """
 
-    timed = _harness.time_loop(step, steps=steps, warmup=args.warmup, device=device)
-    return {**timed, "images": steps * args.batch_size}
+    def __init__(self, model_dir: str, args, device) -> None:
+        cfg = _harness.vit_config(args.model)
+        self.device, self.batch_size = device, args.batch_size
+        model = load_classifier(model_dir)
+        _, self.autocast_dtype = trainer.place_for_training(model, args.device)
+        self.x, self.y = _harness.random_batches(cfg, args.batch_size, device)
+        steps = args.warmup + args.epochs * -(-args.images // args.batch_size)
+        self.optimizer, self.scheduler = trainer.make_optimizer(model, trainer.TrainConfig(batch_size=args.batch_size), total_steps=steps)
+        self.weights = trainer.class_weights(self.y).to(device)
+        self.model = compile_model(model) if args.compile else model
+        model.train()
+        self.segments: list[dict] = []
+        _harness.time_loop(self._step, steps=0, warmup=args.warmup, device=device)
+
+    def _step(self, j: int) -> None:
+        i, b = (j % _harness.DATA_BATCHES) * self.batch_size, self.batch_size
+        trainer.train_step(self.model, self.optimizer, self.scheduler, self.x[i : i + b], self.y[i : i + b], self.weights,
+                           autocast_dtype=self.autocast_dtype)  # fmt: skip
+
+    def run(self, steps: int, *, epoch_images_per_s: float) -> None:
+        seconds = _harness.time_loop(self._step, steps=steps, warmup=0, device=self.device)["seconds"]
+        rate = steps * self.batch_size / seconds
+        self.segments.append(
+            {"steps": steps, "seconds": seconds, "images_per_s": round(rate, 2), "job_epoch_images_per_s": round(epoch_images_per_s, 2)}
+        )
+
+    def result(self) -> dict:
+        seconds = sum(seg["seconds"] for seg in self.segments)
+        images = sum(seg["steps"] for seg in self.segments) * self.batch_size
+        return {"seconds": seconds, "images": images, "segments": self.segments}
 
 
 def _freed(result: dict, device) -> dict:
@@ -194,17 +227,12 @@ def main(argv: list[str] | None = None) -> dict:
         ViTImageProcessor(size=side, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(model_dir)
         parquet = Path(tmp) / "gold.parquet"
         file_bytes = gold_like_parquet(parquet, images=args.images, size=cfg.image_size)
-        steps = args.epochs * -(-args.images // args.batch_size)
-        # model-only before and after the job: this machine's speed drifts within minutes, so the job is compared with their mean
-        before = _freed(model_only_loop(model_dir, args, steps), device)
-        job = _freed(job_loop(model_dir, parquet, args, device), device)
-        after = _freed(model_only_loop(model_dir, args, steps), device)
-        model_only = {
-            "seconds": (before["seconds"] + after["seconds"]) / 2,
-            "images": before["images"],
-            "images_per_s_before_job": round(before["images"] / before["seconds"], 2),
-            "images_per_s_after_job": round(after["images"] / after["seconds"], 2),
-        }
+        # model-only runs a segment after each of the job's epochs: this machine's speed drifts within a minute
+        model_only_runner = ModelOnly(model_dir, args, device)
+        job = _freed(job_loop(model_dir, parquet, args, device, model_only_runner), device)
+        model_only = model_only_runner.result()
+        del model_only_runner
+        _freed(None, device)
         decode = decode_rates(parquet, preprocess_spec(model_dir), args.workers, rounds=args.decode_rounds)
     rates = {name: loop["images"] / loop["seconds"] for name, loop in (("job", job), ("model_only", model_only))}
     job["images_per_s"], model_only["images_per_s"] = round(rates["job"], 2), round(rates["model_only"], 2)
@@ -232,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
         "job": job,
         "model_only": model_only,
         "ratio_job_to_model_only": round(ratio, 3),
-        "decode_best_s": {f"{n}_threads": round(t, 4) for n, t in decode.items()},
+        "decode_best_s": {f"{n}_workers": round(t, 4) for n, t in decode.items()},  # workers asked for (see decode_threads)
         "ratio_if_decoding_on_one_thread": round(one_thread_ratio, 3),
     }
     where = result["device_name"] if device.type == "cuda" else f"cpu, {result['cpu_threads']} threads"
@@ -240,9 +268,10 @@ def main(argv: list[str] | None = None) -> dict:
         f"train data path: {args.model} on {where}; {args.images} images of {cfg.image_size}px "
         f"({result['parquet_mib']} MiB of Parquet), batch {args.batch_size}, {args.epochs} epochs ({job['steps']} steps)"
     )
+    segments = model_only["segments"]
     print(
-        f"  model-only {rates['model_only']:>10.2f} img/s  (train_step on random batches on the device; "
-        f"{model_only['images_per_s_before_job']:.2f} before the job, {model_only['images_per_s_after_job']:.2f} after)"
+        f"  model-only {rates['model_only']:>10.2f} img/s  (train_step on random batches on the device, one segment after each "
+        f"of the job's epochs: {[seg['images_per_s'] for seg in segments]} img/s)"
     )
     print(
         f"  job        {rates['job']:>10.2f} img/s  (read {job['read_s']:.2f}s, decode {job['decode_s']:.2f}s on "

@@ -169,7 +169,10 @@ def test_the_data_path_benchmark_accounts_for_every_image_and_second(tmp_path):
     job, model_only = r["job"], r["model_only"]
     assert job["images"] == model_only["images"] == 2 * 64 and job["steps"] == 2 * 4
     assert len(job["epoch_images_per_s"]) == 2 and r["parquet_mib"] > 0 and r["image_size"] == 128
+    # one model-only segment of an epoch's steps after each of the job's epochs, beside that epoch's rate
+    assert [(seg["steps"], seg["job_epoch_images_per_s"]) for seg in model_only["segments"]] == [(4, e) for e in job["epoch_images_per_s"]]
+    assert model_only["seconds"] == pytest.approx(sum(seg["seconds"] for seg in model_only["segments"]))
     assert 0 < job["read_s"] + job["decode_s"] + job["train_s"] <= job["seconds"] * 1.0001
     assert r["ratio_job_to_model_only"] == pytest.approx(job["images_per_s"] / model_only["images_per_s"], rel=0.01)
-    assert set(r["decode_best_s"]) == {"1_threads", "2_threads"} and all(t > 0 for t in r["decode_best_s"].values())
+    assert set(r["decode_best_s"]) == {"1_workers", "2_workers"} and all(t > 0 for t in r["decode_best_s"].values())
     assert "ratio job/model-only" in done.stdout
