@@ -22,6 +22,7 @@ import torch
 import transformers
 from transformers import ViTConfig
 
+from swan_anomaly import trainer
 from swan_anomaly.modeling import ID2LABEL, LABEL2ID, PRESETS, resolve_device
 
 transformers.utils.logging.disable_progress_bar()  # no save/load bars between the result lines
@@ -124,6 +125,36 @@ def random_batches(cfg: ViTConfig, batch_size: int, device, *, seed: int = 0) ->
     x = torch.randn(n, 3, cfg.image_size, cfg.image_size, generator=gen)
     y = (torch.arange(n) % 2)[torch.randperm(n, generator=gen)]
     return x.to(device), y.to(device)
+
+
+class PipelineTraining:
+    """The pipeline's training steps on random batches already on the device, as ``train_classifier`` runs them.
+
+    ``swan_anomaly.modeling.load_classifier`` -> ``trainer.place_for_training`` -> ``make_optimizer``
+    (for ``total_steps``) -> :meth:`step` = ``trainer.train_step`` on the ``j``-th of
+    :data:`DATA_BATCHES` batches gathered from a shuffled order of ``x``/``y`` (seeded as
+    ``TrainConfig.seed``); ``compile`` goes through ``modeling.compile_model``.
+    """
+
+    def __init__(self, model_dir: str, x: torch.Tensor, y: torch.Tensor, *, device: str, total_steps: int, compile: bool = False) -> None:
+        from swan_anomaly.modeling import compile_model, load_classifier
+
+        model = load_classifier(model_dir)
+        self.device, self.autocast_dtype = trainer.place_for_training(model, device)
+        self.x, self.y, self.batch_size = x, y, len(x) // DATA_BATCHES
+        self.optimizer, self.scheduler = trainer.make_optimizer(
+            model, trainer.TrainConfig(batch_size=self.batch_size, device=device), total_steps=total_steps
+        )
+        self.weights = trainer.class_weights(y).to(self.device)
+        self.order = torch.randperm(len(x), generator=torch.Generator().manual_seed(trainer.TrainConfig().seed)).to(x.device)
+        self.model = compile_model(model) if compile else model  # the pipeline compiles with attention as an eager island
+        model.train()
+
+    def step(self, j: int) -> None:
+        i = (j % DATA_BATCHES) * self.batch_size
+        idx = self.order[i : i + self.batch_size]
+        trainer.train_step(self.model, self.optimizer, self.scheduler, self.x[idx], self.y[idx], self.weights,
+                           autocast_dtype=self.autocast_dtype)  # fmt: skip
 
 
 def time_loop(step: Callable[[int], object], *, steps: int, warmup: int, device) -> dict:

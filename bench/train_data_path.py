@@ -51,7 +51,7 @@ import torch  # noqa: E402
 
 from swan_anomaly import trainer  # noqa: E402
 from swan_anomaly.images import preprocess_threads  # noqa: E402
-from swan_anomaly.modeling import compile_model, load_classifier, preprocess_spec  # noqa: E402
+from swan_anomaly.modeling import load_classifier, preprocess_spec  # noqa: E402
 
 #: The photographs the views are cut from (bundled in scikit-image's wheel).
 PHOTOS = ("coffee", "rocket", "motorcycle_left", "astronaut")
@@ -133,32 +133,20 @@ def job_loop(model_dir: str, parquet: Path, args, device, model_only: ModelOnly)
 
 
 class ModelOnly:
-    """``train_step`` on random batches already on the device, as ``bench/train_throughput.py`` times it, in segments.
+    """``bench/train_throughput.py``'s pipeline loop (:class:`_harness.PipelineTraining`) on random batches on the device, in segments.
 
     Built and warmed up (``args.warmup`` steps) before the job; :meth:`run` times one segment.
     """
 
     def __init__(self, model_dir: str, args, device) -> None:
-        cfg = _harness.vit_config(args.model)
-        self.device, self.batch_size = device, args.batch_size
-        model = load_classifier(model_dir)
-        _, self.autocast_dtype = trainer.place_for_training(model, args.device)
-        self.x, self.y = _harness.random_batches(cfg, args.batch_size, device)
+        x, y = _harness.random_batches(_harness.vit_config(args.model), args.batch_size, device)
         steps = args.warmup + args.epochs * -(-args.images // args.batch_size)
-        self.optimizer, self.scheduler = trainer.make_optimizer(model, trainer.TrainConfig(batch_size=args.batch_size), total_steps=steps)
-        self.weights = trainer.class_weights(self.y).to(device)
-        self.model = compile_model(model) if args.compile else model
-        model.train()
-        self.segments: list[dict] = []
-        _harness.time_loop(self._step, steps=0, warmup=args.warmup, device=device)
-
-    def _step(self, j: int) -> None:
-        i, b = (j % _harness.DATA_BATCHES) * self.batch_size, self.batch_size
-        trainer.train_step(self.model, self.optimizer, self.scheduler, self.x[i : i + b], self.y[i : i + b], self.weights,
-                           autocast_dtype=self.autocast_dtype)  # fmt: skip
+        self.loop = _harness.PipelineTraining(model_dir, x, y, device=args.device, total_steps=steps, compile=args.compile)
+        self.batch_size, self.segments = args.batch_size, []
+        _harness.time_loop(self.loop.step, steps=0, warmup=args.warmup, device=device)
 
     def run(self, steps: int, *, epoch_images_per_s: float) -> None:
-        seconds = _harness.time_loop(self._step, steps=steps, warmup=0, device=self.device)["seconds"]
+        seconds = _harness.time_loop(self.loop.step, steps=steps, warmup=0, device=self.loop.device)["seconds"]
         rate = steps * self.batch_size / seconds
         self.segments.append(
             {"steps": steps, "seconds": seconds, "images_per_s": round(rate, 2), "job_epoch_images_per_s": round(epoch_images_per_s, 2)}
@@ -168,16 +156,6 @@ class ModelOnly:
         seconds = sum(seg["seconds"] for seg in self.segments)
         images = sum(seg["steps"] for seg in self.segments) * self.batch_size
         return {"seconds": seconds, "images": images, "segments": self.segments}
-
-
-def _freed(result: dict, device) -> dict:
-    """``result``, after freeing the finished loop's memory (so the next loop finds the GPU as the first did)."""
-    import gc
-
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return result
 
 
 def _sync(device) -> None:
@@ -228,11 +206,9 @@ def main(argv: list[str] | None = None) -> dict:
         parquet = Path(tmp) / "gold.parquet"
         file_bytes = gold_like_parquet(parquet, images=args.images, size=cfg.image_size)
         # model-only runs a segment after each of the job's epochs: this machine's speed drifts within a minute
-        model_only_runner = ModelOnly(model_dir, args, device)
-        job = _freed(job_loop(model_dir, parquet, args, device, model_only_runner), device)
-        model_only = model_only_runner.result()
-        del model_only_runner
-        _freed(None, device)
+        runner = ModelOnly(model_dir, args, device)
+        job = job_loop(model_dir, parquet, args, device, runner)
+        model_only = runner.result()
         decode = decode_rates(parquet, preprocess_spec(model_dir), args.workers, rounds=args.decode_rounds)
     rates = {name: loop["images"] / loop["seconds"] for name, loop in (("job", job), ("model_only", model_only))}
     job["images_per_s"], model_only["images_per_s"] = round(rates["job"], 2), round(rates["model_only"], 2)

@@ -26,29 +26,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
 import _harness  # noqa: E402  (needs include/ on sys.path)
 import torch  # noqa: E402
 
-from swan_anomaly.modeling import compile_model, load_classifier  # noqa: E402
-from swan_anomaly.trainer import TrainConfig, class_weights, make_optimizer, place_for_training, train_step  # noqa: E402
+from swan_anomaly.trainer import TrainConfig  # noqa: E402
 
 DEFAULTS = TrainConfig()
 
 
 def pipeline_loop(model_dir: str, x: torch.Tensor, y: torch.Tensor, args) -> dict:
     """Time ``swan_anomaly.trainer.train_step`` with the pipeline's model, optimizer, scheduler and batching."""
-    model = load_classifier(model_dir)
-    device, autocast_dtype = place_for_training(model, args.device)
-    cfg = TrainConfig(batch_size=args.batch_size, device=args.device)
-    optimizer, scheduler = make_optimizer(model, cfg, total_steps=args.warmup + args.steps)
-    weights = class_weights(y).to(device)
-    step_model = compile_model(model) if args.compile else model  # the pipeline compiles with attention as an eager island
-    model.train()
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed)).to(device)
-
-    def step(j: int) -> None:
-        i = (j % _harness.DATA_BATCHES) * args.batch_size
-        idx = order[i : i + args.batch_size]
-        train_step(step_model, optimizer, scheduler, x[idx], y[idx], weights, autocast_dtype=autocast_dtype)
-
-    return _harness.time_loop(step, steps=args.steps, warmup=args.warmup, device=device)
+    loop = _harness.PipelineTraining(model_dir, x, y, device=args.device, total_steps=args.warmup + args.steps, compile=args.compile)
+    return _harness.time_loop(loop.step, steps=args.steps, warmup=args.warmup, device=loop.device)
 
 
 def baseline_loop(model_dir: str, x: torch.Tensor, y: torch.Tensor, args, device) -> dict:

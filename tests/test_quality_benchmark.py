@@ -6,6 +6,7 @@ scikit-image (requirements-dev.txt) provides the photographs; without it these t
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -117,7 +118,8 @@ def test_an_unseen_kind_changes_only_its_mask_inside_the_crop(footage, kind, bia
 def test_the_smoke_benchmark_reports_every_family_and_kind_with_intervals(tmp_path):
     out = tmp_path / "quality.json"
     command = [sys.executable, str(ROOT / "bench" / "quality.py"), "--smoke", "--json", str(out), "--compare-cpu-precision", "bfloat16"]
-    done = run_checked(command, cwd=ROOT)
+    # a bfloat16 environment must not leak into the float32 reference of the comparison
+    done = run_checked(command, cwd=ROOT, env={**os.environ, "SWAN_SERVING_CPU_PRECISION": "bfloat16"})
     figures = json.loads(out.read_text())
     scores = figures["scores"]
     assert scores["score_columns"][0] == "anomaly_score" and scores["score_columns"][-1] == "decision_score"

@@ -108,6 +108,19 @@ def test_frame_tensors_decodes_with_the_sample_ids_as_names():
     assert np.array_equal(x.numpy(), preprocess(list(frame.content), **SPEC, bias_x=0.5, bias_y=0.5))
 
 
+def test_the_decoding_log_line_counts_the_threads_used(caplog):
+    import logging
+
+    from swan_anomaly.trainer import frame_tensors
+
+    spec = type("Spec", (), {**SPEC, "bias_x": 0.5, "bias_y": 0.5})
+    n = PREPROCESS_CHUNK + 1  # two chunks: two threads, however many workers are offered
+    frame = pd.DataFrame({"content": _jpegs(n), "sample_id": [f"s{i}" for i in range(n)], "label": [1] * n})
+    with caplog.at_level(logging.INFO, logger="swan_anomaly.trainer"):
+        frame_tensors(frame, spec, workers=8)
+    assert any(f"decoded {n} images" in r.message and r.message.endswith("on 2 threads)") for r in caplog.records), caplog.text
+
+
 def test_batches_gathered_ahead_are_the_batches_in_order():
     import torch
 

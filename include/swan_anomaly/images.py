@@ -183,17 +183,16 @@ def crop_and_resize(image: np.ndarray, *, size: int, bias_x: float = CROP_BIAS_X
 
 
 def normalize(images: np.ndarray, *, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """Turn ``[B, H, W, 3]`` uint8 RGB into ``[B, 3, H, W]`` float32, scaled to [0, 1] then standardised."""
-    return np.ascontiguousarray(_standardized(images, mean=mean, std=std).transpose(0, 3, 1, 2))
+    """Turn ``[B, H, W, 3]`` uint8 RGB into ``[B, 3, H, W]`` float32, scaled to [0, 1] then standardised.
 
-
-def _standardized(images: np.ndarray, *, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """``[B, H, W, 3]`` float32 of :func:`normalize`, channels last, in one array (the same values as ``x / 255.0`` and so on)."""
+    One float32 array, worked on in place (the same values as ``(x / 255 - mean) / std``), and
+    returned as a channels-first view of it: whoever stores it (``preprocess``) copies it once.
+    """
     x = images.astype(np.float32)
     x /= 255.0
     x -= np.asarray(mean, dtype=np.float32)
     x /= np.asarray(std, dtype=np.float32)
-    return x
+    return x.transpose(0, 3, 1, 2)
 
 
 def preprocess_threads(images: int, workers: int) -> int:
@@ -250,7 +249,7 @@ def preprocess(
         batch = np.stack(
             [crop_and_resize(decode_image(images[i], name=names[i]), size=size, bias_x=bias_x, bias_y=bias_y) for i in range(start, stop)]
         )
-        out[start:stop] = _standardized(batch, mean=mean, std=std).transpose(0, 3, 1, 2)  # written once, channels first
+        out[start:stop] = normalize(batch, mean=mean, std=std)  # written once, channels first
 
     starts = range(0, len(images), PREPROCESS_CHUNK)
     workers = preprocess_threads(len(images), workers)

@@ -90,13 +90,15 @@ def frame_tensors(frame: pd.DataFrame, spec, *, workers: int | None = None):
     """``(x [N, 3, S, S] float32, y [N] long)``: the ``content`` images of ``frame`` decoded and preprocessed, with their ``label``s.
 
     Decodes on ``workers`` threads (default: every usable core; see
-    :func:`swan_anomaly.images.preprocess`), with the same result as one. A bad image raises an
-    error naming its ``sample_id``.
+    :func:`swan_anomaly.images.preprocess`), with the same result as one, and logs the rate. A
+    bad image raises an error naming its ``sample_id``.
     """
     import torch
 
-    from swan_anomaly.images import preprocess
+    from swan_anomaly.images import preprocess, preprocess_threads
 
+    workers = usable_cores() if workers is None else workers
+    started = time.perf_counter()
     x = preprocess(
         list(frame.content),
         size=spec.size,
@@ -105,8 +107,11 @@ def frame_tensors(frame: pd.DataFrame, spec, *, workers: int | None = None):
         bias_x=spec.bias_x,
         bias_y=spec.bias_y,
         names=list(frame.sample_id),
-        workers=usable_cores() if workers is None else workers,
+        workers=workers,
     )
+    seconds = time.perf_counter() - started
+    threads = preprocess_threads(len(x), workers)
+    log.info("decoded %d images in %.1fs (%.0f img/s on %d threads)", len(x), seconds, len(x) / max(seconds, 1e-9), threads)
     return torch.from_numpy(x), torch.tensor(frame.label.to_numpy(copy=True), dtype=torch.long)
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -30,13 +29,12 @@ from swan_anomaly.config import Settings
 from swan_anomaly.evaluation import curves_figure, histogram_figure, worst_grid
 from swan_anomaly.generalization import COLUMNS as LOFO_COLUMNS
 from swan_anomaly.generalization import format_table, leave_one_family_out, min_unseen_auroc
-from swan_anomaly.images import preprocess_threads
 from swan_anomaly.contract import LABEL_NAMES
 from swan_anomaly.lake import LocalLake, load_gold
 from swan_anomaly.metrics import anomaly_scores, choose_threshold, decision_score, evaluation_report, recall_by_family
 from swan_anomaly.splits import Split
 from swan_anomaly.tracking import confusion_figure, ensure_experiment, family_grid_of, gold_dataset, log_served_model
-from swan_anomaly.trainer import TrainConfig, epoch_metrics, evaluate, frame_tensors, train_classifier, usable_cores
+from swan_anomaly.trainer import TrainConfig, epoch_metrics, evaluate, frame_tensors, train_classifier
 
 log = logging.getLogger(__name__)
 
@@ -139,12 +137,7 @@ def run_training(
                 f"{sorted(part.label.unique())}; it needs both abnormal and normal images"
             )
             raise JobError(msg)
-    decode_started, workers = time.perf_counter(), usable_cores()
-    # every image decoded and preprocessed once; the splits and the LOFO report take rows of it
-    images = frame_tensors(gold, spec, workers=workers)
-    decode_s = time.perf_counter() - decode_started
-    threads = preprocess_threads(len(gold), workers)
-    log.info("decoded %d images in %.1fs (%.0f img/s on %d threads)", len(gold), decode_s, len(gold) / max(decode_s, 1e-9), threads)
+    images = frame_tensors(gold, spec)  # every image decoded and preprocessed once; the splits and the LOFO report take rows of it
     train, val, test = (
         tuple(t[parts[s].index.to_numpy()] for t in images) for s in (Split.TRAIN, Split.VAL, Split.TEST)
     )  # gold's index is 0..n-1
