@@ -222,6 +222,10 @@ def test_the_gate_refuses_a_validation_split_too_small_to_measure(world, model_n
         gate_model(_ctx(gate_min_images_per_class=25, gate_mode="dry_run"), _registered(model_name, version, world, "good"))
         == "promote_model"
     )
+    # an empty gate mode (the trigger form's clear button sends null) enforces, as by default
+    cleared = _ctx(gate_min_images_per_class=25, gate_mode=None)
+    assert gate_model(cleared, _registered(model_name, version, world, "good")) == "keep_champion"
+    assert world["lake"].read_result(RUN_ID, "gate")["mode"] == "enabled"
 
 
 @pytest.mark.slow

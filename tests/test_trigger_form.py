@@ -165,6 +165,38 @@ def test_off_skips_the_check_in_a_deployment_that_turns_it_on(monkeypatch, tmp_p
     assert data.check_labels(ctx) == {"enabled": False}
 
 
+@pytest.mark.parametrize(("param", "choices"), [("backend", ("local", "databricks")), ("gate_mode", ("enabled", "dry_run", "disabled"))])
+def test_the_selects_offer_their_choices_and_accept_what_the_clear_button_sends(serialized, form, param, choices):
+    """A select's clear button (x) sends ``null``: the run starts, with the deployment's default, instead of a 400."""
+    spec = form[param]
+    assert spec["schema"]["enum"] == list(choices) and set(spec["schema"]["values_display"]) == set(choices)
+    assert spec["value"] == choices[0] and not drawn_required(spec)
+    assert conf_accepted(serialized, {param: None})[param] is None
+    for value in choices:
+        assert conf_accepted(serialized, {param: value})[param] == value
+
+
+@pytest.mark.parametrize(("value", "runs_on"), [(None, "local"), ("local", "local"), ("databricks", "databricks")])
+def test_an_empty_backend_runs_the_jobs_on_the_deployments_default(dagbag, value, runs_on):
+    """The DAG was parsed with ``SWAN_COMPUTE_BACKEND`` unset: its default is ``local``."""
+    for task_id in ("run_etl", "run_augmentation", "run_training"):
+        task = dagbag.dags[DAG_ID].get_task(task_id)
+        assert task.render_template(task.backend, {"params": {"backend": value}}) == runs_on
+
+
+def test_the_gate_mode_of_an_empty_param_enforces():
+    from swan_anomaly.gate import GateMode, gate_mode
+
+    assert [gate_mode(v) for v in (None, "enabled", "dry_run", "disabled")] == [
+        GateMode.ENABLED,
+        GateMode.ENABLED,
+        GateMode.DRY_RUN,
+        GateMode.DISABLED,
+    ]
+    with pytest.raises(ValueError, match="'sometimes'"):
+        gate_mode("sometimes")
+
+
 # --- the real form, in headless Chromium ------------------------------------------------------
 
 
@@ -219,7 +251,7 @@ def _wait_for_runs(shots, base: str, timeout: float = 60) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_the_real_form_draws_videos_optional_and_three_label_check_choices():
+def test_the_real_form_draws_videos_optional_three_label_check_choices_and_a_clearable_gate_mode():
     """Airflow's api-server and dag-processor on a throw-away home, the form in Chromium: what a user sees and sends."""
     shots = _screenshot_module()
     try:
@@ -254,10 +286,20 @@ def test_the_real_form_draws_videos_optional_and_three_label_check_choices():
         _press(cdp, f"[...{listbox}.querySelectorAll('[role=option]')].find(o => o.innerText.trim() === 'Off for this run')")
         cdp.wait_js(f"{JS_FIELD}('Label check').sent === 'off'", "the choice Off to be taken", timeout=10)
 
+        # Gate mode cleared with the select's x: the form sends null, which the run takes as "enforce" (it was a 400)
+        shots.open_section(cdp, "Promotion", "Gate mode")
+        gate = field("Gate mode")
+        assert (gate["select"], gate["required"], gate["sent"]) == (True, False, "enabled")
+        _press(cdp, "document.querySelector(\"#element_gate_mode button[aria-label='Clear selected options']\")")
+        cdp.wait_js(f"{JS_FIELD}('Gate mode').sent === ''", "the Gate mode select to be cleared", timeout=10)
+        gate = field("Gate mode")
+        assert (gate["invalid"], gate["error"]) == (False, None)
+
         # Trigger: the API server validates the conf against the Params (a 400 would keep the dialog open) and creates the run
         trigger = "[...document.querySelectorAll('[role=dialog] button')].find(b => b.innerText.trim() === 'Trigger')"
         assert cdp.js(f"!{trigger}.disabled")
         shots.click(cdp, trigger, "the dialog's Trigger button")
         runs = _wait_for_runs(shots, base)
         assert len(runs) == 1, cdp.js("document.body.innerText.slice(0, 2000)")
-        assert (runs[0]["conf"]["videos"], runs[0]["conf"]["label_check"]) == (None, "off")
+        conf = runs[0]["conf"]
+        assert (conf["videos"], conf["label_check"], conf["gate_mode"]) == (None, "off", None)

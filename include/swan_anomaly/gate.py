@@ -32,6 +32,19 @@ class GateMode(StrEnum):
     ENABLED = "enabled"  # promote only what passes
 
 
+def gate_mode(value: GateMode | str | None) -> GateMode:
+    """The gate mode a run's ``gate_mode`` Param names; empty (``None``, what the trigger form's clear button sends) enforces.
+
+    Example:
+        >>> gate_mode("dry_run"), gate_mode(None)
+        (<GateMode.DRY_RUN: 'dry_run'>, <GateMode.ENABLED: 'enabled'>)
+
+    Raises:
+        ValueError: ``value`` names no mode.
+    """
+    return GateMode.ENABLED if value is None else GateMode(value)
+
+
 @dataclass(frozen=True)
 class MinThreshold:
     minimum: float

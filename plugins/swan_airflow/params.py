@@ -23,6 +23,17 @@ from swan_anomaly.modeling import PRESETS, PRODUCTION_MODEL
 #: Default thresholds of the gate, by metric (the Params' defaults).
 GATE_DEFAULTS = {name: t.minimum for name, t in promotion_thresholds().items()}
 
+#: The choices of the ``backend`` Param, by value: what the trigger form shows for each.
+BACKEND_CHOICES = {"local": "Local subprocesses", "databricks": "Databricks job runs"}
+
+#: The choices of the ``gate_mode`` Param, by value (an empty value, which the form's clear button
+#: sends, means :attr:`GateMode.ENABLED`: see :func:`swan_anomaly.gate.gate_mode`).
+GATE_MODE_CHOICES = {
+    GateMode.ENABLED.value: "Enforce: promote only what passes",
+    GateMode.DRY_RUN.value: "Dry run: judge and report, promote anyway",
+    GateMode.DISABLED.value: "Disabled: promote unjudged",
+}
+
 
 def choice_param(default: str, choices: dict[str, str], *, legacy: tuple = (), **kwargs) -> Param:
     """A Param that the trigger form draws as a select of ``choices`` (value: label), which also accepts ``legacy`` values.
@@ -188,20 +199,25 @@ def pipeline_params(settings: Settings) -> dict[str, Param]:
             section="Training",
             description="Train on the dataset partitions of this many days up to the run's own (1: only this run's data).",
         ),
-        "backend": Param(
+        "backend": choice_param(
             settings.compute_backend,
-            enum=["local", "databricks"],
+            BACKEND_CHOICES,
+            legacy=(None,),  # the form's clear button sends null: the deployment's default
             title="Compute backend",
             section="Training",
-            description="Where ETL, augmentation and training run: local subprocesses or Databricks job runs (needs the ADLS lake).",
+            description=(
+                "Where ETL, augmentation and training run: local subprocesses or Databricks job runs (needs the ADLS lake); "
+                "empty: the deployment's default (env SWAN_COMPUTE_BACKEND)."
+            ),
         ),
         # Promotion
-        "gate_mode": Param(
+        "gate_mode": choice_param(
             GateMode.ENABLED.value,
-            enum=[m.value for m in (GateMode.ENABLED, GateMode.DRY_RUN, GateMode.DISABLED)],
+            GATE_MODE_CHOICES,
+            legacy=(None,),  # the form's clear button sends null: enforce, as by default
             title="Gate mode",
             section="Promotion",
-            description="Promotion gate: enforce, only report, or skip.",
+            description="Promotion gate: enforce, only report, or skip; empty: enforce.",
         ),
         "gate_min_val_auroc": Param(
             GATE_DEFAULTS["auroc"],

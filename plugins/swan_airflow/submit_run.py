@@ -258,6 +258,8 @@ def job_task(task_id: str, job: str, args: list, code, upload, settings: Setting
         polling_period_seconds=settings.databricks_poll_seconds,
         databricks_retry_limit=5,
         databricks_retry_delay=settings.databricks_retry_delay,
+        # an empty Param (the trigger form's clear button sends null) means the deployment's default
+        backend="{{ params.backend or '" + settings.compute_backend + "' }}",
         **kwargs,
     )
     if job == "train":

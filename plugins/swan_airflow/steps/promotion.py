@@ -31,6 +31,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from swan_airflow.context import RunContext
 
 if TYPE_CHECKING:
+    from swan_anomaly.gate import GateMode
     from swan_anomaly.lake import Lake
 
 log = logging.getLogger(__name__)
@@ -107,11 +108,12 @@ def failed_validation(client, name: str, version: str) -> str | None:
 def gate_model(ctx: RunContext, registered: dict) -> str:
     """Decide ``promote_model`` or ``keep_champion``: the challenger against the champion on the same rows."""
     from swan_airflow.runtime import force_promote_reason, lake, registry_client
-    from swan_anomaly.gate import GateMode
+    from swan_anomaly.gate import GateMode, gate_mode
     from swan_anomaly.registry import CHAMPION, get_alias
 
     require_turn(ctx)
     params, store, client = ctx.params, lake(), registry_client()
+    mode = gate_mode(params.get("gate_mode"))
     name, version = registered["name"], registered["version"]
     champion = get_alias(client, name, CHAMPION)
     champion_version = str(champion.version) if champion is not None else None
@@ -123,7 +125,7 @@ def gate_model(ctx: RunContext, registered: dict) -> str:
             "gate",
             {
                 "challenger": version,
-                "mode": params["gate_mode"],
+                "mode": mode.value,
                 "passed": False,
                 "promote": False,
                 "reasons": [reason],
@@ -131,7 +133,7 @@ def gate_model(ctx: RunContext, registered: dict) -> str:
             },
         )
         return "keep_champion"
-    if GateMode(params["gate_mode"]) is GateMode.DISABLED:
+    if mode is GateMode.DISABLED:
         record = {
             "challenger": version,
             "mode": GateMode.DISABLED.value,
@@ -142,7 +144,7 @@ def gate_model(ctx: RunContext, registered: dict) -> str:
         }
         log.info("gate disabled: v%s is promoted unjudged", version)
     else:
-        record = _judge(ctx, store, client, registered, champion_version)
+        record = _judge(ctx, store, client, registered, champion_version, mode)
     if params.get("force_promote"):
         reason = force_promote_reason(params)  # fails the task unless allowed and explained
         log.warning("FORCE PROMOTE of v%s (gate passed=%s): %s", version, record["passed"], reason)
@@ -151,7 +153,7 @@ def gate_model(ctx: RunContext, registered: dict) -> str:
     return "promote_model" if record["promote"] else "keep_champion"
 
 
-def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_version: str | None) -> dict:
+def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_version: str | None, mode: GateMode) -> dict:
     """Score both models on the challenger's validation rows, decide, and record it (MLflow and model version tags)."""
     from swan_airflow.runtime import held_out_rows
     from swan_anomaly.gate import MinThreshold, decide, too_small
@@ -165,9 +167,7 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
     counts = class_counts(rows)
     base = {"challenger": version, "images": counts, "champion_version": champion_version, "training_val": registered.get("val")}
     if small := too_small(counts, params["gate_min_images_per_class"]):  # refuse before loading any model
-        decision = decide(
-            {}, None, params["gate_mode"], thresholds={}, class_counts=counts, min_images_per_class=params["gate_min_images_per_class"]
-        )
+        decision = decide({}, None, mode, thresholds={}, class_counts=counts, min_images_per_class=params["gate_min_images_per_class"])
         log.warning("gate (%s): %s; promote=%s", decision.mode, small, decision.promote)
         record = {
             **base,
@@ -202,7 +202,7 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
     decision = decide(
         challenger,
         champion,
-        params["gate_mode"],
+        mode,
         thresholds=thresholds,
         class_counts=counts,
         min_images_per_class=params["gate_min_images_per_class"],
