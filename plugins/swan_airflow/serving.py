@@ -67,9 +67,10 @@ class ServingTarget:
     def client(self):
         from swan_anomaly.serving.client import EndpointClient
 
-        if self.backend == "databricks":  # the SDK's authentication (a token, OAuth or Azure AD) and retries
+        if self.backend == "databricks":  # the SDK's authentication (a token, OAuth or Azure AD) and retries; 16 MB requests
             return EndpointClient(self.base_url, self.endpoint, workspace=self.workspace())
-        return EndpointClient(self.base_url, self.endpoint, token=self.auth.token)
+        max_bytes = int(settings().endpoint_max_body_mb * 2**20)  # the local model server's limit
+        return EndpointClient(self.base_url, self.endpoint, token=self.auth.token, max_request_bytes=max_bytes)
 
 
 def serving_target(*, start: bool = True) -> ServingTarget:

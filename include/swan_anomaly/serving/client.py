@@ -32,6 +32,47 @@ log = logging.getLogger(__name__)
 #: Answers that mean "try again later", not "this model is broken".
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
+#: The largest request body Databricks Model Serving takes: 16 MB, read as 16,000,000 bytes (the local model
+#: server's limit, ``SWAN_ENDPOINT_MAX_BODY_MB``, is given to its client instead).
+MAX_REQUEST_BYTES = 16_000_000
+
+#: What a ``dataframe_split`` request of no rows takes, and what each row adds besides its base64 text:
+#: ``["..."]`` and the separator (a generous bound for any JSON encoder's spacing).
+_ENVELOPE_BYTES, _ROW_BYTES = 128, 8
+
+
+def request_batches(encoded: list[str], *, max_rows: int, max_bytes: int) -> list[slice]:
+    """Consecutive slices of ``encoded`` (base64 images) that each make one request of at most ``max_rows`` rows and ``max_bytes``.
+
+    Camera frames at full resolution are megabytes each as PNG: a fixed number of them per request
+    can exceed the endpoint's body limit, which answers 413 (not a fault of the model).
+
+    Raises:
+        EndpointError: one image alone makes a request over ``max_bytes`` (its position and size named).
+
+    Example:
+        >>> request_batches(["a" * 100] * 5, max_rows=2, max_bytes=10_000)
+        [slice(0, 2, None), slice(2, 4, None), slice(4, 5, None)]
+        >>> request_batches(["a" * 100] * 5, max_rows=16, max_bytes=_ENVELOPE_BYTES + 2 * (100 + _ROW_BYTES))
+        [slice(0, 2, None), slice(2, 4, None), slice(4, 5, None)]
+    """
+    batches, start, size = [], 0, _ENVELOPE_BYTES
+    for i, text in enumerate(encoded):
+        row = len(text) + _ROW_BYTES
+        if _ENVELOPE_BYTES + row > max_bytes:
+            msg = (
+                f"image {i} is {len(text):,} bytes as base64: a request of it alone exceeds the endpoint's "
+                f"{max_bytes:,}-byte limit (SWAN_ENDPOINT_MAX_BODY_MB; Databricks Model Serving takes 16 MB)"
+            )
+            raise EndpointError(msg)
+        if i > start and (i - start >= max_rows or size + row > max_bytes):
+            batches.append(slice(start, i))
+            start, size = i, _ENVELOPE_BYTES
+        size += row
+    if start < len(encoded):
+        batches.append(slice(start, len(encoded)))
+    return batches
+
 
 def _transient(exc: BaseException) -> bool:
     return isinstance(exc, (httpx.TimeoutException, httpx.NetworkError)) or (
@@ -48,6 +89,7 @@ class EndpointClient:
         token: bearer token (Databricks); never logged.
         timeout: seconds per request.
         retry_seconds: how long transient failures are retried before :class:`EndpointBusy`.
+        max_request_bytes: the largest request body the endpoint takes; images are batched under it.
     """
 
     def __init__(
@@ -59,11 +101,13 @@ class EndpointClient:
         timeout: float = 60.0,
         retry_seconds: float = 300.0,
         workspace=None,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.base_url = base_url.rstrip("/")
         self.name = name
         self.retry_seconds = retry_seconds
+        self.max_request_bytes = max_request_bytes
         self.workspace = workspace  # a databricks-sdk WorkspaceClient: score through serving_endpoints.query
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
 
@@ -87,9 +131,11 @@ class EndpointClient:
         """``[{"logits": [l0, l1], "anomaly_score": s, "novelty_score": n}, ...]`` for encoded images (``novelty_score``
         only from a model version that carries a novelty bank).
 
+        Each request holds at most ``batch_size`` images and ``max_request_bytes``.
+
         Raises:
             EndpointBusy: transient failures outlasted ``retry_seconds``.
-            EndpointError: any other error answer.
+            EndpointError: any other error answer, or an image too large for any request.
         """
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(_transient),
@@ -99,8 +145,9 @@ class EndpointClient:
             reraise=True,
         )
         out: list[dict] = []
-        for i in range(0, len(images), batch_size):
-            rows = [[base64.b64encode(b).decode()] for b in images[i : i + batch_size]]
+        encoded = [base64.b64encode(b).decode() for b in images]
+        for batch in request_batches(encoded, max_rows=batch_size, max_bytes=self.max_request_bytes):
+            rows = [[text] for text in encoded[batch]]
             if self.workspace is not None:
                 out.extend(self._query(rows))
                 continue

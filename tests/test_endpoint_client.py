@@ -1,0 +1,97 @@
+"""The endpoint client sizes its requests to the endpoint's body limit: camera frames at full resolution are megabytes each."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+NAME = "swan-anomaly"
+TOKEN = "t0k3n-for-client-tests"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def small_server(tmp_path, monkeypatch):
+    """The real local model server under uvicorn, with a 256 KiB body limit and no model served (it answers 503 to a request it reads)."""
+    import mlflow
+    import uvicorn
+
+    from swan_anomaly.serving.server import Limits, create_app
+
+    tracking, registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    app = create_app(NAME, token=TOKEN, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", limits=Limits(max_body_bytes=256 * 2**10))
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(100):
+        if server.started:
+            break
+        time.sleep(0.1)
+    try:
+        yield f"http://127.0.0.1:{port}", 256 * 2**10
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        mlflow.set_tracking_uri(tracking)
+        mlflow.set_registry_uri(registry)
+
+
+def _frames(n: int, nbytes: int) -> list[bytes]:
+    """``n`` incompressible images of ``nbytes`` each (the client sends bytes as they are)."""
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, nbytes, dtype=np.uint8).tobytes() for _ in range(n)]
+
+
+def test_large_frames_are_sent_in_requests_the_endpoint_reads(small_server):
+    """16 frames of 40 KB make a 0.9 MB request: the server answered 413 and validation blamed the model.
+
+    The server reads every request now; with no model served it answers 503, which the client
+    reports as busy after its retries (none here).
+    """
+    from swan_anomaly._errors import EndpointBusy
+    from swan_anomaly.serving.client import EndpointClient
+
+    url, limit = small_server
+    client = EndpointClient(url, NAME, token=TOKEN, retry_seconds=0, max_request_bytes=limit)
+    with pytest.raises(EndpointBusy, match="503"):
+        client.score(_frames(16, 40_000))
+
+
+def test_a_frame_too_large_for_any_request_is_named():
+    from swan_anomaly import EndpointError
+    from swan_anomaly.serving.client import EndpointClient
+
+    client = EndpointClient("http://127.0.0.1:9", NAME, token=TOKEN, retry_seconds=0, max_request_bytes=100_000)
+    with pytest.raises(EndpointError, match=r"image 2 is 133,336 bytes as base64: a request of it alone exceeds the endpoint's 100,000"):
+        client.score(_frames(2, 1_000) + _frames(1, 100_000))
+
+
+@pytest.mark.parametrize("sizes", [[10] * 40, [50_000, 10, 90_000, 10, 10, 120_000, 30_000], [1] * 3])
+def test_batches_cover_every_image_in_order_within_both_limits(sizes):
+    import json
+
+    from swan_anomaly.serving.client import request_batches
+
+    encoded = [base64.b64encode(b"x" * n).decode() for n in sizes]
+    limit = 200_000
+    batches = request_batches(encoded, max_rows=16, max_bytes=limit)
+    assert [i for b in batches for i in range(len(encoded))[b]] == list(range(len(encoded)))
+    for b in batches:
+        body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[t] for t in encoded[b]]}})
+        assert 1 <= len(encoded[b]) <= 16 and len(body) <= limit
+    # and it does not split more than it must: a batch with the next image would have been over a limit
+    for first, second in zip(batches, batches[1:], strict=False):
+        together = encoded[first.start : second.start + 1]
+        body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[t] for t in together]}})
+        assert len(together) > 16 or len(body) > limit
