@@ -74,6 +74,19 @@ def test_reupload_skips_unchanged_replaces_changed_and_removes_stale(azurite, st
     assert "lake/raw/20261126/frames/v1/frame_00005.png" not in blobs
 
 
+def test_a_rerun_on_a_hierarchical_namespace_account_keeps_its_directory_entries(azurite, staged):
+    """ADLS Gen2 lists each directory as a blob with ``hdi_isfolder``; the rerun planned to delete them, which the Blob API
+    refuses there, so every retry failed and the partition stayed without ``_SUCCESS``."""
+    lake = _lake("hns")
+    lake.put_dataset(staged, "20261126")
+    for folder in ("lake/raw/20261126/frames", "lake/raw/20261126/frames/v1"):  # as an HNS account lists them
+        lake.hook.load_string("", "hns", folder, overwrite=True, metadata={"hdi_isfolder": "true"})
+    again = lake.put_dataset(staged, "20261126")
+    assert (again.written, again.unchanged, again.removed) == (0, 7, 0)
+    blobs = _blobs(lake)
+    assert "lake/raw/20261126/frames" in blobs and "lake/raw/20261126/frames/v1" in blobs and lake.is_complete("20261126")
+
+
 def test_failed_upload_leaves_the_partition_incomplete(azurite, staged, monkeypatch):
     lake = _lake("failure")
     lake.put_dataset(staged, "20261126")

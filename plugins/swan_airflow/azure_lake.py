@@ -72,10 +72,13 @@ class WasbLake:
         return self._name("raw", dataset_id) + "/"
 
     def _existing(self, prefix: str) -> dict[str, str | None]:
+        """The files under ``prefix`` and their stored sha256; directory entries of a hierarchical-namespace account
+        (``hdi_isfolder``) are not files, and the Blob API cannot delete them (an upload that tried failed every retry)."""
         container = self.hook.blob_service_client.get_container_client(self.container)
         return {
-            blob.name[len(prefix) :]: (blob.metadata or {}).get("sha256")
+            blob.name[len(prefix) :]: metadata.get("sha256")
             for blob in container.list_blobs(name_starts_with=prefix, include=["metadata"])
+            if (metadata := blob.metadata or {}).get("hdi_isfolder") != "true"
         }
 
     def put_dataset(self, local_dir: Path, dataset_id: str) -> UploadReport:
