@@ -94,7 +94,9 @@ def crop_resize_encode(
         raw_dir: the raw partition as the workers see it (a local or volume path).
 
     Images that cannot be processed keep their row with ``content = null`` and the reason in
-    ``error``; files over ``max_bytes`` are not even read.
+    ``error``; files over ``max_bytes`` are not even read. A file that cannot be *read* (an
+    ``OSError``: a storage or mount hiccup, missing rights) fails the job instead, naming it: it
+    says nothing about the image, and a retry may read it.
     """
 
     def transform(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -108,8 +110,8 @@ def crop_resize_encode(
                     contents.append(None)
                     errors.append(f"ImageDecodeError: {path}: file of {length:,} bytes is over the {max_bytes:,}-byte limit; not decoded")
                     continue
+                data = Path(raw_dir, path).read_bytes()  # an OSError fails the task: storage, not the image
                 try:
-                    data = Path(raw_dir, path).read_bytes()
                     img = crop_and_resize(decode_image(data, name=path), size=size, bias_x=bias_x, bias_y=bias_y)
                     contents.append(encode_jpeg(img, quality=quality))
                     errors.append(None)
