@@ -229,6 +229,17 @@ def test_the_gate_refuses_a_validation_split_too_small_to_measure(world, model_n
 
 
 @pytest.mark.slow
+def test_the_gate_fails_at_once_on_what_a_retry_cannot_change(world, model_name):
+    """A missing training result (or a changed held-out image, a version without a threshold) was retried SWAN_RETRIES times."""
+    from swan_airflow.steps.promotion import gate_model
+
+    version = _register(world, model_name, "good", "scheduled__1")
+    no_training = RunContext(dag_id="swan_anomaly_pipeline", run_id="manual__no_train_result", dataset_id=DATASET, params=PARAMS)
+    with pytest.raises(AirflowFailException, match=rf"the gate cannot judge v{version}: .*manual__no_train_result"):
+        gate_model(no_training, _registered(model_name, version, world, "good"))
+
+
+@pytest.mark.slow
 def test_a_failed_new_version_is_rolled_back_once_and_a_retry_never_ends_green(world, model_name):
     from swan_airflow.runtime import registry_client
     from swan_airflow.steps.serving import validate_endpoint

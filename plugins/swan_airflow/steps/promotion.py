@@ -144,7 +144,12 @@ def gate_model(ctx: RunContext, registered: dict) -> str:
         }
         log.info("gate disabled: v%s is promoted unjudged", version)
     else:
-        record = _judge(ctx, store, client, registered, champion_version, mode)
+        from swan_anomaly import LakeError
+
+        try:
+            record = _judge(ctx, store, client, registered, champion_version, mode)
+        except (LakeError, ValueError) as exc:  # what the lake or the registry holds: a retry reads the same
+            raise AirflowFailException(f"the gate cannot judge v{version}: {exc}") from exc
     if params.get("force_promote"):
         reason = force_promote_reason(params)  # fails the task unless allowed and explained
         log.warning("FORCE PROMOTE of v%s (gate passed=%s): %s", version, record["passed"], reason)
