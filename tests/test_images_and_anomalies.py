@@ -57,6 +57,24 @@ def test_decode_handles_gray_alpha_and_16_bit_and_names_bad_input():
         decode_image(jpeg[:20], name="cut.jpg")
 
 
+def test_a_16_bit_rgba_image_costs_its_8_bit_rgb_pixels_to_decode():
+    """A 16-bit RGBA PNG was decoded unchanged and scaled in float64: 40 bytes a pixel, 2.1 GB for a 382 KB file of 7000x7000."""
+    import tracemalloc
+
+    import cv2
+
+    side = 1500
+    data = cv2.imencode(".png", np.full((side, side, 4), 40000, np.uint16))[1].tobytes()
+    tracemalloc.start()
+    try:
+        image = decode_image(data, name="deep.png")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert image.shape == (side, side, 3) and image.dtype == np.uint8 and set(np.unique(image)) <= {40000 // 257, 40000 >> 8}
+    assert peak < 2 * side * side * 3, f"{peak / 2**20:.0f} MiB traced to decode a {side}x{side} image"
+
+
 @pytest.mark.parametrize("ext", [".pam", ".hdr", ".pfm"])
 def test_a_format_whose_size_cannot_be_read_before_decoding_is_refused_not_decoded(ext):
     """OpenCV decodes these, Pillow reads none of their headers: their pixels were allocated unchecked
