@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -114,6 +115,41 @@ def test_a_request_of_too_many_images_is_refused(tmp_path):
     assert client.post(INVOCATIONS, json=_payload(4), headers=AUTH).status_code == 503  # within the limit: on to the model
 
 
+@pytest.mark.parametrize(
+    ("config", "field"),
+    [
+        ({"served_entities": 5}, "served_entities"),
+        ({"served_entities": [["a", "b"]]}, "served_entities[0]"),
+        ({"served_entities": [["entity_name", "entity_version"]]}, "served_entities[0]"),
+        ({"served_entities": [{"entity_name": {"x": 1}, "entity_version": "1"}]}, "entity_name"),
+        ({"served_entities": [{"entity_name": "m", "entity_version": [1]}]}, "entity_version"),
+        ({"served_entities": "ab"}, "served_entities"),
+    ],
+)
+def test_a_malformed_config_gets_400_and_leaves_the_endpoint_free_to_update(tmp_path, config, field):
+    """Before: some bodies answered 500 after marking the update IN_PROGRESS, so every later PUT got 409 until a restart."""
+    from fastapi.testclient import TestClient
+
+    app = create_app(NAME, token=TOKEN, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    client = TestClient(app, raise_server_exceptions=False)  # a 500 is an answer here, not an error of the test
+    state = app.state.endpoint
+    loads: list = []
+    state.load = loads.append  # no registry here: record what would be loaded
+    bad = client.put(f"{MANAGE}/config", json=config, headers=AUTH)
+    assert bad.status_code == 400 and bad.json()["error_code"] == "INVALID_PARAMETER_VALUE" and field in bad.json()["message"]
+    assert state.config_update == "NOT_UPDATING" and loads == []  # nothing started
+    created = client.post("/api/2.0/serving-endpoints", json={"name": NAME, "config": config}, headers=AUTH)
+    assert created.status_code == 400 and state.created is False
+    assert client.post("/api/2.0/serving-endpoints", json={"name": NAME, "config": 5}, headers=AUTH).status_code == 400
+    good = client.put(f"{MANAGE}/config", json={"served_entities": [{"entity_name": "m", "entity_version": 3}]}, headers=AUTH)
+    assert good.status_code == 200 and good.json()["state"]["config_update"] == "IN_PROGRESS"  # before: 409 after the stuck one
+    for _ in range(100):  # loaded in a thread
+        if loads:
+            break
+        time.sleep(0.05)
+    assert loads == [{"entity_name": "m", "entity_version": "3"}]
+
+
 def test_rows_are_counted_in_every_scoring_format():
     assert count_rows(json.dumps(_payload(3)).encode(), "application/json") == 3
     assert count_rows(b'{"dataframe_records": [{"image": "a"}, {"image": "b"}]}', "application/json") == 2
@@ -128,15 +164,67 @@ def test_rows_are_counted_in_every_scoring_format():
     assert count_rows(json.dumps({"inputs": {"image": {"0": "a", "1": "b"}}}).encode(), "application/json") == 2
 
 
-def test_a_parquet_request_is_counted_too():
+class _Recorder:
+    """Stands in for a served pyfunc model: scores every image 0.0 and keeps what it was asked (or raises ``fail``)."""
+
+    metadata = None  # MLflow's JSON parser reads it only once the body is valid JSON
+
+    def __init__(self, fail: Exception | None = None) -> None:
+        self.frames, self.fail = [], fail
+
+    def predict(self, frame):
+        import pandas as pd
+
+        self.frames.append(frame)
+        if self.fail is not None:
+            raise self.fail
+        return pd.DataFrame({"score": [0.0] * len(frame)})
+
+
+def _serve(app, model):
+    """Serve ``model`` as a finished deployment would (no registry in these tests)."""
+    state = app.state.endpoint
+    with state.lock:
+        state.created, state.model, state.input_schema = True, model, None
+    return model
+
+
+def test_a_parquet_body_is_refused_before_it_is_decoded(tmp_path):
+    """Before: the body limit counted compressed bytes and the row limit believed the footer's num_rows (which can be forged)."""
     import io
 
     import pandas as pd
 
     buffer = io.BytesIO()
-    pd.DataFrame({"image": ["a"] * 300}).to_parquet(buffer)
-    assert count_rows(buffer.getvalue(), "application/vnd.apache.parquet") == 300  # before: None, so no row limit
-    assert count_rows(b"not parquet", "application/vnd.apache.parquet") is None
+    pd.DataFrame({"image": [b"\0" * 2**24]}).to_parquet(buffer, compression="zstd")
+    bomb = buffer.getvalue()  # about 2 KB that decode to 16 MiB
+    client = _client(tmp_path, limits=Limits(max_body_bytes=64 * 2**10))
+    model = _serve(client.app, _Recorder())
+    assert len(bomb) < 64 * 2**10  # within the body limit as sent
+    refused = client.post(INVOCATIONS, content=bomb, headers=AUTH | {"Content-Type": "application/vnd.apache.parquet"})
+    assert refused.status_code == 415 and refused.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert "application/json" in refused.json()["message"] and "text/csv" in refused.json()["message"]
+    assert model.frames == []  # never decoded nor scored (before: 16 MiB decoded from a 64 KiB-limited body)
+    assert count_rows(bomb, "application/vnd.apache.parquet") is None  # the footer's row count is not believed
+    csv = client.post(INVOCATIONS, content=b"image\naGk=\n", headers=AUTH | {"Content-Type": "text/csv"})
+    assert csv.status_code == 200 and csv.json() == {"predictions": [{"score": 0.0}]}  # the documented formats still score
+    assert client.post(INVOCATIONS, json=_payload(2), headers=AUTH).json() == {"predictions": [{"score": 0.0}] * 2}
+
+
+def test_an_error_answer_shows_no_stack_trace_and_no_long_echo_of_the_body(tmp_path, caplog):
+    """Before: MLflow's error JSON went out as is, with the server's stack trace and the whole body echoed back."""
+    client = _client(tmp_path)
+    _serve(client.app, _Recorder(fail=RuntimeError("model broke in /opt/secret/site-packages/model.py")))
+    with caplog.at_level("WARNING", logger="swan_anomaly.serving.server"):
+        failed = client.post(INVOCATIONS, content=b"image\naGk=\n", headers=AUTH | {"Content-Type": "text/csv"})  # MLflow's own path
+    assert failed.status_code == 400 and set(failed.json()) == {"error_code", "message"}
+    assert "Traceback" not in failed.text and "/opt/secret" not in failed.text and "stack_trace" not in failed.text
+    assert "Traceback" in caplog.text and "/opt/secret" in caplog.text  # the trace is in the server's log instead
+    invalid = client.post(
+        INVOCATIONS, content=b'{"dataframe_split": "' + b"x" * 20_000, headers=AUTH | {"Content-Type": "application/json"}
+    )
+    assert invalid.status_code == 400 and invalid.json()["error_code"] == "BAD_REQUEST"  # MLflow's code for it
+    assert "valid JSON" in invalid.json()["message"] and len(invalid.json()["message"]) < 1_100  # MLflow echoes the body: capped
 
 
 def test_batched_requests_take_line_wrapped_base64_as_mlflow_does():
@@ -169,20 +257,31 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_requests_over_the_in_flight_limit_get_429_and_the_held_one_still_completes(tmp_path):
+@contextlib.contextmanager
+def _uvicorn(app):
+    """Run ``app`` under a real uvicorn server on a free port, in a thread; yields its base URL."""
     import uvicorn
 
-    app = create_app(NAME, token=TOKEN, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", limits=Limits(max_in_flight=1))
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    url = f"http://127.0.0.1:{port}{INVOCATIONS}"
     try:
         for _ in range(100):
             if server.started:
                 break
             time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_requests_over_the_in_flight_limit_get_429_and_the_held_one_still_completes(tmp_path):
+    # the held request stays well within the default 30 s body deadline (it is released after about a second)
+    app = create_app(NAME, token=TOKEN, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", limits=Limits(max_in_flight=1))
+    with _uvicorn(app) as base:
+        url = f"{base}{INVOCATIONS}"
         release = threading.Event()
         body = json.dumps(_payload(1)).encode()
 
@@ -202,9 +301,42 @@ def test_requests_over_the_in_flight_limit_get_429_and_the_held_one_still_comple
         first.join(30)
         assert held["r"].status_code == 503  # the held request was answered in full (no model served here)
         assert httpx.post(url, json=_payload(1), headers=AUTH, timeout=10).status_code == 503  # the slot is free again
-    finally:
-        server.should_exit = True
-        thread.join(10)
+
+
+def test_a_client_that_stalls_mid_body_gets_408_and_frees_its_slot(tmp_path):
+    """Before: a client that sent its headers and one byte held its scoring slot forever (read_body had no deadline)."""
+    app = create_app(NAME, token=TOKEN, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", limits=Limits(max_in_flight=1, body_timeout_s=1))
+    with _uvicorn(app) as base:
+        port = int(base.rsplit(":", 1)[1])
+        head = f"POST {INVOCATIONS} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+        head += "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as stalled:
+            stalled.sendall(head.encode())  # ...and nothing more
+            answer = b""
+            try:
+                while chunk := stalled.recv(65536):  # until the server closes the connection
+                    answer += chunk
+            except TimeoutError:
+                pass  # no answer in 10 s
+            assert answer.split(b"\r\n")[0] == b"HTTP/1.1 408 Request Timeout" and b"DEADLINE_EXCEEDED" in answer
+            # the slot is free again while the stalled connection is still open: on to the model (none served here)
+            assert httpx.post(f"{base}{INVOCATIONS}", json=_payload(1), headers=AUTH, timeout=10).status_code == 503
+
+
+def test_the_server_bounds_its_connections_and_idle_keep_alives(tmp_path, monkeypatch):
+    """Before: uvicorn.run got no limit_concurrency, so slow or idle clients could open connections without bound."""
+    import uvicorn
+
+    from swan_anomaly.serving import server
+
+    ran: dict = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: ran.update(options))
+    monkeypatch.setenv("SWAN_ENDPOINT_MAX_IN_FLIGHT", "200")
+    token = tmp_path / "token"
+    token.write_text("tok\n")
+    server.main(["--token-file", str(token), "--no-champion-at-start"])
+    assert ran.get("limit_concurrency") == 400  # twice the scoring requests in flight (at least Limits.max_connections)
+    assert 0 < ran.get("timeout_keep_alive", 0) <= 30
 
 
 def test_health_shows_no_credential_of_the_registry_uri(tmp_path):
@@ -297,7 +429,8 @@ def test_a_local_job_gets_no_secret_it_does_not_need(tmp_path, monkeypatch):
         monkeypatch.setenv(name, value)
     env = set(run_job("probe", dataset_id="20260101", run_id="manual__probe")["env"])
     assert not env & {"DATABRICKS_TOKEN", "AIRFLOW_CONN_SWAN_LAKE", "AZURE_STORAGE_CONNECTION_STRING", "SWAN_ENDPOINT_TOKEN"}
-    assert {"MLFLOW_TRACKING_PASSWORD", "PATH", "SWAN_LAKE_ROOT"} <= env
+    assert "MLFLOW_TRACKING_PASSWORD" not in env  # only the training job logs to MLflow (test_operations: each job's secrets)
+    assert {"PATH", "SWAN_LAKE_ROOT"} <= env
 
 
 def test_mlflow_credentials_in_an_http_uri_are_refused_and_never_sent_in_a_job_payload(monkeypatch):
@@ -327,12 +460,13 @@ def test_a_local_job_keeps_the_workspace_login_when_mlflow_is_the_workspaces(mon
     task_env = {"PATH": "/bin", "DATABRICKS_HOST": "https://adb-1.azuredatabricks.net", "DATABRICKS_TOKEN": "dapi-x"}
     task_env |= {"HF_TOKEN": "hf", "TOKENIZERS_PARALLELISM": "false", "AWS_SECRET_ACCESS_KEY": "k", "ARM_CLIENT_SECRET": "sp-secret"}
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    local = job_env(task_env)
+    local = job_env("train", task_env)
     assert "DATABRICKS_TOKEN" not in local and "AWS_SECRET_ACCESS_KEY" not in local and "ARM_CLIENT_SECRET" not in local
     assert local["HF_TOKEN"] == "hf" and local["TOKENIZERS_PARALLELISM"] == "false"  # a base model's download; not a secret
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "databricks")  # the training job logs to the workspace: it needs the login
-    assert job_env(task_env)["DATABRICKS_TOKEN"] == "dapi-x"
-    assert job_env(task_env)["ARM_CLIENT_SECRET"] == "sp-secret"  # an Azure AD service principal's login (registry_client sets it)
+    assert job_env("train", task_env)["DATABRICKS_TOKEN"] == "dapi-x"
+    assert job_env("train", task_env)["ARM_CLIENT_SECRET"] == "sp-secret"  # an Azure AD service principal's login (registry_client sets it)
+    assert "DATABRICKS_TOKEN" not in job_env("etl", task_env)  # the ETL job logs nothing to MLflow
 
 
 def test_a_link_base_with_credentials_is_refused():

@@ -498,3 +498,46 @@ def test_the_summary_of_a_failed_run_is_written_keeps_the_staged_data_and_fails_
     assert summary["status"] == "failed" and summary["failed_tasks"] == ["upload_to_lake"]
     assert summary["serving"]["champion"] is None and summary["model"] is None and summary["endpoint"] is None
     assert (ctx.staging_dir / "labels.csv").is_file(), "a cleared upload_to_lake still needs the staged data"
+
+
+#: Secrets a task's environment may hold (the compose stack's worker holds all of these).
+TASK_SECRETS = {
+    "DATABRICKS_TOKEN": "dapi-x",
+    "AIRFLOW_CONN_SWAN_LAKE": "wasb://a:b@c",
+    "AIRFLOW__CORE__FERNET_KEY": "fernet",
+    "MLFLOW_TRACKING_PASSWORD": "mlflow-login",
+    "HF_TOKEN": "hf-token",
+}
+
+
+def test_each_local_job_gets_only_the_secrets_it_needs(monkeypatch):
+    """Every job got the training job's secrets: the ETL and augmentation jobs read the lake and a model config only."""
+    from swan_airflow.jobs import job_env
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    task_env = {"PATH": "/bin", "SWAN_LAKE_ROOT": "/lake", **TASK_SECRETS}
+    got = {job: set(job_env(job, task_env)) & set(TASK_SECRETS) for job in ("train", "etl", "augment", "probe")}
+    assert got == {"train": {"MLFLOW_TRACKING_PASSWORD", "HF_TOKEN"}, "etl": {"HF_TOKEN"}, "augment": set(), "probe": set()}
+    assert all({"PATH", "SWAN_LAKE_ROOT"} <= set(job_env(job, task_env)) for job in got)
+
+
+def test_the_wheel_build_gets_no_secret_and_a_failed_build_says_why_and_fails_at_once(tmp_path, monkeypatch):
+    """pip ran with the task's whole environment, and a failed build said only 'returned non-zero exit status 1' (and was retried)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from swan_airflow.code_deploy import build_wheel
+
+    project, seen = tmp_path / "project", tmp_path / "env.json"
+    project.mkdir()
+    (project / "pyproject.toml").write_text('[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n')
+    (project / "setup.py").write_text(  # the build backend runs it: it records what it was given, then fails
+        "import json, os, sys\n"
+        f"open({str(seen)!r}, 'w').write(json.dumps(sorted(os.environ)))\n"
+        "sys.exit('setup.py: the sources are broken')\n"
+    )
+    for name, value in TASK_SECRETS.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(AirflowFailException, match=r"(?s)pip wheel of .*project failed \(exit 1\): .*setup\.py: the sources are broken"):
+        build_wheel(tmp_path / "out", root=project)
+    env = set(json.loads(seen.read_text()))
+    assert not env & set(TASK_SECRETS) and "PATH" in env

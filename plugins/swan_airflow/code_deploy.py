@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -20,12 +21,19 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from airflow.sdk.exceptions import AirflowFailException
+
 from swan_airflow.runtime import PROJECT_ROOT
+from swan_anomaly.redact import without_secrets
 
 if TYPE_CHECKING:
     from swan_anomaly.lake import Lake
 
 log = logging.getLogger(__name__)
+
+
+class WheelBuildError(AirflowFailException):
+    """The wheel could not be built from the sources: the same sources fail again, so the task fails at once."""
 
 
 def code_files(root: Path = PROJECT_ROOT) -> list[Path]:
@@ -46,7 +54,14 @@ def code_version(root: Path = PROJECT_ROOT) -> str:
 
 
 def build_wheel(out_dir: Path, root: Path = PROJECT_ROOT) -> Path:
-    """Build the ``swan_anomaly`` wheel with pip into ``out_dir``."""
+    """Build the ``swan_anomaly`` wheel with pip into ``out_dir``.
+
+    pip runs without the task's secrets (it builds from the source tree, with no index), and a
+    failed build says why: the end of pip's output.
+
+    Raises:
+        WheelBuildError: pip failed, or made no wheel; the same code fails again, so no retry.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "src"
         # Build from a clean copy so the checkout gets no build/ or *.egg-info litter.
@@ -58,11 +73,15 @@ def build_wheel(out_dir: Path, root: Path = PROJECT_ROOT) -> Path:
             ),
         )
         cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(out_dir), str(src)]
-        subprocess.run(cmd, check=True, capture_output=True, text=True)
+        done = subprocess.run(cmd, capture_output=True, text=True, env=without_secrets(os.environ))
+        if done.returncode:
+            said = (done.stderr or done.stdout).strip()[-2000:]
+            msg = f"pip wheel of {root} failed (exit {done.returncode}): {said}"
+            raise WheelBuildError(msg)
     wheels = sorted(out_dir.glob("swan_anomaly-*.whl"))
     if not wheels:
         msg = f"pip wheel produced no swan_anomaly wheel in {out_dir}"
-        raise RuntimeError(msg)
+        raise WheelBuildError(msg)
     return wheels[-1]
 
 

@@ -23,22 +23,27 @@ from swan_anomaly.redact import without_secrets
 log = logging.getLogger(__name__)
 
 
-#: The secrets a local job needs: the training job logs to MLflow, which may ask for a login, and may
-#: download a base model from the Hugging Face hub (a private or gated one needs HF_TOKEN).
-JOB_SECRETS = frozenset({"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "HF_TOKEN"})
+#: The secrets each local job needs; a job not named here gets none. The training job logs to MLflow,
+#: which may ask for a login, and may download a base model from the Hugging Face hub (a private or
+#: gated one needs HF_TOKEN); the ETL job reads the model's config for its input size, from the hub
+#: too. The augmentation job reads and writes the lake only.
+JOB_SECRETS: dict[str, frozenset[str]] = {
+    "train": frozenset({"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "HF_TOKEN"}),
+    "etl": frozenset({"HF_TOKEN"}),
+}
 
 
-def job_env(environ=None) -> dict[str, str]:
-    """The environment of a local job: the task's, without the secrets the job does not need.
+def job_env(job: str, environ=None) -> dict[str, str]:
+    """The environment of a local job: the task's, without the secrets that job does not need.
 
     Dropped: Databricks tokens, Airflow connections and variables, cloud keys, anything named
-    like a secret (:func:`swan_anomaly.redact.without_secrets`). Kept: MLflow's login and
-    ``HF_TOKEN`` (:data:`JOB_SECRETS`), and the ``DATABRICKS_*`` and ``ARM_*`` (Azure AD) variables when MLflow itself is the
-    workspace's (``databricks``, ``databricks-uc``): the training job logs there.
+    like a secret (:func:`swan_anomaly.redact.without_secrets`). Kept: the job's own
+    :data:`JOB_SECRETS`, and for the training job the ``DATABRICKS_*`` and ``ARM_*`` (Azure AD)
+    variables when MLflow itself is the workspace's (``databricks``, ``databricks-uc``): it logs there.
     """
     environ = os.environ if environ is None else environ
-    keep = set(JOB_SECRETS)
-    if any(uri.startswith("databricks") for uri in settings().mlflow_uris):  # the workspace login, an Azure AD one included
+    keep = set(JOB_SECRETS.get(job, ()))
+    if job == "train" and any(uri.startswith("databricks") for uri in settings().mlflow_uris):  # the workspace login, Azure AD's too
         keep |= {k for k in environ if k.startswith(("DATABRICKS_", "ARM_"))}
     return without_secrets(environ, keep=frozenset(keep))
 
@@ -64,7 +69,7 @@ def run_job(job: str, *, dataset_id: str, run_id: str, args: list[str] | None = 
     cmd = [sys.executable, str(script), "--lake-root", job_lake_root(), "--dataset-id", dataset_id, "--run-id", run_id, *(args or [])]
     log.info("running job %s: %s", job, " ".join(cmd))
     tail: collections.deque[str] = collections.deque(maxlen=30)
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=job_env()) as proc:
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=job_env(job)) as proc:
         assert proc.stdout is not None
         try:
             for line in proc.stdout:

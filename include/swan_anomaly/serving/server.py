@@ -3,9 +3,9 @@
 Same REST contract as a Databricks serving endpoint, so the same clients (databricks-sdk's
 ``serving_endpoints`` for the config, plain HTTP for invocations) talk to both:
 
-* ``POST /serving-endpoints/{name}/invocations``: MLflow scoring protocol
-  (``dataframe_split``/``dataframe_records``/``inputs``), answered by MLflow's own
-  scoring code as ``{"predictions": [...]}``.
+* ``POST /serving-endpoints/{name}/invocations``: MLflow scoring protocol as JSON
+  (``dataframe_split``/``dataframe_records``/``instances``/``inputs``, the formats Databricks
+  documents) or CSV, answered by MLflow's own scoring code as ``{"predictions": [...]}``.
 * ``GET /api/2.0/serving-endpoints/{name}``: endpoint state and the served entity.
 * ``POST /api/2.0/serving-endpoints``: create the endpoint with its first served entity.
 * ``PUT /api/2.0/serving-endpoints/{name}/config``: serve another registered model version.
@@ -25,9 +25,18 @@ Safe to expose by default:
   mode 600: :func:`swan_anomaly.serving.local.endpoint_token`), never from the command line.
   A wrong or missing token gets 401 ``UNAUTHENTICATED``.
 * **Limits** (:class:`Limits`): a body over ``max_body_bytes`` gets 413 before it is read in
-  full, a request of more than ``max_rows`` images 413, more than ``max_in_flight`` scoring
-  requests at once 429 ``REQUEST_LIMIT_EXCEEDED`` with ``Retry-After`` (the clients retry it).
-  Each image's decoded size is bounded by :data:`swan_anomaly.images.MAX_PIXELS`.
+  full, a body that has not arrived within ``body_timeout_s`` 408 ``DEADLINE_EXCEEDED``, a
+  request of more than ``max_rows`` images 413, more than ``max_in_flight`` scoring requests at
+  once 429 ``REQUEST_LIMIT_EXCEEDED`` with ``Retry-After`` (the clients retry it). uvicorn holds
+  at most ``max(max_connections, 2 * max_in_flight)`` connections (503 above) and closes idle
+  keep-alive connections after :data:`KEEP_ALIVE_S`. Each image's decoded size is bounded by
+  :data:`swan_anomaly.images.MAX_PIXELS`.
+* **Only JSON and CSV bodies** (:data:`ACCEPTED_CONTENT_TYPES`); anything else, Parquet included,
+  gets 415 before its body is read: a compressed Parquet body decodes to far more than its size
+  and its footer's row count can be forged, so neither limit would hold.
+* **Error answers** are ``{"error_code", "message"}`` only: no stack trace, and the message
+  capped at :data:`MAX_ERROR_MESSAGE_CHARS` (MLflow echoes a malformed body in it); the full
+  trace goes to the server's log.
 * **Dynamic batching.** Concurrent scoring requests are scored together in one forward pass
   (:class:`MicroBatcher`), by one model thread; a lone request is scored at once.
 * **Binds to 127.0.0.1** unless ``--host`` says otherwise.
@@ -57,35 +66,59 @@ from swan_anomaly.redact import redact_uri
 log = logging.getLogger(__name__)
 
 
+ACCEPTED_CONTENT_TYPES = ("application/json", "text/csv")
+"""Scoring request bodies the server reads: the JSON formats Databricks Model Serving documents, and CSV (415 otherwise)."""
+MAX_ERROR_MESSAGE_CHARS = 1_000
+"""Longest error message sent back (and logged): MLflow echoes a malformed body, up to ``max_body_bytes``, in its message."""
+KEEP_ALIVE_S = 5
+"""Seconds uvicorn keeps an idle keep-alive connection open."""
+
+
 @dataclass(frozen=True)
 class Limits:
-    """What one scoring request may ask of the server (each breach answered with a clear 413 or 429)."""
+    """What one request may ask of the server (each breach answered with a clear 408, 413 or 429).
+
+    ``body_timeout_s`` bounds the time from the start of reading a body to its last byte, so a
+    client that stalls mid-body frees its scoring slot (408). ``max_connections`` bounds the
+    connections uvicorn holds at once, idle or slow ones included (its ``limit_concurrency``, 503
+    above; raised to twice ``max_in_flight`` where that is more, so that 429 still comes first).
+    """
 
     max_body_bytes: int = 16 * 2**20
     max_rows: int = 256
     max_in_flight: int = 64
+    body_timeout_s: float = 30.0
+    max_connections: int = 256
+
+    @property
+    def connection_limit(self) -> int:
+        """uvicorn's ``limit_concurrency``: connections (idle keep-alives and slow clients too) held before it answers 503.
+
+        Example:
+            >>> Limits().connection_limit, Limits(max_in_flight=200).connection_limit
+            (256, 400)
+        """
+        return max(self.max_connections, 2 * self.max_in_flight)
 
 
 def count_rows(body: bytes, content_type: str) -> int | None:
-    """Rows of an MLflow scoring request, or None when the body is not one (MLflow's parser then says why).
+    """Rows of a JSON or CSV scoring request, or None when the body is not one (MLflow's parser then says why).
+
+    Other content types are refused (415) before their body is read, so they count nothing here:
+    a Parquet footer's ``num_rows`` is whatever the sender wrote, not the rows it holds.
 
     Example:
         >>> count_rows(b'{"dataframe_split": {"columns": ["image"], "data": [["a"], ["b"]]}}', "application/json")
         2
         >>> count_rows(b'{"inputs": {"image": ["a", "b", "c"]}}', "application/json"), count_rows(b"image\\na\\n", "text/csv")
         (3, 1)
+        >>> count_rows(b"PAR1...PAR1", "application/vnd.apache.parquet") is None
+        True
     """
     if _mime(content_type) == "text/csv":
         return max(0, len(body.strip().splitlines()) - 1)
-    if _mime(content_type) == "application/vnd.apache.parquet":
-        import io
-
-        import pyarrow.parquet as pq
-
-        try:
-            return pq.ParquetFile(io.BytesIO(body)).metadata.num_rows
-        except Exception:  # noqa: BLE001 - not Parquet: MLflow's parser says so
-            return None
+    if _mime(content_type) != "application/json":
+        return None
     return rows_of(_json_or_none(body))
 
 
@@ -286,6 +319,32 @@ def _settle(future, *, result=None, error: BaseException | None = None) -> None:
         future.set_result(result)
 
 
+def served_entity(config) -> tuple[dict | None, str]:
+    """The one served entity of an endpoint ``config`` body (``entity_version`` as a string), or why it is not one.
+
+    Example:
+        >>> served_entity({"served_entities": [{"name": "x", "entity_name": "m", "entity_version": 3}]})
+        ({'entity_name': 'm', 'entity_version': '3'}, '')
+        >>> served_entity({"served_entities": [["entity_name", "entity_version"]]})[1]
+        'served_entities[0] must be an object with entity_name and entity_version'
+    """
+    need = "need exactly one served entity with entity_name and entity_version"
+    if not isinstance(config, dict):
+        return None, f"config must be an object: {need}"
+    entities = config.get("served_entities")
+    if not isinstance(entities, list) or len(entities) != 1:
+        return None, f"served_entities must be a list of one entity: {need}"
+    entity = entities[0]
+    if not isinstance(entity, dict) or not {"entity_name", "entity_version"} <= set(entity):
+        return None, "served_entities[0] must be an object with entity_name and entity_version"
+    name, version = entity["entity_name"], entity["entity_version"]
+    if not isinstance(name, str) or not name.strip():
+        return None, "served_entities[0].entity_name must be a non-empty string (the registered model's name)"
+    if isinstance(version, bool) or not isinstance(version, (str, int)) or not str(version).strip():
+        return None, "served_entities[0].entity_version must be a version number (a string or an integer)"
+    return {**{k: v for k, v in entity.items() if k != "name"}, "entity_version": str(version)}, ""
+
+
 class EndpointState:
     """The served model and the endpoint's Databricks-shaped state."""
 
@@ -308,22 +367,22 @@ class EndpointState:
             "message": self.message,
         }
 
-    def start_update(self, body: dict):
-        """Validate a config body and start loading its entity; returns an error response or None."""
+    def start_update(self, body):
+        """Validate a config body and start loading its entity; returns an error response or None.
+
+        The whole body is checked before the state changes, so a malformed one leaves the endpoint
+        as it was (before, a body that failed past the check left ``config_update`` at IN_PROGRESS
+        and every later update got 409).
+        """
         from fastapi.responses import JSONResponse
 
-        entities = body.get("served_entities") or []
-        if len(entities) != 1 or not {"entity_name", "entity_version"} <= set(entities[0]):
-            return JSONResponse(
-                {"error_code": "INVALID_PARAMETER_VALUE", "message": "need exactly one served entity with entity_name and entity_version"},
-                400,
-            )
+        entity, problem = served_entity(body)
+        if problem:
+            return JSONResponse({"error_code": "INVALID_PARAMETER_VALUE", "message": problem}, 400)
         with self.lock:
             if self.config_update == "IN_PROGRESS":
                 return JSONResponse({"error_code": "RESOURCE_CONFLICT", "message": f"Endpoint '{self.name}' is already updating"}, 409)
             self.config_update = "IN_PROGRESS"
-        entity = {k: v for k, v in entities[0].items() if k != "name"}
-        entity["entity_version"] = str(entity["entity_version"])
         threading.Thread(target=self.load, args=(entity,), daemon=True).start()
         return None
 
@@ -423,18 +482,45 @@ def create_app(
         return HTTPException(413, detail={"error_code": "INVALID_PARAMETER_VALUE", "message": message})
 
     async def read_body(request: Request) -> bytes:
-        """The body, refused with 413 as soon as it is known to exceed the limit (declared or streamed)."""
+        """The body, refused with 413 as soon as it is known to exceed the limit (declared or streamed),
+        and with 408 when it has not arrived in full within ``limits.body_timeout_s``."""
         limit = limits.max_body_bytes
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise too_large(f"request body of {int(declared):,} bytes exceeds the {limit:,}-byte limit; send fewer or smaller images")
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise too_large(f"request body exceeds the {limit:,}-byte limit; send fewer or smaller images")
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(limits.body_timeout_s):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise too_large(f"request body exceeds the {limit:,}-byte limit; send fewer or smaller images")
+                    chunks.append(chunk)
+        except TimeoutError:
+            log.warning("request body not received within %gs (%d bytes so far): answered 408", limits.body_timeout_s, size)
+            raise HTTPException(
+                408,
+                detail={
+                    "error_code": "DEADLINE_EXCEEDED",
+                    "message": f"the request body did not arrive within {limits.body_timeout_s:g} s ({size:,} bytes received)",
+                },
+                headers={"Connection": "close"},  # the rest of the body is never read: this connection is done
+            ) from None
         return b"".join(chunks)
+
+    def error_answer(exc: MlflowException, *, trace: str | None = None) -> Response:
+        """MLflow's error as Databricks shapes it, ``{"error_code", "message"}``: no stack trace, the message capped.
+
+        The full trace (MLflow's own, of the model's code, or ``trace``) is logged instead.
+        """
+        status = exc.get_http_status_code()
+        message = exc.message
+        if len(message) > MAX_ERROR_MESSAGE_CHARS:
+            message = f"{message[:MAX_ERROR_MESSAGE_CHARS]}... ({len(message) - MAX_ERROR_MESSAGE_CHARS:,} more characters)"
+        trace = trace or exc.json_kwargs.get("stack_trace")
+        level = logging.ERROR if status >= 500 else logging.WARNING
+        log.log(level, "scoring answered %d %s: %s%s", status, exc.error_code, message, f"\n{trace}" if trace else "")
+        return Response(json.dumps({"error_code": exc.error_code, "message": message}), status_code=status, media_type="application/json")
 
     def check(endpoint: str) -> None:
         if endpoint != name:
@@ -498,6 +584,17 @@ def create_app(
         if not open_invocations:
             authorize(request)
         check(endpoint)
+        content_type = request.headers.get("content-type", "application/json")
+        if _mime(content_type) not in ACCEPTED_CONTENT_TYPES:  # refused before the body is read
+            accepted = " or ".join(ACCEPTED_CONTENT_TYPES)
+            return JSONResponse(
+                {
+                    "error_code": "INVALID_PARAMETER_VALUE",
+                    "message": f"Content-Type '{_mime(content_type)}' is not accepted; send {accepted} "
+                    "(JSON as dataframe_split, dataframe_records, instances or inputs)",
+                },
+                415,
+            )
         if in_flight["now"] >= limits.max_in_flight:
             return JSONResponse(
                 {"error_code": "REQUEST_LIMIT_EXCEEDED", "message": f"over {limits.max_in_flight} scoring requests in flight; retry later"},
@@ -523,17 +620,18 @@ def create_app(
             return JSONResponse({"error_code": "TEMPORARILY_UNAVAILABLE", "message": f"Endpoint '{name}' serves no model yet"}, 503)
         values = batchable(payload, content_type, schema) if batching else None
         try:
-            if values is None:  # CSV, parquet, params, a payload MLflow's parser must answer: MLflow's own path, alone
+            if values is None:  # CSV, params, a payload MLflow's parser must answer: MLflow's own path, alone
                 loop = asyncio.get_running_loop()
                 result = await loop.run_in_executor(batcher.executor, scoring_server.invocations, data, content_type, model, schema)
                 return Response(result.response, status_code=result.status, media_type=result.mimetype)
             records = await batcher.score(model, values)
         except MlflowException as exc:
-            return Response(exc.serialize_as_json(), status_code=exc.get_http_status_code(), media_type="application/json")
+            return error_answer(exc)
         except Exception:  # noqa: BLE001 - what MLflow's scoring server answers for an unexpected model error
-            log.exception("scoring failed")
+            import traceback
+
             error = MlflowException("Encountered an unexpected error while evaluating the model.", error_code=BAD_REQUEST)
-            return Response(error.serialize_as_json(), status_code=error.get_http_status_code(), media_type="application/json")
+            return error_answer(error, trace=traceback.format_exc())
         return Response(json.dumps({"predictions": records}, cls=NumpyEncoder), status_code=200, media_type="application/json")
 
     if model_name:
@@ -625,7 +723,15 @@ def main(argv: list[str] | None = None) -> None:
         "dynamic batching" if not args.no_batching else "no batching",
         limits,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    # limit_concurrency bounds the connections slow or idle clients can hold (503 above); idle keep-alives close after KEEP_ALIVE_S
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="info",
+        limit_concurrency=limits.connection_limit,
+        timeout_keep_alive=KEEP_ALIVE_S,
+    )
 
 
 if __name__ == "__main__":
