@@ -382,6 +382,46 @@ def test_the_detached_server_gets_an_allow_listed_environment_and_no_secret_on_i
     assert server_env(on_databricks, "tok", {**task_env, "ARM_CLIENT_SECRET": "sp"})["ARM_CLIENT_SECRET"] == "sp"  # an Azure AD login
 
 
+@pytest.mark.parametrize("health", [b'{"status": "ok"}', b"<html>a web app</html>"], ids=["json", "html"])
+def test_a_process_that_is_no_model_server_on_the_port_never_gets_the_token(tmp_path, health):
+    """Whatever answered /health with no registry was taken for this deployment's server and sent its bearer token."""
+    import http.server
+
+    from swan_anomaly.serving.local import ensure_local_server
+
+    seen = []
+
+    class Impostor(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server API
+            seen.append((self.path, self.headers.get("Authorization")))
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(health)))
+            self.end_headers()
+            self.wfile.write(health)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Impostor)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    s = Settings.from_env({"SWAN_HOME": str(tmp_path), "SWAN_ENDPOINT_URL": url, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"})
+    try:
+        with pytest.raises(ConfigError, match=rf"something answers at {url} that is no swan-anomaly model server"):
+            ensure_local_server(s, token="the-deployments-token")
+    finally:
+        server.shutdown()
+    assert seen == [("/health", None)]
+
+
+def test_the_detached_server_gets_no_hub_token(tmp_path):
+    from swan_anomaly.serving.local import server_env
+
+    s = Settings.from_env({"SWAN_HOME": str(tmp_path)})
+    env = server_env(s, "tok", {"PATH": "/bin", "HF_TOKEN": "hf-1", "HF_HUB_TOKEN": "hf-2", "HF_HOME": "/cache", "HF_HUB_OFFLINE": "1"})
+    assert "HF_TOKEN" not in env and "HF_HUB_TOKEN" not in env and env["HF_HOME"] == "/cache" and env["HF_HUB_OFFLINE"] == "1"
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="reads the server's command line from /proc")
 def test_a_started_server_takes_its_token_and_its_command_line_holds_no_uri_or_token(tmp_path):
     from swan_anomaly import ConfigError

@@ -31,7 +31,7 @@ import httpx
 
 from swan_anomaly._errors import ConfigError, EndpointError
 from swan_anomaly.config import Settings
-from swan_anomaly.redact import redact_uri
+from swan_anomaly.redact import SECRET_NAME, redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ SERVER_ENV_KEEP = frozenset(
 )
 #: Prefixes of variables it inherits: its own settings, MLflow's (a tracking server's credentials), thread counts.
 SERVER_ENV_PREFIXES = ("SWAN_", "MLFLOW_", "OMP_", "MKL_", "TORCH_", "HF_", "TRANSFORMERS_")
+#: Of those, prefixes whose secrets the server does not need: it loads models from the registry, never from the hub.
+SERVER_ENV_NO_SECRETS = ("HF_", "TRANSFORMERS_")
 #: Inherited only when the registry or tracking store is a Databricks workspace (it reads the models from there):
 #: its login, an Azure AD service principal's (``ARM_*``) included.
 DATABRICKS_ENV_PREFIXES = ("DATABRICKS_", "ARM_")
@@ -105,29 +107,43 @@ def server_env(settings: Settings, token: str, environ: Mapping[str, str] | None
         for k, v in environ.items()
         if k in SERVER_ENV_KEEP or k.startswith(SERVER_ENV_PREFIXES) or (on_databricks and k.startswith(DATABRICKS_ENV_PREFIXES))
     }
+    env = {k: v for k, v in env.items() if not (k.startswith(SERVER_ENV_NO_SECRETS) and SECRET_NAME.search(k))}  # HF_TOKEN
     env["MLFLOW_TRACKING_URI"], env["MLFLOW_REGISTRY_URI"] = settings.mlflow_uris
     env["SWAN_ENDPOINT_TOKEN"] = token
     return env
 
 
 def _health(url: str) -> dict | None:
+    """What ``/health`` answers at ``url``; None when nothing answers 200 there, ``{}`` when the answer is not JSON."""
     try:
         response = httpx.get(f"{url}/health", timeout=2.0)
     except httpx.HTTPError:
         return None
-    return response.json() if response.status_code == 200 else None
+    if response.status_code != 200:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return {}
 
 
 def running_server(settings: Settings) -> bool:
     """True when this deployment's model server (the one reading ``settings``' registry) answers at its URL.
 
     Raises:
-        ConfigError: another deployment's server (another ``SWAN_HOME``) answers there.
+        ConfigError: another deployment's server (another ``SWAN_HOME``) answers there, or a
+            process that is no model server of this project: neither gets this deployment's token.
     """
     health = _health(settings.endpoint_url)
     if health is None:
         return False
-    if health.get("registry_uri") not in (None, redact_uri(settings.registry_uri)):
+    if not isinstance(health, dict) or "registry_uri" not in health:  # no bearer token is ever sent to it
+        msg = (
+            f"something answers at {settings.endpoint_url} that is no swan-anomaly model server (its /health names no "
+            "registry); stop it, or set SWAN_ENDPOINT_URL to a free port"
+        )
+        raise ConfigError(msg)
+    if health["registry_uri"] != redact_uri(settings.registry_uri):
         msg = (
             f"the model server at {settings.endpoint_url} serves models from {health.get('registry_uri')}, "
             f"not {redact_uri(settings.registry_uri)}; stop it (make stop-endpoint with its SWAN_HOME) "
