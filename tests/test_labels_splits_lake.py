@@ -171,6 +171,53 @@ def test_upload_refuses_a_bad_staging_folder_and_deletes_nothing(tmp_path, stage
     assert lake.require_complete("20261126") == raw
 
 
+def _two_videos(ds: Path, videos=("a1b2c3d4e5f60718", "f9e8d7c6b5a40312")) -> Path:
+    from conftest import label_staged_images
+
+    shutil.rmtree(ds, ignore_errors=True)
+    for vid in videos:
+        (ds / "frames" / vid).mkdir(parents=True)
+        for i in range(3):
+            (ds / "frames" / vid / f"frame_{i:05d}.png").write_bytes(f"{vid} {i}".encode())
+    label_staged_images(ds)
+    return ds
+
+
+def test_a_rerun_that_set_a_video_aside_never_deletes_the_frames_an_earlier_run_uploaded(tmp_path):
+    """The rerun could not read one video this time (its last try failed, a frame window outside it): the upload mirrored
+    the staging folder and deleted that video's good frames from the partition, then ETL from silver and gold."""
+    lake, ds = LocalLake(tmp_path / "lake"), tmp_path / "staging" / "20261126"
+    lake.put_dataset(_two_videos(ds), "20261126")
+    raw = lake.raw("20261126")
+    before = {p.relative_to(raw): p.read_bytes() for p in raw.rglob("*") if p.is_file()}
+    _two_videos(ds, videos=("a1b2c3d4e5f60718",))  # the rerun staged one video: the other was set aside
+    reason = "/landing/cam2.mp4: could not be read after 3 tries: OSError: [Errno 5] Input/output error"
+    with pytest.raises(LakeError, match=r"holds the frames of 1 video\(s\) this run did not stage \(f9e8d7c6b5a40312\).*cam2\.mp4"):
+        lake.put_dataset(ds, "20261126", set_aside=[reason])
+    assert {p.relative_to(raw): p.read_bytes() for p in raw.rglob("*") if p.is_file()} == before
+    assert lake.require_complete("20261126") == raw
+    # with no video set aside, the video left the landing zone: the partition follows the staging folder
+    assert lake.put_dataset(ds, "20261126").removed == 3
+    assert not list(raw.glob("frames/f9e8d7c6b5a40312/*.png"))
+
+
+def test_the_upload_step_passes_the_set_aside_videos_and_fails_at_once(tmp_path, monkeypatch):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from swan_airflow.context import RunContext
+    from swan_airflow.steps.data import upload_to_lake
+
+    monkeypatch.setenv("SWAN_LAKE_ROOT", str(tmp_path / "lake"))
+    ctx = RunContext(dag_id="swan_anomaly_pipeline", run_id="manual__rerun", dataset_id="20261126", params={})
+    lake = LocalLake(tmp_path / "lake")
+    lake.put_dataset(_two_videos(tmp_path / "first"), "20261126")
+    _two_videos(ctx.staging_dir, videos=("a1b2c3d4e5f60718",))
+    rejected = [{"video": "/landing/cam2.mp4", "reason": "/landing/cam2.mp4: frames_end_s 90 is past the end of the video (60 s)"}]
+    with pytest.raises(AirflowFailException, match=r"this run set 1 video\(s\) aside: /landing/cam2\.mp4: frames_end_s 90"):
+        upload_to_lake(ctx, {"images": 3, "rejected_videos": rejected})
+    assert len(list(lake.raw("20261126").glob("frames/*/*.png"))) == 6
+
+
 def test_run_ids_become_safe_path_segments():
     assert safe_run_id("manual__2026-11-26T05:40:20.734652+00:00") == "manual__2026-11-26T05_40_20.734652_00_00"
 

@@ -18,7 +18,7 @@ import json
 import logging
 import re
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -57,14 +57,22 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 LABELS = "labels.csv"
 
 
-def plan_upload(local_dir: Path, existing: Mapping[str, str | None]) -> UploadPlan:
+def plan_upload(local_dir: Path, existing: Mapping[str, str | None], *, set_aside: Sequence[str] = ()) -> UploadPlan:
     """Compare a staged dataset with what the lake holds (relative path -> sha256 or None).
 
     The staged dataset is checked first (:func:`check_staged_dataset`): an upload replaces the
     whole partition, so a missing, empty or inconsistent staging folder must never reach it.
 
+    Args:
+        local_dir: the staging folder.
+        existing: the lake partition's files.
+        set_aside: why each video this run could not use was set aside. When there are any, the
+            upload must not delete the frames of a video the partition holds and this run did not
+            stage: that may be one of them, unreadable only this time (:func:`check_no_video_dropped`).
+
     Raises:
-        LakeError: the staging folder is missing, empty, or disagrees with its ``labels.csv``.
+        LakeError: the staging folder is missing, empty, or disagrees with its ``labels.csv``; or
+            the upload would delete a video's frames while this run set videos aside.
     """
     if not local_dir.is_dir():
         msg = f"{local_dir}: the staging folder does not exist; nothing uploaded and the lake partition left as it was"
@@ -75,9 +83,42 @@ def plan_upload(local_dir: Path, existing: Mapping[str, str | None]) -> UploadPl
         if p.is_file() and p.name not in (SUCCESS, MANIFEST)
     }
     check_staged_dataset(local_dir, hashes)
+    check_no_video_dropped(local_dir, existing, hashes, set_aside)
     write = [rel for rel, digest in hashes.items() if existing.get(rel) != digest]
     remove = sorted(rel for rel in existing if rel not in hashes and rel not in (SUCCESS, MANIFEST))
     return UploadPlan(hashes, write, len(hashes) - len(write), remove)
+
+
+def _videos(paths: Iterable[str]) -> set[str]:
+    """The video ids of the frames among a partition's relative paths (``frames/{video_id}/...``)."""
+    return {parts[1] for rel in paths if len(parts := rel.split("/")) > 2 and parts[0] == "frames"}
+
+
+def check_no_video_dropped(local_dir: Path, existing: Iterable[str], hashes: Mapping[str, str], set_aside: Sequence[str]) -> None:
+    """Refuse an upload that would delete the frames of a video while the run set videos aside.
+
+    An upload mirrors the staging folder: a video the partition holds and the run did not stage
+    is deleted from it (and then from silver and gold). That is right when the video left the
+    landing zone, and wrong when the run could not read it this time (a network share's hiccup on
+    the last try, a frame window outside it): the frames an earlier run uploaded are still good.
+    A set-aside video that cannot be read has no id to compare, so any set-aside video stops it.
+
+    Example:
+        >>> check_no_video_dropped(Path("s"), ["frames/a1/f_0.png", "frames/b2/f_0.png"], {"frames/a1/f_0.png": "x"}, [])
+        >>> check_no_video_dropped(Path("s"), ["frames/a1/f_0.png"], {"frames/a1/f_0.png": "x"}, ["b.mp4: cannot read it"])
+
+    Raises:
+        LakeError: some video would be dropped and ``set_aside`` is not empty; it names both.
+    """
+    dropped = sorted(_videos(existing) - _videos(hashes))
+    if dropped and set_aside:
+        msg = (
+            f"{local_dir}: nothing uploaded: the lake partition holds the frames of {len(dropped)} video(s) this run did not stage "
+            f"({', '.join(dropped[:5])}{', ...' if len(dropped) > 5 else ''}), and this run set {len(set_aside)} video(s) aside: "
+            f"{'; '.join(set_aside)[:1500]}. The upload would delete frames an earlier run uploaded. Make the set-aside videos "
+            "readable and clear the run; to drop a video on purpose, remove it from the landing zone first."
+        )
+        raise LakeError(msg)
 
 
 def check_staged_dataset(local_dir: Path, hashes: Mapping[str, str]) -> None:
@@ -232,8 +273,8 @@ class Lake(Protocol):
     Both conform (tests/test_labels_splits_lake.py compares every member's parameters).
     """
 
-    def put_dataset(self, local_dir: Path, dataset_id: str) -> UploadReport:
-        """Upload a staged dataset to ``raw/{dataset_id}/`` idempotently, ``_SUCCESS`` last."""
+    def put_dataset(self, local_dir: Path, dataset_id: str, *, set_aside: Sequence[str] = ()) -> UploadReport:
+        """Upload a staged dataset to ``raw/{dataset_id}/`` idempotently, ``_SUCCESS`` last (``set_aside``: :func:`plan_upload`)."""
         ...
 
     def read_raw(self, dataset_id: str, rel: str) -> bytes:
@@ -308,20 +349,26 @@ class LocalLake:
     def run_dir(self, run_id: str) -> Path:
         return self.root / "runs" / safe_run_id(run_id)
 
-    def put_dataset(self, local_dir: Path, dataset_id: str) -> UploadReport:
+    def put_dataset(self, local_dir: Path, dataset_id: str, *, set_aside: Sequence[str] = ()) -> UploadReport:
         """Copy a staged dataset to ``raw/{dataset_id}/``, idempotently.
 
         Files whose sha256 already matches are skipped; files no longer staged are
         removed, so the partition equals the staging directory. ``_SUCCESS`` is removed
         first and written last: readers never see a half-written partition as complete.
 
+        Args:
+            local_dir: the staging folder.
+            dataset_id: the partition.
+            set_aside: why each video the run could not use was set aside (:func:`plan_upload`).
+
         Raises:
-            LakeError: the staging folder is missing, empty or disagrees with its labels
+            LakeError: the staging folder is missing, empty or disagrees with its labels, or
+                the upload would delete a video's frames while videos were set aside
                 (:func:`plan_upload`); the partition is then left exactly as it was.
         """
         target = self.raw(dataset_id)
         existing = {p.relative_to(target).as_posix(): sha256_file(p) for p in target.rglob("*") if p.is_file()} if target.is_dir() else {}
-        plan = plan_upload(local_dir, existing)
+        plan = plan_upload(local_dir, existing, set_aside=set_aside)
         target.mkdir(parents=True, exist_ok=True)
         (target / SUCCESS).unlink(missing_ok=True)
         for rel in plan.write:

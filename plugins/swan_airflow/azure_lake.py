@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -81,16 +81,17 @@ class WasbLake:
             if (metadata := blob.metadata or {}).get("hdi_isfolder") != "true"
         }
 
-    def put_dataset(self, local_dir: Path, dataset_id: str) -> UploadReport:
+    def put_dataset(self, local_dir: Path, dataset_id: str, *, set_aside: Sequence[str] = ()) -> UploadReport:
         """Upload a staged dataset to ``raw/{dataset_id}/`` (idempotent, parallel, ``_SUCCESS`` last).
 
         Raises:
-            LakeError: the staging folder is missing, empty or disagrees with its labels
+            LakeError: the staging folder is missing, empty or disagrees with its labels, or the
+                upload would delete a video's frames while videos were set aside
                 (:func:`swan_anomaly.lake.plan_upload`); no blob is then written or deleted.
         """
         self.hook.create_container(self.container)
         prefix = self.raw_prefix(dataset_id)
-        plan = plan_upload(local_dir, self._existing(prefix))  # refuses a bad staging folder before anything changes
+        plan = plan_upload(local_dir, self._existing(prefix), set_aside=set_aside)  # refuses a bad staging folder before anything changes
         self.hook.delete_file(self.container, prefix + SUCCESS, ignore_if_missing=True)
 
         def upload(rel: str) -> None:

@@ -177,14 +177,17 @@ def upload_to_lake(ctx: RunContext, labels: dict) -> dict:
     """The staged dataset to ``raw/{dataset_id}/``; ``manifest.json`` and ``_SUCCESS`` last.
 
     Raises:
-        AirflowFailException: the staging folder is missing, empty or disagrees with its labels;
-            the lake partition is left exactly as it was.
+        AirflowFailException: the staging folder is missing, empty or disagrees with its labels,
+            or the upload would delete the frames of a video the partition holds while this run set
+            videos aside (it may be one of them, unreadable only this time); the lake partition is
+            left exactly as it was.
     """
     from swan_airflow.runtime import lake
     from swan_anomaly import LakeError
 
+    set_aside = [v["reason"] for v in labels.get("rejected_videos", [])]
     try:
-        report = lake().put_dataset(ctx.staging_dir, ctx.dataset_id)
+        report = lake().put_dataset(ctx.staging_dir, ctx.dataset_id, set_aside=set_aside)
     except LakeError as exc:
         raise AirflowFailException(str(exc)) from exc
     return {**report.__dict__, "dataset_id": ctx.dataset_id, **labels}
