@@ -142,6 +142,19 @@ def test_mlflow_on_databricks_authenticates_with_the_airflow_connection(double, 
     assert ("GET", "/api/2.0/mlflow/registered-models/search", 200) in double.requests
 
 
+def test_a_databricks_workspaces_mlflow_gets_a_workspace_path_for_its_experiment():
+    """The default experiment 'swan-anomaly' went to the clusters, and the workspace refuses a relative name: the training job
+    failed after loading and decoding its data, on every retry (a new GPU cluster each)."""
+    from swan_anomaly import ConfigError, Settings
+
+    assert Settings.from_env({}).experiment == "swan-anomaly"  # a local MLflow takes any name
+    assert Settings.from_env({"MLFLOW_TRACKING_URI": "databricks"}).experiment == "/Shared/swan-anomaly"
+    named = {"MLFLOW_TRACKING_URI": "databricks", "SWAN_EXPERIMENT": "/Users/me@example.com/swan"}
+    assert Settings.from_env(named).experiment == "/Users/me@example.com/swan"
+    with pytest.raises(ConfigError, match=r"SWAN_EXPERIMENT='swan-anomaly': a Databricks workspace's MLflow .* refuses a relative"):
+        Settings.from_env({"MLFLOW_TRACKING_URI": "databricks", "SWAN_EXPERIMENT": "swan-anomaly"})
+
+
 def test_unity_catalog_needs_a_three_level_model_name():
     from swan_anomaly import ConfigError, Settings
 

@@ -130,7 +130,10 @@ class Settings:
         shown="an http(s) tracking URI; the workspace with databricks; else http://127.0.0.1:5000 (make mlflow-ui)",
     )
     experiment: str = setting(
-        "SWAN_EXPERIMENT", "swan-anomaly", "MLflow experiment (on Databricks a workspace path, e.g. /Shared/swan-anomaly)."
+        "SWAN_EXPERIMENT",
+        doc="MLflow experiment (with a Databricks tracking URI a workspace path: the workspace refuses a relative name).",
+        derive=lambda v: "/Shared/swan-anomaly" if str(v["tracking_uri"]).startswith("databricks") else "swan-anomaly",
+        shown="swan-anomaly; /Shared/swan-anomaly with a databricks tracking URI",
     )
     model_name: str = setting("SWAN_MODEL_NAME", "swan_anomaly_vit", "Registered model name (in Unity Catalog catalog.schema.model).")
     model: str = setting(
@@ -280,8 +283,9 @@ class Settings:
         """Read every setting from ``env`` (default: the process environment).
 
         Raises:
-            ConfigError: a value is malformed or out of range (the message names the variable), or the
-                registry is Unity Catalog and the model name is not three-level.
+            ConfigError: a value is malformed or out of range (the message names the variable), the
+                registry is Unity Catalog and the model name is not three-level, or the tracking URI is
+                a Databricks workspace's and the experiment name is not a workspace path.
         """
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
@@ -310,6 +314,12 @@ class Settings:
             if has_credentials(values[key]):  # the links are shown to everyone who sees the task
                 msg = f"{var} carries credentials ({redact_uri(values[key])}): the task links show it to every viewer; drop them"
                 raise ConfigError(msg)
+        if str(values["tracking_uri"]).startswith("databricks") and not values["experiment"].startswith("/"):
+            msg = (
+                f"SWAN_EXPERIMENT={values['experiment']!r}: a Databricks workspace's MLflow (MLFLOW_TRACKING_URI="
+                f"{values['tracking_uri']!r}) refuses a relative experiment name; give a workspace path, e.g. /Shared/swan-anomaly"
+            )
+            raise ConfigError(msg)
         registry_uri, model_name = values["registry_uri"], values["model_name"]
         if registry_uri.startswith("databricks-uc") and len([p for p in model_name.split(".") if p]) != 3:
             msg = (
