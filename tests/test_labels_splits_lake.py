@@ -191,13 +191,17 @@ def test_a_rerun_that_set_a_video_aside_never_deletes_the_frames_an_earlier_run_
     raw = lake.raw("20261126")
     before = {p.relative_to(raw): p.read_bytes() for p in raw.rglob("*") if p.is_file()}
     _two_videos(ds, videos=("a1b2c3d4e5f60718",))  # the rerun staged one video: the other was set aside
-    reason = "/landing/cam2.mp4: could not be read after 3 tries: OSError: [Errno 5] Input/output error"
-    with pytest.raises(LakeError, match=r"holds the frames of 1 video\(s\) this run did not stage \(f9e8d7c6b5a40312\).*cam2\.mp4"):
-        lake.put_dataset(ds, "20261126", set_aside=[reason])
-    assert {p.relative_to(raw): p.read_bytes() for p in raw.rglob("*") if p.is_file()} == before
-    assert lake.require_complete("20261126") == raw
-    # with no video set aside, the video left the landing zone: the partition follows the staging folder
-    assert lake.put_dataset(ds, "20261126").removed == 3
+    unreadable = ("/landing/cam2.mp4: could not be read after 3 tries: OSError: [Errno 5] Input/output error", "f9e8d7c6b5a40312")
+    hidden = ("/landing/cam2.mp4: cannot read it (Input/output error)", None)  # no content hash: it may be any dropped video
+    for set_aside in ([unreadable], [hidden]):
+        with pytest.raises(LakeError, match=r"holds the frames of 1 video\(s\) this run did not stage \(f9e8d7c6b5a40312\).*cam2\.mp4"):
+            lake.put_dataset(ds, "20261126", set_aside=set_aside)
+        assert {p.relative_to(raw): p.read_bytes() for p in raw.rglob("*") if p.is_file()} == before
+        assert lake.require_complete("20261126") == raw
+    # a set-aside duplicate of a staged video, or a file that never was a video, explains no drop: the video left the
+    # landing zone, and the partition follows the staging folder
+    others = [("/landing/copy.mp4: the same video as /landing/cam1.mp4", "a1b2c3d4e5f60718"), ("/landing/notes.mp4: not a video", "0d0e")]
+    assert lake.put_dataset(ds, "20261126", set_aside=others).removed == 3
     assert not list(raw.glob("frames/f9e8d7c6b5a40312/*.png"))
 
 
@@ -212,10 +216,37 @@ def test_the_upload_step_passes_the_set_aside_videos_and_fails_at_once(tmp_path,
     lake = LocalLake(tmp_path / "lake")
     lake.put_dataset(_two_videos(tmp_path / "first"), "20261126")
     _two_videos(ctx.staging_dir, videos=("a1b2c3d4e5f60718",))
-    rejected = [{"video": "/landing/cam2.mp4", "reason": "/landing/cam2.mp4: frames_end_s 90 is past the end of the video (60 s)"}]
-    with pytest.raises(AirflowFailException, match=r"this run set 1 video\(s\) aside: /landing/cam2\.mp4: frames_end_s 90"):
+    rejected = [
+        {
+            "video": "/landing/cam2.mp4",
+            "reason": "/landing/cam2.mp4: frames_end_s 90 is past the end of the video (60 s)",
+            "video_id": "f9e8d7c6b5a40312",
+        }
+    ]
+    with pytest.raises(AirflowFailException, match=r"this run set aside 1 video\(s\) that may be them: /landing/cam2\.mp4: frames_end_s"):
         upload_to_lake(ctx, {"images": 3, "rejected_videos": rejected})
     assert len(list(lake.raw("20261126").glob("frames/*/*.png"))) == 6
+
+
+def test_a_set_aside_video_carries_its_content_id_to_the_upload_when_it_can_be_read(tmp_path, monkeypatch):
+    """The upload tells a set-aside video that may be one it would drop (no id, or a dropped id) from one that cannot."""
+    from swan_airflow.context import RunContext
+    from swan_airflow.steps.data import extract_frames, find_videos
+
+    monkeypatch.setenv("SWAN_STAGING_DIR", str(tmp_path / "staging"))
+    first, second = tmp_path / "a.mp4", tmp_path / "b.mp4"
+    for path in (first, second):
+        path.write_text("not a video at all")  # the same bytes under two names: b.mp4 is a duplicate of a.mp4
+    params = {"videos": [str(second), str(first)], "every_seconds": 1.0}
+    ctx = RunContext(dag_id="swan_anomaly_pipeline", run_id="manual__ids", dataset_id="20261126", params=params)
+    found = find_videos(ctx)
+    assert [(f["video"], f["reason"] is None, f.get("video_id")) for f in found] == [
+        (str(first), True, None),
+        (str(second), False, video_id(first)),  # set aside as a duplicate, with the id of the content it shares
+    ]
+    results = [extract_frames(ctx, f) for f in found]
+    assert results[0]["error"] and results[0]["frames"] == 0  # a.mp4 cannot be decoded: set aside
+    assert [r["content_id"] for r in results] == [video_id(first), video_id(first)]
 
 
 def test_run_ids_become_safe_path_segments():

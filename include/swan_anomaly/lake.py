@@ -57,7 +57,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 LABELS = "labels.csv"
 
 
-def plan_upload(local_dir: Path, existing: Mapping[str, str | None], *, set_aside: Sequence[str] = ()) -> UploadPlan:
+def plan_upload(local_dir: Path, existing: Mapping[str, str | None], *, set_aside: Sequence[tuple[str, str | None]] = ()) -> UploadPlan:
     """Compare a staged dataset with what the lake holds (relative path -> sha256 or None).
 
     The staged dataset is checked first (:func:`check_staged_dataset`): an upload replaces the
@@ -66,13 +66,13 @@ def plan_upload(local_dir: Path, existing: Mapping[str, str | None], *, set_asid
     Args:
         local_dir: the staging folder.
         existing: the lake partition's files.
-        set_aside: why each video this run could not use was set aside. When there are any, the
-            upload must not delete the frames of a video the partition holds and this run did not
-            stage: that may be one of them, unreadable only this time (:func:`check_no_video_dropped`).
+        set_aside: ``(why, video id or None)`` of each video this run set aside: the upload must
+            not delete the frames of a video the partition holds and this run did not stage when it
+            may be one of them, unusable only this time (:func:`check_no_video_dropped`).
 
     Raises:
         LakeError: the staging folder is missing, empty, or disagrees with its ``labels.csv``; or
-            the upload would delete a video's frames while this run set videos aside.
+            the upload would delete the frames of a video this run set aside.
     """
     if not local_dir.is_dir():
         msg = f"{local_dir}: the staging folder does not exist; nothing uploaded and the lake partition left as it was"
@@ -94,29 +94,45 @@ def _videos(paths: Iterable[str]) -> set[str]:
     return {parts[1] for rel in paths if len(parts := rel.split("/")) > 2 and parts[0] == "frames"}
 
 
-def check_no_video_dropped(local_dir: Path, existing: Iterable[str], hashes: Mapping[str, str], set_aside: Sequence[str]) -> None:
-    """Refuse an upload that would delete the frames of a video while the run set videos aside.
+def check_no_video_dropped(
+    local_dir: Path, existing: Iterable[str], hashes: Mapping[str, str], set_aside: Sequence[tuple[str, str | None]]
+) -> None:
+    """Refuse an upload that would delete the frames of a video the run set aside.
 
     An upload mirrors the staging folder: a video the partition holds and the run did not stage
     is deleted from it (and then from silver and gold). That is right when the video left the
-    landing zone, and wrong when the run could not read it this time (a network share's hiccup on
+    landing zone, and wrong when the run could not use it this time (a network share's hiccup on
     the last try, a frame window outside it): the frames an earlier run uploaded are still good.
-    A set-aside video that cannot be read has no id to compare, so any set-aside video stops it.
+
+    Args:
+        local_dir: the staging folder (named in the error).
+        existing: the partition's files, relative paths.
+        hashes: the staged files, by relative path.
+        set_aside: ``(why, video id)`` of each video the run set aside; the id (content hash) is
+            None when the file could not be read, and then it may be any of the dropped videos.
+            A set-aside video whose id is known and not among them (a duplicate of a staged one,
+            a file that never was a video) explains no drop.
 
     Example:
-        >>> check_no_video_dropped(Path("s"), ["frames/a1/f_0.png", "frames/b2/f_0.png"], {"frames/a1/f_0.png": "x"}, [])
-        >>> check_no_video_dropped(Path("s"), ["frames/a1/f_0.png"], {"frames/a1/f_0.png": "x"}, ["b.mp4: cannot read it"])
+        >>> existing, staged = ["frames/a1/f_0.png", "frames/b2/f_0.png"], {"frames/a1/f_0.png": "x"}
+        >>> check_no_video_dropped(Path("s"), existing, staged, [("copy.mp4: the same video as a.mp4", "a1")])
+        >>> check_no_video_dropped(Path("s"), existing, staged, [("b.mp4: cannot read it", None)])
+        Traceback (most recent call last):
+        ...
+        swan_anomaly._errors.LakeError: s: nothing uploaded: the lake partition holds the frames of 1 video(s) this run ...
 
     Raises:
-        LakeError: some video would be dropped and ``set_aside`` is not empty; it names both.
+        LakeError: a video would be dropped that a set-aside video may be; it names both.
     """
     dropped = sorted(_videos(existing) - _videos(hashes))
-    if dropped and set_aside:
+    causes = [why for why, vid in set_aside if vid is None or vid in dropped]
+    if dropped and causes:
         msg = (
             f"{local_dir}: nothing uploaded: the lake partition holds the frames of {len(dropped)} video(s) this run did not stage "
-            f"({', '.join(dropped[:5])}{', ...' if len(dropped) > 5 else ''}), and this run set {len(set_aside)} video(s) aside: "
-            f"{'; '.join(set_aside)[:1500]}. The upload would delete frames an earlier run uploaded. Make the set-aside videos "
-            "readable and clear the run; to drop a video on purpose, remove it from the landing zone first."
+            f"({', '.join(dropped[:5])}{', ...' if len(dropped) > 5 else ''}), and this run set aside {len(causes)} video(s) that "
+            f"may be them: {'; '.join(causes)[:1500]}. The upload would delete frames an earlier run uploaded. Make the set-aside "
+            "videos readable (or fix the Params that set them aside) and clear the run; to drop a video on purpose, remove it "
+            "from the landing zone first."
         )
         raise LakeError(msg)
 
@@ -273,7 +289,7 @@ class Lake(Protocol):
     Both conform (tests/test_labels_splits_lake.py compares every member's parameters).
     """
 
-    def put_dataset(self, local_dir: Path, dataset_id: str, *, set_aside: Sequence[str] = ()) -> UploadReport:
+    def put_dataset(self, local_dir: Path, dataset_id: str, *, set_aside: Sequence[tuple[str, str | None]] = ()) -> UploadReport:
         """Upload a staged dataset to ``raw/{dataset_id}/`` idempotently, ``_SUCCESS`` last (``set_aside``: :func:`plan_upload`)."""
         ...
 
@@ -349,7 +365,7 @@ class LocalLake:
     def run_dir(self, run_id: str) -> Path:
         return self.root / "runs" / safe_run_id(run_id)
 
-    def put_dataset(self, local_dir: Path, dataset_id: str, *, set_aside: Sequence[str] = ()) -> UploadReport:
+    def put_dataset(self, local_dir: Path, dataset_id: str, *, set_aside: Sequence[tuple[str, str | None]] = ()) -> UploadReport:
         """Copy a staged dataset to ``raw/{dataset_id}/``, idempotently.
 
         Files whose sha256 already matches are skipped; files no longer staged are
@@ -359,11 +375,11 @@ class LocalLake:
         Args:
             local_dir: the staging folder.
             dataset_id: the partition.
-            set_aside: why each video the run could not use was set aside (:func:`plan_upload`).
+            set_aside: ``(why, video id or None)`` of each video the run set aside (:func:`plan_upload`).
 
         Raises:
             LakeError: the staging folder is missing, empty or disagrees with its labels, or
-                the upload would delete a video's frames while videos were set aside
+                the upload would delete the frames of a video the run set aside
                 (:func:`plan_upload`); the partition is then left exactly as it was.
         """
         target = self.raw(dataset_id)

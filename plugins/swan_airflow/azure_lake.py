@@ -81,12 +81,12 @@ class WasbLake:
             if (metadata := blob.metadata or {}).get("hdi_isfolder") != "true"
         }
 
-    def put_dataset(self, local_dir: Path, dataset_id: str, *, set_aside: Sequence[str] = ()) -> UploadReport:
+    def put_dataset(self, local_dir: Path, dataset_id: str, *, set_aside: Sequence[tuple[str, str | None]] = ()) -> UploadReport:
         """Upload a staged dataset to ``raw/{dataset_id}/`` (idempotent, parallel, ``_SUCCESS`` last).
 
         Raises:
             LakeError: the staging folder is missing, empty or disagrees with its labels, or the
-                upload would delete a video's frames while videos were set aside
+                upload would delete the frames of a video the run set aside
                 (:func:`swan_anomaly.lake.plan_upload`); no blob is then written or deleted.
         """
         self.hook.create_container(self.container)

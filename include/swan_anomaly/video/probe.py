@@ -67,11 +67,13 @@ def distinct_videos(paths: list[Path]) -> tuple[list[Path], list[dict]]:
 
     Returns:
         ``(kept, rejected)``: the kept paths in sorted order, and ``{"video", "reason"}`` per
-        file set aside.
+        file set aside (with its ``video_id`` for a duplicate: the content is processed under the
+        first name).
 
     Example:
         >>> distinct_videos([Path("b.mp4"), Path("a.mp4")])  # doctest: +SKIP
-        ([PosixPath('a.mp4')], [{'video': 'b.mp4', 'reason': 'b.mp4: the same video as a.mp4 (same content); processed once'}])
+        ([PosixPath('a.mp4')], [{'video': 'b.mp4', 'reason': 'b.mp4: the same video as a.mp4 (same content); processed once',
+                                'video_id': '3f2a9c0d1b2e4f5a'}])
     """
     kept: list[Path] = []
     rejected: list[dict] = []
@@ -83,7 +85,8 @@ def distinct_videos(paths: list[Path]) -> tuple[list[Path], list[dict]]:
             rejected.append({"video": str(path), "reason": f"{path}: cannot read it ({exc.strerror or exc})"})
             continue
         if vid in first_of:
-            rejected.append({"video": str(path), "reason": f"{path}: the same video as {first_of[vid]} (same content); processed once"})
+            reason = f"{path}: the same video as {first_of[vid]} (same content); processed once"
+            rejected.append({"video": str(path), "reason": reason, "video_id": vid})
             continue
         first_of[vid] = path
         kept.append(path)

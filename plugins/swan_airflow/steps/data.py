@@ -55,7 +55,7 @@ def find_videos(ctx: RunContext) -> list[dict]:
     if not kept:
         raise AirflowFailException(f"none of the {len(candidates)} videos can be used: " + "; ".join(r["reason"] for r in rejected))
     log.info("%d videos for dataset %s (%d set aside)", len(kept), ctx.dataset_id, len(rejected))
-    return [{"video": str(p), "reason": None} for p in kept] + [{"video": r["video"], "reason": r["reason"]} for r in rejected]
+    return [{"video": str(p), "reason": None} for p in kept] + rejected
 
 
 def extract_frames(ctx: RunContext, candidate: dict) -> dict:
@@ -70,7 +70,7 @@ def extract_frames(ctx: RunContext, candidate: dict) -> dict:
 
     video = candidate["video"]
     if candidate.get("reason"):
-        return {"video": video, "video_id": None, "frames": 0, "error": candidate["reason"]}
+        return {"video": video, "video_id": None, "frames": 0, "error": candidate["reason"], "content_id": candidate.get("video_id")}
     staging = ctx.staging_dir
     p = ctx.params
     try:
@@ -85,7 +85,7 @@ def extract_frames(ctx: RunContext, candidate: dict) -> dict:
         )
     except VideoError as exc:
         log.warning("REJECTED video %s: %s", video, exc)
-        return {"video": video, "video_id": None, "frames": 0, "error": str(exc)}
+        return {"video": video, "video_id": None, "frames": 0, "error": str(exc), "content_id": _content_id(video)}
     except ValueError as exc:  # a Param out of range for this video: every retry fails the same way
         raise AirflowFailException(f"{video}: {exc}") from exc
     except Exception as exc:
@@ -98,6 +98,7 @@ def extract_frames(ctx: RunContext, candidate: dict) -> dict:
             "video_id": None,
             "frames": 0,
             "error": f"{video}: could not be read after {ti.try_number} tries: {type(exc).__name__}: {exc}",
+            "content_id": _content_id(video),
         }
     records = [r.to_dict() for r in frames]
     vid = records[0]["video_id"]
@@ -105,6 +106,16 @@ def extract_frames(ctx: RunContext, candidate: dict) -> dict:
         r["path"] = str(Path(r["path"]).relative_to(staging))
     (staging / "frames" / vid / "index.json").write_text(json.dumps(records, indent=1))
     return {"video": video, "video_id": vid, "frames": len(records), "error": None}
+
+
+def _content_id(video: str) -> str | None:
+    """The video id (content hash) of a set-aside video, or None when it cannot be read now."""
+    from swan_anomaly.video import video_id
+
+    try:
+        return video_id(Path(video))
+    except OSError:
+        return None
 
 
 def _staged_frames(staging: Path, video_ids: list[str]) -> list[dict]:
@@ -119,7 +130,7 @@ def synthesize_anomalies(ctx: RunContext, videos: list[dict]) -> dict:
     from swan_anomaly.anomalies import synthesize_dataset
 
     staging = ctx.staging_dir
-    rejected = [{"video": v["video"], "reason": v["error"]} for v in videos if v.get("error")]
+    rejected = [{"video": v["video"], "reason": v["error"], "video_id": v.get("content_id")} for v in videos if v.get("error")]
     good = [v for v in videos if not v.get("error")]
     if not good:
         reasons = "; ".join(f"{r['video']}: {r['reason']}" for r in rejected)
@@ -185,7 +196,7 @@ def upload_to_lake(ctx: RunContext, labels: dict) -> dict:
     from swan_airflow.runtime import lake
     from swan_anomaly import LakeError
 
-    set_aside = [v["reason"] for v in labels.get("rejected_videos", [])]
+    set_aside = [(v["reason"], v.get("video_id")) for v in labels.get("rejected_videos", [])]
     try:
         report = lake().put_dataset(ctx.staging_dir, ctx.dataset_id, set_aside=set_aside)
     except LakeError as exc:
