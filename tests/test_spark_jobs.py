@@ -117,9 +117,9 @@ def test_etl_quarantines_bad_input_and_keeps_every_good_file(spark, lake):
     assert sorted(zip(quarantine.image_path, quarantine.stage, quarantine.reason)) == sorted((p, st, r) for p, (st, r) in reasons.items())
 
 
-def test_a_file_the_storage_cannot_read_fails_the_job_and_is_not_quarantined_as_a_bad_image(spark, tmp_path):
-    """A read error (a mount hiccup, missing rights) said nothing about the image, yet its row was set aside as undecodable:
-    good images left silver quietly, or all of them and the date's silver and gold were dropped for good."""
+def test_a_read_the_storage_may_get_through_later_fails_the_job_and_a_file_never_readable_is_quarantined(spark, tmp_path):
+    """A read error said nothing about the image, yet its row was set aside as undecodable: after a storage hiccup good
+    images left silver quietly, or all of them and the date's silver and gold were dropped for good."""
     from pyspark.errors import PythonException
 
     from swan_anomaly.etl import crop_resize_encode
@@ -127,17 +127,20 @@ def test_a_file_the_storage_cannot_read_fails_the_job_and_is_not_quarantined_as_
     raw = tmp_path / "raw"
     (raw / "frames").mkdir(parents=True)
     (raw / "frames" / "corrupt.png").write_bytes(b"not an image at all")
-    (raw / "frames" / "loop.png").symlink_to(raw / "frames" / "loop.png")  # reading it is an OSError (ELOOP)
-    rows = [(f"frames/{name}", 1, "", "g", "v", 0, "x", 19) for name in ("corrupt.png", "loop.png")]
+    (raw / "frames" / "loop.png").symlink_to(raw / "frames" / "loop.png")  # never readable (ELOOP): quarantined
+    (raw / "frames" / "eio.png").symlink_to("/proc/self/mem")  # reading it is an I/O error (EIO), as on a failing mount
+    rows = [(f"frames/{name}", 1, "", "g", "v", 0, "x", 19) for name in ("corrupt.png", "loop.png", "eio.png")]
     columns = ["image_path", "label", "family", "group", "video_id", "frame_index", "source_sha256", "length"]
     images = spark.createDataFrame(rows, columns)
 
     def encoded(frame):
-        return crop_resize_encode(frame, str(raw), size=32, bias_x=0.5, bias_y=0.5, quality=90).collect()
+        return {r.image_path: r for r in crop_resize_encode(frame, str(raw), size=32, bias_x=0.5, bias_y=0.5, quality=90).collect()}
 
-    corrupt = encoded(images.where("image_path = 'frames/corrupt.png'"))  # an undecodable image is still set aside
-    assert corrupt[0].content is None and corrupt[0].error.startswith("ImageDecodeError")
-    with pytest.raises(PythonException, match=r"Too many levels of symbolic links: .*frames/loop\.png"):
+    kept = encoded(images.where("image_path != 'frames/eio.png'"))
+    assert kept["frames/corrupt.png"].content is None and kept["frames/corrupt.png"].error.startswith("ImageDecodeError")
+    loop = kept["frames/loop.png"]
+    assert loop.content is None and "frames/loop.png: cannot read the file: Too many levels" in loop.error
+    with pytest.raises(PythonException, match=r"Input/output error: '.*frames/eio\.png'"):
         encoded(images)
 
 

@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,6 +85,23 @@ def join_labels(images: DataFrame, labels: DataFrame) -> DataFrame:
     return images.join(F.broadcast(labels), on="image_path", how="inner")
 
 
+#: ``errno`` values of a read that a retry may get through: the storage, the network or a mount failed, not the file.
+TRANSIENT_READ_ERRNOS = frozenset(
+    {errno.EIO, errno.EAGAIN, errno.EINTR, errno.ETIMEDOUT, errno.ESTALE, errno.EBUSY, errno.ENOTCONN, errno.ECONNRESET}
+    | {errno.ECONNABORTED, errno.ENETDOWN, errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENOMEM}
+)
+
+
+def transient_read_error(exc: OSError) -> bool:
+    """Whether a failed read may succeed when tried again (an error without an ``errno``, from a storage library, may).
+
+    Example:
+        >>> transient_read_error(OSError(errno.EIO, "Input/output error")), transient_read_error(PermissionError(errno.EACCES, "no"))
+        (True, False)
+    """
+    return exc.errno is None or exc.errno in TRANSIENT_READ_ERRNOS
+
+
 def crop_resize_encode(
     images: DataFrame, raw_dir: str, *, size: int, bias_x: float, bias_y: float, quality: int, max_bytes: int = MAX_IMAGE_BYTES
 ) -> DataFrame:
@@ -94,9 +112,10 @@ def crop_resize_encode(
         raw_dir: the raw partition as the workers see it (a local or volume path).
 
     Images that cannot be processed keep their row with ``content = null`` and the reason in
-    ``error``; files over ``max_bytes`` are not even read. A file that cannot be *read* (an
-    ``OSError``: a storage or mount hiccup, missing rights) fails the job instead, naming it: it
-    says nothing about the image, and a retry may read it.
+    ``error``; files over ``max_bytes`` are not even read. So does a file that can never be read
+    (missing rights, a directory, a link loop). A read that fails in a way a retry may not (an
+    I/O error, a stale or timed-out mount: :func:`transient_read_error`) fails the job instead,
+    naming the file: it says nothing about the image.
     """
 
     def transform(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -110,7 +129,14 @@ def crop_resize_encode(
                     contents.append(None)
                     errors.append(f"ImageDecodeError: {path}: file of {length:,} bytes is over the {max_bytes:,}-byte limit; not decoded")
                     continue
-                data = Path(raw_dir, path).read_bytes()  # an OSError fails the task: storage, not the image
+                try:
+                    data = Path(raw_dir, path).read_bytes()
+                except OSError as exc:
+                    if transient_read_error(exc):  # storage, not the image: the task's retry reads it again; named
+                        raise OSError(exc.errno, exc.strerror or str(exc), str(Path(raw_dir, path))) from exc
+                    contents.append(None)
+                    errors.append(f"{type(exc).__name__}: {path}: cannot read the file: {exc.strerror or exc}")
+                    continue
                 try:
                     img = crop_and_resize(decode_image(data, name=path), size=size, bias_x=bias_x, bias_y=bias_y)
                     contents.append(encode_jpeg(img, quality=quality))
