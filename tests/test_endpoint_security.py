@@ -337,6 +337,12 @@ def test_the_server_bounds_its_connections_and_idle_keep_alives(tmp_path, monkey
     server.main(["--token-file", str(token), "--no-champion-at-start"])
     assert ran.get("limit_concurrency") == 400  # twice the scoring requests in flight (at least Limits.max_connections)
     assert 0 < ran.get("timeout_keep_alive", 0) <= 30
+    monkeypatch.setenv("SWAN_ENDPOINT_MAX_CONNECTIONS", "1000")  # a deployment's own bounds
+    monkeypatch.setenv("SWAN_ENDPOINT_BODY_TIMEOUT_S", "120")
+    built = {}
+    monkeypatch.setattr(server, "create_app", lambda *args, limits, **kwargs: built.update(limits=limits))
+    server.main(["--token-file", str(token), "--no-champion-at-start"])
+    assert ran["limit_concurrency"] == 1000 and built["limits"].body_timeout_s == 120
 
 
 def test_health_shows_no_credential_of_the_registry_uri(tmp_path):

@@ -216,6 +216,15 @@ class Settings:
     endpoint_max_in_flight: int = setting(
         "SWAN_ENDPOINT_MAX_IN_FLIGHT", 64, "Most scoring requests the local model server holds at once (429 above).", low=1
     )
+    endpoint_body_timeout_s: float = setting(
+        "SWAN_ENDPOINT_BODY_TIMEOUT_S",
+        30.0,
+        "Seconds the local model server waits for a whole request body (408 after; 16 MB in 30 s is 4.5 Mbit/s).",
+        low=1,
+    )
+    endpoint_max_connections: int = setting(
+        "SWAN_ENDPOINT_MAX_CONNECTIONS", 256, "Most connections the local model server holds, idle ones too (503 above).", low=1
+    )
     # -- schedules, retries, timeouts (read when the DAG file is parsed)
     schedule: str = setting("SWAN_SCHEDULE", "@daily", "Cron or preset of the pipeline's data intervals.")
     ingest_schedule: str = setting("SWAN_INGEST_SCHEDULE", "*/10 * * * *", "Cron of the ingest DAG (inbox to landing zone).")

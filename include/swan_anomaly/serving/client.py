@@ -7,7 +7,7 @@ databricks-sdk ``WorkspaceClient`` (the Databricks backend), it scores through
 OAuth machine-to-machine, Azure AD) and its retries; otherwise (the local model server) it posts
 with httpx and the bearer token.
 
-Answers that say "busy or not ready yet" (429, 502, 503, 504), timeouts and refused connections
+Answers that say "busy or not ready yet" (408, 429, 502, 503, 504), timeouts and refused connections
 are retried with exponential backoff (tenacity) for up to ``retry_seconds`` (an endpoint scaled to
 zero takes minutes to come back); any other error answer fails at once with :class:`EndpointError`.
 
@@ -29,8 +29,8 @@ from swan_anomaly._errors import EndpointBusy, EndpointError
 
 log = logging.getLogger(__name__)
 
-#: Answers that mean "try again later", not "this model is broken".
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
+#: Answers that mean "try again later", not "this model is broken" (408: the server's deadline for a body that came slowly).
+RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
 
 #: The largest request body Databricks Model Serving takes: 16 MB, read as 16,000,000 bytes (the local model
 #: server's limit, ``SWAN_ENDPOINT_MAX_BODY_MB``, is given to its client instead).
@@ -168,7 +168,7 @@ class EndpointClient:
         def query():
             return self.workspace.serving_endpoints.query(self.name, dataframe_split=DataframeSplitInput(columns=["image"], data=rows))
 
-        def busy(exc: BaseException) -> bool:  # the answers the httpx path retries too (429, 502, 503, 504) and timeouts
+        def busy(exc: BaseException) -> bool:  # the answers the httpx path retries too (408, 429, 502, 503, 504) and timeouts
             status = getattr(getattr(exc, "response", None), "status_code", None)
             return isinstance(exc, (TooManyRequests, TemporarilyUnavailable, DeadlineExceeded, TimeoutError)) or status in RETRY_STATUSES
 

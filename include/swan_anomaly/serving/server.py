@@ -703,6 +703,8 @@ def main(argv: list[str] | None = None) -> None:
         max_body_bytes=int(settings.endpoint_max_body_mb * 2**20),
         max_rows=settings.endpoint_max_rows,
         max_in_flight=settings.endpoint_max_in_flight,
+        body_timeout_s=settings.endpoint_body_timeout_s,
+        max_connections=settings.endpoint_max_connections,
     )
     app = create_app(
         args.name,

@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -149,6 +150,8 @@ def gate_model(ctx: RunContext, registered: dict) -> str:
         try:
             record = _judge(ctx, store, client, registered, champion_version, mode)
         except (LakeError, ValueError) as exc:  # what the lake or the registry holds: a retry reads the same
+            if isinstance(exc, json.JSONDecodeError):  # a half-written file or a proxy's page: it may read well next time
+                raise
             raise AirflowFailException(f"the gate cannot judge v{version}: {exc}") from exc
     if params.get("force_promote"):
         reason = force_promote_reason(params)  # fails the task unless allowed and explained
