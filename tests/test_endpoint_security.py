@@ -345,6 +345,19 @@ def test_the_server_bounds_its_connections_and_idle_keep_alives(tmp_path, monkey
     assert ran["limit_concurrency"] == 1000 and built["limits"].body_timeout_s == 120
 
 
+def test_health_proves_the_token_is_held_without_showing_it(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from swan_anomaly.serving.local import token_proof
+
+    client = TestClient(create_app(NAME, token=TOKEN, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
+    challenge = "a-fresh-random-challenge-0123456789"
+    proof = client.get("/health", params={"challenge": challenge}).json()["proof"]
+    assert proof == token_proof(TOKEN, challenge) != token_proof("another-token", challenge) and TOKEN not in proof
+    assert "proof" not in client.get("/health").json()
+    assert client.get("/health", params={"challenge": "short"}).status_code == 400
+
+
 def test_health_shows_no_credential_of_the_registry_uri(tmp_path):
     from fastapi.testclient import TestClient
 
@@ -388,22 +401,24 @@ def test_the_detached_server_gets_an_allow_listed_environment_and_no_secret_on_i
     assert server_env(on_databricks, "tok", {**task_env, "ARM_CLIENT_SECRET": "sp"})["ARM_CLIENT_SECRET"] == "sp"  # an Azure AD login
 
 
-@pytest.mark.parametrize("health", [b'{"status": "ok"}', b"<html>a web app</html>"], ids=["json", "html"])
-def test_a_process_that_is_no_model_server_on_the_port_never_gets_the_token(tmp_path, health):
-    """Whatever answered /health with no registry was taken for this deployment's server and sent its bearer token."""
+@pytest.mark.parametrize("kind", ["json", "html", "mimic"])
+def test_a_process_that_is_no_model_server_on_the_port_never_gets_the_token(tmp_path, kind):
+    """Whatever answered /health with no registry was taken for this deployment's server and sent its bearer token; one that
+    copies the registry the real server shows on its open /health must prove it holds the token, without being sent it."""
     import http.server
 
+    from swan_anomaly.redact import redact_uri
     from swan_anomaly.serving.local import ensure_local_server
 
-    seen = []
+    seen, answer = [], {}
 
     class Impostor(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - the http.server API
             seen.append((self.path, self.headers.get("Authorization")))
             self.send_response(200)
-            self.send_header("Content-Length", str(len(health)))
+            self.send_header("Content-Length", str(len(answer["body"])))
             self.end_headers()
-            self.wfile.write(health)
+            self.wfile.write(answer["body"])
 
         def log_message(self, *args):
             pass
@@ -412,12 +427,18 @@ def test_a_process_that_is_no_model_server_on_the_port_never_gets_the_token(tmp_
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
     s = Settings.from_env({"SWAN_HOME": str(tmp_path), "SWAN_ENDPOINT_URL": url, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"})
+    answer["body"] = {
+        "json": b'{"status": "ok"}',
+        "html": b"<html>a web app</html>",
+        "mimic": json.dumps({"status": "ok", "registry_uri": redact_uri(s.registry_uri), "proof": "0" * 64}).encode(),
+    }[kind]
+    expected = "does not prove it holds this deployment's bearer token" if kind == "mimic" else "that is no swan-anomaly model server"
     try:
-        with pytest.raises(ConfigError, match=rf"something answers at {url} that is no swan-anomaly model server"):
+        with pytest.raises(ConfigError, match=expected):
             ensure_local_server(s, token="the-deployments-token")
     finally:
         server.shutdown()
-    assert seen == [("/health", None)]
+    assert len(seen) == 1 and seen[0][0].startswith("/health") and seen[0][1] is None
 
 
 def test_the_detached_server_gets_no_hub_token(tmp_path):
@@ -443,7 +464,7 @@ def test_a_started_server_takes_its_token_and_its_command_line_holds_no_uri_or_t
         assert endpoint_token(s) not in " ".join(cmdline) and "sqlite" not in " ".join(cmdline)
         assert cmdline[cmdline.index("--host") + 1] == "127.0.0.1"
         assert httpx.get(f"{url}{MANAGE}", headers={"Authorization": f"Bearer {endpoint_token(s)}"}).status_code == 404
-        with pytest.raises(ConfigError, match="refuses this deployment's bearer token"):
+        with pytest.raises(ConfigError, match="does not prove it holds this deployment's bearer token"):
             ensure_local_server(s, token="another-deployments-token")
     finally:
         stop_local_server(s)

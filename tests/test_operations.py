@@ -417,7 +417,7 @@ def test_a_run_waits_for_its_promotion_turn_while_another_run_is_in_its_section(
 
 
 def test_the_same_video_under_two_names_and_an_unreadable_one_are_set_aside(tmp_path, demo_video):
-    from swan_anomaly.video import distinct_videos
+    from swan_anomaly.video import distinct_videos, video_id
 
     first = Path(shutil.copy(demo_video, tmp_path / "a_cam.mp4"))
     twin = Path(shutil.copy(demo_video, tmp_path / "b_cam.mp4"))
@@ -425,7 +425,7 @@ def test_the_same_video_under_two_names_and_an_unreadable_one_are_set_aside(tmp_
     kept, rejected = distinct_videos([twin, gone, first])
     assert kept == [first]
     assert rejected == [
-        {"video": str(twin), "reason": f"{twin}: the same video as {first} (same content); processed once"},
+        {"video": str(twin), "reason": f"{twin}: the same video as {first} (same content); processed once", "video_id": video_id(first)},
         {"video": str(gone), "reason": f"{gone}: cannot read it (No such file or directory)"},
     ]
 

@@ -473,7 +473,7 @@ class _FlakyEndpoint:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 - the http.server API
                 data = json.dumps(health or {}).encode()
-                self.send_response(200 if self.path == "/health" and health else 404)
+                self.send_response(200 if self.path.partition("?")[0] == "/health" and health else 404)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()

@@ -17,6 +17,8 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
 import secrets
@@ -113,10 +115,21 @@ def server_env(settings: Settings, token: str, environ: Mapping[str, str] | None
     return env
 
 
-def _health(url: str) -> dict | None:
+def token_proof(token: str, challenge: str) -> str:
+    """What a model server holding ``token`` answers to ``/health?challenge=...``: an HMAC of the challenge, which shows
+    the token is held without sending it (a process squatting on the port cannot forge it).
+
+    Example:
+        >>> token_proof("t0k", "abc") == token_proof("t0k", "abc") != token_proof("other", "abc")
+        True
+    """
+    return hmac.new(token.encode(), b"swan-anomaly /health proof\0" + challenge.encode(), hashlib.sha256).hexdigest()
+
+
+def _health(url: str, challenge: str | None = None) -> dict | None:
     """What ``/health`` answers at ``url``; None when nothing answers 200 there, ``{}`` when the answer is not JSON."""
     try:
-        response = httpx.get(f"{url}/health", timeout=2.0)
+        response = httpx.get(f"{url}/health", params={"challenge": challenge} if challenge else None, timeout=2.0)
     except httpx.HTTPError:
         return None
     if response.status_code != 200:
@@ -127,17 +140,26 @@ def _health(url: str) -> dict | None:
         return {}
 
 
-def running_server(settings: Settings) -> bool:
-    """True when this deployment's model server (the one reading ``settings``' registry) answers at its URL.
+def running_server(settings: Settings, token: str | None = None) -> bool:
+    """True when this deployment's model server answers at its URL: it reads ``settings``' registry and holds ``token``.
+
+    It proves it holds the token by answering a fresh random challenge (:func:`token_proof`):
+    the token itself is never sent to a process before it has proven that.
+
+    Args:
+        settings: the deployment's settings (URL, registry, where the token is).
+        token: the bearer token (default: :func:`endpoint_token`).
 
     Raises:
         ConfigError: another deployment's server (another ``SWAN_HOME``) answers there, or a
-            process that is no model server of this project: neither gets this deployment's token.
+            process that is no model server of this project, or one that does not hold the
+            token: only an operator can fix that, so no retry helps.
     """
-    health = _health(settings.endpoint_url)
+    challenge = secrets.token_urlsafe(32)
+    health = _health(settings.endpoint_url, challenge)
     if health is None:
         return False
-    if not isinstance(health, dict) or "registry_uri" not in health:  # no bearer token is ever sent to it
+    if not isinstance(health, dict) or "registry_uri" not in health:
         msg = (
             f"something answers at {settings.endpoint_url} that is no swan-anomaly model server (its /health names no "
             "registry); stop it, or set SWAN_ENDPOINT_URL to a free port"
@@ -150,31 +172,16 @@ def running_server(settings: Settings) -> bool:
             "or set SWAN_ENDPOINT_URL to a free port"
         )
         raise ConfigError(msg)
-    return True
-
-
-def check_token(settings: Settings, token: str) -> None:
-    """Make sure the server at ``settings.endpoint_url`` takes ``token`` (its management API answers, not 401).
-
-    Raises:
-        ConfigError: it answers 401: it was started with another token (an operator must
-            stop it or give this deployment its token; no retry helps).
-    """
-    try:
-        response = httpx.get(
-            f"{settings.endpoint_url}/api/2.0/serving-endpoints/{settings.endpoint_name}",
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=5.0,
-        )
-    except httpx.HTTPError:
-        return  # not answering now: the caller's own requests say so, with their retries
-    if response.status_code == 401:
+    proof = health.get("proof")
+    if not isinstance(proof, str) or not hmac.compare_digest(proof, token_proof(token or endpoint_token(settings), challenge)):
         msg = (
-            f"the model server at {settings.endpoint_url} refuses this deployment's bearer token: it was started with another one. "
-            "Stop it (make stop-endpoint) so that it starts again with this token, or give this deployment its token "
-            f"(Airflow connection {settings.endpoint_conn_id!r}, SWAN_ENDPOINT_TOKEN or {settings.serving_dir / TOKEN_FILE})"
+            f"the model server at {settings.endpoint_url} does not prove it holds this deployment's bearer token: it was started "
+            "with another one (or it is no model server of this deployment), and it is not sent the token. Stop it (make "
+            "stop-endpoint) so that it starts again with this token, or give this deployment its token (Airflow connection "
+            f"{settings.endpoint_conn_id!r}, SWAN_ENDPOINT_TOKEN or {settings.serving_dir / TOKEN_FILE})"
         )
         raise ConfigError(msg)
+    return True
 
 
 def ensure_local_server(settings: Settings, *, token: str | None = None, timeout: float = 90.0) -> str:
@@ -187,13 +194,12 @@ def ensure_local_server(settings: Settings, *, token: str | None = None, timeout
 
     Raises:
         ConfigError: a server answers at the URL but reads another MLflow registry (another
-            ``SWAN_HOME``) or takes another token: only an operator can fix that, so no retry helps.
+            ``SWAN_HOME``) or does not hold the token: only an operator can fix that, so no retry helps.
         EndpointError: a new server does not come up.
     """
     url = settings.endpoint_url
     token = token or endpoint_token(settings)
-    if running_server(settings):
-        check_token(settings, token)
+    if running_server(settings, token):
         return url
     parsed = urlparse(url)
     settings.serving_dir.mkdir(parents=True, exist_ok=True)
@@ -228,8 +234,10 @@ def ensure_local_server(settings: Settings, *, token: str | None = None, timeout
             tail = log_path.read_text(errors="replace")[-2000:]
             msg = f"local model server exited with code {proc.returncode} before answering on {url}; log tail:\n{tail}"
             raise EndpointError(msg)
-        if _health(url) is not None:
-            return url
+        challenge = secrets.token_urlsafe(32)
+        health = _health(url, challenge)
+        if health and hmac.compare_digest(str(health.get("proof")), token_proof(token, challenge)):
+            return url  # our server: a process that took the port first never gets the token
         time.sleep(0.5)
     msg = f"local model server did not answer on {url} within {timeout:.0f}s; see {log_path}"
     raise EndpointError(msg)

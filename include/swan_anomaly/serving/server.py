@@ -62,6 +62,7 @@ import time
 from dataclasses import dataclass
 
 from swan_anomaly.redact import redact_uri
+from swan_anomaly.serving.local import token_proof
 
 log = logging.getLogger(__name__)
 
@@ -533,8 +534,15 @@ def create_app(
             )
 
     @app.get("/health")
-    async def health():
-        return {"status": "ok", "registry_uri": redact_uri(mlflow.get_registry_uri()), **state.describe()["state"]}
+    async def health(challenge: str | None = None):
+        """Open to all: status, the registry (credentials masked), and, given a challenge, the proof that this server holds
+        the token (:func:`swan_anomaly.serving.local.token_proof`), so that a client never sends its token to an impostor."""
+        body = {"status": "ok", "registry_uri": redact_uri(mlflow.get_registry_uri()), **state.describe()["state"]}
+        if challenge is not None:
+            if not 16 <= len(challenge) <= 256:
+                return JSONResponse({"error_code": "INVALID_PARAMETER_VALUE", "message": "challenge must be 16 to 256 characters"}, 400)
+            body["proof"] = token_proof(token, challenge)
+        return body
 
     @app.get("/api/2.0/serving-endpoints/{endpoint}")
     async def get_endpoint(endpoint: str, request: Request):

@@ -156,8 +156,8 @@ def _serving() -> dict:
         from swan_anomaly.serving.local import running_server
 
         try:
-            version = served_version(target.workspace(), target.endpoint) if running_server(s) else None
-        except ConfigError as exc:  # another deployment's server answers there: it serves nothing of ours
+            version = served_version(target.workspace(), target.endpoint) if running_server(s, target.auth.token) else None
+        except ConfigError as exc:  # another deployment's server (or another process) answers there: it serves nothing of ours
             return {"endpoint": target.endpoint, "version": None, "champion": str(champion.version) if champion else None, "note": str(exc)}
     else:
         version = served_version(target.workspace(), target.endpoint)
