@@ -521,6 +521,35 @@ def test_mlflow_credentials_in_an_http_uri_are_refused_and_never_sent_in_a_job_p
     assert job_env()["MLFLOW_TRACKING_URI"] == "databricks"
 
 
+def test_a_databricks_run_is_refused_when_the_cluster_could_not_reach_the_mlflow_store_or_the_lake(tmp_path, monkeypatch):
+    """The default deployment's sqlite MLflow and lake folder went into the payload when a run chose backend 'databricks':
+    on a real cluster the runs were lost with it, and the files it was told to open do not exist there."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from swan_airflow.databricks_runs import check_job_env
+
+    monkeypatch.setenv("SWAN_HOME", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    monkeypatch.delenv("SWAN_JOB_LAKE_ROOT", raising=False)
+    with pytest.raises(AirflowFailException, match=r"MLFLOW_TRACKING_URI \(sqlite:///.*\) is an MLflow store on this worker's disk"):
+        check_job_env()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "databricks")
+    with pytest.raises(AirflowFailException, match=r"cannot open this worker's lake folder \(.*lake\)"):
+        check_job_env()
+    monkeypatch.setenv("SWAN_JOB_LAKE_ROOT", "/Volumes/main/swan/lake")  # where the clusters see it
+    check_job_env()
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"file://{tmp_path}/mlruns")
+    with pytest.raises(AirflowFailException, match="MLFLOW_REGISTRY_URI"):
+        check_job_env()
+
+
+def test_the_jobs_lake_root_is_a_path_their_file_io_can_open():
+    with pytest.raises(ConfigError, match=r"SWAN_JOB_LAKE_ROOT='abfss://swan@acct.dfs.core.windows.net/lake': .* is not a path"):
+        Settings.from_env({"SWAN_JOB_LAKE_ROOT": "abfss://swan@acct.dfs.core.windows.net/lake"})
+    assert Settings.from_env({"SWAN_JOB_LAKE_ROOT": "/Volumes/main/swan/lake"}).job_lake_root == "/Volumes/main/swan/lake"
+
+
 def test_a_local_job_keeps_the_workspace_login_when_mlflow_is_the_workspaces(monkeypatch):
     from swan_airflow.jobs import job_env
 

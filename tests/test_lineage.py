@@ -64,6 +64,8 @@ def test_a_databricks_run_that_ended_at_once_records_its_outputs_once(lake_root,
     (``_handle_deferrable_databricks_operator_execution``); ``execute`` must not record a second time."""
     monkeypatch.setattr(DatabricksSubmitRunOperator, "execute", lambda self, context: self.execute_complete(context, {}))
     monkeypatch.setattr(DatabricksSubmitRunOperator, "execute_complete", lambda self, context, event: None)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")  # what a cluster can reach
+    monkeypatch.setenv("SWAN_JOB_LAKE_ROOT", str(lake_root))
     op = _operator(backend="databricks")
     calls = []
     monkeypatch.setattr(op, "record_outputs", lambda context, result=None: calls.append(context["run_id"]))

@@ -8,10 +8,17 @@ user does in the trigger form. One DAG run (and one rerun) serves every test of 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import httpx
 import pytest
 
 from conftest import AZURITE_KEY, ROOT, canonical_name, captured_output, pinned_versions, stored_run_texts
@@ -24,6 +31,38 @@ LOCK = pinned_versions(ROOT / "requirements.txt")
 CONTAINER, PREFIX = "lake", "swan/"
 
 
+@contextlib.contextmanager
+def mlflow_server(root: Path):
+    """An MLflow tracking server over HTTP with proxied artifacts: what a Databricks cluster can reach, unlike a store
+    on the worker's disk (a Databricks run with that is refused when it is submitted)."""
+    import mlflow
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db"]
+    args += ["--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    log = (root / "server.log").open("wb")
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+    url, previous = f"http://127.0.0.1:{port}", (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    try:
+        for _ in range(240):
+            assert proc.poll() is None, (root / "server.log").read_text()[-2000:]
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+        mlflow.set_tracking_uri(previous[0])  # MLflow's process-wide URIs: the later tests' own again
+        mlflow.set_registry_uri(previous[1])
+
+
 @pytest.fixture(scope="module")
 def remote_run(airflow_db, demo_video, azurite, tmp_path_factory):
     from airflow.dag_processing.dagbag import DagBag
@@ -31,6 +70,8 @@ def remote_run(airflow_db, demo_video, azurite, tmp_path_factory):
     from swan_anomaly.config import Settings
 
     volume = tmp_path_factory.mktemp("volume") / "lake"
+    tracking = contextlib.ExitStack()
+    mlflow_url = tracking.enter_context(mlflow_server(tmp_path_factory.mktemp("mlflow")))
     double = DatabricksDouble(
         token=TOKEN,
         volume={"path": str(volume), "connection_string": azurite["connection_string"], "container": CONTAINER, "prefix": PREFIX},
@@ -47,6 +88,7 @@ def remote_run(airflow_db, demo_video, azurite, tmp_path_factory):
         "SWAN_LAKE_CONTAINER": CONTAINER,
         "SWAN_LAKE_PREFIX": PREFIX,
         "SWAN_JOB_LAKE_ROOT": str(volume),
+        "MLFLOW_TRACKING_URI": mlflow_url,
     }.items():
         mp.setenv(key, value)
     landing = Settings.from_env().landing_dir / LANDING_DATE
@@ -63,6 +105,7 @@ def remote_run(airflow_db, demo_video, azurite, tmp_path_factory):
     finally:
         mp.undo()
         double.stop()
+        tracking.close()
 
 
 def _run(dag, logical, *, run_after):

@@ -149,7 +149,10 @@ class Settings:
     lake_container: str = setting("SWAN_LAKE_CONTAINER", "swan", "Container (file system) of the Azure lake.")
     lake_prefix: str = setting("SWAN_LAKE_PREFIX", "", "Folder inside the container under which the lake lives.")
     job_lake_root: str | None = setting(
-        "SWAN_JOB_LAKE_ROOT", None, "The lake root as the jobs see it (e.g. abfss://...).", shown="derived from the lake"
+        "SWAN_JOB_LAKE_ROOT",
+        None,
+        "The lake root as the jobs' file I/O sees it: an absolute path, e.g. /Volumes/main/swan/lake (not an abfss:// URI).",
+        shown="the local lake; needed with the Azure lake",
     )
     compute_backend: str = setting(
         "SWAN_COMPUTE_BACKEND",
@@ -323,6 +326,13 @@ class Settings:
             if has_credentials(values[key]):  # the links are shown to everyone who sees the task
                 msg = f"{var} carries credentials ({redact_uri(values[key])}): the task links show it to every viewer; drop them"
                 raise ConfigError(msg)
+        if values["job_lake_root"] is not None and not str(values["job_lake_root"]).startswith("/"):
+            msg = (
+                f"SWAN_JOB_LAKE_ROOT={values['job_lake_root']!r}: the jobs read and write the lake with file I/O, so this must be "
+                "the absolute path at which clusters see it, e.g. /Volumes/main/swan/lake (a Unity Catalog volume on the "
+                "container); a URI such as abfss://... is not a path"
+            )
+            raise ConfigError(msg)
         if str(values["tracking_uri"]).startswith("databricks") and not values["experiment"].startswith("/"):
             msg = (
                 f"SWAN_EXPERIMENT={values['experiment']!r}: a Databricks workspace's MLflow (MLFLOW_TRACKING_URI="

@@ -74,11 +74,29 @@ def register_challenger(
         version = existing
     else:
         version = client.create_model_version(
-            name, model_uri, run_id=mlflow_run_id, tags={"airflow_run_id": airflow_run_id, **(tags or {})}
+            name,
+            model_uri,
+            run_id=mlflow_run_id,
+            tags={"airflow_run_id": airflow_run_id, **(tags or {})},
+            model_id=logged_model_id(model_uri),  # a tracking server refuses a models:/<id> source without it
         )
         log.info("registered %s version %s from %s", name, version.version, model_uri)
     client.set_registered_model_alias(name, CHALLENGER, str(version.version))
     return client.get_model_version(name, str(version.version))
+
+
+def logged_model_id(model_uri: str) -> str | None:
+    """The logged model's id in an MLflow 3 model URI (``models:/<model_id>``), as ``mlflow.register_model`` reads it.
+
+    A tracking server (REST) refuses to register such a source unless the id comes with it; a
+    registered version's URI (``models:/<name>/<version>``) or any other URI has none.
+
+    Example:
+        >>> logged_model_id("models:/m-42502967692b4e6e"), logged_model_id("models:/swan/3"), logged_model_id("runs:/abc/model")
+        ('m-42502967692b4e6e', None, None)
+    """
+    rest = model_uri.removeprefix("models:/")
+    return rest if rest != model_uri and rest and "/" not in rest else None
 
 
 def get_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:

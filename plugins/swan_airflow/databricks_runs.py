@@ -97,14 +97,18 @@ def job_env() -> dict[str, str]:
 
 
 def check_job_env() -> None:
-    """Refuse to submit a Databricks run whose MLflow URIs carry credentials (called when the run is submitted).
+    """Refuse to submit a Databricks run that could not work (called when the run is submitted); local runs are unaffected.
 
-    Such a URI would travel in the run's payload and show in Airflow's rendered templates, so
-    :func:`job_env` masks it, and this stops the run with what to do instead. Local runs are
-    unaffected.
+    - MLflow URIs with credentials would travel in the run's payload and show in Airflow's
+      rendered templates (:func:`job_env` masks them).
+    - An MLflow store on this worker's disk (``sqlite:``, ``file:``, a path) is out of a cluster's
+      reach: the job's runs and models would go to the cluster's own disk, and ``register_model``
+      would never find them.
+    - A local lake with no ``SWAN_JOB_LAKE_ROOT``: the payload would name files on this worker,
+      which a cluster cannot open.
 
     Raises:
-        AirflowFailException: a URI with credentials (no retry fixes it).
+        AirflowFailException: any of these, with what to do instead (no retry fixes it).
     """
     from airflow.sdk.exceptions import AirflowFailException
 
@@ -120,6 +124,33 @@ def check_job_env() -> None:
                 "MLFLOW_TRACKING_USERNAME/PASSWORD in the cluster spec's spark_env_vars as secret references ({{secrets/scope/key}})"
             )
             raise AirflowFailException(msg)
+    for name, uri in (("MLFLOW_TRACKING_URI", s.tracking_uri), ("MLFLOW_REGISTRY_URI", s.registry_uri)):
+        if local_store(uri):
+            msg = (
+                f"{name} ({redact_uri(uri)}) is an MLflow store on this worker's disk, which a Databricks cluster cannot reach: "
+                "the training job's runs and model would be lost with the cluster and register_model would not find them. Use "
+                "the workspace's MLflow (MLFLOW_TRACKING_URI=databricks, MLFLOW_REGISTRY_URI=databricks-uc) or an MLflow "
+                "tracking server (http(s)://...), or choose backend 'local'"
+            )
+            raise AirflowFailException(msg)
+    if s.lake_backend == "local" and not s.job_lake_root:
+        msg = (
+            f"backend 'databricks' runs the jobs on a Databricks cluster, which cannot open this worker's lake folder "
+            f"({s.lake_root}); use the Azure lake (SWAN_LAKE_BACKEND=azure and SWAN_JOB_LAKE_ROOT, docs/databricks.md), set "
+            "SWAN_JOB_LAKE_ROOT to where the clusters see this folder, or choose backend 'local'"
+        )
+        raise AirflowFailException(msg)
+
+
+def local_store(uri: str) -> bool:
+    """Whether an MLflow URI names a store on this machine's disk (``sqlite:``, ``file:`` or a plain path).
+
+    Example:
+        >>> [local_store(u) for u in ("sqlite:////srv/mlflow.db", "file:///srv/mlruns", "/srv/mlruns", "databricks", "http://mlflow:5000")]
+        [True, True, True, False, False]
+    """
+    scheme = uri.split(":", 1)[0].lower() if "://" in uri or uri.startswith(("sqlite:", "file:")) else ""
+    return scheme in ("", "sqlite", "file") and not uri.startswith("databricks")
 
 
 def submit_run_json(job: str, args: list, *, code, dataset_id, timeout_seconds: int = 4 * 3600) -> dict:
