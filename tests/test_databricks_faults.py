@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 
 import pytest
 
@@ -162,3 +163,66 @@ def test_unity_catalog_needs_a_three_level_model_name():
     with pytest.raises(ConfigError, match="three-level name"):
         Settings.from_env({**env, "SWAN_MODEL_NAME": "swan_anomaly_vit"})
     assert Settings.from_env({**env, "SWAN_MODEL_NAME": "main.swan.swan_anomaly_vit"}).model_name == "main.swan.swan_anomaly_vit"
+
+
+@pytest.mark.parametrize("failure", ["permanent", "crash", "crash after an earlier permanent failure"])
+def test_a_job_that_fails_for_good_on_databricks_is_not_retried_and_a_crash_is(double, tmp_path, monkeypatch, failure):
+    """Databricks reports a failed run as FAILED whatever the job's exit status: a JobError (bad input data) was retried
+    SWAN_RETRIES times, each a fresh run on a new cluster, and failed the same way."""
+    from types import SimpleNamespace
+
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
+
+    from conftest import ROOT
+    from swan_airflow.submit_run import SwanJobOperator
+    from swan_anomaly.entrypoint import failure_record
+    from swan_anomaly.lake import LocalLake
+
+    lake_root, run_id = tmp_path / "lake", "manual__failing"
+    for key, value in {"SWAN_LAKE_ROOT": str(lake_root), "SWAN_JOB_LAKE_ROOT": str(lake_root)}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")  # a store a cluster can reach
+    error = "JobError('the validation split holds one class')" if failure == "permanent" else "ValueError('out of memory, maybe')"
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(ROOT / 'include')!r})\n"
+        "from swan_anomaly import JobError\n"
+        "from swan_anomaly.entrypoint import job_parser, run_entrypoint\n"
+        "def work():\n"
+        f"    raise {error}\n"
+        "run_entrypoint('probe', job_parser('probe').parse_args(sys.argv[1:]), work)\n"
+    )
+    if failure.endswith("earlier permanent failure"):  # an earlier generation's record: not this run's
+        LocalLake(lake_root).write_result(run_id, failure_record("probe"), {"error": "JobError: an older run's"})
+    params = ["--lake-root", str(lake_root), "--dataset-id", "20261130", "--run-id", run_id]
+    task = {"task_key": "probe", "new_cluster": {"num_workers": 0}, "spark_python_task": {"python_file": str(script), "parameters": params}}
+    op = SwanJobOperator(
+        task_id="run_probe",
+        job="probe",
+        job_args=[],
+        dataset_id="20261130",
+        backend="databricks",
+        json={"run_name": "probe", "tasks": [task]},
+        databricks_conn_id="databricks_faults",
+        polling_period_seconds=0.2,
+        databricks_retry_delay=0.1,
+        do_xcom_push=False,
+        deferrable=True,
+    )  # deferrable, as the pipeline's: the provider's trigger polls the run, then execute_complete judges it
+    context = {"run_id": run_id, "ti": SimpleNamespace(dag_id="swan_anomaly_pipeline", run_id=run_id, task_id="run_probe", map_index=-1)}
+    with pytest.raises(AirflowException) as raised:
+        try:
+            op.execute(context)
+        except TaskDeferred as deferred:
+            op.execute_complete(context, asyncio.run(_first_event(deferred.trigger)).payload)
+    if failure == "permanent":
+        assert isinstance(raised.value, AirflowFailException)
+        assert "the probe job failed on Databricks for a reason a retry cannot fix: JobError: the validation split" in str(raised.value)
+    else:
+        assert not isinstance(raised.value, AirflowFailException), raised.value  # a crash is worth a retry
+
+
+async def _first_event(trigger):
+    async for event in trigger.run():
+        return event

@@ -26,6 +26,16 @@ PERMANENT_EXIT_CODES = (2, EXIT_PERMANENT)
 PERMANENT_ERRORS = (ConfigError, JobError, LabelManifestError, ValidationDataError)
 
 
+def failure_record(job: str) -> str:
+    """The result name (``runs/{run_id}/{name}.json``) under which a job records a failure a retry cannot fix.
+
+    Example:
+        >>> failure_record("train")
+        'train.failed'
+    """
+    return f"{job}.failed"
+
+
 def job_parser(description: str) -> argparse.ArgumentParser:
     """An argument parser with ``--lake-root``, ``--dataset-id`` and ``--run-id`` (all required)."""
     parser = argparse.ArgumentParser(description=description)
@@ -40,7 +50,9 @@ def run_entrypoint(job: str, args: argparse.Namespace, work) -> dict:
 
     Raises:
         SystemExit: with :data:`EXIT_PERMANENT` when ``work()`` raises one of
-            :data:`PERMANENT_ERRORS` (logged with its message first).
+            :data:`PERMANENT_ERRORS` (logged with its message first, and recorded as
+            ``runs/{run_id}/{job}.failed.json``: on Databricks the run's state does not carry the
+            exit status).
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("py4j").setLevel(logging.WARNING)
@@ -49,6 +61,9 @@ def run_entrypoint(job: str, args: argparse.Namespace, work) -> dict:
         result = work()
     except PERMANENT_ERRORS as exc:
         logging.getLogger(job).error("%s failed, and a retry would fail the same way: %s: %s", job, type(exc).__name__, exc)
+        # Databricks reports only FAILED, not the exit status: this record tells Airflow not to retry
+        failure = {"job": job, "run_id": args.run_id, "dataset_id": args.dataset_id, "error": f"{type(exc).__name__}: {exc}"}
+        LocalLake(args.lake_root).write_result(args.run_id, failure_record(job), failure)
         raise SystemExit(EXIT_PERMANENT) from exc
     import swan_anomaly
 

@@ -317,6 +317,10 @@ class Lake(Protocol):
         """Write ``runs/{run_id}/{job}.json``; returns where it went (a path, or a blob name)."""
         ...
 
+    def delete_result(self, run_id: str, job: str) -> None:
+        """Remove ``runs/{run_id}/{job}.json`` if it exists."""
+        ...
+
     def read_result(self, run_id: str, job: str) -> dict:
         """Read ``runs/{run_id}/{job}.json``; raises :class:`LakeError` when the job wrote none."""
         ...
@@ -466,6 +470,10 @@ class LocalLake:
         tmp.write_text(json.dumps(result, indent=2, sort_keys=True, default=str))
         tmp.replace(path)
         return path
+
+    def delete_result(self, run_id: str, job: str) -> None:
+        """Remove ``runs/{run_id}/{job}.json`` if it exists."""
+        self.result_path(run_id, job).unlink(missing_ok=True)
 
     def read_result(self, run_id: str, job: str) -> dict:
         """Read ``runs/{run_id}/{job}.json``."""

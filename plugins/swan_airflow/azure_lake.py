@@ -172,6 +172,10 @@ class WasbLake:
         self.hook.upload(self.container, name, json.dumps(result, indent=2, sort_keys=True, default=str), overwrite=True)
         return name
 
+    def delete_result(self, run_id: str, job: str) -> None:
+        """Remove ``runs/{run_id}/{job}.json`` if it exists."""
+        self.hook.delete_file(self.container, self._name("runs", safe_run_id(run_id), f"{job}.json"), ignore_if_missing=True)
+
     def read_result(self, run_id: str, job: str) -> dict:
         """Read ``runs/{run_id}/{job}.json``.
 

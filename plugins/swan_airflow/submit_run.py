@@ -168,7 +168,7 @@ class SwanJobOperator(IdempotentSubmitRunOperator):
         return digest
 
     def execute(self, context: Context):
-        from airflow.sdk.exceptions import AirflowFailException
+        from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
         from swan_airflow.runtime import lake
 
@@ -185,17 +185,49 @@ class SwanJobOperator(IdempotentSubmitRunOperator):
             msg = f"backend must be 'local' or 'databricks', got {self.backend!r}"
             raise AirflowFailException(msg)
         from swan_airflow.databricks_runs import check_job_env
+        from swan_anomaly.entrypoint import failure_record
 
         check_job_env()
         if self.window_days is not None:
             self.inputs = f"{self.inputs}|gold:{self.window_inputs(dataset_id)}"
+        # A failure record is an earlier, failed run's: the run submitted now writes its own if it fails for good.
+        lake().delete_result(context["run_id"], failure_record(self.job))
         # A run that ended at once is completed inline by the provider through execute_complete; otherwise
         # the task defers and execute_complete follows the trigger. Either way that records the outputs once.
-        return super().execute(context)
+        try:
+            return super().execute(context)
+        except AirflowFailException:
+            raise
+        except AirflowException as exc:  # the provider's non-deferrable path fails here, not in execute_complete
+            self.fail_for_good_if_the_job_says_so(context, exc)
+            raise
 
     def execute_complete(self, context, event):
-        super().execute_complete(context, event)  # raises when the run failed
+        from airflow.sdk.exceptions import AirflowException
+
+        try:
+            super().execute_complete(context, event)  # raises when the run failed
+        except AirflowException as exc:
+            self.fail_for_good_if_the_job_says_so(context, exc)
+            raise
         self.record_outputs(context)
+
+    def fail_for_good_if_the_job_says_so(self, context: Context, exc: BaseException) -> None:
+        """Raise :class:`AirflowFailException` when the failed run recorded a failure a retry cannot fix.
+
+        The job exits with :data:`swan_anomaly.entrypoint.EXIT_PERMANENT` on bad input data or
+        configuration, but Databricks reports only FAILED: without this each retry would start a
+        fresh run on a new cluster, and fail the same way.
+        """
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from swan_airflow.runtime import lake, optional_result
+        from swan_anomaly.entrypoint import failure_record
+
+        failure = optional_result(lake(), context["run_id"], failure_record(self.job))
+        if failure:
+            msg = f"the {self.job} job failed on Databricks for a reason a retry cannot fix: {failure.get('error')}"
+            raise AirflowFailException(msg) from exc
 
     def record_outputs(self, context: Context, result: dict | None = None) -> None:
         """What Airflow shows of the finished job: its lake partition as an asset event, its MLflow run as a link.
