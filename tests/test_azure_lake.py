@@ -145,7 +145,7 @@ def test_results_round_trip_and_the_key_stays_out_of_logs(azurite, caplog):
 def test_gold_files_list_the_container_as_the_local_lake_lists_a_directory(azurite, tmp_path):
     import pandas as pd
 
-    from swan_anomaly.lake import LocalLake
+    from swan_anomaly.lake import GOLD_FILES, LocalLake
 
     lake, local = _lake("gold"), LocalLake(tmp_path / "lake")
     lake.hook.create_container("gold")
@@ -163,10 +163,16 @@ def test_gold_files_list_the_container_as_the_local_lake_lists_a_directory(azuri
     lake.hook.load_string("{}", "gold", "lake/gold/training/dataset_id=20261126/_committed_42", overwrite=True)  # a commit marker
     # a directory entry as a hierarchical-namespace (ADLS Gen2) account lists it
     lake.hook.load_string("", "gold", "lake/gold/training/dataset_id=20261126/tmp", overwrite=True, metadata={"hdi_isfolder": "true"})
+    # the files Spark committed, as the augmentation job lists them, and one a failed attempt left (DBIO)
+    local.write_gold_listing("20261126", ["part-00000-b2.snappy.parquet", "part-00001-b2.snappy.parquet"])
+    stray = "dataset_id=20261126/part-00002-tid-9-failed.snappy.parquet"
+    pd.DataFrame({"sample_id": ["stale"]}).to_parquet(local.gold / stray, index=False)
+    for rel in (f"dataset_id=20261126/{GOLD_FILES}", stray):
+        lake.hook.load_file(str(local.gold / rel), "gold", f"lake/gold/training/{rel}", overwrite=True)
     ids = ["20261125", "20261126", "20261127"]
     assert lake.gold_partitions() == local.gold_partitions() == ["20261125", "20261126"]
     files = lake.gold_files(ids)
     assert files == local.gold_files(ids)
     assert [name for name, _ in files["20261126"]] == ["part-00000-b2.snappy.parquet", "part-00001-b2.snappy.parquet"]
     assert all(size > 0 for entries in files.values() for _, size in entries) and files["20261127"] == []
-    assert lake.read_gold("20261126").sample_id.tolist() == ["c", "d", "e", "f"]
+    assert lake.read_gold("20261126").sample_id.tolist() == ["c", "d", "e", "f"] == local.read_gold("20261126").sample_id.tolist()

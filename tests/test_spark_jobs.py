@@ -236,6 +236,24 @@ def test_augmentation_reruns_and_repartitioning_give_identical_bytes(spark, lake
         pd.testing.assert_frame_equal(_rows(lake.gold / f"dataset_id={DATASET}"), first)
 
 
+def test_a_file_spark_did_not_commit_beside_the_gold_partition_is_never_read_without_spark(spark, lake):
+    """On Databricks a failed task or job attempt leaves its Parquet files beside the committed ones (DBIO) until VACUUM:
+    Spark skips them, but the training job read the folder with pandas and got every row twice, and the window digest
+    counted them."""
+    from swan_anomaly.lake import GOLD_FILES, load_gold
+
+    report = run_augmentation(lake_root=lake.root, dataset_id=DATASET, seed=5, spark=spark)
+    folder = lake.gold_partition(DATASET)
+    written = sorted(p.name for p in folder.glob("part-*.parquet"))
+    assert lake.gold_listing(DATASET) == written and (folder / GOLD_FILES).is_file()
+    before = (lake.gold_files([DATASET]), load_gold(lake, DATASET))
+    assert len(before[1]) == report["gold_rows"]
+    shutil.copy(folder / written[0], folder / "part-00000-tid-4242424242-a-failed-attempt-c000.snappy.parquet")  # uncommitted
+    assert lake.gold_files([DATASET]) == before[0]
+    pd.testing.assert_frame_equal(load_gold(lake, DATASET), before[1])
+    assert spark.read.parquet(str(folder)).count() > report["gold_rows"]  # local Spark has no DBIO: it reads the stray file
+
+
 def test_augmentation_reaches_a_class_ratio_target_without_dropping_rows(spark, lake):
     from swan_anomaly.augment import AUGMENTATIONS, augment_image
 

@@ -239,6 +239,8 @@ def run_augmentation(
     with progress(spark, f"augmentation {dataset_id} augment and write gold", source_images, unit="source images"):
         gold.orderBy("sample_id").write.mode("overwrite").partitionBy("dataset_id").parquet(str(lake.gold))
     written = spark.read.parquet(str(lake.gold_partition(dataset_id)))
+    # the files Spark reads there: on Databricks a failed attempt's uncommitted files may lie beside them
+    lake.write_gold_listing(dataset_id, {uri.rsplit("/", 1)[-1] for uri in written.inputFiles()})
     counts = written.groupBy("split", "label").count().collect()
     by_split: dict[str, dict[str, int]] = {}
     for r in counts:

@@ -248,6 +248,26 @@ def is_data_file(rel: str) -> bool:
     return not any(part.startswith(("_", ".")) for part in rel.split("/"))
 
 
+#: In a gold partition: the names of the data files Spark reads there, written by the augmentation
+#: job after its write (``DataFrame.inputFiles()``). On Databricks a failed task or job attempt can
+#: leave uncommitted Parquet files beside the committed ones (the DBIO commit protocol, until the
+#: automatic VACUUM); Spark skips them, and a reader without Spark keeps to this list too.
+GOLD_FILES = "_swan_files.json"
+
+
+def committed(names: Iterable[str], listed: Iterable[str] | None) -> list[str]:
+    """The data files among ``names`` (sorted) that a partition's :data:`GOLD_FILES` lists (all of them without one).
+
+    Example:
+        >>> committed(["part-0-tid-1.parquet", "part-0-tid-2.parquet", "_committed_2"], ["part-0-tid-2.parquet"])
+        ['part-0-tid-2.parquet']
+        >>> committed(["part-0.parquet", "_SUCCESS"], None)
+        ['part-0.parquet']
+    """
+    data = sorted(n for n in names if is_data_file(n))
+    return data if listed is None else [n for n in data if n in set(listed)]
+
+
 def gold_files_digest(files: Mapping[str, Iterable[tuple[str, int]]]) -> str:
     """sha256 of gold data files, ``{dataset_id: [(name in the partition, size), ...]}``.
 
@@ -436,15 +456,37 @@ class LocalLake:
         files = {}
         for dataset_id in dataset_ids:
             folder = self.gold_partition(dataset_id)
-            found = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
-            files[dataset_id] = [(rel, p.stat().st_size) for p in found if is_data_file(rel := p.relative_to(folder).as_posix())]
+            sizes = (
+                {p.relative_to(folder).as_posix(): p.stat().st_size for p in folder.rglob("*") if p.is_file()} if folder.is_dir() else {}
+            )
+            files[dataset_id] = [(rel, sizes[rel]) for rel in committed(sizes, self.gold_listing(dataset_id))]
         return files
 
+    def gold_listing(self, dataset_id: str) -> list[str] | None:
+        """The partition's :data:`GOLD_FILES` list, or None when the job that wrote it wrote none."""
+        path = self.gold_partition(dataset_id) / GOLD_FILES
+        return json.loads(path.read_text())["files"] if path.is_file() else None
+
+    def write_gold_listing(self, dataset_id: str, names: Iterable[str]) -> None:
+        """Write the partition's :data:`GOLD_FILES`: the data files Spark reads there, by name."""
+        path = self.gold_partition(dataset_id) / GOLD_FILES
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"files": sorted(names)}, indent=1))
+        tmp.replace(path)
+
     def read_gold(self, dataset_id: str, columns: list[str] | None = None):
-        """The gold rows of one dataset as a pandas DataFrame."""
+        """The gold rows of one dataset as a pandas DataFrame: the files Spark reads there (:data:`GOLD_FILES`)."""
         import pandas as pd
 
-        return pd.read_parquet(self.gold_partition(dataset_id), columns=columns)
+        folder = self.gold_partition(dataset_id)
+        names = [n for n in committed((p.name for p in folder.iterdir() if p.is_file()), self.gold_listing(dataset_id))]
+        every = [p.name for p in folder.iterdir() if p.is_file() and is_data_file(p.name)]
+        if sorted(every) == names:  # nothing beside what Spark wrote: one read of the folder
+            return pd.read_parquet(folder, columns=columns)
+        log.warning(
+            "gold %s: reading the %d files Spark committed; %s are not among them", folder, len(names), sorted(set(every) - set(names))
+        )
+        return pd.concat([pd.read_parquet(folder / n, columns=columns) for n in names], ignore_index=True)
 
     def has_code(self, version: str) -> bool:
         """True when ``code/{version}/_SUCCESS`` exists."""

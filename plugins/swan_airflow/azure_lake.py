@@ -24,10 +24,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from swan_anomaly.lake import (
+    GOLD_FILES,
     MANIFEST,
     SUCCESS,
     UploadReport,
-    is_data_file,
+    committed,
     manifest_json,
     partition_value,
     plan_upload,
@@ -132,11 +133,23 @@ class WasbLake:
         container = self.hook.blob_service_client.get_container_client(self.container)
         files = {}
         for dataset_id in dataset_ids:
-            prefix = self._name("gold", "training", f"dataset_id={dataset_id}") + "/"
+            prefix = self._gold_prefix(dataset_id)
             blobs = container.list_blobs(name_starts_with=prefix, include=["metadata"])
-            entries = (((b.metadata or {}).get("hdi_isfolder"), b.name[len(prefix) :], b.size) for b in blobs)
-            files[dataset_id] = sorted((rel, size) for folder, rel, size in entries if folder != "true" and is_data_file(rel))
+            sizes = {b.name[len(prefix) :]: b.size for b in blobs if (b.metadata or {}).get("hdi_isfolder") != "true"}
+            files[dataset_id] = [(rel, sizes[rel]) for rel in committed(sizes, self._gold_listing(prefix))]
         return files
+
+    def _gold_prefix(self, dataset_id: str) -> str:
+        return self._name("gold", "training", f"dataset_id={dataset_id}") + "/"
+
+    def _gold_listing(self, prefix: str) -> list[str] | None:
+        """The partition's ``GOLD_FILES`` list, or None (as :meth:`swan_anomaly.lake.LocalLake.gold_listing`)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return json.loads(self.hook.download(self.container, prefix + GOLD_FILES).readall())["files"]
+        except ResourceNotFoundError:
+            return None
 
     def read_gold(self, dataset_id: str, columns: list[str] | None = None):
         """The gold rows of one dataset (its Parquet files) as a pandas DataFrame."""
@@ -144,11 +157,9 @@ class WasbLake:
 
         import pandas as pd
 
-        prefix = self._name("gold", "training", f"dataset_id={dataset_id}") + "/"
-        parts = [
-            pd.read_parquet(io.BytesIO(self.hook.download(self.container, name).readall()), columns=columns)
-            for name in self.hook.get_blobs_list_recursive(self.container, prefix=prefix, endswith=".parquet")
-        ]
+        prefix = self._gold_prefix(dataset_id)
+        names = [prefix + rel for rel, _ in self.gold_files([dataset_id])[dataset_id] if rel.endswith(".parquet")]
+        parts = [pd.read_parquet(io.BytesIO(self.hook.download(self.container, name).readall()), columns=columns) for name in names]
         if not parts:
             msg = f"{self.uri(prefix)}: no gold Parquet files for dataset {dataset_id!r}"
             raise FileNotFoundError(msg)
