@@ -85,21 +85,23 @@ def join_labels(images: DataFrame, labels: DataFrame) -> DataFrame:
     return images.join(F.broadcast(labels), on="image_path", how="inner")
 
 
-#: ``errno`` values of a read that a retry may get through: the storage, the network or a mount failed, not the file.
-TRANSIENT_READ_ERRNOS = frozenset(
-    {errno.EIO, errno.EAGAIN, errno.EINTR, errno.ETIMEDOUT, errno.ESTALE, errno.EBUSY, errno.ENOTCONN, errno.ECONNRESET}
-    | {errno.ECONNABORTED, errno.ENETDOWN, errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENOMEM}
-)
+#: ``errno`` values of a read that say what the *file* is (a directory, a link loop), not how the storage
+#: or its rights are: only these set a file aside as unreadable. Any other read error (an I/O error, a
+#: stale mount, missing rights on a new cluster or volume) fails the job naming the file, and nothing
+#: already in silver or gold is dropped for it.
+UNREADABLE_FILE_ERRNOS = frozenset({errno.EISDIR, errno.ELOOP, errno.ENAMETOOLONG})
 
 
-def transient_read_error(exc: OSError) -> bool:
-    """Whether a failed read may succeed when tried again (an error without an ``errno``, from a storage library, may).
+def unreadable_file(exc: OSError) -> bool:
+    """Whether a failed read says the file itself can never be read as an image (it is set aside, the rest goes on).
 
     Example:
-        >>> transient_read_error(OSError(errno.EIO, "Input/output error")), transient_read_error(PermissionError(errno.EACCES, "no"))
-        (True, False)
+        >>> unreadable_file(OSError(errno.ELOOP, "Too many levels of symbolic links"))
+        True
+        >>> unreadable_file(OSError(errno.EIO, "Input/output error")), unreadable_file(PermissionError(errno.EACCES, "no"))
+        (False, False)
     """
-    return exc.errno is None or exc.errno in TRANSIENT_READ_ERRNOS
+    return exc.errno in UNREADABLE_FILE_ERRNOS
 
 
 def crop_resize_encode(
@@ -112,10 +114,10 @@ def crop_resize_encode(
         raw_dir: the raw partition as the workers see it (a local or volume path).
 
     Images that cannot be processed keep their row with ``content = null`` and the reason in
-    ``error``; files over ``max_bytes`` are not even read. So does a file that can never be read
-    (missing rights, a directory, a link loop). A read that fails in a way a retry may not (an
-    I/O error, a stale or timed-out mount: :func:`transient_read_error`) fails the job instead,
-    naming the file: it says nothing about the image.
+    ``error``; files over ``max_bytes`` are not even read. So does a path that is no file to read
+    (a directory, a link loop: :func:`unreadable_file`). Any other read error (an I/O error, a
+    stale mount, missing rights) fails the job instead, naming the file: it says nothing about the
+    image, and quarantining every image of a date for it would drop the date's silver and gold.
     """
 
     def transform(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -132,7 +134,7 @@ def crop_resize_encode(
                 try:
                     data = Path(raw_dir, path).read_bytes()
                 except OSError as exc:
-                    if transient_read_error(exc):  # storage, not the image: the task's retry reads it again; named
+                    if not unreadable_file(exc):  # the storage or its rights, not the image: fail (retried), named
                         raise OSError(exc.errno, exc.strerror or str(exc), str(Path(raw_dir, path))) from exc
                     contents.append(None)
                     errors.append(f"{type(exc).__name__}: {path}: cannot read the file: {exc.strerror or exc}")

@@ -92,11 +92,11 @@ def logged_model_id(model_uri: str) -> str | None:
     registered version's URI (``models:/<name>/<version>``) or any other URI has none.
 
     Example:
-        >>> logged_model_id("models:/m-42502967692b4e6e"), logged_model_id("models:/swan/3"), logged_model_id("runs:/abc/model")
+        >>> logged_model_id("models:/m-42502967692b4e6e"), logged_model_id("models:/swan/3"), logged_model_id("models:/swan@champion")
         ('m-42502967692b4e6e', None, None)
     """
     rest = model_uri.removeprefix("models:/")
-    return rest if rest != model_uri and rest and "/" not in rest else None
+    return rest if rest != model_uri and rest and "/" not in rest and "@" not in rest else None
 
 
 def get_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:

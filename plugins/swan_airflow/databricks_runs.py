@@ -101,9 +101,9 @@ def check_job_env() -> None:
 
     - MLflow URIs with credentials would travel in the run's payload and show in Airflow's
       rendered templates (:func:`job_env` masks them).
-    - An MLflow store on this worker's disk (``sqlite:``, ``file:``, a path) is out of a cluster's
-      reach: the job's runs and models would go to the cluster's own disk, and ``register_model``
-      would never find them.
+    - An MLflow tracking store on this worker's disk (``sqlite:``, ``file:``, a path) is out of a
+      cluster's reach: the job's runs and models would go to the cluster's own disk, and
+      ``register_model`` would never find them (the registry is used by Airflow's tasks only).
     - A local lake with no ``SWAN_JOB_LAKE_ROOT``: the payload would name files on this worker,
       which a cluster cannot open.
 
@@ -124,7 +124,7 @@ def check_job_env() -> None:
                 "MLFLOW_TRACKING_USERNAME/PASSWORD in the cluster spec's spark_env_vars as secret references ({{secrets/scope/key}})"
             )
             raise AirflowFailException(msg)
-    for name, uri in (("MLFLOW_TRACKING_URI", s.tracking_uri), ("MLFLOW_REGISTRY_URI", s.registry_uri)):
+    for name, uri in (("MLFLOW_TRACKING_URI", s.tracking_uri),):  # the jobs log runs; only Airflow's tasks use the registry
         if local_store(uri):
             msg = (
                 f"{name} ({redact_uri(uri)}) is an MLflow store on this worker's disk, which a Databricks cluster cannot reach: "
@@ -136,8 +136,8 @@ def check_job_env() -> None:
     if s.lake_backend == "local" and not s.job_lake_root:
         msg = (
             f"backend 'databricks' runs the jobs on a Databricks cluster, which cannot open this worker's lake folder "
-            f"({s.lake_root}); use the Azure lake (SWAN_LAKE_BACKEND=azure and SWAN_JOB_LAKE_ROOT, docs/databricks.md), set "
-            "SWAN_JOB_LAKE_ROOT to where the clusters see this folder, or choose backend 'local'"
+            f"({s.lake_root}); use the Azure lake (SWAN_LAKE_BACKEND=azure and SWAN_JOB_LAKE_ROOT, docs/databricks.md), "
+            "or choose backend 'local'"
         )
         raise AirflowFailException(msg)
 
@@ -149,8 +149,8 @@ def local_store(uri: str) -> bool:
         >>> [local_store(u) for u in ("sqlite:////srv/mlflow.db", "file:///srv/mlruns", "/srv/mlruns", "databricks", "http://mlflow:5000")]
         [True, True, True, False, False]
     """
-    scheme = uri.split(":", 1)[0].lower() if "://" in uri or uri.startswith(("sqlite:", "file:")) else ""
-    return scheme in ("", "sqlite", "file") and not uri.startswith("databricks")
+    scheme = uri.split(":", 1)[0].lower() if "://" in uri or uri.lower().startswith(("sqlite:", "file:")) else ""
+    return scheme in ("", "sqlite", "file") and not uri.lower().startswith("databricks")
 
 
 def submit_run_json(job: str, args: list, *, code, dataset_id, timeout_seconds: int = 4 * 3600) -> dict:

@@ -115,6 +115,11 @@ def server_env(settings: Settings, token: str, environ: Mapping[str, str] | None
     return env
 
 
+def _proven(proof, token: str, challenge: str) -> bool:
+    """Whether ``proof`` (what a /health answer holds) is :func:`token_proof` of ``token`` and ``challenge``."""
+    return isinstance(proof, str) and hmac.compare_digest(proof.encode(), token_proof(token, challenge).encode())
+
+
 def token_proof(token: str, challenge: str) -> str:
     """What a model server holding ``token`` answers to ``/health?challenge=...``: an HMAC of the challenge, which shows
     the token is held without sending it (a process squatting on the port cannot forge it).
@@ -173,7 +178,14 @@ def running_server(settings: Settings, token: str | None = None) -> bool:
         )
         raise ConfigError(msg)
     proof = health.get("proof")
-    if not isinstance(proof, str) or not hmac.compare_digest(proof, token_proof(token or endpoint_token(settings), challenge)):
+    if proof is None:  # a server of a version before the proof: the same token, most likely, but unproven
+        msg = (
+            f"the model server at {settings.endpoint_url} gives no proof that it holds this deployment's bearer token: it runs "
+            "an older version of swan-anomaly, and it is not sent the token. Restart it so that it runs this version (make "
+            "stop-endpoint; in the compose stack: docker compose restart model-server)"
+        )
+        raise ConfigError(msg)
+    if not _proven(proof, token or endpoint_token(settings), challenge):
         msg = (
             f"the model server at {settings.endpoint_url} does not prove it holds this deployment's bearer token: it was started "
             "with another one (or it is no model server of this deployment), and it is not sent the token. Stop it (make "
@@ -236,7 +248,7 @@ def ensure_local_server(settings: Settings, *, token: str | None = None, timeout
             raise EndpointError(msg)
         challenge = secrets.token_urlsafe(32)
         health = _health(url, challenge)
-        if health and hmac.compare_digest(str(health.get("proof")), token_proof(token, challenge)):
+        if isinstance(health, dict) and _proven(health.get("proof"), token, challenge):
             return url  # our server: a process that took the port first never gets the token
         time.sleep(0.5)
     msg = f"local model server did not answer on {url} within {timeout:.0f}s; see {log_path}"
