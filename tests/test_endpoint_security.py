@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import stat
+import subprocess
 import sys
 import threading
 import time
@@ -445,6 +446,48 @@ def test_a_process_that_is_no_model_server_on_the_port_never_gets_the_token(tmp_
     finally:
         server.shutdown()
     assert len(seen) == 1 and seen[0][0].startswith("/health") and seen[0][1] is None
+
+
+def test_a_server_this_deployment_started_with_an_older_version_is_restarted_with_this_one(tmp_path):
+    """A server from before the /health proof (it outlives make demo) failed every run after an upgrade; one this deployment
+    started (its pid file) is replaced, one it did not start is left to the operator."""
+    from swan_anomaly.redact import redact_uri
+    from swan_anomaly.serving.local import OutdatedServer, ensure_local_server, stop_local_server
+
+    port = _free_port()
+    s = Settings.from_env(
+        {"SWAN_HOME": str(tmp_path), "SWAN_ENDPOINT_URL": f"http://127.0.0.1:{port}", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"}
+    )
+    body = json.dumps({"status": "ok", "registry_uri": redact_uri(s.registry_uri)})
+    older = (
+        "import http.server\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        f"        data = {body!r}.encode()\n"
+        "        self.send_response(200); self.send_header('Content-Length', str(len(data))); self.end_headers(); self.wfile.write(data)\n"
+        "    def log_message(self, *a): pass\n"
+        f"http.server.HTTPServer(('127.0.0.1', {port}), H).serve_forever()\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", older], start_new_session=True)
+    try:
+        for _ in range(100):
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.1)
+        with pytest.raises(OutdatedServer, match="runs an older version"):  # not started by this deployment: left alone
+            ensure_local_server(s, token="the-deployments-token")
+        assert proc.poll() is None
+        s.serving_dir.mkdir(parents=True, exist_ok=True)
+        (s.serving_dir / "server.pid").write_text(str(proc.pid))  # as the older version's ensure_local_server wrote it
+        url = ensure_local_server(s, token="the-deployments-token")
+        assert proc.wait(10) is not None
+        health = httpx.get(f"{url}/health", params={"challenge": "x" * 32}).json()
+        assert "proof" in health  # this version's server answers there now
+    finally:
+        stop_local_server(s)
+        if proc.poll() is None:
+            proc.kill()
 
 
 def test_the_detached_server_gets_no_hub_token(tmp_path):

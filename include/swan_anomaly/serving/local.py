@@ -145,6 +145,10 @@ def _health(url: str, challenge: str | None = None) -> dict | None:
         return {}
 
 
+class OutdatedServer(ConfigError):
+    """The model server at the endpoint's URL runs a version of swan-anomaly from before the /health proof."""
+
+
 def running_server(settings: Settings, token: str | None = None) -> bool:
     """True when this deployment's model server answers at its URL: it reads ``settings``' registry and holds ``token``.
 
@@ -184,7 +188,7 @@ def running_server(settings: Settings, token: str | None = None) -> bool:
             "an older version of swan-anomaly, and it is not sent the token. Restart it so that it runs this version (make "
             "stop-endpoint; in the compose stack: docker compose restart model-server)"
         )
-        raise ConfigError(msg)
+        raise OutdatedServer(msg)
     if not _proven(proof, token or endpoint_token(settings), challenge):
         msg = (
             f"the model server at {settings.endpoint_url} does not prove it holds this deployment's bearer token: it was started "
@@ -211,8 +215,13 @@ def ensure_local_server(settings: Settings, *, token: str | None = None, timeout
     """
     url = settings.endpoint_url
     token = token or endpoint_token(settings)
-    if running_server(settings, token):
-        return url
+    try:
+        if running_server(settings, token):
+            return url
+    except OutdatedServer:
+        if not stop_local_server(settings):  # not one this deployment started (no pid file of its own): an operator's call
+            raise
+        log.warning("stopped the local model server of an older swan-anomaly version at %s; starting this version", url)
     parsed = urlparse(url)
     settings.serving_dir.mkdir(parents=True, exist_ok=True)
     log_path = settings.serving_dir / "server.log"
