@@ -89,6 +89,7 @@ def remote_run(airflow_db, demo_video, azurite, tmp_path_factory):
         "SWAN_LAKE_PREFIX": PREFIX,
         "SWAN_JOB_LAKE_ROOT": str(volume),
         "MLFLOW_TRACKING_URI": mlflow_url,
+        "MLFLOW_REGISTRY_URI": mlflow_url,  # set too: an earlier test's mlflow.set_registry_uri exports its own
     }.items():
         mp.setenv(key, value)
     landing = Settings.from_env().landing_dir / LANDING_DATE
