@@ -31,15 +31,19 @@ LOCK = pinned_versions(ROOT / "requirements.txt")
 CONTAINER, PREFIX = "lake", "swan/"
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @contextlib.contextmanager
 def mlflow_server(root: Path):
     """An MLflow tracking server over HTTP with proxied artifacts: what a Databricks cluster can reach, unlike a store
     on the worker's disk (a Databricks run with that is refused when it is submitted)."""
     import mlflow
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = _free_port()
     args = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db"]
     args += ["--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     log = (root / "server.log").open("wb")
@@ -90,6 +94,9 @@ def remote_run(airflow_db, demo_video, azurite, tmp_path_factory):
         "SWAN_JOB_LAKE_ROOT": str(volume),
         "MLFLOW_TRACKING_URI": mlflow_url,
         "MLFLOW_REGISTRY_URI": mlflow_url,  # set too: an earlier test's mlflow.set_registry_uri exports its own
+        # a deployment of its own: the session's model server reads another registry, and is rightly not used
+        "SWAN_HOME": str(tmp_path_factory.mktemp("remote-home")),
+        "SWAN_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}",
     }.items():
         mp.setenv(key, value)
     landing = Settings.from_env().landing_dir / LANDING_DATE
@@ -104,6 +111,9 @@ def remote_run(airflow_db, demo_video, azurite, tmp_path_factory):
         dag_run.rerun = lambda: _run(dag, logical, run_after=run_after)
         yield dag_run, double, volume
     finally:
+        from swan_anomaly.serving.local import stop_local_server
+
+        stop_local_server(Settings.from_env())  # the model server this deployment started
         mp.undo()
         double.stop()
         tracking.close()
