@@ -479,9 +479,9 @@ class LocalLake:
         import pandas as pd
 
         folder = self.gold_partition(dataset_id)
-        names = [n for n in committed((p.name for p in folder.iterdir() if p.is_file()), self.gold_listing(dataset_id))]
-        every = [p.name for p in folder.iterdir() if p.is_file() and is_data_file(p.name)]
-        if sorted(every) == names:  # nothing beside what Spark wrote: one read of the folder
+        files = [p.name for p in folder.iterdir() if p.is_file()]
+        every, names = committed(files, None), committed(files, self.gold_listing(dataset_id))
+        if every == names:  # nothing beside what Spark wrote: one read of the folder
             return pd.read_parquet(folder, columns=columns)
         log.warning(
             "gold %s: reading the %d files Spark committed; %s are not among them", folder, len(names), sorted(set(every) - set(names))

@@ -124,15 +124,14 @@ def check_job_env() -> None:
                 "MLFLOW_TRACKING_USERNAME/PASSWORD in the cluster spec's spark_env_vars as secret references ({{secrets/scope/key}})"
             )
             raise AirflowFailException(msg)
-    for name, uri in (("MLFLOW_TRACKING_URI", s.tracking_uri),):  # the jobs log runs; only Airflow's tasks use the registry
-        if local_store(uri):
-            msg = (
-                f"{name} ({redact_uri(uri)}) is an MLflow store on this worker's disk, which a Databricks cluster cannot reach: "
-                "the training job's runs and model would be lost with the cluster and register_model would not find them. Use "
-                "the workspace's MLflow (MLFLOW_TRACKING_URI=databricks, MLFLOW_REGISTRY_URI=databricks-uc) or an MLflow "
-                "tracking server (http(s)://...), or choose backend 'local'"
-            )
-            raise AirflowFailException(msg)
+    if local_store(s.tracking_uri):  # the jobs log runs; only Airflow's tasks use the registry
+        msg = (
+            f"MLFLOW_TRACKING_URI ({redact_uri(s.tracking_uri)}) is an MLflow store on this worker's disk, which a Databricks "
+            "cluster cannot reach: the training job's runs and model would be lost with the cluster and register_model would "
+            "not find them. Use the workspace's MLflow (MLFLOW_TRACKING_URI=databricks, MLFLOW_REGISTRY_URI=databricks-uc) or "
+            "an MLflow tracking server (http(s)://...), or choose backend 'local'"
+        )
+        raise AirflowFailException(msg)
     if s.lake_backend == "local" and not s.job_lake_root:
         msg = (
             f"backend 'databricks' runs the jobs on a Databricks cluster, which cannot open this worker's lake folder "
