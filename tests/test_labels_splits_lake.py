@@ -291,3 +291,56 @@ def test_both_lakes_have_every_member_of_the_lake_protocol_with_its_signature():
 
     assert [problem.split("(")[0] for problem in _lake_protocol_problems(Renamed)] == ["Renamed.read_raw"]  # a renamed parameter
     assert "Lacking has no read_result" in _lake_protocol_problems(Lacking)
+
+
+def test_a_run_that_names_its_videos_adds_a_partition_and_keeps_every_frame_of_its_date(tmp_path, monkeypatch, demo_video):
+    """A manual run with the ``videos`` Param wrote the partition of its date, the one the scheduled run had filled from the
+    landing zone: the upload mirrored its staging folder and deleted the landed videos' frames, then ETL from silver and gold."""
+    import datetime as dt
+    from types import SimpleNamespace
+
+    import airflow.sdk
+
+    from swan_airflow.context import RunContext
+    from swan_airflow.params import pipeline_params
+    from swan_airflow.steps import data
+    from swan_anomaly.config import Settings
+
+    monkeypatch.setenv("SWAN_LAKE_ROOT", str(tmp_path / "lake"))
+    monkeypatch.setenv("SWAN_STAGING_DIR", str(tmp_path / "staging"))
+    lake = LocalLake(tmp_path / "lake")
+    lake.put_dataset(_two_videos(tmp_path / "landed"), "20261126")  # the scheduled run of 2026-11-26
+    raw = lake.raw("20261126")
+    before = {p.relative_to(raw): p.read_bytes() for p in raw.rglob("*") if p.is_file()}
+
+    params = {name: p.value for name, p in pipeline_params(Settings.from_env({})).items()}
+    params.update(videos=[str(demo_video)], max_frames=4, every_seconds=2.0, anomaly_ratio=0.5)
+
+    def task_context(run_id: str, videos: list[str]) -> dict:
+        return {
+            "params": {**params, "videos": videos},
+            "dag": SimpleNamespace(dag_id="swan_anomaly_pipeline"),
+            "dag_run": SimpleNamespace(run_id=run_id, run_after=dt.datetime(2026, 11, 27, 9, tzinfo=dt.UTC)),
+            "data_interval_start": dt.datetime(2026, 11, 26, tzinfo=dt.UTC),  # a manual trigger of that date's interval
+            "data_interval_end": dt.datetime(2026, 11, 27, tzinfo=dt.UTC),
+        }
+
+    def run_data_steps(run_id: str, videos: list[str]) -> dict:
+        monkeypatch.setattr(airflow.sdk, "get_current_context", lambda: task_context(run_id, videos))
+        found = data.find_videos(RunContext.current())
+        extracted = [data.extract_frames(RunContext.current(), f) for f in found]
+        labels = data.build_labels(RunContext.current(), data.synthesize_anomalies(RunContext.current(), extracted))
+        return data.upload_to_lake(RunContext.current(), labels)
+
+    added = run_data_steps("manual__picked", [str(demo_video)])
+    assert {p.relative_to(raw): p.read_bytes() for p in raw.rglob("*") if p.is_file()} == before  # the date's partition is intact
+    picked = added["dataset_id"]
+    assert picked != "20261126" and picked.startswith("20261126")  # a partition of its own, of the same date
+    assert len(list(lake.require_complete(picked).glob("frames/*/*.png"))) == 4
+
+    # the same videos again (a rerun, or a new trigger naming them) rewrite that partition; other videos get another
+    assert run_data_steps("manual__again", [str(demo_video)])["dataset_id"] == picked
+    copy = tmp_path / "copy.mp4"
+    shutil.copyfile(demo_video, copy)
+    assert run_data_steps("manual__other", [str(copy)])["dataset_id"] not in {picked, "20261126"}
+    assert {p.relative_to(raw): p.read_bytes() for p in raw.rglob("*") if p.is_file()} == before

@@ -156,6 +156,26 @@ def test_a_group_in_two_partitions_is_kept_only_from_the_newest(tmp_path, caplog
     assert all(g in dropped[0] for g in ("vA-b0000", "vA-b0001", "vD-b0001"))
 
 
+def test_the_partitions_of_named_videos_join_the_window_of_their_date_and_the_run_s_own_stays_newest(tmp_path):
+    """A run that names its videos writes ``YYYYMMDD-videos-<digest>`` beside its date's partition: a window of that
+    date trains on both, and whichever of two partitions of one date the run writes is the one whose groups win."""
+    lake = LocalLake(tmp_path / "lake")
+    _days(lake, ["20260101", "20260102-videos-0a1b2c3d", "20260102", "20260103-videos-4e5f6a7b"])
+    (lake.gold / "dataset_id=20260102-videos-XYZ").mkdir()  # not a digest: ignored
+    assert window_dataset_ids(lake, "20260102", 2) == ["20260101", "20260102-videos-0a1b2c3d", "20260102"]
+    assert window_dataset_ids(lake, "20260102-videos-0a1b2c3d", 2) == ["20260101", "20260102", "20260102-videos-0a1b2c3d"]
+    picked = "20260102-videos-0a1b2c3d"
+    assert set(load_gold(lake, picked, window_days=2).dataset_id) == {"20260101", "20260102", picked}
+    # the same video named on the date it landed: the partition of the run that trains keeps the group, in its own split
+    _write(lake, "20260102", _rows({"vA-b0000": "train", "vA-b0001": "val"}))
+    _write(lake, "20260102-videos-0a1b2c3d", _rows({"vA-b0000": "val", "vA-b0001": "test"}))
+    for current, split in (("20260102", "train"), ("20260102-videos-0a1b2c3d", "val")):
+        gold = load_gold(lake, current, window_days=2)
+        assert gold.groupby("group").dataset_id.nunique().max() == 1, "a group comes from two partitions"
+        assert gold[gold.group == "vA-b0000"].split.unique().tolist() == [split]
+        assert set(gold[gold.group.str.startswith("vA")].dataset_id) == {current}
+
+
 def test_missing_or_empty_current_partition_is_a_clear_error(tmp_path):
     lake = LocalLake(tmp_path / "lake")
     _days(lake, ["20260101"])

@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 
 SUCCESS = "_SUCCESS"
 MANIFEST = "manifest.json"
-#: Dataset ids that are landing dates; only these take part in a training window.
-DATASET_ID = re.compile(r"\d{8}")
+#: Dataset ids of a landing date (``YYYYMMDD``) or of the videos a run named on that date
+#: (``YYYYMMDD-videos-<digest>``, :func:`picked_dataset_id`); only these take part in a training window.
+DATASET_ID = re.compile(r"(?P<date>\d{8})(?:-videos-[0-9a-f]{8})?")
 
 
 @dataclass(frozen=True)
@@ -182,17 +183,31 @@ def manifest_json(dataset_id: str, hashes: Mapping[str, str]) -> str:
     return json.dumps({"dataset_id": dataset_id, "files": dict(sorted(hashes.items()))}, indent=1, sort_keys=True)
 
 
-def dataset_date(dataset_id: str) -> date | None:
-    """The landing date of a ``YYYYMMDD`` dataset id, or None for any other id.
+def picked_dataset_id(day: date, videos: Iterable[str]) -> str:
+    """The dataset id of a run that names its videos: ``YYYYMMDD-videos-<digest of the sorted paths>``.
+
+    Its own partition beside the landing date's, so that it never replaces the videos that
+    landed; the same paths, in any order, give the same id (a rerun rewrites its partition).
 
     Example:
-        >>> dataset_date("20261126"), dataset_date("2026-11-26"), dataset_date("20261341")
-        (datetime.date(2026, 11, 26), None, None)
+        >>> picked_dataset_id(date(2026, 11, 26), ["/srv/b.mp4", "/srv/a.mp4", "/srv/a.mp4"])
+        '20261126-videos-e63fefe4'
     """
-    if not DATASET_ID.fullmatch(dataset_id):
+    digest = hashlib.sha256("\n".join(sorted(set(videos))).encode()).hexdigest()[:8]
+    return f"{day:%Y%m%d}-videos-{digest}"
+
+
+def dataset_date(dataset_id: str) -> date | None:
+    """The date of a dataset id (:data:`DATASET_ID`), or None for any other id.
+
+    Example:
+        >>> dataset_date("20261126"), dataset_date("20261126-videos-e63fefe4"), dataset_date("2026-11-26"), dataset_date("20261341")
+        (datetime.date(2026, 11, 26), datetime.date(2026, 11, 26), None, None)
+    """
+    if not (found := DATASET_ID.fullmatch(dataset_id)):
         return None
     try:
-        return datetime.strptime(dataset_id, "%Y%m%d").date()
+        return datetime.strptime(found["date"], "%Y%m%d").date()
     except ValueError:
         return None
 
@@ -201,9 +216,11 @@ def window_ids(partitions: Iterable[str], dataset_id: str, window_days: int = 1)
     """The partitions of the training window of ``dataset_id`` among ``partitions``, oldest first.
 
     The window is the ``window_days`` days ending with ``dataset_id``'s date, both ends
-    included. Partitions whose id is not a ``YYYYMMDD`` date are ignored, and so are partitions
-    newer than ``dataset_id``: a backfill never trains on data that arrived later. ``dataset_id``
-    itself is always in the list (whether it is among ``partitions`` or not).
+    included: the landing dates and the partitions of videos that runs named on those dates.
+    Partitions whose id is not dated (:data:`DATASET_ID`) are ignored, and so are partitions
+    of later dates: a backfill never trains on data that arrived later. ``dataset_id`` itself
+    is always in the list (whether it is among ``partitions`` or not), and always last: the
+    newest, whose groups win over the same groups in the others (:func:`load_gold`).
 
     Raises:
         ConfigError: ``window_days`` is below 1, or above 1 while ``dataset_id`` is not a date
@@ -223,8 +240,8 @@ def window_ids(partitions: Iterable[str], dataset_id: str, window_days: int = 1)
         msg = f"a training window of {window_days} days needs a dataset id that is a date (YYYYMMDD), got {dataset_id!r}"
         raise ConfigError(msg)
     start = end - timedelta(days=window_days - 1)
-    found = {dataset_id} | {p for p in partitions if (day := dataset_date(p)) is not None and start <= day <= end}
-    return sorted(found)
+    found = {p for p in partitions if (day := dataset_date(p)) is not None and start <= day <= end} - {dataset_id}
+    return [*sorted(found), dataset_id]
 
 
 def window_dataset_ids(lake: Lake, dataset_id: str, window_days: int = 1) -> list[str]:

@@ -23,7 +23,8 @@ class RunContext:
     Attributes:
         dag_id: the DAG.
         run_id: the DAG run.
-        dataset_id: the lake partition the run writes (``YYYYMMDD`` of its landing date).
+        dataset_id: the lake partition the run writes: ``YYYYMMDD`` of its landing date, or
+            ``YYYYMMDD-videos-<digest>`` for a run that names its videos (:func:`~swan_airflow.runtime.dataset_id_for`).
         params: the run's Params.
         landing_date: the landing date it processes, when a Param or an asset event named one.
         interval: ``(start, end)`` of its data interval, when it has one.
@@ -54,7 +55,7 @@ class RunContext:
         landing_date = params.get("landing_date") or landing_date_from_events(ctx.get("triggering_asset_events"))
         run_after = getattr(dag_run, "run_after", None)
         interval = (ctx.get("data_interval_start"), ctx.get("data_interval_end"))
-        dataset_id = dataset_id_for(landing_date=landing_date, interval_start=interval[0], run_after=run_after)
+        dataset_id = dataset_id_for(landing_date=landing_date, interval_start=interval[0], run_after=run_after, videos=params.get("videos"))
         return cls(ctx["dag"].dag_id, dag_run.run_id, dataset_id, params, landing_date, interval, run_after, ctx)
 
     @property

@@ -84,7 +84,10 @@ def pipeline_params(settings: Settings) -> dict[str, Param]:
             items={"type": "string", "minLength": 1},
             title="Videos",
             section="Data",
-            description="Explicit video paths, one per line, instead of the landing zone's; empty: the videos that landed.",
+            description=(
+                "Explicit video paths, one per line, instead of the landing zone's; they go to a lake partition of their own "
+                "beside the date's (YYYYMMDD-videos-<digest>), which keeps the videos that landed. Empty: the videos that landed."
+            ),
         ),
         "every_seconds": Param(
             0.5,

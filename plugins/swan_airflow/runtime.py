@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from swan_anomaly.lake import Lake
     from swan_anomaly.serving.deploy import WorkspaceAuth
 
@@ -38,13 +40,30 @@ def settings(env=None):
         raise AirflowFailException(str(exc)) from exc
 
 
-def dataset_id_for(*, landing_date: str | None, interval_start: dt.datetime | None, run_after: dt.datetime | None = None) -> str:
+def dataset_id_for(
+    *,
+    landing_date: str | None,
+    interval_start: dt.datetime | None,
+    run_after: dt.datetime | None = None,
+    videos: Sequence[str] | None = None,
+) -> str:
     """The dataset partition of a run: the landing date if given, else the data interval's start day.
 
     A rerun or a backfill of the same interval gets the same id, so it rewrites the same
-    lake partition instead of adding one.
+    lake partition instead of adding one. A run that names its videos (the ``videos`` Param)
+    writes a partition of its own beside its date's, ``YYYYMMDD-videos-<digest of the paths>``:
+    rewriting the date's partition with just those videos would delete every video that landed
+    on that date from raw, silver and gold. The same videos again rewrite the same partition.
+
+    Example:
+        >>> dataset_id_for(landing_date="2026-11-26", interval_start=None, videos=["/srv/extra/cam9.mp4"])
+        '20261126-videos-32bcda3e'
     """
+    from swan_anomaly.lake import picked_dataset_id
+
     start, _ = landing_window(landing_date=landing_date, interval_start=interval_start, interval_end=None, run_after=run_after)
+    if videos:
+        return picked_dataset_id(start, [str(Path(v).absolute()) for v in videos])
     return start.strftime("%Y%m%d")
 
 
