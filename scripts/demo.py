@@ -3,7 +3,7 @@
 1. prepares a local Airflow home (``.airflow``, SQLite) with this project's dags/ and plugins/;
 2. renders the procedural swan video into today's landing partition (once; reused afterwards);
 3. runs ``swan_anomaly_pipeline`` with ``dag.test()`` for today's landing date;
-4. prints frames and anomalies (three families mixed), ETL and training rows, validation metrics,
+4. prints frames and anomalies (all six families mixed), ETL and training rows, validation metrics,
    the leave-one-family-out table, the registered version and its aliases, the endpoint URL
    and the endpoint's score table.
 """

@@ -85,9 +85,12 @@ def test_a_configured_notifier_is_called_on_failure_and_a_broken_setting_is_loud
     from swan_airflow import callbacks
 
     out = tmp_path / "notified.txt"
+    message = (
+        "swan-anomaly: task {{ ti.task_id }} of {{ ti.dag_id }} failed (run {{ ti.run_id }}, try {{ ti.try_number }}): {{ exception }}"
+    )
     env = {
         "SWAN_FAILURE_NOTIFIER": "conftest:RecordingNotifier",
-        "SWAN_FAILURE_NOTIFIER_KWARGS": json.dumps({"message": callbacks.FAILURE_MESSAGE, "path": str(out)}),
+        "SWAN_FAILURE_NOTIFIER_KWARGS": json.dumps({"message": message, "path": str(out)}),
     }
     log_cb, notifier = callbacks.failure_callbacks(env)
     assert log_cb is callbacks.log_failure and isinstance(notifier, RecordingNotifier)

@@ -168,7 +168,7 @@ class Settings:
     )
     databricks_conn_id: str = setting("SWAN_DATABRICKS_CONN_ID", "databricks_default", "Airflow connection of the Databricks workspace.")
     databricks_clusters_dir: Path | None = setting(
-        "SWAN_DATABRICKS_CLUSTERS_DIR", None, "Folder of the job cluster specs (JSON).", shown="databricks/clusters in the plugin"
+        "SWAN_DATABRICKS_CLUSTERS_DIR", None, "Folder of the job cluster specs (JSON).", shown="plugins/swan_airflow/clusters"
     )
     databricks_poll_seconds: int = setting("SWAN_DATABRICKS_POLL_SECONDS", 30, "How often a deferred job task polls its run.", low=1)
     databricks_retry_delay: int = setting(

@@ -18,11 +18,6 @@ import logging
 
 log = logging.getLogger("swan_airflow.failures")
 
-#: What a configured notifier sends (a Jinja template rendered against the task context).
-FAILURE_MESSAGE = (
-    "swan-anomaly: task {{ ti.task_id }} of {{ ti.dag_id }} failed " "(run {{ ti.run_id }}, try {{ ti.try_number }}): {{ exception }}"
-)
-
 
 def log_failure(context) -> None:
     """Log dag, task, run, try and the exception of a failed task in one line."""

@@ -5,7 +5,7 @@ the code of the DAG that submitted it. The version is a content hash of the pack
 the job entrypoints and ``pyproject.toml``: unchanged code is not rebuilt or re-uploaded.
 
 Example:
-    >>> deploy_code(Path(".swan/lake"))    # doctest: +SKIP
+    >>> deploy_code(LocalLake(Path(".swan/lake")), "/Volumes/main/swan/lake")    # doctest: +SKIP
     {'version': '0.1.0-3f2a9c1b7d4e', 'uri': '/.../code/0.1.0-3f2a9c1b7d4e', 'wheel_uri': '...whl', ...}
 """
 
