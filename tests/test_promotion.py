@@ -146,6 +146,7 @@ def _new_version_over_good(world, name: str, new: str) -> tuple[str, str, dict]:
     """
     good = _register(world, name, "good", "scheduled__1")
     _serve(name, good)
+    _validated_before(name, good)  # as its own run's validate_endpoint tagged it: only a validated champion is rolled back to
     version = _register(world, name, new, "scheduled__2")
     return good, version, _serve(name, version)
 
@@ -410,6 +411,7 @@ def test_a_champion_the_endpoint_cannot_load_goes_back_and_a_validated_champion_
 
     good = _register(world, model_name, "good", "scheduled__1")
     _serve(model_name, good)
+    _validated_before(model_name, good)
     broken_source = tmp_path / "broken"
     broken_source.mkdir()
     (broken_source / "MLmodel").write_text("flavors: {}\n")  # registrable, not loadable
@@ -577,3 +579,99 @@ def test_the_databricks_path_retries_what_the_rest_path_retries_and_fails_on_the
         assert not isinstance(raised.value, EndpointBusy) and broken.calls == 1
     finally:
         broken.close()
+
+
+@pytest.mark.slow
+def test_a_backfill_of_an_older_date_does_not_replace_a_champion_trained_on_newer_data(world, model_name):
+    """The champion was trained on 2026-11-20's data; a backfill of 2026-11-15 trains a model that is judged on that
+    date's validation rows, beside which it was trained and which the champion never saw: it passed and replaced it."""
+    from swan_airflow.runtime import registry_client
+    from swan_airflow.steps.promotion import gate_model
+    from swan_anomaly.registry import tag_version
+
+    champion = _register(world, model_name, "good", "scheduled__20261120")
+    tag_version(registry_client(), model_name, champion, {"dataset_id": "20261120"})  # as register_model tags it
+    _serve(model_name, champion)
+    older = _register(world, model_name, "good", "backfill__20261115")
+    tag_version(registry_client(), model_name, older, {"dataset_id": DATASET})
+    assert gate_model(_ctx(), _registered(model_name, older, world, "good")) == "keep_champion"
+    gate = world["lake"].read_result(RUN_ID, "gate")
+    assert gate["reasons"] == [
+        "trained on data of 2026-11-15, older than the champion's (2026-11-20): a model of older data never replaces one of newer "
+        "data (a backfill or a rerun of an old date); force_promote if it must"
+    ]
+    assert gate["trained_on"] == {"challenger": DATASET, "champion": "20261120"}
+    # the same model of the champion's own date, or of a later one, is judged on its metrics as before
+    for day in ("20261120", "20261121"):
+        tag_version(registry_client(), model_name, older, {"dataset_id": day})
+        assert gate_model(_ctx(), _registered(model_name, older, world, "good")) == "promote_model", day
+
+
+@pytest.mark.slow
+def test_a_rollback_goes_to_the_last_validated_champion_never_to_one_that_never_served(world, model_name):
+    """vF became champion but never served (its endpoint update failed for good); the next run promoted vC, which failed
+    its validation: the rollback went to vF, never validated, instead of vG, the last version that passed."""
+    from swan_airflow.runtime import registry_client
+    from swan_airflow.steps.serving import validate_endpoint
+    from swan_anomaly.registry import PREVIOUS, get_alias, promote
+
+    good = _register(world, model_name, "good", "scheduled__1")
+    _serve(model_name, good)
+    _validated_before(model_name, good)
+    never_served = _register(world, model_name, "constant", "scheduled__2")
+    promote(registry_client(), model_name, never_served)  # promote_model succeeded; update_endpoint then failed for good
+    assert _served() == good and _champion(model_name) == never_served
+    bad = _register(world, model_name, "constant", "scheduled__3")
+    endpoint = _serve(model_name, bad)
+    assert str(get_alias(registry_client(), model_name, PREVIOUS).version) == good
+    with pytest.raises(AirflowFailException, match=rf"rolled the endpoint and the champion back to v{good}"):
+        validate_endpoint(_ctx(), endpoint, _registered(model_name, bad, world, "constant"))
+    assert _served() == good and _champion(model_name) == good
+
+
+@pytest.mark.slow
+def test_clearing_an_old_runs_interrupted_rollback_never_undoes_a_later_runs_promotion(world, model_name):
+    """Run A decided to roll back its v2 and died before acting; run B then promoted and validated v3. Clearing run A's
+    update_endpoint and validate_endpoint finished A's old rollback: v1 served again, over B's better v3."""
+    from swan_airflow.steps.serving import update_endpoint, validate_endpoint
+
+    good = _register(world, model_name, "good", "scheduled__1")
+    _serve(model_name, good)
+    _validated_before(model_name, good)
+    bad = _register(world, model_name, "constant", "scheduled__A")
+    _serve(model_name, bad)
+    decided = {
+        "outcome": "rolled_back",
+        "state": "acting",
+        "name": model_name,
+        "version": bad,
+        "challenger": bad,
+        "previous": good,
+        "reasons": ["AUROC 0.5000 < 0.9000"],
+        "message": f"the new version {model_name} v{bad} failed endpoint validation",
+    }
+    world["lake"].write_result(RUN_ID, "validation", decided)
+    run_b = "scheduled__B"
+    world["lake"].write_result(run_b, "train", world["lake"].read_result(RUN_ID, "train"))
+    ctx_b = RunContext(dag_id="swan_anomaly_pipeline", run_id=run_b, dataset_id=DATASET, params=PARAMS)
+    newer = _register(world, model_name, "good", run_b)
+    assert validate_endpoint(ctx_b, _serve(model_name, newer), _registered(model_name, newer, world, "good"))["outcome"] == "passed"
+    with pytest.raises(AirflowFailException, match="decided by an earlier try of this run"):
+        validate_endpoint(_ctx(), update_endpoint(_ctx()), _registered(model_name, bad, world, "constant"))
+    assert _champion(model_name) == newer and _served() == newer
+    assert world["lake"].read_result(RUN_ID, "validation")["state"] == "done"
+
+
+def test_update_endpoint_cleared_alone_fails_while_another_run_holds_the_promotion_section(monkeypatch):
+    """Every other task of the section checked that its run holds it; update_endpoint did not, and a clear of it alone
+    deployed the champion in the middle of another run's promotion, validation or rollback."""
+    from types import SimpleNamespace
+
+    from swan_airflow.steps.serving import update_endpoint
+
+    monkeypatch.setenv("SWAN_MODEL_NAME", "promo_never_reached")
+    states = {"scheduled__other": {"wait_for_promotion_turn": "success", "validate_endpoint": None}}
+    ti = SimpleNamespace(get_task_states=lambda dag_id, task_ids: states, get_dagrun_state=lambda dag_id, run_id: "running")
+    ctx = RunContext(dag_id="swan_anomaly_pipeline", run_id=RUN_ID, dataset_id=DATASET, params=PARAMS, task={"ti": ti})
+    with pytest.raises(AirflowFailException, match=r"run\(s\) scheduled__other are promoting, deploying or validating"):
+        update_endpoint(ctx)

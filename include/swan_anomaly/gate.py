@@ -4,7 +4,9 @@ The challenger and the current champion are scored on the same images (the chall
 validation split, raw frames through each model's own served preprocessing), each at its own
 stored threshold (:func:`swan_anomaly.scoring.score_rows`, :func:`swan_anomaly.metrics.evaluation_report`).
 A challenger is promoted when those metrics pass the absolute thresholds and do not fall more
-than ``max_regression`` below the champion's. A validation split with fewer than
+than ``max_regression`` below the champion's, and when its data is not older than the
+champion's: a backfill of an old date is judged on that date's rows, which it was trained beside
+and the champion never saw, so it could replace a model of newer data on stale evidence. A validation split with fewer than
 ``min_images_per_class`` images of either class cannot tell models apart: the gate refuses
 rather than decide on noise.
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from enum import StrEnum
 
 from swan_anomaly.config import Settings
@@ -102,6 +105,7 @@ def decide(
     max_regression: float = MAX_REGRESSION,
     class_counts: Mapping[str, int] | None = None,
     min_images_per_class: int = MIN_IMAGES_PER_CLASS,
+    data_dates: tuple[date | None, date | None] = (None, None),
 ) -> GateDecision:
     """Compare the challenger's metrics with the thresholds and with the champion's on the same rows.
 
@@ -114,6 +118,8 @@ def decide(
         max_regression: how far below the champion a metric may fall.
         class_counts: ``{"abnormal": n, "normal": m}`` of the scored rows; required.
         min_images_per_class: fewer images than this in either class refuses the challenger.
+        data_dates: the dates of the newest data the challenger and the champion were trained on
+            (None where unknown); a challenger of older data than the champion's is refused.
 
     Raises:
         ValueError: ``class_counts`` is missing (a decision needs to know what it measured).
@@ -136,6 +142,12 @@ def decide(
             c, p = challenger.get(name), champion.get(name)
             if c is not None and p is not None and c < p - max_regression:
                 reasons.append(f"{name} {c:.4f} regresses against the champion's {p:.4f} on the same rows by more than {max_regression}")
+    ours, theirs = data_dates
+    if champion is not None and ours is not None and theirs is not None and ours < theirs:
+        reasons.append(
+            f"trained on data of {ours}, older than the champion's ({theirs}): a model of older data never replaces one of "
+            "newer data (a backfill or a rerun of an old date); force_promote if it must"
+        )
     passed = not reasons
     promote = passed or mode in (GateMode.DISABLED, GateMode.DRY_RUN)
     return GateDecision(passed, promote, mode.value, reasons, challenger, champion, measurable=small is None)

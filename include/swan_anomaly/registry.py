@@ -1,7 +1,8 @@
 """MLflow model registry: register a challenger once per Airflow run, promote by alias.
 
 Aliases: a new version gets ``challenger``; promotion moves ``champion`` to it and records
-the previous champion in the ``previous_champion`` alias for rollback. Every function is
+the previous champion in the ``previous_champion`` alias for rollback (only one that passed its
+endpoint validation). Every function is
 idempotent: registering the same training again (a cleared ``register_model``) finds the
 version whose source run is that training's MLflow run instead of creating a duplicate, while
 a retrained model (a cleared ``run_training``: a new MLflow run) always becomes a new version,
@@ -25,6 +26,10 @@ from mlflow.exceptions import MlflowException
 log = logging.getLogger(__name__)
 
 CHALLENGER, CHAMPION, PREVIOUS = "challenger", "champion", "previous_champion"
+#: The model-version tag that records the endpoint validation: ``passed: ...`` or ``failed: ...``.
+ENDPOINT_VALIDATION = "endpoint_validation"
+#: The model-version tag naming the dataset partition a version was trained up to (set at registration).
+DATASET_TAG = "dataset_id"
 
 
 def mlflow_client(tracking_uri: str, registry_uri: str | None = None) -> MlflowClient:
@@ -108,7 +113,11 @@ def get_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | Non
 
 
 def promote(client: MlflowClient, name: str, version: str) -> bool:
-    """Move ``champion`` to ``version``; keep the old champion as ``previous_champion``.
+    """Move ``champion`` to ``version``; keep the old champion as ``previous_champion`` if it passed its endpoint validation.
+
+    ``previous_champion`` is what a failed validation rolls back to, so it only ever names a version
+    that served and passed: a champion that never did (its endpoint update failed for good, or its
+    validation never completed) leaves it on the last one that did.
 
     Returns:
         False when ``version`` already is the champion (a rerun), True otherwise.
@@ -117,8 +126,16 @@ def promote(client: MlflowClient, name: str, version: str) -> bool:
     if current is not None and str(current.version) == str(version):
         log.info("%s version %s already is the champion", name, version)
         return False
-    if current is not None:
+    if current is not None and (current.tags.get(ENDPOINT_VALIDATION) or "").startswith("passed"):
         client.set_registered_model_alias(name, PREVIOUS, str(current.version))
+    elif current is not None:
+        kept = get_alias(client, name, PREVIOUS)
+        log.warning(
+            "%s champion v%s never passed an endpoint validation: previous_champion stays %s",
+            name,
+            current.version,
+            f"v{kept.version}" if kept is not None else "unset (nothing validated to roll back to)",
+        )
     client.set_registered_model_alias(name, CHAMPION, str(version))
     if (ch := get_alias(client, name, CHALLENGER)) is not None and str(ch.version) == str(version):
         client.delete_registered_model_alias(name, CHALLENGER)
@@ -153,13 +170,14 @@ def stored_threshold(client: MlflowClient, name: str, version: str) -> float:
     return float(metadata["anomaly_threshold"])
 
 
-#: The model-version tag that records the endpoint validation: ``passed: ...`` or ``failed: ...``.
-ENDPOINT_VALIDATION = "endpoint_validation"
-
-
 def endpoint_validation(client: MlflowClient, name: str, version: str) -> str | None:
     """The version's :data:`ENDPOINT_VALIDATION` tag (``passed: ...`` / ``failed: ...``), or None when never validated."""
     return client.get_model_version(name, str(version)).tags.get(ENDPOINT_VALIDATION)
+
+
+def trained_dataset(client: MlflowClient, name: str, version: str) -> str | None:
+    """The dataset id (:data:`DATASET_TAG`) of the newest data ``version`` was trained on, or None when it was never tagged."""
+    return client.get_model_version(name, str(version)).tags.get(DATASET_TAG)
 
 
 def tag_version(client: MlflowClient, name: str, version: str, tags: dict[str, str]) -> None:

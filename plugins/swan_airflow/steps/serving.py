@@ -43,13 +43,16 @@ def update_endpoint(ctx: RunContext) -> dict:
             nothing to serve, and nothing to validate.
         AirflowFailException: the endpoint refused the champion (it could not load it). A
             champion that never served goes back to the previous one (or loses the alias).
+            Or another run holds the promotion section (this task was cleared without the sensor).
     """
     from swan_airflow.runtime import registry_client, settings
     from swan_airflow.serving import serving_target
+    from swan_airflow.steps.promotion import require_turn
     from swan_anomaly import EndpointError
     from swan_anomaly.registry import CHAMPION, PREVIOUS, endpoint_validation, get_alias, rollback, withdraw
     from swan_anomaly.serving.deploy import ServingConfig, deploy_version
 
+    require_turn(ctx)  # a clear of this task alone must not deploy while another run promotes, deploys or validates
     s = settings()
     client = registry_client()
     champion = get_alias(client, s.model_name, CHAMPION)
@@ -102,7 +105,15 @@ def validate_endpoint(ctx: RunContext, endpoint: dict, registered: dict) -> dict
     from swan_airflow.serving import serving_target
     from swan_airflow.steps.promotion import require_turn
     from swan_anomaly import ConfigError
-    from swan_anomaly.registry import ENDPOINT_VALIDATION, PREVIOUS, endpoint_validation, get_alias, stored_threshold, tag_version
+    from swan_anomaly.registry import (
+        CHAMPION,
+        ENDPOINT_VALIDATION,
+        PREVIOUS,
+        endpoint_validation,
+        get_alias,
+        stored_threshold,
+        tag_version,
+    )
     from swan_anomaly.scoring import endpoint_scorer, labels_of, registry_scorer, score_rows
     from swan_anomaly.serving.client import score_table
     from swan_anomaly.serving.deploy import served_version
@@ -120,9 +131,21 @@ def validate_endpoint(ctx: RunContext, endpoint: dict, registered: dict) -> dict
     prior = optional_result(store, ctx.run_id, "validation")
     if prior is not None and prior.get("challenger") == challenger and prior["outcome"] in FAILED_OUTCOMES:
         # This run's challenger already failed here: never validate again. Undo a rollback that a
-        # clear of update_endpoint (or a crash half-way) left undone, then fail again.
+        # clear of update_endpoint (or a crash half-way) left undone, then fail again; unless a later
+        # run has promoted and served another version since: undoing that would undo its promotion.
         if prior.get("state") == "acting" or served == prior["version"]:
-            _act(target, client, prior)
+            champion = get_alias(client, name, CHAMPION)
+            champion_version = str(champion.version) if champion is not None else None
+            ours = {prior["version"], prior.get("previous"), None}
+            if champion_version in ours and served in ours:
+                _act(target, client, prior)
+            else:
+                log.warning(
+                    "not finishing this run's rollback of v%s: since it was decided, v%s became champion and the endpoint serves v%s",
+                    prior["version"],
+                    champion_version,
+                    served,
+                )
             store.write_result(ctx.run_id, "validation", {**prior, "state": "done"})
         raise AirflowFailException(f"{prior['message']} (decided by an earlier try of this run; not validated again)")
     if served != version:
