@@ -65,10 +65,11 @@ def swan_anomaly_pipeline():
     | augmentation + splits | `run_augmentation` | Spark job (local subprocess or Databricks run) |
     | ViT fine-tuning | `run_training` | training job (local subprocess or Databricks GPU run) |
     | MLflow registration (`challenger`) | `register_model` | MLflow |
-    | one run at a time from here to validation | `wait_for_promotion_turn` | worker |
+    | one run at a time from here to `ensure_validated_endpoint` | `wait_for_promotion_turn` | worker |
     | gate: challenger vs champion on the same rows | `gate_model` -> `promote_model` / `keep_champion` | worker + MLflow |
     | serve the champion | `update_endpoint` | serving endpoint |
     | REST validation: parity + held-out quality, rollback once | `validate_endpoint` | serving endpoint |
+    | whatever failed: only a validated version is champion and serves | `ensure_validated_endpoint` | MLflow + serving endpoint |
     | summary, also of a failed run | `summarize_run` | worker |
 
     Class 0 = abnormal, class 1 = normal; `anomaly_score = softmax(logits)[0]`.
@@ -132,7 +133,7 @@ def swan_anomaly_pipeline():
         execution_timeout=PROMOTION_WAIT + dt.timedelta(minutes=5),
     )
     def wait_for_promotion_turn() -> bool:
-        """Wait until no other run is between its promotion turn and the end of its endpoint validation."""
+        """Wait until no other run is between its promotion turn and the end of its promotion section."""
         return promotion.promotion_turn(RunContext.current())
 
     @task.branch
@@ -169,6 +170,11 @@ def swan_anomaly_pipeline():
         lineage.champion_validated(ctx.task, registered["name"], validated)
         return validated
 
+    @task(trigger_rule="all_done")
+    def ensure_validated_endpoint() -> dict:
+        """Whatever failed in the section: a version that passed validation is champion and serves (else nothing serves)."""
+        return serving.ensure_validated_endpoint(RunContext.current())
+
     @task(trigger_rule="all_done", on_failure_callback=[log_failure])
     def summarize_run(upload: dict | None, registered: dict | None) -> dict:
         """One summary of the run, also of a failed one, in the log and in runs/{run_id}/summary.json."""
@@ -203,8 +209,10 @@ def swan_anomaly_pipeline():
     decision >> [promoted, keep_champion(registered)] >> endpoint
     lineage.with_links(endpoint, lineage.EndpointLink())
     validation = lineage.with_links(validate_endpoint(endpoint, registered), lineage.EndpointLink())
-    # last: after the validation (whose record it reads) and every task that reads the staging folder it removes
-    [validation, checked] >> summarize_run(upload, registered)
+    secured = ensure_validated_endpoint()
+    validation >> secured
+    # last: after the promotion section (whose records it reads) and every task that reads the staging folder it removes
+    [secured, checked] >> summarize_run(upload, registered)
 
 
 swan_anomaly_pipeline()

@@ -26,6 +26,7 @@ EXPECTED_TASKS = {
     "keep_champion",
     "update_endpoint",
     "validate_endpoint",
+    "ensure_validated_endpoint",
     "summarize_run",
     "deploy_code",
 }
@@ -61,12 +62,16 @@ def test_pipeline_order_reads_like_the_diagram(dagbag):
     assert dag.get_task("gate_model").downstream_task_ids == {"promote_model", "keep_champion"}
     assert {"promote_model", "keep_champion"} <= dag.get_task("update_endpoint").upstream_task_ids
     assert "update_endpoint" in dag.get_task("validate_endpoint").upstream_task_ids
-    # the promotion section: one run at a time, its turn checked by one sensor at a time, released on its validation
+    # the promotion section: one run at a time, its turn checked by one sensor at a time, released by the task that leaves a
+    # validated version serving whatever failed before it (a timed-out validation, an endpoint update that failed for good)
     turn = dag.get_task("wait_for_promotion_turn")
     assert turn.mode == "poke" and turn.max_active_tis_per_dag == 1
+    secured = dag.get_task("ensure_validated_endpoint")
+    assert secured.trigger_rule == "all_done" and secured.upstream_task_ids == {"validate_endpoint"}
     # the summary runs whatever happened upstream, and is the run's only leaf (its failure keeps a failed run red)
     summary = dag.get_task("summarize_run")
-    assert summary.trigger_rule == "all_done" and {"validate_endpoint", "upload_to_lake", "register_model"} <= summary.upstream_task_ids
+    assert summary.trigger_rule == "all_done"
+    assert {"ensure_validated_endpoint", "upload_to_lake", "register_model"} <= summary.upstream_task_ids
     assert [t.task_id for t in dag.tasks if not t.downstream_task_ids] == ["summarize_run"]
 
 

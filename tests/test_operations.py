@@ -407,16 +407,16 @@ def test_a_run_waits_for_its_promotion_turn_while_another_run_is_in_its_section(
     from swan_airflow.steps.promotion import runs_in_promotion
 
     states = {
-        "backfill__1": {"wait_for_promotion_turn": "success", "validate_endpoint": None},  # gate, promotion or validation under way
-        "backfill__2": {"wait_for_promotion_turn": "success", "validate_endpoint": "success"},  # done
+        "backfill__1": {"wait_for_promotion_turn": "success", "ensure_validated_endpoint": None},  # gate, promotion, validation under way
+        "backfill__2": {"wait_for_promotion_turn": "success", "ensure_validated_endpoint": "success"},  # done
         "backfill__3": {"wait_for_promotion_turn": "up_for_reschedule"},  # waiting like me
-        "backfill__4": {"wait_for_promotion_turn": "success", "validate_endpoint": "upstream_failed"},  # its promotion failed
-        "backfill__5": {"wait_for_promotion_turn": "success", "validate_endpoint": "skipped"},  # nothing to serve
-        "backfill__6": {"wait_for_promotion_turn": "success", "validate_endpoint": "up_for_retry"},  # validating again
+        "backfill__4": {"wait_for_promotion_turn": "success", "ensure_validated_endpoint": "failed"},  # it restored a version
+        "backfill__5": {"wait_for_promotion_turn": "success", "ensure_validated_endpoint": "success"},  # a validated version serves
+        "backfill__6": {"wait_for_promotion_turn": "success", "ensure_validated_endpoint": "up_for_retry"},  # validating again
         "me": {"wait_for_promotion_turn": "running"},
     }
     assert runs_in_promotion(states, me="me") == ["backfill__1", "backfill__6"]
-    assert runs_in_promotion({"me": {"wait_for_promotion_turn": "success", "validate_endpoint": None}}, me="me") == []
+    assert runs_in_promotion({"me": {"wait_for_promotion_turn": "success", "ensure_validated_endpoint": None}}, me="me") == []
 
 
 def test_the_same_video_under_two_names_and_an_unreadable_one_are_set_aside(tmp_path, demo_video):
@@ -470,7 +470,7 @@ def test_a_section_task_cleared_without_its_turn_fails_while_another_run_holds_t
 
     def ti(other_run_state: str):  # the two calls of the task-SDK task instance that the check makes
         states = {
-            "backfill__1": {"wait_for_promotion_turn": "success", "validate_endpoint": None},
+            "backfill__1": {"wait_for_promotion_turn": "success", "ensure_validated_endpoint": None},
             "me": {"wait_for_promotion_turn": "success"},
         }
         return SimpleNamespace(get_task_states=lambda dag_id, task_ids: states, get_dagrun_state=lambda dag_id, run_id: other_run_state)

@@ -670,8 +670,54 @@ def test_update_endpoint_cleared_alone_fails_while_another_run_holds_the_promoti
     from swan_airflow.steps.serving import update_endpoint
 
     monkeypatch.setenv("SWAN_MODEL_NAME", "promo_never_reached")
-    states = {"scheduled__other": {"wait_for_promotion_turn": "success", "validate_endpoint": None}}
+    states = {"scheduled__other": {"wait_for_promotion_turn": "success", "ensure_validated_endpoint": None}}
     ti = SimpleNamespace(get_task_states=lambda dag_id, task_ids: states, get_dagrun_state=lambda dag_id, run_id: "running")
     ctx = RunContext(dag_id="swan_anomaly_pipeline", run_id=RUN_ID, dataset_id=DATASET, params=PARAMS, task={"ti": ti})
     with pytest.raises(AirflowFailException, match=r"run\(s\) scheduled__other are promoting, deploying or validating"):
         update_endpoint(ctx)
+
+
+@pytest.mark.slow
+def test_whatever_stopped_the_section_a_validated_version_is_left_champion_and_serving(world, model_name):
+    """validate_endpoint acts on what it decides; a validation that timed out on every try (AirflowTaskTimeout is no
+    Exception) or an update_endpoint that failed for good after promote_model left an unvalidated version serving or
+    champion, and the section was released. ensure_validated_endpoint, the section's last task, puts the last validated
+    version back."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from swan_airflow.runtime import registry_client
+    from swan_airflow.steps.serving import ensure_validated_endpoint
+    from swan_anomaly.registry import promote
+
+    good, newer, _ = _new_version_over_good(world, model_name, "good")  # promoted and served; its validation never finished
+    restored = rf"v{newer} \(champion v{newer}, serving v{newer}\) never passed .*went back to v{good}"
+    with pytest.raises(AirflowFailException, match=restored):
+        ensure_validated_endpoint(_ctx())
+    assert _served() == good and _champion(model_name) == good
+    assert world["lake"].read_result(RUN_ID, "endpoint_restore")["restored"] == good
+    assert ensure_validated_endpoint(_ctx()) == {"acted": False, "champion": good, "served": good}  # a retry: nothing left to do
+    # the endpoint update failed for good after the alias moved: the endpoint still serves the validated version
+    promote(registry_client(), model_name, newer)
+    with pytest.raises(AirflowFailException, match=rf"champion v{newer}, serving v{good}.*went back to v{good}"):
+        ensure_validated_endpoint(_ctx())
+    assert _served() == good and _champion(model_name) == good
+    # a run that never entered the section (its turn never came, or an earlier task failed) touches nothing
+    from types import SimpleNamespace
+
+    promote(registry_client(), model_name, newer)
+    ti = SimpleNamespace(get_task_states=lambda dag_id, task_ids, run_ids: {RUN_ID: {"wait_for_promotion_turn": "failed"}})
+    outside = RunContext(dag_id="swan_anomaly_pipeline", run_id=RUN_ID, dataset_id=DATASET, params=PARAMS, task={"ti": ti})
+    with pytest.raises(AirflowSkipException, match="never entered the promotion section"):
+        ensure_validated_endpoint(outside)
+    assert _champion(model_name) == newer and _served() == good
+
+
+@pytest.mark.slow
+def test_a_first_version_that_never_finished_its_validation_is_withdrawn_by_the_section_s_last_task(world, model_name):
+    from swan_airflow.steps.serving import ensure_validated_endpoint
+
+    first = _register(world, model_name, "good", "scheduled__1")
+    _serve(model_name, first)
+    with pytest.raises(AirflowFailException, match="no version of .* ever passed, so endpoint .* was deleted"):
+        ensure_validated_endpoint(_ctx())
+    assert _served() is None and _champion(model_name) is None

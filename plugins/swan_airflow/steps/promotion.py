@@ -1,12 +1,12 @@
 """Promotion steps: one run at a time, a gate on the same rows, then promote or keep the champion.
 
-**One run at a time.** From ``wait_for_promotion_turn`` to the end of ``validate_endpoint`` a
-run holds the promotion section: another run's gate, promotion, deployment or validation
+**One run at a time.** From ``wait_for_promotion_turn`` to the end of ``ensure_validated_endpoint``
+a run holds the promotion section: another run's gate, promotion, deployment or validation
 never interleaves with it, however the runs were started (schedule, asset event, manual
 trigger, a backfill, which Airflow runs beside the DAG's ``max_active_runs``). The sensor
 (``max_active_tis_per_dag=1``: one instance runs at a time, so no two runs can both see the
 section free) enters only when no other active run has entered and not yet finished
-validating (:func:`runs_in_promotion`).
+its section (:func:`runs_in_promotion`).
 
 **The gate** (:func:`gate_model`) scores the challenger and the current champion on the same
 images, the challenger's validation split read from the raw partitions, each through its own
@@ -16,7 +16,7 @@ registered pyfunc and at its own stored threshold, and decides with
 there and to ``runs/{run_id}/gate.json`` in the lake.
 
 Example:
-    >>> runs_in_promotion({"r1": {"wait_for_promotion_turn": "success", "validate_endpoint": None}}, me="r2")
+    >>> runs_in_promotion({"r1": {"wait_for_promotion_turn": "success", "ensure_validated_endpoint": None}}, me="r2")
     ['r1']
 """
 
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: The first and last task of the promotion section.
-SECTION_START, SECTION_END = "wait_for_promotion_turn", "validate_endpoint"
+SECTION_START, SECTION_END = "wait_for_promotion_turn", "ensure_validated_endpoint"
 #: Task states after which a task will not run again unless cleared.
 FINISHED_STATES = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
 #: DAG run states in which a run's tasks may still run.
@@ -62,20 +62,28 @@ def runs_in_promotion(task_states: Mapping[str, Mapping[str, str | None]], *, me
 
 
 def _busy_runs(ctx: RunContext) -> list[str]:
-    """Other active runs between their promotion turn and the end of their endpoint validation."""
+    """Other active runs between their promotion turn and the end of their promotion section."""
     ti = ctx.task["ti"]
     states = ti.get_task_states(dag_id=ctx.dag_id, task_ids=[SECTION_START, SECTION_END])
     return [r for r in runs_in_promotion(states, me=ctx.run_id) if ti.get_dagrun_state(ctx.dag_id, r) in ACTIVE_RUN_STATES]
 
 
 def promotion_turn(ctx: RunContext) -> bool:
-    """True when no other active run is between its promotion turn and the end of its endpoint validation."""
+    """True when no other active run is between its promotion turn and the end of its promotion section."""
     busy = _busy_runs(ctx)
     if busy:
         log.info("waiting for run(s) %s: promoting, deploying or validating; this run's gate comes after", ", ".join(busy))
         return False
     log.info("promotion turn of run %s: no other run is promoting, deploying or validating", ctx.run_id)
     return True
+
+
+def entered_section(ctx: RunContext) -> bool:
+    """True when this run's ``wait_for_promotion_turn`` succeeded: it holds, or held, the promotion section."""
+    if ctx.task is None:  # a step called outside a DAG run (tests)
+        return True
+    states = ctx.task["ti"].get_task_states(dag_id=ctx.dag_id, task_ids=[SECTION_START], run_ids=[ctx.run_id])
+    return states.get(ctx.run_id, {}).get(SECTION_START) == "success"
 
 
 def require_turn(ctx: RunContext) -> None:

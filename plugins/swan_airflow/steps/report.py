@@ -41,8 +41,8 @@ def summarize_run(ctx: RunContext, upload: dict | None, registered: dict | None)
         raise AirflowSkipException("the run had no videos: nothing to summarize")
     failed = sorted(task for task, state in states.items() if state in FAILED_STATES)
     store = lake()
-    etl, augment, training, gate, checked = (
-        optional_result(store, ctx.run_id, job) for job in ("etl", "augment", "train", "gate", "validation")
+    etl, augment, training, gate, checked, restored = (
+        optional_result(store, ctx.run_id, job) for job in ("etl", "augment", "train", "gate", "validation", "endpoint_restore")
     )
     # records of an earlier try that judged another challenger (run_training was cleared since) are not this run's
     challenger = str(registered["version"]) if registered else None
@@ -58,6 +58,7 @@ def summarize_run(ctx: RunContext, upload: dict | None, registered: dict | None)
         "model": _model(registered),
         "endpoint": endpoint_summary(checked) if checked else None,
         "serving": _serving(),
+        "endpoint_restore": restored["message"] if restored else None,  # what ensure_validated_endpoint had to put back
         "scores": score_sample(checked["scores"]) if checked else [],
     }
     store.write_result(ctx.run_id, "summary", summary)

@@ -300,6 +300,71 @@ def _act(target, client, record: dict) -> None:
         delete_endpoint(target.workspace(), target.endpoint)
 
 
+def ensure_validated_endpoint(ctx: RunContext) -> dict:
+    """The promotion section's last task: a validated version is champion and serves, whatever failed before it.
+
+    :func:`validate_endpoint` acts on every outcome it decides. What it cannot act on leaves a
+    version that never passed an endpoint validation as champion, or on the endpoint: an
+    ``update_endpoint`` that failed for good after ``promote_model`` moved the alias (the update
+    may still complete later), a validation that hit its timeout or lost its worker on every try,
+    an endpoint that served another version than was deployed. This task runs whatever the
+    state of the tasks before it, and puts the champion alias and the endpoint back on the last
+    validated version (the champion itself when it passed, else ``previous_champion``, which
+    :func:`swan_anomaly.registry.promote` only ever sets to a version that passed). With none,
+    the unvalidated champion loses its alias and the endpoint is deleted, as for a first version
+    that fails its validation.
+
+    Returns:
+        ``{"acted": False, "champion": ..., "served": ...}`` when nothing unvalidated is champion or serves.
+
+    Raises:
+        AirflowSkipException: this run never entered the promotion section (its turn never came,
+            or an earlier task failed): it changed nothing there.
+        AirflowFailException: it had to restore a validated version, saying what it did (the run
+            failed before it anyway); or another run holds the promotion section.
+    """
+    from swan_airflow.runtime import lake, registry_client, settings
+    from swan_airflow.serving import roll_back, serving_target
+    from swan_airflow.steps.promotion import entered_section, require_turn
+    from swan_anomaly.registry import CHAMPION, PREVIOUS, endpoint_validation, get_alias, withdraw
+    from swan_anomaly.serving.deploy import delete_endpoint, served_version
+
+    if not entered_section(ctx):
+        raise AirflowSkipException("this run never entered the promotion section: it changed neither the champion nor the endpoint")
+    require_turn(ctx)
+    name, client, target = settings().model_name, registry_client(), serving_target()
+
+    def passed(version: str | None) -> bool:
+        return version is not None and (endpoint_validation(client, name, version) or "").startswith("passed")
+
+    holder = get_alias(client, name, CHAMPION)
+    champion = str(holder.version) if holder is not None else None
+    served = served_version(target.workspace(), target.endpoint)
+    unvalidated = [v for v in dict.fromkeys((champion, served)) if v is not None and not passed(v)]
+    if not unvalidated:
+        log.info("champion v%s, endpoint %s serves v%s: nothing unvalidated", champion, target.endpoint, served)
+        return {"acted": False, "champion": champion, "served": served}
+    previous = get_alias(client, name, PREVIOUS)
+    restore = champion if passed(champion) else (str(previous.version) if previous is not None and passed(str(previous.version)) else None)
+    what = " and ".join(f"v{v}" for v in unvalidated)
+    if restore is not None:
+        roll_back(target, restore)
+        done = f"the champion alias and endpoint {target.endpoint} went back to v{restore}, the last version that passed"
+    else:
+        if champion is not None and not passed(champion):
+            withdraw(client, name, champion)
+        delete_endpoint(target.workspace(), target.endpoint)
+        done = f"no version of {name} ever passed, so endpoint {target.endpoint} was deleted and nothing holds the champion alias"
+    msg = (
+        f"{name} {what} (champion v{champion}, serving v{served}) never passed an endpoint validation: this run's promotion, "
+        f"endpoint update or validation did not finish; {done}"
+    )
+    record = {"unvalidated": unvalidated, "champion": champion, "served": served, "restored": restore, "message": msg}
+    lake().write_result(ctx.run_id, "endpoint_restore", record)
+    log.warning(msg)
+    raise AirflowFailException(msg)
+
+
 def endpoint_summary(record: dict) -> dict:
     """The figures of a validation record (``validation.json``): the task's XCom and the run summary's ``endpoint``."""
     report = record.get("report")
