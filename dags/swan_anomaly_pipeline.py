@@ -17,7 +17,7 @@ from swan_airflow.callbacks import failure_callbacks, log_failure
 from swan_airflow.context import RunContext
 from swan_airflow.ingest import LANDING_ASSET
 from swan_airflow.params import pipeline_params
-from swan_airflow.steps import data, promotion, report, serving, training
+from swan_airflow.steps import code, data, promotion, report, serving, training
 from swan_airflow.submit_run import job_task
 from swan_anomaly.config import Settings
 
@@ -96,7 +96,7 @@ def swan_anomaly_pipeline():
         return data.build_labels(RunContext.current(), synthesis)
 
     @task
-    def check_labels(labels: dict) -> dict:
+    def check_labels(labels: dict) -> dict:  # labels: only to run after build_labels (it reads the staged labels.csv)
         """Optional (off by default): a vision model names what a seeded sample of normal frames shows."""
         return data.check_labels(RunContext.current())
 
@@ -111,7 +111,7 @@ def swan_anomaly_pipeline():
     @task
     def deploy_code() -> dict:
         """The swan_anomaly wheel and jobs/*.py under code/{version}/ in the lake (once per code version)."""
-        return training.deploy_code()
+        return code.deploy_code()
 
     @task(outlets=[lineage.MODEL_VERSION])
     def register_model() -> dict:
@@ -184,16 +184,16 @@ def swan_anomaly_pipeline():
     labels = build_labels(synthesize_anomalies(frames))
     checked = check_labels(labels)
     upload = upload_to_lake(labels)
-    code = deploy_code()
-    etl = job_task("run_etl", "etl", ["--model", MODEL, "--image-size", "{{ params.image_size or 0 }}"], code, upload, SETTINGS)
-    augment = job_task("run_augmentation", "augment", ["--seed", "{{ params.seed }}"], code, upload, SETTINGS)
+    shipped = deploy_code()
+    etl = job_task("run_etl", "etl", ["--model", MODEL, "--image-size", "{{ params.image_size or 0 }}"], shipped, upload, SETTINGS)
+    augment = job_task("run_augmentation", "augment", ["--seed", "{{ params.seed }}"], shipped, upload, SETTINGS)
     train_args = ["--model", MODEL, "--epochs", "{{ params.epochs }}", "--seed", "{{ params.seed }}", "--git-sha", SETTINGS.git_sha]
     train_args += ["--window-days", "{{ params.training_window_days }}", "--dag-id", "{{ dag.dag_id }}"]
     trained = job_task(
         "run_training",
         "train",
         train_args,
-        code,
+        shipped,
         upload,
         SETTINGS,
         execution_timeout=dt.timedelta(minutes=SETTINGS.training_timeout_minutes),
@@ -201,7 +201,7 @@ def swan_anomaly_pipeline():
         window_days="{{ params.training_window_days }}",  # on Databricks the token also digests the window's gold files
     )
     registered = lineage.with_links(register_model(), lineage.ModelVersionLink())
-    [upload, code, checked] >> etl >> augment >> trained >> registered
+    [upload, shipped, checked] >> etl >> augment >> trained >> registered
     decision = gate_model(registered)
     registered >> wait_for_promotion_turn() >> decision
     endpoint = update_endpoint()

@@ -10,16 +10,19 @@ Modules, by concept:
 * ``splits``: train/val/test by source group
 * ``images``: decode, center-biased crop, area resize, JPEG, normalisation (the one preprocessing path)
 * ``lake``: the lake layout, idempotent dataset upload, training windows (``load_gold``), and the ``Lake``
-  protocol both lakes satisfy; ``digests``: content digests
+  protocol both lakes satisfy; ``digests``: the sha256 of a file
 * ``etl`` / ``augment``: the Spark jobs (import pyspark)
 * ``modeling``: the ViT classifier; ``trainer``: its training loop; ``tracking``: MLflow for the training job;
   ``training``: the training job; ``generalization``: the leave-one-family-out report
 * ``metrics`` / ``evaluation``: anomaly metrics with intervals, evaluation figures
+* ``novelty``: the novelty score, a memory bank of normal training patches served beside ``anomaly_score``
 * ``registry`` / ``gate``: MLflow registration, aliases and the promotion gate
 * ``scoring``: held-out raw images through registered models and endpoints, batch by batch
 * ``label_check`` / ``azure_openai``: the optional label check by a vision model, and its Azure OpenAI client
 * ``serving``: the MLflow pyfunc, the local model server, the endpoint client and the endpoint validation
-* ``config``: every setting, typed, read from the environment (``Settings``)
+* ``config``: every setting, typed, read from the environment (``Settings``); ``redact``: credentials masked in
+  what people and logs see
+* ``quality``: the quality benchmark's footage and unseen anomaly kinds (``bench/quality.py``; not the pipeline)
 
 Only light names are re-exported here; heavy modules (torch, pyspark, mlflow) load on use.
 """

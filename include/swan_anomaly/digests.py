@@ -1,4 +1,7 @@
-"""Content digests: what makes a file, a video or a dataset the same one across runs.
+"""The sha256 of a file's bytes, read in chunks: the digest every content identity builds on.
+
+A video's id is a prefix of it (:func:`swan_anomaly.video.probe.video_id`), the lake manifest lists
+it per file, and :func:`swan_anomaly.lake.gold_files_digest` combines those of a training window.
 
 Example:
     >>> import tempfile

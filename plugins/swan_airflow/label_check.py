@@ -57,7 +57,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONN_ID = "swan_label_check"
 EXTRA_KEYS = frozenset(
     {"deployment", "api_version", "expected", "question", "sample_size", "mode", "timeout_s", "max_retries", "max_workers", "max_side"}
 )
@@ -74,10 +73,10 @@ LABEL_CHECK_LEGACY = {None: "default", True: "on", False: "off"}
 
 
 def label_check_conn_id() -> str:
-    """The connection id: ``SWAN_LABEL_CHECK_CONN_ID``, else ``swan_label_check``."""
+    """The connection id: ``SWAN_LABEL_CHECK_CONN_ID`` (default ``swan_label_check``)."""
     from swan_airflow.runtime import settings
 
-    return settings().label_check_conn_id or DEFAULT_CONN_ID
+    return settings().label_check_conn_id
 
 
 def label_check_enabled(params: Mapping[str, Any] | None) -> bool:

@@ -1,9 +1,10 @@
 """The steps the pipeline DAG's tasks call, one module per stage of the diagram.
 
 * ``data``: find the run's videos, extract frames, synthesize anomalies, build and check labels, upload
+* ``code``: the wheel and job entrypoints that every job runs, in the lake once per code version
 * ``training``: register the trained model
 * ``promotion``: wait for the promotion turn, gate, promote or keep the champion
-* ``serving``: update the endpoint, validate it over REST
+* ``serving``: update the endpoint, validate it over REST, leave a validated version serving whatever failed
 * ``report``: the run summary, written whatever happened
 
 Each step takes a :class:`swan_airflow.context.RunContext` and small handles (XCom values), and

@@ -39,11 +39,3 @@ def register_model(ctx: RunContext) -> dict:
         "val": {k: training["val"][k] for k in ("auroc", "f1", "precision", "recall")},
         "unseen_auroc": training.get("generalization_min_unseen_auroc"),
     }
-
-
-def deploy_code() -> dict:
-    """The ``swan_anomaly`` wheel and ``jobs/*.py`` under ``code/{version}/`` in the lake (once per code version)."""
-    from swan_airflow.code_deploy import deploy_code as deploy
-    from swan_airflow.runtime import job_lake_root, lake
-
-    return deploy(lake(), job_lake_root())
