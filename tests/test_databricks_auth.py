@@ -206,7 +206,7 @@ def test_an_azure_ad_service_principal_maps_to_the_sdk_azure_client_secret_confi
     import databricks.sdk.config as sdk_config
     from databricks.sdk.config import Config
 
-    from swan_airflow.runtime import databricks_environ, workspace_auth
+    from swan_airflow.databricks_auth import databricks_environ, workspace_auth
     from swan_anomaly.serving.deploy import AZURE_DATABRICKS_RESOURCE, AuthType
 
     conn = _connection(
@@ -267,7 +267,7 @@ def test_a_managed_identity_gets_azure_databricks_tokens_from_azure_identity(mon
     from databricks.sdk.config import Config
 
     from airflow.sdk._shared.secrets_masker import redact
-    from swan_airflow.runtime import databricks_environ, workspace_auth
+    from swan_airflow.databricks_auth import databricks_environ, workspace_auth
     from swan_anomaly.serving.deploy import AZURE_DATABRICKS_RESOURCE, AuthType
 
     monkeypatch.setattr(_StandInCredential, "made", [])
@@ -312,7 +312,7 @@ def test_a_managed_identity_gets_azure_databricks_tokens_from_azure_identity(mon
     ],
 )
 def test_each_provider_connection_form_maps_to_one_auth_type(fields, auth_type):
-    from swan_airflow.runtime import workspace_auth
+    from swan_airflow.databricks_auth import workspace_auth
 
     auth = workspace_auth(_connection(host="adb-1.2.azuredatabricks.net", **fields), "dbx")
     assert (auth.auth_type.value, auth.host) == (auth_type, "https://adb-1.2.azuredatabricks.net")
@@ -344,7 +344,7 @@ def test_each_provider_connection_form_maps_to_one_auth_type(fields, auth_type):
 def test_an_incomplete_connection_fails_naming_it_and_what_to_set(fields, expected):
     from airflow.sdk.exceptions import AirflowFailException
 
-    from swan_airflow.runtime import workspace_auth
+    from swan_airflow.databricks_auth import workspace_auth
 
     with pytest.raises(AirflowFailException, match=expected) as err:
         workspace_auth(_connection(**fields), "dbx")
@@ -369,7 +369,8 @@ def test_an_incomplete_connection_fails_the_serving_target(monkeypatch):
 def test_no_secret_reaches_logs_reprs_or_errors(double, provider_token_url, mlflow_on_databricks, monkeypatch, caplog, capfd, tmp_path):
     from airflow.providers.databricks.hooks.databricks import DatabricksHook
 
-    from swan_airflow.runtime import databricks_workspace, registry_client
+    from swan_airflow.databricks_auth import databricks_workspace
+    from swan_airflow.runtime import registry_client
     from swan_airflow.serving import serving_target
     from swan_anomaly.serving.deploy import served_version
 

@@ -113,7 +113,7 @@ def test_a_configured_notifier_is_called_on_failure_and_a_broken_setting_is_loud
 def test_force_promote_needs_a_reason_and_can_be_switched_off():
     from airflow.sdk.exceptions import AirflowFailException
 
-    from swan_airflow.runtime import force_promote_reason
+    from swan_airflow.steps.promotion import force_promote_reason
 
     assert force_promote_reason({"force_promote_reason": "  hotfix for the night camera  "}, env={}) == "hotfix for the night camera"
     with pytest.raises(AirflowFailException, match="at least 10 characters"):

@@ -3,7 +3,8 @@
 * ``steps``: what the tasks call, one module per stage: ``data``, ``code``, ``training``, ``promotion``, ``serving``, ``report``
 * ``params``: the DAG's Params (the trigger form); ``context``: ``RunContext``, what a task knows about its run
 * ``runtime``: settings, dataset ids, landing-zone lookup, lake selection (local or ADLS) and where jobs see it,
-  the Databricks workspace's authentication, the registry client
+  job results, the registry client
+* ``databricks_auth``: the Databricks connection as databricks-sdk and MLflow authenticate with it
 * ``jobs``: runs the ``jobs/*.py`` entrypoints locally as subprocesses and reads their results
 * ``submit_run``: ``SwanJobOperator`` and ``job_task`` (a job as a local subprocess or a Databricks one-time run,
   with the rerun-safe idempotency token)

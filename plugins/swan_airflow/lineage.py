@@ -131,10 +131,11 @@ def mlflow_ui() -> tuple[str, bool]:
 
 
 def workspace_url() -> str:
-    """The workspace URL of the Databricks connection (:func:`swan_airflow.runtime.workspace_host`)."""
+    """The workspace URL of the Databricks connection (:func:`swan_airflow.databricks_auth.workspace_host`)."""
     from airflow.sdk import BaseHook
 
-    from swan_airflow.runtime import settings, workspace_host
+    from swan_airflow.databricks_auth import workspace_host
+    from swan_airflow.runtime import settings
 
     return workspace_host(BaseHook.get_connection(settings().databricks_conn_id))
 

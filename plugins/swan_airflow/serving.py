@@ -4,7 +4,7 @@
 ``SWAN_ENDPOINT_URL`` with its bearer token (:func:`local_endpoint_token`); ``databricks`` uses the workspace of the Airflow connection
 ``SWAN_DATABRICKS_CONN_ID`` (default ``databricks_default``), authenticated as that connection
 says: a personal access token, an OAuth service principal, or Azure AD
-(:func:`swan_airflow.runtime.workspace_auth`). Either way the DAG drives the endpoint with
+(:func:`swan_airflow.databricks_auth.workspace_auth`). Either way the DAG drives the endpoint with
 databricks-sdk and scores it with the same client.
 
 Example:
@@ -91,7 +91,7 @@ def serving_target(*, start: bool = True) -> ServingTarget:
             raise AirflowFailException(str(exc)) from exc
         return ServingTarget("local", url, s.endpoint_name, WorkspaceAuth.pat(url, token))
     if backend == "databricks":
-        from swan_airflow.runtime import databricks_workspace
+        from swan_airflow.databricks_auth import databricks_workspace
 
         auth = databricks_workspace()
         return ServingTarget("databricks", auth.host, s.endpoint_name, auth)

@@ -116,7 +116,7 @@ def failed_validation(client, name: str, version: str) -> str | None:
 
 def gate_model(ctx: RunContext, registered: dict) -> str:
     """Decide ``promote_model`` or ``keep_champion``: the challenger against the champion on the same rows."""
-    from swan_airflow.runtime import force_promote_reason, lake, registry_client
+    from swan_airflow.runtime import lake, registry_client
     from swan_anomaly.gate import GateMode, gate_mode
     from swan_anomaly.registry import CHAMPION, get_alias
 
@@ -305,3 +305,22 @@ def keep_champion(registered: dict) -> dict:
     """The challenger failed the gate: the current champion keeps serving."""
     log.info("challenger v%s not promoted; the champion is unchanged", registered["version"])
     return {"promoted": False, "version": registered["version"]}
+
+
+def force_promote_reason(params, env=None) -> str:
+    """The reason of a forced promotion, after checking that this deployment allows one.
+
+    Raises:
+        AirflowFailException: ``SWAN_ALLOW_FORCE_PROMOTE`` is false, or the reason is missing or
+            shorter than 10 characters (no retry: only a new trigger can fix either).
+    """
+    from swan_airflow.runtime import settings
+
+    if not settings(env).allow_force_promote:
+        msg = "force_promote is disabled in this deployment (SWAN_ALLOW_FORCE_PROMOTE=false); the gate decides"
+        raise AirflowFailException(msg)
+    reason = (params.get("force_promote_reason") or "").strip()
+    if len(reason) < 10:
+        msg = f"force_promote needs a force_promote_reason of at least 10 characters, got {reason!r}"
+        raise AirflowFailException(msg)
+    return reason
