@@ -311,6 +311,36 @@ def test_a_validation_that_cannot_complete_rolls_the_new_version_back(world, mod
 
 
 @pytest.mark.slow
+def test_a_version_whose_validation_could_not_complete_is_not_barred_and_a_cleared_section_validates_it(world, model_name):
+    """A lake or endpoint outage stopped the validation: it judged nothing, yet the version was tagged failed and barred
+    for good from the gate and promote_model, so the trained model was lost to an outage. Once the cause is fixed,
+    clearing the section promotes, serves and validates the same version again."""
+    from swan_airflow.runtime import registry_client
+    from swan_airflow.steps.promotion import gate_model, promote_model
+    from swan_airflow.steps.serving import update_endpoint, validate_endpoint
+
+    good, newer, endpoint = _new_version_over_good(world, model_name, "good")
+    lake = world["lake"]
+    missing = lake.raw(DATASET) / world["rows"]["test"][3][1]
+    kept = missing.read_bytes()
+    missing.unlink()  # the lake cannot serve the image this time
+    try:
+        with pytest.raises(AirflowFailException, match=rf"the validation could not complete: FileNotFoundError.*back to v{good}"):
+            validate_endpoint(_ctx(), endpoint, _registered(model_name, newer, world, "good"))
+    finally:
+        missing.write_bytes(kept)
+    assert _served() == good and _champion(model_name) == good
+    assert registry_client().get_model_version(model_name, newer).tags["endpoint_validation"].startswith("incomplete: ")
+    # wait_for_promotion_turn cleared with its downstream tasks: the same version is judged, promoted, served, validated
+    registered = _registered(model_name, newer, world, "good")
+    assert gate_model(_ctx(), registered) == "promote_model"
+    promote_model(_ctx(), registered)
+    assert validate_endpoint(_ctx(), update_endpoint(_ctx()), registered)["outcome"] == "passed"
+    assert _served() == newer and _champion(model_name) == newer
+    assert registry_client().get_model_version(model_name, newer).tags["endpoint_validation"].startswith("passed: ")
+
+
+@pytest.mark.slow
 def test_a_retry_after_a_rollback_interrupted_half_way_finishes_it(world, model_name):
     from swan_airflow.steps.serving import validate_endpoint
 

@@ -91,7 +91,10 @@ def validate_endpoint(ctx: RunContext, endpoint: dict, registered: dict) -> dict
     Whatever stops the validation (the endpoint answering errors or staying busy past its retry
     budget, a registry model that cannot load, a held-out image that changed) counts as a failed
     check: a new version that cannot be validated is rolled back, never left serving unvalidated.
-    Only a crash of the worker itself leaves no record, and the retry validates again.
+    As nothing was judged, it is tagged ``incomplete``, not ``failed``: clearing the run's
+    promotion section (from ``wait_for_promotion_turn``) promotes, serves and validates it again
+    instead of barring a model for an outage. Only a crash of the worker itself leaves no
+    record, and the retry validates again (``ensure_validated_endpoint`` covers a run that ends so).
 
     Raises:
         AirflowFailException: the new version was rolled back or withdrawn, the unchanged
@@ -129,7 +132,13 @@ def validate_endpoint(ctx: RunContext, endpoint: dict, registered: dict) -> dict
     target = serving_target()
     served = served_version(target.workspace(), target.endpoint)
     prior = optional_result(store, ctx.run_id, "validation")
-    if prior is not None and prior.get("challenger") == challenger and prior["outcome"] in FAILED_OUTCOMES:
+    decided = prior is not None and prior.get("challenger") == challenger and prior["outcome"] in FAILED_OUTCOMES
+    if decided and prior.get("completed") is False and prior.get("state") == "done" and served == version:
+        # A validation that could not complete judged nothing (an outage, a lake hiccup): after its rollback the
+        # run's promotion section was cleared, and the gate promoted the version and the endpoint serves it again.
+        log.info("an earlier try could not complete the validation of v%s (%s): validating it again", version, "; ".join(prior["reasons"]))
+        decided = False
+    if decided:
         # This run's challenger already failed here: never validate again. Undo a rollback that a
         # clear of update_endpoint (or a crash half-way) left undone, then fail again; unless a later
         # run has promoted and served another version since: undoing that would undo its promotion.
@@ -205,6 +214,7 @@ def validate_endpoint(ctx: RunContext, endpoint: dict, registered: dict) -> dict
         **_record(ctx, name, version, previous, threshold, rows, scores, check, outcome, target.invocations_url),
         "challenger": challenger,
         "new_version": new_version,
+        "completed": scores is not None,  # False: nothing was judged, and the version is not barred (see _act)
     }
     log.info(
         "%s\n%s", record["message"], score_table([tuple(r) for r in score_sample(record["scores"])]) if record["scores"] else "(no scores)"
@@ -292,7 +302,10 @@ def _act(target, client, record: dict) -> None:
 
     name, version = record["name"], record["version"]
     if record["outcome"] in (Outcome.ROLLED_BACK, Outcome.WITHDRAWN):
-        tag_version(client, name, version, {ENDPOINT_VALIDATION: f"failed: {'; '.join(record['reasons'])}"})
+        # "failed" bars the version from the gate and promote_model for good: only for a version that was judged. One
+        # whose validation could not complete (an outage, a changed held-out image) is "incomplete" and may be tried again.
+        verdict = "failed" if record.get("completed", True) else "incomplete"
+        tag_version(client, name, version, {ENDPOINT_VALIDATION: f"{verdict}: {'; '.join(record['reasons'])}"})
     if record["outcome"] == Outcome.ROLLED_BACK:
         roll_back(target, record["previous"])
     elif record["outcome"] == Outcome.WITHDRAWN:
