@@ -6,9 +6,9 @@ or vit-tiny-offline; a hub id such as google/vit-base-patch16-224 or a local dir
 --target-fpr (0.01), --generalization (auto | off: the leave-one-family-out report),
 --lofo-epochs (15), --compile (auto | on | off: torch.compile the training step; auto = on CUDA for
 runs of at least 500 optimizer steps, where the ~30 s of compilation pays back),
---window-days (1: days of gold partitions to train on, ending with --dataset-id; partitions are
-YYYYMMDD dates, none newer than --dataset-id; a group that landed twice is kept from its newest
-partition; at least 1), --seed, --git-sha, --dag-id.
+--window-days (1: days of gold partitions to train on, ending with --dataset-id's date; the
+partitions of those days, YYYYMMDD and YYYYMMDD-videos-<digest>, none of a later day; a group that
+landed twice is kept from its newest partition; at least 1), --seed, --git-sha, --dag-id.
 MLflow settings come from the environment (MLFLOW_TRACKING_URI, SWAN_EXPERIMENT).
 Writes runs/{run_id}/train.json (``dataset_ids``: the partitions trained on).
 """

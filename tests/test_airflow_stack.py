@@ -293,11 +293,11 @@ def test_a_backfill_runs_side_by_side_with_the_scheduled_run_and_never_interleav
         assert train["window_days"] == 2 and _dataset(day) in train["dataset_ids"] and set(train["dataset_ids"]) <= {earlier, _dataset(day)}
     for run in stack.runs():  # the scheduled run of the first test ran beside them
         tis = stack.task_instances(run["dag_run_id"])
-        sections[run["dag_run_id"]] = (tis["gate_model"]["start_date"], tis["validate_endpoint"]["end_date"])
+        sections[run["dag_run_id"]] = (tis["gate_model"]["start_date"], tis["ensure_validated_endpoint"]["end_date"])
         if run["run_type"] == "scheduled":
             versions |= {v.version for v in stack.versions_of_run(run["dag_run_id"])}
     assert len(sections) == 3 and len(versions) == 3
-    # one run at a time from its gate to the end of its endpoint validation, whatever the order
+    # one run at a time from its gate to the end of its promotion section, whatever the order
     ordered = sorted(sections.values())
     for (_, end), (next_start, _) in zip(ordered, ordered[1:]):
         assert end <= next_start, f"promotion sections interleave: {sections}"

@@ -302,6 +302,29 @@ def test_the_ingest_dag_lands_videos_and_emits_the_landing_asset_event(airflow_d
     landed.unlink()  # other tests look up landing dates of their own
 
 
+def test_the_newest_day_of_data_of_each_kind_of_run():
+    """What the gate compares: a weekly run brings data through its interval's last day, not its first; videos a run
+    names are new on the day it runs, whatever date the form's default interval gives their partition."""
+    from swan_airflow.context import RunContext
+
+    run_after = dt.datetime(2026, 11, 27, 9, tzinfo=dt.UTC)
+    day = (dt.datetime(2026, 11, 26, tzinfo=dt.UTC), dt.datetime(2026, 11, 27, tzinfo=dt.UTC))
+    week = (dt.datetime(2026, 11, 16, tzinfo=dt.UTC), dt.datetime(2026, 11, 23, tzinfo=dt.UTC))
+    cases = {
+        "daily": (RunContext(DAG_ID, "scheduled__1", "20261126", {}, interval=day, run_after=run_after), dt.date(2026, 11, 26)),
+        "weekly": (RunContext(DAG_ID, "scheduled__2", "20261116", {}, interval=week, run_after=run_after), dt.date(2026, 11, 22)),
+        "landing_date": (
+            RunContext(DAG_ID, "manual__3", "20261120", {}, landing_date="2026-11-20", run_after=run_after),
+            dt.date(2026, 11, 20),
+        ),
+        "named videos": (
+            RunContext(DAG_ID, "manual__4", "20261126-videos-0a1b2c3d", {"videos": ["/srv/new.mp4"]}, interval=day, run_after=run_after),
+            dt.date(2026, 11, 27),
+        ),
+    }
+    assert {name: ctx.data_through for name, (ctx, _) in cases.items()} == {name: want for name, (_, want) in cases.items()}
+
+
 def test_each_kind_of_run_processes_the_landing_date_its_dataset_id_names():
     from swan_airflow.runtime import dataset_id_for, landing_window
 
@@ -411,7 +434,7 @@ def test_a_run_waits_for_its_promotion_turn_while_another_run_is_in_its_section(
         "backfill__2": {"wait_for_promotion_turn": "success", "ensure_validated_endpoint": "success"},  # done
         "backfill__3": {"wait_for_promotion_turn": "up_for_reschedule"},  # waiting like me
         "backfill__4": {"wait_for_promotion_turn": "success", "ensure_validated_endpoint": "failed"},  # it restored a version
-        "backfill__5": {"wait_for_promotion_turn": "success", "ensure_validated_endpoint": "success"},  # a validated version serves
+        "backfill__5": {"wait_for_promotion_turn": "success", "ensure_validated_endpoint": "skipped"},  # ended
         "backfill__6": {"wait_for_promotion_turn": "success", "ensure_validated_endpoint": "up_for_retry"},  # validating again
         "me": {"wait_for_promotion_turn": "running"},
     }

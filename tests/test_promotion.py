@@ -178,7 +178,7 @@ def _champion(name: str) -> str | None:
 @pytest.fixture(autouse=True)
 def _fresh_results(world):
     """Each test starts without gate/validation records of the run."""
-    for job in ("gate", "validation"):
+    for job in ("gate", "validation", "endpoint_restore"):
         world["lake"].result_path(RUN_ID, job).unlink(missing_ok=True)
 
 
@@ -630,11 +630,14 @@ def test_a_backfill_of_an_older_date_does_not_replace_a_champion_trained_on_newe
         "trained on data of 2026-11-15, older than the champion's (2026-11-20): a model of older data never replaces one of newer "
         "data (a backfill or a rerun of an old date); force_promote if it must"
     ]
-    assert gate["trained_on"] == {"challenger": DATASET, "champion": "20261120"}
+    assert gate["data_through"] == {"challenger": "2026-11-15", "champion": "2026-11-20"}
     # the same model of the champion's own date, or of a later one, is judged on its metrics as before
     for day in ("20261120", "20261121"):
         tag_version(registry_client(), model_name, older, {"dataset_id": day})
         assert gate_model(_ctx(), _registered(model_name, older, world, "good")) == "promote_model", day
+    # the day its data arrived wins over its partition's date: videos named today, in a partition of yesterday's interval
+    tag_version(registry_client(), model_name, older, {"dataset_id": "20261119-videos-0a1b2c3d", "data_through": "2026-11-20"})
+    assert gate_model(_ctx(), _registered(model_name, older, world, "good")) == "promote_model"
 
 
 @pytest.mark.slow
@@ -716,7 +719,7 @@ def test_whatever_stopped_the_section_a_validated_version_is_left_champion_and_s
     from airflow.sdk.exceptions import AirflowSkipException
 
     from swan_airflow.runtime import registry_client
-    from swan_airflow.steps.serving import ensure_validated_endpoint
+    from swan_airflow.steps.serving import ensure_validated_endpoint, update_endpoint, validate_endpoint
     from swan_anomaly.registry import promote
 
     good, newer, _ = _new_version_over_good(world, model_name, "good")  # promoted and served; its validation never finished
@@ -725,7 +728,13 @@ def test_whatever_stopped_the_section_a_validated_version_is_left_champion_and_s
         ensure_validated_endpoint(_ctx())
     assert _served() == good and _champion(model_name) == good
     assert world["lake"].read_result(RUN_ID, "endpoint_restore")["restored"] == good
-    assert ensure_validated_endpoint(_ctx()) == {"acted": False, "champion": good, "served": good}  # a retry: nothing left to do
+    # update_endpoint and validate_endpoint cleared without the sensor: they serve and validate the restored champion, which
+    # must not end the run green as if its own model had been validated
+    world["lake"].write_result(RUN_ID, "gate", {"challenger": newer, "promote": True, "champion_version": good})
+    with pytest.raises(AirflowFailException, match=rf"this run promoted {model_name} v{newer}, but v{good} is the champion it serves"):
+        validate_endpoint(_ctx(), update_endpoint(_ctx()), _registered(model_name, newer, world, "good"))
+    assert ensure_validated_endpoint(_ctx()) == {"acted": False, "champion": good, "served": good}  # nothing left to do
+    assert not world["lake"].result_path(RUN_ID, "endpoint_restore").exists()  # the summary shows no earlier pass's restore
     # the endpoint update failed for good after the alias moved: the endpoint still serves the validated version
     promote(registry_client(), model_name, newer)
     with pytest.raises(AirflowFailException, match=rf"champion v{newer}, serving v{good}.*went back to v{good}"):
@@ -751,3 +760,23 @@ def test_a_first_version_that_never_finished_its_validation_is_withdrawn_by_the_
     with pytest.raises(AirflowFailException, match="no version of .* ever passed, so endpoint .* was deleted"):
         ensure_validated_endpoint(_ctx())
     assert _served() is None and _champion(model_name) is None
+    assert ensure_validated_endpoint(_ctx()) == {"acted": False, "champion": None, "served": None}
+
+
+@pytest.mark.slow
+def test_the_section_s_last_task_puts_back_a_validated_version_that_still_serves_when_no_alias_names_one(world, model_name):
+    """previous_champion unset (an operator removed it, or the champion passed before the tag existed): the validated
+    version the endpoint still serves is what goes back, instead of deleting the endpoint."""
+    from swan_airflow.runtime import registry_client
+    from swan_airflow.steps.serving import ensure_validated_endpoint
+    from swan_anomaly.registry import PREVIOUS, promote
+
+    good = _register(world, model_name, "good", "scheduled__1")
+    _serve(model_name, good)
+    _validated_before(model_name, good)
+    newer = _register(world, model_name, "good", "scheduled__2")
+    promote(registry_client(), model_name, newer)  # its endpoint update failed for good
+    registry_client().delete_registered_model_alias(model_name, PREVIOUS)
+    with pytest.raises(AirflowFailException, match=rf"went back to v{good}"):
+        ensure_validated_endpoint(_ctx())
+    assert _served() == good and _champion(model_name) == good

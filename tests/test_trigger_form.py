@@ -116,6 +116,17 @@ def test_label_check_accepts_its_choices_and_the_values_it_had_before(serialized
     assert conf_accepted(serialized, {"label_check": value})["label_check"] == value
 
 
+def test_videos_must_be_absolute_paths(serialized):
+    """A relative path made the run's partition id depend on each task's working directory: two workers of one run could
+    derive two partitions (and two staging folders) from the same Param."""
+    from airflow.exceptions import ParamValidationError
+
+    assert conf_accepted(serialized, {"videos": ["/srv/extra/cam9.mp4"]})["videos"] == ["/srv/extra/cam9.mp4"]
+    for relative in (["cam9.mp4"], ["extra/cam9.mp4"], ["/srv/a.mp4", "./b.mp4"], ["/"]):
+        with pytest.raises(ParamValidationError, match="videos"):
+            conf_accepted(serialized, {"videos": relative})
+
+
 @pytest.mark.parametrize("value", ["maybe", "true", 1, 0, ""])
 def test_label_check_refuses_anything_else_naming_the_param(serialized, value):
     from airflow.exceptions import ParamValidationError

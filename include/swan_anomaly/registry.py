@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import logging
+from datetime import date
 
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
@@ -30,6 +31,8 @@ CHALLENGER, CHAMPION, PREVIOUS = "challenger", "champion", "previous_champion"
 ENDPOINT_VALIDATION = "endpoint_validation"
 #: The model-version tag naming the dataset partition a version was trained up to (set at registration).
 DATASET_TAG = "dataset_id"
+#: The model-version tag with the newest day of data a version was trained on (ISO date, set at registration).
+DATA_THROUGH_TAG = "data_through"
 
 
 def mlflow_client(tracking_uri: str, registry_uri: str | None = None) -> MlflowClient:
@@ -175,9 +178,15 @@ def endpoint_validation(client: MlflowClient, name: str, version: str) -> str | 
     return client.get_model_version(name, str(version)).tags.get(ENDPOINT_VALIDATION)
 
 
-def trained_dataset(client: MlflowClient, name: str, version: str) -> str | None:
-    """The dataset id (:data:`DATASET_TAG`) of the newest data ``version`` was trained on, or None when it was never tagged."""
-    return client.get_model_version(name, str(version)).tags.get(DATASET_TAG)
+def data_through(client: MlflowClient, name: str, version: str) -> date | None:
+    """The newest day of data ``version`` was trained on: its :data:`DATA_THROUGH_TAG`, else the date of its dataset
+    id (:data:`DATASET_TAG`, versions registered before the tag), else None."""
+    from swan_anomaly.lake import dataset_date
+
+    tags = client.get_model_version(name, str(version)).tags
+    if DATA_THROUGH_TAG in tags:
+        return date.fromisoformat(tags[DATA_THROUGH_TAG])
+    return dataset_date(tags.get(DATASET_TAG) or "")
 
 
 def tag_version(client: MlflowClient, name: str, version: str, tags: dict[str, str]) -> None:

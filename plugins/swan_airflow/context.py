@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,25 @@ class RunContext:
         interval = (ctx.get("data_interval_start"), ctx.get("data_interval_end"))
         dataset_id = dataset_id_for(landing_date=landing_date, interval_start=interval[0], run_after=run_after, videos=params.get("videos"))
         return cls(ctx["dag"].dag_id, dag_run.run_id, dataset_id, params, landing_date, interval, run_after, ctx)
+
+    @property
+    def data_through(self) -> dt.date:
+        """The newest day of data this run brings: the last day of its landing window, or, for a run that names its
+        videos, the day it was triggered (they are new whatever date their partition carries).
+
+        The gate never lets a model of older data replace one of newer data (:func:`swan_anomaly.gate.decide`).
+
+        Example:
+            >>> RunContext("d", "manual__1", "20261126", {}, landing_date="2026-11-26").data_through
+            datetime.date(2026, 11, 26)
+        """
+        from swan_airflow.runtime import landing_window
+
+        if self.params.get("videos") and self.run_after is not None:
+            return self.run_after.date()
+        start, end = self.interval
+        _, end = landing_window(landing_date=self.landing_date, interval_start=start, interval_end=end, run_after=self.run_after)
+        return end - dt.timedelta(days=1)
 
     @property
     def staging_dir(self) -> Path:

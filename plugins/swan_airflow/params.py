@@ -81,11 +81,12 @@ def pipeline_params(settings: Settings) -> dict[str, Param]:
         "videos": Param(
             [],
             type=["null", "array"],  # "null" makes the form draw it optional; empty (null or []) keeps the lookup
-            items={"type": "string", "minLength": 1},
+            # absolute: every task derives the run's partition from these paths, and workers need not share a working directory
+            items={"type": "string", "minLength": 2, "pattern": "^/"},
             title="Videos",
             section="Data",
             description=(
-                "Explicit video paths, one per line, instead of the landing zone's; they go to a lake partition of their own "
+                "Explicit absolute video paths, one per line, instead of the landing zone's; they go to a lake partition of their own "
                 "beside the date's (YYYYMMDD-videos-<digest>), which keeps the videos that landed. Empty: the videos that landed."
             ),
         ),

@@ -63,8 +63,8 @@ def dataset_id_for(
     from swan_anomaly.lake import picked_dataset_id
 
     start, _ = landing_window(landing_date=landing_date, interval_start=interval_start, interval_end=None, run_after=run_after)
-    if videos:
-        return picked_dataset_id(start, [str(Path(v).absolute()) for v in videos])
+    if videos:  # absolute paths (the Param's schema): the same id in every task, whatever its working directory
+        return picked_dataset_id(start, [str(Path(v)) for v in videos])
     return start.strftime("%Y%m%d")
 
 

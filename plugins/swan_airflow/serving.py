@@ -112,3 +112,14 @@ def roll_back(target: ServingTarget, version: str) -> None:
     s = settings()
     rollback(registry_client(), s.model_name, version)
     deploy_version(target.workspace(), target.endpoint, s.model_name, version, ServingConfig.from_env())
+
+
+def withdraw(target: ServingTarget, version: str) -> None:
+    """Take the ``champion`` alias off ``version`` and delete the endpoint: a version that must not serve, and no
+    validated one to serve instead (a first version that failed). Both steps are idempotent."""
+    from swan_airflow.runtime import registry_client
+    from swan_anomaly.registry import withdraw as withdraw_alias
+    from swan_anomaly.serving.deploy import delete_endpoint
+
+    withdraw_alias(registry_client(), settings().model_name, version)
+    delete_endpoint(target.workspace(), target.endpoint)

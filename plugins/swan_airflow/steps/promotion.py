@@ -174,8 +174,7 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
     from swan_airflow.runtime import held_out_rows
     from swan_anomaly.gate import MinThreshold, decide, too_small
     from swan_anomaly.metrics import evaluation_report, format_interval
-    from swan_anomaly.lake import dataset_date
-    from swan_anomaly.registry import stored_threshold, tag_version, trained_dataset
+    from swan_anomaly.registry import data_through, stored_threshold, tag_version
     from swan_anomaly.scoring import class_counts, labels_of, registry_scorer, score_rows
 
     params = ctx.params
@@ -216,8 +215,8 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
         "unseen_auroc": registered.get("unseen_auroc"),
     }
     champion = {k: reports["champion"][k] for k in ("auroc", "f1")} if "champion" in reports else None
-    trained = {who: trained_dataset(client, name, v) for who, v in models.items()}
-    base["trained_on"] = trained
+    through = {who: data_through(client, name, v) for who, v in models.items()}
+    base["data_through"] = {who: d.isoformat() if d else None for who, d in through.items()}
     decision = decide(
         challenger,
         champion,
@@ -225,7 +224,7 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
         thresholds=thresholds,
         class_counts=counts,
         min_images_per_class=params["gate_min_images_per_class"],
-        data_dates=(dataset_date(trained["challenger"] or ""), dataset_date(trained.get("champion") or "")),
+        data_dates=(through["challenger"], through.get("champion")),
     )
     for who, report in reports.items():
         log.info(

@@ -157,6 +157,14 @@ def validate_endpoint(ctx: RunContext, endpoint: dict, registered: dict) -> dict
                 )
             store.write_result(ctx.run_id, "validation", {**prior, "state": "done"})
         raise AirflowFailException(f"{prior['message']} (decided by an earlier try of this run; not validated again)")
+    gate = optional_result(store, ctx.run_id, "gate")
+    if gate is not None and gate.get("challenger") == challenger and gate.get("promote") and version != challenger:
+        msg = (
+            f"this run promoted {name} v{challenger}, but v{version} is the champion it serves: the promotion was undone since "
+            "(ensure_validated_endpoint or a rollback put a validated version back), and validating that one would end this "
+            f"run green without its model. Clear wait_for_promotion_turn with its downstream tasks to promote v{challenger} again"
+        )
+        raise AirflowFailException(msg)
     if served != version:
         msg = (
             f"endpoint {target.endpoint} serves v{served}, not v{version} that update_endpoint deployed: it "
@@ -295,9 +303,8 @@ def _record(ctx, name, version, previous, threshold, rows, scores, check, outcom
 
 def _act(target, client, record: dict) -> None:
     """Roll back to the previous champion, or withdraw a failed first version (idempotent: a retry may repeat it)."""
-    from swan_airflow.serving import roll_back
-    from swan_anomaly.registry import ENDPOINT_VALIDATION, tag_version, withdraw
-    from swan_anomaly.serving.deploy import delete_endpoint
+    from swan_airflow.serving import roll_back, withdraw
+    from swan_anomaly.registry import ENDPOINT_VALIDATION, tag_version
     from swan_anomaly.serving.validation import Outcome
 
     name, version = record["name"], record["version"]
@@ -309,8 +316,7 @@ def _act(target, client, record: dict) -> None:
     if record["outcome"] == Outcome.ROLLED_BACK:
         roll_back(target, record["previous"])
     elif record["outcome"] == Outcome.WITHDRAWN:
-        withdraw(client, name, version)
-        delete_endpoint(target.workspace(), target.endpoint)
+        withdraw(target, version)
 
 
 def ensure_validated_endpoint(ctx: RunContext) -> dict:
@@ -337,43 +343,47 @@ def ensure_validated_endpoint(ctx: RunContext) -> dict:
             failed before it anyway); or another run holds the promotion section.
     """
     from swan_airflow.runtime import lake, registry_client, settings
-    from swan_airflow.serving import roll_back, serving_target
+    from swan_airflow.serving import roll_back, serving_target, withdraw
     from swan_airflow.steps.promotion import entered_section, require_turn
-    from swan_anomaly.registry import CHAMPION, PREVIOUS, endpoint_validation, get_alias, withdraw
-    from swan_anomaly.serving.deploy import delete_endpoint, served_version
+    from swan_anomaly.registry import CHAMPION, PREVIOUS, endpoint_validation, get_alias
+    from swan_anomaly.serving.deploy import served_version
 
     if not entered_section(ctx):
         raise AirflowSkipException("this run never entered the promotion section: it changed neither the champion nor the endpoint")
     require_turn(ctx)
-    name, client, target = settings().model_name, registry_client(), serving_target()
+    name, client, store = settings().model_name, registry_client(), lake()
 
     def passed(version: str | None) -> bool:
         return version is not None and (endpoint_validation(client, name, version) or "").startswith("passed")
 
     holder = get_alias(client, name, CHAMPION)
     champion = str(holder.version) if holder is not None else None
+    if champion is None:  # nothing was promoted, or a failed first version was withdrawn: nothing to serve (no server started)
+        store.delete_result(ctx.run_id, "endpoint_restore")
+        return {"acted": False, "champion": None, "served": None}
+    target = serving_target()
     served = served_version(target.workspace(), target.endpoint)
     unvalidated = [v for v in dict.fromkeys((champion, served)) if v is not None and not passed(v)]
     if not unvalidated:
         log.info("champion v%s, endpoint %s serves v%s: nothing unvalidated", champion, target.endpoint, served)
+        store.delete_result(ctx.run_id, "endpoint_restore")  # an earlier pass's restore, undone since by a cleared section
         return {"acted": False, "champion": champion, "served": served}
     previous = get_alias(client, name, PREVIOUS)
-    restore = champion if passed(champion) else (str(previous.version) if previous is not None and passed(str(previous.version)) else None)
+    candidates = (champion, served, str(previous.version) if previous is not None else None)
+    restore = next((v for v in candidates if passed(v)), None)  # the champion itself, what serves, or previous_champion
     what = " and ".join(f"v{v}" for v in unvalidated)
     if restore is not None:
         roll_back(target, restore)
         done = f"the champion alias and endpoint {target.endpoint} went back to v{restore}, the last version that passed"
-    else:
-        if champion is not None and not passed(champion):
-            withdraw(client, name, champion)
-        delete_endpoint(target.workspace(), target.endpoint)
+    else:  # nothing validated to go back to: nothing serves
+        withdraw(target, champion)
         done = f"no version of {name} ever passed, so endpoint {target.endpoint} was deleted and nothing holds the champion alias"
     msg = (
         f"{name} {what} (champion v{champion}, serving v{served}) never passed an endpoint validation: this run's promotion, "
         f"endpoint update or validation did not finish; {done}"
     )
     record = {"unvalidated": unvalidated, "champion": champion, "served": served, "restored": restore, "message": msg}
-    lake().write_result(ctx.run_id, "endpoint_restore", record)
+    store.write_result(ctx.run_id, "endpoint_restore", record)
     log.warning(msg)
     raise AirflowFailException(msg)
 

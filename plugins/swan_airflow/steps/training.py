@@ -19,7 +19,7 @@ def register_model(ctx: RunContext) -> dict:
     ``run_training`` trained a new model, which becomes a new version.
     """
     from swan_airflow.runtime import lake, registry_client, settings
-    from swan_anomaly.registry import DATASET_TAG, register_challenger
+    from swan_anomaly.registry import DATA_THROUGH_TAG, DATASET_TAG, register_challenger
 
     s = settings()
     training = lake().read_result(ctx.run_id, "train")
@@ -29,7 +29,11 @@ def register_model(ctx: RunContext) -> dict:
         training["model_uri"],
         training["mlflow_run_id"],
         ctx.run_id,
-        tags={DATASET_TAG: ctx.dataset_id, "anomaly_threshold": repr(float(training["threshold"]))},
+        tags={
+            DATASET_TAG: ctx.dataset_id,
+            DATA_THROUGH_TAG: ctx.data_through.isoformat(),
+            "anomaly_threshold": repr(float(training["threshold"])),
+        },
     )
     return {
         "name": s.model_name,
