@@ -552,22 +552,22 @@ def test_a_local_job_gets_no_secret_it_does_not_need(tmp_path, monkeypatch):
 def test_mlflow_credentials_in_an_http_uri_are_refused_and_never_sent_in_a_job_payload(monkeypatch):
     from airflow.sdk.exceptions import AirflowFailException
 
-    from swan_airflow.databricks_runs import job_env
+    from swan_airflow.databricks_runs import cluster_env_vars
     from swan_anomaly import ConfigError
 
     with pytest.raises(ConfigError, match=r"MLFLOW_TRACKING_URI carries credentials \(https://u:\*\*\*@mlflow.example.com\)") as caught:
         Settings.from_env({"MLFLOW_TRACKING_URI": "https://u:s3cret@mlflow.example.com"})
     assert "s3cret" not in str(caught.value)
-    from swan_airflow.databricks_runs import check_job_env
+    from swan_airflow.databricks_runs import check_cluster_env
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://mlflow:s3cret@db/mlflow")  # a database store: allowed here...
     # ...the DAG still parses (the payload is built then) with the password masked in it...
-    assert job_env()["MLFLOW_TRACKING_URI"] == "postgresql://mlflow:***@db/mlflow"
+    assert cluster_env_vars()["MLFLOW_TRACKING_URI"] == "postgresql://mlflow:***@db/mlflow"
     with pytest.raises(AirflowFailException, match="would show in the Databricks run's payload") as refused:
-        check_job_env()  # ...and a Databricks run is refused when it is submitted
+        check_cluster_env()  # ...and a Databricks run is refused when it is submitted
     assert "s3cret" not in str(refused.value)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "databricks")
-    assert job_env()["MLFLOW_TRACKING_URI"] == "databricks"
+    assert cluster_env_vars()["MLFLOW_TRACKING_URI"] == "databricks"
 
 
 def test_a_databricks_run_is_refused_when_the_cluster_could_not_reach_the_mlflow_store_or_the_lake(tmp_path, monkeypatch):
@@ -575,21 +575,21 @@ def test_a_databricks_run_is_refused_when_the_cluster_could_not_reach_the_mlflow
     on a real cluster the runs were lost with it, and the files it was told to open do not exist there."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from swan_airflow.databricks_runs import check_job_env
+    from swan_airflow.databricks_runs import check_cluster_env
 
     monkeypatch.setenv("SWAN_HOME", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     monkeypatch.delenv("SWAN_JOB_LAKE_ROOT", raising=False)
     with pytest.raises(AirflowFailException, match=r"MLFLOW_TRACKING_URI \(sqlite:///.*\) is an MLflow store on this worker's disk"):
-        check_job_env()
+        check_cluster_env()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "databricks")
     with pytest.raises(AirflowFailException, match=r"cannot open this worker's lake folder \(.*lake\)"):
-        check_job_env()
+        check_cluster_env()
     monkeypatch.setenv("SWAN_JOB_LAKE_ROOT", "/Volumes/main/swan/lake")  # where the clusters see it
-    check_job_env()
+    check_cluster_env()
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{tmp_path}/registry.db")  # only Airflow's tasks use the registry
-    check_job_env()
+    check_cluster_env()
 
 
 def test_the_jobs_lake_root_is_a_path_their_file_io_can_open():
@@ -599,18 +599,19 @@ def test_the_jobs_lake_root_is_a_path_their_file_io_can_open():
 
 
 def test_a_local_job_keeps_the_workspace_login_when_mlflow_is_the_workspaces(monkeypatch):
-    from swan_airflow.jobs import job_env
+    from swan_airflow.jobs import local_job_env
 
     task_env = {"PATH": "/bin", "DATABRICKS_HOST": "https://adb-1.azuredatabricks.net", "DATABRICKS_TOKEN": "dapi-x"}
     task_env |= {"HF_TOKEN": "hf", "TOKENIZERS_PARALLELISM": "false", "AWS_SECRET_ACCESS_KEY": "k", "ARM_CLIENT_SECRET": "sp-secret"}
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    local = job_env("train", task_env)
+    local = local_job_env("train", task_env)
     assert "DATABRICKS_TOKEN" not in local and "AWS_SECRET_ACCESS_KEY" not in local and "ARM_CLIENT_SECRET" not in local
     assert local["HF_TOKEN"] == "hf" and local["TOKENIZERS_PARALLELISM"] == "false"  # a base model's download; not a secret
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "databricks")  # the training job logs to the workspace: it needs the login
-    assert job_env("train", task_env)["DATABRICKS_TOKEN"] == "dapi-x"
-    assert job_env("train", task_env)["ARM_CLIENT_SECRET"] == "sp-secret"  # an Azure AD service principal's login (registry_client sets it)
-    assert "DATABRICKS_TOKEN" not in job_env("etl", task_env)  # the ETL job logs nothing to MLflow
+    assert local_job_env("train", task_env)["DATABRICKS_TOKEN"] == "dapi-x"
+    # an Azure AD service principal's login (registry_client sets it)
+    assert local_job_env("train", task_env)["ARM_CLIENT_SECRET"] == "sp-secret"
+    assert "DATABRICKS_TOKEN" not in local_job_env("etl", task_env)  # the ETL job logs nothing to MLflow
 
 
 def test_a_link_base_with_credentials_is_refused():

@@ -538,13 +538,13 @@ TASK_SECRETS = {
 
 def test_each_local_job_gets_only_the_secrets_it_needs(monkeypatch):
     """Every job got the training job's secrets: the ETL and augmentation jobs read the lake and a model config only."""
-    from swan_airflow.jobs import job_env
+    from swan_airflow.jobs import local_job_env
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     task_env = {"PATH": "/bin", "SWAN_LAKE_ROOT": "/lake", **TASK_SECRETS}
-    got = {job: set(job_env(job, task_env)) & set(TASK_SECRETS) for job in ("train", "etl", "augment", "probe")}
+    got = {job: set(local_job_env(job, task_env)) & set(TASK_SECRETS) for job in ("train", "etl", "augment", "probe")}
     assert got == {"train": {"MLFLOW_TRACKING_PASSWORD", "HF_TOKEN"}, "etl": {"HF_TOKEN"}, "augment": set(), "probe": set()}
-    assert all({"PATH", "SWAN_LAKE_ROOT"} <= set(job_env(job, task_env)) for job in got)
+    assert all({"PATH", "SWAN_LAKE_ROOT"} <= set(local_job_env(job, task_env)) for job in got)
 
 
 def test_the_wheel_build_gets_no_secret_and_a_failed_build_says_why_and_fails_at_once(tmp_path, monkeypatch):

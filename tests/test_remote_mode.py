@@ -143,7 +143,7 @@ def _blobs(connection_string: str) -> set[str]:
 def test_remote_run_writes_the_container_and_runs_the_deployed_code(remote_run, azurite):
     from airflow.providers.databricks.utils.databricks import normalise_json_content
 
-    from swan_airflow.databricks_runs import cluster_spec, job_env
+    from swan_airflow.databricks_runs import cluster_spec, cluster_env_vars
     from swan_airflow.submit_run import generation_token, token_base
     from swan_anomaly.lake import MANIFEST, LocalLake, gold_files_digest, sha256_text
 
@@ -162,7 +162,7 @@ def test_remote_run_writes_the_container_and_runs_the_deployed_code(remote_run, 
     assert [p["tasks"][0]["task_key"] for p in double.submissions] == ["etl", "augment", "train"]
     for payload, cluster in zip(double.submissions, ("cpu", "cpu", "gpu")):
         task = payload["tasks"][0]
-        assert task["new_cluster"] == normalise_json_content({**cluster_spec(cluster), "spark_env_vars": job_env()})
+        assert task["new_cluster"] == normalise_json_content({**cluster_spec(cluster), "spark_env_vars": cluster_env_vars()})
         *pypi, wheel = task["libraries"]
         assert wheel == {"whl": f"{volume}/{code[0][len(PREFIX):]}"}
         assert {lib["pypi"]["package"] for lib in pypi} >= {f"opencv-python-headless=={LOCK['opencv-python-headless']}"}

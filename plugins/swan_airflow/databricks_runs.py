@@ -77,7 +77,7 @@ def run_libraries(path: Path | None = None) -> list[dict]:
     return specs
 
 
-def job_env() -> dict[str, str]:
+def cluster_env_vars() -> dict[str, str]:
     """Settings the jobs must share with Airflow, as the cluster's ``spark_env_vars``.
 
     The MLflow tracking and registry URIs, experiment and registered-model name: with
@@ -88,7 +88,7 @@ def job_env() -> dict[str, str]:
     from swan_anomaly.redact import redact_uri
 
     s = Settings.from_env()
-    return {  # a URI with credentials is masked here (the payload is a rendered template); check_job_env refuses it
+    return {  # a URI with credentials is masked here (the payload is a rendered template); check_cluster_env refuses it
         "MLFLOW_TRACKING_URI": redact_uri(s.tracking_uri),
         "MLFLOW_REGISTRY_URI": redact_uri(s.registry_uri),
         "SWAN_EXPERIMENT": s.experiment,
@@ -96,11 +96,11 @@ def job_env() -> dict[str, str]:
     }
 
 
-def check_job_env() -> None:
+def check_cluster_env() -> None:
     """Refuse to submit a Databricks run that could not work (called when the run is submitted); local runs are unaffected.
 
     - MLflow URIs with credentials would travel in the run's payload and show in Airflow's
-      rendered templates (:func:`job_env` masks them).
+      rendered templates (:func:`cluster_env_vars` masks them).
     - An MLflow tracking store on this worker's disk (``sqlite:``, ``file:``, a path) is out of a
       cluster's reach: the job's runs and models would go to the cluster's own disk, and
       ``register_model`` would never find them (the registry is used by Airflow's tasks only).
@@ -163,7 +163,7 @@ def submit_run_json(job: str, args: list, *, code, dataset_id, timeout_seconds: 
         timeout_seconds: the Databricks run's own timeout.
     """
     cluster = cluster_spec(JOB_CLUSTERS[job])
-    cluster["spark_env_vars"] = {**cluster.get("spark_env_vars", {}), **job_env()}
+    cluster["spark_env_vars"] = {**cluster.get("spark_env_vars", {}), **cluster_env_vars()}
     return {
         "run_name": f"swan-anomaly {job} {{{{ run_id }}}}",
         "timeout_seconds": timeout_seconds,

@@ -50,7 +50,7 @@ class Landed:
         return {"landing_date": self.landing_date, "videos": self.videos}
 
 
-def _content_id(path: Path) -> str:
+def _name_digest(path: Path) -> str:
     from swan_anomaly.digests import sha256_file
 
     return sha256_file(path)[:12]
@@ -154,7 +154,7 @@ def _check(path: Path, target_dir: Path) -> tuple[str | None, str]:
         probe_video(path)
     except VideoError as exc:
         return str(exc), ""
-    content = _content_id(path)
+    content = _name_digest(path)
     twin = (
         next((p for p in sorted(target_dir.glob(f"*-{content}.*")) if p.stem != f"{path.stem}-{content}"), None)
         if target_dir.is_dir()

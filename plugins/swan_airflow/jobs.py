@@ -33,7 +33,7 @@ JOB_SECRETS: dict[str, frozenset[str]] = {
 }
 
 
-def job_env(job: str, environ=None) -> dict[str, str]:
+def local_job_env(job: str, environ=None) -> dict[str, str]:
     """The environment of a local job: the task's, without the secrets that job does not need.
 
     Dropped: Databricks tokens, Airflow connections and variables, cloud keys, anything named
@@ -69,7 +69,7 @@ def run_job(job: str, *, dataset_id: str, run_id: str, args: list[str] | None = 
     cmd = [sys.executable, str(script), "--lake-root", job_lake_root(), "--dataset-id", dataset_id, "--run-id", run_id, *(args or [])]
     log.info("running job %s: %s", job, " ".join(cmd))
     tail: collections.deque[str] = collections.deque(maxlen=30)
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=job_env(job)) as proc:
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=local_job_env(job)) as proc:
         assert proc.stdout is not None
         try:
             for line in proc.stdout:

@@ -153,7 +153,7 @@ def optional_result(store: Lake, run_id: str, job: str) -> dict | None:
         return None
 
 
-def held_out_rows(store: Lake, run_id: str, split: str) -> list[list]:
+def read_held_out_rows(store: Lake, run_id: str, split: str) -> list[list]:
     """The training job's ``held_out`` rows of ``split`` (``val`` or ``test``) for run ``run_id``.
 
     Raises:

@@ -184,10 +184,10 @@ class SwanJobOperator(IdempotentSubmitRunOperator):
         if self.backend != "databricks":
             msg = f"backend must be 'local' or 'databricks', got {self.backend!r}"
             raise AirflowFailException(msg)
-        from swan_airflow.databricks_runs import check_job_env
+        from swan_airflow.databricks_runs import check_cluster_env
         from swan_anomaly.entrypoint import failure_record
 
-        check_job_env()
+        check_cluster_env()
         if self.window_days is not None:
             self.inputs = f"{self.inputs}|gold:{self.window_inputs(dataset_id)}"
         # A failure record is an earlier, failed run's: the run submitted now writes its own if it fails for good.

@@ -171,7 +171,7 @@ def gate_model(ctx: RunContext, registered: dict) -> str:
 
 def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_version: str | None, mode: GateMode) -> dict:
     """Score both models on the challenger's validation rows, decide, and record it (MLflow and model version tags)."""
-    from swan_airflow.runtime import held_out_rows
+    from swan_airflow.runtime import read_held_out_rows
     from swan_anomaly.gate import MinThreshold, decide, too_small
     from swan_anomaly.metrics import evaluation_report, format_interval
     from swan_anomaly.registry import data_through, stored_threshold, tag_version
@@ -179,7 +179,7 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
 
     params = ctx.params
     name, version = registered["name"], registered["version"]
-    rows = held_out_rows(store, ctx.run_id, "val")
+    rows = read_held_out_rows(store, ctx.run_id, "val")
     counts = class_counts(rows)
     base = {"challenger": version, "images": counts, "champion_version": champion_version, "training_val": registered.get("val")}
     if small := too_small(counts, params["gate_min_images_per_class"]):  # refuse before loading any model

@@ -104,7 +104,7 @@ def validate_endpoint(ctx: RunContext, endpoint: dict, registered: dict) -> dict
     """
     from dataclasses import replace
 
-    from swan_airflow.runtime import held_out_rows, lake, optional_result, registry_client
+    from swan_airflow.runtime import read_held_out_rows, lake, optional_result, registry_client
     from swan_airflow.serving import serving_target
     from swan_airflow.steps.promotion import require_turn
     from swan_anomaly import ConfigError
@@ -176,7 +176,7 @@ def validate_endpoint(ctx: RunContext, endpoint: dict, registered: dict) -> dict
     new_version = not (endpoint_validation(client, name, version) or "").startswith("passed")
     rows, threshold, scores = [], None, None
     try:
-        rows = held_out_rows(store, ctx.run_id, "test")
+        rows = read_held_out_rows(store, ctx.run_id, "test")
         threshold = stored_threshold(client, name, version)
         log.info(
             "validating %s v%s at %s on %d held-out test images (threshold %.4f)",
