@@ -62,5 +62,7 @@ mlflow-ui: $(STAMP)
 stop-endpoint: $(STAMP)
 	$(PY) -c "from swan_anomaly.config import Settings; from swan_anomaly.serving.local import stop_local_server; print('stopped' if stop_local_server(Settings.from_env()) else 'no local endpoint running')"
 
-clean: stop-endpoint
+# without an environment there is no server of this checkout to stop: clean never installs one first
+clean:
+	@if [ -x $(PY) ]; then $(MAKE) --no-print-directory stop-endpoint; fi
 	rm -rf .swan .airflow
