@@ -230,6 +230,55 @@ def _write(path: Path, data: bytes) -> Path:
     return path
 
 
+def test_a_rejected_file_never_replaces_one_rejected_before_under_the_same_name(tmp_path):
+    """An uploader with fixed names: each day's unreadable cam1.mp4 was moved onto rejected/cam1.mp4, replacing the one the
+    operator had been told to fix and drop in again, and its reason."""
+    from swan_airflow.ingest import land_inbox
+
+    inbox, landing = tmp_path / "inbox", tmp_path / "landing"
+    inbox.mkdir()
+    for day, body in ((26, b"first upload, not a video\n"), (27, b"second upload, not a video either\n")):
+        _old(_write(inbox / "cam1.mp4", body))
+        [rejected] = land_inbox(inbox, landing, today=dt.date(2026, 11, day), settle_seconds=30).rejected
+        assert rejected["video"] == "cam1.mp4"
+    kept = sorted(p.name for p in (inbox / "rejected").iterdir())
+    assert len(kept) == 4, kept  # two files, two reasons
+    bodies = sorted(p.read_bytes() for p in (inbox / "rejected").iterdir() if not p.name.endswith(".reason.txt"))
+    assert bodies == [b"first upload, not a video\n", b"second upload, not a video either\n"]
+    for name in (n for n in kept if not n.endswith(".reason.txt")):
+        assert "cam1.mp4" in (inbox / "rejected" / f"{name}.reason.txt").read_text()
+
+
+def test_a_file_that_cannot_be_removed_from_the_inbox_does_not_stop_the_pass_or_land_again_and_again(tmp_path, demo_video, monkeypatch):
+    """A shared drop folder (sticky bit) with one file of another user: it landed (as a copy), its unlink failed, and the
+    pass failed there, every pass: the files after it never landed and those before it got no asset event."""
+    from swan_airflow.ingest import land_inbox
+
+    inbox, landing = tmp_path / "inbox", tmp_path / "landing"
+    inbox.mkdir()
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        _old(Path(shutil.copy(demo_video, inbox / name)))
+    with (inbox / "a.mp4").open("ab") as f:  # three different videos (the same bytes would be one video)
+        f.write(b"\0")
+    with (inbox / "c.mp4").open("ab") as f:
+        f.write(b"\0\0")
+    _old(inbox / "a.mp4"), _old(inbox / "c.mp4")
+    unlink = Path.unlink
+
+    def not_ours(self, *args, **kwargs):
+        if self.name == "b.mp4":
+            raise PermissionError(1, "Operation not permitted", str(self))
+        return unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", not_ours)
+    first = land_inbox(inbox, landing, today=dt.date(2026, 11, 26), settle_seconds=30)
+    assert sorted(Path(v).name.split("-")[0] for v in first.videos) == ["a", "b", "c"]
+    assert sorted(p.name for p in inbox.iterdir() if p.is_file()) == ["b.mp4"]
+    again = land_inbox(inbox, landing, today=dt.date(2026, 11, 26), settle_seconds=30)
+    assert again.videos == []  # nothing new: no asset event, so no pipeline run every pass
+    assert len(list((landing / "2026-11-26").iterdir())) == 3
+
+
 def test_land_inbox_links_on_one_filesystem_and_copies_across(tmp_path, demo_video, monkeypatch):
     import errno
 
@@ -272,6 +321,13 @@ def test_the_landing_date_of_a_run_comes_from_its_newest_landing_event():
     events = {LANDING_ASSET: [event("2026-11-25", 23), event("2026-11-26", 1)], Asset(name="other"): [event("2026-01-01", 5)]}
     assert landing_date_from_events(events) == "2026-11-26"
     assert landing_date_from_events({Asset(name="other"): [event("2026-01-01", 5)]}) is None
+    # an event posted over the REST API with a malformed date fails the task at once, naming it (every task of the run
+    # derives its dataset from it: retries with backoff could never fix it)
+    from airflow.sdk.exceptions import AirflowFailException
+
+    bad = SimpleNamespace(extra={"landing_date": "26/11/2026"}, timestamp=dt.datetime(2026, 11, 26, 2, tzinfo=dt.UTC))
+    with pytest.raises(AirflowFailException, match=r"swan_landing_videos.*'26/11/2026'.*YYYY-MM-DD"):
+        landing_date_from_events({LANDING_ASSET: [event("2026-11-25", 23), bad]})
 
 
 @pytest.mark.slow

@@ -121,13 +121,29 @@ def land_inbox(inbox: Path, landing_dir: Path, *, today: dt.date | None = None, 
             _set_aside(path, inbox / "rejected", reason, landed)
             continue
         target = target_dir / f"{path.stem}-{content}{path.suffix.lower()}"
-        target_dir.mkdir(parents=True, exist_ok=True)
         try:
+            target_dir.mkdir(parents=True, exist_ok=True)
             how = "already there" if target.exists() else _put(path, target)
         except FileExistsError:  # landed by someone else in the meantime: the same bytes (same content id)
             how = "already there"
-        path.unlink()
-        log.info("landed %s -> %s (%s)", path.name, target, how)
+        except OSError as exc:  # the landing zone refused it (full, read-only): nothing landed, the next pass tries again
+            log.warning("cannot land %s in %s (%s); it stays in the inbox for the next pass", path.name, target_dir, exc.strerror or exc)
+            landed.waiting.append(str(path))
+            continue
+        try:
+            path.unlink()
+        except OSError as exc:  # another user's file in a shared (sticky) drop folder: it landed, but stays in the inbox too
+            log.warning(
+                "landed %s -> %s (%s) but cannot remove it from the inbox (%s): its owner must remove it; later passes skip it",
+                path.name,
+                target,
+                how,
+                exc.strerror or exc,
+            )
+            if how == "already there":  # a later pass: nothing new, so no asset event (and no pipeline run) for it again
+                continue
+        else:
+            log.info("landed %s -> %s (%s)", path.name, target, how)
         landed.videos.append(str(target))
     log.info(
         "ingest %s: %d landed, %d rejected, %d still being written",
@@ -166,12 +182,20 @@ def _check(path: Path, target_dir: Path) -> tuple[str | None, str]:
 
 
 def _set_aside(path: Path, rejected_dir: Path, reason: str, landed: Landed) -> None:
-    """Move ``path`` to ``rejected_dir`` with a ``.reason.txt`` beside it; record and log why."""
+    """Move ``path`` to ``rejected_dir`` with a ``.reason.txt`` beside it; record and log why.
+
+    An earlier rejected file of the same name (an uploader with fixed names) is never replaced: this one
+    gets the first free name ``<stem>-2<suffix>``, ``<stem>-3<suffix>``...
+    """
     rejected_dir.mkdir(exist_ok=True)
     try:
-        shutil.move(str(path), rejected_dir / path.name)
-        (rejected_dir / f"{path.name}.reason.txt").write_text(f"{reason}\n")
-        where = f"moved to {rejected_dir}"
+        target, n = rejected_dir / path.name, 1
+        while target.exists() or target.with_name(f"{target.name}.reason.txt").exists():
+            n += 1
+            target = rejected_dir / f"{path.stem}-{n}{path.suffix}"
+        shutil.move(str(path), target)
+        target.with_name(f"{target.name}.reason.txt").write_text(f"{reason}\n")
+        where = f"moved to {target}"
     except OSError as exc:  # cannot even move it: say so, and the next pass says it again
         where = f"left in the inbox: it cannot be moved ({exc.strerror or exc})"
     landed.rejected.append({"video": path.name, "reason": reason})
@@ -187,6 +211,10 @@ def landing_date_from_events(events) -> str | None:
 
     Returns:
         ``"YYYY-MM-DD"``, or ``None`` when the run was not triggered by landed videos.
+
+    Raises:
+        AirflowFailException: the newest event names no ISO date (one posted by hand over the REST
+            API): every task derives the run's dataset from it, and no retry can fix it.
     """
     if not events:
         return None
@@ -201,6 +229,13 @@ def landing_date_from_events(events) -> str | None:
     if not dates:
         return None
     newest = max(dates)[1]
+    try:
+        dt.date.fromisoformat(str(newest))
+    except ValueError as exc:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        msg = f"the {LANDING_ASSET.name} event that triggered this run names landing_date {newest!r}, not a date YYYY-MM-DD"
+        raise AirflowFailException(msg) from exc
     others = sorted({d for _, d in dates} - {newest})
     if others:
         log.info("the triggering events also name landing dates %s; their daily runs cover them", others)
