@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -226,3 +227,87 @@ def test_a_job_that_fails_for_good_on_databricks_is_not_retried_and_a_crash_is(d
 async def _first_event(trigger):
     async for event in trigger.run():
         return event
+
+
+def _pipeline_job(tmp_path, monkeypatch, version: str):
+    """An ``etl`` task on Databricks as the DAG builds it, its payload pointing at ``code/{version}/`` of a local lake."""
+    from swan_airflow.submit_run import SwanJobOperator
+
+    lake_root = tmp_path / "lake"
+    for key, value in {"SWAN_LAKE_ROOT": str(lake_root), "SWAN_JOB_LAKE_ROOT": str(lake_root)}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")  # a store a cluster can reach
+    code = lake_root / "code" / version
+    (code / "jobs").mkdir(parents=True, exist_ok=True)
+    (code / "jobs" / "etl.py").write_text("print('etl done')\n")
+    (code / "swan_anomaly-0.1.0-py3-none-any.whl").write_bytes(b"")
+    task = {
+        "task_key": "etl",
+        "new_cluster": {"num_workers": 0},
+        "libraries": [{"whl": str(code / "swan_anomaly-0.1.0-py3-none-any.whl")}],
+        "spark_python_task": {"python_file": str(code / "jobs" / "etl.py"), "parameters": ["--dataset-id", "20261130"]},
+    }
+    return SwanJobOperator(
+        task_id="run_etl",
+        job="etl",
+        job_args=[],
+        dataset_id="20261130",
+        backend="databricks",
+        inputs="digest-of-the-upload-an-earlier-try-reported",  # upload_to_lake's XCom
+        json={"run_name": "etl", "tasks": [task]},
+        databricks_conn_id="databricks_faults",
+        polling_period_seconds=0.2,
+        databricks_retry_delay=0.1,
+        do_xcom_push=False,
+        deferrable=True,
+    )
+
+
+def _execute(op, run_id: str = "manual__cleared") -> None:
+    from types import SimpleNamespace
+
+    from airflow.sdk.exceptions import TaskDeferred
+
+    context = {"run_id": run_id, "ti": SimpleNamespace(dag_id="swan_anomaly_pipeline", run_id=run_id, task_id=op.task_id, map_index=-1)}
+    with contextlib.suppress(TaskDeferred):  # a run still going defers; a finished one completes inline
+        op.execute(context)
+
+
+def test_a_cleared_job_runs_again_on_the_raw_data_the_lake_holds_now(double, tmp_path, monkeypatch):
+    """The token digested upload_to_lake's XCom: after another run re-uploaded the date (a video added), clearing this
+    run's run_etl reused its old Databricks run, and the new video never reached silver or gold."""
+    import time
+
+    from swan_airflow.code_deploy import code_version
+    from swan_anomaly.lake import LocalLake
+
+    lake = LocalLake(tmp_path / "lake")
+    (lake.raw("20261130")).mkdir(parents=True)
+    (lake.raw("20261130") / "manifest.json").write_text('{"dataset_id": "20261130", "files": {"frames/a.png": "aa"}}')
+    _execute(_pipeline_job(tmp_path, monkeypatch, code_version()))
+    deadline = time.monotonic() + 30
+    while next(iter(double.runs.values())).result_state is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(double.submissions) == 1
+    _execute(_pipeline_job(tmp_path, monkeypatch, code_version()))  # cleared, the same data: its succeeded run is reused
+    assert len(double.submissions) == 1
+    (lake.raw("20261130") / "manifest.json").write_text('{"dataset_id": "20261130", "files": {"frames/a.png": "aa", "frames/b.png": "bb"}}')
+    _execute(_pipeline_job(tmp_path, monkeypatch, code_version()))  # another run re-uploaded the date since
+    assert len(double.submissions) == 2, "new raw data under the same dataset id must run the job again"
+
+
+def test_a_cleared_job_never_runs_code_an_earlier_deploy_code_shipped(double, tmp_path, monkeypatch):
+    """deploy_code's result is an XCom: clearing only run_etl after a code fix ran the old code/{version}/ on Databricks
+    (and reused its run), while the local backend ran the new code."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from swan_anomaly.lake import LocalLake
+
+    lake = LocalLake(tmp_path / "lake")
+    (lake.raw("20261130")).mkdir(parents=True)
+    (lake.raw("20261130") / "manifest.json").write_text('{"dataset_id": "20261130", "files": {}}')
+    op = _pipeline_job(tmp_path, monkeypatch, "0.1.0-0123456789ab")
+    context = {"run_id": "manual__x", "ti": None}
+    with pytest.raises(AirflowFailException, match=r"deploy_code shipped other code than this DAG's.*Clear deploy_code"):
+        op.execute(context)
+    assert double.submissions == []

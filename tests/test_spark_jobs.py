@@ -144,6 +144,39 @@ def test_a_read_the_storage_may_get_through_later_fails_the_job_and_a_file_never
         encoded(images)
 
 
+def test_a_lake_root_with_regex_characters_in_its_path_is_read_like_any_other(spark, lake, tmp_path):
+    """The listing's paths were made relative with an unquoted Java regex: under /srv/c++/lake every image became "without
+    a label" and every label "without an image", so the ETL dropped the date's silver and gold and failed for good."""
+    root = tmp_path / "c++ lake (prod) $1"  # Hadoop globs [ ] { } * ?: such a path cannot be read at all
+    shutil.copytree(lake.raw(DATASET), LocalLake(root).raw(DATASET))
+    report = run_etl(lake_root=root, dataset_id=DATASET, image_size=32, max_bytes=1_000_000, spark=spark)
+    good_corpus = [n for n, (_, reason) in bad_input_corpus(np.zeros((240, 320, 3), np.uint8)).items() if reason is None]
+    assert report["silver_rows"] == 40 + len(good_corpus)
+    assert {q["stage"] for q in report["quarantined"]} == {"decode", "join"}
+    assert sorted(q["image_path"] for q in report["quarantined"] if q["stage"] == "join") == ["frames/corpus/ghost.png", "frames/stray.png"]
+
+
+def test_only_what_an_image_s_bytes_cause_sets_it_aside(monkeypatch):
+    """Any exception while encoding an image became its quarantine reason: a worker out of memory, or a bug, quietly
+    dropped good images from silver (or all of them, and the date's silver and gold with them)."""
+    import cv2
+
+    from swan_anomaly import etl
+
+    frame = cv2.imencode(".png", np.zeros((48, 64, 3), np.uint8))[1].tobytes()
+    content, error = etl.encode_image(frame, "frames/a.png", size=32, bias_x=0.5, bias_y=0.5, quality=90)
+    assert error is None and decode_image(content).shape == (32, 32, 3)
+    content, error = etl.encode_image(b"not an image", "frames/b.png", size=32, bias_x=0.5, bias_y=0.5, quality=90)
+    assert content is None and error.startswith("ImageDecodeError: ") and "frames/b.png" in error
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("cannot allocate 3 GiB")
+
+    monkeypatch.setattr(etl, "crop_and_resize", out_of_memory)
+    with pytest.raises(MemoryError):
+        etl.encode_image(frame, "frames/a.png", size=32, bias_x=0.5, bias_y=0.5, quality=90)
+
+
 def test_etl_can_fail_on_label_mismatch_instead(spark, lake):
     from swan_anomaly import JobError
 
@@ -222,6 +255,9 @@ def test_augmentation_splits_by_group_and_treats_both_classes_alike(spark, lake)
     for row in train[train.aug == "affine"].itertuples():  # reflected borders: no black corners
         img = decode_image(bytes(row.content))
         assert min(img[:2, :2].mean(), img[:2, -2:].mean(), img[-2:, :2].mean(), img[-2:, -2:].mean()) > 12
+    # every row names the raw image it was made from, by its bytes: what the gate and the endpoint validation check later
+    raw = lake.raw(DATASET)
+    assert all(gold.source_sha256 == gold.image_path.map(lambda p: sha256_file(raw / p)))
 
 
 def test_augmentation_reruns_and_repartitioning_give_identical_bytes(spark, lake):

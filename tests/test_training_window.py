@@ -176,6 +176,21 @@ def test_the_partitions_of_named_videos_join_the_window_of_their_date_and_the_ru
         assert set(gold[gold.group.str.startswith("vA")].dataset_id) == {current}
 
 
+def test_the_held_out_rows_name_the_raw_image_the_model_was_tested_with_not_the_one_there_now():
+    """The training job took the held-out images' sha256 from the raw manifests after training, hours later: a re-upload of
+    the date in the meantime (a backfill beside it) gave the new images' hashes, so the gate and the endpoint validation
+    scored other images than the model was tested on and never noticed."""
+    from swan_anomaly.training import held_out_rows
+
+    gold = _rows({"vA-b0000": "val"}, frames=1).assign(dataset_id="20260101")
+    tested = {p: f"{i:064x}" for i, p in enumerate(gold.image_path)}
+    now = {("20260101", p): "f" * 64 for p in gold.image_path}  # what raw/20260101/labels.csv says after the re-upload
+    rows = held_out_rows(gold.assign(source_sha256=gold.image_path.map(tested)), now)
+    assert {(d, p): sha for d, p, _, _, sha in rows} == {("20260101", p): sha for p, sha in tested.items()}
+    # gold written before it carried the hash: the manifest is all there is
+    assert {sha for *_, sha in held_out_rows(gold, now)} == {"f" * 64}
+
+
 def test_missing_or_empty_current_partition_is_a_clear_error(tmp_path):
     lake = LocalLake(tmp_path / "lake")
     _days(lake, ["20260101"])

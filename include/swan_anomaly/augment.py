@@ -224,6 +224,7 @@ def run_augmentation(
             "variant",
             "video_id",
             "frame_index",
+            "source_sha256",  # of the raw image the row was made from: what the gate and endpoint validation check
             "dataset_id",
         )
     )

@@ -33,7 +33,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from swan_anomaly._errors import JobError
+from swan_anomaly._errors import ImageDecodeError, JobError
 from swan_anomaly.contract import CROP_BIAS_X, CROP_BIAS_Y
 from swan_anomaly.images import crop_and_resize, decode_image, encode_jpeg
 from swan_anomaly.labels import read_manifest
@@ -72,7 +72,8 @@ def list_images(spark: SparkSession, raw_dir: str) -> DataFrame:
     """
     files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").option("pathGlobFilter", IMAGE_GLOB).load(raw_dir)
     prefix = raw_dir.rstrip("/").split(":", 1)[-1].lstrip("/")
-    rel = F.regexp_replace(F.col("path"), r"^[a-z]+:/*" + prefix.replace(".", r"\.") + "/", "")
+    quoted = r"\Q" + prefix.replace(r"\E", r"\E\\E\Q") + r"\E"  # a literal in Java's regex: c++, (prod), $HOME...
+    rel = F.regexp_replace(F.col("path"), r"^[a-z]+:/*" + quoted + "/", "")
     return files.select(rel.alias("image_path"), "length")
 
 
@@ -102,6 +103,22 @@ def unreadable_file(exc: OSError) -> bool:
         (False, False)
     """
     return exc.errno in UNREADABLE_FILE_ERRNOS
+
+
+def encode_image(data: bytes, path: str, *, size: int, bias_x: float, bias_y: float, quality: int) -> tuple[bytes | None, str | None]:
+    """``(JPEG at the model's size, None)`` of one image's bytes, or ``(None, why)`` when the image itself is bad.
+
+    Only what the bytes cause (:class:`~swan_anomaly.ImageDecodeError`, an OpenCV error) is a
+    quarantine reason; anything else (a worker out of memory, a bug) says nothing about the image
+    and is raised: the job fails, named and retried, instead of setting good images aside.
+    """
+    import cv2
+
+    try:
+        img = crop_and_resize(decode_image(data, name=path), size=size, bias_x=bias_x, bias_y=bias_y)
+        return encode_jpeg(img, quality=quality), None
+    except (ImageDecodeError, cv2.error) as exc:
+        return None, f"{type(exc).__name__}: {exc}"
 
 
 def crop_resize_encode(
@@ -139,13 +156,9 @@ def crop_resize_encode(
                     contents.append(None)
                     errors.append(f"{type(exc).__name__}: {path}: cannot read the file: {exc.strerror or exc}")
                     continue
-                try:
-                    img = crop_and_resize(decode_image(data, name=path), size=size, bias_x=bias_x, bias_y=bias_y)
-                    contents.append(encode_jpeg(img, quality=quality))
-                    errors.append(None)
-                except Exception as exc:  # noqa: BLE001 - every failure becomes a quarantine reason
-                    contents.append(None)
-                    errors.append(f"{type(exc).__name__}: {exc}")
+                content, error = encode_image(data, path, size=size, bias_x=bias_x, bias_y=bias_y, quality=quality)
+                contents.append(content)
+                errors.append(error)
             out = pdf[[f.name for f in SILVER_SCHEMA.fields if f.name not in ("content", "error")]].copy()
             out["content"] = contents
             out["error"] = errors

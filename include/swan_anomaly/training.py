@@ -44,15 +44,18 @@ def held_out_rows(part: pd.DataFrame, hashes: dict[tuple[str, str], str] | None 
 
     What the gate and the endpoint validation score again, from the raw partition: the very
     rows the model was validated or tested on, after the training window's overlap rule. The
-    sha256 (from the raw partition's label manifest; None when it is not at hand) lets them
-    check that the raw image is still the one the model was tested on.
+    sha256 lets them check that the raw image is still the one the model was tested on: the
+    gold row's ``source_sha256`` (the raw image the ETL read), else, for gold written before it
+    carried one, ``hashes`` (the raw partition's label manifest now), else None.
     """
     hashes = hashes or {}
     originals = part[part.aug == "none"] if "aug" in part else part
-    rows = originals[["dataset_id", "image_path", "label", "family"]].drop_duplicates(["dataset_id", "image_path"])
+    if "source_sha256" not in originals:
+        originals = originals.assign(source_sha256=None)
+    rows = originals[["dataset_id", "image_path", "label", "family", "source_sha256"]].drop_duplicates(["dataset_id", "image_path"])
     return [
-        [str(d), str(p), int(lab), str(f), hashes.get((str(d), str(p)))]
-        for d, p, lab, f in rows.sort_values(["dataset_id", "image_path"]).itertuples(index=False)
+        [str(d), str(p), int(lab), str(f), sha if isinstance(sha, str) and sha else hashes.get((str(d), str(p)))]
+        for d, p, lab, f, sha in rows.sort_values(["dataset_id", "image_path"]).itertuples(index=False)
     ]
 
 
@@ -235,7 +238,9 @@ def run_training(
         info = log_served_model(
             model, spec, threshold=threshold, threshold_method=config.threshold_method, example=example, novelty=novelty
         )
-    hashes = raw_image_hashes(lake, dataset_ids)
+    # gold written before it carried source_sha256: what its raw partition's manifest says now
+    unhashed = dataset_ids if "source_sha256" not in gold else sorted(set(gold.dataset_id[gold.source_sha256.isna()]))
+    hashes = raw_image_hashes(lake, unhashed)
     result = {
         "mlflow_run_id": run.info.run_id,
         "mlflow_experiment_id": experiment_id,

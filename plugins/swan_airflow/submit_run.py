@@ -3,7 +3,8 @@
 Databricks answers ``runs/submit`` with the existing run when it already holds a run for the
 request's ``idempotency_token``. The operator derives that token from what the run *does*
 (DAG id, DAG run id, task id, map index, the rendered payload, the input dataset's manifest
-digest and, for the training job, the files of its window's gold partitions) plus a generation number, never from Airflow's try number:
+digest as the lake holds it when the task starts and, for the training job, the files of its
+window's gold partitions) plus a generation number, never from Airflow's try number:
 
 - a retry after a lost worker, or a cleared task whose run is still going, re-attaches to it;
 - a cleared task or DAG run whose run succeeded reuses that run (no new cluster, no new rows);
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
 #: Fresh runs one DAG-run task may start after failed ones; beyond this something is wrong
 #: with the job itself, and the task fails instead of burning clusters.
 MAX_GENERATIONS = 20
+#: The pipeline's jobs: they read the run's raw partition and run the code ``deploy_code`` shipped.
+PIPELINE_JOBS = ("etl", "augment", "train")
 
 
 def token_base(dag_id: str, run_id: str, task_id: str, map_index: int, payload: dict, inputs: str) -> str:
@@ -77,8 +80,13 @@ def claim_token(hook: DatabricksHook, payload: dict, base: str, log) -> str:
             state.result_state,
             state.state_message,
         )
-    msg = f"{MAX_GENERATIONS} Databricks runs of this task all failed; fix the job, then clear the task"
-    raise RuntimeError(msg)
+    from airflow.sdk.exceptions import AirflowFailException
+
+    msg = (
+        f"{MAX_GENERATIONS} Databricks runs of this task all failed; fix the job, then clear deploy_code with this task "
+        "(new code is a new run)"
+    )
+    raise AirflowFailException(msg)
 
 
 class IdempotentSubmitRunOperator(DatabricksSubmitRunOperator):
@@ -167,6 +175,34 @@ class SwanJobOperator(IdempotentSubmitRunOperator):
         self.log.info("training window %s: gold files digest %s", ids, digest[:16])
         return digest
 
+    def raw_inputs(self, dataset_id: str) -> str:
+        """The digest of the raw partition's ``manifest.json`` as the lake holds it now (what ``upload_to_lake`` reports)."""
+        from swan_airflow.runtime import lake
+        from swan_anomaly.lake import MANIFEST, sha256_text
+
+        digest = sha256_text(lake().read_raw(dataset_id, MANIFEST).decode())
+        if digest != self.inputs:
+            self.log.info("raw partition %s changed since this run uploaded it (manifest %s)", dataset_id, digest[:16])
+        return digest
+
+    def check_deployed_code(self) -> None:
+        """Fail at once when the payload runs other code than this DAG's (a ``deploy_code`` of an earlier code version).
+
+        ``deploy_code``'s result is an XCom: clearing only this task after a code change would run the old
+        ``code/{version}/`` on Databricks (and reuse its runs), while a local run runs the new code.
+        """
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from swan_airflow.code_deploy import code_version
+
+        current = code_version()
+        if f"/code/{current}/" not in json.dumps(self.json):
+            msg = (
+                f"this run's deploy_code shipped other code than this DAG's (code/{current}/ is not in the {self.job} run's "
+                "payload): the code changed since. Clear deploy_code together with this task, so that the job runs this code"
+            )
+            raise AirflowFailException(msg)
+
     def execute(self, context: Context):
         from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
@@ -188,6 +224,11 @@ class SwanJobOperator(IdempotentSubmitRunOperator):
         from swan_anomaly.entrypoint import failure_record
 
         check_cluster_env()
+        if self.job in PIPELINE_JOBS:
+            self.check_deployed_code()
+            # the raw partition as the lake holds it now, not the digest of this run's upload (an XCom of an earlier try):
+            # another run may have re-uploaded the date since, and this run's job must then run again on that data
+            self.inputs = self.raw_inputs(dataset_id)
         if self.window_days is not None:
             self.inputs = f"{self.inputs}|gold:{self.window_inputs(dataset_id)}"
         # A failure record is an earlier, failed run's: the run submitted now writes its own if it fails for good.
