@@ -59,10 +59,12 @@ airflow: $(STAMP)
 mlflow-ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(SWAN_HOME)/mlflow/mlflow.db --port 5000
 
-stop-endpoint: $(STAMP)
-	$(PY) -c "from swan_anomaly.config import Settings; from swan_anomaly.serving.local import stop_local_server; print('stopped' if stop_local_server(Settings.from_env()) else 'no local endpoint running')"
+STOP_ENDPOINT := from swan_anomaly.config import Settings; from swan_anomaly.serving.local import stop_local_server; print('stopped' if stop_local_server(Settings.from_env()) else 'no local endpoint running')
 
-# without an environment there is no server of this checkout to stop: clean never installs one first
+stop-endpoint: $(STAMP)
+	$(PY) -c "$(STOP_ENDPOINT)"
+
+# without a working environment there is no server of this checkout to stop: clean never installs or updates one
 clean:
-	@if [ -x $(PY) ]; then $(MAKE) --no-print-directory stop-endpoint; fi
+	-@if [ -x $(PY) ]; then $(PY) -c "$(STOP_ENDPOINT)"; fi
 	rm -rf .swan .airflow

@@ -296,18 +296,21 @@ def test_a_cleared_job_runs_again_on_the_raw_data_the_lake_holds_now(double, tmp
     assert len(double.submissions) == 2, "new raw data under the same dataset id must run the job again"
 
 
-def test_a_cleared_job_never_runs_code_an_earlier_deploy_code_shipped(double, tmp_path, monkeypatch):
-    """deploy_code's result is an XCom: clearing only run_etl after a code fix ran the old code/{version}/ on Databricks
-    (and reused its run), while the local backend ran the new code."""
-    from airflow.sdk.exceptions import AirflowFailException
-
+def test_a_job_runs_the_dags_code_even_when_an_earlier_deploy_code_shipped_other_code(double, tmp_path, monkeypatch):
+    """deploy_code's result is an XCom: after a code change (a fix and a cleared run_etl, or a deployment while the run
+    waited for the training pool) the job ran the old code/{version}/ on Databricks and reused its run, while the local
+    backend ran the new code."""
+    from swan_airflow.code_deploy import code_version
     from swan_anomaly.lake import LocalLake
 
     lake = LocalLake(tmp_path / "lake")
     (lake.raw("20261130")).mkdir(parents=True)
     (lake.raw("20261130") / "manifest.json").write_text('{"dataset_id": "20261130", "files": {}}')
-    op = _pipeline_job(tmp_path, monkeypatch, "0.1.0-0123456789ab")
-    context = {"run_id": "manual__x", "ti": None}
-    with pytest.raises(AirflowFailException, match=r"deploy_code shipped other code than this DAG's.*Clear deploy_code"):
-        op.execute(context)
-    assert double.submissions == []
+    current = code_version()
+    _pipeline_job(tmp_path, monkeypatch, current)  # this code is deployed already (deploy_code would build it once)
+    (lake.root / "code" / current / "_SUCCESS").write_text("")
+    _execute(_pipeline_job(tmp_path, monkeypatch, "0.1.0-0123456789ab"))  # the payload of an earlier deploy_code
+    [submitted] = double.submissions
+    task = submitted["tasks"][0]
+    assert task["spark_python_task"]["python_file"] == f"{lake.root}/code/{current}/jobs/etl.py"
+    assert [lib["whl"] for lib in task["libraries"] if "whl" in lib] == [f"{lake.root}/code/{current}/swan_anomaly-0.1.0-py3-none-any.whl"]

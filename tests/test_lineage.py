@@ -68,7 +68,7 @@ def test_a_databricks_run_that_ended_at_once_records_its_outputs_once(lake_root,
     monkeypatch.setenv("SWAN_JOB_LAKE_ROOT", str(lake_root))
     op = _operator(backend="databricks")
     # not the subject here (tests/test_databricks_faults.py): the payload's code and the raw partition's manifest
-    monkeypatch.setattr(op, "check_deployed_code", lambda: None)
+    monkeypatch.setattr(op, "use_current_code", lambda: None)
     monkeypatch.setattr(op, "raw_inputs", lambda dataset_id: "manifest-digest")
     calls = []
     monkeypatch.setattr(op, "record_outputs", lambda context, result=None: calls.append(context["run_id"]))

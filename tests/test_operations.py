@@ -274,9 +274,41 @@ def test_a_file_that_cannot_be_removed_from_the_inbox_does_not_stop_the_pass_or_
     first = land_inbox(inbox, landing, today=dt.date(2026, 11, 26), settle_seconds=30)
     assert sorted(Path(v).name.split("-")[0] for v in first.videos) == ["a", "b", "c"]
     assert sorted(p.name for p in inbox.iterdir() if p.is_file()) == ["b.mp4"]
-    again = land_inbox(inbox, landing, today=dt.date(2026, 11, 26), settle_seconds=30)
-    assert again.videos == []  # nothing new: no asset event, so no pipeline run every pass
-    assert len(list((landing / "2026-11-26").iterdir())) == 3
+    [landed_b] = [Path(v) for v in first.videos if Path(v).name.startswith("b-")]
+    assert landed_b.stat().st_ino != (inbox / "b.mp4").stat().st_ino  # its own bytes: its owner may rewrite b.mp4 in place
+    for day in (26, 27):  # the same day, and the next: nothing new, so no asset event and no pipeline run every pass
+        again = land_inbox(inbox, landing, today=dt.date(2026, 11, day), settle_seconds=30)
+        assert again.videos == [] and again.rejected == []
+    assert len(list((landing / "2026-11-26").iterdir())) == 3 and not (landing / "2026-11-27").exists()
+
+
+def test_a_rejected_file_that_cannot_be_moved_leaves_no_copy_behind(tmp_path, monkeypatch):
+    """Another user's bad file in a shared (sticky) drop folder: moving it copied it into rejected/ and then failed to
+    remove it, so every pass left one more full copy there (under a new name), until the disk filled."""
+    import errno
+
+    from swan_airflow.ingest import land_inbox
+
+    inbox, landing = tmp_path / "inbox", tmp_path / "landing"
+    inbox.mkdir()
+    _old(_write(inbox / "theirs.mp4", b"not a video, and not ours\n" * 1000))
+    rename, unlink = os.rename, os.unlink
+
+    def sticky(op):
+        def guarded(src, *args, **kwargs):
+            if Path(src).name == "theirs.mp4" and Path(src).parent == inbox:
+                raise PermissionError(errno.EPERM, "Operation not permitted", str(src))
+            return op(src, *args, **kwargs)
+
+        return guarded
+
+    monkeypatch.setattr(os, "rename", sticky(rename))
+    monkeypatch.setattr(os, "unlink", sticky(unlink))
+    for _ in range(3):
+        [rejected] = land_inbox(inbox, landing, today=dt.date(2026, 11, 26), settle_seconds=30).rejected
+        assert rejected["video"] == "theirs.mp4"
+    assert (inbox / "theirs.mp4").exists()
+    assert not [p for p in (inbox / "rejected").iterdir() if not p.name.endswith(".reason.txt")]
 
 
 def test_land_inbox_links_on_one_filesystem_and_copies_across(tmp_path, demo_video, monkeypatch):
@@ -325,9 +357,10 @@ def test_the_landing_date_of_a_run_comes_from_its_newest_landing_event():
     # derives its dataset from it: retries with backoff could never fix it)
     from airflow.sdk.exceptions import AirflowFailException
 
-    bad = SimpleNamespace(extra={"landing_date": "26/11/2026"}, timestamp=dt.datetime(2026, 11, 26, 2, tzinfo=dt.UTC))
-    with pytest.raises(AirflowFailException, match=r"swan_landing_videos.*'26/11/2026'.*YYYY-MM-DD"):
-        landing_date_from_events({LANDING_ASSET: [event("2026-11-25", 23), bad]})
+    for value in ("26/11/2026", 20261126, "2026-W48-4", "2026-02-30"):
+        bad = SimpleNamespace(extra={"landing_date": value}, timestamp=dt.datetime(2026, 11, 26, 2, tzinfo=dt.UTC))
+        with pytest.raises(AirflowFailException, match=rf"swan_landing_videos.*{value!r}.*YYYY-MM-DD"):
+            landing_date_from_events({LANDING_ASSET: [event("2026-11-25", 23), bad]})
 
 
 @pytest.mark.slow

@@ -176,6 +176,15 @@ def test_only_what_an_image_s_bytes_cause_sets_it_aside(monkeypatch):
     with pytest.raises(MemoryError):
         etl.encode_image(frame, "frames/a.png", size=32, bias_x=0.5, bias_y=0.5, quality=90)
 
+    def opencv_out_of_memory(*args, **kwargs):  # how OpenCV reports a failed allocation: a cv2.error of code StsNoMem
+        exc = cv2.error("OpenCV(4.x) alloc.cpp: error: (-4:Insufficient memory) Failed to allocate 3 GiB")
+        exc.code = cv2.Error.StsNoMem
+        raise exc
+
+    monkeypatch.setattr(etl, "crop_and_resize", opencv_out_of_memory)
+    with pytest.raises(cv2.error, match="Insufficient memory"):
+        etl.encode_image(frame, "frames/a.png", size=32, bias_x=0.5, bias_y=0.5, quality=90)
+
 
 def test_etl_can_fail_on_label_mismatch_instead(spark, lake):
     from swan_anomaly import JobError

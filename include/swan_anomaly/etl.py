@@ -118,6 +118,9 @@ def encode_image(data: bytes, path: str, *, size: int, bias_x: float, bias_y: fl
         img = crop_and_resize(decode_image(data, name=path), size=size, bias_x=bias_x, bias_y=bias_y)
         return encode_jpeg(img, quality=quality), None
     except (ImageDecodeError, cv2.error) as exc:
+        if isinstance(exc, cv2.error) and getattr(exc, "code", None) == cv2.Error.StsNoMem:
+            raise  # OpenCV out of memory: the worker, not the image
+
         return None, f"{type(exc).__name__}: {exc}"
 
 

@@ -45,8 +45,8 @@ def held_out_rows(part: pd.DataFrame, hashes: dict[tuple[str, str], str] | None 
     What the gate and the endpoint validation score again, from the raw partition: the very
     rows the model was validated or tested on, after the training window's overlap rule. The
     sha256 lets them check that the raw image is still the one the model was tested on: the
-    gold row's ``source_sha256`` (the raw image the ETL read), else, for gold written before it
-    carried one, ``hashes`` (the raw partition's label manifest now), else None.
+    gold row's ``source_sha256`` (the label manifest's hash when the ETL read the partition),
+    else, for gold written before it carried one, ``hashes`` (the manifest now), else None.
     """
     hashes = hashes or {}
     originals = part[part.aug == "none"] if "aug" in part else part

@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -56,6 +57,22 @@ def _name_digest(path: Path) -> str:
     return sha256_file(path)[:12]
 
 
+def _marker_matches(marker: Path, stat: os.stat_result) -> bool:
+    """Whether ``marker`` records this very file (size and modification time) as landed already."""
+    try:
+        size, mtime_ns, _ = marker.read_text().split(" ", 2)
+    except (OSError, ValueError):
+        return False
+    return (int(size), int(mtime_ns)) == (stat.st_size, stat.st_mtime_ns)
+
+
+def _put_copy(path: Path, target: Path) -> None:
+    """Make ``target`` a copy of ``path`` with its own bytes, in one atomic step (a hidden ``.part`` renamed into place)."""
+    tmp = target.with_name(f".{target.name}.part")
+    shutil.copyfile(path, tmp)
+    os.replace(tmp, target)
+
+
 def _put(path: Path, target: Path) -> str:
     """Make ``target`` a complete copy of ``path`` in one atomic step; say how.
 
@@ -74,9 +91,7 @@ def _put(path: Path, target: Path) -> str:
             raise
         except OSError as exc:
             log.debug("cannot hard-link %s to %s (%s): copying", path, target, exc)
-    tmp = target.with_name(f".{target.name}.part")
-    shutil.copyfile(path, tmp)
-    os.replace(tmp, target)
+    _put_copy(path, target)
     return "copy"
 
 
@@ -109,10 +124,15 @@ def land_inbox(inbox: Path, landing_dir: Path, *, today: dt.date | None = None, 
     inbox.mkdir(parents=True, exist_ok=True)
     target_dir = landing_dir / today.isoformat()
     now = time.time()
+    stuck = inbox / ".landed"  # files that landed but that this process cannot remove from the inbox
     for path in sorted(p for p in inbox.iterdir() if p.is_file() and not p.name.startswith(".")):
         try:
-            if now - path.stat().st_mtime < settle_seconds:
+            stat = path.stat()
+            if now - stat.st_mtime < settle_seconds:
                 landed.waiting.append(str(path))
+                continue
+            if _marker_matches(stuck / path.name, stat):
+                log.debug("%s landed already (%s); only its owner can remove it from the inbox", path.name, stuck / path.name)
                 continue
             reason, content = _check(path, target_dir)
         except OSError as exc:  # unreadable (permissions) or gone meanwhile: a retry of the pass would fail the same way
@@ -133,6 +153,10 @@ def land_inbox(inbox: Path, landing_dir: Path, *, today: dt.date | None = None, 
         try:
             path.unlink()
         except OSError as exc:  # another user's file in a shared (sticky) drop folder: it landed, but stays in the inbox too
+            if how == "hard link":  # the landed video must not share its bytes with a file its owner may rewrite in place
+                _put_copy(path, target)
+            stuck.mkdir(exist_ok=True)
+            (stuck / path.name).write_text(f"{stat.st_size} {stat.st_mtime_ns} {target}\n")  # later passes, any day, skip it
             log.warning(
                 "landed %s -> %s (%s) but cannot remove it from the inbox (%s): its owner must remove it; later passes skip it",
                 path.name,
@@ -140,9 +164,10 @@ def land_inbox(inbox: Path, landing_dir: Path, *, today: dt.date | None = None, 
                 how,
                 exc.strerror or exc,
             )
-            if how == "already there":  # a later pass: nothing new, so no asset event (and no pipeline run) for it again
+            if how == "already there":  # landed by an earlier pass: nothing new, so no asset event (and no run) for it
                 continue
         else:
+            (stuck / path.name).unlink(missing_ok=True)
             log.info("landed %s -> %s (%s)", path.name, target, how)
         landed.videos.append(str(target))
     log.info(
@@ -193,7 +218,7 @@ def _set_aside(path: Path, rejected_dir: Path, reason: str, landed: Landed) -> N
         while target.exists() or target.with_name(f"{target.name}.reason.txt").exists():
             n += 1
             target = rejected_dir / f"{path.stem}-{n}{path.suffix}"
-        shutil.move(str(path), target)
+        os.rename(path, target)  # the same filesystem: never a copy left behind when the file cannot be moved
         target.with_name(f"{target.name}.reason.txt").write_text(f"{reason}\n")
         where = f"moved to {target}"
     except OSError as exc:  # cannot even move it: say so, and the next pass says it again
@@ -230,7 +255,9 @@ def landing_date_from_events(events) -> str | None:
         return None
     newest = max(dates)[1]
     try:
-        dt.date.fromisoformat(str(newest))
+        if not (isinstance(newest, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", newest)):
+            raise ValueError(newest)
+        dt.date.fromisoformat(newest)
     except ValueError as exc:
         from airflow.sdk.exceptions import AirflowFailException
 

@@ -82,10 +82,7 @@ def claim_token(hook: DatabricksHook, payload: dict, base: str, log) -> str:
         )
     from airflow.sdk.exceptions import AirflowFailException
 
-    msg = (
-        f"{MAX_GENERATIONS} Databricks runs of this task all failed; fix the job, then clear deploy_code with this task "
-        "(new code is a new run)"
-    )
+    msg = f"{MAX_GENERATIONS} Databricks runs of this task all failed; fix the job, then clear the task (new code is a new run)"
     raise AirflowFailException(msg)
 
 
@@ -185,23 +182,27 @@ class SwanJobOperator(IdempotentSubmitRunOperator):
             self.log.info("raw partition %s changed since this run uploaded it (manifest %s)", dataset_id, digest[:16])
         return digest
 
-    def check_deployed_code(self) -> None:
-        """Fail at once when the payload runs other code than this DAG's (a ``deploy_code`` of an earlier code version).
+    def use_current_code(self) -> None:
+        """Point the payload at this DAG's code, deploying it first when ``deploy_code`` shipped an earlier version.
 
-        ``deploy_code``'s result is an XCom: clearing only this task after a code change would run the old
-        ``code/{version}/`` on Databricks (and reuse its runs), while a local run runs the new code.
+        ``deploy_code``'s result is an XCom of its own try: after a code change (a deployment while the run
+        waited for the training pool, or a fix and a cleared task) the payload would run the old
+        ``code/{version}/`` on Databricks, and reuse its runs, while a local job runs the code the worker
+        has. Here both run the worker's code: the new version is deployed (once per version) and named in
+        the payload, whose new digest gives a new run.
         """
-        from airflow.sdk.exceptions import AirflowFailException
-
         from swan_airflow.code_deploy import code_version
+        from swan_airflow.databricks_runs import job_file_key
+        from swan_airflow.steps.code import deploy_code
 
         current = code_version()
-        if f"/code/{current}/" not in json.dumps(self.json):
-            msg = (
-                f"this run's deploy_code shipped other code than this DAG's (code/{current}/ is not in the {self.job} run's "
-                "payload): the code changed since. Clear deploy_code together with this task, so that the job runs this code"
-            )
-            raise AirflowFailException(msg)
+        if f"/code/{current}/" in json.dumps(self.json):
+            return
+        code = deploy_code()
+        self.log.warning("the %s payload named code an earlier deploy_code shipped; it runs code/%s/ instead", self.job, current)
+        for task in self.json.get("tasks", []):
+            task["libraries"] = [{"whl": code["wheel_uri"]} if "/code/" in lib.get("whl", "") else lib for lib in task.get("libraries", [])]
+            task["spark_python_task"]["python_file"] = code[job_file_key(self.job)]
 
     def execute(self, context: Context):
         from airflow.sdk.exceptions import AirflowException, AirflowFailException
@@ -225,7 +226,7 @@ class SwanJobOperator(IdempotentSubmitRunOperator):
 
         check_cluster_env()
         if self.job in PIPELINE_JOBS:
-            self.check_deployed_code()
+            self.use_current_code()
             # the raw partition as the lake holds it now, not the digest of this run's upload (an XCom of an earlier try):
             # another run may have re-uploaded the date since, and this run's job must then run again on that data
             self.inputs = self.raw_inputs(dataset_id)
