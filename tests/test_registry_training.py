@@ -53,18 +53,33 @@ def test_a_retrained_model_of_the_same_airflow_run_becomes_a_new_version(registr
 
 
 def test_promote_moves_champion_keeps_previous_and_is_idempotent(registry):
-    from swan_anomaly.registry import CHALLENGER, CHAMPION, PREVIOUS, aliases_of, promote, register_challenger, rollback
+    from swan_anomaly.registry import (
+        CHALLENGER,
+        CHAMPION,
+        ENDPOINT_VALIDATION,
+        PREVIOUS,
+        aliases_of,
+        promote,
+        register_challenger,
+        rollback,
+        tag_version,
+    )
 
     client, source = registry
-    run_1, run_2 = _training_runs(client, 2)
+    run_1, run_2, run_3 = _training_runs(client, 3)
     register_challenger(client, "swan_test", source, run_1, "r1")
     assert promote(client, "swan_test", "1") is True
+    tag_version(client, "swan_test", "1", {ENDPOINT_VALIDATION: "passed: run r1"})  # as its run's validate_endpoint did
     register_challenger(client, "swan_test", source, run_2, "r2")
     assert promote(client, "swan_test", "2") is True
     assert promote(client, "swan_test", "2") is False
     assert aliases_of(client, "swan_test", "2") == [CHAMPION]
     assert aliases_of(client, "swan_test", "1") == [PREVIOUS]
     assert CHALLENGER not in aliases_of(client, "swan_test", "2")
+    # v2 never passed an endpoint validation: promoting v3 over it leaves previous_champion on v1, the last that did
+    register_challenger(client, "swan_test", source, run_3, "r3")
+    assert promote(client, "swan_test", "3") is True
+    assert aliases_of(client, "swan_test", "1") == [PREVIOUS] and aliases_of(client, "swan_test", "2") == []
     rollback(client, "swan_test", "1")
     assert CHAMPION in aliases_of(client, "swan_test", "1")
 
