@@ -191,6 +191,21 @@ def test_the_held_out_rows_name_the_raw_image_the_model_was_tested_with_not_the_
     assert {sha for *_, sha in held_out_rows(gold, now)} == {"f" * 64}
 
 
+def test_a_window_partition_rewritten_while_it_is_read_fails_the_job_for_a_retry_instead_of_being_left_out(tmp_path):
+    """Another run's augmentation rewrote an older partition of the window (Spark deletes it, then renames the new one in):
+    the training read it in that gap, logged "no rows; skipped" at info level and trained without that day."""
+    from swan_anomaly import LakeError
+
+    class ListedBeforeTheRewrite(LocalLake):
+        def gold_partitions(self) -> list[str]:
+            return [*super().gold_partitions(), "20260101"]  # it was there when listed
+
+    lake = ListedBeforeTheRewrite(tmp_path / "lake")
+    _days(lake, ["20260102"])
+    with pytest.raises(LakeError, match="gold partition 20260101 of the training window of 20260102 was listed but holds no rows"):
+        load_gold(lake, "20260102", window_days=2)
+
+
 def test_missing_or_empty_current_partition_is_a_clear_error(tmp_path):
     lake = LocalLake(tmp_path / "lake")
     _days(lake, ["20260101"])

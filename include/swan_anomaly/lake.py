@@ -572,6 +572,8 @@ def load_gold(lake: LocalLake, dataset_id: str, window_days: int = 1) -> pd.Data
 
     Raises:
         JobError: the partition of ``dataset_id`` is missing or empty.
+        LakeError: an older partition of the window vanished after it was listed (another run is
+            rewriting it): the job fails and its retry reads the window whole.
         ConfigError: as for :func:`window_dataset_ids` (:func:`swan_anomaly.lake.window_ids`).
 
     Example:
@@ -590,9 +592,12 @@ def load_gold(lake: LocalLake, dataset_id: str, window_days: int = 1) -> pd.Data
     seen_groups, seen_images = set(current.group), set(current.image_path)
     for older_id in reversed(ids[:-1]):  # newest first, so each group stays with the newest partition that has it
         older = _read_partition(lake, older_id)
-        if older.empty:
-            log.info("gold partition %s of the training window has no rows; skipped", older_id)
-            continue
+        if older.empty:  # listed a moment ago: another run's augmentation is rewriting it (Spark deletes, then renames in)
+            msg = (
+                f"gold partition {older_id} of the training window of {dataset_id} was listed but holds no rows now: another run "
+                "is rewriting it; a retry reads it whole (training without it would quietly drop a day of data)"
+            )
+            raise LakeError(msg)
         clash = older.group.isin(seen_groups) | older.image_path.isin(seen_images)
         dropped_groups = set(older.group[clash])
         drop = older.group.isin(dropped_groups)
