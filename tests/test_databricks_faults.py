@@ -175,7 +175,6 @@ def test_a_job_that_fails_for_good_on_databricks_is_not_retried_and_a_crash_is(d
     from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
 
     from conftest import ROOT
-    from swan_airflow.submit_run import SwanJobOperator
     from swan_anomaly.entrypoint import failure_record
     from swan_anomaly.lake import LocalLake
 
@@ -198,18 +197,8 @@ def test_a_job_that_fails_for_good_on_databricks_is_not_retried_and_a_crash_is(d
         LocalLake(lake_root).write_result(run_id, failure_record("probe"), {"error": "JobError: an older run's"})
     params = ["--lake-root", str(lake_root), "--dataset-id", "20261130", "--run-id", run_id]
     task = {"task_key": "probe", "new_cluster": {"num_workers": 0}, "spark_python_task": {"python_file": str(script), "parameters": params}}
-    op = SwanJobOperator(
-        task_id="run_probe",
-        job="probe",
-        job_args=[],
-        dataset_id="20261130",
-        backend="databricks",
-        json={"run_name": "probe", "tasks": [task]},
-        databricks_conn_id="databricks_faults",
-        polling_period_seconds=0.2,
-        databricks_retry_delay=0.1,
-        do_xcom_push=False,
-        deferrable=True,
+    op = _job_operator(
+        "probe", task
     )  # deferrable, as the pipeline's: the provider's trigger polls the run, then execute_complete judges it
     context = {"run_id": run_id, "ti": SimpleNamespace(dag_id="swan_anomaly_pipeline", run_id=run_id, task_id="run_probe", map_index=-1)}
     with pytest.raises(AirflowException) as raised:
@@ -231,7 +220,6 @@ async def _first_event(trigger):
 
 def _pipeline_job(tmp_path, monkeypatch, version: str):
     """An ``etl`` task on Databricks as the DAG builds it, its payload pointing at ``code/{version}/`` of a local lake."""
-    from swan_airflow.submit_run import SwanJobOperator
 
     lake_root = tmp_path / "lake"
     for key, value in {"SWAN_LAKE_ROOT": str(lake_root), "SWAN_JOB_LAKE_ROOT": str(lake_root)}.items():
@@ -247,19 +235,26 @@ def _pipeline_job(tmp_path, monkeypatch, version: str):
         "libraries": [{"whl": str(code / "swan_anomaly-0.1.0-py3-none-any.whl")}],
         "spark_python_task": {"python_file": str(code / "jobs" / "etl.py"), "parameters": ["--dataset-id", "20261130"]},
     }
+    return _job_operator("etl", task, inputs="digest-of-the-upload-an-earlier-try-reported")  # upload_to_lake's XCom
+
+
+def _job_operator(job: str, task: dict, **kwargs):
+    """The task of ``job`` on Databricks (deferrable, as the pipeline builds it) for one run ``task``, against the double."""
+    from swan_airflow.submit_run import SwanJobOperator
+
     return SwanJobOperator(
-        task_id="run_etl",
-        job="etl",
+        task_id=f"run_{job}",
+        job=job,
         job_args=[],
         dataset_id="20261130",
         backend="databricks",
-        inputs="digest-of-the-upload-an-earlier-try-reported",  # upload_to_lake's XCom
-        json={"run_name": "etl", "tasks": [task]},
+        json={"run_name": job, "tasks": [task]},
         databricks_conn_id="databricks_faults",
         polling_period_seconds=0.2,
         databricks_retry_delay=0.1,
         do_xcom_push=False,
         deferrable=True,
+        **kwargs,
     )
 
 

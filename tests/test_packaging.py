@@ -124,3 +124,17 @@ def test_make_installs_the_cpu_build_of_torch_on_linux_without_an_nvidia_driver(
     assert cpu_index not in _torch_install_line(tmp_path, TORCH_INDEX_URL="")  # the documented override
     if platform.system() == "Linux" and not any((p / "nvidia-smi").exists() for p in map(Path, os.environ["PATH"].split(os.pathsep))):
         assert cpu_index in _torch_install_line(tmp_path)  # this machine: Linux, no driver
+
+
+def test_make_clean_never_installs_the_environment_first(tmp_path):
+    """`clean` depended on `stop-endpoint`, which depends on the installed environment: on a fresh clone, or after the venv
+    was removed or went stale, `make clean` first created it and installed every pinned package (about 1.5 GB)."""
+    import shutil
+    import subprocess
+
+    shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
+    for name in ("requirements.txt", "requirements-dev.txt", "pyproject.toml", "package.json", "package-lock.json"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    planned = subprocess.run(["make", "-n", "clean"], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    assert "rm -rf .swan .airflow" in planned
+    assert "pip install" not in planned and "-m venv" not in planned, planned

@@ -151,6 +151,20 @@ def _new_version_over_good(world, name: str, new: str) -> tuple[str, str, dict]:
     return good, version, _serve(name, version)
 
 
+def _decided_rollback(name: str, bad: str, good: str) -> dict:
+    """The validation record of a try that decided to roll ``bad`` back to ``good`` and died before acting."""
+    return {
+        "outcome": "rolled_back",
+        "state": "acting",
+        "name": name,
+        "version": bad,
+        "challenger": bad,
+        "previous": good,
+        "reasons": ["AUROC 0.5000 < 0.9000"],
+        "message": f"the new version {name} v{bad} failed endpoint validation",
+    }
+
+
 def _validated_before(name: str, version: str) -> None:
     """Mark ``version`` as one that passed an endpoint validation earlier (what the champion of a past run has)."""
     from swan_airflow.runtime import registry_client
@@ -345,16 +359,7 @@ def test_a_retry_after_a_rollback_interrupted_half_way_finishes_it(world, model_
     from swan_airflow.steps.serving import validate_endpoint
 
     good, bad, endpoint = _new_version_over_good(world, model_name, "constant")
-    record = {
-        "outcome": "rolled_back",
-        "state": "acting",
-        "name": model_name,
-        "version": bad,
-        "challenger": bad,
-        "previous": good,
-        "reasons": ["AUROC 0.5000 < 0.9000"],
-        "message": f"the new version {model_name} v{bad} failed endpoint validation",
-    }
+    record = _decided_rollback(model_name, bad, good)
     world["lake"].write_result(RUN_ID, "validation", record)  # what a try that died before rolling back left
     with pytest.raises(AirflowFailException, match="decided by an earlier try"):
         validate_endpoint(_ctx(), endpoint, _registered(model_name, bad, world, "constant"))
@@ -673,16 +678,7 @@ def test_clearing_an_old_runs_interrupted_rollback_never_undoes_a_later_runs_pro
     _validated_before(model_name, good)
     bad = _register(world, model_name, "constant", "scheduled__A")
     _serve(model_name, bad)
-    decided = {
-        "outcome": "rolled_back",
-        "state": "acting",
-        "name": model_name,
-        "version": bad,
-        "challenger": bad,
-        "previous": good,
-        "reasons": ["AUROC 0.5000 < 0.9000"],
-        "message": f"the new version {model_name} v{bad} failed endpoint validation",
-    }
+    decided = _decided_rollback(model_name, bad, good)
     world["lake"].write_result(RUN_ID, "validation", decided)
     run_b = "scheduled__B"
     world["lake"].write_result(run_b, "train", world["lake"].read_result(RUN_ID, "train"))

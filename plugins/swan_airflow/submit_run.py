@@ -191,14 +191,14 @@ class SwanJobOperator(IdempotentSubmitRunOperator):
         has. Here both run the worker's code: the new version is deployed (once per version) and named in
         the payload, whose new digest gives a new run.
         """
-        from swan_airflow.code_deploy import code_version
+        from swan_airflow.code_deploy import code_version, deploy_code
         from swan_airflow.databricks_runs import job_file_key
-        from swan_airflow.steps.code import deploy_code
+        from swan_airflow.runtime import job_lake_root, lake
 
         current = code_version()
         if f"/code/{current}/" in json.dumps(self.json):
             return
-        code = deploy_code()
+        code = deploy_code(lake(), job_lake_root())
         self.log.warning("the %s payload named code an earlier deploy_code shipped; it runs code/%s/ instead", self.job, current)
         for task in self.json.get("tasks", []):
             task["libraries"] = [{"whl": code["wheel_uri"]} if "/code/" in lib.get("whl", "") else lib for lib in task.get("libraries", [])]
