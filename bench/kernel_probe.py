@@ -1,0 +1,190 @@
+"""bench/kernel_probe.py: what the remaining GPU gap costs, one candidate fix at a time (issue 17).
+
+The profile in docs/BENCHMARKS.md names three costs beyond ViT-B/16's GEMMs: GELU as its own
+memory-bound kernel, the patch embedding as a cuDNN convolution, and bf16 GEMMs at their ceiling.
+This probe measures the first two, each against the pipeline's compiled path of today in the same
+process (``modeling.compile_model``: Inductor around an eager SDPA island), on the same random
+weights and batches, already on the device:
+
+inference (``--infer-batch``, bfloat16 weights as ``prepare_for_inference`` gives them):
+
+* ``compiled``: today's compiled path; the baseline of the ratios;
+* ``compiled+patch_matmul``: ``modeling.patch_embedding_as_matmul`` first (exact: the same
+  multiply-adds as one GEMM);
+* ``compiled+patch_matmul+gelu_epilogue``: also the MLP's first linear layer and its GELU as one
+  cuBLASLt call with the GELU epilogue (``torch._addmm_activation``), left eager like attention.
+  cuBLASLt's epilogue is GELU's tanh approximation, so the scores move: the probe prints how far;
+* ``compiled+patch_matmul+triton_gemm``: Inductor's max-autotune with Triton GEMM templates only,
+  which fuse the exact GELU into the GEMM's epilogue (long to compile; last, so a time limit cuts
+  it alone);
+* ``eager`` and ``eager+patch_matmul``: the served pyfunc's eager forward, for scale.
+
+training (``--train-batch``): ``compiled`` against ``compiled+patch_matmul``, as
+``train_classifier`` runs its steps (``bench/_harness.PipelineTraining``). They run before
+``triton_gemm``, the slowest to compile, which comes last.
+
+Each variant prints images/s, its ratio to ``compiled`` and the largest ``anomaly_score``
+difference from a float32 forward of the same weights on one batch; the JSON is rewritten after
+every variant, so a run cut short keeps what it measured.
+
+Example:
+    $ python3 bench/kernel_probe.py --model vit-b16 --device cuda --json out/kernel_probe.json   # GPU, about 4 minutes
+    $ python3 bench/kernel_probe.py --model offline --device cpu --steps 2 --warmup 1 --infer-batch 8 --train-batch 8 --only eager eager+patch_matmul
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
+
+import _harness  # noqa: E402  (needs include/ on sys.path)
+import torch  # noqa: E402
+
+from swan_anomaly.metrics import anomaly_scores  # noqa: E402
+from swan_anomaly.modeling import (  # noqa: E402
+    compile_model,
+    forward_logits,
+    load_classifier,
+    patch_embedding_as_matmul,
+    prepare_for_inference,
+)
+
+INFER = ("compiled", "compiled+patch_matmul", "compiled+patch_matmul+gelu_epilogue", "eager", "eager+patch_matmul")
+TRAIN = ("train:compiled", "train:compiled+patch_matmul")
+#: Last: the slowest to compile, so a time limit cuts it alone.
+SLOW = ("compiled+patch_matmul+triton_gemm",)
+
+
+class GeluEpilogue(torch.nn.Module):
+    """ViT's ``intermediate`` (linear, then GELU) as one cuBLASLt GEMM with the GELU epilogue (tanh approximation)."""
+
+    def __init__(self, dense: torch.nn.Linear) -> None:
+        super().__init__()
+        self.dense = dense
+
+    @torch.compiler.disable
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        flat = hidden_states.reshape(-1, hidden_states.shape[-1])
+        out = torch._addmm_activation(self.dense.bias, flat, self.dense.weight.t(), use_gelu=True)
+        return out.reshape(*hidden_states.shape[:-1], out.shape[-1])
+
+
+def fuse_gelu(model) -> None:
+    """Each MLP's first linear layer and GELU as one :class:`GeluEpilogue` (transformers 5.2x's ``mlp.fc1`` or 5.1x's ``intermediate.dense``)."""
+    mlps = [m for m in model.modules() if hasattr(m, "fc1") and hasattr(m, "activation_fn")]
+    olds = [m for m in model.modules() if hasattr(m, "dense") and hasattr(m, "intermediate_act_fn")]
+    for mlp in mlps:
+        mlp.fc1, mlp.activation_fn = GeluEpilogue(mlp.fc1), torch.nn.Identity()
+    for intermediate in olds:
+        intermediate.dense, intermediate.intermediate_act_fn = GeluEpilogue(intermediate.dense), torch.nn.Identity()
+    if len(mlps) + len(olds) != model.config.num_hidden_layers:
+        msg = f"found {len(mlps) + len(olds)} MLPs to fuse, expected {model.config.num_hidden_layers}"
+        raise RuntimeError(msg)
+
+
+def build(model_dir: str, variant: str, device: str):
+    model = prepare_for_inference(load_classifier(model_dir), device)
+    if "patch_matmul" in variant:
+        patch_embedding_as_matmul(model)
+    if "gelu_epilogue" in variant:
+        fuse_gelu(model)
+    return compile_model(model) if variant.startswith("compiled") else model
+
+
+def infer_variant(model_dir: str, variant: str, x: torch.Tensor, reference: torch.Tensor, args, device) -> dict:
+    import contextlib
+
+    patch = contextlib.nullcontext()
+    if "triton_gemm" in variant:
+        import torch._inductor.config as inductor_config
+
+        patch = inductor_config.patch(max_autotune=True, max_autotune_gemm_backends="TRITON")
+    with patch:
+        model = build(model_dir, variant, args.device)
+        started = time.perf_counter()
+        scores = anomaly_scores(forward_logits(model, x[: args.infer_batch]))  # compiles, when compiled
+        first_s = time.perf_counter() - started
+
+        def step(j: int) -> None:
+            i = (j % _harness.DATA_BATCHES) * args.infer_batch
+            anomaly_scores(forward_logits(model, x[i : i + args.infer_batch]))
+
+        timed = _harness.time_loop(step, steps=args.steps, warmup=args.warmup, device=device)
+    timed["images_per_s"] = round(args.infer_batch * args.steps / timed["seconds"], 1)
+    timed["first_call_s"] = round(first_s, 1)
+    timed["max_score_diff_vs_float32"] = float(abs(scores - reference).max())
+    return timed
+
+
+def train_variant(model_dir: str, variant: str, x: torch.Tensor, y: torch.Tensor, args, device) -> dict:
+    run = _harness.PipelineTraining(model_dir, x, y, device=args.device, total_steps=args.warmup + args.steps + 1, compile=False)
+    raw = run.model
+    if "patch_matmul" in variant:
+        patch_embedding_as_matmul(raw)
+    run.model = compile_model(raw)
+    raw.train()
+    started = time.perf_counter()
+    run.step(0)  # compiles
+    first_s = time.perf_counter() - started
+    timed = _harness.time_loop(run.step, steps=args.steps, warmup=args.warmup, device=device)
+    timed["images_per_s"] = round(args.train_batch * args.steps / timed["seconds"], 1)
+    timed["first_call_s"] = round(first_s, 1)
+    return timed
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=sorted(_harness.MODELS), default="vit-b16")
+    parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    parser.add_argument("--infer-batch", type=int, default=1024)
+    parser.add_argument("--train-batch", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--only", nargs="+", choices=INFER + TRAIN + SLOW, help="run these variants (default: all, in the order above)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    device, cfg = _harness.resolve_device(args.device), _harness.vit_config(args.model)
+    wanted = args.only or list(INFER + TRAIN + SLOW)
+    result = {"benchmark": "kernel_probe", "model": args.model, "device": str(device), "torch": torch.__version__,
+              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "infer_batch": args.infer_batch, "train_batch": args.train_batch, "steps": args.steps, "warmup": args.warmup,
+              "variants": {}}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = _harness.save_random_model(args.model, Path(tmp) / "model")
+        x, _ = _harness.random_batches(cfg, args.infer_batch, device)
+        float32 = load_classifier(model_dir).eval().to(device)
+        with torch.inference_mode():
+            reference = anomaly_scores(float32(pixel_values=x[: args.infer_batch]).logits.float().cpu().numpy())
+        del float32
+        for variant in wanted:
+            try:
+                if variant.startswith("train:"):
+                    xt, yt = _harness.random_batches(cfg, args.train_batch, device)
+                    measured = train_variant(model_dir, variant, xt, yt, args, device)
+                else:
+                    measured = infer_variant(model_dir, variant, x, reference, args, device)
+            except Exception as exc:  # noqa: BLE001 - reported; the other variants go on
+                measured = {"error": f"{type(exc).__name__}: {exc}"[:800]}
+            result["variants"][variant] = measured
+            torch._dynamo.reset()
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            for kind, base in (("infer", "compiled"), ("train", "train:compiled")):
+                if variant.startswith("train:") == (kind == "train") and "images_per_s" in measured:
+                    ref = result["variants"].get(base, {}).get("images_per_s")
+                    if ref:
+                        measured[f"ratio_to_{base}"] = round(measured["images_per_s"] / ref, 3)
+            print(f"{variant:<38} {measured}", flush=True)
+            _harness.write_json(args.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
