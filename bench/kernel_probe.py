@@ -29,7 +29,7 @@ every variant, so a run cut short keeps what it measured.
 
 Example:
     $ python3 bench/kernel_probe.py --model vit-b16 --device cuda --json out/kernel_probe.json   # GPU, about 4 minutes
-    $ python3 bench/kernel_probe.py --model offline --device cpu --steps 2 --warmup 1 --infer-batch 8 --train-batch 8 --only eager eager+patch_matmul
+    $ python3 bench/kernel_probe.py --model offline --device cpu --steps 2 --infer-batch 8 --only eager eager+patch_matmul
 """
 
 from __future__ import annotations
@@ -76,7 +76,10 @@ class GeluEpilogue(torch.nn.Module):
 
 
 def fuse_gelu(model) -> None:
-    """Each MLP's first linear layer and GELU as one :class:`GeluEpilogue` (transformers 5.2x's ``mlp.fc1`` or 5.1x's ``intermediate.dense``)."""
+    """Each MLP's first linear layer and GELU as one :class:`GeluEpilogue`.
+
+    Transformers 5.2x names them ``mlp.fc1`` and ``mlp.activation_fn``, 5.1x ``intermediate.dense`` and ``intermediate_act_fn``.
+    """
     mlps = [m for m in model.modules() if hasattr(m, "fc1") and hasattr(m, "activation_fn")]
     olds = [m for m in model.modules() if hasattr(m, "dense") and hasattr(m, "intermediate_act_fn")]
     for mlp in mlps:

@@ -63,8 +63,8 @@ def test_a_convolution_that_is_not_a_patchify_is_refused(model_dir):
 def test_the_kernel_probe_runs_and_reports_each_variant(tmp_path):
     """The GPU probe's own loop, at toy size on CPU: each variant's rate, ratio and score difference land in its JSON."""
     out = tmp_path / "probe.json"
-    command = [sys.executable, str(ROOT / "bench" / "kernel_probe.py"), "--model", "offline", "--device", "cpu", "--steps", "1",
-               "--warmup", "0", "--infer-batch", "4", "--train-batch", "4", "--only", "eager", "eager+patch_matmul", "--json", str(out)]  # fmt: skip
+    command = [sys.executable, str(ROOT / "bench" / "kernel_probe.py"), "--model", "offline", "--device", "cpu", "--steps", "1", "--warmup",
+               "0", "--infer-batch", "4", "--train-batch", "4", "--only", "eager", "eager+patch_matmul", "--json", str(out)]  # fmt: skip
     subprocess.run(command, check=True, capture_output=True, timeout=300)
     variants = json.loads(out.read_text())["variants"]
     assert set(variants) == {"eager", "eager+patch_matmul"}
