@@ -189,3 +189,23 @@ def test_the_data_path_benchmark_accounts_for_every_image_and_second(tmp_path):
     assert r["ratio_job_to_model_only"] == pytest.approx(job["images_per_s"] / model_only["images_per_s"], rel=0.01)
     assert set(r["decode_best_s"]) == {"1_workers", "2_workers"} and all(t > 0 for t in r["decode_best_s"].values())
     assert "ratio job/model-only" in done.stdout
+
+
+def test_a_chunk_is_normalised_in_the_result_without_a_float_temporary():
+    """One chunk of images: before, a float32 copy of the chunk and a channels-first copy of it came on top of the result."""
+    images = _jpegs(PREPROCESS_CHUNK, side=48)
+    result_bytes = len(images) * 3 * 48 * 48 * 4
+    tracemalloc.start()
+    try:
+        x = preprocess(images, **SPEC)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert x.nbytes == result_bytes
+    # now the result, the chunk's uint8 crops and the decoding's own temporaries (2.3x the result); before 3.0x
+    assert peak < 2.5 * result_bytes, f"peak {peak / 2**20:.2f} MiB for a {result_bytes / 2**20:.2f} MiB result"
+    # the same values, bit for bit, as the uint8 stack normalised on its own
+    from swan_anomaly.images import crop_and_resize, decode_image, normalize
+
+    stack = np.stack([crop_and_resize(decode_image(b, name="x"), size=SPEC["size"]) for b in images])
+    assert np.array_equal(x, normalize(stack, mean=SPEC["mean"], std=SPEC["std"]))

@@ -190,6 +190,28 @@ def normalize(images: np.ndarray, *, mean: Sequence[float], std: Sequence[float]
     return x.transpose(0, 3, 1, 2)
 
 
+def normalize_into(out: np.ndarray, images: np.ndarray, *, mean: Sequence[float], std: Sequence[float]) -> None:
+    """:func:`normalize` ``[B, H, W, 3]`` uint8 ``images`` straight into ``out`` (``[B, 3, H, W]`` float32), bit for bit.
+
+    The pixels are converted into ``out`` itself and worked on there: no float32 temporary per
+    chunk of images, and no second copy. Such a temporary (38 MB for 64 images at 224 px) is
+    above glibc's mmap threshold, so each chunk mapped fresh pages and faulted them in: with
+    it, normalising was slower than decoding (``bench/train_data_path.py``'s decoding rates in
+    docs/BENCHMARKS.md).
+
+    Example:
+        >>> out = np.empty((1, 3, 1, 2), dtype=np.float32)
+        >>> normalize_into(out, np.array([[[[0, 255, 51], [255, 0, 51]]]], dtype=np.uint8), mean=(0.5,) * 3, std=(0.5,) * 3)
+        >>> out[0, :, 0, 0].tolist(), bool((out == normalize(np.array([[[[0, 255, 51], [255, 0, 51]]]], dtype=np.uint8),
+        ...                                                   mean=(0.5,) * 3, std=(0.5,) * 3)).all())
+        ([-1.0, 1.0, -0.6000000238418579], True)
+    """
+    np.copyto(out, images.transpose(0, 3, 1, 2), casting="unsafe")  # uint8 to float32 is exact
+    out /= np.float32(255.0)
+    out -= np.asarray(mean, dtype=np.float32)[:, None, None]
+    out /= np.asarray(std, dtype=np.float32)[:, None, None]
+
+
 def preprocess_threads(images: int, workers: int) -> int:
     """How many threads :func:`preprocess` runs for ``images`` images when asked for ``workers``: one per chunk, at most
     :data:`MAX_PREPROCESS_WORKERS`.
@@ -244,7 +266,7 @@ def preprocess(
         batch = np.stack(
             [crop_and_resize(decode_image(images[i], name=names[i]), size=size, bias_x=bias_x, bias_y=bias_y) for i in range(start, stop)]
         )
-        out[start:stop] = normalize(batch, mean=mean, std=std)  # written once, channels first
+        normalize_into(out[start:stop], batch, mean=mean, std=std)
 
     starts = range(0, len(images), PREPROCESS_CHUNK)
     workers = preprocess_threads(len(images), workers)
