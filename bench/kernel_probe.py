@@ -2,15 +2,16 @@
 
 The profile in docs/BENCHMARKS.md names three costs beyond ViT-B/16's GEMMs: GELU as its own
 memory-bound kernel, the patch embedding as a cuDNN convolution, and bf16 GEMMs at their ceiling.
-This probe measures the first two, each against the pipeline's compiled path of today in the same
+This probe measures the first two, each against the compiled path as the pipeline ran it before them, in the same
 process (``modeling.compile_model``: Inductor around an eager SDPA island), on the same random
 weights and batches, already on the device:
 
 inference (``--infer-batch``, bfloat16 weights as ``prepare_for_inference`` gives them):
 
-* ``compiled``: today's compiled path; the baseline of the ratios;
-* ``compiled+patch_matmul``: ``modeling.patch_embedding_as_matmul`` first (exact: the same
-  multiply-adds as one GEMM);
+* ``compiled``: the compiled path with the patch embedding as cuDNN's convolution, as the
+  pipeline ran before ``modeling.patch_embedding_as_matmul``; the baseline of the ratios;
+* ``compiled+patch_matmul``: the patch embedding as one GEMM (the same multiply-adds), as
+  ``prepare_for_inference`` and ``place_for_training`` now give it on CUDA;
 * ``compiled+patch_matmul+gelu_epilogue``: also the MLP's first linear layer and its GELU as one
   cuBLASLt call with the GELU epilogue (``torch._addmm_activation``), left eager like attention.
   cuBLASLt's epilogue is GELU's tanh approximation, so the scores move: the probe prints how far;
@@ -91,10 +92,25 @@ def fuse_gelu(model) -> None:
         raise RuntimeError(msg)
 
 
-def build(model_dir: str, variant: str, device: str):
-    model = prepare_for_inference(load_classifier(model_dir), device)
+def with_patch_embedding(model, variant: str):
+    """``model`` with its patch embedding as one GEMM when ``variant`` names ``patch_matmul``, else as cuDNN's convolution.
+
+    ``prepare_for_inference`` and ``place_for_training`` make it a GEMM on CUDA; the variants without
+    ``patch_matmul`` put a plain ``Conv2d`` back (the same parameters), as the pipeline ran before.
+    """
     if "patch_matmul" in variant:
-        patch_embedding_as_matmul(model)
+        return patch_embedding_as_matmul(model)
+    patches = model.vit.embeddings.patch_embeddings
+    old = patches.projection
+    conv = torch.nn.Conv2d(old.in_channels, old.out_channels, old.kernel_size, stride=old.stride, device="meta")
+    conv.weight, conv.bias = old.weight, old.bias
+    patches.projection = conv
+    torch.backends.cudnn.benchmark = True  # as the pipeline had it for its convolution
+    return model
+
+
+def build(model_dir: str, variant: str, device: str):
+    model = with_patch_embedding(prepare_for_inference(load_classifier(model_dir), device), variant)
     if "gelu_epilogue" in variant:
         fuse_gelu(model)
     return compile_model(model) if variant.startswith("compiled") else model
@@ -127,9 +143,7 @@ def infer_variant(model_dir: str, variant: str, x: torch.Tensor, reference: torc
 
 def train_variant(model_dir: str, variant: str, x: torch.Tensor, y: torch.Tensor, args, device) -> dict:
     run = _harness.PipelineTraining(model_dir, x, y, device=args.device, total_steps=args.warmup + args.steps + 1, compile=False)
-    raw = run.model
-    if "patch_matmul" in variant:
-        patch_embedding_as_matmul(raw)
+    raw = with_patch_embedding(run.model, variant)
     run.model = compile_model(raw)
     raw.train()
     started = time.perf_counter()
