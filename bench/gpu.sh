@@ -10,7 +10,7 @@
 # (as data_path over 10 epochs: the job decodes once, so its fixed costs weigh less over a longer run).
 # RUNS (default: all seven, in this order) picks runs by name, e.g. RUNS="data_path data_path_host".
 # Each run has a time limit (eager 90 s, compiled 120 s / 170 s, data path 150 s / 200 s). The first four took about
-# 6 minutes on an H100, the three data-path runs about 3 minutes on an H200; all seven may not fit one 10-minute device call: split them with RUNS.
+# 6 minutes on an H100, the three data-path runs 3.5 minutes on an H200; all seven may not fit one 10-minute device call: split them with RUNS.
 # a run that fails or hits its limit is reported and the script goes on.
 
 set -uo pipefail
