@@ -24,6 +24,12 @@ training (``--train-batch``): ``compiled`` against ``compiled+patch_matmul``, as
 ``train_classifier`` runs its steps (``bench/_harness.PipelineTraining``). They run before
 ``triton_gemm``, the slowest to compile, which comes last.
 
+FP8 (``*+float8``, when ``torchao`` is importable; nothing here installs it): training with
+``torchao.float8.convert_to_float8_training`` (tensorwise scaling, every linear layer whose
+sides are multiples of 16, so not the 2-class head), inference with ``torchao.quantization``'s
+``Float8DynamicActivationFloat8WeightConfig``; both on top of the patch GEMM and compiled. The
+lent GPU's image has no torchao: carry its wheel (``bench/README.md``).
+
 Each variant prints images/s, its ratio to ``compiled`` and the largest ``anomaly_score``
 difference from a float32 forward of the same weights on one batch; the JSON is rewritten after
 every variant, so a run cut short keeps what it measured.
@@ -37,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import sys
 import tempfile
 import time
@@ -58,6 +65,8 @@ from swan_anomaly.modeling import (  # noqa: E402
 
 INFER = ("compiled", "compiled+patch_matmul", "compiled+patch_matmul+gelu_epilogue", "eager", "eager+patch_matmul")
 TRAIN = ("train:compiled", "train:compiled+patch_matmul")
+#: FP8 GEMMs through torchao, where it is installed (issue 17: the bf16 GEMMs are at the chip's ceiling).
+FLOAT8 = ("compiled+patch_matmul+float8", "train:compiled+patch_matmul+float8")
 #: Last: the slowest to compile, so a time limit cuts it alone.
 SLOW = ("compiled+patch_matmul+triton_gemm",)
 
@@ -109,10 +118,32 @@ def with_patch_embedding(model, variant: str):
     return model
 
 
+def float8_linears(module: torch.nn.Module, fqn: str) -> bool:
+    """torchao's filter: FP8 for linear layers whose sides are multiples of 16 (not the 2-class head)."""
+    return isinstance(module, torch.nn.Linear) and module.in_features % 16 == 0 and module.out_features % 16 == 0
+
+
+def to_float8(model, *, training: bool):
+    """``model``'s linear layers as torchao's FP8 GEMMs.
+
+    Training: dynamic tensorwise scaling (``convert_to_float8_training``); inference: FP8 weights and activations.
+    """
+    if training:
+        from torchao.float8 import convert_to_float8_training
+
+        return convert_to_float8_training(model, module_filter_fn=float8_linears)
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, quantize_
+
+    quantize_(model, Float8DynamicActivationFloat8WeightConfig(), filter_fn=float8_linears)
+    return model
+
+
 def build(model_dir: str, variant: str, device: str):
     model = with_patch_embedding(prepare_for_inference(load_classifier(model_dir), device), variant)
     if "gelu_epilogue" in variant:
         fuse_gelu(model)
+    if "float8" in variant:
+        to_float8(model, training=False)
     return compile_model(model) if variant.startswith("compiled") else model
 
 
@@ -144,6 +175,8 @@ def infer_variant(model_dir: str, variant: str, x: torch.Tensor, reference: torc
 def train_variant(model_dir: str, variant: str, x: torch.Tensor, y: torch.Tensor, args, device) -> dict:
     run = _harness.PipelineTraining(model_dir, x, y, device=args.device, total_steps=args.warmup + args.steps + 1, compile=False)
     raw = with_patch_embedding(run.model, variant)
+    if "float8" in variant:
+        to_float8(raw, training=True)
     run.model = compile_model(raw)
     raw.train()
     started = time.perf_counter()
@@ -163,11 +196,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--train-batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--only", nargs="+", choices=INFER + TRAIN + SLOW, help="run these variants (default: all, in the order above)")
+    parser.add_argument(
+        "--only", nargs="+", choices=INFER + TRAIN + FLOAT8 + SLOW, help="run these variants (default: all, in the order above)"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     device, cfg = _harness.resolve_device(args.device), _harness.vit_config(args.model)
-    wanted = args.only or list(INFER + TRAIN + SLOW)
+    wanted = args.only or list(INFER + TRAIN + (FLOAT8 if importlib.util.find_spec("torchao") else ()) + SLOW)
     result = {"benchmark": "kernel_probe", "model": args.model, "device": str(device), "torch": torch.__version__,
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "infer_batch": args.infer_batch, "train_batch": args.train_batch, "steps": args.steps, "warmup": args.warmup,
