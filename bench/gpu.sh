@@ -7,10 +7,11 @@
 # Writes $OUT/gpu.log and one JSON per run: infer_eager, train_eager, infer_compile, train_compile,
 # data_path (the training job's data path against the model-only loop, 3 epochs), data_path_host (the same
 # with the training set kept on the host: batches gathered a step ahead into pinned memory) and data_path_e10
-# (as data_path over 10 epochs: the job decodes once, so its fixed costs weigh less over a longer run).
-# RUNS (default: all seven, in this order) picks runs by name, e.g. RUNS="data_path data_path_host".
+# (as data_path over 10 epochs: the job decodes once, so its fixed costs weigh less over a longer run), and
+# kernel_probe (bench/kernel_probe.py: the remaining kernel fixes one at a time; its FP8 variants need torchao, bench/README.md).
+# RUNS (default: all eight, in this order) picks runs by name, e.g. RUNS="data_path data_path_host".
 # Each run has a time limit (eager 90 s, compiled 120 s / 170 s, data path 150 s / 200 s). The first four took about
-# 6 minutes on an H100, the three data-path runs 3.5 minutes on an H200; all seven may not fit one 10-minute device call: split them with RUNS.
+# 6 minutes on an H100, the three data-path runs 3.5 minutes and the probe about 2.5 (without FP8) on an H200; all eight may not fit one 10-minute device call: split them with RUNS.
 # a run that fails or hits its limit is reported and the script goes on.
 
 set -uo pipefail
@@ -25,7 +26,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit,driver_versio
 nproc
 python3 -c 'import sys, torch, transformers; print("python", sys.version.split()[0], "| torch", torch.__version__, "cuda", torch.version.cuda, "| transformers", transformers.__version__, "|", torch.cuda.get_device_name(0))'
 
-RUNS=${RUNS:-"infer_eager train_eager infer_compile train_compile data_path data_path_host data_path_e10"}
+RUNS=${RUNS:-"infer_eager train_eager infer_compile train_compile data_path data_path_host data_path_e10 kernel_probe"}
 
 bench() {  # bench NAME LIMIT_S SCRIPT ARGS...
     local name=$1 limit=$2 script=$3
@@ -42,6 +43,10 @@ bench train_compile 170 train_throughput.py --batch-size 256  --warmup 3 --steps
 bench data_path      150 train_data_path.py --batch-size 256 --images 8192 --epochs 3 --decode-rounds 1
 bench data_path_host 150 train_data_path.py --batch-size 256 --images 8192 --epochs 3 --decode-rounds 1 --host-batches
 bench data_path_e10  200 train_data_path.py --batch-size 256 --images 8192 --epochs 10 --decode-rounds 1
+if [[ " $RUNS " == *" kernel_probe "* ]]; then  # its own options: the variants' rates, ratios and score differences
+    timeout --kill-after=10 330 python3 bench/kernel_probe.py --model vit-b16 --device cuda --json "$OUT/kernel_probe.json" \
+        || echo "[gpu.sh] kernel_probe: failed or over its 330s limit (rc=$?)"
+fi
 
 set +x
 python3 - "$OUT" <<'EOF'

@@ -52,6 +52,22 @@ def test_the_swapped_model_saves_the_same_weights_under_the_same_names(model_dir
         torch.testing.assert_close(reloaded(pixel_values=_pixels()).logits, original(pixel_values=_pixels()).logits, rtol=0, atol=0)
 
 
+def test_the_swapped_model_pickles_and_keeps_its_mode(model_dir):
+    """A class defined inside a function cannot be pickled: torch.save of the whole model failed with it."""
+    import io
+    import pickle
+
+    model = load_classifier(model_dir).eval()
+    patch_embedding_as_matmul(model)
+    assert not model.vit.embeddings.patch_embeddings.projection.training  # an eval model stays in eval mode throughout
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    restored = pickle.loads(pickle.dumps(model))
+    x = _pixels()
+    with torch.no_grad():
+        torch.testing.assert_close(restored(pixel_values=x).logits, model(pixel_values=x).logits, rtol=0, atol=0)
+
+
 def test_a_convolution_that_is_not_a_patchify_is_refused(model_dir):
     model = load_classifier(model_dir)
     projection = model.vit.embeddings.patch_embeddings.projection

@@ -181,7 +181,8 @@ def normalize(images: np.ndarray, *, mean: Sequence[float], std: Sequence[float]
     """Turn ``[B, H, W, 3]`` uint8 RGB into ``[B, 3, H, W]`` float32, scaled to [0, 1] then standardised.
 
     One float32 array, worked on in place (the same values as ``(x / 255 - mean) / std``), and
-    returned as a channels-first view of it: whoever stores it (``preprocess``) copies it once.
+    returned as a channels-first view of it. :func:`preprocess` writes the same values straight
+    into its result with :func:`normalize_into`.
     """
     x = images.astype(np.float32)
     x /= 255.0

@@ -17,7 +17,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -208,9 +207,11 @@ def patch_embedding_as_matmul(model):
     A convolution whose kernel equals its stride is a matrix product over the flattened patches.
     cuDNN runs ViT-B/16's as a convolution at about 6.6 ms per 1024 images on an H100 (the
     profile in docs/BENCHMARKS.md), where the same multiply-adds as one GEMM take well under
-    1 ms. The projection keeps its class (a ``Conv2d``), its parameters and their names, so the
-    state dict, ``save_pretrained`` and the scores stay the same: only the arithmetic's order
-    differs (float32 outputs agree to about 1e-6).
+    1 ms. The projection becomes a :class:`swan_anomaly.patch_embedding.PatchMatmul`, a ``Conv2d``
+    subclass holding the same parameter objects under the same names, so the optimizer, the state
+    dict, ``save_pretrained`` (which writes a plain checkpoint) and the scores stay the same: only
+    the arithmetic's order differs (float32 outputs agree to about 1e-6). Hooks registered on the
+    old projection are not carried over.
 
     Args:
         model: a ``ViTForImageClassification``; changed in place.
@@ -221,9 +222,11 @@ def patch_embedding_as_matmul(model):
     Example:
         >>> model = patch_embedding_as_matmul(load_classifier(base))  # doctest: +SKIP
     """
+    from swan_anomaly.patch_embedding import PatchMatmul
+
     patches = model.vit.embeddings.patch_embeddings
-    projection, matmul = patches.projection, _patch_matmul_class()
-    if isinstance(projection, matmul):
+    projection = patches.projection
+    if isinstance(projection, PatchMatmul):
         return model
     if (
         projection.kernel_size != projection.stride
@@ -233,30 +236,10 @@ def patch_embedding_as_matmul(model):
     ):
         msg = f"patch embedding {projection} is not a plain patchify convolution (kernel == stride, no padding)"
         raise ValueError(msg)
-    swapped = matmul(projection.in_channels, projection.out_channels, projection.kernel_size, stride=projection.stride, device="meta")
+    swapped = PatchMatmul(projection.in_channels, projection.out_channels, projection.kernel_size, stride=projection.stride, device="meta")
     swapped.weight, swapped.bias = projection.weight, projection.bias
-    patches.projection = swapped
+    patches.projection = swapped.train(projection.training)
     return model
-
-
-@functools.cache
-def _patch_matmul_class():
-    import torch
-    import torch.nn.functional as F
-
-    class PatchMatmul(torch.nn.Conv2d):
-        """A ``Conv2d`` with kernel == stride and no padding, computed as a matrix product of the flattened patches."""
-
-        def forward(self, x):
-            (p, q), d = self.kernel_size, self.out_channels
-            b, c, h, w = x.shape
-            gh, gw = h // p, w // q
-            x = x[:, :, : gh * p, : gw * q]  # a convolution drops the pixels that fill no whole patch, too
-            flat = x.reshape(b, c, gh, p, gw, q).permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, c * p * q)
-            out = F.linear(flat, self.weight.reshape(d, c * p * q), self.bias)
-            return out.transpose(1, 2).reshape(b, d, gh, gw)  # the convolution's layout, as a view
-
-    return PatchMatmul
 
 
 def register_attention_island() -> None:
