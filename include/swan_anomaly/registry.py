@@ -174,7 +174,12 @@ def stored_threshold(client: MlflowClient, name: str, version: str) -> float:
 
 
 def endpoint_validation(client: MlflowClient, name: str, version: str) -> str | None:
-    """The version's :data:`ENDPOINT_VALIDATION` tag (``passed: ...`` / ``failed: ...``), or None when never validated."""
+    """The version's :data:`ENDPOINT_VALIDATION` tag, or None when never validated.
+
+    ``passed: ...`` (only such a version is rolled back to), ``failed: ...`` (never promoted again),
+    ``incomplete: ...`` (the validation could not complete) or ``unmeasured: ...`` (parity held on a
+    test split too small to measure its quality).
+    """
     return client.get_model_version(name, str(version)).tags.get(ENDPOINT_VALIDATION)
 
 

@@ -228,8 +228,13 @@ def validate_endpoint(ctx: RunContext, endpoint: dict, registered: dict) -> dict
         "%s\n%s", record["message"], score_table([tuple(r) for r in score_sample(record["scores"])]) if record["scores"] else "(no scores)"
     )
     if outcome is Outcome.PASSED:
-        if new_version:
+        if new_version and check.measured:
             tag_version(client, name, version, {ENDPOINT_VALIDATION: f"passed: run {ctx.run_id}, dataset {ctx.dataset_id}"})
+        elif new_version:  # it serves what the registry holds, but nobody measured how well: not a version to roll back to
+            unmeasured = f"unmeasured: run {ctx.run_id}, dataset {ctx.dataset_id}: {check.note}"
+            tag_version(client, name, version, {ENDPOINT_VALIDATION: unmeasured})
+            log.warning("%s v%s serves with parity, but %s: it is not marked validated, and the next run validates it again",
+                        name, version, check.note)  # fmt: skip
         store.write_result(ctx.run_id, "validation", {**record, "state": "done"})
         return endpoint_summary(record)
     if outcome is Outcome.DRIFT:
