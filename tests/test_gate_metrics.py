@@ -203,3 +203,16 @@ def test_the_endpoint_check_catches_a_novelty_score_that_differs_or_is_missing_o
         labels, scores, scores, threshold=0.5, policy=policy, endpoint_novelty=np.full(40, np.nan), registry_novelty=np.full(40, np.nan)
     )
     assert neither.passed  # a version without a novelty bank: nothing to compare
+
+
+def test_a_metric_that_is_not_a_number_never_passes_the_gate():
+    """NaN compares False with anything: ``nan < 0.9`` is False, so a NaN AUROC passed every threshold."""
+    nan = float("nan")
+    decision = decide({"auroc": nan, "f1": nan}, None, GateMode.ENABLED, class_counts=ENOUGH)
+    assert not decision.passed and not decision.promote
+    assert decision.reasons == ["auroc nan < 0.9000", "f1 nan < 0.8000"]
+    # a NaN on either side of the comparison with the champion refuses too, instead of skipping it
+    good = {"auroc": 0.99, "f1": 0.95}
+    assert not decide(good, {"auroc": nan, "f1": 0.9}, GateMode.ENABLED, class_counts=ENOUGH).passed
+    assert not decide({"auroc": 0.99, "f1": nan}, {"auroc": 0.95, "f1": 0.9}, GateMode.ENABLED, class_counts=ENOUGH).passed
+    assert decide(good, {"auroc": 0.95, "f1": 0.9}, GateMode.ENABLED, class_counts=ENOUGH).passed  # finite and better: passes

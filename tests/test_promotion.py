@@ -232,15 +232,44 @@ def test_the_gate_refuses_a_validation_split_too_small_to_measure(world, model_n
     gate = world["lake"].read_result(RUN_ID, "gate")
     assert not gate["passed"] and not gate["measurable"]
     assert gate["reasons"][0].startswith("validation split too small to measure: 12 abnormal and 12 normal images, fewer than 25 per class")
-    # a dry run reports the same and promotes anyway
-    assert (
+    # a dry run reports the same; promoting anyway overrides the gate, which needs what force_promote needs
+    with pytest.raises(AirflowFailException, match="gate_mode=dry_run overrides the gate: it needs a force_promote_reason"):
         gate_model(_ctx(gate_min_images_per_class=25, gate_mode="dry_run"), _registered(model_name, version, world, "good"))
-        == "promote_model"
-    )
+    shadow = _ctx(gate_min_images_per_class=25, gate_mode="dry_run", force_promote_reason="shadow run of the new camera")
+    assert gate_model(shadow, _registered(model_name, version, world, "good")) == "promote_model"
+    assert world["lake"].read_result(RUN_ID, "gate")["forced"] == "gate_mode=dry_run: shadow run of the new camera"
     # an empty gate mode (the trigger form's clear button sends null) enforces, as by default
     cleared = _ctx(gate_min_images_per_class=25, gate_mode=None)
     assert gate_model(cleared, _registered(model_name, version, world, "good")) == "keep_champion"
     assert world["lake"].read_result(RUN_ID, "gate")["mode"] == "enabled"
+
+
+@pytest.mark.slow
+def test_a_gate_disabled_or_lowered_in_the_trigger_form_is_an_override_that_is_allowed_explained_and_tagged(world, model_name, monkeypatch):
+    """gate_mode=disabled, or thresholds lowered in the form, promoted anything with no permission, reason or tag."""
+    from swan_airflow.runtime import registry_client
+    from swan_airflow.steps.promotion import gate_model, promote_model
+
+    useless = _register(world, model_name, "constant", "scheduled__1")  # AUROC 0.5: the gate at its defaults refuses it
+    lowered = _ctx(gate_min_val_auroc=0.0, gate_min_val_f1=0.0)
+    with pytest.raises(AirflowFailException, match=r"gate thresholds below the deployment's defaults \(auroc 0\.5000 < 0\.9000"):
+        gate_model(lowered, _registered(model_name, useless, world, "constant"))
+    with pytest.raises(AirflowFailException, match="gate_mode=disabled overrides the gate"):
+        gate_model(_ctx(gate_mode="disabled"), _registered(model_name, useless, world, "constant"))
+    monkeypatch.setenv("SWAN_ALLOW_FORCE_PROMOTE", "false")
+    explained = _ctx(gate_mode="disabled", force_promote_reason="the gate is being replaced this week")
+    with pytest.raises(AirflowFailException, match="gate_mode=disabled would promote .* disabled in this deployment"):
+        gate_model(explained, _registered(model_name, useless, world, "constant"))
+    monkeypatch.delenv("SWAN_ALLOW_FORCE_PROMOTE")
+    assert gate_model(explained, _registered(model_name, useless, world, "constant")) == "promote_model"
+    promote_model(explained, _registered(model_name, useless, world, "constant"))
+    tags = registry_client().get_model_version(model_name, useless).tags
+    assert tags["force_promoted"] == f"{RUN_ID}: gate_mode=disabled: the gate is being replaced this week"
+    # lowered thresholds that change nothing are no override: the good model passes at the defaults too
+    good = _register(world, model_name, "good", "scheduled__2")
+    assert gate_model(_ctx(gate_min_val_auroc=0.5), _registered(model_name, good, world, "good")) == "promote_model"
+    gate = world["lake"].read_result(RUN_ID, "gate")
+    assert gate["passed"] and gate["passed_at_defaults"] and "forced" not in gate and gate["thresholds"]["auroc"] == 0.5
 
 
 @pytest.mark.slow
@@ -365,6 +394,28 @@ def test_a_retry_after_a_rollback_interrupted_half_way_finishes_it(world, model_
         validate_endpoint(_ctx(), endpoint, _registered(model_name, bad, world, "constant"))
     assert _served() == good and _champion(model_name) == good
     assert world["lake"].read_result(RUN_ID, "validation")["state"] == "done"
+
+
+@pytest.mark.slow
+def test_a_new_version_validated_on_a_split_too_small_to_measure_is_not_marked_validated(world, model_name):
+    """Parity alone passed, and the version was tagged ``passed``: a model never measured became a rollback target."""
+    from swan_airflow.runtime import registry_client
+    from swan_airflow.steps.serving import validate_endpoint
+    from swan_anomaly.registry import PREVIOUS, get_alias, promote
+
+    good, version, endpoint = _new_version_over_good(world, model_name, "good")
+    result = validate_endpoint(_ctx(gate_min_images_per_class=25), endpoint, _registered(model_name, version, world, "good"))
+    assert result["outcome"] == "passed" and _served() == version  # it serves what the registry holds
+    tag = registry_client().get_model_version(model_name, version).tags["endpoint_validation"]
+    assert tag.startswith("unmeasured: run ") and "quality not judged" in tag
+    # the next promotion keeps the last measured version as the one to roll back to
+    later = _register(world, model_name, "good", "scheduled__3")
+    promote(registry_client(), model_name, later)
+    assert str(get_alias(registry_client(), model_name, PREVIOUS).version) == good
+    # a run whose split is large enough measures it: then it is validated
+    promote(registry_client(), model_name, version)
+    validate_endpoint(_ctx(), _serve(model_name, version), _registered(model_name, version, world, "good"))
+    assert registry_client().get_model_version(model_name, version).tags["endpoint_validation"].startswith("passed: run ")
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
@@ -30,8 +31,8 @@ from swan_anomaly.config import Settings
 
 
 class GateMode(StrEnum):
-    DISABLED = "disabled"  # promote whatever was trained
-    DRY_RUN = "dry_run"  # evaluate and log, but promote anyway
+    DISABLED = "disabled"  # promote whatever was trained (the DAG treats it as an override of the gate, as force_promote)
+    DRY_RUN = "dry_run"  # evaluate and log, and promote anyway (the DAG: only with a force_promote_reason when it failed)
     ENABLED = "enabled"  # promote only what passes
 
 
@@ -113,7 +114,8 @@ def decide(
         challenger: metrics of the challenger (``auroc``, ``f1``, optionally ``unseen_auroc``).
         champion: the champion's metrics on the same rows, or None (no champion, or the
             challenger already is the champion). Only metrics both carry are compared.
-        mode: :class:`GateMode`; ``dry_run`` and ``disabled`` promote whatever the outcome.
+        mode: :class:`GateMode`; ``dry_run`` and ``disabled`` promote whatever the outcome (the DAG's
+            ``gate_model`` asks such an override for what ``force_promote`` needs).
         thresholds: absolute minimums by metric name (default :func:`promotion_thresholds`).
         max_regression: how far below the champion a metric may fall.
         class_counts: ``{"abnormal": n, "normal": m}`` of the scored rows; required.
@@ -135,12 +137,16 @@ def decide(
         reasons.append(f"{small}; the gate refuses to decide on noise (gate_min_images_per_class)")
     for name, t in thresholds.items():
         value = challenger.get(name)
-        if value is None or value < t.minimum:
+        if value is None or not math.isfinite(value) or value < t.minimum:  # NaN compares False with anything: refuse it
             reasons.append(f"{name} {value if value is None else f'{value:.4f}'} < {t.minimum:.4f}")
-    if champion:
+    if champion is not None:
         for name in thresholds:
             c, p = challenger.get(name), champion.get(name)
-            if c is not None and p is not None and c < p - max_regression:
+            if c is None or p is None:
+                continue
+            if not math.isfinite(p):
+                reasons.append(f"{name} of the champion is {p} on the same rows: the challenger cannot be compared with it")
+            elif not math.isfinite(c) or c < p - max_regression:
                 reasons.append(f"{name} {c:.4f} regresses against the champion's {p:.4f} on the same rows by more than {max_regression}")
     ours, theirs = data_dates
     if champion is not None and ours is not None and theirs is not None and ours < theirs:

@@ -30,8 +30,8 @@ BACKEND_CHOICES = {"local": "Local subprocesses", "databricks": "Databricks job 
 #: sends, means :attr:`GateMode.ENABLED`: see :func:`swan_anomaly.gate.gate_mode`).
 GATE_MODE_CHOICES = {
     GateMode.ENABLED.value: "Enforce: promote only what passes",
-    GateMode.DRY_RUN.value: "Dry run: judge and report, promote anyway",
-    GateMode.DISABLED.value: "Disabled: promote unjudged",
+    GateMode.DRY_RUN.value: "Dry run: judge and report; promoting a refused challenger needs a force_promote_reason",
+    GateMode.DISABLED.value: "Disabled: promote unjudged (needs a force_promote_reason)",
 }
 
 

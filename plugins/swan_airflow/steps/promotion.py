@@ -161,18 +161,37 @@ def gate_model(ctx: RunContext, registered: dict) -> str:
             if isinstance(exc, json.JSONDecodeError):  # a half-written file or a proxy's page: it may read well next time
                 raise
             raise AirflowFailException(f"the gate cannot judge v{version}: {exc}") from exc
-    if params.get("force_promote"):
-        reason = force_promote_reason(params)  # fails the task unless allowed and explained
-        log.warning("FORCE PROMOTE of v%s (gate passed=%s): %s", version, record["passed"], reason)
-        record = {**record, "promote": True, "forced": reason}
+    override = gate_override(params, mode, record)
+    if override:
+        reason = force_promote_reason(params, what=override)  # fails the task unless allowed and explained
+        log.warning("FORCE PROMOTE of v%s (gate passed=%s) by %s: %s", version, record["passed"], override, reason)
+        forced = reason if override == "force_promote" else f"{override}: {reason}"
+        record = {**record, "promote": True, "forced": forced}
     store.write_result(ctx.run_id, "gate", record)
     return "promote_model" if record["promote"] else "keep_champion"
 
 
+def gate_override(params, mode, record: dict) -> str | None:
+    """What in this run's Params promotes a challenger the enforced gate, at the deployment's thresholds, did not pass; None if nothing.
+
+    ``force_promote``; ``gate_mode`` ``dry_run`` or ``disabled`` promoting a challenger that failed
+    or was not judged; or gate thresholds lowered below the deployment's defaults that let it pass
+    (``record["passed_at_defaults"]`` False). Each is an override of the gate: it needs what
+    ``force_promote`` needs (:func:`force_promote_reason`), and the version is tagged with it.
+    """
+    if params.get("force_promote"):
+        return "force_promote"
+    if record["promote"] and not record["passed"]:
+        return f"gate_mode={mode.value}"
+    if record["promote"] and record.get("passed_at_defaults") is False:
+        return "gate thresholds below the deployment's defaults (" + "; ".join(record["reasons_at_defaults"]) + ")"
+    return None
+
+
 def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_version: str | None, mode: GateMode) -> dict:
     """Score both models on the challenger's validation rows, decide, and record it (MLflow and model version tags)."""
-    from swan_airflow.runtime import read_held_out_rows
-    from swan_anomaly.gate import MinThreshold, decide, too_small
+    from swan_airflow.runtime import read_held_out_rows, settings
+    from swan_anomaly.gate import GateMode, MinThreshold, decide, promotion_thresholds, too_small
     from swan_anomaly.metrics import evaluation_report, format_interval
     from swan_anomaly.registry import data_through, stored_threshold, tag_version
     from swan_anomaly.scoring import class_counts, labels_of, registry_scorer, score_rows
@@ -239,6 +258,17 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
             report["threshold"],
         )
     log.info("gate (%s): passed=%s promote=%s reasons=%s", decision.mode, decision.passed, decision.promote, decision.reasons or "none")
+    # the same decision at the deployment's thresholds: a pass that lowered Params alone allowed is an override
+    defaults = {**promotion_thresholds(), **{k: t for k, t in thresholds.items() if k == "unseen_auroc"}}
+    strict = decide(
+        challenger,
+        champion,
+        GateMode.ENABLED,
+        thresholds=defaults,
+        class_counts=counts,
+        min_images_per_class=settings().gate_min_images_per_class,
+        data_dates=(through["challenger"], through.get("champion")),
+    )
     record = {
         **base,
         "mode": decision.mode,
@@ -247,6 +277,9 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
         "reasons": decision.reasons,
         "measurable": decision.measurable,
         "reports": reports,
+        "thresholds": {k: t.minimum for k, t in thresholds.items()} | {"images_per_class": params["gate_min_images_per_class"]},
+        "passed_at_defaults": strict.passed,
+        "reasons_at_defaults": strict.reasons,
     }
     _log_to_mlflow(client, registered["mlflow_run_id"], reports, record)
     tag_version(client, name, version, {"gate_passed": decision.passed, "gate_reasons": "; ".join(decision.reasons) or "none"})
@@ -306,8 +339,13 @@ def keep_champion(registered: dict) -> dict:
     return {"promoted": False, "version": registered["version"]}
 
 
-def force_promote_reason(params, env=None) -> str:
+def force_promote_reason(params, env=None, *, what: str = "force_promote") -> str:
     """The reason of a forced promotion, after checking that this deployment allows one.
+
+    Args:
+        params: the run's Params (``force_promote_reason``).
+        env: the environment to read the settings from (default: the process's).
+        what: the override that promotes (see :func:`gate_override`), named in the errors.
 
     Raises:
         AirflowFailException: ``SWAN_ALLOW_FORCE_PROMOTE`` is false, or the reason is missing or
@@ -316,10 +354,16 @@ def force_promote_reason(params, env=None) -> str:
     from swan_airflow.runtime import settings
 
     if not settings(env).allow_force_promote:
-        msg = "force_promote is disabled in this deployment (SWAN_ALLOW_FORCE_PROMOTE=false); the gate decides"
+        msg = (
+            f"{what} would promote a challenger the gate did not pass, and overriding the gate is disabled in this "
+            "deployment (SWAN_ALLOW_FORCE_PROMOTE=false); the gate decides"
+        )
         raise AirflowFailException(msg)
     reason = (params.get("force_promote_reason") or "").strip()
     if len(reason) < 10:
-        msg = f"force_promote needs a force_promote_reason of at least 10 characters, got {reason!r}"
+        msg = (
+            f"{what} overrides the gate: it needs a force_promote_reason of at least 10 characters (recorded on the "
+            f"model version), got {reason!r}"
+        )
         raise AirflowFailException(msg)
     return reason
