@@ -134,6 +134,11 @@ def test_endpoint_checks_parity_then_quality_and_an_outcome_follows_from_what_ch
 
     few = check_endpoint(labels[25:35], good[25:35], good[25:35], threshold=0.5, policy=policy)  # 5 abnormal, 5 normal
     assert few.passed and not few.measured and few.report is None and "held-out test split too small to measure" in few.note
+    # no image at all: parity over nothing held vacuously and the check passed
+    none = check_endpoint(labels[:0], good[:0], good[:0], threshold=0.5, policy=policy)
+    assert not none.passed and not none.parity
+    assert none.reasons == ["no held-out test images to validate the endpoint on: nothing was checked"]
+    assert outcome_for(none, new_version=True, previous="3") is Outcome.ROLLED_BACK
 
 
 def test_endpoint_policy_reads_its_settings_and_refuses_bad_ones():
