@@ -95,3 +95,24 @@ def test_batches_cover_every_image_in_order_within_both_limits(sizes):
         together = encoded[first.start : second.start + 1]
         body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[t] for t in together]}})
         assert len(together) > 16 or len(body) > limit
+
+
+def test_an_endpoint_serving_another_model_or_a_traffic_split_serves_no_version_of_ours(caplog):
+    """Only the first entity's version was read: another model's v3 on the endpoint passed for our v3 ("already serves")."""
+    import types
+
+    from databricks.sdk.service.serving import EndpointCoreConfigOutput, ServedEntityOutput, ServingEndpointDetailed
+
+    from swan_anomaly.serving.deploy import served_version
+
+    def workspace(*entities):
+        detail = ServingEndpointDetailed(name="swan-anomaly", config=EndpointCoreConfigOutput(served_entities=list(entities)))
+        return types.SimpleNamespace(serving_endpoints=types.SimpleNamespace(get=lambda name: detail))
+
+    ours, theirs = ServedEntityOutput(entity_name="swan", entity_version="3"), ServedEntityOutput(entity_name="other", entity_version="3")
+    assert served_version(workspace(ours), "swan-anomaly", "swan") == "3"
+    assert served_version(workspace(theirs), "swan-anomaly", "swan") is None
+    assert "serves other v3, not one version of swan" in caplog.text
+    assert served_version(workspace(ours, ServedEntityOutput(entity_name="swan", entity_version="2")), "swan-anomaly", "swan") is None
+    assert served_version(workspace(), "swan-anomaly", "swan") is None
+    assert served_version(workspace(theirs), "swan-anomaly") == "3"  # no name asked: whatever one entity it serves

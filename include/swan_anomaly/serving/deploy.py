@@ -248,15 +248,25 @@ def workspace_client(host: str | None = None, *, token: str | None = None, auth:
     return WorkspaceClient(**auth.config_kwargs())
 
 
-def _served(detail) -> str | None:
+def _served(detail, model_name: str | None = None) -> str | None:
+    """The version of the one entity ``detail`` serves, when it is a version of ``model_name`` (of any model when None).
+
+    None when the endpoint serves nothing, more than one entity (a traffic split: not a version of
+    ours alone), or another model: a model of another name with the same version number is not ours.
+    """
     entities = (detail.config.served_entities if detail.config else None) or []
-    return str(entities[0].entity_version) if entities else None
+    if len(entities) != 1 or (model_name is not None and entities[0].entity_name != model_name):
+        if entities:
+            found = ", ".join(f"{e.entity_name} v{e.entity_version}" for e in entities)
+            log.warning("endpoint %s serves %s, not one version of %s", detail.name, found, model_name or "one model")
+        return None
+    return str(entities[0].entity_version)
 
 
-def served_version(w: WorkspaceClient, endpoint: str) -> str | None:
-    """The model version the endpoint serves, or None when it does not exist or serves nothing."""
+def served_version(w: WorkspaceClient, endpoint: str, model_name: str | None = None) -> str | None:
+    """The version of ``model_name`` the endpoint serves alone; None when it does not exist, serves nothing, or serves anything else."""
     try:
-        return _served(w.serving_endpoints.get(endpoint))
+        return _served(w.serving_endpoints.get(endpoint), model_name)
     except NotFound:
         return None
 
@@ -296,7 +306,7 @@ def deploy_version(w: WorkspaceClient, endpoint: str, model_name: str, version: 
             except OperationFailed as exc:  # that update failed and the endpoint kept its config: ours goes on
                 log.warning("the endpoint's pending update failed (%s); serving v%s now", exc, version)
                 detail = w.serving_endpoints.get(endpoint)
-        previous = _served(detail)
+        previous = _served(detail, model_name)
     except NotFound:
         log.info("creating serving endpoint %s for %s v%s", endpoint, model_name, version)
         try:

@@ -157,9 +157,9 @@ def _serving() -> dict:
         from swan_anomaly.serving.local import running_server
 
         try:
-            version = served_version(target.workspace(), target.endpoint) if running_server(s, target.auth.token) else None
+            version = served_version(target.workspace(), target.endpoint, s.model_name) if running_server(s, target.auth.token) else None
         except ConfigError as exc:  # another deployment's server (or another process) answers there: it serves nothing of ours
             return {"endpoint": target.endpoint, "version": None, "champion": str(champion.version) if champion else None, "note": str(exc)}
     else:
-        version = served_version(target.workspace(), target.endpoint)
+        version = served_version(target.workspace(), target.endpoint, s.model_name)
     return {"endpoint": target.endpoint, "version": version, "champion": str(champion.version) if champion else None}

@@ -130,7 +130,7 @@ def validate_endpoint(ctx: RunContext, endpoint: dict, registered: dict) -> dict
     except ConfigError as exc:
         raise AirflowFailException(str(exc)) from exc
     target = serving_target()
-    served = served_version(target.workspace(), target.endpoint)
+    served = served_version(target.workspace(), target.endpoint, name)
     prior = optional_result(store, ctx.run_id, "validation")
     decided = prior is not None and prior.get("challenger") == challenger and prior["outcome"] in FAILED_OUTCOMES
     if decided and prior.get("completed") is False and prior.get("state") == "done" and served == version:
@@ -367,7 +367,7 @@ def ensure_validated_endpoint(ctx: RunContext) -> dict:
         store.delete_result(ctx.run_id, "endpoint_restore")
         return {"acted": False, "champion": None, "served": None}
     target = serving_target()
-    served = served_version(target.workspace(), target.endpoint)
+    served = served_version(target.workspace(), target.endpoint, name)
     unvalidated = [v for v in dict.fromkeys((champion, served)) if v is not None and not passed(v)]
     if not unvalidated:
         log.info("champion v%s, endpoint %s serves v%s: nothing unvalidated", champion, target.endpoint, served)
