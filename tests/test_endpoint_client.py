@@ -116,3 +116,5 @@ def test_an_endpoint_serving_another_model_or_a_traffic_split_serves_no_version_
     assert served_version(workspace(ours, ServedEntityOutput(entity_name="swan", entity_version="2")), "swan-anomaly", "swan") is None
     assert served_version(workspace(), "swan-anomaly", "swan") is None
     assert served_version(workspace(theirs), "swan-anomaly") == "3"  # no name asked: whatever one entity it serves
+    uc = ServedEntityOutput(entity_name="main.vision.swan_anomaly_vit", entity_version="4")  # Unity Catalog answers in lower case
+    assert served_version(workspace(uc), "swan-anomaly", "main.vision.Swan_Anomaly_ViT") == "4"

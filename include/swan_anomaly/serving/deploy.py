@@ -253,9 +253,12 @@ def _served(detail, model_name: str | None = None) -> str | None:
 
     None when the endpoint serves nothing, more than one entity (a traffic split: not a version of
     ours alone), or another model: a model of another name with the same version number is not ours.
+    Names compare without case: Unity Catalog keeps its names in lower case whatever case they were
+    given in.
     """
     entities = (detail.config.served_entities if detail.config else None) or []
-    if len(entities) != 1 or (model_name is not None and entities[0].entity_name != model_name):
+    foreign = model_name is not None and entities and (entities[0].entity_name or "").casefold() != model_name.casefold()
+    if len(entities) != 1 or foreign:
         if entities:
             found = ", ".join(f"{e.entity_name} v{e.entity_version}" for e in entities)
             log.warning("endpoint %s serves %s, not one version of %s", detail.name, found, model_name or "one model")

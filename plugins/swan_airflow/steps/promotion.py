@@ -163,10 +163,19 @@ def gate_model(ctx: RunContext, registered: dict) -> str:
             raise AirflowFailException(f"the gate cannot judge v{version}: {exc}") from exc
     override = gate_override(params, mode, record)
     if override:
-        reason = force_promote_reason(params, what=override)  # fails the task unless allowed and explained
-        log.warning("FORCE PROMOTE of v%s (gate passed=%s) by %s: %s", version, record["passed"], override, reason)
-        forced = reason if override == "force_promote" else f"{override}: {reason}"
-        record = {**record, "promote": True, "forced": forced}
+        try:
+            reason = force_promote_reason(params, what=override)
+        except AirflowFailException as exc:
+            if override == "force_promote":  # asked for by name: say at once why it cannot be
+                raise
+            # a dry run, a disabled gate or lowered thresholds without leave or reason: the gate's verdict at the
+            # deployment's defaults stands, and the run reports why
+            log.warning("gate: %s; v%s is not promoted", exc, version)
+            record = {**record, "promote": False, "reasons": [*record["reasons"], str(exc)]}
+        else:
+            log.warning("FORCE PROMOTE of v%s (gate passed=%s) by %s: %s", version, record["passed"], override, reason)
+            forced = reason if override == "force_promote" else f"{override}: {reason}"
+            record = {**record, "promote": True, "forced": forced}
     store.write_result(ctx.run_id, "gate", record)
     return "promote_model" if record["promote"] else "keep_champion"
 
@@ -178,6 +187,7 @@ def gate_override(params, mode, record: dict) -> str | None:
     or was not judged; or gate thresholds lowered below the deployment's defaults that let it pass
     (``record["passed_at_defaults"]`` False). Each is an override of the gate: it needs what
     ``force_promote`` needs (:func:`force_promote_reason`), and the version is tagged with it.
+    Without it, ``force_promote`` fails the task; the others keep the champion, saying why.
     """
     if params.get("force_promote"):
         return "force_promote"
@@ -282,7 +292,16 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
         "reasons_at_defaults": strict.reasons,
     }
     _log_to_mlflow(client, registered["mlflow_run_id"], reports, record)
-    tag_version(client, name, version, {"gate_passed": decision.passed, "gate_reasons": "; ".join(decision.reasons) or "none"})
+    tag_version(
+        client,
+        name,
+        version,
+        {
+            "gate_passed": decision.passed,
+            "gate_reasons": "; ".join(decision.reasons) or "none",
+            "gate_passed_at_defaults": strict.passed,  # differs from gate_passed only when the Params lowered a threshold
+        },
+    )
     return record
 
 

@@ -104,7 +104,7 @@ def validate_endpoint(ctx: RunContext, endpoint: dict, registered: dict) -> dict
     """
     from dataclasses import replace
 
-    from swan_airflow.runtime import read_held_out_rows, lake, optional_result, registry_client
+    from swan_airflow.runtime import lake, optional_result, read_held_out_rows, registry_client, settings
     from swan_airflow.serving import serving_target
     from swan_airflow.steps.promotion import require_turn
     from swan_anomaly import ConfigError
@@ -126,7 +126,10 @@ def validate_endpoint(ctx: RunContext, endpoint: dict, registered: dict) -> dict
     store, client = lake(), registry_client()
     name, version, challenger = endpoint["name"], str(endpoint["version"]), str(registered["version"])
     try:
-        policy = replace(EndpointPolicy.from_env(), min_images_per_class=ctx.params["gate_min_images_per_class"])
+        # a run's Param may ask for more images per class, not for fewer than the deployment's: a split that small is
+        # unmeasured, whatever the run says (lowering the gate's own is an override, steps/promotion.gate_override)
+        least = max(ctx.params["gate_min_images_per_class"], settings().gate_min_images_per_class)
+        policy = replace(EndpointPolicy.from_env(), min_images_per_class=least)
     except ConfigError as exc:
         raise AirflowFailException(str(exc)) from exc
     target = serving_target()
@@ -177,6 +180,8 @@ def validate_endpoint(ctx: RunContext, endpoint: dict, registered: dict) -> dict
     rows, threshold, scores = [], None, None
     try:
         rows = read_held_out_rows(store, ctx.run_id, "test")
+        if not rows:  # nothing judged: an incomplete validation (the version is not barred), not a failed one
+            raise ValueError(f"run {ctx.run_id} has no held-out test images to validate the endpoint on")
         threshold = stored_threshold(client, name, version)
         log.info(
             "validating %s v%s at %s on %d held-out test images (threshold %.4f)",
@@ -361,6 +366,9 @@ def ensure_validated_endpoint(ctx: RunContext) -> dict:
     def passed(version: str | None) -> bool:
         return version is not None and (endpoint_validation(client, name, version) or "").startswith("passed")
 
+    def checked(version: str | None) -> bool:  # passed, or served with parity on a test split too small to measure
+        return version is not None and (endpoint_validation(client, name, version) or "").startswith(("passed", "unmeasured"))
+
     holder = get_alias(client, name, CHAMPION)
     champion = str(holder.version) if holder is not None else None
     if champion is None:  # nothing was promoted, or a failed first version was withdrawn: nothing to serve (no server started)
@@ -368,14 +376,15 @@ def ensure_validated_endpoint(ctx: RunContext) -> dict:
         return {"acted": False, "champion": None, "served": None}
     target = serving_target()
     served = served_version(target.workspace(), target.endpoint, name)
-    unvalidated = [v for v in dict.fromkeys((champion, served)) if v is not None and not passed(v)]
+    unvalidated = [v for v in dict.fromkeys((champion, served)) if v is not None and not checked(v)]
     if not unvalidated:
         log.info("champion v%s, endpoint %s serves v%s: nothing unvalidated", champion, target.endpoint, served)
         store.delete_result(ctx.run_id, "endpoint_restore")  # an earlier pass's restore, undone since by a cleared section
         return {"acted": False, "champion": champion, "served": served}
     previous = get_alias(client, name, PREVIOUS)
     candidates = (champion, served, str(previous.version) if previous is not None else None)
-    restore = next((v for v in candidates if passed(v)), None)  # the champion itself, what serves, or previous_champion
+    # the champion itself, what serves, or previous_champion: one that passed first, else one served with parity
+    restore = next((v for v in candidates if passed(v)), None) or next((v for v in candidates if checked(v)), None)
     what = " and ".join(f"v{v}" for v in unvalidated)
     if restore is not None:
         roll_back(target, restore)
