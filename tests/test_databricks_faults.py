@@ -197,9 +197,7 @@ def test_a_job_that_fails_for_good_on_databricks_is_not_retried_and_a_crash_is(d
         LocalLake(lake_root).write_result(run_id, failure_record("probe"), {"error": "JobError: an older run's"})
     params = ["--lake-root", str(lake_root), "--dataset-id", "20261130", "--run-id", run_id]
     task = {"task_key": "probe", "new_cluster": {"num_workers": 0}, "spark_python_task": {"python_file": str(script), "parameters": params}}
-    op = _job_operator(
-        "probe", task
-    )  # deferrable, as the pipeline's: the provider's trigger polls the run, then execute_complete judges it
+    op = _job_operator("probe", task)  # deferrable, as the pipeline's: the trigger polls the run, then execute_complete judges it
     context = {"run_id": run_id, "ti": SimpleNamespace(dag_id="swan_anomaly_pipeline", run_id=run_id, task_id="run_probe", map_index=-1)}
     with pytest.raises(AirflowException) as raised:
         try:

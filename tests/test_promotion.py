@@ -433,6 +433,23 @@ def test_a_new_version_validated_on_a_split_too_small_to_measure_is_not_marked_v
 
 
 @pytest.mark.slow
+def test_a_run_without_held_out_test_images_validates_nothing_and_bars_nothing(world, model_name, monkeypatch):
+    """Parity over no image held vacuously: the new version 'passed' a validation that scored nothing."""
+    import swan_airflow.runtime as runtime
+    from swan_airflow.runtime import registry_client
+    from swan_airflow.steps.serving import validate_endpoint
+
+    good, version, endpoint = _new_version_over_good(world, model_name, "good")
+    real = runtime.read_held_out_rows
+    monkeypatch.setattr(runtime, "read_held_out_rows", lambda store, run_id, split: [] if split == "test" else real(store, run_id, split))
+    with pytest.raises(AirflowFailException):
+        validate_endpoint(_ctx(), endpoint, _registered(model_name, version, world, "good"))
+    tag = registry_client().get_model_version(model_name, version).tags["endpoint_validation"]
+    assert tag.startswith("incomplete: ") and "no held-out test images" in tag  # not failed: a later run may validate it
+    assert _served() == good and _champion(model_name) == good
+
+
+@pytest.mark.slow
 def test_a_failed_first_version_is_withdrawn_and_nothing_serves(world, model_name):
     from swan_airflow.runtime import registry_client
     from swan_airflow.steps.serving import validate_endpoint

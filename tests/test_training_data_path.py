@@ -204,8 +204,20 @@ def test_a_chunk_is_normalised_in_the_result_without_a_float_temporary():
     assert x.nbytes == result_bytes
     # now the result, the chunk's uint8 crops and the decoding's own temporaries (2.3x the result); before 3.0x
     assert peak < 2.5 * result_bytes, f"peak {peak / 2**20:.2f} MiB for a {result_bytes / 2**20:.2f} MiB result"
-    # the same values, bit for bit, as the uint8 stack normalised on its own
-    from swan_anomaly.images import crop_and_resize, decode_image, normalize
+    # the same values, bit for bit, as the uint8 stack normalised on its own in float32, as preprocess did before
+    from swan_anomaly.images import crop_and_resize, decode_image
 
-    stack = np.stack([crop_and_resize(decode_image(b, name="x"), size=SPEC["size"]) for b in images])
-    assert np.array_equal(x, normalize(stack, mean=SPEC["mean"], std=SPEC["std"]))
+    stack = np.stack([crop_and_resize(decode_image(b, name="x"), size=SPEC["size"]) for b in images]).astype(np.float32)
+    mean, std = np.asarray(SPEC["mean"], np.float32), np.asarray(SPEC["std"], np.float32)
+    assert np.array_equal(x, ((stack / np.float32(255.0) - mean) / std).transpose(0, 3, 1, 2))
+
+
+def test_the_normalisation_benchmark_checks_both_ways_agree_and_reports_a_ratio():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "normalize_throughput.py"
+    run = subprocess.run([sys.executable, str(script), "--size", "32", "--chunks", "2", "--rounds", "1"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "median ratio pipeline / baseline" in run.stdout

@@ -180,15 +180,12 @@ def crop_and_resize(image: np.ndarray, *, size: int, bias_x: float = CROP_BIAS_X
 def normalize(images: np.ndarray, *, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """Turn ``[B, H, W, 3]`` uint8 RGB into ``[B, 3, H, W]`` float32, scaled to [0, 1] then standardised.
 
-    One float32 array, worked on in place (the same values as ``(x / 255 - mean) / std``), and
-    returned as a channels-first view of it. :func:`preprocess` writes the same values straight
-    into its result with :func:`normalize_into`.
+    The same values as ``(x / 255 - mean) / std`` in float32, by :func:`normalize_into` (which
+    :func:`preprocess` uses to write them straight into its result).
     """
-    x = images.astype(np.float32)
-    x /= 255.0
-    x -= np.asarray(mean, dtype=np.float32)
-    x /= np.asarray(std, dtype=np.float32)
-    return x.transpose(0, 3, 1, 2)
+    out = np.empty((images.shape[0], 3, *images.shape[1:3]), dtype=np.float32)
+    normalize_into(out, images, mean=mean, std=std)
+    return out
 
 
 def normalize_into(out: np.ndarray, images: np.ndarray, *, mean: Sequence[float], std: Sequence[float]) -> None:
@@ -196,16 +193,14 @@ def normalize_into(out: np.ndarray, images: np.ndarray, *, mean: Sequence[float]
 
     The pixels are converted into ``out`` itself and worked on there: no float32 temporary per
     chunk of images, and no second copy. Such a temporary (38 MB for 64 images at 224 px) is
-    above glibc's mmap threshold, so each chunk mapped fresh pages and faulted them in: with
-    it, normalising was slower than decoding (``bench/train_data_path.py``'s decoding rates in
-    docs/BENCHMARKS.md).
+    above glibc's mmap threshold, so each chunk mapped fresh pages and faulted them in: in place
+    is 4.8x faster on one core (``bench/normalize_throughput.py``, docs/BENCHMARKS.md).
 
     Example:
         >>> out = np.empty((1, 3, 1, 2), dtype=np.float32)
         >>> normalize_into(out, np.array([[[[0, 255, 51], [255, 0, 51]]]], dtype=np.uint8), mean=(0.5,) * 3, std=(0.5,) * 3)
-        >>> out[0, :, 0, 0].tolist(), bool((out == normalize(np.array([[[[0, 255, 51], [255, 0, 51]]]], dtype=np.uint8),
-        ...                                                   mean=(0.5,) * 3, std=(0.5,) * 3)).all())
-        ([-1.0, 1.0, -0.6000000238418579], True)
+        >>> out[0, :, 0, 0].tolist(), out[0, :, 0, 1].tolist()
+        ([-1.0, 1.0, -0.6000000238418579], [1.0, -1.0, -0.6000000238418579])
     """
     np.copyto(out, images.transpose(0, 3, 1, 2), casting="unsafe")  # uint8 to float32 is exact
     out /= np.float32(255.0)

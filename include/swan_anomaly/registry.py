@@ -129,7 +129,7 @@ def promote(client: MlflowClient, name: str, version: str) -> bool:
     if current is not None and str(current.version) == str(version):
         log.info("%s version %s already is the champion", name, version)
         return False
-    if current is not None and (current.tags.get(ENDPOINT_VALIDATION) or "").startswith("passed"):
+    if current is not None and verdict(current.tags.get(ENDPOINT_VALIDATION)) == "passed":
         client.set_registered_model_alias(name, PREVIOUS, str(current.version))
     elif current is not None:
         kept = get_alias(client, name, PREVIOUS)
@@ -174,13 +174,22 @@ def stored_threshold(client: MlflowClient, name: str, version: str) -> float:
 
 
 def endpoint_validation(client: MlflowClient, name: str, version: str) -> str | None:
-    """The version's :data:`ENDPOINT_VALIDATION` tag, or None when never validated.
-
-    ``passed: ...`` (only such a version is rolled back to), ``failed: ...`` (never promoted again),
-    ``incomplete: ...`` (the validation could not complete) or ``unmeasured: ...`` (parity held on a
-    test split too small to measure its quality).
-    """
+    """The version's :data:`ENDPOINT_VALIDATION` tag, or None when never validated (its :func:`verdict` says what it means)."""
     return client.get_model_version(name, str(version)).tags.get(ENDPOINT_VALIDATION)
+
+
+def verdict(tag: str | None) -> str | None:
+    """The verdict an :data:`ENDPOINT_VALIDATION` tag starts with, or None for no tag.
+
+    ``passed`` (only such a version is rolled back to), ``failed`` (never promoted again),
+    ``incomplete`` (the validation could not complete) or ``unmeasured`` (parity held on a test
+    split too small to measure its quality).
+
+    Example:
+        >>> verdict("unmeasured: run manual__1, dataset 20261130: ..."), verdict(None)
+        ('unmeasured', None)
+    """
+    return tag.split(":", 1)[0] if tag else None
 
 
 def data_through(client: MlflowClient, name: str, version: str) -> date | None:

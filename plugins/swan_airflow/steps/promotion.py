@@ -108,10 +108,10 @@ def require_turn(ctx: RunContext) -> None:
 
 def failed_validation(client, name: str, version: str) -> str | None:
     """Why ``version`` failed an endpoint validation (its ``endpoint_validation`` tag), or None."""
-    from swan_anomaly.registry import endpoint_validation
+    from swan_anomaly.registry import endpoint_validation, verdict
 
-    tag = endpoint_validation(client, name, version) or ""
-    return tag if tag.startswith("failed") else None
+    tag = endpoint_validation(client, name, version)
+    return tag if verdict(tag) == "failed" else None
 
 
 def gate_model(ctx: RunContext, registered: dict) -> str:
@@ -269,7 +269,7 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
         )
     log.info("gate (%s): passed=%s promote=%s reasons=%s", decision.mode, decision.passed, decision.promote, decision.reasons or "none")
     # the same decision at the deployment's thresholds: a pass that lowered Params alone allowed is an override
-    defaults = {**promotion_thresholds(), **{k: t for k, t in thresholds.items() if k == "unseen_auroc"}}
+    defaults = promotion_thresholds() | {k: t for k, t in thresholds.items() if k == "unseen_auroc"}  # unseen: no default
     strict = decide(
         challenger,
         champion,

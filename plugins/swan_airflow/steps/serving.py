@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
@@ -49,7 +50,7 @@ def update_endpoint(ctx: RunContext) -> dict:
     from swan_airflow.serving import serving_target
     from swan_airflow.steps.promotion import require_turn
     from swan_anomaly import EndpointError
-    from swan_anomaly.registry import CHAMPION, PREVIOUS, endpoint_validation, get_alias, rollback, withdraw
+    from swan_anomaly.registry import CHAMPION, PREVIOUS, endpoint_validation, get_alias, rollback, verdict, withdraw
     from swan_anomaly.serving.deploy import ServingConfig, deploy_version
 
     require_turn(ctx)  # a clear of this task alone must not deploy while another run promotes, deploys or validates
@@ -64,7 +65,7 @@ def update_endpoint(ctx: RunContext) -> dict:
         result = deploy_version(target.workspace(), target.endpoint, s.model_name, version, ServingConfig.from_env())
     except EndpointError as exc:  # the endpoint refused the version (it could not load it): retrying changes nothing
         msg = str(exc)
-        if not (endpoint_validation(client, s.model_name, version) or "").startswith("passed"):
+        if verdict(endpoint_validation(client, s.model_name, version)) != "passed":
             # a champion that never served must not stay champion: the registry would name a model nobody serves
             previous = get_alias(client, s.model_name, PREVIOUS)
             if previous is not None and str(previous.version) != version:
@@ -116,6 +117,7 @@ def validate_endpoint(ctx: RunContext, endpoint: dict, registered: dict) -> dict
         get_alias,
         stored_threshold,
         tag_version,
+        verdict,
     )
     from swan_anomaly.scoring import endpoint_scorer, labels_of, registry_scorer, score_rows
     from swan_anomaly.serving.client import score_table
@@ -176,7 +178,7 @@ def validate_endpoint(ctx: RunContext, endpoint: dict, registered: dict) -> dict
         raise AirflowFailException(msg)
     # A version that never passed an endpoint validation is new here, whoever promoted it (this run, or an earlier
     # run whose endpoint update failed); one that passed before is the unchanged champion, judged for drift.
-    new_version = not (endpoint_validation(client, name, version) or "").startswith("passed")
+    new_version = verdict(endpoint_validation(client, name, version)) != "passed"
     rows, threshold, scores = [], None, None
     try:
         rows = read_held_out_rows(store, ctx.run_id, "test")
@@ -355,19 +357,13 @@ def ensure_validated_endpoint(ctx: RunContext) -> dict:
     from swan_airflow.runtime import lake, registry_client, settings
     from swan_airflow.serving import roll_back, serving_target, withdraw
     from swan_airflow.steps.promotion import entered_section, require_turn
-    from swan_anomaly.registry import CHAMPION, PREVIOUS, endpoint_validation, get_alias
+    from swan_anomaly.registry import CHAMPION, PREVIOUS, endpoint_validation, get_alias, verdict
     from swan_anomaly.serving.deploy import served_version
 
     if not entered_section(ctx):
         raise AirflowSkipException("this run never entered the promotion section: it changed neither the champion nor the endpoint")
     require_turn(ctx)
     name, client, store = settings().model_name, registry_client(), lake()
-
-    def passed(version: str | None) -> bool:
-        return version is not None and (endpoint_validation(client, name, version) or "").startswith("passed")
-
-    def checked(version: str | None) -> bool:  # passed, or served with parity on a test split too small to measure
-        return version is not None and (endpoint_validation(client, name, version) or "").startswith(("passed", "unmeasured"))
 
     holder = get_alias(client, name, CHAMPION)
     champion = str(holder.version) if holder is not None else None
@@ -376,15 +372,21 @@ def ensure_validated_endpoint(ctx: RunContext) -> dict:
         return {"acted": False, "champion": None, "served": None}
     target = serving_target()
     served = served_version(target.workspace(), target.endpoint, name)
-    unvalidated = [v for v in dict.fromkeys((champion, served)) if v is not None and not checked(v)]
+
+    @functools.cache
+    def verdict_of(version: str) -> str | None:  # one registry read per version
+        return verdict(endpoint_validation(client, name, version))
+
+    kept = ("passed", "unmeasured")  # unmeasured: served with parity on a test split too small to measure
+    unvalidated = [v for v in dict.fromkeys((champion, served)) if v is not None and verdict_of(v) not in kept]
     if not unvalidated:
         log.info("champion v%s, endpoint %s serves v%s: nothing unvalidated", champion, target.endpoint, served)
         store.delete_result(ctx.run_id, "endpoint_restore")  # an earlier pass's restore, undone since by a cleared section
         return {"acted": False, "champion": champion, "served": served}
     previous = get_alias(client, name, PREVIOUS)
-    candidates = (champion, served, str(previous.version) if previous is not None else None)
+    candidates = [v for v in (champion, served, str(previous.version) if previous is not None else None) if v is not None]
     # the champion itself, what serves, or previous_champion: one that passed first, else one served with parity
-    restore = next((v for v in candidates if passed(v)), None) or next((v for v in candidates if checked(v)), None)
+    restore = next((v for want in kept for v in candidates if verdict_of(v) == want), None)
     what = " and ".join(f"v{v}" for v in unvalidated)
     if restore is not None:
         roll_back(target, restore)
