@@ -19,24 +19,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
 import torch  # noqa: E402
 from transformers import ViTConfig, ViTForImageClassification  # noqa: E402
 
-from swan_anomaly.modeling import PRESETS  # noqa: E402
+from swan_anomaly.modeling import PRESETS, PreprocessSpec  # noqa: E402
 from swan_anomaly.trainer import TrainConfig, evaluate, train_classifier  # noqa: E402
 
 
 def main() -> None:
     gen = torch.Generator().manual_seed(0)
     size = PRESETS["vit-tiny-offline"]["image_size"]
-    x = torch.randn(600, 3, size, size, generator=gen)
+    x = torch.randint(0, 200, (600, 3, size, size), dtype=torch.uint8, generator=gen)  # uint8 pixels, as frame_tensors gives them
+    spec = PreprocessSpec(size, (0.5,) * 3, (0.5,) * 3)
     y = (torch.arange(600) % 3 == 0).long()
-    x[y == 0, :, 8:24, 8:24] += 2.5  # a learnable anomaly
+    x[y == 0, :, 8:24, 8:24] = 255  # a learnable anomaly
     for mode in ("off", "on"):
         torch.manual_seed(0)
         model = ViTForImageClassification(ViTConfig(**PRESETS["vit-tiny-offline"], num_labels=2, attn_implementation="sdpa"))
         cfg = TrainConfig(epochs=6, patience=3, batch_size=64, learning_rate=1e-3, compile=mode, device="cuda")
         started = time.perf_counter()
-        model, history, best = train_classifier(model, (x[:450], y[:450]), (x[450:], y[450:]), cfg)
+        model, history, best = train_classifier(model, (x[:450], y[:450]), (x[450:], y[450:]), spec, cfg)
         seconds = time.perf_counter() - started
-        loss, _ = evaluate(model, x[450:], y[450:], 64)
+        loss, _ = evaluate(model, x[450:], y[450:], spec, 64)
         print(
             f"compile={mode}: {seconds:.1f}s, train losses {[round(h.train_loss, 4) for h in history]}, "
             f"val auroc {[round(h.val_auroc, 3) for h in history]}, best epoch {best}, restored val loss {loss:.4f} "

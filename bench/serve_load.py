@@ -72,7 +72,7 @@ def build_model(home: Path, preset: str) -> str:
     frames = [encode_jpeg(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)) for _ in range(16)]
     x, _ = frame_tensors(pd.DataFrame({"content": frames, "sample_id": [str(i) for i in range(16)], "label": [1] * 16}), spec)
     layers = default_layers(model.config.num_hidden_layers)
-    features = patch_features_of(model, x, layers)
+    features = patch_features_of(model, x, spec, layers)
     bank = fit_novelty(features[:12], features[12:], layers=layers)
     mlflow.set_experiment("serve-load")
     with mlflow.start_run():

@@ -5,11 +5,12 @@ number of optimizer steps, on the same device:
 
 job: what ``swan_anomaly.training.run_training`` does with the gold window, minus MLflow: read a
 gold-like Parquet file (JPEG bytes of camera-like views of real photographs, encoded at the
-model's input size as the ETL job writes them), decode and preprocess every image with
+model's input size as the ETL job writes them), decode every image to uint8 with
 ``swan_anomaly.trainer.frame_tensors`` on ``--workers`` threads, then
 ``swan_anomaly.trainer.train_classifier`` for ``--epochs`` epochs (batches gathered from a
 shuffled order, on CUDA the set moved to the GPU when it fits or gathered a step ahead into
-pinned memory; one batch of validation per epoch, the best epoch's weights kept). The clock
+pinned memory; each batch normalised on the device; one batch of validation per epoch, the best
+epoch's weights kept). The clock
 runs from opening the file to the trained model back on the CPU, less the model-only segments.
 
 model-only: ``bench/train_throughput.py``'s pipeline loop: ``train_step`` on random batches
@@ -21,7 +22,8 @@ within a minute.
 It prints both rates, their ratio (job / model-only; the goal on a GPU is >= 0.8), where the
 job's time went and each epoch's rate beside its model-only segment's; then the decoding rates
 on one thread and on ``--workers`` threads, best of ``--decode-rounds`` taken in turns (not part
-of the job's time). Needs torch, transformers, pandas, pyarrow, OpenCV and scikit-image (the photographs;
+of the job's time); and whether the batches normalised on the device equal the served pyfunc's
+float32 input bit for bit. Needs torch, transformers, pandas, pyarrow, OpenCV and scikit-image (the photographs;
 ``requirements-dev.txt``); no MLflow, Spark or Airflow; downloads nothing.
 
 Parameters: --model {offline,vit-b16} (default offline), --batch-size (default TrainConfig's, 32),
@@ -118,7 +120,7 @@ def job_loop(model_dir: str, parquet: Path, args, device, model_only: ModelOnly)
     read = time.perf_counter()
     x, y = trainer.frame_tensors(gold, spec, workers=args.workers)
     decoded = time.perf_counter()
-    _, history, _ = trainer.train_classifier(model, (x, y), (x[:b], y[:b]), cfg, on_epoch=between_epochs)
+    _, history, _ = trainer.train_classifier(model, (x, y), (x[:b], y[:b]), spec, cfg, on_epoch=between_epochs)
     _sync(device)
     done = time.perf_counter()
     return {
@@ -177,6 +179,19 @@ def decode_rates(parquet: Path, spec, workers: int, *, rounds: int) -> dict[int,
     return best
 
 
+def normalized_on_device_as_served(parquet: Path, spec, device) -> bool:
+    """Whether the job's normalisation on ``device`` gives the served pyfunc's float32 input bit for bit (first 64 images)."""
+    import pandas as pd
+
+    from swan_anomaly.images import decode_pixels, preprocess
+    from swan_anomaly.modeling import normalize_pixels
+
+    content = list(pd.read_parquet(parquet).content[:64])
+    pixels = torch.from_numpy(decode_pixels(content, size=spec.size, bias_x=spec.bias_x, bias_y=spec.bias_y)).to(device)
+    served = preprocess(content, size=spec.size, mean=spec.mean, std=spec.std, bias_x=spec.bias_x, bias_y=spec.bias_y)
+    return bool(np.array_equal(normalize_pixels(pixels, spec).cpu().numpy(), served))
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(_harness.MODELS), default="offline")
@@ -210,6 +225,7 @@ def main(argv: list[str] | None = None) -> dict:
         job = job_loop(model_dir, parquet, args, device, runner)
         model_only = runner.result()
         decode = decode_rates(parquet, preprocess_spec(model_dir), args.workers, rounds=args.decode_rounds)
+        bit_identical = normalized_on_device_as_served(parquet, preprocess_spec(model_dir), device)
     rates = {name: loop["images"] / loop["seconds"] for name, loop in (("job", job), ("model_only", model_only))}
     job["images_per_s"], model_only["images_per_s"] = round(rates["job"], 2), round(rates["model_only"], 2)
     ratio = rates["job"] / rates["model_only"]
@@ -238,6 +254,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ratio_job_to_model_only": round(ratio, 3),
         "decode_best_s": {f"{n}_workers": round(t, 4) for n, t in decode.items()},  # workers asked for (see decode_threads)
         "ratio_if_decoding_on_one_thread": round(one_thread_ratio, 3),
+        "normalized_on_device_as_served": bit_identical,
     }
     where = result["device_name"] if device.type == "cuda" else f"cpu, {result['cpu_threads']} threads"
     print(
@@ -259,6 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"{result['decode_threads']} threads {args.images / decode[args.workers]:.0f} img/s; "
         f"with the job decoding on one thread the ratio would be {one_thread_ratio:.3f}"
     )
+    print(f"  batches normalised on {device.type} equal the served float32 input bit for bit: {bit_identical}")
     _harness.write_json(args.json, result)
     return result
 

@@ -11,22 +11,23 @@ def _creeping_run(monkeypatch, losses: list[float], **config):
     from transformers import ViTConfig, ViTForImageClassification
 
     from swan_anomaly import trainer
-    from swan_anomaly.modeling import PRESETS
+    from swan_anomaly.modeling import PRESETS, PreprocessSpec
 
     real_evaluate = trainer.evaluate
     scripted = iter(losses)
 
-    def evaluate(model, x, y, batch_size):
-        _, logits = real_evaluate(model, x, y, batch_size)
+    def evaluate(model, x, y, spec, batch_size):
+        _, logits = real_evaluate(model, x, y, spec, batch_size)
         return next(scripted), logits
 
     monkeypatch.setattr(trainer, "evaluate", evaluate)
     torch.manual_seed(0)
     model = ViTForImageClassification(ViTConfig(**PRESETS["vit-micro-offline"], num_labels=2))
     gen = torch.Generator().manual_seed(0)
-    x, y = torch.randn(16, 3, 32, 32, generator=gen), torch.arange(16) % 2
+    x, y = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=gen), torch.arange(16) % 2
     cfg = trainer.TrainConfig(epochs=len(losses), batch_size=8, learning_rate=1e-3, device="cpu", **config)
-    _, history, best_epoch = trainer.train_classifier(model, (x[:8], y[:8]), (x[8:], y[8:]), cfg)
+    spec = PreprocessSpec(32, (0.5,) * 3, (0.5,) * 3)
+    _, history, best_epoch = trainer.train_classifier(model, (x[:8], y[:8]), (x[8:], y[8:]), spec, cfg)
     return cfg, history, best_epoch
 
 

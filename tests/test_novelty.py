@@ -125,7 +125,7 @@ def test_the_served_pyfunc_returns_the_novelty_score_from_the_same_forward_as_th
     images = [cv2.imencode(".png", rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))[1].tobytes() for _ in range(6)]
     x, _ = frame_tensors(pd.DataFrame({"content": images, "sample_id": [str(i) for i in range(6)], "label": [1] * 6}), spec)
     layers = default_layers(model.config.num_hidden_layers)
-    features = patch_features_of(model, x, layers)
+    features = patch_features_of(model, x, spec, layers)
     bank = fit_novelty(features[:3], features[3:], layers=layers)
 
     model_dir = tmp_path / "served"

@@ -179,7 +179,7 @@ def test_champion_is_served_and_endpoint_scores_match_the_registry_model(pipelin
 
     served = registered.unwrap_python_model()
     x, y = frame_tensors(pd.DataFrame({"content": images, "sample_id": names, "label": labels}), served.spec)
-    _, train_logits = evaluate(served.model, x, y, batch_size=8)
+    _, train_logits = evaluate(served.model, x, y, served.spec, batch_size=8)
     np.testing.assert_allclose(scores, anomaly_scores(train_logits), atol=1e-5)
 
     # the novelty score: served beside anomaly_score, the same from the endpoint, the registry
@@ -190,7 +190,7 @@ def test_champion_is_served_and_endpoint_scores_match_the_registry_model(pipelin
     np.testing.assert_allclose(novelty, direct.novelty_score.to_numpy(), atol=1e-6)
     bank = served.novelty
     assert bank is not None and len(bank.bank) > 0 and bank.scale > 0
-    np.testing.assert_allclose(novelty, bank.scores(patch_features_of(served.model, x, bank.layers, batch_size=8)), atol=1e-5)
+    np.testing.assert_allclose(novelty, bank.scores(patch_features_of(served.model, x, served.spec, bank.layers, batch_size=8)), atol=1e-5)
     assert np.all(np.isfinite(novelty)) and novelty.min() >= 0
     assert {"novelty", "decision"} <= set(train["test"]) and 0.0 <= train["test"]["novelty"]["auroc"] <= 1.0
     abnormal = [sc for sc, lab in zip(scores, labels) if lab == 0]

@@ -81,7 +81,7 @@ def world(tmp_path_factory):
     x, y = frame_tensors(train.assign(sample_id=[p for _, p, _, _ in rows["train"]]), spec)
     torch.manual_seed(0)
     good, _, _ = train_classifier(
-        load_classifier(base), (x, y), (x, y), TrainConfig(epochs=8, batch_size=16, learning_rate=2e-3, patience=8)
+        load_classifier(base), (x, y), (x, y), spec, TrainConfig(epochs=8, batch_size=16, learning_rate=2e-3, patience=8)
     )
     constant = load_classifier(base)
     with torch.no_grad():

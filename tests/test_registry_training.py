@@ -88,21 +88,22 @@ def test_early_stopping_fires_and_restores_the_best_epoch():
     import torch
     from transformers import ViTConfig, ViTForImageClassification
 
-    from swan_anomaly.modeling import PRESETS
+    from swan_anomaly.modeling import PRESETS, PreprocessSpec
     from swan_anomaly.trainer import TrainConfig, evaluate, train_classifier
 
     torch.manual_seed(0)
     model = ViTForImageClassification(ViTConfig(**PRESETS["vit-micro-offline"], num_labels=2))
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(48, 3, 32, 32, generator=gen)
+    x = torch.randint(0, 256, (48, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    spec = PreprocessSpec(32, (0.5,) * 3, (0.5,) * 3)
     y = torch.arange(48) % 2  # labels unrelated to the pixels: validation cannot keep improving
     cfg = TrainConfig(epochs=30, patience=2, batch_size=16, learning_rate=1e-3)
     seen = []
-    model, history, best_epoch = train_classifier(model, (x[:32], y[:32]), (x[32:], y[32:]), cfg, on_epoch=seen.append)
+    model, history, best_epoch = train_classifier(model, (x[:32], y[:32]), (x[32:], y[32:]), spec, cfg, on_epoch=seen.append)
     assert len(history) < cfg.epochs, "early stopping did not fire"
     assert best_epoch == len(history) - cfg.patience
     best = history[best_epoch - 1]
-    loss, _ = evaluate(model, x[32:], y[32:], cfg.batch_size)
+    loss, _ = evaluate(model, x[32:], y[32:], spec, cfg.batch_size)
     assert loss == pytest.approx(best.val_loss, abs=1e-6)
 
 
@@ -144,9 +145,9 @@ def test_leave_one_family_out_tests_each_family_on_a_model_that_never_saw_it(tmp
 
     original = trainer.train_classifier
 
-    def spy(model, train, val, cfg, **kwargs):
+    def spy(model, train, val, spec, cfg, **kwargs):
         trained_on.append(len(train[0]))
-        return original(model, train, val, cfg, **kwargs)
+        return original(model, train, val, spec, cfg, **kwargs)
 
     monkeypatch.setattr(trainer, "train_classifier", spy)
     table = generalization.leave_one_family_out(gold, base, spec, config)
@@ -170,7 +171,7 @@ def test_compile_model_matches_eager_and_a_compiled_training_run_equals_an_eager
     import torch
     from transformers import ViTConfig, ViTForImageClassification
 
-    from swan_anomaly.modeling import ATTENTION_ISLAND, PRESETS, compile_model
+    from swan_anomaly.modeling import ATTENTION_ISLAND, PRESETS, PreprocessSpec, compile_model, normalize_pixels
     from swan_anomaly.trainer import TrainConfig, evaluate, train_classifier
 
     def micro():
@@ -178,27 +179,28 @@ def test_compile_model_matches_eager_and_a_compiled_training_run_equals_an_eager
         return ViTForImageClassification(ViTConfig(**PRESETS["vit-micro-offline"], num_labels=2, attn_implementation="sdpa"))
 
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn(40, 3, 32, 32, generator=gen)
+    x = torch.randint(0, 200, (40, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    spec = PreprocessSpec(32, (0.5,) * 3, (0.25,) * 3)
     y = (torch.arange(40) % 2 == 0).long()
-    x[y == 0, :, 8:16, 8:16] = 3.0  # a learnable "anomaly"
+    x[y == 0, :, 8:16, 8:16] = 255  # a learnable "anomaly"
     model = micro().eval()
     with torch.no_grad():
-        eager = model(pixel_values=x[:8]).logits
+        eager = model(pixel_values=normalize_pixels(x[:8], spec)).logits
         compiled = compile_model(model)
         assert model.config._attn_implementation == ATTENTION_ISLAND
-        torch.testing.assert_close(compiled(pixel_values=x[:8]).logits, eager, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(compiled(pixel_values=normalize_pixels(x[:8], spec)).logits, eager, rtol=1e-5, atol=1e-5)
 
     cfg = dict(epochs=2, patience=5, batch_size=12, learning_rate=1e-3)  # 24 train images: a last batch of 12, then none odd
     results = {}
     for mode in ("off", "on"):
-        trained, history, best_epoch = train_classifier(micro(), (x[:24], y[:24]), (x[24:], y[24:]), TrainConfig(compile=mode, **cfg))
+        trained, history, best_epoch = train_classifier(micro(), (x[:24], y[:24]), (x[24:], y[24:]), spec, TrainConfig(compile=mode, **cfg))
         assert trained.config._attn_implementation == "sdpa", "the saved model must ask for plain SDPA"
-        results[mode] = (evaluate(trained, x[24:], y[24:], 16)[1], [h.train_loss for h in history], best_epoch)
+        results[mode] = (evaluate(trained, x[24:], y[24:], spec, 16)[1], [h.train_loss for h in history], best_epoch)
     np.testing.assert_allclose(results["on"][0], results["off"][0], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(results["on"][1], results["off"][1], rtol=1e-4)
     assert results["on"][2] == results["off"][2]
     with pytest.raises(ValueError, match="compile must be"):
-        train_classifier(micro(), (x[:24], y[:24]), (x[24:], y[24:]), TrainConfig(compile="yes", **cfg))
+        train_classifier(micro(), (x[:24], y[:24]), (x[24:], y[24:]), spec, TrainConfig(compile="yes", **cfg))
 
 
 def test_an_offline_preset_built_with_other_shapes_is_built_again(tmp_path):

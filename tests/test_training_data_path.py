@@ -2,7 +2,9 @@
 
 Issue 17: the job decoded every JPEG of the gold window on one thread, with a peak of 3.3 times
 the decoded set's size in temporaries, and each host-resident batch bound for a GPU was gathered
-and pinned on the training thread between steps.
+and pinned on the training thread between steps. Then it held the whole set as float32, four
+times the bytes of its pixels, to allocate, fault in, copy to the GPU and hold there; it now
+holds uint8 and normalises each batch where the model runs, to the same values bit for bit.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import tracemalloc
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from swan_anomaly import ImageDecodeError
 from swan_anomaly import images as images_module
-from swan_anomaly.images import PREPROCESS_CHUNK, encode_jpeg, preprocess
+from swan_anomaly.images import PREPROCESS_CHUNK, crop_and_resize, decode_image, decode_pixels, encode_jpeg, preprocess
 
 SPEC = dict(size=48, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
@@ -94,6 +97,7 @@ def test_threads_are_one_per_chunk_and_capped():
 
 
 def test_frame_tensors_decodes_with_the_sample_ids_as_names():
+    from swan_anomaly.modeling import normalize_pixels
     from swan_anomaly.trainer import frame_tensors
 
     spec = type("Spec", (), {**SPEC, "bias_x": 0.5, "bias_y": 0.5})
@@ -105,7 +109,52 @@ def test_frame_tensors_decodes_with_the_sample_ids_as_names():
     frame.loc[2, "content"] = images[0]
     x, y = frame_tensors(frame, spec, workers=2)
     assert x.shape == (5, 3, 48, 48) and y.tolist() == [0, 1, 0, 1, 1]
-    assert np.array_equal(x.numpy(), preprocess(list(frame.content), **SPEC, bias_x=0.5, bias_y=0.5))
+    # the job holds uint8 pixels; normalised where the model runs they are what the served model computes, bit for bit
+    assert x.dtype == torch.uint8 and x.nbytes == 5 * 3 * 48 * 48
+    assert np.array_equal(normalize_pixels(x, spec).numpy(), preprocess(list(frame.content), **SPEC, bias_x=0.5, bias_y=0.5))
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_decoded_pixels_are_each_image_cropped_and_resized_and_normalise_to_the_served_input(workers):
+    from swan_anomaly.modeling import PreprocessSpec, normalize_pixels
+
+    images = _jpegs(2 * PREPROCESS_CHUNK + 5)  # three chunks, the last one short
+    pixels = decode_pixels(images, size=48, workers=workers)
+    assert pixels.shape == (len(images), 3, 48, 48) and pixels.dtype == np.uint8
+    for i in (0, PREPROCESS_CHUNK, len(images) - 1):  # channel first, each image where it belongs
+        assert np.array_equal(pixels[i], crop_and_resize(decode_image(images[i]), size=48).transpose(2, 0, 1))
+    spec = PreprocessSpec(48, SPEC["mean"], SPEC["std"])
+    served = preprocess(images, **SPEC)
+    # the same float32 operations in the same order, in torch: equal bit for bit, not just close
+    assert np.array_equal(normalize_pixels(torch.from_numpy(pixels), spec).numpy(), served)
+    halves = [normalize_pixels(torch.from_numpy(pixels[i : i + 50]), spec) for i in range(0, len(pixels), 50)]
+    assert np.array_equal(torch.cat(halves).numpy(), served)  # batch by batch, as training normalises
+
+
+def test_normalising_pixels_twice_is_refused():
+    from swan_anomaly.modeling import PreprocessSpec, normalize_pixels
+
+    with pytest.raises(TypeError, match="uint8"):
+        normalize_pixels(torch.zeros(1, 3, 4, 4), PreprocessSpec(4, (0.5,) * 3, (0.5,) * 3))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_job_holds_its_decoded_set_in_a_quarter_of_the_float32_bytes(workers):
+    from swan_anomaly.trainer import frame_tensors
+
+    spec = type("Spec", (), {**SPEC, "bias_x": 0.5, "bias_y": 0.5})
+    n = 24 * PREPROCESS_CHUNK
+    frame = pd.DataFrame({"content": _jpegs(n, side=40), "sample_id": [f"s{i}" for i in range(n)], "label": [1] * n})
+    float32_bytes = n * 3 * 48 * 48 * 4
+    tracemalloc.start()
+    try:
+        x, _ = frame_tensors(frame, spec, workers=workers)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert x.nbytes == float32_bytes // 4
+    # before: the float32 set itself (4x its pixels) plus a chunk's temporaries per thread; now the pixels plus those
+    assert peak < 1.5 * x.nbytes, f"peak {peak / 2**20:.1f} MiB for {x.nbytes / 2**20:.1f} MiB of pixels"
 
 
 def test_the_decoding_log_line_counts_the_threads_used(caplog):

@@ -47,8 +47,8 @@ def leave_one_family_out(
         spec: the preprocessing spec of that model.
         config: a :class:`~swan_anomaly.trainer.TrainConfig` (epochs, seed, threshold method...).
         families: the families to hold out (default: :func:`families_of`).
-        images: ``(x, y)`` of every row of ``gold`` in its order, already preprocessed with
-            ``spec`` (as ``run_training`` has them); computed here when not given.
+        images: ``(pixels, y)`` of every row of ``gold`` in its order, already decoded with
+            ``spec`` (:func:`~swan_anomaly.trainer.frame_tensors`, as ``run_training`` has them); computed here when not given.
     """
     from swan_anomaly.modeling import load_classifier, resolve_device
 
@@ -56,7 +56,7 @@ def leave_one_family_out(
     if len(families) < 2:
         return pd.DataFrame(columns=list(COLUMNS))
     gold = gold.reset_index(drop=True)
-    x, y = images if images is not None else trainer.frame_tensors(gold, spec)  # every image preprocessed once; each run takes its rows
+    x, y = images if images is not None else trainer.frame_tensors(gold, spec)  # every image decoded once; each run takes its rows
     split, family, normal = gold.split.to_numpy(), gold.family.to_numpy(), (gold.label == NORMAL).to_numpy()
 
     def rows_of(mask: np.ndarray) -> tuple:
@@ -68,9 +68,9 @@ def leave_one_family_out(
     for held in families:
         keep = normal | (family != held)
         train, val = rows_of(keep & (split == Split.TRAIN.value)), rows_of(keep & (split == Split.VAL.value))
-        model, _, best_epoch = trainer.train_classifier(load_classifier(base_model), train, val, config)
+        model, _, best_epoch = trainer.train_classifier(load_classifier(base_model), train, val, spec, config)
         model.to(device)
-        _, val_logits = trainer.evaluate(model, *val, config.batch_size)
+        _, val_logits = trainer.evaluate(model, *val, spec, config.batch_size)
         threshold = choose_threshold(
             val[1].numpy(), anomaly_scores(val_logits), method=config.threshold_method, target_fpr=config.target_fpr
         )
@@ -78,7 +78,7 @@ def leave_one_family_out(
         scores = {}
         for name, mask in (("unseen", test & (normal | (family == held))), ("seen", test & (normal | (family != held)))):
             xs, ys = rows_of(mask)
-            _, logits = trainer.evaluate(model, xs, ys, config.batch_size)
+            _, logits = trainer.evaluate(model, xs, ys, spec, config.batch_size)
             scores[name] = anomaly_metrics(ys.numpy(), anomaly_scores(logits), threshold=threshold)
         row = {
             "held_out": held,

@@ -287,6 +287,37 @@ def prepare_for_inference(model, device: str = "auto", *, cpu_precision: str = "
     return patch_embedding_as_matmul(model).to(torch.bfloat16)
 
 
+def normalize_pixels(pixels, spec: PreprocessSpec):
+    """``[B, 3, S, S]`` uint8 ``pixels`` (a torch tensor, on any device) as the model's float32 input, on that device.
+
+    The same values as :func:`swan_anomaly.images.normalize` bit for bit: the same float32
+    operations in the same order, each correctly rounded. The constants are tensors on
+    ``pixels``' device because CUDA divides by a Python number as a multiplication by its
+    reciprocal, which may differ in the last bit. Training keeps its images as uint8
+    (:func:`swan_anomaly.images.decode_pixels`) and normalises each batch here, where the model runs.
+
+    Example:
+        >>> import torch
+        >>> spec = PreprocessSpec(1, (0.5,) * 3, (0.5,) * 3)
+        >>> normalize_pixels(torch.tensor([[[[0]], [[255]], [[51]]]], dtype=torch.uint8), spec).flatten().tolist()
+        [-1.0, 1.0, -0.6000000238418579]
+    """
+    import torch
+
+    if pixels.dtype != torch.uint8:  # normalised input normalised again would train on garbage without a word
+        msg = f"normalize_pixels takes uint8 pixels (swan_anomaly.images.decode_pixels), got {pixels.dtype}"
+        raise TypeError(msg)
+
+    def constant(values):
+        return torch.tensor(values, dtype=torch.float32, device=pixels.device).view(1, -1, 1, 1)
+
+    x = pixels.to(torch.float32)  # uint8 to float32 is exact
+    x /= constant([255.0])
+    x -= constant(spec.mean)
+    x /= constant(spec.std)
+    return x
+
+
 def forward_logits(model, x):
     """Logits of one preprocessed batch, computed on the model's device in the model's dtype.
 
@@ -333,14 +364,21 @@ def forward_outputs(model, x, feature_layers: tuple[int, ...] | None = None):
     return out.logits.float().cpu().numpy(), features
 
 
-def patch_features_of(model, x, feature_layers: tuple[int, ...], batch_size: int = 64):
-    """``[N, P, D]`` patch features (on the host) of preprocessed images ``x`` ``[N, 3, S, S]``, batch by batch (model in eval mode)."""
+def patch_features_of(model, pixels, spec: PreprocessSpec, feature_layers: tuple[int, ...], batch_size: int = 64):
+    """``[N, P, D]`` patch features (on the host) of ``pixels`` ``[N, 3, S, S]`` (uint8, as :func:`swan_anomaly.images.decode_pixels`
+    gives them), batch by batch, each normalised on the model's device (model in eval mode)."""
     import torch
 
     model.eval()
-    if len(x) == 0:
+    if len(pixels) == 0:
         return torch.zeros(0, 0, 0)
-    return torch.cat([forward_outputs(model, x[i : i + batch_size], feature_layers)[1].cpu() for i in range(0, len(x), batch_size)])
+    device = next(model.parameters()).device
+    return torch.cat(
+        [
+            forward_outputs(model, normalize_pixels(pixels[i : i + batch_size].to(device), spec), feature_layers)[1].cpu()
+            for i in range(0, len(pixels), batch_size)
+        ]
+    )
 
 
 def predict_scores(model, spec: PreprocessSpec, images: list[bytes], *, novelty=None, batch_size: int = 64, names: list[str] | None = None):

@@ -87,46 +87,58 @@ def usable_cores() -> int:
 
 
 def frame_tensors(frame: pd.DataFrame, spec, *, workers: int | None = None):
-    """``(x [N, 3, S, S] float32, y [N] long)``: the ``content`` images of ``frame`` decoded and preprocessed, with their ``label``s.
+    """``(pixels [N, 3, S, S] uint8, y [N] long)``: the ``content`` images of ``frame`` decoded, cropped and resized, with their ``label``s.
 
     Decodes on ``workers`` threads (default: every usable core; see
-    :func:`swan_anomaly.images.preprocess`), with the same result as one, and logs the rate. A
-    bad image raises an error naming its ``sample_id``.
+    :func:`swan_anomaly.images.decode_pixels`), with the same result as one, and logs the rate. A
+    bad image raises an error naming its ``sample_id``. The pixels stay uint8, a quarter of the
+    bytes of the model's float32 input: :func:`train_classifier`, :func:`evaluate` and
+    :func:`swan_anomaly.modeling.patch_features_of` normalise each batch on the model's device
+    (:func:`swan_anomaly.modeling.normalize_pixels`).
     """
     import torch
 
-    from swan_anomaly.images import preprocess, preprocess_threads
+    from swan_anomaly.images import decode_pixels, preprocess_threads
 
     workers = usable_cores() if workers is None else workers
     started = time.perf_counter()
-    x = preprocess(
+    pixels = decode_pixels(
         list(frame.content),
         size=spec.size,
-        mean=spec.mean,
-        std=spec.std,
         bias_x=spec.bias_x,
         bias_y=spec.bias_y,
         names=list(frame.sample_id),
         workers=workers,
     )
     seconds = time.perf_counter() - started
-    threads = preprocess_threads(len(x), workers)
-    log.info("decoded %d images in %.1fs (%.0f img/s on %d threads)", len(x), seconds, len(x) / max(seconds, 1e-9), threads)
-    return torch.from_numpy(x), torch.tensor(frame.label.to_numpy(copy=True), dtype=torch.long)
+    threads = preprocess_threads(len(pixels), workers)
+    log.info(
+        "decoded %d images (%.1f MiB as uint8) in %.1fs (%.0f img/s on %d threads)",
+        len(pixels),
+        pixels.nbytes / 2**20,
+        seconds,
+        len(pixels) / max(seconds, 1e-9),
+        threads,
+    )
+    return torch.from_numpy(pixels), torch.tensor(frame.label.to_numpy(copy=True), dtype=torch.long)
 
 
-def evaluate(model, x, y, batch_size: int) -> tuple[float, np.ndarray]:
-    """Mean cross-entropy and ``[N, 2]`` float32 logits of ``model`` on ``(x [N, 3, S, S], y [N])``.
+def evaluate(model, pixels, y, spec, batch_size: int) -> tuple[float, np.ndarray]:
+    """Mean cross-entropy and ``[N, 2]`` float32 logits of ``model`` on ``(pixels [N, 3, S, S] uint8, y [N])``.
 
-    Runs on the model's device through :func:`swan_anomaly.modeling.forward_logits` (bfloat16
-    autocast on CUDA, float32 on CPU); ``x`` and ``y`` may live on the host.
+    Each batch is normalised (``spec``'s mean and std) and run on the model's device through
+    :func:`swan_anomaly.modeling.forward_logits` (bfloat16 autocast on CUDA, float32 on CPU);
+    ``pixels`` and ``y`` may live on the host.
     """
     import torch
 
-    from swan_anomaly.modeling import forward_logits
+    from swan_anomaly.modeling import forward_logits, normalize_pixels
 
     model.eval()
-    logits = np.concatenate([forward_logits(model, x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    device = next(model.parameters()).device
+    logits = np.concatenate(
+        [forward_logits(model, normalize_pixels(pixels[i : i + batch_size].to(device), spec)) for i in range(0, len(pixels), batch_size)]
+    )
     loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), y.cpu()).item()
     return loss, logits
 
@@ -271,18 +283,21 @@ def epoch_batches(x, y, order, batch_size: int, device, *, prefetch: bool | None
             yield xb.to(device, non_blocking=pin), yb.to(device, non_blocking=pin)
 
 
-def train_classifier(model, train: tuple, val: tuple, cfg: TrainConfig, *, on_epoch=None):
+def train_classifier(model, train: tuple, val: tuple, spec, cfg: TrainConfig, *, on_epoch=None):
     """Train with early stopping; returns ``(model, history, best_epoch)``, the model on the CPU with the best epoch's weights.
 
-    Runs on ``cfg.device``. On CUDA the training set is copied to the GPU once when it takes at
+    Runs on ``cfg.device``. On CUDA the training set (uint8) is copied to the GPU once when it takes at
     most :data:`GPU_DATA_SHARE` of the free GPU memory, else each batch is gathered one step
-    ahead into pinned memory (:func:`epoch_batches`). Logs one line per epoch and, within long epochs, a progress line at most every
+    ahead into pinned memory (:func:`epoch_batches`). Each batch is normalised where it trains.
+    Logs one line per epoch and, within long epochs, a progress line at most every
     :data:`PROGRESS_EVERY_S` seconds.
 
     Args:
         model: a ``ViTForImageClassification`` on the CPU.
-        train: ``(x [N, 3, S, S] float32, y [N] long)`` on the CPU.
+        train: ``(pixels [N, 3, S, S] uint8, y [N] long)`` on the CPU, as :func:`frame_tensors` gives them.
         val: same shapes, the early-stopping set.
+        spec: the model's :class:`~swan_anomaly.modeling.PreprocessSpec`: each batch is normalised with its
+            mean and std on the model's device (:func:`swan_anomaly.modeling.normalize_pixels`).
         cfg: knobs.
         on_epoch: called with each :class:`EpochResult`.
 
@@ -290,7 +305,7 @@ def train_classifier(model, train: tuple, val: tuple, cfg: TrainConfig, *, on_ep
         ValueError: ``cfg.epochs`` or ``cfg.batch_size`` is below 1, or ``cfg.device`` is unusable.
 
     Example:
-        >>> model, history, best_epoch = train_classifier(model, (x, y), (x_val, y_val), TrainConfig(epochs=3))  # doctest: +SKIP
+        >>> model, history, best_epoch = train_classifier(model, (x, y), (x_val, y_val), spec, TrainConfig(epochs=3))  # doctest: +SKIP
     """
     import torch
 
@@ -306,6 +321,8 @@ def train_classifier(model, train: tuple, val: tuple, cfg: TrainConfig, *, on_ep
     if cfg.compile not in ("auto", "on", "off"):
         msg = f"compile must be 'auto', 'on' or 'off', got {cfg.compile!r}"
         raise ValueError(msg)
+    from swan_anomaly.modeling import normalize_pixels
+
     device, autocast_dtype = place_for_training(model, cfg.device)
     step_model, attention = model, model.config._attn_implementation
     steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
@@ -335,6 +352,7 @@ def train_classifier(model, train: tuple, val: tuple, cfg: TrainConfig, *, on_ep
         running = torch.zeros((), dtype=torch.float64, device=device)
         seen = 0
         for step, (xb, yb) in enumerate(epoch_batches(x_train, y_train, order, cfg.batch_size, device), start=1):
+            xb = normalize_pixels(xb, spec)
             loss = train_step(step_model, optimizer, scheduler, xb, yb, weights, autocast_dtype=autocast_dtype)
             running += loss.double() * len(yb)
             seen += len(yb)
@@ -354,7 +372,7 @@ def train_classifier(model, train: tuple, val: tuple, cfg: TrainConfig, *, on_ep
                 last_progress = time.perf_counter()
         train_loss = running.item() / len(x_train)
         elapsed = time.perf_counter() - started
-        val_loss, val_logits = evaluate(model, x_val, y_val, cfg.batch_size)
+        val_loss, val_logits = evaluate(model, x_val, y_val, spec, cfg.batch_size)
         m = anomaly_metrics(y_val.numpy(), anomaly_scores(val_logits))
         result = EpochResult(epoch, train_loss, val_loss, m["auroc"], m["f1"], len(x_train) / elapsed)
         history.append(result)

@@ -72,10 +72,11 @@ def raw_image_hashes(lake: LocalLake, dataset_ids: list[str]) -> dict[tuple[str,
     return hashes
 
 
-def fit_novelty_bank(model, train_part: pd.DataFrame, train_x, val_part: pd.DataFrame, val_features, *, config: TrainConfig):
+def fit_novelty_bank(model, train_part: pd.DataFrame, train_pixels, val_part: pd.DataFrame, val_features, *, spec, config: TrainConfig):
     """The novelty bank of a trained model: its normal training originals' patches, scaled on held-out normals
     (the validation normals, and each training block's normals scored without that block's patches).
 
+    ``train_pixels`` are the uint8 pixels of ``train_part``'s rows (normalised with ``spec``).
     ``val_features`` are the patch features of every validation row (computed once: the run scores
     the validation split with the bank afterwards). Augmented copies stay out of the bank (they add
     time, not kinds of normal). See :mod:`swan_anomaly.novelty`.
@@ -93,7 +94,7 @@ def fit_novelty_bank(model, train_part: pd.DataFrame, train_x, val_part: pd.Data
     if len(originals) == 0 or len(normal_val) == 0:
         msg = f"the novelty bank needs normal images in train and val; the splits have {len(originals)} and {len(normal_val)}"
         raise JobError(msg)
-    train_features = patch_features_of(model, train_x[originals], layers, config.batch_size)
+    train_features = patch_features_of(model, train_pixels[originals], spec, layers, config.batch_size)
     groups = train_part.group.to_numpy()[originals] if "group" in train_part else None
     return fit_novelty(
         train_features, val_features[normal_val], layers=layers, train_groups=groups, target_fpr=config.target_fpr, seed=config.seed
@@ -140,7 +141,7 @@ def run_training(
                 f"{sorted(part.label.unique())}; it needs both abnormal and normal images"
             )
             raise JobError(msg)
-    images = frame_tensors(gold, spec)  # every image decoded and preprocessed once; the splits and the LOFO report take rows of it
+    images = frame_tensors(gold, spec)  # every image decoded once (uint8); the splits and the LOFO report take rows of it
     train, val, test = (
         tuple(t[parts[s].index.to_numpy()] for t in images) for s in (Split.TRAIN, Split.VAL, Split.TEST)
     )  # gold's index is 0..n-1
@@ -178,17 +179,18 @@ def run_training(
             model,
             train,
             val,
+            spec,
             config,
             on_epoch=lambda r: mlflow.log_metrics(epoch_metrics(r), step=r.epoch),
         )
         model.to(device)  # evaluate where it trained; back to the CPU below, before saving
         scored = {}
         for name, (x, y) in (("val", val), ("test", test)):
-            loss, logits = evaluate(model, x, y, config.batch_size)
+            loss, logits = evaluate(model, x, y, spec, config.batch_size)
             scored[name] = (y.numpy(), anomaly_scores(logits), loss)
         layers = default_layers(model.config.num_hidden_layers)  # patch features of val and test, once: the bank's fit and scores
-        features = {name: patch_features_of(model, x, layers, config.batch_size) for name, x in (("val", val[0]), ("test", test[0]))}
-        novelty = fit_novelty_bank(model, parts[Split.TRAIN], train[0], parts[Split.VAL], features["val"], config=config)
+        features = {name: patch_features_of(model, x, spec, layers, config.batch_size) for name, x in (("val", val[0]), ("test", test[0]))}
+        novelty = fit_novelty_bank(model, parts[Split.TRAIN], train[0], parts[Split.VAL], features["val"], spec=spec, config=config)
         novel = {name: novelty.scores(f) for name, f in features.items()}
         model.to("cpu")
         threshold = choose_threshold(scored["val"][0], scored["val"][1], method=config.threshold_method, target_fpr=config.target_fpr)
