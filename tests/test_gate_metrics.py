@@ -151,9 +151,11 @@ def test_endpoint_policy_reads_its_settings_and_refuses_bad_ones():
         "SWAN_ENDPOINT_MIN_RECALL": "0.7",
         "SWAN_ENDPOINT_PARITY_TOLERANCE": "0.01",
         "SWAN_DRIFT_ACTION": "FAIL",
+        "SWAN_MAX_FALSE_ALARM_RATE": "0.05",
     }
-    assert EndpointPolicy.from_env(env) == EndpointPolicy(0.95, 0.7, 0.01, 25, DriftAction.FAIL)
-    for name, value in (("SWAN_ENDPOINT_MIN_AUROC", "1.5"), ("SWAN_ENDPOINT_MIN_RECALL", "high"), ("SWAN_DRIFT_ACTION", "ignore")):
+    assert EndpointPolicy.from_env(env) == EndpointPolicy(0.95, 0.7, 0.01, 25, DriftAction.FAIL, 0.05)
+    bad = (("SWAN_ENDPOINT_MIN_AUROC", "1.5"), ("SWAN_ENDPOINT_MIN_RECALL", "high"), ("SWAN_DRIFT_ACTION", "ignore"))
+    for name, value in (*bad, ("SWAN_MAX_FALSE_ALARM_RATE", "-0.1")):
         with pytest.raises(ConfigError, match=name):
             EndpointPolicy.from_env({name: value})
 
@@ -208,6 +210,62 @@ def test_the_endpoint_check_catches_a_novelty_score_that_differs_or_is_missing_o
         labels, scores, scores, threshold=0.5, policy=policy, endpoint_novelty=np.full(40, np.nan), registry_novelty=np.full(40, np.nan)
     )
     assert neither.passed  # a version without a novelty bank: nothing to compare
+
+
+def test_the_endpoint_check_refuses_a_served_decision_that_calls_most_normal_images_abnormal():
+    """Recall and AUROC of anomaly_score passed a model whose served decision called every normal image abnormal.
+
+    The decision a client acts on is ``anomaly_score >= threshold`` or ``novelty_score >= 1``: a
+    broken novelty scale, or a threshold below every score, flags the normal frames while the
+    anomaly_score's AUROC stays 1.0 and its recall can only rise.
+    """
+    from swan_anomaly.serving.validation import EndpointPolicy, Outcome, check_endpoint, outcome_for
+
+    labels = np.repeat([0, 1], 30)
+    scores = np.r_[np.linspace(0.6, 0.99, 30), np.linspace(0.01, 0.4, 30)]
+    novelty = np.r_[np.full(30, 2.0), np.linspace(0.1, 0.9, 30)]
+    policy = EndpointPolicy()
+    broken = novelty.copy()
+    broken[30:50] = 1.3  # the bank's scale is off: 20 of the 30 normal images cross novelty_score 1
+    flagged = check_endpoint(labels, scores, scores, threshold=0.5, policy=policy, endpoint_novelty=broken, registry_novelty=broken)
+    assert flagged.parity and flagged.report["auroc"] == 1.0 and flagged.report["recall"] == 1.0
+    assert not flagged.passed, "a decision that calls 2 of 3 normal images abnormal passed"
+    assert flagged.report["decision_false_alarms"] == 20 and policy.max_false_alarm_rate == 0.5
+    assert flagged.reasons == [
+        "the served decision (anomaly_score >= 0.5000 or novelty_score >= 1) calls 20 of 30 held-out normal images abnormal "
+        "(66.7%), more than 50.0% (SWAN_MAX_FALSE_ALARM_RATE)"
+    ]
+    assert outcome_for(flagged, new_version=True, previous="3") is Outcome.ROLLED_BACK
+    assert outcome_for(flagged, new_version=False, previous=None) is Outcome.DRIFT  # the unchanged champion: today's normals
+    sound = check_endpoint(labels, scores, scores, threshold=0.5, policy=policy, endpoint_novelty=novelty, registry_novelty=novelty)
+    assert sound.passed and sound.report["decision_false_alarms"] == 0 and sound.report["decision_false_alarm_rate"] == 0.0
+
+    everything = check_endpoint(labels, scores, scores, threshold=0.005, policy=policy)  # a threshold below every score
+    assert everything.report["recall"] == 1.0 and not everything.passed and "30 of 30" in everything.reasons[0]
+
+    # the bound is the deployment's: at it passes, above it fails; a version without a novelty bank is judged on its classifier
+    tight = EndpointPolicy(max_false_alarm_rate=0.2)
+    at = np.r_[np.full(30, 0.9), np.full(6, 0.6), np.full(24, 0.1)]  # 6 of 30 normal images over the threshold
+    assert check_endpoint(labels, at, at, threshold=0.5, policy=tight).passed
+    assert check_endpoint(labels, at, at, threshold=0.5, policy=tight, endpoint_novelty=np.full(60, np.nan)).passed
+    over = at.copy()
+    over[36] = 0.6
+    assert "7 of 30" in check_endpoint(labels, over, over, threshold=0.5, policy=tight).reasons[0]
+
+
+def test_the_gate_bounds_the_share_of_normal_images_the_served_decision_calls_abnormal():
+    counts = {"abnormal": 40, "normal": 40}
+    good = {"auroc": 0.99, "f1": 0.95}
+    assert decide(good | {"decision_false_alarm_rate": 0.5}, None, class_counts=counts, max_false_alarm_rate=0.5).passed
+    over = decide(good | {"decision_false_alarm_rate": 0.55}, None, class_counts=counts, max_false_alarm_rate=0.5)
+    assert not over.passed and over.reasons == [
+        "the served decision (anomaly_score >= threshold or novelty_score >= 1) calls 55.0% of the normal images abnormal, "
+        "more than 50.0% (SWAN_MAX_FALSE_ALARM_RATE)"
+    ]
+    nan = decide(good | {"decision_false_alarm_rate": float("nan")}, None, class_counts=counts, max_false_alarm_rate=0.5)
+    assert "calls nan of" in nan.reasons[0]
+    assert "calls unmeasured of" in decide(good, None, class_counts=counts, max_false_alarm_rate=0.5).reasons[0]
+    assert decide(good, None, class_counts=counts).passed  # without a bound the rate is not judged
 
 
 def test_a_metric_that_is_not_a_number_never_passes_the_gate():

@@ -87,13 +87,26 @@ def world(tmp_path_factory):
     with torch.no_grad():
         constant.classifier.weight.zero_()
         constant.classifier.bias.zero_()
+    # the good weights with a novelty bank whose scale puts every image past novelty_score 1: the served decision
+    # (anomaly_score >= threshold or novelty_score >= 1) calls every normal frame abnormal; anomaly_score is the good one
+    from swan_anomaly.modeling import patch_features_of
+    from swan_anomaly.novelty import NoveltyBank, default_layers
+
+    layers = default_layers(good.config.num_hidden_layers)
+    patches = patch_features_of(good, x[y == 1][:4], spec, layers)
+    broken = NoveltyBank(patches.reshape(-1, patches.shape[-1]), scale=1e-6, layers=layers)
     uris = {}
     experiment = ensure_experiment(s)
-    for name, model in (("good", good), ("constant", constant)):
+    for name, model, bank in (("good", good, None), ("constant", constant, None), ("noisy", good, broken)):
         with mlflow.start_run(experiment_id=experiment, run_name=f"promotion-test-{name}") as run:
             mlflow.log_metrics({"val_auroc": 1.0, "val_f1": 1.0})  # what the model claims of its own (other) data
             info = log_served_model(
-                model, spec, threshold=0.5, threshold_method="max_f1", example=[lake.read_raw(DATASET, rows["val"][0][1])]
+                model,
+                spec,
+                threshold=0.5,
+                threshold_method="max_f1",
+                example=[lake.read_raw(DATASET, rows["val"][0][1])],
+                novelty=bank,
             )
         uris[name] = (info.model_uri, run.info.run_id)
     yield {"lake": lake, "uris": uris, "rows": rows}
@@ -225,6 +238,30 @@ def test_the_gate_judges_champion_and_challenger_on_the_same_rows_at_their_own_t
 
 
 @pytest.mark.slow
+def test_the_gate_refuses_a_challenger_whose_served_decision_calls_the_normal_images_abnormal(world, model_name):
+    """AUROC and F1 of anomaly_score passed a challenger whose novelty score called every normal frame abnormal.
+
+    The served decision, what a client acts on, is ``anomaly_score >= threshold`` or ``novelty_score >= 1``.
+    """
+    from swan_airflow.steps.promotion import gate_model
+
+    noisy = _register(world, model_name, "noisy", "scheduled__1")
+    assert gate_model(_ctx(), _registered(model_name, noisy, world, "noisy")) == "keep_champion"
+    gate = world["lake"].read_result(RUN_ID, "gate")
+    report = gate["reports"]["challenger"]
+    assert report["auroc"] >= 0.9 and report["f1"] >= 0.8, "the classifier alone passes: the decision is what fails"
+    assert report["decision_false_alarm_rate"] == 1.0 and not gate["passed"] and not gate["passed_at_defaults"]
+    assert gate["reasons"] == [
+        "the served decision (anomaly_score >= threshold or novelty_score >= 1) calls 100.0% of the normal images abnormal, "
+        "more than 50.0% (SWAN_MAX_FALSE_ALARM_RATE)"
+    ]
+    # the same weights without that bank pass; the bound is the deployment's, and no Param lowers it
+    good = _register(world, model_name, "good", "scheduled__2")
+    assert gate_model(_ctx(), _registered(model_name, good, world, "good")) == "promote_model"
+    assert world["lake"].read_result(RUN_ID, "gate")["reports"]["challenger"]["decision_false_alarm_rate"] <= 0.5
+
+
+@pytest.mark.slow
 def test_the_gate_refuses_a_validation_split_too_small_to_measure(world, model_name):
     from swan_airflow.steps.promotion import gate_model
 
@@ -256,6 +293,8 @@ def test_a_gate_disabled_or_lowered_in_the_trigger_form_is_an_override_that_is_a
     from swan_airflow.steps.promotion import gate_model, promote_model
 
     useless = _register(world, model_name, "constant", "scheduled__1")  # AUROC 0.5: the gate at its defaults refuses it
+    # every score is 0.5, its threshold: its decision flags every frame, which no Param may allow; this test is about the Params
+    monkeypatch.setenv("SWAN_MAX_FALSE_ALARM_RATE", "1")
 
     def kept(ctx, match: str) -> None:  # without leave or reason the champion stays, and the gate record says why
         assert gate_model(ctx, _registered(model_name, useless, world, "constant")) == "keep_champion"

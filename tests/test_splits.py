@@ -113,6 +113,32 @@ def test_a_split_too_small_to_measure_is_reported_as_such_never_as_a_precise_num
     assert format_auroc({"auroc": 0.99, "auroc_ci": [0.9, 1.0], "abnormal": 4, "normal": 40}).startswith("too small to measure")
 
 
+def test_the_run_summary_shows_what_the_gate_judged_at_the_deployment_s_thresholds_and_the_decision_s_false_alarms():
+    """gate.json kept the verdict at the deployment's thresholds, but the run summary an operator reads left it out."""
+    from swan_airflow.steps.report import _gate
+
+    report = {"auroc": 0.62, "auroc_ci": [0.5, 0.7], "f1": 0.7, "recall": 0.9, "decision_false_alarm_rate": 0.25, "threshold": 0.4}
+    gate = {
+        "mode": "enabled",
+        "passed": True,
+        "promote": True,
+        "reasons": [],
+        "measurable": True,
+        "images": {"abnormal": 30, "normal": 30},
+        "champion_version": "3",
+        "forced": "gate thresholds below the deployment's defaults (auroc 0.6200 < 0.9000): shadow test",
+        "thresholds": {"auroc": 0.6, "f1": 0.5, "images_per_class": 25},
+        "passed_at_defaults": False,
+        "reasons_at_defaults": ["auroc 0.6200 < 0.9000", "f1 0.7000 < 0.8000"],
+        "reports": {"challenger": report | {"version": "4", "abnormal": 30, "normal": 30}},
+    }
+    out = _gate(gate)
+    assert out["passed"] is True and out["passed_at_defaults"] is False
+    assert out["reasons_at_defaults"] == ["auroc 0.6200 < 0.9000", "f1 0.7000 < 0.8000"]
+    assert out["thresholds"] == {"auroc": 0.6, "f1": 0.5, "images_per_class": 25} and out["forced"].endswith("shadow test")
+    assert out["reports"]["challenger"]["decision_false_alarm_rate"] == 0.25
+
+
 def test_the_run_summary_shows_each_split_auroc_as_people_should_read_it():
     from swan_airflow.steps.report import _data, _training
 

@@ -249,6 +249,14 @@ class Settings:
     gate_min_images_per_class: int = setting(
         "SWAN_GATE_MIN_IMAGES_PER_CLASS", 25, "Default of the `gate_min_images_per_class` Param: smallest measurable split.", low=1
     )
+    max_false_alarm_rate: float = setting(
+        "SWAN_MAX_FALSE_ALARM_RATE",
+        0.50,
+        "Largest share of normal images the served decision may call abnormal: in the gate (validation split) and the "
+        "endpoint validation (test split). The default catches a broken decision; set it to your alarm budget.",
+        low=0,
+        high=1,
+    )
     endpoint_min_auroc: float = setting(
         "SWAN_ENDPOINT_MIN_AUROC", 0.90, "AUROC the endpoint must show on the held-out test split.", low=0, high=1
     )

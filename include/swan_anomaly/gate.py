@@ -4,7 +4,8 @@ The challenger and the current champion are scored on the same images (the chall
 validation split, raw frames through each model's own served preprocessing), each at its own
 stored threshold (:func:`swan_anomaly.scoring.score_rows`, :func:`swan_anomaly.metrics.evaluation_report`).
 A challenger is promoted when those metrics pass the absolute thresholds and do not fall more
-than ``max_regression`` below the champion's, and when its data is not older than the
+than ``max_regression`` below the champion's, when its served decision calls at most
+``max_false_alarm_rate`` of the normal images abnormal, and when its data is not older than the
 champion's: a backfill of an old date is judged on that date's rows, which it was trained beside
 and the champion never saw, so it could replace a model of newer data on stale evidence. A validation split with fewer than
 ``min_images_per_class`` images of either class cannot tell models apart: the gate refuses
@@ -107,6 +108,7 @@ def decide(
     class_counts: Mapping[str, int] | None = None,
     min_images_per_class: int = MIN_IMAGES_PER_CLASS,
     data_dates: tuple[date | None, date | None] = (None, None),
+    max_false_alarm_rate: float | None = None,
 ) -> GateDecision:
     """Compare the challenger's metrics with the thresholds and with the champion's on the same rows.
 
@@ -122,6 +124,10 @@ def decide(
         min_images_per_class: fewer images than this in either class refuses the challenger.
         data_dates: the dates of the newest data the challenger and the champion were trained on
             (None where unknown); a challenger of older data than the champion's is refused.
+        max_false_alarm_rate: the largest share of the normal images the challenger's served decision
+            (``anomaly_score >= threshold`` or ``novelty_score >= 1``) may call abnormal, its
+            ``decision_false_alarm_rate``; None: not judged. AUROC and F1 of ``anomaly_score``
+            alone pass a model whose novelty score flags every frame.
 
     Raises:
         ValueError: ``class_counts`` is missing (a decision needs to know what it measured).
@@ -148,6 +154,14 @@ def decide(
                 reasons.append(f"{name} of the champion is {p} on the same rows: the challenger cannot be compared with it")
             elif not math.isfinite(c) or c < p - max_regression:
                 reasons.append(f"{name} {c:.4f} regresses against the champion's {p:.4f} on the same rows by more than {max_regression}")
+    if max_false_alarm_rate is not None:
+        rate = challenger.get("decision_false_alarm_rate")
+        if rate is None or not math.isfinite(rate) or rate > max_false_alarm_rate:
+            shown = "unmeasured" if rate is None else f"{rate:.1%}" if math.isfinite(rate) else str(rate)
+            reasons.append(
+                f"the served decision (anomaly_score >= threshold or novelty_score >= 1) calls {shown} of the normal images "
+                f"abnormal, more than {max_false_alarm_rate:.1%} (SWAN_MAX_FALSE_ALARM_RATE)"
+            )
     ours, theirs = data_dates
     if champion is not None and ours is not None and theirs is not None and ours < theirs:
         reasons.append(

@@ -88,6 +88,22 @@ def decision_score(anomaly: np.ndarray, novelty: np.ndarray | None, *, threshold
     return scaled if novelty is None else np.maximum(scaled, np.asarray(novelty, dtype=np.float64))
 
 
+def served_decision(anomaly: np.ndarray, novelty: np.ndarray | None, *, threshold: float) -> np.ndarray:
+    """``[N]`` bool: which images the served model calls abnormal: ``anomaly_score >= threshold`` or ``novelty_score >= 1``.
+
+    What a client of the endpoint acts on (:mod:`swan_anomaly.serving.pyfunc`). A NaN novelty
+    score (a version without a novelty bank) leaves the classifier's call alone.
+
+    Example:
+        >>> served_decision(np.array([0.2, 0.9, 0.1, 0.1]), np.array([0.5, 0.1, 1.5, np.nan]), threshold=0.5).tolist()
+        [False, True, True, False]
+    """
+    called = np.asarray(anomaly, dtype=np.float64) >= threshold
+    if novelty is None:
+        return called
+    return called | (np.asarray(novelty, dtype=np.float64) >= 1.0)  # NaN >= 1 is False
+
+
 #: How the decision threshold is chosen on the validation set.
 THRESHOLD_METHODS = ("max_f1", "target_fpr")
 

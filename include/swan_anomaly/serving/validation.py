@@ -6,9 +6,11 @@ Two checks on the held-out test split, scored through the endpoint:
   score (the pyfunc loaded from the registry, on the same bytes) within ``parity_tolerance``.
   It proves the endpoint serves the registered weights and preprocessing, on every deploy.
 * **quality**: AUROC (with its bootstrap interval) and recall at the version's stored
-  threshold, against ``min_auroc`` and ``min_recall``. A test split with fewer than
-  ``min_images_per_class`` images of either class is reported as too small to measure and not
-  judged (parity still is).
+  threshold, against ``min_auroc`` and ``min_recall``; and the share of the normal images that
+  the served decision (``anomaly_score >= threshold`` or ``novelty_score >= 1``, what a client acts
+  on) calls abnormal, against ``max_false_alarm_rate``: recall alone passes a model that calls
+  everything abnormal. A test split with fewer than ``min_images_per_class`` images of either
+  class is reported as too small to measure and not judged (parity still is).
 
 What a failure means depends on what changed (:func:`outcome_for`):
 
@@ -39,7 +41,7 @@ import numpy as np
 from swan_anomaly.config import Settings
 from swan_anomaly.contract import ABNORMAL, LABEL_NAMES, NORMAL
 from swan_anomaly.gate import MIN_IMAGES_PER_CLASS, too_small
-from swan_anomaly.metrics import evaluation_report, format_interval
+from swan_anomaly.metrics import evaluation_report, format_interval, served_decision
 
 
 class Outcome(StrEnum):
@@ -68,10 +70,12 @@ class EndpointPolicy:
     parity_tolerance: float = Settings.endpoint_parity_tolerance
     min_images_per_class: int = MIN_IMAGES_PER_CLASS
     drift_action: DriftAction = DriftAction.WARN
+    max_false_alarm_rate: float = Settings.max_false_alarm_rate
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> EndpointPolicy:
-        """``SWAN_ENDPOINT_MIN_AUROC`` (0.90), ``SWAN_ENDPOINT_MIN_RECALL`` (0.80), ``SWAN_ENDPOINT_PARITY_TOLERANCE``
+        """``SWAN_ENDPOINT_MIN_AUROC`` (0.90), ``SWAN_ENDPOINT_MIN_RECALL`` (0.80), ``SWAN_MAX_FALSE_ALARM_RATE``
+        (0.50), ``SWAN_ENDPOINT_PARITY_TOLERANCE``
         (1e-4; a GPU workload type serving in bfloat16 needs about 1e-2), ``SWAN_DRIFT_ACTION`` (``warn`` or
         ``fail``). ``min_images_per_class`` keeps its default: a run sets it from its ``gate_min_images_per_class``.
 
@@ -82,6 +86,7 @@ class EndpointPolicy:
         return cls(
             min_auroc=s.endpoint_min_auroc,
             min_recall=s.endpoint_min_recall,
+            max_false_alarm_rate=s.max_false_alarm_rate,
             parity_tolerance=s.endpoint_parity_tolerance,
             drift_action=DriftAction(s.drift_action),
         )
@@ -161,6 +166,8 @@ def check_endpoint(
     if small:
         return EndpointCheck(parity, max_difference, False, None, reasons, note=f"{small}; quality not judged, parity checked")
     report = evaluation_report(labels, endpoint_scores, threshold=threshold, seed=seed)
+    alarms = served_decision(endpoint_scores, endpoint_novelty, threshold=threshold)[labels == NORMAL]
+    report["decision_false_alarms"], report["decision_false_alarm_rate"] = int(alarms.sum()), float(alarms.mean())
     if report["auroc"] < policy.min_auroc:
         reasons.append(
             f"AUROC {report['auroc']:.4f} (95% CI {format_interval(report['auroc_ci'])}) < "
@@ -168,6 +175,12 @@ def check_endpoint(
         )
     if report["recall"] < policy.min_recall:
         reasons.append(f"recall {report['recall']:.4f} at the stored threshold {threshold:.4f} < {policy.min_recall:.4f}")
+    if not report["decision_false_alarm_rate"] <= policy.max_false_alarm_rate:
+        reasons.append(
+            f"the served decision (anomaly_score >= {threshold:.4f} or novelty_score >= 1) calls {report['decision_false_alarms']} of "
+            f"{len(alarms)} held-out normal images abnormal ({report['decision_false_alarm_rate']:.1%}), more than "
+            f"{policy.max_false_alarm_rate:.1%} (SWAN_MAX_FALSE_ALARM_RATE)"
+        )
     return EndpointCheck(parity, max_difference, True, report, reasons)
 
 

@@ -44,7 +44,7 @@ FINISHED_STATES = frozenset({"success", "failed", "skipped", "upstream_failed", 
 #: DAG run states in which a run's tasks may still run.
 ACTIVE_RUN_STATES = frozenset({"queued", "running"})
 #: Metrics of each model that the gate logs on the challenger's MLflow run.
-LOGGED_METRICS = ("auroc", "f1", "precision", "recall", "average_precision")
+LOGGED_METRICS = ("auroc", "f1", "precision", "recall", "average_precision", "decision_false_alarm_rate")
 
 
 def runs_in_promotion(task_states: Mapping[str, Mapping[str, str | None]], *, me: str) -> list[str]:
@@ -201,8 +201,9 @@ def gate_override(params, mode, record: dict) -> str | None:
 def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_version: str | None, mode: GateMode) -> dict:
     """Score both models on the challenger's validation rows, decide, and record it (MLflow and model version tags)."""
     from swan_airflow.runtime import read_held_out_rows, settings
+    from swan_anomaly.contract import NORMAL
     from swan_anomaly.gate import GateMode, MinThreshold, decide, promotion_thresholds, too_small
-    from swan_anomaly.metrics import evaluation_report, format_interval
+    from swan_anomaly.metrics import evaluation_report, format_interval, served_decision
     from swan_anomaly.registry import data_through, stored_threshold, tag_version
     from swan_anomaly.scoring import class_counts, labels_of, registry_scorer, score_rows
 
@@ -229,12 +230,15 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
     if champion_version is not None and champion_version != version:
         models["champion"] = champion_version
     log.info("gate: scoring %s on the %d validation images %s", ", ".join(f"{k} v{v}" for k, v in models.items()), len(rows), counts)
-    scores = score_rows(store, rows, {who: registry_scorer(f"models:/{name}/{v}") for who, v in models.items()})
+    # [N, 2]: anomaly_score and novelty_score (NaN for a version without a novelty bank)
+    scores = score_rows(store, rows, {who: registry_scorer(f"models:/{name}/{v}", novelty=True) for who, v in models.items()})
     labels = labels_of(rows)
-    reports = {
-        who: {**evaluation_report(labels, scores[who], threshold=stored_threshold(client, name, v), seed=params["seed"]), "version": v}
-        for who, v in models.items()
-    }
+    reports = {}
+    for who, v in models.items():
+        threshold = stored_threshold(client, name, v)
+        report = evaluation_report(labels, scores[who][:, 0], threshold=threshold, seed=params["seed"])
+        alarms = served_decision(scores[who][:, 0], scores[who][:, 1], threshold=threshold)[labels == NORMAL]
+        reports[who] = {**report, "decision_false_alarm_rate": float(alarms.mean()), "version": v}
     thresholds = {"auroc": MinThreshold(params["gate_min_val_auroc"]), "f1": MinThreshold(params["gate_min_val_f1"])}
     if params.get("gate_min_unseen_auroc") is not None:
         thresholds["unseen_auroc"] = MinThreshold(params["gate_min_unseen_auroc"])
@@ -242,6 +246,7 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
         "auroc": reports["challenger"]["auroc"],
         "f1": reports["challenger"]["f1"],
         "unseen_auroc": registered.get("unseen_auroc"),
+        "decision_false_alarm_rate": reports["challenger"]["decision_false_alarm_rate"],
     }
     champion = {k: reports["champion"][k] for k in ("auroc", "f1")} if "champion" in reports else None
     through = {who: data_through(client, name, v) for who, v in models.items()}
@@ -254,10 +259,12 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
         class_counts=counts,
         min_images_per_class=params["gate_min_images_per_class"],
         data_dates=(through["challenger"], through.get("champion")),
+        max_false_alarm_rate=settings().max_false_alarm_rate,
     )
     for who, report in reports.items():
         log.info(
-            "%s v%s on the same %d rows: AUROC %.4f (95%% CI %s) F1 %.4f recall %.4f at its threshold %.4f",
+            "%s v%s on the same %d rows: AUROC %.4f (95%% CI %s) F1 %.4f recall %.4f at its threshold %.4f; "
+            "its served decision calls %.1f%% of the normal images abnormal",
             who,
             report["version"],
             len(rows),
@@ -266,6 +273,7 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
             report["f1"],
             report["recall"],
             report["threshold"],
+            100.0 * report["decision_false_alarm_rate"],
         )
     log.info("gate (%s): passed=%s promote=%s reasons=%s", decision.mode, decision.passed, decision.promote, decision.reasons or "none")
     # the same decision at the deployment's thresholds: a pass that lowered Params alone allowed is an override
@@ -278,6 +286,7 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
         class_counts=counts,
         min_images_per_class=settings().gate_min_images_per_class,
         data_dates=(through["challenger"], through.get("champion")),
+        max_false_alarm_rate=settings().max_false_alarm_rate,
     )
     record = {
         **base,

@@ -122,11 +122,11 @@ def _training(training: dict | None) -> dict:
 def _gate(gate: dict | None) -> dict | None:
     if not gate:
         return None
-    keys = ("auroc", "auroc_ci", "f1", "recall", "threshold", "version", "abnormal", "normal")
+    keys = ("auroc", "auroc_ci", "f1", "recall", "decision_false_alarm_rate", "threshold", "version", "abnormal", "normal")
     reports = {who: _split_report(r, keys) for who, r in (gate.get("reports") or {}).items()}
-    return {k: gate.get(k) for k in ("mode", "passed", "promote", "reasons", "measurable", "images", "champion_version", "forced")} | {
-        "reports": reports
-    }
+    # thresholds used, and the verdict at the deployment's: a pass that lowered Params alone allowed is an override (forced)
+    shown = ("mode", "passed", "promote", "reasons", "measurable", "images", "champion_version", "forced", "thresholds")
+    return {k: gate.get(k) for k in (*shown, "passed_at_defaults", "reasons_at_defaults")} | {"reports": reports}
 
 
 def _model(registered: dict | None) -> dict | None:

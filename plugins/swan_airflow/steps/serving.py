@@ -268,7 +268,8 @@ def _record(ctx, name, version, previous, threshold, rows, scores, check, outcom
     what = "; ".join(check.reasons) or "the endpoint serves the registered model"
     quality = check.note or (
         f"AUROC {check.report['auroc']:.4f} (95% CI {format_interval(check.report['auroc_ci'])}), "
-        f"recall {check.report['recall']:.4f} at {threshold:.4f}"
+        f"recall {check.report['recall']:.4f} at {threshold:.4f}, "
+        f"{check.report['decision_false_alarms']} of {check.report['normal']} normal images called abnormal by the served decision"
         if check.report
         else "quality not measured"
     )
@@ -417,7 +418,10 @@ def endpoint_summary(record: dict) -> dict:
         "parity": record["parity"],
         "max_difference": record["max_difference"],
         "note": record.get("note"),
-        "test": {k: report[k] for k in ("auroc", "auroc_ci", "recall", "abnormal", "normal")} if report else None,
+        # decision_false_alarm_rate: the held-out normals the served decision calls abnormal (absent from records before it)
+        "test": {k: report.get(k) for k in ("auroc", "auroc_ci", "recall", "decision_false_alarm_rate", "abnormal", "normal")}
+        if report
+        else None,
     }
 
 
