@@ -268,6 +268,36 @@ def test_the_gate_bounds_the_share_of_normal_images_the_served_decision_calls_ab
     assert decide(good, None, class_counts=counts).passed  # without a bound the rate is not judged
 
 
+def test_regressions_within_the_tolerance_do_not_add_up_along_a_line_of_champions():
+    """Each challenger 0.02 below its champion passed: 0.99, 0.97, 0.95, 0.93 in three promotions."""
+    from swan_anomaly.gate import next_reference
+
+    counts = {"abnormal": 40, "normal": 40}
+    line = [("1", 0.99), ("2", 0.97), ("3", 0.95), ("4", 0.93)]  # AUROC of each on the same rows; F1 0.9 throughout
+    champion, reference, verdicts = None, None, []
+    for version, auroc in line:
+        challenger = {"auroc": auroc, "f1": 0.9}
+        decision = decide(challenger, champion, class_counts=counts, reference=reference)
+        verdicts.append(decision.passed)
+        if not decision.passed:
+            break
+        following = next_reference(version, challenger, champion, reference)
+        reference = None if following == version else {"auroc": dict(line)[following], "f1": 0.9, "version": following}
+        champion = challenger | {"version": version}
+    assert verdicts == [True, True, False], "the third step down passed"
+    assert decision.reasons == [
+        "auroc 0.9500 regresses against v1's 0.9900 on the same rows by more than 0.02 "
+        "(v1 is the best of the champion's line: small regressions must not add up)"
+    ]
+    # a better challenger starts a line of its own; a worse one inherits the better of champion and reference
+    assert next_reference("5", {"auroc": 0.995, "f1": 0.9}, {"auroc": 0.97, "f1": 0.9, "version": "2"}, None) == "5"
+    assert next_reference("5", {"auroc": 0.995, "f1": 0.8}, {"auroc": 0.97, "f1": 0.9, "version": "2"}, None) == "2"
+    reference = {"auroc": 0.99, "f1": 0.9, "version": "1"}
+    assert next_reference("5", {"auroc": 0.98, "f1": 0.9}, {"auroc": 0.97, "f1": 0.9, "version": "2"}, reference) == "1"
+    assert next_reference("5", {"auroc": float("nan"), "f1": 0.9}, {"auroc": 0.97, "f1": 0.9, "version": "2"}, None) == "2"
+    assert next_reference("1", {"auroc": 0.9, "f1": 0.9}, None, None) == "1"
+
+
 def test_a_metric_that_is_not_a_number_never_passes_the_gate():
     """NaN compares False with anything: ``nan < 0.9`` is False, so a NaN AUROC passed every threshold."""
     nan = float("nan")

@@ -262,6 +262,37 @@ def test_the_gate_refuses_a_challenger_whose_served_decision_calls_the_normal_im
 
 
 @pytest.mark.slow
+def test_the_gate_holds_a_challenger_to_the_best_of_the_champion_s_line_too(world, model_name):
+    """The 0.02 tolerance against the champion alone let regressions chain: 0.99, 0.97, 0.95, ... each within it."""
+    from swan_airflow.runtime import registry_client
+    from swan_airflow.steps.promotion import gate_model, promote_model
+    from swan_anomaly.registry import ENDPOINT_VALIDATION, GATE_REFERENCE_TAG, tag_version
+
+    client = registry_client()
+    best = _register(world, model_name, "good", "scheduled__1")
+    assert gate_model(_ctx(), _registered(model_name, best, world, "good")) == "promote_model"
+    promote_model(_ctx(), _registered(model_name, best, world, "good"))
+    assert client.get_model_version(model_name, best).tags[GATE_REFERENCE_TAG] == best  # no champion: a line of its own
+    # a champion that was let within the tolerance of the good one (what its gate tagged), and a challenger like it
+    weak = _register(world, model_name, "constant", "scheduled__2")
+    _serve(model_name, weak)
+    tag_version(client, model_name, weak, {GATE_REFERENCE_TAG: best})
+    again = _register(world, model_name, "constant", "scheduled__3")
+    assert gate_model(_ctx(), _registered(model_name, again, world, "constant")) == "keep_champion"
+    gate = world["lake"].read_result(RUN_ID, "gate")
+    assert gate["reference_version"] == best and gate["reports"]["reference"]["auroc"] >= 0.9
+    assert gate["reports"]["champion"]["auroc"] == gate["reports"]["challenger"]["auroc"] == 0.5
+    assert not any("regresses against the champion's" in r for r in gate["reasons"])  # level with the champion it replaces
+    assert any(r.startswith(f"auroc 0.5000 regresses against v{best}'s") for r in gate["reasons"]), gate["reasons"]
+    assert gate["line_reference"] == best and client.get_model_version(model_name, again).tags[GATE_REFERENCE_TAG] == best
+    # a reference that failed its endpoint validation is no bar
+    tag_version(client, model_name, best, {ENDPOINT_VALIDATION: "failed: AUROC 0.5 < 0.9"})
+    gate_model(_ctx(), _registered(model_name, again, world, "constant"))
+    gate = world["lake"].read_result(RUN_ID, "gate")
+    assert gate["reference_version"] is None and "reference" not in gate["reports"]
+
+
+@pytest.mark.slow
 def test_the_gate_refuses_a_validation_split_too_small_to_measure(world, model_name):
     from swan_airflow.steps.promotion import gate_model
 

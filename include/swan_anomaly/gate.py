@@ -7,7 +7,10 @@ A challenger is promoted when those metrics pass the absolute thresholds and do 
 than ``max_regression`` below the champion's, when its served decision calls at most
 ``max_false_alarm_rate`` of the normal images abnormal, and when its data is not older than the
 champion's: a backfill of an old date is judged on that date's rows, which it was trained beside
-and the champion never saw, so it could replace a model of newer data on stale evidence. A validation split with fewer than
+and the champion never saw, so it could replace a model of newer data on stale evidence. The
+tolerance does not add up along a line of champions: a challenger is also held to the
+``reference``, the best version of the champion's line (:func:`next_reference`), scored on the same
+rows, so three small regressions in a row cannot take 0.99 down to 0.93. A validation split with fewer than
 ``min_images_per_class`` images of either class cannot tell models apart: the gate refuses
 rather than decide on noise.
 
@@ -98,6 +101,35 @@ def too_small(class_counts: Mapping[str, int], minimum: int, *, split: str = "va
     return f"{split} split too small to measure: {abnormal} abnormal and {normal} normal images, fewer than {minimum} per class"
 
 
+def next_reference(
+    version: str,
+    challenger: Mapping,
+    champion: Mapping | None,
+    reference: Mapping | None,
+    *,
+    metrics: tuple[str, ...] = ("auroc", "f1"),
+) -> str:
+    """The version a challenger's own challengers will be held to once it is champion: its :data:`swan_anomaly.registry.GATE_REFERENCE_TAG`.
+
+    The challenger itself when it is at least as good as the champion and the champion's
+    reference on every metric of ``metrics`` (on the same rows), or when there is no champion;
+    else whichever of those two scored the higher AUROC (the champion on a tie): the line keeps
+    its best, so regressions within the tolerance cannot add up. ``champion`` and ``reference``
+    carry their ``version``.
+
+    Example:
+        >>> next_reference("5", {"auroc": 0.97, "f1": 0.9}, {"auroc": 0.98, "f1": 0.9, "version": "4"}, None)
+        '4'
+        >>> next_reference("5", {"auroc": 0.99, "f1": 0.9}, {"auroc": 0.98, "f1": 0.9, "version": "4"}, None)
+        '5'
+    """
+    anchors = [a for a in (champion, reference) if a is not None]
+    if all(challenger.get(m, math.nan) >= a.get(m, -math.inf) for a in anchors for m in metrics):  # NaN is never at least
+        return str(version)
+    best = max(anchors, key=lambda a: a.get("auroc", -math.inf) if math.isfinite(a.get("auroc", -math.inf)) else -math.inf)
+    return str(best["version"])
+
+
 def decide(
     challenger: dict,
     champion: dict | None,
@@ -109,6 +141,7 @@ def decide(
     min_images_per_class: int = MIN_IMAGES_PER_CLASS,
     data_dates: tuple[date | None, date | None] = (None, None),
     max_false_alarm_rate: float | None = None,
+    reference: Mapping | None = None,
 ) -> GateDecision:
     """Compare the challenger's metrics with the thresholds and with the champion's on the same rows.
 
@@ -128,6 +161,9 @@ def decide(
             (``anomaly_score >= threshold`` or ``novelty_score >= 1``) may call abnormal, its
             ``decision_false_alarm_rate``; None: not judged. AUROC and F1 of ``anomaly_score``
             alone pass a model whose novelty score flags every frame.
+        reference: the metrics, on the same rows, of the best version of the champion's line that the
+            champion was let within ``max_regression`` of (with its ``version``), or None; the challenger may not
+            fall more than ``max_regression`` below it either.
 
     Raises:
         ValueError: ``class_counts`` is missing (a decision needs to know what it measured).
@@ -145,15 +181,20 @@ def decide(
         value = challenger.get(name)
         if value is None or not math.isfinite(value) or value < t.minimum:  # NaN compares False with anything: refuse it
             reasons.append(f"{name} {value if value is None else f'{value:.4f}'} < {t.minimum:.4f}")
-    if champion is not None:
+    anchors = [] if champion is None else [("the champion", "the champion's", champion, "")]
+    if champion is not None and reference is not None:
+        ref = f"v{reference.get('version')}"
+        note = f" ({ref} is the best of the champion's line: small regressions must not add up)"
+        anchors.append((ref, f"{ref}'s", reference, note))
+    for who, whose, anchor, note in anchors:
         for name in thresholds:
-            c, p = challenger.get(name), champion.get(name)
+            c, p = challenger.get(name), anchor.get(name)
             if c is None or p is None:
                 continue
             if not math.isfinite(p):
-                reasons.append(f"{name} of the champion is {p} on the same rows: the challenger cannot be compared with it")
+                reasons.append(f"{name} of {who} is {p} on the same rows: the challenger cannot be compared with it")
             elif not math.isfinite(c) or c < p - max_regression:
-                reasons.append(f"{name} {c:.4f} regresses against the champion's {p:.4f} on the same rows by more than {max_regression}")
+                reasons.append(f"{name} {c:.4f} regresses against {whose} {p:.4f} on the same rows by more than {max_regression}{note}")
     if max_false_alarm_rate is not None:
         rate = challenger.get("decision_false_alarm_rate")
         if rate is None or not math.isfinite(rate) or rate > max_false_alarm_rate:

@@ -33,6 +33,9 @@ ENDPOINT_VALIDATION = "endpoint_validation"
 DATASET_TAG = "dataset_id"
 #: The model-version tag with the newest day of data a version was trained on (ISO date, set at registration).
 DATA_THROUGH_TAG = "data_through"
+#: The model-version tag naming the version whose metrics the gate also holds a challenger to once this version is
+#: champion: the best of its line (itself, or the version it was let within the tolerance of). See swan_anomaly.gate.
+GATE_REFERENCE_TAG = "gate_reference"
 
 
 def mlflow_client(tracking_uri: str, registry_uri: str | None = None) -> MlflowClient:
@@ -201,6 +204,23 @@ def data_through(client: MlflowClient, name: str, version: str) -> date | None:
     if DATA_THROUGH_TAG in tags:
         return date.fromisoformat(tags[DATA_THROUGH_TAG])
     return dataset_date(tags.get(DATASET_TAG) or "")
+
+
+def gate_reference(client: MlflowClient, name: str, version: str) -> str | None:
+    """The version the gate holds challengers of champion ``version`` to besides it (its :data:`GATE_REFERENCE_TAG`), or None.
+
+    None when the tag is missing (a version gated before it existed), names ``version`` itself, or
+    names a version that is gone from the registry or failed an endpoint validation.
+    """
+    reference = client.get_model_version(name, str(version)).tags.get(GATE_REFERENCE_TAG)
+    if not reference or reference == str(version):
+        return None
+    try:
+        tags = client.get_model_version(name, reference).tags
+    except MlflowException:
+        log.warning("%s v%s names v%s as its gate reference, which is gone from the registry: not held to it", name, version, reference)
+        return None
+    return None if verdict(tags.get(ENDPOINT_VALIDATION)) == "failed" else reference
 
 
 def tag_version(client: MlflowClient, name: str, version: str, tags: dict[str, str]) -> None:

@@ -8,9 +8,10 @@ trigger, a backfill, which Airflow runs beside the DAG's ``max_active_runs``). T
 section free) enters only when no other active run has entered and not yet finished
 its section (:func:`runs_in_promotion`).
 
-**The gate** (:func:`gate_model`) scores the challenger and the current champion on the same
-images, the challenger's validation split read from the raw partitions, each through its own
-registered pyfunc and at its own stored threshold, and decides with
+**The gate** (:func:`gate_model`) scores the challenger and the current champion (and the best
+version of the champion's line, its ``gate_reference``) on the same images, the challenger's
+validation split read from the raw partitions, each through its own registered pyfunc and at its
+own stored threshold, and decides with
 :func:`swan_anomaly.gate.decide`. Both models' metrics go to the challenger's MLflow run
 (``challenger_val_auroc``, ``champion_val_auroc``, ...), the decision to ``gate/decision.json``
 there and to ``runs/{run_id}/gate.json`` in the lake.
@@ -202,9 +203,9 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
     """Score both models on the challenger's validation rows, decide, and record it (MLflow and model version tags)."""
     from swan_airflow.runtime import read_held_out_rows, settings
     from swan_anomaly.contract import NORMAL
-    from swan_anomaly.gate import GateMode, MinThreshold, decide, promotion_thresholds, too_small
+    from swan_anomaly.gate import GateMode, MinThreshold, decide, next_reference, promotion_thresholds, too_small
     from swan_anomaly.metrics import evaluation_report, format_interval, served_decision
-    from swan_anomaly.registry import data_through, stored_threshold, tag_version
+    from swan_anomaly.registry import GATE_REFERENCE_TAG, data_through, gate_reference, stored_threshold, tag_version
     from swan_anomaly.scoring import class_counts, labels_of, registry_scorer, score_rows
 
     params = ctx.params
@@ -229,6 +230,10 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
     models = {"challenger": version}
     if champion_version is not None and champion_version != version:
         models["champion"] = champion_version
+        # the best of the champion's line, which it was let within the tolerance of: held to as well (small regressions add up)
+        reference_version = gate_reference(client, name, champion_version)
+        if reference_version is not None and reference_version != version:
+            models["reference"] = reference_version
     log.info("gate: scoring %s on the %d validation images %s", ", ".join(f"{k} v{v}" for k, v in models.items()), len(rows), counts)
     # [N, 2]: anomaly_score and novelty_score (NaN for a version without a novelty bank)
     scores = score_rows(store, rows, {who: registry_scorer(f"models:/{name}/{v}", novelty=True) for who, v in models.items()})
@@ -248,7 +253,9 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
         "unseen_auroc": registered.get("unseen_auroc"),
         "decision_false_alarm_rate": reports["challenger"]["decision_false_alarm_rate"],
     }
-    champion = {k: reports["champion"][k] for k in ("auroc", "f1")} if "champion" in reports else None
+    champion, reference = (
+        {k: reports[who][k] for k in ("auroc", "f1", "version")} if who in reports else None for who in ("champion", "reference")
+    )
     through = {who: data_through(client, name, v) for who, v in models.items()}
     base["data_through"] = {who: d.isoformat() if d else None for who, d in through.items()}
     decision = decide(
@@ -260,6 +267,7 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
         min_images_per_class=params["gate_min_images_per_class"],
         data_dates=(through["challenger"], through.get("champion")),
         max_false_alarm_rate=settings().max_false_alarm_rate,
+        reference=reference,
     )
     for who, report in reports.items():
         log.info(
@@ -287,7 +295,10 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
         min_images_per_class=settings().gate_min_images_per_class,
         data_dates=(through["challenger"], through.get("champion")),
         max_false_alarm_rate=settings().max_false_alarm_rate,
+        reference=reference,
     )
+    # whom this challenger's own challengers answer to once it is champion: itself, or the better one it was let near
+    line = next_reference(version, challenger, champion, reference)
     record = {
         **base,
         "mode": decision.mode,
@@ -299,6 +310,8 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
         "thresholds": {k: t.minimum for k, t in thresholds.items()} | {"images_per_class": params["gate_min_images_per_class"]},
         "passed_at_defaults": strict.passed,
         "reasons_at_defaults": strict.reasons,
+        "reference_version": reference["version"] if reference else None,
+        "line_reference": line,
     }
     _log_to_mlflow(client, registered["mlflow_run_id"], reports, record)
     tag_version(
@@ -309,6 +322,7 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
             "gate_passed": decision.passed,
             "gate_reasons": "; ".join(decision.reasons) or "none",
             "gate_passed_at_defaults": strict.passed,  # differs from gate_passed only when the Params lowered a threshold
+            GATE_REFERENCE_TAG: line,
         },
     )
     return record
