@@ -264,7 +264,7 @@ def test_the_gate_bounds_the_share_of_normal_images_the_served_decision_calls_ab
     ]
     nan = decide(good | {"decision_false_alarm_rate": float("nan")}, None, class_counts=counts, max_false_alarm_rate=0.5)
     assert "calls nan of" in nan.reasons[0]
-    assert "calls unmeasured of" in decide(good, None, class_counts=counts, max_false_alarm_rate=0.5).reasons[0]
+    assert "calls an unmeasured share of" in decide(good, None, class_counts=counts, max_false_alarm_rate=0.5).reasons[0]
     assert decide(good, None, class_counts=counts).passed  # without a bound the rate is not judged
 
 

@@ -255,7 +255,16 @@ def test_the_gate_refuses_a_challenger_whose_served_decision_calls_the_normal_im
         "the served decision (anomaly_score >= threshold or novelty_score >= 1) calls 100.0% of the normal images abnormal, "
         "more than 50.0% (SWAN_MAX_FALSE_ALARM_RATE)"
     ]
-    # the same weights without that bank pass; the bound is the deployment's, and no Param lowers it
+    # the bound is the deployment's: lowered Params change nothing (and are no override: nothing passed at them either)
+    assert gate_model(_ctx(gate_min_val_auroc=0.5, gate_min_val_f1=0.5), _registered(model_name, noisy, world, "noisy")) == "keep_champion"
+    lowered = world["lake"].read_result(RUN_ID, "gate")
+    assert not lowered["passed"] and lowered["reasons"] == gate["reasons"] and "forced" not in lowered
+    # force_promote gets it past the gate, recorded as forced (the endpoint validation's bound then judges it on test rows)
+    forced = _ctx(force_promote=True, force_promote_reason="the novelty bank is being recalibrated")
+    assert gate_model(forced, _registered(model_name, noisy, world, "noisy")) == "promote_model"
+    record = world["lake"].read_result(RUN_ID, "gate")
+    assert record["forced"] == "the novelty bank is being recalibrated" and not record["passed"]
+    # the same weights without that bank pass
     good = _register(world, model_name, "good", "scheduled__2")
     assert gate_model(_ctx(), _registered(model_name, good, world, "good")) == "promote_model"
     assert world["lake"].read_result(RUN_ID, "gate")["reports"]["challenger"]["decision_false_alarm_rate"] <= 0.5

@@ -131,6 +131,37 @@ def test_decoded_pixels_are_each_image_cropped_and_resized_and_normalise_to_the_
     assert np.array_equal(torch.cat(halves).numpy(), served)  # batch by batch, as training normalises
 
 
+def test_evaluation_normalises_with_the_spec_it_is_given_to_the_served_input():
+    """Training's evaluate on uint8 pixels gives the logits of the served path's float32 input, with that spec's mean and std."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from swan_anomaly.modeling import PRESETS, PreprocessSpec, forward_logits
+    from swan_anomaly.trainer import evaluate
+
+    torch.manual_seed(0)
+    model = ViTForImageClassification(ViTConfig(**PRESETS["vit-micro-offline"], num_labels=2)).eval()
+    images = _jpegs(10)
+    spec = PreprocessSpec(32, SPEC["mean"], SPEC["std"])
+    pixels, y = torch.from_numpy(decode_pixels(images, size=32)), torch.tensor([0, 1] * 5)
+    _, logits = evaluate(model, pixels, y, spec, 4)
+    served = torch.from_numpy(preprocess(images, size=32, mean=spec.mean, std=spec.std))
+    expected = np.concatenate([forward_logits(model, served[i : i + 4]) for i in range(0, 10, 4)])
+    np.testing.assert_array_equal(logits, expected)
+    _, other = evaluate(model, pixels, y, PreprocessSpec(32, (0.5,) * 3, (0.5,) * 3), 4)
+    assert not np.allclose(other, expected), "the spec's mean and std made no difference"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bench/train_data_path.py checks it on the GPU machine)")
+def test_pixels_normalised_on_the_gpu_equal_the_served_input_bit_for_bit():
+    from swan_anomaly.modeling import PreprocessSpec, normalize_pixels
+
+    images = _jpegs(PREPROCESS_CHUNK)
+    pixels = torch.from_numpy(decode_pixels(images, size=48)).cuda()
+    normalised = normalize_pixels(pixels, PreprocessSpec(48, SPEC["mean"], SPEC["std"]))
+    assert normalised.device.type == "cuda"
+    assert np.array_equal(normalised.cpu().numpy(), preprocess(images, **SPEC))
+
+
 def test_normalising_pixels_twice_is_refused():
     from swan_anomaly.modeling import PreprocessSpec, normalize_pixels
 

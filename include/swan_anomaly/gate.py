@@ -146,7 +146,8 @@ def decide(
     """Compare the challenger's metrics with the thresholds and with the champion's on the same rows.
 
     Args:
-        challenger: metrics of the challenger (``auroc``, ``f1``, optionally ``unseen_auroc``).
+        challenger: metrics of the challenger (``auroc``, ``f1``, optionally ``unseen_auroc`` and
+            ``decision_false_alarm_rate``).
         champion: the champion's metrics on the same rows, or None (no champion, or the
             challenger already is the champion). Only metrics both carry are compared.
         mode: :class:`GateMode`; ``dry_run`` and ``disabled`` promote whatever the outcome (the DAG's
@@ -160,7 +161,10 @@ def decide(
         max_false_alarm_rate: the largest share of the normal images the challenger's served decision
             (``anomaly_score >= threshold`` or ``novelty_score >= 1``) may call abnormal, its
             ``decision_false_alarm_rate``; None: not judged. AUROC and F1 of ``anomaly_score``
-            alone pass a model whose novelty score flags every frame.
+            alone pass a model whose novelty score flags every frame. On the validation rows,
+            where the threshold and the novelty scale were chosen, the rate sits near its
+            calibration target by construction: this catches a decision broken between fitting and
+            serving; the endpoint validation's bound on the held-out test rows is the real measure.
         reference: the metrics, on the same rows, of the best version of the champion's line that the
             champion was let within ``max_regression`` of (with its ``version``), or None; the challenger may not
             fall more than ``max_regression`` below it either.
@@ -198,7 +202,7 @@ def decide(
     if max_false_alarm_rate is not None:
         rate = challenger.get("decision_false_alarm_rate")
         if rate is None or not math.isfinite(rate) or rate > max_false_alarm_rate:
-            shown = "unmeasured" if rate is None else f"{rate:.1%}" if math.isfinite(rate) else str(rate)
+            shown = "an unmeasured share" if rate is None else f"{rate:.1%}" if math.isfinite(rate) else str(rate)
             reasons.append(
                 f"the served decision (anomaly_score >= threshold or novelty_score >= 1) calls {shown} of the normal images "
                 f"abnormal, more than {max_false_alarm_rate:.1%} (SWAN_MAX_FALSE_ALARM_RATE)"

@@ -284,7 +284,7 @@ def _record(ctx, name, version, previous, threshold, rows, scores, check, outcom
             f"the endpoint was deleted and v{version} lost the champion alias: nothing serves until a model passes"
         ),
         Outcome.DRIFT: (
-            f"DRIFT: the unchanged champion {name} v{version} does not separate today's "
+            f"DRIFT: the unchanged champion {name} v{version} no longer passes on today's "
             f"held-out data ({what}; dataset {ctx.dataset_id})"
         ),
         Outcome.MISMATCH: (
