@@ -268,34 +268,60 @@ def test_the_gate_bounds_the_share_of_normal_images_the_served_decision_calls_ab
     assert decide(good, None, class_counts=counts).passed  # without a bound the rate is not judged
 
 
-def test_regressions_within_the_tolerance_do_not_add_up_along_a_line_of_champions():
-    """Each challenger 0.02 below its champion passed: 0.99, 0.97, 0.95, 0.93 in three promotions."""
-    from swan_anomaly.gate import next_reference
+def _walk_a_line(steps: list[tuple[str, float, float]]) -> tuple[list[bool], object]:
+    """Gate each ``(version, auroc, f1)`` against the champion before it and its line, as gate_model does; stop at a refusal."""
+    from swan_anomaly.gate import next_references
 
     counts = {"abnormal": 40, "normal": 40}
-    line = [("1", 0.99), ("2", 0.97), ("3", 0.95), ("4", 0.93)]  # AUROC of each on the same rows; F1 0.9 throughout
-    champion, reference, verdicts = None, None, []
-    for version, auroc in line:
-        challenger = {"auroc": auroc, "f1": 0.9}
-        decision = decide(challenger, champion, class_counts=counts, reference=reference)
+    measured = {v: {"auroc": a, "f1": f, "version": v} for v, a, f in steps}  # each version's metrics on the same rows
+    champion, line, verdicts, decision = None, {}, [], None
+    for version, _, _ in steps:
+        challenger = {k: measured[version][k] for k in ("auroc", "f1")}
+        references = {m: measured[v] for m, v in line.items() if champion is None or v != champion["version"]}
+        decision = decide(challenger, champion, class_counts=counts, references=references)
         verdicts.append(decision.passed)
         if not decision.passed:
             break
-        following = next_reference(version, challenger, champion, reference)
-        reference = None if following == version else {"auroc": dict(line)[following], "f1": 0.9, "version": following}
-        champion = challenger | {"version": version}
+        line = next_references(version, challenger, champion, references)
+        champion = measured[version]
+    return verdicts, decision
+
+
+def test_regressions_within_the_tolerance_do_not_add_up_along_a_line_of_champions():
+    """Each challenger 0.02 below its champion passed: 0.99, 0.97, 0.95, 0.93 in three promotions."""
+    verdicts, decision = _walk_a_line([("1", 0.99, 0.9), ("2", 0.97, 0.9), ("3", 0.95, 0.9), ("4", 0.93, 0.9)])
     assert verdicts == [True, True, False], "the third step down passed"
     assert decision.reasons == [
         "auroc 0.9500 regresses against v1's 0.9900 on the same rows by more than 0.02 "
-        "(v1 is the best of the champion's line: small regressions must not add up)"
+        "(v1 is the best auroc of the champion's line: small regressions must not add up)"
     ]
-    # a better challenger starts a line of its own; a worse one inherits the better of champion and reference
-    assert next_reference("5", {"auroc": 0.995, "f1": 0.9}, {"auroc": 0.97, "f1": 0.9, "version": "2"}, None) == "5"
-    assert next_reference("5", {"auroc": 0.995, "f1": 0.8}, {"auroc": 0.97, "f1": 0.9, "version": "2"}, None) == "2"
-    reference = {"auroc": 0.99, "f1": 0.9, "version": "1"}
-    assert next_reference("5", {"auroc": 0.98, "f1": 0.9}, {"auroc": 0.97, "f1": 0.9, "version": "2"}, reference) == "1"
-    assert next_reference("5", {"auroc": float("nan"), "f1": 0.9}, {"auroc": 0.97, "f1": 0.9, "version": "2"}, None) == "2"
-    assert next_reference("1", {"auroc": 0.9, "f1": 0.9}, None, None) == "1"
+
+
+def test_each_metric_keeps_its_own_line():
+    """One reference per line, chosen by AUROC, let F1 slide while AUROC held: 0.95, 0.93, 0.91, 0.89."""
+    steps = [("1", 0.99, 0.90), ("2", 0.975, 0.95), ("3", 0.975, 0.93), ("4", 0.975, 0.91), ("5", 0.975, 0.89)]
+    verdicts, decision = _walk_a_line(steps)
+    assert verdicts == [True, True, True, False], "F1 slid 0.95, 0.93, 0.91 under a reference chosen by AUROC"
+    assert decision.reasons == [
+        "f1 0.9100 regresses against v2's 0.9500 on the same rows by more than 0.02 "
+        "(v2 is the best f1 of the champion's line: small regressions must not add up)"
+    ]
+
+
+def test_the_line_moves_on_at_a_tie_and_a_broken_reference_is_no_bar():
+    from swan_anomaly.gate import next_references
+
+    champion = {"auroc": 0.97, "f1": 0.9, "version": "2"}
+    assert next_references("5", {"auroc": 0.97, "f1": 0.9}, champion, {}) == {"auroc": "5", "f1": "5"}
+    first = {"auroc": 0.99, "f1": 0.8, "version": "1"}
+    assert next_references("5", {"auroc": 0.98, "f1": 0.95}, champion, {"auroc": first, "f1": first}) == {"auroc": "1", "f1": "5"}
+    assert next_references("5", {"auroc": float("nan"), "f1": None}, champion, {}) == {"auroc": "2", "f1": "2"}
+    assert next_references("1", {"auroc": 0.9, "f1": 0.9}, None, {}) == {"auroc": "1", "f1": "1"}
+    # a reference whose metric is not a number does not serve: it bars nothing (the champion still does)
+    broken = {"auroc": float("nan"), "f1": 0.9, "version": "1"}
+    counts = {"abnormal": 40, "normal": 40}
+    assert decide({"auroc": 0.96, "f1": 0.9}, champion, class_counts=counts, references={"auroc": broken}).passed
+    assert not decide({"auroc": 0.94, "f1": 0.9}, champion, class_counts=counts, references={"auroc": broken}).passed
 
 
 def test_a_metric_that_is_not_a_number_never_passes_the_gate():

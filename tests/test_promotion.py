@@ -273,32 +273,68 @@ def test_the_gate_refuses_a_challenger_whose_served_decision_calls_the_normal_im
 @pytest.mark.slow
 def test_the_gate_holds_a_challenger_to_the_best_of_the_champion_s_line_too(world, model_name):
     """The 0.02 tolerance against the champion alone let regressions chain: 0.99, 0.97, 0.95, ... each within it."""
+    import json
+
     from swan_airflow.runtime import registry_client
     from swan_airflow.steps.promotion import gate_model, promote_model
     from swan_anomaly.registry import ENDPOINT_VALIDATION, GATE_REFERENCE_TAG, tag_version
 
     client = registry_client()
+
+    def line_of(version: str) -> dict:
+        return json.loads(client.get_model_version(model_name, version).tags[GATE_REFERENCE_TAG])
+
     best = _register(world, model_name, "good", "scheduled__1")
     assert gate_model(_ctx(), _registered(model_name, best, world, "good")) == "promote_model"
     promote_model(_ctx(), _registered(model_name, best, world, "good"))
-    assert client.get_model_version(model_name, best).tags[GATE_REFERENCE_TAG] == best  # no champion: a line of its own
+    assert line_of(best) == {"auroc": best, "f1": best}  # no champion: a line of its own
+    # gated again after its promotion (gate_model cleared), the champion keeps its line
+    tag_version(client, model_name, best, {GATE_REFERENCE_TAG: json.dumps({"auroc": "0", "f1": best})})
+    gate_model(_ctx(), _registered(model_name, best, world, "good"))
+    assert line_of(best) == {"auroc": "0", "f1": best}
     # a champion that was let within the tolerance of the good one (what its gate tagged), and a challenger like it
     weak = _register(world, model_name, "constant", "scheduled__2")
     _serve(model_name, weak)
-    tag_version(client, model_name, weak, {GATE_REFERENCE_TAG: best})
+    tag_version(client, model_name, weak, {GATE_REFERENCE_TAG: json.dumps({"auroc": best, "f1": best})})
     again = _register(world, model_name, "constant", "scheduled__3")
     assert gate_model(_ctx(), _registered(model_name, again, world, "constant")) == "keep_champion"
     gate = world["lake"].read_result(RUN_ID, "gate")
-    assert gate["reference_version"] == best and gate["reports"]["reference"]["auroc"] >= 0.9
+    assert gate["references"] == {"auroc": best, "f1": best} and gate["reports"][f"reference_v{best}"]["auroc"] >= 0.9
     assert gate["reports"]["champion"]["auroc"] == gate["reports"]["challenger"]["auroc"] == 0.5
     assert not any("regresses against the champion's" in r for r in gate["reasons"])  # level with the champion it replaces
     assert any(r.startswith(f"auroc 0.5000 regresses against v{best}'s") for r in gate["reasons"]), gate["reasons"]
-    assert gate["line_reference"] == best and client.get_model_version(model_name, again).tags[GATE_REFERENCE_TAG] == best
-    # a reference that failed its endpoint validation is no bar
+    assert gate["line_references"] == {"auroc": best, "f1": best} == line_of(again)
+    # a reference that cannot be loaded bars nothing, and the gate says so; neither does one that failed its validation
+    hollow = str(client.create_model_version(model_name, source=str(world["lake"].root / "no_such_model"), run_id=None).version)
+    tag_version(client, model_name, weak, {GATE_REFERENCE_TAG: json.dumps({"auroc": hollow, "f1": best})})
     tag_version(client, model_name, best, {ENDPOINT_VALIDATION: "failed: AUROC 0.5 < 0.9"})
     gate_model(_ctx(), _registered(model_name, again, world, "constant"))
     gate = world["lake"].read_result(RUN_ID, "gate")
-    assert gate["reference_version"] is None and "reference" not in gate["reports"]
+    assert gate["references"] == {} and list(gate["references_unavailable"]) == [hollow]
+    assert not any("regresses against v" in r for r in gate["reasons"])
+
+
+@pytest.mark.slow
+def test_a_version_promoted_unjudged_inherits_the_line_of_the_champion_it_replaces(world, model_name):
+    """gate_mode=disabled wrote no line, so the next challenger answered only to a model nobody judged."""
+    import json
+
+    from swan_airflow.runtime import registry_client
+    from swan_airflow.steps.promotion import gate_model, promote_model
+    from swan_anomaly.registry import GATE_REFERENCE_TAG
+
+    client = registry_client()
+    good = _register(world, model_name, "good", "scheduled__1")
+    gate_model(_ctx(), _registered(model_name, good, world, "good"))
+    promote_model(_ctx(), _registered(model_name, good, world, "good"))
+    useless = _register(world, model_name, "constant", "scheduled__2")
+    unjudged = _ctx(gate_mode="disabled", force_promote_reason="the gate is being replaced this week")
+    assert gate_model(unjudged, _registered(model_name, useless, world, "constant")) == "promote_model"
+    promote_model(unjudged, _registered(model_name, useless, world, "constant"))
+    assert json.loads(client.get_model_version(model_name, useless).tags[GATE_REFERENCE_TAG]) == {"auroc": good, "f1": good}
+    challenger = _register(world, model_name, "constant", "scheduled__3")
+    assert gate_model(_ctx(), _registered(model_name, challenger, world, "constant")) == "keep_champion"
+    assert any(r.startswith(f"auroc 0.5000 regresses against v{good}'s") for r in world["lake"].read_result(RUN_ID, "gate")["reasons"])
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ than ``max_regression`` below the champion's, when its served decision calls at 
 champion's: a backfill of an old date is judged on that date's rows, which it was trained beside
 and the champion never saw, so it could replace a model of newer data on stale evidence. The
 tolerance does not add up along a line of champions: a challenger is also held to the
-``reference``, the best version of the champion's line (:func:`next_reference`), scored on the same
+best version of the champion's line in each metric (:func:`next_references`), scored on the same
 rows, so three small regressions in a row cannot take 0.99 down to 0.93. A validation split with fewer than
 ``min_images_per_class`` images of either class cannot tell models apart: the gate refuses
 rather than decide on noise.
@@ -32,6 +32,10 @@ from datetime import date
 from enum import StrEnum
 
 from swan_anomaly.config import Settings
+
+
+#: The metrics whose line the gate keeps (:func:`next_references`): those compared with the champion.
+LINE_METRICS = ("auroc", "f1")
 
 
 class GateMode(StrEnum):
@@ -101,33 +105,37 @@ def too_small(class_counts: Mapping[str, int], minimum: int, *, split: str = "va
     return f"{split} split too small to measure: {abnormal} abnormal and {normal} normal images, fewer than {minimum} per class"
 
 
-def next_reference(
+def next_references(
     version: str,
     challenger: Mapping,
     champion: Mapping | None,
-    reference: Mapping | None,
+    references: Mapping[str, Mapping],
     *,
-    metrics: tuple[str, ...] = ("auroc", "f1"),
-) -> str:
-    """The version a challenger's own challengers will be held to once it is champion: its :data:`swan_anomaly.registry.GATE_REFERENCE_TAG`.
+    metrics: tuple[str, ...] = LINE_METRICS,
+) -> dict[str, str]:
+    """Metric -> the version a challenger's own challengers will be held to once it is champion (its gate reference tag).
 
-    The challenger itself when it is at least as good as the champion and the champion's
-    reference on every metric of ``metrics`` (on the same rows), or when there is no champion;
-    else whichever of those two scored the higher AUROC (the champion on a tie): the line keeps
-    its best, so regressions within the tolerance cannot add up. ``champion`` and ``reference``
-    carry their ``version``.
+    Per metric, the best on the same rows of the challenger, the champion and the champion's
+    reference for that metric: the challenger when it is at least as good as both (a tie moves the
+    line on), else the better of the other two (the champion on a tie). So each metric's line keeps
+    its best, and regressions within the tolerance cannot add up in either. ``champion`` and each
+    reference carry their ``version``; a metric that is missing or not a number is never the best.
 
     Example:
-        >>> next_reference("5", {"auroc": 0.97, "f1": 0.9}, {"auroc": 0.98, "f1": 0.9, "version": "4"}, None)
-        '4'
-        >>> next_reference("5", {"auroc": 0.99, "f1": 0.9}, {"auroc": 0.98, "f1": 0.9, "version": "4"}, None)
-        '5'
+        >>> next_references("5", {"auroc": 0.97, "f1": 0.95}, {"auroc": 0.98, "f1": 0.9, "version": "4"}, {})
+        {'auroc': '4', 'f1': '5'}
     """
-    anchors = [a for a in (champion, reference) if a is not None]
-    if all(challenger.get(m, math.nan) >= a.get(m, -math.inf) for a in anchors for m in metrics):  # NaN is never at least
-        return str(version)
-    best = max(anchors, key=lambda a: a.get("auroc", -math.inf) if math.isfinite(a.get("auroc", -math.inf)) else -math.inf)
-    return str(best["version"])
+
+    def value(metrics_of: Mapping | None, m: str) -> float:
+        v = None if metrics_of is None else metrics_of.get(m)
+        return v if v is not None and math.isfinite(v) else -math.inf
+
+    out = {}
+    for m in metrics:
+        others = [a for a in (champion, references.get(m)) if a is not None and value(a, m) > -math.inf]
+        best = max(others, key=lambda a: value(a, m), default=None)  # the first of equals: the champion
+        out[m] = str(version) if best is None or value(challenger, m) >= value(best, m) else str(best["version"])
+    return out
 
 
 def decide(
@@ -141,7 +149,7 @@ def decide(
     min_images_per_class: int = MIN_IMAGES_PER_CLASS,
     data_dates: tuple[date | None, date | None] = (None, None),
     max_false_alarm_rate: float | None = None,
-    reference: Mapping | None = None,
+    references: Mapping[str, Mapping] | None = None,
 ) -> GateDecision:
     """Compare the challenger's metrics with the thresholds and with the champion's on the same rows.
 
@@ -165,10 +173,10 @@ def decide(
             where the threshold and the novelty scale were chosen, the rate sits near its
             calibration target by construction: this catches a decision broken between fitting and
             serving; the endpoint validation's bound on the held-out test rows is the real measure.
-        reference: the metrics, on the same rows, of the best version of the champion's line that the
-            champion was let within ``max_regression`` of (with its ``version``), or None; the challenger may not
-            fall more than ``max_regression`` below it either.
-
+        references: metric -> the metrics, on the same rows, of the best version of the champion's line in
+            that metric (with its ``version``: :func:`next_references`); the challenger may not fall more
+            than ``max_regression`` below it in that metric either. A reference whose metric is not a
+            number is no bar (it does not serve: nothing else would show it broken).
     Raises:
         ValueError: ``class_counts`` is missing (a decision needs to know what it measured).
     """
@@ -185,15 +193,15 @@ def decide(
         value = challenger.get(name)
         if value is None or not math.isfinite(value) or value < t.minimum:  # NaN compares False with anything: refuse it
             reasons.append(f"{name} {value if value is None else f'{value:.4f}'} < {t.minimum:.4f}")
-    anchors = [] if champion is None else [("the champion", "the champion's", champion, "")]
-    if champion is not None and reference is not None:
-        ref = f"v{reference.get('version')}"
-        note = f" ({ref} is the best of the champion's line: small regressions must not add up)"
-        anchors.append((ref, f"{ref}'s", reference, note))
-    for who, whose, anchor, note in anchors:
-        for name in thresholds:
+    anchors = [] if champion is None else [("the champion", "the champion's", champion, tuple(thresholds), "")]
+    for m, ref in (references or {}).items() if champion is not None else ():
+        who = f"v{ref.get('version')}"
+        note = f" ({who} is the best {m} of the champion's line: small regressions must not add up)"
+        anchors.append((who, f"{who}'s", ref, (m,), note))
+    for who, whose, anchor, names, note in anchors:
+        for name in names:
             c, p = challenger.get(name), anchor.get(name)
-            if c is None or p is None:
+            if c is None or p is None or (note and not math.isfinite(p)):
                 continue
             if not math.isfinite(p):
                 reasons.append(f"{name} of {who} is {p} on the same rows: the challenger cannot be compared with it")

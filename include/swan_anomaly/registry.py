@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import date
 
@@ -33,8 +34,8 @@ ENDPOINT_VALIDATION = "endpoint_validation"
 DATASET_TAG = "dataset_id"
 #: The model-version tag with the newest day of data a version was trained on (ISO date, set at registration).
 DATA_THROUGH_TAG = "data_through"
-#: The model-version tag naming the version whose metrics the gate also holds a challenger to once this version is
-#: champion: the best of its line (itself, or the version it was let within the tolerance of). See swan_anomaly.gate.
+#: The model-version tag naming, per gated metric, the version the gate also holds a challenger to once this version
+#: is champion: JSON ``{"auroc": "3", "f1": "5"}``, the best of its line in that metric. See swan_anomaly.gate.
 GATE_REFERENCE_TAG = "gate_reference"
 
 
@@ -206,21 +207,28 @@ def data_through(client: MlflowClient, name: str, version: str) -> date | None:
     return dataset_date(tags.get(DATASET_TAG) or "")
 
 
-def gate_reference(client: MlflowClient, name: str, version: str) -> str | None:
-    """The version the gate holds challengers of champion ``version`` to besides it (its :data:`GATE_REFERENCE_TAG`), or None.
+def gate_references(client: MlflowClient, name: str, version: str, *, metrics: tuple[str, ...] = ("auroc", "f1")) -> dict[str, str]:
+    """Metric -> the version the gate holds challengers of champion ``version`` to besides it (its :data:`GATE_REFERENCE_TAG`).
 
-    None when the tag is missing (a version gated before it existed), names ``version`` itself, or
-    names a version that is gone from the registry or failed an endpoint validation.
+    Leaves out a metric whose reference is ``version`` itself, or a version that is gone from the
+    registry or failed an endpoint validation (no bar). Empty for a version gated before the tag.
     """
-    reference = client.get_model_version(name, str(version)).tags.get(GATE_REFERENCE_TAG)
-    if not reference or reference == str(version):
-        return None
-    try:
-        tags = client.get_model_version(name, reference).tags
-    except MlflowException:
-        log.warning("%s v%s names v%s as its gate reference, which is gone from the registry: not held to it", name, version, reference)
-        return None
-    return None if verdict(tags.get(ENDPOINT_VALIDATION)) == "failed" else reference
+    raw = client.get_model_version(name, str(version)).tags.get(GATE_REFERENCE_TAG)
+    if not raw:
+        return {}
+    named = json.loads(raw) if raw.startswith("{") else dict.fromkeys(metrics, raw)
+    usable: dict[str, bool] = {}
+
+    def usable_reference(other: str) -> bool:
+        if other not in usable:
+            try:
+                usable[other] = verdict(client.get_model_version(name, other).tags.get(ENDPOINT_VALIDATION)) != "failed"
+            except MlflowException:
+                log.warning("%s v%s names v%s as a gate reference, which is gone from the registry: no bar", name, version, other)
+                usable[other] = False
+        return usable[other]
+
+    return {m: str(v) for m, v in named.items() if m in metrics and str(v) != str(version) and usable_reference(str(v))}
 
 
 def tag_version(client: MlflowClient, name: str, version: str, tags: dict[str, str]) -> None:

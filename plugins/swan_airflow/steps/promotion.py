@@ -9,7 +9,7 @@ section free) enters only when no other active run has entered and not yet finis
 its section (:func:`runs_in_promotion`).
 
 **The gate** (:func:`gate_model`) scores the challenger and the current champion (and the best
-version of the champion's line, its ``gate_reference``) on the same images, the challenger's
+versions of the champion's line per metric, its ``gate_reference`` tag) on the same images, the challenger's
 validation split read from the raw partitions, each through its own registered pyfunc and at its
 own stored threshold, and decides with
 :func:`swan_anomaly.gate.decide`. Both models' metrics go to the challenger's MLflow run
@@ -203,9 +203,9 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
     """Score both models on the challenger's validation rows, decide, and record it (MLflow and model version tags)."""
     from swan_airflow.runtime import read_held_out_rows, settings
     from swan_anomaly.contract import NORMAL
-    from swan_anomaly.gate import GateMode, MinThreshold, decide, next_reference, promotion_thresholds, too_small
+    from swan_anomaly.gate import GateMode, MinThreshold, decide, next_references, promotion_thresholds, too_small
     from swan_anomaly.metrics import evaluation_report, format_interval, served_decision
-    from swan_anomaly.registry import GATE_REFERENCE_TAG, data_through, gate_reference, stored_threshold, tag_version
+    from swan_anomaly.registry import GATE_REFERENCE_TAG, data_through, gate_references, stored_threshold, tag_version
     from swan_anomaly.scoring import class_counts, labels_of, registry_scorer, score_rows
 
     params = ctx.params
@@ -227,16 +227,26 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
         }
         tag_version(client, name, version, {"gate_passed": False, "gate_reasons": "; ".join(decision.reasons)})
         return record
-    models = {"challenger": version}
+    models, named = {"challenger": version}, {}
     if champion_version is not None and champion_version != version:
         models["champion"] = champion_version
-        # the best of the champion's line, which it was let within the tolerance of: held to as well (small regressions add up)
-        reference_version = gate_reference(client, name, champion_version)
-        if reference_version is not None and reference_version != version:
-            models["reference"] = reference_version
-    log.info("gate: scoring %s on the %d validation images %s", ", ".join(f"{k} v{v}" for k, v in models.items()), len(rows), counts)
+        # per metric, the best of the champion's line, which it was let within the tolerance of: small regressions add up
+        named = {m: v for m, v in gate_references(client, name, champion_version).items() if v != version}
+        models |= {f"reference_v{v}": v for v in named.values()}
     # [N, 2]: anomaly_score and novelty_score (NaN for a version without a novelty bank)
-    scores = score_rows(store, rows, {who: registry_scorer(f"models:/{name}/{v}", novelty=True) for who, v in models.items()})
+    scorers, unavailable = {}, {}
+    for who, v in models.items():
+        try:
+            scorers[who] = registry_scorer(f"models:/{name}/{v}", novelty=True)
+        except Exception as exc:
+            if who in ("challenger", "champion"):
+                raise
+            # a reference does not serve, so nothing else would show it broken: no bar, and said so (not a blocked line for good)
+            unavailable[v] = f"{type(exc).__name__}: {exc}"
+            log.warning("gate: the line's reference v%s cannot be loaded (%s); challengers are not held to it", v, unavailable[v])
+    models = {who: v for who, v in models.items() if who in scorers}
+    log.info("gate: scoring %s on the %d validation images %s", ", ".join(f"{k} v{v}" for k, v in models.items()), len(rows), counts)
+    scores = score_rows(store, rows, scorers)
     labels = labels_of(rows)
     reports = {}
     for who, v in models.items():
@@ -253,9 +263,9 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
         "unseen_auroc": registered.get("unseen_auroc"),
         "decision_false_alarm_rate": reports["challenger"]["decision_false_alarm_rate"],
     }
-    champion, reference = (
-        {k: reports[who][k] for k in ("auroc", "f1", "version")} if who in reports else None for who in ("champion", "reference")
-    )
+    champion = {k: reports["champion"][k] for k in ("auroc", "f1", "version")} if "champion" in reports else None
+    measured = {m: reports[f"reference_v{v}"] for m, v in named.items() if v not in unavailable}
+    references = {m: {k: report[k] for k in ("auroc", "f1", "version")} for m, report in measured.items()}
     through = {who: data_through(client, name, v) for who, v in models.items()}
     base["data_through"] = {who: d.isoformat() if d else None for who, d in through.items()}
     decision = decide(
@@ -267,7 +277,7 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
         min_images_per_class=params["gate_min_images_per_class"],
         data_dates=(through["challenger"], through.get("champion")),
         max_false_alarm_rate=settings().max_false_alarm_rate,
-        reference=reference,
+        references=references,
     )
     for who, report in reports.items():
         log.info(
@@ -295,10 +305,10 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
         min_images_per_class=settings().gate_min_images_per_class,
         data_dates=(through["challenger"], through.get("champion")),
         max_false_alarm_rate=settings().max_false_alarm_rate,
-        reference=reference,
+        references=references,
     )
-    # whom this challenger's own challengers answer to once it is champion: itself, or the better one it was let near
-    line = next_reference(version, challenger, champion, reference)
+    # whom this challenger's own challengers answer to, per metric, once it is champion: itself, or the better one it was let near
+    line = next_references(version, challenger, champion, references)
     record = {
         **base,
         "mode": decision.mode,
@@ -310,8 +320,9 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
         "thresholds": {k: t.minimum for k, t in thresholds.items()} | {"images_per_class": params["gate_min_images_per_class"]},
         "passed_at_defaults": strict.passed,
         "reasons_at_defaults": strict.reasons,
-        "reference_version": reference["version"] if reference else None,
-        "line_reference": line,
+        "references": {m: r["version"] for m, r in references.items()},  # the champion's line, per metric, judged against
+        "references_unavailable": unavailable,
+        "line_references": line,  # this version's gate_reference tag: takes effect once it is champion
     }
     _log_to_mlflow(client, registered["mlflow_run_id"], reports, record)
     tag_version(
@@ -322,8 +333,9 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
             "gate_passed": decision.passed,
             "gate_reasons": "; ".join(decision.reasons) or "none",
             "gate_passed_at_defaults": strict.passed,  # differs from gate_passed only when the Params lowered a threshold
-            GATE_REFERENCE_TAG: line,
-        },
+        }
+        # a champion gated again (gate_model cleared after its promotion) keeps its line: it was not judged against it
+        | ({GATE_REFERENCE_TAG: json.dumps(line, sort_keys=True)} if version != champion_version else {}),
     )
     return record
 
@@ -348,12 +360,16 @@ def _log_to_mlflow(client, mlflow_run_id: str, reports: dict, record: dict) -> N
 def promote_model(ctx: RunContext, registered: dict) -> dict:
     """Move alias ``champion`` to the challenger (idempotent); a forced promotion is tagged with its reason.
 
+    A version promoted unjudged (no ``gate_reference`` tag: the gate was disabled, or its split too
+    small) inherits the line of the champion it replaces (:func:`swan_anomaly.gate.next_references`).
+
     Raises:
         AirflowFailException: the champion changed since the gate compared against it (a
             promotion outside this DAG); clear ``gate_model`` to compare with the new one.
     """
     from swan_airflow.runtime import lake, registry_client
-    from swan_anomaly.registry import CHAMPION, get_alias, promote, tag_version
+    from swan_anomaly.gate import LINE_METRICS
+    from swan_anomaly.registry import CHAMPION, GATE_REFERENCE_TAG, gate_references, get_alias, promote, tag_version
 
     require_turn(ctx)
     client = registry_client()
@@ -371,6 +387,11 @@ def promote_model(ctx: RunContext, registered: dict) -> dict:
         raise AirflowFailException(msg)
     if gate.get("forced"):
         tag_version(client, name, version, {"force_promoted": f"{ctx.run_id}: {gate['forced']}"})
+    if current_version not in (None, version) and GATE_REFERENCE_TAG not in client.get_model_version(name, version).tags:
+        # promoted unjudged (gate_mode=disabled, or a split too small to measure, forced): nothing says it is better, so it
+        # inherits the line of the champion it replaces, that champion itself where the line had no other best
+        inherited = gate_references(client, name, current_version)
+        tag_version(client, name, version, {GATE_REFERENCE_TAG: json.dumps({m: inherited.get(m, current_version) for m in LINE_METRICS})})
     changed = promote(client, name, version)
     return {"promoted": changed, "version": version, "forced": bool(gate.get("forced"))}
 
