@@ -2,8 +2,9 @@
 
 Parameters: --model {offline,vit-b16} (default offline), --batch-size (default 64, the pyfunc's),
 --steps (default 20), --warmup (default 3), --device {auto,cuda,cpu}, --compile,
---cpu-precision {float32,bfloat16} (the pipeline's on CPU, as SWAN_SERVING_CPU_PRECISION; the
-baseline stays float32, so the ratio is against today's float32 eager path), --json PATH.
+--cpu-precision {float32,bfloat16,int8-dynamic} (the pipeline's on CPU, as SWAN_SERVING_CPU_PRECISION; the
+baseline stays float32, so the ratio is against today's float32 eager path; int8-dynamic is a probe
+of this benchmark, not a served path: torch.ao's dynamic int8 quantization of every Linear), --json PATH.
 
 pipeline: what the served pyfunc does per batch, minus JPEG decoding and resizing:
 ``swan_anomaly.modeling.load_classifier`` -> ``prepare_for_inference`` (bfloat16 weights on
@@ -40,10 +41,13 @@ PYFUNC_BATCH = 64
 def pipeline_loop(model_dir: str, x: torch.Tensor, args, device) -> dict:
     """Time ``forward_logits`` + ``anomaly_scores`` on the model as the pyfunc prepares it.
 
-    With ``--cpu-precision bfloat16`` on CPU it also reports the largest difference of its scores
+    With ``--cpu-precision bfloat16`` (or the ``int8-dynamic`` probe) on CPU it also reports the largest difference of its scores
     from a float32 forward of the same weights on the first batch (``max_score_difference``).
     """
-    model = prepare_for_inference(load_classifier(model_dir), args.device, cpu_precision=args.cpu_precision)
+    probe_int8 = args.cpu_precision == "int8-dynamic"  # not a product path: what int8 would give, and how far it moves scores
+    model = prepare_for_inference(load_classifier(model_dir), args.device, cpu_precision="float32" if probe_int8 else args.cpu_precision)
+    if probe_int8:
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     forward = compile_model(model) if args.compile else model  # the pipeline compiles with attention as an eager island
 
     def step(j: int) -> None:

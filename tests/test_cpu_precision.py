@@ -63,3 +63,23 @@ def test_the_served_pyfunc_loads_in_the_precision_its_environment_names(model_di
         model = SwanAnomalyModel()
         model.load_context(context)
         assert next(model.model.parameters()).dtype == dtype
+
+
+def test_the_int8_probe_of_the_inference_benchmark_runs_and_says_how_far_it_moves_scores(tmp_path):
+    """The figures in docs/BENCHMARKS.md come from this probe: it quantizes the Linear layers and compares scores with float32."""
+    import json
+    import subprocess
+    import sys
+
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "int8.json"
+    command = [sys.executable, str(root / "bench" / "infer_throughput.py"), "--model", "offline", "--device", "cpu", "--steps", "1"]
+    command += ["--warmup", "1", "--batch-size", "4", "--cpu-precision", "int8-dynamic", "--json", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["cpu_precision"] == "int8-dynamic" and result["pipeline"]["images_per_s"] > 0
+    assert 0 < result["pipeline"]["max_score_difference"] < 1  # int8 moves scores, and by less than the whole range
+    assert "max |difference|" in done.stdout
