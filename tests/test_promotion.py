@@ -338,6 +338,31 @@ def test_a_version_promoted_unjudged_inherits_the_line_of_the_champion_it_replac
 
 
 @pytest.mark.slow
+def test_promote_model_run_by_hand_promotes_only_what_the_gate_promoted(world, model_name):
+    """promote_model read gate.json for the champion it compared with, never for its verdict: cleared or run by hand past
+    keep_champion, it promoted a refused challenger; a dry run's record from before overrides needed a reason promoted too."""
+    from swan_airflow.steps.promotion import gate_model, promote_model
+
+    good = _register(world, model_name, "good", "scheduled__1")
+    _serve(model_name, good)
+    useless = _register(world, model_name, "constant", "scheduled__2")
+    assert gate_model(_ctx(), _registered(model_name, useless, world, "constant")) == "keep_champion"
+    with pytest.raises(AirflowFailException, match=rf"v{useless} is not promoted: the gate kept the champion \(auroc 0.5000 < 0.9000"):
+        promote_model(_ctx(), _registered(model_name, useless, world, "constant"))
+    assert _champion(model_name) == good
+    refused = world["lake"].read_result(RUN_ID, "gate")
+    old_dry_run = {**refused, "mode": "dry_run", "promote": True}  # as gate_model wrote it before overrides needed leave
+    old_dry_run.pop("forced", None)
+    world["lake"].write_result(RUN_ID, "gate", old_dry_run)
+    with pytest.raises(AirflowFailException, match="without passing it and without an override on record"):
+        promote_model(_ctx(), _registered(model_name, useless, world, "constant"))
+    world["lake"].write_result(RUN_ID, "gate", {**refused, "challenger": good, "promote": True, "passed": True})
+    with pytest.raises(AirflowFailException, match=rf"the gate of this run judged v{good}; clear gate_model to judge v{useless}"):
+        promote_model(_ctx(), _registered(model_name, useless, world, "constant"))
+    assert _champion(model_name) == good
+
+
+@pytest.mark.slow
 def test_the_gate_refuses_a_validation_split_too_small_to_measure(world, model_name):
     from swan_airflow.steps.promotion import gate_model
 

@@ -377,6 +377,8 @@ def promote_model(ctx: RunContext, registered: dict) -> dict:
     if failed := failed_validation(client, name, version):
         raise AirflowFailException(f"{name} v{version} failed its endpoint validation ({failed}); it is never promoted again")
     gate = lake().read_result(ctx.run_id, "gate")
+    if why := _not_promotable(gate, version):  # a promote_model cleared or run by hand past what the gate decided
+        raise AirflowFailException(f"{name} v{version} is not promoted: {why}")
     current = get_alias(client, name, CHAMPION)
     current_version = str(current.version) if current is not None else None
     if current_version not in (gate["champion_version"], version):
@@ -394,6 +396,25 @@ def promote_model(ctx: RunContext, registered: dict) -> dict:
         tag_version(client, name, version, {GATE_REFERENCE_TAG: json.dumps({m: inherited.get(m, current_version) for m in LINE_METRICS})})
     changed = promote(client, name, version)
     return {"promoted": changed, "version": version, "forced": bool(gate.get("forced"))}
+
+
+def _not_promotable(gate: dict, version: str) -> str | None:
+    """Why ``gate.json`` does not let ``promote_model`` promote ``version``, or None.
+
+    The branch runs ``promote_model`` only when the gate said so; a task cleared or run by hand
+    does not ask. So it reads the record again: the gate must have judged this very version and
+    promoted it, and a promotion past a refusal must carry its override (``forced``). A record of
+    a dry run or a disabled gate that promoted without one was written before such promotions
+    needed leave and a reason.
+    """
+    if str(gate.get("challenger")) != str(version):
+        return f"the gate of this run judged v{gate.get('challenger')}; clear gate_model to judge v{version}"
+    if not gate.get("promote"):
+        reasons = "; ".join(gate.get("reasons") or []) or "no reason recorded"
+        return f"the gate kept the champion ({reasons}); a new run with force_promote (and its reason) overrides it"
+    if gate.get("passed") is not True and not gate.get("forced"):
+        return "the gate promoted it without passing it and without an override on record; clear gate_model to judge it again"
+    return None
 
 
 def keep_champion(registered: dict) -> dict:
