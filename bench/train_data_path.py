@@ -224,8 +224,9 @@ def main(argv: list[str] | None = None) -> dict:
         runner = ModelOnly(model_dir, args, device)
         job = job_loop(model_dir, parquet, args, device, runner)
         model_only = runner.result()
-        decode = decode_rates(parquet, preprocess_spec(model_dir), args.workers, rounds=args.decode_rounds)
-        bit_identical = normalized_on_device_as_served(parquet, preprocess_spec(model_dir), device)
+        spec = preprocess_spec(model_dir)
+        decode = decode_rates(parquet, spec, args.workers, rounds=args.decode_rounds)
+        bit_identical = normalized_on_device_as_served(parquet, spec, device)
     rates = {name: loop["images"] / loop["seconds"] for name, loop in (("job", job), ("model_only", model_only))}
     job["images_per_s"], model_only["images_per_s"] = round(rates["job"], 2), round(rates["model_only"], 2)
     ratio = rates["job"] / rates["model_only"]

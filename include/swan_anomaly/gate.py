@@ -195,13 +195,15 @@ def decide(
             reasons.append(f"{name} {value if value is None else f'{value:.4f}'} < {t.minimum:.4f}")
     anchors = [] if champion is None else [("the champion", "the champion's", champion, tuple(thresholds), "")]
     for m, ref in (references or {}).items() if champion is not None else ():
+        if ref.get(m) is None or not math.isfinite(ref[m]):  # a reference does not serve: broken, it bars nothing
+            continue
         who = f"v{ref.get('version')}"
         note = f" ({who} is the best {m} of the champion's line: small regressions must not add up)"
         anchors.append((who, f"{who}'s", ref, (m,), note))
     for who, whose, anchor, names, note in anchors:
         for name in names:
             c, p = challenger.get(name), anchor.get(name)
-            if c is None or p is None or (note and not math.isfinite(p)):
+            if c is None or p is None:
                 continue
             if not math.isfinite(p):
                 reasons.append(f"{name} of {who} is {p} on the same rows: the challenger cannot be compared with it")

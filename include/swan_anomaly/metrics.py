@@ -24,7 +24,7 @@ from sklearn.metrics import (
 )
 
 from swan_anomaly._errors import ValidationDataError
-from swan_anomaly.contract import ABNORMAL
+from swan_anomaly.contract import ABNORMAL, NORMAL
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -102,6 +102,17 @@ def served_decision(anomaly: np.ndarray, novelty: np.ndarray | None, *, threshol
     if novelty is None:
         return called
     return called | (np.asarray(novelty, dtype=np.float64) >= 1.0)  # NaN >= 1 is False
+
+
+def decision_false_alarms(labels: np.ndarray, anomaly: np.ndarray, novelty: np.ndarray | None, *, threshold: float) -> tuple[int, float]:
+    """``(count, share)`` of the normal images (label 1) that the :func:`served_decision` calls abnormal.
+
+    Example:
+        >>> decision_false_alarms(np.array([0, 1, 1, 1]), np.array([0.9, 0.6, 0.1, 0.1]), np.array([0.1, 0.1, 1.2, 0.3]), threshold=0.5)
+        (2, 0.6666666666666666)
+    """
+    alarms = served_decision(anomaly, novelty, threshold=threshold)[np.asarray(labels) == NORMAL]
+    return int(alarms.sum()), float(alarms.mean())
 
 
 #: How the decision threshold is chosen on the validation set.

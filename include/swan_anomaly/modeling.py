@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -307,15 +308,24 @@ def normalize_pixels(pixels, spec: PreprocessSpec):
     if pixels.dtype != torch.uint8:  # normalised input normalised again would train on garbage without a word
         msg = f"normalize_pixels takes uint8 pixels (swan_anomaly.images.decode_pixels), got {pixels.dtype}"
         raise TypeError(msg)
+    scale, mean, std = _normalization_constants(tuple(spec.mean), tuple(spec.std), pixels.device)
+    x = pixels.to(torch.float32)  # uint8 to float32 is exact
+    x /= scale
+    x -= mean
+    x /= std
+    return x
+
+
+@functools.lru_cache(maxsize=16)
+def _normalization_constants(mean: tuple[float, ...], std: tuple[float, ...], device):
+    """``(255, mean, std)`` as float32 ``[1, C, 1, 1]`` tensors on ``device``, made once: a host-to-device copy per
+    training step would wait for the GPU to finish the step before it."""
+    import torch
 
     def constant(values):
-        return torch.tensor(values, dtype=torch.float32, device=pixels.device).view(1, -1, 1, 1)
+        return torch.tensor(values, dtype=torch.float32, device=device).view(1, -1, 1, 1)
 
-    x = pixels.to(torch.float32)  # uint8 to float32 is exact
-    x /= constant([255.0])
-    x -= constant(spec.mean)
-    x /= constant(spec.std)
-    return x
+    return constant([255.0]), constant(mean), constant(std)
 
 
 def forward_logits(model, x):
@@ -372,13 +382,14 @@ def patch_features_of(model, pixels, spec: PreprocessSpec, feature_layers: tuple
     model.eval()
     if len(pixels) == 0:
         return torch.zeros(0, 0, 0)
+    return torch.cat([forward_outputs(model, x, feature_layers)[1].cpu() for x in normalized_batches(model, pixels, spec, batch_size)])
+
+
+def normalized_batches(model, pixels, spec: PreprocessSpec, batch_size: int):
+    """Yield each ``batch_size`` slice of uint8 ``pixels`` (on any device) moved to ``model``'s device and normalised there."""
     device = next(model.parameters()).device
-    return torch.cat(
-        [
-            forward_outputs(model, normalize_pixels(pixels[i : i + batch_size].to(device), spec), feature_layers)[1].cpu()
-            for i in range(0, len(pixels), batch_size)
-        ]
-    )
+    for i in range(0, len(pixels), batch_size):
+        yield normalize_pixels(pixels[i : i + batch_size].to(device), spec)
 
 
 def predict_scores(model, spec: PreprocessSpec, images: list[bytes], *, novelty=None, batch_size: int = 64, names: list[str] | None = None):

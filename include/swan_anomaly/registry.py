@@ -207,7 +207,7 @@ def data_through(client: MlflowClient, name: str, version: str) -> date | None:
     return dataset_date(tags.get(DATASET_TAG) or "")
 
 
-def gate_references(client: MlflowClient, name: str, version: str, *, metrics: tuple[str, ...] = ("auroc", "f1")) -> dict[str, str]:
+def gate_references(client: MlflowClient, name: str, version: str) -> dict[str, str]:
     """Metric -> the version the gate holds challengers of champion ``version`` to besides it (its :data:`GATE_REFERENCE_TAG`).
 
     Leaves out a metric whose reference is ``version`` itself, or a version that is gone from the
@@ -216,7 +216,9 @@ def gate_references(client: MlflowClient, name: str, version: str, *, metrics: t
     raw = client.get_model_version(name, str(version)).tags.get(GATE_REFERENCE_TAG)
     if not raw:
         return {}
-    named = json.loads(raw) if raw.startswith("{") else dict.fromkeys(metrics, raw)
+    from swan_anomaly.gate import LINE_METRICS
+
+    named = json.loads(raw)
     usable: dict[str, bool] = {}
 
     def usable_reference(other: str) -> bool:
@@ -228,7 +230,7 @@ def gate_references(client: MlflowClient, name: str, version: str, *, metrics: t
                 usable[other] = False
         return usable[other]
 
-    return {m: str(v) for m, v in named.items() if m in metrics and str(v) != str(version) and usable_reference(str(v))}
+    return {m: str(v) for m, v in named.items() if m in LINE_METRICS and str(v) != str(version) and usable_reference(str(v))}
 
 
 def tag_version(client: MlflowClient, name: str, version: str, tags: dict[str, str]) -> None:

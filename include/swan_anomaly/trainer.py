@@ -132,13 +132,10 @@ def evaluate(model, pixels, y, spec, batch_size: int) -> tuple[float, np.ndarray
     """
     import torch
 
-    from swan_anomaly.modeling import forward_logits, normalize_pixels
+    from swan_anomaly.modeling import forward_logits, normalized_batches
 
     model.eval()
-    device = next(model.parameters()).device
-    logits = np.concatenate(
-        [forward_logits(model, normalize_pixels(pixels[i : i + batch_size].to(device), spec)) for i in range(0, len(pixels), batch_size)]
-    )
+    logits = np.concatenate([forward_logits(model, x) for x in normalized_batches(model, pixels, spec, batch_size)])
     loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), y.cpu()).item()
     return loss, logits
 

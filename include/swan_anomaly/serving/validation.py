@@ -41,7 +41,7 @@ import numpy as np
 from swan_anomaly.config import Settings
 from swan_anomaly.contract import ABNORMAL, LABEL_NAMES, NORMAL
 from swan_anomaly.gate import MIN_IMAGES_PER_CLASS, too_small
-from swan_anomaly.metrics import evaluation_report, format_interval, served_decision
+from swan_anomaly.metrics import decision_false_alarms, evaluation_report, format_interval
 
 
 class Outcome(StrEnum):
@@ -166,8 +166,8 @@ def check_endpoint(
     if small:
         return EndpointCheck(parity, max_difference, False, None, reasons, note=f"{small}; quality not judged, parity checked")
     report = evaluation_report(labels, endpoint_scores, threshold=threshold, seed=seed)
-    alarms = served_decision(endpoint_scores, endpoint_novelty, threshold=threshold)[labels == NORMAL]
-    report["decision_false_alarms"], report["decision_false_alarm_rate"] = int(alarms.sum()), float(alarms.mean())
+    false_alarms = decision_false_alarms(labels, endpoint_scores, endpoint_novelty, threshold=threshold)
+    report["decision_false_alarms"], report["decision_false_alarm_rate"] = false_alarms
     if report["auroc"] < policy.min_auroc:
         reasons.append(
             f"AUROC {report['auroc']:.4f} (95% CI {format_interval(report['auroc_ci'])}) < "
@@ -178,7 +178,7 @@ def check_endpoint(
     if not report["decision_false_alarm_rate"] <= policy.max_false_alarm_rate:
         reasons.append(
             f"the served decision (anomaly_score >= {threshold:.4f} or novelty_score >= 1) calls {report['decision_false_alarms']} of "
-            f"{len(alarms)} held-out normal images abnormal ({report['decision_false_alarm_rate']:.1%}), more than "
+            f"{report['normal']} held-out normal images abnormal ({report['decision_false_alarm_rate']:.1%}), more than "
             f"{policy.max_false_alarm_rate:.1%} (SWAN_MAX_FALSE_ALARM_RATE)"
         )
     return EndpointCheck(parity, max_difference, True, report, reasons)

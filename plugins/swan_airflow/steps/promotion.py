@@ -12,7 +12,7 @@ its section (:func:`runs_in_promotion`).
 versions of the champion's line per metric, its ``gate_reference`` tag) on the same images, the challenger's
 validation split read from the raw partitions, each through its own registered pyfunc and at its
 own stored threshold, and decides with
-:func:`swan_anomaly.gate.decide`. Both models' metrics go to the challenger's MLflow run
+:func:`swan_anomaly.gate.decide`. The scored models' metrics go to the challenger's MLflow run
 (``challenger_val_auroc``, ``champion_val_auroc``, ...), the decision to ``gate/decision.json``
 there and to ``runs/{run_id}/gate.json`` in the lake.
 
@@ -202,9 +202,8 @@ def gate_override(params, mode, record: dict) -> str | None:
 def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_version: str | None, mode: GateMode) -> dict:
     """Score both models on the challenger's validation rows, decide, and record it (MLflow and model version tags)."""
     from swan_airflow.runtime import read_held_out_rows, settings
-    from swan_anomaly.contract import NORMAL
     from swan_anomaly.gate import GateMode, MinThreshold, decide, next_references, promotion_thresholds, too_small
-    from swan_anomaly.metrics import evaluation_report, format_interval, served_decision
+    from swan_anomaly.metrics import decision_false_alarms, evaluation_report, format_interval
     from swan_anomaly.registry import GATE_REFERENCE_TAG, data_through, gate_references, stored_threshold, tag_version
     from swan_anomaly.scoring import class_counts, labels_of, registry_scorer, score_rows
 
@@ -252,8 +251,8 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
     for who, v in models.items():
         threshold = stored_threshold(client, name, v)
         report = evaluation_report(labels, scores[who][:, 0], threshold=threshold, seed=params["seed"])
-        alarms = served_decision(scores[who][:, 0], scores[who][:, 1], threshold=threshold)[labels == NORMAL]
-        reports[who] = {**report, "decision_false_alarm_rate": float(alarms.mean()), "version": v}
+        _, rate = decision_false_alarms(labels, scores[who][:, 0], scores[who][:, 1], threshold=threshold)
+        reports[who] = {**report, "decision_false_alarm_rate": rate, "version": v}
     thresholds = {"auroc": MinThreshold(params["gate_min_val_auroc"]), "f1": MinThreshold(params["gate_min_val_f1"])}
     if params.get("gate_min_unseen_auroc") is not None:
         thresholds["unseen_auroc"] = MinThreshold(params["gate_min_unseen_auroc"])
@@ -266,7 +265,7 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
     champion = {k: reports["champion"][k] for k in ("auroc", "f1", "version")} if "champion" in reports else None
     measured = {m: reports[f"reference_v{v}"] for m, v in named.items() if v not in unavailable}
     references = {m: {k: report[k] for k in ("auroc", "f1", "version")} for m, report in measured.items()}
-    through = {who: data_through(client, name, v) for who, v in models.items()}
+    through = {who: data_through(client, name, v) for who, v in models.items() if who in ("challenger", "champion")}
     base["data_through"] = {who: d.isoformat() if d else None for who, d in through.items()}
     decision = decide(
         challenger,
