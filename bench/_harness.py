@@ -66,6 +66,13 @@ def build_parser(description: str, *, batch_size: int) -> argparse.ArgumentParse
         help="inference on CPU: the served model's SWAN_SERVING_CPU_PRECISION for the pipeline loop (the baseline stays float32); "
         "int8-dynamic is a probe of the benchmark only: the float32 model with torch.ao's dynamic int8 quantization of its Linear layers",
     )
+    parser.add_argument(
+        "--training-precision",
+        choices=["auto", "float8"],
+        default="auto",
+        help="training: the pipeline loop's SWAN_TRAINING_PRECISION (float8: torchao's FP8 GEMMs, on a GPU of compute capability "
+        "8.9+, emulated on a CPU); the baseline stays bfloat16 autocast",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     return parser
 
@@ -131,17 +138,27 @@ def random_batches(cfg: ViTConfig, batch_size: int, device, *, seed: int = 0) ->
 class PipelineTraining:
     """The pipeline's training steps on random batches already on the device, as ``train_classifier`` runs them.
 
-    ``swan_anomaly.modeling.load_classifier`` -> ``trainer.place_for_training`` -> ``make_optimizer``
+    ``swan_anomaly.modeling.load_classifier`` -> ``trainer.place_for_training`` (with ``precision``) -> ``make_optimizer``
     (for ``total_steps``) -> :meth:`step` = ``trainer.train_step`` on the ``j``-th of
     :data:`DATA_BATCHES` batches gathered from a shuffled order of ``x``/``y`` (seeded as
     ``TrainConfig.seed``); ``compile`` goes through ``modeling.compile_model``.
     """
 
-    def __init__(self, model_dir: str, x: torch.Tensor, y: torch.Tensor, *, device: str, total_steps: int, compile: bool = False) -> None:
+    def __init__(
+        self,
+        model_dir: str,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        device: str,
+        total_steps: int,
+        compile: bool = False,
+        precision: str = "auto",
+    ) -> None:
         from swan_anomaly.modeling import compile_model, load_classifier
 
         model = load_classifier(model_dir)
-        self.device, self.autocast_dtype = trainer.place_for_training(model, device)
+        self.device, self.autocast_dtype = trainer.place_for_training(model, device, precision)
         self.x, self.y, self.batch_size = x, y, len(x) // DATA_BATCHES
         self.optimizer, self.scheduler = trainer.make_optimizer(
             model, trainer.TrainConfig(batch_size=self.batch_size, device=device), total_steps=total_steps
@@ -231,6 +248,7 @@ def report(kind: str, args: argparse.Namespace, device, cfg: ViTConfig, loops: d
         "warmup": args.warmup,
         "compile": args.compile,
         "cpu_precision": getattr(args, "cpu_precision", "float32"),
+        "training_precision": getattr(args, "training_precision", "auto"),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),

@@ -8,8 +8,9 @@
 # data_path (the training job's data path against the model-only loop, 3 epochs), data_path_host (the same
 # with the training set kept on the host: batches gathered a step ahead into pinned memory) and data_path_e10
 # (as data_path over 10 epochs: the job decodes once, so its fixed costs weigh less over a longer run), and
-# kernel_probe (bench/kernel_probe.py: the remaining kernel fixes one at a time; its FP8 variants need torchao, bench/README.md).
-# RUNS (default: all eight, in this order) picks runs by name, e.g. RUNS="data_path data_path_host".
+# kernel_probe (bench/kernel_probe.py: the remaining kernel fixes one at a time; its FP8 variants need torchao, bench/README.md),
+# and, only when RUNS names it, train_float8 (train_compile with the pipeline's SWAN_TRAINING_PRECISION=float8; torchao too).
+# RUNS (default: the first eight, in this order) picks runs by name, e.g. RUNS="data_path data_path_host".
 # Each run has a time limit (eager 90 s, compiled 120 s / 170 s, data path 150 s / 200 s). The first four took about
 # 6 minutes on an H100, the three data-path runs 3.5 minutes and the probe about 2.5 (without FP8) on an H200; all eight may not fit one 10-minute device call: split them with RUNS.
 # a run that fails or hits its limit is reported and the script goes on.
@@ -40,6 +41,7 @@ bench infer_eager   90  infer_throughput.py --batch-size 1024 --warmup 3 --steps
 bench train_eager   90  train_throughput.py --batch-size 256  --warmup 3 --steps 20
 bench infer_compile 120 infer_throughput.py --batch-size 1024 --warmup 3 --steps 20 --compile
 bench train_compile 170 train_throughput.py --batch-size 256  --warmup 3 --steps 20 --compile
+bench train_float8  170 train_throughput.py --batch-size 256  --warmup 3 --steps 20 --compile --training-precision float8
 bench data_path      150 train_data_path.py --batch-size 256 --images 8192 --epochs 3 --decode-rounds 1
 bench data_path_host 150 train_data_path.py --batch-size 256 --images 8192 --epochs 3 --decode-rounds 1 --host-batches
 bench data_path_e10  200 train_data_path.py --batch-size 256 --images 8192 --epochs 10 --decode-rounds 1
@@ -55,10 +57,11 @@ from pathlib import Path
 
 goals = {"train": 4500, "infer": 13500}
 print(f"{'run':<14} {'loop':<9} {'img/s':>9} {'TFLOP/s':>8} {'goal':>6} {'peak GiB':>8}  device")
-for name in ("infer_eager", "train_eager", "infer_compile", "train_compile"):
+for name in ("infer_eager", "train_eager", "infer_compile", "train_compile", "train_float8"):
     path = Path(sys.argv[1]) / f"{name}.json"
     if not path.is_file():
-        print(f"{name:<14} (no result)")
+        if name != "train_float8":  # run only when RUNS names it
+            print(f"{name:<14} (no result)")
         continue
     r = json.loads(path.read_text())
     for loop in ("pipeline", "baseline"):

@@ -24,9 +24,10 @@ training (``--train-batch``): ``compiled`` against ``compiled+patch_matmul``, as
 ``train_classifier`` runs its steps (``bench/_harness.PipelineTraining``). They run before
 ``triton_gemm``, the slowest to compile, which comes last.
 
-FP8 (``*+float8``, when ``torchao`` is importable; nothing here installs it): training with
-``torchao.float8.convert_to_float8_training`` (tensorwise scaling, every linear layer whose
-sides are multiples of 16, so not the 2-class head), inference with ``torchao.quantization``'s
+FP8 (``*+float8``, when ``torchao`` is importable; requirements.txt pins it): training as the
+pipeline's ``SWAN_TRAINING_PRECISION=float8`` does it (``swan_anomaly.trainer.use_float8_training``:
+``torchao.float8.convert_to_float8_training``, tensorwise scaling, every linear layer whose sides
+are multiples of 16, so not the 2-class head), inference with ``torchao.quantization``'s
 ``Float8DynamicActivationFloat8WeightConfig``; both on top of the patch GEMM and compiled. The
 lent GPU's image has no torchao: carry its wheel (``bench/README.md``).
 
@@ -118,20 +119,17 @@ def with_patch_embedding(model, variant: str):
     return model
 
 
-def float8_linears(module: torch.nn.Module, fqn: str) -> bool:
-    """torchao's filter: FP8 for linear layers whose sides are multiples of 16 (not the 2-class head)."""
-    return isinstance(module, torch.nn.Linear) and module.in_features % 16 == 0 and module.out_features % 16 == 0
+def to_float8(model, *, training: bool, device: str = "cuda"):
+    """``model``'s linear layers as torchao's FP8 GEMMs (those of ``swan_anomaly.trainer.float8_linears``: not the 2-class head).
 
-
-def to_float8(model, *, training: bool):
-    """``model``'s linear layers as torchao's FP8 GEMMs.
-
-    Training: dynamic tensorwise scaling (``convert_to_float8_training``); inference: FP8 weights and activations.
+    Training: the pipeline's ``SWAN_TRAINING_PRECISION=float8`` (``trainer.use_float8_training``: dynamic tensorwise
+    scaling); inference: FP8 weights and activations (torchao's ``Float8DynamicActivationFloat8WeightConfig``).
     """
-    if training:
-        from torchao.float8 import convert_to_float8_training
+    from swan_anomaly.trainer import float8_linears, use_float8_training
 
-        return convert_to_float8_training(model, module_filter_fn=float8_linears)
+    if training:
+        use_float8_training(model, device)
+        return model
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, quantize_
 
     quantize_(model, Float8DynamicActivationFloat8WeightConfig(), filter_fn=float8_linears)
@@ -176,7 +174,7 @@ def train_variant(model_dir: str, variant: str, x: torch.Tensor, y: torch.Tensor
     run = _harness.PipelineTraining(model_dir, x, y, device=args.device, total_steps=args.warmup + args.steps + 1, compile=False)
     raw = with_patch_embedding(run.model, variant)
     if "float8" in variant:
-        to_float8(raw, training=True)
+        to_float8(raw, training=True, device=args.device)
     run.model = compile_model(raw)
     raw.train()
     started = time.perf_counter()

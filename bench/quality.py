@@ -30,7 +30,8 @@ decision). The leave-one-family-out table of the training comes last, then the g
 Parameters: --model (vit-tiny-offline; a preset, hub id or directory), --epochs (the
 pipeline's default), --photos (comma-separated, default the benchmark's scenes), --seconds (per
 video, 120), --every-seconds (0.5), --families (comma-separated, default all six),
---anomaly-ratio (0.5), --generalization (auto | off), --device (auto), --seed (42), --json OUT,
+--anomaly-ratio (0.5), --generalization (auto | off), --device (auto), --training-precision (auto |
+float8: the training job's FP8 GEMMs, emulated on a CPU, as SWAN_TRAINING_PRECISION sets them), --seed (42), --json OUT,
 --keep DIR (use DIR, empty or new, as SWAN_HOME and keep it), --compare-cpu-precision
 bfloat16 (score the same images again with the pyfunc in that precision on CPU, as
 SWAN_SERVING_CPU_PRECISION serves it, and print the score differences and every AUROC both
@@ -112,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--anomaly-ratio", type=float, help="share of abnormal images (default 0.5, the pipeline's; --smoke: 0.75)")
     parser.add_argument("--generalization", choices=["auto", "off"], help="the leave-one-family-out report (default auto; --smoke: off)")
     parser.add_argument("--device", default="auto", help="training device: auto, cpu, cuda, cuda:N")
+    parser.add_argument(
+        "--training-precision",
+        choices=["auto", "float8"],
+        default="auto",
+        help="the training job's GEMMs (SWAN_TRAINING_PRECISION): float8 = torchao's FP8 GEMMs, emulated on a CPU",
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--json", type=Path, help="also write every figure here")
     parser.add_argument("--keep", type=Path, help="use this folder (empty or new) as SWAN_HOME and keep it")
@@ -426,7 +433,7 @@ def report(args: argparse.Namespace, figures: dict) -> None:
         f"images train/val/test {t['images']}"
     )
     print(
-        f"model: {t['model']}, {t['epochs_run']} epochs run (best {t['best_epoch']}), "
+        f"model: {t['model']}, training precision {args.training_precision}, {t['epochs_run']} epochs run (best {t['best_epoch']}), "
         f"threshold {t['threshold']:.4f}; val AUROC {t['val_auroc']:.4f}, test AUROC {t['test_auroc']:.4f}"
     )
     cols = s["score_columns"]
@@ -529,8 +536,18 @@ def run(args: argparse.Namespace, home: Path, command: str) -> dict:
     stage("data")
     jobs = run_spark_jobs(args, settings)
     stage("spark")
-    config = TrainConfig(model=args.model, epochs=args.epochs, seed=args.seed, generalization=args.generalization, device=args.device)
-    progress(f"training {args.model} (at most {args.epochs} epochs, leave-one-family-out {args.generalization})")
+    config = TrainConfig(
+        model=args.model,
+        epochs=args.epochs,
+        seed=args.seed,
+        generalization=args.generalization,
+        device=args.device,
+        precision=args.training_precision,
+    )
+    progress(
+        f"training {args.model} (at most {args.epochs} epochs, leave-one-family-out {args.generalization}, "
+        f"precision {args.training_precision})"
+    )
     result = run_training(lake_root=settings.lake_root, dataset_id=DATASET_ID, run_id=RUN_ID, config=config, settings=settings)
     stage("training")
     progress(f"trained: {result['epochs_run']} epochs, threshold {result['threshold']:.4f}; scoring with {result['model_uri']}")

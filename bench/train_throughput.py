@@ -1,11 +1,13 @@
 """bench/train_throughput.py: training images/s of the pipeline's step against a plain Hugging Face loop.
 
 Parameters: --model {offline,vit-b16} (default offline), --batch-size (default 32, the pipeline's),
---steps (default 20), --warmup (default 3), --device {auto,cuda,cpu}, --compile, --json PATH.
+--steps (default 20), --warmup (default 3), --device {auto,cuda,cpu}, --compile,
+--training-precision {auto,float8} (the pipeline loop's SWAN_TRAINING_PRECISION), --json PATH.
 
-pipeline: ``swan_anomaly.modeling.load_classifier`` -> ``training.place_for_training`` ->
+pipeline: ``swan_anomaly.modeling.load_classifier`` -> ``trainer.place_for_training`` ->
 ``trainer.make_optimizer`` -> ``trainer.train_step`` on batches gathered from a shuffled
-order, as ``train_classifier`` runs them (bfloat16 autocast, fused AdamW, TF32 on CUDA).
+order, as ``train_classifier`` runs them (bfloat16 autocast, fused AdamW, TF32 on CUDA; with
+``--training-precision float8`` also torchao's FP8 GEMMs, ``trainer.use_float8_training``).
 baseline: ``ViTForImageClassification.from_pretrained(attn_implementation="sdpa")``, the loss
 from ``labels=``, ``torch.optim.AdamW`` (fused on CUDA), bfloat16 autocast on CUDA.
 Both start from the same random weights and see the same random data, already on the device.
@@ -13,6 +15,7 @@ Both start from the same random weights and see the same random data, already on
 Example:
     $ python3 bench/train_throughput.py --model offline --steps 5
     $ python3 bench/train_throughput.py --model vit-b16 --device cuda --batch-size 256 --compile --json out/train.json
+    $ python3 bench/train_throughput.py --model vit-b16 --device cuda --batch-size 256 --compile --training-precision float8
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ DEFAULTS = TrainConfig()
 
 def pipeline_loop(model_dir: str, x: torch.Tensor, y: torch.Tensor, args) -> dict:
     """Time ``swan_anomaly.trainer.train_step`` with the pipeline's model, optimizer, scheduler and batching."""
-    loop = _harness.PipelineTraining(model_dir, x, y, device=args.device, total_steps=args.warmup + args.steps, compile=args.compile)
+    loop = _harness.PipelineTraining(
+        model_dir, x, y, device=args.device, total_steps=args.warmup + args.steps, compile=args.compile, precision=args.training_precision
+    )
     return _harness.time_loop(loop.step, steps=args.steps, warmup=args.warmup, device=loop.device)
 
 

@@ -189,6 +189,7 @@ def swan_anomaly_pipeline():
     augment = job_task("run_augmentation", "augment", ["--seed", "{{ params.seed }}"], shipped, upload, SETTINGS)
     train_args = ["--model", MODEL, "--epochs", "{{ params.epochs }}", "--seed", "{{ params.seed }}", "--git-sha", SETTINGS.git_sha]
     train_args += ["--window-days", "{{ params.training_window_days }}", "--dag-id", "{{ dag.dag_id }}"]
+    train_args += ["--precision", SETTINGS.training_precision]  # a deployment setting, no Param: the GPU decides, not the run
     trained = job_task(
         "run_training",
         "train",

@@ -6,6 +6,8 @@ or vit-tiny-offline; a hub id such as google/vit-base-patch16-224 or a local dir
 --target-fpr (0.01), --generalization (auto | off: the leave-one-family-out report),
 --lofo-epochs (15), --compile (auto | on | off: torch.compile the training step; auto = on CUDA for
 runs of at least 500 optimizer steps, where the ~30 s of compilation pays back),
+--precision (default: SWAN_TRAINING_PRECISION or auto; float8: FP8 GEMMs through torchao, on a GPU of
+compute capability 8.9 or later),
 --window-days (1: days of gold partitions to train on, ending with --dataset-id's date; the
 partitions of those days, YYYYMMDD and YYYYMMDD-videos-<digest>, none of a later day; a group that
 landed twice is kept from its newest partition; at least 1), --seed, --git-sha, --dag-id.
@@ -19,7 +21,7 @@ import argparse
 
 from swan_anomaly.config import Settings
 from swan_anomaly.entrypoint import job_parser, run_entrypoint
-from swan_anomaly.trainer import TrainConfig
+from swan_anomaly.trainer import PRECISIONS, TrainConfig
 from swan_anomaly.training import run_training
 
 DEFAULTS = TrainConfig()
@@ -71,6 +73,12 @@ def main(argv: list[str] | None = None) -> dict:
         default=DEFAULTS.compile,
         help="torch.compile the training step (auto: on CUDA, runs of 500+ steps)",
     )
+    parser.add_argument(
+        "--precision",
+        choices=list(PRECISIONS),
+        default=settings.training_precision,
+        help="auto: bfloat16 autocast on a GPU, float32 on CPU; float8: also FP8 GEMMs (torchao)",
+    )
     parser.add_argument("--window-days", type=window_days, default=1, help="days of gold partitions to train on, ending with --dataset-id")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
     parser.add_argument("--git-sha", default="unknown")
@@ -89,6 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
         generalization=args.generalization,
         lofo_epochs=args.lofo_epochs,
         compile=args.compile,
+        precision=args.precision,
         seed=args.seed,
     )
     tags = {"git_sha": args.git_sha, "dag_id": args.dag_id}

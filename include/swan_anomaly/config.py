@@ -140,6 +140,13 @@ class Settings:
         "SWAN_MODEL", "vit-tiny-offline", "Base model: an offline preset, a hub id (google/vit-base-patch16-224) or a directory."
     )
     epochs: int = setting("SWAN_EPOCHS", 40, "Default of the `epochs` Param (most epochs; early stopping may end sooner).", low=1)
+    training_precision: str = setting(
+        "SWAN_TRAINING_PRECISION",
+        "auto",
+        "GEMMs of the training job: auto (bfloat16 autocast on a GPU, float32 on CPU), or float8 (also torchao's FP8 GEMMs for "
+        "every linear layer but the head; needs a GPU of compute capability 8.9+, e.g. H100, and torchao; elsewhere emulated and slow).",
+        choices=("auto", "float8"),
+    )
     git_sha: str = setting("SWAN_GIT_SHA", "unknown", "Code version recorded on each MLflow run.")
     # -- backends
     lake_backend: str = setting(

@@ -6,7 +6,9 @@ restored; metrics with the anomaly class as positive.
 
 Runs on the GPU when there is one (``TrainConfig.device="auto"``): bfloat16 autocast, fused
 AdamW, TF32 matmuls, the training set kept on the GPU when it fits. The CPU path is float32 and
-gives bit-for-bit the same result for the same seed. :func:`train_step` is the one optimizer
+gives bit-for-bit the same result for the same seed. ``TrainConfig.precision="float8"`` adds
+torchao's FP8 GEMMs (:func:`use_float8_training`: on GPUs with FP8, emulated elsewhere); the
+model comes back with plain linear layers. :func:`train_step` is the one optimizer
 step, shared with ``bench/train_throughput.py``. The job around it (data, MLflow, the result) is
 :mod:`swan_anomaly.training`.
 
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from swan_anomaly._errors import ConfigError
 from swan_anomaly.contract import CROP_BIAS_X, CROP_BIAS_Y
 from swan_anomaly.metrics import anomaly_metrics, anomaly_scores
 
@@ -35,6 +38,10 @@ log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 30.0
 #: The training set moves to the GPU whole when it takes at most this share of the free GPU memory.
 GPU_DATA_SHARE = 0.5
+#: Training precisions (``TrainConfig.precision``): see :func:`place_for_training`.
+PRECISIONS = ("auto", "float8")
+#: FP8 GEMMs (``torch._scaled_mm``) need a GPU of at least this CUDA compute capability (Ada, Hopper and later).
+FLOAT8_MIN_CAPABILITY = (8, 9)
 #: ``compile="auto"`` compiles on CUDA only for runs of at least this many optimizer steps:
 #: compiling costs about 30 s (measured on an H100) and pays back only over a longer run.
 COMPILE_MIN_STEPS = 500
@@ -67,6 +74,7 @@ class TrainConfig:
     compile: str = (
         "auto"  # torch.compile the training step, attention as an eager island: "auto" (CUDA, >= COMPILE_MIN_STEPS steps), "on", "off"
     )
+    precision: str = "auto"  # "auto": bfloat16 autocast on CUDA, float32 on CPU; "float8": also FP8 GEMMs (use_float8_training)
 
 
 @dataclass
@@ -154,19 +162,25 @@ def class_weights(y):
     return (counts.sum() / (2 * counts.clamp(min=1))).float()
 
 
-def place_for_training(model, device: str):
+def place_for_training(model, device: str, precision: str = "auto"):
     """Move ``model`` to ``device`` and pick the autocast dtype of its training steps.
 
     On CUDA this also allows TF32 matmuls (for what autocast leaves in float32) and computes the
     patch embedding as one GEMM (:func:`swan_anomaly.modeling.patch_embedding_as_matmul`: the same
-    weights and function, 1.025x the compiled training step on an H200).
+    weights and function, 1.025x the compiled training step on an H200). ``precision="float8"``
+    also makes the linear layers FP8 GEMMs (:func:`use_float8_training`); :func:`without_float8`
+    undoes that after training.
 
     Args:
         model: a ``ViTForImageClassification``; moved in place.
         device: as for :func:`swan_anomaly.modeling.resolve_device`.
+        precision: one of :data:`PRECISIONS`.
 
     Returns:
         ``(torch.device, autocast dtype)``: ``torch.bfloat16`` on CUDA, ``None`` (plain float32) on CPU.
+
+    Raises:
+        ConfigError: see :func:`check_precision`.
 
     Example:
         >>> place_for_training(model, "cpu")  # doctest: +SKIP
@@ -177,12 +191,123 @@ def place_for_training(model, device: str):
     from swan_anomaly.modeling import patch_embedding_as_matmul, resolve_device
 
     target = resolve_device(device)
-    if target.type != "cuda":
-        return target, None
-    torch.set_float32_matmul_precision("high")
-    patch_embedding_as_matmul(model)
-    model.to(target)
-    return target, torch.bfloat16
+    check_precision(precision, target)
+    if target.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+        patch_embedding_as_matmul(model)
+        model.to(target)
+    if precision == "float8":
+        use_float8_training(model, target)
+    return target, (torch.bfloat16 if target.type == "cuda" else None)
+
+
+def float8_linears(module, fqn: str = "") -> bool:
+    """torchao's module filter: FP8 for the linear layers whose sides are both multiples of 16, as FP8 GEMMs
+    need, so for every projection and MLP layer of a ViT and not its 2-class head.
+
+    Example:
+        >>> import torch
+        >>> float8_linears(torch.nn.Linear(768, 3072)), float8_linears(torch.nn.Linear(768, 2))
+        (True, False)
+    """
+    import torch
+
+    return isinstance(module, torch.nn.Linear) and module.in_features % 16 == 0 and module.out_features % 16 == 0
+
+
+def check_precision(precision: str, device) -> None:
+    """Refuse a training ``precision`` that cannot run on ``device``, before any work: a retry would fail the same way.
+
+    Raises:
+        ConfigError: ``precision`` is not one of :data:`PRECISIONS`; or it is ``float8`` and the GPU has
+            no FP8 GEMMs (compute capability below :data:`FLOAT8_MIN_CAPABILITY`), or torchao is not installed.
+
+    Example:
+        >>> check_precision("auto", "cpu")
+        >>> check_precision("fp8", "cpu")
+        Traceback (most recent call last):
+        ...
+        swan_anomaly._errors.ConfigError: precision must be one of ('auto', 'float8'), got 'fp8'
+    """
+    import importlib.util
+
+    import torch
+
+    if precision not in PRECISIONS:
+        msg = f"precision must be one of {PRECISIONS}, got {precision!r}"
+        raise ConfigError(msg)
+    if precision != "float8":
+        return
+    device = torch.device(device)
+    if device.type == "cuda":
+        capability = torch.cuda.get_device_capability(device)
+        if capability < FLOAT8_MIN_CAPABILITY:
+            msg = (
+                f"precision='float8' needs FP8 GEMMs, on a GPU of compute capability {'.'.join(map(str, FLOAT8_MIN_CAPABILITY))} or later "
+                f"(L4, L40S, H100, H200, B200); {torch.cuda.get_device_name(device)} has {capability[0]}.{capability[1]}. "
+                "Train with precision='auto' (bfloat16) there"
+            )
+            raise ConfigError(msg)
+    if importlib.util.find_spec("torchao") is None:
+        msg = "precision='float8' needs torchao, which is not installed (requirements.txt pins torchao==0.18.0; it needs torch >= 2.11)"
+        raise ConfigError(msg)
+
+
+def use_float8_training(model, device) -> int:
+    """Make ``model``'s linear layers (:func:`float8_linears`) FP8 GEMMs in place, with torchao's float8 training.
+
+    Forward GEMMs take e4m3 inputs and weights, backward ones e5m2 gradients, each tensor scaled
+    by its own dynamic scale (torchao's tensorwise recipe); weights, gradients and the optimizer
+    stay in full precision, and so do the state dict and a saved checkpoint. On CUDA the GPU must
+    have FP8 GEMMs (compute capability :data:`FLOAT8_MIN_CAPABILITY` or later: L4, L40S, H100, H200,
+    B200; not a T4 or an A100). Elsewhere torchao emulates them (the same rounding in float32, and
+    slower than plain float32): that is for tests and for measuring the rounding's effect on quality.
+
+    Returns:
+        How many linear layers now run FP8 GEMMs.
+
+    Raises:
+        ConfigError: see :func:`check_precision`.
+    """
+    import torch
+
+    device = torch.device(device)
+    check_precision("float8", device)
+    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+    from torchao.float8.float8_linear import Float8Linear
+
+    emulate = device.type != "cuda"
+    if emulate:
+        log.warning("precision='float8' on %s: torchao emulates the FP8 GEMMs (the same rounding, slower than float32)", device)
+    convert_to_float8_training(model, config=Float8LinearConfig(emulate=emulate), module_filter_fn=float8_linears)
+    converted = sum(1 for m in model.modules() if isinstance(m, Float8Linear))
+    linears = sum(1 for m in model.modules() if isinstance(m, torch.nn.Linear))
+    scaling = "tensorwise dynamic scaling, emulated" if emulate else "tensorwise dynamic scaling"
+    log.info("FP8 GEMMs (torchao, %s) in %d of %d linear layers", scaling, converted, linears)
+    return converted
+
+
+def without_float8(model):
+    """``model`` with each of torchao's FP8 linear layers back as a plain ``torch.nn.Linear`` on the same parameters, in place.
+
+    What a trained model is evaluated, scored and saved as: the served model loads plain linear
+    layers from the checkpoint, so the training job's own scores (threshold, metrics, novelty bank)
+    come from the same function. A model without FP8 layers comes back unchanged.
+    """
+    import sys
+
+    import torch
+
+    float8 = sys.modules.get("torchao.float8.float8_linear")  # not imported: no FP8 layer can exist
+    if float8 is None:
+        return model
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, float8.Float8Linear):
+                plain = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None, device="meta")
+                plain.weight, plain.bias = child.weight, child.bias
+                setattr(parent, name, plain.train(child.training))
+    return model
 
 
 def make_optimizer(model, cfg: TrainConfig, *, total_steps: int):
@@ -320,7 +445,7 @@ def train_classifier(model, train: tuple, val: tuple, spec, cfg: TrainConfig, *,
         raise ValueError(msg)
     from swan_anomaly.modeling import normalize_pixels
 
-    device, autocast_dtype = place_for_training(model, cfg.device)
+    device, autocast_dtype = place_for_training(model, cfg.device, cfg.precision)
     step_model, attention = model, model.config._attn_implementation
     steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
     if cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda" and steps_per_epoch * cfg.epochs >= COMPILE_MIN_STEPS):
@@ -414,7 +539,7 @@ def train_classifier(model, train: tuple, val: tuple, spec, cfg: TrainConfig, *,
                     best_epoch,
                 )
                 break
-    model.to("cpu")
+    without_float8(model).to("cpu")
     model.load_state_dict(best_state)
     model.config._attn_implementation = attention  # the island is a compile detail; the saved model asks for what it had
     return model, history, best_epoch

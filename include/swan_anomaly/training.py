@@ -34,7 +34,7 @@ from swan_anomaly.lake import LocalLake, load_gold
 from swan_anomaly.metrics import anomaly_scores, choose_threshold, decision_score, evaluation_report, recall_by_family
 from swan_anomaly.splits import Split
 from swan_anomaly.tracking import confusion_figure, ensure_experiment, family_grid_of, gold_dataset, log_served_model
-from swan_anomaly.trainer import TrainConfig, epoch_metrics, evaluate, frame_tensors, train_classifier
+from swan_anomaly.trainer import TrainConfig, check_precision, epoch_metrics, evaluate, frame_tensors, train_classifier
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,7 @@ def run_training(
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
+    check_precision(config.precision, device)  # before the data: FP8 on a GPU without it, or without torchao, fails at once
     lake = LocalLake(lake_root)
     gold = load_gold(lake, dataset_id, window_days)
     dataset_ids = sorted(gold.dataset_id.unique())

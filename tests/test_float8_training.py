@@ -1,0 +1,137 @@
+"""FP8 training (issue 17): torchao's FP8 GEMMs in the training job; emulated here on the CPU, with the same rounding."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from swan_anomaly import ConfigError
+from swan_anomaly.modeling import PreprocessSpec, load_classifier, resolve_base_model
+from swan_anomaly.trainer import TrainConfig, evaluate, place_for_training, train_classifier, use_float8_training, without_float8
+
+ROOT = Path(__file__).resolve().parents[1]
+E4M3_MAX = 448.0  # the largest finite float8_e4m3fn value: tensorwise scaling maps each tensor's amax there
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    return resolve_base_model("vit-micro-offline", tmp_path_factory.mktemp("models"), seed=5)
+
+
+def _e4m3(t: torch.Tensor) -> torch.Tensor:
+    """``t`` rounded as an FP8 GEMM input: scaled so its largest magnitude is e4m3's, cast to e4m3, scaled back."""
+    scale = E4M3_MAX / t.abs().max().clamp(min=1e-12)
+    return (t * scale).to(torch.float8_e4m3fn).to(torch.float32) / scale
+
+
+def test_float8_makes_every_projection_and_mlp_layer_an_fp8_gemm_but_not_the_two_class_head(model_dir):
+    from torchao.float8.float8_linear import Float8Linear
+
+    model = load_classifier(model_dir)
+    assert use_float8_training(model, "cpu") == 12  # 2 layers x (query, key, value, attention output, MLP in, MLP out)
+    fp8 = [name for name, m in model.named_modules() if isinstance(m, Float8Linear)]
+    assert len(fp8) == 12 and not any(name.startswith("classifier") for name in fp8)
+    assert type(model.classifier) is torch.nn.Linear  # 2 outputs: not a multiple of 16, as FP8 GEMMs need
+
+
+def test_an_fp8_layer_multiplies_e4m3_rounded_inputs_and_weights(model_dir):
+    """The GEMM's operands are rounded to e4m3 with one dynamic scale per tensor; the product is taken in float32."""
+    model = load_classifier(model_dir)
+    layer = model.vit.layers[0].mlp.fc1  # 32 -> 64
+    weight, bias = layer.weight.detach().clone(), layer.bias.detach().clone()
+    x = torch.randn(8, 17, 32, generator=torch.Generator().manual_seed(3)) * 3
+    plain = torch.nn.functional.linear(x, weight, bias)
+    use_float8_training(model, "cpu")
+    with torch.no_grad():
+        got = model.vit.layers[0].mlp.fc1(x)
+    expected = torch.nn.functional.linear(_e4m3(x), _e4m3(weight), bias)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert (got - plain).abs().max() > 1e-3  # the rounding is real: e4m3 keeps 3 mantissa bits
+
+
+def test_training_in_float8_trains_and_gives_back_a_plain_model_that_saves_a_plain_checkpoint(model_dir, tmp_path):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 200, (40, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    spec = PreprocessSpec(32, (0.5,) * 3, (0.25,) * 3)
+    y = (torch.arange(40) % 2 == 0).long()
+    x[y == 0, :, 8:16, 8:16] = 255  # a learnable "anomaly"
+    cfg = dict(epochs=3, patience=5, batch_size=12, learning_rate=1e-3, device="cpu")
+    start = load_classifier(model_dir).state_dict()
+    results = {}
+    for precision in ("auto", "float8"):
+        trained, history, _ = train_classifier(
+            load_classifier(model_dir), (x[:24], y[:24]), (x[24:], y[24:]), spec, TrainConfig(precision=precision, **cfg)
+        )
+        linears = [m for m in trained.modules() if isinstance(m, torch.nn.Linear)]
+        assert linears and all(type(m) is torch.nn.Linear for m in linears), "the trained model must come back with plain layers"
+        assert list(trained.state_dict()) == list(start)
+        results[precision] = (trained, evaluate(trained, x[24:], y[24:], spec, 16)[1], [h.train_loss for h in history])
+    fp8_model, fp8_logits, fp8_losses = results["float8"]
+    assert all(np.isfinite(fp8_losses)) and np.isfinite(fp8_logits).all()
+    changed = [k for k, v in fp8_model.state_dict().items() if not torch.equal(v, start[k])]
+    assert "vit.layers.0.mlp.fc1.weight" in changed and "classifier.weight" in changed  # it trained
+    # the FP8 GEMMs took part: the same seed, data and steps end elsewhere than in float32, though not far
+    assert 1e-4 < np.abs(fp8_logits - results["auto"][1]).max() < 1.0
+
+    fp8_model.save_pretrained(tmp_path / "saved")
+    reloaded = load_classifier(str(tmp_path / "saved"))
+    np.testing.assert_array_equal(evaluate(reloaded, x[24:], y[24:], spec, 16)[1], fp8_logits)  # what serves is what was scored
+
+
+def test_without_float8_leaves_a_model_without_fp8_layers_alone(model_dir):
+    model = load_classifier(model_dir)
+    layers = list(model.modules())
+    assert without_float8(model) is model
+    assert list(model.modules()) == layers
+
+
+def test_float8_is_refused_at_once_on_a_gpu_without_fp8_gemms(model_dir, monkeypatch):
+    """A T4 (compute capability 7.5, the GPU cluster spec's node) or an A100 (8.0) has no FP8 GEMMs: say so before training."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    with pytest.raises(ConfigError, match=r"compute capability 8\.9 or later .*Tesla T4 has 7\.5"):
+        use_float8_training(load_classifier(model_dir), torch.device("cuda"))
+
+
+def test_an_unknown_precision_is_refused(model_dir):
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        place_for_training(load_classifier(model_dir), "cpu", "fp8")
+
+
+def test_the_training_job_refuses_a_precision_it_cannot_run_before_it_reads_any_data(tmp_path, monkeypatch):
+    """A configuration error a retry cannot fix is found before the lake is read (an empty lake here would be a LakeError)."""
+    from swan_anomaly.config import Settings
+    from swan_anomaly.training import run_training
+
+    monkeypatch.setenv("SWAN_HOME", str(tmp_path))
+    job = dict(lake_root=tmp_path / "lake", dataset_id="20260101", run_id="r", settings=Settings.from_env())
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        run_training(config=TrainConfig(precision="fp16"), **job)
+    import importlib.util
+
+    real = importlib.util.find_spec  # a machine without torchao
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: None if name == "torchao" else real(name, *a, **k))
+    with pytest.raises(ConfigError, match="needs torchao, which is not installed"):
+        run_training(config=TrainConfig(precision="float8", device="cpu"), **job)
+
+
+def test_the_deployment_setting_reaches_the_training_job(tmp_path):
+    """SWAN_TRAINING_PRECISION is passed to the job as --precision: a Databricks run does not see the Airflow worker's environment."""
+    script = (
+        "import json\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"bag = DagBag(dag_folder={str(ROOT / 'dags')!r})\n"
+        "assert not bag.import_errors, bag.import_errors\n"
+        "print(json.dumps(list(bag.dags['swan_anomaly_pipeline'].get_task('run_training').job_args)))\n"
+    )
+    env = {**os.environ, "SWAN_TRAINING_PRECISION": "float8", "SWAN_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True, timeout=240)
+    args = json.loads(out.stdout.strip().splitlines()[-1])
+    assert args[args.index("--precision") + 1] == "float8"
