@@ -68,10 +68,10 @@ def build_parser(description: str, *, batch_size: int) -> argparse.ArgumentParse
     )
     parser.add_argument(
         "--training-precision",
-        choices=["auto", "float8"],
+        choices=["auto", "float8", "float8-emulated"],
         default="auto",
         help="training: the pipeline loop's SWAN_TRAINING_PRECISION (float8: torchao's FP8 GEMMs, on a GPU of compute capability "
-        "8.9+, emulated on a CPU); the baseline stays bfloat16 autocast",
+        "8.9+; float8-emulated: their emulation, on a CPU too); the baseline stays bfloat16 autocast",
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     return parser

@@ -119,7 +119,7 @@ def with_patch_embedding(model, variant: str):
     return model
 
 
-def to_float8(model, *, training: bool, device: str = "cuda"):
+def to_float8(model, *, training: bool, device: torch.device | None = None):
     """``model``'s linear layers as torchao's FP8 GEMMs (those of ``swan_anomaly.trainer.float8_linears``: not the 2-class head).
 
     Training: the pipeline's ``SWAN_TRAINING_PRECISION=float8`` (``trainer.use_float8_training``: dynamic tensorwise
@@ -127,7 +127,7 @@ def to_float8(model, *, training: bool, device: str = "cuda"):
     """
     from swan_anomaly.trainer import float8_linears, use_float8_training
 
-    if training:
+    if training:  # on the resolved device: FP8 GEMMs there, or a clear error
         use_float8_training(model, device)
         return model
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, quantize_
@@ -174,7 +174,7 @@ def train_variant(model_dir: str, variant: str, x: torch.Tensor, y: torch.Tensor
     run = _harness.PipelineTraining(model_dir, x, y, device=args.device, total_steps=args.warmup + args.steps + 1, compile=False)
     raw = with_patch_embedding(run.model, variant)
     if "float8" in variant:
-        to_float8(raw, training=True, device=args.device)
+        to_float8(raw, training=True, device=device)
     run.model = compile_model(raw)
     raw.train()
     started = time.perf_counter()

@@ -31,11 +31,13 @@ Parameters: --model (vit-tiny-offline; a preset, hub id or directory), --epochs 
 pipeline's default), --photos (comma-separated, default the benchmark's scenes), --seconds (per
 video, 120), --every-seconds (0.5), --families (comma-separated, default all six),
 --anomaly-ratio (0.5), --generalization (auto | off), --device (auto), --training-precision (auto |
-float8: the training job's FP8 GEMMs, emulated on a CPU, as SWAN_TRAINING_PRECISION sets them), --seed (42), --json OUT,
+float8 | float8-emulated: the training job's FP8 GEMMs, as SWAN_TRAINING_PRECISION sets them; emulated
+on a CPU), --seed (42), --json OUT,
 --keep DIR (use DIR, empty or new, as SWAN_HOME and keep it), --compare-cpu-precision
 bfloat16 (score the same images again with the pyfunc in that precision on CPU, as
 SWAN_SERVING_CPU_PRECISION serves it, and print the score differences and every AUROC both
-ways), --smoke (vit-micro-offline, 2
+ways), --compare-gelu tanh (the same with the served model's exact GELU replaced by its tanh
+approximation, which cuBLASLt's GEMM epilogue computes: a probe, not a served path), --smoke (vit-micro-offline, 2
 epochs, 3 videos of 16 s at one frame a second, anomaly ratio 0.75, no leave-one-family-out
 report: a minute or two on a laptop, for tests). Explicit options win over --smoke's.
 
@@ -115,14 +117,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="training device: auto, cpu, cuda, cuda:N")
     parser.add_argument(
         "--training-precision",
-        choices=["auto", "float8"],
+        choices=["auto", "float8", "float8-emulated"],
         default="auto",
-        help="the training job's GEMMs (SWAN_TRAINING_PRECISION): float8 = torchao's FP8 GEMMs, emulated on a CPU",
+        help="the training job's GEMMs (SWAN_TRAINING_PRECISION): float8 = torchao's FP8 GEMMs on a GPU with them; "
+        "float8-emulated = their emulation, on a CPU too",
     )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--json", type=Path, help="also write every figure here")
     parser.add_argument("--keep", type=Path, help="use this folder (empty or new) as SWAN_HOME and keep it")
     parser.add_argument("--smoke", action="store_true", help="tiny and quick: for tests, not for figures")
+    parser.add_argument(
+        "--compare-gelu",
+        choices=["tanh"],
+        help="score the same images again with the served model's exact GELU replaced by this approximation (cuBLASLt's GEMM "
+        "epilogue computes the tanh one), and compare",
+    )
     parser.add_argument(
         "--compare-cpu-precision",
         choices=["bfloat16"],
@@ -232,10 +241,23 @@ def run_spark_jobs(args: argparse.Namespace, settings) -> dict:
 class Scorer:
     """The logged pyfunc, loaded once: every score column it returns, plus the decision score."""
 
-    def __init__(self, model_uri: str, threshold: float) -> None:
+    def __init__(self, model_uri: str, threshold: float, *, gelu: str = "exact") -> None:
         import mlflow.pyfunc
 
         self.model = mlflow.pyfunc.load_model(model_uri)
+        if gelu != "exact":  # a probe of this benchmark, not a served path: the loaded model's GELUs, swapped
+            import torch
+
+            served = self.model.unwrap_python_model().model
+            swapped = 0
+            for parent in list(served.modules()):
+                for name, child in list(parent.named_children()):
+                    if type(child).__name__ == "GELUActivation" or (isinstance(child, torch.nn.GELU) and child.approximate == "none"):
+                        setattr(parent, name, torch.nn.GELU(approximate=gelu))
+                        swapped += 1
+            if not swapped:
+                raise SystemExit(f"--compare-gelu: the served model has no exact GELU to replace ({type(served).__name__})")
+            progress(f"GELU -> {gelu} approximation in {swapped} layers of the served model")
         self.threshold = threshold
         self.anomaly_scores: list[np.ndarray] = []  # every call's anomaly_score, in call order
 
@@ -284,7 +306,7 @@ def measure(abnormal: dict[str, np.ndarray], normal: dict[str, np.ndarray], boun
     return {"abnormal": n_abnormal, "normal": n_normal, "small": min(n_abnormal, n_normal) < SMALL, "scores": scores}
 
 
-def score_test_split(args: argparse.Namespace, settings, result: dict) -> dict:
+def score_test_split(args: argparse.Namespace, settings, result: dict, *, gelu: str = "exact") -> dict:
     """Seen families and unseen kinds on the test split, from the raw lake, with the logged pyfunc.
 
     ``all_anomaly_scores`` is every anomaly score it computed, in order (the same order for the same result).
@@ -295,7 +317,7 @@ def score_test_split(args: argparse.Namespace, settings, result: dict) -> dict:
     from swan_anomaly.scoring import score_rows
 
     lake = LocalLake(settings.lake_root)
-    scorer = Scorer(result["model_uri"], float(result["threshold"]))
+    scorer = Scorer(result["model_uri"], float(result["threshold"]), gelu=gelu)
     rows = result["held_out"]["test"]
     extra: list[dict[str, np.ndarray]] = []
 
@@ -347,11 +369,8 @@ def score_test_split(args: argparse.Namespace, settings, result: dict) -> dict:
 
 
 def compare_precision(args: argparse.Namespace, settings, result: dict, reference: dict) -> dict:
-    """Score everything ``score_test_split`` scored again, with the pyfunc loaded under ``SWAN_SERVING_CPU_PRECISION``.
-
-    Returns the largest and mean score difference against ``reference`` (the float32 scores),
-    how many images change side of the threshold, and each AUROC both ways.
-    """
+    """Score everything ``score_test_split`` scored again, with the pyfunc loaded under ``SWAN_SERVING_CPU_PRECISION``;
+    :func:`compare_scores` against ``reference`` (the float32 scores)."""
     before = os.environ.get("SWAN_SERVING_CPU_PRECISION")
     os.environ["SWAN_SERVING_CPU_PRECISION"] = args.compare_cpu_precision
     try:
@@ -361,6 +380,19 @@ def compare_precision(args: argparse.Namespace, settings, result: dict, referenc
             os.environ.pop("SWAN_SERVING_CPU_PRECISION", None)
         else:
             os.environ["SWAN_SERVING_CPU_PRECISION"] = before
+    return {"precision": args.compare_cpu_precision} | compare_scores(result, reference, other, label=args.compare_cpu_precision)
+
+
+def compare_gelu(args: argparse.Namespace, settings, result: dict, reference: dict) -> dict:
+    """Score everything again with the served model's exact GELU replaced by ``--compare-gelu``'s approximation;
+    :func:`compare_scores` against ``reference`` (the model as served)."""
+    other = score_test_split(args, settings, result, gelu=args.compare_gelu)
+    return {"gelu": args.compare_gelu} | compare_scores(result, reference, other, label=args.compare_gelu)
+
+
+def compare_scores(result: dict, reference: dict, other: dict, *, label: str) -> dict:
+    """The largest and mean ``anomaly_score`` difference of ``other`` from ``reference`` (two ``score_test_split`` results
+    over the same images), how many images change side of the threshold, and each AUROC both ways."""
     a, b = reference["all_anomaly_scores"], other["all_anomaly_scores"]
     threshold = float(result["threshold"])
     rows = (
@@ -374,7 +406,7 @@ def compare_precision(args: argparse.Namespace, settings, result: dict, referenc
         new = other[group] if key is None else other[group][key]
         auroc[name] = {col: (ref["scores"][col]["auroc"], new["scores"][col]["auroc"]) for col in ("anomaly_score", "decision_score")}
     return {
-        "precision": args.compare_cpu_precision,
+        "label": label,
         "images": len(a),
         "max_abs_score_difference": float(np.abs(a - b).max()),
         "mean_abs_score_difference": float(np.abs(a - b).mean()),
@@ -476,19 +508,22 @@ def report(args: argparse.Namespace, figures: dict) -> None:
     )
     worst = figures["lofo"]["worst_unseen_auroc"]
     print(f"worst unseen-family AUROC: {'n/a' if worst is None else f'{worst:.4f}'}")
-    precision = figures.get("cpu_precision_comparison")
-    if precision:
+    for key, what, against in (
+        ("cpu_precision_comparison", "CPU serving in {}", "float32"),
+        ("gelu_comparison", "the served model with GELU's {} approximation", "the exact GELU"),
+    ):
+        c = figures.get(key)
+        if not c:
+            continue
         print(
-            f"\nCPU serving in {precision['precision']} against float32, the same {precision['images']} images: anomaly_score differs "
-            f"by at most {precision['max_abs_score_difference']:.2e} (mean {precision['mean_abs_score_difference']:.2e}); "
-            f"{precision['threshold_flips']} change side of the threshold"
+            f"\n{what.format(c['label'])} against {against}, the same {c['images']} images: anomaly_score differs "
+            f"by at most {c['max_abs_score_difference']:.2e} (mean {c['mean_abs_score_difference']:.2e}); "
+            f"{c['threshold_flips']} change side of the threshold"
         )
-        print(
-            f"{'':<22} {'anomaly AUROC float32':>22} {precision['precision']:>9} {'decision AUROC float32':>23} {precision['precision']:>9}"
-        )
-        for name, cols in precision["auroc"].items():
-            (a32, a16), (d32, d16) = cols["anomaly_score"], cols["decision_score"]
-            print(f"{name:<22} {_num(a32):>22} {_num(a16):>9} {_num(d32):>23} {_num(d16):>9}")
+        print(f"{'':<22} {'anomaly AUROC as served':>24} {c['label']:>11} {'decision AUROC as served':>25} {c['label']:>11}")
+        for name, cols in c["auroc"].items():
+            (a_ref, a_new), (d_ref, d_new) = cols["anomaly_score"], cols["decision_score"]
+            print(f"{name:<22} {_num(a_ref):>24} {_num(a_new):>11} {_num(d_ref):>25} {_num(d_new):>11}")
     print("\ngoals")
     for g in figures["goals"]:
         value = "n/a" if g["value"] is None else f"{g['value']:.4f}"
@@ -551,13 +586,16 @@ def run(args: argparse.Namespace, home: Path, command: str) -> dict:
     result = run_training(lake_root=settings.lake_root, dataset_id=DATASET_ID, run_id=RUN_ID, config=config, settings=settings)
     stage("training")
     progress(f"trained: {result['epochs_run']} epochs, threshold {result['threshold']:.4f}; scoring with {result['model_uri']}")
-    if args.compare_cpu_precision:
+    if args.compare_cpu_precision or args.compare_gelu:
         os.environ["SWAN_SERVING_CPU_PRECISION"] = "float32"  # the reference of the comparison, whatever the environment said
     scores = score_test_split(args, settings, result)
     stage("scoring")
     precision = compare_precision(args, settings, result, scores) if args.compare_cpu_precision else None
     if precision:
         stage("scoring_" + args.compare_cpu_precision)
+    gelu = compare_gelu(args, settings, result, scores) if args.compare_gelu else None
+    if gelu:
+        stage("scoring_gelu_" + args.compare_gelu)
     scores.pop("all_anomaly_scores")
     import mlflow
 
@@ -584,6 +622,7 @@ def run(args: argparse.Namespace, home: Path, command: str) -> dict:
         },
         "scores": scores,
         "cpu_precision_comparison": precision,
+        "gelu_comparison": gelu,
         "lofo": {"table": result["generalization"], "worst_unseen_auroc": result["generalization_min_unseen_auroc"]},
     }
     figures["goals"] = goals(scores, result)

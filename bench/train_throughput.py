@@ -2,7 +2,7 @@
 
 Parameters: --model {offline,vit-b16} (default offline), --batch-size (default 32, the pipeline's),
 --steps (default 20), --warmup (default 3), --device {auto,cuda,cpu}, --compile,
---training-precision {auto,float8} (the pipeline loop's SWAN_TRAINING_PRECISION), --json PATH.
+--training-precision {auto,float8,float8-emulated} (the pipeline loop's SWAN_TRAINING_PRECISION), --json PATH.
 
 pipeline: ``swan_anomaly.modeling.load_classifier`` -> ``trainer.place_for_training`` ->
 ``trainer.make_optimizer`` -> ``trainer.train_step`` on batches gathered from a shuffled

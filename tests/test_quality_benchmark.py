@@ -117,7 +117,8 @@ def test_an_unseen_kind_changes_only_its_mask_inside_the_crop(footage, kind, bia
 @pytest.mark.slow
 def test_the_smoke_benchmark_reports_every_family_and_kind_with_intervals(tmp_path):
     out = tmp_path / "quality.json"
-    command = [sys.executable, str(ROOT / "bench" / "quality.py"), "--smoke", "--json", str(out), "--compare-cpu-precision", "bfloat16"]
+    command = [sys.executable, str(ROOT / "bench" / "quality.py"), "--smoke", "--json", str(out), "--compare-cpu-precision", "bfloat16",
+               "--compare-gelu", "tanh"]  # fmt: skip
     # a bfloat16 environment must not leak into the float32 reference of the comparison
     done = run_checked(command, cwd=ROOT, env={**os.environ, "SWAN_SERVING_CPU_PRECISION": "bfloat16"})
     figures = json.loads(out.read_text())
@@ -156,3 +157,11 @@ def test_the_smoke_benchmark_reports_every_family_and_kind_with_intervals(tmp_pa
         for float32, bfloat16 in cols.values():  # bfloat16 ranks the images as float32 does, to within rounding
             assert abs(bfloat16 - float32) < 0.1, (name, cols)
     assert "CPU serving in bfloat16 against float32" in done.stdout
+    # and with the tanh approximation of GELU (issue 17's GEMM epilogue), against the float32 model as served
+    gelu = figures["gelu_comparison"]
+    assert gelu["gelu"] == "tanh" and gelu["images"] == precision["images"]
+    assert 0.0 < gelu["max_abs_score_difference"] < 0.1  # the approximation moves scores, a little
+    assert set(gelu["auroc"]) == set(precision["auroc"])
+    for name, cols in gelu["auroc"].items():
+        assert cols["anomaly_score"][0] == precision["auroc"][name]["anomaly_score"][0]  # the same float32 reference
+    assert "the served model with GELU's tanh approximation against the exact GELU" in done.stdout

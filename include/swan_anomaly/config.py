@@ -143,9 +143,10 @@ class Settings:
     training_precision: str = setting(
         "SWAN_TRAINING_PRECISION",
         "auto",
-        "GEMMs of the training job: auto (bfloat16 autocast on a GPU, float32 on CPU), or float8 (also torchao's FP8 GEMMs for "
-        "every linear layer but the head; needs a GPU of compute capability 8.9+, e.g. H100, and torchao; elsewhere emulated and slow).",
-        choices=("auto", "float8"),
+        "GEMMs of the training job: auto (bfloat16 autocast on a GPU, float32 on CPU); float8 (also torchao's FP8 GEMMs for "
+        "every linear layer but the head, on a GPU of compute capability 8.9+, e.g. H100; refused elsewhere); float8-emulated "
+        "(torchao's emulation of them on any device, slower than float32: to measure what FP8 does to quality).",
+        choices=("auto", "float8", "float8-emulated"),
     )
     git_sha: str = setting("SWAN_GIT_SHA", "unknown", "Code version recorded on each MLflow run.")
     # -- backends

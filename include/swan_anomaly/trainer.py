@@ -7,10 +7,10 @@ restored; metrics with the anomaly class as positive.
 Runs on the GPU when there is one (``TrainConfig.device="auto"``): bfloat16 autocast, fused
 AdamW, TF32 matmuls, the training set kept on the GPU when it fits. The CPU path is float32 and
 gives bit-for-bit the same result for the same seed. ``TrainConfig.precision="float8"`` adds
-torchao's FP8 GEMMs (:func:`use_float8_training`: on GPUs with FP8, emulated elsewhere); the
-model comes back with plain linear layers. :func:`train_step` is the one optimizer
-step, shared with ``bench/train_throughput.py``. The job around it (data, MLflow, the result) is
-:mod:`swan_anomaly.training`.
+torchao's FP8 GEMMs on GPUs that have them (:func:`use_float8_training`; ``"float8-emulated"``
+emulates them anywhere, to measure quality); validation and the returned model use plain linear
+layers. :func:`train_step` is the one optimizer step, shared with ``bench/train_throughput.py``.
+The job around it (data, MLflow, the result) is :mod:`swan_anomaly.training`.
 
 Example:
     >>> TrainConfig().monitor, TrainConfig().bias_x
@@ -39,7 +39,7 @@ PROGRESS_EVERY_S = 30.0
 #: The training set moves to the GPU whole when it takes at most this share of the free GPU memory.
 GPU_DATA_SHARE = 0.5
 #: Training precisions (``TrainConfig.precision``): see :func:`place_for_training`.
-PRECISIONS = ("auto", "float8")
+PRECISIONS = ("auto", "float8", "float8-emulated")
 #: FP8 GEMMs (``torch._scaled_mm``) need a GPU of at least this CUDA compute capability (Ada, Hopper and later).
 FLOAT8_MIN_CAPABILITY = (8, 9)
 #: ``compile="auto"`` compiles on CUDA only for runs of at least this many optimizer steps:
@@ -74,7 +74,7 @@ class TrainConfig:
     compile: str = (
         "auto"  # torch.compile the training step, attention as an eager island: "auto" (CUDA, >= COMPILE_MIN_STEPS steps), "on", "off"
     )
-    precision: str = "auto"  # "auto": bfloat16 autocast on CUDA, float32 on CPU; "float8": also FP8 GEMMs (use_float8_training)
+    precision: str = "auto"  # "auto": bfloat16 autocast on CUDA, float32 on CPU; "float8" also FP8 GEMMs; "float8-emulated" anywhere
 
 
 @dataclass
@@ -168,8 +168,8 @@ def place_for_training(model, device: str, precision: str = "auto"):
     On CUDA this also allows TF32 matmuls (for what autocast leaves in float32) and computes the
     patch embedding as one GEMM (:func:`swan_anomaly.modeling.patch_embedding_as_matmul`: the same
     weights and function, 1.025x the compiled training step on an H200). ``precision="float8"``
-    also makes the linear layers FP8 GEMMs (:func:`use_float8_training`); :func:`without_float8`
-    undoes that after training.
+    (or ``"float8-emulated"``) also makes the linear layers FP8 GEMMs (:func:`use_float8_training`);
+    :func:`without_float8` undoes that after training.
 
     Args:
         model: a ``ViTForImageClassification``; moved in place.
@@ -196,8 +196,8 @@ def place_for_training(model, device: str, precision: str = "auto"):
         torch.set_float32_matmul_precision("high")
         patch_embedding_as_matmul(model)
         model.to(target)
-    if precision == "float8":
-        use_float8_training(model, target)
+    if precision != "auto":
+        use_float8_training(model, target, emulate=precision == "float8-emulated")
     return target, (torch.bfloat16 if target.type == "cuda" else None)
 
 
@@ -219,49 +219,61 @@ def check_precision(precision: str, device) -> None:
     """Refuse a training ``precision`` that cannot run on ``device``, before any work: a retry would fail the same way.
 
     Raises:
-        ConfigError: ``precision`` is not one of :data:`PRECISIONS`; or it is ``float8`` and the GPU has
-            no FP8 GEMMs (compute capability below :data:`FLOAT8_MIN_CAPABILITY`), or torchao is not installed.
+        ConfigError: ``precision`` is not one of :data:`PRECISIONS`; or it is ``float8`` and ``device``
+            is not a GPU with FP8 GEMMs (compute capability :data:`FLOAT8_MIN_CAPABILITY` or later); or
+            it is either FP8 one and torchao does not import.
 
     Example:
         >>> check_precision("auto", "cpu")
         >>> check_precision("fp8", "cpu")
         Traceback (most recent call last):
         ...
-        swan_anomaly._errors.ConfigError: precision must be one of ('auto', 'float8'), got 'fp8'
+        swan_anomaly._errors.ConfigError: precision must be one of ('auto', 'float8', 'float8-emulated'), got 'fp8'
     """
-    import importlib.util
-
     import torch
 
     if precision not in PRECISIONS:
         msg = f"precision must be one of {PRECISIONS}, got {precision!r}"
         raise ConfigError(msg)
-    if precision != "float8":
+    if precision == "auto":
         return
     device = torch.device(device)
-    if device.type == "cuda":
-        capability = torch.cuda.get_device_capability(device)
-        if capability < FLOAT8_MIN_CAPABILITY:
+    if precision == "float8":
+        needs = f"precision='float8' needs FP8 GEMMs, on a GPU of compute capability {'.'.join(map(str, FLOAT8_MIN_CAPABILITY))} or later "
+        needs += "(L4, L40S, H100, H200, B200)"
+        if device.type != "cuda":
             msg = (
-                f"precision='float8' needs FP8 GEMMs, on a GPU of compute capability {'.'.join(map(str, FLOAT8_MIN_CAPABILITY))} or later "
-                f"(L4, L40S, H100, H200, B200); {torch.cuda.get_device_name(device)} has {capability[0]}.{capability[1]}. "
-                "Train with precision='auto' (bfloat16) there"
+                f"{needs}; this job runs on {device}. Train with precision='auto' here; 'float8-emulated' runs torchao's "
+                "emulation anywhere, slower than float32, to measure what FP8 rounding does to quality"
             )
             raise ConfigError(msg)
-    if importlib.util.find_spec("torchao") is None:
-        msg = "precision='float8' needs torchao, which is not installed (requirements.txt pins torchao==0.18.0; it needs torch >= 2.11)"
-        raise ConfigError(msg)
+        capability = torch.cuda.get_device_capability(device)
+        if capability < FLOAT8_MIN_CAPABILITY:
+            msg = f"{needs}; {torch.cuda.get_device_name(device)} has {capability[0]}.{capability[1]}. Train with precision='auto' there"
+            raise ConfigError(msg)
+    try:
+        import torchao.float8  # noqa: F401  (installed against another torch, it may be found and still not import)
+    except Exception as exc:
+        msg = (
+            f"precision={precision!r} needs torchao's float8 training (requirements.txt pins torchao==0.18.0, which needs "
+            f"torch >= 2.11; this is torch {torch.__version__}): {type(exc).__name__}: {exc}"
+        )
+        raise ConfigError(msg) from exc
 
 
-def use_float8_training(model, device) -> int:
+def use_float8_training(model, device, *, emulate: bool = False) -> int:
     """Make ``model``'s linear layers (:func:`float8_linears`) FP8 GEMMs in place, with torchao's float8 training.
 
     Forward GEMMs take e4m3 inputs and weights, backward ones e5m2 gradients, each tensor scaled
     by its own dynamic scale (torchao's tensorwise recipe); weights, gradients and the optimizer
-    stay in full precision, and so do the state dict and a saved checkpoint. On CUDA the GPU must
-    have FP8 GEMMs (compute capability :data:`FLOAT8_MIN_CAPABILITY` or later: L4, L40S, H100, H200,
-    B200; not a T4 or an A100). Elsewhere torchao emulates them (the same rounding in float32, and
-    slower than plain float32): that is for tests and for measuring the rounding's effect on quality.
+    stay in full precision, and so do the state dict and a saved checkpoint. The GEMMs' inner
+    dimension is padded to a multiple of 16 where it is not (the weight gradient's is batch x
+    tokens: 197 tokens for ViT-B/16, so any batch size that is not a multiple of 16).
+
+    Without ``emulate`` the device must be a GPU with FP8 GEMMs (:func:`check_precision`). With
+    it, torchao emulates them on any device: the operands rounded as FP8 GEMMs round them, the
+    products in the model's dtype (a GPU's FP8 GEMM accumulates its own way). That is slower than
+    plain float32, and is for tests and for measuring what the rounding does to quality.
 
     Returns:
         How many linear layers now run FP8 GEMMs.
@@ -272,19 +284,40 @@ def use_float8_training(model, device) -> int:
     import torch
 
     device = torch.device(device)
-    check_precision("float8", device)
+    check_precision("float8-emulated" if emulate else "float8", device)
     from torchao.float8 import Float8LinearConfig, convert_to_float8_training
     from torchao.float8.float8_linear import Float8Linear
 
-    emulate = device.type != "cuda"
-    if emulate:
-        log.warning("precision='float8' on %s: torchao emulates the FP8 GEMMs (the same rounding, slower than float32)", device)
-    convert_to_float8_training(model, config=Float8LinearConfig(emulate=emulate), module_filter_fn=float8_linears)
+    config = Float8LinearConfig(emulate=emulate, pad_inner_dim=True)
+    convert_to_float8_training(model, config=config, module_filter_fn=float8_linears)
     converted = sum(1 for m in model.modules() if isinstance(m, Float8Linear))
     linears = sum(1 for m in model.modules() if isinstance(m, torch.nn.Linear))
-    scaling = "tensorwise dynamic scaling, emulated" if emulate else "tensorwise dynamic scaling"
-    log.info("FP8 GEMMs (torchao, %s) in %d of %d linear layers", scaling, converted, linears)
+    how = "emulated, slower than float32" if emulate else "on the GPU"
+    log.info("FP8 GEMMs (torchao, tensorwise dynamic scaling, %s) in %d of %d linear layers", how, converted, linears)
     return converted
+
+
+def _swap_float8(model) -> list:
+    """Put a plain ``torch.nn.Linear`` on the same parameters in place of each of torchao's FP8 linear layers of ``model``.
+
+    Returns ``(parent, name, FP8 layer)`` for each swap, to put it back.
+    """
+    import sys
+
+    import torch
+
+    float8 = sys.modules.get("torchao.float8.float8_linear")  # not imported: no FP8 layer can exist
+    if float8 is None:
+        return []
+    swapped = []
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, float8.Float8Linear):
+                plain = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None, device="meta")
+                plain.weight, plain.bias = child.weight, child.bias
+                setattr(parent, name, plain.train(child.training))
+                swapped.append((parent, name, child))
+    return swapped
 
 
 def without_float8(model):
@@ -294,20 +327,23 @@ def without_float8(model):
     layers from the checkpoint, so the training job's own scores (threshold, metrics, novelty bank)
     come from the same function. A model without FP8 layers comes back unchanged.
     """
-    import sys
-
-    import torch
-
-    float8 = sys.modules.get("torchao.float8.float8_linear")  # not imported: no FP8 layer can exist
-    if float8 is None:
-        return model
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, float8.Float8Linear):
-                plain = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None, device="meta")
-                plain.weight, plain.bias = child.weight, child.bias
-                setattr(parent, name, plain.train(child.training))
+    _swap_float8(model)
     return model
+
+
+@contextlib.contextmanager
+def plain_linears(model):
+    """Within the block, ``model``'s FP8 linear layers are plain ones on the same parameters; after it, FP8 again.
+
+    Each epoch's validation runs in it, so early stopping picks the epoch whose model, as it will
+    be served, does best.
+    """
+    swapped = _swap_float8(model)
+    try:
+        yield model
+    finally:
+        for parent, name, layer in swapped:
+            setattr(parent, name, layer)
 
 
 def make_optimizer(model, cfg: TrainConfig, *, total_steps: int):
@@ -448,7 +484,9 @@ def train_classifier(model, train: tuple, val: tuple, spec, cfg: TrainConfig, *,
     device, autocast_dtype = place_for_training(model, cfg.device, cfg.precision)
     step_model, attention = model, model.config._attn_implementation
     steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
-    if cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda" and steps_per_epoch * cfg.epochs >= COMPILE_MIN_STEPS):
+    # FP8 pays only compiled: eager, torchao's scaling and casts are kernels of their own
+    long_enough = steps_per_epoch * cfg.epochs >= COMPILE_MIN_STEPS or cfg.precision == "float8"
+    if cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda" and long_enough):
         from swan_anomaly.modeling import compile_model
 
         step_model = compile_model(model)
@@ -494,7 +532,8 @@ def train_classifier(model, train: tuple, val: tuple, spec, cfg: TrainConfig, *,
                 last_progress = time.perf_counter()
         train_loss = running.item() / len(x_train)
         elapsed = time.perf_counter() - started
-        val_loss, val_logits = evaluate(model, x_val, y_val, spec, cfg.batch_size)
+        with plain_linears(model):  # validated as it will be served
+            val_loss, val_logits = evaluate(model, x_val, y_val, spec, cfg.batch_size)
         m = anomaly_metrics(y_val.numpy(), anomaly_scores(val_logits))
         result = EpochResult(epoch, train_loss, val_loss, m["auroc"], m["f1"], len(x_train) / elapsed)
         history.append(result)
