@@ -36,8 +36,10 @@ on a CPU), --seed (42), --json OUT,
 --keep DIR (use DIR, empty or new, as SWAN_HOME and keep it), --compare-cpu-precision
 bfloat16 (score the same images again with the pyfunc in that precision on CPU, as
 SWAN_SERVING_CPU_PRECISION serves it, and print the score differences and every AUROC both
-ways), --compare-gelu tanh (the same with the served model's exact GELU replaced by its tanh
-approximation, which cuBLASLt's GEMM epilogue computes: a probe, not a served path), --smoke (vit-micro-offline, 2
+ways), --compare-served VARIANT (repeatable; the same with the loaded served model changed, a probe
+and not a served path: gelu-tanh replaces its exact GELU by the tanh approximation that cuBLASLt's
+GEMM epilogue computes; float8-emulated rounds every linear layer's input and weight to e4m3 with
+one dynamic scale per tensor, as FP8 serving's GEMMs would, emulated by torchao), --smoke (vit-micro-offline, 2
 epochs, 3 videos of 16 s at one frame a second, anomaly ratio 0.75, no leave-one-family-out
 report: a minute or two on a laptop, for tests). Explicit options win over --smoke's.
 
@@ -77,6 +79,33 @@ GOALS = (
     ("unseen", "unseen kinds: mean AUROC (decision_score)", 0.90),
     ("lofo", "leave-one-family-out: worst unseen-family AUROC", 0.85),
 )
+
+
+def _gelu_tanh(model) -> str:
+    """Each exact GELU of ``model`` as its tanh approximation (what cuBLASLt's GEMM epilogue computes)."""
+    import torch
+
+    swapped = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child).__name__ == "GELUActivation" or (isinstance(child, torch.nn.GELU) and child.approximate == "none"):
+                setattr(parent, name, torch.nn.GELU(approximate="tanh"))
+                swapped += 1
+    if not swapped:
+        raise SystemExit(f"--compare-served gelu-tanh: the served model has no exact GELU to replace ({type(model).__name__})")
+    return f"GELU -> tanh approximation in {swapped} layers"
+
+
+def _float8_emulated(model) -> str:
+    """``model``'s linear layers (not the 2-class head) with e4m3 inputs and weights, one dynamic scale per tensor (torchao, emulated)."""
+    from swan_anomaly.trainer import use_float8_training
+
+    converted = use_float8_training(model, next(model.parameters()).device, emulate=True)
+    return f"FP8 GEMMs (emulated) in {converted} linear layers"
+
+
+#: ``--compare-served`` variants: name -> function changing the loaded served model in place (returns what it did).
+SERVED_VARIANTS = {"gelu-tanh": _gelu_tanh, "float8-emulated": _float8_emulated}
 DATASET_ID = "20260101"
 RUN_ID = "quality_bench"
 SMOKE = {"model": "vit-micro-offline", "epochs": 2, "seconds": 16.0, "every_seconds": 1.0, "anomaly_ratio": 0.75, "generalization": "off"}
@@ -127,10 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep", type=Path, help="use this folder (empty or new) as SWAN_HOME and keep it")
     parser.add_argument("--smoke", action="store_true", help="tiny and quick: for tests, not for figures")
     parser.add_argument(
-        "--compare-gelu",
-        choices=["tanh"],
-        help="score the same images again with the served model's exact GELU replaced by this approximation (cuBLASLt's GEMM "
-        "epilogue computes the tanh one), and compare",
+        "--compare-served",
+        choices=list(SERVED_VARIANTS),
+        action="append",
+        default=[],
+        help="score the same images again with the served model changed so (a probe, not a served path), and compare; repeatable",
     )
     parser.add_argument(
         "--compare-cpu-precision",
@@ -241,23 +271,13 @@ def run_spark_jobs(args: argparse.Namespace, settings) -> dict:
 class Scorer:
     """The logged pyfunc, loaded once: every score column it returns, plus the decision score."""
 
-    def __init__(self, model_uri: str, threshold: float, *, gelu: str = "exact") -> None:
+    def __init__(self, model_uri: str, threshold: float, *, variant: str | None = None) -> None:
         import mlflow.pyfunc
 
         self.model = mlflow.pyfunc.load_model(model_uri)
-        if gelu != "exact":  # a probe of this benchmark, not a served path: the loaded model's GELUs, swapped
-            import torch
-
-            served = self.model.unwrap_python_model().model
-            swapped = 0
-            for parent in list(served.modules()):
-                for name, child in list(parent.named_children()):
-                    if type(child).__name__ == "GELUActivation" or (isinstance(child, torch.nn.GELU) and child.approximate == "none"):
-                        setattr(parent, name, torch.nn.GELU(approximate=gelu))
-                        swapped += 1
-            if not swapped:
-                raise SystemExit(f"--compare-gelu: the served model has no exact GELU to replace ({type(served).__name__})")
-            progress(f"GELU -> {gelu} approximation in {swapped} layers of the served model")
+        if variant:  # a probe of this benchmark, not a served path: the loaded model, changed in place
+            changed = SERVED_VARIANTS[variant](self.model.unwrap_python_model().model)
+            progress(f"served model changed for --compare-served {variant}: {changed}")
         self.threshold = threshold
         self.anomaly_scores: list[np.ndarray] = []  # every call's anomaly_score, in call order
 
@@ -306,7 +326,7 @@ def measure(abnormal: dict[str, np.ndarray], normal: dict[str, np.ndarray], boun
     return {"abnormal": n_abnormal, "normal": n_normal, "small": min(n_abnormal, n_normal) < SMALL, "scores": scores}
 
 
-def score_test_split(args: argparse.Namespace, settings, result: dict, *, gelu: str = "exact") -> dict:
+def score_test_split(args: argparse.Namespace, settings, result: dict, *, variant: str | None = None) -> dict:
     """Seen families and unseen kinds on the test split, from the raw lake, with the logged pyfunc.
 
     ``all_anomaly_scores`` is every anomaly score it computed, in order (the same order for the same result).
@@ -317,7 +337,7 @@ def score_test_split(args: argparse.Namespace, settings, result: dict, *, gelu: 
     from swan_anomaly.scoring import score_rows
 
     lake = LocalLake(settings.lake_root)
-    scorer = Scorer(result["model_uri"], float(result["threshold"]), gelu=gelu)
+    scorer = Scorer(result["model_uri"], float(result["threshold"]), variant=variant)
     rows = result["held_out"]["test"]
     extra: list[dict[str, np.ndarray]] = []
 
@@ -383,11 +403,11 @@ def compare_precision(args: argparse.Namespace, settings, result: dict, referenc
     return {"precision": args.compare_cpu_precision} | compare_scores(result, reference, other, label=args.compare_cpu_precision)
 
 
-def compare_gelu(args: argparse.Namespace, settings, result: dict, reference: dict) -> dict:
-    """Score everything again with the served model's exact GELU replaced by ``--compare-gelu``'s approximation;
+def compare_served(args: argparse.Namespace, settings, result: dict, reference: dict, variant: str) -> dict:
+    """Score everything again with the served model changed as ``--compare-served variant`` says (:data:`SERVED_VARIANTS`);
     :func:`compare_scores` against ``reference`` (the model as served)."""
-    other = score_test_split(args, settings, result, gelu=args.compare_gelu)
-    return {"gelu": args.compare_gelu} | compare_scores(result, reference, other, label=args.compare_gelu)
+    other = score_test_split(args, settings, result, variant=variant)
+    return compare_scores(result, reference, other, label=variant)
 
 
 def compare_scores(result: dict, reference: dict, other: dict, *, label: str) -> dict:
@@ -508,11 +528,9 @@ def report(args: argparse.Namespace, figures: dict) -> None:
     )
     worst = figures["lofo"]["worst_unseen_auroc"]
     print(f"worst unseen-family AUROC: {'n/a' if worst is None else f'{worst:.4f}'}")
-    for key, what, against in (
-        ("cpu_precision_comparison", "CPU serving in {}", "float32"),
-        ("gelu_comparison", "the served model with GELU's {} approximation", "the exact GELU"),
-    ):
-        c = figures.get(key)
+    comparisons = [("CPU serving in {}", "float32", figures.get("cpu_precision_comparison"))]
+    comparisons += [("the served model changed: {}", "the model as served", c) for c in figures.get("served_comparisons", {}).values()]
+    for what, against, c in comparisons:
         if not c:
             continue
         print(
@@ -520,10 +538,10 @@ def report(args: argparse.Namespace, figures: dict) -> None:
             f"by at most {c['max_abs_score_difference']:.2e} (mean {c['mean_abs_score_difference']:.2e}); "
             f"{c['threshold_flips']} change side of the threshold"
         )
-        print(f"{'':<22} {'anomaly AUROC as served':>24} {c['label']:>11} {'decision AUROC as served':>25} {c['label']:>11}")
+        print(f"{'':<22} {'anomaly AUROC before':>21} {c['label']:>15} {'decision AUROC before':>22} {c['label']:>15}")
         for name, cols in c["auroc"].items():
             (a_ref, a_new), (d_ref, d_new) = cols["anomaly_score"], cols["decision_score"]
-            print(f"{name:<22} {_num(a_ref):>24} {_num(a_new):>11} {_num(d_ref):>25} {_num(d_new):>11}")
+            print(f"{name:<22} {_num(a_ref):>21} {_num(a_new):>15} {_num(d_ref):>22} {_num(d_new):>15}")
     print("\ngoals")
     for g in figures["goals"]:
         value = "n/a" if g["value"] is None else f"{g['value']:.4f}"
@@ -586,16 +604,17 @@ def run(args: argparse.Namespace, home: Path, command: str) -> dict:
     result = run_training(lake_root=settings.lake_root, dataset_id=DATASET_ID, run_id=RUN_ID, config=config, settings=settings)
     stage("training")
     progress(f"trained: {result['epochs_run']} epochs, threshold {result['threshold']:.4f}; scoring with {result['model_uri']}")
-    if args.compare_cpu_precision or args.compare_gelu:
+    if args.compare_cpu_precision or args.compare_served:
         os.environ["SWAN_SERVING_CPU_PRECISION"] = "float32"  # the reference of the comparison, whatever the environment said
     scores = score_test_split(args, settings, result)
     stage("scoring")
     precision = compare_precision(args, settings, result, scores) if args.compare_cpu_precision else None
     if precision:
         stage("scoring_" + args.compare_cpu_precision)
-    gelu = compare_gelu(args, settings, result, scores) if args.compare_gelu else None
-    if gelu:
-        stage("scoring_gelu_" + args.compare_gelu)
+    served = {}
+    for variant in dict.fromkeys(args.compare_served):
+        served[variant] = compare_served(args, settings, result, scores, variant)
+        stage("scoring_" + variant)
     scores.pop("all_anomaly_scores")
     import mlflow
 
@@ -622,7 +641,7 @@ def run(args: argparse.Namespace, home: Path, command: str) -> dict:
         },
         "scores": scores,
         "cpu_precision_comparison": precision,
-        "gelu_comparison": gelu,
+        "served_comparisons": served,
         "lofo": {"table": result["generalization"], "worst_unseen_auroc": result["generalization_min_unseen_auroc"]},
     }
     figures["goals"] = goals(scores, result)
