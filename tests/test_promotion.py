@@ -95,9 +95,14 @@ def world(tmp_path_factory):
     layers = default_layers(good.config.num_hidden_layers)
     patches = patch_features_of(good, x[y == 1][:4], spec, layers)
     broken = NoveltyBank(patches.reshape(-1, patches.shape[-1]), scale=1e-6, layers=layers)
+    import copy
+
+    nan = copy.deepcopy(good)  # broken weights: every anomaly_score NaN, which every client reads as "normal"
+    with torch.no_grad():
+        nan.classifier.bias.fill_(float("nan"))
     uris = {}
     experiment = ensure_experiment(s)
-    for name, model, bank in (("good", good, None), ("constant", constant, None), ("noisy", good, broken)):
+    for name, model, bank in (("good", good, None), ("constant", constant, None), ("noisy", good, broken), ("nan", nan, None)):
         with mlflow.start_run(experiment_id=experiment, run_name=f"promotion-test-{name}") as run:
             mlflow.log_metrics({"val_auroc": 1.0, "val_f1": 1.0})  # what the model claims of its own (other) data
             info = log_served_model(
@@ -268,6 +273,37 @@ def test_the_gate_refuses_a_challenger_whose_served_decision_calls_the_normal_im
     good = _register(world, model_name, "good", "scheduled__2")
     assert gate_model(_ctx(), _registered(model_name, good, world, "good")) == "promote_model"
     assert world["lake"].read_result(RUN_ID, "gate")["reports"]["challenger"]["decision_false_alarm_rate"] <= 0.5
+
+
+def test_a_challenger_that_scores_nan_is_refused_and_a_champion_that_does_bars_nothing(world, model_name):
+    """NaN scores crashed the gate ("Input contains NaN", retried): a broken champion then blocked every challenger for good.
+
+    A served NaN anomaly_score is read as "normal" by every client (NaN >= threshold is false).
+    """
+    from swan_airflow.runtime import registry_client
+    from swan_airflow.steps.promotion import gate_model
+    from swan_anomaly.registry import promote
+
+    nan = _register(world, model_name, "nan", "scheduled__1")
+    assert gate_model(_ctx(), _registered(model_name, nan, world, "nan")) == "keep_champion"
+    gate = world["lake"].read_result(RUN_ID, "gate")
+    assert not gate["passed"] and not gate["promote"]
+    why = "no finite anomaly_score for 24 of 24 validation images (first: 20261115/anomalies/v1/frame_01000.png)"
+    assert gate["broken"] == {"challenger": why}
+    assert gate["reasons"][0].startswith(f"the challenger is broken: {why}")
+    assert gate["reports"]["challenger"]["broken"] == why
+    from swan_airflow.steps.report import _gate
+
+    summary = _gate(gate)  # the run summary says so, not "too small to measure"
+    assert summary["broken"] == {"challenger": why} and summary["reports"]["challenger"]["auroc_text"] == f"not measured: {why}"
+
+    # a broken champion (forced in, say) bars nothing: a sound challenger replaces it, judged on the thresholds alone
+    promote(registry_client(), model_name, nan)
+    good = _register(world, model_name, "good", "scheduled__2")
+    assert gate_model(_ctx(), _registered(model_name, good, world, "good")) == "promote_model"
+    gate = world["lake"].read_result(RUN_ID, "gate")
+    assert gate["passed"] and gate["champion_version"] == nan and gate["broken"] == {"champion": why}
+    assert gate["reports"]["challenger"]["auroc"] >= 0.9
 
 
 @pytest.mark.slow

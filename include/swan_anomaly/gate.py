@@ -155,9 +155,12 @@ def decide(
 
     Args:
         challenger: metrics of the challenger (``auroc``, ``f1``, optionally ``unseen_auroc`` and
-            ``decision_false_alarm_rate``).
+            ``decision_false_alarm_rate``), and ``broken``: why its scores are unusable (NaN or infinite
+            for some images), or None. A broken challenger is refused.
         champion: the champion's metrics on the same rows, or None (no champion, or the
-            challenger already is the champion). Only metrics both carry are compared.
+            challenger already is the champion). Only metrics both carry are compared: a champion
+            whose scores are broken comes without metrics (and with ``broken``), so it bars nothing
+            while its line's ``references`` still do.
         mode: :class:`GateMode`; ``dry_run`` and ``disabled`` promote whatever the outcome (the DAG's
             ``gate_model`` asks such an override for what ``force_promote`` needs).
         thresholds: absolute minimums by metric name (default :func:`promotion_thresholds`).
@@ -189,6 +192,11 @@ def decide(
     small = too_small(class_counts, min_images_per_class)
     if small:
         reasons.append(f"{small}; the gate refuses to decide on noise (gate_min_images_per_class)")
+    if challenger.get("broken"):
+        reasons.append(
+            f"the challenger is broken: {challenger['broken']}; every client reads a NaN anomaly_score as normal "
+            "(NaN >= threshold is false)"
+        )
     for name, t in thresholds.items():
         value = challenger.get(name)
         if value is None or not math.isfinite(value) or value < t.minimum:  # NaN compares False with anything: refuse it

@@ -199,6 +199,23 @@ def gate_override(params, mode, record: dict) -> str | None:
     return None
 
 
+def _non_finite(anomaly, rows) -> str | None:
+    """Why the ``anomaly`` scores of ``rows`` are unusable (some are NaN or infinite), or None.
+
+    Example:
+        >>> import numpy as np
+        >>> _non_finite(np.array([0.1, np.nan, np.inf]), [["d", "a.png"], ["d", "b.png"], ["d", "c.png"]])
+        'no finite anomaly_score for 2 of 3 validation images (first: d/b.png)'
+    """
+    import numpy as np
+
+    bad = np.flatnonzero(~np.isfinite(anomaly))
+    if not len(bad):
+        return None
+    first = rows[int(bad[0])]
+    return f"no finite anomaly_score for {len(bad)} of {len(rows)} validation images (first: {first[0]}/{first[1]})"
+
+
 def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_version: str | None, mode: GateMode) -> dict:
     """Score both models on the challenger's validation rows, decide, and record it (MLflow and model version tags)."""
     from swan_airflow.runtime import read_held_out_rows, settings
@@ -247,9 +264,21 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
     log.info("gate: scoring %s on the %d validation images %s", ", ".join(f"{k} v{v}" for k, v in models.items()), len(rows), counts)
     scores = score_rows(store, rows, scorers)
     labels = labels_of(rows)
+    # a model with no finite anomaly_score for an image is broken: every client reads NaN as "normal" (NaN >= threshold is false)
+    broken = {who: _non_finite(scores[who][:, 0], rows) for who in models}
+    broken = {who: why for who, why in broken.items() if why}
+    for who, why in broken.items():
+        log.warning("gate: %s v%s is broken: %s", who, models[who], why)
+        if who.startswith("reference_v"):  # no bar, as an unloadable one
+            unavailable[models[who]] = why
+    models = {who: v for who, v in models.items() if not (who.startswith("reference_v") and who in broken)}
     reports = {}
     for who, v in models.items():
         threshold = stored_threshold(client, name, v)
+        if who in broken:  # no metric of scores that are not numbers: each one is NaN, which no threshold passes
+            reports[who] = {k: float("nan") for k in LOGGED_METRICS} | {"auroc_ci": None, "threshold": threshold}
+            reports[who] |= {"version": v, "broken": broken[who]}
+            continue
         report = evaluation_report(labels, scores[who][:, 0], threshold=threshold, seed=params["seed"])
         _, rate = decision_false_alarms(labels, scores[who][:, 0], scores[who][:, 1], threshold=threshold)
         reports[who] = {**report, "decision_false_alarm_rate": rate, "version": v}
@@ -257,12 +286,15 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
     if params.get("gate_min_unseen_auroc") is not None:
         thresholds["unseen_auroc"] = MinThreshold(params["gate_min_unseen_auroc"])
     challenger = {
+        "broken": broken.get("challenger"),
         "auroc": reports["challenger"]["auroc"],
         "f1": reports["challenger"]["f1"],
         "unseen_auroc": registered.get("unseen_auroc"),
         "decision_false_alarm_rate": reports["challenger"]["decision_false_alarm_rate"],
     }
     champion = {k: reports["champion"][k] for k in ("auroc", "f1", "version")} if "champion" in reports else None
+    if "champion" in broken:  # no metric to compare with: it bars nothing, as a broken reference; its line still binds
+        champion = {"version": champion_version, "broken": broken["champion"]}
     measured = {m: reports[f"reference_v{v}"] for m, v in named.items() if v not in unavailable}
     references = {m: {k: report[k] for k in ("auroc", "f1", "version")} for m, report in measured.items()}
     through = {who: data_through(client, name, v) for who, v in models.items() if who in ("challenger", "champion")}
@@ -321,6 +353,7 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
         "reasons_at_defaults": strict.reasons,
         "references": {m: r["version"] for m, r in references.items()},  # the champion's line, per metric, judged against
         "references_unavailable": unavailable,
+        "broken": broken,  # who scored NaN or infinity: a broken challenger is refused, a broken champion or reference bars nothing
         "line_references": line,  # this version's gate_reference tag: takes effect once it is champion
     }
     _log_to_mlflow(client, registered["mlflow_run_id"], reports, record)

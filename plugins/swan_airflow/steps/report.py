@@ -124,8 +124,11 @@ def _gate(gate: dict | None) -> dict | None:
         return None
     keys = ("auroc", "auroc_ci", "f1", "recall", "decision_false_alarm_rate", "threshold", "version", "abnormal", "normal")
     reports = {who: _split_report(r, keys) for who, r in (gate.get("reports") or {}).items()}
+    for who, r in (gate.get("reports") or {}).items():
+        if r.get("broken"):  # its scores are not numbers: nothing was measured, and not for want of images
+            reports[who]["auroc_text"] = f"not measured: {r['broken']}"
     # thresholds used, and the verdict at the deployment's: a pass that lowered Params alone allowed is an override (forced)
-    shown = ("mode", "passed", "promote", "reasons", "measurable", "images", "champion_version", "forced", "thresholds")
+    shown = ("mode", "passed", "promote", "reasons", "measurable", "images", "champion_version", "forced", "thresholds", "broken")
     return {k: gate.get(k) for k in (*shown, "passed_at_defaults", "reasons_at_defaults")} | {"reports": reports}
 
 
