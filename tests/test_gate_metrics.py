@@ -141,6 +141,28 @@ def test_endpoint_checks_parity_then_quality_and_an_outcome_follows_from_what_ch
     assert outcome_for(none, new_version=True, previous="3") is Outcome.ROLLED_BACK
 
 
+def test_an_endpoint_that_serves_nan_fails_its_check_instead_of_crashing_it():
+    """evaluation_report raised "Input contains NaN": a broken served model failed its validation with no reason given."""
+    from swan_anomaly.serving.validation import EndpointPolicy, Outcome, check_endpoint, outcome_for
+
+    labels = np.repeat([0, 1], 30)
+    good = np.r_[np.linspace(0.6, 0.99, 30), np.linspace(0.01, 0.4, 30)]
+    broken = good.copy()
+    broken[[3, 40]] = np.nan  # a client reads NaN as "normal": NaN >= threshold is false
+    same = check_endpoint(labels, broken, broken, threshold=0.5, policy=EndpointPolicy())  # the registered model, served as it is
+    assert same.parity and same.max_difference == 0.0 and not same.passed and not same.measured and same.report is None
+    assert same.reasons == [
+        "the endpoint serves no finite anomaly_score for 2 of 60 held-out images (first image 3): "
+        "every client reads NaN as normal (NaN >= threshold is false)"
+    ]
+    assert outcome_for(same, new_version=True, previous="3") is Outcome.ROLLED_BACK
+    assert outcome_for(same, new_version=False, previous=None) is Outcome.DRIFT
+    # NaN on one side only: the endpoint does not serve the registered model
+    other = check_endpoint(labels, broken, good, threshold=0.5, policy=EndpointPolicy())
+    assert not other.parity and other.max_difference == np.inf and "2 of 60 scores differ" in other.reasons[0]
+    assert outcome_for(other, new_version=False, previous=None) is Outcome.MISMATCH
+
+
 def test_endpoint_policy_reads_its_settings_and_refuses_bad_ones():
     from swan_anomaly import ConfigError
     from swan_anomaly.serving.validation import DriftAction, EndpointPolicy

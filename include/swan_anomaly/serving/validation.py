@@ -140,7 +140,12 @@ def check_endpoint(
     labels = np.asarray(labels)
     if len(labels) == 0:  # parity over no image holds vacuously: say that nothing was checked
         return EndpointCheck(False, None, False, None, ["no held-out test images to validate the endpoint on: nothing was checked"])
-    difference = np.abs(np.asarray(endpoint_scores, dtype=np.float64) - np.asarray(registry_scores, dtype=np.float64))
+    endpoint_scores = np.asarray(endpoint_scores, dtype=np.float64)
+    registry_scores = np.asarray(registry_scores, dtype=np.float64)
+    # the same NaN on both sides is the registered model served as it is (broken, judged below); NaN on one side is no parity
+    both_nan = np.isnan(endpoint_scores) & np.isnan(registry_scores)
+    difference = np.nan_to_num(np.abs(endpoint_scores - registry_scores), nan=np.inf)
+    difference[both_nan] = 0.0
     max_difference = float(difference.max()) if len(difference) else 0.0
     reasons = []
     parity = max_difference <= policy.parity_tolerance
@@ -165,6 +170,13 @@ def check_endpoint(
     small = too_small(counts, policy.min_images_per_class, split="held-out test")
     if small:
         return EndpointCheck(parity, max_difference, False, None, reasons, note=f"{small}; quality not judged, parity checked")
+    broken = np.flatnonzero(~np.isfinite(endpoint_scores))
+    if len(broken):
+        reasons.append(
+            f"the endpoint serves no finite anomaly_score for {len(broken)} of {len(labels)} held-out images (first image "
+            f"{int(broken[0])}): every client reads NaN as normal (NaN >= threshold is false)"
+        )
+        return EndpointCheck(parity, max_difference, False, None, reasons, note="quality not judged: the scores are not all numbers")
     report = evaluation_report(labels, endpoint_scores, threshold=threshold, seed=seed)
     false_alarms = decision_false_alarms(labels, endpoint_scores, endpoint_novelty, threshold=threshold)
     report["decision_false_alarms"], report["decision_false_alarm_rate"] = false_alarms
