@@ -7,7 +7,7 @@ or vit-tiny-offline; a hub id such as google/vit-base-patch16-224 or a local dir
 --lofo-epochs (15), --compile (auto | on | off: torch.compile the training step; auto = on CUDA for
 runs of at least 500 optimizer steps, where the ~30 s of compilation pays back),
 --precision (default: SWAN_TRAINING_PRECISION or auto; float8: FP8 GEMMs through torchao, on a GPU of
-compute capability 8.9 or later),
+compute capability 8.9 or later; float8-emulated: torchao's emulation of them, anywhere, slower),
 --window-days (1: days of gold partitions to train on, ending with --dataset-id's date; the
 partitions of those days, YYYYMMDD and YYYYMMDD-videos-<digest>, none of a later day; a group that
 landed twice is kept from its newest partition; at least 1), --seed, --git-sha, --dag-id.
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--precision",
         choices=list(PRECISIONS),
         default=settings.training_precision,
-        help="auto: bfloat16 autocast on a GPU, float32 on CPU; float8: also FP8 GEMMs (torchao)",
+        help="auto: bfloat16 autocast on a GPU, float32 on CPU; float8: also FP8 GEMMs (torchao); float8-emulated: their emulation",
     )
     parser.add_argument("--window-days", type=window_days, default=1, help="days of gold partitions to train on, ending with --dataset-id")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
