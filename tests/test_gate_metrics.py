@@ -148,19 +148,21 @@ def test_an_endpoint_that_serves_nan_fails_its_check_instead_of_crashing_it():
     labels = np.repeat([0, 1], 30)
     good = np.r_[np.linspace(0.6, 0.99, 30), np.linspace(0.01, 0.4, 30)]
     broken = good.copy()
-    broken[[3, 40]] = np.nan  # a client reads NaN as "normal": NaN >= threshold is false
-    same = check_endpoint(labels, broken, broken, threshold=0.5, policy=EndpointPolicy())  # the registered model, served as it is
-    assert same.parity and same.max_difference == 0.0 and not same.passed and not same.measured and same.report is None
-    assert same.reasons == [
+    broken[[3, 30]] = np.nan  # a client reads NaN as "normal": NaN >= threshold is false
+    why = (
         "the endpoint serves no finite anomaly_score for 2 of 60 held-out images (first image 3): "
-        "every client reads NaN as normal (NaN >= threshold is false)"
-    ]
-    assert outcome_for(same, new_version=True, previous="3") is Outcome.ROLLED_BACK
-    assert outcome_for(same, new_version=False, previous=None) is Outcome.DRIFT
-    # NaN on one side only: the endpoint does not serve the registered model
-    other = check_endpoint(labels, broken, good, threshold=0.5, policy=EndpointPolicy())
-    assert not other.parity and other.max_difference == np.inf and "2 of 60 scores differ" in other.reasons[0]
-    assert outcome_for(other, new_version=False, previous=None) is Outcome.MISMATCH
+        "a client reads NaN as normal (NaN >= threshold is false)"
+    )
+    # the registered model served as it is (NaN in the registry too), or another model: either way it fails, and so does the run
+    for registry in (broken, good):
+        check = check_endpoint(labels, broken, registry, threshold=0.5, policy=EndpointPolicy())
+        assert not check.parity and not check.passed and not check.measured and check.report is None
+        assert check.max_difference == np.inf and check.reasons[-1] == why
+        assert outcome_for(check, new_version=True, previous="3") is Outcome.ROLLED_BACK
+        assert outcome_for(check, new_version=False, previous=None) is Outcome.MISMATCH  # a broken champion is no mere drift
+    # a split too small to judge quality on still checks this
+    few = check_endpoint(labels[25:35], broken[25:35], broken[25:35], threshold=0.5, policy=EndpointPolicy())
+    assert not few.passed and few.reasons[-1].startswith("the endpoint serves no finite anomaly_score for 1 of 10 held-out images")
 
 
 def test_endpoint_policy_reads_its_settings_and_refuses_bad_ones():

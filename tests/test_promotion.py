@@ -304,6 +304,37 @@ def test_a_challenger_that_scores_nan_is_refused_and_a_champion_that_does_bars_n
     gate = world["lake"].read_result(RUN_ID, "gate")
     assert gate["passed"] and gate["champion_version"] == nan and gate["broken"] == {"champion": why}
     assert gate["reports"]["challenger"]["auroc"] >= 0.9
+    assert gate["reports"]["champion"]["auroc"] is None  # JSON has no NaN: nothing measured, and "broken" says why
+
+
+@pytest.mark.slow
+def test_a_broken_champion_s_line_still_binds_and_a_broken_reference_bars_nothing(world, model_name):
+    import json
+
+    from swan_airflow.runtime import registry_client
+    from swan_airflow.steps.promotion import gate_model
+    from swan_anomaly.registry import GATE_REFERENCE_TAG, promote, tag_version
+
+    client = registry_client()
+    why = "no finite anomaly_score for 24 of 24 validation images (first: 20261115/anomalies/v1/frame_01000.png)"
+    good = _register(world, model_name, "good", "scheduled__1")
+    nan = _register(world, model_name, "nan", "scheduled__2")
+    # the broken champion's line: the good version, in both metrics
+    promote(client, model_name, nan)
+    tag_version(client, model_name, nan, {GATE_REFERENCE_TAG: json.dumps({"auroc": good, "f1": good})})
+    constant = _register(world, model_name, "constant", "scheduled__3")
+    assert gate_model(_ctx(), _registered(model_name, constant, world, "constant")) == "keep_champion"
+    gate = world["lake"].read_result(RUN_ID, "gate")
+    assert gate["broken"] == {"champion": why} and gate["references"] == {"auroc": good, "f1": good}
+    assert any(f"regresses against v{good}'s" in r for r in gate["reasons"]), gate["reasons"]
+    # a sound champion whose line names the broken version: that reference bars nothing, and is said to
+    promote(client, model_name, good)
+    tag_version(client, model_name, good, {GATE_REFERENCE_TAG: json.dumps({"auroc": nan, "f1": good})})
+    again = _register(world, model_name, "good", "scheduled__4")
+    assert gate_model(_ctx(), _registered(model_name, again, world, "good")) == "promote_model"
+    gate = world["lake"].read_result(RUN_ID, "gate")
+    assert gate["references_unavailable"] == {nan: why} and gate["broken"] == {f"reference_v{nan}": why}
+    assert gate["passed"] and gate["reports"]["champion"]["version"] == good  # the sound champion still judged it
 
 
 @pytest.mark.slow

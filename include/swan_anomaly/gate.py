@@ -194,8 +194,7 @@ def decide(
         reasons.append(f"{small}; the gate refuses to decide on noise (gate_min_images_per_class)")
     if challenger.get("broken"):
         reasons.append(
-            f"the challenger is broken: {challenger['broken']}; every client reads a NaN anomaly_score as normal "
-            "(NaN >= threshold is false)"
+            f"the challenger is broken: {challenger['broken']}; a client reads a NaN anomaly_score as normal " "(NaN >= threshold is false)"
         )
     for name, t in thresholds.items():
         value = challenger.get(name)

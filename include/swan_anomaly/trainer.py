@@ -315,7 +315,7 @@ def _swap_float8(model) -> list:
             if isinstance(child, float8.Float8Linear):
                 plain = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None, device="meta")
                 plain.weight, plain.bias = child.weight, child.bias
-                setattr(parent, name, plain.train(child.training))
+                setattr(parent, name, plain.train(parent.training))
                 swapped.append((parent, name, child))
     return swapped
 
@@ -343,7 +343,7 @@ def plain_linears(model):
         yield model
     finally:
         for parent, name, layer in swapped:
-            setattr(parent, name, layer)
+            setattr(parent, name, layer.train(parent.training))
 
 
 def make_optimizer(model, cfg: TrainConfig, *, total_steps: int):

@@ -141,11 +141,9 @@ def check_endpoint(
     if len(labels) == 0:  # parity over no image holds vacuously: say that nothing was checked
         return EndpointCheck(False, None, False, None, ["no held-out test images to validate the endpoint on: nothing was checked"])
     endpoint_scores = np.asarray(endpoint_scores, dtype=np.float64)
-    registry_scores = np.asarray(registry_scores, dtype=np.float64)
-    # the same NaN on both sides is the registered model served as it is (broken, judged below); NaN on one side is no parity
-    both_nan = np.isnan(endpoint_scores) & np.isnan(registry_scores)
-    difference = np.nan_to_num(np.abs(endpoint_scores - registry_scores), nan=np.inf)
-    difference[both_nan] = 0.0
+    # a score that is not a number matches nothing, not even the registry's own NaN: no parity, whatever the split's size
+    with np.errstate(invalid="ignore"):
+        difference = np.nan_to_num(np.abs(endpoint_scores - np.asarray(registry_scores, dtype=np.float64)), nan=np.inf)
     max_difference = float(difference.max()) if len(difference) else 0.0
     reasons = []
     parity = max_difference <= policy.parity_tolerance
@@ -166,17 +164,17 @@ def check_endpoint(
                 f"the endpoint does not serve the registered model's novelty score: {int(off.sum())} of {len(labels)} novelty scores "
                 f"differ or are missing on one side (first image {worst}: endpoint {served[worst]:.6f}, registry {registered[worst]:.6f})"
             )
+    broken = np.flatnonzero(~np.isfinite(endpoint_scores))
+    if len(broken):  # a broken served model: it fails as a mismatch does (a run with an unchanged champion fails too)
+        reasons.append(
+            f"the endpoint serves no finite anomaly_score for {len(broken)} of {len(labels)} held-out images (first image "
+            f"{int(broken[0])}): a client reads NaN as normal (NaN >= threshold is false)"
+        )
+        return EndpointCheck(False, max_difference, False, None, reasons, note="quality not judged: the scores are not all numbers")
     counts = {LABEL_NAMES[ABNORMAL]: int((labels == ABNORMAL).sum()), LABEL_NAMES[NORMAL]: int((labels == NORMAL).sum())}
     small = too_small(counts, policy.min_images_per_class, split="held-out test")
     if small:
         return EndpointCheck(parity, max_difference, False, None, reasons, note=f"{small}; quality not judged, parity checked")
-    broken = np.flatnonzero(~np.isfinite(endpoint_scores))
-    if len(broken):
-        reasons.append(
-            f"the endpoint serves no finite anomaly_score for {len(broken)} of {len(labels)} held-out images (first image "
-            f"{int(broken[0])}): every client reads NaN as normal (NaN >= threshold is false)"
-        )
-        return EndpointCheck(parity, max_difference, False, None, reasons, note="quality not judged: the scores are not all numbers")
     report = evaluation_report(labels, endpoint_scores, threshold=threshold, seed=seed)
     false_alarms = decision_false_alarms(labels, endpoint_scores, endpoint_novelty, threshold=threshold)
     report["decision_false_alarms"], report["decision_false_alarm_rate"] = false_alarms

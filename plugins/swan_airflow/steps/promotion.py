@@ -264,7 +264,7 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
     log.info("gate: scoring %s on the %d validation images %s", ", ".join(f"{k} v{v}" for k, v in models.items()), len(rows), counts)
     scores = score_rows(store, rows, scorers)
     labels = labels_of(rows)
-    # a model with no finite anomaly_score for an image is broken: every client reads NaN as "normal" (NaN >= threshold is false)
+    # a model with no finite anomaly_score for an image is broken: a client reads NaN as "normal" (NaN >= threshold is false)
     broken = {who: _non_finite(scores[who][:, 0], rows) for who in models}
     broken = {who: why for who, why in broken.items() if why}
     for who, why in broken.items():
@@ -275,8 +275,8 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
     reports = {}
     for who, v in models.items():
         threshold = stored_threshold(client, name, v)
-        if who in broken:  # no metric of scores that are not numbers: each one is NaN, which no threshold passes
-            reports[who] = {k: float("nan") for k in LOGGED_METRICS} | {"auroc_ci": None, "threshold": threshold}
+        if who in broken:  # no metric of scores that are not numbers (None, which no threshold passes; JSON has no NaN)
+            reports[who] = {k: None for k in LOGGED_METRICS} | {"auroc_ci": None, "threshold": threshold}
             reports[who] |= {"version": v, "broken": broken[who]}
             continue
         report = evaluation_report(labels, scores[who][:, 0], threshold=threshold, seed=params["seed"])
@@ -311,6 +311,8 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
         references=references,
     )
     for who, report in reports.items():
+        if report.get("broken"):
+            continue  # said above
         log.info(
             "%s v%s on the same %d rows: AUROC %.4f (95%% CI %s) F1 %.4f recall %.4f at its threshold %.4f; "
             "its served decision calls %.1f%% of the normal images abnormal",
@@ -381,6 +383,8 @@ def _log_to_mlflow(client, mlflow_run_id: str, reports: dict, record: dict) -> N
     now = int(time.time() * 1000)
     metrics = []
     for who, report in reports.items():
+        if report.get("broken"):  # nothing measured (the record says why)
+            continue
         metrics += [Metric(f"{who}_val_{k}", float(report[k]), now, 0) for k in LOGGED_METRICS]
         if report["auroc_ci"] is not None:
             metrics += [Metric(f"{who}_val_auroc_ci_{end}", float(v), now, 0) for end, v in zip(("low", "high"), report["auroc_ci"])]
