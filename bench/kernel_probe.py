@@ -11,10 +11,11 @@ inference (``--infer-batch``, bfloat16 weights as ``prepare_for_inference`` give
 * ``compiled``: the compiled path with the patch embedding as cuDNN's convolution, as the
   pipeline ran before ``modeling.patch_embedding_as_matmul``; the baseline of the ratios;
 * ``compiled+patch_matmul``: the patch embedding as one GEMM (the same multiply-adds), as
-  ``prepare_for_inference`` and ``place_for_training`` now give it on CUDA;
+  ``place_for_training`` gives it on CUDA (and ``prepare_for_inference``, before the GELU epilogue);
 * ``compiled+patch_matmul+gelu_epilogue``: also the MLP's first linear layer and its GELU as one
-  cuBLASLt call with the GELU epilogue (``torch._addmm_activation``), left eager like attention.
-  cuBLASLt's epilogue is GELU's tanh approximation, so the scores move: the probe prints how far;
+  cuBLASLt call with the GELU epilogue (``modeling.gelu_in_gemm_epilogue``, left eager like
+  attention), as ``prepare_for_inference`` now gives it on CUDA. cuBLASLt's epilogue is GELU's
+  tanh approximation, so the scores move: the probe prints how far;
 * ``compiled+patch_matmul+triton_gemm``: Inductor's max-autotune with Triton GEMM templates only,
   which fuse the exact GELU into the GEMM's epilogue (long to compile; last, so a time limit cuts
   it alone);
@@ -59,6 +60,7 @@ from swan_anomaly.metrics import anomaly_scores  # noqa: E402
 from swan_anomaly.modeling import (  # noqa: E402
     compile_model,
     forward_logits,
+    gelu_in_gemm_epilogue,
     load_classifier,
     patch_embedding_as_matmul,
     prepare_for_inference,
@@ -72,34 +74,25 @@ FLOAT8 = ("compiled+patch_matmul+float8", "train:compiled+patch_matmul+float8")
 SLOW = ("compiled+patch_matmul+triton_gemm",)
 
 
-class GeluEpilogue(torch.nn.Module):
-    """ViT's ``intermediate`` (linear, then GELU) as one cuBLASLt GEMM with the GELU epilogue (tanh approximation)."""
+def with_gelu(model, variant: str):
+    """``model`` with each MLP's GELU in its GEMM's epilogue when ``variant`` names ``gelu_epilogue``, else as a kernel of its own.
 
-    def __init__(self, dense: torch.nn.Linear) -> None:
-        super().__init__()
-        self.dense = dense
-
-    @torch.compiler.disable
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        flat = hidden_states.reshape(-1, hidden_states.shape[-1])
-        out = torch._addmm_activation(self.dense.bias, flat, self.dense.weight.t(), use_gelu=True)
-        return out.reshape(*hidden_states.shape[:-1], out.shape[-1])
-
-
-def fuse_gelu(model) -> None:
-    """Each MLP's first linear layer and GELU as one :class:`GeluEpilogue`.
-
-    Transformers 5.2x names them ``mlp.fc1`` and ``mlp.activation_fn``, 5.1x ``intermediate.dense`` and ``intermediate_act_fn``.
+    ``prepare_for_inference`` fuses them on CUDA (``modeling.gelu_in_gemm_epilogue``); the variants without
+    ``gelu_epilogue`` put the plain ``Linear`` and exact GELU back (the same parameters), as the pipeline ran before.
     """
-    mlps = [m for m in model.modules() if hasattr(m, "fc1") and hasattr(m, "activation_fn")]
-    olds = [m for m in model.modules() if hasattr(m, "dense") and hasattr(m, "intermediate_act_fn")]
-    for mlp in mlps:
-        mlp.fc1, mlp.activation_fn = GeluEpilogue(mlp.fc1), torch.nn.Identity()
-    for intermediate in olds:
-        intermediate.dense, intermediate.intermediate_act_fn = GeluEpilogue(intermediate.dense), torch.nn.Identity()
-    if len(mlps) + len(olds) != model.config.num_hidden_layers:
-        msg = f"found {len(mlps) + len(olds)} MLPs to fuse, expected {model.config.num_hidden_layers}"
-        raise RuntimeError(msg)
+    from transformers.activations import GELUActivation
+
+    from swan_anomaly.gemm_epilogue import LinearGelu
+
+    if "gelu_epilogue" in variant:
+        gelu_in_gemm_epilogue(model)
+        return model
+    for mlp in [m for m in model.modules() if isinstance(getattr(m, "fc1", None), LinearGelu)]:
+        old = mlp.fc1
+        plain = torch.nn.Linear(old.in_features, old.out_features, device="meta")
+        plain.weight, plain.bias = old.weight, old.bias
+        mlp.fc1, mlp.activation_fn = plain, GELUActivation()
+    return model
 
 
 def with_patch_embedding(model, variant: str):
@@ -137,9 +130,7 @@ def to_float8(model, *, training: bool, device: torch.device | None = None):
 
 
 def build(model_dir: str, variant: str, device: str):
-    model = with_patch_embedding(prepare_for_inference(load_classifier(model_dir), device), variant)
-    if "gelu_epilogue" in variant:
-        fuse_gelu(model)
+    model = with_gelu(with_patch_embedding(prepare_for_inference(load_classifier(model_dir), device), variant), variant)
     if "float8" in variant:
         to_float8(model, training=False)
     return compile_model(model) if variant.startswith("compiled") else model

@@ -87,3 +87,41 @@ def test_the_kernel_probe_runs_and_reports_each_variant(tmp_path):
     for measured in variants.values():
         assert measured["images_per_s"] > 0
         assert measured["max_score_diff_vs_float32"] < 1e-5  # float32 on CPU: the same scores either way
+
+
+def test_gelu_in_the_gemm_epilogue_keeps_the_parameters_names_and_on_the_cpu_the_scores(model_dir):
+    """cuBLASLt's epilogue computes GELU's tanh approximation on CUDA; on the CPU the same call is the exact GELU."""
+    from swan_anomaly.gemm_epilogue import LinearGelu
+    from swan_anomaly.modeling import gelu_in_gemm_epilogue
+
+    plain, fused = load_classifier(model_dir).eval(), load_classifier(model_dir).eval()
+    fc1 = fused.vit.layers[0].mlp.fc1
+    assert gelu_in_gemm_epilogue(fused) == 2 and gelu_in_gemm_epilogue(fused) == 0  # both MLPs, once
+    mlp = fused.vit.layers[0].mlp
+    assert type(mlp.fc1) is LinearGelu and mlp.fc1.weight is fc1.weight and type(mlp.activation_fn) is torch.nn.Identity
+    assert list(fused.state_dict()) == list(plain.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fused(pixel_values=_pixels()).logits, plain(pixel_values=_pixels()).logits, rtol=0, atol=1e-6)
+    other = load_classifier(model_dir)
+    other.config.hidden_act = "relu"  # not the exact GELU: nothing to put in the epilogue
+    assert gelu_in_gemm_epilogue(other) == 0 and type(other.vit.layers[0].mlp.fc1) is torch.nn.Linear
+
+
+def test_cpu_inference_keeps_the_separate_exact_gelu(model_dir):
+    from swan_anomaly.modeling import prepare_for_inference
+
+    model = prepare_for_inference(load_classifier(model_dir), "cpu")
+    assert type(model.vit.layers[0].mlp.fc1) is torch.nn.Linear and type(model.vit.layers[0].mlp.activation_fn) is not torch.nn.Identity
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="cuBLASLt's GELU epilogue runs on CUDA")
+def test_on_cuda_the_fused_gemm_computes_the_mlp_s_linear_layer_and_gelu(model_dir):
+    from swan_anomaly.gemm_epilogue import LinearGelu
+
+    linear = torch.nn.Linear(64, 256).cuda().to(torch.bfloat16)
+    fused = LinearGelu(64, 256, device="meta")
+    fused.weight, fused.bias = linear.weight, linear.bias
+    x = torch.randn(4, 17, 64, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        expected = torch.nn.functional.gelu(linear(x).float(), approximate="tanh")
+        torch.testing.assert_close(fused(x).float(), expected, rtol=2e-2, atol=2e-2)
