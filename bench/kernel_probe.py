@@ -19,7 +19,8 @@ inference (``--infer-batch``, bfloat16 weights as ``prepare_for_inference`` give
 * ``compiled+patch_matmul+triton_gemm``: Inductor's max-autotune with Triton GEMM templates only,
   which fuse the exact GELU into the GEMM's epilogue (long to compile; last, so a time limit cuts
   it alone);
-* ``eager`` and ``eager+patch_matmul``: the served pyfunc's eager forward, for scale.
+* ``eager``, ``eager+patch_matmul`` and ``eager+patch_matmul+gelu_epilogue``: eager forwards, for
+  scale; the last is the served pyfunc's forward on CUDA;
 
 training (``--train-batch``): ``compiled`` against ``compiled+patch_matmul``, as
 ``train_classifier`` runs its steps (``bench/_harness.PipelineTraining``). They run before
@@ -66,7 +67,14 @@ from swan_anomaly.modeling import (  # noqa: E402
     prepare_for_inference,
 )
 
-INFER = ("compiled", "compiled+patch_matmul", "compiled+patch_matmul+gelu_epilogue", "eager", "eager+patch_matmul")
+INFER = (
+    "compiled",
+    "compiled+patch_matmul",
+    "compiled+patch_matmul+gelu_epilogue",
+    "eager",
+    "eager+patch_matmul",
+    "eager+patch_matmul+gelu_epilogue",
+)
 TRAIN = ("train:compiled", "train:compiled+patch_matmul")
 #: FP8 GEMMs through torchao, where it is installed (issue 17: the bf16 GEMMs are at the chip's ceiling).
 FLOAT8 = ("compiled+patch_matmul+float8", "train:compiled+patch_matmul+float8")
@@ -91,7 +99,7 @@ def with_gelu(model, variant: str):
         old = mlp.fc1
         plain = torch.nn.Linear(old.in_features, old.out_features, device="meta")
         plain.weight, plain.bias = old.weight, old.bias
-        mlp.fc1, mlp.activation_fn = plain, GELUActivation()
+        mlp.fc1, mlp.activation_fn = plain.train(old.training), GELUActivation().train(old.training)
     return model
 
 

@@ -187,11 +187,14 @@ def resolve_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> arg
         parser.error(f"--photos: unknown {unknown}; bundled photos: {sorted(BUNDLED_PHOTOS)}")
     if len(set(args.photos)) != len(args.photos):
         parser.error("--photos: each photo once")
-    if args.compare_cpu_precision:
+    if args.compare_cpu_precision or args.compare_served:
         import torch
 
-        if torch.cuda.is_available():
-            parser.error("--compare-cpu-precision: the pyfunc serves on the GPU here, where SWAN_SERVING_CPU_PRECISION does not apply")
+        if torch.cuda.is_available():  # there the served model is bfloat16 with GELU's tanh approximation already
+            parser.error(
+                "--compare-cpu-precision and --compare-served compare with the float32 model served on CPU; "
+                "the pyfunc serves on the GPU here"
+            )
     bad = [f for f in args.families if f not in FAMILY_NAMES]
     if bad or not args.families or len(set(args.families)) != len(args.families):
         parser.error(f"--families: distinct names from {list(FAMILY_NAMES)}, got {args.families}")

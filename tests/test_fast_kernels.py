@@ -105,6 +105,9 @@ def test_gelu_in_the_gemm_epilogue_keeps_the_parameters_names_and_on_the_cpu_the
     other = load_classifier(model_dir)
     other.config.hidden_act = "relu"  # not the exact GELU: nothing to put in the epilogue
     assert gelu_in_gemm_epilogue(other) == 0 and type(other.vit.layers[0].mlp.fc1) is torch.nn.Linear
+    no_bias = load_classifier(model_dir)
+    no_bias.vit.layers[1].mlp.fc1.bias = None  # the epilogue's GEMM adds a bias: an MLP without one keeps its own GELU
+    assert gelu_in_gemm_epilogue(no_bias) == 1 and type(no_bias.vit.layers[1].mlp.fc1) is torch.nn.Linear
 
 
 def test_cpu_inference_keeps_the_separate_exact_gelu(model_dir):

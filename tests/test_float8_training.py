@@ -42,6 +42,10 @@ def test_float8_makes_every_projection_and_mlp_layer_an_fp8_gemm_but_not_the_two
     fp8 = [name for name, m in model.named_modules() if isinstance(m, Float8Linear)]
     assert len(fp8) == 12 and not any(name.startswith("classifier") for name in fp8)
     assert type(model.classifier) is torch.nn.Linear  # 2 outputs: not a multiple of 16, as FP8 GEMMs need
+    from swan_anomaly.gemm_epilogue import LinearGelu
+    from swan_anomaly.trainer import float8_linears
+
+    assert not float8_linears(LinearGelu(64, 128))  # FP8's plain Linear would drop the GELU it computes
 
 
 def test_an_fp8_layer_multiplies_e4m3_rounded_inputs_and_weights(model_dir):
