@@ -181,3 +181,12 @@ def test_the_deployment_setting_reaches_the_training_job(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True, timeout=240)
     args = json.loads(out.stdout.strip().splitlines()[-1])
     assert args[args.index("--precision") + 1] == "float8"
+
+
+def test_loading_a_model_logs_nothing_of_torchao_s_optional_kernels():
+    """transformers imports torchao wherever it is installed: every job and task log said "Failed to load ..._C_mxfp8...so"."""
+    code = "import swan_anomaly\nfrom transformers import ViTForImageClassification\nimport torchao.float8\nprint('imported')\n"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "include"), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=240)
+    assert out.stdout.strip() == "imported"
+    assert "Failed to load" not in out.stderr and "register_constant" not in out.stderr, out.stderr[-2000:]

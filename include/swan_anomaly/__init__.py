@@ -27,6 +27,8 @@ Modules, by concept:
 Only light names are re-exported here; heavy modules (torch, pyspark, mlflow) load on use.
 """
 
+import logging as _logging
+
 from swan_anomaly._errors import (
     ConfigError,
     EndpointError,
@@ -39,6 +41,13 @@ from swan_anomaly._errors import (
     VideoError,
 )
 from swan_anomaly.config import Settings
+
+# torchao (pinned for FP8 training) is imported by transformers wherever it is installed, so by every job, server and
+# task that loads a model. Its import warns that optional C++ kernels built for another Python or GPU (MX formats,
+# CUTLASS for sm90a) did not load, and torch warns about its pytree registrations: nothing this package uses. Errors
+# still show.
+for _name in ("torchao", "torch.utils._pytree"):
+    _logging.getLogger(_name).setLevel(_logging.ERROR)
 
 __all__ = [
     "ConfigError",

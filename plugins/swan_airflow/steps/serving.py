@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
@@ -292,8 +293,12 @@ def _record(ctx, name, version, previous, threshold, rows, scores, check, outcom
             f"({what}); this run did not change it: check the endpoint"
         ),
     }[outcome]
+
+    def number(x) -> float | None:  # JSON has no NaN or infinity: a broken score is recorded as null
+        return float(x) if math.isfinite(float(x)) else None
+
     scored = (
-        [] if scores is None else [[r[1], int(r[2]), float(e), float(g)] for r, e, g in zip(rows, scores["endpoint"], scores["registry"])]
+        [] if scores is None else [[r[1], int(r[2]), number(e), number(g)] for r, e, g in zip(rows, scores["endpoint"], scores["registry"])]
     )
     return {
         "outcome": outcome.value,
@@ -304,7 +309,7 @@ def _record(ctx, name, version, previous, threshold, rows, scores, check, outcom
         "url": url,
         "threshold": threshold,
         "parity": check.parity,
-        "max_difference": check.max_difference,
+        "max_difference": None if check.max_difference is None else number(check.max_difference),
         "measured": check.measured,
         "note": check.note,
         "reasons": check.reasons,
