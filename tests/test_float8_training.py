@@ -190,3 +190,17 @@ def test_loading_a_model_logs_nothing_of_torchao_s_optional_kernels():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=240)
     assert out.stdout.strip() == "imported"
     assert "Failed to load" not in out.stderr and "register_constant" not in out.stderr, out.stderr[-2000:]
+
+
+def test_a_training_that_diverges_fails_for_good_with_its_epoch_and_precision(model_dir):
+    """NaN logits failed in sklearn's roc_auc_score with a plain ValueError, which Airflow retries: the same seed diverges again."""
+    from swan_anomaly import JobError
+
+    x = torch.randint(0, 200, (24, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    y = (torch.arange(24) % 2 == 0).long()
+    model = load_classifier(model_dir)
+    with torch.no_grad():
+        model.classifier.bias.fill_(float("nan"))  # as weights gone to NaN in the first step would leave them
+    cfg = TrainConfig(epochs=2, batch_size=12, learning_rate=1e-3, device="cpu", precision="float8-emulated")
+    with pytest.raises(JobError, match=r"training diverged in epoch 1: train loss nan, 12 of 12 validation images .*'float8-emulated'"):
+        train_classifier(model, (x[:12], y[:12]), (x[12:], y[12:]), PreprocessSpec(32, (0.5,) * 3, (0.25,) * 3), cfg)

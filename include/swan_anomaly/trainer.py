@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from swan_anomaly._errors import ConfigError
+from swan_anomaly._errors import ConfigError, JobError
 from swan_anomaly.contract import CROP_BIAS_X, CROP_BIAS_Y
 from swan_anomaly.metrics import anomaly_metrics, anomaly_scores
 
@@ -462,6 +462,7 @@ def train_classifier(model, train: tuple, val: tuple, spec, cfg: TrainConfig, *,
 
     Raises:
         ValueError: ``cfg.epochs`` or ``cfg.batch_size`` is below 1, or ``cfg.device`` is unusable.
+        JobError: the training diverged (a loss or validation logits that are not numbers): a retry would too.
 
     Example:
         >>> model, history, best_epoch = train_classifier(model, (x, y), (x_val, y_val), spec, TrainConfig(epochs=3))  # doctest: +SKIP
@@ -535,6 +536,13 @@ def train_classifier(model, train: tuple, val: tuple, spec, cfg: TrainConfig, *,
         elapsed = time.perf_counter() - started
         with plain_linears(model):  # validated as it will be served
             val_loss, val_logits = evaluate(model, x_val, y_val, spec, cfg.batch_size)
+        if not (math.isfinite(train_loss) and np.isfinite(val_logits).all()):  # diverged: the same seed diverges again
+            msg = (
+                f"training diverged in epoch {epoch}: train loss {train_loss}, {int((~np.isfinite(val_logits)).any(axis=1).sum())} of "
+                f"{len(val_logits)} validation images without finite logits (precision {cfg.precision!r}, learning rate "
+                f"{cfg.learning_rate:g}); a retry would diverge the same way: lower the learning rate, or train with precision='auto'"
+            )
+            raise JobError(msg)
         m = anomaly_metrics(y_val.numpy(), anomaly_scores(val_logits))
         result = EpochResult(epoch, train_loss, val_loss, m["auroc"], m["f1"], len(x_train) / elapsed)
         history.append(result)
