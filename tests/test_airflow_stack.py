@@ -252,7 +252,10 @@ def test_the_scheduler_runs_the_latest_daily_interval(stack):
     )
     # the training subprocess of the first backfill run dies mid-way (SIGKILL: no cleanup, no result file); the next test checks
     stack.killed = next(r["dag_run_id"] for r in runs if r["logical_date"].startswith(BACKFILL_DATES[0]))
-    stack.wait_for("the training subprocess", lambda: _training_process(stack, stack.killed)).kill()
+    victim = stack.wait_for("the training subprocess", lambda: _training_process(stack, stack.killed))
+    # what was killed, for the next test's "try 2" (one CI run saw try 1 succeed: the kill reached no job process)
+    print(f"[stack] SIGKILL pid {victim.pid} (started {victim.create_time():.3f}): {' '.join(victim.cmdline())}", file=sys.stderr)
+    victim.kill()
     [run] = stack.wait_for("the scheduled run", lambda: [r for r in stack.runs() if r["run_type"] == "scheduled"])
     assert run["logical_date"].startswith(stack.yesterday)
     stack.wait_finished(run["dag_run_id"])
