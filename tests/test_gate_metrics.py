@@ -165,6 +165,25 @@ def test_an_endpoint_that_serves_nan_fails_its_check_instead_of_crashing_it():
     assert not few.passed and few.reasons[-1].startswith("the endpoint serves no finite anomaly_score for 1 of 10 held-out images")
 
 
+def test_the_validation_record_of_a_broken_endpoint_is_json_without_nan_or_infinity():
+    """validation.json recorded NaN scores and an Infinity difference: not JSON for jq, the MLflow UI or any strict parser."""
+    import json
+
+    from swan_airflow.context import RunContext
+    from swan_airflow.steps.serving import _record
+    from swan_anomaly.serving.validation import EndpointPolicy, Outcome, check_endpoint
+
+    labels = np.array([0, 1])
+    endpoint, registry = np.array([np.nan, 0.2]), np.array([0.9, 0.2])
+    check = check_endpoint(labels, endpoint, registry, threshold=0.5, policy=EndpointPolicy())
+    ctx = RunContext(dag_id="swan_anomaly_pipeline", run_id="manual__x", dataset_id="20261115", params={})
+    rows = [["20261115", "a.png", 0, "cutpaste"], ["20261115", "b.png", 1, "none"]]
+    scores = {"endpoint": endpoint, "registry": registry}
+    record = _record(ctx, "m", "2", None, 0.5, rows, scores, check, Outcome.WITHDRAWN, "http://127.0.0.1:5055")
+    json.dumps(record, allow_nan=False)  # raises on NaN or infinity
+    assert record["max_difference"] is None and record["scores"] == [["a.png", 0, None, 0.9], ["b.png", 1, 0.2, 0.2]]
+
+
 def test_endpoint_policy_reads_its_settings_and_refuses_bad_ones():
     from swan_anomaly import ConfigError
     from swan_anomaly.serving.validation import DriftAction, EndpointPolicy
