@@ -216,6 +216,27 @@ def _fresh_results(world):
 
 
 @pytest.mark.slow
+def test_the_registry_s_scores_are_float32_whatever_precision_the_endpoint_serves_in(world, monkeypatch):
+    """The gate judges, and the endpoint is held to, the registry model's scores: SWAN_SERVING_CPU_PRECISION, set for the
+    endpoint, reaches this worker too, and must not make the gate judge a bfloat16 (or int8) copy."""
+    import mlflow.pyfunc
+    import pandas as pd
+    import torch
+
+    from swan_anomaly.scoring import registry_scorer
+
+    if torch.cuda.is_available():
+        pytest.skip("the pyfunc takes the GPU (bfloat16) when there is one")
+    uri = world["uris"]["good"][0]
+    images = [world["lake"].read_raw(d, p) for d, p, _, _ in world["rows"]["val"][:8]]
+    monkeypatch.setenv("SWAN_SERVING_CPU_PRECISION", "float32")
+    exact = registry_scorer(uri)(images)
+    monkeypatch.setenv("SWAN_SERVING_CPU_PRECISION", "bfloat16")
+    served = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"image": images})).anomaly_score.to_numpy()
+    assert not np.array_equal(served, exact)  # the endpoint's setting does change what a plain load serves
+    np.testing.assert_array_equal(registry_scorer(uri)(images), exact)
+
+
 def test_the_gate_judges_champion_and_challenger_on_the_same_rows_at_their_own_thresholds(world, model_name):
     """The champion claims AUROC 1.0 of its own data; on the challenger's validation rows it scores 0.5."""
     from swan_airflow.runtime import registry_client

@@ -20,8 +20,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -42,17 +44,34 @@ BATCH_SIZE = 32
 PROGRESS_EVERY_S = 30.0
 
 
+@contextlib.contextmanager
+def _environment(**values: str):
+    """Set environment variables for the ``with`` block, then put back what was there."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def registry_scorer(model_uri: str, *, novelty: bool = False) -> Scorer:
     """A scorer of the MLflow pyfunc at ``model_uri`` (e.g. ``models:/name/3``), loaded once, in this process.
 
-    The pyfunc applies its own crop, resize and normalisation, as the endpoint does. With
-    ``novelty=True`` it returns ``[N, 2]``: ``anomaly_score`` and ``novelty_score`` (NaN for a
-    version without a novelty bank).
+    The pyfunc applies its own crop, resize and normalisation, as the endpoint does. On CPU it runs
+    in float32 whatever ``SWAN_SERVING_CPU_PRECISION`` says: these are the registry's scores, which
+    the gate judges and an endpoint in another precision is held to. With ``novelty=True`` it
+    returns ``[N, 2]``: ``anomaly_score`` and ``novelty_score`` (NaN for a version without a novelty bank).
     """
     import mlflow.pyfunc
     import pandas as pd
 
-    model = mlflow.pyfunc.load_model(model_uri)
+    with _environment(SWAN_SERVING_CPU_PRECISION="float32"):  # every version's pyfunc reads it when it loads
+        model = mlflow.pyfunc.load_model(model_uri)
 
     def score(images: list[bytes]) -> np.ndarray:
         out = model.predict(pd.DataFrame({"image": images}))
