@@ -61,10 +61,10 @@ def build_parser(description: str, *, batch_size: int) -> argparse.ArgumentParse
     )
     parser.add_argument(
         "--cpu-precision",
-        choices=["float32", "bfloat16", "int8-dynamic"],
+        choices=["float32", "bfloat16", "int8"],
         default="float32",
-        help="inference on CPU: the served model's SWAN_SERVING_CPU_PRECISION for the pipeline loop (the baseline stays float32); "
-        "int8-dynamic is a probe of the benchmark only: the float32 model with torch.ao's dynamic int8 quantization of its Linear layers",
+        help="inference on CPU: the served model's SWAN_SERVING_CPU_PRECISION for the pipeline loop (the baseline stays float32 "
+        "eager); int8 compiles in the first warmup step",
     )
     parser.add_argument(
         "--training-precision",

@@ -2,9 +2,9 @@
 
 Parameters: --model {offline,vit-b16} (default offline), --batch-size (default 64, the pyfunc's),
 --steps (default 20), --warmup (default 3), --device {auto,cuda,cpu}, --compile,
---cpu-precision {float32,bfloat16,int8-dynamic} (the pipeline's on CPU, as SWAN_SERVING_CPU_PRECISION; the
-baseline stays float32, so the ratio is against today's float32 eager path; int8-dynamic is a probe
-of this benchmark, not a served path: torch.ao's dynamic int8 quantization of every Linear), --json PATH.
+--cpu-precision {float32,bfloat16,int8} (the pipeline's on CPU, as SWAN_SERVING_CPU_PRECISION; the
+baseline stays float32 eager, so the ratio is against the float32 eager path; int8 is compiled by
+``prepare_for_inference``, in the first warmup step), --json PATH.
 
 pipeline: what the served pyfunc does per batch, minus JPEG decoding and resizing:
 ``swan_anomaly.modeling.load_classifier`` -> ``prepare_for_inference`` (bfloat16 weights on
@@ -18,6 +18,7 @@ Example:
     $ python3 bench/infer_throughput.py --model offline --steps 5
     $ python3 bench/infer_throughput.py --model vit-b16 --device cuda --batch-size 1024 --compile --json out/infer.json
     $ python3 bench/infer_throughput.py --model vit-b16 --device cpu --batch-size 8 --steps 5 --cpu-precision bfloat16
+    $ python3 bench/infer_throughput.py --model vit-b16 --device cpu --batch-size 8 --steps 5 --cpu-precision int8
 """
 
 from __future__ import annotations
@@ -41,14 +42,12 @@ PYFUNC_BATCH = 64
 def pipeline_loop(model_dir: str, x: torch.Tensor, args, device) -> dict:
     """Time ``forward_logits`` + ``anomaly_scores`` on the model as the pyfunc prepares it.
 
-    With ``--cpu-precision bfloat16`` (or the ``int8-dynamic`` probe) on CPU it also reports the largest difference of its scores
+    With ``--cpu-precision bfloat16`` or ``int8`` on CPU it also reports the largest difference of its scores
     from a float32 forward of the same weights on the first batch (``max_score_difference``).
     """
-    probe_int8 = args.cpu_precision == "int8-dynamic"  # not a product path: what int8 would give, and how far it moves scores
-    model = prepare_for_inference(load_classifier(model_dir), args.device, cpu_precision="float32" if probe_int8 else args.cpu_precision)
-    if probe_int8:
-        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-    forward = compile_model(model) if args.compile else model  # the pipeline compiles with attention as an eager island
+    model = prepare_for_inference(load_classifier(model_dir), args.device, cpu_precision=args.cpu_precision)
+    compiled = isinstance(model, torch._dynamo.eval_frame.OptimizedModule)  # int8 on CPU comes compiled
+    forward = compile_model(model) if args.compile and not compiled else model  # the pipeline compiles with attention as an eager island
 
     def step(j: int) -> None:
         i = (j % _harness.DATA_BATCHES) * args.batch_size

@@ -34,7 +34,7 @@ video, 120), --every-seconds (0.5), --families (comma-separated, default all six
 float8 | float8-emulated: the training job's FP8 GEMMs, as SWAN_TRAINING_PRECISION sets them; emulated
 on a CPU), --seed (42), --json OUT,
 --keep DIR (use DIR, empty or new, as SWAN_HOME and keep it), --compare-cpu-precision
-bfloat16 (score the same images again with the pyfunc in that precision on CPU, as
+bfloat16|int8 (score the same images again with the pyfunc in that precision on CPU, as
 SWAN_SERVING_CPU_PRECISION serves it, and print the score differences and every AUROC both
 ways), --compare-served VARIANT (repeatable; the same with the loaded served model changed, a probe
 and not a served path: gelu-tanh replaces its exact GELU by the tanh approximation that cuBLASLt's
@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--compare-cpu-precision",
-        choices=["bfloat16"],
+        choices=["bfloat16", "int8"],
         help="score the same images again with the pyfunc loaded under SWAN_SERVING_CPU_PRECISION=this, and compare",
     )
     return parser

@@ -1,4 +1,4 @@
-"""The served model in bfloat16 on CPU (SWAN_SERVING_CPU_PRECISION): opt-in, near the float32 scores, handed to Model Serving."""
+"""The served model in bfloat16 or int8 on CPU (SWAN_SERVING_CPU_PRECISION): opt-in, near the float32 scores, handed to Model Serving."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def test_float32_stays_the_default_and_bfloat16_casts_the_cpu_model(model_dir):
 def test_an_unknown_precision_is_refused_naming_the_choices(model_dir):
     with pytest.raises(ConfigError, match="SWAN_SERVING_CPU_PRECISION"):
         Settings.from_env({"SWAN_SERVING_CPU_PRECISION": "int4"})
-    with pytest.raises(ValueError, match="'float32' or 'bfloat16'"):
+    with pytest.raises(ValueError, match="float32, bfloat16, int8; got 'float16'"):
         prepare_for_inference(load_classifier(model_dir), "cpu", cpu_precision="float16")
 
 
@@ -65,8 +65,109 @@ def test_the_served_pyfunc_loads_in_the_precision_its_environment_names(model_di
         assert next(model.model.parameters()).dtype == dtype
 
 
-def test_the_int8_probe_of_the_inference_benchmark_runs_and_says_how_far_it_moves_scores(tmp_path):
-    """The figures in docs/BENCHMARKS.md come from this probe: it quantizes the Linear layers and compares scores with float32."""
+def _served_dir(model_dir: str, target) -> str:
+    import shutil
+
+    from swan_anomaly.modeling import preprocess_spec
+    from swan_anomaly.novelty import NoveltyBank, default_layers
+    from swan_anomaly.serving.pyfunc import PREPROCESS_FILE
+
+    shutil.copytree(model_dir, target)
+    (target / PREPROCESS_FILE).write_text(preprocess_spec(model_dir).to_json())
+    from swan_anomaly.modeling import patch_features_of
+
+    model = load_classifier(model_dir).eval()
+    layers = default_layers(model.config.num_hidden_layers)
+    pixels = torch.randint(0, 256, (4, 3, model.config.image_size, model.config.image_size), dtype=torch.uint8)
+    patches = patch_features_of(model, pixels, preprocess_spec(model_dir), layers)
+    NoveltyBank(patches.reshape(-1, patches.shape[-1]), scale=1.0, layers=layers).save(target)
+    return str(target)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the served model takes the GPU (bfloat16) when there is one")
+def test_int8_serving_quantizes_the_linear_layers_compiles_at_load_and_scores_near_float32(model_dir, tmp_path, monkeypatch):
+    import types
+
+    import pandas as pd
+    from torch._dynamo.utils import counters
+
+    from swan_anomaly.images import encode_png
+    from swan_anomaly.serving.pyfunc import SwanAnomalyModel
+
+    context = types.SimpleNamespace(artifacts={"model_dir": _served_dir(model_dir, tmp_path / "served")})
+    monkeypatch.setenv("SWAN_SERVING_CPU_PRECISION", "float32")
+    exact = SwanAnomalyModel()
+    exact.load_context(context)
+    monkeypatch.setenv("SWAN_SERVING_CPU_PRECISION", "int8")
+    torch._dynamo.reset()
+    counters.clear()
+    fast = SwanAnomalyModel()
+    fast.load_context(context)
+    compiled_at_load = counters["stats"]["unique_graphs"]
+    assert compiled_at_load >= 2  # a batch of any size, and single images
+    # every linear layer but the 2-class head holds int8 weights (torchao's quantized tensor), the head float32
+    layers = {n: type(m.weight).__name__ for n, m in fast.model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert len(layers) == 2 * 6 + 1 and layers.pop("_orig_mod.classifier") == "Parameter"
+    assert all(kind != "Parameter" for kind in layers.values()), layers
+    rng = np.random.default_rng(5)
+    images = [encode_png(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)) for _ in range(5)]
+    batch = fast.predict(None, pd.DataFrame({"image": images}))
+    alone = fast.predict(None, pd.DataFrame({"image": images[:1]}))
+    assert counters["stats"]["unique_graphs"] == compiled_at_load  # no request compiles, whatever its size
+    reference = exact.predict(None, pd.DataFrame({"image": images}))
+    difference = np.abs(batch.anomaly_score.to_numpy() - reference.anomaly_score.to_numpy())
+    assert 0 < difference.max() < 2e-2  # int8 moves scores a little; they stay the model's
+    assert np.abs(batch.novelty_score.to_numpy() - reference.novelty_score.to_numpy()).max() < 0.1 * reference.novelty_score.abs().max()
+    # activations are quantized per token: an image scores the same alone as in a batch
+    assert abs(alone.anomaly_score[0] - batch.anomaly_score[0]) < 1e-6
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the served model takes the GPU (bfloat16) when there is one")
+def test_int8_serving_without_a_cpp_compiler_fails_at_load_saying_what_it_needs(model_dir, tmp_path, monkeypatch):
+    import types
+
+    import torch._inductor.config as inductor
+
+    from swan_anomaly.serving.pyfunc import SwanAnomalyModel
+
+    monkeypatch.setenv("SWAN_SERVING_CPU_PRECISION", "int8")
+    monkeypatch.setattr(inductor.cpp, "cxx", ("/nonexistent/g++",))
+    monkeypatch.setattr(inductor, "fx_graph_cache", False)  # a graph compiled before must not hide the missing compiler
+    torch._dynamo.reset()
+    other = resolve_base_model("vit-micro-offline", tmp_path, seed=9)
+    context = types.SimpleNamespace(artifacts={"model_dir": _served_dir(other, tmp_path / "served")})
+    with pytest.raises(ConfigError, match=r"InvalidCxxCompiler.*needs a C\+\+ compiler \(g\+\+\) on the serving machine"):
+        SwanAnomalyModel().load_context(context)
+    torch._dynamo.reset()
+
+
+def test_int8_serving_without_torchao_is_refused_naming_the_setting(model_dir, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torchao.quantization", None)  # as if torchao were not installed
+    with pytest.raises(ConfigError, match="SWAN_SERVING_CPU_PRECISION=int8.*needs torchao"):
+        prepare_for_inference(load_classifier(model_dir), "cpu", cpu_precision="int8")
+
+
+def test_served_models_require_torchao_at_the_version_installed_and_only_where_it_is(monkeypatch):
+    from importlib import metadata
+
+    from swan_anomaly import tracking
+
+    assert f"torchao=={metadata.version('torchao')}" in tracking.pinned_requirements()  # requirements.txt installs it
+    real = metadata.version
+
+    def version(name: str) -> str:
+        if name == "torchao":
+            raise metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(tracking.metadata, "version", version)
+    assert not [r for r in tracking.pinned_requirements() if r.startswith("torchao")]
+
+
+def test_the_inference_benchmark_runs_int8_serving_and_says_how_far_it_moves_scores(tmp_path):
+    """The figures in docs/BENCHMARKS.md come from this run: the served int8 path against float32 eager, scores compared."""
     import json
     import subprocess
     import sys
@@ -76,10 +177,10 @@ def test_the_int8_probe_of_the_inference_benchmark_runs_and_says_how_far_it_move
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "int8.json"
     command = [sys.executable, str(root / "bench" / "infer_throughput.py"), "--model", "offline", "--device", "cpu", "--steps", "1"]
-    command += ["--warmup", "1", "--batch-size", "4", "--cpu-precision", "int8-dynamic", "--json", str(out)]
+    command += ["--warmup", "1", "--batch-size", "4", "--cpu-precision", "int8", "--json", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.read_text())
-    assert result["cpu_precision"] == "int8-dynamic" and result["pipeline"]["images_per_s"] > 0
+    assert result["cpu_precision"] == "int8" and result["pipeline"]["images_per_s"] > 0
     assert 0 < result["pipeline"]["max_score_difference"] < 1  # int8 moves scores, and by less than the whole range
     assert "max |difference|" in done.stdout

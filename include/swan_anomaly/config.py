@@ -189,10 +189,13 @@ class Settings:
     serving_cpu_precision: str = setting(
         "SWAN_SERVING_CPU_PRECISION",
         "float32",
-        "Weights and activations of the served model on CPU: float32 (scores as the registry's), or bfloat16 (about "
+        "Weights and activations of the served model on CPU: float32 (scores as the registry's); bfloat16 (about "
         "2x the images/s of a ViT-B/16 on AVX512-BF16 CPUs, AUROC unchanged within 0.005; single scores differ by up to "
-        "about 4e-2: raise SWAN_ENDPOINT_PARITY_TOLERANCE to about 5e-2 with it).",
-        choices=("float32", "bfloat16"),
+        "about 4e-2: raise SWAN_ENDPOINT_PARITY_TOLERANCE to about 5e-2 with it); or int8 (torchao's int8 GEMMs, compiled "
+        "when the model loads, which needs a C++ compiler and takes a minute or more: about 4x float32's images/s at "
+        "ViT-B/16 on two cores, AUROC unchanged within 0.005, single scores differ by up to about 6e-2: raise "
+        "SWAN_ENDPOINT_PARITY_TOLERANCE to about 1e-1). The gate and the endpoint's parity check always score in float32.",
+        choices=("float32", "bfloat16", "int8"),
     )
     endpoint_ui_url: str = setting(
         "SWAN_ENDPOINT_UI_URL",
@@ -274,7 +277,8 @@ class Settings:
     endpoint_parity_tolerance: float = setting(
         "SWAN_ENDPOINT_PARITY_TOLERANCE",
         1e-4,
-        "Largest difference of an endpoint score from the registry model's (a bfloat16 GPU endpoint needs ~1e-2).",
+        "Largest difference of an endpoint score from the registry model's float32 one (a bfloat16 GPU endpoint needs ~1e-2; "
+        "SWAN_SERVING_CPU_PRECISION=bfloat16 ~5e-2, int8 ~1e-1).",
         low=0,
         high=1,
     )

@@ -302,25 +302,95 @@ def register_attention_island() -> None:
     AttentionInterface.register(ATTENTION_ISLAND, torch.compiler.disable(sdpa_attention_forward))
 
 
+#: What the served model computes in on CPU (``SWAN_SERVING_CPU_PRECISION``; see :func:`prepare_for_inference`).
+CPU_PRECISIONS = ("float32", "bfloat16", "int8")
+
+
+def quantize_int8(model) -> int:
+    """Make each plain linear layer of ``model`` but the 2-class head an int8 GEMM (torchao); returns how many.
+
+    torchao's ``Int8DynamicActivationInt8WeightConfig``: each weight row is quantized to int8 once,
+    with a scale of its own, and each token's activations when it runs, with a scale per token, so
+    a score does not depend on the other images of its batch. The head (a 768 x 2 product) keeps
+    float32. Eager, torchao's int8 path is slower than float32 on a CPU: the speed comes from
+    compiling it (:func:`prepare_for_inference`).
+
+    Raises:
+        ConfigError: torchao is not installed (``pip install torchao``, pinned in requirements.txt).
+    """
+    import torch
+
+    try:
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    except ImportError as exc:
+        from swan_anomaly._errors import ConfigError
+
+        msg = f"int8 serving (SWAN_SERVING_CPU_PRECISION=int8) needs torchao in the serving environment: {exc}"
+        raise ConfigError(msg) from exc
+    names = {n for n, m in model.named_modules() if type(m) is torch.nn.Linear and n.split(".")[-1] != "classifier"}
+    quantize_(model, Int8DynamicActivationInt8WeightConfig(), filter_fn=lambda module, fqn: fqn in names)
+    return len(names)
+
+
+def warm_up(model, spec: PreprocessSpec, feature_layers: tuple[int, ...] | None = None) -> float:
+    """Run ``model`` once on a batch of 2 blank images and once on 1, as :func:`predict_scores` will; returns the seconds.
+
+    A compiled model (``int8`` on CPU, :func:`prepare_for_inference`) compiles here, at load, not on
+    the first request: once for any batch of 2 or more, once more for single images.
+
+    Raises:
+        ConfigError: the model is compiled and compiling failed, e.g. without a C++ compiler on this
+            machine (what a retry or another request would meet again).
+    """
+    import time
+
+    import torch
+
+    started = time.perf_counter()
+    try:
+        for batch in (2, 1):
+            forward_outputs(model, torch.zeros(batch, 3, spec.size, spec.size), feature_layers)
+    except Exception as exc:
+        if not isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+            raise
+        from swan_anomaly._errors import ConfigError
+
+        msg = (
+            f"compiling the served model failed ({type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:500]}); "
+            "SWAN_SERVING_CPU_PRECISION=int8 runs "
+            "through torch.compile, which needs a C++ compiler (g++) on the serving machine: install one, or serve float32 or bfloat16"
+        )
+        raise ConfigError(msg) from exc
+    return time.perf_counter() - started
+
+
 def prepare_for_inference(model, device: str = "auto", *, cpu_precision: str = "float32"):
     """Put ``model`` in eval mode on ``device``; on CUDA also cast its weights to bfloat16 and patchify by one GEMM.
 
     On CPU the weights stay float32 by default, so CPU scores do not change; ``cpu_precision="bfloat16"``
     casts them too (oneDNN's bfloat16 kernels: 2.0x to 2.2x the images/s of a float32 ViT-B/16 on
-    two cores with AVX512-BF16, docs/BENCHMARKS.md). On CUDA, bfloat16 weights halve memory traffic
+    two cores with AVX512-BF16, docs/BENCHMARKS.md). ``cpu_precision="int8"`` makes the linear
+    layers int8 GEMMs (:func:`quantize_int8`) and compiles the model for any batch size
+    (``torch.compile(dynamic=True)``): about 4x the images/s of float32 at ViT-B/16 on two cores,
+    once compiled (:func:`warm_up`; a minute or more on two cores). On CUDA, bfloat16 weights halve memory traffic
     and spare autocast its per-call weight casts, :func:`patch_embedding_as_matmul` replaces
     cuDNN's convolution (1.07x the compiled batch of 1024 on an H200), and :func:`gelu_in_gemm_epilogue`
     runs each MLP's GELU in its GEMM's epilogue (both: 1.18-1.21x, compiled; eager not measured). In bfloat16 scores differ from float32
-    ones by up to about 4e-2 on a trained model, while its AUROC stays within 0.005
-    (``bench/quality.py --compare-cpu-precision bfloat16``).
+    ones by up to about 4e-2 on a trained model, in int8 by up to about 6e-2, while its AUROC stays within 0.005
+    (``bench/quality.py --compare-cpu-precision bfloat16|int8``).
 
     Args:
         model: a ``ViTForImageClassification``; moved in place.
         device: as for :func:`resolve_device`.
-        cpu_precision: ``float32`` or ``bfloat16``, on CPU (``SWAN_SERVING_CPU_PRECISION`` for the served model).
+        cpu_precision: one of :data:`CPU_PRECISIONS`, on CPU (``SWAN_SERVING_CPU_PRECISION`` for the served model).
 
     Returns:
-        The same model.
+        The same model; for ``int8`` on CPU, its ``torch.compile`` wrapper (parameters, ``config``
+        and state dict are the model's).
+
+    Raises:
+        ValueError: an unknown ``cpu_precision``.
+        ConfigError: ``int8`` without torchao.
 
     Example:
         >>> model = prepare_for_inference(load_classifier(base), "cpu")  # doctest: +SKIP
@@ -329,12 +399,15 @@ def prepare_for_inference(model, device: str = "auto", *, cpu_precision: str = "
     """
     import torch
 
-    if cpu_precision not in ("float32", "bfloat16"):
-        msg = f"cpu_precision must be 'float32' or 'bfloat16', got {cpu_precision!r}"
+    if cpu_precision not in CPU_PRECISIONS:
+        msg = f"cpu_precision must be one of {', '.join(CPU_PRECISIONS)}; got {cpu_precision!r}"
         raise ValueError(msg)
     target = resolve_device(device)
     model = model.eval().to(target)
     if target.type != "cuda":
+        if cpu_precision == "int8":
+            log.info("int8 GEMMs in %d linear layers; compiled for any batch size on first use", quantize_int8(model))
+            return torch.compile(model, dynamic=True)
         return model.to(torch.bfloat16) if cpu_precision == "bfloat16" else model
     gelu_in_gemm_epilogue(patch_embedding_as_matmul(model))
     return model.to(torch.bfloat16)

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from importlib import metadata
@@ -23,6 +24,8 @@ from swan_anomaly.contract import ABNORMAL, LABEL_NAMES, NORMAL
 from swan_anomaly.lake import LocalLake
 
 SERVING_REQUIREMENTS = ("torch", "transformers", "opencv-python-headless", "numpy", "pandas", "scikit-learn", "mlflow")
+#: Served where the training environment has them, at its version: torchao for SWAN_SERVING_CPU_PRECISION=int8.
+OPTIONAL_SERVING_REQUIREMENTS = ("torchao",)
 
 
 def confusion_figure(cm: list[list[int]], title: str):
@@ -47,6 +50,8 @@ def confusion_figure(cm: list[list[int]], title: str):
 
 
 def pinned_requirements() -> list[str]:
+    """The served model's pip requirements: :data:`SERVING_REQUIREMENTS` at the versions installed here, plus
+    :data:`OPTIONAL_SERVING_REQUIREMENTS` where they are installed."""
     reqs = []
     for name in SERVING_REQUIREMENTS:
         try:
@@ -54,6 +59,9 @@ def pinned_requirements() -> list[str]:
             reqs.append(f"{name}=={version}")
         except metadata.PackageNotFoundError:
             reqs.append(name)
+    for name in OPTIONAL_SERVING_REQUIREMENTS:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            reqs.append(f"{name}=={metadata.version(name).split('+')[0]}")
     return reqs
 
 

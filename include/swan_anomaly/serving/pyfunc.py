@@ -4,7 +4,9 @@ Input: a DataFrame with one column ``image`` (bytes; over REST, base64 strings, 
 scoring server decodes because the signature says ``binary``). Any size, JPEG or PNG: the
 pyfunc applies the same crop, resize and normalisation as training
 (:func:`swan_anomaly.modeling.predict_scores`). It runs on the GPU (bfloat16 weights) when the
-host has one, else on the CPU in float32.
+host has one, else on the CPU in float32, or in the precision ``SWAN_SERVING_CPU_PRECISION`` names
+(``bfloat16``, ``int8``) when it loads. :func:`swan_anomaly.scoring.registry_scorer`, the registry's own
+scores, always loads it in float32.
 
 Output: one row per image with ``logits`` ``[l0, l1]``, ``anomaly_score = softmax(logits)[0]`` and,
 for models that carry a novelty bank (every version trained since it exists), ``novelty_score``:
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -34,6 +37,7 @@ PREPROCESS_FILE = "swan_preprocess.json"
 #: The decision threshold chosen on validation: ``{"threshold", "method", "chosen_on"}``.
 THRESHOLD_FILE = "swan_threshold.json"
 INPUT_COLUMN = "image"
+log = logging.getLogger(__name__)
 
 
 def _as_bytes(value, row: int) -> bytes:
@@ -59,17 +63,23 @@ class SwanAnomalyModel(mlflow.pyfunc.PythonModel):
         import torch
 
         from swan_anomaly.config import Settings
-        from swan_anomaly.modeling import PreprocessSpec, load_classifier, prepare_for_inference
+        from swan_anomaly.modeling import PreprocessSpec, load_classifier, prepare_for_inference, warm_up
         from swan_anomaly.novelty import NoveltyBank
 
         torch.set_num_threads(max(1, torch.get_num_threads()))
         model_dir = context.artifacts["model_dir"]
-        # GPU (bfloat16) when there is one, else CPU in SWAN_SERVING_CPU_PRECISION (float32 unless the endpoint says bfloat16)
-        self.model = prepare_for_inference(load_classifier(model_dir), cpu_precision=Settings.from_env().serving_cpu_precision)
+        # GPU (bfloat16) when there is one, else CPU in SWAN_SERVING_CPU_PRECISION (float32 unless the endpoint says otherwise;
+        # swan_anomaly.scoring.registry_scorer loads with it set to float32)
+        precision = Settings.from_env().serving_cpu_precision
+        self.model = prepare_for_inference(load_classifier(model_dir), cpu_precision=precision)
         self.spec = PreprocessSpec.from_json((Path(model_dir) / PREPROCESS_FILE).read_text())
         self.novelty = NoveltyBank.load(Path(model_dir))  # None for a model logged without one
         if self.novelty is not None:
             self.novelty.to(next(self.model.parameters()).device)  # distances where the features are: on the GPU when there is one
+        if isinstance(self.model, torch._dynamo.eval_frame.OptimizedModule):  # int8 on CPU: compiled now, not on the first request
+            log.info("compiling the served model (SWAN_SERVING_CPU_PRECISION=%s); this takes a minute or more on a few cores", precision)
+            seconds = warm_up(self.model, self.spec, tuple(self.novelty.layers) if self.novelty is not None else None)
+            log.info("served model compiled in %.0fs", seconds)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from mlflow.exceptions import MlflowException
