@@ -131,14 +131,15 @@ def test_int8_serving_without_a_cpp_compiler_fails_at_load_saying_what_it_needs(
     from swan_anomaly.serving.pyfunc import SwanAnomalyModel
 
     monkeypatch.setenv("SWAN_SERVING_CPU_PRECISION", "int8")
-    monkeypatch.setattr(inductor.cpp, "cxx", ("/nonexistent/g++",))
-    monkeypatch.setattr(inductor, "fx_graph_cache", False)  # a graph compiled before must not hide the missing compiler
-    torch._dynamo.reset()
     other = resolve_base_model("vit-micro-offline", tmp_path, seed=9)
     context = types.SimpleNamespace(artifacts={"model_dir": _served_dir(other, tmp_path / "served")})
-    with pytest.raises(ConfigError, match=r"InvalidCxxCompiler.*needs a C\+\+ compiler \(g\+\+\) on the serving machine"):
-        SwanAnomalyModel().load_context(context)
     torch._dynamo.reset()
+    # no compiler, and no graph compiled before that could hide it (torch's own config patching, undone on exit)
+    with inductor.patch({"cpp.cxx": ("/nonexistent/g++",), "fx_graph_cache": False}):
+        with pytest.raises(ConfigError, match=r"InvalidCxxCompiler.*needs a C\+\+ compiler \(g\+\+\) on the serving machine"):
+            SwanAnomalyModel().load_context(context)
+    torch._dynamo.reset()
+    assert inductor.fx_graph_cache is not False and inductor.cpp.cxx != ("/nonexistent/g++",)
 
 
 def test_int8_serving_without_torchao_is_refused_naming_the_setting(model_dir, monkeypatch):
