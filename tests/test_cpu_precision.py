@@ -185,3 +185,33 @@ def test_the_inference_benchmark_runs_int8_serving_and_says_how_far_it_moves_sco
     assert result["cpu_precision"] == "int8" and result["pipeline"]["images_per_s"] > 0
     assert 0 < result["pipeline"]["max_score_difference"] < 1  # int8 moves scores, and by less than the whole range
     assert "max |difference|" in done.stdout
+
+
+def test_logging_a_model_checks_its_input_example_in_float32_whatever_the_endpoint_serves_in(model_dir, monkeypatch):
+    """SWAN_SERVING_CPU_PRECISION is the endpoint's; set for it, it reaches the training job too, where MLflow loads the
+    pyfunc to check the input example: that load must not quantize and compile an int8 copy (a minute at ViT-B/16)."""
+    import mlflow
+
+    from swan_anomaly import modeling
+    from swan_anomaly.images import encode_png
+    from swan_anomaly.modeling import preprocess_spec
+    from swan_anomaly.tracking import ensure_experiment, log_served_model
+
+    quantized = []
+
+    def refuse(model):
+        quantized.append(model)
+        raise AssertionError("the pyfunc was loaded in int8 while the model was logged")
+
+    monkeypatch.setattr(modeling, "quantize_int8", refuse)
+    monkeypatch.setenv("SWAN_SERVING_CPU_PRECISION", "int8")
+    with mlflow.start_run(experiment_id=ensure_experiment(Settings.from_env()), run_name="log-in-float32"):
+        info = log_served_model(
+            load_classifier(model_dir),
+            preprocess_spec(model_dir),
+            threshold=0.5,
+            threshold_method="max_f1",
+            example=[encode_png(np.zeros((40, 40, 3), dtype=np.uint8))],
+        )
+    assert info.model_uri and not quantized
+    assert Settings.from_env().serving_cpu_precision == "int8"  # the block put the endpoint's setting back

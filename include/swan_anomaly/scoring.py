@@ -20,10 +20,8 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -44,21 +42,6 @@ BATCH_SIZE = 32
 PROGRESS_EVERY_S = 30.0
 
 
-@contextlib.contextmanager
-def _environment(**values: str):
-    """Set environment variables for the ``with`` block, then put back what was there."""
-    before = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def registry_scorer(model_uri: str, *, novelty: bool = False) -> Scorer:
     """A scorer of the MLflow pyfunc at ``model_uri`` (e.g. ``models:/name/3``), loaded once, in this process.
 
@@ -70,7 +53,9 @@ def registry_scorer(model_uri: str, *, novelty: bool = False) -> Scorer:
     import mlflow.pyfunc
     import pandas as pd
 
-    with _environment(SWAN_SERVING_CPU_PRECISION="float32"):  # every version's pyfunc reads it when it loads
+    from swan_anomaly.serving.pyfunc import as_registered
+
+    with as_registered():  # float32, whatever the endpoint's SWAN_SERVING_CPU_PRECISION says
         model = mlflow.pyfunc.load_model(model_uri)
 
     def score(images: list[bytes]) -> np.ndarray:

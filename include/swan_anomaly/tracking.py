@@ -106,7 +106,7 @@ def log_served_model(model, spec, *, threshold: float, threshold_method: str, ex
     """
     import mlflow
 
-    from swan_anomaly.serving.pyfunc import PREPROCESS_FILE, THRESHOLD_FILE, SwanAnomalyModel, signature
+    from swan_anomaly.serving.pyfunc import PREPROCESS_FILE, THRESHOLD_FILE, SwanAnomalyModel, as_registered, signature
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"
@@ -118,16 +118,18 @@ def log_served_model(model, spec, *, threshold: float, threshold_method: str, ex
         if novelty is not None:
             novelty.save(model_dir)
             metadata |= {"novelty_scale": novelty.scale, "novelty_bank_size": len(novelty.bank)}
-        return mlflow.pyfunc.log_model(
-            name="model",
-            python_model=SwanAnomalyModel(),
-            artifacts={"model_dir": str(model_dir)},
-            code_paths=[str(package_snapshot(Path(tmp) / "code"))],
-            signature=signature(novelty=novelty is not None),
-            input_example=pd.DataFrame({"image": example}),
-            pip_requirements=pinned_requirements(),
-            metadata=metadata,
-        )
+        with as_registered():  # MLflow loads the model to check the input example: in float32, not compiled in int8 here
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=SwanAnomalyModel(),
+                artifacts={"model_dir": str(model_dir)},
+                code_paths=[str(package_snapshot(Path(tmp) / "code"))],
+                signature=signature(novelty=novelty is not None),
+                input_example=pd.DataFrame({"image": example}),
+                pip_requirements=pinned_requirements(),
+                metadata=metadata,
+            )
+        return info
 
 
 def ensure_experiment(settings: Settings) -> str:

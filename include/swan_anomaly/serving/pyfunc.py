@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import logging
+import os
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -37,6 +39,8 @@ PREPROCESS_FILE = "swan_preprocess.json"
 #: The decision threshold chosen on validation: ``{"threshold", "method", "chosen_on"}``.
 THRESHOLD_FILE = "swan_threshold.json"
 INPUT_COLUMN = "image"
+#: The served model's CPU precision (``Settings.serving_cpu_precision``), read when the pyfunc loads.
+CPU_PRECISION_VARIABLE = "SWAN_SERVING_CPU_PRECISION"
 log = logging.getLogger(__name__)
 
 
@@ -56,6 +60,27 @@ def _as_bytes(value, row: int) -> bytes:
     raise MlflowException(msg, error_code=INVALID_PARAMETER_VALUE)
 
 
+@contextlib.contextmanager
+def as_registered():
+    """Inside this block the pyfunc loads as the registry holds it: in float32 on CPU, whatever ``SWAN_SERVING_CPU_PRECISION`` says.
+
+    The setting is the endpoint's, and it reaches the Airflow worker and the training job too. What they
+    load (the gate's and the endpoint validation's reference scores, MLflow's check of the input example
+    when the model is logged) must be the registry's model, not a bfloat16 or int8 copy compiled there.
+    Every version's pyfunc reads the variable when it loads, so this holds for versions logged before
+    this block existed too.
+    """
+    before = os.environ.get(CPU_PRECISION_VARIABLE)
+    os.environ[CPU_PRECISION_VARIABLE] = "float32"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(CPU_PRECISION_VARIABLE, None)
+        else:
+            os.environ[CPU_PRECISION_VARIABLE] = before
+
+
 class SwanAnomalyModel(mlflow.pyfunc.PythonModel):
     """ViT anomaly scorer with its preprocessing inside."""
 
@@ -69,7 +94,7 @@ class SwanAnomalyModel(mlflow.pyfunc.PythonModel):
         torch.set_num_threads(max(1, torch.get_num_threads()))
         model_dir = context.artifacts["model_dir"]
         # GPU (bfloat16) when there is one, else CPU in SWAN_SERVING_CPU_PRECISION (float32 unless the endpoint says otherwise;
-        # swan_anomaly.scoring.registry_scorer loads with it set to float32)
+        # the worker's and the training job's loads set it to float32: as_registered)
         precision = Settings.from_env().serving_cpu_precision
         self.model = prepare_for_inference(load_classifier(model_dir), cpu_precision=precision)
         self.spec = PreprocessSpec.from_json((Path(model_dir) / PREPROCESS_FILE).read_text())
