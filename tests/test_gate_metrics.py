@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -182,6 +184,24 @@ def test_the_validation_record_of_a_broken_endpoint_is_json_without_nan_or_infin
     record = _record(ctx, "m", "2", None, 0.5, rows, scores, check, Outcome.WITHDRAWN, "http://127.0.0.1:5055")
     json.dumps(record, allow_nan=False)  # raises on NaN or infinity
     assert record["max_difference"] is None and record["scores"] == [["a.png", 0, None, 0.9], ["b.png", 1, 0.2, 0.2]]
+
+
+def test_a_parity_failure_of_a_reduced_precision_endpoint_says_which_tolerance_it_needs():
+    """An int8 or bfloat16 CPU endpoint under the float32 tolerance fails parity; the reason must not read as a wrong model only."""
+    from swan_anomaly.serving.validation import EndpointPolicy, check_endpoint
+
+    rng = np.random.default_rng(3)
+    labels = np.repeat([0, 1], 30)
+    registry = np.clip(np.where(labels == 0, 0.8, 0.2) + rng.normal(0, 0.05, 60), 0, 1)
+    served = registry + rng.uniform(-0.06, 0.06, 60)  # as far as int8 moved the quality benchmark's scores
+    int8 = EndpointPolicy.from_env({"SWAN_SERVING_CPU_PRECISION": "int8"})
+    [reason] = check_endpoint(labels, served, registry, threshold=0.5, policy=int8).reasons
+    assert "does not serve the registered model" in reason and "computes in int8" in reason and "about 0.1" in reason
+    assert check_endpoint(labels, served, registry, threshold=0.5, policy=replace(int8, parity_tolerance=0.1)).passed
+    [plain] = check_endpoint(labels, served, registry, threshold=0.5, policy=EndpointPolicy.from_env({})).reasons
+    assert "SWAN_SERVING_CPU_PRECISION" not in plain  # a float32 endpoint that differs is a wrong model: no excuse offered
+    gpu = {"SWAN_SERVING_CPU_PRECISION": "int8", "SWAN_SERVING_WORKLOAD_TYPE": "GPU_SMALL"}
+    assert EndpointPolicy.from_env(gpu).cpu_precision == "float32"  # a GPU workload does not serve in the CPU precision
 
 
 def test_endpoint_policy_reads_its_settings_and_refuses_bad_ones():

@@ -71,6 +71,8 @@ class EndpointPolicy:
     min_images_per_class: int = MIN_IMAGES_PER_CLASS
     drift_action: DriftAction = DriftAction.WARN
     max_false_alarm_rate: float = Settings.max_false_alarm_rate
+    #: What a CPU endpoint computes in (``SWAN_SERVING_CPU_PRECISION``): a parity failure under a tolerance too tight for it says so.
+    cpu_precision: str = Settings.serving_cpu_precision
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> EndpointPolicy:
@@ -89,6 +91,7 @@ class EndpointPolicy:
             max_false_alarm_rate=s.max_false_alarm_rate,
             parity_tolerance=s.endpoint_parity_tolerance,
             drift_action=DriftAction(s.drift_action),
+            cpu_precision=s.serving_cpu_precision if s.serving_workload_type.upper().startswith("CPU") else "float32",
         )
 
 
@@ -111,6 +114,22 @@ class EndpointCheck:
     @property
     def passed(self) -> bool:
         return not self.reasons
+
+
+#: ``SWAN_ENDPOINT_PARITY_TOLERANCE`` for an endpoint serving in each CPU precision (docs/BENCHMARKS.md: on the quality
+#: benchmark's trained model bfloat16 moved scores by up to 4.1e-2, int8 by up to 6.3e-2).
+PARITY_TOLERANCE_FOR = {"bfloat16": 5e-2, "int8": 1e-1}
+
+
+def _precision_hint(policy: EndpointPolicy) -> str:
+    """What to change when the endpoint serves in a reduced CPU precision under a tighter tolerance; else ''."""
+    suggested = PARITY_TOLERANCE_FOR.get(policy.cpu_precision)
+    if suggested is None or policy.parity_tolerance >= suggested:
+        return ""
+    return (
+        f"; the endpoint computes in {policy.cpu_precision} (SWAN_SERVING_CPU_PRECISION), which moves single scores further than "
+        f"that: with it, set SWAN_ENDPOINT_PARITY_TOLERANCE to about {suggested:g}"
+    )
 
 
 def check_endpoint(
@@ -152,6 +171,7 @@ def check_endpoint(
         reasons.append(
             f"the endpoint does not serve the registered model: {int((difference > policy.parity_tolerance).sum())} of {len(labels)} "
             f"scores differ from the registry model's by more than {policy.parity_tolerance:g} (worst {max_difference:.6f}, image {worst})"
+            + _precision_hint(policy)
         )
     if endpoint_novelty is not None and registry_novelty is not None:
         served, registered = np.asarray(endpoint_novelty, dtype=np.float64), np.asarray(registry_novelty, dtype=np.float64)
