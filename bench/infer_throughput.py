@@ -54,6 +54,7 @@ def pipeline_loop(model_dir: str, x: torch.Tensor, args, device) -> dict:
         anomaly_scores(forward_logits(forward, x[i : i + args.batch_size]))
 
     timed = _harness.time_loop(step, steps=args.steps, warmup=args.warmup, device=device)
+    timed["compiled"] = compiled or args.compile  # int8 on CPU is compiled whatever --compile says
     if device.type == "cpu" and args.cpu_precision != "float32":
         reference = prepare_for_inference(load_classifier(model_dir), "cpu")
         first = x[: args.batch_size]

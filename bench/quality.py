@@ -283,6 +283,7 @@ class Scorer:
             progress(f"served model changed for --compare-served {variant}: {changed}")
         self.threshold = threshold
         self.anomaly_scores: list[np.ndarray] = []  # every call's anomaly_score, in call order
+        self.novelty_scores: list[np.ndarray] = []  # and novelty_score (empty for a model without a novelty bank)
 
     def __call__(self, images: list[bytes]) -> dict[str, np.ndarray]:
         import pandas as pd
@@ -298,6 +299,8 @@ class Scorer:
         cols = {name: np.concatenate(p) if p else np.zeros(0) for name, p in parts.items() if p or name == "anomaly_score"}
         cols["decision_score"] = decision_score(cols["anomaly_score"], cols.get("novelty_score"), threshold=self.threshold)
         self.anomaly_scores.append(cols["anomaly_score"])
+        if "novelty_score" in cols:
+            self.novelty_scores.append(cols["novelty_score"])
         return cols
 
     @property
@@ -388,6 +391,7 @@ def score_test_split(args: argparse.Namespace, settings, result: dict, *, varian
         "seen": seen,
         "unseen": unseen,
         "all_anomaly_scores": np.concatenate(scorer.anomaly_scores),
+        "all_novelty_scores": np.concatenate(scorer.novelty_scores) if scorer.novelty_scores else None,
     }
 
 
@@ -415,8 +419,19 @@ def compare_served(args: argparse.Namespace, settings, result: dict, reference: 
 
 def compare_scores(result: dict, reference: dict, other: dict, *, label: str) -> dict:
     """The largest and mean ``anomaly_score`` difference of ``other`` from ``reference`` (two ``score_test_split`` results
-    over the same images), how many images change side of the threshold, and each AUROC both ways."""
+    over the same images), how many images change side of the threshold, and each AUROC both ways; for the
+    ``novelty_score``, its largest difference relative to ``max(1, |reference|)`` (what the endpoint validation's parity
+    check holds to its tolerance) and how many images change side of its boundary, 1."""
     a, b = reference["all_anomaly_scores"], other["all_anomaly_scores"]
+    novelty = {}
+    if reference.get("all_novelty_scores") is not None and other.get("all_novelty_scores") is not None:
+        na, nb = reference["all_novelty_scores"], other["all_novelty_scores"]
+        relative = np.abs(na - nb) / np.maximum(1.0, np.abs(na))
+        novelty = {
+            "novelty_max_relative_difference": float(relative.max()),
+            "novelty_mean_relative_difference": float(relative.mean()),
+            "novelty_boundary_flips": int(((na >= 1.0) != (nb >= 1.0)).sum()),
+        }
     threshold = float(result["threshold"])
     rows = (
         {"(all seen families)": ("seen_all", None)}
@@ -427,13 +442,18 @@ def compare_scores(result: dict, reference: dict, other: dict, *, label: str) ->
     for name, (group, key) in rows.items():
         ref = reference[group] if key is None else reference[group][key]
         new = other[group] if key is None else other[group][key]
-        auroc[name] = {col: (ref["scores"][col]["auroc"], new["scores"][col]["auroc"]) for col in ("anomaly_score", "decision_score")}
+        auroc[name] = {
+            col: (ref["scores"][col]["auroc"], new["scores"][col]["auroc"])
+            for col in ("anomaly_score", "novelty_score", "decision_score")
+            if col in ref["scores"] and col in new["scores"]
+        }
     return {
         "label": label,
         "images": len(a),
         "max_abs_score_difference": float(np.abs(a - b).max()),
         "mean_abs_score_difference": float(np.abs(a - b).mean()),
         "threshold_flips": int(((a >= threshold) != (b >= threshold)).sum()),
+        **novelty,
         "auroc": auroc,
     }
 
@@ -541,10 +561,16 @@ def report(args: argparse.Namespace, figures: dict) -> None:
             f"by at most {c['max_abs_score_difference']:.2e} (mean {c['mean_abs_score_difference']:.2e}); "
             f"{c['threshold_flips']} change side of the threshold"
         )
-        print(f"{'':<22} {'anomaly AUROC before':>21} {c['label']:>15} {'decision AUROC before':>22} {c['label']:>15}")
+        if "novelty_max_relative_difference" in c:
+            print(
+                f"novelty_score differs by at most {c['novelty_max_relative_difference']:.2e} relative to max(1, |score|) "
+                f"(mean {c['novelty_mean_relative_difference']:.2e}); {c['novelty_boundary_flips']} change side of its boundary, 1"
+            )
+        columns = [("anomaly", "anomaly_score"), ("novelty", "novelty_score"), ("decision", "decision_score")]
+        columns = [(short, col) for short, col in columns if all(col in cols for cols in c["auroc"].values())]
+        print(f"{'':<22}" + "".join(f" {short + ' AUROC before':>21} {c['label']:>13}" for short, _ in columns))
         for name, cols in c["auroc"].items():
-            (a_ref, a_new), (d_ref, d_new) = cols["anomaly_score"], cols["decision_score"]
-            print(f"{name:<22} {_num(a_ref):>21} {_num(a_new):>15} {_num(d_ref):>22} {_num(d_new):>15}")
+            print(f"{name:<22}" + "".join(f" {_num(cols[col][0]):>21} {_num(cols[col][1]):>13}" for _, col in columns))
     print("\ngoals")
     for g in figures["goals"]:
         value = "n/a" if g["value"] is None else f"{g['value']:.4f}"
@@ -619,6 +645,7 @@ def run(args: argparse.Namespace, home: Path, command: str) -> dict:
         served[variant] = compare_served(args, settings, result, scores, variant)
         stage("scoring_" + variant)
     scores.pop("all_anomaly_scores")
+    scores.pop("all_novelty_scores")
     import mlflow
 
     base = mlflow.get_run(result["mlflow_run_id"]).data.params.get("base_model", args.model)

@@ -134,12 +134,25 @@ def test_int8_serving_without_a_cpp_compiler_fails_at_load_saying_what_it_needs(
     other = resolve_base_model("vit-micro-offline", tmp_path, seed=9)
     context = types.SimpleNamespace(artifacts={"model_dir": _served_dir(other, tmp_path / "served")})
     torch._dynamo.reset()
+    before = (inductor.fx_graph_cache, inductor.cpp.cxx)
     # no compiler, and no graph compiled before that could hide it (torch's own config patching, undone on exit)
     with inductor.patch({"cpp.cxx": ("/nonexistent/g++",), "fx_graph_cache": False}):
         with pytest.raises(ConfigError, match=r"InvalidCxxCompiler.*needs a C\+\+ compiler \(g\+\+\) on the serving machine"):
             SwanAnomalyModel().load_context(context)
     torch._dynamo.reset()
-    assert inductor.fx_graph_cache is not False and inductor.cpp.cxx != ("/nonexistent/g++",)
+    assert (inductor.fx_graph_cache, inductor.cpp.cxx) == before
+
+
+def test_a_compiled_model_failing_to_warm_up_for_another_reason_raises_that_error_not_the_compiler_advice(monkeypatch):
+    from swan_anomaly import modeling
+
+    def fail(*_args, **_kwargs):
+        raise MemoryError("out of memory while compiling")
+
+    monkeypatch.setattr(modeling, "forward_outputs", fail)
+    spec = modeling.PreprocessSpec(size=8, mean=(0.5,) * 3, std=(0.5,) * 3)
+    with pytest.raises(MemoryError, match="out of memory"):
+        modeling.warm_up(torch.compile(torch.nn.Linear(2, 2)), spec)
 
 
 def test_int8_serving_without_torchao_is_refused_naming_the_setting(model_dir, monkeypatch):
@@ -155,7 +168,7 @@ def test_served_models_require_torchao_at_the_version_installed_and_only_where_i
 
     from swan_anomaly import tracking
 
-    assert f"torchao=={metadata.version('torchao')}" in tracking.pinned_requirements()  # requirements.txt installs it
+    assert f"torchao=={metadata.version('torchao').split('+')[0]}" in tracking.pinned_requirements()  # requirements.txt installs it
     real = metadata.version
 
     def version(name: str) -> str:
@@ -215,3 +228,42 @@ def test_logging_a_model_checks_its_input_example_in_float32_whatever_the_endpoi
         )
     assert info.model_uri and not quantized
     assert Settings.from_env().serving_cpu_precision == "int8"  # the block put the endpoint's setting back
+
+
+def test_int8_is_asked_only_of_versions_that_can_load_in_it(model_dir, monkeypatch, caplog):
+    """A version logged before int8 serving carries code that refuses the value: a rollback to it must not send it
+    (its endpoint would not start). Its training run has no precisions tag; a version logged now names int8."""
+    import logging
+
+    import mlflow
+
+    from swan_airflow.runtime import registry_client
+    from swan_airflow.serving import serving_config
+    from swan_anomaly.images import encode_png
+    from swan_anomaly.modeling import preprocess_spec
+    from swan_anomaly.tracking import CPU_PRECISIONS_TAG, ensure_experiment, log_served_model
+
+    monkeypatch.setenv("SWAN_MODEL_NAME", "int8_capable")
+    client = registry_client()
+    experiment = ensure_experiment(Settings.from_env())
+    with mlflow.start_run(experiment_id=experiment, run_name="int8-capable") as run:
+        info = log_served_model(
+            load_classifier(model_dir),
+            preprocess_spec(model_dir),
+            threshold=0.5,
+            threshold_method="max_f1",
+            example=[encode_png(np.zeros((40, 40, 3), dtype=np.uint8))],
+        )
+    assert client.get_run(run.info.run_id).data.tags[CPU_PRECISIONS_TAG] == "float32,bfloat16,int8"  # torchao is installed here
+    older = client.create_run(experiment).info.run_id  # what a run of an earlier version of this code left: no tag
+    client.set_terminated(older)
+    client.create_registered_model("int8_capable")
+    new = client.create_model_version("int8_capable", info.model_uri, run.info.run_id).version
+    old = client.create_model_version("int8_capable", info.model_uri, older).version
+    monkeypatch.setenv("SWAN_SERVING_CPU_PRECISION", "int8")
+    assert serving_config(client, new).environment_vars() == {"SWAN_SERVING_CPU_PRECISION": "int8"}
+    with caplog.at_level(logging.WARNING, logger="swan_airflow.serving"):
+        assert serving_config(client, old).environment_vars() is None  # float32: nothing sent
+    assert f"int8_capable v{old} cannot serve in int8" in caplog.text and "no precisions" in caplog.text
+    monkeypatch.setenv("SWAN_SERVING_CPU_PRECISION", "bfloat16")  # every version since bfloat16 existed takes it; older ones ignore it
+    assert serving_config(client, old).environment_vars() == {"SWAN_SERVING_CPU_PRECISION": "bfloat16"}

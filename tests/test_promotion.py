@@ -237,6 +237,7 @@ def test_the_registry_s_scores_are_float32_whatever_precision_the_endpoint_serve
     np.testing.assert_array_equal(registry_scorer(uri)(images), exact)
 
 
+@pytest.mark.slow
 def test_the_gate_judges_champion_and_challenger_on_the_same_rows_at_their_own_thresholds(world, model_name):
     """The champion claims AUROC 1.0 of its own data; on the challenger's validation rows it scores 0.5."""
     from swan_airflow.runtime import registry_client

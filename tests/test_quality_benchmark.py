@@ -157,6 +157,9 @@ def test_the_smoke_benchmark_reports_every_family_and_kind_with_intervals(tmp_pa
         for float32, bfloat16 in cols.values():  # bfloat16 ranks the images as float32 does, to within rounding
             assert abs(bfloat16 - float32) < 0.1, (name, cols)
     assert "CPU serving in bfloat16 against float32" in done.stdout
+    # the novelty score too, as the endpoint validation's parity check measures it (relative to max(1, |score|))
+    assert 0.0 < precision["novelty_max_relative_difference"] < 1 and 0 <= precision["novelty_boundary_flips"] <= precision["images"]
+    assert all("novelty_score" in cols for cols in precision["auroc"].values()) and "novelty_score differs by at most" in done.stdout
     # and with the served model changed as issue 17's faster GPU kernels would change it, against the float32 model as served
     served = figures["served_comparisons"]
     assert list(served) == ["gelu-tanh", "float8-emulated"]

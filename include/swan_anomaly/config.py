@@ -192,8 +192,8 @@ class Settings:
         "Weights and activations of the served model on CPU: float32 (scores as the registry's); bfloat16 (about "
         "2x the images/s of a ViT-B/16 on AVX512-BF16 CPUs, AUROC unchanged within 0.005; single scores differ by up to "
         "about 4e-2: raise SWAN_ENDPOINT_PARITY_TOLERANCE to about 5e-2 with it); or int8 (torchao's int8 GEMMs, compiled "
-        "when the model loads, which needs a C++ compiler and takes a minute or more: about 4x float32's images/s at "
-        "ViT-B/16 on two cores, AUROC unchanged within 0.005, single scores differ by up to about 6e-2: raise "
+        "when the model loads, which needs a C++ compiler and takes a minute or more: 3.4x to 4.5x float32's images/s at "
+        "ViT-B/16 on two AVX512-VNNI cores, AUROC unchanged within 0.005, single scores differ by up to about 6e-2: raise "
         "SWAN_ENDPOINT_PARITY_TOLERANCE to about 1e-1). The gate and the endpoint's parity check always score in float32.",
         choices=("float32", "bfloat16", "int8"),
     )

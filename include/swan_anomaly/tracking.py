@@ -26,6 +26,18 @@ from swan_anomaly.lake import LocalLake
 SERVING_REQUIREMENTS = ("torch", "transformers", "opencv-python-headless", "numpy", "pandas", "scikit-learn", "mlflow")
 #: Served where the training environment has them, at its version: torchao for SWAN_SERVING_CPU_PRECISION=int8.
 OPTIONAL_SERVING_REQUIREMENTS = ("torchao",)
+#: Run tag naming the CPU precisions (``SWAN_SERVING_CPU_PRECISION``) the run's served model can load in, comma-separated;
+#: a version whose run lacks it was logged before int8 existed, and its code refuses that value.
+CPU_PRECISIONS_TAG = "swan_cpu_precisions"
+
+
+def served_cpu_precisions() -> list[str]:
+    """The CPU precisions a model logged here can serve in: int8 only with torchao among its requirements."""
+    from importlib.util import find_spec
+
+    from swan_anomaly.modeling import CPU_PRECISIONS
+
+    return [p for p in CPU_PRECISIONS if p != "int8" or find_spec("torchao") is not None]
 
 
 def confusion_figure(cm: list[list[int]], title: str):
@@ -118,6 +130,7 @@ def log_served_model(model, spec, *, threshold: float, threshold_method: str, ex
         if novelty is not None:
             novelty.save(model_dir)
             metadata |= {"novelty_scale": novelty.scale, "novelty_bank_size": len(novelty.bank)}
+        mlflow.set_tag(CPU_PRECISIONS_TAG, ",".join(served_cpu_precisions()))  # what deploying it may ask of it
         with as_registered():  # MLflow loads the model to check the input example: in float32, not compiled in int8 here
             info = mlflow.pyfunc.log_model(
                 name="model",

@@ -99,6 +99,44 @@ def serving_target(*, start: bool = True) -> ServingTarget:
     raise ValueError(msg)
 
 
+def serving_config(client, version: str):
+    """The served entity's config for ``version``: ``SWAN_SERVING_*``, with int8 asked only of a version that can load in it.
+
+    A version logged before int8 serving existed carries code that refuses ``SWAN_SERVING_CPU_PRECISION=int8`` (its
+    endpoint would not start: a rollback to it would fail), and one logged without torchao cannot quantize; both
+    serve in float32 instead, with a warning. Which precisions a version can serve in is its training run's
+    :data:`swan_anomaly.tracking.CPU_PRECISIONS_TAG`.
+    """
+    import logging
+    from dataclasses import replace
+
+    from mlflow.exceptions import MlflowException
+
+    from swan_anomaly.serving.deploy import ServingConfig
+    from swan_anomaly.tracking import CPU_PRECISIONS_TAG
+
+    config = ServingConfig.from_env()
+    if config.cpu_precision != "int8":
+        return config
+    name, run_id = settings().model_name, None
+    try:
+        run_id = client.get_model_version(name, version).run_id
+        supported = client.get_run(run_id).data.tags.get(CPU_PRECISIONS_TAG, "").split(",") if run_id else []
+    except MlflowException as exc:  # its run deleted: nothing says it can
+        supported, run_id = [], f"{run_id} ({exc.error_code})"
+    if "int8" in supported:
+        return config
+    logging.getLogger(__name__).warning(
+        "%s v%s cannot serve in int8 (its training run %s names %s, not int8: logged before int8 serving, or without torchao); "
+        "it serves in float32",
+        name,
+        version,
+        run_id,
+        ",".join(p for p in supported if p) or "no precisions",
+    )
+    return replace(config, cpu_precision="float32")
+
+
 def roll_back(target: ServingTarget, version: str) -> None:
     """Give ``version`` the ``champion`` alias again and serve it (after a failed validation).
 
@@ -107,11 +145,12 @@ def roll_back(target: ServingTarget, version: str) -> None:
     """
     from swan_airflow.runtime import registry_client
     from swan_anomaly.registry import rollback
-    from swan_anomaly.serving.deploy import ServingConfig, deploy_version
+    from swan_anomaly.serving.deploy import deploy_version
 
     s = settings()
-    rollback(registry_client(), s.model_name, version)
-    deploy_version(target.workspace(), target.endpoint, s.model_name, version, ServingConfig.from_env())
+    client = registry_client()
+    rollback(client, s.model_name, version)
+    deploy_version(target.workspace(), target.endpoint, s.model_name, version, serving_config(client, version))
 
 
 def withdraw(target: ServingTarget, version: str) -> None:

@@ -28,6 +28,7 @@ import binascii
 import contextlib
 import logging
 import os
+import threading
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -42,6 +43,7 @@ INPUT_COLUMN = "image"
 #: The served model's CPU precision (``Settings.serving_cpu_precision``), read when the pyfunc loads.
 CPU_PRECISION_VARIABLE = "SWAN_SERVING_CPU_PRECISION"
 log = logging.getLogger(__name__)
+_ENVIRONMENT_LOCK = threading.RLock()
 
 
 def _as_bytes(value, row: int) -> bytes:
@@ -70,15 +72,16 @@ def as_registered():
     Every version's pyfunc reads the variable when it loads, so this holds for versions logged before
     this block existed too.
     """
-    before = os.environ.get(CPU_PRECISION_VARIABLE)
-    os.environ[CPU_PRECISION_VARIABLE] = "float32"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(CPU_PRECISION_VARIABLE, None)
-        else:
-            os.environ[CPU_PRECISION_VARIABLE] = before
+    with _ENVIRONMENT_LOCK:  # the variable is the process's: one such block at a time
+        before = os.environ.get(CPU_PRECISION_VARIABLE)
+        os.environ[CPU_PRECISION_VARIABLE] = "float32"
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop(CPU_PRECISION_VARIABLE, None)
+            else:
+                os.environ[CPU_PRECISION_VARIABLE] = before
 
 
 class SwanAnomalyModel(mlflow.pyfunc.PythonModel):

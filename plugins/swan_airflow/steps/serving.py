@@ -48,11 +48,11 @@ def update_endpoint(ctx: RunContext) -> dict:
             Or another run holds the promotion section (this task was cleared without the sensor).
     """
     from swan_airflow.runtime import registry_client, settings
-    from swan_airflow.serving import serving_target
+    from swan_airflow.serving import serving_config, serving_target
     from swan_airflow.steps.promotion import require_turn
     from swan_anomaly import EndpointError
     from swan_anomaly.registry import CHAMPION, PREVIOUS, endpoint_validation, get_alias, rollback, verdict, withdraw
-    from swan_anomaly.serving.deploy import ServingConfig, deploy_version
+    from swan_anomaly.serving.deploy import deploy_version
 
     require_turn(ctx)  # a clear of this task alone must not deploy while another run promotes, deploys or validates
     s = settings()
@@ -63,7 +63,7 @@ def update_endpoint(ctx: RunContext) -> dict:
     version = str(champion.version)
     target = serving_target()
     try:
-        result = deploy_version(target.workspace(), target.endpoint, s.model_name, version, ServingConfig.from_env())
+        result = deploy_version(target.workspace(), target.endpoint, s.model_name, version, serving_config(client, version))
     except EndpointError as exc:  # the endpoint refused the version (it could not load it): retrying changes nothing
         msg = str(exc)
         if verdict(endpoint_validation(client, s.model_name, version)) != "passed":
