@@ -342,7 +342,8 @@ def test_videos_landed_by_the_ingest_dag_trigger_a_run_through_the_asset(stack):
     stack.wait_finished(response.json()["dag_run_id"], INGEST_DAG_ID)
     today = dt.datetime.now(dt.UTC).date().isoformat()
     landed = list((stack.settings.landing_dir / today).glob("cam1-*.mp4"))
-    assert len(landed) == 1 and not (inbox / "cam1.mp4").exists()
+    everywhere = sorted(str(p.relative_to(stack.settings.landing_dir)) for p in stack.settings.landing_dir.rglob("cam1*"))
+    assert len(landed) == 1 and not (inbox / "cam1.mp4").exists(), (today, everywhere, sorted(p.name for p in inbox.iterdir()))
     run = stack.wait_for(
         "the asset-triggered run",
         lambda: next((r for r in stack.runs() if r["dag_run_id"] not in before and r["run_type"] == "asset_triggered"), None),
@@ -355,5 +356,5 @@ def test_videos_landed_by_the_ingest_dag_trigger_a_run_through_the_asset(stack):
     )
     response = stack.api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/find_videos/xcomEntries/return_value")
     assert response.status_code == 200, response.text
-    assert response.json()["value"] == [{"video": str(landed[0]), "reason": None}]
+    assert response.json()["value"] == [{"video": str(landed[0]), "reason": None}], (run, response.json()["value"])
     assert stack.api.patch(f"/dags/{DAG_ID}/dagRuns/{run_id}", json={"state": "failed"}).status_code == 200
