@@ -137,7 +137,8 @@ def test_int8_serving_without_a_cpp_compiler_fails_at_load_saying_what_it_needs(
     before = (inductor.fx_graph_cache, inductor.cpp.cxx)
     # no compiler, and no graph compiled before that could hide it (torch's own config patching, undone on exit)
     with inductor.patch({"cpp.cxx": ("/nonexistent/g++",), "fx_graph_cache": False}):
-        with pytest.raises(ConfigError, match=r"InvalidCxxCompiler.*needs a C\+\+ compiler \(g\+\+\) on the serving machine"):
+        needs = r"InvalidCxxCompiler.*needs a working C\+\+ compiler \(g\+\+, with Python's headers\) on the serving machine"
+        with pytest.raises(ConfigError, match=needs):
             SwanAnomalyModel().load_context(context)
     torch._dynamo.reset()
     assert (inductor.fx_graph_cache, inductor.cpp.cxx) == before
@@ -238,7 +239,7 @@ def test_int8_is_asked_only_of_versions_that_can_load_in_it(model_dir, monkeypat
     import mlflow
 
     from swan_airflow.runtime import registry_client
-    from swan_airflow.serving import serving_config
+    from swan_airflow.serving import ServingTarget, roll_back, serving_config
     from swan_anomaly.images import encode_png
     from swan_anomaly.modeling import preprocess_spec
     from swan_anomaly.tracking import CPU_PRECISIONS_TAG, ensure_experiment, log_served_model
@@ -261,9 +262,21 @@ def test_int8_is_asked_only_of_versions_that_can_load_in_it(model_dir, monkeypat
     new = client.create_model_version("int8_capable", info.model_uri, run.info.run_id).version
     old = client.create_model_version("int8_capable", info.model_uri, older).version
     monkeypatch.setenv("SWAN_SERVING_CPU_PRECISION", "int8")
-    assert serving_config(client, new).environment_vars() == {"SWAN_SERVING_CPU_PRECISION": "int8"}
+    databricks = ServingTarget("databricks", "https://adb.example", "swan-anomaly", None)
+    assert serving_config(client, new, databricks).environment_vars() == {"SWAN_SERVING_CPU_PRECISION": "int8"}
     with caplog.at_level(logging.WARNING, logger="swan_airflow.serving"):
-        assert serving_config(client, old).environment_vars() is None  # float32: nothing sent
+        assert serving_config(client, old, databricks).environment_vars() is None  # float32: nothing sent
     assert f"int8_capable v{old} cannot serve in int8" in caplog.text and "no precisions" in caplog.text
+    # a rollback deploys what serving_config says (the wiring: roll_back, as update_endpoint, asks it)
+    deployed = []
+    monkeypatch.setattr("swan_anomaly.serving.deploy.deploy_version", lambda _w, _e, _n, v, config: deployed.append((v, config)))
+    monkeypatch.setattr("swan_anomaly.registry.rollback", lambda *_args: None)
+    monkeypatch.setattr(ServingTarget, "workspace", lambda self: None)
+    roll_back(databricks, old)
+    roll_back(databricks, new)
+    assert [(v, c.cpu_precision) for v, c in deployed] == [(old, "float32"), (new, "int8")]
+    # the local model server runs its own code and environment: what it serves in is the setting
+    local = ServingTarget("local", "http://127.0.0.1:5055", "swan-anomaly", None)
+    assert serving_config(client, old, local).cpu_precision == "int8"
     monkeypatch.setenv("SWAN_SERVING_CPU_PRECISION", "bfloat16")  # every version since bfloat16 existed takes it; older ones ignore it
-    assert serving_config(client, old).environment_vars() == {"SWAN_SERVING_CPU_PRECISION": "bfloat16"}
+    assert serving_config(client, old, databricks).environment_vars() == {"SWAN_SERVING_CPU_PRECISION": "bfloat16"}

@@ -339,7 +339,7 @@ def warm_up(model, spec: PreprocessSpec, feature_layers: tuple[int, ...] | None 
     the first request: once for any batch of 2 or more, once more for single images.
 
     Raises:
-        ConfigError: the model is compiled and this machine has no working C++ compiler for Inductor
+        ConfigError: the model is compiled and this machine has no working C++ toolchain for Inductor
             (what a retry or another request would meet again). Other errors propagate as raised.
     """
     import time
@@ -354,7 +354,7 @@ def warm_up(model, spec: PreprocessSpec, feature_layers: tuple[int, ...] | None 
         said = (str(exc).strip().splitlines() or [""])[0][:500]
         chain, cause = [], exc
         while cause is not None and len(chain) < 10:  # Dynamo wraps Inductor's error (BackendCompilerFailed, InductorError)
-            chain.append(f"{type(cause).__name__} {str(cause)[:300]}")
+            chain.append(f"{type(cause).__name__} {cause} {getattr(cause, 'details', '')}")  # a compile worker's error: its details
             cause = cause.__cause__ or cause.__context__
         toolchain = any(name in link for link in chain for name in ("InvalidCxxCompiler", "CppCompileError"))
         if not isinstance(model, torch._dynamo.eval_frame.OptimizedModule) or not toolchain:
@@ -363,7 +363,8 @@ def warm_up(model, spec: PreprocessSpec, feature_layers: tuple[int, ...] | None 
 
         msg = (
             f"compiling the served model failed ({type(exc).__name__}: {said}); SWAN_SERVING_CPU_PRECISION=int8 runs through "
-            "torch.compile, which needs a C++ compiler (g++) on the serving machine: install one, or serve float32 or bfloat16"
+            "torch.compile, which needs a working C++ compiler (g++, with Python's headers) on the serving machine: install one, "
+            "or serve float32 or bfloat16"
         )
         raise ConfigError(msg) from exc
     return time.perf_counter() - started

@@ -32,12 +32,15 @@ CPU_PRECISIONS_TAG = "swan_cpu_precisions"
 
 
 def served_cpu_precisions() -> list[str]:
-    """The CPU precisions a model logged here can serve in: int8 only with torchao among its requirements."""
-    from importlib.util import find_spec
-
+    """The CPU precisions a model logged here can serve in: int8 only with torchao among its requirements, and importable."""
     from swan_anomaly.modeling import CPU_PRECISIONS
 
-    return [p for p in CPU_PRECISIONS if p != "int8" or find_spec("torchao") is not None]
+    try:
+        metadata.version("torchao")  # what pinned_requirements pins
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_  # noqa: F401 - what quantize_int8 imports
+    except (metadata.PackageNotFoundError, ImportError):
+        return [p for p in CPU_PRECISIONS if p != "int8"]
+    return list(CPU_PRECISIONS)
 
 
 def confusion_figure(cm: list[list[int]], title: str):

@@ -99,13 +99,19 @@ def serving_target(*, start: bool = True) -> ServingTarget:
     raise ValueError(msg)
 
 
-def serving_config(client, version: str):
+def serving_config(client, version: str, target: ServingTarget):
     """The served entity's config for ``version``: ``SWAN_SERVING_*``, with int8 asked only of a version that can load in it.
 
-    A version logged before int8 serving existed carries code that refuses ``SWAN_SERVING_CPU_PRECISION=int8`` (its
-    endpoint would not start: a rollback to it would fail), and one logged without torchao cannot quantize; both
-    serve in float32 instead, with a warning. Which precisions a version can serve in is its training run's
-    :data:`swan_anomaly.tracking.CPU_PRECISIONS_TAG`.
+    On Databricks a version's endpoint runs the code logged with it. A version logged before int8 serving
+    existed carries code that refuses ``SWAN_SERVING_CPU_PRECISION=int8`` (its endpoint would not start: a
+    rollback to it would fail), and one logged without torchao cannot quantize; both serve in float32
+    instead, with a warning. Which precisions a version can serve in is its training run's
+    :data:`swan_anomaly.tracking.CPU_PRECISIONS_TAG`. The local model server runs its own code and
+    environment, so its config is the settings'.
+
+    Raises:
+        MlflowException: the registry did not answer (a retry may); a version or run that is gone, or out of
+            reach (another workspace's run), counts as one that cannot.
     """
     import logging
     from dataclasses import replace
@@ -116,14 +122,17 @@ def serving_config(client, version: str):
     from swan_anomaly.tracking import CPU_PRECISIONS_TAG
 
     config = ServingConfig.from_env()
-    if config.cpu_precision != "int8":
+    if config.cpu_precision != "int8" or target.backend != "databricks":
         return config
-    name, run_id = settings().model_name, None
+    name, run_id, supported = settings().model_name, None, []
     try:
         run_id = client.get_model_version(name, version).run_id
-        supported = client.get_run(run_id).data.tags.get(CPU_PRECISIONS_TAG, "").split(",") if run_id else []
-    except MlflowException as exc:  # its run deleted: nothing says it can
-        supported, run_id = [], f"{run_id} ({exc.error_code})"
+        if run_id:
+            supported = client.get_run(run_id).data.tags.get(CPU_PRECISIONS_TAG, "").split(",")
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "PERMISSION_DENIED"):
+            raise
+        run_id = f"{run_id or '?'} ({exc.error_code})"
     if "int8" in supported:
         return config
     logging.getLogger(__name__).warning(
@@ -150,7 +159,7 @@ def roll_back(target: ServingTarget, version: str) -> None:
     s = settings()
     client = registry_client()
     rollback(client, s.model_name, version)
-    deploy_version(target.workspace(), target.endpoint, s.model_name, version, serving_config(client, version))
+    deploy_version(target.workspace(), target.endpoint, s.model_name, version, serving_config(client, version, target))
 
 
 def withdraw(target: ServingTarget, version: str) -> None:

@@ -63,7 +63,7 @@ def update_endpoint(ctx: RunContext) -> dict:
     version = str(champion.version)
     target = serving_target()
     try:
-        result = deploy_version(target.workspace(), target.endpoint, s.model_name, version, serving_config(client, version))
+        result = deploy_version(target.workspace(), target.endpoint, s.model_name, version, serving_config(client, version, target))
     except EndpointError as exc:  # the endpoint refused the version (it could not load it): retrying changes nothing
         msg = str(exc)
         if verdict(endpoint_validation(client, s.model_name, version)) != "passed":
