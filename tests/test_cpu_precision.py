@@ -201,15 +201,24 @@ def test_the_inference_benchmark_runs_int8_serving_and_says_how_far_it_moves_sco
     assert "max |difference|" in done.stdout
 
 
+def _log_served(model_dir: str):
+    """Log the micro model as the served pyfunc in the active MLflow run (one blank PNG as its input example)."""
+    from swan_anomaly.images import encode_png
+    from swan_anomaly.modeling import preprocess_spec
+    from swan_anomaly.tracking import log_served_model
+
+    example = [encode_png(np.zeros((40, 40, 3), dtype=np.uint8))]
+    spec = preprocess_spec(model_dir)
+    return log_served_model(load_classifier(model_dir), spec, threshold=0.5, threshold_method="max_f1", example=example)
+
+
 def test_logging_a_model_checks_its_input_example_in_float32_whatever_the_endpoint_serves_in(model_dir, monkeypatch):
     """SWAN_SERVING_CPU_PRECISION is the endpoint's; set for it, it reaches the training job too, where MLflow loads the
     pyfunc to check the input example: that load must not quantize and compile an int8 copy (a minute at ViT-B/16)."""
     import mlflow
 
     from swan_anomaly import modeling
-    from swan_anomaly.images import encode_png
-    from swan_anomaly.modeling import preprocess_spec
-    from swan_anomaly.tracking import ensure_experiment, log_served_model
+    from swan_anomaly.tracking import ensure_experiment
 
     quantized = []
 
@@ -220,13 +229,7 @@ def test_logging_a_model_checks_its_input_example_in_float32_whatever_the_endpoi
     monkeypatch.setattr(modeling, "quantize_int8", refuse)
     monkeypatch.setenv("SWAN_SERVING_CPU_PRECISION", "int8")
     with mlflow.start_run(experiment_id=ensure_experiment(Settings.from_env()), run_name="log-in-float32"):
-        info = log_served_model(
-            load_classifier(model_dir),
-            preprocess_spec(model_dir),
-            threshold=0.5,
-            threshold_method="max_f1",
-            example=[encode_png(np.zeros((40, 40, 3), dtype=np.uint8))],
-        )
+        info = _log_served(model_dir)
     assert info.model_uri and not quantized
     assert Settings.from_env().serving_cpu_precision == "int8"  # the block put the endpoint's setting back
 
@@ -240,21 +243,13 @@ def test_int8_is_asked_only_of_versions_that_can_load_in_it(model_dir, monkeypat
 
     from swan_airflow.runtime import registry_client
     from swan_airflow.serving import ServingTarget, roll_back, serving_config
-    from swan_anomaly.images import encode_png
-    from swan_anomaly.modeling import preprocess_spec
-    from swan_anomaly.tracking import CPU_PRECISIONS_TAG, ensure_experiment, log_served_model
+    from swan_anomaly.tracking import CPU_PRECISIONS_TAG, ensure_experiment
 
     monkeypatch.setenv("SWAN_MODEL_NAME", "int8_capable")
     client = registry_client()
     experiment = ensure_experiment(Settings.from_env())
     with mlflow.start_run(experiment_id=experiment, run_name="int8-capable") as run:
-        info = log_served_model(
-            load_classifier(model_dir),
-            preprocess_spec(model_dir),
-            threshold=0.5,
-            threshold_method="max_f1",
-            example=[encode_png(np.zeros((40, 40, 3), dtype=np.uint8))],
-        )
+        info = _log_served(model_dir)
     assert client.get_run(run.info.run_id).data.tags[CPU_PRECISIONS_TAG] == "float32,bfloat16,int8"  # torchao is installed here
     older = client.create_run(experiment).info.run_id  # what a run of an earlier version of this code left: no tag
     client.set_terminated(older)
@@ -280,3 +275,18 @@ def test_int8_is_asked_only_of_versions_that_can_load_in_it(model_dir, monkeypat
     assert serving_config(client, old, local).cpu_precision == "int8"
     monkeypatch.setenv("SWAN_SERVING_CPU_PRECISION", "bfloat16")  # every version since bfloat16 existed takes it; older ones ignore it
     assert serving_config(client, old, databricks).environment_vars() == {"SWAN_SERVING_CPU_PRECISION": "bfloat16"}
+
+
+def test_a_registry_that_does_not_answer_fails_the_deployment_instead_of_serving_float32(monkeypatch):
+    """Only a version or run that is gone counts as one that cannot serve int8: an outage must raise (the task retries),
+    not deploy float32 for good under a warning that blames the version."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from swan_airflow.serving import ServingTarget, serving_config
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("SWAN_SERVING_CPU_PRECISION", "int8")
+    down = MlflowClient("http://127.0.0.1:9", "http://127.0.0.1:9")  # nothing listens on the discard port
+    with pytest.raises(MlflowException):
+        serving_config(down, "3", ServingTarget("databricks", "https://adb.example", "swan-anomaly", None))

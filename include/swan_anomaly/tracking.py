@@ -135,7 +135,7 @@ def log_served_model(model, spec, *, threshold: float, threshold_method: str, ex
             metadata |= {"novelty_scale": novelty.scale, "novelty_bank_size": len(novelty.bank)}
         mlflow.set_tag(CPU_PRECISIONS_TAG, ",".join(served_cpu_precisions()))  # what deploying it may ask of it
         with as_registered():  # MLflow loads the model to check the input example: in float32, not compiled in int8 here
-            info = mlflow.pyfunc.log_model(
+            return mlflow.pyfunc.log_model(
                 name="model",
                 python_model=SwanAnomalyModel(),
                 artifacts={"model_dir": str(model_dir)},
@@ -145,7 +145,6 @@ def log_served_model(model, spec, *, threshold: float, threshold_method: str, ex
                 pip_requirements=pinned_requirements(),
                 metadata=metadata,
             )
-        return info
 
 
 def ensure_experiment(settings: Settings) -> str:
