@@ -37,6 +37,7 @@ from swan_anomaly.modeling import (  # noqa: E402
     PreprocessSpec,
     compile_model,
     forward_logits,
+    is_compiled,
     load_classifier,
     prepare_for_inference,
     warm_up,
@@ -53,7 +54,7 @@ def pipeline_loop(model_dir: str, x: torch.Tensor, args, device) -> dict:
     from a float32 forward of the same weights on the first batch (``max_score_difference``).
     """
     model = prepare_for_inference(load_classifier(model_dir), args.device, cpu_precision=args.cpu_precision)
-    compiled = isinstance(model, torch._dynamo.eval_frame.OptimizedModule)  # int8 on CPU comes compiled
+    compiled = is_compiled(model)  # int8 on CPU comes compiled
     forward = compile_model(model) if args.compile and not compiled else model  # the pipeline compiles with attention as an eager island
     seconds_to_compile = None
     if compiled:  # as the served pyfunc does when it loads (without the novelty bank's hidden states): timed apart from the steps

@@ -32,6 +32,9 @@ from typing import Any
 from swan_anomaly._errors import ConfigError
 from swan_anomaly.redact import has_credentials, redact_uri
 
+#: ``SWAN_ENDPOINT_PARITY_TOLERANCE`` for an endpoint serving in each reduced CPU precision (docs/BENCHMARKS.md: on the
+#: quality benchmark's trained model bfloat16 moved single scores by up to 4.1e-2, int8 by up to 6.3e-2).
+PARITY_TOLERANCE_FOR = {"bfloat16": 5e-2, "int8": 1e-1}
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
@@ -191,10 +194,11 @@ class Settings:
         "float32",
         "Weights and activations of the served model on CPU: float32 (scores as the registry's); bfloat16 (about "
         "2x the images/s of a ViT-B/16 on AVX512-BF16 CPUs, AUROC unchanged within 0.005; single scores differ by up to "
-        "about 4e-2: raise SWAN_ENDPOINT_PARITY_TOLERANCE to about 5e-2 with it); or int8 (torchao's int8 GEMMs, compiled "
-        "when the model loads, which needs a C++ compiler and takes a minute or more: 3.4x to 4.5x float32's images/s at "
-        "ViT-B/16 on two AVX512-VNNI cores, AUROC unchanged within 0.005, single scores differ by up to about 6e-2: raise "
-        "SWAN_ENDPOINT_PARITY_TOLERANCE to about 1e-1). The gate and the endpoint's parity check always score in float32.",
+        f"about 4e-2: raise SWAN_ENDPOINT_PARITY_TOLERANCE to about {PARITY_TOLERANCE_FOR['bfloat16']:g} with it); or int8 "
+        "(torchao's int8 GEMMs, compiled when the model loads, which needs a C++ compiler and takes a minute or more: 3.4x to "
+        "4.5x float32's images/s at ViT-B/16 on two AVX512-VNNI cores, AUROC unchanged within 0.005, single scores differ by "
+        f"up to about 6e-2: raise SWAN_ENDPOINT_PARITY_TOLERANCE to about {PARITY_TOLERANCE_FOR['int8']:g}). The gate and "
+        "the endpoint's parity check always score in float32.",
         choices=("float32", "bfloat16", "int8"),
     )
     endpoint_ui_url: str = setting(
@@ -367,6 +371,16 @@ class Settings:
             )
             raise ConfigError(msg)
         return cls(**values)
+
+    @classmethod
+    def variable(cls, name: str) -> str:
+        """The environment variable of the field ``name``.
+
+        Example:
+            >>> Settings.variable("serving_cpu_precision")
+            'SWAN_SERVING_CPU_PRECISION'
+        """
+        return next(f.metadata["env"] for f in dataclasses.fields(cls) if f.name == name)
 
     @property
     def mlflow_uris(self) -> tuple[str, str]:

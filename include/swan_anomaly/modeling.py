@@ -306,6 +306,13 @@ def register_attention_island() -> None:
 CPU_PRECISIONS = ("float32", "bfloat16", "int8")
 
 
+def is_compiled(model) -> bool:
+    """Whether ``model`` is a ``torch.compile`` wrapper (``int8`` on CPU, :func:`prepare_for_inference`): it compiles on its first calls."""
+    import torch
+
+    return isinstance(model, torch._dynamo.eval_frame.OptimizedModule)
+
+
 def quantize_int8(model) -> int:
     """Make each plain linear layer of ``model`` but the 2-class head an int8 GEMM (torchao); returns how many.
 
@@ -357,7 +364,7 @@ def warm_up(model, spec: PreprocessSpec, feature_layers: tuple[int, ...] | None 
             chain.append(f"{type(cause).__name__} {cause} {getattr(cause, 'details', '')}")  # a compile worker's error: its details
             cause = cause.__cause__ or cause.__context__
         toolchain = any(name in link for link in chain for name in ("InvalidCxxCompiler", "CppCompileError"))
-        if not isinstance(model, torch._dynamo.eval_frame.OptimizedModule) or not toolchain:
+        if not is_compiled(model) or not toolchain:
             raise  # not the toolchain: the error as torch raised it
         from swan_anomaly._errors import ConfigError
 

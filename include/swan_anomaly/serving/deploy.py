@@ -59,7 +59,7 @@ class ServingConfig:
 
     def environment_vars(self) -> dict[str, str] | None:
         """What the served model reads from its environment: the CPU precision, when it is not the default."""
-        return {"SWAN_SERVING_CPU_PRECISION": self.cpu_precision} if self.cpu_precision != "float32" else None
+        return {Settings.variable("serving_cpu_precision"): self.cpu_precision} if self.cpu_precision != "float32" else None
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from pathlib import Path
 import mlflow.pyfunc
 import pandas as pd
 
+from swan_anomaly.config import Settings
 from swan_anomaly.contract import NOVELTY_COLUMN  # absent from the output of models logged without a novelty bank
 
 PREPROCESS_FILE = "swan_preprocess.json"
@@ -41,7 +42,7 @@ PREPROCESS_FILE = "swan_preprocess.json"
 THRESHOLD_FILE = "swan_threshold.json"
 INPUT_COLUMN = "image"
 #: The served model's CPU precision (``Settings.serving_cpu_precision``), read when the pyfunc loads.
-CPU_PRECISION_VARIABLE = "SWAN_SERVING_CPU_PRECISION"
+CPU_PRECISION_VARIABLE = Settings.variable("serving_cpu_precision")
 log = logging.getLogger(__name__)
 _ENVIRONMENT_LOCK = threading.RLock()
 
@@ -90,8 +91,7 @@ class SwanAnomalyModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         import torch
 
-        from swan_anomaly.config import Settings
-        from swan_anomaly.modeling import PreprocessSpec, load_classifier, prepare_for_inference, warm_up
+        from swan_anomaly.modeling import PreprocessSpec, is_compiled, load_classifier, prepare_for_inference, warm_up
         from swan_anomaly.novelty import NoveltyBank
 
         torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -104,7 +104,7 @@ class SwanAnomalyModel(mlflow.pyfunc.PythonModel):
         self.novelty = NoveltyBank.load(Path(model_dir))  # None for a model logged without one
         if self.novelty is not None:
             self.novelty.to(next(self.model.parameters()).device)  # distances where the features are: on the GPU when there is one
-        if isinstance(self.model, torch._dynamo.eval_frame.OptimizedModule):  # int8 on CPU: compiled now, not on the first request
+        if is_compiled(self.model):  # int8 on CPU: compiled now, not on the first request
             log.info("compiling the served model (SWAN_SERVING_CPU_PRECISION=%s); this takes a minute or more on a few cores", precision)
             seconds = warm_up(self.model, self.spec, tuple(self.novelty.layers) if self.novelty is not None else None)
             log.info("served model compiled in %.0fs", seconds)

@@ -38,7 +38,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from swan_anomaly.config import Settings
+from swan_anomaly.config import PARITY_TOLERANCE_FOR, Settings
 from swan_anomaly.contract import ABNORMAL, LABEL_NAMES, NORMAL
 from swan_anomaly.gate import MIN_IMAGES_PER_CLASS, too_small
 from swan_anomaly.metrics import decision_false_alarms, evaluation_report, format_interval
@@ -114,11 +114,6 @@ class EndpointCheck:
     @property
     def passed(self) -> bool:
         return not self.reasons
-
-
-#: ``SWAN_ENDPOINT_PARITY_TOLERANCE`` for an endpoint serving in each CPU precision (docs/BENCHMARKS.md: on the quality
-#: benchmark's trained model bfloat16 moved scores by up to 4.1e-2, int8 by up to 6.3e-2).
-PARITY_TOLERANCE_FOR = {"bfloat16": 5e-2, "int8": 1e-1}
 
 
 def _precision_hint(policy: EndpointPolicy) -> str:
