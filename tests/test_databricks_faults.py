@@ -166,6 +166,18 @@ def test_unity_catalog_needs_a_three_level_model_name():
     assert Settings.from_env({**env, "SWAN_MODEL_NAME": "main.swan.swan_anomaly_vit"}).model_name == "main.swan.swan_anomaly_vit"
 
 
+def test_a_unity_catalog_model_name_is_taken_in_lower_case_as_unity_catalog_keeps_it():
+    """Unity Catalog keeps names in lower case: a mixed-case SWAN_MODEL_NAME never matched the versions it returned, so a
+    retried or cleared register_model (find_version_for_run) missed the version its training run had registered and made
+    a second one of the same weights."""
+    from swan_anomaly import Settings
+
+    uc = {"MLFLOW_TRACKING_URI": "databricks", "MLFLOW_REGISTRY_URI": "databricks-uc", "SWAN_MODEL_NAME": "Main.Swan.Swan_Anomaly_ViT"}
+    assert Settings.from_env(uc).model_name == "main.swan.swan_anomaly_vit"
+    # the workspace registry and a local MLflow keep the case they are given
+    assert Settings.from_env({"SWAN_MODEL_NAME": "Swan_Anomaly_ViT"}).model_name == "Swan_Anomaly_ViT"
+
+
 @pytest.mark.parametrize("failure", ["permanent", "crash", "crash after an earlier permanent failure"])
 def test_a_job_that_fails_for_good_on_databricks_is_not_retried_and_a_crash_is(double, tmp_path, monkeypatch, failure):
     """Databricks reports a failed run as FAILED whatever the job's exit status: a JobError (bad input data) was retried

@@ -138,7 +138,11 @@ class Settings:
         derive=lambda v: "/Shared/swan-anomaly" if str(v["tracking_uri"]).startswith("databricks") else "swan-anomaly",
         shown="swan-anomaly; /Shared/swan-anomaly with a databricks tracking URI",
     )
-    model_name: str = setting("SWAN_MODEL_NAME", "swan_anomaly_vit", "Registered model name (in Unity Catalog catalog.schema.model).")
+    model_name: str = setting(
+        "SWAN_MODEL_NAME",
+        "swan_anomaly_vit",
+        "Registered model name (in Unity Catalog catalog.schema.model, taken in lower case as Unity Catalog keeps it).",
+    )
     model: str = setting(
         "SWAN_MODEL", "vit-tiny-offline", "Base model: an offline preset, a hub id (google/vit-base-patch16-224) or a directory."
     )
@@ -370,6 +374,8 @@ class Settings:
                 "needs a three-level name, catalog.schema.model (e.g. main.swan.swan_anomaly_vit)"
             )
             raise ConfigError(msg)
+        if registry_uri.startswith("databricks-uc"):  # Unity Catalog keeps names in lower case, whatever case they were given in
+            values["model_name"] = model_name.lower()
         return cls(**values)
 
     @classmethod

@@ -61,7 +61,7 @@ def find_version_for_run(client: MlflowClient, name: str, mlflow_run_id: str) ->
     that Unity Catalog's version search supports.
     """
     versions = client.search_model_versions(f"run_id = '{mlflow_run_id}'")
-    same_run = [v for v in versions if v.name == name and v.run_id == mlflow_run_id]
+    same_run = [v for v in versions if v.name.casefold() == name.casefold() and v.run_id == mlflow_run_id]  # UC: lower case
     return min(same_run, key=lambda v: int(v.version)) if same_run else None
 
 
