@@ -181,6 +181,11 @@ BAD_VIDEOS = {  # name: (make(tmp, clip) -> path, reason in the message, caught 
         r"frames of 24x14 pixels are too small: .* at least 32 pixels on each side",
         True,
     ),
+    "frames over the decoding's pixel limit": (  # they landed, and anomaly synthesis then failed the whole day on them
+        lambda tmp, clip: _write(tmp / "huge.avi", [np.full((6200, 8200, 3), 90, np.uint8)] * 2, fourcc="MJPG"),
+        r"frames of 8200x6200 pixels are over the 50,000,000-pixel limit of every image this pipeline decodes",
+        True,
+    ),
     "undecodable frame data": (
         _garbled_mp4,
         r"no decodable frames \(the container declares 30 frames, none decoded: unsupported codec or damaged data\)",

@@ -9,7 +9,7 @@ A file that is not a readable video raises :class:`VideoError` naming the file a
 missing or empty, a still image under a video name (:data:`IMAGE_SIGNATURES`), a container
 FFmpeg cannot open (for an MP4/MOV, what is wrong with its top-level boxes, e.g. an upload cut
 short before its ``moov`` index), unsupported rotation metadata, no decodable frame, or frames
-smaller than :data:`MIN_FRAME_SIDE`.
+smaller than :data:`MIN_FRAME_SIDE` or over :data:`swan_anomaly.images.MAX_PIXELS`.
 
 The private helpers that open a capture (``_open``), read its declared rate and count
 (``_declared``), turn frames upright (``_upright``) and check them (``_check_frame_size``,
@@ -30,6 +30,7 @@ import numpy as np
 
 from swan_anomaly._errors import VideoError
 from swan_anomaly.digests import sha256_file
+from swan_anomaly.images import MAX_PIXELS
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
@@ -111,7 +112,7 @@ def probe_video(path: Path) -> dict:
     Raises:
         VideoError: the file is missing, empty, a still image or not a video, truncated
             before its index, has unsupported rotation metadata, yields no decodable frame, or
-            its frames are smaller than :data:`MIN_FRAME_SIDE`.
+            its frames are smaller than :data:`MIN_FRAME_SIDE` or over ``images.MAX_PIXELS``.
 
     Example:
         >>> probe_video(Path("/tmp/swans.mp4"))["rotation"]  # doctest: +SKIP
@@ -175,11 +176,18 @@ def _still_image_format(path: Path) -> str | None:
 
 
 def _check_frame_size(video_path: Path, width: int, height: int) -> None:
-    """Raise ``VideoError`` when frames are smaller than :data:`MIN_FRAME_SIDE` on either side."""
+    """Raise ``VideoError`` when frames are smaller than :data:`MIN_FRAME_SIDE` on either side, or larger than
+    :data:`swan_anomaly.images.MAX_PIXELS` in all: every later step decodes the frames, and refuses an image that large."""
     if min(width, height) < MIN_FRAME_SIDE:
         msg = (
             f"{video_path}: frames of {width}x{height} pixels are too small: anomaly synthesis and the model need at least "
             f"{MIN_FRAME_SIDE} pixels on each side (a thumbnail or a corrupt header?)"
+        )
+        raise VideoError(msg)
+    if width * height > MAX_PIXELS:  # else its frames would land, and anomaly synthesis would fail the whole day on them
+        msg = (
+            f"{video_path}: frames of {width}x{height} pixels are over the {MAX_PIXELS:,}-pixel limit of every image this "
+            "pipeline decodes (a decompression-bomb guard); re-encode the video at a smaller size"
         )
         raise VideoError(msg)
 
