@@ -66,7 +66,7 @@ def test_data_too_small_for_the_minimums_is_split_anyway_and_says_what_to_add(ca
 
 def test_group_names_alone_still_work_as_before():
     assert sorted(assign_splits(["a", "b", "c"], seed=0).values()) == ["test", "train", "val"]
-    with pytest.raises(ValueError, match="at least 3"):
+    with pytest.raises(ValidationDataError, match="at least 3"):
         assign_splits({"a": 5, "b": 5}, seed=0)
 
 

@@ -101,16 +101,17 @@ def assign_splits(
         ``{group: split}``.
 
     Raises:
-        ValueError: fewer than 3 groups, or a group without images.
-        ValidationDataError: ``strict`` and a held-out split misses a minimum (the message names
-            the counts and what to add).
+        ValueError: a group without images.
+        ValidationDataError: fewer than 3 groups (a day of footage too short to split: the jobs
+            fail at once, not retried), or ``strict`` and a held-out split misses a minimum (the
+            message names the counts and what to add).
     """
     sizes, sized, labelled = _sizes(groups)
     ordered = sorted(sizes, key=lambda g: (stable_seed(seed, g), g))
     n = len(ordered)
-    if n < 3:
+    if n < 3:  # the data's: a retry of the job meets the same rows
         msg = f"need at least 3 split groups (video x time block) for train/val/test, got {n}; add video or shorten the time block"
-        raise ValueError(msg)
+        raise ValidationDataError(msg)
     total = sum(sum(s.values()) for s in sizes.values())
     cap = max_share * total
     classes = {ABNORMAL, NORMAL} if labelled else set()
