@@ -57,6 +57,34 @@ def test_decode_handles_gray_alpha_and_16_bit_and_names_bad_input():
         decode_image(jpeg[:20], name="cut.jpg")
 
 
+def test_a_complete_jpeg_with_data_after_its_end_marker_decodes_and_a_cut_one_is_refused():
+    """Phones append data after a JPEG's end-of-image marker (a motion photo's MP4, a maker's trailer). The check for a cut-off
+    JPEG compared the last FFD9 in the file with the last FFDA, so a trailer holding those bytes in the other order had
+    about half of such photos refused as truncated: in the jobs and at the endpoint, which decodes with the same code."""
+    rng = np.random.default_rng(7)
+    image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    jpeg = encode_jpeg(image)
+    progressive = _progressive_jpeg(image)
+    trailer = b"\x00\x00\x00\x18ftypmp42" + b"\xff\xd9 moov " + b"\xff\xda\x00\x08 mdat" + rng.bytes(4096)
+    for data in (jpeg, progressive):
+        np.testing.assert_array_equal(decode_image(data + trailer, name="motion.jpg"), decode_image(data))
+    for data in (jpeg, progressive):
+        for cut in (len(data) // 2, len(data) - 2):  # in the scan data, and just before the end marker
+            with pytest.raises(ImageDecodeError, match="cut.jpg: truncated JPEG"):
+                decode_image(data[:cut], name="cut.jpg")
+            with pytest.raises(ImageDecodeError, match="cut.jpg: truncated JPEG"):  # an upload cut short, then padded
+                decode_image(data[:cut] + bytes(64), name="cut.jpg")
+
+
+def _progressive_jpeg(image: np.ndarray) -> bytes:
+    """``image`` as a progressive JPEG: several scans, with tables between them."""
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1, cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok and buf.tobytes().count(b"\xff\xda") > 1
+    return buf.tobytes()
+
+
 def test_a_16_bit_rgba_image_costs_its_8_bit_rgb_pixels_to_decode():
     """A 16-bit RGBA PNG was decoded unchanged and scaled in float64: 40 bytes a pixel, 2.1 GB for a 382 KB file of 7000x7000."""
     import tracemalloc

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -66,6 +67,37 @@ def check_declared_size(data: bytes, *, name: str) -> None:
         raise ImageDecodeError(msg)
 
 
+#: In a JPEG's entropy-coded data, the next marker: FF followed by anything but a stuffed zero, a restart marker or fill.
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
+def _jpeg_cut_short(data: bytes) -> bool:
+    """Whether a JPEG's bytes end before its end-of-image marker (FFD9), walking its segments and scans from the start.
+
+    Whatever follows that marker (a phone's motion-photo video, a maker's trailer) is not the image's, so it
+    is not searched. Bytes that are not a sequence of JPEG segments are OpenCV's to judge: False.
+    """
+    pos, size = 2, len(data)
+    while pos + 2 <= size:
+        if data[pos] != 0xFF:
+            return False
+        marker = data[pos + 1]
+        if marker == 0xD9:
+            return False
+        if marker == 0xFF:  # a fill byte before a marker
+            pos += 1
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            pos += 2
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+            if marker == 0xDA:  # the scan's entropy-coded data runs to the next marker
+                found = _NEXT_MARKER.search(data, pos)
+                if found is None:
+                    return True
+                pos = found.start()
+    return True
+
+
 def decode_image(data: bytes, *, name: str = "<bytes>") -> np.ndarray:
     """Decode JPEG/PNG/... bytes into an RGB image.
 
@@ -85,9 +117,8 @@ def decode_image(data: bytes, *, name: str = "<bytes>") -> np.ndarray:
         msg = f"{name}: empty image (0 bytes)"
         raise ImageDecodeError(msg)
     check_declared_size(data, name=name)
-    if data[:3] == b"\xff\xd8\xff" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
-        # OpenCV decodes a cut-off JPEG "successfully", greying out the missing rows. Entropy-coded
-        # data cannot contain FFD9, so a complete image has its end marker after its last scan.
+    if data[:3] == b"\xff\xd8\xff" and _jpeg_cut_short(data):
+        # OpenCV decodes a cut-off JPEG "successfully", greying out the missing rows
         msg = f"{name}: truncated JPEG ({len(data)} bytes): no end-of-image marker after the last scan"
         raise ImageDecodeError(msg)
     buf = np.frombuffer(data, dtype=np.uint8)
