@@ -190,6 +190,28 @@ def _serve(app, model):
     return model
 
 
+@pytest.mark.parametrize(
+    "split",
+    [
+        {"columns": ["image"], "index": [0] * 5000, "data": "aGk="},  # pandas repeats a scalar down the index
+        {"columns": ["image"], "index": [0] * 5000, "data": {"image": "aGk="}},
+        {"columns": ["image"], "index": list(range(5000)), "data": [["aGk="]]},
+    ],
+    ids=["scalar data", "a column of one scalar", "one row"],
+)
+@pytest.mark.parametrize("extra", [{}, {"x": 0}], ids=["plain", "with another key"])
+def test_an_index_longer_than_the_data_counts_as_the_rows_pandas_builds_from_it(tmp_path, split, extra):
+    """The row limit counted a split's ``data`` only: a 2 MB body of one image and a million index entries handed the model a
+    million decoded images (a string or a one-value column counted 0 or 1 row)."""
+    from fastapi.testclient import TestClient
+
+    app = create_app(NAME, token=TOKEN, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", limits=Limits(max_rows=4))
+    model = _serve(app, _Recorder())
+    answer = TestClient(app).post(INVOCATIONS, json={"dataframe_split": split, **extra}, headers=AUTH)
+    assert answer.status_code == 413 and "5000 images in one request, over the limit of 4" in answer.json()["message"]
+    assert model.frames == []
+
+
 def test_a_parquet_body_is_refused_before_it_is_decoded(tmp_path):
     """Before: the body limit counted compressed bytes and the row limit believed the footer's num_rows (which can be forged)."""
     import io
@@ -250,6 +272,23 @@ def test_batched_requests_take_line_wrapped_base64_as_mlflow_does():
 
     with pytest.raises(MlflowException, match="row 1: 'image' is not valid base64"):
         _predict_records(Echo(), ["aGk=", "a"])
+
+
+@pytest.mark.parametrize("batching", [True, False], ids=["batched", "mlflow's own path"])
+def test_a_payload_that_goes_through_mlflows_parser_is_scored_batched_as_unbatched(tmp_path, batching):
+    """Another top-level key next to the frame sends a request through MLflow's parser, which decodes a binary column of
+    the schema itself: the batched path then base64-decoded those bytes again and answered 400, where MLflow scores them."""
+    from fastapi.testclient import TestClient
+    from mlflow.types.schema import ColSpec, DataType, Schema
+
+    app = create_app(NAME, token=TOKEN, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", batching=batching)
+    model = _serve(app, _Recorder())
+    app.state.endpoint.input_schema = Schema([ColSpec(DataType.binary, "image")])
+    body = {"dataframe_split": {"columns": ["image"], "data": [["aGk="], ["aG8="]]}, "client_request_id": "r-1"}
+    answer = TestClient(app).post(INVOCATIONS, json=body, headers=AUTH)
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"predictions": [{"score": 0.0}, {"score": 0.0}]}
+    assert list(model.frames[0]["image"]) == [b"hi", b"ho"]
 
 
 def _free_port() -> int:

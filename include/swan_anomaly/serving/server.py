@@ -135,17 +135,28 @@ def _json_or_none(body: bytes):
 
 
 def rows_of(payload) -> int | None:
-    """Rows of a decoded JSON scoring payload, or None when it is not one."""
+    """Rows of a decoded JSON scoring payload, or None when it is not one.
+
+    A ``dataframe_split``'s ``index`` counts too: pandas repeats a scalar (or a one-value column) down an
+    index, so a body of one image and a long index would be that many images.
+
+    Example:
+        >>> rows_of({"dataframe_split": {"columns": ["image"], "index": [0, 0, 0], "data": "aGk="}})
+        3
+    """
     if not isinstance(payload, dict):
         return None
     for key in ("dataframe_split", "dataframe_records", "instances", "inputs"):
-        value = payload.get(key)
+        value, index = payload.get(key), None
         if isinstance(value, dict) and key == "dataframe_split":
-            value = value.get("data")
+            value, index = value.get("data"), value.get("index")
         if isinstance(value, dict):  # columns (lists, or {index: value} maps as pandas reads them): the longest
             value = max((v for v in value.values() if isinstance(v, (list, dict))), key=len, default=value)
-        if isinstance(value, (list, dict)):
-            return len(value)
+        rows = len(value) if isinstance(value, (list, dict)) else None
+        if isinstance(index, (list, dict)):
+            rows = max(rows or 0, len(index))
+        if rows is not None:
+            return rows
     return None
 
 
@@ -286,7 +297,8 @@ def _predict_records(model, values: list) -> list[dict]:
 
     The base64 strings are decoded as MLflow's scoring server decodes a binary column
     (``base64.decodebytes``: line-wrapped base64 is fine), so batched and unbatched requests
-    accept the same payloads.
+    accept the same payloads; bytes (what MLflow's parser gives for a binary column of the
+    schema, :func:`batchable`) are taken as they are.
     """
     import base64
     import binascii
@@ -297,6 +309,9 @@ def _predict_records(model, values: list) -> list[dict]:
 
     images = []
     for row, value in enumerate(values):
+        if isinstance(value, bytes):  # MLflow's parser decoded the schema's binary column already
+            images.append(value)
+            continue
         try:
             images.append(base64.decodebytes(value.encode("ascii")))
         except (binascii.Error, ValueError, UnicodeEncodeError) as exc:
