@@ -385,6 +385,49 @@ def test_the_server_bounds_its_connections_and_idle_keep_alives(tmp_path, monkey
     assert ran["limit_concurrency"] == 1000 and built["limits"].body_timeout_s == 120
 
 
+def test_connections_that_never_send_their_headers_are_closed_and_free_the_server(tmp_path):
+    """uvicorn's connection cap counts connections that have sent no request yet, and no timeout applied before the headers:
+    a few silent sockets (256 at the defaults, no token needed) held every answer at 503, /health and deployments too."""
+    import httpx
+    import uvicorn
+
+    from swan_anomaly.serving.server import uvicorn_options
+
+    limits = Limits(max_connections=3, max_in_flight=1, header_timeout_s=0.5)
+    app = create_app(NAME, token=TOKEN, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", limits=limits)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **uvicorn_options(limits)))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    silent = []
+    try:
+        for _ in range(100):
+            if server.started:
+                break
+            time.sleep(0.1)
+        for partial in (b"", b"", b"GET /health HTTP/1.1\r\nHost: x\r\n"):  # two that send nothing, one half a request
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(partial)
+            silent.append(sock)
+        time.sleep(0.2)
+        assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 503  # the cap is full, as the attack meant it
+        answers = []
+        for _ in range(100):  # they are closed once their headers are late: the server answers again
+            answers.append(httpx.get(f"http://127.0.0.1:{port}/health").status_code)
+            if answers[-1] == 200:
+                break
+            time.sleep(0.1)
+        assert answers[-1] == 200, answers[-5:]
+        for sock in silent:
+            sock.settimeout(5)
+            assert sock.recv(1024) == b""  # closed by the server
+    finally:
+        for sock in silent:
+            sock.close()
+        server.should_exit = True
+        thread.join(10)
+
+
 def test_health_proves_the_token_is_held_without_showing_it(tmp_path):
     from fastapi.testclient import TestClient
 
@@ -485,6 +528,55 @@ def test_a_process_that_is_no_model_server_on_the_port_never_gets_the_token(tmp_
     finally:
         server.shutdown()
     assert len(seen) == 1 and seen[0][0].startswith("/health") and seen[0][1] is None
+
+
+def test_a_server_that_answers_503_is_busy_not_absent_and_its_pid_file_stays(tmp_path, monkeypatch):
+    """A model server whose connections were full answered /health with 503, which was read as no server at all: a second one
+    was started, failed to bind the port, and its dead pid replaced the running server's in server.pid (make stop-endpoint
+    could no longer stop it)."""
+    import http.server
+    import subprocess
+
+    from swan_anomaly._errors import EndpointBusy
+    from swan_anomaly.serving.local import ensure_local_server
+
+    class Saturated(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server API
+            self.send_response(503)  # what uvicorn answers over limit_concurrency
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Saturated)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    s = Settings.from_env({"SWAN_HOME": str(tmp_path), "SWAN_ENDPOINT_URL": url, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"})
+    s.serving_dir.mkdir(parents=True)
+    (s.serving_dir / "server.pid").write_text("4242")  # the running server's
+    started = []
+    monkeypatch.setattr(subprocess, "Popen", lambda *args, **kwargs: started.append(args))
+    try:
+        with pytest.raises(EndpointBusy, match=rf"the model server at {url} answers 503"):
+            ensure_local_server(s, token="the-deployments-token")
+    finally:
+        server.shutdown()
+    assert started == [] and (s.serving_dir / "server.pid").read_text() == "4242"
+
+
+def test_a_new_server_that_exits_before_answering_leaves_the_pid_file_alone(tmp_path):
+    from swan_anomaly import EndpointError
+    from swan_anomaly.serving.local import ensure_local_server
+
+    s = Settings.from_env(
+        {"SWAN_HOME": str(tmp_path), "SWAN_ENDPOINT_URL": "http://192.0.2.1:5055", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"}
+    )
+    s.serving_dir.mkdir(parents=True)
+    (s.serving_dir / "server.pid").write_text("4242")
+    with pytest.raises(EndpointError, match="exited with code"):  # it cannot bind that address (TEST-NET-1, not this machine's)
+        ensure_local_server(s, token="the-deployments-token", timeout=60)
+    assert (s.serving_dir / "server.pid").read_text() == "4242"
 
 
 def test_a_server_this_deployment_started_with_an_older_version_is_restarted_with_this_one(tmp_path):

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -31,7 +32,7 @@ from urllib.parse import urlparse
 
 import httpx
 
-from swan_anomaly._errors import ConfigError, EndpointError
+from swan_anomaly._errors import ConfigError, EndpointBusy, EndpointError
 from swan_anomaly.config import Settings
 from swan_anomaly.redact import SECRET_NAME, redact_uri
 
@@ -132,11 +133,22 @@ def token_proof(token: str, challenge: str) -> str:
 
 
 def _health(url: str, challenge: str | None = None) -> dict | None:
-    """What ``/health`` answers at ``url``; None when nothing answers 200 there, ``{}`` when the answer is not JSON."""
+    """What ``/health`` answers at ``url``; None when nothing answers 200 there, ``{}`` when the answer is not JSON.
+
+    Raises:
+        EndpointBusy: 503: a server is there, with every connection it may hold taken (uvicorn's
+            ``limit_concurrency``). It is not absent: starting another would only fail to bind its port.
+    """
     try:
         response = httpx.get(f"{url}/health", params={"challenge": challenge} if challenge else None, timeout=2.0)
     except httpx.HTTPError:
         return None
+    if response.status_code == 503:
+        msg = (
+            f"the model server at {url} answers 503: it holds as many connections as it may (SWAN_ENDPOINT_MAX_CONNECTIONS); "
+            "not starting another beside it. Retry later, or see who holds its connections"
+        )
+        raise EndpointBusy(msg)
     if response.status_code != 200:
         return None
     try:
@@ -247,20 +259,26 @@ def ensure_local_server(settings: Settings, *, token: str | None = None, timeout
             start_new_session=True,
             env=server_env(settings, token),
         )
-    (settings.serving_dir / "server.pid").write_text(str(proc.pid))
     log.info("started local model server pid %d on %s (log: %s)", proc.pid, url, log_path)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        if proc.poll() is not None:  # e.g. the port was taken: the pid file still names the server that holds it
             tail = log_path.read_text(errors="replace")[-2000:]
             msg = f"local model server exited with code {proc.returncode} before answering on {url}; log tail:\n{tail}"
             raise EndpointError(msg)
         challenge = secrets.token_urlsafe(32)
-        health = _health(url, challenge)
+        try:
+            health = _health(url, challenge)
+        except EndpointBusy:
+            health = None
         if isinstance(health, dict) and _proven(health.get("proof"), token, challenge):
-            return url  # our server: a process that took the port first never gets the token
+            # our server (a process that took the port first never gets the token): only now is it the one to stop
+            (settings.serving_dir / "server.pid").write_text(str(proc.pid))
+            return url
         time.sleep(0.5)
-    msg = f"local model server did not answer on {url} within {timeout:.0f}s; see {log_path}"
+    with contextlib.suppress(ProcessLookupError):  # never answered: not left running where no pid file names it
+        os.killpg(proc.pid, signal.SIGTERM)
+    msg = f"local model server did not answer on {url} within {timeout:.0f}s (stopped); see {log_path}"
     raise EndpointError(msg)
 
 

@@ -28,8 +28,9 @@ Safe to expose by default:
   full, a body that has not arrived within ``body_timeout_s`` 408 ``DEADLINE_EXCEEDED``, a
   request of more than ``max_rows`` images 413, more than ``max_in_flight`` scoring requests at
   once 429 ``REQUEST_LIMIT_EXCEEDED`` with ``Retry-After`` (the clients retry it). uvicorn holds
-  at most ``max(max_connections, 2 * max_in_flight)`` connections (503 above) and closes idle
-  keep-alive connections after :data:`KEEP_ALIVE_S`. Each image's decoded size is bounded by
+  at most ``max(max_connections, 2 * max_in_flight)`` connections (503 above), closes idle
+  keep-alive connections after :data:`KEEP_ALIVE_S` and connections that send no request
+  headers within ``header_timeout_s`` (:func:`uvicorn_options`). Each image's decoded size is bounded by
   :data:`swan_anomaly.images.MAX_PIXELS`.
 * **Only JSON and CSV bodies** (:data:`ACCEPTED_CONTENT_TYPES`); anything else, Parquet included,
   gets 415 before its body is read: a compressed Parquet body decodes to far more than its size
@@ -83,6 +84,9 @@ class Limits:
     client that stalls mid-body frees its scoring slot (408). ``max_connections`` bounds the
     connections uvicorn holds at once, idle or slow ones included (its ``limit_concurrency``, 503
     above; raised to twice ``max_in_flight`` where that is more, so that 429 still comes first).
+    ``header_timeout_s`` closes a connection that has not sent a whole request's headers that long
+    after it opened or after its last answer: silent or trickling sockets cannot hold the
+    connection cap, and with it every answer, at 503.
     """
 
     max_body_bytes: int = 16 * 2**20
@@ -90,6 +94,7 @@ class Limits:
     max_in_flight: int = 64
     body_timeout_s: float = 30.0
     max_connections: int = 256
+    header_timeout_s: float = 10.0
 
     @property
     def connection_limit(self) -> int:
@@ -100,6 +105,48 @@ class Limits:
             (256, 400)
         """
         return max(self.max_connections, 2 * self.max_in_flight)
+
+
+def uvicorn_options(limits: Limits) -> dict:
+    """uvicorn's options for ``limits``: the connection cap, the idle keep-alive and the header timeout.
+
+    uvicorn's own timeouts start once a request has been answered; a connection that never sends its
+    headers would be held, and counted against ``limit_concurrency``, for ever. Its h11 protocol, with
+    a timer armed when a connection opens and after each answer (:attr:`Limits.header_timeout_s`), closes
+    such a connection.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    seconds = limits.header_timeout_s
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        _headers_timer = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._wait_for_headers()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._wait_for_headers()
+
+        def connection_lost(self, exc) -> None:
+            if self._headers_timer is not None:
+                self._headers_timer.cancel()
+            super().connection_lost(exc)
+
+        def _wait_for_headers(self) -> None:
+            if self._headers_timer is not None:
+                self._headers_timer.cancel()
+            self._headers_timer = self.loop.call_later(seconds, self._headers_late)
+
+        def _headers_late(self) -> None:
+            waiting = self.cycle is None or self.cycle.response_complete  # no request under way: its headers are late
+            if waiting and not self.transport.is_closing():
+                log.info("closing a connection from %s: no request headers within %.0fs", self.client, seconds)
+                self.transport.close()
+
+    return {"limit_concurrency": limits.connection_limit, "timeout_keep_alive": KEEP_ALIVE_S, "http": HeaderTimeoutProtocol}
 
 
 def count_rows(body: bytes, content_type: str) -> int | None:
@@ -748,15 +795,9 @@ def main(argv: list[str] | None = None) -> None:
         "dynamic batching" if not args.no_batching else "no batching",
         limits,
     )
-    # limit_concurrency bounds the connections slow or idle clients can hold (503 above); idle keep-alives close after KEEP_ALIVE_S
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level="info",
-        limit_concurrency=limits.connection_limit,
-        timeout_keep_alive=KEEP_ALIVE_S,
-    )
+    # limit_concurrency bounds the connections slow or idle clients can hold (503 above); idle keep-alives close after
+    # KEEP_ALIVE_S, and connections that send no headers after Limits.header_timeout_s
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", **uvicorn_options(limits))
 
 
 if __name__ == "__main__":

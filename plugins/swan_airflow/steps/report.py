@@ -157,11 +157,12 @@ def _serving() -> dict:
     target = serving_target(start=False)
     if target.backend == "local":
         from swan_anomaly import ConfigError
+        from swan_anomaly._errors import EndpointBusy
         from swan_anomaly.serving.local import running_server
 
         try:
             version = served_version(target.workspace(), target.endpoint, s.model_name) if running_server(s, target.auth.token) else None
-        except ConfigError as exc:  # another deployment's server (or another process) answers there: it serves nothing of ours
+        except (ConfigError, EndpointBusy) as exc:  # another deployment's server (or another process) answers there, or ours is full
             return {"endpoint": target.endpoint, "version": None, "champion": str(champion.version) if champion else None, "note": str(exc)}
     else:
         version = served_version(target.workspace(), target.endpoint, s.model_name)
