@@ -17,7 +17,7 @@ import pytest
 
 from conftest import ROOT
 from swan_anomaly.config import ConfigError, Settings
-from swan_anomaly.serving.server import Limits, count_rows, create_app
+from swan_anomaly.serving.server import EndpointState, Limits, count_rows, create_app
 
 TOKEN = "t0k3n-for-tests"
 NAME = "swan-anomaly"
@@ -135,20 +135,77 @@ def test_a_malformed_config_gets_400_and_leaves_the_endpoint_free_to_update(tmp_
     client = TestClient(app, raise_server_exceptions=False)  # a 500 is an answer here, not an error of the test
     state = app.state.endpoint
     loads: list = []
-    state.load = loads.append  # no registry here: record what would be loaded
+    state.load = lambda entity, *_: loads.append(entity)  # no registry here: record what would be loaded
     bad = client.put(f"{MANAGE}/config", json=config, headers=AUTH)
     assert bad.status_code == 400 and bad.json()["error_code"] == "INVALID_PARAMETER_VALUE" and field in bad.json()["message"]
     assert state.config_update == "NOT_UPDATING" and loads == []  # nothing started
     created = client.post("/api/2.0/serving-endpoints", json={"name": NAME, "config": config}, headers=AUTH)
     assert created.status_code == 400 and state.created is False
     assert client.post("/api/2.0/serving-endpoints", json={"name": NAME, "config": 5}, headers=AUTH).status_code == 400
-    good = client.put(f"{MANAGE}/config", json={"served_entities": [{"entity_name": "m", "entity_version": 3}]}, headers=AUTH)
+    good_config = {"served_entities": [{"entity_name": "m", "entity_version": 3}]}
+    good = client.post("/api/2.0/serving-endpoints", json={"name": NAME, "config": good_config}, headers=AUTH)
     assert good.status_code == 200 and good.json()["state"]["config_update"] == "IN_PROGRESS"  # before: 409 after the stuck one
     for _ in range(100):  # loaded in a thread
         if loads:
             break
         time.sleep(0.05)
     assert loads == [{"entity_name": "m", "entity_version": "3"}]
+
+
+def test_a_deleted_endpoint_serves_nothing_even_when_a_load_started_before_the_delete_ends_after_it(tmp_path):
+    """DELETE did not stop a model load under way (a restart loading the champion, a retried update): the load finished,
+    and the endpoint that GET called deleted scored with the withdrawn version. An update of an endpoint that was never
+    created loaded and served it too, where Databricks answers 404."""
+    from fastapi.testclient import TestClient
+
+    app = create_app(NAME, token=TOKEN, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    client = TestClient(app)
+    state = app.state.endpoint
+    release, loaded = threading.Event(), []
+
+    def slow_load(entity, *args):  # loading a model takes a while: the DELETE comes in meanwhile
+        release.wait(10)
+        loaded.append(entity["entity_version"])
+        EndpointState.load(state, entity, *args)
+
+    state.load = slow_load
+    import mlflow.pyfunc
+
+    original = mlflow.pyfunc.load_model
+    mlflow.pyfunc.load_model = lambda uri: _WithSchema()
+    try:
+        entity = {"served_entities": [{"entity_name": "m", "entity_version": "2"}]}
+        assert client.put(f"{MANAGE}/config", json=entity, headers=AUTH).status_code == 404  # never created
+        created = client.post("/api/2.0/serving-endpoints", json={"name": NAME, "config": entity}, headers=AUTH)
+        assert created.status_code == 200
+        assert client.delete(MANAGE, headers=AUTH).status_code == 200
+        release.set()
+        for _ in range(100):
+            if loaded:
+                break
+            time.sleep(0.05)
+        time.sleep(0.2)
+        assert loaded == ["2"]
+        assert client.get(MANAGE, headers=AUTH).status_code == 404
+        scored = client.post(INVOCATIONS, json=_payload(1), headers=AUTH)
+        assert scored.status_code == 503 and "serves no model" in scored.json()["message"]  # before: 200, scored by v2
+        assert state.model is None and state.served is None
+    finally:
+        mlflow.pyfunc.load_model = original
+
+
+class _WithSchema:
+    """What mlflow.pyfunc.load_model gives, as far as the server reads it."""
+
+    class metadata:  # noqa: N801 - the attribute MLflow's PyFuncModel has
+        @staticmethod
+        def get_input_schema():
+            return None
+
+    def predict(self, frame):
+        import pandas as pd
+
+        return pd.DataFrame({"score": [0.0] * len(frame)})
 
 
 def test_rows_are_counted_in_every_scoring_format():

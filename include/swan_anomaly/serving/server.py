@@ -420,6 +420,8 @@ class EndpointState:
         self.config_update = "NOT_UPDATING"
         self.message = ""
         self.lock = threading.Lock()
+        #: Counts updates and deletions: a load that finishes after a later one began (a DELETE, another update) is dropped.
+        self.generation = 0
 
     def describe(self) -> dict:
         served = [self.served] if self.served else []
@@ -430,8 +432,11 @@ class EndpointState:
             "message": self.message,
         }
 
-    def start_update(self, body):
+    def start_update(self, body, *, must_exist: bool = False):
         """Validate a config body and start loading its entity; returns an error response or None.
+
+        ``must_exist``: an update of the endpoint's config, which (as on Databricks) does not create it: 404 when
+        it was never created or was deleted.
 
         The whole body is checked before the state changes, so a malformed one leaves the endpoint
         as it was (before, a body that failed past the check left ``config_update`` at IN_PROGRESS
@@ -443,13 +448,20 @@ class EndpointState:
         if problem:
             return JSONResponse({"error_code": "INVALID_PARAMETER_VALUE", "message": problem}, 400)
         with self.lock:
+            if must_exist and not self.created:
+                return JSONResponse(
+                    {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": f"Endpoint with name '{self.name}' does not exist."}, 404
+                )
             if self.config_update == "IN_PROGRESS":
                 return JSONResponse({"error_code": "RESOURCE_CONFLICT", "message": f"Endpoint '{self.name}' is already updating"}, 409)
             self.config_update = "IN_PROGRESS"
-        threading.Thread(target=self.load, args=(entity,), daemon=True).start()
+            self.generation += 1
+            generation = self.generation
+        threading.Thread(target=self.load, args=(entity, generation), daemon=True).start()
         return None
 
-    def load(self, entity: dict) -> None:
+    def load(self, entity: dict, generation: int | None = None) -> None:
+        """Load ``entity`` and serve it, unless the endpoint was deleted or updated again meanwhile (``generation``)."""
         import mlflow.pyfunc
 
         uri = f"models:/{entity['entity_name']}/{entity['entity_version']}"
@@ -458,11 +470,15 @@ class EndpointState:
             model = mlflow.pyfunc.load_model(uri)
         except Exception as exc:  # noqa: BLE001 - reported in the endpoint state
             with self.lock:
-                self.config_update = "UPDATE_FAILED"
-                self.message = f"loading {uri} failed: {type(exc).__name__}: {exc}"
-            log.error(self.message)
+                if generation is None or generation == self.generation:
+                    self.config_update = "UPDATE_FAILED"
+                    self.message = f"loading {uri} failed: {type(exc).__name__}: {exc}"
+            log.error("loading %s failed: %s: %s", uri, type(exc).__name__, exc)
             return
         with self.lock:
+            if generation is not None and generation != self.generation:
+                log.warning("loaded %s after the endpoint was deleted or updated again: not served", uri)
+                return
             self.model, self.input_schema = model, model.metadata.get_input_schema()
             self.served = {"name": f"{entity['entity_name']}-{entity['entity_version']}", **entity}
             self.config_update = "NOT_UPDATING"
@@ -633,7 +649,8 @@ def create_app(
     async def update_config(endpoint: str, request: Request):
         authorize(request)
         check(endpoint)
-        return state.start_update(management_body(await read_body(request))) or state.describe()
+        # as on Databricks, an update does not create the endpoint: 404 when it was never created, or deleted
+        return state.start_update(management_body(await read_body(request)), must_exist=True) or state.describe()
 
     @app.delete("/api/2.0/serving-endpoints/{endpoint}")
     async def delete_endpoint(endpoint: str, request: Request):
@@ -646,6 +663,7 @@ def create_app(
                 )
             state.created, state.model, state.input_schema, state.served = False, None, None, None
             state.config_update, state.message = "NOT_UPDATING", "deleted"
+            state.generation += 1  # a load under way is not served when it ends
         log.warning("endpoint %s deleted: it serves nothing now", endpoint)
         return {}
 
