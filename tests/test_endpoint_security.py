@@ -737,6 +737,29 @@ def test_a_local_job_gets_no_secret_it_does_not_need(tmp_path, monkeypatch):
     assert {"PATH", "SWAN_LAKE_ROOT"} <= env
 
 
+def test_secrets_named_otherwise_or_held_in_a_uri_stay_out_of_the_jobs_that_do_not_need_them(monkeypatch):
+    """The filter went by a few whole words: PGPASSWORD, MYSQL_PWD, SSHPASS, DB_PASS and a passphrase reached every local job
+    (and the wheel build), and so did a password inside a URI (a database-backed MLflow store, a Redis URL)."""
+    from swan_airflow.jobs import local_job_env
+
+    secrets = {
+        "PGPASSWORD": "p",
+        "MYSQL_PWD": "p",
+        "SSHPASS": "p",
+        "DB_PASS": "p",
+        "GPG_PASSPHRASE": "p",
+        "REDIS_URL": "redis://:pw@cache:6379/0",
+        "MLFLOW_TRACKING_URI": "postgresql://mlflow:s3cret@db/mlflow",
+    }
+    harmless = {"PATH": "/usr/bin", "PWD": "/work", "OLDPWD": "/", "SWAN_ENDPOINT_URL": "http://127.0.0.1:5055", "PASSENGER": "x"}
+    environ = {**secrets, **harmless}
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://mlflow:s3cret@db/mlflow")
+    for job in ("etl", "augment"):
+        assert local_job_env(job, environ) == harmless
+    # the training job logs to that store: its URI is the one secret of these it gets
+    assert local_job_env("train", environ) == {**harmless, "MLFLOW_TRACKING_URI": "postgresql://mlflow:s3cret@db/mlflow"}
+
+
 def test_mlflow_credentials_in_an_http_uri_are_refused_and_never_sent_in_a_job_payload(monkeypatch):
     from airflow.sdk.exceptions import AirflowFailException
 

@@ -46,18 +46,23 @@ def has_credentials(uri: str | None) -> bool:
     return redact_uri(uri) != uri
 
 
-#: Variables that hold secrets by name (a whole word of it: TOKENIZERS_PARALLELISM is not one): a child
-#: process that needs none of them gets none of them.
+#: Variables that hold secrets by name (a whole word of it: TOKENIZERS_PARALLELISM is not one; a password
+#: anywhere in it, as in PGPASSWORD; and the well-known ones named otherwise): a child process that needs
+#: none of them gets none of them. PWD, the working directory, is not one.
 SECRET_NAME = re.compile(
-    r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?|API_KEY|ACCESS_KEY|ACCOUNT_KEY|SECRET_KEY|CONNECTION_STRING|KEY)(_|$)", re.I
+    r"(^|_)(TOKEN|SECRET|PASS|PASSPHRASE|CREDENTIALS?|API_KEY|ACCESS_KEY|ACCOUNT_KEY|SECRET_KEY|CONNECTION_STRING|KEY)(_|$)"
+    r"|PASSWORD|PASSWD|^(SSHPASS|MYSQL_PWD)$",
+    re.I,
 )
 #: Prefixes of variables that carry credentials or connections a job does not need (Airflow's own, cloud SDKs').
 SECRET_PREFIXES = ("AIRFLOW_CONN_", "AIRFLOW_VAR_", "AIRFLOW__", "DATABRICKS_", "AZURE_", "AWS_", "GOOGLE_", "ARM_")
 
 
 def without_secrets(environ, *, keep: frozenset[str] = frozenset()) -> dict[str, str]:
-    """``environ`` without the variables that hold secrets (:data:`SECRET_NAME`, :data:`SECRET_PREFIXES`), except ``keep``.
+    """``environ`` without the variables that hold secrets, except ``keep``.
 
+    A secret's variable is named like one (:data:`SECRET_NAME`, :data:`SECRET_PREFIXES`) or holds a URI
+    with credentials in it (:func:`has_credentials`: a database-backed MLflow store's password, a Redis URL's).
     What a local job subprocess gets: everything Spark, Java and PyTorch may read, no key it does
     not need.
 
@@ -66,7 +71,11 @@ def without_secrets(environ, *, keep: frozenset[str] = frozenset()) -> dict[str,
         ...                        keep=frozenset({"MLFLOW_TRACKING_PASSWORD"})))
         ['MLFLOW_TRACKING_PASSWORD', 'PATH']
     """
-    return {k: v for k, v in environ.items() if k in keep or not (SECRET_NAME.search(k) or k.startswith(SECRET_PREFIXES))}
+    return {
+        k: v
+        for k, v in environ.items()
+        if k in keep or not (SECRET_NAME.search(k) or k.startswith(SECRET_PREFIXES) or ("://" in v and has_credentials(v)))
+    }
 
 
 def redact_uri(uri: str | None) -> str | None:

@@ -24,11 +24,20 @@ log = logging.getLogger(__name__)
 
 
 #: The secrets each local job needs; a job not named here gets none. The training job logs to MLflow,
-#: which may ask for a login, and may download a base model from the Hugging Face hub (a private or
-#: gated one needs HF_TOKEN); the ETL job reads the model's config for its input size, from the hub
-#: too. The augmentation job reads and writes the lake only.
+#: which may ask for a login (or hold one in a database store's URI), and may download a base model from
+#: the Hugging Face hub (a private or gated one needs HF_TOKEN); the ETL job reads the model's config for
+#: its input size, from the hub too. The augmentation job reads and writes the lake only.
 JOB_SECRETS: dict[str, frozenset[str]] = {
-    "train": frozenset({"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "HF_TOKEN"}),
+    "train": frozenset(
+        {
+            "MLFLOW_TRACKING_USERNAME",
+            "MLFLOW_TRACKING_PASSWORD",
+            "MLFLOW_TRACKING_TOKEN",
+            "MLFLOW_TRACKING_URI",
+            "MLFLOW_REGISTRY_URI",
+            "HF_TOKEN",
+        }
+    ),
     "etl": frozenset({"HF_TOKEN"}),
 }
 
