@@ -11,6 +11,8 @@ export AIRFLOW_HOME ?= $(CURDIR)/.airflow
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
+# `make airflow` serves the UI and API on this machine only (Airflow's own default is every interface, 0.0.0.0)
+export AIRFLOW__API__HOST ?= 127.0.0.1
 
 .PHONY: demo test lint airflow mlflow-ui stop-endpoint clean venv
 

@@ -737,6 +737,22 @@ def test_a_local_job_gets_no_secret_it_does_not_need(tmp_path, monkeypatch):
     assert {"PATH", "SWAN_LAKE_ROOT"} <= env
 
 
+def test_make_airflow_serves_the_ui_and_api_on_this_machine_only(tmp_path):
+    """`make airflow` ran `airflow standalone` with Airflow's own [api] host, 0.0.0.0: the UI and API on every interface."""
+    probe = tmp_path / "Makefile"
+    probe.write_text(f"include {ROOT / 'Makefile'}\nshow-api-host:\n\t@{sys.executable} -c \"$(API_HOST)\"\n")
+    api_host = "from airflow.configuration import conf; print(conf.get('api', 'host'))"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__API__")}
+    shown = subprocess.run(
+        ["make", "-s", "-C", str(ROOT), "-f", str(probe), "show-api-host", f"API_HOST={api_host}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    assert shown.stdout.strip() == "127.0.0.1", shown.stderr
+
+
 def test_secrets_named_otherwise_or_held_in_a_uri_stay_out_of_the_jobs_that_do_not_need_them(monkeypatch):
     """The filter went by a few whole words: PGPASSWORD, MYSQL_PWD, SSHPASS, DB_PASS and a passphrase reached every local job
     (and the wheel build), and so did a password inside a URI (a database-backed MLflow store, a Redis URL)."""
