@@ -46,7 +46,12 @@ TEST_RUNNERS = ("pytest", "hypothesis")
 #: Distributions that provide a SQLAlchemy driver module (the ``+driver`` of a URL).
 DRIVER_DISTRIBUTIONS = {"psycopg2": ("psycopg2", "psycopg2-binary"), "asyncpg": ("asyncpg",)}
 #: The .env of a new user who followed the header of docker-compose.yaml: the required variables.
-SHELL = {"MLFLOW_AUTH_ADMIN_PASSWORD": "from-dot-env-0123456789", "MLFLOW_FLASK_SERVER_SECRET_KEY": "csrf-key-from-dot-env"}
+SHELL = {
+    "MLFLOW_AUTH_ADMIN_PASSWORD": "from-dot-env-0123456789",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY": "csrf-key-from-dot-env",
+    "AIRFLOW__API_AUTH__JWT_SECRET": "jwt-key-from-dot-env",
+    "FERNET_KEY": "fernet-key-from-dot-env",
+}
 
 
 class RequiredVariableError(ValueError):
@@ -456,6 +461,19 @@ def test_mlflow_needs_a_login_and_the_stack_does_not_start_without_its_password(
         interpolate(raw, {})  # no well-known default password: compose refuses to start without one
     with pytest.raises(RequiredVariableError, match="MLFLOW_FLASK_SERVER_SECRET_KEY"):
         interpolate(environment(services()["mlflow"])["MLFLOW_FLASK_SERVER_SECRET_KEY"], {})
+
+
+def test_airflow_signs_its_tokens_and_encrypts_its_connections_with_keys_of_this_deployment():
+    """The JWT secret defaulted to `airflow_jwt_secret`: anyone who reached the API could sign an admin's token with it. The
+    Fernet key defaulted to none, so connection passwords were stored in clear. Compose now refuses to start without both."""
+    env = environment(compose()["x-airflow-common"])
+    options = {"AIRFLOW__API_AUTH__JWT_SECRET": "AIRFLOW__API_AUTH__JWT_SECRET", "FERNET_KEY": "AIRFLOW__CORE__FERNET_KEY"}
+    for variable, option_name in options.items():
+        with pytest.raises(RequiredVariableError, match=variable):
+            interpolate(env[option_name], {})
+        assert interpolate(env[option_name], SHELL)[0] == SHELL[variable]
+    setup = (ROOT / "docs" / "compose.md").read_text()
+    assert "AIRFLOW__API_AUTH__JWT_SECRET=$(openssl rand" in setup and "FERNET_KEY=$(openssl rand -base64 32 | tr '+/' '-_')" in setup
 
 
 @pytest.mark.slow
