@@ -72,6 +72,9 @@ def test_reupload_skips_unchanged_replaces_changed_and_removes_stale(azurite, st
     blobs = _blobs(lake)
     assert blobs["lake/raw/20261126/frames/v1/frame_00001.png"] == b"changed"
     assert "lake/raw/20261126/frames/v1/frame_00005.png" not in blobs
+    # a removed image reads as the local lake's does: a file that is not there (the gate and the validation say so at once)
+    with pytest.raises(FileNotFoundError, match=r"raw/20261126/frames/v1/frame_00005\.png"):
+        lake.read_raw("20261126", "frames/v1/frame_00005.png")
 
 
 def test_a_rerun_on_a_hierarchical_namespace_account_keeps_its_directory_entries(azurite, staged):

@@ -568,6 +568,35 @@ def test_a_failed_new_version_is_rolled_back_once_and_a_retry_never_ends_green(w
 
 
 @pytest.mark.slow
+def test_a_rollback_whose_previous_version_cannot_serve_again_takes_the_failed_version_off_the_endpoint(world, model_name, monkeypatch):
+    """The rollback moved the alias back, then the endpoint refused the previous version (capacity, an environment that no
+    longer builds): the error was retried, ensure_validated_endpoint met it again, and the version that failed its
+    validation went on serving while the registry named the previous one."""
+    from swan_airflow.steps.serving import ensure_validated_endpoint, update_endpoint, validate_endpoint
+    from swan_anomaly import EndpointError
+    from swan_anomaly.serving import deploy
+
+    good, bad, endpoint = _new_version_over_good(world, model_name, "constant")
+    assert _served() == bad
+    real = deploy.deploy_version
+
+    def refuses_the_good_one(w, ep, name, version, config):
+        if version == good:
+            raise EndpointError(f"endpoint {ep} update failed: served entity {name}-{version} did not become ready")
+        return real(w, ep, name, version, config)
+
+    monkeypatch.setattr(deploy, "deploy_version", refuses_the_good_one)
+    with pytest.raises(AirflowFailException, match=rf"the rollback could not serve v{good} again .*so it deleted endpoint"):
+        validate_endpoint(_ctx(), endpoint, _registered(model_name, bad, world, "constant"))
+    assert _served() is None and _champion(model_name) == good  # nothing serves: not the version that failed
+    with pytest.raises(AirflowFailException, match=rf"the rollback could not serve v{good} again"):  # a retry: the same, at once
+        validate_endpoint(_ctx(), endpoint, _registered(model_name, bad, world, "constant"))
+    assert ensure_validated_endpoint(_ctx())["acted"] is False  # nothing unvalidated is champion or serves
+    monkeypatch.setattr(deploy, "deploy_version", real)  # the cause fixed: update_endpoint serves the champion again
+    assert update_endpoint(_ctx())["version"] == good and _served() == good
+
+
+@pytest.mark.slow
 def test_a_validation_that_cannot_complete_rolls_the_new_version_back(world, model_name):
     """A held-out image is missing from the lake: the new version cannot be validated, so it does not stay serving."""
     from swan_airflow.steps.serving import validate_endpoint
@@ -582,7 +611,7 @@ def test_a_validation_that_cannot_complete_rolls_the_new_version_back(world, mod
             AirflowFailException,
             match=(
                 rf"v{newer} failed endpoint validation \(the validation could not complete: "
-                rf"FileNotFoundError: .*rolled .* back to v{good}"
+                rf"LakeError: raw/{DATASET}/.* is gone: .*rolled .* back to v{good}"
             ),
         ):
             validate_endpoint(_ctx(), endpoint, _registered(model_name, newer, world, "good"))
@@ -606,7 +635,7 @@ def test_a_version_whose_validation_could_not_complete_is_not_barred_and_a_clear
     kept = missing.read_bytes()
     missing.unlink()  # the lake cannot serve the image this time
     try:
-        with pytest.raises(AirflowFailException, match=rf"the validation could not complete: FileNotFoundError.*back to v{good}"):
+        with pytest.raises(AirflowFailException, match=rf"the validation could not complete: LakeError: .* is gone.*back to v{good}"):
             validate_endpoint(_ctx(), endpoint, _registered(model_name, newer, world, "good"))
     finally:
         missing.write_bytes(kept)
@@ -804,6 +833,11 @@ def test_scoring_refuses_a_raw_image_that_is_no_longer_the_one_the_model_was_tes
     assert scores["count"].tolist() == [0.25] and seen == [[_frame(1, abnormal=False)]]
     (lake.raw(DATASET) / "frames" / "a.png").write_bytes(_frame(2, abnormal=False))  # uploaded again with other bytes
     with pytest.raises(LakeError, match=rf"raw/{DATASET}/frames/a\.png is not the image the model was trained and tested with"):
+        score_rows(lake, [row], {"count": lambda images: np.zeros(len(images))})
+    # uploaded again without it (its video left the landing zone): a FileNotFoundError, which the gate retried with backoff,
+    # rescoring every model each time, and then failed without saying what to do
+    (lake.raw(DATASET) / "frames" / "a.png").unlink()
+    with pytest.raises(LakeError, match=rf"raw/{DATASET}/frames/a\.png is gone: .*rerun the pipeline for that date"):
         score_rows(lake, [row], {"count": lambda images: np.zeros(len(images))})
 
 

@@ -100,6 +100,18 @@ def class_counts(rows: Sequence[Sequence]) -> dict[str, int]:
     return {LABEL_NAMES[ABNORMAL]: int((labels == ABNORMAL).sum()), LABEL_NAMES[NORMAL]: int((labels == NORMAL).sum())}
 
 
+def _read_raw(lake: Lake, row) -> bytes:
+    """The raw image of a held-out ``row``; a :class:`LakeError` when it is gone (a retry reads the same lake)."""
+    try:
+        return lake.read_raw(row[0], row[1])
+    except FileNotFoundError as exc:
+        msg = (
+            f"raw/{row[0]}/{row[1]} is gone: the partition was uploaded again since without it (its video left the landing "
+            f"zone?), so the rows the model was tested with cannot be scored; rerun the pipeline for that date ({exc})"
+        )
+        raise LakeError(msg) from exc
+
+
 def score_rows(
     lake: Lake, rows: Sequence[Sequence], scorers: Mapping[str, Scorer], *, batch_size: int = BATCH_SIZE
 ) -> dict[str, np.ndarray]:
@@ -116,13 +128,13 @@ def score_rows(
 
     Raises:
         ValueError: a scorer returned another number of scores than images it was given.
-        LakeError: a row's image is not the one its sha256 names.
+        LakeError: a row's image is gone, or is not the one its sha256 names (the partition was uploaded again since).
     """
     out: dict[str, list[np.ndarray]] = {name: [] for name in scorers}
     started = last = time.perf_counter()
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
-        images = [lake.read_raw(r[0], r[1]) for r in batch]
+        images = [_read_raw(lake, r) for r in batch]
         for row, image in zip(batch, images):
             if len(row) > 4 and row[4] and hashlib.sha256(image).hexdigest() != row[4]:
                 msg = (

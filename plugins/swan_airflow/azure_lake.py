@@ -115,8 +115,19 @@ class WasbLake:
         return self.hook.check_for_blob(self.container, self.raw_prefix(dataset_id) + SUCCESS)
 
     def read_raw(self, dataset_id: str, rel: str) -> bytes:
-        """Bytes of a file in ``raw/{dataset_id}/``."""
-        return self.hook.download(self.container, self.raw_prefix(dataset_id) + rel).readall()
+        """Bytes of a file in ``raw/{dataset_id}/``.
+
+        Raises:
+            FileNotFoundError: no such blob, as the local lake raises for a missing file.
+        """
+        from azure.core.exceptions import ResourceNotFoundError
+
+        name = self.raw_prefix(dataset_id) + rel
+        try:
+            return self.hook.download(self.container, name).readall()
+        except ResourceNotFoundError as exc:
+            msg = f"no blob {name} in container {self.container}"
+            raise FileNotFoundError(msg) from exc
 
     def gold_partitions(self) -> list[str]:
         """The dataset ids of the gold partitions, sorted (one hierarchical listing, not every file)."""

@@ -151,15 +151,31 @@ def roll_back(target: ServingTarget, version: str) -> None:
 
     The alias moves first: if serving it fails, the registry already names the version that
     should serve, and the next ``update_endpoint`` serves it. Both steps are idempotent.
+
+    Raises:
+        AirflowFailException: the endpoint refused ``version`` (it could not load it, or had no capacity for
+            it). Whatever it served is what the rollback takes off it, so the endpoint is deleted: nothing
+            serves until ``update_endpoint`` serves the champion again.
     """
+    from airflow.sdk.exceptions import AirflowFailException
+
     from swan_airflow.runtime import registry_client
+    from swan_anomaly import EndpointError
     from swan_anomaly.registry import rollback
-    from swan_anomaly.serving.deploy import deploy_version
+    from swan_anomaly.serving.deploy import delete_endpoint, deploy_version
 
     s = settings()
     client = registry_client()
     rollback(client, s.model_name, version)
-    deploy_version(target.workspace(), target.endpoint, s.model_name, version, serving_config(client, version, target))
+    try:
+        deploy_version(target.workspace(), target.endpoint, s.model_name, version, serving_config(client, version, target))
+    except EndpointError as exc:
+        delete_endpoint(target.workspace(), target.endpoint)
+        msg = (
+            f"the rollback could not serve v{version} again ({exc}), so it deleted endpoint {target.endpoint}: the version it "
+            f"served must not go on serving. v{version} holds the champion alias; update_endpoint serves it once the endpoint can"
+        )
+        raise AirflowFailException(msg) from exc
 
 
 def withdraw(target: ServingTarget, version: str) -> None:
