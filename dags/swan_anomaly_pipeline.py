@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pendulum
-from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable, dag, task
+from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable, PokeReturnValue, dag, task
 
 from swan_airflow import lineage
 from swan_airflow.callbacks import failure_callbacks, log_failure
@@ -132,8 +132,8 @@ def swan_anomaly_pipeline():
         max_active_tis_per_dag=1,
         execution_timeout=PROMOTION_WAIT + dt.timedelta(minutes=5),
     )
-    def wait_for_promotion_turn() -> bool:
-        """Wait until no other run is between its promotion turn and the end of its promotion section."""
+    def wait_for_promotion_turn() -> bool | PokeReturnValue:
+        """Wait until no other run is between its promotion turn and the end of its promotion section; its XCom: when it entered."""
         return promotion.promotion_turn(RunContext.current())
 
     @task.branch

@@ -122,6 +122,12 @@ class Stack:
         response.raise_for_status()
         return response.json()["dag_runs"]
 
+    def xcom(self, run_id: str, task_id: str):
+        response = self.api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value")
+        response.raise_for_status()
+        value = response.json()["value"]
+        return json.loads(value) if isinstance(value, str) and value.startswith('"') else value  # a JSON string, or the value
+
     def task_instances(self, run_id: str) -> dict[str, dict]:
         response = self.api.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances")
         response.raise_for_status()
@@ -313,9 +319,12 @@ def test_a_backfill_runs_side_by_side_with_the_scheduled_run_and_never_interleav
         train = stack.lake.read_result(run_id, "train")
         earlier = (dt.date.fromisoformat(day) - dt.timedelta(days=1)).strftime("%Y%m%d")
         assert train["window_days"] == 2 and _dataset(day) in train["dataset_ids"] and set(train["dataset_ids"]) <= {earlier, _dataset(day)}
+    entered = {}
     for run in stack.runs():  # the scheduled run of the first test ran beside them
         tis = stack.task_instances(run["dag_run_id"])
         sections[run["dag_run_id"]] = (tis["gate_model"]["start_date"], tis["ensure_validated_endpoint"]["end_date"])
+        # when the sensor let the run in, which require_turn reads of other runs to tell which one holds the section
+        entered[run["dag_run_id"]] = dt.datetime.fromisoformat(stack.xcom(run["dag_run_id"], "wait_for_promotion_turn"))
         if run["run_type"] == "scheduled":
             versions |= {v.version for v in stack.versions_of_run(run["dag_run_id"])}
     assert len(sections) == 3 and len(versions) == 3
@@ -323,6 +332,7 @@ def test_a_backfill_runs_side_by_side_with_the_scheduled_run_and_never_interleav
     ordered = sorted(sections.values())
     for (_, end), (next_start, _) in zip(ordered, ordered[1:]):
         assert end <= next_start, f"promotion sections interleave: {sections}"
+    assert sorted(entered, key=entered.get) == sorted(sections, key=sections.get), (entered, sections)
 
 
 def test_the_rest_api_refuses_a_bad_conf_with_a_clear_400(stack):

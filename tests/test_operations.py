@@ -580,18 +580,51 @@ def test_a_section_task_cleared_without_its_turn_fails_while_another_run_holds_t
 
     from swan_airflow.steps.promotion import require_turn
 
-    def ti(other_run_state: str):  # the two calls of the task-SDK task instance that the check makes
+    def ti(other_run_state: str, entered: dict | None = None):  # the calls of the task-SDK task instance that the check makes
         states = {
             "backfill__1": {"wait_for_promotion_turn": "success", "ensure_validated_endpoint": None},
             "me": {"wait_for_promotion_turn": "success"},
         }
-        return SimpleNamespace(get_task_states=lambda dag_id, task_ids: states, get_dagrun_state=lambda dag_id, run_id: other_run_state)
+        return SimpleNamespace(
+            get_task_states=lambda dag_id, task_ids: states,
+            get_dagrun_state=lambda dag_id, run_id: other_run_state,
+            xcom_pull=lambda task_ids, dag_id, run_id: (entered or {}).get(run_id),  # when each run's sensor let it in
+        )
 
     with pytest.raises(
         AirflowFailException, match=r"run\(s\) backfill__1 are promoting, deploying or validating; .*clear wait_for_promotion_turn"
     ):
         require_turn(_ctx("me", ti("running")))
     require_turn(_ctx("me", ti("failed")))  # the other run ended half-way: nothing holds the section
+    # backfill__1 holds the section: it entered after me, so my section had ended when it entered
+    later = {"me": "2026-11-29T08:00:00+00:00", "backfill__1": "2026-11-30T08:00:00+00:00"}
+    with pytest.raises(AirflowFailException, match=r"run\(s\) backfill__1 are promoting"):
+        require_turn(_ctx("me", ti("running", later)))
+
+
+def test_a_run_cleared_after_its_section_ended_does_not_take_the_section_from_the_run_that_holds_it():
+    """Run A's section had ended (its validation failed) and backfill B entered its own; then "clear failed tasks" on A reset
+    A's last task, so A looked busy again. The check was symmetric: B's update_endpoint failed for good, A's and B's last tasks
+    each saw the other busy and failed, and B's promoted champion was left never deployed nor validated."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from swan_airflow.steps.promotion import require_turn
+
+    states = {
+        "scheduled__A": {"wait_for_promotion_turn": "success", "ensure_validated_endpoint": None},  # cleared: looks busy
+        "backfill__B": {"wait_for_promotion_turn": "success", "ensure_validated_endpoint": None},  # in its section
+    }
+    entered = {"scheduled__A": "2026-11-29T08:00:01+00:00", "backfill__B": "2026-11-29T09:30:00+00:00"}
+    ti = SimpleNamespace(
+        get_task_states=lambda dag_id, task_ids: states,
+        get_dagrun_state=lambda dag_id, run_id: "running",
+        xcom_pull=lambda task_ids, dag_id, run_id: entered.get(run_id),
+    )
+    require_turn(_ctx("backfill__B", ti))  # B holds the section: its tasks go on
+    with pytest.raises(AirflowFailException, match=r"run\(s\) backfill__B are promoting, deploying or validating"):
+        require_turn(_ctx("scheduled__A", ti))  # A's cleared tasks fail: clear its wait_for_promotion_turn instead
+    del entered["scheduled__A"]  # a run of an earlier version of this code, which recorded no entry: it entered before B
+    require_turn(_ctx("backfill__B", ti))
 
 
 def test_the_summary_of_a_failed_run_is_written_keeps_the_staged_data_and_fails_the_run(tmp_path, monkeypatch):

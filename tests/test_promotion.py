@@ -1045,7 +1045,11 @@ def test_update_endpoint_cleared_alone_fails_while_another_run_holds_the_promoti
 
     monkeypatch.setenv("SWAN_MODEL_NAME", "promo_never_reached")
     states = {"scheduled__other": {"wait_for_promotion_turn": "success", "ensure_validated_endpoint": None}}
-    ti = SimpleNamespace(get_task_states=lambda dag_id, task_ids: states, get_dagrun_state=lambda dag_id, run_id: "running")
+    ti = SimpleNamespace(
+        get_task_states=lambda dag_id, task_ids: states,
+        get_dagrun_state=lambda dag_id, run_id: "running",
+        xcom_pull=lambda task_ids, dag_id, run_id: None,  # no entry recorded: the other run is taken to hold the section
+    )
     ctx = RunContext(dag_id="swan_anomaly_pipeline", run_id=RUN_ID, dataset_id=DATASET, params=PARAMS, task={"ti": ti})
     with pytest.raises(AirflowFailException, match=r"run\(s\) scheduled__other are promoting, deploying or validating"):
         update_endpoint(ctx)

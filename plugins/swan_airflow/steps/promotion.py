@@ -69,14 +69,33 @@ def _busy_runs(ctx: RunContext) -> list[str]:
     return [r for r in runs_in_promotion(states, me=ctx.run_id) if ti.get_dagrun_state(ctx.dag_id, r) in ACTIVE_RUN_STATES]
 
 
-def promotion_turn(ctx: RunContext) -> bool:
-    """True when no other active run is between its promotion turn and the end of its promotion section."""
+def promotion_turn(ctx: RunContext):
+    """Whether no other active run is between its promotion turn and the end of its promotion section.
+
+    Returns:
+        False while another run is; then a ``PokeReturnValue`` whose XCom is when this run entered
+        (UTC, ISO 8601): :func:`require_turn` tells the run that holds the section by it.
+    """
+    import datetime as dt
+
+    from airflow.sdk import PokeReturnValue
+
     busy = _busy_runs(ctx)
     if busy:
         log.info("waiting for run(s) %s: promoting, deploying or validating; this run's gate comes after", ", ".join(busy))
         return False
     log.info("promotion turn of run %s: no other run is promoting, deploying or validating", ctx.run_id)
-    return True
+    return PokeReturnValue(is_done=True, xcom_value=dt.datetime.now(dt.UTC).isoformat())
+
+
+def _entered_at(ctx: RunContext, run_id: str) -> str | None:
+    """When ``run_id`` entered its promotion section (its ``wait_for_promotion_turn`` XCom), or None (a run of an earlier version)."""
+    try:
+        entered = ctx.task["ti"].xcom_pull(task_ids=SECTION_START, dag_id=ctx.dag_id, run_id=run_id)
+    except Exception as exc:  # noqa: BLE001 - unknown, as for a run that recorded none: the check stays as strict as before
+        log.warning("could not read when run %s entered its promotion section: %s", run_id, exc)
+        return None
+    return entered if isinstance(entered, str) else None
 
 
 def entered_section(ctx: RunContext) -> bool:
@@ -92,6 +111,9 @@ def require_turn(ctx: RunContext) -> None:
 
     That happens only when a task of the section was cleared without ``wait_for_promotion_turn``
     (whose success still stands): the run would interleave with the one that holds the section.
+    The run that holds it is the one that entered last (the sensor lets a run in only when no
+    other is in its section): a run that entered before it, and looks busy again because its
+    tasks were cleared, fails; the holder goes on.
 
     Raises:
         AirflowFailException: another active run is in its section; clear the sensor with its
@@ -100,6 +122,17 @@ def require_turn(ctx: RunContext) -> None:
     if ctx.task is None:  # a step called outside a DAG run (tests): no other runs to interleave with
         return
     if busy := _busy_runs(ctx):
+        mine = _entered_at(ctx, ctx.run_id)
+        if mine is not None and all((_entered_at(ctx, run) or "") < mine for run in busy):
+            # They entered before this run did, so their section had ended then (the sensor let this run in): a clear of
+            # their tasks without wait_for_promotion_turn made them look busy again. This run holds the section; they fail.
+            log.warning(
+                "run(s) %s look as if in their promotion section, but entered it before this run did (their tasks were cleared "
+                "without %s): this run holds the section",
+                ", ".join(busy),
+                SECTION_START,
+            )
+            return
         msg = (
             f"run(s) {', '.join(busy)} are promoting, deploying or validating; this task was cleared without "
             f"{SECTION_START}: clear {SECTION_START} with its downstream tasks so that this run waits for its turn"
