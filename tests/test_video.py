@@ -126,9 +126,9 @@ def _truncated_mp4(tmp: Path, clip: Path) -> Path:
     return _put(tmp / "cut.mp4", data[: int(len(data) * 0.3)])
 
 
-def _truncated_fast_start_mp4(tmp: Path, clip: Path) -> Path:
+def _truncated_fast_start_mp4(tmp: Path, clip: Path, keep: float = 0.6) -> Path:
     data = _index_first(clip.read_bytes())
-    return _put(tmp / "cut_faststart.mp4", data[: int(len(data) * 0.6)])
+    return _put(tmp / "cut_faststart.mp4", data[: int(len(data) * keep)])
 
 
 def _truncated_avi(tmp: Path, clip: Path) -> Path:
@@ -149,6 +149,7 @@ def _put(path: Path, data: bytes) -> Path:
 
 
 TRUNCATED = r"truncated or damaged: decoding stopped after \d+ of the 30 frames its container declares .*Re-upload the complete file"
+CUT_MDAT = r"truncated MP4: its 'mdat' box at byte \d+ needs \d+ bytes but the file ends \d+ bytes later"
 BAD_VIDEOS = {  # name: (make(tmp, clip) -> path, reason in the message, caught by probe_video)
     "missing": (lambda tmp, clip: tmp / "gone.mp4", r"no such video file", True),
     "zero-byte": (lambda tmp, clip: _put(tmp / "empty.mp4", b""), r"empty file \(0 bytes\)", True),
@@ -158,7 +159,10 @@ BAD_VIDEOS = {  # name: (make(tmp, clip) -> path, reason in the message, caught 
         True,
     ),
     "first 30% of an mp4": (_truncated_mp4, r"truncated MP4: its 'mdat' box at byte \d+ needs \d+ bytes", True),
-    "first 60% of a fast-start mp4": (_truncated_fast_start_mp4, TRUNCATED, False),
+    # its index comes first, so OpenCV opens it; its 'mdat' box says how many bytes it should have
+    "first 60% of a fast-start mp4": (_truncated_fast_start_mp4, CUT_MDAT, True),
+    # a frame or two short: within the 2 % a container of estimated frame counts is allowed, so it was taken as complete
+    "first 99% of a fast-start mp4": (lambda tmp, clip: _truncated_fast_start_mp4(tmp, clip, 0.99), CUT_MDAT, True),
     "first 60% of an avi": (_truncated_avi, TRUNCATED, False),
     "zero-frame mp4": (lambda tmp, clip: _write(tmp / "none.mp4", []), r"MP4 with no tracks: a container with zero frames", True),
     "zero-frame avi": (

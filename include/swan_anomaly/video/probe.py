@@ -8,7 +8,8 @@ anything.
 A file that is not a readable video raises :class:`VideoError` naming the file and the reason:
 missing or empty, a still image under a video name (:data:`IMAGE_SIGNATURES`), a container
 FFmpeg cannot open (for an MP4/MOV, what is wrong with its top-level boxes, e.g. an upload cut
-short before its ``moov`` index), unsupported rotation metadata, no decodable frame, or frames
+short before its ``moov`` index), an MP4/MOV whose media box runs past the end of the file (a
+"fast start" upload cut short), unsupported rotation metadata, no decodable frame, or frames
 smaller than :data:`MIN_FRAME_SIDE` or over :data:`swan_anomaly.images.MAX_PIXELS`.
 
 The private helpers that open a capture (``_open``), read its declared rate and count
@@ -159,6 +160,9 @@ def _open(video_path: Path) -> tuple[cv2.VideoCapture, int]:
         cap.release()
         msg = f"{video_path}: OpenCV cannot open it as a video: {_unopenable_reason(video_path)}"
         raise VideoError(msg)
+    if cut := _mp4_cut_short(video_path):  # a "fast start" MP4 opens with its index in front: only its boxes tell
+        cap.release()
+        raise VideoError(f"{video_path}: {cut}")
     cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 0)  # rotated in _upright, so the recorded rotation is the applied one
     rotation = round(cap.get(cv2.CAP_PROP_ORIENTATION_META)) % 360
     if rotation and rotation not in _ROTATE_CODES:
@@ -211,6 +215,40 @@ def _unopenable_reason(path: Path) -> str:
     if head[:4] in (b"RIFF", b"\x1a\x45\xdf\xa3"):
         return "an AVI/Matroska file whose header FFmpeg cannot read (truncated or damaged)"
     return f"not a video container (the file starts with {head!r})"
+
+
+def _mp4_cut_short(path: Path) -> str | None:
+    """Why an MP4/MOV that FFmpeg opened is cut short, from its top-level boxes: a media or index box (``mdat``,
+    ``moov``, ``moof``) that declares more bytes than the file has; else None.
+
+    An upload cut short after the index of a "fast start" MP4 opens and decodes up to the cut, and a cut
+    of a frame or two is within what frame counts alone can tell. Boxes that do not parse as boxes (a
+    maker's trailer) end the walk: they are FFmpeg's to judge.
+    """
+    with path.open("rb") as fh:
+        if fh.read(8)[4:8] != b"ftyp":
+            return None
+    size, pos = path.stat().st_size, 0
+    with path.open("rb") as fh:
+        while pos + 8 <= size:
+            fh.seek(pos)
+            header = fh.read(16)
+            length, kind = struct.unpack(">I4s", header[:8])
+            if length == 1 and len(header) == 16:  # 64-bit size follows the type
+                length = struct.unpack(">Q", header[8:])[0]
+            elif length == 0:  # runs to the end of the file
+                return None
+            if length < 8:
+                return None
+            if pos + length > size:
+                if kind not in (b"mdat", b"moov", b"moof"):
+                    return None
+                return (
+                    f"truncated MP4: its '{kind.decode('latin-1')}' box at byte {pos} needs {length} bytes but the file ends "
+                    f"{size - pos} bytes later (incomplete upload?); re-upload the complete file"
+                )
+            pos += length
+    return None
 
 
 def _mp4_layout_problem(path: Path) -> str | None:
