@@ -51,6 +51,14 @@ def test_the_password_sqlalchemy_reads_is_never_shown(uri):
         ("https://tok@en@host/x", "https://***@host/x"),
         ("https://user@example.com:pa@host", "https://user@example.com:***@host"),
         ("https://acct.blob.core.windows.net/c?sv=2024&sig=abc/def", "https://acct.blob.core.windows.net/c?sv=2024&sig=***"),
+        # secrets in query parameters of other names passed unmasked, and has_credentials let such a URI through
+        ("https://api.example.com/x?api_key=s3cret&v=2", "https://api.example.com/x?api_key=***&v=2"),
+        ("https://login.example.com/t?client_secret=s3cret", "https://login.example.com/t?client_secret=***"),
+        ("postgresql://db/mlflow?sslmode=require&sslpassword=s3cret", "postgresql://db/mlflow?sslmode=require&sslpassword=***"),
+        (
+            "mssql+pyodbc:///?odbc_connect=DRIVER%3D%7BODBC%7D%3BSERVER%3Ddb%3BUID%3Dsa%3BPWD%3Ds3cret",
+            "mssql+pyodbc:///?odbc_connect=***",  # a whole ODBC connection string, its password in it
+        ),
     ],
 )
 def test_tokens_in_http_uris_are_masked(uri, shown):
@@ -63,6 +71,7 @@ def test_tokens_in_http_uris_are_masked(uri, shown):
         "sqlite:////home/me/.swan/mlflow/mlflow.db",
         "http://127.0.0.1:5000",
         "https://mlflow.example.com/path?email=ops@example.com",
+        "postgresql://db/mlflow?sslmode=require&keepalives=1&sslkey=/etc/ssl/client.key",  # sslkey is a path, named by its word
         "https://mlflow.example.com:8443/api?email=ops@example.com",  # a port and an "@" after it: no user info
         "http://mlflow:5000/path@x",
         "http://[::1]:5000/a@b",

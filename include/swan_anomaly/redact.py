@@ -26,7 +26,22 @@ SECRET_QUERY_KEYS = frozenset(
     {"sig", "signature", "token", "access_token", "password", "secret", "key"}
     | {"x-amz-signature", "x-amz-security-token", "x-goog-signature"}
 )
+#: Words of a query parameter's name that make it a credential (``api_key``, ``client_secret``), and what a name
+#: holding them anywhere is (``sslpassword``); an ODBC connection string carries its password inside.
+_SECRET_QUERY_WORDS = frozenset({"sig", "signature", "token", "password", "passwd", "pwd", "secret", "key", "credential", "credentials"})
+_SECRET_QUERY_PARTS = ("password", "passwd", "passphrase", "secret", "token")
+_CONNECTION_STRING_KEYS = frozenset({"odbc_connect", "connection_string", "connectionstring"})
 _QUERY_PAIR = re.compile(r"(?P<key>[^&=]+)=(?P<value>[^&]*)")
+
+
+def _secret_query_key(key: str) -> bool:
+    """Whether a query parameter named ``key`` holds a credential (:data:`SECRET_QUERY_KEYS`, or by its words)."""
+    key = key.lower()
+    if key in SECRET_QUERY_KEYS or key in _CONNECTION_STRING_KEYS or any(part in key for part in _SECRET_QUERY_PARTS):
+        return True
+    return any(word in _SECRET_QUERY_WORDS for word in re.split(r"[_.\-]", key))
+
+
 #: User info as SQLAlchemy's URL grammar reads it (``sqlalchemy.engine.url._parse_url``): a user name up to the
 #: first ``:`` or ``/``, then an optional password running to the next ``@``, where ``/``, ``?`` and ``#`` may occur
 #: (``postgresql://u:pa/ss@db`` has the password ``pa/ss``; ``urlsplit`` would end the authority at the ``/``).
@@ -105,9 +120,12 @@ def redact_uri(uri: str | None) -> str | None:
         user, has_password, _ = user_part.partition(":")
         netloc = f"{user}:{MASK}@{hostport}" if has_password else f"{MASK}@{hostport}"
     query = _QUERY_PAIR.sub(
-        lambda m: f"{m['key']}={MASK}" if m["key"].lower() in SECRET_QUERY_KEYS else m.group(0),
+        lambda m: f"{m['key']}={MASK}" if _secret_query_key(m["key"]) else m.group(0),
         parts.query,
     )
     if (netloc, query) == (parts.netloc, parts.query):
         return masked  # urlunsplit would drop the empty authority of sqlite:////abs/path
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    shown = urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    if not netloc and masked.startswith(f"{parts.scheme}://"):  # urlunsplit drops an empty authority: mssql+pyodbc:///?...
+        shown = f"{parts.scheme}://{shown[len(parts.scheme) + 1 :]}"
+    return shown
