@@ -269,6 +269,21 @@ def test_an_index_longer_than_the_data_counts_as_the_rows_pandas_builds_from_it(
     assert model.frames == []
 
 
+@pytest.mark.parametrize("content_type", ["application/json; charset=latin-1", "text/csv; charset=utf-16"])
+def test_a_charset_other_than_utf8_is_refused_in_the_error_shape_of_every_other_answer(tmp_path, content_type):
+    """MLflow's parser answered it 415 as text/plain: the one error answer not shaped {"error_code", "message"}."""
+    from fastapi.testclient import TestClient
+
+    app = create_app(NAME, token=TOKEN, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    model = _serve(app, _Recorder())
+    answer = TestClient(app).post(
+        INVOCATIONS, content=b'{"dataframe_records": [{"image": "aGk="}]}', headers=AUTH | {"Content-Type": content_type}
+    )
+    assert answer.status_code == 415 and answer.headers["content-type"] == "application/json"
+    assert answer.json()["error_code"] == "INVALID_PARAMETER_VALUE" and "UTF-8" in answer.json()["message"]
+    assert model.frames == []
+
+
 def test_a_parquet_body_is_refused_before_it_is_decoded(tmp_path):
     """Before: the body limit counted compressed bytes and the row limit believed the footer's num_rows (which can be forged)."""
     import io

@@ -683,6 +683,12 @@ def create_app(
                 },
                 415,
             )
+        charsets = [p.strip().lower() for p in content_type.split(";")[1:] if p.strip().lower().startswith("charset=")]
+        if any(c != "charset=utf-8" for c in charsets):  # refused before the body is read, as MLflow refuses it
+            return JSONResponse(
+                {"error_code": "INVALID_PARAMETER_VALUE", "message": f"'{content_type[:100]}': send the body in UTF-8 (charset=utf-8)"},
+                415,
+            )
         if in_flight["now"] >= limits.max_in_flight:
             return JSONResponse(
                 {"error_code": "REQUEST_LIMIT_EXCEEDED", "message": f"over {limits.max_in_flight} scoring requests in flight; retry later"},
