@@ -465,7 +465,7 @@ def test_connections_that_never_send_their_headers_are_closed_and_free_the_serve
 
     from swan_anomaly.serving.server import uvicorn_options
 
-    limits = Limits(max_connections=3, max_in_flight=1, header_timeout_s=0.5)
+    limits = Limits(max_connections=3, max_in_flight=1, header_timeout_s=1.0)
     app = create_app(NAME, token=TOKEN, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", limits=limits)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **uvicorn_options(limits)))
@@ -493,6 +493,16 @@ def test_connections_that_never_send_their_headers_are_closed_and_free_the_serve
         for sock in silent:
             sock.settimeout(5)
             assert sock.recv(1024) == b""  # closed by the server
+        # a request answered before its body was read (401 here) is not cut off while the client still sends the body
+        upload = socket.create_connection(("127.0.0.1", port))
+        silent.append(upload)
+        upload.sendall(f"POST {INVOCATIONS} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 3000\r\n\r\n".encode())
+        for _ in range(14):  # 1.4 s of a slow upload: more than the header timeout, within its one extra period
+            upload.sendall(b" " * 100)
+            time.sleep(0.1)
+        upload.sendall(b" " * 2000)
+        upload.settimeout(5)
+        assert upload.recv(4096).startswith(b"HTTP/1.1 401")
     finally:
         for sock in silent:
             sock.close()

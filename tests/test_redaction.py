@@ -59,6 +59,8 @@ def test_the_password_sqlalchemy_reads_is_never_shown(uri):
             "mssql+pyodbc:///?odbc_connect=DRIVER%3D%7BODBC%7D%3BSERVER%3Ddb%3BUID%3Dsa%3BPWD%3Ds3cret",
             "mssql+pyodbc:///?odbc_connect=***",  # a whole ODBC connection string, its password in it
         ),
+        ("MSSQL+pyodbc:///?odbc_connect=PWD%3Dx", "MSSQL+pyodbc:///?odbc_connect=***"),  # the empty authority kept, in any case
+        ("file:///tmp/x?token=1", "file:///tmp/x?token=***"),
     ],
 )
 def test_tokens_in_http_uris_are_masked(uri, shown):

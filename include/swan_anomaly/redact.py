@@ -125,7 +125,11 @@ def redact_uri(uri: str | None) -> str | None:
     )
     if (netloc, query) == (parts.netloc, parts.query):
         return masked  # urlunsplit would drop the empty authority of sqlite:////abs/path
-    shown = urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    if not netloc and masked.startswith(f"{parts.scheme}://"):  # urlunsplit drops an empty authority: mssql+pyodbc:///?...
-        shown = f"{parts.scheme}://{shown[len(parts.scheme) + 1 :]}"
-    return shown
+    if netloc or "://" not in masked:
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    # an empty authority (file:///tmp/x, mssql+pyodbc:///?odbc_connect=...), which urlunsplit keeps for some schemes only
+    return (
+        f"{masked[: masked.index('://')]}://{parts.path}"
+        + (f"?{query}" if query else "")
+        + (f"#{parts.fragment}" if parts.fragment else "")
+    )

@@ -111,16 +111,24 @@ def uvicorn_options(limits: Limits) -> dict:
     """uvicorn's options for ``limits``: the connection cap, the idle keep-alive and the header timeout.
 
     uvicorn's own timeouts start once a request has been answered; a connection that never sends its
-    headers would be held, and counted against ``limit_concurrency``, for ever. Its h11 protocol, with
-    a timer armed when a connection opens and after each answer (:attr:`Limits.header_timeout_s`), closes
-    such a connection.
+    headers would be held, and counted against ``limit_concurrency``, for ever. The HTTP protocol
+    uvicorn would pick (httptools when installed, else h11), with a timer armed when a connection opens
+    and after each answer (:attr:`Limits.header_timeout_s`), closes such a connection. A request
+    answered before its body was read (401, 413, 429) keeps its connection for one more period while
+    the client finishes sending the body, so that it reads the answer rather than a reset.
     """
-    from uvicorn.protocols.http.h11_impl import H11Protocol
+    try:
+        import httptools  # noqa: F401 - what uvicorn's "auto" picks first
+
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Protocol
+    except ImportError:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as Protocol
 
     seconds = limits.header_timeout_s
 
-    class HeaderTimeoutProtocol(H11Protocol):
+    class HeaderTimeoutProtocol(Protocol):
         _headers_timer = None
+        _graced = False
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
@@ -128,6 +136,7 @@ def uvicorn_options(limits: Limits) -> dict:
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
+            self._graced = False
             self._wait_for_headers()
 
         def connection_lost(self, exc) -> None:
@@ -141,10 +150,15 @@ def uvicorn_options(limits: Limits) -> dict:
             self._headers_timer = self.loop.call_later(seconds, self._headers_late)
 
         def _headers_late(self) -> None:
-            waiting = self.cycle is None or self.cycle.response_complete  # no request under way: its headers are late
-            if waiting and not self.transport.is_closing():
-                log.info("closing a connection from %s: no request headers within %.0fs", self.client, seconds)
-                self.transport.close()
+            cycle = self.cycle
+            if self.transport.is_closing() or (cycle is not None and not cycle.response_complete):
+                return  # closed, or a request under way: its body has its own timeout
+            if cycle is not None and cycle.more_body and not self._graced:  # answered early; the body is still coming
+                self._graced = True
+                self._wait_for_headers()
+                return
+            log.info("closing a connection from %s: no request headers within %.0fs", self.client, seconds)
+            self.transport.close()
 
     return {"limit_concurrency": limits.connection_limit, "timeout_keep_alive": KEEP_ALIVE_S, "http": HeaderTimeoutProtocol}
 
