@@ -793,6 +793,8 @@ def test_secrets_named_otherwise_or_held_in_a_uri_stay_out_of_the_jobs_that_do_n
         "MLFLOW_TRACKING_URI": "postgresql://mlflow:s3cret@db/mlflow",
     }
     harmless = {"PATH": "/usr/bin", "PWD": "/work", "OLDPWD": "/", "SWAN_ENDPOINT_URL": "http://127.0.0.1:5055", "PASSENGER": "x"}
+    # the route out, login and all: the training and ETL jobs reach the model hub through it
+    harmless |= {"HTTPS_PROXY": "http://u:p@proxy:3128", "http_proxy": "http://u:p@proxy:3128", "HF_ENDPOINT": "https://u:t@hf-mirror"}
     environ = {**secrets, **harmless}
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://mlflow:s3cret@db/mlflow")
     for job in ("etl", "augment"):

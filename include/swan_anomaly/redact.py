@@ -69,6 +69,9 @@ SECRET_NAME = re.compile(
     r"|PASSWORD|PASSWD|^(SSHPASS|MYSQL_PWD)$",
     re.I,
 )
+#: Variables whose URI may hold a login and still be what a child process needs: the route out (a proxy) and
+#: the model hub's address. Their values are not dropped for the credentials in them.
+ROUTE_VARIABLES = frozenset({"http_proxy", "https_proxy", "all_proxy", "no_proxy", "hf_endpoint"})
 #: Prefixes of variables that carry credentials or connections a job does not need (Airflow's own, cloud SDKs').
 SECRET_PREFIXES = ("AIRFLOW_CONN_", "AIRFLOW_VAR_", "AIRFLOW__", "DATABRICKS_", "AZURE_", "AWS_", "GOOGLE_", "ARM_")
 
@@ -77,7 +80,8 @@ def without_secrets(environ, *, keep: frozenset[str] = frozenset()) -> dict[str,
     """``environ`` without the variables that hold secrets, except ``keep``.
 
     A secret's variable is named like one (:data:`SECRET_NAME`, :data:`SECRET_PREFIXES`) or holds a URI
-    with credentials in it (:func:`has_credentials`: a database-backed MLflow store's password, a Redis URL's).
+    with credentials in it (:func:`has_credentials`: a database-backed MLflow store's password, a Redis URL's),
+    except a proxy's or the model hub's address (:data:`ROUTE_VARIABLES`), the route out a job needs.
     What a local job subprocess gets: everything Spark, Java and PyTorch may read, no key it does
     not need.
 
@@ -89,7 +93,12 @@ def without_secrets(environ, *, keep: frozenset[str] = frozenset()) -> dict[str,
     return {
         k: v
         for k, v in environ.items()
-        if k in keep or not (SECRET_NAME.search(k) or k.startswith(SECRET_PREFIXES) or ("://" in v and has_credentials(v)))
+        if k in keep
+        or not (
+            SECRET_NAME.search(k)
+            or k.startswith(SECRET_PREFIXES)
+            or (k.lower() not in ROUTE_VARIABLES and "://" in v and has_credentials(v))
+        )
     }
 
 
