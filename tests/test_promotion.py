@@ -589,11 +589,37 @@ def test_a_rollback_whose_previous_version_cannot_serve_again_takes_the_failed_v
     with pytest.raises(AirflowFailException, match=rf"the rollback could not serve v{good} again .*so it deleted endpoint"):
         validate_endpoint(_ctx(), endpoint, _registered(model_name, bad, world, "constant"))
     assert _served() is None and _champion(model_name) == good  # nothing serves: not the version that failed
+    record = world["lake"].read_result(RUN_ID, "validation")
+    assert (record["state"], record["outcome"]) == ("done", "rolled_back") and "could not serve" in record["message"]
     with pytest.raises(AirflowFailException, match=rf"the rollback could not serve v{good} again"):  # a retry: the same, at once
         validate_endpoint(_ctx(), endpoint, _registered(model_name, bad, world, "constant"))
     assert ensure_validated_endpoint(_ctx())["acted"] is False  # nothing unvalidated is champion or serves
     monkeypatch.setattr(deploy, "deploy_version", real)  # the cause fixed: update_endpoint serves the champion again
     assert update_endpoint(_ctx())["version"] == good and _served() == good
+
+
+@pytest.mark.slow
+def test_a_restore_the_endpoint_refuses_is_recorded_and_leaves_nothing_unvalidated_serving(world, model_name, monkeypatch):
+    """ensure_validated_endpoint's rollback failed half-way (the alias moved, the endpoint refused the version): it wrote no
+    endpoint_restore record, so the run summary said nothing of what the task had changed."""
+    from swan_airflow.steps.serving import ensure_validated_endpoint
+    from swan_anomaly import EndpointError
+    from swan_anomaly.serving import deploy
+
+    good, newer, _ = _new_version_over_good(world, model_name, "good")  # promoted and served; its validation never ran
+    real = deploy.deploy_version
+
+    def refuses_the_good_one(w, ep, name, version, config):
+        if version == good:
+            raise EndpointError(f"endpoint {ep} update failed: served entity {name}-{version} did not become ready")
+        return real(w, ep, name, version, config)
+
+    monkeypatch.setattr(deploy, "deploy_version", refuses_the_good_one)
+    with pytest.raises(AirflowFailException, match=rf"alias went back to v{good}, but the rollback could not serve v{good} again"):
+        ensure_validated_endpoint(_ctx())
+    assert _served() is None and _champion(model_name) == good  # v{newer}, never validated, does not serve
+    record = world["lake"].read_result(RUN_ID, "endpoint_restore")
+    assert record["restored"] == good and record["unvalidated"] == [newer] and "could not serve" in record["message"]
 
 
 @pytest.mark.slow

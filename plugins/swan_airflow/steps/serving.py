@@ -255,7 +255,12 @@ def validate_endpoint(ctx: RunContext, endpoint: dict, registered: dict) -> dict
         log.warning("%s; the run goes on (SWAN_DRIFT_ACTION=warn)", record["message"])
         return endpoint_summary(record)
     store.write_result(ctx.run_id, "validation", {**record, "state": "acting"})  # before acting: a crash mid-way is finished by the retry
-    _act(target, client, record)
+    try:
+        _act(target, client, record)
+    except AirflowFailException as exc:  # the endpoint refused the previous version: the rollback deleted the endpoint
+        record = {**record, "message": f"{record['message']}; but {exc}"}
+        store.write_result(ctx.run_id, "validation", {**record, "state": "done"})
+        raise AirflowFailException(record["message"]) from exc
     store.write_result(ctx.run_id, "validation", {**record, "state": "done"})
     raise AirflowFailException(record["message"])
 
@@ -394,9 +399,13 @@ def ensure_validated_endpoint(ctx: RunContext) -> dict:
     # the champion itself, what serves, or previous_champion: one that passed first, else one served with parity
     restore = next((v for want in kept for v in candidates if verdict_of(v) == want), None)
     what = " and ".join(f"v{v}" for v in unvalidated)
+    refused = None
     if restore is not None:
-        roll_back(target, restore)
-        done = f"the champion alias and endpoint {target.endpoint} went back to v{restore}, the last version that passed"
+        try:
+            roll_back(target, restore)
+            done = f"the champion alias and endpoint {target.endpoint} went back to v{restore}, the last version that passed"
+        except AirflowFailException as exc:  # the endpoint refused it: the rollback deleted the endpoint
+            refused, done = exc, f"the champion alias went back to v{restore}, but {exc}"
     else:  # nothing validated to go back to: nothing serves
         withdraw(target, champion)
         done = f"no version of {name} ever passed, so endpoint {target.endpoint} was deleted and nothing holds the champion alias"
@@ -407,7 +416,7 @@ def ensure_validated_endpoint(ctx: RunContext) -> dict:
     record = {"unvalidated": unvalidated, "champion": champion, "served": served, "restored": restore, "message": msg}
     store.write_result(ctx.run_id, "endpoint_restore", record)
     log.warning(msg)
-    raise AirflowFailException(msg)
+    raise AirflowFailException(msg) from refused
 
 
 def endpoint_summary(record: dict) -> dict:
