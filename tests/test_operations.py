@@ -575,31 +575,50 @@ def test_a_video_that_fails_its_last_try_for_an_unexpected_reason_is_set_aside(d
         shutil.rmtree(base, ignore_errors=True)
 
 
+class _SectionTI:
+    """The task-SDK task instance calls the promotion section's check makes: task states, run states and XComs, of runs
+    whose sensor let them in at ``entered`` and whose section tasks claimed it at ``claims`` (a failing read: ``None``)."""
+
+    def __init__(self, states: dict, entered: dict | None = None, claims: dict | None = None, run_state: str = "running"):
+        self.states, self.entered, self.claims, self.run_state, self.pushed = states, dict(entered or {}), dict(claims or {}), run_state, []
+
+    def get_task_states(self, dag_id, task_ids):
+        return self.states
+
+    def get_dagrun_state(self, dag_id, run_id):
+        return self.run_state
+
+    def xcom_pull(self, task_ids, dag_id, run_id, key="return_value"):
+        if self.entered.get(run_id) is ConnectionError:
+            raise ConnectionError("the API server did not answer")
+        if key == "return_value":
+            return self.entered.get(run_id)
+        return [self.claims.get(run_id) if t == "update_endpoint" else None for t in task_ids]
+
+    def xcom_push(self, key, value):
+        self.pushed.append((key, value))
+
+
 def test_a_section_task_cleared_without_its_turn_fails_while_another_run_holds_the_section():
     from airflow.sdk.exceptions import AirflowFailException
 
     from swan_airflow.steps.promotion import require_turn
 
-    def ti(other_run_state: str, entered: dict | None = None):  # the calls of the task-SDK task instance that the check makes
-        states = {
-            "backfill__1": {"wait_for_promotion_turn": "success", "ensure_validated_endpoint": None},
-            "me": {"wait_for_promotion_turn": "success"},
-        }
-        return SimpleNamespace(
-            get_task_states=lambda dag_id, task_ids: states,
-            get_dagrun_state=lambda dag_id, run_id: other_run_state,
-            xcom_pull=lambda task_ids, dag_id, run_id: (entered or {}).get(run_id),  # when each run's sensor let it in
-        )
-
+    states = {
+        "backfill__1": {"wait_for_promotion_turn": "success", "ensure_validated_endpoint": None},
+        "me": {"wait_for_promotion_turn": "success"},
+    }
     with pytest.raises(
         AirflowFailException, match=r"run\(s\) backfill__1 are promoting, deploying or validating; .*clear wait_for_promotion_turn"
     ):
-        require_turn(_ctx("me", ti("running")))
-    require_turn(_ctx("me", ti("failed")))  # the other run ended half-way: nothing holds the section
+        require_turn(_ctx("me", _SectionTI(states)))
+    free = _SectionTI(states, run_state="failed")
+    require_turn(_ctx("me", free))  # the other run ended half-way: nothing holds the section
+    assert [key for key, _ in free.pushed] == ["promotion_claim"]  # and this run claims it
     # backfill__1 holds the section: it entered after me, so my section had ended when it entered
     later = {"me": "2026-11-29T08:00:00+00:00", "backfill__1": "2026-11-30T08:00:00+00:00"}
     with pytest.raises(AirflowFailException, match=r"run\(s\) backfill__1 are promoting"):
-        require_turn(_ctx("me", ti("running", later)))
+        require_turn(_ctx("me", _SectionTI(states, later)))
 
 
 def test_a_run_cleared_after_its_section_ended_does_not_take_the_section_from_the_run_that_holds_it():
@@ -615,16 +634,33 @@ def test_a_run_cleared_after_its_section_ended_does_not_take_the_section_from_th
         "backfill__B": {"wait_for_promotion_turn": "success", "ensure_validated_endpoint": None},  # in its section
     }
     entered = {"scheduled__A": "2026-11-29T08:00:01+00:00", "backfill__B": "2026-11-29T09:30:00+00:00"}
-    ti = SimpleNamespace(
-        get_task_states=lambda dag_id, task_ids: states,
-        get_dagrun_state=lambda dag_id, run_id: "running",
-        xcom_pull=lambda task_ids, dag_id, run_id: entered.get(run_id),
-    )
-    require_turn(_ctx("backfill__B", ti))  # B holds the section: its tasks go on
+    claims = {"scheduled__A": "2026-11-29T08:20:00+00:00"}  # A's own section went on until 08:20
+    require_turn(_ctx("backfill__B", _SectionTI(states, entered, claims)))  # B holds the section: its tasks go on
     with pytest.raises(AirflowFailException, match=r"run\(s\) backfill__B are promoting, deploying or validating"):
-        require_turn(_ctx("scheduled__A", ti))  # A's cleared tasks fail: clear its wait_for_promotion_turn instead
-    del entered["scheduled__A"]  # a run of an earlier version of this code, which recorded no entry: it entered before B
-    require_turn(_ctx("backfill__B", ti))
+        require_turn(_ctx("scheduled__A", _SectionTI(states, entered, claims)))  # A's cleared tasks fail
+    # a run of an earlier version of this code, which recorded nothing, counts as having gone on before B
+    require_turn(_ctx("backfill__B", _SectionTI(states, {"backfill__B": entered["backfill__B"]})))
+    # but one whose record cannot be read may hold the section: strict, as before claims existed
+    with pytest.raises(AirflowFailException, match=r"run\(s\) scheduled__A are promoting"):
+        require_turn(_ctx("backfill__B", _SectionTI(states, {**entered, "scheduled__A": ConnectionError}, claims)))
+
+
+def test_the_run_that_went_on_in_its_section_last_holds_it_whenever_it_entered():
+    """A and B had both finished; A's update_endpoint was cleared with its downstream tasks (nobody was busy, so it went on),
+    then B's. B entered after A, and was let go on beside A's deployment: who holds the section is who claimed it last."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from swan_airflow.steps.promotion import require_turn
+
+    states = {
+        "scheduled__A": {"wait_for_promotion_turn": "success", "ensure_validated_endpoint": None},
+        "backfill__B": {"wait_for_promotion_turn": "success", "ensure_validated_endpoint": None},
+    }
+    entered = {"scheduled__A": "2026-11-29T08:00:00+00:00", "backfill__B": "2026-11-29T09:30:00+00:00"}
+    claims = {"scheduled__A": "2026-11-29T11:00:00+00:00", "backfill__B": "2026-11-29T09:45:00+00:00"}  # A went on at 11:00
+    with pytest.raises(AirflowFailException, match=r"run\(s\) scheduled__A are promoting"):
+        require_turn(_ctx("backfill__B", _SectionTI(states, entered, claims)))
+    require_turn(_ctx("scheduled__A", _SectionTI(states, entered, claims)))
 
 
 def test_the_summary_of_a_failed_run_is_written_keeps_the_staged_data_and_fails_the_run(tmp_path, monkeypatch):

@@ -1074,7 +1074,7 @@ def test_update_endpoint_cleared_alone_fails_while_another_run_holds_the_promoti
     ti = SimpleNamespace(
         get_task_states=lambda dag_id, task_ids: states,
         get_dagrun_state=lambda dag_id, run_id: "running",
-        xcom_pull=lambda task_ids, dag_id, run_id: None,  # no entry recorded: the other run is taken to hold the section
+        xcom_pull=lambda task_ids, dag_id, run_id, key="return_value": None,  # this run recorded no claim: it cannot hold it
     )
     ctx = RunContext(dag_id="swan_anomaly_pipeline", run_id=RUN_ID, dataset_id=DATASET, params=PARAMS, task={"ti": ti})
     with pytest.raises(AirflowFailException, match=r"run\(s\) scheduled__other are promoting, deploying or validating"):

@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 
 #: The first and last task of the promotion section.
 SECTION_START, SECTION_END = "wait_for_promotion_turn", "ensure_validated_endpoint"
+#: The section's tasks that check their run's turn (:func:`require_turn`) and, when it holds, push when they did
+#: (XCom :data:`CLAIM_KEY`): which run holds the section is the one that claimed it last.
+CLAIMING_TASKS = ("gate_model", "promote_model", "update_endpoint", "validate_endpoint", SECTION_END)
+CLAIM_KEY = "promotion_claim"
 #: Task states after which a task will not run again unless cleared.
 FINISHED_STATES = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
 #: DAG run states in which a run's tasks may still run.
@@ -74,7 +78,7 @@ def promotion_turn(ctx: RunContext):
 
     Returns:
         False while another run is; then a ``PokeReturnValue`` whose XCom is when this run entered
-        (UTC, ISO 8601): :func:`require_turn` tells the run that holds the section by it.
+        (UTC, ISO 8601), its first claim on the section (:func:`require_turn`).
     """
     import datetime as dt
 
@@ -88,14 +92,30 @@ def promotion_turn(ctx: RunContext):
     return PokeReturnValue(is_done=True, xcom_value=dt.datetime.now(dt.UTC).isoformat())
 
 
-def _entered_at(ctx: RunContext, run_id: str) -> str | None:
-    """When ``run_id`` entered its promotion section (its ``wait_for_promotion_turn`` XCom), or None (a run of an earlier version)."""
+class _Unknown:
+    """A run's last claim that could not be read: it may hold the section."""
+
+
+def _last_claim(ctx: RunContext, run_id: str) -> str | None | type[_Unknown]:
+    """When ``run_id`` last entered or went on in its promotion section (UTC, ISO 8601): the latest of its sensor's XCom
+    and its section tasks' :data:`CLAIM_KEY` XComs. None: it recorded none (a run of an earlier version of this code);
+    :class:`_Unknown`: they could not be read."""
+    ti = ctx.task["ti"]
     try:
-        entered = ctx.task["ti"].xcom_pull(task_ids=SECTION_START, dag_id=ctx.dag_id, run_id=run_id)
-    except Exception as exc:  # noqa: BLE001 - unknown, as for a run that recorded none: the check stays as strict as before
-        log.warning("could not read when run %s entered its promotion section: %s", run_id, exc)
-        return None
-    return entered if isinstance(entered, str) else None
+        entered = ti.xcom_pull(task_ids=SECTION_START, dag_id=ctx.dag_id, run_id=run_id)
+        claims = ti.xcom_pull(task_ids=list(CLAIMING_TASKS), dag_id=ctx.dag_id, run_id=run_id, key=CLAIM_KEY)
+    except Exception as exc:  # noqa: BLE001 - an API hiccup: unknown, and the check stays strict
+        log.warning("could not read when run %s last went on in its promotion section: %s", run_id, exc)
+        return _Unknown
+    stamps = [v for v in [entered, *(claims or [])] if isinstance(v, str)]
+    return max(stamps) if stamps else None
+
+
+def _claim(ctx: RunContext) -> None:
+    """Record that this run goes on in its promotion section now (this task's :data:`CLAIM_KEY` XCom)."""
+    import datetime as dt
+
+    ctx.task["ti"].xcom_push(key=CLAIM_KEY, value=dt.datetime.now(dt.UTC).isoformat())
 
 
 def entered_section(ctx: RunContext) -> bool:
@@ -111,9 +131,11 @@ def require_turn(ctx: RunContext) -> None:
 
     That happens only when a task of the section was cleared without ``wait_for_promotion_turn``
     (whose success still stands): the run would interleave with the one that holds the section.
-    The run that holds it is the one that entered last (the sensor lets a run in only when no
-    other is in its section): a run that entered before it, and looks busy again because its
-    tasks were cleared, fails; the holder goes on.
+    The run that holds it is the one that claimed it last: its sensor let it in, or one of its
+    section's tasks went on, after every other run's last claim (a run's claim is made only while
+    no other run is busy, or while it holds the section). A run whose section had ended, and
+    that looks busy again because its tasks were cleared without the sensor, fails; the holder
+    goes on. When a claim cannot be read, the check fails as it did before claims existed.
 
     Raises:
         AirflowFailException: another active run is in its section; clear the sensor with its
@@ -122,22 +144,25 @@ def require_turn(ctx: RunContext) -> None:
     if ctx.task is None:  # a step called outside a DAG run (tests): no other runs to interleave with
         return
     if busy := _busy_runs(ctx):
-        mine = _entered_at(ctx, ctx.run_id)
-        if mine is not None and all((_entered_at(ctx, run) or "") < mine for run in busy):
-            # They entered before this run did, so their section had ended then (the sensor let this run in): a clear of
-            # their tasks without wait_for_promotion_turn made them look busy again. This run holds the section; they fail.
+        mine = _last_claim(ctx, ctx.run_id)
+        theirs = [_last_claim(ctx, run) for run in busy]
+        if isinstance(mine, str) and all(t is None or (isinstance(t, str) and t < mine) for t in theirs):
+            # They last went on before this run did, so their section had ended then: a clear of their tasks without
+            # wait_for_promotion_turn made them look busy again. This run holds the section; their tasks fail.
             log.warning(
-                "run(s) %s look as if in their promotion section, but entered it before this run did (their tasks were cleared "
-                "without %s): this run holds the section",
+                "run(s) %s look as if in their promotion section, but last went on in it before this run did (their tasks were "
+                "cleared without %s): this run holds the section",
                 ", ".join(busy),
                 SECTION_START,
             )
+            _claim(ctx)
             return
         msg = (
             f"run(s) {', '.join(busy)} are promoting, deploying or validating; this task was cleared without "
             f"{SECTION_START}: clear {SECTION_START} with its downstream tasks so that this run waits for its turn"
         )
         raise AirflowFailException(msg)
+    _claim(ctx)
 
 
 def failed_validation(client, name: str, version: str) -> str | None:
