@@ -17,7 +17,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import logging
@@ -175,11 +174,18 @@ def running_server(settings: Settings, token: str | None = None) -> bool:
         ConfigError: another deployment's server (another ``SWAN_HOME``) answers there, or a
             process that is no model server of this project, or one that does not hold the
             token: only an operator can fix that, so no retry helps.
+        EndpointBusy: the server answers 503: every connection it may hold is taken.
     """
+    return _proven_health(settings, token) is not None
+
+
+def _proven_health(settings: Settings, token: str | None = None) -> dict | None:
+    """What this deployment's model server answered ``/health`` with, once it proved it holds ``token``; None when
+    nothing answers (raises as :func:`running_server`)."""
     challenge = secrets.token_urlsafe(32)
     health = _health(settings.endpoint_url, challenge)
     if health is None:
-        return False
+        return None
     if not isinstance(health, dict) or "registry_uri" not in health:
         msg = (
             f"something answers at {settings.endpoint_url} that is no swan-anomaly model server (its /health names no "
@@ -209,7 +215,21 @@ def running_server(settings: Settings, token: str | None = None) -> bool:
             f"{settings.endpoint_conn_id!r}, SWAN_ENDPOINT_TOKEN or {settings.serving_dir / TOKEN_FILE})"
         )
         raise ConfigError(msg)
-    return True
+    return health
+
+
+def _remember_pid(settings: Settings, pid) -> None:
+    """Write ``pid``, a proven server's, to the pid file when the file names no live process (so that ``make stop-endpoint``
+    can stop it: a task killed while its server started left none)."""
+    pid_file = settings.serving_dir / "server.pid"
+    if not isinstance(pid, int) or pid <= 0:
+        return
+    try:
+        os.kill(int(pid_file.read_text()), 0)
+        return  # it names a live process
+    except (OSError, ValueError):
+        pass
+    pid_file.write_text(str(pid))
 
 
 def ensure_local_server(settings: Settings, *, token: str | None = None, timeout: float = 90.0) -> str:
@@ -220,15 +240,21 @@ def ensure_local_server(settings: Settings, *, token: str | None = None, timeout
         token: the bearer token the server must take (default: :func:`endpoint_token`).
         timeout: seconds a new server has to answer.
 
+    The pid file names the server only once it has proven it holds the token (a new server that exits
+    at once, e.g. because the port is taken, never replaces the running one's), or when a new one is
+    still starting at ``timeout``.
+
     Raises:
         ConfigError: a server answers at the URL but reads another MLflow registry (another
             ``SWAN_HOME``) or does not hold the token: only an operator can fix that, so no retry helps.
+        EndpointBusy: the server there answers 503 (its connections are full): not started again beside it.
         EndpointError: a new server does not come up.
     """
     url = settings.endpoint_url
     token = token or endpoint_token(settings)
     try:
-        if running_server(settings, token):
+        if (health := _proven_health(settings, token)) is not None:
+            _remember_pid(settings, health.get("pid"))
             return url
     except OutdatedServer:
         if not stop_local_server(settings):  # not one this deployment started (no pid file of its own): an operator's call
@@ -272,13 +298,13 @@ def ensure_local_server(settings: Settings, *, token: str | None = None, timeout
         except EndpointBusy:
             health = None
         if isinstance(health, dict) and _proven(health.get("proof"), token, challenge):
-            # our server (a process that took the port first never gets the token): only now is it the one to stop
-            (settings.serving_dir / "server.pid").write_text(str(proc.pid))
+            # a server of this deployment answers (a process that took the port first never gets the token): ours, or one
+            # that another task started meanwhile, whose pid it names (ours then fails to bind, and exits)
+            _remember_pid(settings, health.get("pid"))
             return url
         time.sleep(0.5)
-    with contextlib.suppress(ProcessLookupError):  # never answered: not left running where no pid file names it
-        os.killpg(proc.pid, signal.SIGTERM)
-    msg = f"local model server did not answer on {url} within {timeout:.0f}s (stopped); see {log_path}"
+    _remember_pid(settings, proc.pid)  # still starting (a slow machine): the next try finds it, and stop-endpoint can stop it
+    msg = f"local model server did not answer on {url} within {timeout:.0f}s; see {log_path}"
     raise EndpointError(msg)
 
 

@@ -57,6 +57,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import secrets
 import threading
 import time
@@ -629,7 +630,7 @@ def create_app(
     async def health(challenge: str | None = None):
         """Open to all: status, the registry (credentials masked), and, given a challenge, the proof that this server holds
         the token (:func:`swan_anomaly.serving.local.token_proof`), so that a client never sends its token to an impostor."""
-        body = {"status": "ok", "registry_uri": redact_uri(mlflow.get_registry_uri()), **state.describe()["state"]}
+        body = {"status": "ok", "registry_uri": redact_uri(mlflow.get_registry_uri()), "pid": os.getpid(), **state.describe()["state"]}
         if challenge is not None:
             if not 16 <= len(challenge) <= 256:
                 return JSONResponse({"error_code": "INVALID_PARAMETER_VALUE", "message": "challenge must be 16 to 256 characters"}, 400)

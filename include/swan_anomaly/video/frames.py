@@ -126,9 +126,10 @@ def extract_frames(
     Raises:
         ValueError: an argument is out of range.
         VideoError: the file is missing, empty, a still image or not a video, truncated
-            (decoding stops short of the frames its container declares), yields no decodable
-            frames, has frames smaller than :data:`MIN_FRAME_SIDE`, or ``start_s``/``end_s``
-            lie outside it. No frame files remain after this error.
+            (an MP4 whose media box runs past the end of the file, or decoding stops short of the
+            frames its container declares), yields no decodable frames, has frames smaller than
+            :data:`MIN_FRAME_SIDE` or over ``images.MAX_PIXELS``, or ``start_s``/``end_s`` lie
+            outside it. No frame files remain after this error.
 
     Example:
         >>> frames = extract_frames(Path("/tmp/swans.mp4"), Path("/tmp/frames"), start_s=1.0, max_frames=2)  # doctest: +SKIP
