@@ -118,11 +118,11 @@ def uvicorn_options(limits: Limits) -> dict:
     answered before its body was read (401, 413, 429) keeps its connection for one more period while
     the client finishes sending the body, so that it reads the answer rather than a reset.
     """
-    try:
-        import httptools  # noqa: F401 - what uvicorn's "auto" picks first
+    import importlib.util
 
+    if importlib.util.find_spec("httptools") is not None:  # what uvicorn's "auto" picks first, when installed
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Protocol
-    except ImportError:
+    else:
         from uvicorn.protocols.http.h11_impl import H11Protocol as Protocol
 
     seconds = limits.header_timeout_s
