@@ -570,45 +570,31 @@ def test_the_detached_server_gets_an_allow_listed_environment_and_no_secret_on_i
 def test_a_process_that_is_no_model_server_on_the_port_never_gets_the_token(tmp_path, kind):
     """Whatever answered /health with no registry was taken for this deployment's server and sent its bearer token; one that
     copies the registry the real server shows on its open /health must prove it holds the token, without being sent it."""
-    import http.server
-
     from swan_anomaly.redact import redact_uri
     from swan_anomaly.serving.local import ensure_local_server
 
     seen, answer = [], {}
 
-    class Impostor(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - the http.server API
-            seen.append((self.path, self.headers.get("Authorization")))
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(answer["body"])))
-            self.end_headers()
-            self.wfile.write(answer["body"])
+    def impostor(path, headers):
+        seen.append((path, headers.get("Authorization")))
+        return 200, answer["body"]
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Impostor)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    s = Settings.from_env({"SWAN_HOME": str(tmp_path), "SWAN_ENDPOINT_URL": url, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"})
-    answer["body"] = {
-        "json": b'{"status": "ok"}',
-        "html": b"<html>a web app</html>",
-        "mimic": json.dumps({"status": "ok", "registry_uri": redact_uri(s.registry_uri), "proof": "0" * 64}).encode(),
-        "garbled": json.dumps({"status": "ok", "registry_uri": redact_uri(s.registry_uri), "proof": "\u00e9" * 64}).encode(),
-        "older": json.dumps({"status": "ok", "registry_uri": redact_uri(s.registry_uri)}).encode(),  # a server before the proof
-    }[kind]
-    expected = {
-        "mimic": "does not prove it holds this deployment's bearer token",
-        "garbled": "does not prove it holds this deployment's bearer token",
-        "older": r"runs an older version of swan-anomaly.*docker compose restart model-server",
-    }.get(kind, "that is no swan-anomaly model server")
-    try:
+    with _answering_get(impostor) as url:
+        s = Settings.from_env({"SWAN_HOME": str(tmp_path), "SWAN_ENDPOINT_URL": url, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"})
+        answer["body"] = {
+            "json": b'{"status": "ok"}',
+            "html": b"<html>a web app</html>",
+            "mimic": json.dumps({"status": "ok", "registry_uri": redact_uri(s.registry_uri), "proof": "0" * 64}).encode(),
+            "garbled": json.dumps({"status": "ok", "registry_uri": redact_uri(s.registry_uri), "proof": "\u00e9" * 64}).encode(),
+            "older": json.dumps({"status": "ok", "registry_uri": redact_uri(s.registry_uri)}).encode(),  # a server before the proof
+        }[kind]
+        expected = {
+            "mimic": "does not prove it holds this deployment's bearer token",
+            "garbled": "does not prove it holds this deployment's bearer token",
+            "older": r"runs an older version of swan-anomaly.*docker compose restart model-server",
+        }.get(kind, "that is no swan-anomaly model server")
         with pytest.raises(ConfigError, match=expected):
             ensure_local_server(s, token="the-deployments-token")
-    finally:
-        server.shutdown()
     assert len(seen) == 1 and seen[0][0].startswith("/health") and seen[0][1] is None
 
 
@@ -616,35 +602,45 @@ def test_a_server_that_answers_503_is_busy_not_absent_and_its_pid_file_stays(tmp
     """A model server whose connections were full answered /health with 503, which was read as no server at all: a second one
     was started, failed to bind the port, and its dead pid replaced the running server's in server.pid (make stop-endpoint
     could no longer stop it)."""
-    import http.server
     import subprocess
 
     from swan_anomaly._errors import EndpointBusy
     from swan_anomaly.serving.local import ensure_local_server
 
-    class Saturated(http.server.BaseHTTPRequestHandler):
+    started = []
+    monkeypatch.setattr(subprocess, "Popen", lambda *args, **kwargs: started.append(args))
+    with _answering_get(lambda path, headers: (503, b"")) as url:  # what uvicorn answers over limit_concurrency
+        s = Settings.from_env({"SWAN_HOME": str(tmp_path), "SWAN_ENDPOINT_URL": url, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"})
+        s.serving_dir.mkdir(parents=True)
+        (s.serving_dir / "server.pid").write_text("4242")  # the running server's
+        with pytest.raises(EndpointBusy, match=rf"the model server at {url} answers 503"):
+            ensure_local_server(s, token="the-deployments-token")
+    assert started == [] and (s.serving_dir / "server.pid").read_text() == "4242"
+
+
+@contextlib.contextmanager
+def _answering_get(answer):
+    """An HTTP server on a free port (``http.server``) that answers every GET with ``answer(path, headers) -> (status, body)``;
+    yields its URL. It stands in for what else may listen where the model server should."""
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - the http.server API
-            self.send_response(503)  # what uvicorn answers over limit_concurrency
-            self.send_header("Content-Length", "0")
+            status, body = answer(self.path, self.headers)
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
+            self.wfile.write(body)
 
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Saturated)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    s = Settings.from_env({"SWAN_HOME": str(tmp_path), "SWAN_ENDPOINT_URL": url, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"})
-    s.serving_dir.mkdir(parents=True)
-    (s.serving_dir / "server.pid").write_text("4242")  # the running server's
-    started = []
-    monkeypatch.setattr(subprocess, "Popen", lambda *args, **kwargs: started.append(args))
     try:
-        with pytest.raises(EndpointBusy, match=rf"the model server at {url} answers 503"):
-            ensure_local_server(s, token="the-deployments-token")
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
-    assert started == [] and (s.serving_dir / "server.pid").read_text() == "4242"
 
 
 def test_a_new_server_that_exits_before_answering_leaves_the_pid_file_alone(tmp_path):

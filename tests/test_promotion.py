@@ -567,25 +567,31 @@ def test_a_failed_new_version_is_rolled_back_once_and_a_retry_never_ends_green(w
         promote_model(_ctx(), _registered(model_name, bad, world, "constant"))
 
 
+def _refusing(refused: str, deploy_version):
+    """``deploy_version`` as an endpoint that cannot load version ``refused`` (capacity, an environment that no longer
+    builds) answers it: EndpointError; any other version deploys."""
+    from swan_anomaly import EndpointError
+
+    def deploy(w, endpoint, name, version, config):
+        if version == refused:
+            raise EndpointError(f"endpoint {endpoint} update failed: served entity {name}-{version} did not become ready")
+        return deploy_version(w, endpoint, name, version, config)
+
+    return deploy
+
+
 @pytest.mark.slow
 def test_a_rollback_whose_previous_version_cannot_serve_again_takes_the_failed_version_off_the_endpoint(world, model_name, monkeypatch):
     """The rollback moved the alias back, then the endpoint refused the previous version (capacity, an environment that no
     longer builds): the error was retried, ensure_validated_endpoint met it again, and the version that failed its
     validation went on serving while the registry named the previous one."""
     from swan_airflow.steps.serving import ensure_validated_endpoint, update_endpoint, validate_endpoint
-    from swan_anomaly import EndpointError
     from swan_anomaly.serving import deploy
 
     good, bad, endpoint = _new_version_over_good(world, model_name, "constant")
     assert _served() == bad
     real = deploy.deploy_version
-
-    def refuses_the_good_one(w, ep, name, version, config):
-        if version == good:
-            raise EndpointError(f"endpoint {ep} update failed: served entity {name}-{version} did not become ready")
-        return real(w, ep, name, version, config)
-
-    monkeypatch.setattr(deploy, "deploy_version", refuses_the_good_one)
+    monkeypatch.setattr(deploy, "deploy_version", _refusing(good, real))
     with pytest.raises(AirflowFailException, match=rf"the rollback could not serve v{good} again .*so it deleted endpoint"):
         validate_endpoint(_ctx(), endpoint, _registered(model_name, bad, world, "constant"))
     assert _served() is None and _champion(model_name) == good  # nothing serves: not the version that failed
@@ -603,18 +609,11 @@ def test_a_restore_the_endpoint_refuses_is_recorded_and_leaves_nothing_unvalidat
     """ensure_validated_endpoint's rollback failed half-way (the alias moved, the endpoint refused the version): it wrote no
     endpoint_restore record, so the run summary said nothing of what the task had changed."""
     from swan_airflow.steps.serving import ensure_validated_endpoint
-    from swan_anomaly import EndpointError
     from swan_anomaly.serving import deploy
 
     good, newer, _ = _new_version_over_good(world, model_name, "good")  # promoted and served; its validation never ran
     real = deploy.deploy_version
-
-    def refuses_the_good_one(w, ep, name, version, config):
-        if version == good:
-            raise EndpointError(f"endpoint {ep} update failed: served entity {name}-{version} did not become ready")
-        return real(w, ep, name, version, config)
-
-    monkeypatch.setattr(deploy, "deploy_version", refuses_the_good_one)
+    monkeypatch.setattr(deploy, "deploy_version", _refusing(good, real))
     with pytest.raises(AirflowFailException, match=rf"alias went back to v{good}, but the rollback could not serve v{good} again"):
         ensure_validated_endpoint(_ctx())
     assert _served() is None and _champion(model_name) == good  # v{newer}, never validated, does not serve

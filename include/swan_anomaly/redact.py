@@ -23,23 +23,19 @@ from urllib.parse import urlsplit, urlunsplit
 MASK = "***"
 #: Query parameters whose values are credentials (Azure SAS, presigned URLs, tokens in URLs).
 SECRET_QUERY_KEYS = frozenset(
-    {"sig", "signature", "token", "access_token", "password", "secret", "key"}
+    {"sig", "signature", "token", "access_token", "password", "secret", "key", "pwd"}
     | {"x-amz-signature", "x-amz-security-token", "x-goog-signature"}
 )
-#: Words of a query parameter's name that make it a credential (``api_key``, ``client_secret``), and what a name
-#: holding them anywhere is (``sslpassword``); an ODBC connection string carries its password inside.
-_SECRET_QUERY_WORDS = frozenset({"sig", "signature", "token", "password", "passwd", "pwd", "secret", "key", "credential", "credentials"})
-_SECRET_QUERY_PARTS = ("password", "passwd", "passphrase", "secret", "token")
+#: Query parameters that carry a whole connection string, its password inside (ODBC's ``PWD=``).
 _CONNECTION_STRING_KEYS = frozenset({"odbc_connect", "connection_string", "connectionstring"})
 _QUERY_PAIR = re.compile(r"(?P<key>[^&=]+)=(?P<value>[^&]*)")
 
 
 def _secret_query_key(key: str) -> bool:
-    """Whether a query parameter named ``key`` holds a credential (:data:`SECRET_QUERY_KEYS`, or by its words)."""
+    """Whether a query parameter named ``key`` holds a credential: one of :data:`SECRET_QUERY_KEYS`, a connection
+    string, or named as a secret's variable is (:data:`SECRET_NAME`: ``api_key``, ``client_secret``, ``sslpassword``)."""
     key = key.lower()
-    if key in SECRET_QUERY_KEYS or key in _CONNECTION_STRING_KEYS or any(part in key for part in _SECRET_QUERY_PARTS):
-        return True
-    return any(word in _SECRET_QUERY_WORDS for word in re.split(r"[_.\-]", key))
+    return key in SECRET_QUERY_KEYS or key in _CONNECTION_STRING_KEYS or SECRET_NAME.search(key.replace("-", "_")) is not None
 
 
 #: User info as SQLAlchemy's URL grammar reads it (``sqlalchemy.engine.url._parse_url``): a user name up to the

@@ -217,6 +217,36 @@ def _unopenable_reason(path: Path) -> str:
     return f"not a video container (the file starts with {head!r})"
 
 
+def _top_level_boxes(path: Path):
+    """Yield ``(position, size, type)`` of an MP4/MOV's top-level boxes, from the start.
+
+    A box of size 0 runs to the end of the file. The walk ends after a box whose size is invalid
+    (under 8 bytes) or runs past the end of the file: there is nothing after it to read.
+    """
+    size, pos = path.stat().st_size, 0
+    with path.open("rb") as fh:
+        while pos + 8 <= size:
+            fh.seek(pos)
+            header = fh.read(16)
+            length, kind = struct.unpack(">I4s", header[:8])
+            if length == 1 and len(header) == 16:  # 64-bit size follows the type
+                length = struct.unpack(">Q", header[8:])[0]
+            elif length == 0:
+                length = size - pos
+            yield pos, length, kind
+            if length < 8 or pos + length > size:
+                return
+            pos += length
+
+
+def _cut_box(path: Path, pos: int, length: int, kind: bytes) -> str:
+    """What to say of the box at ``pos`` that runs past the end of ``path``."""
+    return (
+        f"truncated MP4: its '{kind.decode('latin-1')}' box at byte {pos} needs {length} bytes but the file ends "
+        f"{path.stat().st_size - pos} bytes later (incomplete upload?); re-upload the complete file"
+    )
+
+
 def _mp4_cut_short(path: Path) -> str | None:
     """Why an MP4/MOV that FFmpeg opened is cut short, from its top-level boxes: a media or index box (``mdat``,
     ``moov``, ``moof``) that declares more bytes than the file has; else None.
@@ -228,26 +258,10 @@ def _mp4_cut_short(path: Path) -> str | None:
     with path.open("rb") as fh:
         if fh.read(8)[4:8] != b"ftyp":
             return None
-    size, pos = path.stat().st_size, 0
-    with path.open("rb") as fh:
-        while pos + 8 <= size:
-            fh.seek(pos)
-            header = fh.read(16)
-            length, kind = struct.unpack(">I4s", header[:8])
-            if length == 1 and len(header) == 16:  # 64-bit size follows the type
-                length = struct.unpack(">Q", header[8:])[0]
-            elif length == 0:  # runs to the end of the file
-                return None
-            if length < 8:
-                return None
-            if pos + length > size:
-                if kind not in (b"mdat", b"moov", b"moof"):
-                    return None
-                return (
-                    f"truncated MP4: its '{kind.decode('latin-1')}' box at byte {pos} needs {length} bytes but the file ends "
-                    f"{size - pos} bytes later (incomplete upload?); re-upload the complete file"
-                )
-            pos += length
+    size = path.stat().st_size
+    for pos, length, kind in _top_level_boxes(path):
+        if length >= 8 and pos + length > size and kind in (b"mdat", b"moov", b"moof"):
+            return _cut_box(path, pos, length, kind)
     return None
 
 
@@ -255,29 +269,16 @@ def _mp4_layout_problem(path: Path) -> str | None:
     """What is wrong with an MP4/MOV's top-level boxes (``ftyp``, ``mdat``, ``moov``), or None."""
     size = path.stat().st_size
     seen: dict[bytes, tuple[int, int]] = {}
-    pos = 0
+    for pos, length, kind in _top_level_boxes(path):
+        if length < 8:
+            return f"damaged MP4: the box at byte {pos} has an invalid size {length}"
+        if pos + length > size:
+            return _cut_box(path, pos, length, kind)
+        seen[kind] = (pos, length)
+    if b"moov" not in seen:
+        return "MP4 without its 'moov' index box (truncated or incomplete upload); re-upload the complete file"
+    moov_pos, moov_len = seen[b"moov"]
     with path.open("rb") as fh:
-        while pos + 8 <= size:
-            fh.seek(pos)
-            header = fh.read(16)
-            length, kind = struct.unpack(">I4s", header[:8])
-            if length == 1 and len(header) == 16:  # 64-bit size follows the type
-                length = struct.unpack(">Q", header[8:])[0]
-            elif length == 0:  # box runs to the end of the file
-                length = size - pos
-            if length < 8:
-                return f"damaged MP4: the box at byte {pos} has an invalid size {length}"
-            if pos + length > size:
-                name = kind.decode("latin-1")
-                return (
-                    f"truncated MP4: its '{name}' box at byte {pos} needs {length} bytes but the file ends {size - pos} bytes later "
-                    "(incomplete upload?); re-upload the complete file"
-                )
-            seen[kind] = (pos, length)
-            pos += length
-        if b"moov" not in seen:
-            return "MP4 without its 'moov' index box (truncated or incomplete upload); re-upload the complete file"
-        moov_pos, moov_len = seen[b"moov"]
         fh.seek(moov_pos)
         moov = fh.read(moov_len)
     if not _has_child(moov, b"trak"):

@@ -80,8 +80,6 @@ def promotion_turn(ctx: RunContext):
         False while another run is; then a ``PokeReturnValue`` whose XCom is when this run entered
         (UTC, ISO 8601), its first claim on the section (:func:`require_turn`).
     """
-    import datetime as dt
-
     from airflow.sdk import PokeReturnValue
 
     busy = _busy_runs(ctx)
@@ -89,7 +87,7 @@ def promotion_turn(ctx: RunContext):
         log.info("waiting for run(s) %s: promoting, deploying or validating; this run's gate comes after", ", ".join(busy))
         return False
     log.info("promotion turn of run %s: no other run is promoting, deploying or validating", ctx.run_id)
-    return PokeReturnValue(is_done=True, xcom_value=dt.datetime.now(dt.UTC).isoformat())
+    return PokeReturnValue(is_done=True, xcom_value=_now())
 
 
 class _Unknown:
@@ -111,11 +109,16 @@ def _last_claim(ctx: RunContext, run_id: str) -> str | None | type[_Unknown]:
     return max(stamps) if stamps else None
 
 
-def _claim(ctx: RunContext) -> None:
-    """Record that this run goes on in its promotion section now (this task's :data:`CLAIM_KEY` XCom)."""
+def _now() -> str:
+    """A claim's time: now, UTC, ISO 8601 (strings of this form order as the times do)."""
     import datetime as dt
 
-    ctx.task["ti"].xcom_push(key=CLAIM_KEY, value=dt.datetime.now(dt.UTC).isoformat())
+    return dt.datetime.now(dt.UTC).isoformat()
+
+
+def _claim(ctx: RunContext) -> None:
+    """Record that this run goes on in its promotion section now (this task's :data:`CLAIM_KEY` XCom)."""
+    ctx.task["ti"].xcom_push(key=CLAIM_KEY, value=_now())
 
 
 def entered_section(ctx: RunContext) -> bool:
