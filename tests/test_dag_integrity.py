@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import sys
 
@@ -114,3 +115,34 @@ def test_the_ui_gets_the_lineage_outlets_and_the_task_links(dagbag, airflow_db):
     assert links["run_training"]["MLflow run"] and "See Databricks Job Run" in links["run_training"]
     assert set(links["register_model"]) == set(links["promote_model"]) == {"Model version"}
     assert set(links["update_endpoint"]) == set(links["validate_endpoint"]) == {"Serving endpoint"}
+
+
+def _readme_flowchart() -> tuple[dict[str, set[str]], set[tuple[str, str]]]:
+    """The README's mermaid flowchart: the labels' first words each node id is drawn with, and its edges (ids)."""
+    text = (ROOT / "README.md").read_text()
+    chart = text.split("```mermaid", 1)[1].split("```", 1)[0]
+    labels: dict[str, set[str]] = {}
+    edges = set()
+    node = r"(\w+)(?:[\[{]([\w ]+?)(?:<br/>|[\]}]))?"
+    for line in chart.splitlines()[1:]:
+        found = re.findall(node + r".*?(?:-->|-\.->)(?:\|[^|]*\|)?\s*" + node, line)
+        for source, source_label, target, target_label in found:
+            edges.add((source, target))
+            for ident, label in ((source, source_label), (target, target_label)):
+                if label:
+                    labels.setdefault(ident, set()).add(label.split()[0])
+    return labels, edges
+
+
+def test_the_readme_diagram_draws_each_task_once_with_the_dags_edges(dagbag):
+    dag = dagbag.dags[DAG_ID]
+    labels, edges = _readme_flowchart()
+    twice = {ident: names for ident, names in labels.items() if len(names) > 1}
+    assert not twice, f"one node id drawn as two boxes: {twice}"
+    task_of = {ident: names.pop() for ident, names in labels.items()}
+    folders = {"inbox", "landing"}
+    assert set(task_of.values()) - folders == set(dag.task_ids)
+    for source, target in edges:
+        if task_of[source] in folders:
+            continue
+        assert task_of[target] in dag.get_task(task_of[source]).downstream_task_ids, (task_of[source], task_of[target])
