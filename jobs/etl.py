@@ -1,7 +1,8 @@
 """jobs/etl.py: raw frames + labels -> silver images (Spark).
 
 Parameters: --lake-root (req), --dataset-id (req), --run-id (req), --model (default: SWAN_MODEL;
-its config gives the input size), --image-size (overrides the model's), --crop-bias-x (0.4, ``contract.CROP_BIAS_X``),
+its config gives the input size), --image-size (side of the silver JPEGs; default the model's input size, at which training and serving
+resize whatever the silver holds), --crop-bias-x (0.4, ``contract.CROP_BIAS_X``),
 --crop-bias-y (0.5), --jpeg-quality (95), --max-image-mb (64: larger files are quarantined),
 --on-label-mismatch (quarantine | fail), --partitions (Spark partitions; default as listed).
 Writes runs/{run_id}/etl.json.
@@ -20,7 +21,7 @@ def main(argv: list[str] | None = None) -> dict:
     settings = Settings.from_env()
     parser = job_parser(__doc__)
     parser.add_argument("--model", default=settings.model, help="preset, hub id or local directory")
-    parser.add_argument("--image-size", type=int, default=None, help="model input size in pixels (default: the model's)")
+    parser.add_argument("--image-size", type=int, default=None, help="side of the silver JPEGs in pixels (default: the model's input size)")
     parser.add_argument("--crop-bias-x", type=float, default=CROP_BIAS_X)
     parser.add_argument("--crop-bias-y", type=float, default=CROP_BIAS_Y)
     parser.add_argument("--jpeg-quality", type=int, default=95)

@@ -17,11 +17,14 @@ from airflow.sdk import Param
 from swan_airflow.label_check import LABEL_CHECK_CHOICES, LABEL_CHECK_LEGACY
 from swan_anomaly.contract import DEFAULT_FAMILIES, FAMILY_NAMES  # light: the anomalies package loads OpenCV, too heavy for the DAG
 from swan_anomaly.config import Settings
-from swan_anomaly.gate import GateMode, promotion_thresholds
+from swan_anomaly.gate import MAX_REGRESSION, GateMode, promotion_thresholds
 from swan_anomaly.modeling import PRESETS, PRODUCTION_MODEL
 
 #: Default thresholds of the gate, by metric (the Params' defaults).
 GATE_DEFAULTS = {name: t.minimum for name, t in promotion_thresholds().items()}
+
+#: The shortest ``force_promote_reason`` a forced promotion accepts.
+MIN_FORCE_REASON_CHARS = 10
 
 #: The choices of the ``backend`` Param, by value: what the trigger form shows for each.
 BACKEND_CHOICES = {"local": "Local subprocesses", "databricks": "Databricks job runs"}
@@ -183,7 +186,10 @@ def pipeline_params(settings: Settings) -> dict[str, Param]:
             maximum=1024,
             title="Image size",
             section="Training",
-            description="Override the model input size (default: the model config's).",
+            description=(
+                "Side in pixels of the silver and gold JPEGs (default: the model config's input size). The model still trains and "
+                "serves at its config's size, so another value only resamples the images twice."
+            ),
         ),
         "epochs": Param(
             epochs_default,
@@ -221,7 +227,7 @@ def pipeline_params(settings: Settings) -> dict[str, Param]:
             legacy=(None,),  # the form's clear button sends null: enforce, as by default
             title="Gate mode",
             section="Promotion",
-            description="Promotion gate: enforce, only report, or skip; empty: enforce.",
+            description=" ".join(f"{label}." for label in GATE_MODE_CHOICES.values()) + " Empty: enforce.",
         ),
         "gate_min_val_auroc": Param(
             GATE_DEFAULTS["auroc"],
@@ -232,7 +238,7 @@ def pipeline_params(settings: Settings) -> dict[str, Param]:
             section="Promotion",
             description=(
                 "The challenger needs at least this AUROC (anomaly class positive) on its validation split, and "
-                "no less than the champion's on the same images minus 0.02."
+                f"no less than the champion's on the same images minus {MAX_REGRESSION:g}."
             ),
         ),
         "gate_min_val_f1": Param(
@@ -282,6 +288,6 @@ def pipeline_params(settings: Settings) -> dict[str, Param]:
             maxLength=500,
             title="Force-promote reason",
             section="Promotion",
-            description="Why the gate is overridden (at least 10 characters); stored as a tag of the model version.",
+            description=f"Why the gate is overridden (at least {MIN_FORCE_REASON_CHARS} characters); stored as a tag of the model version.",
         ),
     }

@@ -530,8 +530,9 @@ def force_promote_reason(params, env=None, *, what: str = "force_promote") -> st
 
     Raises:
         AirflowFailException: ``SWAN_ALLOW_FORCE_PROMOTE`` is false, or the reason is missing or
-            shorter than 10 characters (no retry: only a new trigger can fix either).
+            shorter than :data:`~swan_airflow.params.MIN_FORCE_REASON_CHARS` (no retry: only a new trigger can fix either).
     """
+    from swan_airflow.params import MIN_FORCE_REASON_CHARS
     from swan_airflow.runtime import settings
 
     if not settings(env).allow_force_promote:
@@ -541,9 +542,9 @@ def force_promote_reason(params, env=None, *, what: str = "force_promote") -> st
         )
         raise AirflowFailException(msg)
     reason = (params.get("force_promote_reason") or "").strip()
-    if len(reason) < 10:
+    if len(reason) < MIN_FORCE_REASON_CHARS:
         msg = (
-            f"{what} overrides the gate: it needs a force_promote_reason of at least 10 characters (recorded on the "
+            f"{what} overrides the gate: it needs a force_promote_reason of at least {MIN_FORCE_REASON_CHARS} characters (recorded on the "
             f"model version), got {reason!r}"
         )
         raise AirflowFailException(msg)
