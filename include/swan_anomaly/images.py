@@ -208,19 +208,11 @@ def crop_and_resize(image: np.ndarray, *, size: int, bias_x: float = CROP_BIAS_X
     return out.copy() if np.shares_memory(out, image) else out
 
 
-def normalize(images: np.ndarray, *, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """Turn ``[B, H, W, 3]`` uint8 RGB into ``[B, 3, H, W]`` float32, scaled to [0, 1] then standardised.
-
-    The same values as ``(x / 255 - mean) / std`` in float32, by :func:`normalize_into` (which
-    :func:`preprocess` uses to write them straight into its result).
-    """
-    out = np.empty((images.shape[0], 3, *images.shape[1:3]), dtype=np.float32)
-    normalize_into(out, images, mean=mean, std=std)
-    return out
-
-
 def normalize_into(out: np.ndarray, images: np.ndarray, *, mean: Sequence[float], std: Sequence[float]) -> None:
-    """:func:`normalize` ``[B, H, W, 3]`` uint8 ``images`` straight into ``out`` (``[B, 3, H, W]`` float32), bit for bit.
+    """Turn ``[B, H, W, 3]`` uint8 RGB ``images`` into ``out`` (``[B, 3, H, W]`` float32), scaled to [0, 1] then standardised.
+
+    The same values as ``(x / 255 - mean) / std`` in float32; what :func:`preprocess` and so the
+    served pyfunc feed the model.
 
     The pixels are converted into ``out`` itself and worked on there: no float32 temporary per
     chunk of images, and no second copy. Such a temporary (38 MB for 64 images at 224 px) is
@@ -289,7 +281,7 @@ def decode_pixels(
     What training keeps in memory: a quarter of the bytes of :func:`preprocess`'s float32, so a
     quarter to allocate and fault in, to copy to a GPU and to hold there. It is normalised a batch
     at a time where the model runs (:func:`swan_anomaly.modeling.normalize_pixels`, the same values as
-    :func:`normalize` bit for bit). Chunks, threads and errors as for :func:`preprocess`.
+    :func:`normalize_into` bit for bit). Chunks, threads and errors as for :func:`preprocess`.
 
     Example:
         >>> png = encode_png(np.full((40, 60, 3), 255, dtype=np.uint8))

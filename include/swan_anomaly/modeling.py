@@ -429,7 +429,7 @@ def prepare_for_inference(model, device: str = "auto", *, cpu_precision: str = "
 def normalize_pixels(pixels, spec: PreprocessSpec):
     """``[B, 3, S, S]`` uint8 ``pixels`` (a torch tensor, on any device) as the model's float32 input, on that device.
 
-    The same values as :func:`swan_anomaly.images.normalize` bit for bit: the same float32
+    The same values as :func:`swan_anomaly.images.normalize_into` (so :func:`~swan_anomaly.images.preprocess`) bit for bit: the same float32
     operations in the same order, each correctly rounded. The constants are tensors on
     ``pixels``' device because CUDA divides by a Python number as a multiplication by its
     reciprocal, which may differ in the last bit. Training keeps its images as uint8
