@@ -6,7 +6,7 @@ biased centre, resize with area interpolation, JPEG-encode, and write Parquet pa
 
 Nothing good is lost to something bad: an image that cannot be decoded, is over the size
 limit or declares a decompression bomb, an image without a label and a label without an image
-each become a row of ``quarantine/dataset_id=.../`` naming the file, the stage and the reason,
+each become a row of ``quarantine/images/dataset_id=.../`` naming the file, the stage and the reason,
 while every good image reaches silver. ``on_label_mismatch="fail"`` turns join mismatches
 into an error instead. When no image at all is good, the dataset's silver and gold partitions
 are removed (they belong to an older upload of the same date) and the job fails for good:
