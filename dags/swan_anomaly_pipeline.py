@@ -1,6 +1,8 @@
 """The swan-anomaly pipeline DAG: videos of a normal scene in, a validated anomaly endpoint out.
 
-Each task is a few lines that call a named step of ``swan_airflow.steps``. Parse-time cheap:
+Each task is a few lines that call a named step of ``swan_airflow.steps``, apart from the three jobs
+(``run_etl``, ``run_augmentation``, ``run_training``): operators that :func:`swan_airflow.submit_run.job_task`
+builds, a local subprocess or a Databricks run. Parse-time cheap:
 only airflow.sdk, pendulum and light modules at module level; every heavy import (cv2, torch,
 pyspark, mlflow) happens inside a step.
 """
@@ -17,7 +19,7 @@ from swan_airflow.callbacks import failure_callbacks, log_failure
 from swan_airflow.context import RunContext
 from swan_airflow.ingest import LANDING_ASSET
 from swan_airflow.params import pipeline_params
-from swan_airflow.steps import code, data, promotion, report, serving, training
+from swan_airflow.steps import code, data, promotion, registration, report, serving
 from swan_airflow.submit_run import job_task
 from swan_anomaly.config import Settings
 
@@ -117,7 +119,7 @@ def swan_anomaly_pipeline():
     def register_model() -> dict:
         """Register the trained pyfunc as a new version with alias `challenger` (once per training run)."""
         ctx = RunContext.current()
-        registered = training.register_model(ctx)
+        registered = registration.register_model(ctx)
         lineage.model_registered(ctx.task, registered)
         return registered
 

@@ -8,6 +8,8 @@ daily timetable). Nothing landed: the task is skipped and no event is emitted.
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pendulum
 from airflow.sdk import CronTriggerTimetable, dag, task
 
@@ -15,13 +17,20 @@ from swan_airflow.callbacks import failure_callbacks
 from swan_airflow.ingest import LANDING_ASSET
 from swan_anomaly.config import Settings
 
+SETTINGS = Settings.from_env()
+
 
 @dag(
-    schedule=CronTriggerTimetable(Settings.from_env().ingest_schedule, timezone="UTC"),
+    schedule=CronTriggerTimetable(SETTINGS.ingest_schedule, timezone="UTC"),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
-    default_args={"owner": "swan-anomaly", "retries": 1, "on_failure_callback": failure_callbacks()},
+    default_args={
+        "owner": "swan-anomaly",
+        "retries": SETTINGS.retries,
+        "retry_delay": dt.timedelta(seconds=SETTINGS.retry_delay_seconds),
+        "on_failure_callback": failure_callbacks(),
+    },
     tags=["swan", "ingest"],
 )
 def swan_ingest_videos():

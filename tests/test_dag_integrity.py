@@ -42,6 +42,16 @@ def test_dagbag_has_no_import_errors_and_sane_defaults(dagbag):
     assert dag.max_active_runs == 1
 
 
+def test_both_dags_retry_as_swan_retries_says(dagbag):
+    from swan_anomaly.config import Settings
+
+    settings = Settings.from_env()
+    for dag_id in (DAG_ID, "swan_ingest_videos"):
+        dag = dagbag.dags[dag_id]
+        assert dag.default_args["retries"] == settings.retries, dag_id
+        assert dag.default_args["retry_delay"].total_seconds() == settings.retry_delay_seconds, dag_id
+
+
 def test_pipeline_order_reads_like_the_diagram(dagbag):
     dag = dagbag.dags[DAG_ID]
     chain = [

@@ -1,4 +1,4 @@
-"""Training steps on the Airflow side: register what the training job logged.
+"""The registration step: register what the training job logged as the ``challenger``.
 
 The jobs themselves (ETL, augmentation, training) run through :class:`swan_airflow.submit_run.SwanJobOperator`.
 
