@@ -10,7 +10,16 @@ from hypothesis import strategies as st
 from conftest import run_checked
 from swan_anomaly import ImageDecodeError
 from swan_anomaly.anomalies import plan_anomalies, salt_pepper_polygons, stable_seed
-from swan_anomaly.images import center_biased_crop, crop_window, decode_image, encode_jpeg, encode_png, normalize_into, preprocess, resize_area
+from swan_anomaly.images import (
+    center_biased_crop,
+    crop_window,
+    decode_image,
+    encode_jpeg,
+    encode_png,
+    normalize_into,
+    preprocess,
+    resize_area,
+)
 
 
 @given(h=st.integers(8, 300), w=st.integers(8, 300), bx=st.floats(0, 1), by=st.floats(0, 1))
