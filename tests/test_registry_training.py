@@ -52,6 +52,52 @@ def test_a_retrained_model_of_the_same_airflow_run_becomes_a_new_version(registr
     assert register_challenger(client, "swan_test", source, new_training, "manual__1").version == retrained.version
 
 
+def _set_status(tracking_uri: str, name: str, version: str, status: str) -> None:
+    """Leave a version in ``status`` as Unity Catalog does when its files never finished uploading (create, upload, finalize)."""
+    import sqlite3
+
+    with sqlite3.connect(tracking_uri.removeprefix("sqlite:///")) as db:
+        db.execute("UPDATE model_versions SET status = ? WHERE name = ? AND version = ?", (status, name, int(version)))
+
+
+@pytest.mark.parametrize("status", ["PENDING_REGISTRATION", "FAILED_REGISTRATION"])
+def test_a_retried_registration_does_not_reuse_a_version_that_never_became_ready(registry, status):
+    """Unity Catalog creates a version, uploads its files, then finalizes it: a worker lost during the upload leaves the
+    version PENDING_REGISTRATION (or FAILED_REGISTRATION), with no files. The retry reused it by its run id, so every try put
+    `challenger` on a version nobody can load, and only a new training could get the run past it."""
+    from swan_anomaly.registry import CHALLENGER, register_challenger
+
+    client, source = registry
+    (run,) = _training_runs(client, 1)
+    broken = register_challenger(client, "swan_test", source, run, "manual__1")
+    _set_status(client._registry_uri, "swan_test", broken.version, status)
+    retried = register_challenger(client, "swan_test", source, run, "manual__1", pending_wait_s=0)
+    assert str(retried.version) == "2" and retried.status == "READY" and CHALLENGER in retried.aliases
+    assert CHALLENGER not in client.get_model_version("swan_test", "1").aliases
+    # the retry after that reuses the version that is ready
+    assert str(register_challenger(client, "swan_test", source, run, "manual__1", pending_wait_s=0).version) == "2"
+
+
+def test_a_registration_still_under_way_is_waited_for_and_reused(registry):
+    """A version that becomes READY while the retry waits is the training's version: no second copy of the same weights."""
+    import threading
+
+    from swan_anomaly.registry import register_challenger
+
+    client, source = registry
+    (run,) = _training_runs(client, 1)
+    first = register_challenger(client, "swan_test", source, run, "manual__1")
+    _set_status(client._registry_uri, "swan_test", first.version, "PENDING_REGISTRATION")
+    finish = threading.Timer(0.5, _set_status, (client._registry_uri, "swan_test", first.version, "READY"))
+    finish.start()
+    try:
+        again = register_challenger(client, "swan_test", source, run, "manual__1", pending_wait_s=60, poll_s=0.1)
+    finally:
+        finish.cancel()
+    assert str(again.version) == "1" and again.status == "READY"
+    assert len(client.search_model_versions("name = 'swan_test'")) == 1
+
+
 def test_promote_moves_champion_keeps_previous_and_is_idempotent(registry):
     from swan_anomaly.registry import (
         CHALLENGER,

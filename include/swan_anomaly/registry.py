@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import date
 
 from mlflow import MlflowClient
@@ -28,6 +29,11 @@ from mlflow.exceptions import MlflowException
 log = logging.getLogger(__name__)
 
 CHALLENGER, CHAMPION, PREVIOUS = "challenger", "champion", "previous_champion"
+#: A model version's status (``ModelVersionStatus``): only a ready one has its files; one still pending may never get them.
+READY, PENDING = "READY", "PENDING_REGISTRATION"
+#: How long a retried registration waits for a version of its training run that is still being registered (seconds):
+#: MLflow's own wait for a new version (``DEFAULT_AWAIT_MAX_SLEEP_SECONDS``).
+PENDING_WAIT_S = 300.0
 #: The model-version tag that records the endpoint validation: ``passed: ...`` or ``failed: ...``.
 ENDPOINT_VALIDATION = "endpoint_validation"
 #: The model-version tag naming the dataset partition a version was trained up to (set at registration).
@@ -52,26 +58,58 @@ def mlflow_client(tracking_uri: str, registry_uri: str | None = None) -> MlflowC
     return MlflowClient(tracking_uri, registry_uri or tracking_uri)
 
 
-def find_version_for_run(client: MlflowClient, name: str, mlflow_run_id: str) -> ModelVersion | None:
-    """The version of ``name`` registered from the training run ``mlflow_run_id``, if any.
+def find_version_for_run(
+    client: MlflowClient, name: str, mlflow_run_id: str, *, pending_wait_s: float = PENDING_WAIT_S, poll_s: float = 5.0
+) -> ModelVersion | None:
+    """The ready version of ``name`` registered from the training run ``mlflow_run_id``, if any.
 
     Only the source run identifies a model's weights: an Airflow run that trains twice (its
     ``run_training`` cleared) has two MLflow runs and two versions, and the version of the
     second must never be mistaken for the first. ``run_id = '...'`` is also the one filter
     that Unity Catalog's version search supports.
+
+    Only a ``READY`` version counts. Unity Catalog creates a version, uploads its files and then
+    finalizes it, so an attempt lost during the upload leaves a version ``PENDING_REGISTRATION``
+    (or ``FAILED_REGISTRATION``) with no files to load. A pending one is waited for up to
+    ``pending_wait_s`` (its upload may still be under way), then passed over with a warning.
     """
     versions = client.search_model_versions(f"run_id = '{mlflow_run_id}'")
     same_run = [v for v in versions if v.name.casefold() == name.casefold() and v.run_id == mlflow_run_id]  # UC: lower case
-    return min(same_run, key=lambda v: int(v.version)) if same_run else None
+    deadline = time.monotonic() + pending_wait_s
+    for v in sorted(same_run, key=lambda v: int(v.version)):
+        while v.status == PENDING and time.monotonic() < deadline:
+            time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+            v = client.get_model_version(v.name, str(v.version))
+        if v.status == READY:
+            return v
+        log.warning(
+            "version %s of %s from training run %s is %s, not %s: its registration never finished (no model files to load); "
+            "registering the run's model again. Delete that version once nothing is uploading to it",
+            v.version,
+            name,
+            mlflow_run_id,
+            v.status,
+            READY,
+        )
+    return None
 
 
 def register_challenger(
-    client: MlflowClient, name: str, model_uri: str, mlflow_run_id: str, airflow_run_id: str, tags: dict | None = None
+    client: MlflowClient,
+    name: str,
+    model_uri: str,
+    mlflow_run_id: str,
+    airflow_run_id: str,
+    tags: dict | None = None,
+    *,
+    pending_wait_s: float = PENDING_WAIT_S,
+    poll_s: float = 5.0,
 ) -> ModelVersion:
     """Register ``model_uri`` as a new version with alias ``challenger`` (once per training run).
 
     Args:
-        mlflow_run_id: the training's MLflow run; a version registered from it is reused.
+        mlflow_run_id: the training's MLflow run; a ready version registered from it is reused
+            (:func:`find_version_for_run`, which waits ``pending_wait_s`` for one still registering).
         airflow_run_id: stored as the version's ``airflow_run_id`` tag (lineage only).
     """
     try:
@@ -80,7 +118,7 @@ def register_challenger(
         client.create_registered_model(
             name, description="Swan scene anomaly scorer (ViT). 0 = abnormal, 1 = normal; anomaly_score = softmax(logits)[0]."
         )
-    existing = find_version_for_run(client, name, mlflow_run_id)
+    existing = find_version_for_run(client, name, mlflow_run_id, pending_wait_s=pending_wait_s, poll_s=poll_s)
     if existing is not None:
         log.info("reusing version %s of %s registered from training run %s", existing.version, name, mlflow_run_id)
         version = existing
