@@ -281,6 +281,34 @@ def test_augmentation_reruns_and_repartitioning_give_identical_bytes(spark, lake
         pd.testing.assert_frame_equal(_rows(lake.gold / f"dataset_id={DATASET}"), first)
 
 
+def test_a_rebuilt_partition_keeps_every_group_in_its_earlier_split_whatever_the_run_seed(spark, lake):
+    """A date's partition is rebuilt when more video lands for it, or by a run with another seed Param. The splits were
+    drawn again from the run's seed and the day's group sizes, so groups the champion trained on moved into val or test,
+    where the gate and the endpoint validation scored the champion on its own training rows."""
+    folder = lake.gold_partition(DATASET)
+    run_augmentation(lake_root=lake.root, dataset_id=DATASET, seed=5, spark=spark)
+    built = pd.read_parquet(folder, columns=["group", "split"]).drop_duplicates().set_index("group").split
+    try:
+        report = run_augmentation(lake_root=lake.root, dataset_id=DATASET, seed=6, spark=spark)  # another seed Param
+        again = pd.read_parquet(folder, columns=["group", "split"]).drop_duplicates().set_index("group").split
+        pd.testing.assert_series_equal(again.sort_index(), built.sort_index())
+        assert report["groups_kept"] == len(built) and report["seed"] == 6
+        # an earlier build that split otherwise (another rule, another code version) is kept as it was, group by group
+        moved = built[built == "train"].index[0]
+        gold = pd.read_parquet(folder)
+        gold.loc[gold.group == moved, "split"] = "val"
+        for old in folder.glob("*.parquet"):
+            old.unlink()
+        gold.drop(columns="dataset_id", errors="ignore").to_parquet(folder / "part-00000-earlier.parquet")
+        lake.write_gold_listing(DATASET, ["part-00000-earlier.parquet"])
+        run_augmentation(lake_root=lake.root, dataset_id=DATASET, seed=5, spark=spark)
+        rebuilt = pd.read_parquet(folder, columns=["group", "split"]).drop_duplicates().set_index("group").split
+        assert rebuilt[moved] == "val" and (rebuilt.drop(moved) == built.drop(moved)).all()
+    finally:
+        shutil.rmtree(folder)
+        run_augmentation(lake_root=lake.root, dataset_id=DATASET, seed=5, spark=spark)  # the module's partition, as built
+
+
 def test_a_file_spark_did_not_commit_beside_the_gold_partition_is_never_read_without_spark(spark, lake):
     """On Databricks a failed task or job attempt leaves its Parquet files beside the committed ones (DBIO) until VACUUM:
     Spark skips them, but the training job read the folder with pandas and got every row twice, and the window digest

@@ -1,6 +1,9 @@
 """Augmentation job: silver images -> gold training set with a split column (Spark pandas UDF).
 
-Splits are assigned per source group (:mod:`swan_anomaly.splits`). Only the train split is
+Splits are assigned per source group (:mod:`swan_anomaly.splits`), with the fixed
+:data:`~swan_anomaly.splits.SPLIT_SEED`; a rebuilt partition (more video landed for its date, a
+rerun with another seed) keeps every group of its earlier build in the split it had
+(:func:`earlier_splits`), so no model is ever judged on rows it trained on. Only the train split is
 augmented, and both classes get exactly the same operations. Every random choice is seeded
 from the row's identity (image, operation, variant), so reruns and repartitioning produce
 the same bytes.
@@ -36,7 +39,7 @@ from swan_anomaly.anomalies import stable_seed
 from swan_anomaly.images import decode_image, encode_jpeg
 from swan_anomaly.contract import ABNORMAL, NORMAL
 from swan_anomaly.lake import LocalLake
-from swan_anomaly.splits import Split, assign_splits, split_shortfalls
+from swan_anomaly.splits import SPLIT_SEED, Split, assign_splits, split_shortfalls
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +161,21 @@ def expand_augmentations(images: DataFrame, plan: dict[int, list[tuple[str, int]
     return train.unionByName(rest)
 
 
+def earlier_splits(lake: LocalLake, dataset_id: str) -> dict[str, str]:
+    """``{group: split}`` of the dataset's gold partition as its last build left it (the files Spark committed); empty when none.
+
+    What a rebuild keeps: a model trained on the earlier build trained on its train groups, and the
+    gate and the endpoint validation score models on the held-out ones.
+    """
+    if not lake.gold_partition(dataset_id).is_dir():
+        return {}
+    rows = lake.read_gold(dataset_id, columns=["group", "split"]).drop_duplicates()
+    if rows.group.duplicated().any():  # not written by this job: a group sits in two splits
+        msg = f"{lake.gold_partition(dataset_id)}: a group sits in two splits: {sorted(rows.group[rows.group.duplicated()])[:5]}"
+        raise JobError(msg)
+    return dict(zip(rows.group, rows.split, strict=True))
+
+
 def run_augmentation(
     *,
     lake_root: Path,
@@ -197,7 +215,11 @@ def run_augmentation(
     if not sizes:
         msg = f"{lake.silver}: no silver rows for dataset {dataset_id!r}; run the ETL job first"
         raise JobError(msg)
-    split_of = assign_splits(sizes, seed=seed)  # logs a warning for each held-out split short of its minimums
+    earlier = earlier_splits(lake, dataset_id)
+    if earlier:
+        log.info("augmentation %s: %d groups keep the splits of the partition's earlier build", dataset_id, len(set(earlier) & set(sizes)))
+    # SPLIT_SEED, not the run's seed; logs a warning for each held-out split short of its minimums
+    split_of = assign_splits(sizes, seed=SPLIT_SEED, keep=earlier)
     splits = spark.createDataFrame(sorted(split_of.items()), ["group", "split"])
     images = with_splits(silver, splits)
     train_counts = {r.label: int(r["count"]) for r in images.where(F.col("split") == Split.TRAIN.value).groupBy("label").count().collect()}
@@ -264,6 +286,8 @@ def run_augmentation(
         "target_abnormal_share": target_abnormal_share,
         "train_abnormal_share": round(train.get(str(ABNORMAL), 0) / train_rows, 4) if train_rows else math.nan,
         "seed": seed,
+        "split_seed": SPLIT_SEED,
+        "groups_kept": len(set(earlier) & set(sizes)),  # from the partition's earlier build, in the splits they had
     }
     log.info("augmentation %s: %d gold rows %s", dataset_id, report["gold_rows"], report["rows_by_split_label"])
     return report

@@ -1,15 +1,15 @@
 """Splits by source group (video + time block), never by random row.
 
-Near-identical neighbouring frames share a group, so they always land in the same split.
+The frames of one time block share a group, so they always land in the same split (the last
+frame of a block and the first of the next, one frame interval apart, may not).
 
-Held-out minimums: validation and test should each hold at least :data:`MIN_HELD_OUT_GROUPS`
-groups and :data:`MIN_HELD_OUT_IMAGES` images, with both classes. Given the rows' group sizes,
-:func:`assign_splits` fills test, then validation, from the groups in a seeded order until each
-reaches its share of the images (``test_fraction``, ``val_fraction``) and the minimums, without
-taking more than :data:`MAX_HELD_OUT_SHARE` of the images for one held-out split (the rest is
-train's). When the data cannot give that, the splits are still assigned and every shortfall is
-logged as a warning naming the counts and what to add (:func:`split_shortfalls`; ``strict=True``
-raises instead).
+Each group's split comes from its own seeded draw, so adding video never moves a group that was
+there, and the augmentation job pins the groups of the partition it rebuilds to their earlier
+splits (``keep``). Held-out minimums: validation and test should each hold at least
+:data:`MIN_HELD_OUT_GROUPS` groups and :data:`MIN_HELD_OUT_IMAGES` images, with both classes, and
+at most :data:`MAX_HELD_OUT_SHARE` of the images; small data is corrected towards them. When the
+data cannot give that, the splits are still assigned and every shortfall is logged as a warning
+naming the counts and what to add (:func:`split_shortfalls`; ``strict=True`` raises instead).
 
 Example:
     >>> assign_splits([f"v-b{i:04d}" for i in range(10)], seed=0)["v-b0000"] in {"train", "val", "test"}
@@ -39,6 +39,10 @@ MIN_HELD_OUT_GROUPS = 2
 MIN_HELD_OUT_IMAGES = 20
 #: Most of the images one held-out split may take to reach its minimums: train keeps at least half.
 MAX_HELD_OUT_SHARE = 0.25
+
+#: The seed of the pipeline's splits: fixed, not the run's seed, so a run with another seed Param splits as the
+#: champion's run did (a run seeded otherwise would hold out groups the champion trained on).
+SPLIT_SEED = 0
 
 #: What :func:`assign_splits` accepts: group names, ``{group: images}`` or ``{group: {label: images}}``.
 Groups = Iterable[str] | Mapping[str, int] | Mapping[str, Mapping[int, int]]
@@ -77,14 +81,36 @@ def assign_splits(
     min_images: int = MIN_HELD_OUT_IMAGES,
     max_share: float = MAX_HELD_OUT_SHARE,
     strict: bool = False,
+    keep: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Deterministically assign each group to train, val or test; a group never spans splits.
 
-    Groups are ordered by a seeded hash of their name (the input order does not matter). Test,
-    then val, walks that order and takes groups until it holds at least its fraction of the images,
-    ``min_groups`` groups, ``min_images`` images and both classes; a group that would take the
-    split past ``max_share`` of all images is passed over for a later one (the first group of a
-    split is taken only when no group fits). The rest is train, which always keeps at least one group.
+    Each group draws its own number in [0, 1) from a seeded hash of its name: below
+    ``test_fraction`` it is test's, below ``test_fraction + val_fraction`` val's, else train's. So
+    a group's split depends on no other group, and more video for a date never moves one that
+    was there: a model is never judged on rows it trained on because data was added. Small data
+    then gets two corrections, test first, then val:
+
+    * a held-out split over ``max_share`` of the images gives its biggest groups back to train;
+    * a held-out split short of ``min_groups`` groups, ``min_images`` images or a class takes
+      train's groups in draw order, one that fits under ``max_share`` first (a missing class
+      before the cap, and a first group even when none fits). Train keeps at least one group.
+
+    ``keep`` (the splits of an earlier build of the same data) pins its groups: the corrections
+    move only the others, so a rebuild never moves a group, whatever its sizes or the seed.
+
+    Args:
+        groups: the split groups: names only (each counts as one image, classes unknown: only the
+            group minimum applies), ``{group: images}``, or ``{group: {label: images}}`` (labels
+            0 abnormal, 1 normal; the class minimum applies too).
+        seed: seeds the draws; the same seed and groups give the same splits (the pipeline uses
+            :data:`SPLIT_SEED`, whatever the run's seed).
+        val_fraction, test_fraction: wanted shares of the groups (so, on average, of the images).
+        min_groups, min_images: minimums of each held-out split (:data:`MIN_HELD_OUT_GROUPS`,
+            :data:`MIN_HELD_OUT_IMAGES`).
+        max_share: most of the images one held-out split may take (:data:`MAX_HELD_OUT_SHARE`).
+        strict: raise when a minimum is not met instead of logging a warning.
+        keep: ``{group: split}`` that stays as it is for every group it names that ``groups`` holds.
 
     Args:
         groups: the split groups: names only (each counts as one image, classes unknown: only the
@@ -107,35 +133,49 @@ def assign_splits(
             message names the counts and what to add).
     """
     sizes, sized, labelled = _sizes(groups)
-    ordered = sorted(sizes, key=lambda g: (stable_seed(seed, g), g))
-    n = len(ordered)
+    n = len(sizes)
     if n < 3:  # the data's: a retry of the job meets the same rows
         msg = f"need at least 3 split groups (video x time block) for train/val/test, got {n}; add video or shorten the time block"
         raise ValidationDataError(msg)
+    draw = {g: stable_seed(seed, g) / 2.0**64 for g in sizes}  # each group's own draw in [0, 1): no other group moves it
+    out = {
+        g: Split.TEST.value if u < test_fraction else Split.VAL.value if u < test_fraction + val_fraction else Split.TRAIN.value
+        for g, u in draw.items()
+    }
+    pinned = {g: Split(s).value for g, s in (keep or {}).items() if g in sizes}
+    out |= pinned
     total = sum(sum(s.values()) for s in sizes.values())
     cap = max_share * total
     classes = {ABNORMAL, NORMAL} if labelled else set()
-    remaining = list(ordered)
-    out: dict[str, str] = {}
-    for split, fraction, later in ((Split.TEST, test_fraction, 2), (Split.VAL, val_fraction, 1)):
-        want_images = max(min_images if sized else 0, round(fraction * total))
-        taken: list[str] = []
-        images, seen = 0, set()
-        for g in list(remaining):
-            enough = len(taken) >= min_groups and images >= want_images
-            if (enough and classes <= seen) or len(remaining) <= later:
+
+    def images_of(members) -> int:
+        return sum(sum(sizes[g].values()) for g in members)
+
+    def members(split: Split) -> list[str]:  # in the order of the draws, the same whatever else the data holds
+        return sorted((g for g, s in out.items() if s == split.value), key=lambda g: (draw[g], g))
+
+    for split in (Split.TEST, Split.VAL):
+        # over the cap, a held-out split gives its biggest groups back to train (what it then lacks, it takes below)
+        for g in sorted(members(split), key=lambda g: (-images_of([g]), draw[g], g)):
+            if images_of(members(split)) <= cap:
                 break
-            size = sum(sizes[g].values())
-            if images + size > cap and (taken or any(sum(sizes[h].values()) <= cap for h in remaining if h != g)):
-                continue  # too big for this split: a later, smaller group fits (an oversized group only when none does)
-            if enough and not (classes - seen) & set(sizes[g]):
-                continue  # only a missing class is wanted, and this group has none of it
-            taken.append(g)
-            remaining.remove(g)
-            images += size
-            seen |= set(sizes[g])
-        out.update(dict.fromkeys(taken, split.value))
-    out.update(dict.fromkeys(remaining, Split.TRAIN.value))
+            if g not in pinned:
+                out[g] = Split.TRAIN.value
+        # short of a minimum (small data): train's groups in draw order, one that fits under the cap first; a missing
+        # class before the cap (a split without one measures nothing), and a first group even when none fits
+        for _ in range(n):
+            held, train = members(split), [g for g in members(Split.TRAIN) if g not in pinned]
+            seen = set().union(*(sizes[g] for g in held))
+            missing = classes - seen
+            short = len(held) < min_groups or (sized and images_of(held) < min_images)
+            if not (short or missing) or not train or len(members(Split.TRAIN)) <= 1:
+                break
+            wanted = train if short else [g for g in train if missing & set(sizes[g])]
+            fitting = [g for g in wanted if images_of(held) + images_of([g]) <= cap]
+            if not fitting and held and not (missing and wanted):
+                break
+            taken = (fitting or sorted(wanted, key=lambda g: (images_of([g]), draw[g], g)))[0]
+            out[taken] = split.value
     problems = _shortfalls(out, sizes, sized, labelled, min_groups=min_groups, min_images=min_images, max_share=max_share)
     if problems and strict:
         raise ValidationDataError("; ".join(problems))

@@ -168,7 +168,7 @@ def pipeline_params(settings: Settings) -> dict[str, Param]:
             minimum=0,
             title="Seed",
             section="Data",
-            description="Seed of anomaly synthesis, splits, augmentation and training.",
+            description="Seed of anomaly synthesis, augmentation and training (splits use a fixed seed, so that every run splits alike).",
         ),
         # Training
         "model": Param(
