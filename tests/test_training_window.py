@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 
 import pandas as pd
 import pytest
@@ -204,6 +205,24 @@ def test_a_window_partition_rewritten_while_it_is_read_fails_the_job_for_a_retry
     _days(lake, ["20260102"])
     with pytest.raises(LakeError, match="gold partition 20260101 of the training window of 20260102 was listed but holds no rows"):
         load_gold(lake, "20260102", window_days=2)
+
+
+@pytest.mark.parametrize("rewritten", ["20260102", "20260101"])
+def test_a_window_partition_spark_is_renaming_in_fails_the_job_for_a_retry(tmp_path, rewritten):
+    """A same-date run's augmentation rewrites the partition (Spark writes it under .spark-staging-<job>/, deletes the old
+    folder, then renames the new one in). The run's own partition missing in that gap failed the training for good
+    ("run the augmentation job first", no retry), and an older one missing when listed was left out of the window."""
+    from swan_anomaly import LakeError
+
+    lake = LocalLake(tmp_path / "lake")
+    _days(lake, ["20260101", "20260102"])
+    shutil.move(lake.gold_partition(rewritten), lake.gold / ".spark-staging-4f2a" / f"dataset_id={rewritten}")
+    with pytest.raises(LakeError, match=rf"gold partitions \['{rewritten}'\] of the training window of 20260102 are being rewritten"):
+        load_gold(lake, "20260102", window_days=2)
+    assert rewritten not in lake.gold_partitions()
+    # a partition being rewritten outside the window is none of this training's business
+    other = "20260102" if rewritten == "20260101" else "20260101"
+    assert set(load_gold(lake, other, window_days=1 if rewritten == "20260101" else 2).dataset_id) == {other}
 
 
 def test_missing_or_empty_current_partition_is_a_clear_error(tmp_path):

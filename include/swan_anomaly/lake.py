@@ -465,6 +465,17 @@ class LocalLake:
             return []
         return sorted(v for child in self.gold.iterdir() if child.is_dir() and (v := partition_value(child.name)) is not None)
 
+    def gold_rewrites(self) -> list[str]:
+        """The dataset ids of the gold partitions an augmentation job is writing now, sorted.
+
+        Spark's dynamic partition overwrite writes a partition under ``gold/.spark-staging-<job>/``,
+        then deletes the old folder and renames the new one in: in between, the partition is missing.
+        """
+        if not self.gold.is_dir():
+            return []
+        staged = (child for stage in self.gold.glob(".spark-staging-*") if stage.is_dir() for child in stage.iterdir())
+        return sorted({v for child in staged if child.is_dir() and (v := partition_value(child.name)) is not None})
+
     def gold_files(self, dataset_ids: Iterable[str]) -> dict[str, list[tuple[str, int]]]:
         """The data files of some gold partitions: ``{dataset_id: [(name in the partition, size), ...]}``.
 
@@ -571,9 +582,11 @@ def load_gold(lake: LocalLake, dataset_id: str, window_days: int = 1) -> pd.Data
         The rows sorted by ``(dataset_id, sample_id)``, index ``0..n-1``.
 
     Raises:
-        JobError: the partition of ``dataset_id`` is missing or empty.
-        LakeError: an older partition of the window vanished after it was listed (another run is
-            rewriting it): the job fails and its retry reads the window whole.
+        JobError: the partition of ``dataset_id`` is missing or empty, and no augmentation job is
+            writing it (it was never built: a retry meets the same).
+        LakeError: a partition of the window is being rewritten by another run's augmentation
+            (missing while Spark renames it in, or vanished after it was listed): the job fails
+            and its retry reads the window whole.
         ConfigError: as for :func:`window_dataset_ids` (:func:`swan_anomaly.lake.window_ids`).
 
     Example:
@@ -584,6 +597,14 @@ def load_gold(lake: LocalLake, dataset_id: str, window_days: int = 1) -> pd.Data
     import pandas as pd
 
     ids = window_dataset_ids(lake, dataset_id, window_days)
+    # a partition of the window that another run's augmentation is writing: missing now, or about to change
+    rewriting = [d for d in lake.gold_rewrites() if d in window_ids([*ids, d], dataset_id, window_days)]
+    if rewriting:
+        msg = (
+            f"gold partitions {rewriting} of the training window of {dataset_id} are being rewritten by another run's "
+            "augmentation (Spark is renaming them in); a retry reads them whole"
+        )
+        raise LakeError(msg)
     current = _read_partition(lake, dataset_id)
     if current.empty:
         msg = f"{lake.gold_partition(dataset_id)}: no gold rows for dataset {dataset_id!r}; run the augmentation job first"
