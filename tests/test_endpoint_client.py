@@ -118,3 +118,37 @@ def test_an_endpoint_serving_another_model_or_a_traffic_split_serves_no_version_
     assert served_version(workspace(theirs), "swan-anomaly") == "3"  # no name asked: whatever one entity it serves
     uc = ServedEntityOutput(entity_name="main.vision.swan_anomaly_vit", entity_version="4")  # Unity Catalog answers in lower case
     assert served_version(workspace(uc), "swan-anomaly", "main.vision.Swan_Anomaly_ViT") == "4"
+
+
+def test_new_serving_settings_reach_an_endpoint_that_serves_the_version_already():
+    """deploy_version returned "already serves" on the version alone: a changed SWAN_SERVING_CPU_PRECISION, workload size or
+    type, or scale to zero never reached the endpoint until another version became champion (an endpoint could go on
+    computing in int8 while the validation's tolerance was set for float32)."""
+    import datetime as dt
+    import types
+
+    from databricks.sdk.service.serving import EndpointCoreConfigOutput, ServedEntityOutput, ServingEndpointDetailed
+
+    from swan_anomaly.serving.deploy import ServingConfig, deploy_version
+
+    updates = []
+    served = ServedEntityOutput(entity_name="swan", entity_version="3", workload_size="Small", scale_to_zero_enabled=True)
+    detail = ServingEndpointDetailed(name="swan-anomaly", config=EndpointCoreConfigOutput(served_entities=[served]))
+    endpoints = types.SimpleNamespace(
+        get=lambda name: detail, update_config_and_wait=lambda name, served_entities, timeout: updates.append(served_entities)
+    )
+    w = types.SimpleNamespace(serving_endpoints=endpoints)
+    timeout = dt.timedelta(seconds=5)
+    same = deploy_version(w, "swan-anomaly", "swan", "3", ServingConfig(workload_size="Small", scale_to_zero=True, timeout=timeout))
+    assert not same.changed and updates == []
+    for config in (
+        ServingConfig(workload_size="Small", scale_to_zero=True, cpu_precision="int8", timeout=timeout),
+        ServingConfig(workload_size="Medium", scale_to_zero=True, timeout=timeout),
+        ServingConfig(workload_size="Small", scale_to_zero=False, timeout=timeout),
+    ):
+        result = deploy_version(w, "swan-anomaly", "swan", "3", config)
+        assert result.changed and result.version == "3"
+        [entity] = updates.pop()
+        sent = (entity.entity_version, entity.workload_size, entity.scale_to_zero_enabled)
+        assert sent == ("3", config.workload_size, config.scale_to_zero)
+        assert entity.environment_vars == config.environment_vars()

@@ -284,8 +284,37 @@ def delete_endpoint(w: WorkspaceClient, endpoint: str) -> bool:
     return True
 
 
+def _entity_changes(detail, wanted: ServedEntityInput) -> list[str]:
+    """What the endpoint's one served entity has otherwise than ``wanted`` (its workload, scale to zero, environment).
+
+    A field the endpoint does not report counts as unchanged, so an answer without it never
+    updates the endpoint on every run; the environment compares as a whole (none and empty alike).
+
+    Example:
+        >>> from databricks.sdk.service.serving import EndpointCoreConfigOutput, ServedEntityOutput, ServingEndpointDetailed
+        >>> served = ServedEntityOutput(entity_name="m", entity_version="3", workload_size="Small", scale_to_zero_enabled=True)
+        >>> detail = ServingEndpointDetailed(config=EndpointCoreConfigOutput(served_entities=[served]))
+        >>> _entity_changes(detail, ServedEntityInput(entity_name="m", entity_version="3", workload_size="Medium",
+        ...                                           scale_to_zero_enabled=True, environment_vars={"SWAN_SERVING_CPU_PRECISION": "int8"}))
+        ['workload_size Small -> Medium', 'environment_vars {} -> {SWAN_SERVING_CPU_PRECISION}']
+    """
+    [served] = detail.config.served_entities
+    changes = []
+    for setting in ("workload_size", "workload_type", "scale_to_zero_enabled"):
+        have, want = (getattr(getattr(e, setting), "value", getattr(e, setting)) for e in (served, wanted))
+        if have is not None and want is not None and str(have) != str(want):
+            changes.append(f"{setting} {have} -> {want}")
+    have_env, want_env = served.environment_vars or {}, wanted.environment_vars or {}
+    if have_env != want_env:  # named, not shown: a value may be a secret reference
+        changes.append(f"environment_vars {{{', '.join(sorted(have_env))}}} -> {{{', '.join(sorted(want_env))}}}")
+    return changes
+
+
 def deploy_version(w: WorkspaceClient, endpoint: str, model_name: str, version: str, config: ServingConfig) -> DeployResult:
     """Serve ``model_name`` version ``version`` on ``endpoint``; wait until the config is live.
+
+    An endpoint that serves the version already is updated only when its served entity's settings
+    differ from ``config`` (a changed ``SWAN_SERVING_*``), and the result then says it changed.
 
     Raises:
         EndpointError: the endpoint reported ``UPDATE_FAILED`` (it keeps serving the old config).
@@ -320,10 +349,14 @@ def deploy_version(w: WorkspaceClient, endpoint: str, model_name: str, version: 
             msg = f"serving endpoint {endpoint} could not be created with {model_name} v{version}: {exc}"
             raise EndpointError(msg) from exc
         return DeployResult(endpoint, str(version), None, True)
-    if previous == str(version):
+    changes = _entity_changes(detail, entity) if previous == str(version) else []
+    if previous == str(version) and not changes:
         log.info("endpoint %s already serves %s v%s", endpoint, model_name, version)
         return DeployResult(endpoint, str(version), previous, False)
-    log.info("endpoint %s: %s v%s -> v%s", endpoint, model_name, previous, version)
+    if changes:
+        log.info("endpoint %s serves %s v%s with other settings: %s", endpoint, model_name, version, "; ".join(changes))
+    else:
+        log.info("endpoint %s: %s v%s -> v%s", endpoint, model_name, previous, version)
     try:
         w.serving_endpoints.update_config_and_wait(endpoint, served_entities=[entity], timeout=config.timeout)
     except OperationFailed as exc:
