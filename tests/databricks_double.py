@@ -18,7 +18,9 @@ databricks-sdk reads first), the discovery document
 ``POST /oidc/v1/token`` (form-encoded ``grant_type=client_credentials&scope=all-apis``, the
 client authenticated by HTTP basic auth or ``client_id``/``client_secret`` form fields; a wrong
 secret gets 401 ``{"error": "invalid_client", ...}``). Tokens expire after ``token_lifetime``
-seconds; the discovery routes need no token, as on a workspace.
+seconds; the discovery routes need no token, as on a workspace. A missing, wrong or expired
+bearer token gets what a workspace answers: 403 ``{"error_code": 403, "message": "Invalid access
+token."}`` (the error code a number).
 
 Submitted ``spark_python_task``s really run: the python file is executed locally with its
 parameters, the attached ``whl`` libraries first on ``PYTHONPATH`` (as a cluster installs them)
@@ -192,14 +194,16 @@ class DatabricksDouble:
         query = {**{k: str(v) for k, v in body.items()}, **{k: v[0] for k, v in parse_qs(url.query).items()}}
         kind = self._token_kind(handler.headers.get("Authorization"))
         if kind is None:
-            self.requests.append((method, url.path, 401))
-            return self._reply(handler, 401, {"error_code": "UNAUTHENTICATED", "message": "Invalid access token."})
+            # what a workspace answers a wrong or expired token: 403, the error code a number (databricks/databricks-sdk-go#873)
+            self.requests.append((method, url.path, 403))
+            return self._reply(handler, 403, {"error_code": 403, "message": "Invalid access token."})
         self.authenticated.append((url.path, kind))
         for fault in self._faults:
             if url.path.endswith(fault[0]) and fault[2] > 0:
                 fault[2] -= 1
                 self.requests.append((method, url.path, fault[1]))
-                return self._reply(handler, fault[1], {"error_code": "TEMPORARILY_UNAVAILABLE", "message": "injected fault"})
+                code = "REQUEST_LIMIT_EXCEEDED" if fault[1] == 429 else "TEMPORARILY_UNAVAILABLE"  # the codes the SDK maps
+                return self._reply(handler, fault[1], {"error_code": code, "message": "injected fault"})
         routes = {
             ("POST", "/api/2.2/jobs/runs/submit"): self._submit,
             ("GET", "/api/2.2/jobs/runs/get"): self._get,

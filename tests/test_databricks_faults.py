@@ -74,7 +74,7 @@ def test_a_bad_token_is_refused(double, tmp_path, monkeypatch):
     from airflow.providers.databricks.hooks.databricks import DatabricksHook
 
     monkeypatch.setenv("AIRFLOW_CONN_DATABRICKS_WRONG", double.connection(token="wrong"))
-    with pytest.raises(Exception, match="401|UNAUTHENTICATED|Invalid access token"):
+    with pytest.raises(Exception, match="403.*Invalid access token"):  # what a workspace answers, not retried
         DatabricksHook(databricks_conn_id="databricks_wrong", retry_limit=1).submit_run({"tasks": []})
 
 

@@ -490,7 +490,7 @@ def test_the_local_backend_kill_does_not_try_to_cancel_a_databricks_run(dagbag, 
 def test_a_job_that_fails_on_bad_input_is_not_retried_and_a_crash_is(tmp_path, monkeypatch):
     from airflow.sdk.exceptions import AirflowFailException
 
-    from swan_airflow.jobs import JobFailed, run_job
+    from swan_airflow.jobs import JobCrashed, run_job
     from swan_anomaly import JobError
     from swan_anomaly.entrypoint import EXIT_PERMANENT, job_parser, run_entrypoint
 
@@ -511,7 +511,7 @@ def test_a_job_that_fails_on_bad_input_is_not_retried_and_a_crash_is(tmp_path, m
     monkeypatch.setenv("SWAN_LAKE_BACKEND", "local")
     with pytest.raises(AirflowFailException, match=r"(?s)rejects exited with code 3.*no label column"):
         run_job("rejects", dataset_id="20261126", run_id="r1")
-    with pytest.raises(JobFailed, match=r"(?s)crashes exited with code 137.*out of memory"):
+    with pytest.raises(JobCrashed, match=r"(?s)crashes exited with code 137.*out of memory"):
         run_job("crashes", dataset_id="20261126", run_id="r1")
 
 

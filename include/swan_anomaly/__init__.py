@@ -31,6 +31,7 @@ import logging as _logging
 
 from swan_anomaly._errors import (
     ConfigError,
+    EndpointBusy,
     EndpointError,
     ImageDecodeError,
     JobError,
@@ -51,6 +52,7 @@ for _name in ("torchao", "torch.utils._pytree"):
 
 __all__ = [
     "ConfigError",
+    "EndpointBusy",
     "EndpointError",
     "ImageDecodeError",
     "JobError",

@@ -3,6 +3,8 @@
 Every error says what failed, the offending value, and what to do next.
 
 * SwanError
+  x ConfigError             a setting is missing, malformed or contradicts another (also a ValueError)
+      x OutdatedServer      the model server at the endpoint's URL runs swan-anomaly from before the /health proof
   x VideoError              a landing-zone video cannot be read or yields no frames
   x ImageDecodeError        image bytes are not a decodable image
   x LabelManifestError      the label manifest has the wrong schema, an unknown label or a duplicate
@@ -34,6 +36,10 @@ class SwanError(Exception):
 
 class ConfigError(SwanError, ValueError):
     """A setting is missing, malformed, or contradicts another."""
+
+
+class OutdatedServer(ConfigError):
+    """The model server at the endpoint's URL runs a version of swan-anomaly from before the /health proof."""
 
 
 class VideoError(SwanError):

@@ -57,8 +57,12 @@ def local_job_env(job: str, environ=None) -> dict[str, str]:
     return without_secrets(environ, keep=frozenset(keep))
 
 
-class JobFailed(RuntimeError):
-    """A job entrypoint exited non-zero."""
+class JobCrashed(RuntimeError):
+    """A job entrypoint exited non-zero with a status a retry may fix (a crash, the kernel's OOM killer); retried.
+
+    Not :class:`swan_anomaly.JobError`, which a job raises for a cause a retry cannot fix (bad input,
+    arguments or settings): it exits with a permanent status and the task fails at once.
+    """
 
 
 def run_job(job: str, *, dataset_id: str, run_id: str, args: list[str] | None = None) -> dict:
@@ -99,5 +103,5 @@ def run_job(job: str, *, dataset_id: str, run_id: str, args: list[str] | None = 
             from airflow.sdk.exceptions import AirflowFailException
 
             raise AirflowFailException(msg)
-        raise JobFailed(msg)
+        raise JobCrashed(msg)
     return lake().read_result(run_id, job)

@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 
 import httpx
 
-from swan_anomaly._errors import ConfigError, EndpointBusy, EndpointError
+from swan_anomaly._errors import ConfigError, EndpointBusy, EndpointError, OutdatedServer
 from swan_anomaly.config import Settings
 from swan_anomaly.redact import SECRET_NAME, redact_uri
 
@@ -154,10 +154,6 @@ def _health(url: str, challenge: str | None = None) -> dict | None:
         return response.json()
     except ValueError:
         return {}
-
-
-class OutdatedServer(ConfigError):
-    """The model server at the endpoint's URL runs a version of swan-anomaly from before the /health proof."""
 
 
 def running_server(settings: Settings, token: str | None = None) -> bool:

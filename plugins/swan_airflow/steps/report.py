@@ -157,7 +157,7 @@ def _serving() -> dict:
     target = serving_target(start=False)
     if target.backend == "local":
         from swan_anomaly import ConfigError
-        from swan_anomaly._errors import EndpointBusy
+        from swan_anomaly import EndpointBusy
         from swan_anomaly.serving.local import running_server
 
         try:
