@@ -829,6 +829,56 @@ def test_a_champion_the_endpoint_cannot_load_goes_back_and_a_validated_champion_
     assert _served() == good and _champion(model_name) == good
 
 
+def _unmeasured(name: str, version: str) -> None:
+    """Mark ``version`` as served with parity on a test split too small to measure (the endpoint validation's ``unmeasured``)."""
+    from swan_airflow.runtime import registry_client
+    from swan_anomaly.registry import ENDPOINT_VALIDATION, tag_version
+
+    tag_version(registry_client(), name, version, {ENDPOINT_VALIDATION: "unmeasured: run scheduled__1, dataset 20261115: too small"})
+
+
+@pytest.mark.slow
+def test_a_failed_version_over_an_unmeasured_champion_goes_back_to_it(world, model_name):
+    """promote kept previous_champion only on a version that passed, so a champion served with parity on a test split too
+    small to measure was no rollback target: the next version's failed validation deleted the endpoint and left no
+    champion, and the run after that had no champion to hold its challenger to."""
+    from swan_airflow.steps.serving import ensure_validated_endpoint, validate_endpoint
+
+    first = _register(world, model_name, "good", "scheduled__1")
+    _serve(model_name, first)
+    _unmeasured(model_name, first)
+    failing = _register(world, model_name, "constant", "scheduled__2")
+    endpoint = _serve(model_name, failing)
+    with pytest.raises(AirflowFailException, match=f"rolled the endpoint and the champion back to v{first}"):
+        validate_endpoint(_ctx(), endpoint, _registered(model_name, failing, world, "constant"))
+    assert _served() == first and _champion(model_name) == first
+    assert ensure_validated_endpoint(_ctx())["acted"] is False
+
+
+@pytest.mark.slow
+def test_a_version_the_endpoint_refuses_over_an_unmeasured_champion_leaves_registry_and_endpoint_agreeing(world, model_name, tmp_path):
+    """The refused version lost the champion alias and, with no previous_champion, nobody got it: the endpoint went on
+    serving the unmeasured champion, which the registry no longer named, and update_endpoint then skipped for good."""
+    from swan_airflow.runtime import registry_client
+    from swan_airflow.steps.serving import ensure_validated_endpoint, update_endpoint
+    from swan_anomaly.registry import promote, register_challenger
+
+    first = _register(world, model_name, "good", "scheduled__1")
+    _serve(model_name, first)
+    _unmeasured(model_name, first)
+    source = tmp_path / "broken"
+    source.mkdir()
+    (source / "MLmodel").write_text("flavors: {}\n")  # registrable, not loadable
+    client = registry_client()
+    run = client.create_run(client.get_experiment_by_name("swan-anomaly").experiment_id).info.run_id
+    broken = str(register_challenger(client, model_name, source.as_uri(), run, "scheduled__2", tags={"anomaly_threshold": "0.5"}).version)
+    promote(client, model_name, broken)
+    with pytest.raises(AirflowFailException, match=f"champion alias went back to v{first}"):
+        update_endpoint(_ctx())
+    assert _served() == first and _champion(model_name) == first
+    assert ensure_validated_endpoint(_ctx())["acted"] is False
+
+
 @pytest.mark.slow
 def test_validation_refuses_an_endpoint_that_changed_since_it_was_deployed(world, model_name):
     from swan_airflow.steps.serving import validate_endpoint

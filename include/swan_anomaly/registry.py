@@ -34,8 +34,14 @@ READY, PENDING = "READY", "PENDING_REGISTRATION"
 #: How long a retried registration waits for a version of its training run that is still being registered (seconds):
 #: MLflow's own wait for a new version (``DEFAULT_AWAIT_MAX_SLEEP_SECONDS``).
 PENDING_WAIT_S = 300.0
-#: The model-version tag that records the endpoint validation: ``passed: ...`` or ``failed: ...``.
+#: The model-version tag that records the endpoint validation: ``passed: ...``, ``failed: ...``, ``incomplete: ...`` or
+#: ``unmeasured: ...`` (see :func:`verdict`).
 ENDPOINT_VALIDATION = "endpoint_validation"
+#: The verdicts of :data:`ENDPOINT_VALIDATION`.
+PASSED, FAILED, INCOMPLETE, UNMEASURED = "passed", "failed", "incomplete", "unmeasured"
+#: The verdicts of a version a failed one may go back to, best first: one that passed, else one served with parity on a
+#: test split too small to measure (it passed the gate, and served what the registry holds).
+RESTORABLE = (PASSED, UNMEASURED)
 #: The model-version tag naming the dataset partition a version was trained up to (set at registration).
 DATASET_TAG = "dataset_id"
 #: The model-version tag with the newest day of data a version was trained on (ISO date, set at registration).
@@ -161,8 +167,10 @@ def promote(client: MlflowClient, name: str, version: str) -> bool:
     """Move ``champion`` to ``version``; keep the old champion as ``previous_champion`` if it passed its endpoint validation.
 
     ``previous_champion`` is what a failed validation rolls back to, so it only ever names a version
-    that served and passed: a champion that never did (its endpoint update failed for good, or its
-    validation never completed) leaves it on the last one that did.
+    that served and is :data:`RESTORABLE`: one that passed, or, while no version that passed holds
+    it, one served with parity whose quality its test split was too small to measure. A champion
+    that never served (its endpoint update failed for good, or its validation never completed)
+    leaves it where it was.
 
     Returns:
         False when ``version`` already is the champion (a rerun), True otherwise.
@@ -171,14 +179,16 @@ def promote(client: MlflowClient, name: str, version: str) -> bool:
     if current is not None and str(current.version) == str(version):
         log.info("%s version %s already is the champion", name, version)
         return False
-    if current is not None and verdict(current.tags.get(ENDPOINT_VALIDATION)) == "passed":
+    kept = get_alias(client, name, PREVIOUS) if current is not None else None
+    judged = verdict(current.tags.get(ENDPOINT_VALIDATION)) if current is not None else None
+    if judged == PASSED or (judged == UNMEASURED and (kept is None or verdict(kept.tags.get(ENDPOINT_VALIDATION)) != PASSED)):
         client.set_registered_model_alias(name, PREVIOUS, str(current.version))
     elif current is not None:
-        kept = get_alias(client, name, PREVIOUS)
         log.warning(
-            "%s champion v%s never passed an endpoint validation: previous_champion stays %s",
+            "%s champion v%s is no version to go back to (endpoint validation: %s): previous_champion stays %s",
             name,
             current.version,
+            judged or "none",
             f"v{kept.version}" if kept is not None else "unset (nothing validated to roll back to)",
         )
     client.set_registered_model_alias(name, CHAMPION, str(version))
@@ -223,15 +233,25 @@ def endpoint_validation(client: MlflowClient, name: str, version: str) -> str | 
 def verdict(tag: str | None) -> str | None:
     """The verdict an :data:`ENDPOINT_VALIDATION` tag starts with, or None for no tag.
 
-    ``passed`` (only such a version is rolled back to), ``failed`` (never promoted again),
-    ``incomplete`` (the validation could not complete) or ``unmeasured`` (parity held on a test
-    split too small to measure its quality).
+    ``passed``, ``failed`` (never promoted again), ``incomplete`` (the validation could not
+    complete) or ``unmeasured`` (parity held on a test split too small to measure its quality).
+    A failed version goes back only to a :data:`RESTORABLE` one (:func:`restorable`).
 
     Example:
         >>> verdict("unmeasured: run manual__1, dataset 20261130: ..."), verdict(None)
         ('unmeasured', None)
     """
     return tag.split(":", 1)[0] if tag else None
+
+
+def restorable(tag: str | None) -> bool:
+    """Whether a version whose :data:`ENDPOINT_VALIDATION` tag is ``tag`` may serve again in place of a failed one.
+
+    Example:
+        >>> restorable("passed: run scheduled__3"), restorable("unmeasured: too small"), restorable("failed: AUROC"), restorable(None)
+        (True, True, False, False)
+    """
+    return verdict(tag) in RESTORABLE
 
 
 def data_through(client: MlflowClient, name: str, version: str) -> date | None:
@@ -262,7 +282,7 @@ def gate_references(client: MlflowClient, name: str, version: str) -> dict[str, 
     def usable_reference(other: str) -> bool:
         if other not in usable:
             try:
-                usable[other] = verdict(client.get_model_version(name, other).tags.get(ENDPOINT_VALIDATION)) != "failed"
+                usable[other] = verdict(client.get_model_version(name, other).tags.get(ENDPOINT_VALIDATION)) != FAILED
             except MlflowException:
                 log.warning("%s v%s names v%s as a gate reference, which is gone from the registry: no bar", name, version, other)
                 usable[other] = False

@@ -51,7 +51,7 @@ def update_endpoint(ctx: RunContext) -> dict:
     from swan_airflow.serving import serving_config, serving_target
     from swan_airflow.steps.promotion import require_turn
     from swan_anomaly import EndpointError
-    from swan_anomaly.registry import CHAMPION, PREVIOUS, endpoint_validation, get_alias, rollback, verdict, withdraw
+    from swan_anomaly.registry import CHAMPION, PREVIOUS, endpoint_validation, get_alias, restorable, rollback, withdraw
     from swan_anomaly.serving.deploy import deploy_version
 
     require_turn(ctx)  # a clear of this task alone must not deploy while another run promotes, deploys or validates
@@ -66,7 +66,7 @@ def update_endpoint(ctx: RunContext) -> dict:
         result = deploy_version(target.workspace(), target.endpoint, s.model_name, version, serving_config(client, version, target))
     except EndpointError as exc:  # the endpoint refused the version (it could not load it): retrying changes nothing
         msg = str(exc)
-        if verdict(endpoint_validation(client, s.model_name, version)) != "passed":
+        if not restorable(endpoint_validation(client, s.model_name, version)):
             # a champion that never served must not stay champion: the registry would name a model nobody serves
             previous = get_alias(client, s.model_name, PREVIOUS)
             if previous is not None and str(previous.version) != version:
@@ -113,6 +113,7 @@ def validate_endpoint(ctx: RunContext, endpoint: dict, registered: dict) -> dict
     from swan_anomaly.registry import (
         CHAMPION,
         ENDPOINT_VALIDATION,
+        PASSED,
         PREVIOUS,
         endpoint_validation,
         get_alias,
@@ -179,7 +180,7 @@ def validate_endpoint(ctx: RunContext, endpoint: dict, registered: dict) -> dict
         raise AirflowFailException(msg)
     # A version that never passed an endpoint validation is new here, whoever promoted it (this run, or an earlier
     # run whose endpoint update failed); one that passed before is the unchanged champion, judged for drift.
-    new_version = verdict(endpoint_validation(client, name, version)) != "passed"
+    new_version = verdict(endpoint_validation(client, name, version)) != PASSED
     rows, threshold, scores = [], None, None
     try:
         rows = read_held_out_rows(store, ctx.run_id, "test")
@@ -238,7 +239,7 @@ def validate_endpoint(ctx: RunContext, endpoint: dict, registered: dict) -> dict
     if outcome is Outcome.PASSED:
         if new_version and check.measured:
             tag_version(client, name, version, {ENDPOINT_VALIDATION: f"passed: run {ctx.run_id}, dataset {ctx.dataset_id}"})
-        elif new_version:  # it serves what the registry holds, but nobody measured how well: not a version to roll back to
+        elif new_version:  # it serves what the registry holds, but nobody measured how well: a rollback target only while none passed
             unmeasured = f"unmeasured: run {ctx.run_id}, dataset {ctx.dataset_id}: {check.note}"
             tag_version(client, name, version, {ENDPOINT_VALIDATION: unmeasured})
             log.warning("%s v%s serves with parity, but %s: it is not marked validated, and the next run validates it again",
@@ -327,15 +328,15 @@ def _record(ctx, name, version, previous, threshold, rows, scores, check, outcom
 def _act(target, client, record: dict) -> None:
     """Roll back to the previous champion, or withdraw a failed first version (idempotent: a retry may repeat it)."""
     from swan_airflow.serving import roll_back, withdraw
-    from swan_anomaly.registry import ENDPOINT_VALIDATION, tag_version
+    from swan_anomaly.registry import ENDPOINT_VALIDATION, FAILED, INCOMPLETE, tag_version
     from swan_anomaly.serving.validation import Outcome
 
     name, version = record["name"], record["version"]
     if record["outcome"] in (Outcome.ROLLED_BACK, Outcome.WITHDRAWN):
         # "failed" bars the version from the gate and promote_model for good: only for a version that was judged. One
         # whose validation could not complete (an outage, a changed held-out image) is "incomplete" and may be tried again.
-        verdict = "failed" if record.get("completed", True) else "incomplete"
-        tag_version(client, name, version, {ENDPOINT_VALIDATION: f"{verdict}: {'; '.join(record['reasons'])}"})
+        judged = FAILED if record.get("completed", True) else INCOMPLETE
+        tag_version(client, name, version, {ENDPOINT_VALIDATION: f"{judged}: {'; '.join(record['reasons'])}"})
     if record["outcome"] == Outcome.ROLLED_BACK:
         roll_back(target, record["previous"])
     elif record["outcome"] == Outcome.WITHDRAWN:
@@ -368,7 +369,7 @@ def ensure_validated_endpoint(ctx: RunContext) -> dict:
     from swan_airflow.runtime import lake, registry_client, settings
     from swan_airflow.serving import roll_back, serving_target, withdraw
     from swan_airflow.steps.promotion import entered_section, require_turn
-    from swan_anomaly.registry import CHAMPION, PREVIOUS, endpoint_validation, get_alias, verdict
+    from swan_anomaly.registry import CHAMPION, PREVIOUS, RESTORABLE, UNMEASURED, endpoint_validation, get_alias, verdict
     from swan_anomaly.serving.deploy import served_version
 
     if not entered_section(ctx):
@@ -388,8 +389,7 @@ def ensure_validated_endpoint(ctx: RunContext) -> dict:
     def verdict_of(version: str) -> str | None:  # one registry read per version
         return verdict(endpoint_validation(client, name, version))
 
-    kept = ("passed", "unmeasured")  # unmeasured: served with parity on a test split too small to measure
-    unvalidated = [v for v in dict.fromkeys((champion, served)) if v is not None and verdict_of(v) not in kept]
+    unvalidated = [v for v in dict.fromkeys((champion, served)) if v is not None and verdict_of(v) not in RESTORABLE]
     if not unvalidated:
         log.info("champion v%s, endpoint %s serves v%s: nothing unvalidated", champion, target.endpoint, served)
         store.delete_result(ctx.run_id, "endpoint_restore")  # an earlier pass's restore, undone since by a cleared section
@@ -397,13 +397,14 @@ def ensure_validated_endpoint(ctx: RunContext) -> dict:
     previous = get_alias(client, name, PREVIOUS)
     candidates = [v for v in (champion, served, str(previous.version) if previous is not None else None) if v is not None]
     # the champion itself, what serves, or previous_champion: one that passed first, else one served with parity
-    restore = next((v for want in kept for v in candidates if verdict_of(v) == want), None)
+    restore = next((v for want in RESTORABLE for v in candidates if verdict_of(v) == want), None)
     what = " and ".join(f"v{v}" for v in unvalidated)
     refused = None
     if restore is not None:
         try:
             roll_back(target, restore)
-            done = f"the champion alias and endpoint {target.endpoint} went back to v{restore}, the last version that passed"
+            how = "served with parity, its quality unmeasured" if verdict_of(restore) == UNMEASURED else "passed"
+            done = f"the champion alias and endpoint {target.endpoint} went back to v{restore}, the last version that {how}"
         except AirflowFailException as exc:  # the endpoint refused it: the rollback deleted the endpoint
             refused, done = exc, f"the champion alias went back to v{restore}, but {exc}"
     else:  # nothing validated to go back to: nothing serves
