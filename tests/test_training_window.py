@@ -9,7 +9,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from conftest import water_frame
+from conftest import label_staged_images, water_frame
 from swan_anomaly._errors import ConfigError, JobError
 from swan_anomaly.lake import LocalLake
 from swan_anomaly.lake import load_gold, window_dataset_ids
@@ -342,3 +342,24 @@ def test_train_job_trains_on_a_two_day_window_and_logs_the_lineage(tmp_path, mon
         inputs["gold-20260101"].digest
         != gold_dataset(lake, "20260101", pd.read_parquet(lake.gold / "dataset_id=20260101").assign(dataset_id="20260101")).digest
     )
+
+
+def test_a_window_partition_built_from_an_earlier_upload_fails_the_training_before_it_starts(tmp_path):
+    """A run of an older date uploaded that date again (more video, other frames), then failed before its augmentation:
+    the date's gold still held rows of the earlier upload, whose raw images were gone. A later run with a window over that
+    date trained for hours on them, and only its gate found the missing images (LakeError for every row)."""
+    lake = LocalLake(tmp_path / "lake")
+    _days(lake, ["20260101", "20260102"])
+    staged = tmp_path / "staged"
+    (staged / "frames" / "a").mkdir(parents=True)
+    (staged / "frames" / "a" / "frame_00000.png").write_bytes(b"frame of the first upload")
+    label_staged_images(staged)
+    lake.put_dataset(staged, "20260101")
+    lake.write_gold_listing("20260101", ["part-00000.snappy.parquet"], raw_manifest=lake.raw_manifest_digest("20260101"))
+    assert set(load_gold(lake, "20260102", window_days=2).dataset_id) == {"20260101", "20260102"}  # built from this upload
+    (staged / "frames" / "a" / "frame_00000.png").write_bytes(b"frame of the second upload")  # the date uploaded again
+    label_staged_images(staged)
+    lake.put_dataset(staged, "20260101")
+    with pytest.raises(JobError, match=r"gold partitions \['20260101'\] of the training window of 20260102 were built from an earlier"):
+        load_gold(lake, "20260102", window_days=2)
+    assert set(load_gold(lake, "20260102", window_days=1).dataset_id) == {"20260102"}  # a window without it trains

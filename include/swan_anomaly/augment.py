@@ -203,6 +203,7 @@ def run_augmentation(
     lake = LocalLake(lake_root)
     spark = spark or build_spark("swan-augment")
     partition = lake.silver_partition(dataset_id)
+    raw_manifest = lake.raw_manifest_digest(dataset_id)  # the upload the ETL just made silver from: recorded with the gold
     if not partition.is_dir():
         msg = f"{partition}: no silver images for dataset {dataset_id!r}; run the ETL job first"
         raise JobError(msg)
@@ -263,7 +264,7 @@ def run_augmentation(
         gold.orderBy("sample_id").write.mode("overwrite").partitionBy("dataset_id").parquet(str(lake.gold))
     written = spark.read.parquet(str(lake.gold_partition(dataset_id)))
     # the files Spark reads there: on Databricks a failed attempt's uncommitted files may lie beside them
-    lake.write_gold_listing(dataset_id, {uri.rsplit("/", 1)[-1] for uri in written.inputFiles()})
+    lake.write_gold_listing(dataset_id, {uri.rsplit("/", 1)[-1] for uri in written.inputFiles()}, raw_manifest=raw_manifest)
     counts = written.groupBy("split", "label").count().collect()
     by_split: dict[str, dict[str, int]] = {}
     for r in counts:

@@ -495,12 +495,22 @@ class LocalLake:
         path = self.gold_partition(dataset_id) / GOLD_FILES
         return json.loads(path.read_text())["files"] if path.is_file() else None
 
-    def write_gold_listing(self, dataset_id: str, names: Iterable[str]) -> None:
-        """Write the partition's :data:`GOLD_FILES`: the data files Spark reads there, by name."""
+    def gold_built_from(self, dataset_id: str) -> str | None:
+        """The :meth:`raw_manifest_digest` the partition's gold was built from (in :data:`GOLD_FILES`); None when not recorded."""
+        path = self.gold_partition(dataset_id) / GOLD_FILES
+        return json.loads(path.read_text()).get("raw_manifest") if path.is_file() else None
+
+    def write_gold_listing(self, dataset_id: str, names: Iterable[str], *, raw_manifest: str | None = None) -> None:
+        """Write the partition's :data:`GOLD_FILES`: the data files Spark reads there, by name, and the raw upload it was built from."""
         path = self.gold_partition(dataset_id) / GOLD_FILES
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"files": sorted(names)}, indent=1))
+        tmp.write_text(json.dumps({"files": sorted(names), **({"raw_manifest": raw_manifest} if raw_manifest else {})}, indent=1))
         tmp.replace(path)
+
+    def raw_manifest_digest(self, dataset_id: str) -> str | None:
+        """sha256 of ``raw/{dataset_id}/manifest.json``: which upload of the dataset the raw partition holds (None: none)."""
+        path = self.raw(dataset_id) / MANIFEST
+        return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
     def read_gold(self, dataset_id: str, columns: list[str] | None = None):
         """The gold rows of one dataset as a pandas DataFrame: the files Spark reads there (:data:`GOLD_FILES`)."""
@@ -597,6 +607,16 @@ def load_gold(lake: LocalLake, dataset_id: str, window_days: int = 1) -> pd.Data
     import pandas as pd
 
     ids = window_dataset_ids(lake, dataset_id, window_days)
+    # gold built from an earlier upload of its date: a run of that date replaced raw, then failed before its augmentation.
+    # Its rows name raw images that are gone, which only the gate would find, after the whole training
+    stale = [d for d in ids if (built := lake.gold_built_from(d)) and built != lake.raw_manifest_digest(d)]
+    if stale:
+        msg = (
+            f"gold partitions {stale} of the training window of {dataset_id} were built from an earlier upload of their raw "
+            "partition (a run of that date uploaded again, then failed before its augmentation finished): run that date again "
+            "(or clear its run_etl with downstream tasks) to rebuild them, or train on a window without them"
+        )
+        raise JobError(msg)
     # a partition of the window that another run's augmentation is writing: missing now, or about to change
     rewriting = [d for d in lake.gold_rewrites() if d in window_ids([*ids, d], dataset_id, window_days)]
     if rewriting:
