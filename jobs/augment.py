@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from swan_anomaly.augment import TRAIN_AUGMENTATIONS, run_augmentation
 from swan_anomaly.entrypoint import job_parser, run_entrypoint
+from swan_anomaly.images import JPEG_QUALITY
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = job_parser(__doc__)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--jpeg-quality", type=int, default=95)
+    parser.add_argument("--jpeg-quality", type=int, default=JPEG_QUALITY)
     parser.add_argument("--augmentations", default=",".join(TRAIN_AUGMENTATIONS), help="comma-separated operations; must include none")
     parser.add_argument(
         "--target-abnormal-share", type=float, default=None, help="oversample the train minority class to this abnormal share"

@@ -432,3 +432,17 @@ def test_a_status_tracker_that_fails_once_costs_one_progress_line_not_the_rest(s
     lines = [r.getMessage() for r in caplog.records]
     assert any(line.startswith("probe: stage 1/4 tasks (25 %), ~25 of 100 images") for line in lines), lines
     assert any(line.startswith("probe: 100 images in") for line in lines)
+
+
+def test_the_etl_job_has_no_crop_of_its_own_the_served_model_would_not_share():
+    """jobs/etl.py took --crop-bias-x/-y, which reached the silver crop but neither the training's nor the served model's
+    (PreprocessSpec) nor the anomaly placement: with 0.6, the model trained on crops 64 px aside of what it serves on."""
+    import runpy
+
+    from conftest import ROOT
+
+    main = runpy.run_path(str(ROOT / "jobs" / "etl.py"))["main"]
+    for option in ("--crop-bias-x", "--crop-bias-y"):
+        with pytest.raises(SystemExit) as refused:
+            main(["--lake-root", "/nowhere", "--dataset-id", "20260101", "--run-id", "r", option, "0.6"])
+        assert refused.value.code == 2  # argparse: no such option (not the job failing on its lake)

@@ -36,7 +36,7 @@ from pyspark.sql import types as T
 
 from swan_anomaly._errors import JobError
 from swan_anomaly.anomalies import stable_seed
-from swan_anomaly.images import decode_image, encode_jpeg
+from swan_anomaly.images import JPEG_QUALITY, decode_image, encode_jpeg
 from swan_anomaly.contract import ABNORMAL, NORMAL
 from swan_anomaly.lake import LocalLake
 from swan_anomaly.splits import SPLIT_SEED, Split, assign_splits, split_shortfalls
@@ -181,7 +181,7 @@ def run_augmentation(
     lake_root: Path,
     dataset_id: str,
     seed: int = 42,
-    jpeg_quality: int = 95,
+    jpeg_quality: int = JPEG_QUALITY,
     augmentations: tuple[str, ...] = TRAIN_AUGMENTATIONS,
     target_abnormal_share: float | None = None,
     partitions: int | None = None,

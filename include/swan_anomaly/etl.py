@@ -35,7 +35,7 @@ from pyspark.sql import types as T
 
 from swan_anomaly._errors import ImageDecodeError, JobError
 from swan_anomaly.contract import CROP_BIAS_X, CROP_BIAS_Y
-from swan_anomaly.images import crop_and_resize, decode_image, encode_jpeg
+from swan_anomaly.images import JPEG_QUALITY, crop_and_resize, decode_image, encode_jpeg
 from swan_anomaly.labels import read_manifest
 from swan_anomaly.lake import LocalLake
 
@@ -178,7 +178,7 @@ def run_etl(
     image_size: int,
     bias_x: float = CROP_BIAS_X,
     bias_y: float = CROP_BIAS_Y,
-    jpeg_quality: int = 95,
+    jpeg_quality: int = JPEG_QUALITY,
     max_bytes: int = MAX_IMAGE_BYTES,
     on_label_mismatch: str = "quarantine",
     partitions: int | None = None,

@@ -36,6 +36,10 @@ PREPROCESS_CHUNK = 64
 MAX_PREPROCESS_WORKERS = 16
 
 
+#: JPEG quality of the silver (ETL) and gold (augmentation) images, unless a job is told otherwise.
+JPEG_QUALITY = 95
+
+
 def check_declared_size(data: bytes, *, name: str) -> None:
     """Refuse an image whose header declares more than :data:`MAX_PIXELS` pixels, before decoding it.
 
@@ -136,7 +140,7 @@ def decode_image(data: bytes, *, name: str = "<bytes>") -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=img)
 
 
-def encode_jpeg(image: np.ndarray, *, quality: int = 95) -> bytes:
+def encode_jpeg(image: np.ndarray, *, quality: int = JPEG_QUALITY) -> bytes:
     """Encode an RGB ``[H, W, 3]`` uint8 image as JPEG bytes."""
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:  # pragma: no cover - OpenCV only fails on invalid arrays
