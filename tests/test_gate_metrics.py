@@ -9,7 +9,7 @@ import pytest
 
 from swan_anomaly import ValidationDataError
 from swan_anomaly.gate import GateMode, decide
-from swan_anomaly.metrics import anomaly_metrics, anomaly_scores
+from swan_anomaly.metrics import anomaly_metrics, anomaly_scores, auroc_interval, evaluation_report, format_auroc
 
 
 def test_scores_are_softmax_of_the_abnormal_logit():
@@ -398,3 +398,24 @@ def test_a_metric_that_is_not_a_number_never_passes_the_gate():
     assert not decide(good, {"auroc": nan, "f1": 0.9}, GateMode.ENABLED, class_counts=ENOUGH).passed
     assert not decide({"auroc": 0.99, "f1": nan}, {"auroc": 0.95, "f1": 0.9}, GateMode.ENABLED, class_counts=ENOUGH).passed
     assert decide(good, {"auroc": 0.95, "f1": 0.9}, GateMode.ENABLED, class_counts=ENOUGH).passed  # finite and better: passes
+
+
+def test_the_auroc_interval_resamples_whole_groups_so_near_duplicate_frames_add_no_precision():
+    """A split group is one time block: its frames are near-duplicates, not independent draws. Resampling images, the same
+    40 images repeated 8 times gave an interval 2.8 times narrower than the 40 did: precision the data does not hold."""
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 20 + [1] * 20)
+    scores = np.concatenate([rng.normal(1, 1, 20), rng.normal(0, 1, 20)])
+    groups = np.arange(40)
+    low, high = auroc_interval(labels, scores, groups=groups, seed=3)
+    low8, high8 = auroc_interval(np.repeat(labels, 8), np.repeat(scores, 8), groups=np.repeat(groups, 8), seed=3)
+    assert (low8, high8) == pytest.approx((low, high))
+    images_low, images_high = auroc_interval(np.repeat(labels, 8), np.repeat(scores, 8), seed=3)  # image by image: too narrow
+    assert high8 - low8 > 2 * (images_high - images_low)
+    assert low < 0.7575 < high  # around the AUROC of the data
+    # the report says how many groups the interval resampled, and shows them
+    report = evaluation_report(np.repeat(labels, 8), np.repeat(scores, 8), threshold=0.5, seed=3, groups=np.repeat(groups, 8))
+    assert report["groups"] == 40 and report["auroc_ci"] == pytest.approx([low8, high8])
+    assert "n=160/160 in 40 groups" in format_auroc(report)
+    with pytest.raises(ValidationDataError, match="over 1 group"):
+        auroc_interval(labels, scores, groups=np.zeros(40))

@@ -187,9 +187,9 @@ def test_the_held_out_rows_name_the_raw_image_the_model_was_tested_with_not_the_
     tested = {p: f"{i:064x}" for i, p in enumerate(gold.image_path)}
     now = {("20260101", p): "f" * 64 for p in gold.image_path}  # what raw/20260101/labels.csv says after the re-upload
     rows = held_out_rows(gold.assign(source_sha256=gold.image_path.map(tested)), now)
-    assert {(d, p): sha for d, p, _, _, sha in rows} == {("20260101", p): sha for p, sha in tested.items()}
+    assert {(d, p): sha for d, p, _, _, sha, _ in rows} == {("20260101", p): sha for p, sha in tested.items()}
     # gold written before it carried the hash: the manifest is all there is
-    assert {sha for *_, sha in held_out_rows(gold, now)} == {"f" * 64}
+    assert {sha for *_, sha, _ in held_out_rows(gold, now)} == {"f" * 64}
 
 
 def test_a_window_partition_rewritten_while_it_is_read_fails_the_job_for_a_retry_instead_of_being_left_out(tmp_path):
@@ -332,8 +332,10 @@ def test_train_job_trains_on_a_two_day_window_and_logs_the_lineage(tmp_path, mon
     # the held-out rows the gate and the endpoint validation score again: exactly the split's images
     val = gold[gold.split == "val"]
     assert written["held_out"]["val"] == sorted(
-        [d, p, int(lab), f, None] for d, p, lab, f in zip(val.dataset_id, val.image_path, val.label, val.family)
+        [d, p, int(lab), f, None, g] for d, p, lab, f, g in zip(val.dataset_id, val.image_path, val.label, val.family, val.group)
     )
+    # their intervals resampled whole groups, which the report counts
+    assert written["val"]["groups"] == val.group.nunique() and written["test"]["groups"] >= 2
     assert len(written["held_out"]["test"]) == written["images"]["test"] and (written["val"]["abnormal"], written["val"]["normal"]) == (
         4,
         4,

@@ -165,18 +165,62 @@ def _auroc_of_samples(abnormal: np.ndarray, normal: np.ndarray, axis: int = -1) 
     return u / (abnormal.shape[axis] * normal.shape[axis])
 
 
-def auroc_interval(
-    labels: np.ndarray, scores: np.ndarray, *, level: float = CI_LEVEL, resamples: int = CI_RESAMPLES, seed: int = 0
+def _group_auroc_interval(
+    labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, *, level: float, resamples: int, seed: int
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of AUROC (anomaly class positive), resampling each class on its own.
+    """Percentile interval of AUROC from a cluster bootstrap: whole groups drawn with replacement.
 
-    Each resample draws the abnormal and the normal images with replacement, separately, so every
-    resample keeps both classes and the class sizes of the evaluation set (a stratified bootstrap,
-    :func:`scipy.stats.bootstrap` with two samples). Seeded: the same data give the same interval.
+    ``pairs[g, h]`` counts the (abnormal of group g, normal of group h) pairs the abnormal image
+    outscores (ties half), so a resample that draws group g ``w[g]`` times has AUROC
+    ``w @ pairs @ w / ((w @ n_abnormal) * (w @ n_normal))``, exactly, without touching an image again.
+    """
+    names, index = np.unique(groups, return_inverse=True)
+    if len(names) < 2:
+        msg = f"cannot bound AUROC over {len(names)} group: resampling groups needs two"
+        raise ValidationDataError(msg)
+    abnormal = labels == ABNORMAL
+    n_abnormal = np.bincount(index[abnormal], minlength=len(names)).astype(np.float64)
+    n_normal = np.bincount(index[~abnormal], minlength=len(names)).astype(np.float64)
+    pairs = np.zeros((len(names), len(names)))
+    a_scores, a_group = scores[abnormal], index[abnormal]
+    for h in np.flatnonzero(n_normal):
+        normal = np.sort(scores[~abnormal & (index == h)])
+        below = np.searchsorted(normal, a_scores, side="left")
+        ties = np.searchsorted(normal, a_scores, side="right") - below
+        pairs[:, h] = np.bincount(a_group, weights=below + 0.5 * ties, minlength=len(names))
+    n = len(names)
+    draws = np.random.default_rng(seed).integers(0, n, (resamples, n)) + n * np.arange(resamples)[:, None]
+    weights = np.bincount(draws.ravel(), minlength=resamples * n).reshape(resamples, n).astype(np.float64)  # [R, G]: times drawn
+    denominator = (weights @ n_abnormal) * (weights @ n_normal)
+    kept = denominator > 0  # a resample that drew no image of a class has no AUROC
+    aurocs = ((weights[kept] @ pairs) * weights[kept]).sum(axis=1) / denominator[kept]
+    tail = (1 - level) / 2
+    return float(np.quantile(aurocs, tail)), float(np.quantile(aurocs, 1 - tail))
+
+
+def auroc_interval(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    *,
+    groups: np.ndarray | None = None,
+    level: float = CI_LEVEL,
+    resamples: int = CI_RESAMPLES,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of AUROC (anomaly class positive).
+
+    With ``groups`` (the split groups: one video's time block, its frames and their anomalous
+    copies), a cluster bootstrap: each resample draws whole groups with replacement. Frames of one
+    block are near-duplicates, not independent draws, so resampling images would claim precision
+    the data does not hold: the same 40 images repeated 8 times would give an interval about
+    2.8 times narrower. Without ``groups``, each resample draws the abnormal and the normal images
+    with replacement, separately (a stratified bootstrap, :func:`scipy.stats.bootstrap` with two
+    samples): right only for independent images. Seeded: the same data give the same interval.
 
     Args:
         labels: ``[N]`` ints, 0 = abnormal, 1 = normal.
         scores: ``[N]`` anomaly scores.
+        groups: ``[N]`` group names (any hashable), or None.
         level: confidence level, e.g. 0.95.
         resamples: bootstrap resamples.
         seed: seed of the resampling.
@@ -185,7 +229,7 @@ def auroc_interval(
         ``(low, high)``. A small set gives a wide interval: that width is the point.
 
     Raises:
-        ValidationDataError: either class has fewer than two images.
+        ValidationDataError: either class has fewer than two images, or there are fewer than two groups.
 
     Example:
         >>> low, high = auroc_interval(np.array([0, 0, 0, 1, 1, 1]), np.array([0.9, 0.8, 0.3, 0.4, 0.2, 0.1]))
@@ -199,6 +243,8 @@ def auroc_interval(
     if min(len(abnormal), len(normal)) < 2:
         msg = f"cannot bound AUROC with {len(abnormal)} abnormal and {len(normal)} normal images: resampling needs two of each"
         raise ValidationDataError(msg)
+    if groups is not None:
+        return _group_auroc_interval(labels, scores, np.asarray(groups), level=level, resamples=resamples, seed=seed)
     result = bootstrap(
         (abnormal, normal),
         _auroc_of_samples,
@@ -228,15 +274,15 @@ def too_small_to_measure(abnormal: int, normal: int, *, minimum: int = MIN_MEASU
     return f"{abnormal} abnormal, {normal} normal: fewer than {minimum} images of a class"
 
 
-def evaluation_report(labels: np.ndarray, scores: np.ndarray, *, threshold: float, seed: int = 0) -> dict:
+def evaluation_report(labels: np.ndarray, scores: np.ndarray, *, threshold: float, seed: int = 0, groups=None) -> dict:
     """:func:`anomaly_metrics` at ``threshold``, the AUROC interval and the class counts, in one dict.
 
-    Keys: those of :func:`anomaly_metrics`, ``auroc_ci`` (``[low, high]``, :func:`auroc_interval`; None
-    when a class has fewer than two images),
-    ``abnormal`` and ``normal`` (image counts), ``measurable`` (False when either class has fewer
-    than :data:`MIN_MEASURABLE_PER_CLASS` images) and ``too_small`` (why not, or None). What the
-    training job, the gate and the endpoint validation report for one model on one set of rows;
-    show it with :func:`format_auroc`.
+    Keys: those of :func:`anomaly_metrics`, ``auroc_ci`` (``[low, high]``, :func:`auroc_interval`,
+    resampling ``groups`` when given; None when a class has fewer than two images, or there are
+    fewer than two groups), ``abnormal`` and ``normal`` (image counts), ``groups`` (how many, or
+    None), ``measurable`` (False when either class has fewer than :data:`MIN_MEASURABLE_PER_CLASS`
+    images) and ``too_small`` (why not, or None). What the training job, the gate and the endpoint
+    validation report for one model on one set of rows; show it with :func:`format_auroc`.
 
     Example:
         >>> r = evaluation_report(np.array([0, 0, 1, 1]), np.array([0.9, 0.6, 0.4, 0.1]), threshold=0.5)
@@ -245,8 +291,9 @@ def evaluation_report(labels: np.ndarray, scores: np.ndarray, *, threshold: floa
     """
     labels = np.asarray(labels)
     report = anomaly_metrics(labels, scores, threshold=threshold)
-    report["auroc_ci"] = auroc_interval_or_none(labels, scores, seed=seed)
+    report["auroc_ci"] = auroc_interval_or_none(labels, scores, seed=seed, groups=groups)
     report["abnormal"], report["normal"] = int((labels == ABNORMAL).sum()), int((labels != ABNORMAL).sum())
+    report["groups"] = len(set(np.asarray(groups).tolist())) if groups is not None else None
     report["too_small"] = too_small_to_measure(report["abnormal"], report["normal"])
     report["measurable"] = report["too_small"] is None
     return report
@@ -269,8 +316,8 @@ def is_measurable(report: dict) -> bool:
 
 
 def format_auroc(report: dict) -> str:
-    """A report's AUROC for people: ``0.9812 (95% CI 0.950-0.990, n=40/40)`` (n = abnormal/normal images),
-    or ``too small to measure (3 abnormal, 5 normal)``.
+    """A report's AUROC for people: ``0.9812 (95% CI 0.950-0.990, n=40/40 in 6 groups)`` (n = abnormal/normal images; the
+    groups, when known, are what the interval resampled), or ``too small to measure (3 abnormal, 5 normal)``.
 
     Takes an :func:`evaluation_report`, or any dict with ``auroc`` and, where known, ``auroc_ci``,
     ``abnormal`` and ``normal`` (see :func:`is_measurable`).
@@ -278,6 +325,8 @@ def format_auroc(report: dict) -> str:
     Example:
         >>> format_auroc({"auroc": 0.98123, "auroc_ci": [0.95, 0.99], "abnormal": 40, "normal": 40})
         '0.9812 (95% CI 0.950-0.990, n=40/40)'
+        >>> format_auroc({"auroc": 0.98123, "auroc_ci": [0.90, 0.99], "abnormal": 40, "normal": 40, "groups": 6})
+        '0.9812 (95% CI 0.900-0.990, n=40/40 in 6 groups)'
         >>> format_auroc({"auroc": 1.0, "auroc_ci": [1.0, 1.0], "abnormal": 3, "normal": 5})
         'too small to measure (3 abnormal, 5 normal)'
     """
@@ -288,13 +337,15 @@ def format_auroc(report: dict) -> str:
         return f"too small to measure ({abnormal} abnormal, {normal} normal)" if counted else "too small to measure"
     interval = report.get("auroc_ci")
     ci = f"95% CI {interval[0]:.3f}-{interval[1]:.3f}" if interval else "no interval"
-    return f"{auroc:.4f} ({ci}, n={abnormal}/{normal})" if counted else f"{auroc:.4f} ({ci})"
+    groups = f" in {report['groups']} groups" if report.get("groups") else ""
+    return f"{auroc:.4f} ({ci}, n={abnormal}/{normal}{groups})" if counted else f"{auroc:.4f} ({ci})"
 
 
-def auroc_interval_or_none(labels: np.ndarray, scores: np.ndarray, *, seed: int = 0) -> list[float] | None:
-    """:func:`auroc_interval` as ``[low, high]``, or None when a class has fewer than two images (no interval to give)."""
+def auroc_interval_or_none(labels: np.ndarray, scores: np.ndarray, *, seed: int = 0, groups=None) -> list[float] | None:
+    """:func:`auroc_interval` as ``[low, high]``, or None when a class has fewer than two images, or there are fewer than
+    two groups (no interval to give)."""
     try:
-        return list(auroc_interval(labels, scores, seed=seed))
+        return list(auroc_interval(labels, scores, seed=seed, groups=groups))
     except ValidationDataError:
         return None
 

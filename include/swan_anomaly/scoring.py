@@ -5,8 +5,9 @@ scores the endpoint and the registry model on the same rows. Both read the image
 the raw partitions of the lake (the frames as they arrived, before any crop or resize), and
 hand each batch to every scorer, so memory stays at one batch of images whatever the split size.
 
-A held-out row is ``[dataset_id, image_path, label, family, sha256]``, as the training job lists
-its validation and test splits (``train.json``'s ``held_out``). When the row carries a sha256, the
+A held-out row is ``[dataset_id, image_path, label, family, sha256, group]`` (:class:`HeldOutRow`), as
+the training job lists its validation and test splits (``train.json``'s ``held_out``; rows of older
+jobs lack the group, or the sha256 too). When the row carries a sha256, the
 image read from the lake must have it: a raw partition rewritten since training (another run of
 the same date) fails with :class:`swan_anomaly.LakeError` instead of scoring other images.
 
@@ -24,6 +25,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -35,6 +37,34 @@ log = logging.getLogger(__name__)
 
 #: A scorer takes encoded images and returns their ``[N]`` anomaly scores.
 Scorer = Callable[[list[bytes]], np.ndarray]
+
+
+class HeldOutRow(NamedTuple):
+    """One image of a validation or test split, as ``train.json`` lists it (a JSON list, in this order)."""
+
+    dataset_id: str
+    image_path: str
+    label: int  # 0 = abnormal, 1 = normal
+    family: str
+    sha256: str | None = None  # of the raw image the model was tested with (None: rows of older jobs)
+    group: str | None = None  # the split group (video + time block) the AUROC interval resamples (None: older jobs)
+
+    @classmethod
+    def of(cls, row: Sequence) -> HeldOutRow:
+        """A row as read from JSON (four to six values).
+
+        Example:
+            >>> HeldOutRow.of(["20261126", "frames/v/frame_00001.png", 1, "none"]).group is None
+            True
+        """
+        return row if isinstance(row, HeldOutRow) else cls(*row)
+
+
+def groups_of(rows: Sequence[Sequence]) -> np.ndarray | None:
+    """``[N]`` split groups of held-out rows, or None when any row lacks one (rows of an older training job)."""
+    groups = [HeldOutRow.of(r).group for r in rows]
+    return None if not groups or any(g is None for g in groups) else np.array(groups)
+
 
 #: Images read and scored at once.
 BATCH_SIZE = 32
@@ -86,7 +116,7 @@ def endpoint_scorer(client, *, novelty: bool = False) -> Scorer:
 
 def labels_of(rows: Sequence[Sequence]) -> np.ndarray:
     """``[N]`` labels (0 = abnormal, 1 = normal) of held-out rows."""
-    return np.array([int(r[2]) for r in rows], dtype=np.int64)
+    return np.array([int(HeldOutRow.of(r).label) for r in rows], dtype=np.int64)
 
 
 def class_counts(rows: Sequence[Sequence]) -> dict[str, int]:
@@ -100,13 +130,13 @@ def class_counts(rows: Sequence[Sequence]) -> dict[str, int]:
     return {LABEL_NAMES[ABNORMAL]: int((labels == ABNORMAL).sum()), LABEL_NAMES[NORMAL]: int((labels == NORMAL).sum())}
 
 
-def _read_raw(lake: Lake, row) -> bytes:
+def _read_raw(lake: Lake, row: HeldOutRow) -> bytes:
     """The raw image of a held-out ``row``; a :class:`LakeError` when it is gone (a retry reads the same lake)."""
     try:
-        return lake.read_raw(row[0], row[1])
+        return lake.read_raw(row.dataset_id, row.image_path)
     except FileNotFoundError as exc:
         msg = (
-            f"raw/{row[0]}/{row[1]} is gone: the partition was uploaded again since without it (its video left the landing "
+            f"raw/{row.dataset_id}/{row.image_path} is gone: the partition was uploaded again since without it (its video left the landing "
             f"zone?), so the rows the model was tested with cannot be scored; rerun the pipeline for that date ({exc})"
         )
         raise LakeError(msg) from exc
@@ -119,7 +149,7 @@ def score_rows(
 
     Args:
         lake: the lake holding the raw images (local or ADLS).
-        rows: ``[dataset_id, image_path, label, family]`` rows.
+        rows: :class:`HeldOutRow` s, or the lists they are read from.
         scorers: name -> scorer.
         batch_size: images per batch.
 
@@ -133,12 +163,12 @@ def score_rows(
     out: dict[str, list[np.ndarray]] = {name: [] for name in scorers}
     started = last = time.perf_counter()
     for start in range(0, len(rows), batch_size):
-        batch = rows[start : start + batch_size]
+        batch = [HeldOutRow.of(r) for r in rows[start : start + batch_size]]
         images = [_read_raw(lake, r) for r in batch]
         for row, image in zip(batch, images):
-            if len(row) > 4 and row[4] and hashlib.sha256(image).hexdigest() != row[4]:
+            if row.sha256 and hashlib.sha256(image).hexdigest() != row.sha256:
                 msg = (
-                    f"raw/{row[0]}/{row[1]} is not the image the model was trained and tested with (sha256 differs): the "
+                    f"raw/{row.dataset_id}/{row.image_path} is not the image the model was trained and tested with (sha256 differs): the "
                     "partition was uploaded again since; rerun the pipeline for that date"
                 )
                 raise LakeError(msg)

@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 
 def held_out_rows(part: pd.DataFrame, hashes: dict[tuple[str, str], str] | None = None) -> list[list]:
-    """The images of a validation or test split as ``[dataset_id, image_path, label, family, sha256]`` rows.
+    """The images of a validation or test split as ``[dataset_id, image_path, label, family, sha256, group]`` rows
+    (:class:`swan_anomaly.scoring.HeldOutRow`).
 
     What the gate and the endpoint validation score again, from the raw partition: the very
     rows the model was validated or tested on, after the training window's overlap rule. The
@@ -52,10 +53,11 @@ def held_out_rows(part: pd.DataFrame, hashes: dict[tuple[str, str], str] | None 
     originals = part[part.aug == "none"] if "aug" in part else part
     if "source_sha256" not in originals:
         originals = originals.assign(source_sha256=None)
-    rows = originals[["dataset_id", "image_path", "label", "family", "source_sha256"]].drop_duplicates(["dataset_id", "image_path"])
+    columns = ["dataset_id", "image_path", "label", "family", "source_sha256", "group"]
+    rows = originals[columns].drop_duplicates(["dataset_id", "image_path"])
     return [
-        [str(d), str(p), int(lab), str(f), sha if isinstance(sha, str) and sha else hashes.get((str(d), str(p)))]
-        for d, p, lab, f, sha in rows.sort_values(["dataset_id", "image_path"]).itertuples(index=False)
+        [str(d), str(p), int(lab), str(f), sha if isinstance(sha, str) and sha else hashes.get((str(d), str(p))), str(g)]
+        for d, p, lab, f, sha, g in rows.sort_values(["dataset_id", "image_path"]).itertuples(index=False)
     ]
 
 
@@ -198,12 +200,13 @@ def run_training(
         results = {}
         for name, (labels, scores, loss) in scored.items():
             part = parts[Split.VAL if name == "val" else Split.TEST]
-            metrics = evaluation_report(labels, scores, threshold=threshold, seed=config.seed)  # with the AUROC interval and class counts
+            groups = part.group.to_numpy()  # the AUROC intervals resample whole groups (near-duplicate frames of one time block)
+            metrics = evaluation_report(labels, scores, threshold=threshold, seed=config.seed, groups=groups)  # interval, class counts
             metrics["recall_by_family"] = recall_by_family(labels, scores, part.family.to_numpy(), threshold=threshold)
             results[name] = {**metrics, "loss": loss}
             for kind, values in (("novelty", novel[name]), ("decision", decision_score(scores, novel[name], threshold=threshold))):
                 # both are 1 at their decision boundary (swan_anomaly.novelty, metrics.decision_score)
-                extra = evaluation_report(labels, values, threshold=1.0, seed=config.seed)
+                extra = evaluation_report(labels, values, threshold=1.0, seed=config.seed, groups=groups)
                 keys = ("auroc", "auroc_ci", "average_precision", "precision", "recall", "f1", "false_alarm_rate")
                 results[name][kind] = {k: extra[k] for k in keys}
                 ci = dict(zip((f"{name}_{kind}_auroc_ci_low", f"{name}_{kind}_auroc_ci_high"), extra["auroc_ci"] or ()))

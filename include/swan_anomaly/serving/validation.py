@@ -137,6 +137,7 @@ def check_endpoint(
     seed: int = 0,
     endpoint_novelty: np.ndarray | None = None,
     registry_novelty: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
 ) -> EndpointCheck:
     """Parity of endpoint and registry scores, then quality of the endpoint's scores at ``threshold``.
 
@@ -150,6 +151,7 @@ def check_endpoint(
         endpoint_novelty, registry_novelty: ``[N]`` novelty scores of both (NaN where a side serves
             none); when given, they must agree within the same tolerance, relative to the registry's
             score (the novelty score is not bounded by 1), and be missing on both sides or neither.
+        groups: ``[N]`` split groups of the images, which the AUROC interval resamples whole (None: image by image).
     """
     labels = np.asarray(labels)
     if len(labels) == 0:  # parity over no image holds vacuously: say that nothing was checked
@@ -190,7 +192,7 @@ def check_endpoint(
     small = too_small(counts, policy.min_images_per_class, split="held-out test")
     if small:
         return EndpointCheck(parity, max_difference, False, None, reasons, note=f"{small}; quality not judged, parity checked")
-    report = evaluation_report(labels, endpoint_scores, threshold=threshold, seed=seed)
+    report = evaluation_report(labels, endpoint_scores, threshold=threshold, seed=seed, groups=groups)
     false_alarms = decision_false_alarms(labels, endpoint_scores, endpoint_novelty, threshold=threshold)
     report["decision_false_alarms"], report["decision_false_alarm_rate"] = false_alarms
     if report["auroc"] < policy.min_auroc:

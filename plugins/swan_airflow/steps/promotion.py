@@ -265,16 +265,19 @@ def _non_finite(anomaly, rows) -> str | None:
 
     Example:
         >>> import numpy as np
-        >>> _non_finite(np.array([0.1, np.nan, np.inf]), [["d", "a.png"], ["d", "b.png"], ["d", "c.png"]])
+        >>> rows = [["d", "a.png", 0, "cutpaste"], ["d", "b.png", 1, "none"], ["d", "c.png", 1, "none"]]
+        >>> _non_finite(np.array([0.1, np.nan, np.inf]), rows)
         'no finite anomaly_score for 2 of 3 validation images (first: d/b.png)'
     """
     import numpy as np
 
+    from swan_anomaly.scoring import HeldOutRow
+
     bad = np.flatnonzero(~np.isfinite(anomaly))
     if not len(bad):
         return None
-    first = rows[int(bad[0])]
-    return f"no finite anomaly_score for {len(bad)} of {len(rows)} validation images (first: {first[0]}/{first[1]})"
+    first = HeldOutRow.of(rows[int(bad[0])])
+    return f"no finite anomaly_score for {len(bad)} of {len(rows)} validation images (first: {first.dataset_id}/{first.image_path})"
 
 
 def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_version: str | None, mode: GateMode) -> dict:
@@ -283,7 +286,7 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
     from swan_anomaly.gate import GateMode, MinThreshold, decide, next_references, promotion_thresholds, too_small
     from swan_anomaly.metrics import decision_false_alarms, evaluation_report, format_interval
     from swan_anomaly.registry import GATE_REFERENCE_TAG, data_through, gate_references, stored_threshold, tag_version
-    from swan_anomaly.scoring import class_counts, labels_of, registry_scorer, score_rows
+    from swan_anomaly.scoring import class_counts, groups_of, labels_of, registry_scorer, score_rows
 
     params = ctx.params
     name, version = registered["name"], registered["version"]
@@ -340,7 +343,7 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
             reports[who] = {k: None for k in LOGGED_METRICS} | {"auroc_ci": None, "threshold": threshold}
             reports[who] |= {"version": v, "broken": broken[who]}
             continue
-        report = evaluation_report(labels, scores[who][:, 0], threshold=threshold, seed=params["seed"])
+        report = evaluation_report(labels, scores[who][:, 0], threshold=threshold, seed=params["seed"], groups=groups_of(rows))
         _, rate = decision_false_alarms(labels, scores[who][:, 0], scores[who][:, 1], threshold=threshold)
         reports[who] = {**report, "decision_false_alarm_rate": rate, "version": v}
     thresholds = {"auroc": MinThreshold(params["gate_min_val_auroc"]), "f1": MinThreshold(params["gate_min_val_f1"])}

@@ -121,7 +121,7 @@ def validate_endpoint(ctx: RunContext, endpoint: dict, registered: dict) -> dict
         tag_version,
         verdict,
     )
-    from swan_anomaly.scoring import endpoint_scorer, labels_of, registry_scorer, score_rows
+    from swan_anomaly.scoring import endpoint_scorer, groups_of, labels_of, registry_scorer, score_rows
     from swan_anomaly.serving.client import score_table
     from swan_anomaly.serving.deploy import served_version
     from swan_anomaly.serving.validation import FAILED_OUTCOMES, EndpointCheck, EndpointPolicy, Outcome, check_endpoint, outcome_for
@@ -213,6 +213,7 @@ def validate_endpoint(ctx: RunContext, endpoint: dict, registered: dict) -> dict
             seed=ctx.params["seed"],
             endpoint_novelty=both["endpoint"][:, 1] if both["endpoint"].ndim == 2 else None,
             registry_novelty=both["registry"][:, 1] if both["registry"].ndim == 2 else None,
+            groups=groups_of(rows),
         )
     except Exception as exc:  # noqa: BLE001 - a validation that cannot complete is a failed one, acted on once
         log.exception("the validation of %s v%s could not complete", name, version)
@@ -268,6 +269,7 @@ def validate_endpoint(ctx: RunContext, endpoint: dict, registered: dict) -> dict
 
 def _record(ctx, name, version, previous, threshold, rows, scores, check, outcome, url) -> dict:
     """What the validation found and decided, as written to ``validation.json``."""
+    from swan_anomaly.scoring import HeldOutRow
     from swan_anomaly.serving.validation import Outcome
 
     from swan_anomaly.metrics import format_interval
@@ -303,8 +305,11 @@ def _record(ctx, name, version, previous, threshold, rows, scores, check, outcom
     def number(x) -> float | None:  # JSON has no NaN or infinity: a broken score is recorded as null
         return float(x) if math.isfinite(float(x)) else None
 
+    held = [HeldOutRow.of(r) for r in rows]
     scored = (
-        [] if scores is None else [[r[1], int(r[2]), number(e), number(g)] for r, e, g in zip(rows, scores["endpoint"], scores["registry"])]
+        []
+        if scores is None
+        else [[r.image_path, int(r.label), number(e), number(g)] for r, e, g in zip(held, scores["endpoint"], scores["registry"])]
     )
     return {
         "outcome": outcome.value,
