@@ -207,9 +207,42 @@ def test_leave_one_family_out_tests_each_family_on_a_model_that_never_saw_it(tmp
     assert table[["unseen_auroc", "seen_auroc", "unseen_recall"]].apply(lambda c: c.between(0, 1)).all().all()
     again = generalization.leave_one_family_out(gold, base, spec, config)
     pd.testing.assert_frame_equal(table, again)  # seeded: the same report twice
-    assert generalization.min_unseen_auroc(table) == table.unseen_auroc.min()
-    assert "held-out family" in generalization.format_table(table)
+    # 6 test anomalies of a family: too few to measure, so no family counts towards the worst unseen AUROC
+    assert list(table.unseen_abnormal) == [6, 6] and list(table.normal) == [12, 12] and not table.measurable.any()
+    assert generalization.min_unseen_auroc(table) is None
+    assert generalization.min_unseen_auroc(table.assign(measurable=True)) == table.unseen_auroc.min()
+    text = generalization.format_table(table)
+    assert "held-out family" in text and text.count("too small to measure") == 2 and "6/12" in text
     assert generalization.leave_one_family_out(gold[gold.family != "color_shift"], base, spec, config).empty
+
+
+def test_families_sharing_a_mechanism_leave_training_together(tmp_path, monkeypatch):
+    """A textured occlusion pastes the procedural textures perlin_texture blends in: the model "that never saw"
+    perlin_texture had trained on its textures through occlusion, and the report overstated how it catches the unseen."""
+    from swan_anomaly import generalization, trainer
+    from swan_anomaly.modeling import preprocess_spec, resolve_base_model
+    from swan_anomaly.trainer import TrainConfig
+
+    gold = _tiny_gold(["perlin_texture", "occlusion", "color_shift"])
+    base = resolve_base_model("vit-micro-offline", tmp_path / "models")
+    config = TrainConfig(model="vit-micro-offline", epochs=1, batch_size=16, learning_rate=1e-3, patience=3)
+    trained_sizes = []
+    original = trainer.train_classifier
+
+    def spy(model, train, val, spec, cfg, **kwargs):
+        trained_sizes.append(len(train[0]))
+        return original(model, train, val, spec, cfg, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_classifier", spy)
+    table = generalization.leave_one_family_out(gold, base, preprocess_spec(base), config).set_index("held_out")
+    assert table.trained_on.to_dict() == {
+        "color_shift": "occlusion,perlin_texture",
+        "occlusion": "color_shift",
+        "perlin_texture": "color_shift",
+    }
+    train = gold[gold.split == "train"]
+    normals, color = int((train.label == 1).sum()), int((train.family == "color_shift").sum())
+    assert trained_sizes[1:] == [normals + color, normals + color]  # occlusion, then perlin_texture: neither saw the other
 
 
 def test_compile_model_matches_eager_and_a_compiled_training_run_equals_an_eager_one():

@@ -230,7 +230,8 @@ def run_training(
             generalization = leave_one_family_out(gold, base, spec, lofo_config, images=images)
             if not generalization.empty:
                 mlflow.log_table(generalization, "generalization/leave_one_family_out.json")
-                mlflow.log_metric("lofo_min_unseen_auroc", min_unseen_auroc(generalization))
+                if (worst := min_unseen_auroc(generalization)) is not None:  # None: no family had enough test images to measure
+                    mlflow.log_metric("lofo_min_unseen_auroc", worst)
                 log.info("leave-one-family-out report:\n%s", format_table(generalization))
         mlflow.log_metric("best_epoch", best_epoch)
         grid = family_grid_of(lake, dataset_id, seed=config.seed)
