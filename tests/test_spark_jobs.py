@@ -269,6 +269,26 @@ def test_augmentation_splits_by_group_and_treats_both_classes_alike(spark, lake)
     assert all(gold.source_sha256 == gold.image_path.map(lambda p: sha256_file(raw / p)))
 
 
+def test_no_training_frame_sits_next_to_a_held_out_frame_of_its_video(spark, lake):
+    """Blocks go to splits whole, but the last frame of one block and the first of the next are one frame interval apart
+    (0.5 s): a held-out frame had a near-duplicate in training, so held-out metrics overstated new footage."""
+    report = run_augmentation(lake_root=lake.root, dataset_id=DATASET, seed=5, spark=spark)
+    gold = pd.read_parquet(lake.gold / f"dataset_id={DATASET}", columns=["video_id", "frame_index", "split", "group"])
+    silver = pd.read_parquet(lake.silver / f"dataset_id={DATASET}", columns=["video_id", "frame_index", "group"])
+    split_of = gold.drop_duplicates("group").set_index("group").split
+    frames = silver.drop_duplicates(["video_id", "frame_index"]).assign(split=lambda f: f.group.map(split_of)).sort_values("frame_index")
+    trained = set(zip(gold.video_id[gold.split == "train"], gold.frame_index[gold.split == "train"]))
+    beside = 0
+    for video, part in frames.groupby("video_id"):
+        order = list(zip(part.frame_index, part.split))
+        for (index, split), (next_index, next_split) in zip(order, order[1:]):
+            if (split == "train") != (next_split == "train"):  # a boundary between training and a held-out split
+                beside += 1
+                train_side = index if split == "train" else next_index
+                assert (video, train_side) not in trained, (video, index, next_index)
+    assert beside > 0 and report["train_frames_set_apart"] > 0  # the data has such boundaries, and the job acted on them
+
+
 def test_augmentation_reruns_and_repartitioning_give_identical_bytes(spark, lake):
     run_augmentation(lake_root=lake.root, dataset_id=DATASET, seed=5, spark=spark)
     first = _rows(lake.gold / f"dataset_id={DATASET}")

@@ -39,7 +39,7 @@ from swan_anomaly.anomalies import stable_seed
 from swan_anomaly.images import JPEG_QUALITY, decode_image, encode_jpeg
 from swan_anomaly.contract import ABNORMAL, NORMAL
 from swan_anomaly.lake import LocalLake
-from swan_anomaly.splits import SPLIT_SEED, Split, assign_splits, split_shortfalls
+from swan_anomaly.splits import SPLIT_SEED, Split, assign_splits, frames_beside_held_out, split_shortfalls
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +161,27 @@ def expand_augmentations(images: DataFrame, plan: dict[int, list[tuple[str, int]
     return train.unionByName(rest)
 
 
+def _without_frames_beside_held_out(images: DataFrame, dataset_id: str) -> tuple[DataFrame, int]:
+    """``images`` without the training frames (and their anomalous copies) next to a held-out frame; and how many frames.
+
+    Kept when leaving them out would leave training without a class (data too small to spare them).
+    """
+    frames = images.select("video_id", "frame_index", "split", "label").distinct().collect()
+    beside = frames_beside_held_out({(r.video_id, r.frame_index, r.split) for r in frames})
+    if not beside:
+        return images, 0
+    left = {int(r.label) for r in frames if r.split == Split.TRAIN.value and (r.video_id, r.frame_index) not in beside}
+    if not {ABNORMAL, NORMAL} <= left:
+        log.warning(
+            "augmentation %s: %d training frames sit next to held-out ones, kept: training would lack a class", dataset_id, len(beside)
+        )
+        return images, 0
+    log.info("augmentation %s: %d training frames next to a held-out frame left out of training (near-duplicates)", dataset_id, len(beside))
+    spark = images.sparkSession
+    apart = spark.createDataFrame(sorted(beside), "video_id string, frame_index long").withColumn("split", F.lit(Split.TRAIN.value))
+    return images.join(F.broadcast(apart), on=["video_id", "frame_index", "split"], how="left_anti"), len(beside)
+
+
 def earlier_splits(lake: LocalLake, dataset_id: str) -> dict[str, str]:
     """``{group: split}`` of the dataset's gold partition as its last build left it (the files Spark committed); empty when none.
 
@@ -223,6 +244,7 @@ def run_augmentation(
     split_of = assign_splits(sizes, seed=SPLIT_SEED, keep=earlier)
     splits = spark.createDataFrame(sorted(split_of.items()), ["group", "split"])
     images = with_splits(silver, splits)
+    images, set_apart = _without_frames_beside_held_out(images, dataset_id)
     train_counts = {r.label: int(r["count"]) for r in images.where(F.col("split") == Split.TRAIN.value).groupBy("label").count().collect()}
     plan = variant_plan(train_counts, tuple(augmentations), target_abnormal_share)
     rows = expand_augmentations(images, plan)
@@ -289,6 +311,7 @@ def run_augmentation(
         "seed": seed,
         "split_seed": SPLIT_SEED,
         "groups_kept": len(set(earlier) & set(sizes)),  # from the partition's earlier build, in the splits they had
+        "train_frames_set_apart": set_apart,  # next to a held-out frame: left out of training
     }
     log.info("augmentation %s: %d gold rows %s", dataset_id, report["gold_rows"], report["rows_by_split_label"])
     return report

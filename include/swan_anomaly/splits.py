@@ -1,7 +1,9 @@
 """Splits by source group (video + time block), never by random row.
 
-The frames of one time block share a group, so they always land in the same split (the last
-frame of a block and the first of the next, one frame interval apart, may not).
+The frames of one time block share a group, so they always land in the same split. The last
+frame of a block and the first of the next are one frame interval apart, so a training frame next
+to a held-out one is left out of training (:func:`frames_beside_held_out`): a held-out frame's
+nearest training frame is then at least two intervals away.
 
 Each group's split comes from its own seeded draw, so adding video never moves a group that was
 there, and the augmentation job pins the groups of the partition it rebuilds to their earlier
@@ -182,6 +184,30 @@ def assign_splits(
     for problem in problems:
         log.warning("%s", problem)
     return dict(sorted(out.items()))
+
+
+def frames_beside_held_out(frames: Iterable[tuple[str, int, str]]) -> set[tuple[str, int]]:
+    """``(video_id, frame_index)`` of the training frames whose neighbour in their video is held out.
+
+    ``frames``: ``(video_id, frame_index, split)`` of every extracted frame. Neighbours are the
+    previous and next frame extracted from the same video: across a block boundary they are one
+    frame interval apart, near-duplicates, so training on one and testing on the other leaks.
+
+    Example:
+        >>> sorted(frames_beside_held_out([("v", 0, "train"), ("v", 10, "train"), ("v", 20, "test"), ("v", 30, "train")]))
+        [('v', 10), ('v', 30)]
+    """
+    by_video: dict[str, dict[int, str]] = {}
+    for video, index, split in frames:
+        by_video.setdefault(video, {})[int(index)] = split
+    beside = set()
+    for video, split_at in by_video.items():
+        order = sorted(split_at)
+        for i, index in enumerate(order):
+            neighbours = order[max(i - 1, 0) : i] + order[i + 1 : i + 2]
+            if split_at[index] == Split.TRAIN.value and any(split_at[n] != Split.TRAIN.value for n in neighbours):
+                beside.add((video, index))
+    return beside
 
 
 def split_shortfalls(
