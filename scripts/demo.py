@@ -139,15 +139,18 @@ def print_summary(summary: dict, reused_video: bool, seconds: float) -> None:
     against = (
         f"champion v{champion['version']} AUROC {format_auroc(champion)} on the same rows" if champion else "no champion to compare with"
     )
-    verdict = "passed" if g["passed"] else f"refused: {'; '.join(g['reasons'])}"
+    verdict = "passed" if g["passed"] else f"refused: {'; '.join(g['reasons'] or ['no reason recorded'])}"
     print(
         f"gate           : {verdict} ({g['mode']}; challenger AUROC {format_auroc(g['reports']['challenger'])}, {against})"
         if "challenger" in g["reports"]
-        else f"gate           : {g['mode']}"
+        else f"gate           : {verdict} ({g['mode']}; no model scored)"
     )
     m = summary["model"]
     print(f"registered     : {m['name']} version {m['version']}, aliases {m['aliases'] or '[] (not promoted)'}")
     e, serving = summary["endpoint"], summary["serving"]
+    if e is None:  # nothing was validated: no champion to serve (the gate refused the first model), or the section failed
+        print(f"endpoint       : {serving['endpoint']} serves v{serving['version']} (champion: {serving['champion']}); not validated")
+        return
     print(f"endpoint       : {e['url']} serves version {serving['version']} (champion: {serving['champion']})")
     print(f"validation     : {e['outcome']}: {e['message']}")
     from swan_anomaly.config import Settings

@@ -415,7 +415,7 @@ def test_the_newest_day_of_data_of_each_kind_of_run():
 
 
 def test_each_kind_of_run_processes_the_landing_date_its_dataset_id_names():
-    from swan_airflow.runtime import dataset_id_for, landing_window
+    from swan_anomaly.lake import dataset_id_for, landing_window
 
     day = dt.date(2026, 11, 25)
     interval = (dt.datetime(2026, 11, 25, tzinfo=dt.UTC), dt.datetime(2026, 11, 26, tzinfo=dt.UTC))

@@ -199,9 +199,9 @@ def test_a_rebuild_keeps_every_group_where_it_was_and_places_only_the_new_ones(o
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_without_an_earlier_build_a_group_s_split_does_not_depend_on_the_other_groups(seed):
-    """Each group's own draw places it; only small data's corrections look at the rest. With data that needs none,
-    adding groups moves nothing even when the earlier splits are lost (no keep)."""
+def test_without_an_earlier_build_a_group_s_split_depends_on_its_own_video_alone(seed):
+    """Each video's groups are split by their own order; only small data's corrections look at the rest. With data that
+    needs none, another video moves nothing even when the earlier splits are lost (no keep)."""
     a = {f"a-b{k:04d}": {0: 8, 1: 8} for k in range(60)}
     b = {f"b-b{k:04d}": {0: 8, 1: 8} for k in range(60)}
     before = assign_splits(a, seed=seed)

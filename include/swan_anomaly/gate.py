@@ -1,4 +1,10 @@
-"""The promotion gate: thresholds in one place, three modes, one decision on the same rows.
+"""The promotion gate: its thresholds, three modes, one decision on the same rows.
+
+Where each bar lives: the gate's own (AUROC 0.90, F1 0.80, the 0.02 regression allowance) here
+(:func:`promotion_thresholds`, :data:`MAX_REGRESSION`), which the trigger form's Params start
+from; the deployment's (images per class, the false-alarm rate, the endpoint's AUROC, recall and
+parity) in :class:`swan_anomaly.config.Settings`; and the smaller bar under which any report
+calls a split too small to measure at all in :data:`swan_anomaly.metrics.MIN_MEASURABLE_PER_CLASS`.
 
 The challenger and the current champion are scored on the same images (the challenger's
 validation split, raw frames through each model's own served preprocessing), each at its own

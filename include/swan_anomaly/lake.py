@@ -183,6 +183,59 @@ def manifest_json(dataset_id: str, hashes: Mapping[str, str]) -> str:
     return json.dumps({"dataset_id": dataset_id, "files": dict(sorted(hashes.items()))}, indent=1, sort_keys=True)
 
 
+def dataset_id_for(
+    *,
+    landing_date: str | None,
+    interval_start: datetime | None,
+    run_after: datetime | None = None,
+    videos: Sequence[str] | None = None,
+) -> str:
+    """The dataset partition of a run: the landing date if given, else the data interval's start day.
+
+    A rerun or a backfill of the same interval gets the same id, so it rewrites the same
+    lake partition instead of adding one. A run that names its videos (the ``videos`` Param)
+    writes a partition of its own beside its date's, ``YYYYMMDD-videos-<digest of the paths>``:
+    rewriting the date's partition with just those videos would delete every video that landed
+    on that date from raw, silver and gold. The same videos again rewrite the same partition.
+
+    Example:
+        >>> dataset_id_for(landing_date="2026-11-26", interval_start=None, videos=["/srv/extra/cam9.mp4"])
+        '20261126-videos-32bcda3e'
+    """
+    start, _ = landing_window(landing_date=landing_date, interval_start=interval_start, interval_end=None, run_after=run_after)
+    if videos:  # absolute paths (the Param's schema): the same id in every task, whatever its working directory
+        return picked_dataset_id(start, [str(Path(v)) for v in videos])
+    return start.strftime("%Y%m%d")
+
+
+def landing_window(
+    *, landing_date: str | None, interval_start: datetime | None, interval_end: datetime | None, run_after: datetime | None
+) -> tuple[date, date]:
+    """The arrival dates ``[start, end)`` a run processes, consistent with :func:`dataset_id_for`.
+
+    The landing date if given (a Param or an asset event); else the data interval (at least one
+    day); else, for a run without a data interval (a manual trigger without a logical date), the
+    day of ``run_after``.
+
+    Example:
+        >>> start, end = datetime(2026, 11, 25), datetime(2026, 11, 26)
+        >>> landing_window(landing_date=None, interval_start=start, interval_end=end, run_after=None)
+        (datetime.date(2026, 11, 25), datetime.date(2026, 11, 26))
+    """
+    one_day = timedelta(days=1)
+    if landing_date:
+        start = date.fromisoformat(landing_date)
+        return start, start + one_day
+    if interval_start is not None:
+        start = interval_start.date()
+        end = interval_end.date() if interval_end is not None else start
+        return start, max(end, start + one_day)
+    if run_after is None:
+        msg = "cannot tell which videos to process: the run has no landing date, data interval or run_after"
+        raise ValueError(msg)
+    return run_after.date(), run_after.date() + one_day
+
+
 def picked_dataset_id(day: date, videos: Iterable[str]) -> str:
     """The dataset id of a run that names its videos: ``YYYYMMDD-videos-<digest of the sorted paths>``.
 

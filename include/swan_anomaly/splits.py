@@ -5,8 +5,8 @@ frame of a block and the first of the next are one frame interval apart, so a tr
 to a held-out one is left out of training (:func:`frames_beside_held_out`): a held-out frame's
 nearest training frame is then at least two intervals away.
 
-Each group's split comes from its own seeded draw, so adding video never moves a group that was
-there, and the augmentation job pins the groups of the partition it rebuilds to their earlier
+Each video's groups are split by its own seeded order, so adding video never moves a group that
+was there, and the augmentation job pins the groups of the partition it rebuilds to their earlier
 splits (``keep``). Held-out minimums: validation and test should each hold at least
 :data:`MIN_HELD_OUT_GROUPS` groups and :data:`MIN_HELD_OUT_IMAGES` images, with both classes, and
 at most :data:`MAX_HELD_OUT_SHARE` of the images; small data is corrected towards them. When the
@@ -87,11 +87,12 @@ def assign_splits(
 ) -> dict[str, str]:
     """Deterministically assign each group to train, val or test; a group never spans splits.
 
-    Each group draws its own number in [0, 1) from a seeded hash of its name: below
-    ``test_fraction`` it is test's, below ``test_fraction + val_fraction`` val's, else train's. So
-    a group's split depends on no other group, and more video for a date never moves one that
-    was there: a model is never judged on rows it trained on because data was added. Small data
-    then gets two corrections, test first, then val:
+    Each video's groups (names ``<video>-b<block>``; any other name is a video of its own) are
+    ordered by a seeded hash of their names, and the first ``test_fraction`` of them (rounded) are
+    test's, the next ``val_fraction`` val's, the rest train's. So a group's split depends on its own
+    video alone, and more video for a date never moves one that was there: a model is never judged
+    on rows it trained on because data was added. Small data then gets two corrections, test first,
+    then val:
 
     * a held-out split over ``max_share`` of the images gives its biggest groups back to train;
     * a held-out split short of ``min_groups`` groups, ``min_images`` images or a class takes
@@ -107,7 +108,7 @@ def assign_splits(
             0 abnormal, 1 normal; the class minimum applies too).
         seed: seeds the draws; the same seed and groups give the same splits (the pipeline uses
             :data:`SPLIT_SEED`, whatever the run's seed).
-        val_fraction, test_fraction: wanted shares of the groups (so, on average, of the images).
+        val_fraction, test_fraction: wanted shares of each video's groups (rounded per video).
         min_groups, min_images: minimums of each held-out split (:data:`MIN_HELD_OUT_GROUPS`,
             :data:`MIN_HELD_OUT_IMAGES`).
         max_share: most of the images one held-out split may take (:data:`MAX_HELD_OUT_SHARE`).
@@ -139,11 +140,17 @@ def assign_splits(
     if n < 3:  # the data's: a retry of the job meets the same rows
         msg = f"need at least 3 split groups (video x time block) for train/val/test, got {n}; add video or shorten the time block"
         raise ValidationDataError(msg)
-    draw = {g: stable_seed(seed, g) / 2.0**64 for g in sizes}  # each group's own draw in [0, 1): no other group moves it
-    out = {
-        g: Split.TEST.value if u < test_fraction else Split.VAL.value if u < test_fraction + val_fraction else Split.TRAIN.value
-        for g, u in draw.items()
-    }
+    draw = {g: stable_seed(seed, g) / 2.0**64 for g in sizes}  # each group's own draw in [0, 1): its place in its video
+    out = {}
+    by_video: dict[str, list[str]] = {}
+    for g in sizes:
+        by_video.setdefault(video_of(g), []).append(g)
+    for groups_of_video in by_video.values():  # each video's share on its own: another video's groups never move its own
+        order = sorted(groups_of_video, key=lambda g: (draw[g], g))
+        n_test = math.floor(test_fraction * len(order) + 0.5)
+        n_val = math.floor(val_fraction * len(order) + 0.5)
+        for i, g in enumerate(order):
+            out[g] = Split.TEST.value if i < n_test else Split.VAL.value if i < n_test + n_val else Split.TRAIN.value
     pinned = {g: Split(s).value for g, s in (keep or {}).items() if g in sizes}
     out |= pinned
     total = sum(sum(s.values()) for s in sizes.values())
@@ -208,6 +215,17 @@ def frames_beside_held_out(frames: Iterable[tuple[str, int, str]]) -> set[tuple[
             if split_at[index] == Split.TRAIN.value and any(split_at[n] != Split.TRAIN.value for n in neighbours):
                 beside.add((video, index))
     return beside
+
+
+def video_of(group: str) -> str:
+    """The video of a split group named ``<video>-b<block>`` (:func:`swan_anomaly.labels.group_of`); else the name itself.
+
+    Example:
+        >>> video_of("6fff96f08ddec053-b0012"), video_of("g07")
+        ('6fff96f08ddec053', 'g07')
+    """
+    video, sep, block = group.rpartition("-b")
+    return video if sep and video and block.isdigit() else group
 
 
 def split_shortfalls(

@@ -25,7 +25,7 @@ class RunContext:
         dag_id: the DAG.
         run_id: the DAG run.
         dataset_id: the lake partition the run writes: ``YYYYMMDD`` of its landing date, or
-            ``YYYYMMDD-videos-<digest>`` for a run that names its videos (:func:`~swan_airflow.runtime.dataset_id_for`).
+            ``YYYYMMDD-videos-<digest>`` for a run that names its videos (:func:`~swan_anomaly.lake.dataset_id_for`).
         params: the run's Params.
         landing_date: the landing date it processes, when a Param or an asset event named one.
         interval: ``(start, end)`` of its data interval, when it has one.
@@ -48,7 +48,7 @@ class RunContext:
         from airflow.sdk import get_current_context
 
         from swan_airflow.ingest import landing_date_from_events
-        from swan_airflow.runtime import dataset_id_for
+        from swan_anomaly.lake import dataset_id_for
 
         ctx = get_current_context()
         params = dict(ctx["params"])
@@ -70,7 +70,7 @@ class RunContext:
             >>> RunContext("d", "manual__1", "20261126", {}, landing_date="2026-11-26").data_through
             datetime.date(2026, 11, 26)
         """
-        from swan_airflow.runtime import landing_window
+        from swan_anomaly.lake import landing_window
 
         if self.params.get("videos") and self.run_after is not None:
             return self.run_after.date()

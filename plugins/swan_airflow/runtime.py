@@ -2,9 +2,8 @@
 
 The Databricks workspace's authentication is in :mod:`swan_airflow.databricks_auth`.
 
-Example:
-    >>> dataset_id_for(landing_date="2026-11-26", interval_start=None)
-    '20261126'
+The dataset id and the landing window of a run are :func:`swan_anomaly.lake.dataset_id_for` and
+:func:`swan_anomaly.lake.landing_window` (pure date rules, beside the lake layout they name).
 """
 
 from __future__ import annotations
@@ -16,8 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     from swan_anomaly.lake import Lake
 
 log = logging.getLogger(__name__)
@@ -39,61 +36,6 @@ def settings(env=None):
         return Settings.from_env(env)
     except ConfigError as exc:
         raise AirflowFailException(str(exc)) from exc
-
-
-def dataset_id_for(
-    *,
-    landing_date: str | None,
-    interval_start: dt.datetime | None,
-    run_after: dt.datetime | None = None,
-    videos: Sequence[str] | None = None,
-) -> str:
-    """The dataset partition of a run: the landing date if given, else the data interval's start day.
-
-    A rerun or a backfill of the same interval gets the same id, so it rewrites the same
-    lake partition instead of adding one. A run that names its videos (the ``videos`` Param)
-    writes a partition of its own beside its date's, ``YYYYMMDD-videos-<digest of the paths>``:
-    rewriting the date's partition with just those videos would delete every video that landed
-    on that date from raw, silver and gold. The same videos again rewrite the same partition.
-
-    Example:
-        >>> dataset_id_for(landing_date="2026-11-26", interval_start=None, videos=["/srv/extra/cam9.mp4"])
-        '20261126-videos-32bcda3e'
-    """
-    from swan_anomaly.lake import picked_dataset_id
-
-    start, _ = landing_window(landing_date=landing_date, interval_start=interval_start, interval_end=None, run_after=run_after)
-    if videos:  # absolute paths (the Param's schema): the same id in every task, whatever its working directory
-        return picked_dataset_id(start, [str(Path(v)) for v in videos])
-    return start.strftime("%Y%m%d")
-
-
-def landing_window(
-    *, landing_date: str | None, interval_start: dt.datetime | None, interval_end: dt.datetime | None, run_after: dt.datetime | None
-) -> tuple[dt.date, dt.date]:
-    """The arrival dates ``[start, end)`` a run processes, consistent with :func:`dataset_id_for`.
-
-    The landing date if given (a Param or an asset event); else the data interval (at least one
-    day); else, for a run without a data interval (a manual trigger without a logical date), the
-    day of ``run_after``.
-
-    Example:
-        >>> start, end = dt.datetime(2026, 11, 25), dt.datetime(2026, 11, 26)
-        >>> landing_window(landing_date=None, interval_start=start, interval_end=end, run_after=None)
-        (datetime.date(2026, 11, 25), datetime.date(2026, 11, 26))
-    """
-    one_day = dt.timedelta(days=1)
-    if landing_date:
-        start = dt.date.fromisoformat(landing_date)
-        return start, start + one_day
-    if interval_start is not None:
-        start = interval_start.date()
-        end = interval_end.date() if interval_end is not None else start
-        return start, max(end, start + one_day)
-    if run_after is None:
-        msg = "cannot tell which videos to process: the run has no landing date, data interval or run_after"
-        raise ValueError(msg)
-    return run_after.date(), run_after.date() + one_day
 
 
 def arrival_date(path: Path, landing_dir: Path) -> dt.date:

@@ -36,7 +36,8 @@ def find_videos(ctx: RunContext) -> list[dict]:
         AirflowSkipException: no video arrived for the run.
         AirflowFailException: videos arrived but none can be read.
     """
-    from swan_airflow.runtime import find_landed_videos, landing_window, settings
+    from swan_airflow.runtime import find_landed_videos, settings
+    from swan_anomaly.lake import landing_window
     from swan_anomaly.video import distinct_videos
 
     shutil.rmtree(ctx.staging_dir, ignore_errors=True)  # staging is scratch space of this run
