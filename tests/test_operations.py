@@ -725,3 +725,40 @@ def test_the_wheel_build_gets_no_secret_and_a_failed_build_says_why_and_fails_at
         build_wheel(tmp_path / "out", root=project)
     env = set(json.loads(seen.read_text()))
     assert not env & set(TASK_SECRETS) and "PATH" in env
+
+
+def test_the_demo_summary_of_a_run_whose_gate_refused_its_first_model_says_so(capsys):
+    """The gate refused the first model (a validation split too small to measure): nothing was promoted, so nothing was
+    deployed or validated, and the demo's summary crashed on the missing endpoint record (TypeError) after a green run."""
+    import runpy
+
+    from conftest import ROOT
+
+    print_summary = runpy.run_path(str(ROOT / "scripts" / "demo.py"))["print_summary"]
+    split = {"auroc": 1.0, "auroc_ci": [1.0, 1.0], "f1": 1.0, "abnormal": 16, "normal": 16, "measurable": True, "groups": 2}
+    reason = "validation split too small to measure: 16 abnormal and 16 normal images, fewer than 25 per class"
+    summary = {
+        "dataset_id": "20261201",
+        "run_id": "manual__1",
+        "images": {"normal": 192, "abnormal": 192, "groups": 24},
+        "families": {"cutpaste": 192},
+        "rejected_videos": [],
+        "upload": {"written": 387, "unchanged": 0, "removed": 0, "uri": "file:///lake/raw/20261201"},
+        "etl_rows": 384,
+        "quarantined": 0,
+        "training_rows": 1308,
+        "rows_by_split": {},
+        "val": split,
+        "test": split,
+        "best_epoch": 3,
+        "epochs_run": 5,
+        "generalization": [],
+        "gate": {"mode": "enabled", "passed": False, "reasons": [reason], "reports": {}},
+        "model": {"name": "swan_anomaly_vit", "version": "1", "aliases": ["challenger"]},
+        "endpoint": None,
+        "serving": {"endpoint": "swan-anomaly", "version": None, "champion": None},
+    }
+    print_summary(summary, reused_video=False, seconds=1.0)
+    out = capsys.readouterr().out
+    assert f"gate           : refused: {reason} (enabled; no model scored)" in out
+    assert "endpoint       : swan-anomaly serves vNone (champion: None); not validated" in out
