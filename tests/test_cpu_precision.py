@@ -242,7 +242,7 @@ def test_int8_is_asked_only_of_versions_that_can_load_in_it(model_dir, monkeypat
     import mlflow
 
     from swan_airflow.runtime import registry_client
-    from swan_airflow.serving import ServingTarget, roll_back, serving_config
+    from swan_airflow.serving_target import ServingTarget, restore_endpoint, serving_config
     from swan_anomaly.tracking import CPU_PRECISIONS_TAG, ensure_experiment
 
     monkeypatch.setenv("SWAN_MODEL_NAME", "int8_capable")
@@ -259,16 +259,16 @@ def test_int8_is_asked_only_of_versions_that_can_load_in_it(model_dir, monkeypat
     monkeypatch.setenv("SWAN_SERVING_CPU_PRECISION", "int8")
     databricks = ServingTarget("databricks", "https://adb.example", "swan-anomaly", None)
     assert serving_config(client, new, databricks).environment_vars() == {"SWAN_SERVING_CPU_PRECISION": "int8"}
-    with caplog.at_level(logging.WARNING, logger="swan_airflow.serving"):
+    with caplog.at_level(logging.WARNING, logger="swan_airflow.serving_target"):
         assert serving_config(client, old, databricks).environment_vars() is None  # float32: nothing sent
     assert f"int8_capable v{old} cannot serve in int8" in caplog.text and "no precisions" in caplog.text
-    # a rollback deploys what serving_config says (the wiring: roll_back, as update_endpoint, asks it)
+    # a rollback deploys what serving_config says (the wiring: restore_endpoint, as update_endpoint, asks it)
     deployed = []
     monkeypatch.setattr("swan_anomaly.serving.deploy.deploy_version", lambda _w, _e, _n, v, config: deployed.append((v, config)))
-    monkeypatch.setattr("swan_anomaly.registry.rollback", lambda *_args: None)
+    monkeypatch.setattr("swan_anomaly.registry.move_champion_back", lambda *_args: None)
     monkeypatch.setattr(ServingTarget, "workspace", lambda self: None)
-    roll_back(databricks, old)
-    roll_back(databricks, new)
+    restore_endpoint(databricks, old)
+    restore_endpoint(databricks, new)
     assert [(v, c.cpu_precision) for v, c in deployed] == [(old, "float32"), (new, "int8")]
     # the local model server runs its own code and environment: what it serves in is the setting
     local = ServingTarget("local", "http://127.0.0.1:5055", "swan-anomaly", None)
@@ -283,7 +283,7 @@ def test_a_registry_that_does_not_answer_fails_the_deployment_instead_of_serving
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from swan_airflow.serving import ServingTarget, serving_config
+    from swan_airflow.serving_target import ServingTarget, serving_config
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("SWAN_SERVING_CPU_PRECISION", "int8")

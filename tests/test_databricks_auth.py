@@ -121,7 +121,7 @@ def test_the_provider_hook_reports_a_wrong_client_secret(double, provider_token_
 
 
 def test_the_serving_target_authenticates_with_oauth(double, monkeypatch):
-    from swan_airflow.serving import serving_target
+    from swan_airflow.serving_target import serving_target
     from swan_anomaly.serving.deploy import AuthType, served_version
 
     monkeypatch.setenv("SWAN_SERVING_BACKEND", "databricks")
@@ -139,7 +139,7 @@ def test_the_serving_target_authenticates_with_oauth(double, monkeypatch):
 
 
 def test_the_serving_target_refuses_a_wrong_client_secret(double, monkeypatch):
-    from swan_airflow.serving import serving_target
+    from swan_airflow.serving_target import serving_target
 
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", double.connection(service_principal=True, client_secret="wrong-secret-42"))
     monkeypatch.setenv("SWAN_SERVING_BACKEND", "databricks")
@@ -170,7 +170,7 @@ def test_a_token_still_authenticates_everything(double, mlflow_on_databricks, mo
     import os
 
     from swan_airflow.runtime import registry_client
-    from swan_airflow.serving import serving_target
+    from swan_airflow.serving_target import serving_target
     from swan_anomaly.serving.deploy import AuthType
 
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", double.connection())
@@ -185,7 +185,7 @@ def test_a_token_still_authenticates_everything(double, mlflow_on_databricks, mo
 
 
 def test_the_local_backend_keeps_its_bearer_token(monkeypatch):
-    from swan_airflow.serving import serving_target
+    from swan_airflow.serving_target import serving_target
     from swan_anomaly.serving.deploy import AuthType
 
     monkeypatch.setenv("SWAN_SERVING_BACKEND", "local")
@@ -354,7 +354,7 @@ def test_an_incomplete_connection_fails_naming_it_and_what_to_set(fields, expect
 def test_an_incomplete_connection_fails_the_serving_target(monkeypatch):
     from airflow.sdk.exceptions import AirflowFailException
 
-    from swan_airflow.serving import serving_target
+    from swan_airflow.serving_target import serving_target
 
     monkeypatch.setenv("SWAN_SERVING_BACKEND", "databricks")
     monkeypatch.setenv("SWAN_DATABRICKS_CONN_ID", "databricks_half")
@@ -371,7 +371,7 @@ def test_no_secret_reaches_logs_reprs_or_errors(double, provider_token_url, mlfl
 
     from swan_airflow.databricks_auth import databricks_workspace
     from swan_airflow.runtime import registry_client
-    from swan_airflow.serving import serving_target
+    from swan_airflow.serving_target import serving_target
     from swan_anomaly.serving.deploy import served_version
 
     caplog.set_level(logging.DEBUG)

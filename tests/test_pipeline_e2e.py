@@ -264,7 +264,7 @@ def test_failed_endpoint_update_keeps_the_champion_serving(pipeline_run):
 
 @pytest.mark.slow
 def test_roll_back_serves_the_previous_version_and_moves_the_champion_alias(pipeline_run):
-    from swan_airflow.serving import roll_back, serving_target
+    from swan_airflow.serving_target import restore_endpoint, serving_target
     from swan_anomaly.config import Settings
     from swan_anomaly.registry import CHAMPION, mlflow_client
     from swan_anomaly.serving.deploy import served_version
@@ -274,10 +274,10 @@ def test_roll_back_serves_the_previous_version_and_moves_the_champion_alias(pipe
     champion = client.get_model_version_by_alias(s.model_name, CHAMPION)
     other = client.create_model_version(s.model_name, champion.source, run_id=champion.run_id, tags={"purpose": "rollback test"})
     target = serving_target()
-    roll_back(target, str(other.version))
+    restore_endpoint(target, str(other.version))
     assert served_version(target.workspace(), target.endpoint) == str(other.version)
     assert str(client.get_model_version_by_alias(s.model_name, CHAMPION).version) == str(other.version)
-    roll_back(target, str(champion.version))
+    restore_endpoint(target, str(champion.version))
     assert served_version(target.workspace(), target.endpoint) == str(champion.version)
     image = next((s.lake_root / "raw" / DATASET / "frames").rglob("*.png")).read_bytes()
     assert len(target.client().score([image])) == 1
@@ -294,7 +294,7 @@ def test_a_champion_that_stops_separating_new_data_is_drift_and_the_failed_run_s
     import torch
     from airflow.dag_processing.dagbag import DagBag
 
-    from swan_airflow.serving import serving_target
+    from swan_airflow.serving_target import serving_target
     from swan_anomaly.config import Settings
     from swan_anomaly.lake import LocalLake
     from swan_anomaly.modeling import PreprocessSpec, load_classifier

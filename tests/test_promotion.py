@@ -193,7 +193,7 @@ def _validated_before(name: str, version: str) -> None:
 
 
 def _served() -> str | None:
-    from swan_airflow.serving import serving_target
+    from swan_airflow.serving_target import serving_target
     from swan_anomaly.serving.deploy import served_version
 
     target = serving_target()
@@ -992,7 +992,7 @@ def test_the_endpoint_client_retries_busy_answers_and_fails_on_others():
 
 def test_another_deployments_model_server_on_the_port_fails_at_once_and_is_not_reported_as_ours(monkeypatch):
     """A model server of another SWAN_HOME answers on the configured port: no retry can fix it, and it serves nothing of ours."""
-    from swan_airflow.serving import serving_target
+    from swan_airflow.serving_target import serving_target
     from swan_airflow.steps.report import _serving
 
     other = _FlakyEndpoint([], health={"status": "ok", "registry_uri": "sqlite:////srv/other-deployment/mlflow.db"})

@@ -107,7 +107,7 @@ def test_promote_moves_champion_keeps_previous_and_is_idempotent(registry):
         aliases_of,
         promote,
         register_challenger,
-        rollback,
+        move_champion_back,
         tag_version,
     )
 
@@ -126,7 +126,7 @@ def test_promote_moves_champion_keeps_previous_and_is_idempotent(registry):
     register_challenger(client, "swan_test", source, run_3, "r3")
     assert promote(client, "swan_test", "3") is True
     assert aliases_of(client, "swan_test", "1") == [PREVIOUS] and aliases_of(client, "swan_test", "2") == []
-    rollback(client, "swan_test", "1")
+    move_champion_back(client, "swan_test", "1")
     assert CHAMPION in aliases_of(client, "swan_test", "1")
 
 

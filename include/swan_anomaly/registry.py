@@ -198,8 +198,9 @@ def promote(client: MlflowClient, name: str, version: str) -> bool:
     return True
 
 
-def rollback(client: MlflowClient, name: str, version: str) -> None:
-    """Make ``version`` the champion again (after a failed endpoint validation)."""
+def move_champion_back(client: MlflowClient, name: str, version: str) -> None:
+    """Make ``version`` the champion again (after a failed endpoint validation): the alias only, the endpoint is
+    :func:`swan_airflow.serving_target.restore_endpoint`'s."""
     client.set_registered_model_alias(name, CHAMPION, str(version))
     log.warning("rolled %s champion back to version %s", name, version)
 
@@ -297,8 +298,9 @@ def tag_version(client: MlflowClient, name: str, version: str, tags: dict[str, s
         client.set_model_version_tag(name, str(version), key, str(value)[:5000])
 
 
-def withdraw(client: MlflowClient, name: str, version: str) -> None:
-    """Take ``champion`` (and ``challenger``) off ``version`` when nothing older can serve in its place."""
+def drop_champion_alias(client: MlflowClient, name: str, version: str) -> None:
+    """Take ``champion`` (and ``challenger``) off ``version`` when nothing older can serve in its place: the aliases only,
+    the endpoint is :func:`swan_airflow.serving_target.withdraw_endpoint`'s."""
     for alias in (CHAMPION, CHALLENGER):
         if (holder := get_alias(client, name, alias)) is not None and str(holder.version) == str(version):
             client.delete_registered_model_alias(name, alias)

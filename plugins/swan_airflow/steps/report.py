@@ -148,7 +148,7 @@ def _model(registered: dict | None) -> dict | None:
 def _serving() -> dict:
     """What serves now: the endpoint's version and the registry's champion (either None when there is none)."""
     from swan_airflow.runtime import registry_client, settings
-    from swan_airflow.serving import serving_target
+    from swan_airflow.serving_target import serving_target
     from swan_anomaly.registry import CHAMPION, get_alias
     from swan_anomaly.serving.deploy import served_version
 

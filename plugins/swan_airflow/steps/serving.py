@@ -48,10 +48,18 @@ def update_endpoint(ctx: RunContext) -> dict:
             Or another run holds the promotion section (this task was cleared without the sensor).
     """
     from swan_airflow.runtime import registry_client, settings
-    from swan_airflow.serving import serving_config, serving_target
+    from swan_airflow.serving_target import serving_config, serving_target
     from swan_airflow.steps.promotion import require_turn
     from swan_anomaly import EndpointError
-    from swan_anomaly.registry import CHAMPION, PREVIOUS, endpoint_validation, get_alias, restorable, rollback, withdraw
+    from swan_anomaly.registry import (
+        CHAMPION,
+        PREVIOUS,
+        drop_champion_alias,
+        endpoint_validation,
+        get_alias,
+        move_champion_back,
+        restorable,
+    )
     from swan_anomaly.serving.deploy import deploy_version
 
     require_turn(ctx)  # a clear of this task alone must not deploy while another run promotes, deploys or validates
@@ -70,10 +78,10 @@ def update_endpoint(ctx: RunContext) -> dict:
             # a champion that never served must not stay champion: the registry would name a model nobody serves
             previous = get_alias(client, s.model_name, PREVIOUS)
             if previous is not None and str(previous.version) != version:
-                rollback(client, s.model_name, str(previous.version))
+                move_champion_back(client, s.model_name, str(previous.version))
                 msg += f"; v{version} never served, so the champion alias went back to v{previous.version}"
             else:
-                withdraw(client, s.model_name, version)
+                drop_champion_alias(client, s.model_name, version)
                 msg += f"; v{version} never served and there is no earlier champion: it lost the champion alias"
         raise AirflowFailException(msg) from exc
     change = f" (was v{result.previous_version})" if result.changed else " (unchanged)"
@@ -107,7 +115,7 @@ def validate_endpoint(ctx: RunContext, endpoint: dict, registered: dict) -> dict
     from dataclasses import replace
 
     from swan_airflow.runtime import lake, optional_result, read_held_out_rows, registry_client, settings
-    from swan_airflow.serving import serving_target
+    from swan_airflow.serving_target import serving_target
     from swan_airflow.steps.promotion import require_turn
     from swan_anomaly import ConfigError
     from swan_anomaly.registry import (
@@ -332,7 +340,7 @@ def _record(ctx, name, version, previous, threshold, rows, scores, check, outcom
 
 def _act(target, client, record: dict) -> None:
     """Roll back to the previous champion, or withdraw a failed first version (idempotent: a retry may repeat it)."""
-    from swan_airflow.serving import roll_back, withdraw
+    from swan_airflow.serving_target import restore_endpoint, withdraw_endpoint
     from swan_anomaly.registry import ENDPOINT_VALIDATION, FAILED, INCOMPLETE, tag_version
     from swan_anomaly.serving.validation import Outcome
 
@@ -343,9 +351,9 @@ def _act(target, client, record: dict) -> None:
         judged = FAILED if record.get("completed", True) else INCOMPLETE
         tag_version(client, name, version, {ENDPOINT_VALIDATION: f"{judged}: {'; '.join(record['reasons'])}"})
     if record["outcome"] == Outcome.ROLLED_BACK:
-        roll_back(target, record["previous"])
+        restore_endpoint(target, record["previous"])
     elif record["outcome"] == Outcome.WITHDRAWN:
-        withdraw(target, version)
+        withdraw_endpoint(target, version)
 
 
 def ensure_validated_endpoint(ctx: RunContext) -> dict:
@@ -372,7 +380,7 @@ def ensure_validated_endpoint(ctx: RunContext) -> dict:
             failed before it anyway); or another run holds the promotion section.
     """
     from swan_airflow.runtime import lake, registry_client, settings
-    from swan_airflow.serving import roll_back, serving_target, withdraw
+    from swan_airflow.serving_target import restore_endpoint, serving_target, withdraw_endpoint
     from swan_airflow.steps.promotion import entered_section, require_turn
     from swan_anomaly.registry import CHAMPION, PREVIOUS, RESTORABLE, UNMEASURED, endpoint_validation, get_alias, verdict
     from swan_anomaly.serving.deploy import served_version
@@ -407,13 +415,13 @@ def ensure_validated_endpoint(ctx: RunContext) -> dict:
     refused = None
     if restore is not None:
         try:
-            roll_back(target, restore)
+            restore_endpoint(target, restore)
             how = "served with parity, its quality unmeasured" if verdict_of(restore) == UNMEASURED else "passed"
             done = f"the champion alias and endpoint {target.endpoint} went back to v{restore}, the last version that {how}"
         except AirflowFailException as exc:  # the endpoint refused it: the rollback deleted the endpoint
             refused, done = exc, f"the champion alias went back to v{restore}, but {exc}"
     else:  # nothing validated to go back to: nothing serves
-        withdraw(target, champion)
+        withdraw_endpoint(target, champion)
         done = f"no version of {name} ever passed, so endpoint {target.endpoint} was deleted and nothing holds the champion alias"
     msg = (
         f"{name} {what} (champion v{champion}, serving v{served}) never passed an endpoint validation: this run's promotion, "

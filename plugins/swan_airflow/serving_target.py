@@ -146,7 +146,7 @@ def serving_config(client, version: str, target: ServingTarget):
     return replace(config, cpu_precision="float32")
 
 
-def roll_back(target: ServingTarget, version: str) -> None:
+def restore_endpoint(target: ServingTarget, version: str) -> None:
     """Give ``version`` the ``champion`` alias again and serve it (after a failed validation).
 
     The alias moves first: if serving it fails, the registry already names the version that
@@ -161,12 +161,12 @@ def roll_back(target: ServingTarget, version: str) -> None:
 
     from swan_airflow.runtime import registry_client
     from swan_anomaly import EndpointError
-    from swan_anomaly.registry import rollback
+    from swan_anomaly.registry import move_champion_back
     from swan_anomaly.serving.deploy import delete_endpoint, deploy_version
 
     s = settings()
     client = registry_client()
-    rollback(client, s.model_name, version)
+    move_champion_back(client, s.model_name, version)
     try:
         deploy_version(target.workspace(), target.endpoint, s.model_name, version, serving_config(client, version, target))
     except EndpointError as exc:
@@ -178,12 +178,12 @@ def roll_back(target: ServingTarget, version: str) -> None:
         raise AirflowFailException(msg) from exc
 
 
-def withdraw(target: ServingTarget, version: str) -> None:
+def withdraw_endpoint(target: ServingTarget, version: str) -> None:
     """Take the ``champion`` alias off ``version`` and delete the endpoint: a version that must not serve, and no
     validated one to serve instead (a first version that failed). Both steps are idempotent."""
     from swan_airflow.runtime import registry_client
-    from swan_anomaly.registry import withdraw as withdraw_alias
+    from swan_anomaly.registry import drop_champion_alias
     from swan_anomaly.serving.deploy import delete_endpoint
 
-    withdraw_alias(registry_client(), settings().model_name, version)
+    drop_champion_alias(registry_client(), settings().model_name, version)
     delete_endpoint(target.workspace(), target.endpoint)
