@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from swan_anomaly import ValidationDataError
-from swan_anomaly.gate import GateMode, decide
-from swan_anomaly.metrics import anomaly_metrics, anomaly_scores, auroc_interval, evaluation_report, format_auroc
+from swan_anomaly.gate import GateMode, decide, next_references
+from swan_anomaly.metrics import anomaly_metrics, anomaly_scores, auroc_interval, best_f1, evaluation_report, format_auroc
 
 
 def test_scores_are_softmax_of_the_abnormal_logit():
@@ -419,3 +419,23 @@ def test_the_auroc_interval_resamples_whole_groups_so_near_duplicate_frames_add_
     assert "n=160/160 in 40 groups" in format_auroc(report)
     with pytest.raises(ValidationDataError, match="over 1 group"):
         auroc_interval(labels, scores, groups=np.zeros(40))
+
+
+def test_the_gate_compares_f1_at_each_model_s_best_threshold_on_the_rows_not_at_the_challenger_s_tuned_one():
+    """The gate's rows are the challenger's validation split, where its stored threshold was chosen: its F1 there is
+    in-sample, the champion's (a threshold chosen elsewhere) is not. A challenger that ranks the rows worse passed as
+    better: F1 0.85 at its tuned threshold against the champion's 0.70 at a stale one."""
+    counts = {"abnormal": 40, "normal": 40}
+    challenger = {"auroc": 0.95, "f1": 0.85, "best_f1": 0.85}
+    champion = {"auroc": 0.96, "f1": 0.70, "best_f1": 0.95, "version": "3"}
+    refused = decide(challenger, champion, GateMode.ENABLED, class_counts=counts)
+    assert not refused.passed and refused.reasons == [
+        "best_f1 0.8500 regresses against the champion's 0.9500 on the same rows by more than 0.02"
+    ]
+    assert decide({**challenger, "best_f1": 0.94}, champion, GateMode.ENABLED, class_counts=counts).passed
+    # records without best_f1 (a reference judged before it existed) compare stored-threshold F1, as before
+    assert decide(challenger, {k: v for k, v in champion.items() if k != "best_f1"}, class_counts=counts).passed
+    # the line keeps its best by the same measure
+    assert next_references("5", challenger, champion, {}) == {"auroc": "3", "f1": "3"}
+    labels, scores = np.array([0, 0, 0, 1, 1, 1]), np.array([0.9, 0.8, 0.3, 0.4, 0.2, 0.1])
+    assert best_f1(labels, scores) == pytest.approx(6 / 7)  # at 0.25: 3 of 3 anomalies, 1 false alarm (0.7 gives 0.8)

@@ -152,6 +152,20 @@ def choose_threshold(labels: np.ndarray, scores: np.ndarray, *, method: str = "m
     return float((best + lower.max()) / 2) if len(lower) else float(best)
 
 
+def best_f1(labels: np.ndarray, scores: np.ndarray) -> float:
+    """F1 (anomaly class positive) at the threshold :func:`choose_threshold` picks by ``max_f1`` on these very rows.
+
+    What two models are compared by on the same rows (:data:`swan_anomaly.gate.COMPARED_AS`): each at its best, so
+    neither gains from where its stored threshold was chosen.
+
+    Example:
+        >>> best_f1(np.array([0, 0, 1, 1]), np.array([0.9, 0.6, 0.4, 0.1]))
+        1.0
+    """
+    threshold = choose_threshold(labels, scores, method="max_f1")
+    return float(anomaly_metrics(labels, scores, threshold=threshold)["f1"])
+
+
 #: Confidence of the AUROC intervals, and the bootstrap resamples behind them.
 CI_LEVEL = 0.95
 CI_RESAMPLES = 2000

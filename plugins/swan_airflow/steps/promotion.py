@@ -284,7 +284,7 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
     """Score both models on the challenger's validation rows, decide, and record it (MLflow and model version tags)."""
     from swan_airflow.runtime import read_held_out_rows, settings
     from swan_anomaly.gate import GateMode, MinThreshold, decide, next_references, promotion_thresholds, too_small
-    from swan_anomaly.metrics import decision_false_alarms, evaluation_report, format_interval
+    from swan_anomaly.metrics import best_f1, decision_false_alarms, evaluation_report, format_interval
     from swan_anomaly.registry import GATE_REFERENCE_TAG, data_through, gate_references, stored_threshold, tag_version
     from swan_anomaly.scoring import class_counts, groups_of, labels_of, registry_scorer, score_rows
 
@@ -345,7 +345,8 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
             continue
         report = evaluation_report(labels, scores[who][:, 0], threshold=threshold, seed=params["seed"], groups=groups_of(rows))
         _, rate = decision_false_alarms(labels, scores[who][:, 0], scores[who][:, 1], threshold=threshold)
-        reports[who] = {**report, "decision_false_alarm_rate": rate, "version": v}
+        # best_f1: what two models' F1 are compared by (gate.COMPARED_AS): the challenger's threshold was chosen on these rows
+        reports[who] = {**report, "decision_false_alarm_rate": rate, "version": v, "best_f1": best_f1(labels, scores[who][:, 0])}
     thresholds = {"auroc": MinThreshold(params["gate_min_val_auroc"]), "f1": MinThreshold(params["gate_min_val_f1"])}
     if params.get("gate_min_unseen_auroc") is not None:
         thresholds["unseen_auroc"] = MinThreshold(params["gate_min_unseen_auroc"])
@@ -353,14 +354,15 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
         "broken": broken.get("challenger"),
         "auroc": reports["challenger"]["auroc"],
         "f1": reports["challenger"]["f1"],
+        "best_f1": reports["challenger"].get("best_f1"),  # None when broken
         "unseen_auroc": registered.get("unseen_auroc"),
         "decision_false_alarm_rate": reports["challenger"]["decision_false_alarm_rate"],
     }
-    champion = {k: reports["champion"][k] for k in ("auroc", "f1", "version")} if "champion" in reports else None
+    champion = {k: reports["champion"].get(k) for k in ("auroc", "f1", "best_f1", "version")} if "champion" in reports else None
     if "champion" in broken:  # no metric to compare with: it bars nothing, as a broken reference; its line still binds
         champion = {"version": champion_version, "broken": broken["champion"]}
     measured = {m: reports[f"reference_v{v}"] for m, v in named.items() if v not in unavailable}
-    references = {m: {k: report[k] for k in ("auroc", "f1", "version")} for m, report in measured.items()}
+    references = {m: {k: report.get(k) for k in ("auroc", "f1", "best_f1", "version")} for m, report in measured.items()}
     through = {who: data_through(client, name, v) for who, v in models.items() if who in ("challenger", "champion")}
     base["data_through"] = {who: d.isoformat() if d else None for who, d in through.items()}
     decision = decide(
