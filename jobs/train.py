@@ -21,7 +21,8 @@ import argparse
 
 from swan_anomaly.config import Settings
 from swan_anomaly.entrypoint import job_parser, run_entrypoint
-from swan_anomaly.trainer import PRECISIONS, TrainConfig
+from swan_anomaly.metrics import THRESHOLD_METHODS
+from swan_anomaly.trainer import MONITORS, PRECISIONS, TrainConfig
 from swan_anomaly.training import run_training
 
 DEFAULTS = TrainConfig()
@@ -50,10 +51,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--min-delta", type=float, default=DEFAULTS.min_delta, help="smallest change of the monitored metric that counts as an improvement"
     )
-    parser.add_argument("--monitor", choices=["val_loss", "val_auroc"], default=DEFAULTS.monitor, help="early-stopping metric")
+    parser.add_argument("--monitor", choices=MONITORS, default=DEFAULTS.monitor, help="early-stopping metric")
     parser.add_argument(
         "--threshold-method",
-        choices=["max_f1", "target_fpr"],
+        choices=THRESHOLD_METHODS,
         default=DEFAULTS.threshold_method,
         help="how the validation split picks the threshold",
     )

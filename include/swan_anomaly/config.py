@@ -388,6 +388,16 @@ class Settings:
         """
         return next(f.metadata["env"] for f in dataclasses.fields(cls) if f.name == name)
 
+    @classmethod
+    def choices(cls, name: str) -> tuple[str, ...]:
+        """The values the field ``name`` accepts (empty: any of its type).
+
+        Example:
+            >>> Settings.choices("serving_cpu_precision")
+            ('float32', 'bfloat16', 'int8')
+        """
+        return next(f.metadata["choices"] for f in dataclasses.fields(cls) if f.name == name)
+
     @property
     def mlflow_uris(self) -> tuple[str, str]:
         """``(tracking URI, registry URI)``, e.g. ``("databricks", "databricks-uc")``."""

@@ -23,6 +23,7 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from swan_anomaly.config import Settings
 from swan_anomaly.contract import CROP_BIAS_X, CROP_BIAS_Y, LABEL_IDS, LABEL_NAMES
 
 log = logging.getLogger(__name__)
@@ -303,7 +304,7 @@ def register_attention_island() -> None:
 
 
 #: What the served model computes in on CPU (``SWAN_SERVING_CPU_PRECISION``; see :func:`prepare_for_inference`).
-CPU_PRECISIONS = ("float32", "bfloat16", "int8")
+CPU_PRECISIONS = Settings.choices("serving_cpu_precision")
 
 
 def is_compiled(model) -> bool:

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from swan_anomaly._errors import ConfigError, JobError
+from swan_anomaly.config import Settings
 from swan_anomaly.contract import CROP_BIAS_X, CROP_BIAS_Y
 from swan_anomaly.metrics import anomaly_metrics, anomaly_scores
 
@@ -38,8 +39,10 @@ log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 30.0
 #: The training set moves to the GPU whole when it takes at most this share of the free GPU memory.
 GPU_DATA_SHARE = 0.5
-#: Training precisions (``TrainConfig.precision``): see :func:`place_for_training`.
-PRECISIONS = ("auto", "float8", "float8-emulated")
+#: Training precisions (``TrainConfig.precision``, ``SWAN_TRAINING_PRECISION``): see :func:`place_for_training`.
+PRECISIONS = Settings.choices("training_precision")
+#: What early stopping may watch (``TrainConfig.monitor``).
+MONITORS = ("val_loss", "val_auroc")
 #: FP8 GEMMs (``torch._scaled_mm``) need a GPU of at least this CUDA compute capability (Ada, Hopper and later).
 FLOAT8_MIN_CAPABILITY = (8, 9)
 #: ``compile="auto"`` compiles on CUDA only for runs of at least this many optimizer steps:
@@ -469,8 +472,8 @@ def train_classifier(model, train: tuple, val: tuple, spec, cfg: TrainConfig, *,
     """
     import torch
 
-    if cfg.monitor not in ("val_loss", "val_auroc"):
-        msg = f"monitor must be 'val_loss' or 'val_auroc', got {cfg.monitor!r}"
+    if cfg.monitor not in MONITORS:
+        msg = f"monitor must be one of {MONITORS}, got {cfg.monitor!r}"
         raise ValueError(msg)
     if cfg.epochs < 1 or cfg.batch_size < 1:
         msg = f"epochs and batch_size must be at least 1, got epochs={cfg.epochs}, batch_size={cfg.batch_size}"
