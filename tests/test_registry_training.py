@@ -243,6 +243,10 @@ def test_families_sharing_a_mechanism_leave_training_together(tmp_path, monkeypa
     train = gold[gold.split == "train"]
     normals, color = int((train.label == 1).sum()), int((train.family == "color_shift").sum())
     assert trained_sizes[1:] == [normals + color, normals + color]  # occlusion, then perlin_texture: neither saw the other
+    # two families of one mechanism alone: no model could train on anomalies without both, so no row (it crashed)
+    trained_sizes.clear()
+    assert generalization.leave_one_family_out(gold[gold.family != "color_shift"], base, preprocess_spec(base), config).empty
+    assert trained_sizes == []
 
 
 def test_compile_model_matches_eager_and_a_compiled_training_run_equals_an_eager_one():

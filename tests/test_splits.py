@@ -208,3 +208,16 @@ def test_without_an_earlier_build_a_group_s_split_depends_on_its_own_video_alone
     assert split_shortfalls(before, a) == []
     after = assign_splits({**a, **b}, seed=seed)
     assert [g for g in a if before[g] == "train" and after[g] != "train"] == []
+
+
+def test_many_short_clips_hold_out_their_share():
+    """Each video's counts were rounded half up: a 3-block clip (about 3.5 s or less) held out nothing, so forty of them
+    gave test and val only the two groups the minimum correction adds (24 of 1,440 images), under what the gate measures,
+    and more such clips never helped. Rounded by each video's own draw, they hold out their shares."""
+    clips = {f"c{v:02d}-b{i:04d}": {0: 6, 1: 6} for v in range(40) for i in range(3)}
+    tally = _tally(assign_splits(clips, seed=0), clips)
+    for split in ("test", "val"):
+        assert 0.08 <= tally[split]["images"] / 1440 <= 0.25, tally
+    loose = {f"g{i:03d}": {0: 6, 1: 6} for i in range(200)}  # names without a block: each a video of its own
+    tally = _tally(assign_splits(loose, seed=0), loose)
+    assert all(0.08 <= tally[split]["groups"] / 200 <= 0.25 for split in ("test", "val")), tally

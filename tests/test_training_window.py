@@ -347,21 +347,34 @@ def test_train_job_trains_on_a_two_day_window_and_logs_the_lineage(tmp_path, mon
 
 
 def test_a_window_partition_built_from_an_earlier_upload_fails_the_training_before_it_starts(tmp_path):
-    """A run of an older date uploaded that date again (more video, other frames), then failed before its augmentation:
-    the date's gold still held rows of the earlier upload, whose raw images were gone. A later run with a window over that
-    date trained for hours on them, and only its gate found the missing images (LakeError for every row)."""
+    """A run of an older date uploaded that date again (other frames), then failed before its augmentation: the date's gold
+    still named raw images of the earlier upload that were gone or changed. A later run with a window over that date
+    trained for hours on them, and only its gate found the missing images (LakeError for every row). An upload that only
+    added video leaves every image the gold names in place: that gold still trains."""
+    from swan_anomaly import LakeError
+    from swan_anomaly.digests import sha256_file
+
     lake = LocalLake(tmp_path / "lake")
-    _days(lake, ["20260101", "20260102"])
+    _days(lake, ["20260102"])
     staged = tmp_path / "staged"
-    (staged / "frames" / "a").mkdir(parents=True)
-    (staged / "frames" / "a" / "frame_00000.png").write_bytes(b"frame of the first upload")
+    rows = _rows({"v7-b0000": "train", "v7-b0001": "val", "v7-b0002": "test"}, frames=1)
+    for path, content in zip(rows.image_path, rows.content):
+        (staged / path).parent.mkdir(parents=True, exist_ok=True)
+        (staged / path).write_bytes(content)
     label_staged_images(staged)
     lake.put_dataset(staged, "20260101")
+    hashes = {p: sha256_file(staged / p) for p in rows.image_path}
+    _write(lake, "20260101", rows.assign(source_sha256=rows.image_path.map(hashes)))
     lake.write_gold_listing("20260101", ["part-00000.snappy.parquet"], raw_manifest=lake.raw_manifest_digest("20260101"))
     assert set(load_gold(lake, "20260102", window_days=2).dataset_id) == {"20260101", "20260102"}  # built from this upload
-    (staged / "frames" / "a" / "frame_00000.png").write_bytes(b"frame of the second upload")  # the date uploaded again
+    (staged / "frames" / "v9").mkdir(parents=True)
+    (staged / "frames" / "v9" / "frame_00000.png").write_bytes(b"a frame of more video")  # the date uploaded again, with more
     label_staged_images(staged)
     lake.put_dataset(staged, "20260101")
-    with pytest.raises(JobError, match=r"gold partitions \['20260101'\] of the training window of 20260102 were built from an earlier"):
+    assert set(load_gold(lake, "20260102", window_days=2).dataset_id) == {"20260101", "20260102"}  # nothing it names changed
+    (staged / rows.image_path[0]).write_bytes(b"another frame under the same name")  # and again, with a frame changed
+    label_staged_images(staged)
+    lake.put_dataset(staged, "20260101")
+    with pytest.raises(LakeError, match=r"name raw images that are gone or changed since they were built \(20260101: 1 rows\)"):
         load_gold(lake, "20260102", window_days=2)
     assert set(load_gold(lake, "20260102", window_days=1).dataset_id) == {"20260102"}  # a window without it trains

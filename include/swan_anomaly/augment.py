@@ -39,7 +39,8 @@ from swan_anomaly.anomalies import stable_seed
 from swan_anomaly.images import JPEG_QUALITY, decode_image, encode_jpeg
 from swan_anomaly.contract import ABNORMAL, NORMAL
 from swan_anomaly.lake import LocalLake
-from swan_anomaly.splits import SPLIT_SEED, Split, assign_splits, frames_beside_held_out, split_shortfalls
+from swan_anomaly.gate import MIN_IMAGES_PER_CLASS
+from swan_anomaly.splits import MIN_HELD_OUT_IMAGES, SPLIT_SEED, Split, assign_splits, frames_beside_held_out, split_shortfalls
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,11 @@ AUGMENTATIONS = ("none", "hflip", "vflip", "rot90", "rot180", "rot270", "affine"
 
 #: The default set applied to every train image, both classes alike ("none" keeps the original).
 TRAIN_AUGMENTATIONS = ("none", "hflip", "rot180", "affine", "color")
+
+
+#: The images each held-out split is corrected towards: what the gate needs to measure a model (twice its default images per
+#: class, ``SWAN_GATE_MIN_IMAGES_PER_CLASS``), so that a day of footage the fractions leave a block short still gets a verdict.
+HELD_OUT_IMAGES = max(MIN_HELD_OUT_IMAGES, 2 * MIN_IMAGES_PER_CLASS)
 
 
 def _affine(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -241,7 +247,7 @@ def run_augmentation(
     if earlier:
         log.info("augmentation %s: %d groups keep the splits of the partition's earlier build", dataset_id, len(set(earlier) & set(sizes)))
     # SPLIT_SEED, not the run's seed; logs a warning for each held-out split short of its minimums
-    split_of = assign_splits(sizes, seed=SPLIT_SEED, keep=earlier)
+    split_of = assign_splits(sizes, seed=SPLIT_SEED, keep=earlier, min_images=HELD_OUT_IMAGES)
     splits = spark.createDataFrame(sorted(split_of.items()), ["group", "split"])
     images = with_splits(silver, splits)
     images, set_apart = _without_frames_beside_held_out(images, dataset_id)
@@ -303,7 +309,7 @@ def run_augmentation(
         "gold_rows": int(sum(sum(v.values()) for v in by_split.values())),
         "rows_by_split_label": dict(sorted(by_split.items())),
         "groups_by_split": {s.value: sorted(g for g, sp in split_of.items() if sp == s.value) for s in Split},
-        "split_shortfalls": split_shortfalls(split_of, sizes),
+        "split_shortfalls": split_shortfalls(split_of, sizes, min_images=HELD_OUT_IMAGES),
         "augmentations": list(augmentations),
         "variants_per_image": {str(label): len(pairs) for label, pairs in sorted(plan.items())},
         "target_abnormal_share": target_abnormal_share,

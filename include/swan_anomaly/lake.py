@@ -617,6 +617,17 @@ class LocalLake:
         return json.loads(path.read_text())
 
 
+def _rows_gone_from_raw(lake: LocalLake, dataset_id: str) -> int:
+    """How many of a gold partition's source images the raw partition no longer holds as they were (by its manifest)."""
+    path = lake.raw(dataset_id) / MANIFEST
+    files = json.loads(path.read_text())["files"] if path.is_file() else {}
+    rows = _read_partition(lake, dataset_id)
+    if rows.empty:
+        return 0
+    hashes = rows.source_sha256 if "source_sha256" in rows else [None] * len(rows)
+    return sum(1 for p, sha in zip(rows.image_path, hashes) if files.get(p) is None or (isinstance(sha, str) and sha and files[p] != sha))
+
+
 def _read_partition(lake: LocalLake, dataset_id: str) -> pd.DataFrame:
     """One gold partition with its ``dataset_id`` column (empty when the partition is missing)."""
     import pandas as pd
@@ -647,6 +658,9 @@ def load_gold(lake: LocalLake, dataset_id: str, window_days: int = 1) -> pd.Data
     Raises:
         JobError: the partition of ``dataset_id`` is missing or empty, and no augmentation job is
             writing it (it was never built: a retry meets the same).
+        LakeError: a partition of the window names raw images that its date's raw partition no
+            longer holds as they were (uploaded again since: by a run still going, which a retry
+            waits out, or by one that failed before its augmentation).
         LakeError: a partition of the window is being rewritten by another run's augmentation
             (missing while Spark renames it in, or vanished after it was listed): the job fails
             and its retry reads the window whole.
@@ -660,16 +674,19 @@ def load_gold(lake: LocalLake, dataset_id: str, window_days: int = 1) -> pd.Data
     import pandas as pd
 
     ids = window_dataset_ids(lake, dataset_id, window_days)
-    # gold built from an earlier upload of its date: a run of that date replaced raw, then failed before its augmentation.
-    # Its rows name raw images that are gone, which only the gate would find, after the whole training
-    stale = [d for d in ids if (built := lake.gold_built_from(d)) and built != lake.raw_manifest_digest(d)]
+    # gold built from an earlier upload of its date whose rows name raw images that are gone or changed now: only the gate
+    # would find them, after the whole training. An upload that only added video leaves every image the gold names in place
+    changed = [d for d in ids if (built := lake.gold_built_from(d)) and built != lake.raw_manifest_digest(d)]
+    stale = {d: gone for d in changed if (gone := _rows_gone_from_raw(lake, d))}
     if stale:
+        counts = ", ".join(f"{d}: {gone}" for d, gone in stale.items())
         msg = (
-            f"gold partitions {stale} of the training window of {dataset_id} were built from an earlier upload of their raw "
-            "partition (a run of that date uploaded again, then failed before its augmentation finished): run that date again "
-            "(or clear its run_etl with downstream tasks) to rebuild them, or train on a window without them"
+            f"gold partitions of the training window of {dataset_id} name raw images that are gone or changed since they were "
+            f"built ({counts} rows): a run of that date uploaded it again. If that run is still going, a retry reads its new "
+            "gold; if it failed before its augmentation finished, run that date again (or clear its run_etl with downstream "
+            "tasks), or train on a window without it"
         )
-        raise JobError(msg)
+        raise LakeError(msg)
     # a partition of the window that another run's augmentation is writing: missing now, or about to change
     rewriting = [d for d in lake.gold_rewrites() if d in window_ids([*ids, d], dataset_id, window_days)]
     if rewriting:

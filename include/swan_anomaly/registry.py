@@ -1,8 +1,9 @@
 """MLflow model registry: register a challenger once per Airflow run, promote by alias.
 
 Aliases: a new version gets ``challenger``; promotion moves ``champion`` to it and records
-the previous champion in the ``previous_champion`` alias for rollback (only one that passed its
-endpoint validation). Every function is
+the previous champion in the ``previous_champion`` alias for rollback (only a :data:`RESTORABLE`
+one: it passed its endpoint validation, or served with parity unmeasured while none that passed
+holds the alias). Every function is
 idempotent: registering the same training again (a cleared ``register_model``) finds the
 version whose source run is that training's MLflow run instead of creating a duplicate, while
 a retrained model (a cleared ``run_training``: a new MLflow run) always becomes a new version,
@@ -164,7 +165,7 @@ def get_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | Non
 
 
 def promote(client: MlflowClient, name: str, version: str) -> bool:
-    """Move ``champion`` to ``version``; keep the old champion as ``previous_champion`` if it passed its endpoint validation.
+    """Move ``champion`` to ``version``; keep the old champion as ``previous_champion`` if it is :data:`RESTORABLE` (see below).
 
     ``previous_champion`` is what a failed validation rolls back to, so it only ever names a version
     that served and is :data:`RESTORABLE`: one that passed, or, while no version that passed holds

@@ -88,8 +88,8 @@ def assign_splits(
     """Deterministically assign each group to train, val or test; a group never spans splits.
 
     Each video's groups (names ``<video>-b<block>``; any other name is a video of its own) are
-    ordered by a seeded hash of their names, and the first ``test_fraction`` of them (rounded) are
-    test's, the next ``val_fraction`` val's, the rest train's. So a group's split depends on its own
+    ordered by a seeded hash of their names, and the first ``test_fraction`` of them are test's,
+    the next ``val_fraction`` val's, the rest train's (counts rounded by the video's own draw). So a group's split depends on its own
     video alone, and more video for a date never moves one that was there: a model is never judged
     on rows it trained on because data was added. Small data then gets two corrections, test first,
     then val:
@@ -97,7 +97,8 @@ def assign_splits(
     * a held-out split over ``max_share`` of the images gives its biggest groups back to train;
     * a held-out split short of ``min_groups`` groups, ``min_images`` images or a class takes
       train's groups in draw order, one that fits under ``max_share`` first (a missing class
-      before the cap, and a first group even when none fits). Train keeps at least one group.
+      before the cap, and a first group even when none fits). Train keeps at least one group;
+      when it has no more to give, the other held-out split gives one of its own beyond its first.
 
     ``keep`` (the splits of an earlier build of the same data) pins its groups: the corrections
     move only the others, so a rebuild never moves a group, whatever its sizes or the seed.
@@ -108,23 +109,13 @@ def assign_splits(
             0 abnormal, 1 normal; the class minimum applies too).
         seed: seeds the draws; the same seed and groups give the same splits (the pipeline uses
             :data:`SPLIT_SEED`, whatever the run's seed).
-        val_fraction, test_fraction: wanted shares of each video's groups (rounded per video).
+        val_fraction, test_fraction: wanted shares of each video's groups (rounded per video by the
+            video's own draw, so that many short videos hold out their shares too).
         min_groups, min_images: minimums of each held-out split (:data:`MIN_HELD_OUT_GROUPS`,
             :data:`MIN_HELD_OUT_IMAGES`).
         max_share: most of the images one held-out split may take (:data:`MAX_HELD_OUT_SHARE`).
         strict: raise when a minimum is not met instead of logging a warning.
         keep: ``{group: split}`` that stays as it is for every group it names that ``groups`` holds.
-
-    Args:
-        groups: the split groups: names only (each counts as one image, classes unknown: only the
-            group minimum applies), ``{group: images}``, or ``{group: {label: images}}`` (labels
-            0 abnormal, 1 normal; the class minimum applies too).
-        seed: the run seed; the same seed and groups give the same splits.
-        val_fraction, test_fraction: wanted shares of the images.
-        min_groups, min_images: minimums of each held-out split (:data:`MIN_HELD_OUT_GROUPS`,
-            :data:`MIN_HELD_OUT_IMAGES`).
-        max_share: most of the images one held-out split may take (:data:`MAX_HELD_OUT_SHARE`).
-        strict: raise when a minimum is not met instead of logging a warning.
 
     Returns:
         ``{group: split}``.
@@ -145,12 +136,15 @@ def assign_splits(
     by_video: dict[str, list[str]] = {}
     for g in sizes:
         by_video.setdefault(video_of(g), []).append(g)
-    for groups_of_video in by_video.values():  # each video's share on its own: another video's groups never move its own
+    for video, groups_of_video in by_video.items():  # each video's share on its own: another video's groups never move its own
         order = sorted(groups_of_video, key=lambda g: (draw[g], g))
-        n_test = math.floor(test_fraction * len(order) + 0.5)
-        n_val = math.floor(val_fraction * len(order) + 0.5)
+        # rounded by the video's own draw: a 3-block clip holds out a block with probability 0.45, so forty such clips hold
+        # out their share (rounding half up held out none of them), and the expected share is the fraction at any length
+        u = stable_seed(seed, "video", video) / 2.0**64
+        n_test = math.floor(test_fraction * len(order) + u)
+        n_held = math.floor((test_fraction + val_fraction) * len(order) + u)
         for i, g in enumerate(order):
-            out[g] = Split.TEST.value if i < n_test else Split.VAL.value if i < n_test + n_val else Split.TRAIN.value
+            out[g] = Split.TEST.value if i < n_test else Split.VAL.value if i < n_held else Split.TRAIN.value
     pinned = {g: Split(s).value for g, s in (keep or {}).items() if g in sizes}
     out |= pinned
     total = sum(sum(s.values()) for s in sizes.values())
@@ -172,12 +166,15 @@ def assign_splits(
                 out[g] = Split.TRAIN.value
         # short of a minimum (small data): train's groups in draw order, one that fits under the cap first; a missing
         # class before the cap (a split without one measures nothing), and a first group even when none fits
+        other = Split.VAL if split is Split.TEST else Split.TEST
         for _ in range(n):
             held, train = members(split), [g for g in members(Split.TRAIN) if g not in pinned]
+            if len(members(Split.TRAIN)) <= 1:  # train keeps one group: the other held-out split gives of its spare ones
+                train = [g for g in members(other) if g not in pinned] if len(members(other)) > 1 else []
             seen = set().union(*(sizes[g] for g in held))
             missing = classes - seen
             short = len(held) < min_groups or (sized and images_of(held) < min_images)
-            if not (short or missing) or not train or len(members(Split.TRAIN)) <= 1:
+            if not (short or missing) or not train:
                 break
             wanted = train if short else [g for g in train if missing & set(sizes[g])]
             fitting = [g for g in wanted if images_of(held) + images_of([g]) <= cap]

@@ -365,8 +365,10 @@ def ensure_validated_endpoint(ctx: RunContext) -> dict:
     may still complete later), a validation that hit its timeout or lost its worker on every try,
     an endpoint that served another version than was deployed. This task runs whatever the
     state of the tasks before it, and puts the champion alias and the endpoint back on the last
-    validated version (the champion itself when it passed, else ``previous_champion``, which
-    :func:`swan_anomaly.registry.promote` only ever sets to a version that passed). With none,
+    validated version (the champion itself when it passed, else what the endpoint serves when it
+    passed, else ``previous_champion``, which :func:`swan_anomaly.registry.promote` only ever sets
+    to a :data:`~swan_anomaly.registry.RESTORABLE` version; one served with parity, unmeasured,
+    only when none of them passed). With none,
     the unvalidated champion loses its alias and the endpoint is deleted, as for a first version
     that fails its validation.
 
