@@ -158,6 +158,10 @@ def test_the_run_summary_shows_each_split_auroc_as_people_should_read_it():
     # the false alarms of the served decision on the test normals: what an operator sees in the run summary
     assert out["test"]["false_alarm_rate"] == 0.05
     assert out["test"]["decision"] == {"auroc": 0.9, "auroc_ci": [0.8, 1.0], "recall": 0.75, "false_alarm_rate": 0.125}
+    # the groups an interval resampled reach the summary, and its text (they were dropped on the way)
+    training["test"] = training["test"] | {"auroc_ci": [0.9, 1.0], "groups": 5}
+    out = _training(training | {"best_epoch": 3, "epochs_run": 12, "threshold": 0.5, "generalization": []})
+    assert out["test"]["groups"] == 5 and out["test"]["auroc_text"] == "1.0000 (95% CI 0.900-1.000, n=40/40 in 5 groups)"
     augment = {"gold_rows": 10, "rows_by_split_label": {}, "split_shortfalls": ["test split: 1 group(s)"]}
     assert _data(None, None, augment)["split_shortfalls"] == ["test split: 1 group(s)"]
 

@@ -100,7 +100,7 @@ def _split_report(report: dict, keys: tuple[str, ...]) -> dict:
 def _training(training: dict | None) -> dict:
     if not training:
         return {}
-    keys = ("auroc", "auroc_ci", "f1", "precision", "recall", "false_alarm_rate", "abnormal", "normal", "measurable", "too_small")
+    keys = ("auroc", "auroc_ci", "f1", "precision", "recall", "false_alarm_rate", "abnormal", "normal", "groups", "measurable", "too_small")
     splits = {name: _split_report(training[name], keys) for name in ("val", "test")}
     for name, split in splits.items():
         # the novelty score and the served decision (either boundary crossed), as trained: recall and false alarms
@@ -122,7 +122,8 @@ def _training(training: dict | None) -> dict:
 def _gate(gate: dict | None) -> dict | None:
     if not gate:
         return None
-    keys = ("auroc", "auroc_ci", "f1", "recall", "decision_false_alarm_rate", "threshold", "version", "abnormal", "normal")
+    keys = ("auroc", "auroc_ci", "f1", "best_f1", "recall", "decision_false_alarm_rate", "threshold", "version")
+    keys += ("abnormal", "normal", "groups")
     reports = {who: _split_report(r, keys) for who, r in (gate.get("reports") or {}).items()}
     for who, r in (gate.get("reports") or {}).items():
         if r.get("broken"):  # its scores are not numbers: nothing was measured, and not for want of images

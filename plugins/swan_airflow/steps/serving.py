@@ -449,7 +449,7 @@ def endpoint_summary(record: dict) -> dict:
         "max_difference": record["max_difference"],
         "note": record.get("note"),
         # decision_false_alarm_rate: the held-out normals the served decision calls abnormal (absent from records before it)
-        "test": {k: report.get(k) for k in ("auroc", "auroc_ci", "recall", "decision_false_alarm_rate", "abnormal", "normal")}
+        "test": {k: report.get(k) for k in ("auroc", "auroc_ci", "recall", "decision_false_alarm_rate", "abnormal", "normal", "groups")}
         if report
         else None,
     }
