@@ -289,6 +289,24 @@ def test_no_training_frame_sits_next_to_a_held_out_frame_of_its_video(spark, lak
     assert beside > 0 and report["train_frames_set_apart"] > 0  # the data has such boundaries, and the job acted on them
 
 
+def test_the_gold_records_the_upload_its_silver_was_made_from_not_one_that_came_after(spark, lake):
+    """The augmentation recorded the raw upload it saw when it started: another run re-uploading the date between this run's
+    ETL and its augmentation labelled gold made from the older silver with the newer upload, so the stale-gold check
+    passed it (only the gate's sha256 check caught it, after the training)."""
+    made_from = lake.silver_built_from(DATASET)
+    assert made_from is not None and made_from == lake.raw_manifest_digest(DATASET)
+    manifest = lake.raw(DATASET) / "manifest.json"
+    original = manifest.read_bytes()
+    manifest.write_bytes(original.replace(b'"dataset_id"', b'"uploaded_again": true, "dataset_id"', 1))  # another upload
+    try:
+        run_augmentation(lake_root=lake.root, dataset_id=DATASET, seed=5, spark=spark)
+        assert lake.gold_built_from(DATASET) == made_from != lake.raw_manifest_digest(DATASET)
+    finally:
+        manifest.write_bytes(original)
+        run_augmentation(lake_root=lake.root, dataset_id=DATASET, seed=5, spark=spark)
+    assert lake.gold_built_from(DATASET) == lake.raw_manifest_digest(DATASET)
+
+
 def test_augmentation_reruns_and_repartitioning_give_identical_bytes(spark, lake):
     run_augmentation(lake_root=lake.root, dataset_id=DATASET, seed=5, spark=spark)
     first = _rows(lake.gold / f"dataset_id={DATASET}")

@@ -230,7 +230,8 @@ def run_augmentation(
     lake = LocalLake(lake_root)
     spark = spark or build_spark("swan-augment")
     partition = lake.silver_partition(dataset_id)
-    raw_manifest = lake.raw_manifest_digest(dataset_id)  # the upload the ETL just made silver from: recorded with the gold
+    # the upload the ETL made this silver from, recorded with the gold (the raw partition may have been uploaded again since)
+    raw_manifest = lake.silver_built_from(dataset_id) or lake.raw_manifest_digest(dataset_id)
     if not partition.is_dir():
         msg = f"{partition}: no silver images for dataset {dataset_id!r}; run the ETL job first"
         raise JobError(msg)

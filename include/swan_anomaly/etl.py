@@ -202,6 +202,7 @@ def run_etl(
         raise ValueError(msg)
     lake = LocalLake(lake_root)
     raw_dir = lake.require_complete(dataset_id)
+    raw_manifest = lake.raw_manifest_digest(dataset_id)  # the upload this silver is made from: the gold records it after
     manifest = read_manifest(raw_dir / "labels.csv")
     spark = spark or build_spark("swan-etl")
     labels = spark.createDataFrame(manifest.rename(columns={"sha256": "source_sha256"}).drop(columns=["family_params", "timestamp_s"]))
@@ -268,6 +269,7 @@ def run_etl(
     kept = manifest[manifest.image_path.isin(listed) & ~manifest.image_path.isin(bad_paths)]
     with progress(spark, f"ETL {dataset_id} write silver", len(kept)):
         good.sortWithinPartitions("image_path").write.mode("overwrite").partitionBy("dataset_id").parquet(str(lake.silver))
+    lake.write_silver_source(dataset_id, raw_manifest)
     processed.unpersist()
     listing.unpersist()
     counts = kept.label.value_counts().to_dict()

@@ -323,6 +323,8 @@ def is_data_file(rel: str) -> bool:
 #: leave uncommitted Parquet files beside the committed ones (the DBIO commit protocol, until the
 #: automatic VACUUM); Spark skips them, and a reader without Spark keeps to this list too.
 GOLD_FILES = "_swan_files.json"
+#: In a silver partition: which raw upload the ETL made it from (Spark skips names under ``_``).
+SILVER_SOURCE = "_swan_source.json"
 
 
 def committed(names: Iterable[str], listed: Iterable[str] | None) -> list[str]:
@@ -559,6 +561,17 @@ class LocalLake:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps({"files": sorted(names), **({"raw_manifest": raw_manifest} if raw_manifest else {})}, indent=1))
         tmp.replace(path)
+
+    def write_silver_source(self, dataset_id: str, raw_manifest: str | None) -> None:
+        """Record in the silver partition which raw upload (:meth:`raw_manifest_digest`) the ETL made it from."""
+        path = self.silver_partition(dataset_id) / SILVER_SOURCE
+        if path.parent.is_dir() and raw_manifest:
+            path.write_text(json.dumps({"raw_manifest": raw_manifest}))
+
+    def silver_built_from(self, dataset_id: str) -> str | None:
+        """The raw upload the silver partition was made from (:meth:`write_silver_source`); None when not recorded."""
+        path = self.silver_partition(dataset_id) / SILVER_SOURCE
+        return json.loads(path.read_text()).get("raw_manifest") if path.is_file() else None
 
     def raw_manifest_digest(self, dataset_id: str) -> str | None:
         """sha256 of ``raw/{dataset_id}/manifest.json``: which upload of the dataset the raw partition holds (None: none)."""
