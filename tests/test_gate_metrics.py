@@ -9,7 +9,15 @@ import pytest
 
 from swan_anomaly import ValidationDataError
 from swan_anomaly.gate import GateMode, decide, next_references
-from swan_anomaly.metrics import anomaly_metrics, anomaly_scores, auroc_interval, best_f1, evaluation_report, format_auroc
+from swan_anomaly.metrics import (
+    anomaly_metrics,
+    anomaly_scores,
+    auroc_interval,
+    choose_threshold,
+    cross_fitted_f1,
+    evaluation_report,
+    format_auroc,
+)
 
 
 def test_scores_are_softmax_of_the_abnormal_logit():
@@ -421,21 +429,37 @@ def test_the_auroc_interval_resamples_whole_groups_so_near_duplicate_frames_add_
         auroc_interval(labels, scores, groups=np.zeros(40))
 
 
-def test_the_gate_compares_f1_at_each_model_s_best_threshold_on_the_rows_not_at_the_challenger_s_tuned_one():
+def test_the_gate_compares_the_challenger_s_served_f1_out_of_sample():
     """The gate's rows are the challenger's validation split, where its stored threshold was chosen: its F1 there is
-    in-sample, the champion's (a threshold chosen elsewhere) is not. A challenger that ranks the rows worse passed as
-    better: F1 0.85 at its tuned threshold against the champion's 0.70 at a stale one."""
+    in-sample, the champion's (a threshold chosen elsewhere) is not. A challenger whose served F1 was below the champion's
+    passed on its in-sample 0.85 against 0.80; its threshold chosen on half the groups and judged on the other half says 0.70."""
     counts = {"abnormal": 40, "normal": 40}
-    challenger = {"auroc": 0.95, "f1": 0.85, "best_f1": 0.85}
-    champion = {"auroc": 0.96, "f1": 0.70, "best_f1": 0.95, "version": "3"}
+    challenger = {"auroc": 0.95, "f1": 0.85, "f1_held_out": 0.70}
+    champion = {"auroc": 0.96, "f1": 0.80, "f1_held_out": 0.80, "version": "3"}
     refused = decide(challenger, champion, GateMode.ENABLED, class_counts=counts)
     assert not refused.passed and refused.reasons == [
-        "best_f1 0.8500 regresses against the champion's 0.9500 on the same rows by more than 0.02"
+        "f1_held_out 0.7000 regresses against the champion's 0.8000 on the same rows by more than 0.02"
     ]
-    assert decide({**challenger, "best_f1": 0.94}, champion, GateMode.ENABLED, class_counts=counts).passed
-    # records without best_f1 (a reference judged before it existed) compare stored-threshold F1, as before
-    assert decide(challenger, {k: v for k, v in champion.items() if k != "best_f1"}, class_counts=counts).passed
-    # the line keeps its best by the same measure
+    # a champion serving at a stale threshold is replaced by a challenger that serves better out of sample
+    assert decide({**challenger, "f1_held_out": 0.81}, {**champion, "f1": 0.70, "f1_held_out": 0.70}, class_counts=counts).passed
+    # records without it (rows without groups, or a reference judged before it existed) compare stored-threshold F1, as before
+    assert decide(challenger, {k: v for k, v in champion.items() if k != "f1_held_out"}, class_counts=counts).passed
+    # the line keeps its best by the same measure, also when the champion is broken (it carries no metric at all)
     assert next_references("5", challenger, champion, {}) == {"auroc": "3", "f1": "3"}
-    labels, scores = np.array([0, 0, 0, 1, 1, 1]), np.array([0.9, 0.8, 0.3, 0.4, 0.2, 0.1])
-    assert best_f1(labels, scores) == pytest.approx(6 / 7)  # at 0.25: 3 of 3 anomalies, 1 false alarm (0.7 gives 0.8)
+    reference = {"auroc": 0.97, "f1": 0.80, "f1_held_out": 0.80, "version": "2"}
+    line = next_references("5", {**challenger, "f1_held_out": 0.79}, {"version": "4", "broken": "NaN"}, {"f1": reference})
+    assert line["f1"] == "2"  # 0.79 held out is below v2's 0.80, though its in-sample 0.85 is above
+
+
+def test_the_cross_fitted_f1_takes_the_optimism_out_of_a_threshold_tuned_on_the_same_rows():
+    labels = np.repeat(np.array([0, 1] * 20), 4)  # 40 groups of 4 frames, one class each
+    groups = np.repeat(np.arange(40), 4)
+    gaps = []
+    for seed in range(6):  # a middling model, its scores per group
+        scores = np.repeat(np.random.default_rng(seed).normal(0, 1, 40), 4) + np.where(labels == 0, 1.0, 0.0)
+        in_sample = anomaly_metrics(labels, scores, threshold=choose_threshold(labels, scores))["f1"]
+        gaps.append(in_sample - cross_fitted_f1(labels, scores, groups))
+    assert min(gaps) >= 0 and np.mean(gaps) > 0.05  # here never above the in-sample F1, and well below it on average
+    perfect = np.where(labels == 0, 0.9, 0.1)
+    assert cross_fitted_f1(labels, perfect, groups) == 1.0
+    assert cross_fitted_f1(labels, perfect, np.zeros(len(labels))) is None  # one group: nothing to judge it by

@@ -632,11 +632,18 @@ class LocalLake:
 
 def _rows_gone_from_raw(lake: LocalLake, dataset_id: str) -> int:
     """How many of a gold partition's source images the raw partition no longer holds as they were (by its manifest)."""
+    import pyarrow.parquet as pq
+
     path = lake.raw(dataset_id) / MANIFEST
-    files = json.loads(path.read_text())["files"] if path.is_file() else {}
-    rows = _read_partition(lake, dataset_id)
-    if rows.empty:
+    folder = lake.gold_partition(dataset_id)
+    if not folder.is_dir():
         return 0
+    files = json.loads(path.read_text())["files"] if path.is_file() else {}
+    listed = committed([p.name for p in folder.iterdir() if p.is_file()], lake.gold_listing(dataset_id))
+    if not listed:
+        return 0
+    named = {"image_path", "source_sha256"} & set(pq.read_schema(folder / listed[0]).names)
+    rows = lake.read_gold(dataset_id, columns=sorted(named))  # no image bytes: the names and hashes are enough
     hashes = rows.source_sha256 if "source_sha256" in rows else [None] * len(rows)
     return sum(1 for p, sha in zip(rows.image_path, hashes) if files.get(p) is None or (isinstance(sha, str) and sha and files[p] != sha))
 
@@ -687,6 +694,14 @@ def load_gold(lake: LocalLake, dataset_id: str, window_days: int = 1) -> pd.Data
     import pandas as pd
 
     ids = window_dataset_ids(lake, dataset_id, window_days)
+    # a partition of the window that another run's augmentation is writing: missing now, or about to change
+    rewriting = [d for d in lake.gold_rewrites() if d in window_ids([*ids, d], dataset_id, window_days)]
+    if rewriting:
+        msg = (
+            f"gold partitions {rewriting} of the training window of {dataset_id} are being rewritten by another run's "
+            "augmentation (Spark is renaming them in); a retry reads them whole"
+        )
+        raise LakeError(msg)
     # gold built from an earlier upload of its date whose rows name raw images that are gone or changed now: only the gate
     # would find them, after the whole training. An upload that only added video leaves every image the gold names in place
     changed = [d for d in ids if (built := lake.gold_built_from(d)) and built != lake.raw_manifest_digest(d)]
@@ -698,14 +713,6 @@ def load_gold(lake: LocalLake, dataset_id: str, window_days: int = 1) -> pd.Data
             f"built ({counts} rows): a run of that date uploaded it again. If that run is still going, a retry reads its new "
             "gold; if it failed before its augmentation finished, run that date again (or clear its run_etl with downstream "
             "tasks), or train on a window without it"
-        )
-        raise LakeError(msg)
-    # a partition of the window that another run's augmentation is writing: missing now, or about to change
-    rewriting = [d for d in lake.gold_rewrites() if d in window_ids([*ids, d], dataset_id, window_days)]
-    if rewriting:
-        msg = (
-            f"gold partitions {rewriting} of the training window of {dataset_id} are being rewritten by another run's "
-            "augmentation (Spark is renaming them in); a retry reads them whole"
         )
         raise LakeError(msg)
     current = _read_partition(lake, dataset_id)

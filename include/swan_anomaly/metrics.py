@@ -152,18 +152,37 @@ def choose_threshold(labels: np.ndarray, scores: np.ndarray, *, method: str = "m
     return float((best + lower.max()) / 2) if len(lower) else float(best)
 
 
-def best_f1(labels: np.ndarray, scores: np.ndarray) -> float:
-    """F1 (anomaly class positive) at the threshold :func:`choose_threshold` picks by ``max_f1`` on these very rows.
+def cross_fitted_f1(labels: np.ndarray, scores: np.ndarray, groups, *, method: str = "max_f1", target_fpr: float = 0.01) -> float | None:
+    """F1 (anomaly class positive) of a threshold chosen on these rows, each half of the groups judged at the threshold
+    chosen on the other half: the served F1 of a model whose threshold was tuned on these very rows, without the optimism.
 
-    What two models are compared by on the same rows (:data:`swan_anomaly.gate.COMPARED_AS`): each at its best, so
-    neither gains from where its stored threshold was chosen.
+    The gate's rows are the challenger's validation split, where its stored threshold was chosen, so its F1 at that
+    threshold there is in-sample. Halves by group (near-duplicate frames stay together), by a hash of the group's name.
+    None when a half lacks a class, or there are fewer than two groups (nothing to judge it by).
 
     Example:
-        >>> best_f1(np.array([0, 0, 1, 1]), np.array([0.9, 0.6, 0.4, 0.1]))
+        >>> labels = np.array([0, 0, 1, 1, 0, 0, 1, 1])
+        >>> cross_fitted_f1(labels, np.array([0.9, 0.8, 0.2, 0.1, 0.9, 0.7, 0.3, 0.1]), ["a", "a", "a", "a", "b", "b", "b", "b"])
         1.0
     """
-    threshold = choose_threshold(labels, scores, method="max_f1")
-    return float(anomaly_metrics(labels, scores, threshold=threshold)["f1"])
+    from swan_anomaly.anomalies import stable_seed
+
+    labels, scores, groups = np.asarray(labels), np.asarray(scores, dtype=np.float64), np.asarray(groups)
+    names = sorted(set(groups.tolist()))
+    if len(names) < 2:
+        return None
+    order = sorted(names, key=lambda g: (stable_seed("cross-fit", g), g))
+    first = np.isin(groups, order[: len(order) // 2])
+    predicted = np.zeros(len(labels), dtype=bool)
+    for judged in (first, ~first):
+        tuned = ~judged
+        if len(set(labels[tuned].tolist())) < 2 or len(set(labels[judged].tolist())) < 2:
+            return None
+        threshold = choose_threshold(labels[tuned], scores[tuned], method=method, target_fpr=target_fpr)
+        predicted[judged] = scores[judged] >= threshold
+    positive = labels == ABNORMAL
+    tp, fp, fn = int((predicted & positive).sum()), int((predicted & ~positive).sum()), int((~predicted & positive).sum())
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
 
 
 #: Confidence of the AUROC intervals, and the bootstrap resamples behind them.

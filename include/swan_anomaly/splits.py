@@ -138,7 +138,7 @@ def assign_splits(
         by_video.setdefault(video_of(g), []).append(g)
     for video, groups_of_video in by_video.items():  # each video's share on its own: another video's groups never move its own
         order = sorted(groups_of_video, key=lambda g: (draw[g], g))
-        # rounded by the video's own draw: a 3-block clip holds out a block with probability 0.45, so forty such clips hold
+        # rounded by the video's own draw: a 3-block clip gives a block to test with probability 0.45 (and to val too), so forty clips hold
         # out their share (rounding half up held out none of them), and the expected share is the fraction at any length
         u = stable_seed(seed, "video", video) / 2.0**64
         n_test = math.floor(test_fraction * len(order) + u)

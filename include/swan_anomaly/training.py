@@ -256,6 +256,7 @@ def run_training(
         "best_epoch": best_epoch,
         "epochs_run": len(history),
         "threshold": threshold,
+        "threshold_method": {"method": config.threshold_method, "target_fpr": config.target_fpr},
         "generalization": generalization.to_dict("records"),
         "generalization_min_unseen_auroc": min_unseen_auroc(generalization),
         "val": results["val"],

@@ -11,7 +11,7 @@ its section (:func:`runs_in_promotion`).
 **The gate** (:func:`gate_model`) scores the challenger and the current champion (and the best
 versions of the champion's line per metric, its ``gate_reference`` tag) on the same images, the challenger's
 validation split read from the raw partitions, each through its own registered pyfunc and at its
-own stored threshold, and decides with
+own stored threshold (F1 is compared out of sample: ``swan_anomaly.gate.COMPARED_AS``), and decides with
 :func:`swan_anomaly.gate.decide`. The scored models' metrics go to the challenger's MLflow run
 (``challenger_val_auroc``, ``champion_val_auroc``, ...), the decision to ``gate/decision.json``
 there and to ``runs/{run_id}/gate.json`` in the lake.
@@ -49,7 +49,7 @@ FINISHED_STATES = frozenset({"success", "failed", "skipped", "upstream_failed", 
 #: DAG run states in which a run's tasks may still run.
 ACTIVE_RUN_STATES = frozenset({"queued", "running"})
 #: Metrics of each model that the gate logs on the challenger's MLflow run.
-LOGGED_METRICS = ("auroc", "f1", "precision", "recall", "average_precision", "decision_false_alarm_rate")
+LOGGED_METRICS = ("auroc", "f1", "f1_held_out", "precision", "recall", "average_precision", "decision_false_alarm_rate")
 
 
 def runs_in_promotion(task_states: Mapping[str, Mapping[str, str | None]], *, me: str) -> list[str]:
@@ -284,7 +284,7 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
     """Score both models on the challenger's validation rows, decide, and record it (MLflow and model version tags)."""
     from swan_airflow.runtime import read_held_out_rows, settings
     from swan_anomaly.gate import GateMode, MinThreshold, decide, next_references, promotion_thresholds, too_small
-    from swan_anomaly.metrics import best_f1, decision_false_alarms, evaluation_report, format_interval
+    from swan_anomaly.metrics import cross_fitted_f1, decision_false_alarms, evaluation_report, format_interval
     from swan_anomaly.registry import GATE_REFERENCE_TAG, data_through, gate_references, stored_threshold, tag_version
     from swan_anomaly.scoring import class_counts, groups_of, labels_of, registry_scorer, score_rows
 
@@ -345,8 +345,17 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
             continue
         report = evaluation_report(labels, scores[who][:, 0], threshold=threshold, seed=params["seed"], groups=groups_of(rows))
         _, rate = decision_false_alarms(labels, scores[who][:, 0], scores[who][:, 1], threshold=threshold)
-        # best_f1: what two models' F1 are compared by (gate.COMPARED_AS): the challenger's threshold was chosen on these rows
-        reports[who] = {**report, "decision_false_alarm_rate": rate, "version": v, "best_f1": best_f1(labels, scores[who][:, 0])}
+        reports[who] = {**report, "decision_false_alarm_rate": rate, "version": v}
+        # f1_held_out, what F1 is compared by (gate.COMPARED_AS): the challenger's threshold was chosen on these rows, so its
+        # served F1 is estimated with a threshold chosen the same way on half the groups, judged on the other half; the others'
+        # thresholds were chosen elsewhere
+        if who == "challenger":
+            how = registered.get("threshold_method") or {"method": "max_f1", "target_fpr": 0.01}
+            groups = groups_of(rows)
+            held_out_f1 = cross_fitted_f1(labels, scores[who][:, 0], groups, **how) if groups is not None else None
+            reports[who]["f1_held_out"] = held_out_f1
+        else:
+            reports[who]["f1_held_out"] = report["f1"]
     thresholds = {"auroc": MinThreshold(params["gate_min_val_auroc"]), "f1": MinThreshold(params["gate_min_val_f1"])}
     if params.get("gate_min_unseen_auroc") is not None:
         thresholds["unseen_auroc"] = MinThreshold(params["gate_min_unseen_auroc"])
@@ -354,15 +363,15 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
         "broken": broken.get("challenger"),
         "auroc": reports["challenger"]["auroc"],
         "f1": reports["challenger"]["f1"],
-        "best_f1": reports["challenger"].get("best_f1"),  # None when broken
+        "f1_held_out": reports["challenger"].get("f1_held_out"),  # None when broken, or rows without groups
         "unseen_auroc": registered.get("unseen_auroc"),
         "decision_false_alarm_rate": reports["challenger"]["decision_false_alarm_rate"],
     }
-    champion = {k: reports["champion"].get(k) for k in ("auroc", "f1", "best_f1", "version")} if "champion" in reports else None
+    champion = {k: reports["champion"].get(k) for k in ("auroc", "f1", "f1_held_out", "version")} if "champion" in reports else None
     if "champion" in broken:  # no metric to compare with: it bars nothing, as a broken reference; its line still binds
         champion = {"version": champion_version, "broken": broken["champion"]}
     measured = {m: reports[f"reference_v{v}"] for m, v in named.items() if v not in unavailable}
-    references = {m: {k: report.get(k) for k in ("auroc", "f1", "best_f1", "version")} for m, report in measured.items()}
+    references = {m: {k: report.get(k) for k in ("auroc", "f1", "f1_held_out", "version")} for m, report in measured.items()}
     through = {who: data_through(client, name, v) for who, v in models.items() if who in ("challenger", "champion")}
     base["data_through"] = {who: d.isoformat() if d else None for who, d in through.items()}
     decision = decide(
@@ -451,7 +460,7 @@ def _log_to_mlflow(client, mlflow_run_id: str, reports: dict, record: dict) -> N
     for who, report in reports.items():
         if report.get("broken"):  # nothing measured (the record says why)
             continue
-        metrics += [Metric(f"{who}_val_{k}", float(report[k]), now, 0) for k in LOGGED_METRICS]
+        metrics += [Metric(f"{who}_val_{k}", float(report[k]), now, 0) for k in LOGGED_METRICS if report.get(k) is not None]
         if report["auroc_ci"] is not None:
             metrics += [Metric(f"{who}_val_auroc_ci_{end}", float(v), now, 0) for end, v in zip(("low", "high"), report["auroc_ci"])]
     tags = [RunTag("gate_passed", str(record["passed"])), RunTag("gate_champion_version", str(record["champion_version"]))]

@@ -122,7 +122,7 @@ def _training(training: dict | None) -> dict:
 def _gate(gate: dict | None) -> dict | None:
     if not gate:
         return None
-    keys = ("auroc", "auroc_ci", "f1", "best_f1", "recall", "decision_false_alarm_rate", "threshold", "version")
+    keys = ("auroc", "auroc_ci", "f1", "f1_held_out", "recall", "decision_false_alarm_rate", "threshold", "version")
     keys += ("abnormal", "normal", "groups")
     reports = {who: _split_report(r, keys) for who, r in (gate.get("reports") or {}).items()}
     for who, r in (gate.get("reports") or {}).items():
