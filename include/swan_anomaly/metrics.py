@@ -180,9 +180,7 @@ def cross_fitted_f1(labels: np.ndarray, scores: np.ndarray, groups, *, method: s
             return None
         threshold = choose_threshold(labels[tuned], scores[tuned], method=method, target_fpr=target_fpr)
         predicted[judged] = scores[judged] >= threshold
-    positive = labels == ABNORMAL
-    tp, fp, fn = int((predicted & positive).sum()), int((predicted & ~positive).sum()), int((~predicted & positive).sum())
-    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+    return float(f1_score(labels == ABNORMAL, predicted, zero_division=0))
 
 
 #: Confidence of the AUROC intervals, and the bootstrap resamples behind them.
