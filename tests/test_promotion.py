@@ -802,29 +802,25 @@ def test_an_endpoint_that_does_not_serve_the_registered_model_fails_parity(world
         stored.write_bytes(original)
 
 
-def _promote_unloadable(name: str, folder) -> str:
-    """Register a version the registry takes but no endpoint can load, and make it champion (as promote_model would)."""
-    from swan_airflow.runtime import registry_client
-    from swan_anomaly.registry import promote, register_challenger
-
-    folder.mkdir()
-    (folder / "MLmodel").write_text("flavors: {}\n")  # registrable, not loadable
-    client = registry_client()
-    run = client.create_run(client.get_experiment_by_name("swan-anomaly").experiment_id).info.run_id
-    version = str(register_challenger(client, name, folder.as_uri(), run, "scheduled__2", tags={"anomaly_threshold": "0.5"}).version)
-    promote(client, name, version)
-    return version
-
-
 @pytest.mark.slow
 def test_a_champion_the_endpoint_cannot_load_goes_back_and_a_validated_champion_is_judged_for_drift(world, model_name, tmp_path):
     """update_endpoint: a version the endpoint refuses (it cannot load it) must not stay champion without ever serving."""
+    from swan_airflow.runtime import registry_client
     from swan_airflow.steps.serving import update_endpoint
+    from swan_anomaly.registry import promote, register_challenger
 
     good = _register(world, model_name, "good", "scheduled__1")
     _serve(model_name, good)
     _validated_before(model_name, good)
-    broken = _promote_unloadable(model_name, tmp_path / "broken")
+    broken_source = tmp_path / "broken"
+    broken_source.mkdir()
+    (broken_source / "MLmodel").write_text("flavors: {}\n")  # registrable, not loadable
+    client = registry_client()
+    run = client.create_run(client.get_experiment_by_name("swan-anomaly").experiment_id).info.run_id
+    broken = str(
+        register_challenger(client, model_name, broken_source.as_uri(), run, "scheduled__2", tags={"anomaly_threshold": "0.5"}).version
+    )
+    promote(client, model_name, broken)
     with pytest.raises(
         AirflowFailException,
         match=rf"failed to serve {model_name} v{broken} and keeps serving v{good}.*champion alias went back to v{good}",
@@ -863,12 +859,20 @@ def test_a_failed_version_over_an_unmeasured_champion_goes_back_to_it(world, mod
 def test_a_version_the_endpoint_refuses_over_an_unmeasured_champion_leaves_registry_and_endpoint_agreeing(world, model_name, tmp_path):
     """The refused version lost the champion alias and, with no previous_champion, nobody got it: the endpoint went on
     serving the unmeasured champion, which the registry no longer named, and update_endpoint then skipped for good."""
+    from swan_airflow.runtime import registry_client
     from swan_airflow.steps.serving import ensure_validated_endpoint, update_endpoint
+    from swan_anomaly.registry import promote, register_challenger
 
     first = _register(world, model_name, "good", "scheduled__1")
     _serve(model_name, first)
     _unmeasured(model_name, first)
-    _promote_unloadable(model_name, tmp_path / "broken")
+    source = tmp_path / "broken"
+    source.mkdir()
+    (source / "MLmodel").write_text("flavors: {}\n")  # registrable, not loadable
+    client = registry_client()
+    run = client.create_run(client.get_experiment_by_name("swan-anomaly").experiment_id).info.run_id
+    broken = str(register_challenger(client, model_name, source.as_uri(), run, "scheduled__2", tags={"anomaly_threshold": "0.5"}).version)
+    promote(client, model_name, broken)
     with pytest.raises(AirflowFailException, match=f"champion alias went back to v{first}"):
         update_endpoint(_ctx())
     assert _served() == first and _champion(model_name) == first

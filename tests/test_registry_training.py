@@ -175,20 +175,6 @@ def _tiny_gold(families: list[str]):
     return pd.DataFrame(rows, columns=["sample_id", "content", "label", "family", "split"])
 
 
-def _training_set_sizes(monkeypatch) -> list[int]:
-    """The number of training images of each model :func:`swan_anomaly.trainer.train_classifier` trains from now on."""
-    from swan_anomaly import trainer
-
-    sizes, original = [], trainer.train_classifier
-
-    def spy(model, train, val, spec, cfg, **kwargs):
-        sizes.append(len(train[0]))
-        return original(model, train, val, spec, cfg, **kwargs)
-
-    monkeypatch.setattr(trainer, "train_classifier", spy)
-    return sizes
-
-
 def test_leave_one_family_out_tests_each_family_on_a_model_that_never_saw_it(tmp_path, monkeypatch):
     import pandas as pd
 
@@ -200,7 +186,16 @@ def test_leave_one_family_out_tests_each_family_on_a_model_that_never_saw_it(tmp
     base = resolve_base_model("vit-micro-offline", tmp_path / "models")
     spec = preprocess_spec(base)
     config = TrainConfig(model="vit-micro-offline", epochs=3, batch_size=16, learning_rate=1e-3, patience=3)
-    trained_on = _training_set_sizes(monkeypatch)
+    trained_on = []
+    from swan_anomaly import trainer
+
+    original = trainer.train_classifier
+
+    def spy(model, train, val, spec, cfg, **kwargs):
+        trained_on.append(len(train[0]))
+        return original(model, train, val, spec, cfg, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_classifier", spy)
     table = generalization.leave_one_family_out(gold, base, spec, config)
     assert list(table.held_out) == ["color_shift", "salt_pepper_polygons"]
     assert list(table.trained_on) == ["salt_pepper_polygons", "color_shift"]
@@ -224,14 +219,21 @@ def test_leave_one_family_out_tests_each_family_on_a_model_that_never_saw_it(tmp
 def test_families_sharing_a_mechanism_leave_training_together(tmp_path, monkeypatch):
     """A textured occlusion pastes the procedural textures perlin_texture blends in: the model "that never saw"
     perlin_texture had trained on its textures through occlusion, and the report overstated how it catches the unseen."""
-    from swan_anomaly import generalization
+    from swan_anomaly import generalization, trainer
     from swan_anomaly.modeling import preprocess_spec, resolve_base_model
     from swan_anomaly.trainer import TrainConfig
 
     gold = _tiny_gold(["perlin_texture", "occlusion", "color_shift"])
     base = resolve_base_model("vit-micro-offline", tmp_path / "models")
     config = TrainConfig(model="vit-micro-offline", epochs=1, batch_size=16, learning_rate=1e-3, patience=3)
-    trained_sizes = _training_set_sizes(monkeypatch)
+    trained_sizes = []
+    original = trainer.train_classifier
+
+    def spy(model, train, val, spec, cfg, **kwargs):
+        trained_sizes.append(len(train[0]))
+        return original(model, train, val, spec, cfg, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_classifier", spy)
     table = generalization.leave_one_family_out(gold, base, preprocess_spec(base), config).set_index("held_out")
     assert table.trained_on.to_dict() == {
         "color_shift": "occlusion,perlin_texture",

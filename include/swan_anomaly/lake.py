@@ -545,19 +545,15 @@ class LocalLake:
             files[dataset_id] = [(rel, sizes[rel]) for rel in committed(sizes, self.gold_listing(dataset_id))]
         return files
 
-    def _gold_record(self, dataset_id: str) -> dict | None:
-        """The partition's :data:`GOLD_FILES` record, or None when the job that wrote it wrote none."""
-        path = self.gold_partition(dataset_id) / GOLD_FILES
-        return json.loads(path.read_text()) if path.is_file() else None
-
     def gold_listing(self, dataset_id: str) -> list[str] | None:
         """The partition's :data:`GOLD_FILES` list, or None when the job that wrote it wrote none."""
-        record = self._gold_record(dataset_id)
-        return record["files"] if record is not None else None
+        path = self.gold_partition(dataset_id) / GOLD_FILES
+        return json.loads(path.read_text())["files"] if path.is_file() else None
 
     def gold_built_from(self, dataset_id: str) -> str | None:
         """The :meth:`raw_manifest_digest` the partition's gold was built from (in :data:`GOLD_FILES`); None when not recorded."""
-        return (self._gold_record(dataset_id) or {}).get("raw_manifest")
+        path = self.gold_partition(dataset_id) / GOLD_FILES
+        return json.loads(path.read_text()).get("raw_manifest") if path.is_file() else None
 
     def write_gold_listing(self, dataset_id: str, names: Iterable[str], *, raw_manifest: str | None = None) -> None:
         """Write the partition's :data:`GOLD_FILES`: the data files Spark reads there, by name, and the raw upload it was built from."""
@@ -580,7 +576,7 @@ class LocalLake:
     def raw_manifest_digest(self, dataset_id: str) -> str | None:
         """sha256 of ``raw/{dataset_id}/manifest.json``: which upload of the dataset the raw partition holds (None: none)."""
         path = self.raw(dataset_id) / MANIFEST
-        return sha256_file(path) if path.is_file() else None
+        return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
     def read_gold(self, dataset_id: str, columns: list[str] | None = None):
         """The gold rows of one dataset as a pandas DataFrame: the files Spark reads there (:data:`GOLD_FILES`)."""

@@ -180,7 +180,9 @@ def cross_fitted_f1(labels: np.ndarray, scores: np.ndarray, groups, *, method: s
             return None
         threshold = choose_threshold(labels[tuned], scores[tuned], method=method, target_fpr=target_fpr)
         predicted[judged] = scores[judged] >= threshold
-    return float(f1_score(labels == ABNORMAL, predicted, zero_division=0))
+    positive = labels == ABNORMAL
+    tp, fp, fn = int((predicted & positive).sum()), int((predicted & ~positive).sum()), int((~predicted & positive).sum())
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
 
 
 #: Confidence of the AUROC intervals, and the bootstrap resamples behind them.

@@ -327,7 +327,7 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
     models = {who: v for who, v in models.items() if who in scorers}
     log.info("gate: scoring %s on the %d validation images %s", ", ".join(f"{k} v{v}" for k, v in models.items()), len(rows), counts)
     scores = score_rows(store, rows, scorers)
-    labels, groups = labels_of(rows), groups_of(rows)
+    labels = labels_of(rows)
     # a model with no finite anomaly_score for an image is broken: a client reads NaN as "normal" (NaN >= threshold is false)
     broken = {who: _non_finite(scores[who][:, 0], rows) for who in models}
     broken = {who: why for who, why in broken.items() if why}
@@ -343,15 +343,17 @@ def _judge(ctx: RunContext, store: Lake, client, registered: dict, champion_vers
             reports[who] = {k: None for k in LOGGED_METRICS} | {"auroc_ci": None, "threshold": threshold}
             reports[who] |= {"version": v, "broken": broken[who]}
             continue
-        report = evaluation_report(labels, scores[who][:, 0], threshold=threshold, seed=params["seed"], groups=groups)
+        report = evaluation_report(labels, scores[who][:, 0], threshold=threshold, seed=params["seed"], groups=groups_of(rows))
         _, rate = decision_false_alarms(labels, scores[who][:, 0], scores[who][:, 1], threshold=threshold)
         reports[who] = {**report, "decision_false_alarm_rate": rate, "version": v}
         # f1_held_out, what F1 is compared by (gate.COMPARED_AS): the challenger's threshold was chosen on these rows, so its
         # served F1 is estimated with a threshold chosen the same way on half the groups, judged on the other half; the others'
         # thresholds were chosen elsewhere
-        if who == "challenger":  # its threshold method as training applied it (cross_fitted_f1's defaults for older records)
-            how = registered.get("threshold_method") or {}
-            reports[who]["f1_held_out"] = cross_fitted_f1(labels, scores[who][:, 0], groups, **how) if groups is not None else None
+        if who == "challenger":
+            how = registered.get("threshold_method") or {"method": "max_f1", "target_fpr": 0.01}
+            groups = groups_of(rows)
+            held_out_f1 = cross_fitted_f1(labels, scores[who][:, 0], groups, **how) if groups is not None else None
+            reports[who]["f1_held_out"] = held_out_f1
         else:
             reports[who]["f1_held_out"] = report["f1"]
     thresholds = {"auroc": MinThreshold(params["gate_min_val_auroc"]), "f1": MinThreshold(params["gate_min_val_f1"])}

@@ -43,5 +43,5 @@ def register_model(ctx: RunContext) -> dict:
         "val": {k: training["val"][k] for k in ("auroc", "f1", "precision", "recall")},
         "unseen_auroc": training.get("generalization_min_unseen_auroc"),
         # how its threshold was chosen: the gate chooses one the same way on half its rows to judge the other half
-        "threshold_method": training.get("threshold_method"),
+        "threshold_method": training.get("threshold_method") or {"method": "max_f1", "target_fpr": 0.01},
     }
